@@ -1,0 +1,503 @@
+//! The allocation lifecycle: one [`AllocRunner`] per allocation, one task runner per task.
+//!
+//! ```text
+//!  new ──fetch job version──▶ prerun hooks ──▶ tasks run ──all tasks dead──▶ finished
+//!   │        │ (gone: failed)   (alloc dir)     │    │                        │
+//!   │        ▼                                  │    └─ a task fails for good: │
+//!   │     failed ◀──────────────────────────────┘       kill its siblings     │
+//!   │                                                                          │
+//!  restored (state.json) ──prerun hooks──▶ tasks re-attached (recover) ─┘      │
+//!                                                                              ▼
+//!  stop (server: desired stop, or shutdown of `davit dev`) → kill every task   destroy (server forgot
+//!  detach (agent shutdown) → leave tasks running, state stays on disk          the alloc): destroy hooks
+//!                                                                              remove the alloc dir
+//! ```
+//!
+//! Each task runs its own loop (see `task_runner`):
+//!
+//! ```text
+//!  pending ──prestart hooks, driver.start──▶ running ──exit──▶ restart policy ──restart──▶ pending (delay)
+//!     │              │ (error)                 │                    │
+//!     │              └──────▶ restart policy   │ kill               └──no restart──▶ dead (failed or not)
+//!     └──kill──▶ dead                          └──driver.stop──▶ dead (not failed)
+//! ```
+//!
+//! Every change of a task's state is written to `state.json` and handed to the status [`Updater`](crate::status::Updater).
+//! Hooks are idempotent: `destroy` is safe without `prerun`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use davit_api::http::AllocStatusUpdate;
+use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, TaskEvent, TaskState, TaskStatus};
+use davit_api::spec::{GroupSpec, JobType};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::AgentContext;
+use crate::state::{self, PersistedAlloc};
+use crate::status::derive_client_status;
+use crate::task_runner::{KillReason, TaskControl, TaskOutcome, TaskRunner};
+
+/// What the agent wants from an allocation runner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocControl {
+    Run,
+    /// Kill every task (the task's kill signal and timeout) and finish.
+    Stop,
+    /// Finish without touching the tasks (agent shutdown; they are re-attached on the next start).
+    Detach,
+}
+
+/// Runs one allocation. Cheap to share; the lifecycle runs in a background task.
+pub struct AllocRunner {
+    shared: Arc<AllocShared>,
+    control: watch::Sender<AllocControl>,
+    /// True once the lifecycle task returned.
+    finished: watch::Receiver<bool>,
+}
+
+/// State shared by the allocation runner and its task runners.
+pub(crate) struct AllocShared {
+    pub context: Arc<AgentContext>,
+    pub alloc_dir: PathBuf,
+    state: Mutex<PersistedAlloc>,
+    /// Serializes state writes so the file always ends with the newest snapshot.
+    persist: tokio::sync::Mutex<()>,
+}
+
+/// Most events kept per task (the oldest are dropped).
+const MAX_EVENTS: usize = 50;
+
+impl AllocRunner {
+    /// Starts a runner for an allocation this agent has not run before.
+    pub(crate) fn start_new(context: Arc<AgentContext>, mut alloc: Allocation) -> Arc<AllocRunner> {
+        alloc.task_states.clear();
+        let state = PersistedAlloc {
+            alloc,
+            job_type: None,
+            group: None,
+            task_states: BTreeMap::new(),
+            handles: BTreeMap::new(),
+            restart_trackers: BTreeMap::new(),
+            stop_requested: false,
+            failure: None,
+        };
+        Self::spawn(context, state)
+    }
+
+    /// Starts a runner from local state written by an earlier agent process: re-attaches to its tasks.
+    pub(crate) fn restore(context: Arc<AgentContext>, state: PersistedAlloc) -> Arc<AllocRunner> {
+        Self::spawn(context, state)
+    }
+
+    fn spawn(context: Arc<AgentContext>, state: PersistedAlloc) -> Arc<AllocRunner> {
+        let alloc_dir = context.alloc_dir(&state.alloc.id);
+        let initial = if state.stop_requested { AllocControl::Stop } else { AllocControl::Run };
+        let (control, control_rx) = watch::channel(initial);
+        let (finished_tx, finished) = watch::channel(false);
+        let shared = Arc::new(AllocShared { context, alloc_dir, state: Mutex::new(state), persist: tokio::sync::Mutex::new(()) });
+        let lifecycle_shared = shared.clone();
+        tokio::spawn(async move {
+            lifecycle_shared.clone().run(control_rx).await;
+            let _ = finished_tx.send(true);
+        });
+        Arc::new(AllocRunner { shared, control, finished })
+    }
+
+    pub fn id(&self) -> String {
+        self.shared.with_state(|state| state.alloc.id.clone())
+    }
+
+    /// Applies what the server now says about the allocation: a new job version is recorded in place
+    /// (tasks keep running); desired stop stops the tasks.
+    pub(crate) fn update(&self, alloc: &Allocation) {
+        let changed = self.shared.with_state(|state| {
+            let changed = state.alloc.job_version != alloc.job_version || state.alloc.desired_status != alloc.desired_status;
+            if changed {
+                let mut alloc = alloc.clone();
+                alloc.task_states.clear();
+                state.alloc = alloc;
+            }
+            changed
+        });
+        if alloc.desired_status == DesiredStatus::Stop {
+            self.stop();
+        }
+        if changed {
+            let shared = self.shared.clone();
+            tokio::spawn(async move { shared.commit().await });
+        }
+    }
+
+    /// Kills every task and finishes. Idempotent.
+    pub fn stop(&self) {
+        self.control.send_if_modified(|control| {
+            if *control == AllocControl::Stop {
+                return false;
+            }
+            *control = AllocControl::Stop;
+            true
+        });
+    }
+
+    /// Finishes without stopping the tasks (unless a stop is already under way).
+    pub fn detach(&self) {
+        self.control.send_if_modified(|control| {
+            if *control != AllocControl::Run {
+                return false;
+            }
+            *control = AllocControl::Detach;
+            true
+        });
+    }
+
+    /// Resolves once the lifecycle finished (all tasks dead, or detached).
+    pub async fn wait_finished(&self) {
+        let mut finished = self.finished.clone();
+        let _ = finished.wait_for(|finished| *finished).await;
+    }
+
+    /// Stops the tasks, releases what drivers hold and removes the allocation directory.
+    pub(crate) async fn destroy(&self) {
+        self.stop();
+        self.wait_finished().await;
+        let handles = self.shared.with_state(|state| std::mem::take(&mut state.handles));
+        for (task, handle) in handles {
+            if let Some(driver) = self.shared.context.drivers.get(&handle.driver)
+                && let Err(error) = driver.destroy(&handle).await
+            {
+                tracing::warn!(alloc_id = %handle.alloc_id, %task, %error, "destroying task failed");
+            }
+        }
+        let _guard = self.shared.persist.lock().await;
+        for hook in alloc_hooks() {
+            if let Err(error) = hook.destroy(&self.shared.alloc_dir) {
+                tracing::warn!(alloc_dir = %self.shared.alloc_dir.display(), hook = hook.name(), %error, "destroy hook failed");
+            }
+        }
+    }
+
+    /// Names of the allocation's tasks (empty until the job version was fetched).
+    pub fn task_names(&self) -> Vec<String> {
+        self.shared.with_state(|state| match &state.group {
+            Some(group) => group.tasks.iter().map(|task| task.name.clone()).collect(),
+            None => state.task_states.keys().cloned().collect(),
+        })
+    }
+
+    /// `<alloc_dir>/alloc/logs`.
+    pub fn log_dir(&self) -> PathBuf {
+        self.shared.alloc_dir.join("alloc").join("logs")
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shared_state<R>(&self, f: impl FnOnce(&mut PersistedAlloc) -> R) -> R {
+        self.shared.with_state(f)
+    }
+
+    /// The status reported to the server.
+    pub fn client_status(&self) -> ClientStatus {
+        self.shared.status_update().client_status
+    }
+}
+
+impl AllocShared {
+    /// Runs `f` on the state under its lock (never held across an await).
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut PersistedAlloc) -> R) -> R {
+        f(&mut self.state.lock().expect("alloc state lock"))
+    }
+
+    /// Changes one task's state (adding `event` if given) without writing it yet; call [`commit`](Self::commit).
+    pub fn update_task(&self, task: &str, event: Option<TaskEvent>, f: impl FnOnce(&mut TaskState)) {
+        self.with_state(|state| {
+            let task_state = state.task_states.entry(task.to_string()).or_default();
+            if let Some(event) = event {
+                task_state.events.push(event);
+                if task_state.events.len() > MAX_EVENTS {
+                    let excess = task_state.events.len() - MAX_EVENTS;
+                    task_state.events.drain(..excess);
+                }
+            }
+            f(task_state);
+        });
+    }
+
+    /// Writes the state file and queues a status update for the server.
+    pub async fn commit(self: &Arc<Self>) {
+        let _guard = self.persist.lock().await;
+        let snapshot = self.with_state(|state| state.clone());
+        let update = status_update_of(&snapshot);
+        let alloc_dir = self.alloc_dir.clone();
+        let written = tokio::task::spawn_blocking(move || state::save(&alloc_dir, &snapshot)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(alloc_dir = %self.alloc_dir.display(), %error, "writing allocation state failed"),
+            Err(error) => tracing::error!(%error, "writing allocation state panicked"),
+        }
+        self.context.updater.push(update);
+    }
+
+    pub fn status_update(&self) -> AllocStatusUpdate {
+        self.with_state(|state| status_update_of(state))
+    }
+
+    /// The lifecycle (see the module diagram).
+    async fn run(self: Arc<Self>, mut control: watch::Receiver<AllocControl>) {
+        let (alloc_id, failed_before) = self.with_state(|state| (state.alloc.id.clone(), state.failure.is_some()));
+        if failed_before {
+            // Restored after failing before its tasks ran: it stays failed.
+            self.commit().await;
+            return;
+        }
+        // 1. The group spec of the allocation's job version.
+        let group = match self.with_state(|state| state.group.clone().zip(state.job_type)) {
+            Some(known) => known,
+            None => match self.fetch_group(&mut control).await {
+                FetchOutcome::Found(job_type, group) => {
+                    self.with_state(|state| {
+                        state.job_type = Some(job_type);
+                        state.group = Some((*group).clone());
+                    });
+                    for task in &group.tasks {
+                        self.update_task(&task.name, Some(event("Received", "task received by the agent")), |_| {});
+                    }
+                    self.commit().await;
+                    (*group, job_type)
+                }
+                FetchOutcome::Failed(message) => {
+                    tracing::warn!(%alloc_id, %message, "allocation cannot run");
+                    self.with_state(|state| state.failure = Some(message));
+                    self.commit().await;
+                    return;
+                }
+                FetchOutcome::Stopped => {
+                    self.with_state(|state| state.stop_requested = true);
+                    self.commit().await;
+                    return;
+                }
+                FetchOutcome::Detached => return,
+            },
+        };
+        let (group, job_type) = group;
+
+        // 2. Prerun hooks.
+        let task_names: Vec<String> = group.tasks.iter().map(|task| task.name.clone()).collect();
+        for hook in alloc_hooks() {
+            if let Err(error) = hook.prerun(&self.alloc_dir, &task_names) {
+                let message = format!("{} hook failed: {error}", hook.name());
+                tracing::warn!(%alloc_id, %message, "allocation setup failed");
+                for task in &task_names {
+                    self.update_task(task, Some(event("Setup Failure", &message)), |state| {
+                        state.state = TaskStatus::Dead;
+                        state.failed = true;
+                        state.finished_at = Some(crate::now_ms());
+                    });
+                }
+                self.with_state(|state| state.failure = Some(message));
+                self.commit().await;
+                return;
+            }
+        }
+
+        // 3. One runner per task that is not dead yet.
+        let mut task_controls: BTreeMap<String, watch::Sender<TaskControl>> = BTreeMap::new();
+        let mut tasks = JoinSet::new();
+        for task in &group.tasks {
+            let dead =
+                self.with_state(|state| state.task_states.get(&task.name).is_some_and(|task_state| task_state.state == TaskStatus::Dead));
+            if dead {
+                continue;
+            }
+            let (control_tx, control_rx) = watch::channel(TaskControl::Run);
+            task_controls.insert(task.name.clone(), control_tx);
+            let runner = TaskRunner { shared: self.clone(), task: task.clone(), restart: group.restart.clone(), job_type };
+            tasks.spawn(runner.run(control_rx));
+        }
+        // A restored state may say the tasks already ran; report it once in any case.
+        self.commit().await;
+
+        // 4. Watch the tasks and the control until every task runner returned.
+        let mut alloc_control = *control.borrow_and_update();
+        forward_control(alloc_control, &task_controls);
+        if alloc_control == AllocControl::Stop {
+            self.mark_stop_requested().await;
+        }
+        while !tasks.is_empty() {
+            tokio::select! {
+                joined = tasks.join_next() => {
+                    let Some(joined) = joined else { break };
+                    match joined {
+                        Ok(TaskOutcome::Dead { task, failed: true }) => {
+                            for (name, sender) in &task_controls {
+                                if *name != task {
+                                    sender.send_if_modified(|control| {
+                                        if *control != TaskControl::Run {
+                                            return false;
+                                        }
+                                        *control = TaskControl::Kill(KillReason::SiblingFailed(task.clone()));
+                                        true
+                                    });
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::error!(%alloc_id, %error, "task runner panicked"),
+                    }
+                }
+                changed = control.changed(), if alloc_control == AllocControl::Run => {
+                    alloc_control = if changed.is_ok() { *control.borrow_and_update() } else { AllocControl::Detach };
+                    forward_control(alloc_control, &task_controls);
+                    if alloc_control == AllocControl::Stop {
+                        self.mark_stop_requested().await;
+                    }
+                }
+            }
+        }
+        self.commit().await;
+        tracing::debug!(%alloc_id, "allocation runner finished");
+    }
+
+    async fn mark_stop_requested(self: &Arc<Self>) {
+        let changed = self.with_state(|state| !std::mem::replace(&mut state.stop_requested, true));
+        if changed {
+            self.commit().await;
+        }
+    }
+
+    /// Fetches the job version and picks the allocation's group, retrying while the server is unreachable.
+    async fn fetch_group(&self, control: &mut watch::Receiver<AllocControl>) -> FetchOutcome {
+        let (job, version, group_name) =
+            self.with_state(|state| (state.alloc.job_name.clone(), state.alloc.job_version, state.alloc.group.clone()));
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match *control.borrow_and_update() {
+                AllocControl::Run => {}
+                AllocControl::Stop => return FetchOutcome::Stopped,
+                AllocControl::Detach => return FetchOutcome::Detached,
+            }
+            match self.context.job_spec(&job, version).await {
+                Ok(spec) => {
+                    return match spec.group(&group_name) {
+                        Some(group) => FetchOutcome::Found(spec.job_type, Box::new(group.clone())),
+                        None => FetchOutcome::Failed(format!("job {job} version {version} has no group {group_name}")),
+                    };
+                }
+                Err(error @ davit_client::ClientError::Api { status: 400..=499, .. }) => {
+                    return FetchOutcome::Failed(format!("fetching job {job} version {version}: {error}"));
+                }
+                Err(error) => {
+                    tracing::warn!(%job, version, %error, "fetching the job version failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = control.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+enum FetchOutcome {
+    Found(JobType, Box<GroupSpec>),
+    Failed(String),
+    Stopped,
+    Detached,
+}
+
+fn forward_control(control: AllocControl, task_controls: &BTreeMap<String, watch::Sender<TaskControl>>) {
+    let task_control = match control {
+        AllocControl::Run => return,
+        AllocControl::Stop => TaskControl::Kill(KillReason::Stop),
+        AllocControl::Detach => TaskControl::Detach,
+    };
+    for sender in task_controls.values() {
+        sender.send_if_modified(|current| {
+            // A kill already under way is not turned into a detach.
+            if *current != TaskControl::Run {
+                return false;
+            }
+            *current = task_control.clone();
+            true
+        });
+    }
+}
+
+/// The status of an allocation as reported to the server.
+fn status_update_of(state: &PersistedAlloc) -> AllocStatusUpdate {
+    let (client_status, client_description) = match &state.failure {
+        Some(failure) => (ClientStatus::Failed, failure.clone()),
+        None if state.group.is_none() && state.stop_requested => (ClientStatus::Complete, "stopped before it started".to_string()),
+        None => derive_client_status(&state.task_states),
+    };
+    AllocStatusUpdate { id: state.alloc.id.clone(), client_status, client_description, task_states: state.task_states.clone() }
+}
+
+/// A task event stamped with the current wall-clock time.
+pub(crate) fn event(kind: &str, message: &str) -> TaskEvent {
+    TaskEvent { time: crate::now_ms(), kind: kind.to_string(), message: message.to_string(), exit_code: None, signal: None }
+}
+
+/// A step of the allocation lifecycle that needs to act before tasks run or after the allocation is gone.
+/// Each hook implements only the phases it needs; `destroy` must be idempotent and safe without `prerun`.
+pub(crate) trait AllocHook: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn prerun(&self, _alloc_dir: &Path, _tasks: &[String]) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn destroy(&self, _alloc_dir: &Path) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Creates `<alloc_dir>/alloc/{logs,data}` and `<alloc_dir>/<task>/local`; removes the whole directory on destroy.
+struct AllocDirHook;
+
+impl AllocHook for AllocDirHook {
+    fn name(&self) -> &'static str {
+        "alloc_dir"
+    }
+
+    fn prerun(&self, alloc_dir: &Path, tasks: &[String]) -> std::io::Result<()> {
+        std::fs::create_dir_all(alloc_dir.join("alloc").join("logs"))?;
+        std::fs::create_dir_all(alloc_dir.join("alloc").join("data"))?;
+        for task in tasks {
+            std::fs::create_dir_all(alloc_dir.join(task).join("local"))?;
+        }
+        Ok(())
+    }
+
+    fn destroy(&self, alloc_dir: &Path) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(alloc_dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn alloc_hooks() -> [&'static dyn AllocHook; 1] {
+    [&AllocDirHook]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alloc_dir_hook_is_idempotent() {
+        let root = tempfile::tempdir().unwrap();
+        let alloc_dir = root.path().join("allocs").join("a1");
+        AllocDirHook.destroy(&alloc_dir).unwrap();
+        let tasks = vec!["web".to_string(), "sidecar".to_string()];
+        AllocDirHook.prerun(&alloc_dir, &tasks).unwrap();
+        AllocDirHook.prerun(&alloc_dir, &tasks).unwrap();
+        for dir in ["alloc/logs", "alloc/data", "web/local", "sidecar/local"] {
+            assert!(alloc_dir.join(dir).is_dir(), "{dir}");
+        }
+        AllocDirHook.destroy(&alloc_dir).unwrap();
+        assert!(!alloc_dir.exists());
+    }
+}

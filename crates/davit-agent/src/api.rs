@@ -1,0 +1,135 @@
+//! The agent's HTTP API: `GET /v1/agent/health` and `GET /v1/agent/allocation/{id}/logs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use davit_api::http::{ApiError, LogsQuery};
+use tokio::sync::watch;
+
+use crate::AgentContext;
+use crate::alloc_runner::AllocRunner;
+use crate::logs::LogReader;
+
+/// Largest chunk sent at once.
+const CHUNK: usize = 64 * 1024;
+/// How often a followed log is checked for new data.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+/// Empty polls after the allocation became terminal before a followed stream ends.
+const POLLS_AFTER_TERMINAL: u32 = 3;
+
+pub async fn serve(context: Arc<AgentContext>, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let router =
+        Router::new().route("/v1/agent/health", get(health)).route("/v1/agent/allocation/{id}/logs", get(logs)).with_state(context);
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "agent HTTP API failed");
+    }
+}
+
+async fn health(State(context): State<Arc<AgentContext>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"ok": true, "node_id": context.node.id}))
+}
+
+fn api_error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(ApiError { code: code.to_string(), message, spec_errors: Vec::new() })).into_response()
+}
+
+async fn logs(State(context): State<Arc<AgentContext>>, Path(alloc_id): Path<String>, Query(query): Query<LogsQuery>) -> Response {
+    let runner = context.runners.lock().expect("runners lock").get(&alloc_id).cloned();
+    let Some(runner) = runner else {
+        return api_error(StatusCode::NOT_FOUND, "not_found", format!("allocation {alloc_id} is not on this node"));
+    };
+    let tasks = runner.task_names();
+    let task = match query.task {
+        Some(task) if tasks.contains(&task) => task,
+        Some(task) => {
+            return api_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("allocation {alloc_id} has no task {task}; its tasks: {}", tasks.join(", ")),
+            );
+        }
+        None if tasks.len() == 1 => tasks[0].clone(),
+        None if tasks.is_empty() => {
+            return api_error(StatusCode::NOT_FOUND, "not_found", format!("allocation {alloc_id} has no tasks yet"));
+        }
+        None => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("allocation {alloc_id} has several tasks; choose one with task=: {}", tasks.join(", ")),
+            );
+        }
+    };
+    let stream = query.stream.unwrap_or_else(|| "stdout".to_string());
+    if stream != "stdout" && stream != "stderr" {
+        return api_error(StatusCode::BAD_REQUEST, "bad_request", format!("unknown log stream {stream:?}; use stdout or stderr"));
+    }
+    let log_dir = runner.log_dir();
+    let offset = query.offset.unwrap_or(0);
+    let opened = tokio::task::spawn_blocking(move || LogReader::open(&log_dir, &task, &stream, offset)).await;
+    let reader = match opened {
+        Ok(Ok(reader)) => reader,
+        Ok(Err(error)) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("opening the log: {error}")),
+        Err(error) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("opening the log: {error}")),
+    };
+    let follow = FollowState { reader: Some(reader), runner, follow: query.follow, empty_polls_after_terminal: 0 };
+    let body = futures_util::stream::unfold(follow, next_chunk);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|error| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))
+}
+
+struct FollowState {
+    /// `None` once the stream failed.
+    reader: Option<LogReader>,
+    runner: Arc<AllocRunner>,
+    follow: bool,
+    empty_polls_after_terminal: u32,
+}
+
+/// The next chunk of the log; with `follow`, waits for one until the allocation is terminal and quiet.
+async fn next_chunk(mut state: FollowState) -> Option<(Result<Bytes, std::io::Error>, FollowState)> {
+    loop {
+        let mut reader = state.reader.take()?;
+        let (reader, read) = tokio::task::spawn_blocking(move || {
+            let read = reader.read_available(CHUNK);
+            (reader, read)
+        })
+        .await
+        .ok()?;
+        match read {
+            Err(error) => return Some((Err(error), state)),
+            Ok(data) if !data.is_empty() => {
+                state.reader = Some(reader);
+                state.empty_polls_after_terminal = 0;
+                return Some((Ok(Bytes::from(data)), state));
+            }
+            Ok(_) => {
+                if !state.follow {
+                    return None;
+                }
+                if state.runner.client_status().is_terminal() {
+                    state.empty_polls_after_terminal += 1;
+                    if state.empty_polls_after_terminal > POLLS_AFTER_TERMINAL {
+                        return None;
+                    }
+                }
+                state.reader = Some(reader);
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Registration and heartbeats. The node registers, then heartbeats at the interval the server returns;
+//! a 404 (the server forgot the node) registers again; an unreachable server is retried with backoff
+//! (tasks keep running meanwhile).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use davit_api::objects::Node;
+use tokio::sync::watch;
+
+use crate::AgentContext;
+
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_INTERVAL: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+pub async fn run(context: Arc<AgentContext>, node: Node, registered: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(250);
+    let mut failures = 0u32;
+    loop {
+        // Register.
+        let interval = match context
+            .servers
+            .call(|client| {
+                let node = node.clone();
+                async move { client.register_node(&node).await }
+            })
+            .await
+        {
+            Ok(response) => {
+                tracing::info!(node_id = %node.id, interval_ms = response.heartbeat_interval_ms, "registered with the server");
+                let _ = registered.send(true);
+                backoff = Duration::from_millis(250);
+                failures = 0;
+                clamp_interval(response.heartbeat_interval_ms)
+            }
+            Err(error) => {
+                log_failure(&mut failures, "registering the node failed", &error);
+                if sleep_or_shutdown(backoff, &mut shutdown).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+
+        // Heartbeat until the server forgets the node.
+        let mut next = interval;
+        loop {
+            if sleep_or_shutdown(next, &mut shutdown).await {
+                return;
+            }
+            match context
+                .servers
+                .call(|client| {
+                    let id = node.id.clone();
+                    async move { client.heartbeat(&id).await }
+                })
+                .await
+            {
+                Ok(response) => {
+                    if failures > 0 {
+                        tracing::info!("heartbeats reach the server again");
+                    }
+                    failures = 0;
+                    backoff = Duration::from_millis(250);
+                    next = clamp_interval(response.heartbeat_interval_ms);
+                }
+                Err(error) if error.is_not_found() => {
+                    tracing::warn!(node_id = %node.id, "the server does not know this node; registering again");
+                    break;
+                }
+                Err(error) => {
+                    log_failure(&mut failures, "heartbeat failed", &error);
+                    next = backoff.min(interval);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+fn clamp_interval(millis: u64) -> Duration {
+    Duration::from_millis(millis).clamp(MIN_INTERVAL, MAX_INTERVAL)
+}
+
+/// Warns on the first failure of a streak, then only every 20th, to keep logs readable during an outage.
+fn log_failure(failures: &mut u32, what: &str, error: &davit_client::ClientError) {
+    if (*failures).is_multiple_of(20) {
+        tracing::warn!(%error, failures = *failures + 1, "{what}; retrying");
+    }
+    *failures += 1;
+}
+
+/// Sleeps; true when shutdown was requested.
+pub async fn sleep_or_shutdown(duration: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => false,
+        _ = shutdown.changed() => true,
+    }
+}

@@ -1,0 +1,284 @@
+//! The davit node agent: it fingerprints the machine, registers it with the servers and heartbeats,
+//! long-polls the allocations the servers assigned to it, runs their tasks through drivers (restarting
+//! them by the group's restart policy), reports task and allocation status back, keeps local state so
+//! that an agent restart re-attaches to running tasks, and serves task logs over HTTP.
+//!
+//! Used by the `davit` binary (`davit agent`, `davit dev`) through [`start`] and [`AgentHandle`].
+//!
+//! Invariants:
+//! - The agent never decides placement: it runs what the server assigns, and nothing else.
+//! - An agent restart never restarts a workload that was running: tasks are re-attached from
+//!   `<data_dir>/allocs/<id>/state.json` before the agent talks to the server.
+//! - An allocation is started at most once by one agent process, and never started again once its
+//!   runner was created (also not after it finished).
+//! - A long-running loop survives one bad allocation: it is marked failed and the loop goes on.
+//!
+//! Module map: [`fingerprint`] (node facts) → `heartbeat` (register + heartbeat) → `watcher` (allocation
+//! long-poll, reconcile) → [`alloc_runner`] / `task_runner` (the lifecycle, with [`restart`] decisions and
+//! [`taskenv`] interpolation) → [`status`] (client status, batched updates) and [`state`] (local state);
+//! `api` serves [`logs`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use davit_api::spec::JobSpec;
+use davit_client::ClientError;
+use davit_drivers::Driver;
+pub use davit_drivers::LogRotation;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub mod alloc_runner;
+mod api;
+pub mod fingerprint;
+mod heartbeat;
+#[cfg(test)]
+mod lifecycle_tests;
+pub mod logs;
+pub mod restart;
+mod servers;
+pub mod state;
+pub mod status;
+mod task_runner;
+pub mod taskenv;
+mod watcher;
+
+use alloc_runner::AllocRunner;
+use fingerprint::NodeIdentity;
+use servers::ServerPool;
+use status::Updater;
+
+/// How to run the agent.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// Holds `node-id` and `allocs/<id>/` (task dirs, logs, local state).
+    pub data_dir: PathBuf,
+    /// Empty: the host name.
+    pub node_name: String,
+    pub datacenter: String,
+    pub class: String,
+    /// Server base URLs, e.g. `http://127.0.0.1:7646`; tried in order when one fails. Must not be empty.
+    pub servers: Vec<String>,
+    /// Address of the agent's own HTTP API; port 0 picks any free port.
+    pub http_bind: SocketAddr,
+    /// Host part of `Node.http_addr`, as the servers reach this agent.
+    pub advertise_host: String,
+    /// Inclusive range of host ports the scheduler may assign on this node.
+    pub port_range: (u16, u16),
+    /// User attributes; they override fingerprinted ones with the same key.
+    pub attributes: BTreeMap<String, String>,
+    pub drivers: Vec<Arc<dyn Driver>>,
+    /// `davit dev`: stop every task when the agent shuts down. `davit agent`: leave them running and re-attach
+    /// on the next start.
+    pub stop_tasks_on_shutdown: bool,
+    pub log_rotation: LogRotation,
+}
+
+impl AgentConfig {
+    /// Defaults: node name from the host name, datacenter `dc1`, HTTP on `127.0.0.1:0`, advertised as
+    /// `127.0.0.1`, ports 20000–32000, no drivers, tasks left running at shutdown.
+    pub fn new(data_dir: PathBuf, servers: Vec<String>) -> AgentConfig {
+        AgentConfig {
+            data_dir,
+            node_name: String::new(),
+            datacenter: "dc1".to_string(),
+            class: String::new(),
+            servers,
+            http_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            advertise_host: "127.0.0.1".to_string(),
+            port_range: (20000, 32000),
+            attributes: BTreeMap::new(),
+            drivers: Vec::new(),
+            stop_tasks_on_shutdown: false,
+            log_rotation: LogRotation::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid agent configuration: {0}")]
+    Config(String),
+    #[error("{operation}")]
+    Io {
+        operation: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding the agent HTTP API to {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running agent. Dropping it without [`AgentHandle::shutdown`] leaves its background tasks running
+/// until the runtime ends.
+pub struct AgentHandle {
+    context: Arc<AgentContext>,
+    http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    loops: Vec<JoinHandle<()>>,
+    http: JoinHandle<()>,
+    updater: JoinHandle<()>,
+    stop_tasks_on_shutdown: bool,
+}
+
+impl AgentHandle {
+    pub fn node_id(&self) -> &str {
+        &self.context.node.id
+    }
+
+    /// Where the agent's HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stops watching the server. With `stop_tasks_on_shutdown` every task is stopped (kill signal, kill
+    /// timeout) and the final status is sent; otherwise tasks keep running and the local state stays on
+    /// disk for the next start to re-attach.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.loops {
+            let _ = task.await;
+        }
+        let runners: Vec<Arc<AllocRunner>> = self.context.runners.lock().expect("runners lock").values().cloned().collect();
+        if self.stop_tasks_on_shutdown {
+            for runner in &runners {
+                runner.stop();
+            }
+        } else {
+            for runner in &runners {
+                runner.detach();
+            }
+        }
+        futures_util::future::join_all(runners.iter().map(|runner| runner.wait_finished())).await;
+        let _ = self.updater.await;
+        if self.stop_tasks_on_shutdown {
+            self.context.updater.flush(Duration::from_secs(5)).await;
+        }
+        // Followed log streams may hold the server open: give it a moment, then cut them.
+        let mut http = self.http;
+        if tokio::time::timeout(Duration::from_secs(1), &mut http).await.is_err() {
+            http.abort();
+        }
+        tracing::info!(node_id = %self.context.node.id, "agent stopped");
+    }
+}
+
+/// Starts the agent: fingerprint, HTTP API, re-attach to the tasks in the local state, then register,
+/// heartbeat and watch allocations in the background.
+pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
+    if config.servers.is_empty() {
+        return Err(AgentError::Config("no servers given".to_string()));
+    }
+    if config.port_range.0 > config.port_range.1 {
+        return Err(AgentError::Config(format!("port range {}-{} is empty", config.port_range.0, config.port_range.1)));
+    }
+    let allocs_dir = state::allocs_dir(&config.data_dir);
+    std::fs::create_dir_all(&allocs_dir)
+        .map_err(|source| AgentError::Io { operation: format!("creating {}", allocs_dir.display()), source })?;
+    let node_id = fingerprint::load_or_create_node_id(&config.data_dir)?;
+
+    let listener =
+        tokio::net::TcpListener::bind(config.http_bind).await.map_err(|source| AgentError::Bind { addr: config.http_bind, source })?;
+    let http_addr = listener.local_addr().map_err(|source| AgentError::Bind { addr: config.http_bind, source })?;
+
+    let mut attributes = fingerprint::host_attributes();
+    attributes.extend(config.attributes.clone());
+    let node_name =
+        if config.node_name.is_empty() { fingerprint::hostname().unwrap_or_else(|| node_id.clone()) } else { config.node_name.clone() };
+    let identity = NodeIdentity {
+        id: node_id.clone(),
+        name: node_name,
+        datacenter: config.datacenter.clone(),
+        class: config.class.clone(),
+        attributes,
+    };
+    let driver_infos = fingerprint::fingerprint_drivers(&config.drivers).await;
+    let node = fingerprint::build_node(
+        &identity,
+        format!("http://{}:{}", config.advertise_host, http_addr.port()),
+        http_addr.port(),
+        config.port_range,
+        driver_infos,
+    );
+
+    let servers = ServerPool::new(&config.servers);
+    let updater = Updater::new(node_id.clone(), servers.clone());
+    let context = Arc::new(AgentContext {
+        node: identity,
+        data_dir: config.data_dir.clone(),
+        drivers: config.drivers.iter().map(|driver| (driver.name().to_string(), driver.clone())).collect(),
+        servers,
+        updater: updater.clone(),
+        log_rotation: config.log_rotation,
+        specs: Mutex::new(HashMap::new()),
+        runners: Mutex::new(BTreeMap::new()),
+        destroyed: Mutex::new(HashSet::new()),
+    });
+
+    // Re-attach before talking to the server, so nothing that runs is started again.
+    watcher::restore(&context);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (registered_tx, registered_rx) = watch::channel(false);
+    let updater_task = tokio::spawn(updater.run(shutdown_rx.clone()));
+    let heartbeat_task = tokio::spawn(heartbeat::run(context.clone(), node, registered_tx, shutdown_rx.clone()));
+    let watcher_task = tokio::spawn(watcher::run(context.clone(), registered_rx, shutdown_rx.clone()));
+    let http_task = tokio::spawn(api::serve(context.clone(), listener, shutdown_rx));
+    tracing::info!(node_id = %node_id, http = %http_addr, "agent started");
+
+    Ok(AgentHandle {
+        context,
+        http_addr,
+        shutdown: shutdown_tx,
+        loops: vec![heartbeat_task, watcher_task],
+        http: http_task,
+        updater: updater_task,
+        stop_tasks_on_shutdown: config.stop_tasks_on_shutdown,
+    })
+}
+
+/// What every part of a running agent shares.
+pub(crate) struct AgentContext {
+    pub node: NodeIdentity,
+    pub data_dir: PathBuf,
+    pub drivers: BTreeMap<String, Arc<dyn Driver>>,
+    pub servers: ServerPool,
+    pub updater: Updater,
+    pub log_rotation: LogRotation,
+    /// Job specs by (job, version); versions never change once stored.
+    specs: Mutex<HashMap<(String, u64), Arc<JobSpec>>>,
+    /// One runner per allocation this agent has started (or re-attached to) and not yet destroyed.
+    pub runners: Mutex<BTreeMap<String, Arc<AllocRunner>>>,
+    /// Allocations whose runner was destroyed: never started again by this process.
+    pub destroyed: Mutex<HashSet<String>>,
+}
+
+impl AgentContext {
+    /// The spec of one job version, from the cache or the server.
+    pub async fn job_spec(&self, job: &str, version: u64) -> Result<Arc<JobSpec>, ClientError> {
+        let key = (job.to_string(), version);
+        if let Some(spec) = self.specs.lock().expect("spec cache lock").get(&key) {
+            return Ok(spec.clone());
+        }
+        let fetched = self.servers.call(|client| async move { client.job_version(job, version).await }).await?;
+        let spec = Arc::new(fetched.spec);
+        self.specs.lock().expect("spec cache lock").insert(key, spec.clone());
+        Ok(spec)
+    }
+
+    pub fn alloc_dir(&self, alloc_id: &str) -> PathBuf {
+        state::allocs_dir(&self.data_dir).join(alloc_id)
+    }
+}
+
+/// Wall-clock time in Unix milliseconds (for events and restart windows; durations use tokio time).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}

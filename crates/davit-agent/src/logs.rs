@@ -1,0 +1,231 @@
+//! Reading a task's rotated log files `<log_dir>/<task>.<stream>.<N>` (N = 0, 1, 2, …; the driver appends
+//! to the highest N and starts N+1 when it is full; the oldest files may have been deleted) as one stream.
+//!
+//! Offsets count bytes from the start of the oldest file still kept. The reader never blocks: it returns
+//! what is there now, and the caller polls again to follow.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// A position in a task's log that can be advanced by reading.
+#[derive(Debug)]
+pub struct LogReader {
+    dir: PathBuf,
+    /// `<task>.<stream>`.
+    base: String,
+    /// Index N of the file being read.
+    file: u64,
+    /// Byte position within that file.
+    position: u64,
+}
+
+impl LogReader {
+    /// Opens the log of `task`'s `stream` at `offset` (negative: that many bytes before the end).
+    /// An offset past the end starts at the end. No files yet: starts at the beginning of the first.
+    pub fn open(dir: &Path, task: &str, stream: &str, offset: i64) -> io::Result<LogReader> {
+        let base = format!("{task}.{stream}");
+        let files = list_files(dir, &base)?;
+        let total: u64 = files.iter().map(|file| file.len).sum();
+        let mut remaining = if offset >= 0 { (offset as u64).min(total) } else { total.saturating_sub(offset.unsigned_abs()) };
+        let mut reader = LogReader { dir: dir.to_path_buf(), base, file: files.first().map_or(0, |file| file.index), position: 0 };
+        for (position, file) in files.iter().enumerate() {
+            let last = position + 1 == files.len();
+            if remaining < file.len || last {
+                reader.file = file.index;
+                reader.position = remaining.min(file.len);
+                break;
+            }
+            remaining -= file.len;
+        }
+        Ok(reader)
+    }
+
+    /// Reads up to `max` bytes that are available now, moving on to newer files as older ones are done.
+    /// Empty: nothing new (yet).
+    pub fn read_available(&mut self, max: usize) -> io::Result<Vec<u8>> {
+        loop {
+            let files = list_files(&self.dir, &self.base)?;
+            let Some(current) = files.iter().find(|file| file.index == self.file) else {
+                // Not created yet, or deleted by rotation before we read it all: go to the next newer file.
+                match files.iter().find(|file| file.index > self.file) {
+                    Some(newer) => {
+                        self.file = newer.index;
+                        self.position = 0;
+                        continue;
+                    }
+                    None => return Ok(Vec::new()),
+                }
+            };
+            // Checked before reading: once a newer file exists, the writer no longer appends to this one,
+            // so reading this one to its end afterwards cannot miss anything.
+            let newer = files.iter().find(|file| file.index > self.file).map(|file| file.index);
+            if current.len < self.position {
+                // Truncated or replaced: start over.
+                self.position = 0;
+            }
+            let data = read_from(&self.path(self.file), self.position, max)?;
+            if !data.is_empty() {
+                self.position += data.len() as u64;
+                return Ok(data);
+            }
+            match newer {
+                Some(index) => {
+                    self.file = index;
+                    self.position = 0;
+                }
+                None => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    fn path(&self, index: u64) -> PathBuf {
+        self.dir.join(format!("{}.{index}", self.base))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LogFile {
+    index: u64,
+    len: u64,
+}
+
+/// The files of one stream, oldest first. A missing directory holds no files.
+fn list_files(dir: &Path, base: &str) -> io::Result<Vec<LogFile>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let prefix = format!("{base}.");
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(index) = name.to_str().and_then(|name| name.strip_prefix(&prefix)).and_then(|suffix| suffix.parse::<u64>().ok()) else {
+            continue;
+        };
+        match entry.metadata() {
+            Ok(metadata) => files.push(LogFile { index, len: metadata.len() }),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    files.sort_by_key(|file| file.index);
+    Ok(files)
+}
+
+fn read_from(path: &Path, position: u64, max: usize) -> io::Result<Vec<u8>> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    file.seek(SeekFrom::Start(position))?;
+    let mut data = Vec::new();
+    file.take(max as u64).read_to_end(&mut data)?;
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn write(dir: &Path, name: &str, data: &str) {
+        std::fs::write(dir.join(name), data).unwrap();
+    }
+
+    fn append(dir: &Path, name: &str, data: &str) {
+        std::fs::OpenOptions::new().append(true).create(true).open(dir.join(name)).unwrap().write_all(data.as_bytes()).unwrap();
+    }
+
+    /// Everything available now, read in small pieces to cross file boundaries often.
+    fn drain(reader: &mut LogReader) -> String {
+        let mut out = Vec::new();
+        loop {
+            let chunk = reader.read_available(3).unwrap();
+            if chunk.is_empty() {
+                return String::from_utf8(out).unwrap();
+            }
+            out.extend(chunk);
+        }
+    }
+
+    fn rotated_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        // File 0 was deleted by rotation; 1 and 2 are full, 3 is being written.
+        write(dir.path(), "web.stdout.1", "aaaa\n");
+        write(dir.path(), "web.stdout.2", "bbbb\n");
+        write(dir.path(), "web.stdout.3", "cc\n");
+        write(dir.path(), "web.stderr.1", "error\n");
+        write(dir.path(), "other.stdout.1", "not mine\n");
+        write(dir.path(), "web.stdout.tmp", "not a log file\n");
+        dir
+    }
+
+    #[test]
+    fn offsets_across_rotated_files() {
+        let dir = rotated_dir();
+        let cases: &[(i64, &str)] = &[
+            (0, "aaaa\nbbbb\ncc\n"),
+            (3, "a\nbbbb\ncc\n"),
+            (5, "bbbb\ncc\n"),
+            (7, "bb\ncc\n"),
+            (10, "cc\n"),
+            (13, ""),
+            (1000, ""),
+            (-3, "cc\n"),
+            (-4, "\ncc\n"),
+            (-9, "\nbbbb\ncc\n"),
+            (-6, "bb\ncc\n"),
+            (-1000, "aaaa\nbbbb\ncc\n"),
+        ];
+        for &(offset, expected) in cases {
+            let mut reader = LogReader::open(dir.path(), "web", "stdout", offset).unwrap();
+            assert_eq!(drain(&mut reader), expected, "offset {offset}");
+        }
+        let mut reader = LogReader::open(dir.path(), "web", "stderr", 0).unwrap();
+        assert_eq!(drain(&mut reader), "error\n");
+    }
+
+    #[test]
+    fn missing_files_read_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reader = LogReader::open(&dir.path().join("nope"), "web", "stdout", -10).unwrap();
+        assert_eq!(drain(&mut reader), "");
+        let mut reader = LogReader::open(dir.path(), "web", "stdout", 0).unwrap();
+        assert_eq!(drain(&mut reader), "");
+        // The first file appears later.
+        write(dir.path(), "web.stdout.0", "hello\n");
+        assert_eq!(drain(&mut reader), "hello\n");
+    }
+
+    #[test]
+    fn follow_picks_up_appends_and_new_files() {
+        let dir = rotated_dir();
+        let mut reader = LogReader::open(dir.path(), "web", "stdout", -3).unwrap();
+        assert_eq!(drain(&mut reader), "cc\n");
+        assert_eq!(drain(&mut reader), "");
+        append(dir.path(), "web.stdout.3", "dd\n");
+        assert_eq!(drain(&mut reader), "dd\n");
+        // The writer finishes file 3 and rotates to 4.
+        append(dir.path(), "web.stdout.3", "ee\n");
+        write(dir.path(), "web.stdout.4", "ff\n");
+        assert_eq!(drain(&mut reader), "ee\nff\n");
+        append(dir.path(), "web.stdout.4", "gg\n");
+        assert_eq!(drain(&mut reader), "gg\n");
+    }
+
+    #[test]
+    fn follow_survives_deleted_files() {
+        let dir = rotated_dir();
+        let mut reader = LogReader::open(dir.path(), "web", "stdout", 0).unwrap();
+        assert_eq!(reader.read_available(2).unwrap(), b"aa");
+        // Rotation deleted the file being read and the next one: go on with the oldest kept.
+        std::fs::remove_file(dir.path().join("web.stdout.1")).unwrap();
+        std::fs::remove_file(dir.path().join("web.stdout.2")).unwrap();
+        assert_eq!(drain(&mut reader), "cc\n");
+    }
+}

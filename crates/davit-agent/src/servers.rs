@@ -1,0 +1,57 @@
+//! The agent's view of the servers: a list of addresses, one of which is current. A call that cannot reach
+//! the current server (or gets a 5xx) moves on to the next one.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use davit_client::{Client, ClientError};
+
+#[derive(Clone)]
+pub struct ServerPool {
+    clients: Arc<Vec<Client>>,
+    current: Arc<AtomicUsize>,
+}
+
+impl ServerPool {
+    /// `addrs` must not be empty (checked by [`crate::start`]).
+    pub fn new(addrs: &[String]) -> ServerPool {
+        ServerPool { clients: Arc::new(addrs.iter().map(|addr| Client::new(addr)).collect()), current: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// Runs `call` against the current server, then each other one until a server answers.
+    /// Answers other than 5xx (also 4xx errors) are returned as they are.
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for step in 0..self.clients.len() {
+            let position = (start + step) % self.clients.len();
+            let client = self.clients[position].clone();
+            match call(client).await {
+                Err(error) if is_server_failure(&error) => {
+                    if self.clients.len() > 1 {
+                        tracing::debug!(%error, server = self.clients[position].addr(), "server failed; trying the next one");
+                    }
+                    last_error = Some(error);
+                    let _ =
+                        self.current.compare_exchange(position, (position + 1) % self.clients.len(), Ordering::Relaxed, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        Err(last_error.expect("at least one server"))
+    }
+}
+
+/// Could not reach the server, or it failed internally: worth trying another one.
+fn is_server_failure(error: &ClientError) -> bool {
+    match error {
+        ClientError::Unreachable { .. } => true,
+        ClientError::Api { status, .. } => *status >= 500,
+        ClientError::Decode { .. } => false,
+    }
+}

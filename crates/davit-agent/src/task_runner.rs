@@ -1,0 +1,353 @@
+//! One task's loop: start (or re-attach), wait, apply the restart policy, until it is dead, killed or the
+//! agent detaches. See the diagram in [`crate::alloc_runner`].
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use davit_api::objects::TaskStatus;
+use davit_api::spec::{JobType, RestartPolicy, TaskSpec};
+use davit_drivers::{Driver, DriverError, ExitResult, TaskConfig, TaskHandle, TaskResources, TaskRunState};
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+
+use crate::alloc_runner::{AllocShared, event};
+use crate::restart::{MAX_JITTER, RestartDecision, decide_restart};
+use crate::taskenv::TaskEnvContext;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum TaskControl {
+    Run,
+    Kill(KillReason),
+    /// Return without touching the task (agent shutdown).
+    Detach,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum KillReason {
+    /// The allocation is stopping.
+    Stop,
+    /// Another task of the allocation failed for good (its name).
+    SiblingFailed(String),
+}
+
+#[derive(Debug)]
+pub(crate) enum TaskOutcome {
+    Dead { task: String, failed: bool },
+    Detached,
+}
+
+pub(crate) struct TaskRunner {
+    pub shared: Arc<AllocShared>,
+    pub task: TaskSpec,
+    pub restart: RestartPolicy,
+    pub job_type: JobType,
+}
+
+/// What happened while waiting on a running task.
+enum Waited {
+    Exited(ExitResult),
+    Control(TaskControl),
+}
+
+impl TaskRunner {
+    pub async fn run(self, mut control: watch::Receiver<TaskControl>) -> TaskOutcome {
+        let name = self.task.name.clone();
+        let Some(driver) = self.shared.context.drivers.get(self.task.driver.as_str()).cloned() else {
+            let message = format!("driver {} is not available on this node", self.task.driver.as_str());
+            return self.finish(Some(event("Driver Failure", &message)), true).await;
+        };
+        let mut handle = self.shared.with_state(|state| state.handles.get(&name).cloned());
+        let mut pending_exit = None;
+        if let Some(restored) = &handle {
+            match self.reattach(driver.as_ref(), restored).await {
+                Ok(()) => tracing::info!(alloc_id = %restored.alloc_id, task = %name, pid = restored.pid, "re-attached to running task"),
+                Err(exit) => {
+                    pending_exit = Some(exit);
+                    handle = None;
+                }
+            }
+        }
+        let mut rng = rand::rngs::SmallRng::from_os_rng();
+        loop {
+            // Start the task unless it runs (or an exit is pending: it ended while the agent was away, or did not start).
+            if handle.is_none() && pending_exit.is_none() {
+                let current = control.borrow_and_update().clone();
+                match current {
+                    TaskControl::Run => {}
+                    TaskControl::Kill(_) => return self.finish(Some(event("Killed", "task killed before it started")), false).await,
+                    TaskControl::Detach => return TaskOutcome::Detached,
+                }
+                match self.start(driver.as_ref()).await {
+                    Ok(started) => handle = Some(started),
+                    Err(StartFailure::Fatal) => return self.finish(None, true).await,
+                    Err(StartFailure::Retryable) => {
+                        pending_exit = Some(ExitResult { exit_code: None, signal: None, oom_killed: false });
+                    }
+                }
+            }
+
+            // Wait for it to exit (or for a kill / detach).
+            let exit = match (pending_exit.take(), &handle) {
+                (Some(exit), _) => exit,
+                (None, Some(running)) => match self.wait(driver.as_ref(), running, &mut control).await {
+                    Waited::Exited(exit) => {
+                        self.record_exit(&exit);
+                        exit
+                    }
+                    Waited::Control(TaskControl::Kill(reason)) => {
+                        let running = running.clone();
+                        return self.kill(driver.as_ref(), &running, reason).await;
+                    }
+                    Waited::Control(_) => return TaskOutcome::Detached,
+                },
+                (None, None) => unreachable!("a task without a handle was started above"),
+            };
+            if let Some(ended) = handle.take() {
+                self.release(driver.as_ref(), &ended).await;
+            }
+
+            // Restart or not.
+            let jitter = rng.random_range(-MAX_JITTER..=MAX_JITTER);
+            let tracker = self.shared.with_state(|state| state.restart_trackers.get(&name).copied().unwrap_or_default());
+            let (decision, tracker) = decide_restart(&self.restart, self.job_type, &exit, tracker, crate::now_ms(), jitter);
+            self.shared.with_state(|state| state.restart_trackers.insert(name.clone(), tracker));
+            match decision {
+                RestartDecision::Done { failed, message } => return self.finish(Some(event("Not Restarting", &message)), failed).await,
+                RestartDecision::Restart { delay, message } => {
+                    self.shared.update_task(&name, Some(event("Restarting", &message)), |state| {
+                        state.state = TaskStatus::Pending;
+                        state.restarts += 1;
+                        state.pid = None;
+                    });
+                    self.shared.commit().await;
+                    let deadline = tokio::time::Instant::now() + delay;
+                    loop {
+                        let current = control.borrow_and_update().clone();
+                        match current {
+                            TaskControl::Run => {}
+                            TaskControl::Kill(_) => {
+                                return self.finish(Some(event("Killed", "task killed while waiting to restart")), false).await;
+                            }
+                            TaskControl::Detach => return TaskOutcome::Detached,
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(deadline) => break,
+                            changed = control.changed() => if changed.is_err() { return TaskOutcome::Detached },
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-attaches to a task started by an earlier agent process. `Err`: it ended meanwhile, with how.
+    async fn reattach(&self, driver: &dyn Driver, handle: &TaskHandle) -> Result<(), ExitResult> {
+        let unknown = ExitResult { exit_code: None, signal: None, oom_killed: false };
+        let exit = match driver.recover(handle).await {
+            Ok(()) => return Ok(()),
+            Err(DriverError::TaskGone { .. }) => driver.wait(handle).await.unwrap_or(unknown),
+            Err(error) => {
+                // Not necessarily gone: never start a second copy of a task that may still run.
+                match driver.inspect(handle).await {
+                    Ok(TaskRunState::Running) => {
+                        tracing::warn!(task = %self.task.name, %error, "recover failed but the task runs; waiting on it");
+                        return Ok(());
+                    }
+                    Ok(TaskRunState::Exited(exit)) => exit,
+                    Err(_) => {
+                        tracing::warn!(task = %self.task.name, %error, "cannot re-attach to task; treating it as exited");
+                        unknown
+                    }
+                }
+            }
+        };
+        let mut exit_event = exit_event(&exit, self.task.resources.memory);
+        exit_event.message = format!("{} (while the agent was not running)", exit_event.message);
+        self.shared.update_task(&self.task.name, Some(exit_event), |state| {
+            state.finished_at = Some(crate::now_ms());
+            state.pid = None;
+        });
+        self.shared.commit().await;
+        if let Err(error) = driver.destroy(handle).await {
+            tracing::debug!(task = %self.task.name, %error, "destroying the ended task failed");
+        }
+        self.shared.with_state(|state| state.handles.remove(&self.task.name));
+        Err(exit)
+    }
+
+    /// Prestart hooks, then `driver.start`. Records `Task Setup` and `Started` (or `Driver Failure`).
+    async fn start(&self, driver: &dyn Driver) -> Result<TaskHandle, StartFailure> {
+        let name = &self.task.name;
+        let first_start =
+            self.shared.with_state(|state| state.task_states.get(name).is_none_or(|task| task.started_at.is_none() && task.restarts == 0));
+        let config = self.task_config();
+        if let Err(error) = task_dir_prestart(&config.task_dir) {
+            let message = format!("creating the task directory {}: {error}", config.task_dir.display());
+            self.shared.update_task(name, Some(event("Setup Failure", &message)), |_| {});
+            return Err(StartFailure::Fatal);
+        }
+        if first_start {
+            self.shared.update_task(name, Some(event("Task Setup", "building task directory and environment")), |_| {});
+            self.shared.commit().await;
+        }
+        match driver.start(&config).await {
+            Ok(handle) => {
+                let pid = handle.pid;
+                let started_at = if handle.started_at_ms > 0 { handle.started_at_ms } else { crate::now_ms() };
+                self.shared.with_state(|state| state.handles.insert(name.clone(), handle.clone()));
+                self.shared.update_task(name, Some(event("Started", &format!("task started with pid {pid}"))), |state| {
+                    state.state = TaskStatus::Running;
+                    state.pid = Some(pid);
+                    state.started_at = Some(started_at);
+                    state.finished_at = None;
+                });
+                self.shared.commit().await;
+                Ok(handle)
+            }
+            Err(error) => {
+                let fatal = matches!(error, DriverError::InvalidConfig { .. });
+                tracing::warn!(alloc_id = %config.alloc_id, task = %name, %error, "starting task failed");
+                self.shared.update_task(name, Some(event("Driver Failure", &error_chain(&error))), |_| {});
+                self.shared.commit().await;
+                Err(if fatal { StartFailure::Fatal } else { StartFailure::Retryable })
+            }
+        }
+    }
+
+    /// The driver's view of the task, with `${…}` interpolated and the `DAVIT_*` environment.
+    fn task_config(&self) -> TaskConfig {
+        let alloc = self.shared.with_state(|state| state.alloc.clone());
+        let alloc_dir = self.shared.alloc_dir.clone();
+        let task_dir = alloc_dir.join(&self.task.name);
+        let context =
+            TaskEnvContext { alloc: &alloc, task: &self.task, node: &self.shared.context.node, alloc_dir: &alloc_dir, task_dir: &task_dir };
+        TaskConfig {
+            alloc_id: alloc.id.clone(),
+            task_name: self.task.name.clone(),
+            driver_config: context.interpolate_json(&self.task.config),
+            env: context.build_env(),
+            user: self.task.user.clone(),
+            log_dir: alloc_dir.join("alloc").join("logs"),
+            alloc_dir: alloc_dir.clone(),
+            task_dir: task_dir.clone(),
+            resources: TaskResources { cpu_millicores: self.task.resources.cpu, memory_mib: self.task.resources.memory },
+            logs: self.shared.context.log_rotation,
+        }
+    }
+
+    /// Waits for the task to exit, or for the control to change to a kill or detach.
+    async fn wait(&self, driver: &dyn Driver, handle: &TaskHandle, control: &mut watch::Receiver<TaskControl>) -> Waited {
+        loop {
+            let current = control.borrow_and_update().clone();
+            if current != TaskControl::Run {
+                return Waited::Control(current);
+            }
+            tokio::select! {
+                result = driver.wait(handle) => match result {
+                    Ok(exit) => return Waited::Exited(exit),
+                    Err(error) => {
+                        // The wait itself failed: find out whether the task still runs before concluding anything.
+                        tracing::warn!(task = %self.task.name, %error, "waiting on task failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        match driver.inspect(handle).await {
+                            Ok(TaskRunState::Running) => continue,
+                            Ok(TaskRunState::Exited(exit)) => return Waited::Exited(exit),
+                            Err(_) => return Waited::Exited(ExitResult { exit_code: None, signal: None, oom_killed: false }),
+                        }
+                    }
+                },
+                changed = control.changed() => if changed.is_err() { return Waited::Control(TaskControl::Detach) },
+            }
+        }
+    }
+
+    /// Records a `Terminated` (or `OOM Killed`) event.
+    fn record_exit(&self, exit: &ExitResult) {
+        self.shared.update_task(&self.task.name, Some(exit_event(exit, self.task.resources.memory)), |state| {
+            state.finished_at = Some(crate::now_ms());
+            state.pid = None;
+        });
+    }
+
+    /// Stops a running task with its kill signal and timeout: dead, not failed.
+    async fn kill(&self, driver: &dyn Driver, handle: &TaskHandle, reason: KillReason) -> TaskOutcome {
+        let name = &self.task.name;
+        if let KillReason::SiblingFailed(sibling) = &reason {
+            self.shared.update_task(name, Some(event("Sibling Task Failed", &format!("task {sibling} failed"))), |_| {});
+        }
+        let signal = self.task.kill_signal.clone();
+        let timeout = self.task.kill_timeout;
+        self.shared.update_task(name, Some(event("Killing", &format!("sending {signal}, timeout {timeout}"))), |_| {});
+        self.shared.commit().await;
+        if let Err(error) = driver.stop(handle, &signal, timeout.as_std()).await {
+            tracing::warn!(alloc_id = %handle.alloc_id, task = %name, %error, "stopping task failed");
+        }
+        self.release(driver, handle).await;
+        self.finish(Some(event("Killed", "task killed")), false).await
+    }
+
+    /// Lets the driver release what the ended task held and forgets its handle.
+    async fn release(&self, driver: &dyn Driver, handle: &TaskHandle) {
+        if let Err(error) = driver.destroy(handle).await {
+            tracing::warn!(alloc_id = %handle.alloc_id, task = %self.task.name, %error, "destroying task failed");
+        }
+        self.shared.with_state(|state| state.handles.remove(&self.task.name));
+    }
+
+    /// The task is dead for good.
+    async fn finish(&self, last_event: Option<davit_api::objects::TaskEvent>, failed: bool) -> TaskOutcome {
+        self.shared.update_task(&self.task.name, last_event, |state| {
+            state.state = TaskStatus::Dead;
+            state.failed = failed;
+            state.pid = None;
+            state.finished_at.get_or_insert_with(crate::now_ms);
+        });
+        self.shared.commit().await;
+        TaskOutcome::Dead { task: self.task.name.clone(), failed }
+    }
+}
+
+enum StartFailure {
+    /// The task cannot start as configured: do not retry.
+    Fatal,
+    /// Treat like an exit and apply the restart policy.
+    Retryable,
+}
+
+/// `Terminated` with the exit code or signal, or `OOM Killed`.
+fn exit_event(exit: &ExitResult, memory_mib: u32) -> davit_api::objects::TaskEvent {
+    let mut task_event = if exit.oom_killed {
+        event("OOM Killed", &format!("memory limit of {memory_mib} MiB reached"))
+    } else {
+        let message = match (exit.exit_code, exit.signal) {
+            (_, Some(signal)) => format!("killed by signal {signal}"),
+            (Some(code), None) => format!("exit code {code}"),
+            (None, None) => "exited with an unknown status".to_string(),
+        };
+        event("Terminated", &message)
+    };
+    task_event.exit_code = exit.exit_code;
+    task_event.signal = exit.signal;
+    task_event
+}
+
+/// Creates `<task_dir>/local` (the alloc dir hook did it too; this covers a removed directory).
+fn task_dir_prestart(task_dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(task_dir.join("local"))
+}
+
+/// An error with its sources, `a: b: c`.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,264 @@
+//! Request and response bodies of the HTTP API under `/v1`, shared by server, agent, client and CLI.
+//!
+//! Routes (all JSON unless noted; list and get routes accept blocking-query parameters
+//! `?index=N&wait=30s` and answer with the [`INDEX_HEADER`] header):
+//!
+//! | method | path | body → response |
+//! |---|---|---|
+//! | POST | `/v1/jobs?filename=F` | spec text (YAML or JSON) → [`RegisterJobResponse`]; 400 [`ApiError`] with spec errors |
+//! | POST | `/v1/jobs/validate?filename=F` | spec text → [`ValidateJobResponse`] (nothing stored) |
+//! | GET | `/v1/jobs` | → `Vec<`[`JobListEntry`]`>` |
+//! | GET | `/v1/job/{name}` | → [`Job`] |
+//! | GET | `/v1/job/{name}/status` | → [`JobStatusResponse`] |
+//! | GET | `/v1/job/{name}/versions` | → `Vec<`[`Job`]`>`, newest first |
+//! | GET | `/v1/job/{name}/version/{version}` | → [`Job`] (that version; what an agent runs for an allocation) |
+//! | GET | `/v1/job/{name}/diff?from=A&to=B` | → [`JobDiffResponse`] |
+//! | POST | `/v1/job/{name}/revert` | [`RevertJobRequest`] → [`RegisterJobResponse`] |
+//! | POST | `/v1/job/{name}/scale` | [`ScaleJobRequest`] → [`RegisterJobResponse`] |
+//! | DELETE | `/v1/job/{name}?purge=true` | → [`StopJobResponse`] |
+//! | GET | `/v1/job/{name}/allocations` | → `Vec<`[`AllocListEntry`]`>` |
+//! | GET | `/v1/job/{name}/evaluations` | → `Vec<`[`Evaluation`]`>` |
+//! | GET | `/v1/nodes` | → `Vec<`[`NodeListEntry`]`>` |
+//! | GET | `/v1/node/{id}` | → [`Node`] |
+//! | POST | `/v1/nodes/register` | [`Node`] → [`NodeRegisterResponse`] |
+//! | PUT | `/v1/node/{id}/heartbeat` | → [`HeartbeatResponse`]; 404 if the server does not know the node (re-register) |
+//! | GET | `/v1/node/{id}/allocations` | → `Vec<`[`Allocation`]`>` (blocking query; the agent's long-poll) |
+//! | POST | `/v1/node/{id}/allocations/status` | `Vec<`[`AllocStatusUpdate`]`>` → [`IndexResponse`] |
+//! | GET | `/v1/allocations?prefix=P` | → `Vec<`[`AllocListEntry`]`>` |
+//! | GET | `/v1/allocation/{id-or-prefix}` | → [`Allocation`] |
+//! | GET | `/v1/allocation/{id}/logs?task=T&stream=stdout&follow=true&offset=N` | → bytes (text/plain, streamed); the server relays it from the node's agent |
+//! | GET | `/v1/evaluations?job=J` | → `Vec<`[`Evaluation`]`>` |
+//! | GET | `/v1/evaluation/{id-or-prefix}` | → [`Evaluation`] |
+//! | GET | `/v1/status` | → [`StatusResponse`] |
+//!
+//! The agent serves `GET /v1/agent/allocation/{id}/logs` with the same query parameters and `GET /v1/agent/health`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::objects::{Allocation, ClientStatus, Evaluation, GroupSummary, Index, Job, NodeEligibility, NodeStatus, TaskState};
+use crate::spec::JobType;
+
+/// Response header carrying the store revision the answer reflects; pass it back as `?index=` to block.
+pub const INDEX_HEADER: &str = "x-davit-index";
+/// Default address of a davit server.
+pub const DEFAULT_SERVER_ADDR: &str = "http://127.0.0.1:7646";
+
+/// Every non-2xx answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// `bad_request`, `invalid_spec`, `not_found`, `conflict`, `unavailable`, `internal`.
+    pub code: String,
+    pub message: String,
+    /// For `invalid_spec`: every problem, with its position.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spec_errors: Vec<SpecErrorWire>,
+}
+
+/// One spec problem: `file:line:col: message` and a hint on how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecErrorWire {
+    pub file: String,
+    pub line: u32,
+    pub column: u32,
+    /// Dotted path of the offending field, e.g. `groups[0].tasks[1].driver`.
+    pub path: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterJobResponse {
+    pub job_name: String,
+    pub version: u64,
+    /// False when the submitted spec equals the current version (nothing new was stored).
+    pub changed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_id: Option<String>,
+    pub index: Index,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidateJobResponse {
+    pub job_name: String,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevertJobRequest {
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleJobRequest {
+    pub group: String,
+    pub count: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopJobResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_id: Option<String>,
+    pub index: Index,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexResponse {
+    pub index: Index,
+}
+
+/// `pending` (nothing running yet), `running`, or `dead` (stopped, or a batch job that finished).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatusKind {
+    Pending,
+    Running,
+    Dead,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobListEntry {
+    pub name: String,
+    pub job_type: JobType,
+    pub priority: u8,
+    pub version: u64,
+    pub status: JobStatusKind,
+    pub submit_time: u64,
+    pub summary: BTreeMap<String, GroupSummary>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobStatusResponse {
+    pub job: Job,
+    pub status: JobStatusKind,
+    pub summary: BTreeMap<String, GroupSummary>,
+    pub allocations: Vec<AllocListEntry>,
+    /// The newest evaluation of the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_evaluation: Option<Evaluation>,
+    /// A blocked evaluation waiting for capacity, with the reasons per group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_evaluation: Option<Evaluation>,
+}
+
+/// One changed field between two job versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffEntry {
+    /// Dotted path, e.g. `groups[web].count`.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDiffResponse {
+    pub from: u64,
+    pub to: u64,
+    pub changes: Vec<DiffEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocListEntry {
+    pub id: String,
+    pub name: String,
+    pub job_name: String,
+    pub job_version: u64,
+    pub group: String,
+    pub node_id: String,
+    pub node_name: String,
+    pub desired_status: crate::objects::DesiredStatus,
+    pub client_status: ClientStatus,
+    pub create_time: u64,
+    pub modify_time: u64,
+}
+
+impl From<&Allocation> for AllocListEntry {
+    fn from(alloc: &Allocation) -> Self {
+        AllocListEntry {
+            id: alloc.id.clone(),
+            name: alloc.name.clone(),
+            job_name: alloc.job_name.clone(),
+            job_version: alloc.job_version,
+            group: alloc.group.clone(),
+            node_id: alloc.node_id.clone(),
+            node_name: alloc.node_name.clone(),
+            desired_status: alloc.desired_status,
+            client_status: alloc.client_status,
+            create_time: alloc.create_time,
+            modify_time: alloc.modify_time,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeListEntry {
+    pub id: String,
+    pub name: String,
+    pub datacenter: String,
+    pub status: NodeStatus,
+    pub eligibility: NodeEligibility,
+    /// Healthy drivers.
+    pub drivers: Vec<String>,
+    pub cpu_allocated: u64,
+    pub cpu_total: u64,
+    pub memory_allocated: u64,
+    pub memory_total: u64,
+    pub running_allocs: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegisterResponse {
+    pub node_id: String,
+    pub index: Index,
+    /// The agent should heartbeat at least this often.
+    pub heartbeat_interval_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub index: Index,
+    pub heartbeat_interval_ms: u64,
+}
+
+/// What an agent reports about one of its allocations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocStatusUpdate {
+    pub id: String,
+    pub client_status: ClientStatus,
+    #[serde(default)]
+    pub client_description: String,
+    pub task_states: BTreeMap<String, TaskState>,
+}
+
+/// Query parameters of the log routes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsQuery {
+    /// Task name; may be omitted when the allocation has exactly one task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// `stdout` (default) or `stderr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    #[serde(default)]
+    pub follow: bool,
+    /// Start at this byte offset of the whole log (across rotated files); default 0.
+    /// A negative value counts from the end (`-1000`: the last 1000 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub version: String,
+    pub index: Index,
+    pub nodes: u32,
+    pub jobs: u32,
+    pub store: String,
+}

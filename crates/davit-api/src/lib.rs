@@ -1,0 +1,14 @@
+//! davit's shared vocabulary: the job spec users write, the objects the cluster stores
+//! (nodes, allocations, evaluations, job versions) and the request/response types of the HTTP API.
+//!
+//! Spec parsing turns YAML or JSON text into a [`spec::JobSpec`] and reports *every* problem at once
+//! with `file:line:col` and a hint.
+//!
+//! This crate must never do I/O: no files, no sockets, no clocks. Callers pass text and timestamps in.
+
+pub mod duration;
+pub mod http;
+pub mod objects;
+pub mod spec;
+
+pub use duration::Duration;

@@ -1,0 +1,347 @@
+//! Objects the cluster stores: job versions, nodes, evaluations, allocations.
+//!
+//! Times are Unix milliseconds (`u64`), set by the server or agent: this crate reads no clock.
+//! `create_index`/`modify_index` are store revisions, set when the object is written.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{JobSpec, JobType, Resources};
+
+/// Unix time in milliseconds.
+pub type UnixMillis = u64;
+/// A store revision: every committed change has a higher one than the change before.
+pub type Index = u64;
+
+/// One stored version of a job. The latest version is the job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub spec: JobSpec,
+    /// Starts at 0, +1 for every registration that changes the spec (also revert and scale).
+    pub version: u64,
+    /// True once `job stop` was called; a new `job run` clears it.
+    pub stopped: bool,
+    pub submit_time: UnixMillis,
+    #[serde(default)]
+    pub create_index: Index,
+    #[serde(default)]
+    pub modify_index: Index,
+}
+
+impl Job {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Initializing,
+    Ready,
+    Down,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeEligibility {
+    Eligible,
+    Ineligible,
+}
+
+/// What a driver reported at fingerprint time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriverInfo {
+    pub detected: bool,
+    pub healthy: bool,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Schedulable capacity of a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeResources {
+    /// Total CPU in millicores (cores × 1000).
+    pub cpu: u64,
+    /// Total memory in MiB.
+    pub memory: u64,
+    /// Inclusive range of host ports the scheduler may assign.
+    pub port_range: (u16, u16),
+    /// Ports already in use on the host, never assigned.
+    #[serde(default)]
+    pub reserved_ports: Vec<u16>,
+}
+
+/// A machine running a davit agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Stable across agent restarts (kept in the agent's data dir).
+    pub id: String,
+    pub name: String,
+    pub datacenter: String,
+    #[serde(default)]
+    pub class: String,
+    /// Fingerprinted and user attributes: `cpu.arch`, `os.name`, `kernel.version`, `unique.hostname`, …
+    /// Constraints refer to them as `${node.<key>}` or `${attr.<key>}`.
+    pub attributes: BTreeMap<String, String>,
+    pub resources: NodeResources,
+    pub drivers: BTreeMap<String, DriverInfo>,
+    pub status: NodeStatus,
+    pub eligibility: NodeEligibility,
+    /// Base URL of the agent's own HTTP API (logs, exec), e.g. `http://127.0.0.1:7647`.
+    pub http_addr: String,
+    #[serde(default)]
+    pub status_description: String,
+    #[serde(default)]
+    pub last_heartbeat: UnixMillis,
+    #[serde(default)]
+    pub create_index: Index,
+    #[serde(default)]
+    pub modify_index: Index,
+}
+
+impl Node {
+    pub fn is_schedulable(&self) -> bool {
+        self.status == NodeStatus::Ready && self.eligibility == NodeEligibility::Eligible
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredStatus {
+    Run,
+    Stop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientStatus {
+    Pending,
+    Running,
+    Complete,
+    Failed,
+    Lost,
+}
+
+impl ClientStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, ClientStatus::Complete | ClientStatus::Failed | ClientStatus::Lost)
+    }
+}
+
+/// A host port given to an allocation: `DAVIT_PORT_<label>=<value>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AssignedPort {
+    pub label: String,
+    /// Host port.
+    pub value: u16,
+    /// Port inside the task's network; equals `value` for host networking.
+    pub to: u16,
+}
+
+/// What an allocation reserves on its node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocatedResources {
+    /// Millicores.
+    pub cpu: u64,
+    /// MiB.
+    pub memory: u64,
+    pub ports: Vec<AssignedPort>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Pending,
+    Running,
+    Dead,
+}
+
+/// One line of a task's history, shown by `alloc status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub time: UnixMillis,
+    /// Short kind: `Received`, `Task Setup`, `Started`, `Terminated`, `Restarting`, `Not Restarting`,
+    /// `Killing`, `Killed`, `OOM Killed`, `Driver Failure`, `Sibling Task Failed`.
+    pub kind: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskState {
+    pub state: TaskStatus,
+    /// True when the task ended in failure (and will not be restarted).
+    pub failed: bool,
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<UnixMillis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<UnixMillis>,
+    pub events: Vec<TaskEvent>,
+}
+
+impl Default for TaskState {
+    fn default() -> Self {
+        TaskState {
+            state: TaskStatus::Pending,
+            failed: false,
+            restarts: 0,
+            pid: None,
+            started_at: None,
+            finished_at: None,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// One placement of one task group of one job version on one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub id: String,
+    /// `<job>.<group>[<index>]`.
+    pub name: String,
+    pub job_name: String,
+    pub job_version: u64,
+    pub group: String,
+    /// Position within the group, 0..count.
+    pub index: u32,
+    pub node_id: String,
+    pub node_name: String,
+    pub eval_id: String,
+    pub desired_status: DesiredStatus,
+    #[serde(default)]
+    pub desired_description: String,
+    pub client_status: ClientStatus,
+    #[serde(default)]
+    pub client_description: String,
+    #[serde(default)]
+    pub task_states: BTreeMap<String, TaskState>,
+    pub resources: AllocatedResources,
+    /// The allocation this one replaces, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_allocation: Option<String>,
+    pub create_time: UnixMillis,
+    pub modify_time: UnixMillis,
+    #[serde(default)]
+    pub create_index: Index,
+    #[serde(default)]
+    pub modify_index: Index,
+}
+
+impl Allocation {
+    /// Asked to stop, or finished on the client. Terminal allocations hold no node resources
+    /// (as in Nomad: a stop frees its resources for the same plan).
+    pub fn is_terminal(&self) -> bool {
+        self.desired_status == DesiredStatus::Stop || self.client_status.is_terminal()
+    }
+}
+
+/// Why an evaluation was created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalTrigger {
+    JobRegister,
+    JobDeregister,
+    JobScale,
+    JobRevert,
+    NodeUpdate,
+    AllocFailure,
+    /// A blocked evaluation retried because capacity changed.
+    QueuedAllocs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalStatus {
+    Pending,
+    Complete,
+    Failed,
+    /// Waiting for capacity; retried when nodes or allocations change.
+    Blocked,
+    Canceled,
+}
+
+/// Why some allocations of a group could not be placed: counts per reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementFailure {
+    /// How many allocations are still missing.
+    pub missing: u32,
+    pub nodes_evaluated: u32,
+    /// Nodes ruled out by datacenter, driver or constraint, by reason (e.g. `constraint ${node.arch} = arm64`).
+    pub filtered: BTreeMap<String, u32>,
+    /// Nodes that matched but were full, by dimension (`memory`, `cpu`, `ports`).
+    pub exhausted: BTreeMap<String, u32>,
+}
+
+impl PlacementFailure {
+    /// One line: "memory exhausted on 3 nodes, constraint ${node.arch} = arm64 filtered 1 node".
+    pub fn summary(&self) -> String {
+        let plural = |count: u32| if count == 1 { "node" } else { "nodes" };
+        let mut parts: Vec<String> = Vec::new();
+        for (dimension, count) in &self.exhausted {
+            parts.push(format!("{dimension} exhausted on {count} {}", plural(*count)));
+        }
+        for (reason, count) in &self.filtered {
+            parts.push(format!("{reason} filtered {count} {}", plural(*count)));
+        }
+        if self.nodes_evaluated == 0 {
+            parts.push("no ready nodes in the job's datacenters".to_string());
+        }
+        parts.join(", ")
+    }
+}
+
+/// A unit of scheduling work: "look at job X again because Y".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub id: String,
+    pub job_name: String,
+    pub job_type: JobType,
+    pub priority: u8,
+    pub triggered_by: EvalTrigger,
+    pub status: EvalStatus,
+    #[serde(default)]
+    pub status_description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Per group: why placements failed (set on blocked and on completed-with-failures evals).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed_groups: BTreeMap<String, PlacementFailure>,
+    /// The blocked evaluation this one created for what it could not place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_eval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_eval: Option<String>,
+    pub create_time: UnixMillis,
+    pub modify_time: UnixMillis,
+    #[serde(default)]
+    pub create_index: Index,
+    #[serde(default)]
+    pub modify_index: Index,
+}
+
+/// Per-group counts shown by `job status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    pub desired: u32,
+    pub placed: u32,
+    pub pending: u32,
+    pub running: u32,
+    pub complete: u32,
+    pub failed: u32,
+    pub lost: u32,
+}
+
+/// Resources the group reserves, for quick display.
+pub fn group_resources(resources: Resources) -> AllocatedResources {
+    AllocatedResources { cpu: resources.cpu.into(), memory: resources.memory.into(), ports: Vec::new() }
+}

@@ -1,0 +1,530 @@
+//! Semantic checks on a typed spec: names, ranges, references between fields, driver configs, and
+//! fields this davit version parses but does not act on yet (rejected, so nothing is silently ignored).
+//!
+//! Every rule reports through a [`Ctx`], which knows where each path was written when the spec came
+//! from text, and stays quiet below a path whose value already had an error.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::parse::{Ctx, Node, deserialize_node, suggest};
+use super::{Constraint, ConstraintOperator, DriverName, ExecConfig, GroupSpec, JobSpec, SpecErrors, TaskSpec};
+
+/// Checks a spec that did not come from text (scale, revert): the same rules as parsing, positions 0:0.
+pub fn validate(spec: &JobSpec) -> Result<(), SpecErrors> {
+    let ctx = Ctx::new("<spec>");
+    check(spec, &ctx);
+    let errors = ctx.into_errors();
+    if errors.is_empty() { Ok(()) } else { Err(SpecErrors(errors)) }
+}
+
+/// Signals a task may be stopped with.
+pub const KNOWN_SIGNALS: &[&str] = &["SIGTERM", "SIGINT", "SIGKILL", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"];
+
+const NOT_SUPPORTED_HINT: &str = "remove it; it would be ignored";
+
+/// How an integer field is described when its value is out of range (used by the deserializer, so
+/// `priority: 300` reads "priority must be an integer from 1 to 100" rather than "… at most 255").
+pub(crate) fn integer_expectation(label: &str) -> Option<&'static str> {
+    match label {
+        "priority" => Some("an integer from 1 to 100"),
+        "to" | "static" => Some("a port number from 1 to 65535"),
+        _ => None,
+    }
+}
+
+pub(crate) fn check(spec: &JobSpec, ctx: &Ctx) {
+    match dns_label_problem(&spec.name) {
+        Some(Problem::Missing) => ctx.report("name", "the job needs a name", Some("add `name: my-job` at the top".to_string())),
+        Some(Problem::Invalid(reason)) => {
+            ctx.report("name", format!("job name `{}` is not valid: {reason}", spec.name), dns_label_hint(&spec.name))
+        }
+        None => {}
+    }
+    if !(1..=100).contains(&spec.priority) {
+        ctx.report("priority", format!("priority must be an integer from 1 to 100, found `{}`", spec.priority), None);
+    }
+    if spec.datacenters.is_empty() {
+        ctx.report("datacenters", "datacenters must list at least one datacenter", Some("e.g. datacenters: [dc1]".to_string()));
+    }
+    for (index, datacenter) in spec.datacenters.iter().enumerate() {
+        if datacenter.trim().is_empty() {
+            ctx.report(&format!("datacenters[{index}]"), format!("datacenters[{index}] must not be empty"), None);
+        }
+    }
+    check_constraints(ctx, "constraints", &spec.constraints);
+    if spec.update.is_some() {
+        not_supported(ctx, "update");
+    }
+    if spec.groups.is_empty() {
+        ctx.report(
+            "groups",
+            "the job needs at least one group",
+            Some("add `groups:` with a group that has `name:` and `tasks:`".to_string()),
+        );
+    }
+    let mut group_names: HashMap<&str, usize> = HashMap::new();
+    for (index, group) in spec.groups.iter().enumerate() {
+        let path = format!("groups[{index}]");
+        if !group.name.is_empty() {
+            if let Some(first) = group_names.get(group.name.as_str()) {
+                ctx.report(
+                    &format!("{path}.name"),
+                    format!("duplicate group name `{}`; groups[{first}] already uses it", group.name),
+                    Some("group names must be unique within a job".to_string()),
+                );
+            } else {
+                group_names.insert(&group.name, index);
+            }
+        }
+        check_group(ctx, &path, group);
+    }
+}
+
+fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec) {
+    let name_path = format!("{path}.name");
+    match dns_label_problem(&group.name) {
+        Some(Problem::Missing) => ctx.report(&name_path, format!("{path} needs a name"), Some("add `name: web` to the group".to_string())),
+        Some(Problem::Invalid(reason)) => {
+            ctx.report(&name_path, format!("group name `{}` is not valid: {reason}", group.name), dns_label_hint(&group.name))
+        }
+        None => {}
+    }
+    let group_label = if group.name.is_empty() { path.to_string() } else { group.name.clone() };
+    check_constraints(ctx, &format!("{path}.constraints"), &group.constraints);
+    for (field, present) in [
+        ("spread", !group.spread.is_empty()),
+        ("affinities", !group.affinities.is_empty()),
+        ("anti_affinities", !group.anti_affinities.is_empty()),
+        ("reschedule", group.reschedule.is_some()),
+        ("services", !group.services.is_empty()),
+        ("scaling", group.scaling.is_some()),
+    ] {
+        if present {
+            not_supported(ctx, &format!("{path}.{field}"));
+        }
+    }
+
+    let restart = &group.restart;
+    if restart.attempts > 0 {
+        if restart.interval.as_std().is_zero() {
+            ctx.report(
+                &format!("{path}.restart.interval"),
+                format!("restart interval must be longer than 0s when attempts is {}", restart.attempts),
+                Some("e.g. interval: 30m, or set attempts: 0 to never restart".to_string()),
+            );
+        } else if restart.delay.as_std().saturating_mul(restart.attempts) > restart.interval.as_std() {
+            let needed = crate::Duration(restart.delay.as_std().saturating_mul(restart.attempts));
+            ctx.report(
+                &format!("{path}.restart.interval"),
+                format!(
+                    "restart interval {} is too short for {} attempts with a delay of {}",
+                    restart.interval, restart.attempts, restart.delay
+                ),
+                Some(format!("make interval at least {needed}, or lower attempts or delay")),
+            );
+        }
+    }
+
+    let mut port_names: HashMap<&str, usize> = HashMap::new();
+    let mut static_ports: HashMap<u16, usize> = HashMap::new();
+    for (index, port) in group.network.ports.iter().enumerate() {
+        let port_path = format!("{path}.network.ports[{index}]");
+        if port.name.is_empty() {
+            ctx.report(&format!("{port_path}.name"), "the port needs a name", Some("e.g. {name: http, to: 8080}".to_string()));
+        } else if !port.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            let cleaned: String = port.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+            ctx.report(
+                &format!("{port_path}.name"),
+                format!("port name `{}` is not valid: use only letters, digits and '_'", port.name),
+                Some(format!("try `{cleaned}`; the task sees it as ${{port.{cleaned}}} and DAVIT_PORT_{cleaned}")),
+            );
+        } else if let Some(first) = port_names.get(port.name.as_str()) {
+            ctx.report(
+                &format!("{port_path}.name"),
+                format!("duplicate port name `{}`; network.ports[{first}] already uses it", port.name),
+                Some("port names must be unique within a group".to_string()),
+            );
+        } else {
+            port_names.insert(&port.name, index);
+        }
+        for (field, value) in [("to", port.to), ("static", port.static_port)] {
+            if value == Some(0) {
+                ctx.report(&format!("{port_path}.{field}"), format!("{field} must be a port number from 1 to 65535, found `0`"), None);
+            }
+        }
+        if let Some(static_port) = port.static_port.filter(|p| *p != 0) {
+            if let Some(first) = static_ports.get(&static_port) {
+                ctx.report(
+                    &format!("{port_path}.static"),
+                    format!("static port {static_port} is already used by network.ports[{first}]"),
+                    Some("one host port can serve only one port of the group".to_string()),
+                );
+            } else {
+                static_ports.insert(static_port, index);
+            }
+        }
+    }
+    let declared: Vec<&str> = group.network.ports.iter().map(|port| port.name.as_str()).filter(|name| !name.is_empty()).collect();
+
+    if group.tasks.is_empty() {
+        ctx.report(
+            &format!("{path}.tasks"),
+            format!("group `{group_label}` has no tasks"),
+            Some("add at least one task under `tasks:` with `name:`, `driver:` and `config:`".to_string()),
+        );
+    }
+    let mut task_names: HashMap<&str, usize> = HashMap::new();
+    for (index, task) in group.tasks.iter().enumerate() {
+        let task_path = format!("{path}.tasks[{index}]");
+        if !task.name.is_empty() {
+            if let Some(first) = task_names.get(task.name.as_str()) {
+                ctx.report(
+                    &format!("{task_path}.name"),
+                    format!("duplicate task name `{}` in group `{group_label}`; tasks[{first}] already uses it", task.name),
+                    Some("task names must be unique within a group".to_string()),
+                );
+            } else {
+                task_names.insert(&task.name, index);
+            }
+        }
+        check_task(ctx, &task_path, task, &group_label, &declared);
+    }
+}
+
+fn check_task(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, declared_ports: &[&str]) {
+    let name_path = format!("{path}.name");
+    if task.name.is_empty() {
+        ctx.report(&name_path, format!("{path} needs a name"), Some("add `name: app` to the task".to_string()));
+    } else if !task.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || task.name.len() > 63 {
+        ctx.report(&name_path, format!("task name `{}` is not valid: use at most 63 letters, digits, '-' and '_'", task.name), None);
+    }
+
+    let config_path = format!("{path}.config");
+    // With an unknown driver, the config cannot be judged (the driver fell back to `exec`).
+    let driver_known = !ctx.is_reported(&format!("{path}.driver"));
+    match task.driver {
+        _ if !driver_known => {}
+        DriverName::Exec => check_exec_config(ctx, &config_path, &task.config),
+        DriverName::Container | DriverName::Vm => {
+            let driver = task.driver.as_str();
+            if task.config.is_null() {
+                let example = if task.driver == DriverName::Container {
+                    "config: {image: \"registry/app:1.0\"}"
+                } else {
+                    "config: {kernel: …, disk: {image: base.qcow2}}"
+                };
+                ctx.report(&config_path, format!("the {driver} driver needs a `config` mapping"), Some(format!("e.g. {example}")));
+            } else if !task.config.is_object() {
+                ctx.report(
+                    &config_path,
+                    format!("config must be a mapping for the {driver} driver, found {}", describe_json(&task.config)),
+                    None,
+                );
+            }
+        }
+    }
+    check_port_references_in(ctx, &config_path, &task.config, group_label, declared_ports);
+
+    for (key, value) in &task.env {
+        let env_path = format!("{path}.env.{key}");
+        let valid_name = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            ctx.report_key(
+                &env_path,
+                format!("`{key}` is not a valid environment variable name"),
+                Some("use letters, digits and '_', not starting with a digit".to_string()),
+            );
+        }
+        check_port_references(ctx, &env_path, value, group_label, declared_ports);
+    }
+
+    if task.resources.cpu < 1 {
+        ctx.report(
+            &format!("{path}.resources.cpu"),
+            format!("cpu must be at least 1 millicore, found `{}`", task.resources.cpu),
+            Some("1000 is one core".to_string()),
+        );
+    }
+    if task.resources.memory < 4 {
+        ctx.report(&format!("{path}.resources.memory"), format!("memory must be at least 4 MiB, found `{}`", task.resources.memory), None);
+    }
+    if !KNOWN_SIGNALS.contains(&task.kill_signal.as_str()) {
+        let upper = task.kill_signal.to_ascii_uppercase();
+        let prefixed = format!("SIG{upper}");
+        let hint = if KNOWN_SIGNALS.contains(&upper.as_str()) {
+            format!("did you mean `{upper}`?")
+        } else if KNOWN_SIGNALS.contains(&prefixed.as_str()) {
+            format!("did you mean `{prefixed}`?")
+        } else if let Some(signal) = suggest(&task.kill_signal, KNOWN_SIGNALS.iter().copied()) {
+            format!("did you mean `{signal}`?")
+        } else {
+            format!("known signals: {}", KNOWN_SIGNALS.join(", "))
+        };
+        ctx.report(&format!("{path}.kill_signal"), format!("unknown kill_signal `{}`", task.kill_signal), Some(hint));
+    }
+    if !task.templates.is_empty() {
+        not_supported(ctx, &format!("{path}.templates"));
+    }
+}
+
+/// The exec config is deserialized with the spec deserializer (strictly: drivers get JSON), so it gets
+/// the same precise errors as the rest of the spec.
+fn check_exec_config(ctx: &Ctx, path: &str, config: &Value) {
+    let example = Some("e.g. config: {command: /bin/sh, args: [-c, \"echo hello\"]}".to_string());
+    if config.is_null() {
+        ctx.report(path, "the exec driver needs `config` with a `command`", example);
+        return;
+    }
+    if !config.is_object() {
+        ctx.report(path, format!("config must be a mapping for the exec driver, found {}", describe_json(config)), example);
+        return;
+    }
+    let node = Node::from_json(config, path, ctx);
+    match deserialize_node::<ExecConfig>(&node, path, "config", ctx, true) {
+        Ok(exec) => {
+            if exec.command.trim().is_empty() {
+                ctx.report(&format!("{path}.command"), "config.command must not be empty", example);
+            }
+        }
+        Err(error) if error.missing_field.is_some() => {
+            // `comand: …` already has an "unknown field, did you mean `command`?" error.
+            let misspelled = config.as_object().is_some_and(|map| map.keys().any(|key| suggest(key, ["command"]).is_some()));
+            if !misspelled {
+                ctx.report(path, "the exec driver needs `command` in config", example);
+            }
+        }
+        Err(error) if !error.reported => ctx.report(path, format!("config: {}", error.message), None),
+        Err(_) => {}
+    }
+}
+
+fn check_port_references_in(ctx: &Ctx, path: &str, value: &Value, group_label: &str, declared: &[&str]) {
+    match value {
+        Value::String(text) => check_port_references(ctx, path, text, group_label, declared),
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                check_port_references_in(ctx, &format!("{path}[{index}]"), item, group_label, declared);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                check_port_references_in(ctx, &format!("{path}.{key}"), item, group_label, declared);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// Every `${port.NAME}` in `text` must name a port declared in the group.
+fn check_port_references(ctx: &Ctx, path: &str, text: &str, group_label: &str, declared: &[&str]) {
+    for name in port_references(text) {
+        if declared.contains(&name) {
+            continue;
+        }
+        let declared_list = if declared.is_empty() { "none".to_string() } else { declared.join(", ") };
+        let hint = match suggest(name, declared.iter().copied()) {
+            Some(port) => format!("did you mean `{port}`?"),
+            None => format!("declare it in the group: network: {{ports: [{{name: {name}}}]}}"),
+        };
+        ctx.report(path, format!("port `{name}` is not declared in group `{group_label}`; declared: {declared_list}"), Some(hint));
+    }
+}
+
+fn port_references(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${port.") {
+        rest = &rest[start + "${port.".len()..];
+        match rest.find('}') {
+            Some(end) => {
+                names.push(&rest[..end]);
+                rest = &rest[end + 1..];
+            }
+            None => break,
+        }
+    }
+    names
+}
+
+fn check_constraints(ctx: &Ctx, path: &str, constraints: &[Constraint]) {
+    for (index, constraint) in constraints.iter().enumerate() {
+        let path = format!("{path}[{index}]");
+        let attribute = constraint.attribute.trim();
+        if attribute.is_empty() {
+            ctx.report(
+                &format!("{path}.attribute"),
+                "the constraint needs an attribute",
+                Some("e.g. attribute: \"${node.arch}\"".to_string()),
+            );
+        } else if !(attribute.starts_with("${") && attribute.ends_with('}') && attribute.len() > 3) {
+            let inner = attribute.trim_start_matches("${").trim_start_matches('$').trim_end_matches('}');
+            ctx.report(
+                &format!("{path}.attribute"),
+                format!("constraint attribute must look like `${{node.arch}}`, found `{}`", constraint.attribute),
+                Some(format!("write \"${{{inner}}}\"")),
+            );
+        }
+        let operator = operator_name(constraint.operator);
+        let value_path = format!("{path}.value");
+        match constraint.operator {
+            ConstraintOperator::IsSet | ConstraintOperator::IsNotSet => {}
+            _ if constraint.value.is_empty() => {
+                ctx.report(&value_path, format!("the constraint needs a value for operator `{operator}`"), None);
+            }
+            ConstraintOperator::Regexp => {
+                if let Err(error) = regex::Regex::new(&constraint.value) {
+                    ctx.report(
+                        &value_path,
+                        format!("invalid regular expression `{}`: {}", constraint.value, regex_reason(&error)),
+                        Some("the value of a `regexp` constraint is a Rust regex, e.g. \"^x86_64|aarch64$\"".to_string()),
+                    );
+                }
+            }
+            ConstraintOperator::Version => {
+                if let Err(reason) = check_version_constraint(&constraint.value) {
+                    ctx.report(
+                        &value_path,
+                        format!("invalid version constraint `{}`: {reason}", constraint.value),
+                        Some("write comma-separated comparisons, e.g. \">= 1.2, < 2.0\"".to_string()),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn operator_name(operator: ConstraintOperator) -> String {
+    match serde_json::to_value(operator) {
+        Ok(Value::String(name)) => name,
+        _ => format!("{operator:?}"),
+    }
+}
+
+/// The one-line reason of a regex error (its `Display` draws a multi-line caret diagram).
+fn regex_reason(error: &regex::Error) -> String {
+    let text = error.to_string();
+    text.lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix("error: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| text.lines().last().unwrap_or_default().trim().to_string())
+}
+
+/// Checks `>= 1.2, < 2.0`-style constraints: comma-separated clauses of an optional operator
+/// (`=`, `!=`, `>`, `>=`, `<`, `<=`, `~>`) and a version of one to three numbers with an optional
+/// `-prerelease` and `+build` suffix.
+pub(crate) fn check_version_constraint(text: &str) -> Result<(), String> {
+    for (index, clause) in text.split(',').enumerate() {
+        let clause = clause.trim();
+        let number = index + 1;
+        if clause.is_empty() {
+            return Err(format!("clause {number} is empty"));
+        }
+        let operator_len = ["~>", ">=", "<=", "!=", "=", ">", "<"].iter().find(|op| clause.starts_with(**op)).map_or(0, |op| op.len());
+        let version = clause[operator_len..].trim();
+        if version.is_empty() {
+            return Err(format!("`{clause}` has no version"));
+        }
+        let core = version.split(['-', '+']).next().unwrap_or_default();
+        let suffix_ok = version[core.len()..].chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'));
+        let parts: Vec<&str> = core.split('.').collect();
+        let core_ok = parts.len() <= 3 && parts.iter().all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()));
+        if !core_ok || !suffix_ok {
+            let reason = if version.contains(' ') { " (separate comparisons with commas)" } else { "" };
+            return Err(format!("`{version}` is not a version like 1.2.3{reason}"));
+        }
+    }
+    Ok(())
+}
+
+fn not_supported(ctx: &Ctx, path: &str) {
+    let field = path.rsplit('.').next().unwrap_or(path);
+    ctx.report_key(path, format!("`{field}` is not supported by this davit version yet"), Some(NOT_SUPPORTED_HINT.to_string()));
+}
+
+fn describe_json(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+enum Problem {
+    Missing,
+    Invalid(&'static str),
+}
+
+/// DNS label rules: lowercase a-z, 0-9 and '-', at most 63 characters, starting with a letter and not
+/// ending with '-'.
+fn dns_label_problem(name: &str) -> Option<Problem> {
+    if name.is_empty() {
+        Some(Problem::Missing)
+    } else if name.len() > 63 {
+        Some(Problem::Invalid("use at most 63 characters"))
+    } else if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+        Some(Problem::Invalid("use only lowercase letters, digits and '-'"))
+    } else if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        Some(Problem::Invalid("it must start with a letter"))
+    } else if name.ends_with('-') {
+        Some(Problem::Invalid("it must not end with '-'"))
+    } else {
+        None
+    }
+}
+
+/// A valid name close to `name`, offered as a hint.
+fn dns_label_hint(name: &str) -> Option<String> {
+    let mut cleaned = String::new();
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            cleaned.push(c);
+        } else if !cleaned.is_empty() && !cleaned.ends_with('-') {
+            cleaned.push('-');
+        }
+    }
+    let cleaned = cleaned.trim_start_matches(|c: char| c.is_ascii_digit() || c == '-');
+    let cleaned: String = cleaned.chars().take(63).collect();
+    let cleaned = cleaned.trim_end_matches('-');
+    (!cleaned.is_empty() && cleaned != name).then(|| format!("try `{cleaned}`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_constraints() {
+        for good in [">= 1.2, < 2.0", "1.2.3", "= 1.0.0-beta.1", "~> 1.4", "!=2", ">=1.2.3+build.5"] {
+            assert_eq!(check_version_constraint(good), Ok(()), "{good}");
+        }
+        for bad in ["", ">= 1.2 < 2.0", ">=", "1.2.3.4", "1.x", ">= 1.2,", "latest"] {
+            assert!(check_version_constraint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(dns_label_problem("web-1").is_none());
+        assert!(dns_label_problem("Web").is_some());
+        assert!(dns_label_problem("1web").is_some());
+        assert!(dns_label_problem("web-").is_some());
+        assert!(dns_label_problem(&"a".repeat(64)).is_some());
+        assert_eq!(dns_label_hint("My_Web App").as_deref(), Some("try `my-web-app`"));
+    }
+
+    #[test]
+    fn port_reference_scanning() {
+        assert_eq!(port_references("--port=${port.http} ${port.admin}"), vec!["http", "admin"]);
+        assert_eq!(port_references("${port.http"), Vec::<&str>::new());
+        assert_eq!(port_references("no ports"), Vec::<&str>::new());
+    }
+}

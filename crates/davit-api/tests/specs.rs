@@ -1,0 +1,185 @@
+//! Data-driven spec tests.
+//!
+//! - Every `tests/specs/bad/*.{yaml,json}` must fail to parse; the full error report is compared with
+//!   `tests/specs/bad/<name>.expected` (refresh with `UPDATE_EXPECT=1 cargo test -p davit-api`).
+//! - Every `tests/specs/good/*.{yaml,json}` (and `examples/hello.yaml`) must parse, pass `validate`, and
+//!   survive a round trip through JSON.
+//! - No input, however broken, may panic the parser.
+
+use std::path::{Path, PathBuf};
+
+use davit_api::spec::{JobSpec, SpecErrors, parse_job_spec, validate};
+
+fn spec_files(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/specs").join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|error| panic!("reading {}: {error}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| matches!(path.extension().and_then(|ext| ext.to_str()), Some("yaml" | "json")))
+        .collect();
+    files.sort();
+    files
+}
+
+fn good_files() -> Vec<PathBuf> {
+    let mut files = spec_files("good");
+    files.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello.yaml"));
+    files
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
+}
+
+/// The report as a user sees it, plus each error's path.
+fn render(errors: &SpecErrors) -> String {
+    let mut out = String::new();
+    for error in &errors.0 {
+        out += &format!("{}:{}:{}: {}\n", error.file, error.line, error.column, error.message);
+        out += &format!("  path: {}\n", if error.path.is_empty() { "(top)" } else { &error.path });
+        if let Some(hint) = &error.hint {
+            out += &format!("  hint: {hint}\n");
+        }
+    }
+    out
+}
+
+fn parse_good(path: &Path) -> JobSpec {
+    let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+    parse_job_spec(&read(path), name).unwrap_or_else(|errors| panic!("{} should parse:\n{}", path.display(), render(&errors)))
+}
+
+#[test]
+fn bad_specs_report_every_problem() {
+    let files = spec_files("bad");
+    assert!(files.len() >= 24, "only {} bad specs", files.len());
+    for path in files {
+        let name = format!("bad/{}", path.file_name().and_then(|name| name.to_str()).unwrap_or_default());
+        let actual = match parse_job_spec(&read(&path), &name) {
+            Ok(spec) => format!("unexpectedly parsed:\n{spec:#?}\n"),
+            Err(errors) => {
+                assert!(!errors.0.is_empty(), "{name}: an error without entries");
+                render(&errors)
+            }
+        };
+        expect_test::expect_file![path.with_extension("expected")].assert_eq(&actual);
+    }
+}
+
+#[test]
+fn good_specs_parse_validate_and_round_trip() {
+    let files = good_files();
+    assert!(files.len() >= 4);
+    for path in files {
+        let spec = parse_good(&path);
+        validate(&spec).unwrap_or_else(|errors| panic!("{}: validate disagrees with parse:\n{}", path.display(), render(&errors)));
+        let json = serde_json::to_string_pretty(&spec).expect("serialize");
+        let again = parse_job_spec(&json, "round-trip.json")
+            .unwrap_or_else(|errors| panic!("{}: round trip:\n{}\n{json}", path.display(), render(&errors)));
+        assert_eq!(again, spec, "{}: round trip changed the spec", path.display());
+        // And the serde_json path (what the server does with stored specs) agrees.
+        let from_serde: JobSpec = serde_json::from_str(&json).expect("serde_json reads what it wrote");
+        assert_eq!(from_serde, spec, "{}", path.display());
+    }
+}
+
+#[test]
+fn json_and_yaml_read_the_same() {
+    let yaml = parse_good(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/specs/good/shop.yaml"));
+    let json = parse_good(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/specs/good/shop.json"));
+    assert_eq!(yaml, json);
+}
+
+#[test]
+fn defaults_are_filled_in() {
+    let spec = parse_job_spec("name: tiny\ngroups: [{name: g, tasks: [{name: t, config: {command: /bin/true}}]}]\n", "tiny.yaml")
+        .unwrap_or_else(|errors| panic!("{}", render(&errors)));
+    assert_eq!(spec.priority, 50);
+    assert_eq!(spec.datacenters, vec!["dc1".to_string()]);
+    let group = &spec.groups[0];
+    assert_eq!(group.count, 1);
+    assert_eq!(group.restart.attempts, 2);
+    assert_eq!(group.tasks[0].kill_signal, "SIGTERM");
+    assert_eq!(group.tasks[0].resources.cpu, 100);
+    assert_eq!(group.tasks[0].config, serde_json::json!({"command": "/bin/true"}));
+}
+
+#[test]
+fn config_values_keep_yaml_types() {
+    let spec = parse_job_spec(
+        "name: typed\ngroups: [{name: g, tasks: [{name: t, driver: container, config: {image: app, replicas: 3, ratio: 0.5, debug: true, note: ~, quoted: \"3\", octal: 0o17}}]}]\n",
+        "typed.yaml",
+    )
+    .unwrap_or_else(|errors| panic!("{}", render(&errors)));
+    assert_eq!(
+        spec.groups[0].tasks[0].config,
+        serde_json::json!({"image": "app", "replicas": 3, "ratio": 0.5, "debug": true, "note": null, "quoted": "3", "octal": 15})
+    );
+}
+
+#[test]
+fn validate_reports_at_zero_positions_for_specs_not_from_text() {
+    let mut spec = parse_good(&good_files()[0]);
+    spec.name = "Bad Name".to_string();
+    spec.priority = 0;
+    spec.groups[0].tasks[0].resources.memory = 1;
+    let errors = validate(&spec).expect_err("invalid");
+    expect_test::expect![[r#"
+        <spec>:0:0: job name `Bad Name` is not valid: use only lowercase letters, digits and '-'
+          path: name
+          hint: try `bad-name`
+        <spec>:0:0: priority must be an integer from 1 to 100, found `0`
+          path: priority
+        <spec>:0:0: memory must be at least 4 MiB, found `1`
+          path: groups[0].tasks[0].resources.memory
+    "#]]
+    .assert_eq(&render(&errors));
+}
+
+#[test]
+fn display_is_file_line_col_message_hint() {
+    let errors = parse_job_spec("name: x\ngroups: []\n", "job.yaml").expect_err("no groups");
+    assert_eq!(
+        errors.to_string(),
+        "job.yaml:2:9: the job needs at least one group\n  hint: add `groups:` with a group that has `name:` and `tasks:`"
+    );
+}
+
+/// Truncated and mangled versions of every good spec: errors are fine, panics are not.
+#[test]
+fn broken_input_never_panics() {
+    let mut inputs = 0;
+    for path in good_files() {
+        let text = read(&path);
+        let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).chain([text.len()]).collect();
+        for &end in &boundaries {
+            let _ = parse_job_spec(&text[..end], "prefix.yaml");
+            inputs += 1;
+        }
+        for &at in boundaries.iter().step_by(13) {
+            for replacement in [":", "- ", "[", "{", "\"", "'", "&a ", "*a", "!", "\t", "\n  ", "#", "|", "?", "\u{feff}", "~"] {
+                let mut mangled = text.clone();
+                if at < mangled.len() {
+                    let next = boundaries.iter().find(|b| **b > at).copied().unwrap_or(mangled.len());
+                    mangled.replace_range(at..next, replacement);
+                } else {
+                    mangled.push_str(replacement);
+                }
+                let _ = parse_job_spec(&mangled, "mangled.yaml");
+                inputs += 1;
+            }
+        }
+    }
+    assert!(inputs > 1000, "only {inputs} inputs");
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    for text in ["[".repeat(100_000), "{a: ".repeat(100_000), format!("name: x\nconfig: {}", "- ".repeat(100_000))] {
+        let errors = parse_job_spec(&text, "deep.yaml").expect_err("too deep");
+        assert_eq!(errors.0.len(), 1, "{errors}");
+    }
+    let errors =
+        parse_job_spec(&format!("name: deep\ngroups: {}1{}\n", "[".repeat(70), "]".repeat(70)), "deep.yaml").expect_err("too deep");
+    assert!(errors.to_string().contains("nested more than 64 levels"), "{errors}");
+}

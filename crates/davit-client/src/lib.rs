@@ -1,0 +1,276 @@
+//! A typed async client of davit's public HTTP API (`/v1`), used by the CLI, the agent and `davit sim`.
+//!
+//! Every call maps to one route documented in `davit_api::http`. Errors separate "could not reach the
+//! server" (CLI exit code 2) from "the server said no" (a 4xx with an [`ApiError`]).
+//!
+//! This crate must never hold cluster logic: it only moves requests and responses.
+
+use std::time::Duration;
+
+use davit_api::http::{
+    AllocListEntry, AllocStatusUpdate, ApiError, HeartbeatResponse, INDEX_HEADER, IndexResponse, JobDiffResponse, JobListEntry,
+    JobStatusResponse, LogsQuery, NodeListEntry, NodeRegisterResponse, RegisterJobResponse, RevertJobRequest, ScaleJobRequest,
+    StatusResponse, StopJobResponse, ValidateJobResponse,
+};
+use davit_api::objects::{Allocation, Evaluation, Index, Job, Node};
+use futures_util::Stream;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the davit server at {addr}: {source}")]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{}", .error.message)]
+    Api { status: u16, error: ApiError },
+    #[error("unexpected answer from {url}: {message}")]
+    Decode { url: String, message: String },
+}
+
+impl ClientError {
+    /// The server answered 404.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Api { status: 404, .. })
+    }
+}
+
+/// A client for one server address, e.g. `http://127.0.0.1:7646`. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// A list or object together with the store index it reflects (for blocking queries).
+#[derive(Clone, Debug)]
+pub struct Indexed<T> {
+    pub value: T,
+    pub index: Index,
+}
+
+impl Client {
+    pub fn new(addr: &str) -> Client {
+        let base = addr.trim_end_matches('/').to_string();
+        let base = if base.contains("://") { base } else { format!("http://{base}") };
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().expect("HTTP client with default settings");
+        Client { base, http }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<Indexed<T>, ClientError> {
+        let response = request.send().await.map_err(|source| self.transport_error(source))?;
+        let url = response.url().to_string();
+        let status = response.status();
+        let index = response.headers().get(INDEX_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let bytes = response.bytes().await.map_err(|source| self.transport_error(source))?;
+        if !status.is_success() {
+            let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
+                code: "unknown".to_string(),
+                message: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()),
+                spec_errors: Vec::new(),
+            });
+            return Err(ClientError::Api { status: status.as_u16(), error });
+        }
+        let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url, message: e.to_string() })?;
+        Ok(Indexed { value, index })
+    }
+
+    fn transport_error(&self, source: reqwest::Error) -> ClientError {
+        if source.is_decode() {
+            ClientError::Decode { url: source.url().map(|u| u.to_string()).unwrap_or_default(), message: source.to_string() }
+        } else {
+            ClientError::Unreachable { addr: self.base.clone(), source }
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        Ok(self.send(self.http.get(self.url(path))).await?.value)
+    }
+
+    /// A blocking query: returns when the answer's index is greater than `index`, or after `wait`.
+    async fn get_blocking<T: DeserializeOwned>(&self, path: &str, index: Index, wait: Duration) -> Result<Indexed<T>, ClientError> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let url = self.url(&format!("{path}{separator}index={index}&wait={}ms", wait.as_millis()));
+        self.send(self.http.get(url).timeout(wait + Duration::from_secs(10))).await
+    }
+
+    // ---- jobs ----
+
+    /// Registers (or updates) a job from spec text; `filename` is used in error positions.
+    pub async fn register_job(&self, source: &str, filename: &str) -> Result<RegisterJobResponse, ClientError> {
+        let request = self.http.post(self.url("/v1/jobs")).query(&[("filename", filename)]).body(source.to_string());
+        Ok(self.send(request).await?.value)
+    }
+
+    pub async fn validate_job(&self, source: &str, filename: &str) -> Result<ValidateJobResponse, ClientError> {
+        let request = self.http.post(self.url("/v1/jobs/validate")).query(&[("filename", filename)]).body(source.to_string());
+        Ok(self.send(request).await?.value)
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobListEntry>, ClientError> {
+        self.get("/v1/jobs").await
+    }
+
+    pub async fn job(&self, name: &str) -> Result<Job, ClientError> {
+        self.get(&format!("/v1/job/{}", encode(name))).await
+    }
+
+    pub async fn job_status(&self, name: &str) -> Result<Indexed<JobStatusResponse>, ClientError> {
+        self.send(self.http.get(self.url(&format!("/v1/job/{}/status", encode(name))))).await
+    }
+
+    pub async fn job_status_blocking(&self, name: &str, index: Index, wait: Duration) -> Result<Indexed<JobStatusResponse>, ClientError> {
+        self.get_blocking(&format!("/v1/job/{}/status", encode(name)), index, wait).await
+    }
+
+    pub async fn job_versions(&self, name: &str) -> Result<Vec<Job>, ClientError> {
+        self.get(&format!("/v1/job/{}/versions", encode(name))).await
+    }
+
+    pub async fn job_version(&self, name: &str, version: u64) -> Result<Job, ClientError> {
+        self.get(&format!("/v1/job/{}/version/{version}", encode(name))).await
+    }
+
+    pub async fn job_diff(&self, name: &str, from: u64, to: u64) -> Result<JobDiffResponse, ClientError> {
+        self.get(&format!("/v1/job/{}/diff?from={from}&to={to}", encode(name))).await
+    }
+
+    pub async fn revert_job(&self, name: &str, version: u64) -> Result<RegisterJobResponse, ClientError> {
+        let request = self.http.post(self.url(&format!("/v1/job/{}/revert", encode(name)))).json(&RevertJobRequest { version });
+        Ok(self.send(request).await?.value)
+    }
+
+    pub async fn scale_job(&self, name: &str, group: &str, count: u32) -> Result<RegisterJobResponse, ClientError> {
+        let body = ScaleJobRequest { group: group.to_string(), count };
+        let request = self.http.post(self.url(&format!("/v1/job/{}/scale", encode(name)))).json(&body);
+        Ok(self.send(request).await?.value)
+    }
+
+    pub async fn stop_job(&self, name: &str, purge: bool) -> Result<StopJobResponse, ClientError> {
+        let request = self.http.delete(self.url(&format!("/v1/job/{}", encode(name)))).query(&[("purge", purge)]);
+        Ok(self.send(request).await?.value)
+    }
+
+    pub async fn job_allocations(&self, name: &str) -> Result<Vec<AllocListEntry>, ClientError> {
+        self.get(&format!("/v1/job/{}/allocations", encode(name))).await
+    }
+
+    pub async fn job_evaluations(&self, name: &str) -> Result<Vec<Evaluation>, ClientError> {
+        self.get(&format!("/v1/job/{}/evaluations", encode(name))).await
+    }
+
+    // ---- nodes ----
+
+    pub async fn nodes(&self) -> Result<Vec<NodeListEntry>, ClientError> {
+        self.get("/v1/nodes").await
+    }
+
+    /// The node list once the nodes table passes `index` (or after `wait`).
+    pub async fn nodes_blocking(&self, index: Index, wait: Duration) -> Result<Indexed<Vec<NodeListEntry>>, ClientError> {
+        self.get_blocking("/v1/nodes", index, wait).await
+    }
+
+    pub async fn node(&self, id: &str) -> Result<Node, ClientError> {
+        self.get(&format!("/v1/node/{}", encode(id))).await
+    }
+
+    pub async fn register_node(&self, node: &Node) -> Result<NodeRegisterResponse, ClientError> {
+        Ok(self.send(self.http.post(self.url("/v1/nodes/register")).json(node)).await?.value)
+    }
+
+    /// Fails with a 404 [`ClientError::Api`] when the server does not know the node: register again.
+    pub async fn heartbeat(&self, node_id: &str) -> Result<HeartbeatResponse, ClientError> {
+        Ok(self.send(self.http.put(self.url(&format!("/v1/node/{}/heartbeat", encode(node_id))))).await?.value)
+    }
+
+    /// The agent's long-poll: every allocation of the node, once the index passes `index` (or after `wait`).
+    pub async fn node_allocations(&self, node_id: &str, index: Index, wait: Duration) -> Result<Indexed<Vec<Allocation>>, ClientError> {
+        self.get_blocking(&format!("/v1/node/{}/allocations", encode(node_id)), index, wait).await
+    }
+
+    pub async fn update_alloc_status(&self, node_id: &str, updates: &[AllocStatusUpdate]) -> Result<IndexResponse, ClientError> {
+        let request = self.http.post(self.url(&format!("/v1/node/{}/allocations/status", encode(node_id)))).json(updates);
+        Ok(self.send(request).await?.value)
+    }
+
+    // ---- allocations and evaluations ----
+
+    pub async fn allocations(&self, prefix: Option<&str>) -> Result<Vec<AllocListEntry>, ClientError> {
+        match prefix {
+            Some(prefix) => self.get(&format!("/v1/allocations?prefix={}", encode(prefix))).await,
+            None => self.get("/v1/allocations").await,
+        }
+    }
+
+    /// An allocation by id or unique id prefix.
+    pub async fn allocation(&self, id_or_prefix: &str) -> Result<Allocation, ClientError> {
+        self.get(&format!("/v1/allocation/{}", encode(id_or_prefix))).await
+    }
+
+    /// The task's log as a byte stream (ends at the current end unless `query.follow`).
+    pub async fn alloc_logs(
+        &self,
+        alloc_id: &str,
+        query: &LogsQuery,
+    ) -> Result<impl Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError> {
+        let request = self.http.get(self.url(&format!("/v1/allocation/{}/logs", encode(alloc_id)))).query(query);
+        let response = request.send().await.map_err(|source| self.transport_error(source))?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.map_err(|source| self.transport_error(source))?;
+            let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
+                code: "unknown".to_string(),
+                message: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()),
+                spec_errors: Vec::new(),
+            });
+            return Err(ClientError::Api { status: status.as_u16(), error });
+        }
+        let addr = self.base.clone();
+        use futures_util::StreamExt;
+        Ok(response
+            .bytes_stream()
+            .map(move |chunk| chunk.map(|bytes| bytes.to_vec()).map_err(|source| ClientError::Unreachable { addr: addr.clone(), source })))
+    }
+
+    /// The allocation once its modify index passes `index` (or after `wait`).
+    pub async fn allocation_blocking(&self, id: &str, index: Index, wait: Duration) -> Result<Indexed<Allocation>, ClientError> {
+        self.get_blocking(&format!("/v1/allocation/{}", encode(id)), index, wait).await
+    }
+
+    pub async fn evaluations(&self, job: Option<&str>) -> Result<Vec<Evaluation>, ClientError> {
+        match job {
+            Some(job) => self.get(&format!("/v1/evaluations?job={}", encode(job))).await,
+            None => self.get("/v1/evaluations").await,
+        }
+    }
+
+    pub async fn evaluation(&self, id_or_prefix: &str) -> Result<Evaluation, ClientError> {
+        self.get(&format!("/v1/evaluation/{}", encode(id_or_prefix))).await
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.get("/v1/status").await
+    }
+}
+
+/// Percent-encodes a path segment (names are DNS labels and ids are hex, so this rarely changes anything).
+fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(byte as char),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}

@@ -1,0 +1,505 @@
+//! The `exec` driver: a process in its own cgroups, supervised by an executor process.
+//!
+//! The driver keeps no per-task memory: everything it needs is in the [`TaskHandle`] (`driver_state`) and in
+//! the executor's state directory `<alloc_dir>/.executor/<task>/`, so a new driver instance (after an agent
+//! restart) can `recover` and `wait` exactly like the one that started the task. Processes are identified by
+//! pid *and* start time, and signalled through pidfds, so a reused pid is never mistaken for the task.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, Interest};
+
+use crate::cgroups::{self, CgroupLayout, CgroupLimits, CgroupVersion, TaskCgroup};
+use crate::executor::{self, ExecutorSpec, StartReport};
+use crate::sys::{self, ProcessIdentity};
+use crate::{BoxFuture, Driver, DriverError, ExecOutput, ExitResult, Fingerprint, TaskConfig, TaskHandle, TaskRunState, TaskStats};
+
+/// The driver's name in job specs (`driver: exec`).
+pub const DRIVER_NAME: &str = "exec";
+
+/// How long `start` waits for the executor to report that the task runs.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long killing a cgroup may take before it is reported as an error.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `stop` waits for the executor to record the exit after the cgroup was killed.
+const RECORD_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecDriverConfig {
+    /// The executor command; the driver appends the spec path. Production: `["/path/to/davit", "executor"]`.
+    pub executor_command: Vec<String>,
+    /// Where cgroup hierarchies are mounted, normally [`cgroups::DEFAULT_ROOT`].
+    pub cgroup_root: PathBuf,
+}
+
+impl ExecDriverConfig {
+    /// A config with the default cgroup root.
+    pub fn new(executor_command: Vec<String>) -> ExecDriverConfig {
+        ExecDriverConfig { executor_command, cgroup_root: PathBuf::from(cgroups::DEFAULT_ROOT) }
+    }
+}
+
+/// The exec driver. See the module docs.
+#[derive(Debug)]
+pub struct ExecDriver {
+    config: ExecDriverConfig,
+    /// The detected cgroup layout, or why there is none (reported by `fingerprint`, returned by `start`).
+    layout: Result<CgroupLayout, String>,
+}
+
+/// The `config:` block of an exec task (mirrors `davit_api::spec::ExecConfig`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecTaskConfig {
+    command: String,
+    #[serde(default)]
+    args: Vec<String>,
+}
+
+/// `TaskHandle::driver_state` of the exec driver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ExecDriverState {
+    executor_pid: u32,
+    executor_start_time: u64,
+    task_start_time: u64,
+    state_dir: PathBuf,
+    cgroup_version: String,
+    cgroup_dirs: BTreeMap<String, PathBuf>,
+}
+
+impl ExecDriverState {
+    fn from_handle(handle: &TaskHandle) -> Result<ExecDriverState, DriverError> {
+        if handle.driver != DRIVER_NAME {
+            return Err(DriverError::Other(format!("handle of driver {:?} given to the exec driver", handle.driver)));
+        }
+        serde_json::from_value(handle.driver_state.clone()).map_err(|error| DriverError::InvalidConfig {
+            driver: DRIVER_NAME,
+            message: format!("unreadable driver_state in task handle: {error}"),
+        })
+    }
+
+    fn executor(&self) -> ProcessIdentity {
+        ProcessIdentity { pid: self.executor_pid, start_time: self.executor_start_time }
+    }
+
+    fn cgroup(&self) -> Result<TaskCgroup, DriverError> {
+        let version = CgroupVersion::parse(&self.cgroup_version).ok_or_else(|| DriverError::InvalidConfig {
+            driver: DRIVER_NAME,
+            message: format!("unknown cgroup version {:?} in task handle", self.cgroup_version),
+        })?;
+        Ok(TaskCgroup::from_dirs(version, self.cgroup_dirs.clone()))
+    }
+
+    fn exit_result(&self) -> Result<Option<ExitResult>, DriverError> {
+        executor::read_exit(&self.state_dir).map_err(|source| DriverError::Io {
+            operation: format!("reading {}", self.state_dir.join(executor::EXIT_FILE).display()),
+            source,
+        })
+    }
+}
+
+fn task_identity(handle: &TaskHandle, state: &ExecDriverState) -> ProcessIdentity {
+    ProcessIdentity { pid: handle.pid, start_time: state.task_start_time }
+}
+
+impl ExecDriver {
+    /// Creates the driver and detects the cgroup layout under `config.cgroup_root`.
+    pub fn new(config: ExecDriverConfig) -> ExecDriver {
+        let layout = CgroupLayout::detect(&config.cgroup_root).map_err(|error| error.to_string());
+        ExecDriver { config, layout }
+    }
+
+    /// The detected cgroup layout.
+    pub fn cgroup_layout(&self) -> Result<&CgroupLayout, DriverError> {
+        self.layout.as_ref().map_err(|reason| DriverError::Other(format!("exec driver unavailable: {reason}")))
+    }
+
+    /// The executor's state directory of a task: `<alloc_dir>/.executor/<task>`.
+    pub fn state_dir(config: &TaskConfig) -> PathBuf {
+        config.alloc_dir.join(".executor").join(&config.task_name)
+    }
+
+    async fn start_task(&self, config: &TaskConfig) -> Result<TaskHandle, DriverError> {
+        let start_error =
+            |message: String, source: Option<io::Error>| DriverError::Start { task: config.task_name.clone(), message, source };
+        let task_config: ExecTaskConfig = serde_json::from_value(config.driver_config.clone())
+            .map_err(|error| DriverError::InvalidConfig { driver: DRIVER_NAME, message: error.to_string() })?;
+        if task_config.command.is_empty() {
+            return Err(DriverError::InvalidConfig { driver: DRIVER_NAME, message: "command is empty".to_owned() });
+        }
+        let Some((program, program_args)) = self.config.executor_command.split_first() else {
+            return Err(start_error("no executor command configured".to_owned(), None));
+        };
+        let layout = self.cgroup_layout()?.clone();
+
+        let state_dir = Self::state_dir(config);
+        // The spec holds the task's environment (secrets included): only root may read the state directory.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&state_dir)
+            .map_err(|source| io_error(format!("creating {}", state_dir.display()), source))?;
+        for dir in [&config.task_dir, &config.log_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| io_error(format!("creating {}", dir.display()), source))?;
+        }
+        // A restarted task reuses the directory: results of the previous run must not be taken for this one.
+        for stale in [executor::PID_FILE, executor::EXIT_FILE] {
+            match std::fs::remove_file(state_dir.join(stale)) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(io_error(format!("removing {}", state_dir.join(stale).display()), source)),
+            }
+        }
+
+        let name = CgroupLayout::task_cgroup_name(&config.alloc_id, &config.task_name);
+        let limits = CgroupLimits::from_resources(config.resources);
+        let cgroup = blocking(move || layout.create(&name, limits)).await?;
+
+        let spec = ExecutorSpec {
+            task_name: config.task_name.clone(),
+            command: task_config.command,
+            args: task_config.args,
+            env: config.env.clone(),
+            cwd: config.task_dir.clone(),
+            user: config.user.clone(),
+            log_dir: config.log_dir.clone(),
+            logs: config.logs,
+            state_dir: state_dir.clone(),
+            cgroup_version: cgroup.version().as_str().to_owned(),
+            cgroup_dirs: cgroup.dirs().clone(),
+        };
+        let spec_path = state_dir.join(executor::SPEC_FILE);
+        let spec_json = serde_json::to_vec_pretty(&spec).expect("ExecutorSpec serializes");
+        if let Err(error) = executor::write_atomically(&spec_path, &spec_json) {
+            let _ = remove_cgroup(cgroup).await;
+            return Err(start_error("writing the executor spec".to_owned(), Some(io::Error::other(error))));
+        }
+
+        let executor_log_path = state_dir.join(executor::LOG_FILE);
+        // One log per run, so a start failure shows this run's messages only.
+        let spawned = File::create(&executor_log_path).and_then(|log| {
+            std::process::Command::new(program)
+                .args(program_args)
+                .arg(&spec_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(log)
+                .spawn()
+        });
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(source) => {
+                let _ = remove_cgroup(cgroup).await;
+                return Err(start_error(format!("spawning executor {program:?}"), Some(source)));
+            }
+        };
+        // Read before anyone can reap the executor, so the identity is certain.
+        let executor_start_time = sys::proc_stat(child.id()).ok().flatten().map_or(0, |stat| stat.start_time);
+        let executor = ProcessIdentity { pid: child.id(), start_time: executor_start_time };
+        let stdout = child.stdout.take().expect("stdout is piped");
+        // The executor is our child: reap it whenever it exits. `wait` watches it through a pidfd instead, which
+        // also works for a driver that did not spawn it.
+        let reaper = std::thread::Builder::new().name(format!("reap-executor-{}", child.id())).stack_size(64 * 1024);
+        if let Err(error) = reaper.spawn(move || {
+            let _ = child.wait();
+        }) {
+            tracing::warn!(%error, "cannot start executor reaper thread; the executor will linger as a zombie");
+        }
+
+        let report = tokio::time::timeout(START_TIMEOUT, blocking(move || executor::read_report(stdout))).await;
+        let failure = match report {
+            Ok(Ok(Some(StartReport::Started(task)))) => {
+                let state = ExecDriverState {
+                    executor_pid: executor.pid,
+                    executor_start_time,
+                    task_start_time: task.start_time,
+                    state_dir,
+                    cgroup_version: spec.cgroup_version,
+                    cgroup_dirs: spec.cgroup_dirs,
+                };
+                return Ok(TaskHandle {
+                    driver: DRIVER_NAME.to_owned(),
+                    alloc_id: config.alloc_id.clone(),
+                    task_name: config.task_name.clone(),
+                    pid: task.pid,
+                    started_at_ms: now_ms(),
+                    driver_state: serde_json::to_value(&state).expect("ExecDriverState serializes"),
+                });
+            }
+            Ok(Ok(Some(StartReport::Failed { message }))) => message,
+            Ok(Ok(None)) => {
+                let log = std::fs::read_to_string(&executor_log_path).unwrap_or_default();
+                format!("executor exited without reporting; its log: {}", log.trim())
+            }
+            Ok(Err(error)) => format!("reading the executor's report: {error}"),
+            Err(_) => format!("executor did not report within {START_TIMEOUT:?}"),
+        };
+        if let Ok(Some(pidfd)) = sys::pidfd_open_identity(executor) {
+            let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
+        }
+        let _ = remove_cgroup(cgroup).await;
+        Err(start_error(failure, None))
+    }
+
+    async fn wait_task(&self, handle: &TaskHandle) -> Result<ExitResult, DriverError> {
+        let state = ExecDriverState::from_handle(handle)?;
+        if let Some(result) = state.exit_result()? {
+            return Ok(result);
+        }
+        let pidfd = sys::pidfd_open_identity(state.executor())
+            .map_err(|source| io_error(format!("opening a pidfd for executor {}", state.executor_pid), source))?;
+        if let Some(pidfd) = pidfd {
+            // A pidfd becomes readable when the process exits.
+            // SAFETY: an `OwnedFd` stays open and returns the same fd until the `AsyncFd` drops it.
+            let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+                .map_err(|error| io_error("registering the executor pidfd".to_owned(), error.into_parts().1))?;
+            let _ready = pidfd.readable().await.map_err(|source| io_error("waiting for the executor".to_owned(), source))?;
+        }
+        // The executor writes exit.json before it exits.
+        state.exit_result()?.ok_or_else(|| DriverError::ExecutorLost { task: handle.task_name.clone(), executor_pid: state.executor_pid })
+    }
+
+    async fn stop_task(&self, handle: &TaskHandle, signal: &str, timeout: Duration) -> Result<(), DriverError> {
+        let signal_number = sys::signal_number(signal).ok_or_else(|| DriverError::UnknownSignal(signal.to_owned()))?;
+        let state = ExecDriverState::from_handle(handle)?;
+        if state.exit_result()?.is_none() {
+            let task = sys::pidfd_open_identity(task_identity(handle, &state))
+                .map_err(|source| io_error(format!("opening a pidfd for task {}", handle.pid), source))?;
+            if let Some(task) = task {
+                sys::pidfd_send_signal(&task, signal_number)
+                    .map_err(|source| io_error(format!("sending {signal} to task {}", handle.pid), source))?;
+                let _ = tokio::time::timeout(timeout, self.wait_task(handle)).await;
+            }
+        }
+        // The main process is gone or overstayed: nothing of the task may survive it.
+        let cgroup = state.cgroup()?;
+        blocking(move || cgroup.kill_all(KILL_TIMEOUT)).await?;
+        // Killing the cgroup ends the main process; let the executor record how.
+        match tokio::time::timeout(RECORD_EXIT_TIMEOUT, self.wait_task(handle)).await {
+            Ok(Ok(_)) | Ok(Err(DriverError::ExecutorLost { .. })) => Ok(()),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(DriverError::Timeout {
+                operation: format!("waiting for executor {} to record the exit", state.executor_pid),
+                after: RECORD_EXIT_TIMEOUT,
+            }),
+        }
+    }
+
+    async fn destroy_task(&self, handle: &TaskHandle) -> Result<(), DriverError> {
+        let state = ExecDriverState::from_handle(handle)?;
+        let stopped = self.stop_task(handle, "SIGKILL", Duration::ZERO).await;
+        // An executor that did not finish by now never will.
+        if let Ok(Some(pidfd)) = sys::pidfd_open_identity(state.executor()) {
+            let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
+        }
+        let removed = remove_cgroup(state.cgroup()?).await;
+        stopped.and(removed)
+    }
+
+    async fn inspect_task(&self, handle: &TaskHandle) -> Result<TaskRunState, DriverError> {
+        let state = ExecDriverState::from_handle(handle)?;
+        if let Some(result) = state.exit_result()? {
+            return Ok(TaskRunState::Exited(result));
+        }
+        if sys::is_alive(state.executor()) {
+            return Ok(TaskRunState::Running);
+        }
+        // The executor may have written exit.json just before exiting.
+        match state.exit_result()? {
+            Some(result) => Ok(TaskRunState::Exited(result)),
+            None => Err(DriverError::ExecutorLost { task: handle.task_name.clone(), executor_pid: state.executor_pid }),
+        }
+    }
+
+    async fn recover_task(&self, handle: &TaskHandle) -> Result<(), DriverError> {
+        let state = ExecDriverState::from_handle(handle)?;
+        if state.exit_result()?.is_some() || !sys::is_alive(task_identity(handle, &state)) {
+            return Err(DriverError::TaskGone { pid: handle.pid });
+        }
+        if !sys::is_alive(state.executor()) {
+            // The task runs, but nobody will record its exit: the caller should destroy and restart it.
+            return Err(DriverError::ExecutorLost { task: handle.task_name.clone(), executor_pid: state.executor_pid });
+        }
+        Ok(())
+    }
+
+    async fn exec_in_task(&self, handle: &TaskHandle, command: &[String], timeout: Duration) -> Result<ExecOutput, DriverError> {
+        let Some((program, args)) = command.split_first() else {
+            return Err(DriverError::Other("exec: empty command".to_owned()));
+        };
+        let state = ExecDriverState::from_handle(handle)?;
+        if state.exit_result()?.is_some() || !sys::is_alive(task_identity(handle, &state)) {
+            return Err(DriverError::TaskGone { pid: handle.pid });
+        }
+        let spec = executor::read_spec(&state.state_dir).map_err(|error| DriverError::Other(format!("exec: {error}")))?;
+        let user = match &spec.user {
+            Some(name) => Some(sys::lookup_user(name).map_err(|source| io_error(format!("looking up user {name:?}"), source))?),
+            None => None,
+        };
+        let cgroup_files = executor::open_cgroup_procs(&state.cgroup()?).map_err(|error| DriverError::Other(format!("exec: {error}")))?;
+        let cgroup_fds: Vec<_> = cgroup_files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+
+        let mut process = tokio::process::Command::new(program);
+        process
+            .args(args)
+            .env_clear()
+            .envs(&spec.env)
+            .current_dir(&spec.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: the hook only makes async-signal-safe system calls on values prepared before fork (see
+        // `executor::enter_task_context`); the fds stay open until after spawn.
+        unsafe {
+            process.pre_exec(move || executor::enter_task_context(&cgroup_fds, user.as_ref()));
+        }
+        let mut child = process.spawn().map_err(|source| io_error(format!("exec: spawning {program:?}"), source))?;
+        drop(cgroup_files);
+        let pid = child.id().unwrap_or(0);
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let read_stdout = tokio::spawn(async move {
+            let mut bytes = Vec::new();
+            stdout.read_to_end(&mut bytes).await.map(|_| bytes)
+        });
+        let read_stderr = tokio::spawn(async move {
+            let mut bytes = Vec::new();
+            stderr.read_to_end(&mut bytes).await.map(|_| bytes)
+        });
+        let status = match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(status) => status.map_err(|source| io_error("exec: waiting".to_owned(), source))?,
+            Err(_) => {
+                // The command and everything it started (its process group) goes.
+                let _ = sys::kill_process_group(pid, libc::SIGKILL);
+                let _ = child.wait().await;
+                read_stdout.abort();
+                read_stderr.abort();
+                return Err(DriverError::Timeout { operation: format!("exec {program:?}"), after: timeout });
+            }
+        };
+        let joined = |result: Result<io::Result<Vec<u8>>, tokio::task::JoinError>| match result {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(source)) => Err(io_error("exec: reading output".to_owned(), source)),
+            Err(error) => Err(DriverError::Other(format!("exec: output reader failed: {error}"))),
+        };
+        // Output pipes inherited by lingering background processes must not hold the result back.
+        let (stdout, stderr) = match tokio::time::timeout(timeout, async { (read_stdout.await, read_stderr.await) }).await {
+            Ok((stdout, stderr)) => (joined(stdout)?, joined(stderr)?),
+            Err(_) => return Err(DriverError::Timeout { operation: format!("exec {program:?}: reading output"), after: timeout }),
+        };
+        let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        Ok(ExecOutput { exit_code, stdout, stderr })
+    }
+
+    async fn fingerprint_driver(&self) -> Fingerprint {
+        let layout = match &self.layout {
+            Ok(layout) => layout.clone(),
+            Err(reason) => {
+                return Fingerprint {
+                    detected: true,
+                    healthy: false,
+                    description: format!("cgroups unavailable: {reason}"),
+                    attributes: BTreeMap::new(),
+                };
+            }
+        };
+        let attributes = BTreeMap::from([("driver.exec.cgroups".to_owned(), layout.version().as_str().to_owned())]);
+        let probe_layout = layout.clone();
+        match blocking(move || probe_layout.probe()).await {
+            Ok(()) => Fingerprint {
+                detected: true,
+                healthy: true,
+                description: format!("cgroups {} under {}", layout.version().as_str(), layout.root().display()),
+                attributes,
+            },
+            Err(error) => Fingerprint {
+                detected: true,
+                healthy: false,
+                description: format!("cannot create cgroups: {}", crate::executor::error_chain(&error)),
+                attributes,
+            },
+        }
+    }
+}
+
+impl Driver for ExecDriver {
+    fn name(&self) -> &'static str {
+        DRIVER_NAME
+    }
+
+    fn fingerprint(&self) -> BoxFuture<'_, Fingerprint> {
+        Box::pin(self.fingerprint_driver())
+    }
+
+    fn start<'a>(&'a self, config: &'a TaskConfig) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
+        Box::pin(self.start_task(config))
+    }
+
+    fn wait<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<ExitResult, DriverError>> {
+        Box::pin(self.wait_task(handle))
+    }
+
+    fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.stop_task(handle, signal, timeout))
+    }
+
+    fn destroy<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.destroy_task(handle))
+    }
+
+    fn inspect<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskRunState, DriverError>> {
+        Box::pin(self.inspect_task(handle))
+    }
+
+    fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.recover_task(handle))
+    }
+
+    fn exec<'a>(
+        &'a self,
+        handle: &'a TaskHandle,
+        command: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ExecOutput, DriverError>> {
+        Box::pin(self.exec_in_task(handle, command, timeout))
+    }
+
+    fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskStats, DriverError>> {
+        Box::pin(async move {
+            let cgroup = ExecDriverState::from_handle(handle)?.cgroup()?;
+            Ok(blocking(move || cgroup.stats()).await?)
+        })
+    }
+}
+
+async fn remove_cgroup(cgroup: TaskCgroup) -> Result<(), DriverError> {
+    Ok(blocking(move || cgroup.remove(KILL_TIMEOUT)).await?)
+}
+
+/// Runs blocking file-system work (cgroupfs, pipes) off the async worker threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(error) => panic!("blocking driver work was cancelled: {error}"),
+    }
+}
+
+fn io_error(operation: String, source: io::Error) -> DriverError {
+    DriverError::Io { operation, source }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,192 @@
+//! Task drivers: how davit starts, watches, stops and re-attaches to workloads on a node.
+//!
+//! The [`Driver`] trait is small (after Nomad's `plugins/drivers/driver.go`). Drivers: `exec`
+//! ([`ExecDriver`]: a process in its own cgroups, supervised by a small `davit executor` process so that it
+//! outlives agent restarts and its exit code is never lost).
+//!
+//! Modules: [`cgroups`] (per-task cgroups on v1/hybrid and v2 hosts, detected at runtime), [`executor`] (the
+//! supervisor process; the `davit-executor` binary and `davit executor` call [`executor::main`]), [`logs`]
+//! (size-rotated log files), [`sys`] (pidfds, signals and `/proc`, where the crate's `unsafe` lives besides the
+//! `pre_exec` hooks).
+//!
+//! This crate must never talk to the server or make placement decisions: it gets a [`TaskConfig`]
+//! and reports what happened to the task.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub mod cgroups;
+mod exec;
+pub mod executor;
+pub mod logs;
+pub mod sys;
+
+pub use exec::{DRIVER_NAME as EXEC_DRIVER_NAME, ExecDriver, ExecDriverConfig};
+
+/// A boxed future, so `Driver` stays object safe (`Arc<dyn Driver>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Everything a driver needs to start one task.
+#[derive(Clone, Debug)]
+pub struct TaskConfig {
+    pub alloc_id: String,
+    pub task_name: String,
+    /// The task's `config:` block from the job spec (for exec: `{command, args}`), already interpolated.
+    pub driver_config: serde_json::Value,
+    /// Complete environment of the task (the agent adds `DAVIT_*` variables).
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    /// `<data_dir>/allocs/<alloc_id>`: shared by the allocation's tasks.
+    pub alloc_dir: PathBuf,
+    /// `<alloc_dir>/<task>`: the task's working directory.
+    pub task_dir: PathBuf,
+    /// Where `<task>.stdout.N` / `<task>.stderr.N` go (`<alloc_dir>/alloc/logs`).
+    pub log_dir: PathBuf,
+    pub resources: TaskResources,
+    pub logs: LogRotation,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskResources {
+    /// Millicores: 1000 = one core (CPU quota).
+    pub cpu_millicores: u32,
+    /// Hard memory limit in MiB.
+    pub memory_mib: u32,
+}
+
+/// Size-based log rotation: at most `max_files` files of `max_file_bytes` per stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRotation {
+    pub max_files: u32,
+    pub max_file_bytes: u64,
+}
+
+impl Default for LogRotation {
+    fn default() -> Self {
+        LogRotation { max_files: 10, max_file_bytes: 10 * 1024 * 1024 }
+    }
+}
+
+/// What a driver needs to find a running task again, also after an agent restart.
+/// The agent persists it in its local state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskHandle {
+    pub driver: String,
+    pub alloc_id: String,
+    pub task_name: String,
+    /// The task's main process.
+    pub pid: u32,
+    pub started_at_ms: u64,
+    /// Driver-private state (executor pid, cgroup paths, …).
+    pub driver_state: serde_json::Value,
+}
+
+/// How a task ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitResult {
+    /// Exit code when the process exited normally.
+    pub exit_code: Option<i32>,
+    /// Signal number when it was killed by a signal.
+    pub signal: Option<i32>,
+    /// The kernel's OOM killer ended it (memory limit reached).
+    pub oom_killed: bool,
+}
+
+impl ExitResult {
+    pub fn successful(&self) -> bool {
+        self.exit_code == Some(0) && self.signal.is_none() && !self.oom_killed
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskRunState {
+    Running,
+    Exited(ExitResult),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStats {
+    pub cpu_usage_ns: u64,
+    pub memory_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// What the node reports about a driver (becomes `Node.drivers[name]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub detected: bool,
+    pub healthy: bool,
+    pub description: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("invalid {driver} config: {message}")]
+    InvalidConfig { driver: &'static str, message: String },
+    #[error("starting task {task}: {message}")]
+    Start {
+        task: String,
+        message: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    #[error("task process {pid} is gone")]
+    TaskGone { pid: u32 },
+    #[error("{operation}: {source}")]
+    Io {
+        operation: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The executor of a task died without recording how the task ended (it was killed, or the machine
+    /// rebooted): the task's fate is unknown and it must be treated as failed.
+    #[error("executor {executor_pid} of task {task} died without recording the task's exit status")]
+    ExecutorLost { task: String, executor_pid: u32 },
+    #[error("unknown signal {0:?}")]
+    UnknownSignal(String),
+    #[error("{operation} timed out after {after:?}")]
+    Timeout { operation: String, after: Duration },
+    #[error(transparent)]
+    Cgroup(#[from] cgroups::CgroupError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A way of running tasks. Every method but `start` takes the handle `start` returned
+/// (or one restored from the agent's state, after `recover`). `stop` and `destroy` are idempotent.
+pub trait Driver: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn fingerprint(&self) -> BoxFuture<'_, Fingerprint>;
+    /// Starts the task and returns once it runs (or failed to start).
+    fn start<'a>(&'a self, config: &'a TaskConfig) -> BoxFuture<'a, Result<TaskHandle, DriverError>>;
+    /// Resolves when the task has exited.
+    fn wait<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<ExitResult, DriverError>>;
+    /// Sends `signal` (e.g. `SIGTERM`), waits up to `timeout`, then kills the task and all its processes.
+    fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Releases everything the task held (cgroups, executor). Kills it first if still running.
+    fn destroy<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>>;
+    fn inspect<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskRunState, DriverError>>;
+    /// Re-attaches to a task started by an earlier agent process; fails with `TaskGone` if it died meanwhile
+    /// (then `wait` still reports how it ended when that is known).
+    fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Runs a command in the task's context (cgroup, env, working dir).
+    fn exec<'a>(
+        &'a self,
+        handle: &'a TaskHandle,
+        command: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ExecOutput, DriverError>>;
+    fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskStats, DriverError>>;
+}

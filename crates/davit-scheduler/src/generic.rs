@@ -1,0 +1,322 @@
+//! The generic scheduler for service and batch jobs: reconcile, then place each missing allocation.
+//!
+//! Placement is a chain: schedulable nodes in a seeded random order → feasibility (datacenter, drivers,
+//! constraints; see `feasible`) → fit (cpu, memory, ports; see `rank`) → bin-packing score → best node.
+//! Every node turned down adds its reason to the group's [`PlacementFailure`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::sync::Arc;
+
+use davit_api::objects::{
+    AllocatedResources, Allocation, ClientStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node, PlacementFailure, UnixMillis,
+};
+use davit_api::spec::JobType;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::feasible::FeasibilityChecker;
+use crate::plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
+use crate::rank::{self, Ask, UsageTracker};
+use crate::reconcile::{self, Reconciliation};
+use crate::state::ClusterState;
+
+/// Computes the plan for one evaluation. See the crate documentation for the contract.
+pub fn schedule(state: &ClusterState, eval: &Evaluation, config: &SchedulerConfig, seed: u64, now: UnixMillis) -> ScheduleResult {
+    let job = state.job(&eval.job_name).map(|job| &**job);
+    let mut plan = Plan {
+        eval_id: eval.id.clone(),
+        job_name: eval.job_name.clone(),
+        job_version: job.map_or(0, |job| job.version),
+        priority: job.map_or(eval.priority, |job| job.spec.priority),
+        node_allocations: BTreeMap::new(),
+        node_updates: BTreeMap::new(),
+        failed_groups: BTreeMap::new(),
+    };
+    if job.map_or(eval.job_type, |job| job.spec.job_type) == JobType::System {
+        return ScheduleResult { plan, status: EvalStatus::Failed, status_description: "system jobs are not supported yet".to_string() };
+    }
+    let running_job = job.filter(|job| !job.stopped);
+    let reconciliation = reconcile::reconcile(state, running_job, &eval.job_name);
+    let mut run = Run {
+        state,
+        eval,
+        config,
+        now,
+        rng: SmallRng::seed_from_u64(seed ^ fnv1a(eval.id.as_bytes())),
+        usage: UsageTracker::new(state),
+        counts: Counts::default(),
+        issued_ids: BTreeSet::new(),
+        plan: &mut plan,
+    };
+    run.apply(running_job, reconciliation);
+    let counts = run.counts;
+    let status_description = describe(running_job.is_none(), &counts, &plan.failed_groups);
+    ScheduleResult { plan, status: EvalStatus::Complete, status_description }
+}
+
+/// What one run did, for the status description.
+#[derive(Default)]
+struct Counts {
+    placed: u32,
+    updated_in_place: u32,
+    replaced: u32,
+    stopped: u32,
+    lost: u32,
+}
+
+/// One piece of work for the node chain.
+struct Work {
+    group_position: usize,
+    index: u32,
+    previous: Option<Arc<Allocation>>,
+    /// The previous allocation still runs and is stopped only if its replacement finds a node.
+    destructive: bool,
+}
+
+struct Run<'a> {
+    state: &'a ClusterState,
+    eval: &'a Evaluation,
+    config: &'a SchedulerConfig,
+    now: UnixMillis,
+    rng: SmallRng,
+    usage: UsageTracker<'a>,
+    counts: Counts,
+    issued_ids: BTreeSet<String>,
+    plan: &'a mut Plan,
+}
+
+impl<'a> Run<'a> {
+    fn apply(&mut self, job: Option<&'a Job>, reconciliation: Reconciliation) {
+        for stop in &reconciliation.stops {
+            self.usage.remove(&stop.alloc.node_id, &stop.alloc.resources);
+            if stop.client_status == Some(ClientStatus::Lost) {
+                self.counts.lost += 1;
+            } else {
+                self.counts.stopped += 1;
+            }
+            self.plan.push_stop(
+                &stop.alloc.node_id,
+                AllocStop { alloc_id: stop.alloc.id.clone(), description: stop.description.clone(), client_status: stop.client_status },
+            );
+        }
+        let Some(job) = job else { return };
+
+        let mut feasibility = FeasibilityChecker::new(&job.spec);
+        let mut work: Vec<Work> = reconciliation
+            .placements
+            .into_iter()
+            .map(|placement| Work {
+                group_position: placement.group_position,
+                index: placement.index,
+                previous: placement.previous,
+                destructive: false,
+            })
+            .collect();
+        for update in reconciliation.updates {
+            let node = self.state.node(&update.alloc.node_id);
+            let in_place = update.spec_unchanged && node.is_some_and(|node| feasibility.check(node, update.group_position).is_ok());
+            if in_place {
+                let mut alloc = (*update.alloc).clone();
+                alloc.job_version = job.version;
+                alloc.eval_id = self.eval.id.clone();
+                alloc.modify_time = self.now;
+                self.plan.push_allocation(alloc);
+                self.counts.updated_in_place += 1;
+            } else {
+                work.push(Work {
+                    group_position: update.group_position,
+                    index: update.alloc.index,
+                    previous: Some(update.alloc),
+                    destructive: true,
+                });
+            }
+        }
+        work.sort_by_key(|work| (work.group_position, work.index));
+
+        let mut nodes: Vec<&'a Arc<Node>> = self.state.nodes().filter(|node| node.is_schedulable()).collect();
+        nodes.shuffle(&mut self.rng);
+        let asks: Vec<Ask> = job.spec.groups.iter().map(Ask::new).collect();
+        let mut cursor = 0;
+        for work in work {
+            let group = &job.spec.groups[work.group_position];
+            if let Some(failure) = self.plan.failed_groups.get_mut(&group.name) {
+                // Later placements of a failed group would fail the same way: count them only.
+                failure.missing += 1;
+                continue;
+            }
+            let previous_running = work.previous.as_ref().filter(|_| work.destructive);
+            if let Some(previous) = previous_running {
+                self.usage.remove(&previous.node_id, &previous.resources);
+            }
+            let ask = &asks[work.group_position];
+            match self.select(&nodes, &mut cursor, &mut feasibility, work.group_position, ask) {
+                Ok(node) => {
+                    let usage = self.usage.usage(&node.id);
+                    let ports = rank::assign_ports(node, usage, ask, &mut self.rng);
+                    let resources = AllocatedResources { cpu: ask.cpu, memory: ask.memory, ports };
+                    self.usage.add(&node.id, &resources);
+                    let alloc = Allocation {
+                        id: self.new_alloc_id(),
+                        name: format!("{}.{}[{}]", job.spec.name, group.name, work.index),
+                        job_name: job.spec.name.clone(),
+                        job_version: job.version,
+                        group: group.name.clone(),
+                        index: work.index,
+                        node_id: node.id.clone(),
+                        node_name: node.name.clone(),
+                        eval_id: self.eval.id.clone(),
+                        desired_status: DesiredStatus::Run,
+                        desired_description: String::new(),
+                        client_status: ClientStatus::Pending,
+                        client_description: String::new(),
+                        task_states: BTreeMap::new(),
+                        resources,
+                        previous_allocation: work.previous.as_ref().map(|previous| previous.id.clone()),
+                        create_time: self.now,
+                        modify_time: self.now,
+                        create_index: 0,
+                        modify_index: 0,
+                    };
+                    self.plan.push_allocation(alloc);
+                    if let Some(previous) = previous_running {
+                        self.plan.push_stop(
+                            &previous.node_id,
+                            AllocStop {
+                                alloc_id: previous.id.clone(),
+                                description: format!("replaced by version {}", job.version),
+                                client_status: None,
+                            },
+                        );
+                        self.counts.replaced += 1;
+                    } else {
+                        self.counts.placed += 1;
+                    }
+                }
+                Err(mut failure) => {
+                    if let Some(previous) = previous_running {
+                        // Keep the old allocation running: there is no room for its replacement.
+                        self.usage.add(&previous.node_id, &previous.resources);
+                    }
+                    failure.missing = 1;
+                    self.plan.failed_groups.insert(group.name.clone(), failure);
+                }
+            }
+        }
+    }
+
+    /// A fresh id: random, but never one the state or this plan already uses (a caller that reuses a
+    /// seed for a retried evaluation would otherwise get the ids of the allocations it committed).
+    fn new_alloc_id(&mut self) -> String {
+        loop {
+            let id = random_uuid(&mut self.rng);
+            if self.state.alloc(&id).is_none() && self.issued_ids.insert(id.clone()) {
+                return id;
+            }
+        }
+    }
+
+    /// Walks the nodes from `cursor` and returns the best-scoring one that is feasible and fits, or why
+    /// none did. The cursor moves past the nodes looked at, so with a candidate limit successive
+    /// placements start where the last one stopped (as Nomad's node iterator does).
+    fn select(
+        &mut self,
+        nodes: &[&'a Arc<Node>],
+        cursor: &mut usize,
+        feasibility: &mut FeasibilityChecker<'_>,
+        group_position: usize,
+        ask: &Ask,
+    ) -> Result<&'a Arc<Node>, PlacementFailure> {
+        let mut failure = PlacementFailure::default();
+        let mut best: Option<(f64, &'a Arc<Node>)> = None;
+        let mut fitting = 0;
+        let mut visited = 0;
+        while visited < nodes.len() {
+            let node = nodes[(*cursor + visited) % nodes.len()];
+            visited += 1;
+            failure.nodes_evaluated += 1;
+            if let Err(reason) = feasibility.check(node, group_position) {
+                *failure.filtered.entry(reason).or_default() += 1;
+                continue;
+            }
+            match rank::fit(node, self.usage.usage(&node.id), ask) {
+                Err(dimension) => *failure.exhausted.entry(dimension.to_string()).or_default() += 1,
+                Ok(score) => {
+                    if best.is_none_or(|(best_score, _)| score > best_score) {
+                        best = Some((score, node));
+                    }
+                    fitting += 1;
+                    if self.config.candidate_limit.is_some_and(|limit| fitting >= limit.get()) {
+                        break;
+                    }
+                }
+            }
+        }
+        if !nodes.is_empty() {
+            *cursor = (*cursor + visited) % nodes.len();
+        }
+        best.map(|(_, node)| node).ok_or(failure)
+    }
+}
+
+/// FNV-1a: a small hash that is the same on every platform and Rust version, to mix the evaluation id
+/// into the seed (two evaluations given the same seed still get different ids and node orders).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// A UUID-v4-formatted id from the seeded generator, so that runs are reproducible.
+fn random_uuid(rng: &mut SmallRng) -> String {
+    let mut bytes = [0u8; 16];
+    rng.fill(&mut bytes);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut text = String::with_capacity(36);
+    for (position, byte) in bytes.iter().enumerate() {
+        if matches!(position, 4 | 6 | 8 | 10) {
+            text.push('-');
+        }
+        write!(text, "{byte:02x}").expect("writing to a String cannot fail");
+    }
+    text
+}
+
+fn describe(job_gone: bool, counts: &Counts, failed_groups: &BTreeMap<String, PlacementFailure>) -> String {
+    let mut parts = Vec::new();
+    for (count, what) in [
+        (counts.placed, "placed"),
+        (counts.updated_in_place, "updated in place"),
+        (counts.replaced, "replaced"),
+        (counts.stopped, "stopped"),
+        (counts.lost, "lost"),
+    ] {
+        if count > 0 {
+            parts.push(format!("{what} {count}"));
+        }
+    }
+    let mut text = if parts.is_empty() { "no changes".to_string() } else { parts.join(", ") };
+    if job_gone {
+        text = format!("job stopped: {text}");
+    }
+    for (group, failure) in failed_groups {
+        write!(text, "; group {group}: {} not placed ({})", failure.missing, failure.summary()).expect("writing to a String cannot fail");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_format() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let id = random_uuid(&mut rng);
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.as_bytes()[14], b'4', "{id}");
+        assert!(matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{id}");
+        assert_eq!(id.matches('-').count(), 4);
+        assert_ne!(id, random_uuid(&mut rng));
+    }
+}

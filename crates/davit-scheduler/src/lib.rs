@@ -1,0 +1,38 @@
+//! davit's scheduler: given a snapshot of the cluster and an evaluation ("look at job X again"), decide
+//! which allocations to place, update and stop, and on which nodes. Modelled on Nomad's generic scheduler
+//! (`scheduler/generic_sched.go`, `reconcile.go`, `stack.go`), simplified.
+//!
+//! - [`ClusterState`]: the immutable, O(1)-clonable snapshot the scheduler reads (the server keeps one).
+//! - [`schedule`]: reconcile a job against its allocations, then place what is missing through a chain
+//!   of small pieces: seeded random node order → feasibility (datacenter, drivers, constraints, cached
+//!   per computed node class) → fit (cpu, memory, ports) → bin-packing score → best node.
+//! - [`Plan`]: the result, per node; unplaceable work is data ([`Plan::failed_groups`] with reasons),
+//!   never an error.
+//!
+//! Invariant: the output is a pure function of (state snapshot, evaluation, config, seed, now).
+//! This crate must never do I/O, read a clock (the caller passes `now`), use a global or OS-seeded RNG
+//! (all randomness comes from a `SmallRng` seeded with the caller's `seed`), spawn threads or tasks,
+//! or iterate a hash map in a way that could change its output. It never writes state: the server's
+//! plan applier does, after checking the plan against the latest state.
+//!
+//! Seeds: the caller should pass a fresh seed per scheduling attempt (say, from its own RNG). The eval
+//! id is mixed into the seed and new allocation ids never repeat ids already in the snapshot, so a
+//! reused seed cannot overwrite allocations, but it would repeat the same node order.
+//!
+//! Not yet: system jobs (rejected with a failed evaluation), reschedule policies, spread, affinities,
+//! preemption, deployments.
+
+mod constraint;
+mod feasible;
+mod generic;
+mod plan;
+mod rank;
+mod reconcile;
+mod state;
+
+#[cfg(test)]
+mod tests;
+
+pub use generic::schedule;
+pub use plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
+pub use state::{ClusterState, NodeUsage};

@@ -1,0 +1,78 @@
+//! What the scheduler produces: a [`Plan`] for the plan applier, and how the evaluation went.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+
+use davit_api::objects::{Allocation, ClientStatus, EvalStatus, PlacementFailure};
+
+/// Knobs of one scheduler run. The defaults suit clusters of up to a few thousand nodes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Stop looking after this many nodes that fit and take the best of them (Nomad's `limit`).
+    /// `None` scores every feasible node, which gives the tightest bin-packing.
+    pub candidate_limit: Option<NonZeroUsize>,
+}
+
+/// The changes one evaluation wants, per node. The plan applier checks them against the latest
+/// state and commits what still fits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub eval_id: String,
+    pub job_name: String,
+    /// The job version the plan was computed against; 0 when the job no longer exists.
+    pub job_version: u64,
+    pub priority: u8,
+    /// New allocations, and existing ones updated in place (same id, new `job_version`), by node id.
+    pub node_allocations: BTreeMap<String, Vec<Allocation>>,
+    /// Allocations to stop, by the node id they are placed on.
+    pub node_updates: BTreeMap<String, Vec<AllocStop>>,
+    /// Per group: placements that could not be made, and why.
+    pub failed_groups: BTreeMap<String, PlacementFailure>,
+}
+
+/// Set an allocation's desired status to `stop`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocStop {
+    pub alloc_id: String,
+    /// Becomes the allocation's `desired_description`: "job stopped", "node down", "replaced by version 3".
+    pub description: String,
+    /// Also set the client status, e.g. `Lost` for allocations on a node that is down or gone.
+    pub client_status: Option<ClientStatus>,
+}
+
+/// The outcome of [`schedule`](crate::schedule).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleResult {
+    pub plan: Plan,
+    /// `Complete` when the plan says all the scheduler could do (unplaced work is listed in
+    /// `plan.failed_groups`; the server turns it into a blocked evaluation), `Failed` when the
+    /// evaluation cannot be processed at all (e.g. a job type this version does not support).
+    pub status: EvalStatus,
+    /// One line for people: "placed 3, stopped 1; group web: 2 not placed (memory exhausted on 3 nodes)".
+    pub status_description: String,
+}
+
+impl Plan {
+    /// True when the plan changes nothing and records no failures.
+    pub fn is_empty(&self) -> bool {
+        self.node_allocations.is_empty() && self.node_updates.is_empty() && self.failed_groups.is_empty()
+    }
+
+    /// Allocations placed or updated in place, in node order.
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> + '_ {
+        self.node_allocations.values().flatten()
+    }
+
+    /// Stops, in node order.
+    pub fn stops(&self) -> impl Iterator<Item = &AllocStop> + '_ {
+        self.node_updates.values().flatten()
+    }
+
+    pub(crate) fn push_allocation(&mut self, alloc: Allocation) {
+        self.node_allocations.entry(alloc.node_id.clone()).or_default().push(alloc);
+    }
+
+    pub(crate) fn push_stop(&mut self, node_id: &str, stop: AllocStop) {
+        self.node_updates.entry(node_id.to_string()).or_default().push(stop);
+    }
+}

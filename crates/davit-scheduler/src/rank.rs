@@ -1,0 +1,182 @@
+//! Fit and ranking: does the group fit in what is left of a node, and how good a home is it?
+//!
+//! # Bin-packing score
+//!
+//! Nomad's `ScoreFitBinPack`, normalised to 0..1. With `free_cpu` and `free_memory` the fractions of the
+//! node left free *after* placing the allocation (0 = full, 1 = empty):
+//!
+//! ```text
+//! score = (20 − (10^free_cpu + 10^free_memory)) / 18
+//! ```
+//!
+//! Each power lies in 1..10, so the raw score lies in 0..18: 18 for a node the allocation fills
+//! exactly, 0 for an empty node. Fuller nodes score higher, which packs work tightly and leaves whole
+//! nodes free for big allocations. The exponent makes the last free fraction of a dimension count most.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use davit_api::objects::{AllocatedResources, AssignedPort, Node};
+use davit_api::spec::GroupSpec;
+use rand::Rng;
+use rand::rngs::SmallRng;
+
+use crate::state::ClusterState;
+
+/// Node usage as this plan changes it: the snapshot's non-terminal allocations, minus those the plan
+/// stops, plus those it places. Loaded lazily per node.
+pub(crate) struct UsageTracker<'state> {
+    state: &'state ClusterState,
+    nodes: BTreeMap<String, TrackedUsage>,
+}
+
+#[derive(Default)]
+pub(crate) struct TrackedUsage {
+    pub(crate) cpu: u64,
+    pub(crate) memory: u64,
+    /// Host port → number of allocations holding it (more than one only if the state is already wrong).
+    pub(crate) ports: BTreeMap<u16, u32>,
+}
+
+impl<'state> UsageTracker<'state> {
+    pub(crate) fn new(state: &'state ClusterState) -> UsageTracker<'state> {
+        UsageTracker { state, nodes: BTreeMap::new() }
+    }
+
+    pub(crate) fn usage(&mut self, node_id: &str) -> &TrackedUsage {
+        self.entry(node_id)
+    }
+
+    pub(crate) fn add(&mut self, node_id: &str, resources: &AllocatedResources) {
+        let usage = self.entry(node_id);
+        usage.cpu += resources.cpu;
+        usage.memory += resources.memory;
+        for port in &resources.ports {
+            *usage.ports.entry(port.value).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn remove(&mut self, node_id: &str, resources: &AllocatedResources) {
+        let usage = self.entry(node_id);
+        usage.cpu = usage.cpu.saturating_sub(resources.cpu);
+        usage.memory = usage.memory.saturating_sub(resources.memory);
+        for port in &resources.ports {
+            if let Some(count) = usage.ports.get_mut(&port.value) {
+                *count -= 1;
+                if *count == 0 {
+                    usage.ports.remove(&port.value);
+                }
+            }
+        }
+    }
+
+    fn entry(&mut self, node_id: &str) -> &mut TrackedUsage {
+        let state = self.state;
+        self.nodes.entry(node_id.to_string()).or_insert_with(|| {
+            let mut usage = TrackedUsage::default();
+            for alloc in state.allocs_for_node(node_id).filter(|alloc| !alloc.is_terminal()) {
+                usage.cpu += alloc.resources.cpu;
+                usage.memory += alloc.resources.memory;
+                for port in &alloc.resources.ports {
+                    *usage.ports.entry(port.value).or_default() += 1;
+                }
+            }
+            usage
+        })
+    }
+}
+
+/// What one allocation of a group asks of a node.
+pub(crate) struct Ask {
+    pub(crate) cpu: u64,
+    pub(crate) memory: u64,
+    /// (label, static host port, `to`) for ports with `static:`.
+    static_ports: Vec<(String, u16, Option<u16>)>,
+    /// (label, `to`) for ports the scheduler picks.
+    dynamic_ports: Vec<(String, Option<u16>)>,
+}
+
+impl Ask {
+    pub(crate) fn new(group: &GroupSpec) -> Ask {
+        let resources = group.total_resources();
+        let mut static_ports = Vec::new();
+        let mut dynamic_ports = Vec::new();
+        for port in &group.network.ports {
+            match port.static_port {
+                Some(host_port) => static_ports.push((port.name.clone(), host_port, port.to)),
+                None => dynamic_ports.push((port.name.clone(), port.to)),
+            }
+        }
+        Ask { cpu: resources.cpu.into(), memory: resources.memory.into(), static_ports, dynamic_ports }
+    }
+}
+
+/// The dimension that did not fit: a key of `PlacementFailure::exhausted`.
+pub(crate) type Exhausted = &'static str;
+
+/// Checks the ask against what is left of the node and returns its bin-packing score.
+/// Port *numbers* are not picked here (see [`assign_ports`]), so rejected nodes consume no randomness.
+pub(crate) fn fit(node: &Node, usage: &TrackedUsage, ask: &Ask) -> Result<f64, Exhausted> {
+    let cpu_after = usage.cpu + ask.cpu;
+    let memory_after = usage.memory + ask.memory;
+    if cpu_after > node.resources.cpu {
+        return Err("cpu");
+    }
+    if memory_after > node.resources.memory {
+        return Err("memory");
+    }
+    if !ask.static_ports.is_empty() || !ask.dynamic_ports.is_empty() {
+        let blocked = blocked_ports(node, usage);
+        let mut statics = BTreeSet::new();
+        for (_, host_port, _) in &ask.static_ports {
+            if blocked.contains(host_port) || !statics.insert(*host_port) {
+                return Err("ports");
+            }
+        }
+        let (low, high) = node.resources.port_range;
+        let range_size = if low <= high { usize::from(high - low) + 1 } else { 0 };
+        let blocked_in_range = blocked.union(&statics).filter(|port| (low..=high).contains(*port)).count();
+        if range_size - blocked_in_range < ask.dynamic_ports.len() {
+            return Err("ports");
+        }
+    }
+    Ok(bin_pack_score(node, cpu_after, memory_after))
+}
+
+/// See the module documentation for the formula.
+pub(crate) fn bin_pack_score(node: &Node, cpu_after: u64, memory_after: u64) -> f64 {
+    let free_fraction = |used: u64, total: u64| {
+        if total == 0 { 0.0 } else { (1.0 - used as f64 / total as f64).clamp(0.0, 1.0) }
+    };
+    let free_cpu = free_fraction(cpu_after, node.resources.cpu);
+    let free_memory = free_fraction(memory_after, node.resources.memory);
+    let raw = 20.0 - (10f64.powf(free_cpu) + 10f64.powf(free_memory));
+    (raw / 18.0).clamp(0.0, 1.0)
+}
+
+/// Picks host ports for an ask that [`fit`] the node: static ones as written, dynamic ones at random from
+/// the node's range, avoiding reserved, used and already picked ports.
+pub(crate) fn assign_ports(node: &Node, usage: &TrackedUsage, ask: &Ask, rng: &mut SmallRng) -> Vec<AssignedPort> {
+    let mut blocked = blocked_ports(node, usage);
+    let mut assigned = Vec::new();
+    for (label, host_port, to) in &ask.static_ports {
+        blocked.insert(*host_port);
+        assigned.push(AssignedPort { label: label.clone(), value: *host_port, to: to.unwrap_or(*host_port) });
+    }
+    let (low, high) = node.resources.port_range;
+    for (label, to) in &ask.dynamic_ports {
+        // A few random tries find a free port quickly on a lightly used node; a scan from a random
+        // starting point is the fallback that always finds one when `fit` said there is one.
+        let random_pick = (0..32).map(|_| rng.random_range(low..=high)).find(|port| !blocked.contains(port));
+        let host_port = random_pick.unwrap_or_else(|| {
+            let start = rng.random_range(low..=high);
+            (start..=high).chain(low..start).find(|port| !blocked.contains(port)).expect("fit checked that a dynamic port is free")
+        });
+        blocked.insert(host_port);
+        assigned.push(AssignedPort { label: label.clone(), value: host_port, to: to.unwrap_or(host_port) });
+    }
+    assigned
+}
+
+fn blocked_ports(node: &Node, usage: &TrackedUsage) -> BTreeSet<u16> {
+    node.resources.reserved_ports.iter().copied().chain(usage.ports.keys().copied()).collect()
+}

@@ -1,0 +1,169 @@
+//! Reconciliation: compare a job's spec with its allocations and decide what to stop, what to update
+//! and which indexes to place. No node is chosen here; see `generic`.
+//!
+//! Per allocation, first rule that applies wins:
+//!
+//! 1. job missing or stopped → stop every non-terminal allocation ("job stopped");
+//! 2. its group is no longer in the spec → stop ("group removed from job");
+//! 3. its node is down or gone → stop as `Lost` ("node down") and place a replacement at its index;
+//! 4. index ≥ count → stop ("not needed: count is N"), highest index first;
+//! 5. another kept allocation already holds its index → stop ("duplicate of index N");
+//! 6. older (or other) job version → an update: in place when the group spec is unchanged except for
+//!    `count`, else destructive (decided by the caller, which also checks the node still fits the job).
+//!
+//! Allocations already terminal on the client, but desired `run`, hold their index or free it:
+//! `Failed` of the current version holds it (not replaced: reschedule policies come later), `Complete`
+//! of a batch job holds it (the work is done), everything else (`Complete` of a service job, `Failed` of
+//! an older version, `Lost`) frees it and the replacement names it as `previous_allocation`.
+//! Free indexes are then filled lowest first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, Job, NodeStatus};
+use davit_api::spec::JobType;
+
+use crate::state::ClusterState;
+
+/// What reconciliation decided for one job.
+#[derive(Default)]
+pub(crate) struct Reconciliation {
+    /// Unconditional stops, in order.
+    pub(crate) stops: Vec<Stop>,
+    /// Allocations of another job version: update in place or destructively.
+    pub(crate) updates: Vec<Update>,
+    /// Indexes to place, per group in spec order, lowest index first.
+    pub(crate) placements: Vec<Placement>,
+}
+
+pub(crate) struct Stop {
+    pub(crate) alloc: Arc<Allocation>,
+    pub(crate) description: String,
+    pub(crate) client_status: Option<ClientStatus>,
+}
+
+pub(crate) struct Update {
+    pub(crate) alloc: Arc<Allocation>,
+    pub(crate) group_position: usize,
+    /// True when the group spec equals the allocation's version's, `count` aside.
+    pub(crate) spec_unchanged: bool,
+}
+
+pub(crate) struct Placement {
+    pub(crate) group_position: usize,
+    pub(crate) index: u32,
+    /// The allocation this one replaces (lost, completed, failed in an older version).
+    pub(crate) previous: Option<Arc<Allocation>>,
+}
+
+/// `job` is the latest version, or `None` when the job is gone or stopped.
+pub(crate) fn reconcile(state: &ClusterState, job: Option<&Job>, job_name: &str) -> Reconciliation {
+    let mut allocs: Vec<Arc<Allocation>> = state.allocs_for_job(job_name).cloned().collect();
+    // Oldest first, so that the first allocation of an index wins it and the last one of a history of
+    // replacements is the one a new replacement points at.
+    allocs.sort_by(|a, b| (a.index, a.create_time, &a.id).cmp(&(b.index, b.create_time, &b.id)));
+    let mut result = Reconciliation::default();
+
+    let Some(job) = job else {
+        for alloc in allocs.into_iter().filter(|alloc| !alloc.is_terminal()) {
+            result.stops.push(Stop { alloc, description: "job stopped".to_string(), client_status: None });
+        }
+        return result;
+    };
+
+    let mut by_group: BTreeMap<&str, Vec<Arc<Allocation>>> = BTreeMap::new();
+    for alloc in &allocs {
+        if alloc.desired_status == DesiredStatus::Stop {
+            continue;
+        }
+        match job.spec.group(&alloc.group) {
+            Some(_) => by_group.entry(alloc.group.as_str()).or_default().push(Arc::clone(alloc)),
+            None if !alloc.is_terminal() => {
+                result.stops.push(Stop { alloc: Arc::clone(alloc), description: "group removed from job".to_string(), client_status: None })
+            }
+            None => {}
+        }
+    }
+
+    for (group_position, group) in job.spec.groups.iter().enumerate() {
+        let allocs = by_group.remove(group.name.as_str()).unwrap_or_default();
+        reconcile_group(state, job, group_position, &allocs, &mut result);
+    }
+    result
+}
+
+fn reconcile_group(state: &ClusterState, job: &Job, group_position: usize, allocs: &[Arc<Allocation>], result: &mut Reconciliation) {
+    let group = &job.spec.groups[group_position];
+    let count = group.count;
+    let mut held: BTreeSet<u32> = BTreeSet::new();
+    let mut lost: Vec<&Arc<Allocation>> = Vec::new();
+    let mut scaled_down: Vec<&Arc<Allocation>> = Vec::new();
+
+    // Live allocations: desired run, not terminal on the client.
+    for alloc in allocs.iter().filter(|alloc| !alloc.client_status.is_terminal()) {
+        let node_down = state.node(&alloc.node_id).is_none_or(|node| node.status == NodeStatus::Down);
+        if node_down {
+            result.stops.push(Stop {
+                alloc: Arc::clone(alloc),
+                description: "node down".to_string(),
+                client_status: Some(ClientStatus::Lost),
+            });
+            lost.push(alloc);
+        } else if alloc.index >= count {
+            scaled_down.push(alloc);
+        } else if !held.insert(alloc.index) {
+            result.stops.push(Stop {
+                alloc: Arc::clone(alloc),
+                description: format!("duplicate of index {}", alloc.index),
+                client_status: None,
+            });
+        } else if alloc.job_version != job.version {
+            let spec_unchanged = state
+                .job_version(&job.spec.name, alloc.job_version)
+                .and_then(|old| old.spec.group(&group.name))
+                .is_some_and(|old_group| equal_except_count(old_group, group));
+            result.updates.push(Update { alloc: Arc::clone(alloc), group_position, spec_unchanged });
+        }
+    }
+    scaled_down.sort_by_key(|alloc| std::cmp::Reverse(alloc.index));
+    for alloc in scaled_down {
+        result.stops.push(Stop { alloc: Arc::clone(alloc), description: format!("not needed: count is {count}"), client_status: None });
+    }
+
+    // Replacements, keyed by index: the allocation that ended last at that index (a lost one ends now).
+    let mut replacements: BTreeMap<u32, Arc<Allocation>> = BTreeMap::new();
+    let mut done: BTreeSet<u32> = BTreeSet::new();
+    for alloc in allocs.iter().filter(|alloc| alloc.client_status.is_terminal() && alloc.index < count) {
+        let holds_index = match alloc.client_status {
+            ClientStatus::Failed => alloc.job_version == job.version,
+            ClientStatus::Complete => job.spec.job_type == JobType::Batch,
+            _ => false,
+        };
+        if holds_index {
+            done.insert(alloc.index);
+        } else if !held.contains(&alloc.index) {
+            replacements.insert(alloc.index, Arc::clone(alloc));
+        }
+    }
+    for alloc in lost {
+        if alloc.index < count && !held.contains(&alloc.index) {
+            replacements.insert(alloc.index, Arc::clone(alloc));
+        }
+    }
+    held.extend(&done);
+    replacements.retain(|index, _| !done.contains(index));
+
+    for index in 0..count {
+        if !held.contains(&index) {
+            let previous = replacements.remove(&index);
+            result.placements.push(Placement { group_position, index, previous });
+        }
+    }
+}
+
+/// True when the two group specs differ at most in `count`.
+fn equal_except_count(old: &davit_api::spec::GroupSpec, new: &davit_api::spec::GroupSpec) -> bool {
+    let mut old = old.clone();
+    old.count = new.count;
+    old == *new
+}

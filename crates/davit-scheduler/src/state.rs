@@ -1,0 +1,171 @@
+//! [`ClusterState`]: the immutable, cheaply clonable picture of the cluster the scheduler reads.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use davit_api::objects::{Allocation, Job, Node};
+use imbl::{OrdMap, OrdSet};
+
+/// Nodes, allocations, jobs and job versions, indexed for the scheduler.
+///
+/// Built on persistent maps: `clone` is O(1) and shares structure, so the server keeps one, updates it
+/// from the store's change feed and hands clones (snapshots) to scheduler workers. Updates take `&mut self`
+/// but never affect earlier clones.
+///
+/// Invariant: `allocs_by_node` and `allocs_by_job` hold exactly the ids of `allocs`, keyed by each
+/// allocation's current `node_id` and `job_name`; empty index sets are removed.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    nodes: OrdMap<String, Arc<Node>>,
+    allocs: OrdMap<String, Arc<Allocation>>,
+    allocs_by_node: OrdMap<String, OrdSet<String>>,
+    allocs_by_job: OrdMap<String, OrdSet<String>>,
+    jobs: OrdMap<String, Arc<Job>>,
+    job_versions: OrdMap<String, OrdMap<u64, Arc<Job>>>,
+}
+
+/// What the non-terminal allocations on one node reserve.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeUsage {
+    /// Millicores.
+    pub cpu: u64,
+    /// MiB.
+    pub memory: u64,
+    /// Host ports assigned to allocations.
+    pub ports: BTreeSet<u16>,
+}
+
+impl ClusterState {
+    pub fn new() -> ClusterState {
+        ClusterState::default()
+    }
+
+    pub fn upsert_node(&mut self, node: Arc<Node>) {
+        self.nodes.insert(node.id.clone(), node);
+    }
+
+    /// Removes the node. Its allocations stay: the scheduler sees them as lost.
+    pub fn remove_node(&mut self, id: &str) -> Option<Arc<Node>> {
+        self.nodes.remove(id)
+    }
+
+    pub fn upsert_alloc(&mut self, alloc: Arc<Allocation>) {
+        if let Some(old) = self.allocs.insert(alloc.id.clone(), Arc::clone(&alloc)) {
+            if old.node_id != alloc.node_id {
+                remove_from_index(&mut self.allocs_by_node, &old.node_id, &old.id);
+            }
+            if old.job_name != alloc.job_name {
+                remove_from_index(&mut self.allocs_by_job, &old.job_name, &old.id);
+            }
+        }
+        self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(alloc.id.clone());
+        self.allocs_by_job.entry(alloc.job_name.clone()).or_default().insert(alloc.id.clone());
+    }
+
+    pub fn remove_alloc(&mut self, id: &str) -> Option<Arc<Allocation>> {
+        let alloc = self.allocs.remove(id)?;
+        remove_from_index(&mut self.allocs_by_node, &alloc.node_id, id);
+        remove_from_index(&mut self.allocs_by_job, &alloc.job_name, id);
+        Some(alloc)
+    }
+
+    /// Sets the latest version of a job (the job itself). Its versions are kept separately, see
+    /// [`ClusterState::upsert_job_version`].
+    pub fn upsert_job(&mut self, job: Arc<Job>) {
+        self.jobs.insert(job.spec.name.clone(), job);
+    }
+
+    /// Removes the job; its stored versions and allocations stay until removed themselves.
+    pub fn remove_job(&mut self, name: &str) -> Option<Arc<Job>> {
+        self.jobs.remove(name)
+    }
+
+    pub fn upsert_job_version(&mut self, job: Arc<Job>) {
+        self.job_versions.entry(job.spec.name.clone()).or_default().insert(job.version, job);
+    }
+
+    pub fn remove_job_version(&mut self, name: &str, version: u64) -> Option<Arc<Job>> {
+        let versions = self.job_versions.get_mut(name)?;
+        let removed = versions.remove(&version);
+        if versions.is_empty() {
+            self.job_versions.remove(name);
+        }
+        removed
+    }
+
+    /// Removes every stored version of the job.
+    pub fn remove_job_versions(&mut self, name: &str) {
+        self.job_versions.remove(name);
+    }
+
+    pub fn node(&self, id: &str) -> Option<&Arc<Node>> {
+        self.nodes.get(id)
+    }
+
+    pub fn alloc(&self, id: &str) -> Option<&Arc<Allocation>> {
+        self.allocs.get(id)
+    }
+
+    /// The latest version of the job.
+    pub fn job(&self, name: &str) -> Option<&Arc<Job>> {
+        self.jobs.get(name)
+    }
+
+    pub fn job_version(&self, name: &str, version: u64) -> Option<&Arc<Job>> {
+        self.job_versions.get(name)?.get(&version)
+    }
+
+    /// Nodes in id order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> + '_ {
+        self.nodes.values()
+    }
+
+    /// Allocations in id order.
+    pub fn allocs(&self) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
+        self.allocs.values()
+    }
+
+    /// Jobs (latest versions) in name order.
+    pub fn jobs(&self) -> impl Iterator<Item = &Arc<Job>> + '_ {
+        self.jobs.values()
+    }
+
+    /// Stored versions of a job, oldest first.
+    pub fn job_versions(&self, name: &str) -> impl Iterator<Item = &Arc<Job>> + '_ {
+        self.job_versions.get(name).into_iter().flat_map(|versions| versions.values())
+    }
+
+    /// Every allocation of the job, terminal ones included, in id order.
+    pub fn allocs_for_job(&self, name: &str) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
+        self.indexed_allocs(self.allocs_by_job.get(name))
+    }
+
+    /// Every allocation placed on the node, terminal ones included, in id order.
+    pub fn allocs_for_node(&self, id: &str) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
+        self.indexed_allocs(self.allocs_by_node.get(id))
+    }
+
+    /// CPU, memory and ports reserved on the node by its non-terminal allocations.
+    pub fn node_usage(&self, id: &str) -> NodeUsage {
+        let mut usage = NodeUsage::default();
+        for alloc in self.allocs_for_node(id).filter(|alloc| !alloc.is_terminal()) {
+            usage.cpu += alloc.resources.cpu;
+            usage.memory += alloc.resources.memory;
+            usage.ports.extend(alloc.resources.ports.iter().map(|port| port.value));
+        }
+        usage
+    }
+
+    fn indexed_allocs<'a>(&'a self, ids: Option<&'a OrdSet<String>>) -> impl Iterator<Item = &'a Arc<Allocation>> + 'a {
+        ids.into_iter().flat_map(|ids| ids.iter()).filter_map(|id| self.allocs.get(id))
+    }
+}
+
+fn remove_from_index(index: &mut OrdMap<String, OrdSet<String>>, key: &str, id: &str) {
+    if let Some(ids) = index.get_mut(key) {
+        ids.remove(id);
+        if ids.is_empty() {
+            index.remove(key);
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Scheduler tests: a [`Harness`] with in-memory state, builders for nodes, jobs and allocations, and
+//! scenario tests that arrange state → `harness.process(job)` → assert on the plan.
+
+mod lifecycle;
+mod placement;
+mod state;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use davit_api::Duration;
+use davit_api::objects::{
+    AllocatedResources, Allocation, ClientStatus, DesiredStatus, DriverInfo, EvalStatus, EvalTrigger, Evaluation, Job, Node,
+    NodeEligibility, NodeResources, NodeStatus, UnixMillis,
+};
+use davit_api::spec::{
+    Constraint, ConstraintOperator, DriverName, GroupSpec, JobSpec, JobType, NetworkSpec, PortSpec, Resources, RestartPolicy, TaskSpec,
+};
+
+use crate::{ClusterState, Plan, ScheduleResult, SchedulerConfig, schedule};
+
+/// In-memory cluster plus a plan applier that trusts the plan (no fit re-check), so scenarios can run
+/// several evaluations in a row.
+pub(crate) struct Harness {
+    pub(crate) state: ClusterState,
+    pub(crate) config: SchedulerConfig,
+    pub(crate) seed: u64,
+    pub(crate) now: UnixMillis,
+    evals: u32,
+}
+
+impl Harness {
+    pub(crate) fn new() -> Harness {
+        Harness { state: ClusterState::new(), config: SchedulerConfig::default(), seed: 42, now: 1_000_000, evals: 0 }
+    }
+
+    pub(crate) fn add_node(&mut self, node: Node) {
+        self.state.upsert_node(Arc::new(node));
+    }
+
+    /// Adds `node(prefix-1)` … `node(prefix-count)`.
+    pub(crate) fn add_nodes(&mut self, prefix: &str, count: usize) {
+        for number in 1..=count {
+            self.add_node(node(&format!("{prefix}-{number}")));
+        }
+    }
+
+    /// Stores `spec` as the job's next version (0 for a new job) and returns that version.
+    pub(crate) fn register(&mut self, spec: JobSpec) -> u64 {
+        let version = self.state.job(&spec.name).map_or(0, |job| job.version + 1);
+        let job = Arc::new(Job { spec, version, stopped: false, submit_time: self.now, create_index: 0, modify_index: 0 });
+        self.state.upsert_job_version(Arc::clone(&job));
+        self.state.upsert_job(job);
+        version
+    }
+
+    pub(crate) fn stop_job(&mut self, name: &str) {
+        let mut job = (**self.state.job(name).expect("job exists")).clone();
+        job.stopped = true;
+        self.state.upsert_job(Arc::new(job));
+    }
+
+    pub(crate) fn add_alloc(&mut self, alloc: Allocation) {
+        self.state.upsert_alloc(Arc::new(alloc));
+    }
+
+    pub(crate) fn update_alloc(&mut self, id: &str, change: impl FnOnce(&mut Allocation)) {
+        let mut alloc = (**self.state.alloc(id).expect("alloc exists")).clone();
+        change(&mut alloc);
+        self.add_alloc(alloc);
+    }
+
+    pub(crate) fn update_node(&mut self, id: &str, change: impl FnOnce(&mut Node)) {
+        let mut node = (**self.state.node(id).expect("node exists")).clone();
+        change(&mut node);
+        self.add_node(node);
+    }
+
+    /// Runs the scheduler for a new evaluation of the job.
+    pub(crate) fn process(&mut self, job_name: &str) -> ScheduleResult {
+        let eval = self.next_eval(job_name);
+        self.process_eval(&eval)
+    }
+
+    pub(crate) fn process_eval(&self, eval: &Evaluation) -> ScheduleResult {
+        schedule(&self.state, eval, &self.config, self.seed, self.now)
+    }
+
+    /// A pending `job-register` evaluation of the job with a fresh id.
+    pub(crate) fn next_eval(&mut self, job_name: &str) -> Evaluation {
+        self.evals += 1;
+        let job = self.state.job(job_name);
+        Evaluation {
+            id: format!("eval-{}", self.evals),
+            job_name: job_name.to_string(),
+            job_type: job.map_or(JobType::Service, |job| job.spec.job_type),
+            priority: 50,
+            triggered_by: EvalTrigger::JobRegister,
+            status: EvalStatus::Pending,
+            status_description: String::new(),
+            node_id: None,
+            failed_groups: BTreeMap::new(),
+            blocked_eval: None,
+            previous_eval: None,
+            create_time: self.now,
+            modify_time: self.now,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    /// Commits the plan to the state, as the plan applier would.
+    pub(crate) fn apply(&mut self, plan: &Plan) {
+        for stop in plan.stops() {
+            self.update_alloc(&stop.alloc_id, |alloc| {
+                alloc.desired_status = DesiredStatus::Stop;
+                alloc.desired_description = stop.description.clone();
+                if let Some(status) = stop.client_status {
+                    alloc.client_status = status;
+                }
+            });
+        }
+        for alloc in plan.allocations() {
+            self.add_alloc(alloc.clone());
+        }
+        self.now += 1000;
+    }
+
+    /// `process` then `apply`. Render the plan before applying it: `render` tells in-place updates from
+    /// new allocations by looking them up in the state.
+    pub(crate) fn run(&mut self, job_name: &str) -> ScheduleResult {
+        let result = self.process(job_name);
+        self.apply(&result.plan);
+        result
+    }
+
+    /// Non-terminal allocations of the job, by index.
+    pub(crate) fn live_allocs(&self, job_name: &str) -> Vec<Arc<Allocation>> {
+        let mut allocs: Vec<_> = self.state.allocs_for_job(job_name).filter(|alloc| !alloc.is_terminal()).cloned().collect();
+        allocs.sort_by_key(|alloc| (alloc.group.clone(), alloc.index));
+        allocs
+    }
+
+    /// The plan, one line per change, for readable assertions:
+    /// `place shop.web[0] on n-1`, `update shop.web[1] on n-2 in place`, `stop shop.web[3] on n-2: …`.
+    pub(crate) fn render(&self, plan: &Plan) -> String {
+        let mut lines = Vec::new();
+        for alloc in plan.allocations() {
+            match self.state.alloc(&alloc.id) {
+                Some(old) => {
+                    lines.push(format!("update {} on {} in place v{}->v{}", alloc.name, alloc.node_id, old.job_version, alloc.job_version))
+                }
+                None => {
+                    let previous = match &alloc.previous_allocation {
+                        Some(previous) => {
+                            format!(" replacing {}", self.state.alloc(previous).map_or(previous.as_str(), |a| a.name.as_str()))
+                        }
+                        None => String::new(),
+                    };
+                    lines.push(format!("place {} v{} on {}{previous}", alloc.name, alloc.job_version, alloc.node_id));
+                }
+            }
+        }
+        for (node_id, stops) in &plan.node_updates {
+            for stop in stops {
+                let name = self.state.alloc(&stop.alloc_id).map_or(stop.alloc_id.as_str(), |alloc| alloc.name.as_str());
+                let client = stop.client_status.map_or(String::new(), |status| format!(" ({status:?})"));
+                lines.push(format!("stop {name} on {node_id}: {}{client}", stop.description));
+            }
+        }
+        for (group, failure) in &plan.failed_groups {
+            lines.push(format!(
+                "failed {group}: {} missing, {} evaluated: {}",
+                failure.missing,
+                failure.nodes_evaluated,
+                failure.summary()
+            ));
+        }
+        lines.join("\n")
+    }
+}
+
+/// A ready, eligible node in dc1 with healthy `exec` and `container` drivers, 4 cores, 8 GiB and
+/// ports 20000–20999.
+pub(crate) fn node(id: &str) -> Node {
+    let healthy = DriverInfo { detected: true, healthy: true, description: String::new(), attributes: BTreeMap::new() };
+    Node {
+        id: id.to_string(),
+        name: id.to_string(),
+        datacenter: "dc1".to_string(),
+        class: String::new(),
+        attributes: BTreeMap::from([
+            ("cpu.arch".to_string(), "x86_64".to_string()),
+            ("os.name".to_string(), "linux".to_string()),
+            ("unique.hostname".to_string(), format!("{id}.local")),
+        ]),
+        resources: NodeResources { cpu: 4000, memory: 8192, port_range: (20000, 20999), reserved_ports: Vec::new() },
+        drivers: BTreeMap::from([("exec".to_string(), healthy.clone()), ("container".to_string(), healthy)]),
+        status: NodeStatus::Ready,
+        eligibility: NodeEligibility::Eligible,
+        http_addr: format!("http://{id}:7647"),
+        status_description: String::new(),
+        last_heartbeat: 0,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+/// A service job in dc1 with one group `web` of `count` allocations, one `exec` task of 500 millicores
+/// and 256 MiB each.
+pub(crate) fn job(name: &str, count: u32) -> JobSpec {
+    JobSpec {
+        name: name.to_string(),
+        job_type: JobType::Service,
+        priority: 50,
+        datacenters: vec!["dc1".to_string()],
+        constraints: Vec::new(),
+        update: None,
+        groups: vec![group("web", count)],
+        meta: BTreeMap::new(),
+    }
+}
+
+pub(crate) fn group(name: &str, count: u32) -> GroupSpec {
+    GroupSpec {
+        name: name.to_string(),
+        count,
+        constraints: Vec::new(),
+        spread: Vec::new(),
+        affinities: Vec::new(),
+        anti_affinities: Vec::new(),
+        restart: RestartPolicy::default(),
+        reschedule: None,
+        network: NetworkSpec::default(),
+        services: Vec::new(),
+        scaling: None,
+        tasks: vec![task("app", DriverName::Exec, 500, 256)],
+        meta: BTreeMap::new(),
+    }
+}
+
+pub(crate) fn task(name: &str, driver: DriverName, cpu: u32, memory: u32) -> TaskSpec {
+    TaskSpec {
+        name: name.to_string(),
+        driver,
+        config: Default::default(),
+        env: BTreeMap::new(),
+        user: None,
+        resources: Resources { cpu, memory },
+        kill_timeout: Duration::from_secs(5),
+        kill_signal: "SIGTERM".to_string(),
+        templates: Vec::new(),
+        meta: BTreeMap::new(),
+    }
+}
+
+pub(crate) fn constraint(attribute: &str, operator: ConstraintOperator, value: &str) -> Constraint {
+    Constraint { attribute: attribute.to_string(), operator, value: value.to_string() }
+}
+
+pub(crate) fn port(name: &str, static_port: Option<u16>, to: Option<u16>) -> PortSpec {
+    PortSpec { name: name.to_string(), to, static_port }
+}
+
+/// A running allocation of `job.group[index]` at `version` on `node_id`, sized like [`task`]'s default.
+pub(crate) fn alloc(id: &str, job: &str, group: &str, index: u32, version: u64, node_id: &str) -> Allocation {
+    Allocation {
+        id: id.to_string(),
+        name: format!("{job}.{group}[{index}]"),
+        job_name: job.to_string(),
+        job_version: version,
+        group: group.to_string(),
+        index,
+        node_id: node_id.to_string(),
+        node_name: node_id.to_string(),
+        eval_id: "eval-0".to_string(),
+        desired_status: DesiredStatus::Run,
+        desired_description: String::new(),
+        client_status: ClientStatus::Running,
+        client_description: String::new(),
+        task_states: BTreeMap::new(),
+        resources: AllocatedResources { cpu: 500, memory: 256, ports: Vec::new() },
+        previous_allocation: None,
+        create_time: 0,
+        modify_time: 0,
+        create_index: 0,
+        modify_index: 0,
+    }
+}

@@ -1,0 +1,104 @@
+//! `ClusterState`: indexes stay right through updates, snapshots are unaffected by later updates.
+
+use std::sync::Arc;
+
+use davit_api::objects::{AssignedPort, ClientStatus, DesiredStatus, Job};
+
+use super::{alloc, job, node};
+use crate::{ClusterState, NodeUsage};
+
+fn ids<'a>(allocs: impl Iterator<Item = &'a Arc<davit_api::objects::Allocation>>) -> Vec<String> {
+    allocs.map(|alloc| alloc.id.clone()).collect()
+}
+
+#[test]
+fn secondary_indexes_follow_updates() {
+    let mut state = ClusterState::new();
+    state.upsert_alloc(Arc::new(alloc("a1", "shop", "web", 0, 0, "n1")));
+    state.upsert_alloc(Arc::new(alloc("a2", "shop", "web", 1, 0, "n2")));
+    state.upsert_alloc(Arc::new(alloc("a3", "blog", "web", 0, 0, "n1")));
+    assert_eq!(ids(state.allocs_for_job("shop")), ["a1", "a2"]);
+    assert_eq!(ids(state.allocs_for_node("n1")), ["a1", "a3"]);
+
+    // Moving an allocation (not something davit does, but the index must not lie).
+    state.upsert_alloc(Arc::new(alloc("a1", "shop", "web", 0, 0, "n2")));
+    assert_eq!(ids(state.allocs_for_node("n1")), ["a3"]);
+    assert_eq!(ids(state.allocs_for_node("n2")), ["a1", "a2"]);
+
+    assert!(state.remove_alloc("a3").is_some());
+    assert_eq!(ids(state.allocs_for_node("n1")), Vec::<String>::new());
+    assert_eq!(ids(state.allocs_for_job("blog")), Vec::<String>::new());
+    assert!(state.remove_alloc("a3").is_none());
+    assert_eq!(state.allocs().count(), 2);
+}
+
+#[test]
+fn jobs_and_versions() {
+    let mut state = ClusterState::new();
+    for version in 0..3 {
+        let job = Arc::new(Job {
+            spec: job("shop", version as u32 + 1),
+            version,
+            stopped: false,
+            submit_time: 0,
+            create_index: 0,
+            modify_index: 0,
+        });
+        state.upsert_job_version(Arc::clone(&job));
+        state.upsert_job(job);
+    }
+    state.upsert_job_version(Arc::new(Job {
+        spec: job("blog", 1),
+        version: 0,
+        stopped: false,
+        submit_time: 0,
+        create_index: 0,
+        modify_index: 0,
+    }));
+    assert_eq!(state.job("shop").map(|job| job.version), Some(2));
+    assert_eq!(state.job_version("shop", 1).map(|job| job.spec.groups[0].count), Some(2));
+    assert_eq!(state.job_versions("shop").map(|job| job.version).collect::<Vec<_>>(), [0, 1, 2]);
+
+    assert!(state.remove_job_version("shop", 1).is_some());
+    assert_eq!(state.job_versions("shop").map(|job| job.version).collect::<Vec<_>>(), [0, 2]);
+    state.remove_job_versions("shop");
+    assert_eq!(state.job_versions("shop").count(), 0);
+    assert!(state.job_version("blog", 0).is_some(), "other jobs keep their versions");
+    assert!(state.remove_job("shop").is_some());
+    assert_eq!(state.jobs().count(), 0);
+}
+
+#[test]
+fn node_usage_counts_non_terminal_allocs_only() {
+    let mut state = ClusterState::new();
+    state.upsert_node(Arc::new(node("n1")));
+    let mut with_port = alloc("a1", "shop", "web", 0, 0, "n1");
+    with_port.resources.ports = vec![AssignedPort { label: "http".into(), value: 20001, to: 8080 }];
+    state.upsert_alloc(Arc::new(with_port));
+    state.upsert_alloc(Arc::new(alloc("a2", "shop", "web", 1, 0, "n1")));
+    let mut stopping = alloc("a3", "shop", "web", 2, 0, "n1");
+    stopping.desired_status = DesiredStatus::Stop;
+    state.upsert_alloc(Arc::new(stopping));
+    let mut failed = alloc("a4", "shop", "web", 3, 0, "n1");
+    failed.client_status = ClientStatus::Failed;
+    state.upsert_alloc(Arc::new(failed));
+
+    assert_eq!(state.node_usage("n1"), NodeUsage { cpu: 1000, memory: 512, ports: [20001].into() });
+    assert_eq!(state.node_usage("elsewhere"), NodeUsage::default());
+}
+
+#[test]
+fn snapshots_are_unaffected_by_later_updates() {
+    let mut state = ClusterState::new();
+    state.upsert_node(Arc::new(node("n1")));
+    state.upsert_alloc(Arc::new(alloc("a1", "shop", "web", 0, 0, "n1")));
+    let snapshot = state.clone();
+
+    state.remove_node("n1");
+    state.remove_alloc("a1");
+    state.upsert_alloc(Arc::new(alloc("a2", "shop", "web", 1, 0, "n2")));
+
+    assert!(snapshot.node("n1").is_some());
+    assert_eq!(ids(snapshot.allocs_for_job("shop")), ["a1"]);
+    assert_eq!(ids(state.allocs_for_job("shop")), ["a2"]);
+}

@@ -1,0 +1,115 @@
+//! Allocation and evaluation routes, and the log relay to the allocation's agent.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use davit_api::http::{AllocListEntry, LogsQuery};
+use davit_api::objects::Evaluation;
+use serde::Deserialize;
+
+use super::{Blocking, Failure, indexed, resolve_prefix};
+use crate::Shared;
+use crate::view::Snapshot;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
+    wait: Option<String>,
+}
+
+pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(query): Query<ListQuery>) -> Result<Response, Failure> {
+    let blocking = Blocking { index: query.index, wait: query.wait };
+    let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.table_index("allocs")).await;
+    let prefix = query.prefix.unwrap_or_default();
+    let mut entries: Vec<AllocListEntry> =
+        snapshot.cluster.allocs().filter(|alloc| alloc.id.starts_with(&prefix)).map(|alloc| AllocListEntry::from(&**alloc)).collect();
+    entries.sort_by(|a, b| (a.job_name.as_str(), a.name.as_str()).cmp(&(b.job_name.as_str(), b.name.as_str())));
+    Ok(indexed(snapshot.table_index("allocs"), &entries))
+}
+
+fn find_alloc(snapshot: &Snapshot, id_or_prefix: &str) -> Result<Arc<davit_api::objects::Allocation>, Failure> {
+    if let Some(alloc) = snapshot.cluster.alloc(id_or_prefix) {
+        return Ok(Arc::clone(alloc));
+    }
+    let id = resolve_prefix("allocation", id_or_prefix, snapshot.cluster.allocs().map(|alloc| alloc.id.as_str()))?;
+    Ok(Arc::clone(snapshot.cluster.alloc(&id).expect("resolved id exists")))
+}
+
+pub(crate) async fn get_alloc(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(blocking): Query<Blocking>,
+) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let alloc = find_alloc(&snapshot, &id)?;
+    let alloc_id = alloc.id.clone();
+    let snapshot = shared
+        .view
+        .block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.cluster.alloc(&alloc_id).map_or(u64::MAX, |a| a.modify_index))
+        .await;
+    let alloc = find_alloc(&snapshot, &alloc_id)?;
+    Ok(indexed(alloc.modify_index, &*alloc))
+}
+
+/// Relays the log stream from the agent that runs the allocation.
+pub(crate) async fn logs(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let alloc = find_alloc(&snapshot, &id)?;
+    let node =
+        snapshot.cluster.node(&alloc.node_id).cloned().ok_or_else(|| {
+            Failure::not_found(format!("node {} of allocation {} is gone; its logs went with it", alloc.node_id, alloc.id))
+        })?;
+    let url = format!("{}/v1/agent/allocation/{}/logs", node.http_addr.trim_end_matches('/'), alloc.id);
+    let response = shared.http.get(&url).query(&query).send().await.map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_GATEWAY,
+            "unavailable",
+            format!("cannot reach the agent of node {} at {}: {e}", node.name, node.http_addr),
+        )
+    })?;
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type =
+        response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("text/plain").to_string();
+    let body = Body::from_stream(response.bytes_stream());
+    Ok((status, [(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct EvalQuery {
+    #[serde(default)]
+    job: Option<String>,
+}
+
+pub(crate) async fn list_evals(State(shared): State<Arc<Shared>>, Query(query): Query<EvalQuery>) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let evals: Vec<Evaluation> = match &query.job {
+        Some(job) => snapshot.evals_for_job(job).into_iter().map(|eval| (*eval).clone()).collect(),
+        None => {
+            let mut evals: Vec<Evaluation> = snapshot.evals.values().map(|eval| (**eval).clone()).collect();
+            evals.sort_by_key(|eval| std::cmp::Reverse(eval.create_index));
+            evals
+        }
+    };
+    Ok(indexed(snapshot.table_index("evals"), &evals))
+}
+
+pub(crate) async fn get_eval(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let id = match snapshot.evals.get(&id) {
+        Some(_) => id,
+        None => resolve_prefix("evaluation", &id, snapshot.evals.keys().map(String::as_str))?,
+    };
+    let eval = snapshot.evals.get(&id).expect("resolved id exists");
+    Ok(indexed(eval.modify_index, &**eval))
+}

@@ -1,0 +1,328 @@
+//! Job routes: register (from spec text), status, versions, diff, revert, scale, stop.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use davit_api::http::{
+    AllocListEntry, JobDiffResponse, JobListEntry, JobStatusKind, JobStatusResponse, RegisterJobResponse, RevertJobRequest,
+    ScaleJobRequest, StopJobResponse, ValidateJobResponse,
+};
+use davit_api::objects::{Allocation, ClientStatus, EvalStatus, EvalTrigger, GroupSummary, Job};
+use davit_api::spec::{JobSpec, JobType};
+use davit_store::{Compare, Op, Txn};
+use serde::Deserialize;
+
+use super::{Blocking, Failure, indexed, json_body};
+use crate::liveness::new_eval;
+use crate::view::Snapshot;
+use crate::{Shared, keys, now_millis};
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SpecQuery {
+    #[serde(default)]
+    filename: Option<String>,
+}
+
+fn parse_spec(body: &Bytes, query: &SpecQuery) -> Result<JobSpec, Failure> {
+    let source = std::str::from_utf8(body).map_err(|e| Failure::bad_request(format!("the job spec is not valid UTF-8: {e}")))?;
+    let filename = query.filename.as_deref().unwrap_or("<request body>");
+    davit_api::spec::parse_job_spec(source, filename).map_err(|errors| Failure::invalid_spec(&errors))
+}
+
+pub(crate) async fn validate(Query(query): Query<SpecQuery>, body: Bytes) -> Result<Response, Failure> {
+    let spec = parse_spec(&body, &query)?;
+    Ok(indexed(0, &ValidateJobResponse { job_name: spec.name, warnings: Vec::new() }))
+}
+
+pub(crate) async fn register(State(shared): State<Arc<Shared>>, Query(query): Query<SpecQuery>, body: Bytes) -> Result<Response, Failure> {
+    let spec = parse_spec(&body, &query)?;
+    let response = register_spec(&shared, spec, EvalTrigger::JobRegister).await?;
+    Ok(indexed(response.index, &response))
+}
+
+/// Stores `spec` as the job's next version (unless it equals the current one) and queues an evaluation.
+/// Optimistic: if the job changed meanwhile, the write is retried on the newer state.
+pub(crate) async fn register_spec(shared: &Shared, spec: JobSpec, trigger: EvalTrigger) -> Result<RegisterJobResponse, Failure> {
+    for _ in 0..5 {
+        let snapshot = shared.view.snapshot();
+        let existing = snapshot.cluster.job(&spec.name).cloned();
+        let now = now_millis();
+        let (job, changed) = match &existing {
+            Some(current) if current.spec == spec && !current.stopped => ((**current).clone(), false),
+            Some(current) => (
+                Job {
+                    spec: spec.clone(),
+                    version: current.version + 1,
+                    stopped: false,
+                    submit_time: now,
+                    create_index: 0,
+                    modify_index: 0,
+                },
+                true,
+            ),
+            None => (Job { spec: spec.clone(), version: 0, stopped: false, submit_time: now, create_index: 0, modify_index: 0 }, true),
+        };
+        let eval = new_eval(&spec.name, spec.job_type, spec.priority, trigger, None);
+        let mut txn = Txn::default();
+        txn.compares.push(Compare::ModRevision(keys::job(&spec.name), existing.as_ref().map_or(0, |job| job.modify_index)));
+        if changed {
+            txn.success.push(keys::put(keys::job(&spec.name), &job));
+            txn.success.push(keys::put(keys::version(&spec.name, job.version), &job));
+        }
+        txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+        let response = shared.store.txn(txn).await?;
+        if response.succeeded {
+            shared.view.wait_for(response.revision).await;
+            let warnings =
+                if job.spec.job_type == JobType::System { vec!["system jobs are not scheduled yet".to_string()] } else { Vec::new() };
+            return Ok(RegisterJobResponse {
+                job_name: spec.name,
+                version: job.version,
+                changed,
+                eval_id: Some(eval.id),
+                index: response.revision,
+                warnings,
+            });
+        }
+        shared.view.wait_for(shared.store.current_revision().await?).await;
+    }
+    Err(Failure::conflict(format!("job {} is being changed concurrently; try again", spec.name)))
+}
+
+fn job_of(snapshot: &Snapshot, name: &str) -> Result<Arc<Job>, Failure> {
+    snapshot
+        .cluster
+        .job(name)
+        .cloned()
+        .ok_or_else(|| Failure::not_found(format!("job `{name}` not found; `davit job status` lists the jobs")))
+}
+
+pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(blocking): Query<Blocking>) -> Result<Response, Failure> {
+    let snapshot = shared
+        .view
+        .block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.table_index("jobs").max(s.table_index("allocs")))
+        .await;
+    let mut jobs: Vec<JobListEntry> = snapshot
+        .cluster
+        .jobs()
+        .map(|job| {
+            let allocs: Vec<_> = snapshot.cluster.allocs_for_job(&job.spec.name).cloned().collect();
+            JobListEntry {
+                name: job.spec.name.clone(),
+                job_type: job.spec.job_type,
+                priority: job.spec.priority,
+                version: job.version,
+                status: status_kind(job, &allocs),
+                submit_time: job.submit_time,
+                summary: summarize(job, &allocs),
+            }
+        })
+        .collect();
+    jobs.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(indexed(snapshot.table_index("jobs"), &jobs))
+}
+
+pub(crate) async fn get_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let job = job_of(&snapshot, &name)?;
+    Ok(indexed(snapshot.job_index(&name), &*job))
+}
+
+pub(crate) async fn status(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(blocking): Query<Blocking>,
+) -> Result<Response, Failure> {
+    let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
+    let job = job_of(&snapshot, &name)?;
+    let allocs: Vec<_> = snapshot.cluster.allocs_for_job(&name).cloned().collect();
+    let evals = snapshot.evals_for_job(&name);
+    let mut entries: Vec<AllocListEntry> = allocs.iter().map(|alloc| AllocListEntry::from(&**alloc)).collect();
+    entries.sort_by(|a, b| (a.group.as_str(), a.name.as_str(), b.create_time).cmp(&(b.group.as_str(), b.name.as_str(), a.create_time)));
+    let response = JobStatusResponse {
+        status: status_kind(&job, &allocs),
+        summary: summarize(&job, &allocs),
+        job: (*job).clone(),
+        allocations: entries,
+        latest_evaluation: evals.first().map(|eval| (**eval).clone()),
+        blocked_evaluation: evals.iter().find(|eval| eval.status == EvalStatus::Blocked).map(|eval| (**eval).clone()),
+    };
+    Ok(indexed(snapshot.job_index(&name), &response))
+}
+
+fn status_kind(job: &Job, allocs: &[Arc<Allocation>]) -> JobStatusKind {
+    if allocs.iter().any(|alloc| alloc.client_status == ClientStatus::Running) {
+        return JobStatusKind::Running;
+    }
+    if job.stopped {
+        return JobStatusKind::Dead;
+    }
+    let live = allocs.iter().any(|alloc| !alloc.is_terminal());
+    if job.spec.job_type == JobType::Batch && !allocs.is_empty() && !live {
+        return JobStatusKind::Dead;
+    }
+    JobStatusKind::Pending
+}
+
+fn summarize(job: &Job, allocs: &[Arc<Allocation>]) -> BTreeMap<String, GroupSummary> {
+    let mut summary: BTreeMap<String, GroupSummary> = job
+        .spec
+        .groups
+        .iter()
+        .map(|group| (group.name.clone(), GroupSummary { desired: if job.stopped { 0 } else { group.count }, ..Default::default() }))
+        .collect();
+    for alloc in allocs {
+        let Some(entry) = summary.get_mut(&alloc.group) else { continue };
+        if !alloc.is_terminal() {
+            entry.placed += 1;
+        }
+        match alloc.client_status {
+            ClientStatus::Pending if !alloc.is_terminal() => entry.pending += 1,
+            ClientStatus::Pending => {}
+            ClientStatus::Running => entry.running += 1,
+            ClientStatus::Complete => entry.complete += 1,
+            ClientStatus::Failed => entry.failed += 1,
+            ClientStatus::Lost => entry.lost += 1,
+        }
+    }
+    summary
+}
+
+pub(crate) async fn versions(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    job_of(&snapshot, &name)?;
+    let mut versions: Vec<Job> = snapshot.cluster.job_versions(&name).map(|job| (**job).clone()).collect();
+    versions.sort_by_key(|job| std::cmp::Reverse(job.version));
+    Ok(indexed(snapshot.job_index(&name), &versions))
+}
+
+pub(crate) async fn version(State(shared): State<Arc<Shared>>, Path((name, version)): Path<(String, u64)>) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let job = version_of(&snapshot, &name, version)?;
+    Ok(indexed(snapshot.job_index(&name), &*job))
+}
+
+fn version_of(snapshot: &Snapshot, name: &str, version: u64) -> Result<Arc<Job>, Failure> {
+    snapshot.cluster.job_version(name, version).cloned().ok_or_else(|| {
+        let known: Vec<String> = snapshot.cluster.job_versions(name).map(|job| job.version.to_string()).collect();
+        if known.is_empty() {
+            Failure::not_found(format!("job `{name}` not found"))
+        } else {
+            Failure::not_found(format!("version {version} of job `{name}` not found; stored versions: {}", known.join(", ")))
+        }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct DiffQuery {
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+pub(crate) async fn diff(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(query): Query<DiffQuery>,
+) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let job = job_of(&snapshot, &name)?;
+    let to = query.to.unwrap_or(job.version);
+    let from = match query.from {
+        Some(from) => from,
+        None if to > 0 => to - 1,
+        None => return Err(Failure::bad_request(format!("job `{name}` has only version 0; nothing to compare it with"))),
+    };
+    let old = version_of(&snapshot, &name, from)?;
+    let new = version_of(&snapshot, &name, to)?;
+    let changes = davit_api::spec::diff_specs(&old.spec, &new.spec);
+    Ok(indexed(snapshot.job_index(&name), &JobDiffResponse { from, to, changes }))
+}
+
+pub(crate) async fn revert(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
+    let request: RevertJobRequest = json_body(&body, "revert request")?;
+    let snapshot = shared.view.snapshot();
+    let job = job_of(&snapshot, &name)?;
+    let target = version_of(&snapshot, &name, request.version)?;
+    if target.spec == job.spec && !job.stopped {
+        return Err(Failure::bad_request(format!(
+            "job `{name}` version {} already has the spec of version {}; nothing to revert",
+            job.version, request.version
+        )));
+    }
+    let response = register_spec(&shared, target.spec.clone(), EvalTrigger::JobRevert).await?;
+    Ok(indexed(response.index, &response))
+}
+
+pub(crate) async fn scale(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
+    let request: ScaleJobRequest = json_body(&body, "scale request")?;
+    let snapshot = shared.view.snapshot();
+    let job = job_of(&snapshot, &name)?;
+    let mut spec = job.spec.clone();
+    let Some(group) = spec.groups.iter_mut().find(|group| group.name == request.group) else {
+        let names: Vec<&str> = job.spec.groups.iter().map(|group| group.name.as_str()).collect();
+        return Err(Failure::bad_request(format!("job `{name}` has no group `{}`; its groups: {}", request.group, names.join(", "))));
+    };
+    const MAX_COUNT: u32 = 100_000;
+    if request.count > MAX_COUNT {
+        return Err(Failure::bad_request(format!("count {} is too large; the maximum is {MAX_COUNT}", request.count)));
+    }
+    group.count = request.count;
+    davit_api::spec::validate(&spec).map_err(|errors| Failure::invalid_spec(&errors))?;
+    let response = register_spec(&shared, spec, EvalTrigger::JobScale).await?;
+    Ok(indexed(response.index, &response))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct StopQuery {
+    #[serde(default)]
+    purge: bool,
+}
+
+pub(crate) async fn stop(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(query): Query<StopQuery>,
+) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let job = job_of(&snapshot, &name)?;
+    let eval = new_eval(&name, job.spec.job_type, job.spec.priority, EvalTrigger::JobDeregister, None);
+    let mut txn = Txn::default();
+    txn.compares.push(Compare::ModRevision(keys::job(&name), job.modify_index));
+    if query.purge {
+        txn.success.push(Op::Delete { key: keys::job(&name) });
+        txn.success.push(Op::DeletePrefix { prefix: keys::versions_of(&name) });
+    } else {
+        let mut stopped = (*job).clone();
+        stopped.stopped = true;
+        txn.success.push(keys::put(keys::job(&name), &stopped));
+    }
+    txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+    let response = shared.store.txn(txn).await?;
+    if !response.succeeded {
+        return Err(Failure::conflict(format!("job `{name}` changed while stopping it; try again")));
+    }
+    shared.view.wait_for(response.revision).await;
+    Ok(indexed(response.revision, &StopJobResponse { eval_id: Some(eval.id), index: response.revision }))
+}
+
+pub(crate) async fn allocations(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let allocs: Vec<_> = snapshot.cluster.allocs_for_job(&name).cloned().collect();
+    if allocs.is_empty() {
+        job_of(&snapshot, &name)?;
+    }
+    let entries: Vec<AllocListEntry> = allocs.iter().map(|alloc| AllocListEntry::from(&**alloc)).collect();
+    Ok(indexed(snapshot.job_index(&name), &entries))
+}
+
+pub(crate) async fn evaluations(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let evals: Vec<_> = snapshot.evals_for_job(&name).into_iter().map(|eval| (*eval).clone()).collect();
+    if evals.is_empty() {
+        job_of(&snapshot, &name)?;
+    }
+    Ok(indexed(snapshot.job_index(&name), &evals))
+}

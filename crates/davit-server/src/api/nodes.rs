@@ -1,0 +1,145 @@
+//! Node routes: registration, heartbeats, the agent's allocation long-poll and status updates.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use davit_api::http::{AllocStatusUpdate, HeartbeatResponse, IndexResponse, NodeListEntry, NodeRegisterResponse};
+use davit_api::objects::{Allocation, EvalTrigger, Node, NodeEligibility, NodeStatus};
+use davit_store::Txn;
+
+use super::{Blocking, Failure, indexed, json_body, resolve_prefix};
+use crate::liveness::evals_for_node;
+use crate::{Shared, keys, now_millis};
+
+pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(blocking): Query<Blocking>) -> Result<Response, Failure> {
+    let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.table_index("nodes")).await;
+    let mut nodes: Vec<NodeListEntry> = snapshot
+        .cluster
+        .nodes()
+        .map(|node| {
+            let live: Vec<_> = snapshot.cluster.allocs_for_node(&node.id).filter(|alloc| !alloc.is_terminal()).collect();
+            NodeListEntry {
+                id: node.id.clone(),
+                name: node.name.clone(),
+                datacenter: node.datacenter.clone(),
+                status: node.status,
+                eligibility: node.eligibility,
+                drivers: node.drivers.iter().filter(|(_, info)| info.detected && info.healthy).map(|(name, _)| name.clone()).collect(),
+                cpu_allocated: live.iter().map(|alloc| alloc.resources.cpu).sum(),
+                cpu_total: node.resources.cpu,
+                memory_allocated: live.iter().map(|alloc| alloc.resources.memory).sum(),
+                memory_total: node.resources.memory,
+                running_allocs: live.len() as u32,
+            }
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(indexed(snapshot.table_index("nodes"), &nodes))
+}
+
+fn find_node(snapshot: &crate::view::Snapshot, id_or_prefix: &str) -> Result<Arc<Node>, Failure> {
+    if let Some(node) = snapshot.cluster.node(id_or_prefix) {
+        return Ok(Arc::clone(node));
+    }
+    if let Some(node) = snapshot.cluster.nodes().find(|node| node.name == id_or_prefix) {
+        return Ok(Arc::clone(node));
+    }
+    let id = resolve_prefix("node", id_or_prefix, snapshot.cluster.nodes().map(|node| node.id.as_str()))?;
+    Ok(Arc::clone(snapshot.cluster.node(&id).expect("resolved id exists")))
+}
+
+pub(crate) async fn get_node(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let node = find_node(&snapshot, &id)?;
+    Ok(indexed(node.modify_index, &*node))
+}
+
+pub(crate) async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, Failure> {
+    let mut node: Node = json_body(&body, "node")?;
+    if node.id.is_empty() || node.name.is_empty() || node.datacenter.is_empty() {
+        return Err(Failure::bad_request("a node needs a non-empty id, name and datacenter"));
+    }
+    if node.resources.port_range.0 > node.resources.port_range.1 {
+        return Err(Failure::bad_request(format!(
+            "node port_range {}-{} is empty: the first port must not be above the last",
+            node.resources.port_range.0, node.resources.port_range.1
+        )));
+    }
+    let snapshot = shared.view.snapshot();
+    let existing = snapshot.cluster.node(&node.id).cloned();
+    if let Some(existing) = &existing {
+        // Operator decisions survive agent restarts.
+        node.eligibility = existing.eligibility;
+    } else {
+        node.eligibility = NodeEligibility::Eligible;
+    }
+    node.status = NodeStatus::Ready;
+    node.status_description = String::new();
+    node.last_heartbeat = now_millis();
+    let mut txn = Txn::default();
+    txn.success.push(keys::put(keys::node(&node.id), &node));
+    if existing.as_ref().is_some_and(|existing| existing.status == NodeStatus::Down) {
+        // Jobs with allocations on the node look again (the node's agent stops any duplicate).
+        for eval in evals_for_node(&snapshot, &node.id, EvalTrigger::NodeUpdate) {
+            txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+        }
+    }
+    let response = shared.store.txn(txn).await?;
+    shared.view.wait_for(response.revision).await;
+    shared.liveness.heartbeat(&node.id);
+    tracing::info!(node = %node.name, id = %node.id, "node registered");
+    let interval = shared.liveness.config.heartbeat_interval.as_millis() as u64;
+    Ok(indexed(response.revision, &NodeRegisterResponse { node_id: node.id, index: response.revision, heartbeat_interval_ms: interval }))
+}
+
+pub(crate) async fn heartbeat(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let Some(node) = snapshot.cluster.node(&id).cloned() else {
+        return Err(Failure::not_found(format!("node {id} is not registered; register it first")));
+    };
+    shared.liveness.heartbeat(&id);
+    let mut index = snapshot.revision;
+    if node.status == NodeStatus::Down {
+        let mut ready = (*node).clone();
+        ready.status = NodeStatus::Ready;
+        ready.status_description = String::new();
+        ready.last_heartbeat = now_millis();
+        let mut txn = Txn::default();
+        txn.success.push(keys::put(keys::node(&id), &ready));
+        for eval in evals_for_node(&snapshot, &id, EvalTrigger::NodeUpdate) {
+            txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+        }
+        let response = shared.store.txn(txn).await?;
+        shared.view.wait_for(response.revision).await;
+        index = response.revision;
+        tracing::info!(node = %node.name, "node is back: marked ready");
+    }
+    let interval = shared.liveness.config.heartbeat_interval.as_millis() as u64;
+    Ok(indexed(index, &HeartbeatResponse { index, heartbeat_interval_ms: interval }))
+}
+
+pub(crate) async fn allocations(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(blocking): Query<Blocking>,
+) -> Result<Response, Failure> {
+    let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.node_alloc_index(&id)).await;
+    let allocs: Vec<Allocation> = snapshot.cluster.allocs_for_node(&id).map(|alloc| (**alloc).clone()).collect();
+    Ok(indexed(snapshot.node_alloc_index(&id).max(1), &allocs))
+}
+
+pub(crate) async fn update_allocations(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let updates: Vec<AllocStatusUpdate> = json_body(&body, "allocation status list")?;
+    if shared.view.snapshot().cluster.node(&id).is_none() {
+        return Err(Failure::not_found(format!("node {id} is not registered")));
+    }
+    let index = shared.applier.client_update(id, updates, now_millis()).await?;
+    shared.view.wait_for(index).await;
+    Ok(indexed(index, &IndexResponse { index }))
+}

@@ -1,0 +1,184 @@
+//! The plan applier: the only writer of allocations.
+//!
+//! It takes plans from scheduler workers and status updates from agents, one at a time, against the
+//! newest state: a node's part of a plan is committed only if the node still exists, is schedulable
+//! (for new placements) and still fits every allocation's CPU, memory and ports; the rest is refused
+//! and the worker schedules it again on a fresh snapshot (optimistic concurrency, as in Nomad).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use davit_api::http::AllocStatusUpdate;
+use davit_api::objects::{Allocation, DesiredStatus, Index};
+use davit_scheduler::Plan;
+use davit_store::{Store, StoreError, Txn};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::keys;
+use crate::view::{Snapshot, View};
+
+/// What happened to a submitted plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanResult {
+    /// Store revision of the commit (0 when nothing was written).
+    pub index: Index,
+    /// Nodes whose placements were refused because they no longer fit or are gone.
+    pub refused_nodes: Vec<String>,
+    pub placed: usize,
+}
+
+enum Request {
+    Plan(Plan, oneshot::Sender<Result<PlanResult, StoreError>>),
+    ClientUpdate(String, Vec<AllocStatusUpdate>, u64, oneshot::Sender<Result<Index, StoreError>>),
+}
+
+/// A handle to send work to the applier task.
+#[derive(Clone)]
+pub struct Applier {
+    requests: mpsc::Sender<Request>,
+}
+
+impl Applier {
+    pub fn start(store: Arc<dyn Store>, view: Arc<View>) -> Applier {
+        let (requests, receiver) = mpsc::channel(1024);
+        tokio::spawn(run(store, view, receiver));
+        Applier { requests }
+    }
+
+    pub async fn submit_plan(&self, plan: Plan) -> Result<PlanResult, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Plan(plan, reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Merges client-reported status into allocations of `node_id`. Unknown allocations are skipped.
+    pub async fn client_update(&self, node_id: String, updates: Vec<AllocStatusUpdate>, now: u64) -> Result<Index, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::ClientUpdate(node_id, updates, now, reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn run(store: Arc<dyn Store>, view: Arc<View>, mut receiver: mpsc::Receiver<Request>) {
+    let mut last_commit: Index = 0;
+    while let Some(request) = receiver.recv().await {
+        // Check against a view that includes our own previous commit, or we could over-commit a node.
+        view.wait_for(last_commit).await;
+        let snapshot = view.snapshot();
+        match request {
+            Request::Plan(plan, reply) => {
+                let (txn, mut result) = check_plan(&snapshot, &plan, crate::now_millis());
+                let outcome = commit(&store, txn).await.map(|index| {
+                    result.index = index;
+                    result
+                });
+                if let Ok(result) = &outcome {
+                    last_commit = last_commit.max(result.index);
+                }
+                let _ = reply.send(outcome);
+            }
+            Request::ClientUpdate(node_id, updates, now, reply) => {
+                let txn = merge_client_updates(&snapshot, &node_id, updates, now);
+                let outcome = commit(&store, txn).await;
+                if let Ok(index) = outcome {
+                    last_commit = last_commit.max(index);
+                }
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
+
+async fn commit(store: &Arc<dyn Store>, txn: Txn) -> Result<Index, StoreError> {
+    if txn.success.is_empty() {
+        return Ok(0);
+    }
+    Ok(store.txn(txn).await?.revision)
+}
+
+/// Builds the transaction for the part of `plan` that still fits.
+pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResult) {
+    let mut txn = Txn::default();
+    let mut result = PlanResult::default();
+    for (node_id, stops) in &plan.node_updates {
+        for stop in stops {
+            let Some(existing) = snapshot.cluster.alloc(&stop.alloc_id) else { continue };
+            let mut alloc = (**existing).clone();
+            alloc.desired_status = DesiredStatus::Stop;
+            alloc.desired_description = stop.description.clone();
+            if let Some(client_status) = stop.client_status {
+                alloc.client_status = client_status;
+                alloc.client_description = stop.description.clone();
+            }
+            alloc.modify_time = now;
+            debug_assert_eq!(&alloc.node_id, node_id);
+            txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
+        }
+    }
+    for (node_id, allocs) in &plan.node_allocations {
+        if node_fits(snapshot, plan, node_id, allocs) {
+            for alloc in allocs {
+                if snapshot.cluster.alloc(&alloc.id).is_none() {
+                    result.placed += 1;
+                }
+                txn.success.push(keys::put(keys::alloc(&alloc.id), alloc));
+            }
+        } else {
+            result.refused_nodes.push(node_id.to_string());
+        }
+    }
+    (txn, result)
+}
+
+/// Whether `node_id` can hold its current allocations, minus those the plan stops, with `incoming`.
+fn node_fits(snapshot: &Snapshot, plan: &Plan, node_id: &str, incoming: &[Allocation]) -> bool {
+    let Some(node) = snapshot.cluster.node(node_id) else { return false };
+    let incoming_ids: HashSet<&str> = incoming.iter().map(|alloc| alloc.id.as_str()).collect();
+    let has_new = incoming.iter().any(|alloc| snapshot.cluster.alloc(&alloc.id).is_none());
+    if has_new && !node.is_schedulable() {
+        return false;
+    }
+    let stopped: HashSet<&str> =
+        plan.node_updates.get(node_id).map(|stops| stops.iter().map(|stop| stop.alloc_id.as_str()).collect()).unwrap_or_default();
+    let remaining = snapshot
+        .cluster
+        .allocs_for_node(node_id)
+        .map(|alloc| &**alloc)
+        .filter(|alloc| !alloc.is_terminal() && !stopped.contains(alloc.id.as_str()) && !incoming_ids.contains(alloc.id.as_str()));
+    let (mut cpu, mut memory) = (0u64, 0u64);
+    let mut ports: HashSet<u16> = node.resources.reserved_ports.iter().copied().collect();
+    for alloc in remaining.chain(incoming.iter().filter(|alloc| !alloc.is_terminal())) {
+        cpu += alloc.resources.cpu;
+        memory += alloc.resources.memory;
+        for port in &alloc.resources.ports {
+            if !ports.insert(port.value) {
+                return false;
+            }
+        }
+    }
+    cpu <= node.resources.cpu && memory <= node.resources.memory
+}
+
+fn merge_client_updates(snapshot: &Snapshot, node_id: &str, updates: Vec<AllocStatusUpdate>, now: u64) -> Txn {
+    let mut txn = Txn::default();
+    for update in updates {
+        let Some(existing) = snapshot.cluster.alloc(&update.id) else { continue };
+        if existing.node_id != node_id {
+            tracing::warn!(alloc = %update.id, node_id, "ignoring status update for an allocation of another node");
+            continue;
+        }
+        if existing.client_status == update.client_status
+            && existing.client_description == update.client_description
+            && existing.task_states == update.task_states
+        {
+            continue;
+        }
+        let mut alloc = (**existing).clone();
+        alloc.client_status = update.client_status;
+        alloc.client_description = update.client_description;
+        alloc.task_states = update.task_states;
+        alloc.modify_time = now;
+        txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
+    }
+    txn
+}

@@ -1,0 +1,126 @@
+//! How cluster objects are laid out in the store's flat keyspace. Values are JSON.
+//!
+//! | key | value |
+//! |---|---|
+//! | `jobs/<name>` | latest [`Job`] |
+//! | `versions/<name>/<version, 20 digits>` | every [`Job`] version |
+//! | `nodes/<id>` | [`Node`] |
+//! | `allocs/<id>` | [`Allocation`] |
+//! | `evals/<id>` | [`Evaluation`] |
+
+use davit_api::objects::{Allocation, Evaluation, Job, Node};
+use serde::Serialize;
+
+pub const JOBS: &str = "jobs/";
+pub const VERSIONS: &str = "versions/";
+pub const NODES: &str = "nodes/";
+pub const ALLOCS: &str = "allocs/";
+pub const EVALS: &str = "evals/";
+
+pub fn job(name: &str) -> String {
+    format!("{JOBS}{name}")
+}
+pub fn version(name: &str, version: u64) -> String {
+    format!("{VERSIONS}{name}/{version:020}")
+}
+pub fn versions_of(name: &str) -> String {
+    format!("{VERSIONS}{name}/")
+}
+pub fn node(id: &str) -> String {
+    format!("{NODES}{id}")
+}
+pub fn alloc(id: &str) -> String {
+    format!("{ALLOCS}{id}")
+}
+pub fn eval(id: &str) -> String {
+    format!("{EVALS}{id}")
+}
+
+/// A decoded store key and value.
+#[derive(Debug)]
+pub enum Object {
+    Job(Job),
+    Version(Job),
+    Node(Node),
+    Alloc(Allocation),
+    Eval(Evaluation),
+}
+
+/// What a deleted key referred to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ObjectKey<'a> {
+    Job(&'a str),
+    Version(&'a str, u64),
+    Node(&'a str),
+    Alloc(&'a str),
+    Eval(&'a str),
+}
+
+pub fn parse_key(key: &str) -> Option<ObjectKey<'_>> {
+    if let Some(name) = key.strip_prefix(JOBS) {
+        return Some(ObjectKey::Job(name));
+    }
+    if let Some(rest) = key.strip_prefix(VERSIONS) {
+        let (name, version) = rest.rsplit_once('/')?;
+        return Some(ObjectKey::Version(name, version.parse().ok()?));
+    }
+    if let Some(id) = key.strip_prefix(NODES) {
+        return Some(ObjectKey::Node(id));
+    }
+    if let Some(id) = key.strip_prefix(ALLOCS) {
+        return Some(ObjectKey::Alloc(id));
+    }
+    key.strip_prefix(EVALS).map(ObjectKey::Eval)
+}
+
+/// Decodes a stored value, setting its `create_index`/`modify_index` from the store's revisions.
+pub fn decode(key: &str, value: &[u8], create_revision: u64, mod_revision: u64) -> Result<Object, serde_json::Error> {
+    Ok(match parse_key(key) {
+        Some(ObjectKey::Job(_)) => {
+            let mut job: Job = serde_json::from_slice(value)?;
+            (job.create_index, job.modify_index) = (create_revision, mod_revision);
+            Object::Job(job)
+        }
+        Some(ObjectKey::Version(..)) => {
+            let mut job: Job = serde_json::from_slice(value)?;
+            (job.create_index, job.modify_index) = (create_revision, mod_revision);
+            Object::Version(job)
+        }
+        Some(ObjectKey::Node(_)) => {
+            let mut node: Node = serde_json::from_slice(value)?;
+            (node.create_index, node.modify_index) = (create_revision, mod_revision);
+            Object::Node(node)
+        }
+        Some(ObjectKey::Alloc(_)) => {
+            let mut alloc: Allocation = serde_json::from_slice(value)?;
+            (alloc.create_index, alloc.modify_index) = (create_revision, mod_revision);
+            Object::Alloc(alloc)
+        }
+        Some(ObjectKey::Eval(_)) | None => {
+            let mut eval: Evaluation = serde_json::from_slice(value)?;
+            (eval.create_index, eval.modify_index) = (create_revision, mod_revision);
+            Object::Eval(eval)
+        }
+    })
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("cluster objects always serialize")
+}
+
+pub fn put<T: Serialize>(key: String, value: &T) -> davit_store::Op {
+    davit_store::Op::Put { key, value: encode(value), lease: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        assert_eq!(parse_key(&version("web", 7)), Some(ObjectKey::Version("web", 7)));
+        assert_eq!(parse_key(&job("web")), Some(ObjectKey::Job("web")));
+        assert_eq!(parse_key(&alloc("a1")), Some(ObjectKey::Alloc("a1")));
+        assert_eq!(parse_key("other/x"), None);
+    }
+}

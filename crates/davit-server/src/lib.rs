@@ -1,0 +1,182 @@
+//! The davit server: the HTTP API under `/v1`, the in-memory view of the cluster, the evaluation
+//! broker, scheduler workers, the plan applier and the node-liveness watcher.
+//!
+//! ```text
+//!  HTTP API ──txn──▶ store ──change feed──▶ View (snapshots) ──▶ broker ──▶ workers ──plan──▶ applier ──txn──▶ store
+//! ```
+//!
+//! This crate must never run workloads (agents do) and never decide placement itself (the pure
+//! `davit-scheduler` does). Every change goes through the store; readers use the view.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use davit_scheduler::SchedulerConfig;
+use davit_store::{Store, StoreError, Txn};
+use tokio::sync::mpsc;
+
+mod api;
+mod applier;
+mod broker;
+mod keys;
+mod liveness;
+mod view;
+mod worker;
+
+pub use liveness::LivenessConfig;
+
+use crate::applier::Applier;
+use crate::broker::Broker;
+use crate::liveness::Liveness;
+use crate::view::{View, ViewEvent};
+
+/// How to run a server.
+pub struct ServerConfig {
+    /// Address of the HTTP API. Port 0 picks a free port (see [`ServerHandle::addr`]).
+    pub bind: SocketAddr,
+    pub store: Arc<dyn Store>,
+    /// Scheduler workers; default one per core.
+    pub workers: usize,
+    pub liveness: LivenessConfig,
+    pub scheduler: SchedulerConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("binding the HTTP API to {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading state from the store")]
+    Store(#[from] StoreError),
+}
+
+/// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    http: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving HTTP and the background loops. The store stays consistent (every write is a transaction).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.http.await;
+        for task in self.background {
+            task.abort();
+        }
+    }
+}
+
+/// Shared by every request handler and loop.
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub view: Arc<View>,
+    pub applier: Applier,
+    pub liveness: Arc<Liveness>,
+    pub http: reqwest::Client,
+}
+
+/// Starts the server: loads the view, starts the loops, and serves HTTP.
+pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let view = View::start(Arc::clone(&config.store), events_tx).await?;
+    let broker = Arc::new(Broker::default());
+    let applier = Applier::start(Arc::clone(&config.store), Arc::clone(&view));
+    let liveness = Liveness::new(config.liveness, &view.snapshot());
+    let mut background = Vec::new();
+    background.push(tokio::spawn(coordinate(events_rx, Arc::clone(&broker), Arc::clone(&config.store), Arc::clone(&view))));
+    background.push(tokio::spawn(Arc::clone(&liveness).run(Arc::clone(&config.store), Arc::clone(&view))));
+    for _ in 0..config.workers.max(1) {
+        let worker = worker::Worker {
+            store: Arc::clone(&config.store),
+            view: Arc::clone(&view),
+            broker: Arc::clone(&broker),
+            applier: applier.clone(),
+            config: config.scheduler.clone(),
+        };
+        background.push(tokio::spawn(worker.run()));
+    }
+    let shared = Arc::new(Shared {
+        store: Arc::clone(&config.store),
+        view,
+        applier,
+        liveness,
+        http: reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(3)).build().expect("HTTP client"),
+    });
+    let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;
+    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = api::router(shared);
+    let http = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = shutdown_rx.await;
+        });
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "HTTP server failed");
+        }
+    });
+    tracing::info!(%addr, "davit server listening");
+    Ok(ServerHandle { addr, shutdown, http, background })
+}
+
+/// Routes view events: pending evaluations to the broker; capacity changes unblock blocked evaluations.
+async fn coordinate(mut events: mpsc::UnboundedReceiver<ViewEvent>, broker: Arc<Broker>, store: Arc<dyn Store>, view: Arc<View>) {
+    while let Some(event) = events.recv().await {
+        let mut capacity_changed = false;
+        let mut next = Some(event);
+        // Drain what is queued so a burst of changes unblocks once.
+        while let Some(event) = next.take().or_else(|| events.try_recv().ok()) {
+            match event {
+                ViewEvent::EvalPending(eval) => broker.enqueue(eval),
+                ViewEvent::EvalBlocked(eval) => {
+                    if let Some(superseded) = broker.block(eval) {
+                        tracing::debug!(eval = %superseded.id, "blocked evaluation superseded");
+                    }
+                }
+                ViewEvent::CapacityChanged => capacity_changed = true,
+            }
+        }
+        if capacity_changed {
+            let blocked = broker.take_blocked();
+            if blocked.is_empty() {
+                continue;
+            }
+            let now = now_millis();
+            let mut txn = Txn::default();
+            for eval in &blocked {
+                let mut retry = (**eval).clone();
+                retry.status = davit_api::objects::EvalStatus::Pending;
+                retry.status_description = "capacity changed: retrying".to_string();
+                retry.modify_time = now;
+                txn.success.push(keys::put(keys::eval(&retry.id), &retry));
+            }
+            match store.txn(txn).await {
+                Ok(response) => view.wait_for(response.revision).await,
+                Err(error) => {
+                    tracing::error!(%error, "could not requeue blocked evaluations");
+                    for eval in blocked {
+                        broker.block(eval);
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -1,0 +1,232 @@
+//! The server's in-memory, indexed view of the cluster, fed by the store's change feed.
+//!
+//! Hot reads (API, scheduler workers) never touch the store: they read this view. A snapshot is an
+//! O(1) clone of persistent maps, so a worker schedules against a consistent state without locks.
+//!
+//! Invariant: the view reflects exactly the store at [`View::revision`]; writers that need to read
+//! their own writes call [`View::wait_for`] with the revision their transaction returned.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use davit_api::objects::{EvalStatus, Evaluation, Index};
+use davit_scheduler::ClusterState;
+use davit_store::{EventKind, Revision, Store, StoreError};
+use imbl::OrdMap;
+use tokio::sync::{mpsc, watch};
+
+use crate::keys::{self, Object, ObjectKey};
+
+/// A consistent, immutable picture of the cluster at one revision.
+#[derive(Clone, Default)]
+pub struct Snapshot {
+    pub cluster: ClusterState,
+    pub evals: OrdMap<String, Arc<Evaluation>>,
+    pub revision: Revision,
+    /// Last revision that changed anything about a job (the job, its versions, allocs or evals).
+    job_index: imbl::HashMap<String, Index>,
+    /// Last revision that changed an allocation placed on a node.
+    node_alloc_index: imbl::HashMap<String, Index>,
+    /// Last revision per object kind: `jobs`, `nodes`, `allocs`, `evals`.
+    table_index: imbl::HashMap<&'static str, Index>,
+}
+
+impl Snapshot {
+    pub fn job_index(&self, name: &str) -> Index {
+        self.job_index.get(name).copied().unwrap_or(0)
+    }
+    pub fn node_alloc_index(&self, node_id: &str) -> Index {
+        self.node_alloc_index.get(node_id).copied().unwrap_or(0)
+    }
+    pub fn table_index(&self, table: &str) -> Index {
+        self.table_index.get(table).copied().unwrap_or(0)
+    }
+    pub fn evals_for_job(&self, job: &str) -> Vec<Arc<Evaluation>> {
+        let mut evals: Vec<_> = self.evals.values().filter(|eval| eval.job_name == job).cloned().collect();
+        evals.sort_by_key(|eval| std::cmp::Reverse(eval.create_index));
+        evals
+    }
+}
+
+/// What the view tells the rest of the server about changes it applied.
+#[derive(Debug)]
+pub enum ViewEvent {
+    /// An evaluation is pending: the broker should queue it.
+    EvalPending(Arc<Evaluation>),
+    /// An evaluation is blocked, waiting for capacity.
+    EvalBlocked(Arc<Evaluation>),
+    /// Capacity may have grown (a node became ready, an allocation ended): retry blocked evaluations.
+    CapacityChanged,
+}
+
+pub struct View {
+    current: RwLock<Snapshot>,
+    revision: watch::Sender<Revision>,
+}
+
+impl View {
+    /// Loads everything from the store, then follows its change feed in a background task.
+    /// `events` receives pending evaluations (also those found at start-up) and capacity changes.
+    pub async fn start(store: Arc<dyn Store>, events: mpsc::UnboundedSender<ViewEvent>) -> Result<Arc<View>, StoreError> {
+        let range = store.range("").await?;
+        let mut snapshot = Snapshot::default();
+        for kv in &range.kvs {
+            apply_put(&mut snapshot, &kv.key, &kv.value, kv.create_revision, kv.mod_revision, &events);
+        }
+        snapshot.revision = range.revision;
+        let (revision, _) = watch::channel(range.revision);
+        let view = Arc::new(View { current: RwLock::new(snapshot), revision });
+        let mut watch = store.watch("", range.revision + 1).await?;
+        let follower = Arc::clone(&view);
+        tokio::spawn(async move {
+            while let Some(batch) = watch.next().await {
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        // A lagged or broken watch would leave the view stale forever: fail loudly.
+                        tracing::error!(%error, "store watch ended; the server's view can no longer follow the store");
+                        std::process::abort();
+                    }
+                };
+                let mut next = follower.snapshot();
+                for event in &batch.events {
+                    match event.kind {
+                        EventKind::Put => {
+                            apply_put(&mut next, &event.kv.key, &event.kv.value, event.kv.create_revision, event.kv.mod_revision, &events)
+                        }
+                        EventKind::Delete => apply_delete(&mut next, &event.kv.key, batch.revision, &events),
+                    }
+                }
+                next.revision = batch.revision;
+                *follower.current.write().expect("view lock") = next;
+                follower.revision.send_replace(batch.revision);
+            }
+        });
+        Ok(view)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.current.read().expect("view lock").clone()
+    }
+
+    /// Waits until the view has applied `revision` (read-your-writes after a store transaction).
+    pub async fn wait_for(&self, revision: Revision) {
+        let mut receiver = self.revision.subscribe();
+        let _ = receiver.wait_for(|applied| *applied >= revision).await;
+    }
+
+    /// A blocking query: waits until `index_of(snapshot) > index` or `wait` passes; returns the snapshot then.
+    pub async fn block_until(&self, index: Index, wait: Duration, index_of: impl Fn(&Snapshot) -> Index) -> Snapshot {
+        let mut receiver = self.revision.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let snapshot = self.snapshot();
+            if index == 0 || index_of(&snapshot) > index {
+                return snapshot;
+            }
+            match tokio::time::timeout_at(deadline, receiver.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return self.snapshot(),
+            }
+        }
+    }
+}
+
+fn apply_put(
+    snapshot: &mut Snapshot,
+    key: &str,
+    value: &[u8],
+    create_revision: Revision,
+    mod_revision: Revision,
+    events: &mpsc::UnboundedSender<ViewEvent>,
+) {
+    let object = match keys::decode(key, value, create_revision, mod_revision) {
+        Ok(object) => object,
+        Err(error) => {
+            tracing::error!(key, %error, "skipping undecodable object in the store");
+            return;
+        }
+    };
+    match object {
+        Object::Job(job) => {
+            snapshot.job_index.insert(job.spec.name.clone(), mod_revision);
+            snapshot.table_index.insert("jobs", mod_revision);
+            snapshot.cluster.upsert_job(Arc::new(job));
+        }
+        Object::Version(job) => {
+            snapshot.job_index.insert(job.spec.name.clone(), mod_revision);
+            snapshot.cluster.upsert_job_version(Arc::new(job));
+        }
+        Object::Node(node) => {
+            let was_schedulable = snapshot.cluster.node(&node.id).is_some_and(|old| old.is_schedulable());
+            if node.is_schedulable() && !was_schedulable {
+                let _ = events.send(ViewEvent::CapacityChanged);
+            }
+            snapshot.table_index.insert("nodes", mod_revision);
+            snapshot.cluster.upsert_node(Arc::new(node));
+        }
+        Object::Alloc(alloc) => {
+            let was_terminal = snapshot.cluster.alloc(&alloc.id).is_none_or(|old| old.is_terminal());
+            if alloc.is_terminal() && !was_terminal {
+                let _ = events.send(ViewEvent::CapacityChanged);
+            }
+            snapshot.job_index.insert(alloc.job_name.clone(), mod_revision);
+            snapshot.node_alloc_index.insert(alloc.node_id.clone(), mod_revision);
+            snapshot.table_index.insert("allocs", mod_revision);
+            snapshot.cluster.upsert_alloc(Arc::new(alloc));
+        }
+        Object::Eval(eval) => {
+            snapshot.job_index.insert(eval.job_name.clone(), mod_revision);
+            snapshot.table_index.insert("evals", mod_revision);
+            let eval = Arc::new(eval);
+            match eval.status {
+                EvalStatus::Pending => drop(events.send(ViewEvent::EvalPending(Arc::clone(&eval)))),
+                EvalStatus::Blocked => drop(events.send(ViewEvent::EvalBlocked(Arc::clone(&eval)))),
+                _ => {}
+            }
+            snapshot.evals.insert(eval.id.clone(), eval);
+        }
+    }
+}
+
+fn apply_delete(snapshot: &mut Snapshot, key: &str, revision: Revision, events: &mpsc::UnboundedSender<ViewEvent>) {
+    match keys::parse_key(key) {
+        Some(ObjectKey::Job(name)) => {
+            snapshot.job_index.insert(name.to_string(), revision);
+            snapshot.table_index.insert("jobs", revision);
+            snapshot.cluster.remove_job(name);
+        }
+        Some(ObjectKey::Version(name, version)) => {
+            snapshot.job_index.insert(name.to_string(), revision);
+            snapshot.cluster.remove_job_version(name, version);
+        }
+        Some(ObjectKey::Node(id)) => {
+            snapshot.table_index.insert("nodes", revision);
+            snapshot.cluster.remove_node(id);
+        }
+        Some(ObjectKey::Alloc(id)) => {
+            if let Some(alloc) = snapshot.cluster.alloc(id).cloned() {
+                if !alloc.is_terminal() {
+                    let _ = events.send(ViewEvent::CapacityChanged);
+                }
+                snapshot.job_index.insert(alloc.job_name.clone(), revision);
+                snapshot.node_alloc_index.insert(alloc.node_id.clone(), revision);
+            }
+            snapshot.table_index.insert("allocs", revision);
+            snapshot.cluster.remove_alloc(id);
+        }
+        Some(ObjectKey::Eval(id)) => {
+            if let Some(eval) = snapshot.evals.remove(id) {
+                snapshot.job_index.insert(eval.job_name.clone(), revision);
+            }
+            snapshot.table_index.insert("evals", revision);
+        }
+        None => {}
+    }
+}
+
+/// Counts used by `/v1/status`.
+pub fn counts(snapshot: &Snapshot) -> HashMap<&'static str, usize> {
+    HashMap::from([("nodes", snapshot.cluster.nodes().count()), ("jobs", snapshot.cluster.jobs().count())])
+}

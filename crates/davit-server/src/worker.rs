@@ -1,0 +1,116 @@
+//! Scheduler workers: take an evaluation from the broker, run the pure scheduler on a snapshot,
+//! submit the plan to the applier, retry what it refused on a fresh snapshot, and store the outcome
+//! (complete, or complete plus a blocked evaluation for what could not be placed).
+
+use std::sync::Arc;
+
+use davit_api::objects::{EvalStatus, EvalTrigger, Evaluation};
+use davit_scheduler::{SchedulerConfig, schedule};
+use davit_store::{Store, Txn};
+
+use crate::applier::Applier;
+use crate::broker::Broker;
+use crate::keys;
+use crate::view::View;
+use crate::{new_id, now_millis};
+
+/// How often a worker re-plans the part of a plan the applier refused before giving up (blocked eval).
+const MAX_PLAN_ATTEMPTS: u32 = 5;
+
+pub struct Worker {
+    pub store: Arc<dyn Store>,
+    pub view: Arc<View>,
+    pub broker: Arc<Broker>,
+    pub applier: Applier,
+    pub config: SchedulerConfig,
+}
+
+impl Worker {
+    pub async fn run(self) {
+        loop {
+            let eval = self.broker.dequeue().await;
+            if let Err(error) = self.process(&eval).await {
+                // The eval stays pending in the store and is retried after a restart; here, try again soon.
+                tracing::error!(eval = %eval.id, job = %eval.job_name, %error, "evaluation failed");
+            }
+            self.broker.ack(&eval);
+        }
+    }
+
+    async fn process(&self, eval: &Evaluation) -> Result<(), davit_store::StoreError> {
+        let mut failed_groups = Default::default();
+        let mut description = String::new();
+        let mut status = EvalStatus::Complete;
+        for attempt in 1..=MAX_PLAN_ATTEMPTS {
+            let snapshot = self.view.snapshot();
+            let seed = seed_for(&eval.id, attempt);
+            let result = schedule(&snapshot.cluster, eval, &self.config, seed, now_millis());
+            failed_groups = result.plan.failed_groups.clone();
+            description = result.status_description.clone();
+            status = result.status;
+            if result.plan.node_allocations.is_empty() && result.plan.node_updates.is_empty() {
+                break;
+            }
+            let outcome = self.applier.submit_plan(result.plan).await?;
+            self.view.wait_for(outcome.index).await;
+            if outcome.refused_nodes.is_empty() {
+                break;
+            }
+            tracing::debug!(eval = %eval.id, refused = ?outcome.refused_nodes, attempt, "plan partly refused; re-planning");
+        }
+
+        let now = now_millis();
+        let mut done = eval.clone();
+        done.status = status;
+        done.status_description = description;
+        done.modify_time = now;
+        done.failed_groups = failed_groups;
+        let mut txn = Txn::default();
+        if !done.failed_groups.is_empty() {
+            let blocked = Evaluation {
+                id: new_id(),
+                status: EvalStatus::Blocked,
+                triggered_by: EvalTrigger::QueuedAllocs,
+                status_description: format!("waiting for capacity: {}", summarize(&done)),
+                previous_eval: Some(eval.id.clone()),
+                blocked_eval: None,
+                create_time: now,
+                modify_time: now,
+                create_index: 0,
+                modify_index: 0,
+                ..done.clone()
+            };
+            done.blocked_eval = Some(blocked.id.clone());
+            if let Some(superseded) = self.broker.blocked_for(&eval.job_name) {
+                let mut canceled = (*superseded).clone();
+                canceled.status = EvalStatus::Canceled;
+                canceled.status_description = format!("superseded by blocked evaluation {}", blocked.id);
+                canceled.modify_time = now;
+                txn.success.push(keys::put(keys::eval(&canceled.id), &canceled));
+            }
+            txn.success.push(keys::put(keys::eval(&blocked.id), &blocked));
+        }
+        txn.success.push(keys::put(keys::eval(&done.id), &done));
+        let response = self.store.txn(txn).await?;
+        self.view.wait_for(response.revision).await;
+        Ok(())
+    }
+}
+
+fn summarize(eval: &Evaluation) -> String {
+    eval.failed_groups
+        .iter()
+        .map(|(group, failure)| format!("{group}: {} missing ({})", failure.missing, failure.summary()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A seed derived from the evaluation (FNV-1a), so a re-run of the same evaluation plans the same way.
+fn seed_for(eval_id: &str, attempt: u32) -> u64 {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for byte in eval_id.bytes().chain(attempt.to_le_bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    hash
+}

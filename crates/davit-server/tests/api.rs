@@ -1,0 +1,218 @@
+//! The server's HTTP API in-process (no agent): bad input is rejected precisely and changes nothing;
+//! jobs are versioned; work that does not fit waits as a blocked evaluation until capacity appears.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use davit_api::objects::{DriverInfo, EvalStatus, Node, NodeEligibility, NodeResources, NodeStatus};
+use davit_server::{LivenessConfig, ServerConfig, ServerHandle};
+use davit_store::RedbStore;
+
+struct TestServer {
+    _dir: tempfile::TempDir,
+    handle: Option<ServerHandle>,
+    base: String,
+    http: reqwest::Client,
+}
+
+async fn start() -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open(&dir.path().join("state.redb")).unwrap());
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        store,
+        workers: 2,
+        liveness: LivenessConfig { heartbeat_interval: Duration::from_secs(1), ttl: Duration::from_secs(60) },
+        scheduler: Default::default(),
+    };
+    let handle = davit_server::start(config).await.unwrap();
+    let base = format!("http://{}", handle.addr());
+    TestServer { _dir: dir, handle: Some(handle), base, http: reqwest::Client::new() }
+}
+
+impl TestServer {
+    async fn request(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let url = format!("{}{path}", self.base);
+        let request = match method {
+            "GET" => self.http.get(url),
+            "POST" => self.http.post(url),
+            "PUT" => self.http.put(url),
+            "DELETE" => self.http.delete(url),
+            other => panic!("method {other}"),
+        };
+        let response = request.body(body.to_string()).send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    async fn index(&self) -> u64 {
+        self.request("GET", "/v1/status", "").await.1["index"].as_u64().unwrap()
+    }
+
+    async fn shutdown(mut self) {
+        self.handle.take().unwrap().shutdown().await;
+    }
+}
+
+const GOOD_JOB: &str = "name: web\ngroups:\n  - name: g\n    count: 2\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/true}\n        resources: {cpu: 100, memory: 64}\n";
+
+fn node(id: &str, memory: u64) -> Node {
+    Node {
+        id: id.to_string(),
+        name: format!("node-{id}"),
+        datacenter: "dc1".to_string(),
+        class: String::new(),
+        attributes: BTreeMap::from([("arch".to_string(), "x86_64".to_string())]),
+        resources: NodeResources { cpu: 2000, memory, port_range: (20000, 20100), reserved_ports: vec![] },
+        drivers: BTreeMap::from([("exec".to_string(), DriverInfo { detected: true, healthy: true, ..Default::default() })]),
+        status: NodeStatus::Ready,
+        eligibility: NodeEligibility::Eligible,
+        http_addr: "http://127.0.0.1:1".to_string(),
+        status_description: String::new(),
+        last_heartbeat: 0,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+#[tokio::test]
+async fn rejected_requests_change_nothing_and_say_why() {
+    let server = start().await;
+    let (status, _) = server.request("POST", "/v1/jobs?filename=web.yaml", GOOD_JOB).await;
+    assert_eq!(status, 200);
+    let node_json = serde_json::to_string(&node("n1", 4096)).unwrap();
+    assert_eq!(server.request("POST", "/v1/nodes/register", &node_json).await.0, 200);
+    // Let the scheduler finish, so the store only changes if a request below changes it.
+    wait_status(&server, "web", |s| s["summary"]["g"]["placed"].as_u64() == Some(2) && s["latest_evaluation"]["status"] == "complete")
+        .await;
+
+    let cases: &[(&str, &str, &str)] = &[
+        ("POST", "/v1/jobs?filename=bad.yaml", "name: web\ngroups:\n  - name: g\n    count: -1\n    tasks: []\n"),
+        ("POST", "/v1/jobs?filename=bad.yaml", "name: Web_1\ngroups: []\n"),
+        ("POST", "/v1/jobs?filename=bad.yaml", "name: web\ngroups:\n  - name: g\n    tasks:\n      - name: t\n        drivr: exec\n"),
+        ("POST", "/v1/jobs?filename=bad.yaml", "name: web\n  groups: [\n"),
+        (
+            "POST",
+            "/v1/jobs?filename=bad.json",
+            "{\"name\": \"web\", \"groups\": [{\"name\": \"g\", \"tasks\": [{\"name\": \"t\", \"driver\": \"dockr\"}]}]}",
+        ),
+        ("POST", "/v1/jobs", ""),
+        ("POST", "/v1/jobs", "\u{0}\u{1}binary"),
+        ("POST", "/v1/job/web/scale", "{\"group\": \"g\", \"count\": -1}"),
+        ("POST", "/v1/job/web/scale", "{\"group\": \"nope\", \"count\": 3}"),
+        ("POST", "/v1/job/web/scale", "{\"group\": \"g\"}"),
+        ("POST", "/v1/job/web/scale", "not json"),
+        ("POST", "/v1/job/web/scale", "{\"group\": \"g\", \"count\": 1000000}"),
+        ("POST", "/v1/job/missing/scale", "{\"group\": \"g\", \"count\": 3}"),
+        ("POST", "/v1/job/web/revert", "{\"version\": 7}"),
+        ("POST", "/v1/job/web/revert", "{\"version\": 0}"),
+        ("POST", "/v1/job/web/revert", "{}"),
+        ("GET", "/v1/job/missing", ""),
+        ("GET", "/v1/job/web/version/9", ""),
+        ("GET", "/v1/job/web/diff", ""),
+        ("DELETE", "/v1/job/missing", ""),
+        ("GET", "/v1/job/web/status?index=1&wait=forever", ""),
+        ("POST", "/v1/nodes/register", "{\"id\": \"x\"}"),
+        (
+            "POST",
+            "/v1/nodes/register",
+            "{\"id\": \"\", \"name\": \"\", \"datacenter\": \"\", \"attributes\": {}, \"resources\": {\"cpu\": 1, \"memory\": 1, \"port_range\": [1, 2]}, \"drivers\": {}, \"status\": \"ready\", \"eligibility\": \"eligible\", \"http_addr\": \"\"}",
+        ),
+        ("PUT", "/v1/node/unknown/heartbeat", ""),
+        ("POST", "/v1/node/unknown/allocations/status", "[]"),
+        ("POST", "/v1/node/n1/allocations/status", "[{\"id\": 5}]"),
+        ("GET", "/v1/allocation/zzzz", ""),
+        ("GET", "/v1/allocation/", ""),
+        ("GET", "/v1/evaluation/zzzz", ""),
+        ("GET", "/v1/nope", ""),
+    ];
+    let mut transcript = String::new();
+    for (method, path, body) in cases {
+        let before = server.index().await;
+        let (status, answer) = server.request(method, path, body).await;
+        let after = server.index().await;
+        assert!((400..500).contains(&status), "{method} {path} answered {status}: {answer}");
+        assert_eq!(before, after, "{method} {path} changed the store");
+        let message = answer.get("message").and_then(|m| m.as_str()).unwrap_or("<no message>");
+        transcript.push_str(&format!(
+            "{method} {path}\n  {status} {}: {}\n",
+            answer["code"].as_str().unwrap_or("?"),
+            message.replace('\n', "\n  ")
+        ));
+    }
+    expect_test::expect_file!["api_errors.expected"].assert_eq(&transcript);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn jobs_are_versioned_and_unplaceable_work_waits_for_capacity() {
+    let server = start().await;
+    let (status, registered) = server.request("POST", "/v1/jobs?filename=web.yaml", GOOD_JOB).await;
+    assert_eq!(status, 200, "{registered}");
+    assert_eq!(registered["version"], 0);
+    // Same spec again: no new version.
+    let (_, again) = server.request("POST", "/v1/jobs?filename=web.yaml", GOOD_JOB).await;
+    assert_eq!((again["version"].as_u64(), again["changed"].as_bool()), (Some(0), Some(false)));
+
+    // No nodes: the evaluation blocks and says why.
+    let blocked = wait_status(&server, "web", |s| s["blocked_evaluation"].is_object()).await;
+    let reason = blocked["blocked_evaluation"]["status_description"].as_str().unwrap().to_string();
+    assert!(reason.contains("no ready nodes"), "{reason}");
+
+    // A node too small: still blocked, now for memory.
+    let small = serde_json::to_string(&node("small", 100)).unwrap();
+    assert_eq!(server.request("POST", "/v1/nodes/register", &small).await.0, 200);
+    let blocked = wait_status(&server, "web", |s| {
+        s["blocked_evaluation"]["failed_groups"]["g"]["exhausted"]["memory"].as_u64() == Some(1)
+            && s["summary"]["g"]["placed"].as_u64() == Some(1)
+    })
+    .await;
+    assert_eq!(blocked["blocked_evaluation"]["failed_groups"]["g"]["missing"], 1, "one of two fits on the small node: {blocked:#}");
+
+    // Capacity arrives: the blocked evaluation runs again and places the rest.
+    let big = serde_json::to_string(&node("big", 4096)).unwrap();
+    assert_eq!(server.request("POST", "/v1/nodes/register", &big).await.0, 200);
+    let placed =
+        wait_status(&server, "web", |s| s["summary"]["g"]["placed"].as_u64() == Some(2) && s["blocked_evaluation"].is_null()).await;
+    let evals = server.request("GET", "/v1/job/web/evaluations", "").await.1;
+    assert!(evals.as_array().unwrap().iter().all(|e| e["status"] != serde_json::json!(EvalStatus::Blocked)), "{evals:#}");
+    assert_eq!(placed["allocations"].as_array().unwrap().len(), 2);
+
+    // Scale, diff, revert.
+    let (status, scaled) = server.request("POST", "/v1/job/web/scale", "{\"group\": \"g\", \"count\": 3}").await;
+    assert_eq!((status, scaled["version"].as_u64()), (200, Some(1)));
+    let diff = server.request("GET", "/v1/job/web/diff", "").await.1;
+    assert_eq!(diff["changes"], serde_json::json!([{"path": "groups[g].count", "old": "2", "new": "3"}]));
+    let (status, reverted) = server.request("POST", "/v1/job/web/revert", "{\"version\": 0}").await;
+    assert_eq!((status, reverted["version"].as_u64()), (200, Some(2)));
+    let versions = server.request("GET", "/v1/job/web/versions", "").await.1;
+    let counts: Vec<u64> = versions.as_array().unwrap().iter().map(|v| v["spec"]["groups"][0]["count"].as_u64().unwrap()).collect();
+    assert_eq!(counts, vec![2, 3, 2]);
+    wait_status(&server, "web", |s| s["summary"]["g"]["placed"].as_u64() == Some(2)).await;
+
+    // Stop, then purge.
+    assert_eq!(server.request("DELETE", "/v1/job/web", "").await.0, 200);
+    let stopped = wait_status(&server, "web", |s| s["summary"]["g"]["placed"].as_u64() == Some(0)).await;
+    assert_eq!(stopped["job"]["stopped"], true);
+    assert_eq!(server.request("DELETE", "/v1/job/web?purge=true", "").await.0, 200);
+    assert_eq!(server.request("GET", "/v1/job/web", "").await.0, 404);
+    server.shutdown().await;
+}
+
+/// Follows `/v1/job/{name}/status` with blocking queries until `done` holds (bounded).
+async fn wait_status(server: &TestServer, name: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut index = 0u64;
+    loop {
+        let url = format!("{}/v1/job/{name}/status?index={index}&wait=2s", server.base);
+        let response = server.http.get(url).send().await.unwrap();
+        index = response.headers().get("x-davit-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let status: serde_json::Value = response.json().await.unwrap();
+        if done(&status) {
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "job {name} never reached the expected state: {status:#}");
+    }
+}

@@ -1,0 +1,333 @@
+//! The embedded backend: one redb file, one writer thread with group commit.
+//!
+//! ```text
+//!  txn / grant / revoke ──channel──▶ writer thread ──▶ one redb write transaction per batch
+//!                                        │               (Durability::Immediate, commit once)
+//!                                        ├─▶ Hub::publish (watch batches, never blocks)
+//!                                        └─▶ answers every caller of the batch
+//!  get / range ──spawn_blocking──▶ redb read transaction (MVCC snapshot, never waits for the writer)
+//!  watch ──▶ replay from the change log in chunks, then Hub::try_register (race-free hand-over)
+//! ```
+//!
+//! Tables: `kv` (key → encoded value and revisions), `log` (revision → encoded events of that
+//! revision, compacted to the last `history_revisions`), `meta` (current revision, compacted
+//! revision, next lease id), `leases` (lease id → TTL in milliseconds) and `lease_keys`
+//! ((lease id, key) → (), the keys attached to each lease).
+//!
+//! Reads run on tokio's blocking pool (`spawn_blocking`): a redb read is usually served from
+//! its page cache, but a large `range` or a cold page would otherwise stall an async worker.
+//!
+//! Lease deadlines live in memory only; after a reopen every lease gets its full TTL again
+//! (as etcd does). The writer thread also expires leases: it waits on its channel no longer
+//! than the next deadline.
+
+mod codec;
+mod hub;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{BoxFuture, KeyValue, LeaseId, RangeResponse, Revision, Store, StoreError, Txn, TxnResponse, Watch, WatchBatch};
+use codec::{decode_events, decode_stored_value};
+use hub::{Hub, Registration, WatchSender};
+use writer::{PersistedState, Request};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const LEASES: TableDefinition<u64, u64> = TableDefinition::new("leases");
+const LEASE_KEYS: TableDefinition<(u64, &str), ()> = TableDefinition::new("lease_keys");
+
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+const META_NEXT_LEASE: &str = "next_lease";
+
+/// How many change-log revisions one replay step reads before handing them to the watcher.
+const REPLAY_CHUNK: u64 = 256;
+
+/// Tuning of a [`RedbStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedbOptions {
+    /// How many revisions of change log to keep for watches; a watch from an older revision fails
+    /// with [`StoreError::Compacted`]. Default 100 000.
+    pub history_revisions: u64,
+    /// How many revision batches a watcher may leave unread before it is dropped with
+    /// [`StoreError::WatchLagged`]. Default 1024; at least 2 is used.
+    pub watch_buffer: usize,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        RedbOptions { history_revisions: 100_000, watch_buffer: 1024 }
+    }
+}
+
+/// The embedded [`Store`]: a single redb file owned by one process.
+///
+/// Dropping it stops the writer thread (after the batch in progress), ends every watch and
+/// closes the file once in-flight reads finish, so the same path can be reopened.
+pub struct RedbStore {
+    shared: Arc<Shared>,
+    requests: Option<std_mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+/// State shared by the store handle, its writer thread and watch replay tasks.
+struct Shared {
+    db: Database,
+    hub: Hub,
+    /// Live leases and their deadlines. Invariant: holds exactly the committed leases, except
+    /// for leases the writer has taken out to expire in the batch it is committing.
+    leases: Mutex<HashMap<LeaseId, LiveLease>>,
+    options: RedbOptions,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LiveLease {
+    ttl: Duration,
+    deadline: Instant,
+}
+
+impl Shared {
+    fn leases(&self) -> MutexGuard<'_, HashMap<LeaseId, LiveLease>> {
+        // Every update of the map is a single insert or remove, so a poisoned map is still consistent.
+        self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl RedbStore {
+    /// Opens the store at `path`, creating the file if needed, with default [`RedbOptions`].
+    pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
+        RedbStore::open_with(path, RedbOptions::default())
+    }
+
+    /// Opens the store at `path`, creating the file if needed. Reopening keeps every key,
+    /// the revision counter, the change log and the leases (which restart their full TTL).
+    pub fn open_with(path: &Path, options: RedbOptions) -> Result<RedbStore, StoreError> {
+        let open_error = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open { path: path.display().to_string(), source };
+        let db = Database::create(path).map_err(|error| open_error(error.into()))?;
+        let (state, leases) = initialise(&db).map_err(|error| open_error(error.into()))?;
+        let now = Instant::now();
+        let leases = leases.into_iter().map(|(id, ttl)| (id, LiveLease { ttl, deadline: now + ttl })).collect();
+        let shared = Arc::new(Shared { db, hub: Hub::new(state.revision), leases: Mutex::new(leases), options });
+        let (requests, receiver) = std_mpsc::channel();
+        let writer_shared = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("davit-store-writer".into())
+            .spawn(move || writer::run(&writer_shared, &receiver, state))
+            .map_err(|error| open_error(error.into()))?;
+        Ok(RedbStore { shared, requests: Some(requests), writer: Some(writer) })
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let requests = self.requests.as_ref().ok_or(StoreError::Closed)?;
+        requests.send(make(reply)).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(&self, read: impl FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || read(&shared))
+            .await
+            .map_err(|error| StoreError::Backend(format!("store read task failed: {error}")))?
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        self.shared.hub.close();
+        // Closing the channel makes the writer finish its batch and exit; waiting for it
+        // releases the database file before `drop` returns.
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("the store writer thread panicked");
+        }
+    }
+}
+
+/// Creates missing tables and loads the persisted counters and leases.
+fn initialise(db: &Database) -> Result<(PersistedState, Vec<(LeaseId, Duration)>), redb::Error> {
+    let txn = db.begin_write()?;
+    let state;
+    let mut leases = Vec::new();
+    {
+        txn.open_table(KV)?;
+        txn.open_table(LOG)?;
+        txn.open_table(LEASE_KEYS)?;
+        let meta = txn.open_table(META)?;
+        let read = |name: &str| -> Result<Option<u64>, redb::Error> { Ok(meta.get(name)?.map(|value| value.value())) };
+        state = PersistedState {
+            revision: read(META_REVISION)?.unwrap_or(0),
+            compacted: read(META_COMPACTED)?.unwrap_or(0),
+            next_lease: read(META_NEXT_LEASE)?.unwrap_or(1),
+        };
+        let lease_table = txn.open_table(LEASES)?;
+        for entry in lease_table.iter()? {
+            let (id, ttl_ms) = entry?;
+            leases.push((id.value(), Duration::from_millis(ttl_ms.value())));
+        }
+    }
+    txn.commit()?;
+    Ok((state, leases))
+}
+
+fn backend_error(context: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("{context}: {error}"))
+}
+
+impl Store for RedbStore {
+    fn backend_name(&self) -> &'static str {
+        "redb"
+    }
+
+    fn get(&self, key: &str) -> BoxFuture<'_, Result<Option<KeyValue>, StoreError>> {
+        let key = key.to_owned();
+        Box::pin(self.read(move |shared| {
+            let context = "reading a key";
+            let txn = shared.db.begin_read().map_err(|e| backend_error(context, e))?;
+            let table = txn.open_table(KV).map_err(|e| backend_error(context, e))?;
+            let Some(record) = table.get(key.as_str()).map_err(|e| backend_error(context, e))? else {
+                return Ok(None);
+            };
+            Ok(Some(decode_stored_value(record.value())?.into_key_value(key)))
+        }))
+    }
+
+    fn range(&self, prefix: &str) -> BoxFuture<'_, Result<RangeResponse, StoreError>> {
+        let prefix = prefix.to_owned();
+        Box::pin(self.read(move |shared| {
+            let context = "reading a range";
+            let txn = shared.db.begin_read().map_err(|e| backend_error(context, e))?;
+            let meta = txn.open_table(META).map_err(|e| backend_error(context, e))?;
+            let revision = meta.get(META_REVISION).map_err(|e| backend_error(context, e))?.map_or(0, |value| value.value());
+            let table = txn.open_table(KV).map_err(|e| backend_error(context, e))?;
+            let mut kvs = Vec::new();
+            for entry in table.range::<&str>(prefix.as_str()..).map_err(|e| backend_error(context, e))? {
+                let (key, record) = entry.map_err(|e| backend_error(context, e))?;
+                if !key.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                kvs.push(decode_stored_value(record.value())?.into_key_value(key.value().to_owned()));
+            }
+            Ok(RangeResponse { kvs, revision })
+        }))
+    }
+
+    fn txn(&self, txn: Txn) -> BoxFuture<'_, Result<TxnResponse, StoreError>> {
+        Box::pin(self.request(|reply| Request::Txn { txn, reply }))
+    }
+
+    fn watch(&self, prefix: &str, from_revision: Revision) -> BoxFuture<'_, Result<Watch, StoreError>> {
+        let prefix = prefix.to_owned();
+        Box::pin(async move {
+            let next = from_revision.max(1);
+            let (mut batches, mut next) = {
+                let prefix = prefix.clone();
+                self.read(move |shared| replay_step(shared, &prefix, next)).await?
+            };
+            let buffer = self.shared.options.watch_buffer.max(2);
+            let (sender, receiver) = mpsc::channel(buffer);
+            // The replay task holds the store only weakly, so a watcher that stops reading
+            // cannot keep the database file open after the store is dropped.
+            let weak_shared = Arc::downgrade(&self.shared);
+            tokio::spawn(async move {
+                loop {
+                    for batch in batches {
+                        if send_keeping_lag_slot(&sender, Ok(batch)).await.is_err() {
+                            return;
+                        }
+                    }
+                    let Some(shared) = weak_shared.upgrade() else {
+                        return;
+                    };
+                    match shared.hub.try_register(&prefix, next, &sender) {
+                        Registration::Registered | Registration::Closed => return,
+                        Registration::Behind => {}
+                    }
+                    let step_prefix = prefix.clone();
+                    let step = tokio::task::spawn_blocking(move || replay_step(&shared, &step_prefix, next))
+                        .await
+                        .unwrap_or_else(|error| Err(StoreError::Backend(format!("watch replay task failed: {error}"))));
+                    match step {
+                        Ok((step_batches, step_next)) => (batches, next) = (step_batches, step_next),
+                        Err(error) => {
+                            let _ = sender.send(Err(error)).await;
+                            return;
+                        }
+                    }
+                }
+            });
+            Ok(Watch::new(receiver))
+        })
+    }
+
+    fn current_revision(&self) -> BoxFuture<'_, Result<Revision, StoreError>> {
+        Box::pin(async move { Ok(self.shared.hub.revision()) })
+    }
+
+    fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId, StoreError>> {
+        Box::pin(self.request(move |reply| Request::GrantLease { ttl, reply }))
+    }
+
+    fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut leases = self.shared.leases();
+            let live = leases.get_mut(&lease).ok_or(StoreError::LeaseNotFound(lease))?;
+            live.deadline = Instant::now() + live.ttl;
+            Ok(())
+        })
+    }
+
+    fn revoke_lease(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.request(move |reply| Request::RevokeLease { lease, reply }))
+    }
+}
+
+/// Sends one item, waiting for room, but never takes the channel's last free slot: that one is
+/// reserved for the [`StoreError::WatchLagged`] notice the hub may have to send later.
+async fn send_keeping_lag_slot(sender: &WatchSender, item: Result<WatchBatch, StoreError>) -> Result<(), ()> {
+    let mut permits = sender.reserve_many(2).await.map_err(|_| ())?;
+    if let Some(permit) = permits.next() {
+        permit.send(item);
+    }
+    Ok(())
+}
+
+/// Reads up to [`REPLAY_CHUNK`] revisions of the change log from `next`, but none newer than the
+/// hub has published (those the hub will deliver), and returns the batches matching `prefix`
+/// with the next revision to read.
+fn replay_step(shared: &Shared, prefix: &str, next: Revision) -> Result<(Vec<WatchBatch>, Revision), StoreError> {
+    let context = "replaying the change log";
+    let published = shared.hub.revision();
+    if next > published {
+        return Ok((Vec::new(), next));
+    }
+    let txn = shared.db.begin_read().map_err(|e| backend_error(context, e))?;
+    let meta = txn.open_table(META).map_err(|e| backend_error(context, e))?;
+    let compacted = meta.get(META_COMPACTED).map_err(|e| backend_error(context, e))?.map_or(0, |value| value.value());
+    if next <= compacted {
+        return Err(StoreError::Compacted { requested: next, oldest: compacted + 1 });
+    }
+    let last = published.min(next + REPLAY_CHUNK - 1);
+    let log = txn.open_table(LOG).map_err(|e| backend_error(context, e))?;
+    let mut batches = Vec::new();
+    for entry in log.range(next..=last).map_err(|e| backend_error(context, e))? {
+        let (revision, encoded) = entry.map_err(|e| backend_error(context, e))?;
+        let events: Vec<_> = decode_events(encoded.value())?.into_iter().filter(|event| event.kv.key.starts_with(prefix)).collect();
+        if !events.is_empty() {
+            batches.push(WatchBatch { revision: revision.value(), events });
+        }
+    }
+    Ok((batches, last + 1))
+}

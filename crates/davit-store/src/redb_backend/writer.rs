@@ -1,0 +1,370 @@
+//! The writer thread: group commit of transactions, lease grants, revokes and expiries.
+//!
+//! Each loop takes every request already queued (up to [`MAX_BATCH`]), applies them in order in
+//! ONE redb write transaction — each transaction's compares see the writes of the ones before
+//! it, and each one that writes gets its own revision — commits once with
+//! `Durability::Immediate`, then publishes the watch batches and only then answers the callers.
+//! If the commit fails, nothing of the batch happened and every caller gets the error.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use redb::{Durability, ReadableTable, Table, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::codec::{StoredValue, decode_stored_value, encode_events, encode_stored_value};
+use super::{KV, LEASE_KEYS, LEASES, LOG, LiveLease, META, META_COMPACTED, META_NEXT_LEASE, META_REVISION, Shared, backend_error};
+use crate::{Compare, EventKind, KeyValue, LeaseId, Op, Revision, StoreError, Txn, TxnResponse, WatchBatch, WatchEvent};
+
+/// The most requests applied in one redb transaction.
+const MAX_BATCH: usize = 4096;
+
+/// A write handed to the writer thread.
+pub(super) enum Request {
+    Txn { txn: Txn, reply: oneshot::Sender<Result<TxnResponse, StoreError>> },
+    GrantLease { ttl: Duration, reply: oneshot::Sender<Result<LeaseId, StoreError>> },
+    RevokeLease { lease: LeaseId, reply: oneshot::Sender<Result<(), StoreError>> },
+}
+
+/// Counters kept in the `meta` table.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PersistedState {
+    pub(super) revision: Revision,
+    /// Every change-log revision ≤ this one was removed.
+    pub(super) compacted: Revision,
+    pub(super) next_lease: LeaseId,
+}
+
+/// Runs until every request sender is gone.
+pub(super) fn run(shared: &Shared, requests: &Receiver<Request>, mut state: PersistedState) {
+    loop {
+        let first = match next_deadline(shared) {
+            None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(deadline) => requests.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+        };
+        let mut batch = Vec::new();
+        match first {
+            Ok(request) => batch.push(request),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let expired = take_expired_leases(shared);
+        if batch.is_empty() && expired.is_empty() {
+            continue;
+        }
+        state = run_batch(shared, state, batch, expired);
+    }
+}
+
+fn next_deadline(shared: &Shared) -> Option<Instant> {
+    shared.leases().values().map(|lease| lease.deadline).min()
+}
+
+/// Removes the leases whose deadline passed; the batch being built deletes them.
+fn take_expired_leases(shared: &Shared) -> Vec<(LeaseId, LiveLease)> {
+    let now = Instant::now();
+    let mut leases = shared.leases();
+    let expired: Vec<_> = leases.iter().filter(|(_, lease)| lease.deadline <= now).map(|(id, lease)| (*id, *lease)).collect();
+    for (id, _) in &expired {
+        leases.remove(id);
+    }
+    expired
+}
+
+/// What a request turned into, to be answered after the commit.
+enum Outcome {
+    Txn(oneshot::Sender<Result<TxnResponse, StoreError>>, Result<TxnResponse, StoreError>),
+    Grant(oneshot::Sender<Result<LeaseId, StoreError>>, Result<(LeaseId, Duration), StoreError>),
+    Revoke(oneshot::Sender<Result<(), StoreError>>, Result<LeaseId, StoreError>),
+}
+
+/// Applies one batch and returns the state after it (unchanged if the commit failed).
+fn run_batch(shared: &Shared, state: PersistedState, batch: Vec<Request>, expired: Vec<(LeaseId, LiveLease)>) -> PersistedState {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut watch_batches = Vec::new();
+    let result = apply_batch(shared, state, batch, &expired, &mut outcomes, &mut watch_batches);
+    match result {
+        Ok(new_state) => {
+            {
+                let mut leases = shared.leases();
+                let now = Instant::now();
+                for outcome in &outcomes {
+                    match outcome {
+                        Outcome::Grant(_, Ok((id, ttl))) => {
+                            leases.insert(*id, LiveLease { ttl: *ttl, deadline: now + *ttl });
+                        }
+                        Outcome::Revoke(_, Ok(id)) => {
+                            leases.remove(id);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            shared.hub.publish(new_state.revision, &watch_batches);
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Txn(reply, result) => {
+                        let _ = reply.send(result);
+                    }
+                    Outcome::Grant(reply, result) => {
+                        let _ = reply.send(result.map(|(id, _)| id));
+                    }
+                    Outcome::Revoke(reply, result) => {
+                        let _ = reply.send(result.map(|_| ()));
+                    }
+                }
+            }
+            new_state
+        }
+        Err(error) => {
+            tracing::error!(%error, "store batch failed; nothing of it was applied");
+            // The expired leases are still in the file: keep expiring them.
+            shared.leases().extend(expired);
+            let message = error.to_string();
+            let failed = || StoreError::Backend(message.clone());
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Txn(reply, _) => {
+                        let _ = reply.send(Err(failed()));
+                    }
+                    Outcome::Grant(reply, _) => {
+                        let _ = reply.send(Err(failed()));
+                    }
+                    Outcome::Revoke(reply, _) => {
+                        let _ = reply.send(Err(failed()));
+                    }
+                }
+            }
+            state
+        }
+    }
+}
+
+/// The open tables of one write transaction.
+struct Tables<'txn> {
+    kv: Table<'txn, &'static str, &'static [u8]>,
+    log: Table<'txn, u64, &'static [u8]>,
+    meta: Table<'txn, &'static str, u64>,
+    leases: Table<'txn, u64, u64>,
+    lease_keys: Table<'txn, (u64, &'static str), ()>,
+}
+
+/// An error that fails the whole batch (the redb transaction is abandoned).
+type Fatal = StoreError;
+
+fn apply_batch(
+    shared: &Shared,
+    mut state: PersistedState,
+    batch: Vec<Request>,
+    expired: &[(LeaseId, LiveLease)],
+    outcomes: &mut Vec<Outcome>,
+    watch_batches: &mut Vec<WatchBatch>,
+) -> Result<PersistedState, Fatal> {
+    let context = "writing a batch";
+    let mut txn: WriteTransaction = shared.db.begin_write().map_err(|e| backend_error(context, e))?;
+    txn.set_durability(Durability::Immediate).map_err(|e| backend_error(context, e))?;
+    {
+        let mut tables = open_tables(&txn)?;
+        for request in batch {
+            match request {
+                Request::Txn { txn, reply } => {
+                    let result = apply_txn(&mut tables, &mut state, txn, watch_batches)?;
+                    outcomes.push(Outcome::Txn(reply, result));
+                }
+                Request::GrantLease { ttl, reply } => {
+                    let id = state.next_lease;
+                    state.next_lease += 1;
+                    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                    tables.leases.insert(id, ttl_ms).map_err(|e| backend_error(context, e))?;
+                    outcomes.push(Outcome::Grant(reply, Ok((id, ttl))));
+                }
+                Request::RevokeLease { lease, reply } => {
+                    let result = revoke(&mut tables, &mut state, lease, watch_batches)?;
+                    outcomes.push(Outcome::Revoke(reply, result.map(|()| lease)));
+                }
+            }
+        }
+        for (lease, _) in expired {
+            // A lease revoked earlier in this batch is already gone; nothing to do then.
+            let _ = revoke(&mut tables, &mut state, *lease, watch_batches)?;
+        }
+        let history = shared.options.history_revisions;
+        if state.revision.saturating_sub(state.compacted) > history {
+            let compact_to = state.revision - history;
+            for revision in state.compacted + 1..=compact_to {
+                tables.log.remove(revision).map_err(|e| backend_error(context, e))?;
+            }
+            state.compacted = compact_to;
+        }
+        for (name, value) in [(META_REVISION, state.revision), (META_COMPACTED, state.compacted), (META_NEXT_LEASE, state.next_lease)] {
+            tables.meta.insert(name, value).map_err(|e| backend_error(context, e))?;
+        }
+    }
+    txn.commit().map_err(|e| backend_error("committing a batch", e))?;
+    Ok(state)
+}
+
+fn open_tables(txn: &WriteTransaction) -> Result<Tables<'_>, Fatal> {
+    let context = "opening tables";
+    Ok(Tables {
+        kv: txn.open_table(KV).map_err(|e| backend_error(context, e))?,
+        log: txn.open_table(LOG).map_err(|e| backend_error(context, e))?,
+        meta: txn.open_table(META).map_err(|e| backend_error(context, e))?,
+        leases: txn.open_table(LEASES).map_err(|e| backend_error(context, e))?,
+        lease_keys: txn.open_table(LEASE_KEYS).map_err(|e| backend_error(context, e))?,
+    })
+}
+
+/// Applies one transaction. The outer error is fatal for the batch; the inner one is this
+/// transaction's own answer (then it wrote nothing).
+fn apply_txn(
+    tables: &mut Tables<'_>,
+    state: &mut PersistedState,
+    txn: Txn,
+    watch_batches: &mut Vec<WatchBatch>,
+) -> Result<Result<TxnResponse, StoreError>, Fatal> {
+    let mut succeeded = true;
+    for compare in &txn.compares {
+        if !compare_holds(tables, compare)? {
+            succeeded = false;
+            break;
+        }
+    }
+    let ops = if succeeded { txn.success } else { txn.failure };
+    // Validate before writing, so a rejected transaction leaves no trace in the batch.
+    for op in &ops {
+        if let Op::Put { lease: Some(lease), .. } = op {
+            let found = tables.leases.get(*lease).map_err(|e| backend_error("reading a lease", e))?.is_some();
+            if !found {
+                return Ok(Err(StoreError::LeaseNotFound(*lease)));
+            }
+        }
+    }
+    let revision = state.revision + 1;
+    let mut events = Vec::new();
+    for op in ops {
+        match op {
+            Op::Put { key, value, lease } => events.push(put(tables, revision, key, value, lease)?),
+            Op::Delete { key } => events.extend(delete(tables, revision, &key)?),
+            Op::DeletePrefix { prefix } => {
+                for key in keys_with_prefix(tables, &prefix)? {
+                    events.extend(delete(tables, revision, &key)?);
+                }
+            }
+        }
+    }
+    record_revision(tables, state, events, watch_batches)?;
+    Ok(Ok(TxnResponse { succeeded, revision: state.revision }))
+}
+
+/// Gives `events` the next revision (if there are any) and appends them to the change log.
+fn record_revision(
+    tables: &mut Tables<'_>,
+    state: &mut PersistedState,
+    events: Vec<WatchEvent>,
+    watch_batches: &mut Vec<WatchBatch>,
+) -> Result<(), Fatal> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    state.revision += 1;
+    tables.log.insert(state.revision, encode_events(&events).as_slice()).map_err(|e| backend_error("appending to the change log", e))?;
+    watch_batches.push(WatchBatch { revision: state.revision, events });
+    Ok(())
+}
+
+fn read_key(tables: &Tables<'_>, key: &str) -> Result<Option<StoredValue>, Fatal> {
+    let record = tables.kv.get(key).map_err(|e| backend_error("reading a key", e))?;
+    record.map(|record| decode_stored_value(record.value())).transpose()
+}
+
+fn compare_holds(tables: &Tables<'_>, compare: &Compare) -> Result<bool, Fatal> {
+    Ok(match compare {
+        Compare::Exists(key) => read_key(tables, key)?.is_some(),
+        Compare::Missing(key) => read_key(tables, key)?.is_none(),
+        Compare::ModRevision(key, revision) => read_key(tables, key)?.map_or(0, |stored| stored.mod_revision) == *revision,
+    })
+}
+
+fn put(tables: &mut Tables<'_>, revision: Revision, key: String, value: Vec<u8>, lease: Option<LeaseId>) -> Result<WatchEvent, Fatal> {
+    let context = "writing a key";
+    let previous = read_key(tables, &key)?;
+    let previous_lease = previous.as_ref().and_then(|stored| stored.lease);
+    if previous_lease != lease {
+        if let Some(old) = previous_lease {
+            tables.lease_keys.remove((old, key.as_str())).map_err(|e| backend_error(context, e))?;
+        }
+        if let Some(new) = lease {
+            tables.lease_keys.insert((new, key.as_str()), ()).map_err(|e| backend_error(context, e))?;
+        }
+    }
+    let stored = StoredValue {
+        value,
+        create_revision: previous.as_ref().map_or(revision, |stored| stored.create_revision),
+        mod_revision: revision,
+        version: previous.as_ref().map_or(1, |stored| stored.version + 1),
+        lease,
+    };
+    tables.kv.insert(key.as_str(), encode_stored_value(&stored).as_slice()).map_err(|e| backend_error(context, e))?;
+    Ok(WatchEvent { kind: EventKind::Put, kv: stored.into_key_value(key) })
+}
+
+/// Deletes `key` if it exists, returning its delete event.
+fn delete(tables: &mut Tables<'_>, revision: Revision, key: &str) -> Result<Option<WatchEvent>, Fatal> {
+    let context = "deleting a key";
+    let removed = tables.kv.remove(key).map_err(|e| backend_error(context, e))?.map(|record| decode_stored_value(record.value()));
+    let Some(previous) = removed.transpose()? else {
+        return Ok(None);
+    };
+    if let Some(lease) = previous.lease {
+        tables.lease_keys.remove((lease, key)).map_err(|e| backend_error(context, e))?;
+    }
+    Ok(Some(WatchEvent {
+        kind: EventKind::Delete,
+        kv: KeyValue { key: key.to_owned(), value: Vec::new(), create_revision: 0, mod_revision: revision, version: 0, lease: None },
+    }))
+}
+
+fn keys_with_prefix(tables: &Tables<'_>, prefix: &str) -> Result<Vec<String>, Fatal> {
+    let context = "listing keys";
+    let mut keys = Vec::new();
+    for entry in tables.kv.range::<&str>(prefix..).map_err(|e| backend_error(context, e))? {
+        let (key, _) = entry.map_err(|e| backend_error(context, e))?;
+        if !key.value().starts_with(prefix) {
+            break;
+        }
+        keys.push(key.value().to_owned());
+    }
+    Ok(keys)
+}
+
+/// Removes the lease and deletes its keys in one revision. The inner error says the lease was unknown.
+fn revoke(
+    tables: &mut Tables<'_>,
+    state: &mut PersistedState,
+    lease: LeaseId,
+    watch_batches: &mut Vec<WatchBatch>,
+) -> Result<Result<(), StoreError>, Fatal> {
+    let context = "revoking a lease";
+    if tables.leases.remove(lease).map_err(|e| backend_error(context, e))?.is_none() {
+        return Ok(Err(StoreError::LeaseNotFound(lease)));
+    }
+    let mut keys = Vec::new();
+    for entry in tables.lease_keys.range::<(u64, &str)>((lease, "")..(lease + 1, "")).map_err(|e| backend_error(context, e))? {
+        let (attached, _) = entry.map_err(|e| backend_error(context, e))?;
+        keys.push(attached.value().1.to_owned());
+    }
+    let revision = state.revision + 1;
+    let mut events = Vec::new();
+    for key in keys {
+        events.extend(delete(tables, revision, &key)?);
+    }
+    record_revision(tables, state, events, watch_batches)?;
+    Ok(Ok(()))
+}

@@ -1,0 +1,231 @@
+//! The command-line grammar (clap).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "davit", version, about = "Schedule and run processes, containers and VMs on a cluster", propagate_version = true)]
+pub struct Cli {
+    /// Address of the davit server.
+    #[arg(long, global = true, env = "DAVIT_ADDR", default_value = davit_api::http::DEFAULT_SERVER_ADDR)]
+    pub address: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Server and agent in one process with an embedded store: try davit on one machine.
+    Dev(DevArgs),
+    /// Run a server: API, store, scheduler.
+    Server(ServerArgs),
+    /// Run an agent: runs the allocations the servers place on this node.
+    Agent(AgentArgs),
+    /// Manage jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Inspect allocations and their logs.
+    #[command(subcommand)]
+    Alloc(AllocCommand),
+    /// Inspect nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Inspect evaluations.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Internal: supervises one task process (started by the exec driver).
+    #[command(hide = true)]
+    Executor {
+        /// The task spec file written by the exec driver.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct Output {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Keep state here (default: a fresh temporary directory, removed on exit).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7646")]
+    pub bind: SocketAddr,
+    /// Address of the agent's own API (logs).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub agent_bind: SocketAddr,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where the store lives.
+    #[arg(long, default_value = "/var/lib/davit/server")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7646")]
+    pub bind: SocketAddr,
+    /// Scheduler workers (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Mark a node down after this long without a heartbeat.
+    #[arg(long, default_value = "10s")]
+    pub heartbeat_ttl: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Server addresses, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = davit_api::http::DEFAULT_SERVER_ADDR)]
+    pub servers: Vec<String>,
+    /// Where allocations, logs and the agent's state live.
+    #[arg(long, default_value = "/var/lib/davit/agent")]
+    pub data_dir: PathBuf,
+    /// Address of the agent's own API (logs).
+    #[arg(long, default_value = "127.0.0.1:7647")]
+    pub bind: SocketAddr,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Node name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    #[arg(long, default_value = "dc1")]
+    pub datacenter: String,
+    #[arg(long, default_value = "")]
+    pub node_class: String,
+    /// Host ports the scheduler may assign, e.g. 20000-32000.
+    #[arg(long, default_value = "20000-32000")]
+    pub port_range: String,
+    /// Extra node attribute for constraints, KEY=VALUE (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Register a job from a YAML or JSON file and wait until its allocations run.
+    Run {
+        file: PathBuf,
+        /// Return once the job is registered.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Check a job file without registering it.
+    Validate { file: PathBuf },
+    /// Show one job, or list all jobs.
+    Status {
+        name: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Stop a job's allocations (and forget the job with --purge).
+    Stop {
+        name: String,
+        #[arg(long)]
+        purge: bool,
+        #[arg(long, short = 'd')]
+        detach: bool,
+    },
+    /// List the stored versions of a job.
+    History {
+        name: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show what changed between two versions (default: the last two).
+    Diff {
+        name: String,
+        from: Option<u64>,
+        to: Option<u64>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Register an earlier version's spec as the newest version.
+    Revert {
+        name: String,
+        version: u64,
+        #[arg(long, short = 'd')]
+        detach: bool,
+    },
+    /// Change the count of one group.
+    Scale {
+        name: String,
+        group: String,
+        count: u32,
+        #[arg(long, short = 'd')]
+        detach: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AllocCommand {
+    /// Show an allocation: tasks, events, resources.
+    Status {
+        id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Print a task's log.
+    Logs {
+        id: String,
+        task: Option<String>,
+        /// Keep following new output.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Show stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// Start this many bytes before the end.
+        #[arg(long)]
+        tail: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    Ls {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show one node.
+    Status {
+        id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Show an evaluation.
+    Status {
+        id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+}

@@ -1,0 +1,536 @@
+//! `davit job|alloc|node|eval …`: thin commands over the HTTP API (through `davit-client` only).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use davit_api::http::{JobStatusKind, JobStatusResponse, LogsQuery};
+use davit_api::objects::{Allocation, ClientStatus, DesiredStatus};
+use davit_client::Client;
+use futures_util::StreamExt;
+
+use crate::Failure;
+use crate::cli::{AllocCommand, EvalCommand, JobCommand, NodeCommand, OutputFormat};
+use crate::output::{json, label, short, table, time};
+
+pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
+    match command {
+        JobCommand::Run { file, detach, timeout, output } => {
+            let source = read_spec(&file)?;
+            let filename = file.display().to_string();
+            // Check locally first: the same parser the server runs, so errors never need a round trip.
+            let spec = davit_api::spec::parse_job_spec(&source, &filename).map_err(|errors| Failure::user(errors.to_string()))?;
+            let response = client.register_job(&source, &filename).await?;
+            if output.format == OutputFormat::Json && detach {
+                println!("{}", json(&response));
+                return Ok(());
+            }
+            for warning in &response.warnings {
+                eprintln!("warning: {warning}");
+            }
+            let what = if response.changed { "registered" } else { "unchanged at" };
+            println!(
+                "==> job {} {what} version {} (evaluation {})",
+                spec.name,
+                response.version,
+                response.eval_id.as_deref().map(short).unwrap_or_default()
+            );
+            if detach {
+                return Ok(());
+            }
+            let timeout = parse_duration(&timeout, "--timeout")?;
+            let status = monitor(client, &spec.name, response.version, timeout).await?;
+            if output.format == OutputFormat::Json {
+                println!("{}", json(&status));
+            } else {
+                print_allocations(&status, Some(response.version));
+            }
+            Ok(())
+        }
+        JobCommand::Validate { file } => {
+            let source = read_spec(&file)?;
+            let spec = davit_api::spec::parse_job_spec(&source, &file.display().to_string())
+                .map_err(|errors| Failure::user(errors.to_string()))?;
+            println!("job {} is valid ({} groups)", spec.name, spec.groups.len());
+            Ok(())
+        }
+        JobCommand::Status { name: None, output } => {
+            let jobs = client.jobs().await?;
+            if output.format == OutputFormat::Json {
+                println!("{}", json(&jobs));
+                return Ok(());
+            }
+            if jobs.is_empty() {
+                println!("No jobs. Run one with `davit job run examples/hello.yaml`.");
+                return Ok(());
+            }
+            let mut rows = vec![header(&["NAME", "TYPE", "PRIORITY", "VERSION", "STATUS", "RUNNING/DESIRED", "SUBMITTED"])];
+            for job in &jobs {
+                let running: u32 = job.summary.values().map(|g| g.running).sum();
+                let desired: u32 = job.summary.values().map(|g| g.desired).sum();
+                rows.push(vec![
+                    job.name.clone(),
+                    label(&job.job_type),
+                    job.priority.to_string(),
+                    job.version.to_string(),
+                    label(&job.status),
+                    format!("{running}/{desired}"),
+                    time(job.submit_time),
+                ]);
+            }
+            print!("{}", table(&rows));
+            Ok(())
+        }
+        JobCommand::Status { name: Some(name), output } => {
+            let status = client.job_status(&name).await?.value;
+            if output.format == OutputFormat::Json {
+                println!("{}", json(&status));
+            } else {
+                print_job_status(&status);
+            }
+            Ok(())
+        }
+        JobCommand::Stop { name, purge, detach } => {
+            let response = client.stop_job(&name, purge).await?;
+            println!("==> stopping job {name} (evaluation {})", response.eval_id.as_deref().map(short).unwrap_or_default());
+            if detach {
+                return Ok(());
+            }
+            wait_stopped(client, &name).await?;
+            println!("==> job {name} stopped{}", if purge { " and purged" } else { "" });
+            Ok(())
+        }
+        JobCommand::History { name, output } => {
+            let versions = client.job_versions(&name).await?;
+            if output.format == OutputFormat::Json {
+                println!("{}", json(&versions));
+                return Ok(());
+            }
+            let mut rows = vec![header(&["VERSION", "SUBMITTED", "CHANGES FROM PREVIOUS"])];
+            for (i, version) in versions.iter().enumerate() {
+                let changes = match versions.get(i + 1) {
+                    Some(previous) => {
+                        let diff = davit_api::spec::diff_specs(&previous.spec, &version.spec);
+                        let mut text: Vec<String> = diff.iter().take(3).map(describe_change).collect();
+                        if diff.len() > 3 {
+                            text.push(format!("… {} more", diff.len() - 3));
+                        }
+                        if text.is_empty() { "(none)".to_string() } else { text.join("; ") }
+                    }
+                    None => "(first version)".to_string(),
+                };
+                rows.push(vec![version.version.to_string(), time(version.submit_time), changes]);
+            }
+            print!("{}", table(&rows));
+            Ok(())
+        }
+        JobCommand::Diff { name, from, to, output } => {
+            let (from, to) = match (from, to) {
+                (Some(from), Some(to)) => (from, to),
+                (Some(from), None) => (from, client.job(&name).await?.version),
+                _ => {
+                    let latest = client.job(&name).await?.version;
+                    if latest == 0 {
+                        return Err(Failure::user(format!("job {name} has only version 0; nothing to compare")));
+                    }
+                    (latest - 1, latest)
+                }
+            };
+            let diff = client.job_diff(&name, from, to).await?;
+            if output.format == OutputFormat::Json {
+                println!("{}", json(&diff));
+                return Ok(());
+            }
+            println!("job {name}: version {} → {}", diff.from, diff.to);
+            if diff.changes.is_empty() {
+                println!("  (no changes)");
+            }
+            for change in &diff.changes {
+                println!("  {}", describe_change(change));
+            }
+            Ok(())
+        }
+        JobCommand::Revert { name, version, detach } => {
+            let response = client.revert_job(&name, version).await?;
+            println!("==> job {name} reverted to the spec of version {version}, now version {}", response.version);
+            if !detach {
+                let status = monitor(client, &name, response.version, Duration::from_secs(300)).await?;
+                print_allocations(&status, Some(response.version));
+            }
+            Ok(())
+        }
+        JobCommand::Scale { name, group, count, detach } => {
+            let response = client.scale_job(&name, &group, count).await?;
+            println!("==> job {name} group {group} scaled to {count} (version {})", response.version);
+            if !detach {
+                let status = monitor(client, &name, response.version, Duration::from_secs(300)).await?;
+                print_allocations(&status, Some(response.version));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_spec(file: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(file).map_err(|e| Failure::user(format!("cannot read job file {}: {e}", file.display())))
+}
+
+fn parse_duration(text: &str, flag: &str) -> Result<Duration, Failure> {
+    davit_api::Duration::parse(text).map(|d| d.as_std()).map_err(|e| Failure::user(format!("{flag}: {e}")))
+}
+
+fn header(names: &[&str]) -> Vec<String> {
+    names.iter().map(|name| name.to_string()).collect()
+}
+
+fn describe_change(change: &davit_api::http::DiffEntry) -> String {
+    match (&change.old, &change.new) {
+        (Some(old), Some(new)) => format!("~ {}: {old} => {new}", change.path),
+        (None, Some(new)) => format!("+ {}: {new}", change.path),
+        (Some(old), None) => format!("- {}: {old}", change.path),
+        (None, None) => format!("  {}", change.path),
+    }
+}
+
+/// Follows a job until every group of `version` runs its count (batch: has run), an allocation of it
+/// fails, placement is blocked, or the timeout passes. Prints a progress line whenever it changes.
+async fn monitor(client: &Client, name: &str, version: u64, timeout: Duration) -> Result<JobStatusResponse, Failure> {
+    let tty = std::io::stdout().is_terminal();
+    let deadline = Instant::now() + timeout;
+    let mut index = 0;
+    let mut last_line = String::new();
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            if tty {
+                println!();
+            }
+            return Err(Failure::user(format!(
+                "timed out after {timeout:?} waiting for job {name} to run: {last_line}\n  hint: `davit job status {name}` shows what is going on"
+            )));
+        }
+        let status = client.job_status_blocking(name, index, remaining.min(Duration::from_secs(10))).await?;
+        index = status.index;
+        let status = status.value;
+        let current = status.job.version.max(version);
+        let batch = status.job.spec.job_type == davit_api::spec::JobType::Batch;
+        let mut done = true;
+        let mut parts = Vec::new();
+        for group in &status.job.spec.groups {
+            let of_group = status
+                .allocations
+                .iter()
+                .filter(|a| a.group == group.name && a.job_version == current && a.desired_status == DesiredStatus::Run);
+            let (mut running, mut pending, mut complete) = (0, 0, 0);
+            for alloc in of_group {
+                match alloc.client_status {
+                    ClientStatus::Running => running += 1,
+                    ClientStatus::Pending => pending += 1,
+                    ClientStatus::Complete => complete += 1,
+                    _ => {}
+                }
+            }
+            let ready = if batch { running + complete } else { running };
+            if ready < group.count {
+                done = false;
+            }
+            parts.push(format!(
+                "{}: {ready}/{} {}{}",
+                group.name,
+                group.count,
+                if batch { "started" } else { "running" },
+                if pending > 0 { format!(" ({pending} pending)") } else { String::new() }
+            ));
+        }
+        let line = parts.join("  ");
+        if line != last_line {
+            if tty {
+                print!("\r\x1b[K    {line}");
+                let _ = std::io::stdout().flush();
+            } else {
+                println!("    {line}");
+            }
+            last_line = line;
+        }
+        if let Some(failed) = status
+            .allocations
+            .iter()
+            .find(|a| a.job_version == current && a.client_status == ClientStatus::Failed && a.desired_status == DesiredStatus::Run)
+        {
+            if tty {
+                println!();
+            }
+            let detail = match client.allocation(&failed.id).await {
+                Ok(alloc) => failure_detail(&alloc),
+                Err(_) => String::new(),
+            };
+            return Err(Failure::user(format!(
+                "allocation {} ({}) failed{detail}\n  hint: `davit alloc status {}` shows its events, `davit alloc logs {}` its output",
+                short(&failed.id),
+                failed.name,
+                short(&failed.id),
+                short(&failed.id)
+            )));
+        }
+        if let Some(blocked) = &status.blocked_evaluation {
+            if tty {
+                println!();
+            }
+            let reasons: Vec<String> = blocked
+                .failed_groups
+                .iter()
+                .map(|(group, f)| format!("  group {group}: {} not placed: {}", f.missing, f.summary()))
+                .collect();
+            return Err(Failure::user(format!(
+                "job {name} cannot be placed yet; it will be placed when capacity frees up\n{}",
+                reasons.join("\n")
+            )));
+        }
+        if done && (status.status != JobStatusKind::Pending || batch || status.job.spec.groups.iter().all(|g| g.count == 0)) {
+            if tty {
+                println!();
+            }
+            println!("==> job {name} version {current}: all allocations {}", if batch { "started" } else { "running" });
+            return Ok(status);
+        }
+    }
+}
+
+/// ": task app: exited with code 3; restarts exhausted" from the newest task events.
+fn failure_detail(alloc: &Allocation) -> String {
+    let mut details = Vec::new();
+    for (task, state) in &alloc.task_states {
+        if state.failed {
+            let events: Vec<String> = state.events.iter().rev().take(2).rev().map(|e| format!("{}: {}", e.kind, e.message)).collect();
+            details.push(format!("task {task}: {}", events.join("; ")));
+        }
+    }
+    if details.is_empty() && !alloc.client_description.is_empty() {
+        details.push(alloc.client_description.clone());
+    }
+    if details.is_empty() { String::new() } else { format!(": {}", details.join(" | ")) }
+}
+
+async fn wait_stopped(client: &Client, name: &str) -> Result<(), Failure> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let allocs = client.allocations(None).await?;
+        let live = allocs
+            .iter()
+            .filter(|a| a.job_name == name && matches!(a.client_status, ClientStatus::Running | ClientStatus::Pending))
+            .count();
+        if live == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::user(format!("{live} allocations of job {name} are still running after 2 minutes")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_job_status(status: &JobStatusResponse) {
+    let job = &status.job;
+    let rows = vec![
+        vec!["Name".to_string(), job.spec.name.clone()],
+        vec!["Type".to_string(), label(&job.spec.job_type)],
+        vec!["Priority".to_string(), job.spec.priority.to_string()],
+        vec!["Datacenters".to_string(), job.spec.datacenters.join(",")],
+        vec!["Version".to_string(), job.version.to_string()],
+        vec!["Status".to_string(), format!("{}{}", label(&status.status), if job.stopped { " (stopped)" } else { "" })],
+        vec!["Submitted".to_string(), time(job.submit_time)],
+    ];
+    print!("{}", table(&rows).lines().map(|l| l.replacen("  ", " = ", 1) + "\n").collect::<String>());
+    println!("\nGroups");
+    let mut rows = vec![header(&["GROUP", "DESIRED", "PLACED", "PENDING", "RUNNING", "COMPLETE", "FAILED", "LOST"])];
+    for (group, s) in &status.summary {
+        rows.push(vec![
+            group.clone(),
+            s.desired.to_string(),
+            s.placed.to_string(),
+            s.pending.to_string(),
+            s.running.to_string(),
+            s.complete.to_string(),
+            s.failed.to_string(),
+            s.lost.to_string(),
+        ]);
+    }
+    print!("{}", table(&rows));
+    if let Some(blocked) = &status.blocked_evaluation {
+        println!("\nPlacement blocked (evaluation {}): waiting for capacity", short(&blocked.id));
+        for (group, failure) in &blocked.failed_groups {
+            println!("  group {group}: {} not placed: {}", failure.missing, failure.summary());
+        }
+    }
+    println!();
+    print_allocations(status, None);
+}
+
+fn print_allocations(status: &JobStatusResponse, version: Option<u64>) {
+    let allocs: Vec<_> = status.allocations.iter().filter(|a| version.is_none_or(|v| a.job_version == v)).collect();
+    if allocs.is_empty() {
+        println!("No allocations.");
+        return;
+    }
+    println!("Allocations");
+    let mut rows = vec![header(&["ID", "NAME", "NODE", "VERSION", "DESIRED", "STATUS", "MODIFIED"])];
+    for alloc in allocs {
+        rows.push(vec![
+            short(&alloc.id),
+            alloc.name.clone(),
+            alloc.node_name.clone(),
+            alloc.job_version.to_string(),
+            label(&alloc.desired_status),
+            label(&alloc.client_status),
+            time(alloc.modify_time),
+        ]);
+    }
+    print!("{}", table(&rows));
+}
+
+pub async fn alloc(client: &Client, command: AllocCommand) -> Result<(), Failure> {
+    match command {
+        AllocCommand::Status { id, output } => {
+            let alloc = client.allocation(&id).await?;
+            if output.format == OutputFormat::Json {
+                println!("{}", json(&alloc));
+                return Ok(());
+            }
+            let ports: Vec<String> = alloc.resources.ports.iter().map(|p| format!("{}={}->{}", p.label, p.value, p.to)).collect();
+            let rows = vec![
+                vec!["ID".to_string(), alloc.id.clone()],
+                vec!["Name".to_string(), alloc.name.clone()],
+                vec!["Node".to_string(), format!("{} ({})", alloc.node_name, short(&alloc.node_id))],
+                vec!["Job".to_string(), format!("{} version {}", alloc.job_name, alloc.job_version)],
+                vec!["Desired".to_string(), format!("{} {}", label(&alloc.desired_status), alloc.desired_description).trim().to_string()],
+                vec!["Status".to_string(), format!("{} {}", label(&alloc.client_status), alloc.client_description).trim().to_string()],
+                vec!["Resources".to_string(), format!("cpu {} millicores, memory {} MiB", alloc.resources.cpu, alloc.resources.memory)],
+                vec!["Ports".to_string(), if ports.is_empty() { "-".to_string() } else { ports.join(", ") }],
+                vec!["Created".to_string(), time(alloc.create_time)],
+                vec!["Modified".to_string(), time(alloc.modify_time)],
+            ];
+            print!("{}", table(&rows).lines().map(|l| l.replacen("  ", " = ", 1) + "\n").collect::<String>());
+            for (task, state) in &alloc.task_states {
+                println!(
+                    "\nTask {task}: {}{}, restarts {}{}",
+                    label(&state.state),
+                    if state.failed { " (failed)" } else { "" },
+                    state.restarts,
+                    state.pid.map(|pid| format!(", pid {pid}")).unwrap_or_default()
+                );
+                let mut rows = vec![header(&["TIME", "EVENT", "DETAILS"])];
+                for event in &state.events {
+                    rows.push(vec![time_millis(event.time), event.kind.clone(), event.message.clone()]);
+                }
+                print!("{}", table(&rows));
+            }
+            Ok(())
+        }
+        AllocCommand::Logs { id, task, follow, stderr, tail } => {
+            let alloc = client.allocation(&id).await?;
+            let query = LogsQuery {
+                task,
+                stream: Some(if stderr { "stderr" } else { "stdout" }.to_string()),
+                follow,
+                offset: tail.map(|bytes| -(bytes as i64)),
+            };
+            let mut stream = Box::pin(client.alloc_logs(&alloc.id, &query).await?);
+            let mut stdout = std::io::stdout();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                if stdout.write_all(&chunk).and_then(|_| stdout.flush()).is_err() {
+                    break; // the reader went away (e.g. `| head`)
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn time_millis(unix_millis: u64) -> String {
+    let base = time(unix_millis);
+    base.strip_suffix('Z').map(|b| format!("{b}.{:03}Z", unix_millis % 1000)).unwrap_or(base)
+}
+
+pub async fn node(client: &Client, command: NodeCommand) -> Result<(), Failure> {
+    match command {
+        NodeCommand::Ls { output } => {
+            let nodes = client.nodes().await?;
+            if output.format == OutputFormat::Json {
+                println!("{}", json(&nodes));
+                return Ok(());
+            }
+            let mut rows = vec![header(&["ID", "NAME", "DC", "STATUS", "ELIGIBILITY", "DRIVERS", "CPU (mc)", "MEMORY (MiB)", "ALLOCS"])];
+            for node in &nodes {
+                rows.push(vec![
+                    short(&node.id),
+                    node.name.clone(),
+                    node.datacenter.clone(),
+                    label(&node.status),
+                    label(&node.eligibility),
+                    node.drivers.join(","),
+                    format!("{}/{}", node.cpu_allocated, node.cpu_total),
+                    format!("{}/{}", node.memory_allocated, node.memory_total),
+                    node.running_allocs.to_string(),
+                ]);
+            }
+            print!("{}", table(&rows));
+            Ok(())
+        }
+        NodeCommand::Status { id, output } => {
+            let node = client.node(&id).await?;
+            if output.format == OutputFormat::Json {
+                println!("{}", json(&node));
+                return Ok(());
+            }
+            let mut rows = vec![
+                vec!["ID".to_string(), node.id.clone()],
+                vec!["Name".to_string(), node.name.clone()],
+                vec!["Datacenter".to_string(), node.datacenter.clone()],
+                vec!["Status".to_string(), format!("{} {}", label(&node.status), node.status_description).trim().to_string()],
+                vec!["Eligibility".to_string(), label(&node.eligibility)],
+                vec!["Address".to_string(), node.http_addr.clone()],
+                vec!["CPU".to_string(), format!("{} millicores", node.resources.cpu)],
+                vec!["Memory".to_string(), format!("{} MiB", node.resources.memory)],
+                vec!["Ports".to_string(), format!("{}-{}", node.resources.port_range.0, node.resources.port_range.1)],
+            ];
+            for (name, driver) in &node.drivers {
+                let health = if driver.healthy {
+                    "healthy"
+                } else if driver.detected {
+                    "unhealthy"
+                } else {
+                    "not detected"
+                };
+                rows.push(vec![format!("Driver {name}"), format!("{health} {}", driver.description).trim().to_string()]);
+            }
+            print!("{}", table(&rows).lines().map(|l| l.replacen("  ", " = ", 1) + "\n").collect::<String>());
+            let attributes: BTreeMap<_, _> = node.attributes.iter().collect();
+            println!("\nAttributes");
+            let rows: Vec<Vec<String>> = attributes.iter().map(|(k, v)| vec![k.to_string(), v.to_string()]).collect();
+            print!("{}", table(&rows));
+            Ok(())
+        }
+    }
+}
+
+pub async fn eval(client: &Client, command: EvalCommand) -> Result<(), Failure> {
+    match command {
+        EvalCommand::Status { id, output } => {
+            let eval = client.evaluation(&id).await?;
+            if output.format == OutputFormat::Json {
+                println!("{}", json(&eval));
+                return Ok(());
+            }
+            println!("ID          = {}", eval.id);
+            println!("Job         = {}", eval.job_name);
+            println!("Triggered   = {}", label(&eval.triggered_by));
+            println!("Status      = {} {}", label(&eval.status), eval.status_description);
+            for (group, failure) in &eval.failed_groups {
+                println!("Group {group}: {} not placed: {}", failure.missing, failure.summary());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! `davit`: the command line, and the `dev`, `server` and `agent` processes.
+//!
+//! Exit codes: 0 success, 1 user error (bad input, rejected request, failed deployment of a job),
+//! 2 the server could not be reached, 3 an internal failure of a long-running process.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod commands;
+mod output;
+mod run;
+
+/// A failure to report to the user, with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn user(message: impl Into<String>) -> Failure {
+        Failure { code: 1, message: message.into() }
+    }
+    pub fn internal(message: impl Into<String>) -> Failure {
+        Failure { code: 3, message: message.into() }
+    }
+}
+
+impl From<davit_client::ClientError> for Failure {
+    fn from(error: davit_client::ClientError) -> Self {
+        match &error {
+            davit_client::ClientError::Unreachable { .. } => Failure {
+                code: 2,
+                message: format!("{error}\n  hint: start one with `davit dev`, or point DAVIT_ADDR / --address at a running server"),
+            },
+            davit_client::ClientError::Api { error: api, .. } if !api.spec_errors.is_empty() => {
+                let errors: Vec<davit_api::spec::SpecError> = api.spec_errors.iter().map(Into::into).collect();
+                Failure::user(davit_api::spec::SpecErrors(errors).to_string())
+            }
+            _ => Failure::user(error.to_string()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    if let cli::Command::Executor { .. } = cli.command {
+        davit_drivers::executor::main();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(try_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn try_main(cli: cli::Cli) -> Result<(), Failure> {
+    let client = davit_client::Client::new(&cli.address);
+    match cli.command {
+        cli::Command::Dev(args) => run::dev(args).await,
+        cli::Command::Server(args) => run::server(args).await,
+        cli::Command::Agent(args) => run::agent(args).await,
+        cli::Command::Executor { .. } => unreachable!("handled before the runtime starts"),
+        cli::Command::Job(command) => commands::job(&client, command).await,
+        cli::Command::Alloc(command) => commands::alloc(&client, command).await,
+        cli::Command::Node(command) => commands::node(&client, command).await,
+        cli::Command::Eval(command) => commands::eval(&client, command).await,
+    }
+}

@@ -1,0 +1,156 @@
+//! The long-running processes: `davit dev`, `davit server`, `davit agent`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use davit_drivers::{Driver, ExecDriver, ExecDriverConfig, LogRotation};
+use davit_server::{LivenessConfig, ServerConfig};
+use davit_store::RedbStore;
+
+use crate::Failure;
+use crate::cli::{AgentArgs, DevArgs, NodeArgs, ServerArgs};
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DAVIT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+fn open_store(dir: &Path) -> Result<Arc<RedbStore>, Failure> {
+    std::fs::create_dir_all(dir).map_err(|e| Failure::user(format!("cannot create data directory {}: {e}", dir.display())))?;
+    let store =
+        RedbStore::open(&dir.join("state.redb")).map_err(|e| Failure::user(format!("cannot open the store in {}: {e}", dir.display())))?;
+    Ok(Arc::new(store))
+}
+
+fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, workers: Option<usize>, liveness: LivenessConfig) -> ServerConfig {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    ServerConfig { bind, store, workers: workers.unwrap_or(cores), liveness, scheduler: Default::default() }
+}
+
+fn drivers() -> Result<Vec<Arc<dyn Driver>>, Failure> {
+    let exe = std::env::current_exe().map_err(|e| Failure::internal(format!("cannot find the davit binary: {e}")))?;
+    let exec = ExecDriver::new(ExecDriverConfig::new(vec![exe.display().to_string(), "executor".to_string()]));
+    Ok(vec![Arc::new(exec)])
+}
+
+fn agent_config(
+    node: NodeArgs,
+    data_dir: PathBuf,
+    servers: Vec<String>,
+    bind: std::net::SocketAddr,
+    stop_tasks_on_shutdown: bool,
+) -> Result<davit_agent::AgentConfig, Failure> {
+    let port_range = parse_port_range(&node.port_range)?;
+    let mut attributes = BTreeMap::new();
+    for pair in &node.meta {
+        let (key, value) = pair.split_once('=').ok_or_else(|| Failure::user(format!("--meta {pair}: expected KEY=VALUE")))?;
+        attributes.insert(key.trim().to_string(), value.trim().to_string());
+    }
+    let node_name = match node.node_name {
+        Some(name) => name,
+        None => hostname(),
+    };
+    Ok(davit_agent::AgentConfig {
+        data_dir,
+        node_name,
+        datacenter: node.datacenter,
+        class: node.node_class,
+        servers,
+        http_bind: bind,
+        advertise_host: "127.0.0.1".to_string(),
+        port_range,
+        attributes,
+        drivers: drivers()?,
+        stop_tasks_on_shutdown,
+        log_rotation: LogRotation::default(),
+    })
+}
+
+fn parse_port_range(text: &str) -> Result<(u16, u16), Failure> {
+    let error = || Failure::user(format!("--port-range {text}: expected FIRST-LAST, e.g. 20000-32000"));
+    let (first, last) = text.split_once('-').ok_or_else(error)?;
+    let (first, last): (u16, u16) = (first.trim().parse().map_err(|_| error())?, last.trim().parse().map_err(|_| error())?);
+    if first == 0 || first > last {
+        return Err(error());
+    }
+    Ok((first, last))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".to_string())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+pub async fn dev(args: DevArgs) -> Result<(), Failure> {
+    init_logging();
+    let (data_dir, temporary) = match args.data_dir {
+        Some(dir) => (dir, false),
+        None => {
+            let dir = std::env::temp_dir().join(format!("davit-dev-{}", std::process::id()));
+            (dir, true)
+        }
+    };
+    let store = open_store(&data_dir.join("server"))?;
+    let server = davit_server::start(server_config(store, args.bind, None, LivenessConfig::default()))
+        .await
+        .map_err(|e| Failure::user(format!("cannot start the server: {}", error_chain(&e))))?;
+    let server_url = format!("http://{}", server.addr());
+    let config = agent_config(args.node, data_dir.join("agent"), vec![server_url.clone()], args.agent_bind, true)?;
+    let agent = davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", error_chain(&e))))?;
+    println!("davit dev is running: server {server_url}, node {} (data in {})", agent.node_id(), data_dir.display());
+    println!("  try: davit job run examples/hello.yaml   (Ctrl-C stops davit and its tasks)");
+    shutdown_signal().await;
+    println!("davit dev: stopping tasks…");
+    agent.shutdown().await;
+    server.shutdown().await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    Ok(())
+}
+
+pub async fn server(args: ServerArgs) -> Result<(), Failure> {
+    init_logging();
+    let ttl = davit_api::Duration::parse(&args.heartbeat_ttl).map_err(|e| Failure::user(format!("--heartbeat-ttl: {e}")))?.as_std();
+    let liveness = LivenessConfig { ttl, ..Default::default() };
+    let store = open_store(&args.data_dir)?;
+    let server = davit_server::start(server_config(store, args.bind, args.workers, liveness))
+        .await
+        .map_err(|e| Failure::user(format!("cannot start the server: {}", error_chain(&e))))?;
+    println!("davit server listening on http://{}", server.addr());
+    shutdown_signal().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+pub async fn agent(args: AgentArgs) -> Result<(), Failure> {
+    init_logging();
+    let config = agent_config(args.node, args.data_dir, args.servers, args.bind, false)?;
+    let agent = davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", error_chain(&e))))?;
+    println!("davit agent running: node {}, API http://{}", agent.node_id(), agent.http_addr());
+    shutdown_signal().await;
+    // Tasks keep running: a restarted agent re-attaches to them.
+    agent.shutdown().await;
+    Ok(())
+}
+
+/// "a: b: c" from an error and its sources.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,340 @@
+//! End to end: real `davit dev` / `davit server` / `davit agent` processes running real exec tasks.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use davit_api::http::JobStatusResponse;
+use davit_api::objects::{Allocation, ClientStatus, DesiredStatus};
+use util::{Dev, Process, pid_alive, require_root, runtime, wait_job, wait_ready_nodes};
+
+const WEB_AND_WORKER: &str = r#"
+name: e2e
+groups:
+  - name: web
+    count: 3
+    network:
+      ports: [{name: http}]
+    tasks:
+      - name: server
+        driver: exec
+        config:
+          command: /bin/sh
+          args: ["-c", "echo $DAVIT_ALLOC_NAME > local/index.html; echo listening on ${port.http}; exec /bin/busybox httpd -f -p 127.0.0.1:${port.http} -h local"]
+        env: {GREETING: hello}
+        resources: {cpu: 50, memory: 32}
+  - name: worker
+    count: 1
+    tasks:
+      - name: ticker
+        driver: exec
+        config:
+          command: /bin/sh
+          args: ["-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"]
+        resources: {cpu: 50, memory: 16}
+"#;
+
+fn running(status: &JobStatusResponse, group: &str) -> usize {
+    status
+        .allocations
+        .iter()
+        .filter(|a| a.group == group && a.client_status == ClientStatus::Running && a.desired_status == DesiredStatus::Run)
+        .count()
+}
+
+fn allocations(dev: &Dev, status: &JobStatusResponse, group: &str) -> Vec<Allocation> {
+    let runtime = runtime();
+    let client = dev.client();
+    status
+        .allocations
+        .iter()
+        .filter(|a| a.group == group && a.desired_status == DesiredStatus::Run && a.client_status == ClientStatus::Running)
+        .map(|a| runtime.block_on(client.allocation(&a.id)).unwrap())
+        .collect()
+}
+
+fn task_pid(alloc: &Allocation, task: &str) -> u32 {
+    alloc.task_states[task].pid.unwrap_or_else(|| panic!("task {task} of {} has no pid: {alloc:#?}", alloc.id))
+}
+
+fn http_get(port: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn dev_runs_scales_logs_and_stops_a_two_group_job() {
+    if !require_root() {
+        return;
+    }
+    let dev = Dev::start();
+    let spec = dev.write("e2e.yaml", WEB_AND_WORKER);
+    let out = dev.ok(&["job", "run", &spec]);
+    assert!(out.contains("all allocations running"), "{out}");
+
+    // Four processes with the right env and ports; each web server answers on its port.
+    let status = wait_job(&dev.addr, "e2e", Duration::from_secs(30), |s| running(s, "web") == 3 && running(s, "worker") == 1);
+    let web = allocations(&dev, &status, "web");
+    let worker = allocations(&dev, &status, "worker");
+    assert_eq!((web.len(), worker.len()), (3, 1));
+    let mut ports = Vec::new();
+    for alloc in &web {
+        let pid = task_pid(alloc, "server");
+        assert!(pid_alive(pid));
+        let port = alloc.resources.ports.iter().find(|p| p.label == "http").expect("http port").value;
+        ports.push(port);
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        for expected in [format!("DAVIT_PORT_http={port}"), format!("DAVIT_ALLOC_ID={}", alloc.id), "GREETING=hello".to_string()] {
+            assert!(environ.split('\0').any(|var| var == expected), "{expected} missing from the env of pid {pid}");
+        }
+        let response = http_get(port);
+        assert!(response.starts_with("HTTP/1.") && response.contains(&alloc.name), "{response}");
+        let logs = dev.ok(&["alloc", "logs", &alloc.id[..8]]);
+        assert!(logs.contains(&format!("listening on {port}")), "{logs}");
+    }
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "every allocation gets its own host port");
+    let worker_pid = task_pid(&worker[0], "ticker");
+
+    // `alloc logs -f` keeps following new output.
+    let mut follower = Command::new(util::DAVIT)
+        .args(["alloc", "logs", "-f", &worker[0].id])
+        .env("DAVIT_ADDR", &dev.addr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first: u64 = lines.recv_timeout(Duration::from_secs(10)).unwrap().trim_start_matches("tick ").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut newest = first;
+    while newest < first + 10 {
+        let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("followed log lines keep coming");
+        newest = line.trim_start_matches("tick ").parse().unwrap();
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    // Scale up to 5, then down to 2: the three stopped processes are gone.
+    dev.ok(&["job", "scale", "e2e", "web", "5"]);
+    let status = wait_job(&dev.addr, "e2e", Duration::from_secs(30), |s| running(s, "web") == 5);
+    let five = allocations(&dev, &status, "web");
+    let five_pids: Vec<u32> = five.iter().map(|a| task_pid(a, "server")).collect();
+    assert!(five_pids.iter().all(|pid| pid_alive(*pid)));
+    dev.ok(&["job", "scale", "e2e", "web", "2"]);
+    let status = wait_job(&dev.addr, "e2e", Duration::from_secs(30), |s| {
+        running(s, "web") == 2
+            && s.allocations
+                .iter()
+                .filter(|a| a.group == "web" && a.desired_status == DesiredStatus::Stop)
+                .all(|a| a.client_status.is_terminal())
+    });
+    let two: Vec<u32> = allocations(&dev, &status, "web").iter().map(|a| task_pid(a, "server")).collect();
+    for pid in &five_pids {
+        assert_eq!(pid_alive(*pid), two.contains(pid), "pid {pid}: only the two remaining web tasks may live");
+    }
+
+    // History and diff.
+    let history = dev.ok(&["job", "history", "e2e"]);
+    for version in ["0", "1", "2"] {
+        assert!(history.lines().any(|l| l.starts_with(version)), "{history}");
+    }
+    let diff = dev.ok(&["job", "diff", "e2e", "0", "1"]);
+    assert!(diff.contains("groups[web].count: 3 => 5"), "{diff}");
+
+    // Stop: every process is gone.
+    dev.ok(&["job", "stop", "e2e"]);
+    wait_job(&dev.addr, "e2e", Duration::from_secs(30), |s| s.allocations.iter().all(|a| a.client_status.is_terminal()));
+    for pid in two.iter().chain([&worker_pid]) {
+        assert!(!pid_alive(*pid), "pid {pid} still runs after job stop");
+    }
+    let status = dev.ok(&["job", "status", "e2e"]);
+    assert!(status.contains("dead"), "{status}");
+}
+
+#[test]
+fn failing_task_is_restarted_per_policy_then_fails_with_events() {
+    if !require_root() {
+        return;
+    }
+    let dev = Dev::start();
+    let spec = dev.write(
+        "fail.yaml",
+        r#"
+name: flaky
+groups:
+  - name: g
+    restart: {attempts: 2, interval: 1m, delay: 100ms, mode: fail}
+    tasks:
+      - name: t
+        driver: exec
+        config: {command: /bin/sh, args: ["-c", "echo about to fail; exit 3"]}
+"#,
+    );
+    dev.ok(&["job", "run", "--detach", &spec]);
+    let status =
+        wait_job(&dev.addr, "flaky", Duration::from_secs(30), |s| s.allocations.iter().any(|a| a.client_status == ClientStatus::Failed));
+    let alloc = runtime().block_on(dev.client().allocation(&status.allocations[0].id)).unwrap();
+    let task = &alloc.task_states["t"];
+    assert!(task.failed);
+    assert_eq!(task.restarts, 2);
+    let kinds: Vec<&str> = task.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "Started").count(), 3, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "Restarting").count(), 2, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "Terminated").count(), 3, "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"Not Restarting"), "{kinds:?}");
+    assert!(task.events.iter().filter(|e| e.kind == "Terminated").all(|e| e.exit_code == Some(3)));
+    let text = dev.ok(&["alloc", "status", &alloc.id]);
+    assert!(text.contains("Not Restarting") && text.contains("Restarting"), "{text}");
+}
+
+#[test]
+fn memory_limit_is_enforced_with_an_oom_event() {
+    if !require_root() {
+        return;
+    }
+    let dev = Dev::start();
+    let spec = dev.write(
+        "oom.yaml",
+        r#"
+name: hungry
+type: batch
+groups:
+  - name: g
+    restart: {attempts: 0, mode: fail}
+    tasks:
+      - name: eat
+        driver: exec
+        config: {command: /bin/sh, args: ["-c", "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived ${#x}"]}
+        resources: {memory: 32}
+"#,
+    );
+    dev.ok(&["job", "run", "--detach", &spec]);
+    let status =
+        wait_job(&dev.addr, "hungry", Duration::from_secs(60), |s| s.allocations.iter().any(|a| a.client_status == ClientStatus::Failed));
+    let alloc = runtime().block_on(dev.client().allocation(&status.allocations[0].id)).unwrap();
+    let events = &alloc.task_states["eat"].events;
+    let oom = events.iter().find(|e| e.kind == "OOM Killed").unwrap_or_else(|| panic!("no OOM event: {events:#?}"));
+    assert!(oom.message.contains("32 MiB"), "{}", oom.message);
+    let logs = dev.ok(&["alloc", "logs", &alloc.id]);
+    assert!(!logs.contains("survived"), "the task must not outlive its limit: {logs}");
+}
+
+#[test]
+fn kill_9_after_job_run_keeps_the_job_and_its_history() {
+    if !require_root() {
+        return;
+    }
+    let mut dev = Dev::start();
+    let spec = dev.write(
+        "keep.yaml",
+        "name: keep\ngroups:\n  - name: g\n    count: 2\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/sleep, args: ['1000']}\n        resources: {memory: 16}\n",
+    );
+    dev.ok(&["job", "run", &spec]);
+    dev.ok(&["job", "scale", "keep", "g", "1"]);
+    let before = runtime().block_on(dev.client().job_versions("keep")).unwrap();
+    assert_eq!(before.len(), 2);
+    let pids: Vec<u32> = {
+        let status = wait_job(&dev.addr, "keep", Duration::from_secs(10), |s| running(s, "g") == 1);
+        allocations(&dev, &status, "g").iter().map(|a| task_pid(a, "t")).collect()
+    };
+
+    dev.process.as_mut().unwrap().kill9();
+    dev.launch();
+
+    let after = runtime().block_on(dev.client().job_versions("keep")).unwrap();
+    assert_eq!(after.iter().map(|j| j.version).collect::<Vec<_>>(), vec![1, 0]);
+    assert_eq!(after[0].spec.groups[0].count, 1);
+    // The restarted agent found its task again: same pid, still running, not restarted.
+    let status = wait_job(&dev.addr, "keep", Duration::from_secs(30), |s| running(s, "g") == 1);
+    let again: Vec<u32> = allocations(&dev, &status, "g").iter().map(|a| task_pid(a, "t")).collect();
+    assert_eq!(again, pids);
+    dev.ok(&["job", "stop", "keep"]);
+    for pid in pids {
+        assert!(!pid_alive(pid));
+    }
+}
+
+#[test]
+fn separate_server_and_agents_survive_an_agent_restart() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server_bind = format!("127.0.0.1:{}", util::free_port());
+    let addr = format!("http://{server_bind}");
+    let server_data = dir.path().join("server").display().to_string();
+    let _server = Process::spawn("server", dir.path(), &["server", "--bind", &server_bind, "--data-dir", &server_data]);
+    let agent_args = |name: &str, range: &str| -> Vec<String> {
+        let data = dir.path().join(name).display().to_string();
+        let bind = format!("127.0.0.1:{}", util::free_port());
+        ["agent", "--servers", &addr, "--data-dir", &data, "--node-name", name, "--bind", &bind, "--port-range", range]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let one_args = agent_args("one", "21000-21099");
+    let two_args = agent_args("two", "21100-21199");
+    fn as_str(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
+    let mut one = Process::spawn("agent-one", dir.path(), &as_str(&one_args));
+    let _two = Process::spawn("agent-two", dir.path(), &as_str(&two_args));
+    wait_ready_nodes(&addr, 2);
+    let nodes = util::ok(&addr, dir.path(), &["node", "ls"]);
+    assert!(nodes.contains("one") && nodes.contains("two"), "{nodes}");
+
+    let spec = dir.path().join("spread.yaml");
+    std::fs::write(
+        &spec,
+        "name: spread\ngroups:\n  - name: g\n    count: 4\n    restart: {delay: 100ms}\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/sleep, args: ['1000']}\n        resources: {cpu: 800, memory: 16}\n",
+    )
+    .unwrap();
+    util::ok(&addr, dir.path(), &["job", "run", &spec.display().to_string()]);
+    let status = wait_job(&addr, "spread", Duration::from_secs(30), |s| running(s, "g") == 4);
+    let client = davit_client::Client::new(&addr);
+    let rt = runtime();
+    let on_one: Vec<Allocation> =
+        status.allocations.iter().map(|a| rt.block_on(client.allocation(&a.id)).unwrap()).filter(|a| a.node_name == "one").collect();
+    assert!(!on_one.is_empty(), "some allocations land on node one: {status:#?}");
+
+    // Kill the agent hard and start it again: its tasks keep their pids and are tracked again.
+    one.kill9();
+    for alloc in &on_one {
+        assert!(pid_alive(task_pid(alloc, "t")), "tasks outlive their agent");
+    }
+    let _one_again = Process::spawn("agent-one-again", dir.path(), &as_str(&one_args));
+    wait_ready_nodes(&addr, 2);
+    let victim = &on_one[0];
+    let victim_pid = task_pid(victim, "t");
+    // The agent is back (node ready again) and reports the same pid: re-attached, not restarted.
+    let alloc = rt.block_on(client.allocation(&victim.id)).unwrap();
+    assert_eq!(task_pid(&alloc, "t"), victim_pid, "re-attached, not restarted");
+    assert_eq!(alloc.task_states["t"].restarts, 0);
+    // Tracked again: when the task dies, the new agent process notices and restarts it.
+    util::signal(victim_pid, "KILL");
+    let restarted = util::wait_alloc(&addr, &victim.id, Duration::from_secs(30), |alloc| {
+        let state = &alloc.task_states["t"];
+        state.restarts >= 1 && state.pid.is_some_and(|pid| pid != victim_pid && pid_alive(pid))
+    });
+    assert!(restarted.task_states["t"].events.iter().any(|e| e.kind == "Restarting"));
+    util::ok(&addr, dir.path(), &["job", "stop", "spread"]);
+}

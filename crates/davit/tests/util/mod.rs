@@ -1,0 +1,265 @@
+//! The shared harness of the end-to-end tests (after ripgrep's `tests/util.rs`): each test gets a
+//! fresh temp dir and real `davit` processes on loopback; a failure prints the command, its output
+//! and the process logs.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use davit_api::http::JobStatusResponse;
+use davit_client::Client;
+
+pub const DAVIT: &str = env!("CARGO_BIN_EXE_davit");
+
+/// Tests that need root and cgroups: under CI they must run; elsewhere they may skip with a reason.
+pub fn require_root() -> bool {
+    let root = unsafe_free_is_root();
+    if !root {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("this test needs root (cgroups); CI must run it as root");
+        }
+        eprintln!("skipping: this test needs root for cgroups");
+    }
+    root
+}
+
+fn unsafe_free_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| status.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A port range for one test's agent, so parallel tests do not hand out the same host ports.
+pub fn port_range() -> String {
+    let base = 20_000 + (std::process::id() % 120) as u16 * 100;
+    format!("{base}-{}", base + 99)
+}
+
+/// A running `davit` process whose output goes to a log file.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Process {
+    pub fn spawn(name: &str, dir: &Path, args: &[&str]) -> Process {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(DAVIT)
+            .args(args)
+            .env("DAVIT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning davit {args:?}: {e}"));
+        Process { child, log, name: name.to_string() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGINT (Ctrl-C) and wait up to 30 s for a clean exit.
+    pub fn interrupt(&mut self) {
+        signal(self.child.id(), "INT");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.interrupt();
+        }
+        if std::thread::panicking() {
+            eprintln!("----- {} log ({}) -----\n{}", self.name, self.log.display(), self.logs());
+        }
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie is as good as gone.
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// One `davit dev` with its own data dir and ports.
+pub struct Dev {
+    pub dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub addr: String,
+    pub bind: String,
+    pub process: Option<Process>,
+}
+
+impl Dev {
+    pub fn start() -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let bind = format!("127.0.0.1:{}", free_port());
+        let mut dev = Dev { addr: format!("http://{bind}"), bind, data_dir, dir, process: None };
+        dev.launch();
+        dev
+    }
+
+    /// (Re)starts the process on the same data dir and address and waits for a ready node.
+    pub fn launch(&mut self) {
+        let data_dir = self.data_dir.display().to_string();
+        let range = port_range();
+        let process = Process::spawn(
+            "davit-dev",
+            self.dir.path(),
+            &["dev", "--bind", &self.bind, "--data-dir", &data_dir, "--port-range", &range, "--node-name", "dev-node"],
+        );
+        self.process = Some(process);
+        wait_ready_nodes(&self.addr, 1);
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.addr)
+    }
+
+    pub fn davit(&self, args: &[&str]) -> Output {
+        davit(&self.addr, self.dir.path(), args)
+    }
+
+    /// Runs `davit` and asserts it succeeded.
+    pub fn ok(&self, args: &[&str]) -> String {
+        ok(&self.addr, self.dir.path(), args)
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path.display().to_string()
+    }
+}
+
+pub fn davit(addr: &str, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(DAVIT).args(args).env("DAVIT_ADDR", addr).current_dir(cwd).stdin(Stdio::null()).output().unwrap()
+}
+
+pub fn ok(addr: &str, cwd: &Path, args: &[&str]) -> String {
+    let output = davit(addr, cwd, args);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "`davit {}` failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Waits (bounded) until the server answers and `count` nodes are ready.
+pub fn wait_ready_nodes(addr: &str, count: usize) {
+    let runtime = runtime();
+    let client = Client::new(addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut index = 0;
+    loop {
+        match runtime.block_on(client.nodes_blocking(index, Duration::from_secs(5))) {
+            Ok(nodes) => {
+                if nodes.value.iter().filter(|n| n.status == davit_api::objects::NodeStatus::Ready).count() >= count {
+                    return;
+                }
+                index = nodes.index;
+            }
+            // The server is still starting: the only wait here without an event to block on.
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+        assert!(Instant::now() < deadline, "no {count} ready nodes at {addr} after 30 s");
+    }
+}
+
+/// Follows one allocation with blocking queries until `done(alloc)` holds; panics after `limit`.
+pub fn wait_alloc(
+    addr: &str,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&davit_api::objects::Allocation) -> bool,
+) -> davit_api::objects::Allocation {
+    let runtime = runtime();
+    let client = Client::new(addr);
+    let deadline = Instant::now() + limit;
+    let mut index = 0;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let alloc = runtime.block_on(client.allocation_blocking(id, index, remaining.min(Duration::from_secs(5)))).unwrap();
+        if done(&alloc.value) {
+            return alloc.value;
+        }
+        assert!(Instant::now() < deadline, "allocation {id} did not reach the expected state in {limit:?}: {:#?}", alloc.value);
+        index = alloc.index;
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Follows the job with blocking queries until `done(status)` holds; panics after `limit`.
+pub fn wait_job(addr: &str, name: &str, limit: Duration, done: impl Fn(&JobStatusResponse) -> bool) -> JobStatusResponse {
+    let runtime = runtime();
+    let client = Client::new(addr);
+    let deadline = Instant::now() + limit;
+    let mut index = 0;
+    let mut last = None;
+    while Instant::now() < deadline {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match runtime.block_on(client.job_status_blocking(name, index, remaining.min(Duration::from_secs(5)))) {
+            Ok(status) => {
+                index = status.index;
+                if done(&status.value) {
+                    return status.value;
+                }
+                last = Some(status.value);
+            }
+            Err(error) => panic!("job status {name}: {error}"),
+        }
+    }
+    panic!("job {name} did not reach the expected state in {limit:?}; last status: {last:#?}");
+}
+
+/// Reads a file or returns "".
+pub fn read(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let _ = file.read_to_string(&mut text);
+    }
+    text
+}
