@@ -69,41 +69,68 @@ impl View {
     /// Loads everything from the store, then follows its change feed in a background task.
     /// `events` receives pending evaluations (also those found at start-up) and capacity changes.
     pub async fn start(store: Arc<dyn Store>, events: mpsc::UnboundedSender<ViewEvent>) -> Result<Arc<View>, StoreError> {
-        let range = store.range("").await?;
-        let mut snapshot = Snapshot::default();
-        for kv in &range.kvs {
-            apply_put(&mut snapshot, &kv.key, &kv.value, kv.create_revision, kv.mod_revision, &events);
-        }
-        snapshot.revision = range.revision;
-        let (revision, _) = watch::channel(range.revision);
+        let snapshot = load(store.as_ref(), &events).await?;
+        let watch = store.watch("", snapshot.revision + 1).await?;
+        let (revision, _) = watch::channel(snapshot.revision);
         let view = Arc::new(View { current: RwLock::new(snapshot), revision });
-        let mut watch = store.watch("", range.revision + 1).await?;
-        let follower = Arc::clone(&view);
-        tokio::spawn(async move {
-            while let Some(batch) = watch.next().await {
-                let batch = match batch {
-                    Ok(batch) => batch,
-                    Err(error) => {
-                        // A lagged or broken watch would leave the view stale forever: fail loudly.
-                        tracing::error!(%error, "store watch ended; the server's view can no longer follow the store");
-                        std::process::abort();
-                    }
-                };
-                let mut next = follower.snapshot();
-                for event in &batch.events {
-                    match event.kind {
-                        EventKind::Put => {
-                            apply_put(&mut next, &event.kv.key, &event.kv.value, event.kv.create_revision, event.kv.mod_revision, &events)
-                        }
-                        EventKind::Delete => apply_delete(&mut next, &event.kv.key, batch.revision, &events),
-                    }
-                }
-                next.revision = batch.revision;
-                *follower.current.write().expect("view lock") = next;
-                follower.revision.send_replace(batch.revision);
-            }
-        });
+        tokio::spawn(Arc::clone(&view).follow(store, watch, events));
         Ok(view)
+    }
+
+    /// Applies the change feed in revision order. A watch that fell behind (or broke) is replaced by a
+    /// fresh load of the whole store, so the view never stays stale.
+    async fn follow(self: Arc<Self>, store: Arc<dyn Store>, mut watch: davit_store::Watch, events: mpsc::UnboundedSender<ViewEvent>) {
+        loop {
+            let batch = match watch.next().await {
+                None => return, // the store shut down
+                Some(Ok(batch)) => batch,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "store watch ended; reloading the view from the store");
+                    watch = self.reload(&store, &events).await;
+                    continue;
+                }
+            };
+            let mut next = self.snapshot();
+            for event in &batch.events {
+                match event.kind {
+                    EventKind::Put => {
+                        apply_put(&mut next, &event.kv.key, &event.kv.value, event.kv.create_revision, event.kv.mod_revision, &events)
+                    }
+                    EventKind::Delete => apply_delete(&mut next, &event.kv.key, batch.revision, &events),
+                }
+            }
+            next.revision = batch.revision;
+            self.publish(next);
+        }
+    }
+
+    async fn reload(&self, store: &Arc<dyn Store>, events: &mpsc::UnboundedSender<ViewEvent>) -> davit_store::Watch {
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            let attempt = async {
+                let fresh = load(store.as_ref(), events).await?;
+                let watch = store.watch("", fresh.revision + 1).await?;
+                Ok::<_, StoreError>((fresh, watch))
+            };
+            match attempt.await {
+                Ok((fresh, watch)) => {
+                    self.publish(fresh);
+                    let _ = events.send(ViewEvent::CapacityChanged);
+                    return watch;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reloading the view failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        let revision = snapshot.revision;
+        *self.current.write().expect("view lock") = snapshot;
+        self.revision.send_replace(revision);
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -131,6 +158,17 @@ impl View {
             }
         }
     }
+}
+
+/// Reads every object from the store into a fresh snapshot.
+async fn load(store: &dyn Store, events: &mpsc::UnboundedSender<ViewEvent>) -> Result<Snapshot, StoreError> {
+    let range = store.range("").await?;
+    let mut snapshot = Snapshot::default();
+    for kv in &range.kvs {
+        apply_put(&mut snapshot, &kv.key, &kv.value, kv.create_revision, kv.mod_revision, events);
+    }
+    snapshot.revision = range.revision;
+    Ok(snapshot)
 }
 
 fn apply_put(
