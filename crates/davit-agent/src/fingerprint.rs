@@ -91,6 +91,7 @@ pub fn build_node(
         drivers,
         status: NodeStatus::Ready,
         eligibility: NodeEligibility::Eligible,
+        drain: None,
         http_addr,
         status_description: String::new(),
         last_heartbeat: 0,

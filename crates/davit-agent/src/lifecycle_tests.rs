@@ -321,6 +321,56 @@ async fn reattach_keeps_running_tasks_and_stop_kills_them() {
 }
 
 #[tokio::test]
+async fn restored_allocation_the_server_marked_lost_is_stopped() {
+    // The agent was killed, the server marked its node down and the allocation lost (desired stop),
+    // and placed a replacement elsewhere. The restarted agent re-attaches, then must stop the task.
+    let fixture = fixture();
+    let restart = serde_json::json!({"attempts": 2, "interval": "1h", "delay": "0", "mode": "fail"});
+    let mut state = persisted(JobType::Service, group(&["web"], restart));
+    let web = state.task_states.get_mut("web").unwrap();
+    web.state = TaskStatus::Running;
+    web.pid = Some(700);
+    web.started_at = Some(1);
+    state.handles.insert(
+        "web".to_string(),
+        TaskHandle {
+            driver: "exec".to_string(),
+            alloc_id: "alloc-1".to_string(),
+            task_name: "web".to_string(),
+            pid: 700,
+            started_at_ms: 1,
+            driver_state: serde_json::Value::Null,
+        },
+    );
+    state::save(&fixture.context.alloc_dir("alloc-1"), &state).unwrap();
+
+    crate::watcher::restore(&fixture.context);
+    let runner = fixture.context.runners.lock().unwrap().get("alloc-1").cloned().expect("restored from local state");
+    until(&runner, "re-attached", |state| running(state, "web") && state.task_states["web"].pid == Some(700)).await;
+
+    let lost = Allocation {
+        desired_status: DesiredStatus::Stop,
+        desired_description: "node down".to_string(),
+        client_status: ClientStatus::Lost,
+        client_description: "node down".to_string(),
+        ..state.alloc.clone()
+    };
+    crate::watcher::reconcile(&fixture.context, std::slice::from_ref(&lost));
+    runner.wait_finished().await;
+    let inner = fixture.driver.inner.lock().unwrap();
+    assert_eq!(inner.stopped, [(700, "SIGTERM".to_string())]);
+    assert!(inner.started.is_empty(), "nothing was started again");
+    drop(inner);
+    let state = runner.shared_state(|state| state.clone());
+    assert!(state.stop_requested);
+    assert_eq!(state.task_states["web"].state, TaskStatus::Dead);
+    assert_eq!(runner.client_status(), ClientStatus::Complete);
+    // A second listing of the same allocation starts nothing.
+    crate::watcher::reconcile(&fixture.context, &[lost]);
+    assert!(fixture.driver.started().is_empty());
+}
+
+#[tokio::test]
 async fn detach_leaves_tasks_running() {
     let fixture = fixture();
     let restart = serde_json::json!({"attempts": 2, "interval": "1h", "delay": "0", "mode": "fail"});

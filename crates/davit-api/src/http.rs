@@ -19,7 +19,9 @@
 //! | GET | `/v1/job/{name}/allocations` | → `Vec<`[`AllocListEntry`]`>` |
 //! | GET | `/v1/job/{name}/evaluations` | → `Vec<`[`Evaluation`]`>` |
 //! | GET | `/v1/nodes` | → `Vec<`[`NodeListEntry`]`>` |
-//! | GET | `/v1/node/{id}` | → [`Node`] |
+//! | GET | `/v1/node/{id-prefix-or-name}` | → [`Node`] |
+//! | POST | `/v1/node/{id-prefix-or-name}/eligibility` | [`NodeEligibilityRequest`] → [`IndexResponse`]; 409 to make a draining node eligible |
+//! | POST | `/v1/node/{id-prefix-or-name}/drain` | [`NodeDrainRequest`] → [`IndexResponse`] |
 //! | POST | `/v1/nodes/register` | [`Node`] → [`NodeRegisterResponse`] |
 //! | PUT | `/v1/node/{id}/heartbeat` | → [`HeartbeatResponse`]; 404 if the server does not know the node (re-register) |
 //! | GET | `/v1/node/{id}/allocations` | → `Vec<`[`Allocation`]`>` (blocking query; the agent's long-poll) |
@@ -211,6 +213,28 @@ pub struct NodeListEntry {
     pub memory_allocated: u64,
     pub memory_total: u64,
     pub running_allocs: u32,
+    /// The node is being drained (see [`Node::drain`](crate::objects::Node)).
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// Body of `POST /v1/node/{id}/eligibility`. Ineligible nodes get no new allocations; the ones they
+/// have keep running.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEligibilityRequest {
+    pub eligible: bool,
+}
+
+/// Body of `POST /v1/node/{id}/drain`. `enable: true` makes the node ineligible and migrates its
+/// allocations; `enable: false` cancels a drain (the node stays ineligible until made eligible).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDrainRequest {
+    /// Stop whatever is left after this many milliseconds; `None`: no deadline.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub ignore_system: bool,
+    pub enable: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -91,6 +91,10 @@ pub struct Node {
     pub drivers: BTreeMap<String, DriverInfo>,
     pub status: NodeStatus,
     pub eligibility: NodeEligibility,
+    /// Set while the node is being drained (its allocations migrated elsewhere); cleared when the drain
+    /// completes or is canceled. A draining node is always ineligible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainStrategy>,
     /// Base URL of the agent's own HTTP API (logs, exec), e.g. `http://127.0.0.1:7647`.
     pub http_addr: String,
     #[serde(default)]
@@ -106,6 +110,31 @@ pub struct Node {
 impl Node {
     pub fn is_schedulable(&self) -> bool {
         self.status == NodeStatus::Ready && self.eligibility == NodeEligibility::Eligible
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_some()
+    }
+}
+
+/// How a node is drained: its allocations are migrated a few at a time (per group, at most the group's
+/// `update.max_parallel`, 1 for now) until none is left or the deadline passes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainStrategy {
+    /// After this long (from `started_at`), every allocation still on the node is stopped at once.
+    /// `None`: no deadline; `Some(0)`: stop everything now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    pub started_at: UnixMillis,
+    /// Leave system-job allocations running on the node.
+    #[serde(default)]
+    pub ignore_system: bool,
+}
+
+impl DrainStrategy {
+    /// When the deadline passes, if there is one.
+    pub fn deadline_at(&self) -> Option<UnixMillis> {
+        self.deadline_ms.map(|deadline| self.started_at.saturating_add(deadline))
     }
 }
 
@@ -254,6 +283,8 @@ pub enum EvalTrigger {
     JobScale,
     JobRevert,
     NodeUpdate,
+    /// An allocation was stopped to migrate it off a draining node.
+    NodeDrain,
     AllocFailure,
     /// A blocked evaluation retried because capacity changed.
     QueuedAllocs,

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use davit_api::http::{
     AllocListEntry, AllocStatusUpdate, ApiError, HeartbeatResponse, INDEX_HEADER, IndexResponse, JobDiffResponse, JobListEntry,
-    JobStatusResponse, LogsQuery, NodeListEntry, NodeRegisterResponse, RegisterJobResponse, RevertJobRequest, ScaleJobRequest,
-    StatusResponse, StopJobResponse, ValidateJobResponse,
+    JobStatusResponse, LogsQuery, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse, RegisterJobResponse,
+    RevertJobRequest, ScaleJobRequest, StatusResponse, StopJobResponse, ValidateJobResponse,
 };
 use davit_api::objects::{Allocation, Evaluation, Index, Job, Node};
 use futures_util::Stream;
@@ -182,6 +182,17 @@ impl Client {
 
     pub async fn node(&self, id: &str) -> Result<Node, ClientError> {
         self.get(&format!("/v1/node/{}", encode(id))).await
+    }
+
+    /// Makes the node (id, id prefix or name) eligible or ineligible for new allocations.
+    pub async fn set_node_eligibility(&self, id: &str, eligible: bool) -> Result<IndexResponse, ClientError> {
+        let request = self.http.post(self.url(&format!("/v1/node/{}/eligibility", encode(id)))).json(&NodeEligibilityRequest { eligible });
+        Ok(self.send(request).await?.value)
+    }
+
+    /// Starts, changes or (with `enable: false`) cancels a drain of the node (id, id prefix or name).
+    pub async fn drain_node(&self, id: &str, drain: &NodeDrainRequest) -> Result<IndexResponse, ClientError> {
+        Ok(self.send(self.http.post(self.url(&format!("/v1/node/{}/drain", encode(id)))).json(drain)).await?.value)
     }
 
     pub async fn register_node(&self, node: &Node) -> Result<NodeRegisterResponse, ClientError> {

@@ -308,6 +308,7 @@ mod tests {
             drivers: BTreeMap::new(),
             status: NodeStatus::Ready,
             eligibility: NodeEligibility::Eligible,
+            drain: None,
             http_addr: String::new(),
             status_description: String::new(),
             last_heartbeat: 0,

@@ -4,13 +4,14 @@
 //! newest state: a node's part of a plan is committed only if the node still exists, is schedulable
 //! (for new placements) and still fits every allocation's CPU, memory and ports; the rest is refused
 //! and the worker schedules it again on a fresh snapshot (optimistic concurrency, as in Nomad).
+//! It also commits the drainer's stops (with their evaluations) and agents' status updates.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use davit_api::http::AllocStatusUpdate;
-use davit_api::objects::{Allocation, DesiredStatus, Index};
-use davit_scheduler::Plan;
+use davit_api::objects::{Allocation, DesiredStatus, Evaluation, Index};
+use davit_scheduler::{AllocStop, Plan};
 use davit_store::{Store, StoreError, Txn};
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,6 +31,7 @@ pub struct PlanResult {
 enum Request {
     Plan(Plan, oneshot::Sender<Result<PlanResult, StoreError>>),
     ClientUpdate(String, Vec<AllocStatusUpdate>, u64, oneshot::Sender<Result<Index, StoreError>>),
+    Stop(Vec<AllocStop>, Vec<Evaluation>, u64, oneshot::Sender<Result<Index, StoreError>>),
 }
 
 /// A handle to send work to the applier task.
@@ -55,6 +57,15 @@ impl Applier {
     pub async fn client_update(&self, node_id: String, updates: Vec<AllocStatusUpdate>, now: u64) -> Result<Index, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::ClientUpdate(node_id, updates, now, reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stops allocations (the drainer's migrations) and stores `evals` in the same transaction, so the
+    /// scheduler places replacements. Allocations already terminal or gone are skipped; when none is
+    /// left nothing is written (index 0).
+    pub async fn stop_allocs(&self, stops: Vec<AllocStop>, evals: Vec<Evaluation>, now: u64) -> Result<Index, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Stop(stops, evals, now, reply)).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
@@ -85,8 +96,47 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, mut receiver: mpsc::Receive
                 }
                 let _ = reply.send(outcome);
             }
+            Request::Stop(stops, evals, now, reply) => {
+                let txn = stop_allocs(&snapshot, &stops, evals, now);
+                let outcome = commit(&store, txn).await;
+                if let Ok(index) = outcome {
+                    last_commit = last_commit.max(index);
+                }
+                let _ = reply.send(outcome);
+            }
         }
     }
+}
+
+fn stop_allocs(snapshot: &Snapshot, stops: &[AllocStop], evals: Vec<Evaluation>, now: u64) -> Txn {
+    let mut txn = Txn::default();
+    for stop in stops {
+        let Some(existing) = snapshot.cluster.alloc(&stop.alloc_id) else { continue };
+        if existing.is_terminal() {
+            continue;
+        }
+        let alloc = stopped(existing, stop, now);
+        txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
+    }
+    if !txn.success.is_empty() {
+        for eval in evals {
+            txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+        }
+    }
+    txn
+}
+
+/// The allocation with the stop applied: desired `stop`, and the client status if the stop sets one.
+fn stopped(existing: &Allocation, stop: &AllocStop, now: u64) -> Allocation {
+    let mut alloc = existing.clone();
+    alloc.desired_status = DesiredStatus::Stop;
+    alloc.desired_description = stop.description.clone();
+    if let Some(client_status) = stop.client_status {
+        alloc.client_status = client_status;
+        alloc.client_description = stop.description.clone();
+    }
+    alloc.modify_time = now;
+    alloc
 }
 
 async fn commit(store: &Arc<dyn Store>, txn: Txn) -> Result<Index, StoreError> {
@@ -103,14 +153,7 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResul
     for (node_id, stops) in &plan.node_updates {
         for stop in stops {
             let Some(existing) = snapshot.cluster.alloc(&stop.alloc_id) else { continue };
-            let mut alloc = (**existing).clone();
-            alloc.desired_status = DesiredStatus::Stop;
-            alloc.desired_description = stop.description.clone();
-            if let Some(client_status) = stop.client_status {
-                alloc.client_status = client_status;
-                alloc.client_description = stop.description.clone();
-            }
-            alloc.modify_time = now;
+            let alloc = stopped(existing, stop, now);
             debug_assert_eq!(&alloc.node_id, node_id);
             txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
         }

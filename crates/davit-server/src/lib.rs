@@ -1,5 +1,5 @@
 //! The davit server: the HTTP API under `/v1`, the in-memory view of the cluster, the evaluation
-//! broker, scheduler workers, the plan applier and the node-liveness watcher.
+//! broker, scheduler workers, the plan applier, the node-liveness watcher and the node drainer.
 //!
 //! ```text
 //!  HTTP API ──txn──▶ store ──change feed──▶ View (snapshots) ──▶ broker ──▶ workers ──plan──▶ applier ──txn──▶ store
@@ -19,8 +19,10 @@ use tokio::sync::mpsc;
 mod api;
 mod applier;
 mod broker;
+mod drainer;
 mod keys;
 mod liveness;
+pub mod phi;
 mod view;
 mod worker;
 
@@ -96,6 +98,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let mut background = Vec::new();
     background.push(tokio::spawn(coordinate(events_rx, Arc::clone(&broker), Arc::clone(&config.store), Arc::clone(&view))));
     background.push(tokio::spawn(Arc::clone(&liveness).run(Arc::clone(&config.store), Arc::clone(&view))));
+    background.push(tokio::spawn(drainer::run(Arc::clone(&config.store), Arc::clone(&view), applier.clone())));
     for _ in 0..config.workers.max(1) {
         let worker = worker::Worker {
             store: Arc::clone(&config.store),

@@ -1,81 +1,14 @@
 //! The server's HTTP API in-process (no agent): bad input is rejected precisely and changes nothing;
 //! jobs are versioned; work that does not fit waits as a blocked evaluation until capacity appears.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use davit_api::objects::{DriverInfo, EvalStatus, Node, NodeEligibility, NodeResources, NodeStatus};
-use davit_server::{LivenessConfig, ServerConfig, ServerHandle};
-use davit_store::RedbStore;
-
-struct TestServer {
-    _dir: tempfile::TempDir,
-    handle: Option<ServerHandle>,
-    base: String,
-    http: reqwest::Client,
-}
-
-async fn start() -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(RedbStore::open(&dir.path().join("state.redb")).unwrap());
-    let config = ServerConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        store,
-        workers: 2,
-        liveness: LivenessConfig { heartbeat_interval: Duration::from_secs(1), ttl: Duration::from_secs(60) },
-        scheduler: Default::default(),
-    };
-    let handle = davit_server::start(config).await.unwrap();
-    let base = format!("http://{}", handle.addr());
-    TestServer { _dir: dir, handle: Some(handle), base, http: reqwest::Client::new() }
-}
-
-impl TestServer {
-    async fn request(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let url = format!("{}{path}", self.base);
-        let request = match method {
-            "GET" => self.http.get(url),
-            "POST" => self.http.post(url),
-            "PUT" => self.http.put(url),
-            "DELETE" => self.http.delete(url),
-            other => panic!("method {other}"),
-        };
-        let response = request.body(body.to_string()).send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
-    }
-
-    async fn index(&self) -> u64 {
-        self.request("GET", "/v1/status", "").await.1["index"].as_u64().unwrap()
-    }
-
-    async fn shutdown(mut self) {
-        self.handle.take().unwrap().shutdown().await;
-    }
-}
+use common::{TestServer, node, start};
+use davit_api::objects::EvalStatus;
 
 const GOOD_JOB: &str = "name: web\ngroups:\n  - name: g\n    count: 2\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/true}\n        resources: {cpu: 100, memory: 64}\n";
-
-fn node(id: &str, memory: u64) -> Node {
-    Node {
-        id: id.to_string(),
-        name: format!("node-{id}"),
-        datacenter: "dc1".to_string(),
-        class: String::new(),
-        attributes: BTreeMap::from([("arch".to_string(), "x86_64".to_string())]),
-        resources: NodeResources { cpu: 2000, memory, port_range: (20000, 20100), reserved_ports: vec![] },
-        drivers: BTreeMap::from([("exec".to_string(), DriverInfo { detected: true, healthy: true, ..Default::default() })]),
-        status: NodeStatus::Ready,
-        eligibility: NodeEligibility::Eligible,
-        http_addr: "http://127.0.0.1:1".to_string(),
-        status_description: String::new(),
-        last_heartbeat: 0,
-        create_index: 0,
-        modify_index: 0,
-    }
-}
 
 #[tokio::test]
 async fn rejected_requests_change_nothing_and_say_why() {
@@ -123,6 +56,9 @@ async fn rejected_requests_change_nothing_and_say_why() {
         ("PUT", "/v1/node/unknown/heartbeat", ""),
         ("POST", "/v1/node/unknown/allocations/status", "[]"),
         ("POST", "/v1/node/n1/allocations/status", "[{\"id\": 5}]"),
+        ("POST", "/v1/node/unknown/drain", "{\"enable\": true}"),
+        ("POST", "/v1/node/n1/drain", "not json"),
+        ("POST", "/v1/node/n1/eligibility", "{}"),
         ("GET", "/v1/allocation/zzzz", ""),
         ("GET", "/v1/allocation/", ""),
         ("GET", "/v1/evaluation/zzzz", ""),

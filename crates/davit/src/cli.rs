@@ -29,7 +29,7 @@ pub enum Command {
     /// Inspect allocations and their logs.
     #[command(subcommand)]
     Alloc(AllocCommand),
-    /// Inspect nodes.
+    /// Inspect nodes, drain them, change their eligibility.
     #[command(subcommand)]
     Node(NodeCommand),
     /// Inspect evaluations.
@@ -83,9 +83,10 @@ pub struct ServerArgs {
     /// Scheduler workers (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Mark a node down after this long without a heartbeat.
-    #[arg(long, default_value = "10s")]
-    pub heartbeat_ttl: String,
+    /// Hard bound: mark a node down after this long without a heartbeat, whatever its phi-accrual
+    /// suspicion says (which usually marks a dead node down within about 2 s).
+    #[arg(long = "max-heartbeat-ttl", alias = "heartbeat-ttl", default_value = "10s")]
+    pub max_heartbeat_ttl: String,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +218,32 @@ pub enum NodeCommand {
         id: String,
         #[command(flatten)]
         output: Output,
+    },
+    /// Move every allocation off a node (one per group at a time) and keep it from getting new ones.
+    Drain {
+        /// Node id, id prefix or name.
+        node: String,
+        /// Stop whatever is left after this long (e.g. 1m); default: no deadline.
+        #[arg(long)]
+        deadline: Option<String>,
+        /// Leave system-job allocations on the node.
+        #[arg(long)]
+        ignore_system: bool,
+        /// Cancel a drain (the node stays ineligible; see `davit node eligibility --enable`).
+        #[arg(long)]
+        disable: bool,
+        /// Return once the drain is recorded instead of following it.
+        #[arg(long, short = 'd')]
+        detach: bool,
+    },
+    /// Allow or forbid new allocations on a node; running ones are not touched.
+    Eligibility {
+        /// Node id, id prefix or name.
+        node: String,
+        #[arg(long, conflicts_with = "disable", required_unless_present = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
     },
 }
 

@@ -5,8 +5,8 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use davit_api::http::{JobStatusKind, JobStatusResponse, LogsQuery};
-use davit_api::objects::{Allocation, ClientStatus, DesiredStatus};
+use davit_api::http::{JobStatusKind, JobStatusResponse, LogsQuery, NodeDrainRequest};
+use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, DrainStrategy};
 use davit_client::Client;
 use futures_util::StreamExt;
 
@@ -193,21 +193,51 @@ fn describe_change(change: &davit_api::http::DiffEntry) -> String {
     }
 }
 
+/// A progress line: rewritten in place on a terminal, printed as a new line elsewhere, only when it changes.
+struct Progress {
+    tty: bool,
+    last: String,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress { tty: std::io::stdout().is_terminal(), last: String::new() }
+    }
+
+    fn show(&mut self, line: String) {
+        if line == self.last {
+            return;
+        }
+        if self.tty {
+            print!("\r\x1b[K    {line}");
+            let _ = std::io::stdout().flush();
+        } else {
+            println!("    {line}");
+        }
+        self.last = line;
+    }
+
+    /// Ends the in-place line before other output.
+    fn finish(&self) {
+        if self.tty {
+            println!();
+        }
+    }
+}
+
 /// Follows a job until every group of `version` runs its count (batch: has run), an allocation of it
 /// fails, placement is blocked, or the timeout passes. Prints a progress line whenever it changes.
 async fn monitor(client: &Client, name: &str, version: u64, timeout: Duration) -> Result<JobStatusResponse, Failure> {
-    let tty = std::io::stdout().is_terminal();
+    let mut progress = Progress::new();
     let deadline = Instant::now() + timeout;
     let mut index = 0;
-    let mut last_line = String::new();
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            if tty {
-                println!();
-            }
+            progress.finish();
             return Err(Failure::user(format!(
-                "timed out after {timeout:?} waiting for job {name} to run: {last_line}\n  hint: `davit job status {name}` shows what is going on"
+                "timed out after {timeout:?} waiting for job {name} to run: {}\n  hint: `davit job status {name}` shows what is going on",
+                progress.last
             )));
         }
         let status = client.job_status_blocking(name, index, remaining.min(Duration::from_secs(10))).await?;
@@ -243,24 +273,13 @@ async fn monitor(client: &Client, name: &str, version: u64, timeout: Duration) -
                 if pending > 0 { format!(" ({pending} pending)") } else { String::new() }
             ));
         }
-        let line = parts.join("  ");
-        if line != last_line {
-            if tty {
-                print!("\r\x1b[K    {line}");
-                let _ = std::io::stdout().flush();
-            } else {
-                println!("    {line}");
-            }
-            last_line = line;
-        }
+        progress.show(parts.join("  "));
         if let Some(failed) = status
             .allocations
             .iter()
             .find(|a| a.job_version == current && a.client_status == ClientStatus::Failed && a.desired_status == DesiredStatus::Run)
         {
-            if tty {
-                println!();
-            }
+            progress.finish();
             let detail = match client.allocation(&failed.id).await {
                 Ok(alloc) => failure_detail(&alloc),
                 Err(_) => String::new(),
@@ -274,9 +293,7 @@ async fn monitor(client: &Client, name: &str, version: u64, timeout: Duration) -
             )));
         }
         if let Some(blocked) = &status.blocked_evaluation {
-            if tty {
-                println!();
-            }
+            progress.finish();
             let reasons: Vec<String> = blocked
                 .failed_groups
                 .iter()
@@ -288,9 +305,7 @@ async fn monitor(client: &Client, name: &str, version: u64, timeout: Duration) -
             )));
         }
         if done && (status.status != JobStatusKind::Pending || batch || status.job.spec.groups.iter().all(|g| g.count == 0)) {
-            if tty {
-                println!();
-            }
+            progress.finish();
             println!("==> job {name} version {current}: all allocations {}", if batch { "started" } else { "running" });
             return Ok(status);
         }
@@ -468,7 +483,7 @@ pub async fn node(client: &Client, command: NodeCommand) -> Result<(), Failure> 
                     node.name.clone(),
                     node.datacenter.clone(),
                     label(&node.status),
-                    label(&node.eligibility),
+                    if node.draining { format!("{} (draining)", label(&node.eligibility)) } else { label(&node.eligibility) },
                     node.drivers.join(","),
                     format!("{}/{}", node.cpu_allocated, node.cpu_total),
                     format!("{}/{}", node.memory_allocated, node.memory_total),
@@ -490,6 +505,7 @@ pub async fn node(client: &Client, command: NodeCommand) -> Result<(), Failure> 
                 vec!["Datacenter".to_string(), node.datacenter.clone()],
                 vec!["Status".to_string(), format!("{} {}", label(&node.status), node.status_description).trim().to_string()],
                 vec!["Eligibility".to_string(), label(&node.eligibility)],
+                vec!["Drain".to_string(), describe_drain(node.drain.as_ref())],
                 vec!["Address".to_string(), node.http_addr.clone()],
                 vec!["CPU".to_string(), format!("{} millicores", node.resources.cpu)],
                 vec!["Memory".to_string(), format!("{} MiB", node.resources.memory)],
@@ -511,6 +527,93 @@ pub async fn node(client: &Client, command: NodeCommand) -> Result<(), Failure> 
             let rows: Vec<Vec<String>> = attributes.iter().map(|(k, v)| vec![k.to_string(), v.to_string()]).collect();
             print!("{}", table(&rows));
             Ok(())
+        }
+        NodeCommand::Drain { node, deadline, ignore_system, disable, detach } => {
+            let deadline_ms = match &deadline {
+                Some(text) => Some(parse_duration(text, "--deadline")?.as_millis() as u64),
+                None => None,
+            };
+            let request = NodeDrainRequest { deadline_ms, ignore_system, enable: !disable };
+            client.drain_node(&node, &request).await?;
+            let found = client.node(&node).await?;
+            if disable {
+                println!(
+                    "==> drain of node {} canceled; it stays ineligible (`davit node eligibility {} --enable`)",
+                    found.name, found.name
+                );
+                return Ok(());
+            }
+            println!("==> node {} ({}) is draining{}", found.name, short(&found.id), describe_deadline(deadline_ms));
+            if detach {
+                return Ok(());
+            }
+            follow_drain(client, &found.id).await
+        }
+        NodeCommand::Eligibility { node, enable, disable } => {
+            let eligible = enable && !disable;
+            client.set_node_eligibility(&node, eligible).await?;
+            let found = client.node(&node).await?;
+            println!("==> node {} ({}) is {}", found.name, short(&found.id), label(&found.eligibility));
+            Ok(())
+        }
+    }
+}
+
+fn describe_deadline(deadline_ms: Option<u64>) -> String {
+    match deadline_ms {
+        Some(ms) => format!("; whatever is left is stopped after {:?}", Duration::from_millis(ms)),
+        None => String::new(),
+    }
+}
+
+fn describe_drain(drain: Option<&DrainStrategy>) -> String {
+    match drain {
+        None => "no".to_string(),
+        Some(drain) => {
+            let mut text = format!("since {}", time(drain.started_at));
+            if let Some(deadline) = drain.deadline_at() {
+                text.push_str(&format!(", deadline {}", time(deadline)));
+            }
+            if drain.ignore_system {
+                text.push_str(", ignoring system jobs");
+            }
+            text
+        }
+    }
+}
+
+/// Prints the node's remaining allocations whenever they change, until its drain is over.
+async fn follow_drain(client: &Client, node_id: &str) -> Result<(), Failure> {
+    let mut progress = Progress::new();
+    let mut index = 0;
+    loop {
+        let allocs = client.node_allocations(node_id, index, Duration::from_secs(2)).await?;
+        index = allocs.index;
+        let node = client.node(node_id).await?;
+        let mut running: Vec<&str> = Vec::new();
+        let mut stopping: Vec<&str> = Vec::new();
+        for alloc in allocs.value.iter().filter(|alloc| !alloc.client_status.is_terminal()) {
+            match alloc.desired_status {
+                DesiredStatus::Run => running.push(&alloc.name),
+                DesiredStatus::Stop => stopping.push(&alloc.name),
+            }
+        }
+        let mut line = format!("{} to migrate", running.len());
+        if !running.is_empty() {
+            line.push_str(&format!(" ({})", running.join(", ")));
+        }
+        if !stopping.is_empty() {
+            line.push_str(&format!(", {} stopping ({})", stopping.len(), stopping.join(", ")));
+        }
+        progress.show(line);
+        if node.drain.is_none() {
+            progress.finish();
+            if running.is_empty() {
+                println!("==> drain of node {} complete; it stays ineligible", node.name);
+            } else {
+                println!("==> node {} is no longer draining (canceled?); {} allocations remain on it", node.name, running.len());
+            }
+            return Ok(());
         }
     }
 }

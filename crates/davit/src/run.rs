@@ -120,8 +120,9 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
 
 pub async fn server(args: ServerArgs) -> Result<(), Failure> {
     init_logging();
-    let ttl = davit_api::Duration::parse(&args.heartbeat_ttl).map_err(|e| Failure::user(format!("--heartbeat-ttl: {e}")))?.as_std();
-    let liveness = LivenessConfig { ttl, ..Default::default() };
+    let max_ttl =
+        davit_api::Duration::parse(&args.max_heartbeat_ttl).map_err(|e| Failure::user(format!("--max-heartbeat-ttl: {e}")))?.as_std();
+    let liveness = LivenessConfig { max_ttl, ..Default::default() };
     let store = open_store(&args.data_dir)?;
     let server = davit_server::start(server_config(store, args.bind, args.workers, liveness))
         .await

@@ -338,3 +338,65 @@ fn separate_server_and_agents_survive_an_agent_restart() {
     assert!(restarted.task_states["t"].events.iter().any(|e| e.kind == "Restarting"));
     util::ok(&addr, dir.path(), &["job", "stop", "spread"]);
 }
+
+#[test]
+fn node_drain_moves_allocations_to_the_other_node_and_keeps_it_ineligible() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server_bind = format!("127.0.0.1:{}", util::free_port());
+    let addr = format!("http://{server_bind}");
+    let server_data = dir.path().join("server").display().to_string();
+    let _server = Process::spawn("server", dir.path(), &["server", "--bind", &server_bind, "--data-dir", &server_data]);
+    let agent = |name: &str, range: &str| {
+        let data = dir.path().join(name).display().to_string();
+        let bind = format!("127.0.0.1:{}", util::free_port());
+        let args = ["agent", "--servers", &addr, "--data-dir", &data, "--node-name", name, "--bind", &bind, "--port-range", range];
+        Process::spawn(&format!("agent-{name}"), dir.path(), &args)
+    };
+    let _one = agent("one", "21200-21299");
+    wait_ready_nodes(&addr, 1);
+    let spec = dir.path().join("sleepy.yaml");
+    std::fs::write(
+        &spec,
+        "name: sleepy\ngroups:\n  - name: g\n    count: 3\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/sleep, args: ['1000']}\n        resources: {cpu: 100, memory: 16}\n",
+    )
+    .unwrap();
+    util::ok(&addr, dir.path(), &["job", "run", &spec.display().to_string()]);
+    let _two = agent("two", "21300-21399");
+    wait_ready_nodes(&addr, 2);
+
+    // Not a TTY: one plain progress line per change, then the outcome.
+    let output = util::ok(&addr, dir.path(), &["node", "drain", "one", "--deadline", "2m"]);
+    assert!(output.contains("==> node one") && output.contains("is draining"), "{output}");
+    assert!(output.contains("3 to migrate"), "{output}");
+    assert!(output.trim_end().ends_with("==> drain of node one complete; it stays ineligible"), "{output}");
+    assert!(!output.contains('\r'), "{output:?}");
+    let status = wait_job(&addr, "sleepy", Duration::from_secs(30), |s| running(s, "g") == 3);
+    let client = davit_client::Client::new(&addr);
+    let rt = runtime();
+    for alloc in status.allocations.iter().filter(|a| a.desired_status == DesiredStatus::Run) {
+        assert_eq!(alloc.node_name, "two", "{status:#?}");
+    }
+    let one = rt.block_on(client.nodes()).unwrap().into_iter().find(|node| node.name == "one").unwrap();
+    assert_eq!((one.eligibility, one.draining, one.running_allocs), (davit_api::objects::NodeEligibility::Ineligible, false, 0));
+    let listing = util::ok(&addr, dir.path(), &["node", "ls"]);
+    assert!(listing.lines().any(|line| line.contains(" one ") && line.contains("ineligible")), "{listing}");
+
+    // A detached drain shows up in `node ls`; cancel it, then make the node eligible again.
+    let output = util::ok(&addr, dir.path(), &["node", "drain", "two", "--detach", "--deadline", "10m"]);
+    assert!(output.contains("is draining"), "{output}");
+    let listing = util::ok(&addr, dir.path(), &["node", "ls"]);
+    assert!(listing.contains("ineligible (draining)"), "{listing}");
+    let refused = util::davit(&addr, dir.path(), &["node", "eligibility", "two", "--enable"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    util::ok(&addr, dir.path(), &["node", "drain", "two", "--disable"]);
+    util::ok(&addr, dir.path(), &["node", "eligibility", "two", "--enable"]);
+    util::ok(&addr, dir.path(), &["node", "eligibility", "one", "--enable"]);
+    let nodes = rt.block_on(client.nodes()).unwrap();
+    assert!(nodes.iter().all(|node| node.eligibility == davit_api::objects::NodeEligibility::Eligible && !node.draining), "{nodes:#?}");
+    let missing = util::davit(&addr, dir.path(), &["node", "drain", "no-such-node"]);
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    util::ok(&addr, dir.path(), &["job", "stop", "sleepy"]);
+}

@@ -277,3 +277,51 @@ fn stopped_allocations_are_ignored() {
     assert_eq!(harness.render(&plan), "place shop.web[0] v0 on n-1");
     assert_eq!(plan.allocations().next().unwrap().previous_allocation, None);
 }
+
+/// A node drain: the server stops an allocation on an ineligible node while its process still runs.
+/// The replacement is placed at the same index right away, on another node (never the ineligible one),
+/// and the stopping allocation's resources are already free.
+#[test]
+fn an_allocation_stopped_for_a_drain_is_replaced_elsewhere_while_it_still_runs() {
+    let mut harness = Harness::new();
+    harness.add_nodes("n", 2);
+    harness.register(job("shop", 2));
+    harness.add_alloc(alloc("a0", "shop", "web", 0, 0, "n-1"));
+    harness.add_alloc(alloc("a1", "shop", "web", 1, 0, "n-1"));
+    harness.update_node("n-1", |node| node.eligibility = davit_api::objects::NodeEligibility::Ineligible);
+
+    // Ineligible only: nothing moves.
+    let plan = harness.process("shop").plan;
+    assert!(plan.is_empty(), "{}", harness.render(&plan));
+
+    harness.update_alloc("a0", |alloc| {
+        alloc.desired_status = DesiredStatus::Stop;
+        alloc.desired_description = "node drain".to_string();
+        alloc.client_status = ClientStatus::Running;
+    });
+    let result = harness.run("shop");
+    assert_eq!(result.status_description, "placed 1");
+    let placed: Vec<_> = harness.live_allocs("shop").iter().map(|alloc| (alloc.index, alloc.node_id.clone())).collect();
+    assert_eq!(placed, [(0, "n-2".to_string()), (1, "n-1".to_string())]);
+
+    // The old allocation finishing stopping changes nothing.
+    harness.update_alloc("a0", |alloc| alloc.client_status = ClientStatus::Complete);
+    let plan = harness.process("shop").plan;
+    assert!(plan.is_empty(), "{}", harness.render(&plan));
+}
+
+/// With no other node to go to, the replacement of a drained allocation waits (blocked), and the
+/// ineligible node is not used even though it has room.
+#[test]
+fn a_drained_allocation_is_never_replaced_on_the_ineligible_node() {
+    let mut harness = one_node();
+    harness.register(job("shop", 1));
+    harness.add_alloc(alloc("a0", "shop", "web", 0, 0, "n-1"));
+    harness.update_node("n-1", |node| node.eligibility = davit_api::objects::NodeEligibility::Ineligible);
+    harness.update_alloc("a0", |alloc| {
+        alloc.desired_status = DesiredStatus::Stop;
+        alloc.desired_description = "node drain".to_string();
+    });
+    let plan = harness.process("shop").plan;
+    assert_eq!(harness.render(&plan), "failed web: 1 missing, 0 evaluated: no ready nodes in the job's datacenters");
+}

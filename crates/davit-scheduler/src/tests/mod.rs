@@ -198,6 +198,7 @@ pub(crate) fn node(id: &str) -> Node {
         drivers: BTreeMap::from([("exec".to_string(), healthy.clone()), ("container".to_string(), healthy)]),
         status: NodeStatus::Ready,
         eligibility: NodeEligibility::Eligible,
+        drain: None,
         http_addr: format!("http://{id}:7647"),
         status_description: String::new(),
         last_heartbeat: 0,

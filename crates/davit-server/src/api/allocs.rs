@@ -89,10 +89,15 @@ pub(crate) async fn logs(
 pub(crate) struct EvalQuery {
     #[serde(default)]
     job: Option<String>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
+    wait: Option<String>,
 }
 
 pub(crate) async fn list_evals(State(shared): State<Arc<Shared>>, Query(query): Query<EvalQuery>) -> Result<Response, Failure> {
-    let snapshot = shared.view.snapshot();
+    let blocking = Blocking { index: query.index, wait: query.wait.clone() };
+    let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.table_index("evals")).await;
     let evals: Vec<Evaluation> = match &query.job {
         Some(job) => snapshot.evals_for_job(job).into_iter().map(|eval| (*eval).clone()).collect(),
         None => {

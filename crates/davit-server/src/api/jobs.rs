@@ -125,8 +125,12 @@ pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(blocking): Que
     Ok(indexed(snapshot.table_index("jobs"), &jobs))
 }
 
-pub(crate) async fn get_job(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
-    let snapshot = shared.view.snapshot();
+pub(crate) async fn get_job(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(blocking): Query<Blocking>,
+) -> Result<Response, Failure> {
+    let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
     let job = job_of(&snapshot, &name)?;
     Ok(indexed(snapshot.job_index(&name), &*job))
 }
@@ -191,8 +195,12 @@ fn summarize(job: &Job, allocs: &[Arc<Allocation>]) -> BTreeMap<String, GroupSum
     summary
 }
 
-pub(crate) async fn versions(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
-    let snapshot = shared.view.snapshot();
+pub(crate) async fn versions(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(blocking): Query<Blocking>,
+) -> Result<Response, Failure> {
+    let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
     job_of(&snapshot, &name)?;
     let mut versions: Vec<Job> = snapshot.cluster.job_versions(&name).map(|job| (**job).clone()).collect();
     versions.sort_by_key(|job| std::cmp::Reverse(job.version));
@@ -308,8 +316,12 @@ pub(crate) async fn stop(
     Ok(indexed(response.revision, &StopJobResponse { eval_id: Some(eval.id), index: response.revision }))
 }
 
-pub(crate) async fn allocations(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
-    let snapshot = shared.view.snapshot();
+pub(crate) async fn allocations(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(blocking): Query<Blocking>,
+) -> Result<Response, Failure> {
+    let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
     let allocs: Vec<_> = snapshot.cluster.allocs_for_job(&name).cloned().collect();
     if allocs.is_empty() {
         job_of(&snapshot, &name)?;
@@ -318,8 +330,12 @@ pub(crate) async fn allocations(State(shared): State<Arc<Shared>>, Path(name): P
     Ok(indexed(snapshot.job_index(&name), &entries))
 }
 
-pub(crate) async fn evaluations(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
-    let snapshot = shared.view.snapshot();
+pub(crate) async fn evaluations(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(blocking): Query<Blocking>,
+) -> Result<Response, Failure> {
+    let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
     let evals: Vec<_> = snapshot.evals_for_job(&name).into_iter().map(|eval| (*eval).clone()).collect();
     if evals.is_empty() {
         job_of(&snapshot, &name)?;

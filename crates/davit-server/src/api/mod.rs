@@ -37,6 +37,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/nodes/register", post(nodes::register))
         .route("/v1/node/{id}", get(nodes::get_node))
         .route("/v1/node/{id}/heartbeat", put(nodes::heartbeat))
+        .route("/v1/node/{id}/eligibility", post(nodes::eligibility))
+        .route("/v1/node/{id}/drain", post(nodes::drain))
         .route("/v1/node/{id}/allocations", get(nodes::allocations))
         .route("/v1/node/{id}/allocations/status", post(nodes::update_allocations))
         .route("/v1/allocations", get(allocs::list))

@@ -1,13 +1,16 @@
-//! Node routes: registration, heartbeats, the agent's allocation long-poll and status updates.
+//! Node routes: registration, heartbeats, eligibility and drains, the agent's allocation long-poll and
+//! status updates.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use davit_api::http::{AllocStatusUpdate, HeartbeatResponse, IndexResponse, NodeListEntry, NodeRegisterResponse};
-use davit_api::objects::{Allocation, EvalTrigger, Node, NodeEligibility, NodeStatus};
-use davit_store::Txn;
+use davit_api::http::{
+    AllocStatusUpdate, HeartbeatResponse, IndexResponse, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse,
+};
+use davit_api::objects::{Allocation, DrainStrategy, EvalTrigger, Node, NodeEligibility, NodeStatus};
+use davit_store::{Compare, Txn};
 
 use super::{Blocking, Failure, indexed, json_body, resolve_prefix};
 use crate::liveness::evals_for_node;
@@ -32,6 +35,7 @@ pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(blocking): Que
                 memory_allocated: live.iter().map(|alloc| alloc.resources.memory).sum(),
                 memory_total: node.resources.memory,
                 running_allocs: live.len() as u32,
+                draining: node.is_draining(),
             }
         })
         .collect();
@@ -72,8 +76,10 @@ pub(crate) async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> 
     if let Some(existing) = &existing {
         // Operator decisions survive agent restarts.
         node.eligibility = existing.eligibility;
+        node.drain = existing.drain.clone();
     } else {
         node.eligibility = NodeEligibility::Eligible;
+        node.drain = None;
     }
     node.status = NodeStatus::Ready;
     node.status_description = String::new();
@@ -88,10 +94,76 @@ pub(crate) async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> 
     }
     let response = shared.store.txn(txn).await?;
     shared.view.wait_for(response.revision).await;
-    shared.liveness.heartbeat(&node.id);
+    shared.liveness.registered(&node.id);
     tracing::info!(node = %node.name, id = %node.id, "node registered");
     let interval = shared.liveness.config.heartbeat_interval.as_millis() as u64;
     Ok(indexed(response.revision, &NodeRegisterResponse { node_id: node.id, index: response.revision, heartbeat_interval_ms: interval }))
+}
+
+/// `POST /v1/node/{id}/eligibility`: ineligible nodes get no new allocations; existing ones keep running.
+pub(crate) async fn eligibility(State(shared): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Result<Response, Failure> {
+    let request: NodeEligibilityRequest = json_body(&body, "eligibility request")?;
+    update_node(&shared, &id, |node| {
+        if request.eligible && node.is_draining() {
+            return Err(Failure::conflict(format!(
+                "node {} is draining; cancel the drain first (`davit node drain --disable {}`)",
+                node.name, node.name
+            )));
+        }
+        node.eligibility = if request.eligible { NodeEligibility::Eligible } else { NodeEligibility::Ineligible };
+        Ok(())
+    })
+    .await
+}
+
+/// `POST /v1/node/{id}/drain`: start (or change) a drain, or cancel one. The drainer does the work.
+pub(crate) async fn drain(State(shared): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Result<Response, Failure> {
+    let request: NodeDrainRequest = json_body(&body, "drain request")?;
+    let now = now_millis();
+    update_node(&shared, &id, |node| {
+        if request.enable {
+            node.eligibility = NodeEligibility::Ineligible;
+            // Changing a running drain keeps its start (the drainer recognises its migrations in flight
+            // by it); the new deadline still counts from now.
+            let started_at = node.drain.as_ref().map_or(now, |drain| drain.started_at.min(now));
+            let deadline_ms = request.deadline_ms.map(|deadline| deadline.saturating_add(now - started_at));
+            node.drain = Some(DrainStrategy { deadline_ms, started_at, ignore_system: request.ignore_system });
+        } else {
+            // Like Nomad: the node stays ineligible until it is made eligible again.
+            node.drain = None;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// How often an operator's change of a node is retried when an agent or the server changed it meanwhile.
+const NODE_UPDATE_ATTEMPTS: u32 = 5;
+
+/// Applies `change` to the node (by id, id prefix or name) with compare-and-set on its revision,
+/// retrying on a fresh snapshot if it changed meanwhile. Writes nothing when `change` changes nothing.
+async fn update_node(shared: &Shared, id_or_prefix: &str, change: impl Fn(&mut Node) -> Result<(), Failure>) -> Result<Response, Failure> {
+    for _ in 0..NODE_UPDATE_ATTEMPTS {
+        let snapshot = shared.view.snapshot();
+        let node = find_node(&snapshot, id_or_prefix)?;
+        let mut changed = (*node).clone();
+        change(&mut changed)?;
+        if changed == *node {
+            return Ok(indexed(node.modify_index, &IndexResponse { index: node.modify_index }));
+        }
+        let mut txn = Txn::default();
+        txn.compares.push(Compare::ModRevision(keys::node(&node.id), node.modify_index));
+        txn.success.push(keys::put(keys::node(&node.id), &changed));
+        let response = shared.store.txn(txn).await?;
+        if response.succeeded {
+            shared.view.wait_for(response.revision).await;
+            tracing::info!(node = %node.name, id = %node.id, eligibility = ?changed.eligibility, drain = ?changed.drain, "node updated");
+            return Ok(indexed(response.revision, &IndexResponse { index: response.revision }));
+        }
+        // Someone else changed the node: wait until the view has it, then try again.
+        shared.view.wait_for(response.revision).await;
+    }
+    Err(Failure::conflict(format!("node {id_or_prefix} kept changing; try again")))
 }
 
 pub(crate) async fn heartbeat(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response, Failure> {

@@ -1,0 +1,82 @@
+//! The in-process test server shared by the server's API tests: a real server on a temp redb store,
+//! with fake nodes registered over HTTP (no agent), whose heartbeats never run out.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use davit_api::objects::{DriverInfo, Node, NodeEligibility, NodeResources, NodeStatus};
+use davit_server::{LivenessConfig, ServerConfig, ServerHandle};
+use davit_store::RedbStore;
+use serde_json::Value;
+
+pub struct TestServer {
+    _dir: tempfile::TempDir,
+    handle: Option<ServerHandle>,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+pub async fn start() -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open(&dir.path().join("state.redb")).unwrap());
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        store,
+        workers: 2,
+        // Fake nodes never heartbeat: never mark them down.
+        liveness: LivenessConfig { phi_threshold: f64::INFINITY, max_ttl: Duration::from_secs(600), ..Default::default() },
+        scheduler: Default::default(),
+    };
+    let handle = davit_server::start(config).await.unwrap();
+    let base = format!("http://{}", handle.addr());
+    TestServer { _dir: dir, handle: Some(handle), base, http: reqwest::Client::new() }
+}
+
+impl TestServer {
+    pub async fn request(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let request = match method {
+            "GET" => self.http.get(url),
+            "POST" => self.http.post(url),
+            "PUT" => self.http.put(url),
+            "DELETE" => self.http.delete(url),
+            other => panic!("method {other}"),
+        };
+        let response = request.body(body.to_string()).send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn index(&self) -> u64 {
+        self.request("GET", "/v1/status", "").await.1["index"].as_u64().unwrap()
+    }
+
+    pub async fn shutdown(mut self) {
+        self.handle.take().unwrap().shutdown().await;
+    }
+}
+
+/// A ready, eligible node with 2000 millicores, `memory` MiB and a healthy exec driver.
+pub fn node(id: &str, memory: u64) -> Node {
+    Node {
+        id: id.to_string(),
+        name: format!("node-{id}"),
+        datacenter: "dc1".to_string(),
+        class: String::new(),
+        attributes: BTreeMap::from([("arch".to_string(), "x86_64".to_string())]),
+        resources: NodeResources { cpu: 2000, memory, port_range: (20000, 20100), reserved_ports: vec![] },
+        drivers: BTreeMap::from([("exec".to_string(), DriverInfo { detected: true, healthy: true, ..Default::default() })]),
+        status: NodeStatus::Ready,
+        eligibility: NodeEligibility::Eligible,
+        drain: None,
+        http_addr: "http://127.0.0.1:1".to_string(),
+        status_description: String::new(),
+        last_heartbeat: 0,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
