@@ -433,7 +433,18 @@ fn status_update_of(state: &PersistedAlloc) -> AllocStatusUpdate {
         None if state.group.is_none() && state.stop_requested => (ClientStatus::Complete, "stopped before it started".to_string()),
         None => derive_client_status(&state.task_states),
     };
-    AllocStatusUpdate { id: state.alloc.id.clone(), client_status, client_description, task_states: state.task_states.clone() }
+    let (healthy, health_description) = match &state.failure {
+        Some(failure) => (Some(false), failure.clone()),
+        None => crate::check::derive_health(&state.task_states),
+    };
+    AllocStatusUpdate {
+        id: state.alloc.id.clone(),
+        client_status,
+        client_description,
+        task_states: state.task_states.clone(),
+        healthy,
+        health_description,
+    }
 }
 
 /// A task event stamped with the current wall-clock time.

@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 
 pub mod alloc_runner;
 mod api;
+pub mod check;
 pub mod fingerprint;
 mod heartbeat;
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use davit_api::spec::{JobType, RestartMode, RestartPolicy};
+use davit_api::spec::{JobType, RestartDelayFunction, RestartMode, RestartPolicy};
 use davit_drivers::ExitResult;
 
 /// Restarts within the current policy window. Persisted with the task so an agent restart keeps the budget.
@@ -32,7 +32,9 @@ pub const MAX_JITTER: f64 = 0.25;
 ///
 /// - batch job, successful exit: done, not failed, no restart;
 /// - otherwise (any service exit, any failed batch exit): restart while fewer than `attempts` restarts
-///   happened in the current `interval` window, after `delay × (1 + jitter)`;
+///   happened in the current `interval` window, after `delay × (1 + jitter)`; with `delay_function:
+///   exponential` the n-th restart of the window waits `delay × 2^(n-1)`, capped at `max_delay`, then
+///   jittered (and capped again);
 /// - out of attempts: mode `fail` → done and failed; mode `delay` → restart when the window ends
 ///   (the restart then opens the next window).
 ///
@@ -56,8 +58,12 @@ pub fn decide_restart(
     next.count += 1;
     if next.count <= policy.attempts {
         let jitter = jitter.clamp(-MAX_JITTER, MAX_JITTER);
-        let delay = policy.delay.as_std().mul_f64(1.0 + jitter);
-        let message = format!("restart {} of {} in {}, in {}", next.count, policy.attempts, policy.interval, policy.delay);
+        let base = base_delay(policy, next.count);
+        let mut delay = base.mul_f64(1.0 + jitter);
+        if let Some(max_delay) = policy.max_delay.filter(|_| policy.delay_function == RestartDelayFunction::Exponential) {
+            delay = delay.min(max_delay.as_std());
+        }
+        let message = format!("restart {} of {} in {}, in {}", next.count, policy.attempts, policy.interval, davit_api::Duration(base));
         return (RestartDecision::Restart { delay, message }, next);
     }
     let exceeded = format!("exceeded {} restarts in {}", policy.attempts, policy.interval);
@@ -70,6 +76,19 @@ pub fn decide_restart(
             // The delayed restart is the first of the next window.
             let next = RestartTracker { window_start_ms: now_ms.saturating_add(duration_ms(wait)), count: 1 };
             (RestartDecision::Restart { delay: wait, message }, next)
+        }
+    }
+}
+
+/// The delay before the `restart`-th restart of the window (1-based), before jitter.
+fn base_delay(policy: &RestartPolicy, restart: u32) -> Duration {
+    let delay = policy.delay.as_std();
+    match policy.delay_function {
+        RestartDelayFunction::Constant => delay,
+        RestartDelayFunction::Exponential => {
+            let factor = 1u32.checked_shl(restart.saturating_sub(1)).unwrap_or(u32::MAX);
+            let grown = delay.saturating_mul(factor);
+            policy.max_delay.map_or(grown, |max_delay| grown.min(max_delay.as_std()))
         }
     }
 }
@@ -92,7 +111,50 @@ mod tests {
             interval: davit_api::Duration::from_secs(interval_s),
             delay: davit_api::Duration::from_secs(delay_s),
             mode,
+            delay_function: RestartDelayFunction::Constant,
+            max_delay: None,
         }
+    }
+
+    fn exponential(attempts: u32, delay_s: u64, max_delay_s: Option<u64>) -> RestartPolicy {
+        RestartPolicy {
+            delay_function: RestartDelayFunction::Exponential,
+            max_delay: max_delay_s.map(davit_api::Duration::from_secs),
+            ..policy(attempts, 3600, delay_s, RestartMode::Fail)
+        }
+    }
+
+    /// Exponential backoff: (restarts so far, jitter, max_delay) → delay.
+    #[test]
+    fn exponential_backoff() {
+        let now = 10_000_000;
+        let cases: [(u32, f64, Option<u64>, u64); 9] = [
+            (0, 0.0, None, 1_000),
+            (1, 0.0, None, 2_000),
+            (2, 0.0, None, 4_000),
+            (5, 0.0, None, 32_000),
+            (5, 0.0, Some(10), 10_000),
+            (2, 0.25, None, 5_000),
+            (2, -0.25, None, 3_000),
+            // Jitter never takes the delay past max_delay, but may take it below.
+            (6, 0.25, Some(10), 10_000),
+            (6, -0.25, Some(10), 7_500),
+        ];
+        for (restarts, jitter, max_delay_s, expected_ms) in cases {
+            let policy = exponential(10, 1, max_delay_s);
+            let tracker = RestartTracker { window_start_ms: now - 1000, count: restarts };
+            let (decision, next) = decide_restart(&policy, JobType::Service, &exited(1), tracker, now, jitter);
+            let RestartDecision::Restart { delay, .. } = decision else { panic!("{restarts}: {decision:?}") };
+            assert_eq!(delay, Duration::from_millis(expected_ms), "restarts {restarts}, jitter {jitter}, max {max_delay_s:?}");
+            assert_eq!(next.count, restarts + 1);
+        }
+        // Huge counts saturate instead of overflowing.
+        let tracker = RestartTracker { window_start_ms: now - 1000, count: 200 };
+        let (decision, _) = decide_restart(&exponential(1000, 1, Some(60)), JobType::Service, &exited(1), tracker, now, 0.0);
+        assert_eq!(
+            decision,
+            RestartDecision::Restart { delay: Duration::from_secs(60), message: "restart 201 of 1000 in 1h, in 1m".into() }
+        );
     }
 
     fn exited(code: i32) -> ExitResult {

@@ -134,8 +134,11 @@ mod tests {
             client_status: ClientStatus::Running,
             client_description: String::new(),
             task_states: BTreeMap::new(),
+            healthy: None,
+            health_description: String::new(),
             resources: AllocatedResources::default(),
             previous_allocation: None,
+            reschedule_tracker: Vec::new(),
             create_time: 1,
             modify_time: 2,
             create_index: 3,
@@ -161,6 +164,7 @@ mod tests {
                 exit_code: None,
                 signal: None,
             }],
+            checks: BTreeMap::new(),
         };
         let handle = TaskHandle {
             driver: "exec".to_string(),

@@ -9,9 +9,10 @@ use davit_api::objects::TaskStatus;
 use davit_api::spec::{JobType, RestartPolicy, TaskSpec};
 use davit_drivers::{Driver, DriverError, ExitResult, TaskConfig, TaskHandle, TaskResources, TaskRunState};
 use rand::{Rng, SeedableRng};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::alloc_runner::{AllocShared, event};
+use crate::check;
 use crate::restart::{MAX_JITTER, RestartDecision, decide_restart};
 use crate::taskenv::TaskEnvContext;
 
@@ -48,6 +49,8 @@ pub(crate) struct TaskRunner {
 enum Waited {
     Exited(ExitResult),
     Control(TaskControl),
+    /// A check with `on_failure: restart` turned failing (the reason).
+    CheckFailed(String),
 }
 
 impl TaskRunner {
@@ -87,20 +90,32 @@ impl TaskRunner {
                 }
             }
 
-            // Wait for it to exit (or for a kill / detach).
+            // Wait for it to exit (or for a kill / detach, or a failing check that restarts it).
+            let mut check_reason = None;
             let exit = match (pending_exit.take(), &handle) {
                 (Some(exit), _) => exit,
-                (None, Some(running)) => match self.wait(driver.as_ref(), running, &mut control).await {
-                    Waited::Exited(exit) => {
-                        self.record_exit(&exit);
-                        exit
+                (None, Some(running)) => {
+                    let (restart_tx, mut restart_rx) = mpsc::channel(1);
+                    let checks = check::start(self.shared.clone(), &name, &self.task.checks, driver.clone(), running.clone(), restart_tx);
+                    let waited = self.wait(driver.as_ref(), running, &mut control, &mut restart_rx).await;
+                    drop(checks);
+                    match waited {
+                        Waited::Exited(exit) => {
+                            self.record_exit(&exit);
+                            exit
+                        }
+                        Waited::CheckFailed(reason) => {
+                            let exit = self.stop_for_check(driver.as_ref(), running, &reason).await;
+                            check_reason = Some(reason);
+                            exit
+                        }
+                        Waited::Control(TaskControl::Kill(reason)) => {
+                            let running = running.clone();
+                            return self.kill(driver.as_ref(), &running, reason).await;
+                        }
+                        Waited::Control(_) => return TaskOutcome::Detached,
                     }
-                    Waited::Control(TaskControl::Kill(reason)) => {
-                        let running = running.clone();
-                        return self.kill(driver.as_ref(), &running, reason).await;
-                    }
-                    Waited::Control(_) => return TaskOutcome::Detached,
-                },
+                }
                 (None, None) => unreachable!("a task without a handle was started above"),
             };
             if let Some(ended) = handle.take() {
@@ -111,6 +126,7 @@ impl TaskRunner {
             let jitter = rng.random_range(-MAX_JITTER..=MAX_JITTER);
             let tracker = self.shared.with_state(|state| state.restart_trackers.get(&name).copied().unwrap_or_default());
             let (decision, tracker) = decide_restart(&self.restart, self.job_type, &exit, tracker, crate::now_ms(), jitter);
+            let decision = with_check_reason(decision, check_reason);
             self.shared.with_state(|state| state.restart_trackers.insert(name.clone(), tracker));
             match decision {
                 RestartDecision::Done { failed, message } => return self.finish(Some(event("Not Restarting", &message)), failed).await,
@@ -201,6 +217,7 @@ impl TaskRunner {
                     state.pid = Some(pid);
                     state.started_at = Some(started_at);
                     state.finished_at = None;
+                    state.checks = check::pending_states(&self.task.checks);
                 });
                 self.shared.commit().await;
                 Ok(handle)
@@ -237,7 +254,13 @@ impl TaskRunner {
     }
 
     /// Waits for the task to exit, or for the control to change to a kill or detach.
-    async fn wait(&self, driver: &dyn Driver, handle: &TaskHandle, control: &mut watch::Receiver<TaskControl>) -> Waited {
+    async fn wait(
+        &self,
+        driver: &dyn Driver,
+        handle: &TaskHandle,
+        control: &mut watch::Receiver<TaskControl>,
+        check_failed: &mut mpsc::Receiver<String>,
+    ) -> Waited {
         loop {
             let current = control.borrow_and_update().clone();
             if current != TaskControl::Run {
@@ -258,8 +281,28 @@ impl TaskRunner {
                     }
                 },
                 changed = control.changed() => if changed.is_err() { return Waited::Control(TaskControl::Detach) },
+                Some(reason) = check_failed.recv() => return Waited::CheckFailed(reason),
             }
         }
+    }
+
+    /// Stops the task because a check with `on_failure: restart` is failing; returns how it ended.
+    async fn stop_for_check(&self, driver: &dyn Driver, handle: &TaskHandle, reason: &str) -> ExitResult {
+        let signal = self.task.kill_signal.clone();
+        let timeout = self.task.kill_timeout;
+        let message = format!("{reason}; sending {signal}, timeout {timeout}");
+        self.shared.update_task(&self.task.name, Some(event("Killing", &message)), |_| {});
+        self.shared.commit().await;
+        if let Err(error) = driver.stop(handle, &signal, timeout.as_std()).await {
+            tracing::warn!(alloc_id = %handle.alloc_id, task = %self.task.name, %error, "stopping task failed");
+        }
+        let unknown = ExitResult { exit_code: None, signal: None, oom_killed: false };
+        let exit = match tokio::time::timeout(Duration::from_secs(5), driver.wait(handle)).await {
+            Ok(Ok(exit)) => exit,
+            _ => unknown,
+        };
+        self.record_exit(&exit);
+        exit
     }
 
     /// Records a `Terminated` (or `OOM Killed`) event.
@@ -305,6 +348,15 @@ impl TaskRunner {
         });
         self.shared.commit().await;
         TaskOutcome::Dead { task: self.task.name.clone(), failed }
+    }
+}
+
+/// Prefixes the restart decision's message with the failing check that caused it.
+fn with_check_reason(decision: RestartDecision, reason: Option<String>) -> RestartDecision {
+    let Some(reason) = reason else { return decision };
+    match decision {
+        RestartDecision::Restart { delay, message } => RestartDecision::Restart { delay, message: format!("{reason}; {message}") },
+        RestartDecision::Done { failed, message } => RestartDecision::Done { failed, message: format!("{reason}; {message}") },
     }
 }
 

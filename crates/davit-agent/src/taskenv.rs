@@ -148,6 +148,8 @@ mod tests {
             client_status: ClientStatus::Pending,
             client_description: String::new(),
             task_states: BTreeMap::new(),
+            healthy: None,
+            health_description: String::new(),
             resources: AllocatedResources {
                 cpu: 500,
                 memory: 256,
@@ -157,6 +159,7 @@ mod tests {
                 ],
             },
             previous_allocation: None,
+            reschedule_tracker: Vec::new(),
             create_time: 0,
             modify_time: 0,
             create_index: 0,

@@ -259,6 +259,10 @@ pub struct AllocStatusUpdate {
     #[serde(default)]
     pub client_description: String,
     pub task_states: BTreeMap<String, TaskState>,
+    #[serde(default)]
+    pub healthy: Option<bool>,
+    #[serde(default)]
+    pub health_description: String,
 }
 
 /// Query parameters of the log routes.

@@ -216,6 +216,32 @@ pub struct TaskState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<UnixMillis>,
     pub events: Vec<TaskEvent>,
+    /// Health checks of the task by name (see `checks` in the task spec), while it runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, CheckState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    /// Not checked yet, or not enough successes yet.
+    Pending,
+    Passing,
+    /// `failures_before_unhealthy` failures in a row.
+    Failing,
+}
+
+/// The latest result of one health check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckState {
+    pub status: CheckStatus,
+    /// Short output of the last probe (`HTTP 200`, `connection refused`, the first line of an exec check).
+    #[serde(default)]
+    pub output: String,
+    #[serde(default)]
+    pub last_checked: UnixMillis,
+    #[serde(default)]
+    pub consecutive_failures: u32,
 }
 
 impl Default for TaskState {
@@ -228,6 +254,7 @@ impl Default for TaskState {
             started_at: None,
             finished_at: None,
             events: Vec::new(),
+            checks: BTreeMap::new(),
         }
     }
 }
@@ -254,16 +281,36 @@ pub struct Allocation {
     pub client_description: String,
     #[serde(default)]
     pub task_states: BTreeMap<String, TaskState>,
+    /// Set by the agent: true when every task runs and every health check passes, false when a task is
+    /// not running or a check is failing; `None` until known.
+    #[serde(default)]
+    pub healthy: Option<bool>,
+    /// Why the allocation is (un)healthy, e.g. "check web-http of task server failing: HTTP 500".
+    #[serde(default)]
+    pub health_description: String,
     pub resources: AllocatedResources,
     /// The allocation this one replaces, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_allocation: Option<String>,
+    /// Reschedules that led to this allocation, oldest first (carried over from the one it replaces).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reschedule_tracker: Vec<RescheduleEvent>,
     pub create_time: UnixMillis,
     pub modify_time: UnixMillis,
     #[serde(default)]
     pub create_index: Index,
     #[serde(default)]
     pub modify_index: Index,
+}
+
+/// One reschedule of a failed allocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RescheduleEvent {
+    pub time: UnixMillis,
+    pub prev_alloc_id: String,
+    pub prev_node_id: String,
+    /// The delay waited after the failure before the replacement was placed.
+    pub delay_ms: u64,
 }
 
 impl Allocation {
@@ -352,6 +399,9 @@ pub struct Evaluation {
     pub blocked_eval: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_eval: Option<String>,
+    /// Not to be scheduled before this time (a delayed reschedule); the broker holds it until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_until: Option<UnixMillis>,
     pub create_time: UnixMillis,
     pub modify_time: UnixMillis,
     #[serde(default)]

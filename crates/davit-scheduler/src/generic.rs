@@ -9,7 +9,8 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use davit_api::objects::{
-    AllocatedResources, Allocation, ClientStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node, PlacementFailure, UnixMillis,
+    AllocatedResources, Allocation, ClientStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node, PlacementFailure, RescheduleEvent,
+    UnixMillis,
 };
 use davit_api::spec::JobType;
 use rand::rngs::SmallRng;
@@ -35,10 +36,16 @@ pub fn schedule(state: &ClusterState, eval: &Evaluation, config: &SchedulerConfi
         failed_groups: BTreeMap::new(),
     };
     if job.map_or(eval.job_type, |job| job.spec.job_type) == JobType::System {
-        return ScheduleResult { plan, status: EvalStatus::Failed, status_description: "system jobs are not supported yet".to_string() };
+        return ScheduleResult {
+            plan,
+            status: EvalStatus::Failed,
+            status_description: "system jobs are not supported yet".to_string(),
+            follow_ups: BTreeMap::new(),
+        };
     }
     let running_job = job.filter(|job| !job.stopped);
-    let reconciliation = reconcile::reconcile(state, running_job, &eval.job_name);
+    let mut reconciliation = reconcile::reconcile(state, running_job, &eval.job_name, now);
+    let follow_ups = std::mem::take(&mut reconciliation.follow_ups);
     let mut run = Run {
         state,
         eval,
@@ -52,8 +59,12 @@ pub fn schedule(state: &ClusterState, eval: &Evaluation, config: &SchedulerConfi
     };
     run.apply(running_job, reconciliation);
     let counts = run.counts;
-    let status_description = describe(running_job.is_none(), &counts, &plan.failed_groups);
-    ScheduleResult { plan, status: EvalStatus::Complete, status_description }
+    let mut status_description = describe(running_job.is_none(), &counts, &plan.failed_groups);
+    for (group, at) in &follow_ups {
+        write!(status_description, "; group {group}: reschedule of a failed allocation due at {at}")
+            .expect("writing to a String cannot fail");
+    }
+    ScheduleResult { plan, status: EvalStatus::Complete, status_description, follow_ups }
 }
 
 /// What one run did, for the status description.
@@ -62,6 +73,7 @@ struct Counts {
     placed: u32,
     updated_in_place: u32,
     replaced: u32,
+    rescheduled: u32,
     stopped: u32,
     lost: u32,
 }
@@ -73,6 +85,9 @@ struct Work {
     previous: Option<Arc<Allocation>>,
     /// The previous allocation still runs and is stopped only if its replacement finds a node.
     destructive: bool,
+    /// The previous allocation failed and is rescheduled after this delay (ms): it is stopped
+    /// ("rescheduled") when its replacement finds a node, which avoids its node if it can.
+    reschedule_delay_ms: Option<u64>,
 }
 
 struct Run<'a> {
@@ -112,6 +127,7 @@ impl<'a> Run<'a> {
                 index: placement.index,
                 previous: placement.previous,
                 destructive: false,
+                reschedule_delay_ms: placement.reschedule_delay_ms,
             })
             .collect();
         for update in reconciliation.updates {
@@ -130,6 +146,7 @@ impl<'a> Run<'a> {
                     index: update.alloc.index,
                     previous: Some(update.alloc),
                     destructive: true,
+                    reschedule_delay_ms: None,
                 });
             }
         }
@@ -151,12 +168,27 @@ impl<'a> Run<'a> {
                 self.usage.remove(&previous.node_id, &previous.resources);
             }
             let ask = &asks[work.group_position];
-            match self.select(&nodes, &mut cursor, &mut feasibility, work.group_position, ask) {
+            let rescheduled = work.previous.as_ref().zip(work.reschedule_delay_ms);
+            let avoid = rescheduled.map(|(previous, _)| previous.node_id.as_str());
+            match self.select(&nodes, &mut cursor, &mut feasibility, work.group_position, ask, avoid) {
                 Ok(node) => {
                     let usage = self.usage.usage(&node.id);
                     let ports = rank::assign_ports(node, usage, ask, &mut self.rng);
                     let resources = AllocatedResources { cpu: ask.cpu, memory: ask.memory, ports };
                     self.usage.add(&node.id, &resources);
+                    let reschedule_tracker = match rescheduled {
+                        Some((previous, delay_ms)) => {
+                            let mut tracker = previous.reschedule_tracker.clone();
+                            tracker.push(RescheduleEvent {
+                                time: self.now,
+                                prev_alloc_id: previous.id.clone(),
+                                prev_node_id: previous.node_id.clone(),
+                                delay_ms,
+                            });
+                            tracker
+                        }
+                        None => Vec::new(),
+                    };
                     let alloc = Allocation {
                         id: self.new_alloc_id(),
                         name: format!("{}.{}[{}]", job.spec.name, group.name, work.index),
@@ -172,8 +204,11 @@ impl<'a> Run<'a> {
                         client_status: ClientStatus::Pending,
                         client_description: String::new(),
                         task_states: BTreeMap::new(),
+                        healthy: None,
+                        health_description: String::new(),
                         resources,
                         previous_allocation: work.previous.as_ref().map(|previous| previous.id.clone()),
+                        reschedule_tracker,
                         create_time: self.now,
                         modify_time: self.now,
                         create_index: 0,
@@ -190,6 +225,12 @@ impl<'a> Run<'a> {
                             },
                         );
                         self.counts.replaced += 1;
+                    } else if let Some((previous, _)) = rescheduled {
+                        self.plan.push_stop(
+                            &previous.node_id,
+                            AllocStop { alloc_id: previous.id.clone(), description: "rescheduled".to_string(), client_status: None },
+                        );
+                        self.counts.rescheduled += 1;
                     } else {
                         self.counts.placed += 1;
                     }
@@ -227,9 +268,11 @@ impl<'a> Run<'a> {
         feasibility: &mut FeasibilityChecker<'_>,
         group_position: usize,
         ask: &Ask,
+        avoid: Option<&str>,
     ) -> Result<&'a Arc<Node>, PlacementFailure> {
         let mut failure = PlacementFailure::default();
-        let mut best: Option<(f64, &'a Arc<Node>)> = None;
+        // Ranked by (not the avoided node, score): the avoided node wins only when it is the only fit.
+        let mut best: Option<((bool, f64), &'a Arc<Node>)> = None;
         let mut fitting = 0;
         let mut visited = 0;
         while visited < nodes.len() {
@@ -243,8 +286,9 @@ impl<'a> Run<'a> {
             match rank::fit(node, self.usage.usage(&node.id), ask) {
                 Err(dimension) => *failure.exhausted.entry(dimension.to_string()).or_default() += 1,
                 Ok(score) => {
-                    if best.is_none_or(|(best_score, _)| score > best_score) {
-                        best = Some((score, node));
+                    let rank = (avoid != Some(node.id.as_str()), score);
+                    if best.is_none_or(|(best_rank, _)| rank > best_rank) {
+                        best = Some((rank, node));
                     }
                     fitting += 1;
                     if self.config.candidate_limit.is_some_and(|limit| fitting >= limit.get()) {
@@ -288,6 +332,7 @@ fn describe(job_gone: bool, counts: &Counts, failed_groups: &BTreeMap<String, Pl
         (counts.placed, "placed"),
         (counts.updated_in_place, "updated in place"),
         (counts.replaced, "replaced"),
+        (counts.rescheduled, "rescheduled"),
         (counts.stopped, "stopped"),
         (counts.lost, "lost"),
     ] {

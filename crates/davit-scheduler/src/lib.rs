@@ -19,7 +19,7 @@
 //! id is mixed into the seed and new allocation ids never repeat ids already in the snapshot, so a
 //! reused seed cannot overwrite allocations, but it would repeat the same node order.
 //!
-//! Not yet: system jobs (rejected with a failed evaluation), reschedule policies, spread, affinities,
+//! Not yet: system jobs (rejected with a failed evaluation), spread, affinities,
 //! preemption, deployments.
 
 mod constraint;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 
-use davit_api::objects::{Allocation, ClientStatus, EvalStatus, PlacementFailure};
+use davit_api::objects::{Allocation, ClientStatus, EvalStatus, PlacementFailure, UnixMillis};
 
 /// Knobs of one scheduler run. The defaults suit clusters of up to a few thousand nodes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,6 +50,16 @@ pub struct ScheduleResult {
     pub status: EvalStatus,
     /// One line for people: "placed 3, stopped 1; group web: 2 not placed (memory exhausted on 3 nodes)".
     pub status_description: String,
+    /// Per group: when a failed allocation becomes due for rescheduling (its delay has not passed yet).
+    /// The server creates a follow-up evaluation that waits until the earliest of these.
+    pub follow_ups: BTreeMap<String, UnixMillis>,
+}
+
+impl ScheduleResult {
+    /// The earliest follow-up time, if any.
+    pub fn wait_until(&self) -> Option<UnixMillis> {
+        self.follow_ups.values().min().copied()
+    }
 }
 
 impl Plan {

@@ -12,15 +12,22 @@
 //!    `count`, else destructive (decided by the caller, which also checks the node still fits the job).
 //!
 //! Allocations already terminal on the client, but desired `run`, hold their index or free it:
-//! `Failed` of the current version holds it (not replaced: reschedule policies come later), `Complete`
+//! `Failed` of the current version holds it unless the group's `reschedule` policy replaces it (see
+//! below), `Complete`
 //! of a batch job holds it (the work is done), everything else (`Complete` of a service job, `Failed` of
 //! an older version, `Lost`) frees it and the replacement names it as `previous_allocation`.
 //! Free indexes are then filled lowest first.
+//!
+//! Rescheduling: a `Failed` allocation of the current version, in a group with a `reschedule` policy
+//! that still allows an attempt (unlimited, or fewer reschedules in its tracker within `interval` than
+//! `attempts`), is replaced once its delay (from the tracker: constant, exponential, fibonacci, capped at
+//! `max_delay`) has passed since it failed; until then it holds its index and the group gets a
+//! follow-up time at which the job should be evaluated again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, Job, NodeStatus};
+use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, Job, NodeStatus, UnixMillis};
 use davit_api::spec::JobType;
 
 use crate::state::ClusterState;
@@ -34,6 +41,8 @@ pub(crate) struct Reconciliation {
     pub(crate) updates: Vec<Update>,
     /// Indexes to place, per group in spec order, lowest index first.
     pub(crate) placements: Vec<Placement>,
+    /// Per group: the earliest time a failed allocation may be rescheduled, when that is in the future.
+    pub(crate) follow_ups: BTreeMap<String, UnixMillis>,
 }
 
 pub(crate) struct Stop {
@@ -54,10 +63,12 @@ pub(crate) struct Placement {
     pub(crate) index: u32,
     /// The allocation this one replaces (lost, completed, failed in an older version).
     pub(crate) previous: Option<Arc<Allocation>>,
+    /// Set when `previous` failed and is rescheduled: the delay waited, in milliseconds.
+    pub(crate) reschedule_delay_ms: Option<u64>,
 }
 
 /// `job` is the latest version, or `None` when the job is gone or stopped.
-pub(crate) fn reconcile(state: &ClusterState, job: Option<&Job>, job_name: &str) -> Reconciliation {
+pub(crate) fn reconcile(state: &ClusterState, job: Option<&Job>, job_name: &str, now: UnixMillis) -> Reconciliation {
     let mut allocs: Vec<Arc<Allocation>> = state.allocs_for_job(job_name).cloned().collect();
     // Oldest first, so that the first allocation of an index wins it and the last one of a history of
     // replacements is the one a new replacement points at.
@@ -87,12 +98,19 @@ pub(crate) fn reconcile(state: &ClusterState, job: Option<&Job>, job_name: &str)
 
     for (group_position, group) in job.spec.groups.iter().enumerate() {
         let allocs = by_group.remove(group.name.as_str()).unwrap_or_default();
-        reconcile_group(state, job, group_position, &allocs, &mut result);
+        reconcile_group(state, job, group_position, &allocs, now, &mut result);
     }
     result
 }
 
-fn reconcile_group(state: &ClusterState, job: &Job, group_position: usize, allocs: &[Arc<Allocation>], result: &mut Reconciliation) {
+fn reconcile_group(
+    state: &ClusterState,
+    job: &Job,
+    group_position: usize,
+    allocs: &[Arc<Allocation>],
+    now: UnixMillis,
+    result: &mut Reconciliation,
+) {
     let group = &job.spec.groups[group_position];
     let count = group.count;
     let mut held: BTreeSet<u32> = BTreeSet::new();
@@ -133,9 +151,22 @@ fn reconcile_group(state: &ClusterState, job: &Job, group_position: usize, alloc
     // Replacements, keyed by index: the allocation that ended last at that index (a lost one ends now).
     let mut replacements: BTreeMap<u32, Arc<Allocation>> = BTreeMap::new();
     let mut done: BTreeSet<u32> = BTreeSet::new();
+    let mut rescheduled: BTreeMap<u32, u64> = BTreeMap::new();
     for alloc in allocs.iter().filter(|alloc| alloc.client_status.is_terminal() && alloc.index < count) {
         let holds_index = match alloc.client_status {
-            ClientStatus::Failed => alloc.job_version == job.version,
+            ClientStatus::Failed if alloc.job_version == job.version => match reschedule_decision(job, group, alloc, now) {
+                Reschedule::Now { delay_ms } if !held.contains(&alloc.index) => {
+                    rescheduled.insert(alloc.index, delay_ms);
+                    replacements.insert(alloc.index, Arc::clone(alloc));
+                    continue;
+                }
+                Reschedule::Later { at } if !held.contains(&alloc.index) => {
+                    let earliest = result.follow_ups.entry(group.name.clone()).or_insert(at);
+                    *earliest = (*earliest).min(at);
+                    true
+                }
+                _ => true,
+            },
             ClientStatus::Complete => job.spec.job_type == JobType::Batch,
             _ => false,
         };
@@ -156,9 +187,41 @@ fn reconcile_group(state: &ClusterState, job: &Job, group_position: usize, alloc
     for index in 0..count {
         if !held.contains(&index) {
             let previous = replacements.remove(&index);
-            result.placements.push(Placement { group_position, index, previous });
+            let reschedule_delay_ms = rescheduled.get(&index).copied().filter(|_| previous.is_some());
+            result.placements.push(Placement { group_position, index, previous, reschedule_delay_ms });
         }
     }
+}
+
+enum Reschedule {
+    /// No policy, or its attempts are used up: the failed allocation stays.
+    Never,
+    /// Its delay has passed: replace it now.
+    Now { delay_ms: u64 },
+    /// Replace it at this time.
+    Later { at: UnixMillis },
+}
+
+/// Whether (and when) a failed allocation of the current version is rescheduled.
+fn reschedule_decision(job: &Job, group: &davit_api::spec::GroupSpec, alloc: &Allocation, now: UnixMillis) -> Reschedule {
+    let Some(policy) = &group.reschedule else { return Reschedule::Never };
+    let policy = policy.resolve(job.spec.job_type);
+    if !policy.unlimited {
+        let interval_ms = u64::try_from(policy.interval.as_millis()).unwrap_or(u64::MAX);
+        let window_start = now.saturating_sub(interval_ms);
+        let recent = alloc.reschedule_tracker.iter().filter(|event| event.time > window_start).count();
+        if recent >= policy.attempts as usize {
+            return Reschedule::Never;
+        }
+    }
+    let delay_ms = u64::try_from(policy.delay_for(alloc.reschedule_tracker.len()).as_millis()).unwrap_or(u64::MAX);
+    let at = failed_at(alloc).saturating_add(delay_ms);
+    if at <= now { Reschedule::Now { delay_ms } } else { Reschedule::Later { at } }
+}
+
+/// When the allocation failed: its last task's finish time, else when its status was last written.
+fn failed_at(alloc: &Allocation) -> UnixMillis {
+    alloc.task_states.values().filter_map(|task| task.finished_at).max().unwrap_or(alloc.modify_time)
 }
 
 /// True when the two group specs differ at most in `count`.

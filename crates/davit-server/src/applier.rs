@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use davit_api::http::AllocStatusUpdate;
-use davit_api::objects::{Allocation, DesiredStatus, Evaluation, Index};
+use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, EvalTrigger, Evaluation, Index};
 use davit_scheduler::{AllocStop, Plan};
 use davit_store::{Store, StoreError, Txn};
 use tokio::sync::{mpsc, oneshot};
@@ -204,6 +204,7 @@ fn node_fits(snapshot: &Snapshot, plan: &Plan, node_id: &str, incoming: &[Alloca
 
 fn merge_client_updates(snapshot: &Snapshot, node_id: &str, updates: Vec<AllocStatusUpdate>, now: u64) -> Txn {
     let mut txn = Txn::default();
+    let mut failure_evals: HashSet<String> = HashSet::new();
     for update in updates {
         let Some(existing) = snapshot.cluster.alloc(&update.id) else { continue };
         if existing.node_id != node_id {
@@ -213,6 +214,8 @@ fn merge_client_updates(snapshot: &Snapshot, node_id: &str, updates: Vec<AllocSt
         if existing.client_status == update.client_status
             && existing.client_description == update.client_description
             && existing.task_states == update.task_states
+            && existing.healthy == update.healthy
+            && existing.health_description == update.health_description
         {
             continue;
         }
@@ -220,7 +223,18 @@ fn merge_client_updates(snapshot: &Snapshot, node_id: &str, updates: Vec<AllocSt
         alloc.client_status = update.client_status;
         alloc.client_description = update.client_description;
         alloc.task_states = update.task_states;
+        alloc.healthy = update.healthy;
+        alloc.health_description = update.health_description;
         alloc.modify_time = now;
+        let newly_failed = existing.client_status != ClientStatus::Failed && alloc.client_status == ClientStatus::Failed;
+        if newly_failed && alloc.desired_status == DesiredStatus::Run && failure_evals.insert(alloc.job_name.clone()) {
+            // Let the scheduler decide whether to reschedule it (the group's `reschedule` policy).
+            if let Some(job) = snapshot.cluster.job(&alloc.job_name) {
+                let eval =
+                    crate::liveness::new_eval(&alloc.job_name, job.spec.job_type, job.spec.priority, EvalTrigger::AllocFailure, None);
+                txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+            }
+        }
         txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
     }
     txn

@@ -1,5 +1,8 @@
 //! The evaluation broker: a priority queue of pending evaluations with at most one evaluation per job
-//! in flight, plus the set of blocked evaluations waiting for capacity.
+//! in flight, plus the set of blocked evaluations waiting for capacity, plus a delay queue: an
+//! evaluation whose `wait_until` is in the future (a delayed reschedule) is held until then, and only
+//! then queued like any other (still one per job in flight). `dequeue` is the timer: it sleeps until
+//! the earliest delayed evaluation is due or something is queued.
 //!
 //! Delivery is at-least-once: evaluations live in the store as `pending` until a worker writes their
 //! outcome, and the view re-announces every pending evaluation when the server starts.
@@ -9,6 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use davit_api::objects::Evaluation;
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::now_millis;
 
 #[derive(Default)]
 struct Inner {
@@ -19,6 +25,8 @@ struct Inner {
     in_flight_jobs: HashSet<String>,
     /// Every evaluation id queued, waiting or in flight (to ignore duplicates announced twice).
     known: HashSet<String>,
+    /// Evaluations held until their `wait_until`, keyed by (due, arrival).
+    delayed: BTreeMap<(Instant, u64), Arc<Evaluation>>,
     /// The newest blocked evaluation per job.
     blocked: HashMap<String, Arc<Evaluation>>,
     arrivals: u64,
@@ -39,6 +47,16 @@ impl Broker {
         if inner.blocked.get(&eval.job_name).is_some_and(|blocked| blocked.id == eval.id) {
             inner.blocked.remove(&eval.job_name);
         }
+        let wait_ms = eval.wait_until.map_or(0, |wait_until| wait_until.saturating_sub(now_millis()));
+        if wait_ms > 0 {
+            inner.arrivals += 1;
+            let key = (Instant::now() + std::time::Duration::from_millis(wait_ms), inner.arrivals);
+            inner.delayed.insert(key, eval);
+            drop(inner);
+            // A dequeuer may sleep until a later deadline: wake one to recompute it.
+            self.ready.notify_one();
+            return;
+        }
         if inner.in_flight_jobs.contains(&eval.job_name) {
             inner.waiting.entry(eval.job_name.clone()).or_default().push_back(eval);
         } else {
@@ -52,8 +70,10 @@ impl Broker {
     pub async fn dequeue(&self) -> Arc<Evaluation> {
         loop {
             let notified = self.ready.notified();
+            let next_due;
             {
                 let mut inner = self.inner.lock().expect("broker lock");
+                promote_due(&mut inner, Instant::now());
                 while let Some((_, eval)) = inner.ready.pop_first() {
                     if inner.in_flight_jobs.contains(&eval.job_name) {
                         // Queued before its job's other evaluation started: wait for that one's ack.
@@ -66,8 +86,12 @@ impl Broker {
                     }
                     return eval;
                 }
+                next_due = inner.delayed.keys().next().map(|(due, _)| *due);
             }
-            notified.await;
+            match next_due {
+                Some(due) => drop(tokio::time::timeout_at(due, notified).await),
+                None => notified.await,
+            }
         }
     }
 
@@ -109,6 +133,21 @@ impl Broker {
     }
 }
 
+/// Moves delayed evaluations that are due to the ready queue (or behind their job's in-flight one).
+fn promote_due(inner: &mut Inner, now: Instant) {
+    while let Some(entry) = inner.delayed.first_entry() {
+        if entry.key().0 > now {
+            break;
+        }
+        let eval = entry.remove();
+        if inner.in_flight_jobs.contains(&eval.job_name) {
+            inner.waiting.entry(eval.job_name.clone()).or_default().push_back(eval);
+        } else {
+            push_ready(inner, eval);
+        }
+    }
+}
+
 fn push_ready(inner: &mut Inner, eval: Arc<Evaluation>) {
     inner.arrivals += 1;
     let key = (std::cmp::Reverse(eval.priority), inner.arrivals);
@@ -134,6 +173,7 @@ mod tests {
             failed_groups: Default::default(),
             blocked_eval: None,
             previous_eval: None,
+            wait_until: None,
             create_time: 0,
             modify_time: 0,
             create_index: 0,
@@ -157,6 +197,52 @@ mod tests {
         broker.ack(&second);
         assert_eq!(broker.dequeue().await.id, "a2");
         broker.ack(&first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_evals_wait_until_due_and_keep_one_per_job() {
+        let broker = Broker::default();
+        let wait_until = now_millis() + 10_000;
+        let mut delayed = (*eval("a-later", "a", 50)).clone();
+        delayed.wait_until = Some(wait_until);
+        broker.enqueue(Arc::new(delayed.clone()));
+        broker.enqueue(Arc::new(delayed)); // duplicate announcement is ignored
+        let mut past = (*eval("b-past", "b", 50)).clone();
+        past.wait_until = Some(1);
+        broker.enqueue(Arc::new(past));
+        let start = Instant::now();
+        // Not yet due: only the past-due evaluation comes out.
+        assert_eq!(broker.dequeue().await.id, "b-past");
+        assert!(tokio::time::timeout(std::time::Duration::from_secs(9), broker.dequeue()).await.is_err());
+        // Job `a` gets another evaluation in flight meanwhile: the delayed one waits for its ack.
+        broker.enqueue(eval("a-now", "a", 50));
+        let now = broker.dequeue().await;
+        assert_eq!(now.id, "a-now");
+        assert!(tokio::time::timeout(std::time::Duration::from_secs(5), broker.dequeue()).await.is_err());
+        assert!(start.elapsed() >= std::time::Duration::from_secs(10), "due by now");
+        broker.ack(&now);
+        let due = broker.dequeue().await;
+        assert_eq!(due.id, "a-later");
+        assert!(start.elapsed() >= std::time::Duration::from_secs(10));
+        assert!(start.elapsed() < std::time::Duration::from_secs(15));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sleeping_dequeue_wakes_for_a_delayed_eval() {
+        let broker = Arc::new(Broker::default());
+        let waiter = tokio::spawn({
+            let broker = Arc::clone(&broker);
+            async move { broker.dequeue().await }
+        });
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        let mut delayed = (*eval("a-later", "a", 50)).clone();
+        delayed.wait_until = Some(now_millis() + 3_000);
+        broker.enqueue(Arc::new(delayed));
+        let got = waiter.await.expect("dequeue task");
+        assert_eq!(got.id, "a-later");
+        let waited = start.elapsed();
+        assert!(waited >= std::time::Duration::from_millis(2_900) && waited < std::time::Duration::from_secs(4), "{waited:?}");
     }
 
     #[test]

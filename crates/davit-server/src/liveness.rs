@@ -189,6 +189,7 @@ pub fn new_eval(
         failed_groups: Default::default(),
         blocked_eval: None,
         previous_eval: None,
+        wait_until: None,
         create_time: now,
         modify_time: now,
         create_index: 0,

@@ -1,6 +1,7 @@
 //! Scheduler workers: take an evaluation from the broker, run the pure scheduler on a snapshot,
 //! submit the plan to the applier, retry what it refused on a fresh snapshot, and store the outcome
-//! (complete, or complete plus a blocked evaluation for what could not be placed).
+//! (complete, or complete plus a blocked evaluation for what could not be placed, plus a follow-up
+//! evaluation with `wait_until` when a failed allocation is due for rescheduling later).
 
 use std::sync::Arc;
 
@@ -41,6 +42,7 @@ impl Worker {
         let mut failed_groups = Default::default();
         let mut description = String::new();
         let mut status = EvalStatus::Complete;
+        let mut wait_until = None;
         for attempt in 1..=MAX_PLAN_ATTEMPTS {
             let snapshot = self.view.snapshot();
             let seed = seed_for(&eval.id, attempt);
@@ -48,6 +50,7 @@ impl Worker {
             failed_groups = result.plan.failed_groups.clone();
             description = result.status_description.clone();
             status = result.status;
+            wait_until = result.wait_until();
             if result.plan.node_allocations.is_empty() && result.plan.node_updates.is_empty() {
                 break;
             }
@@ -89,6 +92,33 @@ impl Worker {
                 txn.success.push(keys::put(keys::eval(&canceled.id), &canceled));
             }
             txn.success.push(keys::put(keys::eval(&blocked.id), &blocked));
+        }
+        if let Some(wait_until) = wait_until {
+            // Skip it when a pending evaluation of the job already waits until then (re-runs of the job
+            // while a reschedule is delayed would otherwise each add one).
+            let snapshot = self.view.snapshot();
+            let already = snapshot.evals_for_job(&eval.job_name).iter().any(|other| {
+                other.id != eval.id && other.status == EvalStatus::Pending && other.wait_until.is_some_and(|at| at <= wait_until)
+            });
+            if !already {
+                let follow_up = Evaluation {
+                    id: new_id(),
+                    status: EvalStatus::Pending,
+                    triggered_by: EvalTrigger::AllocFailure,
+                    status_description: format!("reschedule of a failed allocation, due at {wait_until}"),
+                    previous_eval: Some(eval.id.clone()),
+                    blocked_eval: None,
+                    wait_until: Some(wait_until),
+                    failed_groups: Default::default(),
+                    node_id: None,
+                    create_time: now,
+                    modify_time: now,
+                    create_index: 0,
+                    modify_index: 0,
+                    ..done.clone()
+                };
+                txn.success.push(keys::put(keys::eval(&follow_up.id), &follow_up));
+            }
         }
         txn.success.push(keys::put(keys::eval(&done.id), &done));
         let response = self.store.txn(txn).await?;

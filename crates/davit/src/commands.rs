@@ -420,6 +420,7 @@ pub async fn alloc(client: &Client, command: AllocCommand) -> Result<(), Failure
                 vec!["Job".to_string(), format!("{} version {}", alloc.job_name, alloc.job_version)],
                 vec!["Desired".to_string(), format!("{} {}", label(&alloc.desired_status), alloc.desired_description).trim().to_string()],
                 vec!["Status".to_string(), format!("{} {}", label(&alloc.client_status), alloc.client_description).trim().to_string()],
+                vec!["Health".to_string(), health_line(alloc.healthy, &alloc.health_description)],
                 vec!["Resources".to_string(), format!("cpu {} millicores, memory {} MiB", alloc.resources.cpu, alloc.resources.memory)],
                 vec!["Ports".to_string(), if ports.is_empty() { "-".to_string() } else { ports.join(", ") }],
                 vec!["Created".to_string(), time(alloc.create_time)],
@@ -434,6 +435,17 @@ pub async fn alloc(client: &Client, command: AllocCommand) -> Result<(), Failure
                     state.restarts,
                     state.pid.map(|pid| format!(", pid {pid}")).unwrap_or_default()
                 );
+                if !state.checks.is_empty() {
+                    let mut rows = vec![header(&["NAME", "STATUS", "OUTPUT", "LAST CHECK"])];
+                    for (name, check) in &state.checks {
+                        let last = if check.last_checked == 0 { "-".to_string() } else { time_millis(check.last_checked) };
+                        let output = if check.output.is_empty() { "-".to_string() } else { check.output.clone() };
+                        rows.push(vec![name.clone(), label(&check.status), output, last]);
+                    }
+                    println!("Checks");
+                    print!("{}", table(&rows));
+                    println!();
+                }
                 let mut rows = vec![header(&["TIME", "EVENT", "DETAILS"])];
                 for event in &state.events {
                     rows.push(vec![time_millis(event.time), event.kind.clone(), event.message.clone()]);
@@ -461,6 +473,16 @@ pub async fn alloc(client: &Client, command: AllocCommand) -> Result<(), Failure
             Ok(())
         }
     }
+}
+
+/// `healthy (all tasks running, all checks passing)`, `unhealthy (check … failing: HTTP 500)`, `unknown`.
+fn health_line(healthy: Option<bool>, description: &str) -> String {
+    let word = match healthy {
+        Some(true) => "healthy",
+        Some(false) => "unhealthy",
+        None => "unknown",
+    };
+    if description.is_empty() { word.to_string() } else { format!("{word} ({description})") }
 }
 
 fn time_millis(unix_millis: u64) -> String {

@@ -126,9 +126,9 @@ pub struct GroupSpec {
     pub anti_affinities: Vec<serde_json::Value>,
     #[serde(default)]
     pub restart: RestartPolicy,
-    /// Not acted on yet: validation rejects it.
+    /// Replace failed allocations (on another node when possible). Absent: failed allocations stay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reschedule: Option<serde_json::Value>,
+    pub reschedule: Option<ReschedulePolicy>,
     #[serde(default)]
     pub network: NetworkSpec,
     /// Not acted on yet: validation rejects a non-empty list.
@@ -156,6 +156,12 @@ pub struct RestartPolicy {
     pub delay: Duration,
     #[serde(default)]
     pub mode: RestartMode,
+    /// How the delay grows between restarts: `constant` (default) or `exponential` (doubling, ±25% jitter).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub delay_function: RestartDelayFunction,
+    /// Cap for an exponential delay; unset: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<Duration>,
 }
 
 impl Default for RestartPolicy {
@@ -165,7 +171,119 @@ impl Default for RestartPolicy {
             interval: default_restart_interval(),
             delay: default_restart_delay(),
             mode: RestartMode::default(),
+            delay_function: RestartDelayFunction::default(),
+            max_delay: None,
         }
+    }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartDelayFunction {
+    #[default]
+    Constant,
+    Exponential,
+}
+
+/// When and how often the scheduler replaces a failed allocation. Unset fields take the defaults of
+/// the job type (as in Nomad): service → unlimited, delay 30s, exponential, max_delay 1h;
+/// batch → 1 attempt per 24h, delay 5s, constant. See [`ReschedulePolicy::resolve`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReschedulePolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_function: Option<DelayFunction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlimited: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DelayFunction {
+    #[default]
+    Constant,
+    Exponential,
+    Fibonacci,
+}
+
+/// A [`ReschedulePolicy`] with the job type's defaults filled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedReschedule {
+    pub attempts: u32,
+    pub interval: std::time::Duration,
+    pub delay: std::time::Duration,
+    pub delay_function: DelayFunction,
+    pub max_delay: std::time::Duration,
+    pub unlimited: bool,
+}
+
+impl ReschedulePolicy {
+    /// The policy with unset fields taken from the job type's defaults.
+    pub fn resolve(&self, job_type: JobType) -> ResolvedReschedule {
+        let defaults = match job_type {
+            JobType::Batch => ResolvedReschedule {
+                attempts: 1,
+                interval: std::time::Duration::from_secs(24 * 3600),
+                delay: std::time::Duration::from_secs(5),
+                delay_function: DelayFunction::Constant,
+                max_delay: std::time::Duration::from_secs(3600),
+                unlimited: false,
+            },
+            JobType::Service | JobType::System => ResolvedReschedule {
+                attempts: 0,
+                interval: std::time::Duration::ZERO,
+                delay: std::time::Duration::from_secs(30),
+                delay_function: DelayFunction::Exponential,
+                max_delay: std::time::Duration::from_secs(3600),
+                // Unlimited by default unless the user bounded the attempts.
+                unlimited: self.attempts.is_none() && self.interval.is_none(),
+            },
+        };
+        ResolvedReschedule {
+            attempts: self.attempts.unwrap_or(defaults.attempts),
+            interval: self.interval.map_or(defaults.interval, Duration::as_std),
+            delay: self.delay.map_or(defaults.delay, Duration::as_std),
+            delay_function: self.delay_function.unwrap_or(defaults.delay_function),
+            max_delay: self.max_delay.map_or(defaults.max_delay, Duration::as_std),
+            unlimited: self.unlimited.unwrap_or(defaults.unlimited),
+        }
+    }
+}
+
+impl ResolvedReschedule {
+    /// The delay before the next replacement, given how many reschedules came before (the tracker's
+    /// length): constant, doubling, or Fibonacci-growing from `delay`, capped at `max_delay`.
+    pub fn delay_for(&self, previous: usize) -> std::time::Duration {
+        let base = self.delay;
+        let delay = match self.delay_function {
+            DelayFunction::Constant => base,
+            DelayFunction::Exponential => base.saturating_mul(1u32.checked_shl(previous.min(31) as u32).unwrap_or(u32::MAX)),
+            DelayFunction::Fibonacci => {
+                let (mut a, mut b) = (base, base);
+                for _ in 1..previous {
+                    let next = a.saturating_add(b);
+                    a = b;
+                    b = next;
+                    if b >= self.max_delay {
+                        break;
+                    }
+                }
+                b
+            }
+        };
+        delay.min(self.max_delay)
     }
 }
 
@@ -221,8 +339,80 @@ pub struct TaskSpec {
     /// Not acted on yet: validation rejects a non-empty list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub templates: Vec<serde_json::Value>,
+    /// Health checks the agent runs while the task runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckSpec>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+}
+
+/// A health check of a task, run by the agent every `interval` while the task runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub check_type: CheckType,
+    /// A port label of the group (`http` and `tcp`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub port: String,
+    /// Request path (`http`).
+    #[serde(default = "default_check_path")]
+    pub path: String,
+    /// A substring the response body must contain (`http`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The command run in the task's context (`exec`); exit code 0 passes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default = "default_check_interval")]
+    pub interval: Duration,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub initial_delay: Duration,
+    #[serde(default = "default_failures_before_unhealthy")]
+    pub failures_before_unhealthy: u32,
+    #[serde(default = "default_successes_before_healthy")]
+    pub successes_before_healthy: u32,
+    #[serde(default)]
+    pub on_failure: CheckOnFailure,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckType {
+    #[default]
+    Http,
+    Tcp,
+    Exec,
+    /// Not supported yet: validation rejects it.
+    Grpc,
+}
+
+impl CheckType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckType::Http => "http",
+            CheckType::Tcp => "tcp",
+            CheckType::Exec => "exec",
+            CheckType::Grpc => "grpc",
+        }
+    }
+}
+
+/// What the agent does once a check is failing (`failures_before_unhealthy` failures in a row).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckOnFailure {
+    /// Report it (task and allocation health) only.
+    #[default]
+    Ignore,
+    /// Restart the task through the restart policy.
+    Restart,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -292,6 +482,21 @@ fn default_kill_timeout() -> Duration {
 }
 fn default_kill_signal() -> String {
     "SIGTERM".to_string()
+}
+fn default_check_path() -> String {
+    "/".to_string()
+}
+fn default_check_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_failures_before_unhealthy() -> u32 {
+    3
+}
+fn default_successes_before_healthy() -> u32 {
+    1
 }
 fn default_cpu() -> u32 {
     100

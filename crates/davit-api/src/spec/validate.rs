@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::parse::{Ctx, Node, deserialize_node, suggest};
-use super::{Constraint, ConstraintOperator, DriverName, ExecConfig, GroupSpec, JobSpec, SpecErrors, TaskSpec};
+use super::{
+    CheckType, Constraint, ConstraintOperator, DriverName, ExecConfig, GroupSpec, JobSpec, JobType, ReschedulePolicy, SpecErrors, TaskSpec,
+};
 
 /// Checks a spec that did not come from text (scale, revert): the same rules as parsing, positions 0:0.
 pub fn validate(spec: &JobSpec) -> Result<(), SpecErrors> {
@@ -78,11 +80,11 @@ pub(crate) fn check(spec: &JobSpec, ctx: &Ctx) {
                 group_names.insert(&group.name, index);
             }
         }
-        check_group(ctx, &path, group);
+        check_group(ctx, &path, group, spec.job_type);
     }
 }
 
-fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec) {
+fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec, job_type: JobType) {
     let name_path = format!("{path}.name");
     match dns_label_problem(&group.name) {
         Some(Problem::Missing) => ctx.report(&name_path, format!("{path} needs a name"), Some("add `name: web` to the group".to_string())),
@@ -97,7 +99,6 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec) {
         ("spread", !group.spread.is_empty()),
         ("affinities", !group.affinities.is_empty()),
         ("anti_affinities", !group.anti_affinities.is_empty()),
-        ("reschedule", group.reschedule.is_some()),
         ("services", !group.services.is_empty()),
         ("scaling", group.scaling.is_some()),
     ] {
@@ -106,7 +107,18 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec) {
         }
     }
 
+    if let Some(reschedule) = &group.reschedule {
+        check_reschedule(ctx, &format!("{path}.reschedule"), reschedule, job_type);
+    }
+
     let restart = &group.restart;
+    if let Some(max_delay) = restart.max_delay.filter(|max_delay| restart.delay > *max_delay) {
+        ctx.report(
+            &format!("{path}.restart.max_delay"),
+            format!("restart max_delay {max_delay} is shorter than delay {}", restart.delay),
+            Some(format!("make max_delay at least {}, or lower delay", restart.delay)),
+        );
+    }
     if restart.attempts > 0 {
         if restart.interval.as_std().is_zero() {
             ctx.report(
@@ -193,6 +205,39 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec) {
     }
 }
 
+/// Reschedule: `delay` ≤ `max_delay`; bounded attempts need an interval; `unlimited` excludes bounds.
+fn check_reschedule(ctx: &Ctx, path: &str, policy: &ReschedulePolicy, job_type: JobType) {
+    let resolved = policy.resolve(job_type);
+    if resolved.delay > resolved.max_delay {
+        let (field, what) = if policy.max_delay.is_some() { ("max_delay", "") } else { ("delay", " (the default max_delay)") };
+        ctx.report(
+            &format!("{path}.{field}"),
+            format!(
+                "reschedule delay {} is longer than max_delay {}{what}",
+                crate::Duration(resolved.delay),
+                crate::Duration(resolved.max_delay)
+            ),
+            Some(format!("make max_delay at least {}, or lower delay", crate::Duration(resolved.delay))),
+        );
+    }
+    if resolved.unlimited {
+        if policy.unlimited == Some(true) && (policy.attempts.is_some_and(|attempts| attempts > 0) || policy.interval.is_some()) {
+            let field = if policy.attempts.is_some() { "attempts" } else { "interval" };
+            ctx.report(
+                &format!("{path}.{field}"),
+                format!("reschedule `{field}` has no effect when `unlimited` is true"),
+                Some("remove it, or set unlimited: false to bound the reschedules".to_string()),
+            );
+        }
+    } else if resolved.attempts > 0 && resolved.interval.is_zero() {
+        ctx.report(
+            &format!("{path}.{}", if policy.interval.is_some() { "interval" } else { "attempts" }),
+            format!("reschedule attempts {} need an interval longer than 0s to count them in", resolved.attempts),
+            Some("e.g. interval: 1h, or set unlimited: true".to_string()),
+        );
+    }
+}
+
 fn check_task(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, declared_ports: &[&str]) {
     let name_path = format!("{path}.name");
     if task.name.is_empty() {
@@ -267,6 +312,100 @@ fn check_task(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, declare
     }
     if !task.templates.is_empty() {
         not_supported(ctx, &format!("{path}.templates"));
+    }
+    check_checks(ctx, path, task, group_label, declared_ports);
+}
+
+/// Health checks: unique names, a declared port for `http`/`tcp`, a command for `exec`, timeout < interval.
+fn check_checks(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, declared_ports: &[&str]) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (index, check) in task.checks.iter().enumerate() {
+        let check_path = format!("{path}.checks[{index}]");
+        if check.name.is_empty() {
+            ctx.report(&format!("{check_path}.name"), "the check needs a name", Some("e.g. name: web-http".to_string()));
+        } else if !check.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || check.name.len() > 63 {
+            ctx.report(
+                &format!("{check_path}.name"),
+                format!("check name `{}` is not valid: use at most 63 letters, digits, '-' and '_'", check.name),
+                None,
+            );
+        } else if let Some(first) = names.get(check.name.as_str()) {
+            ctx.report(
+                &format!("{check_path}.name"),
+                format!("duplicate check name `{}`; checks[{first}] already uses it", check.name),
+                Some("check names must be unique within a task".to_string()),
+            );
+        } else {
+            names.insert(&check.name, index);
+        }
+        let type_path = format!("{check_path}.type");
+        if ctx.is_reported(&type_path) {
+            continue;
+        }
+        match check.check_type {
+            CheckType::Grpc => {
+                ctx.report(
+                    &type_path,
+                    "grpc checks are not supported by this davit version yet",
+                    Some("use an http, tcp or exec check".to_string()),
+                );
+            }
+            CheckType::Http | CheckType::Tcp => {
+                let port_path = format!("{check_path}.port");
+                let declared_list = if declared_ports.is_empty() { "none".to_string() } else { declared_ports.join(", ") };
+                if check.port.is_empty() {
+                    ctx.report(
+                        &port_path,
+                        format!(
+                            "{} check `{}` needs a `port`: a port label of group `{group_label}`",
+                            check.check_type.as_str(),
+                            check.name
+                        ),
+                        Some(format!("declared ports: {declared_list}")),
+                    );
+                } else if !declared_ports.contains(&check.port.as_str()) {
+                    let hint = match suggest(&check.port, declared_ports.iter().copied()) {
+                        Some(port) => format!("did you mean `{port}`?"),
+                        None => format!("declare it in the group: network: {{ports: [{{name: {}}}]}}", check.port),
+                    };
+                    ctx.report(
+                        &port_path,
+                        format!("port `{}` is not declared in group `{group_label}`; declared: {declared_list}", check.port),
+                        Some(hint),
+                    );
+                }
+                if check.check_type == CheckType::Http && !check.path.starts_with('/') {
+                    ctx.report(&format!("{check_path}.path"), format!("http check path must start with '/', found `{}`", check.path), None);
+                }
+            }
+            CheckType::Exec => {
+                if check.command.trim().is_empty() {
+                    ctx.report(
+                        &format!("{check_path}.command"),
+                        format!("exec check `{}` needs a `command`", check.name),
+                        Some("e.g. command: /bin/sh, args: [-c, \"test -f /tmp/ready\"]".to_string()),
+                    );
+                }
+            }
+        }
+        if check.interval.as_std().is_zero() {
+            ctx.report(&format!("{check_path}.interval"), "check interval must be longer than 0s", Some("e.g. interval: 10s".to_string()));
+        } else if check.timeout.as_std().is_zero() {
+            ctx.report(&format!("{check_path}.timeout"), "check timeout must be longer than 0s", Some("e.g. timeout: 2s".to_string()));
+        } else if check.timeout >= check.interval {
+            ctx.report(
+                &format!("{check_path}.timeout"),
+                format!("check timeout {} must be shorter than its interval {}", check.timeout, check.interval),
+                Some("lower timeout or raise interval".to_string()),
+            );
+        }
+        for (field, value) in
+            [("failures_before_unhealthy", check.failures_before_unhealthy), ("successes_before_healthy", check.successes_before_healthy)]
+        {
+            if value == 0 {
+                ctx.report(&format!("{check_path}.{field}"), format!("{field} must be at least 1"), None);
+            }
+        }
     }
 }
 

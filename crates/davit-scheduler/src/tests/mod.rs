@@ -3,6 +3,7 @@
 
 mod lifecycle;
 mod placement;
+mod reschedule;
 mod state;
 
 use std::collections::BTreeMap;
@@ -102,6 +103,7 @@ impl Harness {
             failed_groups: BTreeMap::new(),
             blocked_eval: None,
             previous_eval: None,
+            wait_until: None,
             create_time: self.now,
             modify_time: self.now,
             create_index: 0,
@@ -251,6 +253,7 @@ pub(crate) fn task(name: &str, driver: DriverName, cpu: u32, memory: u32) -> Tas
         kill_timeout: Duration::from_secs(5),
         kill_signal: "SIGTERM".to_string(),
         templates: Vec::new(),
+        checks: Vec::new(),
         meta: BTreeMap::new(),
     }
 }
@@ -280,8 +283,11 @@ pub(crate) fn alloc(id: &str, job: &str, group: &str, index: u32, version: u64, 
         client_status: ClientStatus::Running,
         client_description: String::new(),
         task_states: BTreeMap::new(),
+        healthy: None,
+        health_description: String::new(),
         resources: AllocatedResources { cpu: 500, memory: 256, ports: Vec::new() },
         previous_allocation: None,
+        reschedule_tracker: Vec::new(),
         create_time: 0,
         modify_time: 0,
         create_index: 0,
