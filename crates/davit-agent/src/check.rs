@@ -259,7 +259,10 @@ impl CheckRunner {
                     Err(error) => ProbeResult { passed: false, output: format!("exec failed: {error}") },
                 }
             }
-            CheckType::Grpc => ProbeResult { passed: false, output: "grpc checks are not supported".to_string() },
+            CheckType::Grpc => match self.port {
+                Some(port) => grpc_probe(port, &self.check.grpc_service).await,
+                None => ProbeResult { passed: false, output: format!("port {} is not assigned", self.check.port) },
+            },
         }
     }
 }
@@ -314,6 +317,262 @@ pub fn evaluate_http_response(response: &[u8], body: Option<&str>) -> ProbeResul
         }
     }
     ProbeResult { passed: true, output }
+}
+
+/// `grpc.health.v1.Health/Check` on 127.0.0.1:port over HTTP/2 cleartext (prior knowledge): a
+/// `SERVING` answer passes.
+pub async fn grpc_probe(port: u16, service: &str) -> ProbeResult {
+    let fail = |output: String| ProbeResult { passed: false, output };
+    let client = match reqwest::Client::builder().http2_prior_knowledge().pool_max_idle_per_host(0).build() {
+        Ok(client) => client,
+        Err(error) => return fail(format!("creating the grpc client: {}", error_chain(&error))),
+    };
+    let url = format!("http://127.0.0.1:{port}{}", grpc_health::CHECK_PATH);
+    let request = client
+        .post(&url)
+        .header(reqwest::header::CONTENT_TYPE, "application/grpc")
+        .header(reqwest::header::TE, "trailers")
+        .header(reqwest::header::USER_AGENT, "davit-check")
+        .body(grpc_health::frame(&grpc_health::encode_request(service)));
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => return fail(format!("calling {} on 127.0.0.1:{port}: {}", grpc_health::CHECK_PATH, error_chain(&error))),
+    };
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = axum::http::Response::<reqwest::Body>::from(response).into_body();
+    let collected = match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_RESPONSE)).await {
+        Ok(collected) => collected,
+        Err(error) => return fail(format!("HTTP {status}, reading the response: {error}")),
+    };
+    let trailers = collected.trailers().cloned();
+    evaluate_grpc_response(status, &headers, trailers.as_ref(), &collected.to_bytes())
+}
+
+/// Judges a `grpc.health.v1.Health/Check` response (pure): HTTP 200, no `grpc-status` other than 0 in
+/// the headers or trailers, and one message whose status is `SERVING`.
+pub fn evaluate_grpc_response(
+    status: u16,
+    headers: &reqwest::header::HeaderMap,
+    trailers: Option<&reqwest::header::HeaderMap>,
+    body: &[u8],
+) -> ProbeResult {
+    let fail = |output: String| ProbeResult { passed: false, output };
+    if status != 200 {
+        return fail(format!("HTTP {status}"));
+    }
+    for map in trailers.into_iter().chain([headers]) {
+        let Some(code) = map.get("grpc-status") else { continue };
+        let code = code.to_str().unwrap_or_default().trim();
+        if code == "0" {
+            continue;
+        }
+        let name = code.parse::<usize>().ok().and_then(|number| grpc_health::CODES.get(number)).copied().unwrap_or("?");
+        let message = map.get("grpc-message").and_then(|message| message.to_str().ok()).unwrap_or_default().trim();
+        return fail(if message.is_empty() {
+            format!("grpc-status {code} ({name})")
+        } else {
+            format!("grpc-status {code} ({name}): {message}")
+        });
+    }
+    let message = match grpc_health::unframe(body) {
+        Ok(message) => message,
+        Err(error) => return fail(error),
+    };
+    match grpc_health::decode_response(message) {
+        Ok(serving) => ProbeResult {
+            passed: serving == grpc_health::SERVING,
+            output: format!("grpc status {}", grpc_health::serving_status_name(serving)),
+        },
+        Err(error) => fail(format!("bad HealthCheckResponse: {error}")),
+    }
+}
+
+/// An error with its sources, `: `-separated (reqwest's own message hides the cause).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Hand-written gRPC framing and protobuf encoding of `grpc.health.v1`:
+///
+/// ```text
+/// message HealthCheckRequest { string service = 1; }
+/// message HealthCheckResponse { ServingStatus status = 1; }   // UNKNOWN 0, SERVING 1, NOT_SERVING 2, SERVICE_UNKNOWN 3
+/// ```
+pub mod grpc_health {
+    pub const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+    pub const SERVING: u64 = 1;
+    /// gRPC status codes by number.
+    pub const CODES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+
+    pub fn serving_status_name(status: u64) -> String {
+        match status {
+            0 => "UNKNOWN".to_string(),
+            1 => "SERVING".to_string(),
+            2 => "NOT_SERVING".to_string(),
+            3 => "SERVICE_UNKNOWN".to_string(),
+            other => other.to_string(),
+        }
+    }
+
+    pub fn encode_varint(mut value: u64, out: &mut Vec<u8>) {
+        while value >= 0x80 {
+            out.push((value as u8 & 0x7f) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+
+    /// The value and the number of bytes read; `None` when truncated or longer than 10 bytes.
+    pub fn decode_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+        let mut value = 0u64;
+        for (index, byte) in bytes.iter().take(10).enumerate() {
+            value |= u64::from(byte & 0x7f) << (7 * index);
+            if byte & 0x80 == 0 {
+                return Some((value, index + 1));
+            }
+        }
+        None
+    }
+
+    /// `HealthCheckRequest { service }`: empty (proto3 default) when `service` is empty.
+    pub fn encode_request(service: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !service.is_empty() {
+            out.push(1 << 3 | 2); // field 1, length-delimited
+            encode_varint(service.len() as u64, &mut out);
+            out.extend_from_slice(service.as_bytes());
+        }
+        out
+    }
+
+    /// The `service` of a `HealthCheckRequest` (for test servers).
+    pub fn decode_request(message: &[u8]) -> Result<String, String> {
+        let mut service = String::new();
+        for_each_field(message, |field, value| {
+            if let (1, FieldValue::Bytes(bytes)) = (field, value) {
+                service = String::from_utf8(bytes.to_vec()).map_err(|_| "service is not UTF-8".to_string())?;
+            }
+            Ok(())
+        })?;
+        Ok(service)
+    }
+
+    /// `HealthCheckResponse { status }` (for test servers).
+    pub fn encode_response(status: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        if status != 0 {
+            out.push(1 << 3); // field 1, varint
+            encode_varint(status, &mut out);
+        }
+        out
+    }
+
+    /// The `status` of a `HealthCheckResponse` (0, UNKNOWN, when absent); unknown fields are skipped.
+    pub fn decode_response(message: &[u8]) -> Result<u64, String> {
+        let mut status = 0;
+        for_each_field(message, |field, value| {
+            if let (1, FieldValue::Varint(value)) = (field, value) {
+                status = value;
+            }
+            Ok(())
+        })?;
+        Ok(status)
+    }
+
+    enum FieldValue<'a> {
+        Varint(u64),
+        Bytes(&'a [u8]),
+        Fixed,
+    }
+
+    fn for_each_field(message: &[u8], mut visit: impl FnMut(u64, FieldValue) -> Result<(), String>) -> Result<(), String> {
+        let mut rest = message;
+        while !rest.is_empty() {
+            let (tag, read) = decode_varint(rest).ok_or("truncated field tag")?;
+            rest = &rest[read..];
+            let field = tag >> 3;
+            if field == 0 {
+                return Err("field number 0".to_string());
+            }
+            let value = match tag & 7 {
+                0 => {
+                    let (value, read) = decode_varint(rest).ok_or(format!("truncated varint of field {field}"))?;
+                    rest = &rest[read..];
+                    FieldValue::Varint(value)
+                }
+                1 | 5 => {
+                    let size = if tag & 7 == 1 { 8 } else { 4 };
+                    rest = rest.get(size..).ok_or(format!("truncated fixed field {field}"))?;
+                    FieldValue::Fixed
+                }
+                2 => {
+                    let (length, read) = decode_varint(rest).ok_or(format!("truncated length of field {field}"))?;
+                    rest = &rest[read..];
+                    let length =
+                        usize::try_from(length).ok().filter(|length| *length <= rest.len()).ok_or(format!("truncated field {field}"))?;
+                    let (bytes, after) = rest.split_at(length);
+                    rest = after;
+                    FieldValue::Bytes(bytes)
+                }
+                wire => return Err(format!("unsupported wire type {wire} of field {field}")),
+            };
+            visit(field, value)?;
+        }
+        Ok(())
+    }
+
+    /// A gRPC length-prefixed message: flag 0 (not compressed), 4-byte big-endian length, the message.
+    pub fn frame(message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(5 + message.len());
+        out.push(0);
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        out
+    }
+
+    /// The first message of a gRPC body.
+    pub fn unframe(body: &[u8]) -> Result<&[u8], String> {
+        if body.is_empty() {
+            return Err("no response message".to_string());
+        }
+        if body.len() < 5 {
+            return Err(format!("truncated grpc frame header ({} bytes)", body.len()));
+        }
+        if body[0] != 0 {
+            return Err("compressed grpc response not supported".to_string());
+        }
+        let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        body.get(5..5 + length).ok_or_else(|| format!("truncated grpc message: {} of {length} bytes", body.len() - 5))
+    }
 }
 
 fn truncate(text: &str) -> String {
@@ -381,6 +640,138 @@ mod tests {
         assert_eq!(not_found, ProbeResult { passed: false, output: "HTTP 404".to_string() });
         assert!(!evaluate_http_response(b"garbage", None).passed);
         assert!(!evaluate_http_response(b"", None).passed);
+    }
+
+    #[test]
+    fn protobuf_varints_and_fields() {
+        use grpc_health::*;
+        for (value, bytes) in [(0u64, vec![0u8]), (1, vec![1]), (127, vec![0x7f]), (128, vec![0x80, 0x01]), (300, vec![0xac, 0x02])] {
+            let mut out = Vec::new();
+            encode_varint(value, &mut out);
+            assert_eq!(out, bytes, "encode {value}");
+            assert_eq!(decode_varint(&bytes), Some((value, bytes.len())), "decode {value}");
+        }
+        let mut max = Vec::new();
+        encode_varint(u64::MAX, &mut max);
+        assert_eq!(max.len(), 10);
+        assert_eq!(decode_varint(&max), Some((u64::MAX, 10)));
+        assert_eq!(decode_varint(&[0x80]), None);
+        assert_eq!(decode_varint(&[0xff; 11]), None);
+
+        // field 1, wire type 2 (0x0a), length 3, "api"
+        assert_eq!(encode_request("api"), b"\x0a\x03api".to_vec());
+        assert_eq!(encode_request(""), Vec::<u8>::new());
+        assert_eq!(decode_request(b"\x0a\x03api").unwrap(), "api");
+        let long = "s".repeat(200);
+        assert_eq!(decode_request(&encode_request(&long)).unwrap(), long);
+
+        // field 1, wire type 0 (0x08), varint
+        assert_eq!(encode_response(SERVING), vec![0x08, 0x01]);
+        assert_eq!(decode_response(&[0x08, 0x02]), Ok(2));
+        assert_eq!(decode_response(&[]), Ok(0), "absent status is UNKNOWN");
+        // unknown fields of every wire type are skipped: 2: varint, 3: bytes, 4: fixed64, 5: fixed32
+        let mut message = vec![0x10, 0x96, 0x01, 0x1a, 0x02, b'h', b'i', 0x21];
+        message.extend_from_slice(&[0; 8]);
+        message.extend_from_slice(&[0x2d, 0, 0, 0, 0, 0x08, 0x01]);
+        assert_eq!(decode_response(&message), Ok(1));
+        assert!(decode_response(&[0x08]).is_err(), "truncated varint");
+        assert!(decode_response(&[0x1a, 0x05, b'h']).is_err(), "truncated bytes");
+        assert!(decode_response(&[0x0b]).is_err(), "group wire type");
+
+        assert_eq!(frame(&[0x08, 0x01]), vec![0, 0, 0, 0, 2, 0x08, 0x01]);
+        assert_eq!(unframe(&frame(&[0x08, 0x01])), Ok(&[0x08u8, 0x01][..]));
+        assert_eq!(unframe(&frame(&[])), Ok(&[][..]));
+        assert_eq!(unframe(b""), Err("no response message".to_string()));
+        assert!(unframe(&[0, 0, 0]).is_err());
+        assert!(unframe(&[0, 0, 0, 0, 3, 0x08]).is_err());
+        assert!(unframe(&[1, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn grpc_responses() {
+        use reqwest::header::{HeaderMap, HeaderValue};
+        let ok = HeaderMap::new();
+        let body = |status| grpc_health::frame(&grpc_health::encode_response(status));
+        assert_eq!(
+            evaluate_grpc_response(200, &ok, None, &body(1)),
+            ProbeResult { passed: true, output: "grpc status SERVING".to_string() }
+        );
+        assert_eq!(
+            evaluate_grpc_response(200, &ok, None, &body(2)),
+            ProbeResult { passed: false, output: "grpc status NOT_SERVING".to_string() }
+        );
+        assert_eq!(evaluate_grpc_response(200, &ok, None, &body(0)).output, "grpc status UNKNOWN");
+        assert_eq!(evaluate_grpc_response(200, &ok, None, &body(3)).output, "grpc status SERVICE_UNKNOWN");
+        assert_eq!(evaluate_grpc_response(200, &ok, None, &body(9)).output, "grpc status 9");
+        assert_eq!(evaluate_grpc_response(404, &ok, None, &body(1)), ProbeResult { passed: false, output: "HTTP 404".to_string() });
+        assert_eq!(evaluate_grpc_response(200, &ok, None, b"").output, "no response message");
+        let mut unimplemented = HeaderMap::new();
+        unimplemented.insert("grpc-status", HeaderValue::from_static("12"));
+        assert_eq!(
+            evaluate_grpc_response(200, &unimplemented, None, b""),
+            ProbeResult { passed: false, output: "grpc-status 12 (UNIMPLEMENTED)".to_string() }
+        );
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("5"));
+        trailers.insert("grpc-message", HeaderValue::from_static("unknown service"));
+        let mut zero = HeaderMap::new();
+        zero.insert("grpc-status", HeaderValue::from_static("0"));
+        assert_eq!(evaluate_grpc_response(200, &zero, Some(&trailers), &body(1)).output, "grpc-status 5 (NOT_FOUND): unknown service");
+        assert!(evaluate_grpc_response(200, &zero, Some(&zero), &body(1)).passed);
+    }
+
+    /// A `grpc.health.v1` server over h2c whose answer the test sets; it records the requested services.
+    async fn grpc_health_server(status: Arc<std::sync::atomic::AtomicU64>, services: Arc<std::sync::Mutex<Vec<String>>>) -> u16 {
+        use axum::http::{HeaderMap, StatusCode};
+        let handler = move |headers: HeaderMap, body: axum::body::Bytes| {
+            let status = status.clone();
+            let services = services.clone();
+            async move {
+                assert_eq!(headers.get("content-type").unwrap(), "application/grpc");
+                let service = grpc_health::decode_request(grpc_health::unframe(&body).unwrap()).unwrap();
+                services.lock().unwrap().push(service.clone());
+                if service == "missing" {
+                    return (StatusCode::OK, [("content-type", "application/grpc"), ("grpc-status", "5")], Vec::new());
+                }
+                let answer = grpc_health::frame(&grpc_health::encode_response(status.load(std::sync::atomic::Ordering::SeqCst)));
+                (StatusCode::OK, [("content-type", "application/grpc"), ("grpc-status", "0")], answer)
+            }
+        };
+        let router = axum::Router::new().route(grpc_health::CHECK_PATH, axum::routing::post(handler));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        port
+    }
+
+    #[tokio::test]
+    async fn grpc_probe_against_a_health_server() {
+        use std::sync::atomic::Ordering;
+        let status = Arc::new(std::sync::atomic::AtomicU64::new(grpc_health::SERVING));
+        let services = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let port = grpc_health_server(status.clone(), services.clone()).await;
+
+        let serving = grpc_probe(port, "").await;
+        assert_eq!(serving, ProbeResult { passed: true, output: "grpc status SERVING".to_string() });
+        assert_eq!(grpc_probe(port, "shop.Cart").await.output, "grpc status SERVING");
+        status.store(2, Ordering::SeqCst);
+        assert_eq!(grpc_probe(port, "shop.Cart").await, ProbeResult { passed: false, output: "grpc status NOT_SERVING".to_string() });
+        assert_eq!(grpc_probe(port, "missing").await, ProbeResult { passed: false, output: "grpc-status 5 (NOT_FOUND)".to_string() });
+        status.store(grpc_health::SERVING, Ordering::SeqCst);
+        assert!(grpc_probe(port, "").await.passed, "recovers");
+        assert_eq!(*services.lock().unwrap(), ["", "shop.Cart", "shop.Cart", "missing", ""]);
+
+        // Nothing listening: a clear connection failure.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let refused = grpc_probe(closed_port, "").await;
+        assert!(!refused.passed);
+        assert!(
+            refused.output.starts_with(&format!("calling /grpc.health.v1.Health/Check on 127.0.0.1:{closed_port}")),
+            "{}",
+            refused.output
+        );
     }
 
     fn task(state: TaskStatus, checks: &[(&str, CheckStatus, &str)]) -> TaskState {

@@ -32,6 +32,8 @@
 //! | GET | `/v1/evaluations?job=J` | → `Vec<`[`Evaluation`]`>` |
 //! | GET | `/v1/evaluation/{id-or-prefix}` | → [`Evaluation`] |
 //! | GET | `/v1/status` | → [`StatusResponse`] |
+//! | GET | `/v1/event/stream?index=N&topic=T…` | → NDJSON, one [`EventWire`] per line (and `{}` heartbeats every 10 s), until the client disconnects; 400 for an unknown topic (see [`EVENT_TOPICS`]) |
+//! | GET | `/metrics` | → Prometheus text format 0.0.4 (not under `/v1`) |
 //!
 //! The agent serves `GET /v1/agent/allocation/{id}/logs` with the same query parameters and `GET /v1/agent/health`.
 
@@ -289,4 +291,24 @@ pub struct StatusResponse {
     pub nodes: u32,
     pub jobs: u32,
     pub store: String,
+}
+
+/// Topics of the event stream: one per kind of stored object, plus `AllocationHealth` (an
+/// allocation's `healthy` changed; the payload has `job_name`, `healthy`, `previous`, `health_description`).
+pub const EVENT_TOPICS: [&str; 6] = ["Job", "JobVersion", "Node", "Allocation", "Evaluation", "AllocationHealth"];
+
+/// One line of `GET /v1/event/stream`: a change of one object at store revision `index`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventWire {
+    pub index: Index,
+    /// One of [`EVENT_TOPICS`].
+    pub topic: String,
+    /// `Upserted` or `Deleted`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Job name, `job/version` for `JobVersion`, or the object's id.
+    pub key: String,
+    /// The object after the change (a [`Job`], [`Node`](crate::objects::Node), [`Allocation`] or
+    /// [`Evaluation`]); `null` for deletions.
+    pub payload: Option<serde_json::Value>,
 }

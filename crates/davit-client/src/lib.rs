@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use davit_api::http::{
-    AllocListEntry, AllocStatusUpdate, ApiError, HeartbeatResponse, INDEX_HEADER, IndexResponse, JobDiffResponse, JobListEntry,
+    AllocListEntry, AllocStatusUpdate, ApiError, EventWire, HeartbeatResponse, INDEX_HEADER, IndexResponse, JobDiffResponse, JobListEntry,
     JobStatusResponse, LogsQuery, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse, RegisterJobResponse,
     RevertJobRequest, ScaleJobRequest, StatusResponse, StopJobResponse, ValidateJobResponse,
 };
@@ -271,6 +271,58 @@ impl Client {
 
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
         self.get("/v1/status").await
+    }
+
+    /// The event stream: changes after store revision `index` (0: the whole history) of the given
+    /// topics (empty: all), until the server goes away. Heartbeat lines (`{}`) are skipped.
+    pub async fn event_stream(
+        &self,
+        index: Index,
+        topics: &[String],
+    ) -> Result<impl Stream<Item = Result<EventWire, ClientError>> + use<>, ClientError> {
+        let mut query: Vec<(&str, String)> = vec![("index", index.to_string())];
+        query.extend(topics.iter().map(|topic| ("topic", topic.clone())));
+        let request = self.http.get(self.url("/v1/event/stream")).query(&query);
+        let response = request.send().await.map_err(|source| self.transport_error(source))?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.map_err(|source| self.transport_error(source))?;
+            let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
+                code: "unknown".to_string(),
+                message: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()),
+                spec_errors: Vec::new(),
+            });
+            return Err(ClientError::Api { status: status.as_u16(), error });
+        }
+        let url = response.url().to_string();
+        let addr = self.base.clone();
+        let bytes = Box::pin(response.bytes_stream());
+        Ok(futures_util::stream::unfold((bytes, Vec::<u8>::new(), false), move |(mut bytes, mut buffer, done)| {
+            let (url, addr) = (url.clone(), addr.clone());
+            async move {
+                use futures_util::StreamExt;
+                if done {
+                    return None;
+                }
+                loop {
+                    if let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = buffer.drain(..=end).collect();
+                        let line = line.trim_ascii();
+                        if line.is_empty() || line == b"{}" {
+                            continue;
+                        }
+                        let event =
+                            serde_json::from_slice::<EventWire>(line).map_err(|e| ClientError::Decode { url, message: e.to_string() });
+                        return Some((event, (bytes, buffer, false)));
+                    }
+                    match bytes.next().await {
+                        Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                        Some(Err(source)) => return Some((Err(ClientError::Unreachable { addr, source }), (bytes, buffer, true))),
+                        None => return None,
+                    }
+                }
+            }
+        }))
     }
 }
 

@@ -16,6 +16,7 @@ use davit_store::{Store, StoreError, Txn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::keys;
+use crate::metrics::Metrics;
 use crate::view::{Snapshot, View};
 
 /// What happened to a submitted plan.
@@ -41,9 +42,9 @@ pub struct Applier {
 }
 
 impl Applier {
-    pub fn start(store: Arc<dyn Store>, view: Arc<View>) -> Applier {
+    pub fn start(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>) -> Applier {
         let (requests, receiver) = mpsc::channel(1024);
-        tokio::spawn(run(store, view, receiver));
+        tokio::spawn(run(store, view, metrics, receiver));
         Applier { requests }
     }
 
@@ -70,7 +71,7 @@ impl Applier {
     }
 }
 
-async fn run(store: Arc<dyn Store>, view: Arc<View>, mut receiver: mpsc::Receiver<Request>) {
+async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut receiver: mpsc::Receiver<Request>) {
     let mut last_commit: Index = 0;
     while let Some(request) = receiver.recv().await {
         // Check against a view that includes our own previous commit, or we could over-commit a node.
@@ -78,6 +79,7 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, mut receiver: mpsc::Receive
         let snapshot = view.snapshot();
         match request {
             Request::Plan(plan, reply) => {
+                let started = std::time::Instant::now();
                 let (txn, mut result) = check_plan(&snapshot, &plan, crate::now_millis());
                 let outcome = commit(&store, txn).await.map(|index| {
                     result.index = index;
@@ -85,6 +87,7 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, mut receiver: mpsc::Receive
                 });
                 if let Ok(result) = &outcome {
                     last_commit = last_commit.max(result.index);
+                    metrics.plan_applied(started.elapsed(), result.placed);
                 }
                 let _ = reply.send(outcome);
             }

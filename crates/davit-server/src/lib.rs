@@ -22,6 +22,7 @@ mod broker;
 mod drainer;
 mod keys;
 mod liveness;
+mod metrics;
 pub mod phi;
 mod view;
 mod worker;
@@ -31,6 +32,7 @@ pub use liveness::LivenessConfig;
 use crate::applier::Applier;
 use crate::broker::Broker;
 use crate::liveness::Liveness;
+use crate::metrics::{CountingStore, Metrics};
 use crate::view::{View, ViewEvent};
 
 /// How to run a server.
@@ -86,14 +88,19 @@ pub(crate) struct Shared {
     pub applier: Applier,
     pub liveness: Arc<Liveness>,
     pub http: reqwest::Client,
+    pub metrics: Arc<Metrics>,
+    /// Changes (or closes) when the server shuts down: long-lived responses (the event stream) end then.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Starts the server: loads the view, starts the loops, and serves HTTP.
-pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
+    let metrics = Arc::new(Metrics::default());
+    config.store = Arc::new(CountingStore { inner: config.store, metrics: Arc::clone(&metrics) });
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let view = View::start(Arc::clone(&config.store), events_tx).await?;
     let broker = Arc::new(Broker::default());
-    let applier = Applier::start(Arc::clone(&config.store), Arc::clone(&view));
+    let applier = Applier::start(Arc::clone(&config.store), Arc::clone(&view), Arc::clone(&metrics));
     let liveness = Liveness::new(config.liveness, &view.snapshot());
     let mut background = Vec::new();
     background.push(tokio::spawn(coordinate(events_rx, Arc::clone(&broker), Arc::clone(&config.store), Arc::clone(&view))));
@@ -106,15 +113,19 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
             broker: Arc::clone(&broker),
             applier: applier.clone(),
             config: config.scheduler.clone(),
+            metrics: Arc::clone(&metrics),
         };
         background.push(tokio::spawn(worker.run()));
     }
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         store: Arc::clone(&config.store),
         view,
         applier,
         liveness,
         http: reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(3)).build().expect("HTTP client"),
+        metrics,
+        closing,
     });
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;
@@ -123,6 +134,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let http = tokio::spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
             let _ = shutdown_rx.await;
+            let _ = closing_tx.send(true);
         });
         if let Err(error) = serve.await {
             tracing::error!(%error, "HTTP server failed");

@@ -12,6 +12,7 @@ use davit_store::{Store, Txn};
 use crate::applier::Applier;
 use crate::broker::Broker;
 use crate::keys;
+use crate::metrics::Metrics;
 use crate::view::View;
 use crate::{new_id, now_millis};
 
@@ -24,21 +25,26 @@ pub struct Worker {
     pub broker: Arc<Broker>,
     pub applier: Applier,
     pub config: SchedulerConfig,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Worker {
     pub async fn run(self) {
         loop {
             let eval = self.broker.dequeue().await;
-            if let Err(error) = self.process(&eval).await {
-                // The eval stays pending in the store and is retried after a restart; here, try again soon.
-                tracing::error!(eval = %eval.id, job = %eval.job_name, %error, "evaluation failed");
+            match self.process(&eval).await {
+                Ok(status) => self.metrics.eval_processed(Ok(status)),
+                Err(error) => {
+                    // The eval stays pending in the store and is retried after a restart; here, try again soon.
+                    tracing::error!(eval = %eval.id, job = %eval.job_name, %error, "evaluation failed");
+                    self.metrics.eval_processed(Err(()));
+                }
             }
             self.broker.ack(&eval);
         }
     }
 
-    async fn process(&self, eval: &Evaluation) -> Result<(), davit_store::StoreError> {
+    async fn process(&self, eval: &Evaluation) -> Result<EvalStatus, davit_store::StoreError> {
         let mut failed_groups = Default::default();
         let mut description = String::new();
         let mut status = EvalStatus::Complete;
@@ -123,7 +129,7 @@ impl Worker {
         txn.success.push(keys::put(keys::eval(&done.id), &done));
         let response = self.store.txn(txn).await?;
         self.view.wait_for(response.revision).await;
-        Ok(())
+        Ok(done.status)
     }
 }
 

@@ -35,6 +35,9 @@ pub enum Command {
     /// Inspect evaluations.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Follow the cluster's changes.
+    #[command(subcommand)]
+    Event(EventCommand),
     /// Internal: supervises one task process (started by the exec driver).
     #[command(hide = true)]
     Executor {
@@ -254,5 +257,21 @@ pub enum EvalCommand {
         id: String,
         #[command(flatten)]
         output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventCommand {
+    /// Print changes as they happen, one line each, until interrupted.
+    Stream {
+        /// Only these topics (repeatable): Job, JobVersion, Node, Allocation, Evaluation, AllocationHealth.
+        #[arg(long = "topic", short = 't')]
+        topics: Vec<String>,
+        /// Start after this store index (0: replay the whole history first).
+        #[arg(long, default_value_t = 0)]
+        index: u64,
+        /// Output format: one JSON object per line, or `<time> <topic> <type> <key>`.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Json)]
+        format: OutputFormat,
     },
 }

@@ -11,7 +11,7 @@ use davit_client::Client;
 use futures_util::StreamExt;
 
 use crate::Failure;
-use crate::cli::{AllocCommand, EvalCommand, JobCommand, NodeCommand, OutputFormat};
+use crate::cli::{AllocCommand, EvalCommand, EventCommand, JobCommand, NodeCommand, OutputFormat};
 use crate::output::{json, label, short, table, time};
 
 pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
@@ -654,6 +654,30 @@ pub async fn eval(client: &Client, command: EvalCommand) -> Result<(), Failure> 
             println!("Status      = {} {}", label(&eval.status), eval.status_description);
             for (group, failure) in &eval.failed_groups {
                 println!("Group {group}: {} not placed: {}", failure.missing, failure.summary());
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn event(client: &Client, command: EventCommand) -> Result<(), Failure> {
+    match command {
+        EventCommand::Stream { topics, index, format } => {
+            let mut stream = Box::pin(client.event_stream(index, &topics).await?);
+            let mut stdout = std::io::stdout();
+            while let Some(event) = stream.next().await {
+                let event = event?;
+                let line = match format {
+                    OutputFormat::Json => serde_json::to_string(&event).expect("events serialize"),
+                    OutputFormat::Text => {
+                        let now =
+                            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+                        format!("{} {} {} {}", time_millis(now), event.topic, event.kind, event.key)
+                    }
+                };
+                if writeln!(stdout, "{line}").and_then(|_| stdout.flush()).is_err() {
+                    break; // the reader went away (e.g. `| head`)
+                }
             }
             Ok(())
         }

@@ -354,9 +354,13 @@ pub struct CheckSpec {
     pub name: String,
     #[serde(default, rename = "type")]
     pub check_type: CheckType,
-    /// A port label of the group (`http` and `tcp`).
+    /// A port label of the group (`http`, `tcp` and `grpc`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub port: String,
+    /// The service name sent in the `grpc.health.v1` request (`grpc`); empty asks about the server as a
+    /// whole.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub grpc_service: String,
     /// Request path (`http`).
     #[serde(default = "default_check_path")]
     pub path: String,
@@ -389,7 +393,7 @@ pub enum CheckType {
     Http,
     Tcp,
     Exec,
-    /// Not supported yet: validation rejects it.
+    /// `grpc.health.v1.Health/Check` over HTTP/2 cleartext; `SERVING` passes.
     Grpc,
 }
 

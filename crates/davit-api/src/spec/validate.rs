@@ -316,7 +316,7 @@ fn check_task(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, declare
     check_checks(ctx, path, task, group_label, declared_ports);
 }
 
-/// Health checks: unique names, a declared port for `http`/`tcp`, a command for `exec`, timeout < interval.
+/// Health checks: unique names, a declared port for `http`/`tcp`/`grpc`, a command for `exec`, timeout < interval.
 fn check_checks(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, declared_ports: &[&str]) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (index, check) in task.checks.iter().enumerate() {
@@ -343,14 +343,7 @@ fn check_checks(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, decla
             continue;
         }
         match check.check_type {
-            CheckType::Grpc => {
-                ctx.report(
-                    &type_path,
-                    "grpc checks are not supported by this davit version yet",
-                    Some("use an http, tcp or exec check".to_string()),
-                );
-            }
-            CheckType::Http | CheckType::Tcp => {
+            CheckType::Http | CheckType::Tcp | CheckType::Grpc => {
                 let port_path = format!("{check_path}.port");
                 let declared_list = if declared_ports.is_empty() { "none".to_string() } else { declared_ports.join(", ") };
                 if check.port.is_empty() {

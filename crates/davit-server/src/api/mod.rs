@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::Shared;
 
 mod allocs;
+mod events;
 mod jobs;
 mod nodes;
 
@@ -47,6 +48,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/evaluations", get(allocs::list_evals))
         .route("/v1/evaluation/{id}", get(allocs::get_eval))
         .route("/v1/status", get(status))
+        .route("/v1/event/stream", get(events::stream))
+        .route("/metrics", get(events::metrics))
         .fallback(|| async { Failure::not_found("no such API route; see the route list in the davit_api::http docs".to_string()) })
         .with_state(shared)
 }

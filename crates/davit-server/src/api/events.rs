@@ -1,0 +1,203 @@
+//! `GET /metrics` and the event stream `GET /v1/event/stream`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use davit_api::http::{EVENT_TOPICS, EventWire};
+use davit_store::{EventKind, StoreError, WatchBatch};
+
+use super::Failure;
+use crate::Shared;
+use crate::keys::{self, Object, ObjectKey};
+
+/// How often an idle stream sends a `{}` line.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let body = shared.metrics.render(&shared.view.snapshot());
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body).into_response()
+}
+
+/// `?index=N&topic=T&topic=U`: events of revisions after `N` (0: the whole history), of the topics
+/// given (none: all).
+#[derive(Debug)]
+struct StreamQuery {
+    index: u64,
+    topics: HashSet<String>,
+}
+
+fn parse_query(raw: Option<&str>) -> Result<StreamQuery, Failure> {
+    let mut query = StreamQuery { index: 0, topics: HashSet::new() };
+    for pair in raw.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "index" => {
+                query.index =
+                    value.parse().map_err(|_| Failure::bad_request(format!("query parameter `index`: `{value}` is not a number")))?
+            }
+            "topic" => {
+                if !EVENT_TOPICS.contains(&value) {
+                    return Err(Failure::bad_request(format!("unknown event topic `{value}`; valid topics: {}", EVENT_TOPICS.join(", "))));
+                }
+                query.topics.insert(value.to_string());
+            }
+            other => return Err(Failure::bad_request(format!("unknown query parameter `{other}`; expected `index` and `topic`"))),
+        }
+    }
+    Ok(query)
+}
+
+pub(crate) async fn stream(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Result<Response, Failure> {
+    let query = parse_query(raw.as_deref())?;
+    let watch = match shared.store.watch("", query.index + 1).await {
+        Ok(watch) => watch,
+        Err(StoreError::Compacted { requested, oldest }) => {
+            return Err(Failure::bad_request(format!(
+                "index {} is no longer kept (oldest revision {oldest}); start from a newer index",
+                requested.saturating_sub(1)
+            )));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = StreamState {
+        watch,
+        heartbeat,
+        closing: shared.closing.clone(),
+        topics: query.topics,
+        from_start: query.index == 0,
+        health: HashMap::new(),
+        pending: VecDeque::new(),
+    };
+    let lines = futures_util::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(line) = state.pending.pop_front() {
+                return Some((Ok::<_, std::io::Error>(line), state));
+            }
+            tokio::select! {
+                batch = state.watch.next() => match batch {
+                    Some(Ok(batch)) => state.push_batch(&batch),
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "event stream watch ended");
+                        return None;
+                    }
+                    None => return None,
+                },
+                _ = state.heartbeat.tick() => return Some((Ok("{}\n".to_string()), state)),
+                _ = state.closing.changed() => return None, // the server shuts down
+            }
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"))], Body::from_stream(lines)).into_response())
+}
+
+struct StreamState {
+    watch: davit_store::Watch,
+    heartbeat: tokio::time::Interval,
+    closing: tokio::sync::watch::Receiver<bool>,
+    /// Empty: every topic.
+    topics: HashSet<String>,
+    /// The stream replays the whole history, so an allocation seen first is new.
+    from_start: bool,
+    /// Last known `healthy` per allocation, for `AllocationHealth` events.
+    health: HashMap<String, Option<bool>>,
+    pending: VecDeque<String>,
+}
+
+impl StreamState {
+    fn wants(&self, topic: &str) -> bool {
+        self.topics.is_empty() || self.topics.contains(topic)
+    }
+
+    fn push_batch(&mut self, batch: &WatchBatch) {
+        for event in &batch.events {
+            let kv = &event.kv;
+            let Some(parsed) = keys::parse_key(&kv.key) else { continue };
+            let (topic, key) = match parsed {
+                ObjectKey::Job(name) => ("Job", name.to_string()),
+                ObjectKey::Version(name, version) => ("JobVersion", format!("{name}/{version}")),
+                ObjectKey::Node(id) => ("Node", id.to_string()),
+                ObjectKey::Alloc(id) => ("Allocation", id.to_string()),
+                ObjectKey::Eval(id) => ("Evaluation", id.to_string()),
+            };
+            let mut wire = EventWire { index: batch.revision, topic: topic.to_string(), kind: "Deleted".to_string(), key, payload: None };
+            if event.kind == EventKind::Put {
+                wire.kind = "Upserted".to_string();
+                let object = match keys::decode(&kv.key, &kv.value, kv.create_revision, kv.mod_revision) {
+                    Ok(object) => object,
+                    Err(error) => {
+                        tracing::warn!(key = %kv.key, %error, "event stream: skipping undecodable object");
+                        continue;
+                    }
+                };
+                if let Object::Alloc(alloc) = &object {
+                    self.health_transition(batch.revision, &alloc.id, alloc.healthy, &object);
+                }
+                wire.payload = match &object {
+                    Object::Job(job) | Object::Version(job) => serde_json::to_value(job).ok(),
+                    Object::Node(node) => serde_json::to_value(node).ok(),
+                    Object::Alloc(alloc) => serde_json::to_value(alloc).ok(),
+                    Object::Eval(eval) => serde_json::to_value(eval).ok(),
+                };
+            } else if topic == "Allocation" {
+                self.health.remove(&wire.key);
+            }
+            if self.wants(topic) {
+                self.push(&wire);
+            }
+        }
+    }
+
+    /// Queues an `AllocationHealth` event when the allocation's `healthy` changed since the last one seen.
+    fn health_transition(&mut self, revision: u64, id: &str, healthy: Option<bool>, object: &Object) {
+        let previous = match self.health.insert(id.to_string(), healthy) {
+            Some(previous) => previous,
+            None if self.from_start => None,
+            None => return, // first sighting mid-history: the previous value is unknown
+        };
+        if previous != healthy && self.wants("AllocationHealth") {
+            let Object::Alloc(alloc) = object else { return };
+            let payload = serde_json::json!({
+                "job_name": alloc.job_name,
+                "healthy": healthy,
+                "previous": previous,
+                "health_description": alloc.health_description,
+            });
+            let wire = EventWire {
+                index: revision,
+                topic: "AllocationHealth".to_string(),
+                kind: "Upserted".to_string(),
+                key: id.to_string(),
+                payload: Some(payload),
+            };
+            self.push(&wire);
+        }
+    }
+
+    fn push(&mut self, wire: &EventWire) {
+        let mut line = serde_json::to_string(wire).expect("events serialize");
+        line.push('\n');
+        self.pending.push_back(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let query = parse_query(Some("index=5&topic=Job&topic=Node")).unwrap();
+        assert_eq!(query.index, 5);
+        assert_eq!(query.topics.len(), 2);
+        assert!(parse_query(Some("topic=Jobs")).unwrap_err().body.message.contains("valid topics: Job, JobVersion"));
+        assert!(parse_query(Some("index=x")).is_err());
+        assert_eq!(parse_query(None).unwrap().index, 0);
+    }
+}
