@@ -2,7 +2,7 @@
 //!
 //! - Every `tests/specs/bad/*.{yaml,json}` must fail to parse; the full error report is compared with
 //!   `tests/specs/bad/<name>.expected` (refresh with `UPDATE_EXPECT=1 cargo test -p davit-api`).
-//! - Every `tests/specs/good/*.{yaml,json}` (and `examples/hello.yaml`) must parse, pass `validate`, and
+//! - Every `tests/specs/good/*.{yaml,json}` (and every `examples/*.yaml`) must parse, pass `validate`, and
 //!   survive a round trip through JSON.
 //! - No input, however broken, may panic the parser.
 
@@ -23,7 +23,14 @@ fn spec_files(dir: &str) -> Vec<PathBuf> {
 
 fn good_files() -> Vec<PathBuf> {
     let mut files = spec_files("good");
-    files.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello.yaml"));
+    // Every example the README and the demo run must stay valid.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for entry in std::fs::read_dir(&examples).unwrap_or_else(|error| panic!("reading {}: {error}", examples.display())) {
+        let path = entry.expect("directory entry").path();
+        if path.extension().and_then(|ext| ext.to_str()) == Some("yaml") {
+            files.push(path);
+        }
+    }
     files
 }
 
