@@ -325,7 +325,7 @@ pub async fn grpc_probe(port: u16, service: &str) -> ProbeResult {
     let fail = |output: String| ProbeResult { passed: false, output };
     let client = match reqwest::Client::builder().http2_prior_knowledge().pool_max_idle_per_host(0).build() {
         Ok(client) => client,
-        Err(error) => return fail(format!("creating the grpc client: {}", error_chain(&error))),
+        Err(error) => return fail(format!("creating the grpc client: {}", crate::task_runner::error_chain(&error))),
     };
     let url = format!("http://127.0.0.1:{port}{}", grpc_health::CHECK_PATH);
     let request = client
@@ -336,7 +336,9 @@ pub async fn grpc_probe(port: u16, service: &str) -> ProbeResult {
         .body(grpc_health::frame(&grpc_health::encode_request(service)));
     let response = match request.send().await {
         Ok(response) => response,
-        Err(error) => return fail(format!("calling {} on 127.0.0.1:{port}: {}", grpc_health::CHECK_PATH, error_chain(&error))),
+        Err(error) => {
+            return fail(format!("calling {} on 127.0.0.1:{port}: {}", grpc_health::CHECK_PATH, crate::task_runner::error_chain(&error)));
+        }
     };
     let status = response.status().as_u16();
     let headers = response.headers().clone();
@@ -386,21 +388,6 @@ pub fn evaluate_grpc_response(
         },
         Err(error) => fail(format!("bad HealthCheckResponse: {error}")),
     }
-}
-
-/// An error with its sources, `: `-separated (reqwest's own message hides the cause).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Hand-written gRPC framing and protobuf encoding of `grpc.health.v1`:

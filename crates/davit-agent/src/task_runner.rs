@@ -389,8 +389,8 @@ fn task_dir_prestart(task_dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(task_dir.join("local"))
 }
 
-/// An error with its sources, `a: b: c`.
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error with its sources, `a: b: c` (causes already in the message are not repeated).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -74,12 +74,7 @@ impl Client {
         let index = response.headers().get(INDEX_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
         let bytes = response.bytes().await.map_err(|source| self.transport_error(source))?;
         if !status.is_success() {
-            let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
-                code: "unknown".to_string(),
-                message: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()),
-                spec_errors: Vec::new(),
-            });
-            return Err(ClientError::Api { status: status.as_u16(), error });
+            return Err(api_error(status, &bytes));
         }
         let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url, message: e.to_string() })?;
         Ok(Indexed { value, index })
@@ -239,12 +234,7 @@ impl Client {
         let status = response.status();
         if !status.is_success() {
             let bytes = response.bytes().await.map_err(|source| self.transport_error(source))?;
-            let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
-                code: "unknown".to_string(),
-                message: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()),
-                spec_errors: Vec::new(),
-            });
-            return Err(ClientError::Api { status: status.as_u16(), error });
+            return Err(api_error(status, &bytes));
         }
         let addr = self.base.clone();
         use futures_util::StreamExt;
@@ -287,12 +277,7 @@ impl Client {
         let status = response.status();
         if !status.is_success() {
             let bytes = response.bytes().await.map_err(|source| self.transport_error(source))?;
-            let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
-                code: "unknown".to_string(),
-                message: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()),
-                spec_errors: Vec::new(),
-            });
-            return Err(ClientError::Api { status: status.as_u16(), error });
+            return Err(api_error(status, &bytes));
         }
         let url = response.url().to_string();
         let addr = self.base.clone();
@@ -324,6 +309,16 @@ impl Client {
             }
         }))
     }
+}
+
+/// A non-2xx answer: the server's [`ApiError`], or its raw text when the body is not one.
+fn api_error(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+    let error = serde_json::from_slice::<ApiError>(body).unwrap_or_else(|_| ApiError {
+        code: "unknown".to_string(),
+        message: format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim()),
+        spec_errors: Vec::new(),
+    });
+    ClientError::Api { status: status.as_u16(), error }
 }
 
 /// Percent-encodes a path segment (names are DNS labels and ids are hex, so this rarely changes anything).
