@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use davit_api::http::JobStatusResponse;
 use davit_api::objects::{Allocation, ClientStatus, DesiredStatus};
-use util::{Dev, Process, pid_alive, require_root, runtime, wait_job, wait_ready_nodes};
+use util::{Dev, pid_alive, require_root, runtime, wait_job, wait_ready_nodes};
 
 const WEB_AND_WORKER: &str = r#"
 name: e2e
@@ -278,37 +278,22 @@ fn separate_server_and_agents_survive_an_agent_restart() {
     if !require_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let server_bind = format!("127.0.0.1:{}", util::free_port());
-    let addr = format!("http://{server_bind}");
-    let server_data = dir.path().join("server").display().to_string();
-    let _server = Process::spawn("server", dir.path(), &["server", "--bind", &server_bind, "--data-dir", &server_data]);
-    let agent_args = |name: &str, range: &str| -> Vec<String> {
-        let data = dir.path().join(name).display().to_string();
-        let bind = format!("127.0.0.1:{}", util::free_port());
-        ["agent", "--servers", &addr, "--data-dir", &data, "--node-name", name, "--bind", &bind, "--port-range", range]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    };
-    let one_args = agent_args("one", "21000-21099");
-    let two_args = agent_args("two", "21100-21199");
-    fn as_str(args: &[String]) -> Vec<&str> {
-        args.iter().map(String::as_str).collect()
-    }
-    let mut one = Process::spawn("agent-one", dir.path(), &as_str(&one_args));
-    let _two = Process::spawn("agent-two", dir.path(), &as_str(&two_args));
+    let cluster = util::Cluster::start();
+    let (addr, dir) = (cluster.addr.clone(), cluster.path());
+    let one_args = cluster.agent_args("one", 0);
+    let mut one = cluster.spawn_agent("agent-one", &one_args);
+    let _two = cluster.spawn_agent("agent-two", &cluster.agent_args("two", 1));
     wait_ready_nodes(&addr, 2);
-    let nodes = util::ok(&addr, dir.path(), &["node", "ls"]);
+    let nodes = util::ok(&addr, dir, &["node", "ls"]);
     assert!(nodes.contains("one") && nodes.contains("two"), "{nodes}");
 
-    let spec = dir.path().join("spread.yaml");
+    let spec = dir.join("spread.yaml");
     std::fs::write(
         &spec,
         "name: spread\ngroups:\n  - name: g\n    count: 4\n    restart: {delay: 100ms}\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/sleep, args: ['1000']}\n        resources: {cpu: 800, memory: 16}\n",
     )
     .unwrap();
-    util::ok(&addr, dir.path(), &["job", "run", &spec.display().to_string()]);
+    util::ok(&addr, dir, &["job", "run", &spec.display().to_string()]);
     let status = wait_job(&addr, "spread", Duration::from_secs(30), |s| running(s, "g") == 4);
     let client = davit_client::Client::new(&addr);
     let rt = runtime();
@@ -321,7 +306,7 @@ fn separate_server_and_agents_survive_an_agent_restart() {
     for alloc in &on_one {
         assert!(pid_alive(task_pid(alloc, "t")), "tasks outlive their agent");
     }
-    let _one_again = Process::spawn("agent-one-again", dir.path(), &as_str(&one_args));
+    let _one_again = cluster.spawn_agent("agent-one-again", &one_args);
     wait_ready_nodes(&addr, 2);
     let victim = &on_one[0];
     let victim_pid = task_pid(victim, "t");
@@ -336,7 +321,7 @@ fn separate_server_and_agents_survive_an_agent_restart() {
         state.restarts >= 1 && state.pid.is_some_and(|pid| pid != victim_pid && pid_alive(pid))
     });
     assert!(restarted.task_states["t"].events.iter().any(|e| e.kind == "Restarting"));
-    util::ok(&addr, dir.path(), &["job", "stop", "spread"]);
+    util::ok(&addr, dir, &["job", "stop", "spread"]);
 }
 
 #[test]
@@ -344,31 +329,23 @@ fn node_drain_moves_allocations_to_the_other_node_and_keeps_it_ineligible() {
     if !require_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let server_bind = format!("127.0.0.1:{}", util::free_port());
-    let addr = format!("http://{server_bind}");
-    let server_data = dir.path().join("server").display().to_string();
-    let _server = Process::spawn("server", dir.path(), &["server", "--bind", &server_bind, "--data-dir", &server_data]);
-    let agent = |name: &str, range: &str| {
-        let data = dir.path().join(name).display().to_string();
-        let bind = format!("127.0.0.1:{}", util::free_port());
-        let args = ["agent", "--servers", &addr, "--data-dir", &data, "--node-name", name, "--bind", &bind, "--port-range", range];
-        Process::spawn(&format!("agent-{name}"), dir.path(), &args)
-    };
-    let _one = agent("one", "21200-21299");
+    let cluster = util::Cluster::start();
+    let (addr, dir) = (cluster.addr.clone(), cluster.path());
+    let agent = |name: &str, slot: u16| cluster.spawn_agent(&format!("agent-{name}"), &cluster.agent_args(name, slot));
+    let _one = agent("one", 0);
     wait_ready_nodes(&addr, 1);
-    let spec = dir.path().join("sleepy.yaml");
+    let spec = dir.join("sleepy.yaml");
     std::fs::write(
         &spec,
         "name: sleepy\ngroups:\n  - name: g\n    count: 3\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/sleep, args: ['1000']}\n        resources: {cpu: 100, memory: 16}\n",
     )
     .unwrap();
-    util::ok(&addr, dir.path(), &["job", "run", &spec.display().to_string()]);
-    let _two = agent("two", "21300-21399");
+    util::ok(&addr, dir, &["job", "run", &spec.display().to_string()]);
+    let _two = agent("two", 1);
     wait_ready_nodes(&addr, 2);
 
     // Not a TTY: one plain progress line per change, then the outcome.
-    let output = util::ok(&addr, dir.path(), &["node", "drain", "one", "--deadline", "2m"]);
+    let output = util::ok(&addr, dir, &["node", "drain", "one", "--deadline", "2m"]);
     assert!(output.contains("==> node one") && output.contains("is draining"), "{output}");
     assert!(output.contains("3 to migrate"), "{output}");
     assert!(output.trim_end().ends_with("==> drain of node one complete; it stays ineligible"), "{output}");
@@ -381,22 +358,22 @@ fn node_drain_moves_allocations_to_the_other_node_and_keeps_it_ineligible() {
     }
     let one = rt.block_on(client.nodes()).unwrap().into_iter().find(|node| node.name == "one").unwrap();
     assert_eq!((one.eligibility, one.draining, one.running_allocs), (davit_api::objects::NodeEligibility::Ineligible, false, 0));
-    let listing = util::ok(&addr, dir.path(), &["node", "ls"]);
+    let listing = util::ok(&addr, dir, &["node", "ls"]);
     assert!(listing.lines().any(|line| line.contains(" one ") && line.contains("ineligible")), "{listing}");
 
     // A detached drain shows up in `node ls`; cancel it, then make the node eligible again.
-    let output = util::ok(&addr, dir.path(), &["node", "drain", "two", "--detach", "--deadline", "10m"]);
+    let output = util::ok(&addr, dir, &["node", "drain", "two", "--detach", "--deadline", "10m"]);
     assert!(output.contains("is draining"), "{output}");
-    let listing = util::ok(&addr, dir.path(), &["node", "ls"]);
+    let listing = util::ok(&addr, dir, &["node", "ls"]);
     assert!(listing.contains("ineligible (draining)"), "{listing}");
-    let refused = util::davit(&addr, dir.path(), &["node", "eligibility", "two", "--enable"]);
+    let refused = util::davit(&addr, dir, &["node", "eligibility", "two", "--enable"]);
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
-    util::ok(&addr, dir.path(), &["node", "drain", "two", "--disable"]);
-    util::ok(&addr, dir.path(), &["node", "eligibility", "two", "--enable"]);
-    util::ok(&addr, dir.path(), &["node", "eligibility", "one", "--enable"]);
+    util::ok(&addr, dir, &["node", "drain", "two", "--disable"]);
+    util::ok(&addr, dir, &["node", "eligibility", "two", "--enable"]);
+    util::ok(&addr, dir, &["node", "eligibility", "one", "--enable"]);
     let nodes = rt.block_on(client.nodes()).unwrap();
     assert!(nodes.iter().all(|node| node.eligibility == davit_api::objects::NodeEligibility::Eligible && !node.draining), "{nodes:#?}");
-    let missing = util::davit(&addr, dir.path(), &["node", "drain", "no-such-node"]);
+    let missing = util::davit(&addr, dir, &["node", "drain", "no-such-node"]);
     assert_eq!(missing.status.code(), Some(1), "{missing:?}");
-    util::ok(&addr, dir.path(), &["job", "stop", "sleepy"]);
+    util::ok(&addr, dir, &["job", "stop", "sleepy"]);
 }

@@ -4,14 +4,13 @@
 
 mod util;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use davit_api::http::JobStatusResponse;
 use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, NodeStatus};
-use util::{Process, pid_alive, require_root, runtime, wait_job, wait_ready_nodes};
+use util::{Cluster, Process, pid_alive, require_root, runtime, wait_job, wait_ready_nodes};
 
 /// The tests of this file measure time and one loads every core: under `cargo test` they take turns
 /// (nextest runs them alone, see `.config/nextest.toml`).
@@ -23,45 +22,6 @@ fn alone() -> std::sync::MutexGuard<'static, ()> {
 
 /// Replacements must run within this long of the victim's last heartbeat.
 const FAILOVER_BOUND: Duration = Duration::from_secs(3);
-
-/// A server and agents sharing one temp dir.
-struct Cluster {
-    dir: tempfile::TempDir,
-    addr: String,
-    _server: Process,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let bind = format!("127.0.0.1:{}", util::free_port());
-        let addr = format!("http://{bind}");
-        let data = dir.path().join("server").display().to_string();
-        let server = Process::spawn("server", dir.path(), &["server", "--bind", &bind, "--data-dir", &data]);
-        Cluster { dir, addr, _server: server }
-    }
-
-    /// The arguments of agent `name`; `slot` picks its host-port range (distinct per agent and test).
-    fn agent_args(&self, name: &str, slot: u16) -> Vec<String> {
-        let data = self.dir.path().join(name).display().to_string();
-        let bind = format!("127.0.0.1:{}", util::free_port());
-        let base = 30_000 + (std::process::id() % 40) as u16 * 500 + slot * 100;
-        let range = format!("{base}-{}", base + 99);
-        ["agent", "--servers", &self.addr, "--data-dir", &data, "--node-name", name, "--bind", &bind, "--port-range", &range]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    }
-
-    fn spawn_agent(&self, log_name: &str, args: &[String]) -> Process {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Process::spawn(log_name, self.dir.path(), &args)
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
 
 fn running_allocs(status: &JobStatusResponse) -> Vec<&davit_api::http::AllocListEntry> {
     status.allocations.iter().filter(|a| a.desired_status == DesiredStatus::Run && a.client_status == ClientStatus::Running).collect()

@@ -263,3 +263,42 @@ pub fn read(path: &Path) -> String {
     }
     text
 }
+
+/// A server and agents sharing one temp dir.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    pub addr: String,
+    _server: Process,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let bind = format!("127.0.0.1:{}", free_port());
+        let addr = format!("http://{bind}");
+        let data = dir.path().join("server").display().to_string();
+        let server = Process::spawn("server", dir.path(), &["server", "--bind", &bind, "--data-dir", &data]);
+        Cluster { dir, addr, _server: server }
+    }
+
+    /// The arguments of agent `name`; `slot` picks its host-port range (distinct per agent and test).
+    pub fn agent_args(&self, name: &str, slot: u16) -> Vec<String> {
+        let data = self.dir.path().join(name).display().to_string();
+        let bind = format!("127.0.0.1:{}", free_port());
+        let base = 30_000 + (std::process::id() % 40) as u16 * 500 + slot * 100;
+        let range = format!("{base}-{}", base + 99);
+        ["agent", "--servers", &self.addr, "--data-dir", &data, "--node-name", name, "--bind", &bind, "--port-range", &range]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    pub fn spawn_agent(&self, log_name: &str, args: &[String]) -> Process {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Process::spawn(log_name, self.dir.path(), &args)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
