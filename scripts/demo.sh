@@ -9,9 +9,28 @@ cargo build --release --locked -p davit
 davit=target/release/davit
 export DAVIT_ADDR=http://127.0.0.1:7646
 
+# The vm example boots the small guest built from Debian's kernel and busybox; the container example pulls a
+# busybox image from a registry on 127.0.0.1:5000, started here with the images scripts/test-images.sh builds.
+DAVIT_GUEST_DIR=/var/lib/davit/guest scripts/build-guest.sh
+scripts/test-images.sh
+registry_dir=target/demo-registry
+mkdir -p "$registry_dir"
+cat > "$registry_dir/config.yml" <<YAML
+version: 0.1
+storage: {filesystem: {rootdirectory: $PWD/$registry_dir/data}}
+http: {addr: 127.0.0.1:5000}
+YAML
+registry_pid=""
+if ! curl -fs http://127.0.0.1:5000/v2/ >/dev/null; then
+  docker-registry serve "$registry_dir/config.yml" >"$registry_dir/registry.log" 2>&1 &
+  registry_pid=$!
+  for _ in $(seq 1 100); do curl -fs http://127.0.0.1:5000/v2/ >/dev/null && break; sleep 0.1; done
+fi
+skopeo --insecure-policy copy -q --dest-tls-verify=false oci:target/test-images/busybox:1 docker://127.0.0.1:5000/busybox:1
+
 "$davit" dev --bind 127.0.0.1:7646 &
 dev_pid=$!
-trap 'kill -INT $dev_pid 2>/dev/null; wait $dev_pid 2>/dev/null || true' EXIT
+trap 'kill -INT $dev_pid 2>/dev/null; wait $dev_pid 2>/dev/null || true; [ -z "$registry_pid" ] || kill $registry_pid' EXIT
 for _ in $(seq 1 100); do
   "$davit" node ls >/dev/null 2>&1 && [ "$("$davit" node ls -o json | grep -c '"ready"')" -ge 1 ] && break
   sleep 0.1

@@ -2,19 +2,46 @@
 # Idempotent: when every package is already installed it does nothing (and needs no network).
 set -euo pipefail
 
-DAVIT_PACKAGES=(gcc libc6-dev ca-certificates procps iproute2 curl busybox-static)
+# Build tools, the exec driver's needs, the container driver's runtimes and image tools, the guest builder's
+# tools, and what the proxy and DNS benchmarks compare against.
+DAVIT_PACKAGES=(gcc libc6-dev ca-certificates procps iproute2 curl busybox-static
+  crun runc docker-registry skopeo umoci
+  cpio xz-utils e2fsprogs
+  haproxy wrk dnsutils)
+# QEMU comes from bookworm-backports (10.x): its microvm machine boots the test guest fastest, and it has to
+# match a backports qemu-utils where one is installed already.
+DAVIT_BACKPORTS_PACKAGES=(qemu-system-x86 qemu-system-data qemu-utils)
+DAVIT_BACKPORTS_LIST=/etc/apt/sources.list.d/davit-bookworm-backports.list
+
+missing_packages() {
+  local pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || echo "$pkg"
+  done
+}
 
 install_packages() {
-  local missing=()
-  for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-  done
+  local missing backports sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  mapfile -t missing < <(missing_packages "${DAVIT_PACKAGES[@]}")
+  mapfile -t backports < <(missing_packages "${DAVIT_BACKPORTS_PACKAGES[@]}")
+  # Backports QEMU: only a backports build counts as installed.
+  if [ ${#backports[@]} -eq 0 ] && ! dpkg-query -W -f='${Version}' qemu-system-x86 | grep -q bpo; then
+    backports=("${DAVIT_BACKPORTS_PACKAGES[@]}")
+  fi
+  if [ ${#missing[@]} -eq 0 ] && [ ${#backports[@]} -eq 0 ]; then
+    return
+  fi
+  if [ ${#backports[@]} -gt 0 ] && [ ! -f "$DAVIT_BACKPORTS_LIST" ]; then
+    echo "deb http://deb.debian.org/debian bookworm-backports main" | $sudo tee "$DAVIT_BACKPORTS_LIST" >/dev/null
+  fi
+  echo "==> installing Debian packages: ${missing[*]} ${backports[*]}"
+  $sudo apt-get update
   if [ ${#missing[@]} -gt 0 ]; then
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    echo "==> installing Debian packages: ${missing[*]}"
-    $sudo apt-get update
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
+  fi
+  if [ ${#backports[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends -t bookworm-backports "${DAVIT_BACKPORTS_PACKAGES[@]}"
   fi
 }
 
@@ -28,5 +55,5 @@ require_cargo() {
   fi
 }
 
-install_packages "${DAVIT_PACKAGES[@]}"
+install_packages
 require_cargo

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use davit_api::objects::TaskStatus;
 use davit_api::spec::{JobType, RestartPolicy, TaskSpec};
-use davit_drivers::{Driver, DriverError, ExitResult, TaskConfig, TaskHandle, TaskResources, TaskRunState};
+use davit_drivers::{Driver, DriverError, EventSink, ExitResult, TaskConfig, TaskHandle, TaskResources, TaskRunState};
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 
@@ -250,7 +250,19 @@ impl TaskRunner {
             task_dir: task_dir.clone(),
             resources: TaskResources { cpu_millicores: self.task.resources.cpu, memory_mib: self.task.resources.memory },
             logs: self.shared.context.log_rotation,
+            events: self.event_sink(),
         }
+    }
+
+    /// Driver progress (image pulls, downloads) becomes task events, committed as they come.
+    fn event_sink(&self) -> EventSink {
+        let shared = self.shared.clone();
+        let task = self.task.name.clone();
+        EventSink::new(move |kind, message| {
+            shared.update_task(&task, Some(event(kind, message)), |_| {});
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.commit().await });
+        })
     }
 
     /// Waits for the task to exit, or for the control to change to a kill or detach.

@@ -114,7 +114,10 @@ impl TaskEnvContext<'_> {
             env.insert(format!("DAVIT_HOST_PORT_{label}"), port.value.to_string());
             env.insert(format!("DAVIT_ADDR_{label}"), format!("127.0.0.1:{}", port.value));
         }
-        env.entry("PATH".to_string()).or_insert_with(|| DEFAULT_PATH.to_string());
+        // A container's PATH comes from its image unless the task sets one.
+        if self.task.driver != davit_api::spec::DriverName::Container {
+            env.entry("PATH".to_string()).or_insert_with(|| DEFAULT_PATH.to_string());
+        }
         env
     }
 }

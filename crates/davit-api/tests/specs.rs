@@ -114,14 +114,13 @@ fn defaults_are_filled_in() {
 #[test]
 fn config_values_keep_yaml_types() {
     let spec = parse_job_spec(
-        "name: typed\ngroups: [{name: g, tasks: [{name: t, driver: container, config: {image: app, replicas: 3, ratio: 0.5, debug: true, note: ~, quoted: \"3\", octal: 0o17}}]}]\n",
+        "name: typed\ngroups: [{name: g, tasks: [{name: t, driver: container, config: {image: app, readonly_rootfs: true, working_dir: ~, args: [\"3\"]}}, {name: v, driver: vm, config: {kernel: /k, ports: {http: 0o17}}}]}]\n",
         "typed.yaml",
     )
     .unwrap_or_else(|errors| panic!("{}", render(&errors)));
-    assert_eq!(
-        spec.groups[0].tasks[0].config,
-        serde_json::json!({"image": "app", "replicas": 3, "ratio": 0.5, "debug": true, "note": null, "quoted": "3", "octal": 15})
-    );
+    let tasks = &spec.groups[0].tasks;
+    assert_eq!(tasks[0].config, serde_json::json!({"image": "app", "readonly_rootfs": true, "working_dir": null, "args": ["3"]}));
+    assert_eq!(tasks[1].config, serde_json::json!({"kernel": "/k", "ports": {"http": 15}}));
 }
 
 #[test]

@@ -65,6 +65,15 @@ struct ExecTaskConfig {
     args: Vec<String>,
 }
 
+/// A process for the executor to supervise, for drivers built on the exec driver (container, vm).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ProcessSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    /// See [`ExecutorSpec::private_unmounts`].
+    pub private_unmounts: Vec<PathBuf>,
+}
+
 /// `TaskHandle::driver_state` of the exec driver.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct ExecDriverState {
@@ -107,6 +116,11 @@ impl ExecDriverState {
     }
 }
 
+/// The cgroup of a task started by the exec driver (or by a driver built on it).
+pub(crate) fn task_cgroup(handle: &TaskHandle) -> Result<TaskCgroup, DriverError> {
+    ExecDriverState::from_handle(handle)?.cgroup()
+}
+
 fn task_identity(handle: &TaskHandle, state: &ExecDriverState) -> ProcessIdentity {
     ProcessIdentity { pid: handle.pid, start_time: state.task_start_time }
 }
@@ -129,13 +143,19 @@ impl ExecDriver {
     }
 
     async fn start_task(&self, config: &TaskConfig) -> Result<TaskHandle, DriverError> {
-        let start_error =
-            |message: String, source: Option<io::Error>| DriverError::Start { task: config.task_name.clone(), message, source };
         let task_config: ExecTaskConfig = serde_json::from_value(config.driver_config.clone())
             .map_err(|error| DriverError::InvalidConfig { driver: DRIVER_NAME, message: error.to_string() })?;
         if task_config.command.is_empty() {
             return Err(DriverError::InvalidConfig { driver: DRIVER_NAME, message: "command is empty".to_owned() });
         }
+        let process = ProcessSpec { command: task_config.command, args: task_config.args, private_unmounts: Vec::new() };
+        self.start_process(config, process).await
+    }
+
+    /// Starts `process` under an executor, in the task's cgroups, with `config`'s environment, user and logs.
+    pub(crate) async fn start_process(&self, config: &TaskConfig, process: ProcessSpec) -> Result<TaskHandle, DriverError> {
+        let start_error =
+            |message: String, source: Option<io::Error>| DriverError::Start { task: config.task_name.clone(), message, source };
         let Some((program, program_args)) = self.config.executor_command.split_first() else {
             return Err(start_error("no executor command configured".to_owned(), None));
         };
@@ -166,8 +186,8 @@ impl ExecDriver {
 
         let spec = ExecutorSpec {
             task_name: config.task_name.clone(),
-            command: task_config.command,
-            args: task_config.args,
+            command: process.command,
+            args: process.args,
             env: config.env.clone(),
             cwd: config.task_dir.clone(),
             user: config.user.clone(),
@@ -176,6 +196,7 @@ impl ExecDriver {
             state_dir: state_dir.clone(),
             cgroup_version: cgroup.version().as_str().to_owned(),
             cgroup_dirs: cgroup.dirs().clone(),
+            private_unmounts: process.private_unmounts,
         };
         let spec_path = state_dir.join(executor::SPEC_FILE);
         let spec_json = serde_json::to_vec_pretty(&spec).expect("ExecutorSpec serializes");
@@ -488,7 +509,7 @@ async fn remove_cgroup(cgroup: TaskCgroup) -> Result<(), DriverError> {
 }
 
 /// Runs blocking file-system work (cgroupfs, pipes) off the async worker threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,
         Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
@@ -496,7 +517,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     }
 }
 
-fn io_error(operation: String, source: io::Error) -> DriverError {
+pub(crate) fn io_error(operation: String, source: io::Error) -> DriverError {
     DriverError::Io { operation, source }
 }
 

@@ -67,6 +67,10 @@ pub struct ExecutorSpec {
     pub cgroup_version: String,
     /// [`TaskCgroup::dirs`] of the task's cgroup.
     pub cgroup_dirs: BTreeMap<String, PathBuf>,
+    /// When not empty, the task gets a private mount namespace in which these mounts are detached (crun on a
+    /// hybrid cgroup host needs `/sys/fs/cgroup/unified` gone to see a plain v1 layout).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub private_unmounts: Vec<PathBuf>,
 }
 
 impl ExecutorSpec {
@@ -184,10 +188,15 @@ pub fn run(spec_path: &Path, reported: &mut bool) -> Result<(), ExecutorError> {
         .stdout(Stdio::from(stdout_writer))
         .stderr(Stdio::from(stderr_writer));
     let cgroup_fds: Vec<RawFd> = cgroup_files.iter().map(AsRawFd::as_raw_fd).collect();
-    // SAFETY: the hook only makes async-signal-safe system calls (write, setgroups, setgid, setuid) on values
-    // prepared before fork; it allocates nothing and takes no locks. The fds stay open until after spawn.
+    let unmounts = sys::c_paths(&spec.private_unmounts).map_err(|source| ExecutorError::Spawn { command: spec.command.clone(), source })?;
+    // SAFETY: the hook only makes async-signal-safe system calls (write, setgroups, setgid, setuid, unshare,
+    // mount, umount2) on values prepared before fork; it allocates nothing and takes no locks. The fds stay open
+    // until after spawn.
     unsafe {
-        command.pre_exec(move || enter_task_context(&cgroup_fds, user.as_ref()));
+        command.pre_exec(move || {
+            enter_task_context(&cgroup_fds, user.as_ref())?;
+            sys::enter_private_mount_namespace(&unmounts)
+        });
     }
     let spawned = command.spawn();
     // Our copies of the pipes' write ends must go, or the log copiers never see end-of-file.

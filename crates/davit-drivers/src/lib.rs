@@ -16,17 +16,22 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub mod cgroups;
+mod container;
 mod exec;
 pub mod executor;
 pub mod logs;
 pub mod sys;
+pub mod vm;
 
+pub use container::{ContainerDriver, ContainerDriverConfig, DRIVER_NAME as CONTAINER_DRIVER_NAME, RuntimeChoice};
 pub use exec::{DRIVER_NAME as EXEC_DRIVER_NAME, ExecDriver, ExecDriverConfig};
+pub use vm::{DRIVER_NAME as VM_DRIVER_NAME, MigrationReport, VmDriver, VmDriverConfig};
 
 /// A boxed future, so `Driver` stays object safe (`Arc<dyn Driver>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -49,6 +54,37 @@ pub struct TaskConfig {
     pub log_dir: PathBuf,
     pub resources: TaskResources,
     pub logs: LogRotation,
+    /// Where the driver reports progress worth a task event (image pulls, downloads).
+    pub events: EventSink,
+}
+
+/// Receives `(event type, message)` pairs a driver reports while it works on a task; the agent turns them
+/// into task events.
+#[derive(Clone)]
+pub struct EventSink(Arc<EventFn>);
+
+/// `(event type, message)`.
+type EventFn = dyn Fn(&str, &str) + Send + Sync;
+
+impl EventSink {
+    pub fn new(sink: impl Fn(&str, &str) + Send + Sync + 'static) -> EventSink {
+        EventSink(Arc::new(sink))
+    }
+
+    /// A sink that drops every event.
+    pub fn discard() -> EventSink {
+        EventSink::new(|_, _| {})
+    }
+
+    pub fn emit(&self, event_type: &str, message: &str) {
+        (self.0)(event_type, message);
+    }
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventSink")
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

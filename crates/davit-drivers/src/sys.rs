@@ -186,6 +186,56 @@ pub fn lookup_user(name: &str) -> io::Result<UserIds> {
     }
 }
 
+/// Paths as C strings, prepared before a fork for [`enter_private_mount_namespace`].
+pub fn c_paths(paths: &[std::path::PathBuf]) -> io::Result<Vec<std::ffi::CString>> {
+    use std::os::unix::ffi::OsStrExt;
+    paths.iter().map(|path| std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)).collect()
+}
+
+/// Moves the calling process into a new mount namespace that does not propagate back to the host, and detaches
+/// `unmount` there. Does nothing when `unmount` is empty. Async-signal-safe (system calls only), for `pre_exec`.
+pub fn enter_private_mount_namespace(unmount: &[std::ffi::CString]) -> io::Result<()> {
+    if unmount.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: plain system calls; the path pointers come from live `CString`s and the other pointers are null
+    // or static strings.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for path in unmount {
+            if libc::umount2(path.as_ptr(), libc::MNT_DETACH) != 0 {
+                let error = io::Error::last_os_error();
+                // Already gone is what we want.
+                if error.raw_os_error() != Some(libc::EINVAL) && error.raw_os_error() != Some(libc::ENOENT) {
+                    return Err(error);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Mounts an overlay filesystem at `target` with `options` (`lowerdir=…,upperdir=…,workdir=…`).
+pub fn mount_overlay(target: &std::path::Path, options: &str) -> io::Result<()> {
+    let target = c_paths(&[target.to_path_buf()])?.remove(0);
+    let options = std::ffi::CString::new(options).map_err(io::Error::other)?;
+    // SAFETY: all pointers come from live C strings.
+    let result = unsafe { libc::mount(c"overlay".as_ptr(), target.as_ptr(), c"overlay".as_ptr(), 0, options.as_ptr().cast()) };
+    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Detaches the mount at `target` (lazily: busy mounts go once unused).
+pub fn unmount(target: &std::path::Path) -> io::Result<()> {
+    let target = c_paths(&[target.to_path_buf()])?.remove(0);
+    // SAFETY: the pointer comes from a live C string.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,6 +85,7 @@ impl Fixture {
             task_dir: self.task_dir(task),
             log_dir: self.log_dir(),
             resources: TaskResources { cpu_millicores: 500, memory_mib: 64 },
+            events: davit_drivers::EventSink::discard(),
             logs: LogRotation::default(),
         }
     }

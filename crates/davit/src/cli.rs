@@ -122,6 +122,24 @@ pub struct NodeArgs {
     /// Extra node attribute for constraints, KEY=VALUE (repeatable).
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
+    /// OCI runtime of the container driver: auto (crun if installed, else runc), crun or runc.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "crun", "runc"])]
+    pub container_runtime: String,
+    /// Registry reached over plain HTTP (HOST[:PORT], repeatable); loopback registries always are.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+    /// Registry credentials HOST=USER:PASSWORD (repeatable).
+    #[arg(long = "registry-auth", value_name = "HOST=USER:PASSWORD", env = "DAVIT_REGISTRY_AUTH", value_delimiter = ',')]
+    pub registry_auth: Vec<String>,
+    /// Host directory containers may mount (repeatable); paths in the allocation directory always may.
+    #[arg(long = "allow-host-path", value_name = "DIR")]
+    pub allowed_host_paths: Vec<PathBuf>,
+    /// Let tasks run privileged containers.
+    #[arg(long)]
+    pub allow_privileged: bool,
+    /// Evict unused images (least recently used first) when the image cache grows past this many MiB.
+    #[arg(long, default_value_t = 10240)]
+    pub image_cache_mib: u64,
 }
 
 #[derive(Debug, Subcommand)]

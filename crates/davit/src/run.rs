@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use davit_drivers::{Driver, ExecDriver, ExecDriverConfig, LogRotation};
+use davit_drivers::{
+    ContainerDriver, ContainerDriverConfig, Driver, ExecDriver, ExecDriverConfig, LogRotation, RuntimeChoice, VmDriver, VmDriverConfig,
+};
 use davit_server::{LivenessConfig, ServerConfig};
 use davit_store::RedbStore;
 
@@ -28,10 +30,35 @@ fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, workers: Opt
     ServerConfig { bind, store, workers: workers.unwrap_or(cores), liveness, scheduler: Default::default() }
 }
 
-fn drivers() -> Result<Vec<Arc<dyn Driver>>, Failure> {
+fn drivers(node: &NodeArgs, data_dir: &Path) -> Result<Vec<Arc<dyn Driver>>, Failure> {
     let exe = std::env::current_exe().map_err(|e| Failure::internal(format!("cannot find the davit binary: {e}")))?;
-    let exec = ExecDriver::new(ExecDriverConfig::new(vec![exe.display().to_string(), "executor".to_string()]));
-    Ok(vec![Arc::new(exec)])
+    let executor = vec![exe.display().to_string(), "executor".to_string()];
+    let exec = ExecDriver::new(ExecDriverConfig::new(executor.clone()));
+
+    let mut container = ContainerDriverConfig::new(executor.clone(), data_dir);
+    container.runtime = match node.container_runtime.as_str() {
+        "crun" => RuntimeChoice::Crun,
+        "runc" => RuntimeChoice::Runc,
+        _ => RuntimeChoice::Auto,
+    };
+    for host in &node.insecure_registries {
+        container.registries.entry(host.clone()).or_default().insecure = true;
+    }
+    for entry in &node.registry_auth {
+        let error = || Failure::user(format!("--registry-auth {entry:?}: expected HOST=USER:PASSWORD"));
+        let (host, credentials) = entry.split_once('=').ok_or_else(error)?;
+        let (user, password) = credentials.split_once(':').ok_or_else(error)?;
+        let registry = container.registries.entry(host.to_string()).or_default();
+        registry.username = Some(user.to_string());
+        registry.password = Some(password.to_string());
+    }
+    container.allowed_host_paths = node.allowed_host_paths.clone();
+    container.allow_privileged = node.allow_privileged;
+    container.max_image_cache_bytes = node.image_cache_mib.saturating_mul(1024 * 1024);
+    container.runtime_state_root = data_dir.join("runtime");
+
+    let vm = VmDriver::new(VmDriverConfig::new(executor, data_dir.join("vm")));
+    Ok(vec![Arc::new(exec), Arc::new(ContainerDriver::new(container)), Arc::new(vm)])
 }
 
 fn agent_config(
@@ -42,6 +69,7 @@ fn agent_config(
     stop_tasks_on_shutdown: bool,
 ) -> Result<davit_agent::AgentConfig, Failure> {
     let port_range = parse_port_range(&node.port_range)?;
+    let drivers = drivers(&node, &data_dir)?;
     let mut attributes = BTreeMap::new();
     for pair in &node.meta {
         let (key, value) = pair.split_once('=').ok_or_else(|| Failure::user(format!("--meta {pair}: expected KEY=VALUE")))?;
@@ -61,7 +89,7 @@ fn agent_config(
         advertise_host: "127.0.0.1".to_string(),
         port_range,
         attributes,
-        drivers: drivers()?,
+        drivers,
         stop_tasks_on_shutdown,
         log_rotation: LogRotation::default(),
     })

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::parse::{Ctx, Node, deserialize_node, suggest};
 use super::{
-    CheckType, Constraint, ConstraintOperator, DriverName, ExecConfig, GroupSpec, JobSpec, JobType, ReschedulePolicy, SpecErrors, TaskSpec,
+    CheckType, Constraint, ConstraintOperator, ContainerConfig, DriverName, ExecConfig, GroupSpec, JobSpec, JobType, ReschedulePolicy,
+    SpecErrors, TaskSpec, VmConfig,
 };
 
 /// Checks a spec that did not come from text (scale, revert): the same rules as parsing, positions 0:0.
@@ -252,23 +253,8 @@ fn check_task(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, declare
     match task.driver {
         _ if !driver_known => {}
         DriverName::Exec => check_exec_config(ctx, &config_path, &task.config),
-        DriverName::Container | DriverName::Vm => {
-            let driver = task.driver.as_str();
-            if task.config.is_null() {
-                let example = if task.driver == DriverName::Container {
-                    "config: {image: \"registry/app:1.0\"}"
-                } else {
-                    "config: {kernel: …, disk: {image: base.qcow2}}"
-                };
-                ctx.report(&config_path, format!("the {driver} driver needs a `config` mapping"), Some(format!("e.g. {example}")));
-            } else if !task.config.is_object() {
-                ctx.report(
-                    &config_path,
-                    format!("config must be a mapping for the {driver} driver, found {}", describe_json(&task.config)),
-                    None,
-                );
-            }
-        }
+        DriverName::Container => check_container_config(ctx, &config_path, &task.config),
+        DriverName::Vm => check_vm_config(ctx, &config_path, &task.config),
     }
     check_port_references_in(ctx, &config_path, &task.config, group_label, declared_ports);
 
@@ -402,34 +388,98 @@ fn check_checks(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, decla
     }
 }
 
-/// The exec config is deserialized with the spec deserializer (strictly: drivers get JSON), so it gets
-/// the same precise errors as the rest of the spec.
-fn check_exec_config(ctx: &Ctx, path: &str, config: &Value) {
-    let example = Some("e.g. config: {command: /bin/sh, args: [-c, \"echo hello\"]}".to_string());
+/// Driver configs are deserialized with the spec deserializer (strictly: drivers get JSON), so they get
+/// the same precise errors as the rest of the spec. `required` is the field a config cannot do without.
+fn check_driver_config<T: serde::de::DeserializeOwned>(
+    ctx: &Ctx,
+    path: &str,
+    config: &Value,
+    driver: &str,
+    required: &'static str,
+    example: &str,
+) -> Option<T> {
+    let example = Some(format!("e.g. {example}"));
     if config.is_null() {
-        ctx.report(path, "the exec driver needs `config` with a `command`", example);
-        return;
+        ctx.report(path, format!("the {driver} driver needs `config` with `{required}`"), example);
+        return None;
     }
     if !config.is_object() {
-        ctx.report(path, format!("config must be a mapping for the exec driver, found {}", describe_json(config)), example);
-        return;
+        ctx.report(path, format!("config must be a mapping for the {driver} driver, found {}", describe_json(config)), example);
+        return None;
     }
     let node = Node::from_json(config, path, ctx);
-    match deserialize_node::<ExecConfig>(&node, path, "config", ctx, true) {
-        Ok(exec) => {
-            if exec.command.trim().is_empty() {
-                ctx.report(&format!("{path}.command"), "config.command must not be empty", example);
-            }
-        }
+    match deserialize_node::<T>(&node, path, "config", ctx, true) {
+        Ok(parsed) => Some(parsed),
         Err(error) if error.missing_field.is_some() => {
             // `comand: …` already has an "unknown field, did you mean `command`?" error.
-            let misspelled = config.as_object().is_some_and(|map| map.keys().any(|key| suggest(key, ["command"]).is_some()));
+            let misspelled = config.as_object().is_some_and(|map| map.keys().any(|key| suggest(key, [required]).is_some()));
             if !misspelled {
-                ctx.report(path, "the exec driver needs `command` in config", example);
+                ctx.report(path, format!("the {driver} driver needs `{required}` in config"), example);
             }
+            None
         }
-        Err(error) if !error.reported => ctx.report(path, format!("config: {}", error.message), None),
-        Err(_) => {}
+        Err(error) if !error.reported => {
+            ctx.report(path, format!("config: {}", error.message), None);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+fn check_exec_config(ctx: &Ctx, path: &str, config: &Value) {
+    let example = "config: {command: /bin/sh, args: [-c, \"echo hello\"]}";
+    if let Some(exec) = check_driver_config::<ExecConfig>(ctx, path, config, "exec", "command", example)
+        && exec.command.trim().is_empty()
+    {
+        ctx.report(&format!("{path}.command"), "config.command must not be empty", Some(format!("e.g. {example}")));
+    }
+}
+
+fn check_container_config(ctx: &Ctx, path: &str, config: &Value) {
+    let example = "config: {image: \"127.0.0.1:5000/web:1.0\"}";
+    let Some(container) = check_driver_config::<ContainerConfig>(ctx, path, config, "container", "image", example) else { return };
+    if container.image.trim().is_empty() {
+        ctx.report(&format!("{path}.image"), "config.image must not be empty", Some(format!("e.g. {example}")));
+    }
+    for (index, mount) in container.mounts.iter().enumerate() {
+        let mount_path = format!("{path}.mounts[{index}]");
+        if !mount.target.starts_with('/') {
+            ctx.report(&format!("{mount_path}.target"), format!("mount target `{}` must be an absolute path", mount.target), None);
+        }
+        if mount.source.split('/').any(|part| part == "..") {
+            ctx.report(&format!("{mount_path}.source"), format!("mount source `{}` must not contain `..`", mount.source), None);
+        }
+    }
+}
+
+fn check_vm_config(ctx: &Ctx, path: &str, config: &Value) {
+    let example = "config: {kernel: /var/lib/davit/guest/vmlinux, initrd: /var/lib/davit/guest/initramfs.cpio.gz}";
+    let Some(vm) = check_driver_config::<VmConfig>(ctx, path, config, "vm", "kernel", example) else { return };
+    if vm.kernel.is_none() && vm.disk.is_none() {
+        ctx.report(path, "the vm driver needs `kernel` (direct kernel boot) or `disk`", Some(format!("e.g. {example}")));
+    }
+    let choices: [(&str, &Option<String>, &[&str]); 3] = [
+        ("accel", &vm.accel, &["auto", "kvm", "tcg"]),
+        ("machine", &vm.machine, &["auto", "microvm", "q35", "pc"]),
+        ("console", &vm.console, &["serial"]),
+    ];
+    for (field, value, allowed) in choices {
+        if let Some(value) = value
+            && !allowed.contains(&value.as_str())
+        {
+            ctx.report(&format!("{path}.{field}"), format!("{field} `{value}` is not one of: {}", allowed.join(", ")), None);
+        }
+    }
+    for (index, disk) in vm.disk.iter().chain(&vm.extra_disks).enumerate() {
+        let disk_path = if index == 0 && vm.disk.is_some() {
+            format!("{path}.disk")
+        } else {
+            format!("{path}.extra_disks[{}]", index - usize::from(vm.disk.is_some()))
+        };
+        let remote = disk.image.starts_with("http://") || disk.image.starts_with("https://");
+        if remote && disk.checksum.is_none() {
+            ctx.report(&format!("{disk_path}.checksum"), "a disk image downloaded from a URL needs `checksum: sha256:<hex>`", None);
+        }
     }
 }
 

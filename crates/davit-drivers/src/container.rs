@@ -1,0 +1,1049 @@
+//! The `container` driver: OCI images run by crun or runc, supervised by the exec driver's executor.
+//!
+//! ```text
+//!  start: pull image (davit-oci) ─▶ overlay rootfs ─▶ config.json (oci-spec) ─▶ executor runs `<runtime> run`
+//!                                   (copy if no overlayfs)                       in the task's cgroups, stdio → logs
+//!  stop:  `<runtime> kill <id> <signal>` ─▶ wait ─▶ kill the task cgroup
+//!  destroy: `<runtime> delete --force` ─▶ unmount rootfs ─▶ remove the bundle
+//! ```
+//!
+//! The runtime runs in the foreground under the executor, so the container's exit status, OOM kills, logs and
+//! re-attachment after an agent restart all come from the exec driver. The container joins the task's own
+//! cgroup (`cgroupsPath` is the task cgroup, which already carries the CPU and memory limits): the runtime's
+//! process sits in it too, so the runtime cannot remove it before the executor has read the OOM counter.
+//!
+//! crun refuses hybrid cgroup hosts (v1 controllers plus cgroup2 at `/sys/fs/cgroup/unified`); every crun call
+//! then runs in a private mount namespace where the cgroup2 mount is detached.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use davit_oci::{Image, ImageStore, ImageStoreConfig, PullPhase, PullProgress, RegistryConfig};
+use oci_spec::runtime::{
+    Arch, Capability, LinuxCapabilities, LinuxDeviceCgroup, LinuxNamespace, LinuxNamespaceType, LinuxSeccompAction, LinuxSeccompBuilder,
+    LinuxSyscallBuilder, Mount, Spec, User,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use crate::cgroups::{self, CgroupLayout, CgroupVersion};
+use crate::exec::{ProcessSpec, blocking, io_error};
+use crate::{
+    BoxFuture, Driver, DriverError, ExecDriver, ExecDriverConfig, ExecOutput, ExitResult, Fingerprint, TaskConfig, TaskHandle,
+    TaskRunState, TaskStats, sys,
+};
+
+/// The driver's name in job specs (`driver: container`).
+pub const DRIVER_NAME: &str = "container";
+
+/// How long a runtime command (`kill`, `delete`, `--version`) may take.
+const RUNTIME_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long `start` waits for the runtime to report the container running.
+const CONTAINER_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which OCI runtime runs containers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeChoice {
+    /// crun if installed, else runc.
+    #[default]
+    Auto,
+    Crun,
+    Runc,
+}
+
+#[derive(Clone, Debug)]
+pub struct ContainerDriverConfig {
+    /// The executor command (see [`ExecDriverConfig::executor_command`]).
+    pub executor_command: Vec<String>,
+    pub cgroup_root: PathBuf,
+    pub runtime: RuntimeChoice,
+    /// Where image blobs and unpacked rootfs are cached (`<data_dir>/images`).
+    pub image_root: PathBuf,
+    /// Registry settings by host (`127.0.0.1:5000`): insecure (plain HTTP) and credentials.
+    pub registries: BTreeMap<String, RegistryConfig>,
+    /// Unused images are evicted (least recently used first) when the cache grows past this.
+    pub max_image_cache_bytes: u64,
+    /// Host directories tasks may mount (prefixes); relative sources are always allowed (the alloc dir).
+    pub allowed_host_paths: Vec<PathBuf>,
+    /// Whether `privileged: true` tasks may run.
+    pub allow_privileged: bool,
+    /// Where the runtime keeps its container state (`--root`).
+    pub runtime_state_root: PathBuf,
+}
+
+impl ContainerDriverConfig {
+    /// Defaults for an agent whose data lives in `data_dir`.
+    pub fn new(executor_command: Vec<String>, data_dir: &Path) -> ContainerDriverConfig {
+        ContainerDriverConfig {
+            executor_command,
+            cgroup_root: PathBuf::from(cgroups::DEFAULT_ROOT),
+            runtime: RuntimeChoice::Auto,
+            image_root: data_dir.join("images"),
+            registries: BTreeMap::new(),
+            max_image_cache_bytes: 10 * 1024 * 1024 * 1024,
+            allowed_host_paths: Vec::new(),
+            allow_privileged: false,
+            runtime_state_root: PathBuf::from("/run/davit"),
+        }
+    }
+}
+
+/// The container driver. See the module docs.
+pub struct ContainerDriver {
+    config: ContainerDriverConfig,
+    exec: ExecDriver,
+    images: Result<ImageStore, String>,
+    runtime: Result<Runtime, String>,
+    /// Images of tasks this driver runs, with a count: never evicted.
+    in_use: Mutex<BTreeMap<String, usize>>,
+}
+
+/// The runtime binary and how to call it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Runtime {
+    kind: RuntimeKind,
+    binary: PathBuf,
+    /// `--root` for every call.
+    state_root: PathBuf,
+    /// Mounts to detach in a private mount namespace around every call (crun on hybrid hosts).
+    private_unmounts: Vec<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RuntimeKind {
+    Crun,
+    Runc,
+}
+
+impl RuntimeKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Crun => "crun",
+            RuntimeKind::Runc => "runc",
+        }
+    }
+}
+
+/// The `config:` block of a container task (mirrors `davit_api::spec::ContainerConfig`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainerTaskConfig {
+    image: String,
+    /// Replaces the image's entrypoint.
+    #[serde(default)]
+    entrypoint: Option<Vec<String>>,
+    /// Replaces the image's cmd (with `args` after it).
+    #[serde(default)]
+    command: Option<String>,
+    /// Arguments: after `command`, or replacing the image's cmd.
+    #[serde(default)]
+    args: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    working_dir: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    mounts: Vec<MountConfig>,
+    #[serde(default)]
+    readonly_rootfs: bool,
+    #[serde(default)]
+    cap_add: Vec<String>,
+    #[serde(default)]
+    cap_drop: Vec<String>,
+    #[serde(default)]
+    privileged: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MountConfig {
+    /// A host path (allowed by agent config) or a path relative to the allocation directory.
+    source: String,
+    target: String,
+    #[serde(default)]
+    readonly: bool,
+}
+
+/// `TaskHandle::driver_state` of the container driver.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct ContainerState {
+    /// The exec driver's handle of the runtime process.
+    inner: TaskHandle,
+    container_id: String,
+    bundle: PathBuf,
+    /// The rootfs is an overlay mount (else a copy).
+    overlay: bool,
+    image_digest: String,
+}
+
+impl ContainerState {
+    fn from_handle(handle: &TaskHandle) -> Result<ContainerState, DriverError> {
+        if handle.driver != DRIVER_NAME {
+            return Err(DriverError::Other(format!("handle of driver {:?} given to the container driver", handle.driver)));
+        }
+        serde_json::from_value(handle.driver_state.clone())
+            .map_err(|error| invalid(format!("unreadable driver_state in task handle: {error}")))
+    }
+}
+
+/// Capabilities a container gets unless it adds or drops some: Docker's default set without NET_RAW.
+const DEFAULT_CAPABILITIES: [&str; 13] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// System calls the default seccomp profile refuses with EPERM (everything else is allowed): kernel modules,
+/// reboot, swap, clock setting, keyrings, namespaces and mounts, tracing and BPF.
+const DENIED_SYSCALLS: [&str; 31] = [
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "get_kernel_syms",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "move_pages",
+    "open_by_handle_at",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+];
+
+impl ContainerDriver {
+    pub fn new(config: ContainerDriverConfig) -> ContainerDriver {
+        let exec = ExecDriver::new(ExecDriverConfig {
+            executor_command: config.executor_command.clone(),
+            cgroup_root: config.cgroup_root.clone(),
+        });
+        let images = ImageStore::open(ImageStoreConfig {
+            root: config.image_root.clone(),
+            registries: config.registries.clone(),
+            max_cache_bytes: config.max_image_cache_bytes,
+        })
+        .map_err(|error| error.to_string());
+        let runtime = detect_runtime(&config, exec.cgroup_layout().ok());
+        ContainerDriver { config, exec, images, runtime, in_use: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The runtime in use (`crun` or `runc`).
+    pub fn runtime_name(&self) -> Option<&'static str> {
+        self.runtime.as_ref().ok().map(|runtime| runtime.kind.as_str())
+    }
+
+    fn runtime(&self) -> Result<&Runtime, DriverError> {
+        self.runtime.as_ref().map_err(|reason| DriverError::Other(format!("container driver unavailable: {reason}")))
+    }
+
+    fn images(&self) -> Result<&ImageStore, DriverError> {
+        self.images.as_ref().map_err(|reason| DriverError::Other(format!("container image cache unavailable: {reason}")))
+    }
+
+    /// `<alloc_dir>/.container/<task>`: config.json, rootfs and the overlay's upper and work dirs.
+    fn bundle_dir(config: &TaskConfig) -> PathBuf {
+        config.alloc_dir.join(".container").join(&config.task_name)
+    }
+
+    async fn start_task(&self, config: &TaskConfig) -> Result<TaskHandle, DriverError> {
+        let task: ContainerTaskConfig = serde_json::from_value(config.driver_config.clone()).map_err(|error| invalid(error.to_string()))?;
+        if task.image.trim().is_empty() {
+            return Err(invalid("image is empty".to_owned()));
+        }
+        if task.privileged && !self.config.allow_privileged {
+            return Err(invalid("privileged containers are not allowed on this node (agent config allow_privileged)".to_owned()));
+        }
+        let runtime = self.runtime()?.clone();
+        let image = self.pull(config, &task.image).await?;
+        self.track_image(&image.manifest_digest, true);
+        let result = self.start_container(config, &task, &image, runtime).await;
+        if result.is_err() {
+            self.track_image(&image.manifest_digest, false);
+        }
+        result
+    }
+
+    async fn pull(&self, config: &TaskConfig, reference: &str) -> Result<Image, DriverError> {
+        let images = self.images()?;
+        config.events.emit("Downloading Image", &format!("pulling {reference}"));
+        let events = config.events.clone();
+        let reported = Mutex::new((None::<PullPhase>, 0u64));
+        let name = reference.to_owned();
+        let progress = move |progress: PullProgress| {
+            let mut last = reported.lock().expect("progress lock");
+            // One event per phase change and per 10 % of a layer, so the task's event list stays readable.
+            let step = progress.bytes_total / 10;
+            let worth = last.0 != Some(progress.phase) || (step > 0 && progress.bytes_done >= last.1 + step);
+            if worth && progress.phase == PullPhase::Downloading {
+                events.emit(
+                    "Downloading Image",
+                    &format!(
+                        "{name}: layer {} {} of {}",
+                        short_digest(&progress.digest),
+                        mib(progress.bytes_done),
+                        mib(progress.bytes_total)
+                    ),
+                );
+                *last = (Some(progress.phase), progress.bytes_done);
+            } else if last.0 != Some(progress.phase) {
+                *last = (Some(progress.phase), progress.bytes_done);
+            }
+        };
+        let image = images.pull(reference, &progress).await.map_err(|error| DriverError::Start {
+            task: config.task_name.clone(),
+            message: format!("pulling image: {error}"),
+            source: None,
+        })?;
+        config.events.emit("Image Ready", &format!("{reference} is {} ({})", short_digest(&image.manifest_digest), mib(image.size_bytes)));
+        Ok(image)
+    }
+
+    fn track_image(&self, digest: &str, add: bool) {
+        let mut in_use = self.in_use.lock().expect("in_use lock");
+        if add {
+            *in_use.entry(digest.to_owned()).or_default() += 1;
+        } else if let Some(count) = in_use.get_mut(digest) {
+            *count -= 1;
+            if *count == 0 {
+                in_use.remove(digest);
+            }
+        }
+    }
+
+    /// Evicts unused images while the cache is over its size limit.
+    fn collect_images(&self) {
+        let Ok(images) = self.images() else { return };
+        let keep: Vec<String> = self.in_use.lock().expect("in_use lock").keys().cloned().collect();
+        match images.gc(&keep) {
+            Ok(report) if !report.removed_images.is_empty() => {
+                tracing::info!(removed = ?report.removed_images, freed_bytes = report.freed_bytes, "evicted unused container images");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "container image garbage collection failed"),
+        }
+    }
+
+    async fn start_container(
+        &self,
+        config: &TaskConfig,
+        task: &ContainerTaskConfig,
+        image: &Image,
+        runtime: Runtime,
+    ) -> Result<TaskHandle, DriverError> {
+        let bundle = Self::bundle_dir(config);
+        let container_id = container_id(&config.alloc_id, &config.task_name);
+        // A restarted task starts from a fresh bundle (and a fresh writable layer), like a new container.
+        self.cleanup_bundle(&runtime, &container_id, &bundle).await;
+        for dir in [&config.task_dir, &config.log_dir, &config.alloc_dir.join("alloc")] {
+            std::fs::create_dir_all(dir).map_err(|source| io_error(format!("creating {}", dir.display()), source))?;
+        }
+        let lower = image.rootfs.clone();
+        let bundle_for_mount = bundle.clone();
+        // A failure after the rootfs is mounted must not leave the mount and the bundle behind.
+        let prepared = match blocking(move || prepare_rootfs(&lower, &bundle_for_mount)).await {
+            Ok(overlay) => self.write_bundle(config, task, image, &bundle).map(|()| overlay),
+            Err(error) => Err(error),
+        };
+        let overlay = match prepared {
+            Ok(overlay) => overlay,
+            Err(error) => {
+                self.cleanup_bundle(&runtime, &container_id, &bundle).await;
+                return Err(error);
+            }
+        };
+
+        let mut args = runtime.global_args(&bundle.join("runtime.log"));
+        args.extend(["run".to_owned(), "--bundle".to_owned(), bundle.display().to_string(), container_id.clone()]);
+        let process =
+            ProcessSpec { command: runtime.binary.display().to_string(), args, private_unmounts: runtime.private_unmounts.clone() };
+        // The runtime itself runs as root with a plain environment; the task's env and user are in config.json.
+        let mut runtime_config = config.clone();
+        runtime_config.env =
+            BTreeMap::from([("PATH".to_owned(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned())]);
+        runtime_config.user = None;
+        let inner = match self.exec.start_process(&runtime_config, process).await {
+            Ok(inner) => inner,
+            Err(error) => {
+                self.cleanup_bundle(&runtime, &container_id, &bundle).await;
+                return Err(error);
+            }
+        };
+        // The runtime process runs, but the container may not exist yet: `exec`, `kill` and `stop` need it to.
+        self.wait_until_running(&runtime, &container_id, &bundle, &inner).await;
+        let state = ContainerState { inner: inner.clone(), container_id, bundle, overlay, image_digest: image.manifest_digest.clone() };
+        Ok(TaskHandle {
+            driver: DRIVER_NAME.to_owned(),
+            alloc_id: config.alloc_id.clone(),
+            task_name: config.task_name.clone(),
+            pid: inner.pid,
+            started_at_ms: inner.started_at_ms,
+            driver_state: serde_json::to_value(&state).expect("ContainerState serializes"),
+        })
+    }
+
+    /// Writes `config.json` and the container's `/etc/hostname` into the bundle.
+    fn write_bundle(&self, config: &TaskConfig, task: &ContainerTaskConfig, image: &Image, bundle: &Path) -> Result<(), DriverError> {
+        // Like Docker, the container gets an /etc/hostname naming it (the runtime only sets the UTS hostname).
+        let hostname = bundle.join("hostname");
+        std::fs::write(&hostname, format!("{}\n", config.task_name))
+            .map_err(|source| io_error(format!("writing {}", hostname.display()), source))?;
+        let layout = self.exec.cgroup_layout()?;
+        let cgroup_path = format!("/{}/{}", cgroups::PARENT_DIR, CgroupLayout::task_cgroup_name(&config.alloc_id, &config.task_name));
+        let rootfs = bundle.join("rootfs");
+        // crun runs with `--cgroup-manager=disabled` (see `Runtime::global_args`): the container stays in the task
+        // cgroup crun was started in, and no device cgroup is written.
+        let runtime_cgroup = (self.runtime()?.kind == RuntimeKind::Runc).then_some(cgroup_path.as_str());
+        let spec = build_spec(config, task, image, &rootfs, runtime_cgroup, &self.config.allowed_host_paths, layout.version())?;
+        let spec_path = bundle.join("config.json");
+        spec.save(&spec_path).map_err(|error| io_error(format!("writing {}", spec_path.display()), io::Error::other(error)))
+    }
+
+    /// Polls `<runtime> state` until the container's process runs (or already ended), or the runtime process
+    /// exited (the start failed; `wait` reports it), or [`CONTAINER_START_TIMEOUT`] passed.
+    async fn wait_until_running(&self, runtime: &Runtime, container_id: &str, bundle: &Path, inner: &TaskHandle) {
+        let deadline = tokio::time::Instant::now() + CONTAINER_START_TIMEOUT;
+        let state = ["state".to_owned(), container_id.to_owned()];
+        loop {
+            if let Ok(output) = runtime.run(&state, &bundle.join("runtime.log")).await
+                && let Ok(state) = serde_json::from_slice::<serde_json::Value>(&output)
+                && matches!(state["status"].as_str(), Some("running" | "stopped" | "paused"))
+            {
+                return;
+            }
+            if !matches!(self.exec.inspect(inner).await, Ok(TaskRunState::Running)) {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(container_id, "the container did not report running within {CONTAINER_START_TIMEOUT:?}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Deletes the container from the runtime and removes the bundle (unmounting the rootfs). Idempotent.
+    async fn cleanup_bundle(&self, runtime: &Runtime, container_id: &str, bundle: &Path) {
+        let delete = ["delete".to_owned(), "--force".to_owned(), container_id.to_owned()];
+        if let Err(error) = runtime.run(&delete, &bundle.join("runtime.log")).await {
+            tracing::debug!(%error, container_id, "runtime delete");
+        }
+        let bundle = bundle.to_path_buf();
+        blocking(move || {
+            let rootfs = bundle.join("rootfs");
+            unmount(&rootfs);
+            match std::fs::remove_dir_all(&bundle) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => tracing::warn!(%error, bundle = %bundle.display(), "removing container bundle"),
+            }
+        })
+        .await;
+    }
+
+    async fn stop_task(&self, handle: &TaskHandle, signal: &str, timeout: Duration) -> Result<(), DriverError> {
+        if sys::signal_number(signal).is_none() {
+            return Err(DriverError::UnknownSignal(signal.to_owned()));
+        }
+        let state = ContainerState::from_handle(handle)?;
+        let runtime = self.runtime()?;
+        if matches!(self.exec.inspect(&state.inner).await, Ok(TaskRunState::Running)) {
+            let kill = ["kill".to_owned(), state.container_id.clone(), signal.to_owned()];
+            match runtime.run(&kill, &state.bundle.join("runtime.log")).await {
+                Ok(_) => {
+                    let _ = tokio::time::timeout(timeout, self.exec.wait(&state.inner)).await;
+                }
+                Err(error) => tracing::debug!(%error, "runtime kill (the container may have exited)"),
+            }
+        }
+        // Whatever still runs in the task's cgroup (the container, the runtime) is killed.
+        self.exec.stop(&state.inner, "SIGKILL", Duration::ZERO).await
+    }
+
+    async fn destroy_task(&self, handle: &TaskHandle) -> Result<(), DriverError> {
+        let state = ContainerState::from_handle(handle)?;
+        let destroyed = self.exec.destroy(&state.inner).await;
+        if let Ok(runtime) = self.runtime() {
+            self.cleanup_bundle(runtime, &state.container_id, &state.bundle).await;
+        }
+        // The runtime created the task cgroup in controllers davit does not manage (devices, freezer, …).
+        let name = CgroupLayout::task_cgroup_name(&handle.alloc_id, &handle.task_name);
+        let root = self.config.cgroup_root.clone();
+        blocking(move || remove_foreign_cgroups(&root, &name)).await;
+        self.track_image(&state.image_digest, false);
+        self.collect_images();
+        destroyed
+    }
+
+    async fn recover_task(&self, handle: &TaskHandle) -> Result<(), DriverError> {
+        let state = ContainerState::from_handle(handle)?;
+        self.exec.recover(&state.inner).await?;
+        self.track_image(&state.image_digest, true);
+        Ok(())
+    }
+
+    async fn exec_in_task(&self, handle: &TaskHandle, command: &[String], timeout: Duration) -> Result<ExecOutput, DriverError> {
+        if command.is_empty() {
+            return Err(DriverError::Other("exec: empty command".to_owned()));
+        }
+        let state = ContainerState::from_handle(handle)?;
+        let runtime = self.runtime()?;
+        let mut args = runtime.global_args(&state.bundle.join("runtime.log"));
+        args.extend(["exec".to_owned(), state.container_id.clone()]);
+        args.extend(command.iter().cloned());
+        let mut process = runtime.command(&args)?;
+        // The command runs in the task's cgroups (crun does not move it there itself).
+        let cgroup_files = crate::executor::open_cgroup_procs(&crate::exec::task_cgroup(&state.inner)?)
+            .map_err(|error| DriverError::Other(format!("exec: {error}")))?;
+        let cgroup_fds: Vec<_> = cgroup_files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+        // SAFETY: the hook only writes to fds opened before fork (see `executor::enter_task_context`).
+        unsafe {
+            process.pre_exec(move || crate::executor::enter_task_context(&cgroup_fds, None));
+        }
+        process.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let spawned = process.spawn();
+        drop(cgroup_files);
+        let child = spawned.map_err(|source| io_error(format!("exec: spawning {}", runtime.binary.display()), source))?;
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(output)) => {
+                Ok(ExecOutput { exit_code: output.status.code().unwrap_or(128), stdout: output.stdout, stderr: output.stderr })
+            }
+            Ok(Err(source)) => Err(io_error("exec: waiting".to_owned(), source)),
+            Err(_) => Err(DriverError::Timeout { operation: format!("exec {:?} in container", command[0]), after: timeout }),
+        }
+    }
+
+    async fn fingerprint_driver(&self) -> Fingerprint {
+        let mut attributes = BTreeMap::new();
+        let runtime = match &self.runtime {
+            Ok(runtime) => runtime.clone(),
+            Err(reason) => {
+                return Fingerprint { detected: false, healthy: false, description: reason.clone(), attributes };
+            }
+        };
+        attributes.insert("driver.container.runtime".to_owned(), runtime.kind.as_str().to_owned());
+        let version = match runtime.run(&["--version".to_owned()], Path::new("/dev/null")).await {
+            Ok(output) => String::from_utf8_lossy(&output).lines().next().unwrap_or_default().trim().to_owned(),
+            Err(error) => {
+                return Fingerprint {
+                    detected: true,
+                    healthy: false,
+                    description: format!("{} does not run: {error}", runtime.kind.as_str()),
+                    attributes,
+                };
+            }
+        };
+        attributes.insert("driver.container.runtime_version".to_owned(), version.clone());
+        let exec = self.exec.fingerprint().await;
+        if !exec.healthy {
+            return Fingerprint { detected: true, healthy: false, description: exec.description, attributes };
+        }
+        if let Err(reason) = &self.images {
+            return Fingerprint { detected: true, healthy: false, description: format!("image cache: {reason}"), attributes };
+        }
+        Fingerprint { detected: true, healthy: true, description: format!("{version} ({})", exec.description), attributes }
+    }
+}
+
+impl Runtime {
+    fn global_args(&self, log: &Path) -> Vec<String> {
+        let root = self.state_root.join(self.kind.as_str());
+        match self.kind {
+            RuntimeKind::Runc => vec!["--root".to_owned(), root.display().to_string(), "--log".to_owned(), log.display().to_string()],
+            // crun 1.8 kills every process of the container's cgroup when the container exits, itself included
+            // (losing the exit status), so it manages no cgroups: it runs in the task cgroup (placed there by
+            // the executor) and the container inherits it, limits and OOM counter included.
+            RuntimeKind::Crun => {
+                vec![format!("--root={}", root.display()), format!("--log=file:{}", log.display()), "--cgroup-manager=disabled".to_owned()]
+            }
+        }
+    }
+
+    /// A command for the runtime, entering a private mount namespace first when needed.
+    fn command(&self, args: &[String]) -> Result<tokio::process::Command, DriverError> {
+        let unmounts = sys::c_paths(&self.private_unmounts).map_err(|source| io_error("preparing runtime mounts".to_owned(), source))?;
+        let mut command = tokio::process::Command::new(&self.binary);
+        command.args(args);
+        // SAFETY: the hook only makes async-signal-safe system calls on values prepared before fork.
+        unsafe {
+            command.pre_exec(move || sys::enter_private_mount_namespace(&unmounts));
+        }
+        Ok(command)
+    }
+
+    /// Runs a short runtime command (`kill`, `delete`, `--version`); its stdout on success.
+    async fn run(&self, args: &[String], log: &Path) -> Result<Vec<u8>, DriverError> {
+        let mut full = if args.first().is_some_and(|arg| arg == "--version") { Vec::new() } else { self.global_args(log) };
+        full.extend(args.iter().cloned());
+        let mut command = self.command(&full)?;
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = command.spawn().map_err(|source| io_error(format!("spawning {}", self.binary.display()), source))?;
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let output = tokio::time::timeout(RUNTIME_COMMAND_TIMEOUT, async {
+            let mut errors = Vec::new();
+            let (output, _) = tokio::join!(child.wait_with_output(), stderr.read_to_end(&mut errors));
+            output.map(|output| (output, errors))
+        })
+        .await
+        .map_err(|_| DriverError::Timeout {
+            operation: format!("{} {}", self.kind.as_str(), args.join(" ")),
+            after: RUNTIME_COMMAND_TIMEOUT,
+        })?
+        .map_err(|source| io_error(format!("running {}", self.binary.display()), source))?;
+        let (output, errors) = output;
+        if output.status.success() {
+            Ok(output.stdout)
+        } else {
+            Err(DriverError::Other(format!(
+                "{} {} failed ({}): {}",
+                self.kind.as_str(),
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&errors).trim()
+            )))
+        }
+    }
+}
+
+fn detect_runtime(config: &ContainerDriverConfig, layout: Option<&CgroupLayout>) -> Result<Runtime, String> {
+    let find = |name: &str| find_in_path(name).ok_or_else(|| format!("{name} not found in PATH"));
+    let (kind, binary) = match config.runtime {
+        RuntimeChoice::Crun => (RuntimeKind::Crun, find("crun")?),
+        RuntimeChoice::Runc => (RuntimeKind::Runc, find("runc")?),
+        RuntimeChoice::Auto => match find_in_path("crun") {
+            Some(binary) => (RuntimeKind::Crun, binary),
+            None => (RuntimeKind::Runc, find("runc").map_err(|_| "neither crun nor runc found in PATH".to_owned())?),
+        },
+    };
+    let unified = config.cgroup_root.join(cgroups::V2_KEY);
+    let hybrid = layout.is_some_and(|layout| layout.version() == CgroupVersion::V1) && unified.join("cgroup.controllers").exists();
+    let private_unmounts = if kind == RuntimeKind::Crun && hybrid { vec![unified] } else { Vec::new() };
+    Ok(Runtime { kind, binary, state_root: config.runtime_state_root.clone(), private_unmounts })
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+}
+
+/// A runtime container id: `davit-<alloc>-<task>` with characters runc refuses replaced.
+fn container_id(alloc_id: &str, task_name: &str) -> String {
+    format!("davit-{alloc_id}-{task_name}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+') { c } else { '_' })
+        .collect()
+}
+
+/// Mounts an overlay of the image's rootfs at `<bundle>/rootfs` (writes go to `<bundle>/upper`); copies the
+/// image's rootfs where overlayfs is unavailable. Returns whether it is an overlay.
+fn prepare_rootfs(lower: &Path, bundle: &Path) -> Result<bool, DriverError> {
+    let rootfs = bundle.join("rootfs");
+    let upper = bundle.join("upper");
+    let work = bundle.join("work");
+    for dir in [&rootfs, &upper, &work] {
+        std::fs::create_dir_all(dir).map_err(|source| io_error(format!("creating {}", dir.display()), source))?;
+    }
+    let options = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    match sys::mount_overlay(&rootfs, &options) {
+        Ok(()) => Ok(true),
+        Err(error) => {
+            tracing::info!(%error, "overlayfs unavailable; copying the image rootfs");
+            davit_oci::copy_rootfs(lower, &rootfs)
+                .map_err(|source| io_error(format!("copying the image rootfs to {}", rootfs.display()), source))?;
+            Ok(false)
+        }
+    }
+}
+
+fn unmount(path: &Path) {
+    if let Err(error) = sys::unmount(path)
+        && error.raw_os_error() != Some(libc::EINVAL)
+        && error.raw_os_error() != Some(libc::ENOENT)
+    {
+        tracing::warn!(%error, path = %path.display(), "unmounting container rootfs");
+    }
+}
+
+/// Removes `<root>/<controller>/davit/<name>` of controllers the runtime joined but davit does not manage.
+fn remove_foreign_cgroups(root: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let dir = entry.path().join(cgroups::PARENT_DIR).join(name);
+        if dir.is_dir()
+            && let Err(error) = std::fs::remove_dir(&dir)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::debug!(%error, dir = %dir.display(), "removing a runtime-created cgroup");
+        }
+    }
+}
+
+/// The OCI runtime config of a task: image config + job overrides + davit's defaults.
+fn build_spec(
+    config: &TaskConfig,
+    task: &ContainerTaskConfig,
+    image: &Image,
+    rootfs: &Path,
+    cgroup_path: Option<&str>,
+    allowed_host_paths: &[PathBuf],
+    cgroup_version: CgroupVersion,
+) -> Result<Spec, DriverError> {
+    let mut spec = Spec::default();
+    spec.set_hostname(Some(config.task_name.clone()));
+    let mut root = spec.root().clone().unwrap_or_default();
+    root.set_path(rootfs.to_path_buf());
+    root.set_readonly(Some(task.readonly_rootfs));
+    spec.set_root(Some(root));
+
+    // argv, like Docker: entrypoint ++ cmd, each replaceable.
+    let entrypoint = task.entrypoint.clone().unwrap_or_else(|| image.config.entrypoint.clone());
+    let cmd = match (&task.command, &task.args) {
+        (Some(command), args) => std::iter::once(command.clone()).chain(args.iter().flatten().cloned()).collect(),
+        (None, Some(args)) => args.clone(),
+        (None, None) => image.config.cmd.clone(),
+    };
+    let argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if argv.is_empty() {
+        return Err(invalid(format!("image {} has no entrypoint or cmd: set `command` in the task config", task.image)));
+    }
+
+    // Environment: the image's, then the task's (`env:` of the task and of the config, and DAVIT_*).
+    let mut env: BTreeMap<String, String> =
+        image.config.env.iter().filter_map(|pair| pair.split_once('=').map(|(key, value)| (key.to_owned(), value.to_owned()))).collect();
+    env.extend(config.env.iter().map(|(key, value)| (key.clone(), value.clone())));
+    env.extend(task.env.iter().map(|(key, value)| (key.clone(), value.clone())));
+    env.insert("DAVIT_ALLOC_DIR".to_owned(), "/alloc".to_owned());
+    env.insert("DAVIT_TASK_DIR".to_owned(), "/local".to_owned());
+    env.entry("PATH".to_owned()).or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned());
+
+    let user_text = task.user.clone().or_else(|| config.user.clone()).unwrap_or_else(|| image.config.user.clone());
+    let user = resolve_user(&user_text, rootfs)?;
+
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_args(Some(argv));
+    process.set_env(Some(env.into_iter().map(|(key, value)| format!("{key}={value}")).collect()));
+    let cwd = task.working_dir.clone().filter(|dir| !dir.is_empty()).unwrap_or_else(|| image.config.working_dir.clone());
+    process.set_cwd(PathBuf::from(if cwd.is_empty() { "/".to_owned() } else { cwd }));
+    process.set_user(user);
+    process.set_no_new_privileges(Some(!task.privileged));
+    // Without a device cgroup (crun here), the container must not be able to make device nodes.
+    process.set_capabilities(Some(capabilities(task, cgroup_path.is_some())?));
+    spec.set_process(Some(process));
+
+    // Mounts: the runtime's defaults, then the alloc and task dirs, DNS files and the task's own mounts.
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    // The cgroup mount of the defaults needs a cgroup namespace; containers do not see cgroupfs.
+    mounts.retain(|mount| mount.typ().as_deref() != Some("cgroup"));
+    mounts.push(bind_mount(&config.alloc_dir.join("alloc"), "/alloc", false));
+    mounts.push(bind_mount(&config.task_dir, "/local", false));
+    for file in ["/etc/resolv.conf", "/etc/hosts"] {
+        if Path::new(file).exists() {
+            mounts.push(bind_mount(Path::new(file), file, true));
+        }
+    }
+    // Written next to the rootfs by `start_container`.
+    let hostname = rootfs.with_file_name("hostname");
+    if hostname.exists() {
+        mounts.push(bind_mount(&hostname, "/etc/hostname", true));
+    }
+    for mount in &task.mounts {
+        let source = mount_source(&mount.source, &config.alloc_dir, allowed_host_paths)?;
+        if !mount.target.starts_with('/') {
+            return Err(invalid(format!("mount target {:?} must be an absolute path inside the container", mount.target)));
+        }
+        mounts.push(bind_mount(&source, &mount.target, mount.readonly));
+    }
+    spec.set_mounts(Some(mounts));
+
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    // Host network (scheduler-assigned ports); own pid, mount, ipc and uts namespaces.
+    let namespaces: Vec<LinuxNamespace> = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|namespace| !matches!(namespace.typ(), LinuxNamespaceType::Network | LinuxNamespaceType::Cgroup))
+        .collect();
+    linux.set_namespaces(Some(namespaces));
+    linux.set_cgroups_path(cgroup_path.map(PathBuf::from));
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    let mut deny_all = LinuxDeviceCgroup::default();
+    deny_all.set_allow(false);
+    deny_all.set_access(Some("rwm".to_owned()));
+    // v2 has no devices controller to write to; runtimes turn the rules into a BPF program there.
+    resources.set_devices(Some(if task.privileged && cgroup_version == CgroupVersion::V1 { Vec::new() } else { vec![deny_all] }));
+    linux.set_resources(Some(resources));
+    if task.privileged {
+        linux.set_masked_paths(Some(Vec::new()));
+        linux.set_readonly_paths(Some(Vec::new()));
+    } else {
+        linux.set_seccomp(Some(default_seccomp()?));
+    }
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+fn bind_mount(source: &Path, target: &str, readonly: bool) -> Mount {
+    let mut mount = Mount::default();
+    mount.set_destination(PathBuf::from(target));
+    mount.set_typ(Some("bind".to_owned()));
+    mount.set_source(Some(source.to_path_buf()));
+    let mut options = vec!["rbind".to_owned(), "nosuid".to_owned(), "nodev".to_owned()];
+    options.push(if readonly { "ro" } else { "rw" }.to_owned());
+    mount.set_options(Some(options));
+    mount
+}
+
+/// A mount source: relative paths live in the allocation directory; absolute ones must be allowed.
+fn mount_source(source: &str, alloc_dir: &Path, allowed: &[PathBuf]) -> Result<PathBuf, DriverError> {
+    let path = Path::new(source);
+    if path.components().any(|component| matches!(component, std::path::Component::ParentDir)) {
+        return Err(invalid(format!("mount source {source:?} must not contain `..`")));
+    }
+    if path.is_absolute() {
+        if allowed.iter().any(|prefix| path.starts_with(prefix)) {
+            return Ok(path.to_path_buf());
+        }
+        return Err(invalid(format!(
+            "host path {source:?} is not allowed on this node (agent config allowed_host_paths); use a path relative to the allocation directory such as `alloc/data`"
+        )));
+    }
+    let resolved = alloc_dir.join(path);
+    std::fs::create_dir_all(&resolved).map_err(|source| io_error(format!("creating {}", resolved.display()), source))?;
+    Ok(resolved)
+}
+
+fn capabilities(task: &ContainerTaskConfig, device_cgroup: bool) -> Result<LinuxCapabilities, DriverError> {
+    let parse =
+        |name: &str| Capability::from_str(name).map_err(|_| invalid(format!("unknown capability {name:?} (e.g. NET_ADMIN, SYS_TIME)")));
+    let mut set: HashSet<Capability> = if task.privileged {
+        // Every capability the crate knows.
+        all_capabilities()
+    } else {
+        DEFAULT_CAPABILITIES.iter().map(|name| parse(name)).collect::<Result<_, _>>()?
+    };
+    for name in &task.cap_add {
+        if name.eq_ignore_ascii_case("ALL") {
+            set = all_capabilities();
+        } else {
+            set.insert(parse(name)?);
+        }
+    }
+    if !device_cgroup && !task.privileged {
+        set.remove(&Capability::Mknod);
+    }
+    for name in &task.cap_drop {
+        if name.eq_ignore_ascii_case("ALL") {
+            set.clear();
+        } else {
+            set.remove(&parse(name)?);
+        }
+    }
+    let mut capabilities = LinuxCapabilities::default();
+    capabilities.set_bounding(Some(set.clone()));
+    capabilities.set_effective(Some(set.clone()));
+    capabilities.set_permitted(Some(set));
+    capabilities.set_inheritable(Some(HashSet::new()));
+    capabilities.set_ambient(Some(HashSet::new()));
+    Ok(capabilities)
+}
+
+fn all_capabilities() -> HashSet<Capability> {
+    (0..64).filter_map(|bit: u32| Capability::from_str(&cap_name(bit)?).ok()).collect()
+}
+
+/// The name of capability number `bit` (as in `linux/capability.h`), for the ones the kernel of today has.
+fn cap_name(bit: u32) -> Option<String> {
+    const NAMES: [&str; 41] = [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ];
+    NAMES.get(usize::try_from(bit).ok()?).map(|name| (*name).to_owned())
+}
+
+fn default_seccomp() -> Result<oci_spec::runtime::LinuxSeccomp, DriverError> {
+    let denied = LinuxSyscallBuilder::default()
+        .names(DENIED_SYSCALLS.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>())
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(u32::try_from(libc::EPERM).unwrap_or(1))
+        .build()
+        .map_err(|error| DriverError::Other(format!("building the seccomp profile: {error}")))?;
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32])
+        .syscalls(vec![denied])
+        .build()
+        .map_err(|error| DriverError::Other(format!("building the seccomp profile: {error}")))
+}
+
+/// `uid[:gid]` or a user name from the image's `/etc/passwd` (group from `/etc/group` after a colon).
+fn resolve_user(text: &str, rootfs: &Path) -> Result<User, DriverError> {
+    let mut user = User::default();
+    if text.is_empty() {
+        return Ok(user);
+    }
+    let (name, group) = match text.split_once(':') {
+        Some((name, group)) => (name, Some(group)),
+        None => (text, None),
+    };
+    let lookup = |file: &str, wanted: &str| -> Option<(u32, u32)> {
+        let contents = std::fs::read_to_string(rootfs.join(file)).ok()?;
+        contents.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.first() == Some(&wanted) && fields.len() >= 4)
+                .then(|| Some((fields[2].parse().ok()?, fields[3].parse().unwrap_or(0))))?
+        })
+    };
+    let (uid, primary_gid) = match name.parse::<u32>() {
+        Ok(uid) => (uid, uid),
+        Err(_) => lookup("etc/passwd", name)
+            .ok_or_else(|| invalid(format!("user {name:?} is not in the image's /etc/passwd; use a numeric uid")))?,
+    };
+    let gid = match group {
+        None => primary_gid,
+        Some(group) => match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => lookup("etc/group", group)
+                .map(|(gid, _)| gid)
+                .ok_or_else(|| invalid(format!("group {group:?} is not in the image's /etc/group")))?,
+        },
+    };
+    user.set_uid(uid);
+    user.set_gid(gid);
+    Ok(user)
+}
+
+fn short_digest(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn invalid(message: String) -> DriverError {
+    DriverError::InvalidConfig { driver: DRIVER_NAME, message }
+}
+
+impl Driver for ContainerDriver {
+    fn name(&self) -> &'static str {
+        DRIVER_NAME
+    }
+
+    fn fingerprint(&self) -> BoxFuture<'_, Fingerprint> {
+        Box::pin(self.fingerprint_driver())
+    }
+
+    fn start<'a>(&'a self, config: &'a TaskConfig) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
+        Box::pin(self.start_task(config))
+    }
+
+    fn wait<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<ExitResult, DriverError>> {
+        Box::pin(async move { self.exec.wait(&ContainerState::from_handle(handle)?.inner).await })
+    }
+
+    fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.stop_task(handle, signal, timeout))
+    }
+
+    fn destroy<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.destroy_task(handle))
+    }
+
+    fn inspect<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskRunState, DriverError>> {
+        Box::pin(async move { self.exec.inspect(&ContainerState::from_handle(handle)?.inner).await })
+    }
+
+    fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.recover_task(handle))
+    }
+
+    fn exec<'a>(
+        &'a self,
+        handle: &'a TaskHandle,
+        command: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ExecOutput, DriverError>> {
+        Box::pin(self.exec_in_task(handle, command, timeout))
+    }
+
+    fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskStats, DriverError>> {
+        Box::pin(async move { self.exec.stats(&ContainerState::from_handle(handle)?.inner).await })
+    }
+}

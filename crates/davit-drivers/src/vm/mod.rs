@@ -1,0 +1,649 @@
+//! The `vm` driver: a QEMU virtual machine per task, supervised like any exec task.
+//!
+//! ```text
+//!   VmDriver::start ──▶ parse config ──▶ probe accel (cached) ──▶ overlays + NoCloud seed in the task dir
+//!        └──▶ ExecDriver::start(qemu-system-x86_64 …) ──▶ QMP reachable? ──▶ TaskHandle{driver_state: VmDriverState}
+//!   stop: QMP system_powerdown ─(timeout)─▶ QMP quit ─(5 s)─▶ exec stop with SIGKILL (kills the cgroup)
+//! ```
+//!
+//! QEMU runs through [`ExecDriver`]: the executor supervises it, so it survives agent restarts, its console (the
+//! first serial port on QEMU's stdout) lands in the task's rotated stdout log, and it lives in the task's cgroups.
+//! The cgroup memory limit is the guest memory plus QEMU's own needs: guest + 128 MiB + 10 % (see
+//! `config::cgroup_memory_mib`). vCPUs are the CPU reservation rounded up to whole cores.
+//!
+//! The [`TaskHandle`] of a vm task wraps the exec handle (`driver_state.exec`), so `wait`, `inspect`, `recover`,
+//! `stats` and `destroy` delegate; the VM facts next to it (QMP socket, accelerator, machine, ports) let a new
+//! driver instance find the VM again. Disks are never written: every allocation gets qcow2 overlays in its task
+//! directory. Cloud-init data becomes a vfat `CIDATA` seed image attached read-only.
+//!
+//! Live migration ([`VmDriver::start_incoming`], [`VmDriver::migrate`]) is not part of the [`Driver`] trait.
+//! After a completed migration the source QEMU is told to quit; a marker file (`vm-migrated.json` in the task
+//! directory, written before the quit) makes `wait` and `inspect` report that exit as a success. Only guests
+//! without writable disks can migrate for now (their state is all in RAM; a read-only seed is rebuilt identically
+//! on the destination): disk guests would need QEMU block migration or a copied overlay.
+//!
+//! Acceleration: see [`accel`]. `accel: auto` uses the probed accelerator, `kvm` fails to start on a TCG-only node.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{
+    BoxFuture, Driver, DriverError, ExecDriver, ExecDriverConfig, ExecOutput, ExitResult, Fingerprint, TaskConfig, TaskHandle,
+    TaskResources, TaskRunState, TaskStats,
+};
+
+pub mod accel;
+mod config;
+mod image;
+pub mod qmp;
+mod seed;
+
+pub use accel::{AccelProbe, AccelProbeConfig};
+use config::{AccelChoice, MachineChoice, PortForward, VmTaskConfig, invalid};
+use qmp::{QmpClient, QmpError};
+
+/// The driver's name in job specs (`driver: vm`).
+pub const DRIVER_NAME: &str = "vm";
+
+/// The file in the task directory that marks a VM as migrated away (its exit is then a success).
+const MIGRATED_MARKER: &str = "vm-migrated.json";
+/// How long `start` waits for QEMU's QMP socket.
+const QMP_START_PATIENCE: Duration = Duration::from_secs(15);
+/// How long `stop` and `migrate` wait to reach a running QEMU's QMP socket.
+const QMP_PATIENCE: Duration = Duration::from_secs(3);
+/// How long QEMU may take to exit after `quit`.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound for a live migration.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// The KVM probe's result as cached on disk for the current boot.
+#[derive(Serialize, Deserialize)]
+struct CachedProbe {
+    boot_id: String,
+    accel: String,
+    reason: String,
+}
+
+/// TCG's translation cache (`-accel tcg,tb-size=`), part of the 128 MiB QEMU overhead in the cgroup limit.
+const TCG_TRANSLATION_CACHE_MIB: u32 = 64;
+/// The downtime a migration aims for (QEMU's `downtime-limit`).
+const MIGRATION_DOWNTIME_LIMIT_MS: u64 = 300;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmDriverConfig {
+    /// The executor command (see [`ExecDriverConfig::executor_command`]).
+    pub executor_command: Vec<String>,
+    /// Where cgroup hierarchies are mounted.
+    pub cgroup_root: PathBuf,
+    pub qemu_binary: PathBuf,
+    pub qemu_img_binary: PathBuf,
+    pub accel_probe: AccelProbeConfig,
+    /// The driver's data directory: downloaded images go to `<data_dir>/images/sha256/<hex>`.
+    pub data_dir: PathBuf,
+    /// Firmware for `microvm` guests. QEMU's default microvm SeaBIOS on Debian (bios-microvm.bin) hands the kernel
+    /// an ACPI table the 6.1 kernel spends minutes checksumming; qboot does not.
+    pub microvm_firmware: Option<PathBuf>,
+}
+
+impl VmDriverConfig {
+    /// Defaults: binaries from `PATH`, the default cgroup root, qboot when installed.
+    pub fn new(executor_command: Vec<String>, data_dir: PathBuf) -> VmDriverConfig {
+        let exec = ExecDriverConfig::new(executor_command);
+        let qboot = PathBuf::from("/usr/share/qemu/qboot.rom");
+        VmDriverConfig {
+            executor_command: exec.executor_command,
+            cgroup_root: exec.cgroup_root,
+            qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            qemu_img_binary: PathBuf::from("qemu-img"),
+            accel_probe: AccelProbeConfig::default(),
+            data_dir,
+            microvm_firmware: qboot.is_file().then_some(qboot),
+        }
+    }
+}
+
+/// The vm driver. See the module docs.
+#[derive(Debug)]
+pub struct VmDriver {
+    config: VmDriverConfig,
+    exec: ExecDriver,
+    /// The probe result, for the driver's lifetime.
+    accel: tokio::sync::OnceCell<AccelProbe>,
+}
+
+/// How a live migration went (figures from QEMU's `query-migrate`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// How long the guest was paused at the switch-over.
+    pub downtime_ms: u64,
+    pub total_ms: u64,
+    /// RAM bytes sent.
+    pub transferred_bytes: u64,
+}
+
+/// `TaskHandle::driver_state` of the vm driver.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct VmDriverState {
+    /// The exec driver's handle of the QEMU process.
+    exec: TaskHandle,
+    qmp_socket: PathBuf,
+    task_dir: PathBuf,
+    accel: String,
+    machine: String,
+    vcpus: u32,
+    memory_mib: u32,
+    ports: Vec<PortForward>,
+    graceful_shutdown_timeout_ms: Option<u64>,
+}
+
+impl VmDriverState {
+    fn from_handle(handle: &TaskHandle) -> Result<VmDriverState, DriverError> {
+        if handle.driver != DRIVER_NAME {
+            return Err(DriverError::Other(format!("handle of driver {:?} given to the vm driver", handle.driver)));
+        }
+        serde_json::from_value(handle.driver_state.clone())
+            .map_err(|error| invalid(format!("unreadable driver_state in task handle: {error}")))
+    }
+
+    fn migrated(&self) -> bool {
+        self.task_dir.join(MIGRATED_MARKER).exists()
+    }
+}
+
+impl VmDriver {
+    pub fn new(config: VmDriverConfig) -> VmDriver {
+        let exec = ExecDriver::new(ExecDriverConfig {
+            executor_command: config.executor_command.clone(),
+            cgroup_root: config.cgroup_root.clone(),
+        });
+        VmDriver { config, exec, accel: tokio::sync::OnceCell::new() }
+    }
+
+    /// The accelerator guests get on this node (probed once per boot, see [`accel`]). The result is kept in
+    /// `<data_dir>/accel-probe.json` with the kernel's boot id, so a restarted agent answers at once.
+    pub async fn accel(&self) -> &AccelProbe {
+        self.accel
+            .get_or_init(|| async {
+                let cache = self.config.data_dir.join("accel-probe.json");
+                let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_owned();
+                let cached = std::fs::read(&cache).ok().and_then(|bytes| serde_json::from_slice::<CachedProbe>(&bytes).ok());
+                if let Some(cached) = cached
+                    && !boot_id.is_empty()
+                    && cached.boot_id == boot_id
+                    && !self.config.accel_probe.force_tcg
+                {
+                    let accel = if cached.accel == "kvm" { "kvm" } else { "tcg" };
+                    return AccelProbe { accel, reason: cached.reason };
+                }
+                let probe = accel::probe(&self.config.qemu_binary, &self.config.accel_probe).await;
+                let record = CachedProbe { boot_id, accel: probe.accel.to_owned(), reason: probe.reason.clone() };
+                let written = std::fs::create_dir_all(&self.config.data_dir)
+                    .and_then(|()| std::fs::write(&cache, serde_json::to_vec(&record).expect("CachedProbe serializes")));
+                if let Err(error) = written {
+                    tracing::debug!(%error, "cannot cache the KVM probe result");
+                }
+                probe
+            })
+            .await
+    }
+
+    /// Starts the destination of a live migration: the same VM as `config` would start, waiting for its state
+    /// on `tcp:0.0.0.0:<listen_port>`. The returned handle is a normal vm task handle once the migration is done.
+    pub async fn start_incoming(&self, config: &TaskConfig, listen_port: u16) -> Result<TaskHandle, DriverError> {
+        self.start_vm(config, Some(listen_port)).await
+    }
+
+    /// Migrates the running VM of `handle` to `destination_uri` (`tcp:host:port`, where
+    /// [`VmDriver::start_incoming`] listens), waits for completion (bounded) and ends the source QEMU, whose exit
+    /// `wait` then reports as a success.
+    pub async fn migrate(&self, handle: &TaskHandle, destination_uri: &str) -> Result<MigrationReport, DriverError> {
+        let state = VmDriverState::from_handle(handle)?;
+        let mut qmp = connect_qmp(&state.qmp_socket, QMP_PATIENCE).await?;
+        qmp.migrate_set_parameters(json!({"downtime-limit": MIGRATION_DOWNTIME_LIMIT_MS})).await.map_err(qmp_error)?;
+        qmp.migrate(destination_uri).await.map_err(qmp_error)?;
+        let deadline = Instant::now() + MIGRATION_TIMEOUT;
+        let status = loop {
+            let status = qmp.query_migrate().await.map_err(qmp_error)?;
+            match status.status.as_str() {
+                "completed" => break status,
+                "failed" | "cancelled" => {
+                    return Err(DriverError::Other(format!(
+                        "migration to {destination_uri} {}: {}",
+                        status.status,
+                        status.error.unwrap_or_default()
+                    )));
+                }
+                _ if Instant::now() >= deadline => {
+                    let _ = qmp.execute("migrate_cancel", None).await;
+                    return Err(DriverError::Timeout { operation: format!("migration to {destination_uri}"), after: MIGRATION_TIMEOUT });
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let report = MigrationReport {
+            downtime_ms: status.downtime_ms.unwrap_or_default(),
+            total_ms: status.total_time_ms.unwrap_or_default(),
+            transferred_bytes: status.transferred_bytes.unwrap_or_default(),
+        };
+        // The marker goes first, so whoever waits for the source sees its exit as the planned one.
+        let marker = state.task_dir.join(MIGRATED_MARKER);
+        let marker_json = serde_json::to_vec(&json!({"destination": destination_uri, "report": report})).expect("JSON serializes");
+        std::fs::write(&marker, marker_json)
+            .map_err(|source| DriverError::Io { operation: format!("writing {}", marker.display()), source })?;
+        qmp.quit().await.map_err(qmp_error)?;
+        if tokio::time::timeout(QUIT_TIMEOUT, self.exec.wait(&state.exec)).await.is_err() {
+            self.exec.stop(&state.exec, "SIGKILL", Duration::ZERO).await?;
+        }
+        Ok(report)
+    }
+
+    /// The guest's run state as QEMU reports it (`running`, `paused`, `inmigrate`, `postmigrate`, …).
+    pub async fn guest_status(&self, handle: &TaskHandle) -> Result<String, DriverError> {
+        let state = VmDriverState::from_handle(handle)?;
+        connect_qmp(&state.qmp_socket, QMP_PATIENCE).await?.query_status().await.map_err(qmp_error)
+    }
+
+    async fn start_vm(&self, task: &TaskConfig, incoming_port: Option<u16>) -> Result<TaskHandle, DriverError> {
+        let start_error = |message: String| DriverError::Start { task: task.task_name.clone(), message, source: None };
+        let config = VmTaskConfig::parse(&task.driver_config)?;
+        let accel = match config.accel {
+            AccelChoice::Tcg => "tcg",
+            AccelChoice::Auto => self.accel().await.accel,
+            AccelChoice::Kvm => {
+                let probe = self.accel().await;
+                if probe.accel != "kvm" {
+                    return Err(start_error(format!("accel kvm requested, but this node only has TCG: {}", probe.reason)));
+                }
+                "kvm"
+            }
+        };
+        let machine = config.machine();
+        let writable_disks = config.disk.iter().chain(&config.extra_disks).any(|disk| disk.overlay);
+        if incoming_port.is_some() && writable_disks {
+            return Err(invalid("live migration of guests with writable disks is not supported (use overlay: false or no disk)"));
+        }
+        std::fs::create_dir_all(&task.task_dir)
+            .map_err(|source| DriverError::Io { operation: format!("creating {}", task.task_dir.display()), source })?;
+        match std::fs::remove_file(task.task_dir.join(MIGRATED_MARKER)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DriverError::Io { operation: "removing a stale migration marker".to_owned(), source }),
+        }
+
+        let mut drives = Vec::new();
+        for (index, disk) in config.disk.iter().chain(&config.extra_disks).enumerate() {
+            let base = image::resolve(&disk.image, disk.checksum.as_deref(), &self.config.data_dir).await?;
+            if disk.overlay {
+                let overlay = task.task_dir.join(format!("disk-{index}.qcow2"));
+                image::create_overlay(&self.config.qemu_img_binary, &base, &disk.format, &overlay).await?;
+                drives.push(Drive { path: overlay, format: "qcow2".to_owned(), read_only: false });
+            } else {
+                drives.push(Drive { path: base, format: disk.format.clone(), read_only: true });
+            }
+        }
+        if let Some(cloud_init) = &config.cloud_init {
+            let files = seed::SeedFiles {
+                meta_data: meta_data(cloud_init, task)?,
+                user_data: cloud_init.user_data.clone().unwrap_or_else(|| "#cloud-config\n".to_owned()),
+                network_config: cloud_init.network_config.clone(),
+            };
+            let seed_path = task.task_dir.join("cidata.img");
+            let write_path = seed_path.clone();
+            tokio::task::spawn_blocking(move || seed::write_seed_image(&write_path, &files))
+                .await
+                .map_err(|error| DriverError::Other(format!("building the cloud-init seed: {error}")))?
+                .map_err(|source| DriverError::Io { operation: format!("writing {}", seed_path.display()), source })?;
+            drives.push(Drive { path: seed_path, format: "raw".to_owned(), read_only: true });
+        }
+
+        let ports = config::port_forwards(&config, task)?;
+        let vcpus = config::vcpus(task.resources.cpu_millicores);
+        let memory_mib = if task.resources.memory_mib == 0 { config::DEFAULT_GUEST_MEMORY_MIB } else { task.resources.memory_mib };
+        let qmp_socket = qmp_socket_path(task);
+        let _ = std::fs::remove_file(&qmp_socket);
+        let plan = QemuPlan {
+            config: &config,
+            name: format!("{}.{}", task.alloc_id, task.task_name),
+            accel,
+            machine,
+            vcpus,
+            memory_mib,
+            drives: &drives,
+            ports: &ports,
+            qmp_socket: &qmp_socket,
+            microvm_firmware: self.config.microvm_firmware.as_deref(),
+            incoming_port,
+        };
+        let args = plan.args();
+        tracing::debug!(task = %task.task_name, ?args, "starting qemu");
+
+        let mut exec_task = task.clone();
+        exec_task.driver_config = json!({"command": self.config.qemu_binary, "args": args});
+        exec_task.resources =
+            TaskResources { cpu_millicores: task.resources.cpu_millicores, memory_mib: config::cgroup_memory_mib(memory_mib) };
+        let exec_handle = self.exec.start(&exec_task).await?;
+
+        // QEMU creates the QMP socket once its command line checked out: only then does the VM run.
+        if let Err(error) = connect_qmp(&qmp_socket, QMP_START_PATIENCE).await {
+            let _ = self.exec.destroy(&exec_handle).await;
+            let stderr = std::fs::read_to_string(task.log_dir.join(format!("{}.stderr.0", task.task_name))).unwrap_or_default();
+            return Err(start_error(format!("qemu did not come up ({error}); its stderr: {}", stderr.trim())));
+        }
+        let state = VmDriverState {
+            qmp_socket,
+            task_dir: task.task_dir.clone(),
+            accel: accel.to_owned(),
+            machine: machine_name(machine).to_owned(),
+            vcpus,
+            memory_mib,
+            ports,
+            graceful_shutdown_timeout_ms: config
+                .graceful_shutdown_timeout
+                .map(|timeout| u64::try_from(timeout.0.as_millis()).unwrap_or(u64::MAX)),
+            exec: exec_handle.clone(),
+        };
+        Ok(TaskHandle {
+            driver: DRIVER_NAME.to_owned(),
+            alloc_id: task.alloc_id.clone(),
+            task_name: task.task_name.clone(),
+            pid: exec_handle.pid,
+            started_at_ms: exec_handle.started_at_ms,
+            driver_state: serde_json::to_value(&state).expect("VmDriverState serializes"),
+        })
+    }
+
+    async fn wait_vm(&self, handle: &TaskHandle) -> Result<ExitResult, DriverError> {
+        let state = VmDriverState::from_handle(handle)?;
+        let result = self.exec.wait(&state.exec).await;
+        if state.migrated() {
+            return Ok(ExitResult { exit_code: Some(0), signal: None, oom_killed: false });
+        }
+        result
+    }
+
+    async fn inspect_vm(&self, handle: &TaskHandle) -> Result<TaskRunState, DriverError> {
+        let state = VmDriverState::from_handle(handle)?;
+        match self.exec.inspect(&state.exec).await? {
+            TaskRunState::Exited(_) if state.migrated() => {
+                Ok(TaskRunState::Exited(ExitResult { exit_code: Some(0), signal: None, oom_killed: false }))
+            }
+            run_state => Ok(run_state),
+        }
+    }
+
+    async fn stop_vm(&self, handle: &TaskHandle, signal: &str, timeout: Duration) -> Result<(), DriverError> {
+        let state = VmDriverState::from_handle(handle)?;
+        let timeout = state.graceful_shutdown_timeout_ms.map_or(timeout, Duration::from_millis);
+        let running = matches!(self.exec.inspect(&state.exec).await, Ok(TaskRunState::Running));
+        if running && signal != "SIGKILL" && signal != "KILL" {
+            match connect_qmp(&state.qmp_socket, QMP_PATIENCE).await {
+                Ok(mut qmp) => {
+                    let exited = match qmp.system_powerdown().await {
+                        Ok(()) => tokio::time::timeout(timeout, self.exec.wait(&state.exec)).await.is_ok(),
+                        Err(error) => {
+                            tracing::warn!(task = %handle.task_name, %error, "system_powerdown failed");
+                            false
+                        }
+                    };
+                    if !exited {
+                        tracing::info!(task = %handle.task_name, ?timeout, "guest did not power off in time; quitting qemu");
+                        if qmp.quit().await.is_ok() {
+                            let _ = tokio::time::timeout(QUIT_TIMEOUT, self.exec.wait(&state.exec)).await;
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(task = %handle.task_name, %error, "cannot reach QMP; killing qemu"),
+            }
+        }
+        // Whatever is left of QEMU (and anything in its cgroup) goes.
+        self.exec.stop(&state.exec, "SIGKILL", Duration::ZERO).await
+    }
+
+    async fn fingerprint_vm(&self) -> Fingerprint {
+        let version = match accel::qemu_version(&self.config.qemu_binary).await {
+            Ok(version) => version,
+            Err(reason) => return Fingerprint { detected: false, healthy: false, description: reason, attributes: BTreeMap::new() },
+        };
+        let probe = self.accel().await;
+        let attributes = BTreeMap::from([
+            ("driver.vm.accel".to_owned(), probe.accel.to_owned()),
+            ("driver.vm.accel_reason".to_owned(), probe.reason.clone()),
+            ("driver.vm.qemu_version".to_owned(), version.clone()),
+        ]);
+        let exec = self.exec.fingerprint().await;
+        if !exec.healthy {
+            return Fingerprint {
+                detected: true,
+                healthy: false,
+                description: format!("exec supervisor unavailable: {}", exec.description),
+                attributes,
+            };
+        }
+        Fingerprint {
+            detected: true,
+            healthy: true,
+            description: format!("qemu {version}, accel {} ({})", probe.accel, probe.reason),
+            attributes,
+        }
+    }
+}
+
+impl Driver for VmDriver {
+    fn name(&self) -> &'static str {
+        DRIVER_NAME
+    }
+
+    fn fingerprint(&self) -> BoxFuture<'_, Fingerprint> {
+        Box::pin(self.fingerprint_vm())
+    }
+
+    fn start<'a>(&'a self, config: &'a TaskConfig) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
+        Box::pin(self.start_vm(config, None))
+    }
+
+    fn wait<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<ExitResult, DriverError>> {
+        Box::pin(self.wait_vm(handle))
+    }
+
+    fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.stop_vm(handle, signal, timeout))
+    }
+
+    fn destroy<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let state = VmDriverState::from_handle(handle)?;
+            let destroyed = self.exec.destroy(&state.exec).await;
+            if !state.qmp_socket.starts_with(&state.task_dir) {
+                let _ = std::fs::remove_file(&state.qmp_socket);
+            }
+            destroyed
+        })
+    }
+
+    fn inspect<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskRunState, DriverError>> {
+        Box::pin(self.inspect_vm(handle))
+    }
+
+    fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move { self.exec.recover(&VmDriverState::from_handle(handle)?.exec).await })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        _handle: &'a TaskHandle,
+        _command: &'a [String],
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<ExecOutput, DriverError>> {
+        Box::pin(async { Err(DriverError::Other("the vm driver cannot exec commands in a guest".to_owned())) })
+    }
+
+    fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskStats, DriverError>> {
+        Box::pin(async move { self.exec.stats(&VmDriverState::from_handle(handle)?.exec).await })
+    }
+}
+
+/// One `-drive`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Drive {
+    path: PathBuf,
+    format: String,
+    read_only: bool,
+}
+
+/// Everything the QEMU command line is made of.
+struct QemuPlan<'a> {
+    config: &'a VmTaskConfig,
+    name: String,
+    accel: &'static str,
+    machine: MachineChoice,
+    vcpus: u32,
+    memory_mib: u32,
+    drives: &'a [Drive],
+    ports: &'a [PortForward],
+    qmp_socket: &'a Path,
+    microvm_firmware: Option<&'a Path>,
+    incoming_port: Option<u16>,
+}
+
+impl QemuPlan<'_> {
+    fn args(&self) -> Vec<String> {
+        let microvm = self.machine == MachineChoice::Microvm;
+        let mut args: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| args.extend(items.iter().map(|item| (*item).to_owned()));
+        // TCG's translation cache defaults to 1 GiB, far beyond the cgroup's allowance for QEMU itself.
+        let accel = if self.accel == "tcg" { format!("tcg,tb-size={TCG_TRANSLATION_CACHE_MIB}") } else { self.accel.to_owned() };
+        push(&["-name", &self.name, "-accel", &accel]);
+        match self.machine {
+            // pit/pic/rtc: the legacy timers the Debian kernel calibrates against under TCG.
+            MachineChoice::Microvm | MachineChoice::Auto => push(&["-M", "microvm,pit=on,pic=on,rtc=on"]),
+            MachineChoice::Q35 => push(&["-M", "q35"]),
+            MachineChoice::Pc => push(&["-M", "pc"]),
+        }
+        if microvm && let Some(firmware) = self.microvm_firmware {
+            push(&["-bios", &firmware.display().to_string()]);
+        }
+        // TCG keeps QEMU's default CPU model, which any node can run (and so migrate to).
+        if self.accel == "kvm" {
+            push(&["-cpu", "host"]);
+        }
+        push(&["-smp", &self.vcpus.to_string(), "-m", &self.memory_mib.to_string()]);
+        push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        // The console goes to stdout (the task log); signal=off: a SIGINT to the process group does not end QEMU.
+        push(&["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]);
+        push(&["-qmp", &format!("unix:{},server=on,wait=off", self.qmp_socket.display())]);
+        if let Some(kernel) = &self.config.kernel {
+            push(&["-kernel", &kernel.display().to_string()]);
+            if let Some(initrd) = &self.config.initrd {
+                push(&["-initrd", &initrd.display().to_string()]);
+            }
+            let user_cmdline = self.config.cmdline.clone().unwrap_or_default();
+            let cmdline = if user_cmdline.contains("console=") { user_cmdline } else { format!("console=ttyS0 {user_cmdline}") };
+            push(&["-append", cmdline.trim()]);
+        }
+        let (net_device, blk_device) =
+            if microvm { ("virtio-net-device", "virtio-blk-device") } else { ("virtio-net-pci", "virtio-blk-pci") };
+        let mut netdev = "user,id=net0".to_owned();
+        for port in self.ports {
+            netdev.push_str(&format!(",hostfwd=tcp::{}-:{}", port.host_port, port.guest_port));
+        }
+        push(&["-netdev", &netdev, "-device", &format!("{net_device},netdev=net0")]);
+        for (index, drive) in self.drives.iter().enumerate() {
+            let file = drive.path.display().to_string().replace(',', ",,");
+            let read_only = if drive.read_only { ",readonly=on" } else { "" };
+            push(&["-drive", &format!("file={file},format={},if=none,id=drive{index}{read_only}", drive.format)]);
+            let boot = if !microvm && index == 0 && self.config.kernel.is_none() { ",bootindex=0" } else { "" };
+            push(&["-device", &format!("{blk_device},drive=drive{index}{boot}")]);
+        }
+        if let Some(port) = self.incoming_port {
+            push(&["-incoming", &format!("tcp:0.0.0.0:{port}")]);
+        }
+        args
+    }
+}
+
+fn machine_name(machine: MachineChoice) -> &'static str {
+    match machine {
+        MachineChoice::Microvm | MachineChoice::Auto => "microvm",
+        MachineChoice::Q35 => "q35",
+        MachineChoice::Pc => "pc",
+    }
+}
+
+/// `meta-data` of the NoCloud seed: the configured text, or `key: value` lines with `instance-id` (the alloc id)
+/// and `local-hostname` (the configured hostname, else the task name) filled in.
+fn meta_data(cloud_init: &config::CloudInitConfig, task: &TaskConfig) -> Result<String, DriverError> {
+    let hostname = cloud_init.hostname.clone().unwrap_or_else(|| task.task_name.clone());
+    let mut fields = BTreeMap::new();
+    match &cloud_init.meta_data {
+        Some(serde_json::Value::String(text)) => return Ok(text.clone()),
+        Some(serde_json::Value::Object(map)) => {
+            for (key, value) in map {
+                let text = match value {
+                    serde_json::Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                fields.insert(key.clone(), text);
+            }
+        }
+        None => {}
+        Some(other) => return Err(invalid(format!("cloud_init.meta_data must be text or a map, not {other}"))),
+    }
+    fields.entry("instance-id".to_owned()).or_insert_with(|| task.alloc_id.clone());
+    fields.entry("local-hostname".to_owned()).or_insert(hostname);
+    Ok(fields.iter().map(|(key, value)| format!("{key}: {value}\n")).collect())
+}
+
+/// `<task_dir>/qmp.sock`, or a path under the temp dir when that is too long for a unix socket address.
+fn qmp_socket_path(task: &TaskConfig) -> PathBuf {
+    let in_task_dir = task.task_dir.join("qmp.sock");
+    if in_task_dir.as_os_str().len() < 100 {
+        return in_task_dir;
+    }
+    let short_alloc: String = task.alloc_id.chars().take(12).collect();
+    std::env::temp_dir().join(format!("davit-vm-{short_alloc}-{}.qmp", task.task_name))
+}
+
+async fn connect_qmp(path: &Path, patience: Duration) -> Result<QmpClient, DriverError> {
+    QmpClient::connect(path, patience).await.map_err(qmp_error)
+}
+
+fn qmp_error(error: QmpError) -> DriverError {
+    DriverError::Other(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn microvm_command_line() {
+        let config = VmTaskConfig::parse(&json!({"kernel": "/g/vmlinux", "initrd": "/g/initrd", "cmdline": "quiet"})).unwrap();
+        let drives = [Drive { path: "/t/cidata.img".into(), format: "raw".to_owned(), read_only: true }];
+        let ports = [PortForward { label: "http".to_owned(), host_port: 23456, guest_port: 8080 }];
+        let plan = QemuPlan {
+            config: &config,
+            name: "a1.web".to_owned(),
+            accel: "tcg",
+            machine: config.machine(),
+            vcpus: 1,
+            memory_mib: 256,
+            drives: &drives,
+            ports: &ports,
+            qmp_socket: Path::new("/t/qmp.sock"),
+            microvm_firmware: Some(Path::new("/usr/share/qemu/qboot.rom")),
+            incoming_port: Some(4444),
+        };
+        assert_eq!(
+            plan.args().join(" "),
+            "-name a1.web -accel tcg,tb-size=64 -M microvm,pit=on,pic=on,rtc=on -bios /usr/share/qemu/qboot.rom -smp 1 -m 256 \
+             -nodefaults -no-user-config -display none -no-reboot -chardev stdio,id=console,signal=off -serial chardev:console \
+             -qmp unix:/t/qmp.sock,server=on,wait=off -kernel /g/vmlinux -initrd /g/initrd -append console=ttyS0 quiet \
+             -netdev user,id=net0,hostfwd=tcp::23456-:8080 -device virtio-net-device,netdev=net0 \
+             -drive file=/t/cidata.img,format=raw,if=none,id=drive0,readonly=on -device virtio-blk-device,drive=drive0 \
+             -incoming tcp:0.0.0.0:4444"
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! Configuration types: what a service is and where its backends are.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One proxied service: a local listener and how to spread its traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Service name, unique per proxy; used in metrics labels.
+    pub name: String,
+    pub mode: Mode,
+    /// Where the proxy listens for this service (port 0 picks a free port, see [`crate::Proxy::local_addr`]).
+    pub listen: SocketAddr,
+    pub balance: Algorithm,
+    /// Key for [`Algorithm::ConsistentHash`]; ignored by the other algorithms.
+    pub hash_on: HashOn,
+    /// How many times an idempotent HTTP request without a body is retried on another backend after a
+    /// connection failure or a 5xx. Ignored in [`Mode::Tcp`].
+    pub retries: u32,
+    pub outlier: OutlierConfig,
+}
+
+impl ServiceConfig {
+    /// A service with round robin, source-IP hashing, one retry and default outlier detection.
+    pub fn new(name: impl Into<String>, mode: Mode, listen: SocketAddr) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            mode,
+            listen,
+            balance: Algorithm::RoundRobin,
+            hash_on: HashOn::SourceIp,
+            retries: 1,
+            outlier: OutlierConfig::default(),
+        }
+    }
+}
+
+/// Layer the proxy works at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// L4: one backend connection per client connection, bytes copied both ways.
+    Tcp,
+    /// L7: HTTP/1.1, each request balanced on its own, keep-alive on both sides.
+    Http,
+}
+
+/// Load-balancing algorithm. Ejected backends are skipped; when every backend is ejected all are used
+/// (panic mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Uniformly random.
+    Random,
+    /// Strict rotation over the eligible backends.
+    RoundRobin,
+    /// Smooth weighted round robin (as in nginx).
+    Weighted,
+    /// Fewest active connections (L4) or in-flight requests (L7); ties broken randomly.
+    LeastConnections,
+    /// Power of two random choices over a time-decayed EWMA of latency × (outstanding + 1).
+    LeastResponseTime,
+    /// Ketama ring over [`ServiceConfig::hash_on`], 160 points per backend per weight unit.
+    ConsistentHash,
+}
+
+/// What [`Algorithm::ConsistentHash`] hashes. Requests without the key are balanced randomly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    SourceIp,
+    /// Value of this request header (L7 only).
+    Header(String),
+    /// Value of this cookie (L7 only).
+    Cookie(String),
+}
+
+/// Passive health checking: eject a backend after `consecutive_failures` failures in a row for
+/// `base_ejection × number of ejections so far`, capped at `max_ejection`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierConfig {
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> OutlierConfig {
+        OutlierConfig { consecutive_failures: 5, base_ejection: Duration::from_secs(30), max_ejection: Duration::from_secs(300) }
+    }
+}
+
+/// One instance of a service, as pushed in by the caller (only healthy ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Allocation id; stable identity of the backend across updates.
+    pub id: String,
+    pub addr: SocketAddr,
+    /// Relative weight for [`Algorithm::Weighted`] and [`Algorithm::ConsistentHash`]; 0 counts as 1.
+    pub weight: u32,
+}
+
+impl Backend {
+    pub fn new(id: impl Into<String>, addr: SocketAddr) -> Backend {
+        Backend { id: id.into(), addr, weight: 1 }
+    }
+}
+
+/// Settings shared by all services of one proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    /// Bound on every connection attempt to a backend.
+    pub connect_timeout: Duration,
+    /// L4: how many backends one client connection may try before it is closed.
+    pub max_connect_attempts: u32,
+    /// Time constant of the EWMA latency used by [`Algorithm::LeastResponseTime`]: an observation's
+    /// weight falls to 1/e after this long, so a backend that was slow gets traffic back.
+    pub latency_decay: Duration,
+    /// Idle keep-alive connections to backends are closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Seed of the balancers' random choices; `None` seeds from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> ProxyConfig {
+        ProxyConfig {
+            connect_timeout: Duration::from_secs(2),
+            max_connect_attempts: 3,
+            latency_decay: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(60),
+            seed: None,
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! L7 request handling: headers, error statuses, retries and service updates.
+
+use davit_proxy::{Algorithm, Backend, Mode, Proxy, ProxyConfig};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::support::{TestBackend, client, exclusive, get, get_full, service, start_proxy};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_removed_and_forwarded_headers_added() {
+    let _exclusive = exclusive().await;
+    let backend = TestBackend::spawn("b0").await;
+    let (_proxy, addr) = start_proxy(service("web", Mode::Http, Algorithm::RoundRobin), vec![backend.backend()]).await;
+    let response = get_full(
+        &client(),
+        addr,
+        "/headers",
+        &[
+            ("connection", "x-private"),
+            ("x-private", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-kept", "yes"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = response.body();
+    for removed in ["x-private", "keep-alive", "proxy-connection", "te:", "trailer", "upgrade", "transfer-encoding"] {
+        assert!(!seen.lines().any(|line| line.starts_with(removed)), "{removed} was forwarded:\n{seen}");
+    }
+    assert!(!seen.lines().any(|line| line.starts_with("connection: x-private")), "{seen}");
+    assert!(seen.contains("x-kept: yes"), "{seen}");
+    assert!(seen.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: http"), "{seen}");
+    assert!(seen.contains(&format!("x-forwarded-host: {addr}")), "{seen}");
+    // The backend's own hop-by-hop header (named in its Connection header) does not reach the client.
+    assert!(response.headers().get("x-backend-hop").is_none(), "{:?}", response.headers());
+    assert_eq!(response.headers()["x-backend-id"], "b0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_backends_is_503_and_dead_backends_are_502() {
+    let _exclusive = exclusive().await;
+    let proxy = Proxy::start(ProxyConfig::default());
+    let addr = proxy.set_service(service("empty", Mode::Http, Algorithm::RoundRobin)).await.unwrap();
+    let client = client();
+    let (status, body) = get(&client, addr, "/", &[]).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    // Ports that were just free: connecting is refused.
+    let dead_a = TestBackend::spawn("dead-a").await.kill().await;
+    let dead_b = TestBackend::spawn("dead-b").await.kill().await;
+    proxy.set_backends("empty", vec![Backend::new("dead-a", dead_a), Backend::new("dead-b", dead_b)]).unwrap();
+    let (status, body) = get(&client, addr, "/", &[]).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("no backend"), "{body}");
+
+    assert!(matches!(proxy.set_backends("missing", vec![]), Err(davit_proxy::Error::UnknownService(_))));
+    assert!(proxy.remove_service("empty").await);
+    assert!(!proxy.remove_service("empty").await);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener still open after remove_service");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_update_in_place_keeps_the_listener_and_counters() {
+    let _exclusive = exclusive().await;
+    let a = TestBackend::spawn("a").await;
+    let b = TestBackend::spawn("b").await;
+    let config = service("web", Mode::Http, Algorithm::RoundRobin);
+    let (proxy, addr) = start_proxy(config.clone(), vec![a.backend(), b.backend()]).await;
+    let client = client();
+    for _ in 0..10 {
+        get(&client, addr, "/", &[]).await.unwrap();
+    }
+    let same = proxy.set_service(davit_proxy::ServiceConfig { listen: addr, balance: Algorithm::Random, ..config }).await.unwrap();
+    assert_eq!(same, addr);
+    proxy.set_backends("web", vec![a.backend(), b.backend()]).unwrap();
+    let snapshot = proxy.snapshot();
+    assert_eq!(snapshot[0].algorithm, Algorithm::Random);
+    assert_eq!(snapshot[0].backends.iter().map(|backend| backend.requests).sum::<u64>(), 10);
+    assert_eq!(get(&client, addr, "/", &[]).await.unwrap().0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_response_bodies_are_streamed_through() {
+    let _exclusive = exclusive().await;
+    let backend = TestBackend::spawn("b0").await;
+    let (_proxy, addr) = start_proxy(service("web", Mode::Http, Algorithm::RoundRobin), vec![backend.backend()]).await;
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let payload = "x".repeat(1 << 20);
+    let request = Request::post(format!("http://{addr}/echo")).body(Full::new(Bytes::from(payload.clone()))).unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), payload.len());
+}

@@ -1,0 +1,8 @@
+//! Integration tests over real loopback sockets: test backends are small hyper/tokio servers in this process.
+
+mod balancing;
+mod dns;
+mod health;
+mod http;
+mod support;
+mod tcp;
