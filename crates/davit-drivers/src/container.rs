@@ -29,7 +29,6 @@ use oci_spec::runtime::{
     LinuxSyscallBuilder, Mount, Spec, User,
 };
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 
 use crate::cgroups::{self, CgroupLayout, CgroupVersion};
 use crate::exec::{ProcessSpec, blocking, io_error};
@@ -187,11 +186,7 @@ struct ContainerState {
 
 impl ContainerState {
     fn from_handle(handle: &TaskHandle) -> Result<ContainerState, DriverError> {
-        if handle.driver != DRIVER_NAME {
-            return Err(DriverError::Other(format!("handle of driver {:?} given to the container driver", handle.driver)));
-        }
-        serde_json::from_value(handle.driver_state.clone())
-            .map_err(|error| invalid(format!("unreadable driver_state in task handle: {error}")))
+        handle.driver_state_of(DRIVER_NAME)
     }
 }
 
@@ -441,7 +436,7 @@ impl ContainerDriver {
         let deadline = tokio::time::Instant::now() + CONTAINER_START_TIMEOUT;
         let state = ["state".to_owned(), container_id.to_owned()];
         loop {
-            if let Ok(output) = runtime.run(&state, &bundle.join("runtime.log")).await
+            if let Ok(output) = runtime.run(&state, Some(&bundle.join("runtime.log"))).await
                 && let Ok(state) = serde_json::from_slice::<serde_json::Value>(&output)
                 && matches!(state["status"].as_str(), Some("running" | "stopped" | "paused"))
             {
@@ -461,7 +456,7 @@ impl ContainerDriver {
     /// Deletes the container from the runtime and removes the bundle (unmounting the rootfs). Idempotent.
     async fn cleanup_bundle(&self, runtime: &Runtime, container_id: &str, bundle: &Path) {
         let delete = ["delete".to_owned(), "--force".to_owned(), container_id.to_owned()];
-        if let Err(error) = runtime.run(&delete, &bundle.join("runtime.log")).await {
+        if let Err(error) = runtime.run(&delete, Some(&bundle.join("runtime.log"))).await {
             tracing::debug!(%error, container_id, "runtime delete");
         }
         let bundle = bundle.to_path_buf();
@@ -485,7 +480,7 @@ impl ContainerDriver {
         let runtime = self.runtime()?;
         if matches!(self.exec.inspect(&state.inner).await, Ok(TaskRunState::Running)) {
             let kill = ["kill".to_owned(), state.container_id.clone(), signal.to_owned()];
-            match runtime.run(&kill, &state.bundle.join("runtime.log")).await {
+            match runtime.run(&kill, Some(&state.bundle.join("runtime.log"))).await {
                 Ok(_) => {
                     let _ = tokio::time::timeout(timeout, self.exec.wait(&state.inner)).await;
                 }
@@ -558,7 +553,7 @@ impl ContainerDriver {
             }
         };
         attributes.insert("driver.container.runtime".to_owned(), runtime.kind.as_str().to_owned());
-        let version = match runtime.run(&["--version".to_owned()], Path::new("/dev/null")).await {
+        let version = match runtime.run(&["--version".to_owned()], None).await {
             Ok(output) => String::from_utf8_lossy(&output).lines().next().unwrap_or_default().trim().to_owned(),
             Err(error) => {
                 return Fingerprint {
@@ -607,26 +602,21 @@ impl Runtime {
         Ok(command)
     }
 
-    /// Runs a short runtime command (`kill`, `delete`, `--version`); its stdout on success.
-    async fn run(&self, args: &[String], log: &Path) -> Result<Vec<u8>, DriverError> {
-        let mut full = if args.first().is_some_and(|arg| arg == "--version") { Vec::new() } else { self.global_args(log) };
+    /// Runs a short runtime command (`kill`, `delete`, `state`, `--version`); its stdout on success. With a
+    /// `log`, the runtime gets its global arguments (state root, log file) before `args`.
+    async fn run(&self, args: &[String], log: Option<&Path>) -> Result<Vec<u8>, DriverError> {
+        let mut full = log.map(|log| self.global_args(log)).unwrap_or_default();
         full.extend(args.iter().cloned());
         let mut command = self.command(&full)?;
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        let mut child = command.spawn().map_err(|source| io_error(format!("spawning {}", self.binary.display()), source))?;
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let output = tokio::time::timeout(RUNTIME_COMMAND_TIMEOUT, async {
-            let mut errors = Vec::new();
-            let (output, _) = tokio::join!(child.wait_with_output(), stderr.read_to_end(&mut errors));
-            output.map(|output| (output, errors))
-        })
-        .await
-        .map_err(|_| DriverError::Timeout {
-            operation: format!("{} {}", self.kind.as_str(), args.join(" ")),
-            after: RUNTIME_COMMAND_TIMEOUT,
-        })?
-        .map_err(|source| io_error(format!("running {}", self.binary.display()), source))?;
-        let (output, errors) = output;
+        let child = command.spawn().map_err(|source| io_error(format!("spawning {}", self.binary.display()), source))?;
+        let output = tokio::time::timeout(RUNTIME_COMMAND_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| DriverError::Timeout {
+                operation: format!("{} {}", self.kind.as_str(), args.join(" ")),
+                after: RUNTIME_COMMAND_TIMEOUT,
+            })?
+            .map_err(|source| io_error(format!("running {}", self.binary.display()), source))?;
         if output.status.success() {
             Ok(output.stdout)
         } else {
@@ -635,7 +625,7 @@ impl Runtime {
                 self.kind.as_str(),
                 args.join(" "),
                 output.status,
-                String::from_utf8_lossy(&errors).trim()
+                String::from_utf8_lossy(&output.stderr).trim()
             )))
         }
     }
@@ -965,8 +955,10 @@ fn resolve_user(text: &str, rootfs: &Path) -> Result<User, DriverError> {
         let contents = std::fs::read_to_string(rootfs.join(file)).ok()?;
         contents.lines().find_map(|line| {
             let fields: Vec<&str> = line.split(':').collect();
-            (fields.first() == Some(&wanted) && fields.len() >= 4)
-                .then(|| Some((fields[2].parse().ok()?, fields[3].parse().unwrap_or(0))))?
+            if fields.len() < 4 || fields[0] != wanted {
+                return None;
+            }
+            Some((fields[2].parse().ok()?, fields[3].parse().unwrap_or(0)))
         })
     };
     let (uid, primary_gid) = match name.parse::<u32>() {

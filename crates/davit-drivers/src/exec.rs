@@ -87,13 +87,7 @@ struct ExecDriverState {
 
 impl ExecDriverState {
     fn from_handle(handle: &TaskHandle) -> Result<ExecDriverState, DriverError> {
-        if handle.driver != DRIVER_NAME {
-            return Err(DriverError::Other(format!("handle of driver {:?} given to the exec driver", handle.driver)));
-        }
-        serde_json::from_value(handle.driver_state.clone()).map_err(|error| DriverError::InvalidConfig {
-            driver: DRIVER_NAME,
-            message: format!("unreadable driver_state in task handle: {error}"),
-        })
+        handle.driver_state_of(DRIVER_NAME)
     }
 
     fn executor(&self) -> ProcessIdentity {

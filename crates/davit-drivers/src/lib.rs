@@ -122,6 +122,17 @@ pub struct TaskHandle {
     pub driver_state: serde_json::Value,
 }
 
+impl TaskHandle {
+    /// The driver-private state of a handle that `driver` started; an error for another driver's handle.
+    pub(crate) fn driver_state_of<T: serde::de::DeserializeOwned>(&self, driver: &'static str) -> Result<T, DriverError> {
+        if self.driver != driver {
+            return Err(DriverError::Other(format!("handle of driver {:?} given to the {driver} driver", self.driver)));
+        }
+        serde_json::from_value(self.driver_state.clone())
+            .map_err(|error| DriverError::InvalidConfig { driver, message: format!("unreadable driver_state in task handle: {error}") })
+    }
+}
+
 /// How a task ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitResult {

@@ -141,11 +141,7 @@ struct VmDriverState {
 
 impl VmDriverState {
     fn from_handle(handle: &TaskHandle) -> Result<VmDriverState, DriverError> {
-        if handle.driver != DRIVER_NAME {
-            return Err(DriverError::Other(format!("handle of driver {:?} given to the vm driver", handle.driver)));
-        }
-        serde_json::from_value(handle.driver_state.clone())
-            .map_err(|error| invalid(format!("unreadable driver_state in task handle: {error}")))
+        handle.driver_state_of(DRIVER_NAME)
     }
 
     fn migrated(&self) -> bool {
