@@ -193,6 +193,11 @@ impl AllocRunner {
         self.shared.alloc_dir.join("alloc").join("logs")
     }
 
+    /// The driver handle of a task that was started (and not yet destroyed).
+    pub fn task_handle(&self, task: &str) -> Option<davit_drivers::TaskHandle> {
+        self.shared.with_state(|state| state.handles.get(task).cloned())
+    }
+
     #[cfg(test)]
     pub(crate) fn shared_state<R>(&self, f: impl FnOnce(&mut PersistedAlloc) -> R) -> R {
         self.shared.with_state(f)
@@ -449,7 +454,7 @@ fn status_update_of(state: &PersistedAlloc) -> AllocStatusUpdate {
 
 /// A task event stamped with the current wall-clock time.
 pub(crate) fn event(kind: &str, message: &str) -> TaskEvent {
-    TaskEvent { time: crate::now_ms(), kind: kind.to_string(), message: message.to_string(), exit_code: None, signal: None }
+    TaskEvent { time: crate::now_ms(), kind: kind.to_string(), message: message.to_string(), exit_code: None, signal: None, progress: None }
 }
 
 /// A step of the allocation lifecycle that needs to act before tasks run or after the allocation is gone.

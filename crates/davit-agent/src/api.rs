@@ -1,4 +1,5 @@
-//! The agent's HTTP API: `GET /v1/agent/health` and `GET /v1/agent/allocation/{id}/logs`.
+//! The agent's HTTP API: `GET /v1/agent/health`, `GET /v1/agent/allocation/{id}/logs` and the exec session
+//! `GET /v1/agent/allocation/{id}/exec` (an HTTP upgrade, see `davit_api::exec`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +11,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use davit_api::http::{ApiError, LogsQuery};
+use davit_api::exec::EXEC_PROTOCOL;
+use davit_api::http::{ApiError, ExecQuery, LogsQuery};
+use davit_drivers::DriverError;
 use tokio::sync::watch;
 
 use crate::AgentContext;
 use crate::alloc_runner::AllocRunner;
+use crate::exec::{ExecError, ExecSession};
 use crate::logs::LogReader;
 
 /// Largest chunk sent at once.
@@ -25,8 +29,11 @@ const FOLLOW_POLL: Duration = Duration::from_millis(100);
 const POLLS_AFTER_TERMINAL: u32 = 3;
 
 pub async fn serve(context: Arc<AgentContext>, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
-    let router =
-        Router::new().route("/v1/agent/health", get(health)).route("/v1/agent/allocation/{id}/logs", get(logs)).with_state(context);
+    let router = Router::new()
+        .route("/v1/agent/health", get(health))
+        .route("/v1/agent/allocation/{id}/logs", get(logs))
+        .route("/v1/agent/allocation/{id}/exec", get(exec))
+        .with_state(context);
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
@@ -46,31 +53,9 @@ fn api_error(status: StatusCode, code: &str, message: String) -> Response {
 }
 
 async fn logs(State(context): State<Arc<AgentContext>>, Path(alloc_id): Path<String>, Query(query): Query<LogsQuery>) -> Response {
-    let runner = context.runners.lock().expect("runners lock").get(&alloc_id).cloned();
-    let Some(runner) = runner else {
-        return api_error(StatusCode::NOT_FOUND, "not_found", format!("allocation {alloc_id} is not on this node"));
-    };
-    let tasks = runner.task_names();
-    let task = match query.task {
-        Some(task) if tasks.contains(&task) => task,
-        Some(task) => {
-            return api_error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("allocation {alloc_id} has no task {task}; its tasks: {}", tasks.join(", ")),
-            );
-        }
-        None if tasks.len() == 1 => tasks[0].clone(),
-        None if tasks.is_empty() => {
-            return api_error(StatusCode::NOT_FOUND, "not_found", format!("allocation {alloc_id} has no tasks yet"));
-        }
-        None => {
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("allocation {alloc_id} has several tasks; choose one with task=: {}", tasks.join(", ")),
-            );
-        }
+    let (runner, task) = match find_task(&context, &alloc_id, query.task) {
+        Ok(found) => found,
+        Err(rejection) => return rejection.into_response(),
     };
     let stream = query.stream.unwrap_or_else(|| "stdout".to_string());
     if stream != "stdout" && stream != "stderr" {
@@ -89,6 +74,109 @@ async fn logs(State(context): State<Arc<AgentContext>>, Path(alloc_id): Path<Str
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Body::from_stream(body))
+        .unwrap_or_else(|error| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))
+}
+
+/// The allocation's runner and the task a request names (or its only task).
+fn find_task(context: &AgentContext, alloc_id: &str, task: Option<String>) -> Result<(Arc<AllocRunner>, String), Rejection> {
+    let runner = context.runners.lock().expect("runners lock").get(alloc_id).cloned();
+    let Some(runner) = runner else {
+        return Err(Rejection(StatusCode::NOT_FOUND, "not_found", format!("allocation {alloc_id} is not on this node")));
+    };
+    let tasks = runner.task_names();
+    let task = match task {
+        Some(task) if tasks.contains(&task) => task,
+        Some(task) => {
+            return Err(Rejection(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("allocation {alloc_id} has no task {task}; its tasks: {}", tasks.join(", ")),
+            ));
+        }
+        None if tasks.len() == 1 => tasks[0].clone(),
+        None if tasks.is_empty() => {
+            return Err(Rejection(StatusCode::NOT_FOUND, "not_found", format!("allocation {alloc_id} has no tasks yet")));
+        }
+        None => {
+            return Err(Rejection(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("allocation {alloc_id} has several tasks; choose one with task=: {}", tasks.join(", ")),
+            ));
+        }
+    };
+    Ok((runner, task))
+}
+
+/// A request the agent turns down: status, error code, message.
+struct Rejection(StatusCode, &'static str, String);
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        api_error(self.0, self.1, self.2)
+    }
+}
+
+/// Starts a command in a task and hands the connection over to the exec session (`101 Switching Protocols`).
+async fn exec(
+    State(context): State<Arc<AgentContext>>,
+    Path(alloc_id): Path<String>,
+    Query(query): Query<ExecQuery>,
+    mut request: axum::extract::Request,
+) -> Response {
+    let wants_exec = request.headers().get(header::UPGRADE).and_then(|value| value.to_str().ok()) == Some(EXEC_PROTOCOL);
+    let upgrade = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    let Some(upgrade) = upgrade.filter(|_| wants_exec) else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("exec needs an HTTP/1.1 request with `Connection: upgrade` and `Upgrade: {EXEC_PROTOCOL}`"),
+        );
+    };
+    let command: Vec<String> = match serde_json::from_str(&query.command) {
+        Ok(command) => command,
+        Err(error) => {
+            return api_error(StatusCode::BAD_REQUEST, "bad_request", format!("command= must be a JSON array of strings: {error}"));
+        }
+    };
+    if command.is_empty() {
+        return api_error(StatusCode::BAD_REQUEST, "bad_request", "the command is empty; name a program to run".to_owned());
+    }
+    let (runner, task) = match find_task(&context, &alloc_id, query.task) {
+        Ok(found) => found,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let handle = runner.task_handle(&task);
+    let Some(handle) = handle.filter(|_| !runner.client_status().is_terminal()) else {
+        return api_error(StatusCode::CONFLICT, "not_running", format!("task {task} of allocation {alloc_id} is not running"));
+    };
+    let Some(driver) = context.drivers.get(&handle.driver).cloned() else {
+        return api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("driver {} is not loaded", handle.driver));
+    };
+    let terminal = query.tty.then(|| (query.cols.unwrap_or(80), query.rows.unwrap_or(24)));
+    let session = match ExecSession::start(driver.as_ref(), &handle, &command, terminal, query.term.as_deref()).await {
+        Ok(session) => session,
+        Err(error) => {
+            let status = match &error {
+                ExecError::Driver(DriverError::TaskGone { .. }) => StatusCode::CONFLICT,
+                ExecError::Driver(DriverError::Unsupported(_)) | ExecError::Spawn { .. } => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return api_error(status, "exec_failed", format!("exec in task {task} of allocation {alloc_id}: {error}"));
+        }
+    };
+    tracing::info!(%alloc_id, %task, command = ?command, tty = query.tty, "exec session started");
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => session.run(hyper_util::rt::TokioIo::new(upgraded)).await,
+            Err(error) => tracing::warn!(%error, "exec: the connection upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, EXEC_PROTOCOL)
+        .body(Body::empty())
         .unwrap_or_else(|error| api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))
 }
 

@@ -34,6 +34,7 @@ use tokio::task::JoinHandle;
 pub mod alloc_runner;
 mod api;
 pub mod check;
+mod exec;
 pub mod fingerprint;
 mod heartbeat;
 #[cfg(test)]

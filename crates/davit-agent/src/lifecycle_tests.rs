@@ -8,7 +8,7 @@ use std::time::Duration;
 use davit_api::objects::{AllocatedResources, Allocation, ClientStatus, DesiredStatus, TaskState, TaskStatus};
 use davit_api::spec::{GroupSpec, JobType};
 use davit_drivers::{
-    BoxFuture, Driver, DriverError, ExecOutput, ExitResult, Fingerprint, LogRotation, TaskConfig, TaskHandle, TaskRunState, TaskStats,
+    BoxFuture, Driver, DriverError, ExitResult, Fingerprint, LogRotation, TaskConfig, TaskHandle, TaskRunState, TaskStats,
 };
 use tokio::sync::watch;
 
@@ -113,13 +113,13 @@ impl Driver for FakeDriver {
             Ok(())
         })
     }
-    fn exec<'a>(
+    fn exec_command<'a>(
         &'a self,
         _handle: &'a TaskHandle,
         _command: &'a [String],
-        _timeout: Duration,
-    ) -> BoxFuture<'a, Result<ExecOutput, DriverError>> {
-        Box::pin(async { Err(DriverError::Other("not supported".to_string())) })
+        _env: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<tokio::process::Command, DriverError>> {
+        Box::pin(async { Err(DriverError::Unsupported("not supported".to_string())) })
     }
     fn stats<'a>(&'a self, _handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskStats, DriverError>> {
         Box::pin(async { Ok(TaskStats::default()) })

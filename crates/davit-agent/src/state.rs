@@ -163,6 +163,7 @@ mod tests {
                 message: "pid 4242".to_string(),
                 exit_code: None,
                 signal: None,
+                progress: None,
             }],
             checks: BTreeMap::new(),
         };

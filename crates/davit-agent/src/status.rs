@@ -11,8 +11,9 @@ use tokio::sync::Notify;
 
 use crate::servers::ServerPool;
 
-/// How long the updater waits after a change for more changes to batch with it.
-const COALESCE: Duration = Duration::from_millis(50);
+/// How long the updater waits after a change for more changes to batch with it. Short: an idle agent reports
+/// at once; under load, batches grow by themselves with the changes made while a request is in flight.
+const COALESCE: Duration = Duration::from_millis(2);
 
 /// Client status of an allocation from its tasks' states (as in Nomad): any task failed → `failed`;
 /// else any task pending (not started yet, or waiting to restart) → `pending`; else any running →

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use davit_api::objects::TaskStatus;
+use davit_api::objects::{ByteProgress, TaskStatus};
 use davit_api::spec::{JobType, RestartPolicy, TaskSpec};
 use davit_drivers::{Driver, DriverError, EventSink, ExitResult, TaskConfig, TaskHandle, TaskResources, TaskRunState};
 use rand::{Rng, SeedableRng};
@@ -258,8 +258,10 @@ impl TaskRunner {
     fn event_sink(&self) -> EventSink {
         let shared = self.shared.clone();
         let task = self.task.name.clone();
-        EventSink::new(move |kind, message| {
-            shared.update_task(&task, Some(event(kind, message)), |_| {});
+        EventSink::new(move |kind, message, progress| {
+            let mut event = event(kind, message);
+            event.progress = progress.map(|(done, total)| ByteProgress { done, total });
+            shared.update_task(&task, Some(event), |_| {});
             let shared = shared.clone();
             tokio::spawn(async move { shared.commit().await });
         })

@@ -29,13 +29,15 @@
 //! | GET | `/v1/allocations?prefix=P` | → `Vec<`[`AllocListEntry`]`>` |
 //! | GET | `/v1/allocation/{id-or-prefix}` | → [`Allocation`] |
 //! | GET | `/v1/allocation/{id}/logs?task=T&stream=stdout&follow=true&offset=N` | → bytes (text/plain, streamed); the server relays it from the node's agent |
+//! | GET | `/v1/allocation/{id}/exec?command=[…]&task=T&tty=true` | `Upgrade: davit-exec` → 101, then [`crate::exec::ExecFrame`]s both ways; relayed to the node's agent |
 //! | GET | `/v1/evaluations?job=J` | → `Vec<`[`Evaluation`]`>` |
 //! | GET | `/v1/evaluation/{id-or-prefix}` | → [`Evaluation`] |
 //! | GET | `/v1/status` | → [`StatusResponse`] |
 //! | GET | `/v1/event/stream?index=N&topic=T…` | → NDJSON, one [`EventWire`] per line (and `{}` heartbeats every 10 s), until the client disconnects; 400 for an unknown topic (see [`EVENT_TOPICS`]) |
 //! | GET | `/metrics` | → Prometheus text format 0.0.4 (not under `/v1`) |
 //!
-//! The agent serves `GET /v1/agent/allocation/{id}/logs` with the same query parameters and `GET /v1/agent/health`.
+//! The agent serves `GET /v1/agent/allocation/{id}/logs` and `…/exec` with the same query parameters, and
+//! `GET /v1/agent/health`.
 
 use std::collections::BTreeMap;
 
@@ -282,6 +284,26 @@ pub struct LogsQuery {
     /// A negative value counts from the end (`-1000`: the last 1000 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<i64>,
+}
+
+/// Query parameters of the exec routes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecQuery {
+    /// Task name; may be omitted when the allocation has exactly one task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The command and its arguments as a JSON array of strings.
+    pub command: String,
+    /// Run the command on a terminal (stdout and stderr merged, window size from `cols`/`rows`).
+    #[serde(default)]
+    pub tty: bool,
+    /// `TERM` for the command, with `tty`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

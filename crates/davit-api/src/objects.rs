@@ -201,6 +201,16 @@ pub struct TaskEvent {
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
+    /// How far a long step (an image download) got when the event was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ByteProgress>,
+}
+
+/// Bytes done out of a total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteProgress {
+    pub done: u64,
+    pub total: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,10 +7,12 @@
 
 use std::time::Duration;
 
+pub mod exec;
+
 use davit_api::http::{
-    AllocListEntry, AllocStatusUpdate, ApiError, EventWire, HeartbeatResponse, INDEX_HEADER, IndexResponse, JobDiffResponse, JobListEntry,
-    JobStatusResponse, LogsQuery, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse, RegisterJobResponse,
-    RevertJobRequest, ScaleJobRequest, StatusResponse, StopJobResponse, ValidateJobResponse,
+    AllocListEntry, AllocStatusUpdate, ApiError, EventWire, ExecQuery, HeartbeatResponse, INDEX_HEADER, IndexResponse, JobDiffResponse,
+    JobListEntry, JobStatusResponse, LogsQuery, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse,
+    RegisterJobResponse, RevertJobRequest, ScaleJobRequest, StatusResponse, StopJobResponse, ValidateJobResponse,
 };
 use davit_api::objects::{Allocation, Evaluation, Index, Job, Node};
 use futures_util::Stream;
@@ -241,6 +243,11 @@ impl Client {
         Ok(response
             .bytes_stream()
             .map(move |chunk| chunk.map(|bytes| bytes.to_vec()).map_err(|source| ClientError::Unreachable { addr: addr.clone(), source })))
+    }
+
+    /// Opens an exec session in a task of the allocation (relayed by the server to the node's agent).
+    pub async fn alloc_exec(&self, alloc_id: &str, query: &ExecQuery) -> Result<exec::ExecStream, ClientError> {
+        exec::open(&self.http, &self.url(&format!("/v1/allocation/{}/exec", encode(alloc_id))), query).await
     }
 
     /// The allocation once its modify index passes `index` (or after `wait`).

@@ -238,6 +238,17 @@ impl TaskCgroup {
         &self.dirs
     }
 
+    /// The same cgroup without some v1 `controllers` (a directory shared with a kept controller stays). A v2
+    /// cgroup is one directory and stays whole.
+    pub fn without(&self, controllers: &[String]) -> TaskCgroup {
+        if self.version == CgroupVersion::V2 {
+            return self.clone();
+        }
+        let dropped: Vec<&PathBuf> = self.dirs.iter().filter(|(key, _)| controllers.contains(key)).map(|(_, dir)| dir).collect();
+        let dirs = self.dirs.iter().filter(|(_, dir)| !dropped.contains(dir)).map(|(key, dir)| (key.clone(), dir.clone())).collect();
+        TaskCgroup { version: self.version, dirs }
+    }
+
     /// The files a process writes `0` into to join the cgroup (one per distinct directory).
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.unique_dirs().into_iter().map(|dir| dir.join("cgroup.procs")).collect()

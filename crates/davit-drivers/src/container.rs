@@ -9,8 +9,10 @@
 //!
 //! The runtime runs in the foreground under the executor, so the container's exit status, OOM kills, logs and
 //! re-attachment after an agent restart all come from the exec driver. The container joins the task's own
-//! cgroup (`cgroupsPath` is the task cgroup, which already carries the CPU and memory limits): the runtime's
-//! process sits in it too, so the runtime cannot remove it before the executor has read the OOM counter.
+//! cgroup, which already carries the CPU and memory limits (runc through `cgroupsPath`, crun through a
+//! `createRuntime` hook that runs `davit executor join-cgroup`). The runtime's process sits in the task's memory
+//! and pids cgroups too, so the runtime cannot remove them before the executor has read the OOM counter, but
+//! not in its CPU cgroup: a task limited to a few millicores would otherwise take a second to start.
 //!
 //! crun refuses hybrid cgroup hosts (v1 controllers plus cgroup2 at `/sys/fs/cgroup/unified`); every crun call
 //! then runs in a private mount namespace where the cgroup2 mount is detached.
@@ -33,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use crate::cgroups::{self, CgroupLayout, CgroupVersion};
 use crate::exec::{ProcessSpec, blocking, io_error};
 use crate::{
-    BoxFuture, Driver, DriverError, ExecDriver, ExecDriverConfig, ExecOutput, ExitResult, Fingerprint, TaskConfig, TaskHandle,
-    TaskRunState, TaskStats, sys,
+    BoxFuture, Driver, DriverError, ExecDriver, ExecDriverConfig, ExitResult, Fingerprint, TaskConfig, TaskHandle, TaskRunState, TaskStats,
+    sys,
 };
 
 /// The driver's name in job specs (`driver: container`).
@@ -307,7 +309,7 @@ impl ContainerDriver {
             let step = progress.bytes_total / 10;
             let worth = last.0 != Some(progress.phase) || (step > 0 && progress.bytes_done >= last.1 + step);
             if worth && progress.phase == PullPhase::Downloading {
-                events.emit(
+                events.emit_progress(
                     "Downloading Image",
                     &format!(
                         "{name}: layer {} {} of {}",
@@ -315,6 +317,8 @@ impl ContainerDriver {
                         mib(progress.bytes_done),
                         mib(progress.bytes_total)
                     ),
+                    progress.bytes_done,
+                    progress.bytes_total,
                 );
                 *last = (Some(progress.phase), progress.bytes_done);
             } else if last.0 != Some(progress.phase) {
@@ -365,7 +369,9 @@ impl ContainerDriver {
         let bundle = Self::bundle_dir(config);
         let container_id = container_id(&config.alloc_id, &config.task_name);
         // A restarted task starts from a fresh bundle (and a fresh writable layer), like a new container.
-        self.cleanup_bundle(&runtime, &container_id, &bundle).await;
+        if bundle.exists() {
+            self.cleanup_bundle(&runtime, &container_id, &bundle).await;
+        }
         for dir in [&config.task_dir, &config.log_dir, &config.alloc_dir.join("alloc")] {
             std::fs::create_dir_all(dir).map_err(|source| io_error(format!("creating {}", dir.display()), source))?;
         }
@@ -386,8 +392,12 @@ impl ContainerDriver {
 
         let mut args = runtime.global_args(&bundle.join("runtime.log"));
         args.extend(["run".to_owned(), "--bundle".to_owned(), bundle.display().to_string(), container_id.clone()]);
-        let process =
-            ProcessSpec { command: runtime.binary.display().to_string(), args, private_unmounts: runtime.private_unmounts.clone() };
+        let process = ProcessSpec {
+            command: runtime.binary.display().to_string(),
+            args,
+            private_unmounts: runtime.private_unmounts.clone(),
+            skip_controllers: RUNTIME_SKIPS_CONTROLLERS.iter().map(|c| c.to_string()).collect(),
+        };
         // The runtime itself runs as root with a plain environment; the task's env and user are in config.json.
         let mut runtime_config = config.clone();
         runtime_config.env =
@@ -401,7 +411,7 @@ impl ContainerDriver {
             }
         };
         // The runtime process runs, but the container may not exist yet: `exec`, `kill` and `stop` need it to.
-        self.wait_until_running(&runtime, &container_id, &bundle, &inner).await;
+        self.wait_until_running(&container_id, &bundle, &inner).await;
         let state = ContainerState { inner: inner.clone(), container_id, bundle, overlay, image_digest: image.manifest_digest.clone() };
         Ok(TaskHandle {
             driver: DRIVER_NAME.to_owned(),
@@ -425,31 +435,38 @@ impl ContainerDriver {
         // crun runs with `--cgroup-manager=disabled` (see `Runtime::global_args`): the container stays in the task
         // cgroup crun was started in, and no device cgroup is written.
         let runtime_cgroup = (self.runtime()?.kind == RuntimeKind::Runc).then_some(cgroup_path.as_str());
-        let spec = build_spec(config, task, image, &rootfs, runtime_cgroup, &self.config.allowed_host_paths, layout.version())?;
+        let mut spec = build_spec(config, task, image, &rootfs, runtime_cgroup, &self.config.allowed_host_paths, layout.version())?;
+        // crun itself stays out of the task's CPU cgroup, so the container's init joins every task cgroup before
+        // its program starts; runc does that through `cgroupsPath`.
+        let procs = match runtime_cgroup {
+            Some(_) => Vec::new(),
+            None => layout.task_cgroup(&CgroupLayout::task_cgroup_name(&config.alloc_id, &config.task_name)).procs_files(),
+        };
+        spec.set_hooks(Some(hooks(self.exec.executor_command(), &procs, &bundle.join(STARTED_MARKER))?));
         let spec_path = bundle.join("config.json");
         spec.save(&spec_path).map_err(|error| io_error(format!("writing {}", spec_path.display()), io::Error::other(error)))
     }
 
-    /// Polls `<runtime> state` until the container's process runs (or already ended), or the runtime process
-    /// exited (the start failed; `wait` reports it), or [`CONTAINER_START_TIMEOUT`] passed.
-    async fn wait_until_running(&self, runtime: &Runtime, container_id: &str, bundle: &Path, inner: &TaskHandle) {
+    /// Waits until the container's program runs (the `poststart` hook marked it), or the runtime process exited
+    /// (the start failed; `wait` reports it), or [`CONTAINER_START_TIMEOUT`] passed.
+    async fn wait_until_running(&self, container_id: &str, bundle: &Path, inner: &TaskHandle) {
         let deadline = tokio::time::Instant::now() + CONTAINER_START_TIMEOUT;
-        let state = ["state".to_owned(), container_id.to_owned()];
+        let started = bundle.join(STARTED_MARKER);
+        let mut poll = 0u32;
         loop {
-            if let Ok(output) = runtime.run(&state, Some(&bundle.join("runtime.log"))).await
-                && let Ok(state) = serde_json::from_slice::<serde_json::Value>(&output)
-                && matches!(state["status"].as_str(), Some("running" | "stopped" | "paused"))
-            {
+            if started.exists() {
                 return;
             }
-            if !matches!(self.exec.inspect(inner).await, Ok(TaskRunState::Running)) {
+            // Checking the runtime process costs more than a stat: not on every round.
+            if poll % 10 == 9 && !matches!(self.exec.inspect(inner).await, Ok(TaskRunState::Running)) {
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(container_id, "the container did not report running within {CONTAINER_START_TIMEOUT:?}");
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            poll += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -513,35 +530,27 @@ impl ContainerDriver {
         Ok(())
     }
 
-    async fn exec_in_task(&self, handle: &TaskHandle, command: &[String], timeout: Duration) -> Result<ExecOutput, DriverError> {
-        if command.is_empty() {
-            return Err(DriverError::Other("exec: empty command".to_owned()));
-        }
+    async fn exec_command_in_task(
+        &self,
+        handle: &TaskHandle,
+        command: &[String],
+        env: &BTreeMap<String, String>,
+    ) -> Result<tokio::process::Command, DriverError> {
+        crate::exec::split_command(command)?;
         let state = ContainerState::from_handle(handle)?;
         let runtime = self.runtime()?;
         let mut args = runtime.global_args(&state.bundle.join("runtime.log"));
-        args.extend(["exec".to_owned(), state.container_id.clone()]);
+        args.push("exec".to_owned());
+        for (key, value) in env {
+            args.extend(["--env".to_owned(), format!("{key}={value}")]);
+        }
+        args.push(state.container_id.clone());
         args.extend(command.iter().cloned());
         let mut process = runtime.command(&args)?;
         // The command runs in the task's cgroups (crun does not move it there itself).
-        let cgroup_files = crate::executor::open_cgroup_procs(&crate::exec::task_cgroup(&state.inner)?)
+        crate::executor::join_task_context(&mut process, &crate::exec::task_cgroup(&state.inner)?, None)
             .map_err(|error| DriverError::Other(format!("exec: {error}")))?;
-        let cgroup_fds: Vec<_> = cgroup_files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
-        // SAFETY: the hook only writes to fds opened before fork (see `executor::enter_task_context`).
-        unsafe {
-            process.pre_exec(move || crate::executor::enter_task_context(&cgroup_fds, None));
-        }
-        process.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        let spawned = process.spawn();
-        drop(cgroup_files);
-        let child = spawned.map_err(|source| io_error(format!("exec: spawning {}", runtime.binary.display()), source))?;
-        match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Ok(Ok(output)) => {
-                Ok(ExecOutput { exit_code: output.status.code().unwrap_or(128), stdout: output.stdout, stderr: output.stderr })
-            }
-            Ok(Err(source)) => Err(io_error("exec: waiting".to_owned(), source)),
-            Err(_) => Err(DriverError::Timeout { operation: format!("exec {:?} in container", command[0]), after: timeout }),
-        }
+        Ok(process)
     }
 
     async fn fingerprint_driver(&self) -> Fingerprint {
@@ -702,6 +711,37 @@ fn remove_foreign_cgroups(root: &Path, name: &str) {
             tracing::debug!(%error, dir = %dir.display(), "removing a runtime-created cgroup");
         }
     }
+}
+
+/// The task cgroup's controllers the runtime process does not join (it puts the container there itself), so
+/// that the task's CPU limit does not slow the runtime's own start and stop down.
+const RUNTIME_SKIPS_CONTROLLERS: [&str; 2] = ["cpu", "cpuacct"];
+
+/// The bundle file the `poststart` hook creates once the container's program runs.
+const STARTED_MARKER: &str = "started";
+
+/// The container's hooks, all run by the executor binary: `createRuntime` joins the init process to the cgroups
+/// of `procs_files` (if any), `poststart` creates `started`.
+fn hooks(executor_command: &[String], procs_files: &[PathBuf], started: &Path) -> Result<oci_spec::runtime::Hooks, DriverError> {
+    let Some(program) = executor_command.first() else {
+        return Err(DriverError::Other("no executor command configured".to_owned()));
+    };
+    let hook = |name: &str, paths: &[PathBuf]| {
+        let mut args = executor_command.to_vec();
+        args.push(name.to_owned());
+        args.extend(paths.iter().map(|path| path.display().to_string()));
+        let mut hook = oci_spec::runtime::Hook::default();
+        hook.set_path(PathBuf::from(program));
+        hook.set_args(Some(args));
+        hook.set_timeout(Some(10));
+        hook
+    };
+    let mut hooks = oci_spec::runtime::Hooks::default();
+    if !procs_files.is_empty() {
+        hooks.set_create_runtime(Some(vec![hook(crate::executor::JOIN_CGROUP_HOOK, procs_files)]));
+    }
+    hooks.set_poststart(Some(vec![hook(crate::executor::MARK_STARTED_HOOK, &[started.to_path_buf()])]));
+    Ok(hooks)
 }
 
 /// The OCI runtime config of a task: image config + job overrides + davit's defaults.
@@ -1026,13 +1066,13 @@ impl Driver for ContainerDriver {
         Box::pin(self.recover_task(handle))
     }
 
-    fn exec<'a>(
+    fn exec_command<'a>(
         &'a self,
         handle: &'a TaskHandle,
         command: &'a [String],
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<ExecOutput, DriverError>> {
-        Box::pin(self.exec_in_task(handle, command, timeout))
+        env: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<tokio::process::Command, DriverError>> {
+        Box::pin(self.exec_command_in_task(handle, command, env))
     }
 
     fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskStats, DriverError>> {

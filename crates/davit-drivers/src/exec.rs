@@ -72,6 +72,8 @@ pub(crate) struct ProcessSpec {
     pub args: Vec<String>,
     /// See [`ExecutorSpec::private_unmounts`].
     pub private_unmounts: Vec<PathBuf>,
+    /// See [`ExecutorSpec::skip_controllers`].
+    pub skip_controllers: Vec<String>,
 }
 
 /// `TaskHandle::driver_state` of the exec driver.
@@ -127,6 +129,11 @@ impl ExecDriver {
     }
 
     /// The detected cgroup layout.
+    /// The executor command (`["/path/to/davit", "executor"]`).
+    pub(crate) fn executor_command(&self) -> &[String] {
+        &self.config.executor_command
+    }
+
     pub fn cgroup_layout(&self) -> Result<&CgroupLayout, DriverError> {
         self.layout.as_ref().map_err(|reason| DriverError::Other(format!("exec driver unavailable: {reason}")))
     }
@@ -142,7 +149,12 @@ impl ExecDriver {
         if task_config.command.is_empty() {
             return Err(DriverError::InvalidConfig { driver: DRIVER_NAME, message: "command is empty".to_owned() });
         }
-        let process = ProcessSpec { command: task_config.command, args: task_config.args, private_unmounts: Vec::new() };
+        let process = ProcessSpec {
+            command: task_config.command,
+            args: task_config.args,
+            private_unmounts: Vec::new(),
+            skip_controllers: Vec::new(),
+        };
         self.start_process(config, process).await
     }
 
@@ -191,6 +203,7 @@ impl ExecDriver {
             cgroup_version: cgroup.version().as_str().to_owned(),
             cgroup_dirs: cgroup.dirs().clone(),
             private_unmounts: process.private_unmounts,
+            skip_controllers: process.skip_controllers,
         };
         let spec_path = state_dir.join(executor::SPEC_FILE);
         let spec_json = serde_json::to_vec_pretty(&spec).expect("ExecutorSpec serializes");
@@ -347,10 +360,13 @@ impl ExecDriver {
         Ok(())
     }
 
-    async fn exec_in_task(&self, handle: &TaskHandle, command: &[String], timeout: Duration) -> Result<ExecOutput, DriverError> {
-        let Some((program, args)) = command.split_first() else {
-            return Err(DriverError::Other("exec: empty command".to_owned()));
-        };
+    async fn exec_command_in_task(
+        &self,
+        handle: &TaskHandle,
+        command: &[String],
+        env: &BTreeMap<String, String>,
+    ) -> Result<tokio::process::Command, DriverError> {
+        let (program, args) = split_command(command)?;
         let state = ExecDriverState::from_handle(handle)?;
         if state.exit_result()?.is_some() || !sys::is_alive(task_identity(handle, &state)) {
             return Err(DriverError::TaskGone { pid: handle.pid });
@@ -360,61 +376,10 @@ impl ExecDriver {
             Some(name) => Some(sys::lookup_user(name).map_err(|source| io_error(format!("looking up user {name:?}"), source))?),
             None => None,
         };
-        let cgroup_files = executor::open_cgroup_procs(&state.cgroup()?).map_err(|error| DriverError::Other(format!("exec: {error}")))?;
-        let cgroup_fds: Vec<_> = cgroup_files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
-
         let mut process = tokio::process::Command::new(program);
-        process
-            .args(args)
-            .env_clear()
-            .envs(&spec.env)
-            .current_dir(&spec.cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        // SAFETY: the hook only makes async-signal-safe system calls on values prepared before fork (see
-        // `executor::enter_task_context`); the fds stay open until after spawn.
-        unsafe {
-            process.pre_exec(move || executor::enter_task_context(&cgroup_fds, user.as_ref()));
-        }
-        let mut child = process.spawn().map_err(|source| io_error(format!("exec: spawning {program:?}"), source))?;
-        drop(cgroup_files);
-        let pid = child.id().unwrap_or(0);
-        let mut stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let read_stdout = tokio::spawn(async move {
-            let mut bytes = Vec::new();
-            stdout.read_to_end(&mut bytes).await.map(|_| bytes)
-        });
-        let read_stderr = tokio::spawn(async move {
-            let mut bytes = Vec::new();
-            stderr.read_to_end(&mut bytes).await.map(|_| bytes)
-        });
-        let status = match tokio::time::timeout(timeout, child.wait()).await {
-            Ok(status) => status.map_err(|source| io_error("exec: waiting".to_owned(), source))?,
-            Err(_) => {
-                // The command and everything it started (its process group) goes.
-                let _ = sys::kill_process_group(pid, libc::SIGKILL);
-                let _ = child.wait().await;
-                read_stdout.abort();
-                read_stderr.abort();
-                return Err(DriverError::Timeout { operation: format!("exec {program:?}"), after: timeout });
-            }
-        };
-        let joined = |result: Result<io::Result<Vec<u8>>, tokio::task::JoinError>| match result {
-            Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(source)) => Err(io_error("exec: reading output".to_owned(), source)),
-            Err(error) => Err(DriverError::Other(format!("exec: output reader failed: {error}"))),
-        };
-        // Output pipes inherited by lingering background processes must not hold the result back.
-        let (stdout, stderr) = match tokio::time::timeout(timeout, async { (read_stdout.await, read_stderr.await) }).await {
-            Ok((stdout, stderr)) => (joined(stdout)?, joined(stderr)?),
-            Err(_) => return Err(DriverError::Timeout { operation: format!("exec {program:?}: reading output"), after: timeout }),
-        };
-        let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        Ok(ExecOutput { exit_code, stdout, stderr })
+        process.args(args).env_clear().envs(&spec.env).envs(env).current_dir(&spec.cwd);
+        executor::join_task_context(&mut process, &state.cgroup()?, user).map_err(|error| DriverError::Other(format!("exec: {error}")))?;
+        Ok(process)
     }
 
     async fn fingerprint_driver(&self) -> Fingerprint {
@@ -481,13 +446,13 @@ impl Driver for ExecDriver {
         Box::pin(self.recover_task(handle))
     }
 
-    fn exec<'a>(
+    fn exec_command<'a>(
         &'a self,
         handle: &'a TaskHandle,
         command: &'a [String],
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<ExecOutput, DriverError>> {
-        Box::pin(self.exec_in_task(handle, command, timeout))
+        env: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<tokio::process::Command, DriverError>> {
+        Box::pin(self.exec_command_in_task(handle, command, env))
     }
 
     fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskStats, DriverError>> {
@@ -517,4 +482,55 @@ pub(crate) fn io_error(operation: String, source: io::Error) -> DriverError {
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The program and its arguments; an empty command is an error.
+pub(crate) fn split_command(command: &[String]) -> Result<(&String, &[String]), DriverError> {
+    command.split_first().ok_or_else(|| DriverError::Unsupported("exec: the command is empty".to_owned()))
+}
+
+/// Runs a command prepared by [`Driver::exec_command`] to its end and collects its output. After `timeout`
+/// the command and everything it started (its process group) is killed.
+pub(crate) async fn run_captured(mut process: tokio::process::Command, timeout: Duration) -> Result<ExecOutput, DriverError> {
+    let program = process.as_std().get_program().to_string_lossy().into_owned();
+    process.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+    let mut child = process.spawn().map_err(|source| io_error(format!("exec: spawning {program:?}"), source))?;
+    drop(process);
+    let pid = child.id().unwrap_or(0);
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let read_stdout = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        stdout.read_to_end(&mut bytes).await.map(|_| bytes)
+    });
+    let read_stderr = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        stderr.read_to_end(&mut bytes).await.map(|_| bytes)
+    });
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.map_err(|source| io_error("exec: waiting".to_owned(), source))?,
+        Err(_) => {
+            let _ = sys::kill_process_group(pid, libc::SIGKILL);
+            let _ = child.wait().await;
+            read_stdout.abort();
+            read_stderr.abort();
+            return Err(DriverError::Timeout { operation: format!("exec {program:?}"), after: timeout });
+        }
+    };
+    let joined = |result: Result<io::Result<Vec<u8>>, tokio::task::JoinError>| match result {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(source)) => Err(io_error("exec: reading output".to_owned(), source)),
+        Err(error) => Err(DriverError::Other(format!("exec: output reader failed: {error}"))),
+    };
+    // Output pipes inherited by lingering background processes must not hold the result back.
+    let (stdout, stderr) = match tokio::time::timeout(timeout, async { (read_stdout.await, read_stderr.await) }).await {
+        Ok((stdout, stderr)) => (joined(stdout)?, joined(stderr)?),
+        Err(_) => return Err(DriverError::Timeout { operation: format!("exec {program:?}: reading output"), after: timeout }),
+    };
+    Ok(ExecOutput { exit_code: exit_code(status), stdout, stderr })
+}
+
+/// The exit code of a process, 128 + the signal number when a signal ended it (as shells report it).
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }

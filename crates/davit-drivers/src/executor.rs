@@ -71,7 +71,20 @@ pub struct ExecutorSpec {
     /// hybrid cgroup host needs `/sys/fs/cgroup/unified` gone to see a plain v1 layout).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub private_unmounts: Vec<PathBuf>,
+    /// v1 controllers of the task cgroup the process does not join. An OCI runtime stays out of `cpu` and
+    /// `cpuacct`, so the task's CPU limit does not slow the runtime down; it puts the container there itself
+    /// (runc through `cgroupsPath`, crun through the [`JOIN_CGROUP_HOOK`] hook).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip_controllers: Vec<String>,
 }
+
+/// The argument that makes the executor an OCI `createRuntime` hook: `davit executor join-cgroup <cgroup.procs>…`
+/// reads the container's state from stdin and writes its init pid into each file.
+pub const JOIN_CGROUP_HOOK: &str = "join-cgroup";
+
+/// The argument that makes the executor an OCI `poststart` hook: `davit executor mark-started <file>` creates
+/// the file once the container's program runs.
+pub const MARK_STARTED_HOOK: &str = "mark-started";
 
 impl ExecutorSpec {
     pub fn cgroup(&self) -> Result<TaskCgroup, ExecutorError> {
@@ -129,7 +142,25 @@ pub enum ExecutorError {
 /// Entry point of the `davit-executor` binary (and of `davit executor`): the spec path is the last argument.
 /// Exits 0 once `exit.json` is written, 1 when the task could not be started or supervised.
 pub fn main() -> ! {
-    let spec_path = match std::env::args_os().skip(1).last() {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if let Some(hook) = args.iter().position(|arg| arg == JOIN_CGROUP_HOOK || arg == MARK_STARTED_HOOK) {
+        let result = if args[hook] == JOIN_CGROUP_HOOK {
+            join_cgroup_hook(&args[hook + 1..])
+        } else {
+            args[hook + 1..].iter().try_for_each(|file| {
+                let path = PathBuf::from(file);
+                std::fs::write(&path, b"").map_err(|source| ExecutorError::File { operation: "writing", path, source })
+            })
+        };
+        match result {
+            Ok(()) => std::process::exit(0),
+            Err(error) => {
+                eprintln!("davit executor {}: {}", args[hook].to_string_lossy(), error_chain(&error));
+                std::process::exit(1);
+            }
+        }
+    }
+    let spec_path = match args.last() {
         Some(path) => PathBuf::from(path),
         None => {
             eprintln!("davit executor: {}", ExecutorError::Usage);
@@ -148,6 +179,19 @@ pub fn main() -> ! {
             std::process::exit(1);
         }
     }
+}
+
+/// The `createRuntime` hook: moves the container's init process (its pid from the OCI state on stdin) into the
+/// cgroups whose `cgroup.procs` files are given, before the container's own program starts.
+fn join_cgroup_hook(procs_files: &[OsString]) -> Result<(), ExecutorError> {
+    let state: serde_json::Value =
+        serde_json::from_reader(io::stdin().lock()).map_err(|e| ExecutorError::Spec(format!("container state: {e}")))?;
+    let pid = state["pid"].as_u64().ok_or_else(|| ExecutorError::Spec(format!("container state without a pid: {state}")))?;
+    for file in procs_files {
+        let path = PathBuf::from(file);
+        std::fs::write(&path, pid.to_string()).map_err(|source| ExecutorError::File { operation: "writing", path, source })?;
+    }
+    Ok(())
 }
 
 /// Supervises the task described by the spec at `spec_path` until it exits and `exit.json` is written.
@@ -170,7 +214,7 @@ pub fn run(spec_path: &Path, reported: &mut bool) -> Result<(), ExecutorError> {
 
     let stdout_log = open_log(&spec, "stdout")?;
     let stderr_log = open_log(&spec, "stderr")?;
-    let cgroup_files = open_cgroup_procs(&cgroup)?;
+    let cgroup_files = open_cgroup_procs(&cgroup.without(&spec.skip_controllers))?;
     let user = match &spec.user {
         Some(name) => Some(sys::lookup_user(name).map_err(|source| ExecutorError::User { user: name.clone(), source })?),
         None => None,
@@ -272,6 +316,26 @@ pub(crate) fn open_cgroup_procs(cgroup: &TaskCgroup) -> Result<Vec<File>, Execut
         .into_iter()
         .map(|path| File::options().write(true).open(&path).map_err(|source| ExecutorError::File { operation: "opening", path, source }))
         .collect()
+}
+
+/// Makes `process` join the task's cgroups (and become `user`) in the child before exec. The `cgroup.procs`
+/// files stay open as long as `process`.
+pub(crate) fn join_task_context(
+    process: &mut tokio::process::Command,
+    cgroup: &TaskCgroup,
+    user: Option<UserIds>,
+) -> Result<(), ExecutorError> {
+    let files = open_cgroup_procs(cgroup)?;
+    let fds: Vec<RawFd> = files.iter().map(AsRawFd::as_raw_fd).collect();
+    // SAFETY: the hook only makes async-signal-safe system calls (`enter_task_context`) on values prepared
+    // before fork; `files` keeps the fds open until the command is dropped, after spawn.
+    unsafe {
+        process.pre_exec(move || {
+            let _open = &files;
+            enter_task_context(&fds, user.as_ref())
+        });
+    }
+    Ok(())
 }
 
 /// Reads the spec the driver left in a state directory.

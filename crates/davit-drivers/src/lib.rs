@@ -30,7 +30,7 @@ pub mod sys;
 pub mod vm;
 
 pub use container::{ContainerDriver, ContainerDriverConfig, DRIVER_NAME as CONTAINER_DRIVER_NAME, RuntimeChoice};
-pub use exec::{DRIVER_NAME as EXEC_DRIVER_NAME, ExecDriver, ExecDriverConfig};
+pub use exec::{DRIVER_NAME as EXEC_DRIVER_NAME, ExecDriver, ExecDriverConfig, exit_code};
 pub use vm::{DRIVER_NAME as VM_DRIVER_NAME, MigrationReport, VmDriver, VmDriverConfig};
 
 /// A boxed future, so `Driver` stays object safe (`Arc<dyn Driver>`).
@@ -58,26 +58,31 @@ pub struct TaskConfig {
     pub events: EventSink,
 }
 
-/// Receives `(event type, message)` pairs a driver reports while it works on a task; the agent turns them
-/// into task events.
+/// Receives `(event type, message, progress)` a driver reports while it works on a task; the agent turns
+/// them into task events.
 #[derive(Clone)]
 pub struct EventSink(Arc<EventFn>);
 
-/// `(event type, message)`.
-type EventFn = dyn Fn(&str, &str) + Send + Sync;
+/// `(event type, message, (bytes done, bytes total) of a long step)`.
+type EventFn = dyn Fn(&str, &str, Option<(u64, u64)>) + Send + Sync;
 
 impl EventSink {
-    pub fn new(sink: impl Fn(&str, &str) + Send + Sync + 'static) -> EventSink {
+    pub fn new(sink: impl Fn(&str, &str, Option<(u64, u64)>) + Send + Sync + 'static) -> EventSink {
         EventSink(Arc::new(sink))
     }
 
     /// A sink that drops every event.
     pub fn discard() -> EventSink {
-        EventSink::new(|_, _| {})
+        EventSink::new(|_, _, _| {})
     }
 
     pub fn emit(&self, event_type: &str, message: &str) {
-        (self.0)(event_type, message);
+        (self.0)(event_type, message, None);
+    }
+
+    /// An event about a long step, `done` of `total` bytes into it.
+    pub fn emit_progress(&self, event_type: &str, message: &str, done: u64, total: u64) {
+        (self.0)(event_type, message, Some((done, total)));
     }
 }
 
@@ -207,6 +212,9 @@ pub enum DriverError {
     Timeout { operation: String, after: Duration },
     #[error(transparent)]
     Cgroup(#[from] cgroups::CgroupError),
+    /// The driver cannot do this at all (a request error, not a failure).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     Other(String),
 }
@@ -228,12 +236,27 @@ pub trait Driver: Send + Sync + 'static {
     /// Re-attaches to a task started by an earlier agent process; fails with `TaskGone` if it died meanwhile
     /// (then `wait` still reports how it ended when that is known).
     fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>>;
-    /// Runs a command in the task's context (cgroup, env, working dir).
+    /// Prepares `command` to run in the task's context (its namespaces, cgroups, user, env and working dir)
+    /// with `env` added. The caller chooses its stdio (pipes or a terminal) and spawns it; `davit alloc exec`
+    /// does. Spawn it soon: it holds descriptors of the task's cgroups until dropped.
+    fn exec_command<'a>(
+        &'a self,
+        handle: &'a TaskHandle,
+        command: &'a [String],
+        env: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<tokio::process::Command, DriverError>>;
+    /// Runs a command in the task's context to its end and collects its output (exec health checks); after
+    /// `timeout` the command and everything it started is killed.
     fn exec<'a>(
         &'a self,
         handle: &'a TaskHandle,
         command: &'a [String],
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<ExecOutput, DriverError>>;
+    ) -> BoxFuture<'a, Result<ExecOutput, DriverError>> {
+        Box::pin(async move {
+            let process = self.exec_command(handle, command, &BTreeMap::new()).await?;
+            exec::run_captured(process, timeout).await
+        })
+    }
     fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskStats, DriverError>>;
 }

@@ -210,7 +210,7 @@ impl Fixture {
             alloc_dir,
             resources: TaskResources { cpu_millicores: 500, memory_mib: 64 },
             logs: LogRotation::default(),
-            events: EventSink::new(move |kind, message| events.lock().unwrap().push((kind.to_owned(), message.to_owned()))),
+            events: EventSink::new(move |kind, message, _progress| events.lock().unwrap().push((kind.to_owned(), message.to_owned()))),
         }
     }
 
@@ -360,6 +360,15 @@ async fn httpd_serves_on_its_port_with_env_and_limits(runtime: RuntimeChoice) {
         CgroupVersion::V2 => format!("0::/davit/{name}"),
     };
     assert!(membership.lines().any(|line| line.ends_with(&expected)), "httpd's cgroups:\n{membership}");
+    if fx.layout.version() == CgroupVersion::V1 {
+        // The runtime stays out of the CPU cgroup, but puts the container there (runc: cgroupsPath, crun: a hook).
+        let in_cpu = membership.lines().any(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next(), fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+            controllers.split(',').any(|c| c == "cpu") && path == format!("/davit/{name}")
+        });
+        assert!(in_cpu, "httpd is not in the task's cpu cgroup:\n{membership}");
+    }
 
     // Three at once (count 3): three allocations of the same task, each on its own port.
     let ports = [free_port(), free_port(), free_port()];

@@ -2,31 +2,20 @@
 //! 10-allocation exec job in `davit dev` (median of 5), next to spawning the same 10 processes bare in
 //! the same run; and the resident memory of the idle `davit dev` process (server + agent).
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const DAVIT: &str = env!("CARGO_BIN_EXE_davit");
+mod common;
+
+use common::{davit, ms};
+
 const RUNS: usize = 5;
 const COUNT: u32 = 10;
 
 fn main() {
     let dir = std::env::temp_dir().join(format!("davit-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("http://127.0.0.1:{port}");
-    let data_dir = dir.join("data");
-    let mut dev = Command::new(DAVIT)
-        .args(["dev", "--bind", &format!("127.0.0.1:{port}"), "--data-dir", &data_dir.display().to_string(), "--port-range", "40000-40999"])
-        .env("DAVIT_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !davit(&addr, &["node", "ls"]).contains("ready") {
-        assert!(Instant::now() < deadline, "davit dev did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (dev, addr) = common::start_dev(&dir.join("data"), "40000-40999");
     std::thread::sleep(Duration::from_secs(2)); // let start-up settle before reading idle memory
     let idle_rss = rss_kib(dev.id());
 
@@ -42,7 +31,7 @@ fn main() {
         )
         .unwrap();
         let start = Instant::now();
-        let output = davit(&addr, &["job", "run", &spec.display().to_string()]);
+        let output = davit(&addr, &["job", "run", &spec.display().to_string()]).1;
         davit_times.push(start.elapsed());
         assert!(output.contains("all allocations running"), "{output}");
         davit(&addr, &["job", "stop", "--purge", &format!("bench{run}")]);
@@ -56,8 +45,7 @@ fn main() {
         }
     }
     let busy_rss = rss_kib(dev.id());
-    let _ = Command::new("kill").args(["-INT", &dev.id().to_string()]).status();
-    let _ = dev.wait();
+    common::stop_dev(dev);
     let _ = std::fs::remove_dir_all(&dir);
 
     let median = |times: &mut Vec<Duration>| {
@@ -81,20 +69,11 @@ fn main() {
     println!("davit dev resident memory: idle {:.1} MiB, after {RUNS} jobs {:.1} MiB", idle_rss as f64 / 1024.0, busy_rss as f64 / 1024.0);
 }
 
-fn davit(addr: &str, args: &[&str]) -> String {
-    let output = Command::new(DAVIT).args(args).env("DAVIT_ADDR", addr).output().unwrap();
-    String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr)
-}
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
 }
 
 fn kernel() -> String {

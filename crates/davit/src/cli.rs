@@ -225,6 +225,21 @@ pub enum AllocCommand {
         #[arg(long)]
         tail: Option<u64>,
     },
+    /// Run a command inside a running task: `davit alloc exec <alloc> [task] -- <command> [args…]`.
+    /// Exits with the command's exit code.
+    Exec {
+        id: String,
+        task: Option<String>,
+        /// Run the command on a terminal (default: when stdin and stdout are terminals).
+        #[arg(long, short = 't', conflicts_with = "no_tty")]
+        tty: bool,
+        /// Never use a terminal, even when stdin is one.
+        #[arg(long, short = 'T')]
+        no_tty: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

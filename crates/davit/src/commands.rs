@@ -5,8 +5,8 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use davit_api::http::{JobStatusKind, JobStatusResponse, LogsQuery, NodeDrainRequest};
-use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, DrainStrategy};
+use davit_api::http::{ExecQuery, JobStatusKind, JobStatusResponse, LogsQuery, NodeDrainRequest};
+use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, DrainStrategy, TaskEvent};
 use davit_client::Client;
 use futures_util::StreamExt;
 
@@ -225,6 +225,18 @@ impl Progress {
     }
 }
 
+/// `[#####·····] 50% <message>` when one of the tasks' newest events says it is downloading its image.
+fn pull_progress<'a>(newest_events: impl IntoIterator<Item = &'a TaskEvent>) -> Option<String> {
+    const WIDTH: u64 = 20;
+    newest_events.into_iter().find_map(|event| {
+        let event = Some(event).filter(|event| event.kind == "Downloading Image")?;
+        let progress = event.progress.filter(|progress| progress.total > 0)?;
+        let filled = (progress.done.min(progress.total) * WIDTH / progress.total) as usize;
+        let percent = progress.done.min(progress.total) * 100 / progress.total;
+        Some(format!("[{}{}] {percent:>3}% {}", "#".repeat(filled), "·".repeat(WIDTH as usize - filled), event.message))
+    })
+}
+
 /// Follows a job until every group of `version` runs its count (batch: has run), an allocation of it
 /// fails, placement is blocked, or the timeout passes. Prints a progress line whenever it changes.
 async fn monitor(client: &Client, name: &str, version: u64, timeout: Duration) -> Result<JobStatusResponse, Failure> {
@@ -247,6 +259,7 @@ async fn monitor(client: &Client, name: &str, version: u64, timeout: Duration) -
         let batch = status.job.spec.job_type == davit_api::spec::JobType::Batch;
         let mut done = true;
         let mut parts = Vec::new();
+        let mut first_pending = None;
         for group in &status.job.spec.groups {
             let of_group = status
                 .allocations
@@ -256,7 +269,10 @@ async fn monitor(client: &Client, name: &str, version: u64, timeout: Duration) -
             for alloc in of_group {
                 match alloc.client_status {
                     ClientStatus::Running => running += 1,
-                    ClientStatus::Pending => pending += 1,
+                    ClientStatus::Pending => {
+                        pending += 1;
+                        first_pending.get_or_insert_with(|| alloc.id.clone());
+                    }
                     ClientStatus::Complete => complete += 1,
                     _ => {}
                 }
@@ -272,6 +288,14 @@ async fn monitor(client: &Client, name: &str, version: u64, timeout: Duration) -
                 if batch { "started" } else { "running" },
                 if pending > 0 { format!(" ({pending} pending)") } else { String::new() }
             ));
+        }
+        // An image download in progress shows as a bar (the same image is pulled once per node, so one
+        // pending allocation tells).
+        if let Some(id) = first_pending
+            && let Ok(alloc) = client.allocation(&id).await
+            && let Some(bar) = pull_progress(alloc.task_states.values().filter_map(|state| state.events.last()))
+        {
+            parts.push(bar);
         }
         progress.show(parts.join("  "));
         if let Some(failed) = status
@@ -471,6 +495,99 @@ pub async fn alloc(client: &Client, command: AllocCommand) -> Result<(), Failure
                 }
             }
             Ok(())
+        }
+        AllocCommand::Exec { id, task, tty, no_tty, command } => {
+            let alloc = client.allocation(&id).await?;
+            let stdin_is_terminal = std::io::stdin().is_terminal();
+            let terminal = tty || (!no_tty && stdin_is_terminal && std::io::stdout().is_terminal());
+            let size = if terminal { crate::terminal::size(libc::STDIN_FILENO) } else { None };
+            let query = ExecQuery {
+                task,
+                command: serde_json::to_string(&command).expect("strings serialize"),
+                tty: terminal,
+                term: terminal.then(|| std::env::var("TERM").ok()).flatten(),
+                cols: size.map(|(cols, _)| cols),
+                rows: size.map(|(_, rows)| rows),
+            };
+            let stream = client.alloc_exec(&alloc.id, &query).await?;
+            // Raw mode only while the session runs: keys go to the remote command, not to the local line editor.
+            let raw = match terminal && stdin_is_terminal {
+                true => {
+                    Some(crate::terminal::RawMode::enable(libc::STDIN_FILENO).map_err(|e| Failure::internal(format!("terminal: {e}")))?)
+                }
+                false => None,
+            };
+            let result = exec_session(stream, terminal && stdin_is_terminal).await;
+            drop(raw);
+            match result? {
+                0 => Ok(()),
+                code => Err(Failure::silent(u8::try_from(code).unwrap_or(1))),
+            }
+        }
+    }
+}
+
+/// Moves stdin to the remote command and its output to stdout/stderr until it exits; its exit code.
+async fn exec_session(stream: davit_client::exec::ExecStream, track_size: bool) -> Result<i32, Failure> {
+    use davit_api::exec::ExecFrame;
+    let (reader, mut writer) = tokio::io::split(stream);
+    let (frames, mut outgoing) = tokio::sync::mpsc::channel::<ExecFrame>(16);
+    // A plain thread reads stdin: a read blocked forever must not keep the process from exiting.
+    let stdin_frames = frames.clone();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = stdin_frames.blocking_send(ExecFrame::StdinClose);
+                    return;
+                }
+                Ok(read) => {
+                    if stdin_frames.blocking_send(ExecFrame::Stdin(buf[..read].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    if track_size {
+        let resize_frames = frames.clone();
+        tokio::spawn(async move {
+            let Ok(mut changes) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+            while changes.recv().await.is_some() {
+                if let Some((cols, rows)) = crate::terminal::size(libc::STDIN_FILENO)
+                    && resize_frames.send(ExecFrame::Resize { cols, rows }).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+    drop(frames);
+    tokio::spawn(async move {
+        while let Some(frame) = outgoing.recv().await {
+            if davit_client::exec::write_frame(&mut writer, &frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut incoming = davit_client::exec::FrameReader::new(reader);
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    loop {
+        match incoming.next().await {
+            Ok(Some(ExecFrame::Stdout(data))) => {
+                let _ = stdout.write_all(&data).and_then(|_| stdout.flush());
+            }
+            Ok(Some(ExecFrame::Stderr(data))) => {
+                let _ = stderr.write_all(&data).and_then(|_| stderr.flush());
+            }
+            Ok(Some(ExecFrame::Exit(code))) => return Ok(code),
+            Ok(Some(ExecFrame::Error(message))) => return Err(Failure::user(message)),
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(Failure::internal("the exec session ended before the command did")),
+            Err(error) => return Err(Failure::internal(format!("exec session: {error}"))),
         }
     }
 }
@@ -681,5 +798,31 @@ pub async fn event(client: &Client, command: EventCommand) -> Result<(), Failure
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use davit_api::objects::ByteProgress;
+
+    use super::*;
+
+    fn event(kind: &str, progress: Option<(u64, u64)>) -> TaskEvent {
+        TaskEvent {
+            time: 0,
+            kind: kind.to_owned(),
+            message: "r/big:1: layer 3f2a1c 25.0 MiB of 50.0 MiB".to_owned(),
+            exit_code: None,
+            signal: None,
+            progress: progress.map(|(done, total)| ByteProgress { done, total }),
+        }
+    }
+
+    #[test]
+    fn a_download_in_progress_shows_as_a_bar() {
+        let bar = pull_progress(&[event("Started", None), event("Downloading Image", Some((25, 50)))]);
+        assert_eq!(bar.as_deref(), Some("[##########··········]  50% r/big:1: layer 3f2a1c 25.0 MiB of 50.0 MiB"));
+        // Only downloads with a known total.
+        assert_eq!(pull_progress(&[event("Image Ready", None), event("Downloading Image", Some((5, 0)))]), None);
     }
 }

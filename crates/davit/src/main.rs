@@ -1,7 +1,8 @@
 //! `davit`: the command line, and the `dev`, `server` and `agent` processes.
 //!
 //! Exit codes: 0 success, 1 user error (bad input, rejected request, failed deployment of a job),
-//! 2 the server could not be reached, 3 an internal failure of a long-running process.
+//! 2 the server could not be reached, 3 an internal failure of a long-running process. `davit alloc exec`
+//! exits with the exit code of the command it ran.
 
 use std::process::ExitCode;
 
@@ -11,6 +12,7 @@ mod cli;
 mod commands;
 mod output;
 mod run;
+mod terminal;
 
 /// A failure to report to the user, with the exit code it maps to.
 #[derive(Debug)]
@@ -25,6 +27,10 @@ impl Failure {
     }
     pub fn internal(message: impl Into<String>) -> Failure {
         Failure { code: 3, message: message.into() }
+    }
+    /// Exit with `code` and print nothing (the exit code of a command run by `alloc exec`).
+    pub fn silent(code: u8) -> Failure {
+        Failure { code, message: String::new() }
     }
 }
 
@@ -59,7 +65,9 @@ fn main() -> ExitCode {
     match runtime.block_on(try_main(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {}", failure.message);
+            if !failure.message.is_empty() {
+                eprintln!("error: {}", failure.message);
+            }
             ExitCode::from(failure.code)
         }
     }

@@ -2,15 +2,14 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use davit_api::http::JobStatusResponse;
 use davit_api::objects::{Allocation, ClientStatus, DesiredStatus};
-use util::{Dev, pid_alive, require_root, runtime, wait_job, wait_ready_nodes};
+use util::{Dev, http_get, pid_alive, require_root, runtime, wait_job, wait_ready_nodes};
 
 const WEB_AND_WORKER: &str = r#"
 name: e2e
@@ -59,15 +58,6 @@ fn allocations(dev: &Dev, status: &JobStatusResponse, group: &str) -> Vec<Alloca
 
 fn task_pid(alloc: &Allocation, task: &str) -> u32 {
     alloc.task_states[task].pid.unwrap_or_else(|| panic!("task {task} of {} has no pid: {alloc:#?}", alloc.id))
-}
-
-fn http_get(port: u16) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 #[test]

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::{
-    BoxFuture, Driver, DriverError, ExecDriver, ExecDriverConfig, ExecOutput, ExitResult, Fingerprint, TaskConfig, TaskHandle,
-    TaskResources, TaskRunState, TaskStats,
+    BoxFuture, Driver, DriverError, ExecDriver, ExecDriverConfig, ExitResult, Fingerprint, TaskConfig, TaskHandle, TaskResources,
+    TaskRunState, TaskStats,
 };
 
 pub mod accel;
@@ -467,13 +467,18 @@ impl Driver for VmDriver {
         Box::pin(async move { self.exec.recover(&VmDriverState::from_handle(handle)?.exec).await })
     }
 
-    fn exec<'a>(
+    fn exec_command<'a>(
         &'a self,
         _handle: &'a TaskHandle,
         _command: &'a [String],
-        _timeout: Duration,
-    ) -> BoxFuture<'a, Result<ExecOutput, DriverError>> {
-        Box::pin(async { Err(DriverError::Other("the vm driver cannot exec commands in a guest".to_owned())) })
+        _env: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<tokio::process::Command, DriverError>> {
+        Box::pin(async {
+            Err(DriverError::Unsupported(
+                "the vm driver cannot run commands inside a guest; use the serial console (`davit alloc logs`) or ssh through a forwarded port"
+                    .to_owned(),
+            ))
+        })
     }
 
     fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskStats, DriverError>> {

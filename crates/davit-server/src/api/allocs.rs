@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use davit_api::http::{AllocListEntry, LogsQuery};
-use davit_api::objects::Evaluation;
+use davit_api::exec::EXEC_PROTOCOL;
+use davit_api::http::{AllocListEntry, ExecQuery, LogsQuery};
+use davit_api::objects::{Evaluation, Node};
 use serde::Deserialize;
 
 use super::{Blocking, Failure, indexed, resolve_prefix};
@@ -64,25 +65,62 @@ pub(crate) async fn logs(
     Path(id): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, Failure> {
-    let snapshot = shared.view.snapshot();
-    let alloc = find_alloc(&snapshot, &id)?;
-    let node =
-        snapshot.cluster.node(&alloc.node_id).cloned().ok_or_else(|| {
-            Failure::not_found(format!("node {} of allocation {} is gone; its logs went with it", alloc.node_id, alloc.id))
-        })?;
-    let url = format!("{}/v1/agent/allocation/{}/logs", node.http_addr.trim_end_matches('/'), alloc.id);
-    let response = shared.http.get(&url).query(&query).send().await.map_err(|e| {
-        Failure::new(
-            StatusCode::BAD_GATEWAY,
-            "unavailable",
-            format!("cannot reach the agent of node {} at {}: {e}", node.name, node.http_addr),
-        )
-    })?;
+    let (url, node) = agent_url(&shared, &id, "logs")?;
+    let response = shared.http.get(&url).query(&query).send().await.map_err(|error| agent_unreachable(&node, error))?;
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type =
         response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("text/plain").to_string();
     let body = Body::from_stream(response.bytes_stream());
     Ok((status, [(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// The URL of an allocation's route on the agent of its node, and that node.
+fn agent_url(shared: &Shared, id: &str, route: &str) -> Result<(String, Arc<Node>), Failure> {
+    let snapshot = shared.view.snapshot();
+    let alloc = find_alloc(&snapshot, id)?;
+    let node = snapshot.cluster.node(&alloc.node_id).cloned().ok_or_else(|| {
+        Failure::not_found(format!("node {} of allocation {} is gone, and with it the allocation's {route}", alloc.node_id, alloc.id))
+    })?;
+    Ok((format!("{}/v1/agent/allocation/{}/{route}", node.http_addr.trim_end_matches('/'), alloc.id), node))
+}
+
+fn agent_unreachable(node: &Node, error: impl std::fmt::Display) -> Failure {
+    Failure::new(
+        StatusCode::BAD_GATEWAY,
+        "unavailable",
+        format!("cannot reach the agent of node {} at {}: {error}", node.name, node.http_addr),
+    )
+}
+
+/// Relays an exec session to the allocation's agent. The agent's answer decides; once it switched
+/// protocols, so does this response, and the two connections are spliced until either side closes.
+pub(crate) async fn exec(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(query): Query<ExecQuery>,
+    mut request: axum::extract::Request,
+) -> Result<Response, Failure> {
+    let wants_exec = request.headers().get(header::UPGRADE).and_then(|value| value.to_str().ok()) == Some(EXEC_PROTOCOL);
+    let upgrade = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>().filter(|_| wants_exec).ok_or_else(|| {
+        Failure::bad_request(format!("exec needs an HTTP/1.1 request with `Connection: upgrade` and `Upgrade: {EXEC_PROTOCOL}`"))
+    })?;
+    let (url, node) = agent_url(&shared, &id, "exec")?;
+    let mut agent = match davit_client::exec::open(&shared.http, &url, &query).await {
+        Ok(stream) => stream,
+        Err(davit_client::ClientError::Api { status, error }) => {
+            return Ok((StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), axum::Json(error)).into_response());
+        }
+        Err(error) => return Err(agent_unreachable(&node, error)),
+    };
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(client) => {
+                let _ = tokio::io::copy_bidirectional(&mut hyper_util::rt::TokioIo::new(client), &mut agent).await;
+            }
+            Err(error) => tracing::warn!(%error, "exec relay: the client's connection upgrade failed"),
+        }
+    });
+    Ok((StatusCode::SWITCHING_PROTOCOLS, [(header::CONNECTION, "upgrade"), (header::UPGRADE, EXEC_PROTOCOL)]).into_response())
 }
 
 #[derive(Debug, Deserialize)]

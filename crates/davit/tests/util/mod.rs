@@ -255,6 +255,17 @@ pub fn wait_job(addr: &str, name: &str, limit: Duration, done: impl Fn(&JobStatu
     panic!("job {name} did not reach the expected state in {limit:?}; last status: {last:#?}");
 }
 
+/// `GET /` over HTTP/1.0 on a loopback port: the whole response, headers included.
+pub fn http_get(port: u16) -> String {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// Reads a file or returns "".
 pub fn read(path: &Path) -> String {
     let mut text = String::new();
