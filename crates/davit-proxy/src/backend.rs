@@ -4,32 +4,41 @@
 //! update when the backend's id and address did not change, so an update keeps history and in-flight
 //! requests keep counting on the stats they started on.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hyper::http::uri::Authority;
+use hyper::header::HeaderValue;
 
 use crate::config::{Backend, OutlierConfig};
 use crate::metrics::Histogram;
+use crate::pool::ConnectionPool;
 
 /// A backend as the balancer sees it.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     pub backend: Backend,
-    /// `backend.addr` as a URI authority, built once.
-    pub authority: Authority,
+    /// `backend.addr` as a `Host` header value, for requests that come without one; built once.
+    pub host: HeaderValue,
     pub stats: Arc<EndpointStats>,
+    /// Idle keep-alive HTTP connections to the backend (L7 only).
+    pub pool: Arc<ConnectionPool>,
 }
 
 impl Endpoint {
     pub fn new(backend: Backend, latency_decay: Duration) -> Endpoint {
-        Endpoint::with_stats(backend, Arc::new(EndpointStats::new(latency_decay)))
+        Endpoint::build(backend, Arc::new(EndpointStats::new(latency_decay)), Arc::default())
     }
 
-    pub fn with_stats(backend: Backend, stats: Arc<EndpointStats>) -> Endpoint {
-        let authority = Authority::try_from(backend.addr.to_string()).expect("a socket address is a valid authority");
-        Endpoint { backend, authority, stats }
+    /// The same backend in a new backend set: shares the counters, outlier state and idle connections of
+    /// `previous`.
+    pub fn carried_over(backend: Backend, previous: &Endpoint) -> Endpoint {
+        Endpoint::build(backend, Arc::clone(&previous.stats), Arc::clone(&previous.pool))
+    }
+
+    fn build(backend: Backend, stats: Arc<EndpointStats>, pool: Arc<ConnectionPool>) -> Endpoint {
+        let host = HeaderValue::from_str(&backend.addr.to_string()).expect("a socket address is a valid header value");
+        Endpoint { backend, host, stats, pool }
     }
 
     /// Weight with 0 counted as 1.
@@ -48,6 +57,9 @@ pub(crate) struct EndpointStats {
     pub latency: Histogram,
     ewma: Mutex<DecayingEwma>,
     outlier: Mutex<OutlierState>,
+    /// False only while `outlier` has no failures counted and no ejection pending, so that the common
+    /// case (a healthy backend) reads one shared flag instead of taking the lock on every request.
+    outlier_active: AtomicBool,
 }
 
 impl EndpointStats {
@@ -59,6 +71,7 @@ impl EndpointStats {
             latency: Histogram::default(),
             ewma: Mutex::new(DecayingEwma::new(latency_decay)),
             outlier: Mutex::new(OutlierState::default()),
+            outlier_active: AtomicBool::new(false),
         }
     }
 
@@ -67,7 +80,7 @@ impl EndpointStats {
     }
 
     pub fn is_ejected(&self, now: Instant) -> bool {
-        lock(&self.outlier).is_ejected(now)
+        self.outlier_active.load(Ordering::Acquire) && lock(&self.outlier).is_ejected(now)
     }
 
     pub fn ejections(&self) -> u32 {
@@ -94,7 +107,11 @@ impl EndpointStats {
     pub fn record_success(&self, latency: Duration, now: Instant) {
         self.latency.observe(latency);
         lock(&self.ewma).observe(latency, now);
-        lock(&self.outlier).record_success();
+        if self.outlier_active.load(Ordering::Acquire) {
+            let mut outlier = lock(&self.outlier);
+            outlier.record_success();
+            self.outlier_active.store(outlier.is_active(now), Ordering::Release);
+        }
     }
 
     /// Records a failure; returns true when this failure ejected the backend.
@@ -104,7 +121,10 @@ impl EndpointStats {
             self.latency.observe(latency);
             lock(&self.ewma).observe(latency, now);
         }
-        lock(&self.outlier).record_failure(config, now)
+        let mut outlier = lock(&self.outlier);
+        let ejected = outlier.record_failure(config, now);
+        self.outlier_active.store(outlier.is_active(now), Ordering::Release);
+        ejected
     }
 
     /// Counts one request or connection as started; it stays active until the guard drops.
@@ -189,6 +209,11 @@ impl OutlierState {
 
     pub fn record_success(&mut self) {
         self.consecutive_failures = 0;
+    }
+
+    /// Whether anything is counted or pending: failures towards an ejection, or an ejection.
+    pub fn is_active(&self, now: Instant) -> bool {
+        self.consecutive_failures > 0 || self.is_ejected(now)
     }
 
     pub fn record_failure(&mut self, config: &OutlierConfig, now: Instant) -> bool {

@@ -15,6 +15,9 @@ use crate::config::Algorithm;
 /// Virtual points per backend per weight unit on the consistent-hash ring.
 const RING_POINTS_PER_WEIGHT: u32 = 160;
 
+/// Backend sets up to this size are filtered on the stack when picking.
+pub(crate) const INLINE_ENDPOINTS: usize = 32;
+
 /// One balancer per backend set; rebuilt whenever the set or the algorithm changes.
 #[derive(Debug)]
 pub(crate) struct Balancer {
@@ -44,13 +47,17 @@ impl Balancer {
 
     /// Index of the endpoint to use, or `None` when every endpoint was tried already.
     ///
-    /// Ejected endpoints are skipped unless all untried endpoints are ejected (panic mode).
+    /// Ejected endpoints are skipped unless all untried endpoints are ejected (panic mode). Allocates
+    /// nothing for up to [`INLINE_ENDPOINTS`] endpoints, and uses `rng` only for the algorithms that
+    /// need randomness.
     pub fn pick<R: Rng>(&self, endpoints: &[Arc<Endpoint>], request: &PickRequest<'_>, rng: &mut R) -> Option<usize> {
-        let untried = |index: &usize| !request.tried.contains(index);
-        let mut eligible: Vec<usize> =
-            (0..endpoints.len()).filter(untried).filter(|&index| !endpoints[index].stats.is_ejected(request.now)).collect();
+        let untried = |index: usize| !request.tried.contains(&index);
+        let (mut inline, mut heap) = ([0; INLINE_ENDPOINTS], Vec::new());
+        let mut eligible =
+            indices(endpoints.len(), |index| untried(index) && !endpoints[index].stats.is_ejected(request.now), &mut inline, &mut heap);
+        let (mut panic_inline, mut panic_heap) = ([0; INLINE_ENDPOINTS], Vec::new());
         if eligible.is_empty() {
-            eligible = (0..endpoints.len()).filter(untried).collect();
+            eligible = indices(endpoints.len(), untried, &mut panic_inline, &mut panic_heap);
         }
         if eligible.is_empty() {
             return None;
@@ -58,13 +65,23 @@ impl Balancer {
         let chosen = match self.algorithm {
             Algorithm::Random => eligible[rng.random_range(0..eligible.len())],
             Algorithm::RoundRobin => eligible[self.next.fetch_add(1, Ordering::Relaxed) % eligible.len()],
-            Algorithm::Weighted => self.smooth_weighted(endpoints, &eligible),
+            Algorithm::Weighted => self.smooth_weighted(endpoints, eligible),
             Algorithm::LeastConnections => {
-                // Read each counter once: they change concurrently.
-                let active: Vec<(usize, u64)> = eligible.iter().map(|&index| (index, endpoints[index].stats.active())).collect();
-                let least = active.iter().map(|&(_, active)| active).min().unwrap_or(0);
-                let ties: Vec<usize> = active.iter().filter(|&&(_, active)| active == least).map(|&(index, _)| index).collect();
-                ties[rng.random_range(0..ties.len())]
+                // One pass, each counter read once (they change concurrently); ties are broken uniformly
+                // by reservoir sampling.
+                let (mut chosen, mut least, mut ties) = (eligible[0], u64::MAX, 0u32);
+                for &index in eligible {
+                    let active = endpoints[index].stats.active();
+                    if active < least {
+                        (chosen, least, ties) = (index, active, 1);
+                    } else if active == least {
+                        ties += 1;
+                        if rng.random_range(0..ties) == 0 {
+                            chosen = index;
+                        }
+                    }
+                }
+                chosen
             }
             Algorithm::LeastResponseTime => {
                 if eligible.len() == 1 {
@@ -81,7 +98,7 @@ impl Balancer {
                 }
             }
             Algorithm::ConsistentHash => match request.hash_key {
-                Some(key) => self.ring_lookup(key, &eligible).unwrap_or(eligible[0]),
+                Some(key) => self.ring_lookup(key, eligible).unwrap_or(eligible[0]),
                 None => eligible[rng.random_range(0..eligible.len())],
             },
         };
@@ -116,6 +133,53 @@ impl Balancer {
         }
         let start = self.ring.partition_point(|&(point, _)| point < key);
         (0..self.ring.len()).map(|offset| self.ring[(start + offset) % self.ring.len()].1).find(|index| eligible.contains(index))
+    }
+}
+
+/// The indices in `0..count` that pass `keep`: in `inline` when `count` fits, else in `heap`.
+fn indices<'a>(
+    count: usize,
+    keep: impl Fn(usize) -> bool,
+    inline: &'a mut [usize; INLINE_ENDPOINTS],
+    heap: &'a mut Vec<usize>,
+) -> &'a [usize] {
+    if count <= INLINE_ENDPOINTS {
+        let mut len = 0;
+        for index in (0..count).filter(|&index| keep(index)) {
+            inline[len] = index;
+            len += 1;
+        }
+        &inline[..len]
+    } else {
+        heap.extend((0..count).filter(|&index| keep(index)));
+        heap
+    }
+}
+
+/// Endpoint indices one request already tried, without allocating for the first few.
+#[derive(Debug, Default)]
+pub(crate) struct Tried {
+    inline: [usize; 4],
+    len: usize,
+    /// All of them, once there are more than fit `inline`.
+    spilled: Vec<usize>,
+}
+
+impl Tried {
+    pub fn push(&mut self, index: usize) {
+        if self.len < self.inline.len() {
+            self.inline[self.len] = index;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push(index);
+        }
+        self.len += 1;
+    }
+
+    pub fn as_slice(&self) -> &[usize] {
+        if self.spilled.is_empty() { &self.inline[..self.len] } else { &self.spilled }
     }
 }
 
@@ -294,6 +358,24 @@ mod tests {
         eject(&backends[2], now);
         let all = counts(Algorithm::RoundRobin, &backends, 300, 2);
         assert_eq!(all, vec![100, 100, 100]);
+    }
+
+    #[test]
+    fn tried_keeps_every_index_in_order() {
+        let mut tried = Tried::default();
+        for index in 0..7 {
+            tried.push(index * 10);
+            assert_eq!(tried.as_slice(), (0..=index).map(|index| index * 10).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn more_endpoints_than_fit_inline() {
+        let backends = endpoints(&[1; INLINE_ENDPOINTS + 8]);
+        assert_eq!(counts(Algorithm::RoundRobin, &backends, 400, 1), vec![10; INLINE_ENDPOINTS + 8]);
+        let now = Instant::now();
+        eject(&backends[INLINE_ENDPOINTS + 1], now);
+        assert_eq!(counts(Algorithm::LeastConnections, &backends, 400, 1)[INLINE_ENDPOINTS + 1], 0);
     }
 
     #[test]

@@ -36,7 +36,7 @@ async fn forward(shared: Arc<ServiceShared>, mut inbound: TcpStream, client: Soc
     let attempts = shared.proxy_config.max_connect_attempts.max(1);
     let mut tried = Vec::new();
     for _ in 0..attempts {
-        let Some(index) = shared.pick(&snapshot, hash_key, &tried) else { break };
+        let Some(index) = shared.pick(&snapshot, hash_key, &tried, Instant::now()) else { break };
         tried.push(index);
         let endpoint = &snapshot.endpoints[index];
         let started = Instant::now();

@@ -1,51 +1,83 @@
 //! L7 (HTTP/1.1) forwarding with hyper: keep-alive on both sides, streamed bodies, hop-by-hop header
 //! removal, `X-Forwarded-*` headers and retries of idempotent bodiless requests on another backend.
+//!
+//! Each client connection is one task, and it does all the work of its requests: hyper's server reads
+//! the request, [`handle`] takes a keep-alive connection to the chosen backend from that backend's
+//! [`ConnectionPool`] (or opens one), sends the request on it and hands the response back with a
+//! [`BackendBody`] that drives the backend connection while hyper streams it to the client and returns
+//! the connection to the pool at its end. No request crosses tasks or threads.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::backend::ActiveGuard;
-use crate::balance::hash_bytes;
-use crate::config::{Algorithm, HashOn, ProxyConfig, ServiceConfig};
+use crate::backend::{ActiveGuard, Endpoint};
+use crate::balance::{Tried, hash_bytes};
+use crate::config::{Algorithm, HashOn, ServiceConfig};
+use crate::pool::{self, BackendConnection, ConnectionPool, RequestBody, SendError};
 use crate::proxy::ServiceShared;
 
-pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that are never forwarded, besides those named in `Connection`.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Pooled HTTP/1.1 client shared by all services: one keep-alive pool per backend address.
-pub(crate) type HttpClient = Client<HttpConnector, ProxyBody>;
-
-pub(crate) fn client(config: &ProxyConfig) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(config.pool_idle_timeout).pool_max_idle_per_host(256).build(connector)
+/// The peer of one client connection, with what its requests need of it computed once.
+#[derive(Debug)]
+pub(crate) struct ClientInfo {
+    /// The peer's IP as a header value, for `X-Forwarded-For`.
+    forwarded_for: HeaderValue,
+    /// [`hash_bytes`] of the peer's IP in text, for [`HashOn::SourceIp`].
+    ip_hash: u64,
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) that are never forwarded, besides those named in `Connection`.
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "http2-settings"];
+impl ClientInfo {
+    pub fn new(addr: SocketAddr) -> ClientInfo {
+        let ip = addr.ip().to_string();
+        let forwarded_for = HeaderValue::from_str(&ip).expect("an IP address is a valid header value");
+        ClientInfo { forwarded_for, ip_hash: hash_bytes(ip.as_bytes()) }
+    }
+}
 
 /// Accept loop of one HTTP service; runs until aborted. When `shutdown` fires, open connections finish
-/// their current request and close.
+/// their current request and close. It also closes backend connections idle for longer than
+/// `pool_idle_timeout` (checked every half of it).
 pub(crate) async fn serve(shared: Arc<ServiceShared>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    let idle_timeout = shared.proxy_config.pool_idle_timeout;
+    let mut close_idle = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(10)));
+    close_idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (stream, client) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            now = close_idle.tick() => {
+                for endpoint in &shared.snapshot().endpoints {
+                    endpoint.pool.close_idle(idle_timeout, now.into_std());
+                }
+                continue;
+            }
+        };
+        let (stream, client) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "proxy accept failed");
@@ -54,12 +86,12 @@ pub(crate) async fn serve(shared: Arc<ServiceShared>, listener: TcpListener, shu
             }
         };
         let _ = stream.set_nodelay(true);
-        let shared = Arc::clone(&shared);
+        let context = Arc::new((Arc::clone(&shared), ClientInfo::new(client)));
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(handle(shared, client, request).await) }
+                let context = Arc::clone(&context);
+                async move { Ok::<_, Infallible>(handle(&context.0, &context.1, request).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
@@ -79,7 +111,7 @@ pub(crate) async fn serve(shared: Arc<ServiceShared>, listener: TcpListener, shu
 }
 
 /// Forwards one request; never fails: errors become 502/503 responses.
-async fn handle(shared: Arc<ServiceShared>, client: SocketAddr, request: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(shared: &ServiceShared, client: &ClientInfo, request: Request<Incoming>) -> Response<ResponseBody> {
     let snapshot = shared.snapshot();
     let config = &snapshot.config;
     if snapshot.endpoints.is_empty() {
@@ -92,51 +124,48 @@ async fn handle(shared: Arc<ServiceShared>, client: SocketAddr, request: Request
     let retryable = is_idempotent(&parts.method) && body.is_end_stream();
     let max_attempts = if retryable { config.retries.saturating_add(1) } else { 1 };
     let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut body = Some(body);
-    let mut tried = Vec::new();
-    let mut last_failure: Option<Response<ProxyBody>> = None;
+    let mut body = Some(RequestBody::Client(body));
+    let mut tried = Tried::default();
+    let mut last_failure: Option<Response<ResponseBody>> = None;
 
     for attempt in 0..max_attempts {
-        let Some(index) = shared.pick(&snapshot, hash_key, &tried) else { break };
+        let started = Instant::now();
+        let Some(index) = shared.pick(&snapshot, hash_key, tried.as_slice(), started) else { break };
         tried.push(index);
         let endpoint = &snapshot.endpoints[index];
         let guard = endpoint.stats.start();
-        let uri = Uri::builder().scheme(Scheme::HTTP).authority(endpoint.authority.clone()).path_and_query(path_and_query.clone()).build();
-        let Ok(uri) = uri else {
-            return text_response(StatusCode::BAD_REQUEST, "davit proxy: invalid request target\n".to_string());
-        };
-        let mut outgoing = Request::new(match body.take() {
-            Some(body) => body.boxed_unsync(),
-            None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
-        });
+        let mut outgoing = Request::new(body.take().unwrap_or(RequestBody::Empty));
         *outgoing.method_mut() = parts.method.clone();
-        *outgoing.uri_mut() = uri;
+        *outgoing.uri_mut() = Uri::from(path_and_query.clone());
         *outgoing.version_mut() = hyper::Version::HTTP_11;
         // The last attempt takes the headers; earlier ones copy them.
         *outgoing.headers_mut() = if attempt + 1 < max_attempts { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+        if let header::Entry::Vacant(host) = outgoing.headers_mut().entry(header::HOST) {
+            host.insert(endpoint.host.clone());
+        }
 
-        let started = Instant::now();
-        let result = shared.client.request(outgoing).await;
-        let latency = started.elapsed();
+        let result = exchange(shared, endpoint, outgoing, started).await;
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(started);
         let has_attempts_left = attempt + 1 < max_attempts;
         match result {
-            Ok(response) if response.status().is_server_error() => {
-                if endpoint.stats.record_failure(Some(latency), &config.outlier, Instant::now()) {
+            Ok((response, connection)) if response.status().is_server_error() => {
+                if endpoint.stats.record_failure(Some(latency), &config.outlier, now) {
                     tracing::info!(service = %config.name, backend = %endpoint.backend.id, "backend ejected after 5xx");
                 }
-                let response = finish_response(response, guard);
+                let response = finish_response(response, connection, endpoint, guard);
                 if !has_attempts_left {
                     return response;
                 }
                 last_failure = Some(response);
             }
-            Ok(response) => {
-                endpoint.stats.record_success(latency, Instant::now());
-                return finish_response(response, guard);
+            Ok((response, connection)) => {
+                endpoint.stats.record_success(latency, now);
+                return finish_response(response, connection, endpoint, guard);
             }
             Err(error) => {
-                tracing::debug!(service = %config.name, backend = %endpoint.backend.id, %error, "backend request failed");
-                if endpoint.stats.record_failure(None, &config.outlier, Instant::now()) {
+                tracing::debug!(service = %config.name, backend = %endpoint.backend.id, error = ?error, "backend request failed");
+                if endpoint.stats.record_failure(None, &config.outlier, now) {
                     tracing::info!(service = %config.name, backend = %endpoint.backend.id, "backend ejected after connection failure");
                 }
             }
@@ -148,49 +177,89 @@ async fn handle(shared: Arc<ServiceShared>, client: SocketAddr, request: Request
     }
 }
 
+/// Why a request got no response from a backend.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    #[error("cannot connect")]
+    Connect(#[source] std::io::Error),
+    #[error("connection closed before the request was sent")]
+    ClosedBeforeSending,
+    #[error(transparent)]
+    Http(hyper::Error),
+}
+
+/// Sends `request` on a pooled connection to `endpoint`, or on a new one when none is idle or the pooled
+/// one turned out closed before the request went out.
+async fn exchange(
+    shared: &ServiceShared,
+    endpoint: &Endpoint,
+    mut request: Request<RequestBody>,
+    now: Instant,
+) -> Result<(Response<Incoming>, Box<BackendConnection>), ExchangeError> {
+    if let Some(mut connection) = endpoint.pool.checkout(shared.proxy_config.pool_idle_timeout, now).await {
+        match connection.send(request).await {
+            Ok(response) => return Ok((response, connection)),
+            Err(SendError::NotSent(returned)) => request = *returned,
+            Err(SendError::Failed(error)) => return Err(ExchangeError::Http(error)),
+        }
+    }
+    // Boxed so that the rare connect does not make every request's future larger.
+    let mut connection =
+        Box::pin(pool::connect(endpoint.backend.addr, shared.proxy_config.connect_timeout)).await.map_err(ExchangeError::Connect)?;
+    match connection.send(request).await {
+        Ok(response) => Ok((response, connection)),
+        Err(SendError::NotSent(_)) => Err(ExchangeError::ClosedBeforeSending),
+        Err(SendError::Failed(error)) => Err(ExchangeError::Http(error)),
+    }
+}
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
 }
 
 /// Removes hop-by-hop headers, and those named in `Connection`.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
 
-fn prepare_request_headers(headers: &mut HeaderMap, client: SocketAddr) {
+fn prepare_request_headers(headers: &mut HeaderMap, client: &ClientInfo) {
     remove_hop_by_hop(headers);
-    let client_ip = client.ip().to_string();
-    let forwarded_for = match headers.get_all("x-forwarded-for").iter().filter_map(|value| value.to_str().ok()).collect::<Vec<_>>() {
-        previous if previous.is_empty() => client_ip,
-        previous => format!("{}, {client_ip}", previous.join(", ")),
+    let forwarded_for = if headers.contains_key(&X_FORWARDED_FOR) {
+        let previous: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|value| value.to_str().ok()).collect();
+        let client_ip = client.forwarded_for.to_str().unwrap_or_default();
+        HeaderValue::from_str(&format!("{}, {client_ip}", previous.join(", "))).ok()
+    } else {
+        Some(client.forwarded_for.clone())
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
 }
 
-fn hash_key(config: &ServiceConfig, headers: &HeaderMap, client: SocketAddr) -> Option<u64> {
+fn hash_key(config: &ServiceConfig, headers: &HeaderMap, client: &ClientInfo) -> Option<u64> {
     if config.balance != Algorithm::ConsistentHash {
         return None;
     }
     match &config.hash_on {
-        HashOn::SourceIp => Some(hash_bytes(client.ip().to_string().as_bytes())),
+        HashOn::SourceIp => Some(client.ip_hash),
         HashOn::Header(name) => headers.get(name.as_str()).map(|value| hash_bytes(value.as_bytes())),
         HashOn::Cookie(name) => headers
             .get_all(header::COOKIE)
@@ -203,34 +272,98 @@ fn hash_key(config: &ServiceConfig, headers: &HeaderMap, client: SocketAddr) -> 
     }
 }
 
-fn finish_response(response: Response<Incoming>, guard: ActiveGuard) -> Response<ProxyBody> {
+fn finish_response(
+    response: Response<Incoming>,
+    connection: Box<BackendConnection>,
+    endpoint: &Arc<Endpoint>,
+    guard: ActiveGuard,
+) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, GuardedBody { inner: body, guard: Some(guard) }.boxed_unsync())
+    let body = BackendBody { inner: body, connection: Some(connection), pool: Arc::clone(&endpoint.pool), guard: Some(guard) };
+    Response::from_parts(parts, ResponseBody::Backend(body))
 }
 
-fn text_response(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut response = Response::new(Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed_unsync());
+fn text_response(status: StatusCode, text: String) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::Text(Some(Bytes::from(text))));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
-/// A backend's response body that keeps the request counted as active until it is fully streamed or
-/// dropped.
-struct GuardedBody {
-    inner: Incoming,
-    guard: Option<ActiveGuard>,
+/// What the proxy answers a client with: a backend's response body or its own short text.
+pub(crate) enum ResponseBody {
+    Backend(BackendBody),
+    Text(Option<Bytes>),
 }
 
-impl Body for GuardedBody {
+impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None | Some(Err(_))) = polled {
-            self.guard = None;
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Backend(body) => Pin::new(body).poll_frame(cx),
+            ResponseBody::Text(text) => Poll::Ready(text.take().map(|text| Ok(Frame::data(text)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Backend(body) => body.is_end_stream(),
+            ResponseBody::Text(text) => text.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Backend(body) => body.size_hint(),
+            ResponseBody::Text(text) => SizeHint::with_exact(text.as_ref().map_or(0, |text| text.len() as u64)),
+        }
+    }
+}
+
+/// A backend's response body. While it is streamed it drives the backend connection it comes from; it
+/// keeps the request counted as active until it is fully streamed or dropped, and at its end it returns
+/// the connection to the backend's pool.
+pub(crate) struct BackendBody {
+    inner: Incoming,
+    /// `None` once returned to the pool or given up.
+    connection: Option<Box<BackendConnection>>,
+    pool: Arc<ConnectionPool>,
+    guard: Option<ActiveGuard>,
+}
+
+impl BackendBody {
+    fn finish(&mut self, cx: &mut Context<'_>) {
+        self.guard = None;
+        if let Some(connection) = self.connection.take() {
+            self.pool.check_in(connection, cx);
+        }
+    }
+}
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending()
+            && let Some(connection) = &mut this.connection
+        {
+            // Let hyper read more of the response into the body, then look again.
+            connection.drive(cx);
+            polled = Pin::new(&mut this.inner).poll_frame(cx);
+        }
+        match &polled {
+            Poll::Ready(None) => this.finish(cx),
+            Poll::Ready(Some(Err(_))) => {
+                this.guard = None;
+                this.connection = None;
+            }
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
         }
         polled
     }
@@ -241,6 +374,16 @@ impl Body for GuardedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for BackendBody {
+    fn drop(&mut self) {
+        // hyper does not poll a body it knows to be empty (HEAD, 204, 304, `Content-Length: 0`): its
+        // connection is still good for the next request.
+        if self.connection.is_some() && self.inner.is_end_stream() {
+            self.finish(&mut Context::from_waker(Waker::noop()));
+        }
     }
 }
 
@@ -262,7 +405,7 @@ mod tests {
         ] {
             headers.insert(name, HeaderValue::from_static(value));
         }
-        prepare_request_headers(&mut headers, "192.0.2.7:5000".parse().unwrap());
+        prepare_request_headers(&mut headers, &ClientInfo::new("192.0.2.7:5000".parse().unwrap()));
         let mut names: Vec<&str> = headers.keys().map(|name| name.as_str()).collect();
         names.sort();
         assert_eq!(names, vec!["x-forwarded-for", "x-forwarded-proto", "x-kept"]);
@@ -271,22 +414,22 @@ mod tests {
 
     #[test]
     fn hash_key_reads_header_cookie_or_source_ip() {
-        let client: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let client = ClientInfo::new("192.0.2.7:5000".parse().unwrap());
         let mut config = ServiceConfig::new("web", crate::Mode::Http, "127.0.0.1:0".parse().unwrap());
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, HeaderValue::from_static("theme=dark; session=abc123"));
         headers.insert("x-user", HeaderValue::from_static("alice"));
-        assert_eq!(hash_key(&config, &headers, client), None, "only consistent_hash hashes");
+        assert_eq!(hash_key(&config, &headers, &client), None, "only consistent_hash hashes");
 
         config.balance = Algorithm::ConsistentHash;
         config.hash_on = HashOn::Cookie("session".to_string());
-        assert_eq!(hash_key(&config, &headers, client), Some(hash_bytes(b"abc123")));
+        assert_eq!(hash_key(&config, &headers, &client), Some(hash_bytes(b"abc123")));
         config.hash_on = HashOn::Cookie("missing".to_string());
-        assert_eq!(hash_key(&config, &headers, client), None);
+        assert_eq!(hash_key(&config, &headers, &client), None);
         config.hash_on = HashOn::Header("x-user".to_string());
-        assert_eq!(hash_key(&config, &headers, client), Some(hash_bytes(b"alice")));
+        assert_eq!(hash_key(&config, &headers, &client), Some(hash_bytes(b"alice")));
         config.hash_on = HashOn::SourceIp;
-        assert_eq!(hash_key(&config, &headers, client), Some(hash_bytes(b"192.0.2.7")));
+        assert_eq!(hash_key(&config, &headers, &client), Some(hash_bytes(b"192.0.2.7")));
     }
 
     #[test]
@@ -294,7 +437,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.1"));
         headers.insert(header::HOST, HeaderValue::from_static("web.example"));
-        prepare_request_headers(&mut headers, "192.0.2.7:5000".parse().unwrap());
+        prepare_request_headers(&mut headers, &ClientInfo::new("192.0.2.7:5000".parse().unwrap()));
         assert_eq!(headers["x-forwarded-for"], "203.0.113.1, 192.0.2.7");
         assert_eq!(headers["x-forwarded-host"], "web.example");
     }

@@ -26,6 +26,7 @@ pub mod dns;
 mod l4;
 mod l7;
 mod metrics;
+mod pool;
 mod proxy;
 
 pub use config::{Algorithm, Backend, HashOn, Mode, OutlierConfig, ProxyConfig, ServiceConfig};

@@ -39,12 +39,12 @@ pub struct BackendSnapshot {
 /// Upper bounds of the latency histogram buckets, in seconds.
 pub(crate) const LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// Fixed-bucket latency histogram; bucket counts are not cumulative (Prometheus rendering adds them up).
+/// Fixed-bucket latency histogram; bucket counts are not cumulative (Prometheus rendering adds them up,
+/// and the total count is their sum).
 #[derive(Debug, Default)]
 pub(crate) struct Histogram {
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
-    count: AtomicU64,
 }
 
 impl Histogram {
@@ -53,7 +53,6 @@ impl Histogram {
         let index = LATENCY_BUCKETS.iter().position(|&bound| seconds <= bound).unwrap_or(LATENCY_BUCKETS.len());
         self.buckets[index].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -128,7 +127,7 @@ pub(crate) fn render_prometheus(services: &[std::sync::Arc<Snapshot>], now: Inst
             }
             let sum = histogram.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
             let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "{name}_count{{{labels}}} {}", histogram.count.load(Ordering::Relaxed));
+            let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
         }
     }
 }
@@ -154,7 +153,7 @@ mod tests {
         assert_eq!(histogram.buckets[0].load(Ordering::Relaxed), 1);
         assert_eq!(histogram.buckets[3].load(Ordering::Relaxed), 1);
         assert_eq!(histogram.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed), 1);
-        assert_eq!(histogram.count.load(Ordering::Relaxed), 3);
+        assert_eq!(histogram.buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).sum::<u64>(), 3);
     }
 
     #[test]

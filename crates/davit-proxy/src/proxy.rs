@@ -15,7 +15,6 @@ use crate::Error;
 use crate::backend::Endpoint;
 use crate::balance::{Balancer, PickRequest};
 use crate::config::{Backend, Mode, ProxyConfig, ServiceConfig};
-use crate::l7::HttpClient;
 use crate::metrics::{self, ServiceSnapshot};
 
 /// Handle to a running proxy; cheap to clone. Must be created and used inside a tokio runtime.
@@ -26,7 +25,6 @@ pub struct Proxy {
 
 struct ProxyInner {
     config: ProxyConfig,
-    client: HttpClient,
     services: Mutex<HashMap<String, ServiceEntry>>,
     seeds: Mutex<SmallRng>,
 }
@@ -43,7 +41,6 @@ pub(crate) struct ServiceShared {
     snapshot: RwLock<Arc<Snapshot>>,
     rng: Mutex<SmallRng>,
     pub proxy_config: ProxyConfig,
-    pub client: HttpClient,
 }
 
 /// One immutable generation of a service: config, backends and the balancer built for them.
@@ -62,8 +59,7 @@ impl Proxy {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_os_rng(),
         };
-        let client = crate::l7::client(&config);
-        Proxy { inner: Arc::new(ProxyInner { config, client, services: Mutex::new(HashMap::new()), seeds: Mutex::new(seeds) }) }
+        Proxy { inner: Arc::new(ProxyInner { config, services: Mutex::new(HashMap::new()), seeds: Mutex::new(seeds) }) }
     }
 
     /// Adds a service or changes one; returns the address it listens on.
@@ -106,7 +102,6 @@ impl Proxy {
             snapshot: RwLock::new(Arc::new(Snapshot { config, listen, endpoints: kept_endpoints, balancer })),
             rng: Mutex::new(rng),
             proxy_config: self.inner.config.clone(),
-            client: self.inner.client.clone(),
         });
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let listener = match mode {
@@ -134,7 +129,7 @@ impl Proxy {
                 let existing =
                     current.endpoints.iter().find(|endpoint| endpoint.backend.id == backend.id && endpoint.backend.addr == backend.addr);
                 match existing {
-                    Some(existing) => Arc::new(Endpoint::with_stats(backend, Arc::clone(&existing.stats))),
+                    Some(existing) => Arc::new(Endpoint::carried_over(backend, existing)),
                     None => Arc::new(Endpoint::new(backend, self.inner.config.latency_decay)),
                 }
             })
@@ -200,9 +195,27 @@ impl ServiceShared {
     }
 
     /// Picks an endpoint of `snapshot` for one attempt.
-    pub fn pick(&self, snapshot: &Snapshot, hash_key: Option<u64>, tried: &[usize]) -> Option<usize> {
-        let request = PickRequest { now: Instant::now(), hash_key, tried };
-        snapshot.balancer.pick(&snapshot.endpoints, &request, &mut *lock(&self.rng))
+    pub fn pick(&self, snapshot: &Snapshot, hash_key: Option<u64>, tried: &[usize], now: Instant) -> Option<usize> {
+        let request = PickRequest { now, hash_key, tried };
+        snapshot.balancer.pick(&snapshot.endpoints, &request, &mut SharedRng(&self.rng))
+    }
+}
+
+/// The service's RNG, locked per draw: algorithms that draw nothing (round robin, weighted, hashing
+/// with a key) never take the lock.
+struct SharedRng<'a>(&'a Mutex<SmallRng>);
+
+impl rand::RngCore for SharedRng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        lock(self.0).next_u32()
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        lock(self.0).next_u64()
+    }
+
+    fn fill_bytes(&mut self, destination: &mut [u8]) {
+        lock(self.0).fill_bytes(destination);
     }
 }
 

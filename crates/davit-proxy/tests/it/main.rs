@@ -4,5 +4,6 @@ mod balancing;
 mod dns;
 mod health;
 mod http;
+mod pool;
 mod support;
 mod tcp;

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use davit_proxy::{Algorithm, Backend, Mode, Proxy, ProxyConfig, ServiceConfig};
@@ -36,7 +37,15 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     /// Number of requests received so far.
     pub received: watch::Receiver<u64>,
+    /// Connections accepted so far, and how many of them are still open.
+    connections: Arc<ConnectionCounts>,
     task: JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct ConnectionCounts {
+    accepted: AtomicUsize,
+    open: AtomicUsize,
 }
 
 impl TestBackend {
@@ -54,13 +63,18 @@ impl TestBackend {
         let (received_sender, received) = watch::channel(0u64);
         let received_sender = Arc::new(received_sender);
         let id_owned = id.to_string();
+        let counts = Arc::new(ConnectionCounts::default());
+        let task_counts = Arc::clone(&counts);
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let id = id_owned.clone();
                 let received_sender = Arc::clone(&received_sender);
+                task_counts.accepted.fetch_add(1, Ordering::SeqCst);
+                let open = OpenGuard::new(Arc::clone(&task_counts));
                 connections.spawn(async move {
+                    let _open = open;
                     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                         let id = id.clone();
                         received_sender.send_modify(|count| *count += 1);
@@ -71,7 +85,17 @@ impl TestBackend {
                 while connections.try_join_next().is_some() {}
             }
         });
-        TestBackend { id: id.to_string(), addr, received, task }
+        TestBackend { id: id.to_string(), addr, received, connections: counts, task }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections_accepted(&self) -> usize {
+        self.connections.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted and not yet closed (by either side).
+    pub fn connections_open(&self) -> usize {
+        self.connections.open.load(Ordering::SeqCst)
     }
 
     /// Closes the listener and all connections; the port may be bound again with [`TestBackend::spawn_at`].
@@ -83,6 +107,22 @@ impl TestBackend {
 
     pub fn backend(&self) -> Backend {
         Backend::new(self.id.clone(), self.addr)
+    }
+}
+
+/// Counts one backend connection as open while alive.
+struct OpenGuard(Arc<ConnectionCounts>);
+
+impl OpenGuard {
+    fn new(counts: Arc<ConnectionCounts>) -> OpenGuard {
+        counts.open.fetch_add(1, Ordering::SeqCst);
+        OpenGuard(counts)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
