@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what davit needs, builds it, starts `davit dev` and runs the example jobs.
+# Installs what davit needs, builds it, starts `davit dev`, runs the example jobs and shows the service
+# catalog, proxy and DNS at work.
 # Ctrl-C stops davit and every task it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,13 @@ for job in examples/*.yaml; do
   echo; echo "\$ davit job run $job"
   "$davit" job run "$job"
 done
+# Service discovery (examples/web-service.yaml): the proxy on 127.0.0.1:9080 and DNS on 127.0.0.1:8600.
+for _ in $(seq 1 100); do "$davit" service ls | grep -q ' 3/3 ' && break; sleep 0.1; done
+echo; echo "\$ davit service ls"; "$davit" service ls
+echo; echo "\$ curl -s 127.0.0.1:9080/   # three times: round robin over the healthy instances"
+for _ in 1 2 3; do curl -s 127.0.0.1:9080/; done
+echo; echo "\$ dig @127.0.0.1 -p 8600 web.service.davit SRV +short"; dig @127.0.0.1 -p 8600 web.service.davit SRV +short
+echo; echo "\$ davit service info web"; "$davit" service info web
 echo; echo "\$ davit node ls"; "$davit" node ls
 echo; echo "\$ davit job status"; "$davit" job status
 echo

@@ -188,6 +188,24 @@ impl AllocRunner {
         })
     }
 
+    /// The upstreams of the allocation's tasks while it is not finished (empty until the job version
+    /// was fetched).
+    pub(crate) fn upstreams(&self) -> Vec<crate::services::LocalUpstream> {
+        self.shared.with_state(|state| match &state.group {
+            Some(group)
+                if state.failure.is_none() && !state.stop_requested && !derive_client_status(&state.task_states).0.is_terminal() =>
+            {
+                group
+                    .tasks
+                    .iter()
+                    .flat_map(|task| &task.upstreams)
+                    .map(|upstream| crate::services::LocalUpstream { service: upstream.service.clone(), local_port: upstream.local_port })
+                    .collect()
+            }
+            _ => Vec::new(),
+        })
+    }
+
     /// `<alloc_dir>/alloc/logs`.
     pub fn log_dir(&self) -> PathBuf {
         self.shared.alloc_dir.join("alloc").join("logs")
@@ -266,6 +284,7 @@ impl AllocShared {
                         state.job_type = Some(job_type);
                         state.group = Some((*group).clone());
                     });
+                    self.context.local_services_changed();
                     for task in &group.tasks {
                         self.update_task(&task.name, Some(event("Received", "task received by the agent")), |_| {});
                     }

@@ -1,5 +1,7 @@
-//! The agent's HTTP API: `GET /v1/agent/health`, `GET /v1/agent/allocation/{id}/logs` and the exec session
-//! `GET /v1/agent/allocation/{id}/exec` (an HTTP upgrade, see `davit_api::exec`).
+//! The agent's HTTP API: `GET /v1/agent/health`, `GET /v1/agent/allocation/{id}/logs`, the exec session
+//! `GET /v1/agent/allocation/{id}/exec` (an HTTP upgrade, see `davit_api::exec`), and for the service proxy
+//! `GET /v1/agent/proxy` (its counters, gathered by the server for `davit service info`) and `GET /metrics`
+//! (its Prometheus metrics).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +35,8 @@ pub async fn serve(context: Arc<AgentContext>, listener: tokio::net::TcpListener
         .route("/v1/agent/health", get(health))
         .route("/v1/agent/allocation/{id}/logs", get(logs))
         .route("/v1/agent/allocation/{id}/exec", get(exec))
+        .route("/v1/agent/proxy", get(proxy_stats))
+        .route("/metrics", get(metrics))
         .with_state(context);
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
@@ -46,6 +50,23 @@ pub async fn serve(context: Arc<AgentContext>, listener: tokio::net::TcpListener
 
 async fn health(State(context): State<Arc<AgentContext>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({"ok": true, "node_id": context.node.id}))
+}
+
+/// The proxy's counters per listener and backend; 404 when the agent runs no service proxy.
+async fn proxy_stats(State(context): State<Arc<AgentContext>>) -> Response {
+    match &context.service_proxy {
+        Some(service_proxy) => Json(service_proxy.stats()).into_response(),
+        None => api_error(StatusCode::NOT_FOUND, "not_found", "this agent runs no service proxy (--no-service-proxy)".to_string()),
+    }
+}
+
+/// Prometheus text format: the proxy's per-service and per-backend metrics (empty without a proxy).
+async fn metrics(State(context): State<Arc<AgentContext>>) -> Response {
+    let mut body = String::new();
+    if let Some(service_proxy) = &context.service_proxy {
+        service_proxy.proxy.render_prometheus(&mut body);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 fn api_error(status: StatusCode, code: &str, message: String) -> Response {

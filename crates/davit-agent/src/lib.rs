@@ -1,7 +1,8 @@
 //! The davit node agent: it fingerprints the machine, registers it with the servers and heartbeats,
 //! long-polls the allocations the servers assigned to it, runs their tasks through drivers (restarting
 //! them by the group's restart policy), reports task and allocation status back, keeps local state so
-//! that an agent restart re-attaches to running tasks, and serves task logs over HTTP.
+//! that an agent restart re-attaches to running tasks, serves task logs over HTTP, and runs the node's
+//! service proxy and DNS server from the server's service catalog.
 //!
 //! Used by the `davit` binary (`davit agent`, `davit dev`) through [`start`] and [`AgentHandle`].
 //!
@@ -16,7 +17,7 @@
 //! Module map: [`fingerprint`] (node facts) → `heartbeat` (register + heartbeat) → `watcher` (allocation
 //! long-poll, reconcile) → [`alloc_runner`] / `task_runner` (the lifecycle, with [`restart`] decisions and
 //! [`taskenv`] interpolation) → [`status`] (client status, batched updates) and [`state`] (local state);
-//! `api` serves [`logs`].
+//! `api` serves [`logs`] and the proxy's counters; `services` keeps the proxy and DNS in line with the catalog.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -42,6 +43,7 @@ mod lifecycle_tests;
 pub mod logs;
 pub mod restart;
 mod servers;
+mod services;
 pub mod state;
 pub mod status;
 mod task_runner;
@@ -51,6 +53,8 @@ mod watcher;
 use alloc_runner::AllocRunner;
 use fingerprint::NodeIdentity;
 use servers::ServerPool;
+use services::ServiceProxy;
+pub use services::ServiceProxyConfig;
 use status::Updater;
 
 /// How to run the agent.
@@ -77,11 +81,13 @@ pub struct AgentConfig {
     /// on the next start.
     pub stop_tasks_on_shutdown: bool,
     pub log_rotation: LogRotation,
+    /// The node's service proxy and DNS server; `None`: neither runs (`--no-service-proxy`).
+    pub service_proxy: Option<ServiceProxyConfig>,
 }
 
 impl AgentConfig {
     /// Defaults: node name from the host name, datacenter `dc1`, HTTP on `127.0.0.1:0`, advertised as
-    /// `127.0.0.1`, ports 20000–32000, no drivers, tasks left running at shutdown.
+    /// `127.0.0.1`, ports 20000–32000, no drivers, tasks left running at shutdown, no service proxy.
     pub fn new(data_dir: PathBuf, servers: Vec<String>) -> AgentConfig {
         AgentConfig {
             data_dir,
@@ -96,6 +102,7 @@ impl AgentConfig {
             drivers: Vec::new(),
             stop_tasks_on_shutdown: false,
             log_rotation: LogRotation::default(),
+            service_proxy: None,
         }
     }
 }
@@ -109,6 +116,12 @@ pub enum AgentError {
         operation: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{what}")]
+    ServiceProxy {
+        what: String,
+        #[source]
+        source: davit_proxy::Error,
     },
     #[error("binding the agent HTTP API to {addr}")]
     Bind {
@@ -138,6 +151,21 @@ impl AgentHandle {
     /// Where the agent's HTTP API listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the service DNS server listens, unless the service proxy is off.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.context.service_proxy.as_ref().map(|service_proxy| service_proxy.dns.local_addr())
+    }
+
+    /// Appends the proxy's metrics (Prometheus text format) to a buffer: for `davit dev`'s `/metrics`.
+    pub fn metrics_source(&self) -> Arc<dyn Fn(&mut String) + Send + Sync> {
+        let service_proxy = self.context.service_proxy.clone();
+        Arc::new(move |out: &mut String| {
+            if let Some(service_proxy) = &service_proxy {
+                service_proxy.proxy.render_prometheus(out);
+            }
+        })
     }
 
     /// Stops watching the server. With `stop_tasks_on_shutdown` every task is stopped (kill signal, kill
@@ -210,6 +238,11 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         driver_infos,
     );
 
+    let service_proxy = match &config.service_proxy {
+        Some(service_proxy) => Some(Arc::new(ServiceProxy::start(service_proxy).await?)),
+        None => None,
+    };
+
     let servers = ServerPool::new(&config.servers);
     let updater = Updater::new(node_id.clone(), servers.clone());
     let context = Arc::new(AgentContext {
@@ -222,6 +255,8 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         specs: Mutex::new(HashMap::new()),
         runners: Mutex::new(BTreeMap::new()),
         destroyed: Mutex::new(HashSet::new()),
+        service_proxy: service_proxy.clone(),
+        local_services: watch::channel(0).0,
     });
 
     // Re-attach before talking to the server, so nothing that runs is started again.
@@ -232,6 +267,11 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let updater_task = tokio::spawn(updater.run(shutdown_rx.clone()));
     let heartbeat_task = tokio::spawn(heartbeat::run(context.clone(), node, registered_tx, shutdown_rx.clone()));
     let watcher_task = tokio::spawn(watcher::run(context.clone(), registered_rx, shutdown_rx.clone()));
+    let mut loops = vec![heartbeat_task, watcher_task];
+    if let Some(service_proxy) = &service_proxy {
+        loops.push(tokio::spawn(services::run(context.clone(), service_proxy.clone(), shutdown_rx.clone())));
+        tracing::info!(dns = %service_proxy.dns.local_addr(), proxy_ip = %service_proxy.bind_ip, "service proxy and DNS started");
+    }
     let http_task = tokio::spawn(api::serve(context.clone(), listener, shutdown_rx));
     tracing::info!(node_id = %node_id, http = %http_addr, "agent started");
 
@@ -239,7 +279,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         context,
         http_addr,
         shutdown: shutdown_tx,
-        loops: vec![heartbeat_task, watcher_task],
+        loops,
         http: http_task,
         updater: updater_task,
         stop_tasks_on_shutdown: config.stop_tasks_on_shutdown,
@@ -260,6 +300,11 @@ pub(crate) struct AgentContext {
     pub runners: Mutex<BTreeMap<String, Arc<AllocRunner>>>,
     /// Allocations whose runner was destroyed: never started again by this process.
     pub destroyed: Mutex<HashSet<String>>,
+    /// The node's proxy and DNS server, unless turned off.
+    pub service_proxy: Option<Arc<ServiceProxy>>,
+    /// Bumped when this node's allocations (and so their tasks' upstreams) change; the service loop
+    /// watches it.
+    pub local_services: watch::Sender<u64>,
 }
 
 impl AgentContext {
@@ -273,6 +318,16 @@ impl AgentContext {
         let spec = Arc::new(fetched.spec);
         self.specs.lock().expect("spec cache lock").insert(key, spec.clone());
         Ok(spec)
+    }
+
+    /// Tells the service loop that the node's allocations changed (their upstreams may need listeners).
+    pub fn local_services_changed(&self) {
+        self.local_services.send_modify(|generation| *generation += 1);
+    }
+
+    /// The IP tasks reach their upstreams at, when the service proxy runs.
+    pub fn upstream_ip(&self) -> Option<std::net::IpAddr> {
+        self.service_proxy.as_ref().map(|service_proxy| service_proxy.bind_ip)
     }
 
     pub fn alloc_dir(&self, alloc_id: &str) -> PathBuf {

@@ -151,6 +151,8 @@ fn fixture() -> Fixture {
         log_rotation: LogRotation::default(),
         specs: Mutex::new(HashMap::new()),
         runners: Mutex::new(BTreeMap::new()),
+        service_proxy: None,
+        local_services: tokio::sync::watch::channel(0).0,
         destroyed: Mutex::new(HashSet::new()),
     });
     Fixture { _dir: dir, context, driver }

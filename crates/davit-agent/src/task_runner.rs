@@ -237,8 +237,14 @@ impl TaskRunner {
         let alloc = self.shared.with_state(|state| state.alloc.clone());
         let alloc_dir = self.shared.alloc_dir.clone();
         let task_dir = alloc_dir.join(&self.task.name);
-        let context =
-            TaskEnvContext { alloc: &alloc, task: &self.task, node: &self.shared.context.node, alloc_dir: &alloc_dir, task_dir: &task_dir };
+        let context = TaskEnvContext {
+            alloc: &alloc,
+            task: &self.task,
+            node: &self.shared.context.node,
+            alloc_dir: &alloc_dir,
+            task_dir: &task_dir,
+            upstream_ip: self.shared.context.upstream_ip(),
+        };
         TaskConfig {
             alloc_id: alloc.id.clone(),
             task_name: self.task.name.clone(),

@@ -2,6 +2,7 @@
 //! `DAVIT_*` environment. Pure: paths and node facts are passed in.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use davit_api::objects::Allocation;
@@ -21,6 +22,9 @@ pub struct TaskEnvContext<'a> {
     pub alloc_dir: &'a Path,
     /// `<alloc_dir>/<task>`.
     pub task_dir: &'a Path,
+    /// The IP of the agent's proxy listeners, where the task's `upstreams` are reached; `None` when the
+    /// agent runs no service proxy (then the task gets no `DAVIT_UPSTREAM_*` variables).
+    pub upstream_ip: Option<IpAddr>,
 }
 
 impl TaskEnvContext<'_> {
@@ -39,6 +43,9 @@ impl TaskEnvContext<'_> {
             "node.datacenter" => self.node.datacenter.clone(),
             "node.class" => self.node.class.clone(),
             _ => {
+                if let Some(service) = key.strip_prefix("upstream.") {
+                    return self.upstream_addr(service).map(|addr| addr.to_string());
+                }
                 if let Some(label) = key.strip_prefix("port.") {
                     return alloc.resources.ports.iter().find(|port| port.label == label).map(|port| port.value.to_string());
                 }
@@ -47,6 +54,12 @@ impl TaskEnvContext<'_> {
             }
         };
         Some(value)
+    }
+
+    /// Where the task reaches the upstream `service` (`<proxy ip>:<local_port>`).
+    pub fn upstream_addr(&self, service: &str) -> Option<SocketAddr> {
+        let ip = self.upstream_ip?;
+        self.task.upstreams.iter().find(|upstream| upstream.service == service).map(|upstream| SocketAddr::new(ip, upstream.local_port))
     }
 
     /// Replaces every known `${…}` in `text`; unknown variables stay as written.
@@ -87,8 +100,9 @@ impl TaskEnvContext<'_> {
         }
     }
 
-    /// The task's environment: its own `env` (interpolated), then the `DAVIT_*` variables (which win),
-    /// and a default `PATH` if the task set none.
+    /// The task's environment: its own `env` (interpolated), then the `DAVIT_*` variables (which win:
+    /// also `DAVIT_UPSTREAM_<SERVICE>_ADDR` and `_PORT` per upstream, the service name upper-cased with
+    /// '-' as '_'), and a default `PATH` if the task set none.
     pub fn build_env(&self) -> BTreeMap<String, String> {
         let mut env: BTreeMap<String, String> = self.task.env.iter().map(|(key, value)| (key.clone(), self.interpolate(value))).collect();
         let alloc = self.alloc;
@@ -113,6 +127,13 @@ impl TaskEnvContext<'_> {
             env.insert(format!("DAVIT_PORT_{label}"), port.to.to_string());
             env.insert(format!("DAVIT_HOST_PORT_{label}"), port.value.to_string());
             env.insert(format!("DAVIT_ADDR_{label}"), format!("127.0.0.1:{}", port.value));
+        }
+        for upstream in &self.task.upstreams {
+            if let Some(addr) = self.upstream_addr(&upstream.service) {
+                let name = env_name_part(&upstream.service).to_ascii_uppercase();
+                env.insert(format!("DAVIT_UPSTREAM_{name}_ADDR"), addr.to_string());
+                env.insert(format!("DAVIT_UPSTREAM_{name}_PORT"), addr.port().to_string());
+            }
         }
         // A container's PATH comes from its image unless the task sets one.
         if self.task.driver != davit_api::spec::DriverName::Container {
@@ -194,7 +215,8 @@ mod tests {
     fn check(text: &str, expected: &str) {
         let (alloc, task, node) = (alloc(), task(&[]), node());
         let (alloc_dir, task_dir) = (PathBuf::from("/d/allocs/a1b2"), PathBuf::from("/d/allocs/a1b2/app"));
-        let context = TaskEnvContext { alloc: &alloc, task: &task, node: &node, alloc_dir: &alloc_dir, task_dir: &task_dir };
+        let context =
+            TaskEnvContext { alloc: &alloc, task: &task, node: &node, alloc_dir: &alloc_dir, task_dir: &task_dir, upstream_ip: None };
         assert_eq!(context.interpolate(text), expected, "{text}");
     }
 
@@ -216,7 +238,8 @@ mod tests {
     fn interpolation_walks_json() {
         let (alloc, task, node) = (alloc(), task(&[]), node());
         let (alloc_dir, task_dir) = (PathBuf::from("/d"), PathBuf::from("/d/app"));
-        let context = TaskEnvContext { alloc: &alloc, task: &task, node: &node, alloc_dir: &alloc_dir, task_dir: &task_dir };
+        let context =
+            TaskEnvContext { alloc: &alloc, task: &task, node: &node, alloc_dir: &alloc_dir, task_dir: &task_dir, upstream_ip: None };
         let config = serde_json::json!({"command": "/bin/${task.name}", "args": ["--port", "${port.http}", 3, {"${job.name}": "${alloc.index}"}], "flag": true});
         let expected = serde_json::json!({"command": "/bin/app", "args": ["--port", "23456", 3, {"${job.name}": "2"}], "flag": true});
         assert_eq!(context.interpolate_json(&config), expected);
@@ -227,7 +250,8 @@ mod tests {
         let (alloc, node) = (alloc(), node());
         let task = task(&[("MODE", "prod"), ("LISTEN", "0.0.0.0:${port.http}"), ("DAVIT_TASK_NAME", "mine")]);
         let (alloc_dir, task_dir) = (PathBuf::from("/d/allocs/a1b2"), PathBuf::from("/d/allocs/a1b2/app"));
-        let context = TaskEnvContext { alloc: &alloc, task: &task, node: &node, alloc_dir: &alloc_dir, task_dir: &task_dir };
+        let context =
+            TaskEnvContext { alloc: &alloc, task: &task, node: &node, alloc_dir: &alloc_dir, task_dir: &task_dir, upstream_ip: None };
         let env = context.build_env();
         let expected = [
             ("DAVIT_ADDR_admin_ui", "127.0.0.1:23457"),
@@ -255,8 +279,34 @@ mod tests {
         assert_eq!(env, expected);
 
         let task = task_with_path();
-        let context = TaskEnvContext { alloc: &alloc, task: &task, node: &node, alloc_dir: &alloc_dir, task_dir: &task_dir };
+        let context =
+            TaskEnvContext { alloc: &alloc, task: &task, node: &node, alloc_dir: &alloc_dir, task_dir: &task_dir, upstream_ip: None };
         assert_eq!(context.build_env()["PATH"], "/opt/bin");
+    }
+
+    #[test]
+    fn upstreams_become_addresses() {
+        let (alloc, node) = (alloc(), node());
+        let mut task = task(&[("API", "http://${upstream.user-api}/v1")]);
+        task.upstreams = vec![davit_api::spec::UpstreamSpec { service: "user-api".to_string(), local_port: 9000 }];
+        let (alloc_dir, task_dir) = (PathBuf::from("/d"), PathBuf::from("/d/app"));
+        let context = TaskEnvContext {
+            alloc: &alloc,
+            task: &task,
+            node: &node,
+            alloc_dir: &alloc_dir,
+            task_dir: &task_dir,
+            upstream_ip: Some(IpAddr::from([127, 0, 0, 1])),
+        };
+        let env = context.build_env();
+        assert_eq!(env["DAVIT_UPSTREAM_USER_API_ADDR"], "127.0.0.1:9000");
+        assert_eq!(env["DAVIT_UPSTREAM_USER_API_PORT"], "9000");
+        assert_eq!(env["API"], "http://127.0.0.1:9000/v1");
+        // Without a service proxy there is nothing to reach: no variables, and `${upstream.…}` stays.
+        let context = TaskEnvContext { upstream_ip: None, ..context };
+        let env = context.build_env();
+        assert!(!env.contains_key("DAVIT_UPSTREAM_USER_API_ADDR"), "{env:?}");
+        assert_eq!(env["API"], "http://${upstream.user-api}/v1");
     }
 
     fn task_with_path() -> TaskSpec {

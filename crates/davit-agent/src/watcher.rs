@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::AgentContext;
 use crate::alloc_runner::AllocRunner;
 use crate::heartbeat::sleep_or_shutdown;
+use crate::task_runner::error_chain;
 
 /// How long one long-poll waits on the server.
 const POLL_WAIT: Duration = Duration::from_secs(30);
@@ -114,15 +115,6 @@ pub fn reconcile(context: &Arc<AgentContext>, allocs: &[Allocation]) {
             context.updater.forget(&id);
         });
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    drop(runners);
+    context.local_services_changed();
 }

@@ -32,19 +32,23 @@
 //! | GET | `/v1/allocation/{id}/exec?command=[…]&task=T&tty=true` | `Upgrade: davit-exec` → 101, then [`crate::exec::ExecFrame`]s both ways; relayed to the node's agent |
 //! | GET | `/v1/evaluations?job=J` | → `Vec<`[`Evaluation`]`>` |
 //! | GET | `/v1/evaluation/{id-or-prefix}` | → [`Evaluation`] |
+//! | GET | `/v1/services` | → `Vec<`[`ServiceListEntry`]`>` (blocking query; the index moves only when the catalog changes) |
+//! | GET | `/v1/service/{name}?stats=true` | → [`ServiceInfo`]; with `stats`, per-instance proxy counters gathered from the ready nodes' agents |
+//! | GET | `/v1/catalog` | → [`Catalog`]: every service with its instances (blocking query; what agents watch) |
 //! | GET | `/v1/status` | → [`StatusResponse`] |
 //! | GET | `/v1/event/stream?index=N&topic=T…` | → NDJSON, one [`EventWire`] per line (and `{}` heartbeats every 10 s), until the client disconnects; 400 for an unknown topic (see [`EVENT_TOPICS`]) |
 //! | GET | `/metrics` | → Prometheus text format 0.0.4 (not under `/v1`) |
 //!
-//! The agent serves `GET /v1/agent/allocation/{id}/logs` and `…/exec` with the same query parameters, and
-//! `GET /v1/agent/health`.
+//! The agent serves `GET /v1/agent/allocation/{id}/logs` and `…/exec` with the same query parameters,
+//! `GET /v1/agent/health`, `GET /v1/agent/proxy` (→ `Vec<`[`ProxyServiceStats`]`>`, its proxy's counters) and
+//! `GET /metrics` (its proxy's Prometheus metrics).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::objects::{Allocation, ClientStatus, Evaluation, GroupSummary, Index, Job, NodeEligibility, NodeStatus, TaskState};
-use crate::spec::JobType;
+use crate::spec::{BalanceAlgorithm, JobType, ServiceMode};
 
 /// Response header carrying the store revision the answer reflects; pass it back as `?index=` to block.
 pub const INDEX_HEADER: &str = "x-davit-index";
@@ -333,4 +337,119 @@ pub struct EventWire {
     /// The object after the change (a [`Job`], [`Node`](crate::objects::Node), [`Allocation`] or
     /// [`Evaluation`]); `null` for deletions.
     pub payload: Option<serde_json::Value>,
+}
+
+/// One service of the catalog, as `davit service ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceListEntry {
+    pub name: String,
+    pub job_name: String,
+    pub group: String,
+    pub mode: ServiceMode,
+    pub algorithm: BalanceAlgorithm,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_port: Option<u16>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Instances of running allocations.
+    pub instances: u32,
+    /// Of those, the ones served (healthy allocation on a ready node).
+    pub healthy: u32,
+}
+
+/// The service catalog: every service of the jobs that are not stopped, with the instances of their
+/// running allocations. Only `healthy` instances are served by proxies and DNS.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub services: Vec<ServiceInfo>,
+}
+
+/// One service: its settings (from the newest job version) and its instances.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub job_name: String,
+    pub group: String,
+    /// The port label of the group the instances serve on.
+    pub port_label: String,
+    pub mode: ServiceMode,
+    pub algorithm: BalanceAlgorithm,
+    /// `header:NAME`, `cookie:NAME` or `source_ip` (consistent_hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_port: Option<u16>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Sorted by allocation name.
+    pub instances: Vec<ServiceInstance>,
+    /// With `?stats=true`: nodes whose agent could not be asked for proxy counters, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stats_errors: Vec<String>,
+}
+
+/// One allocation serving a service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceInstance {
+    pub alloc_id: String,
+    pub alloc_name: String,
+    pub node_id: String,
+    pub node_name: String,
+    /// The node's address (the host of its agent's advertised address).
+    pub address: String,
+    /// The host port of the service's port label.
+    pub port: u16,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub weight: u32,
+    /// Served: the allocation is healthy (every task running, every check passing) on a ready node.
+    pub healthy: bool,
+    /// Why it is (not) healthy, e.g. "check web-http of task server failing: HTTP 500".
+    #[serde(default)]
+    pub health_description: String,
+    /// With `?stats=true`: this instance's counters summed over every agent's proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<InstanceStats>,
+}
+
+/// Proxy counters of one instance, summed over the proxies that send it traffic.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStats {
+    /// Requests (HTTP) or connections (TCP).
+    pub requests: u64,
+    /// Connect failures, connection errors and 5xx responses.
+    pub errors: u64,
+    /// In-flight requests (HTTP) or open connections (TCP).
+    pub active: u64,
+    /// The decaying latency estimate, averaged over the proxies weighted by their requests.
+    pub latency_ms: f64,
+    /// Ejected by outlier detection on at least one proxy.
+    pub ejected: bool,
+}
+
+/// One listener of an agent's proxy (`GET /v1/agent/proxy`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProxyServiceStats {
+    /// The catalog service it balances over.
+    pub service: String,
+    /// `ip:port` it listens on.
+    pub listen: String,
+    pub mode: ServiceMode,
+    pub algorithm: BalanceAlgorithm,
+    pub backends: Vec<ProxyBackendStats>,
+}
+
+/// Counters of one backend (a service instance) in one agent's proxy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProxyBackendStats {
+    /// Allocation id.
+    pub id: String,
+    pub addr: String,
+    pub weight: u32,
+    pub requests: u64,
+    pub errors: u64,
+    pub active: u64,
+    pub ewma_latency_ms: f64,
+    pub ejected: bool,
+    pub ejections: u32,
 }

@@ -10,9 +10,10 @@ use std::time::Duration;
 pub mod exec;
 
 use davit_api::http::{
-    AllocListEntry, AllocStatusUpdate, ApiError, EventWire, ExecQuery, HeartbeatResponse, INDEX_HEADER, IndexResponse, JobDiffResponse,
-    JobListEntry, JobStatusResponse, LogsQuery, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse,
-    RegisterJobResponse, RevertJobRequest, ScaleJobRequest, StatusResponse, StopJobResponse, ValidateJobResponse,
+    AllocListEntry, AllocStatusUpdate, ApiError, Catalog, EventWire, ExecQuery, HeartbeatResponse, INDEX_HEADER, IndexResponse,
+    JobDiffResponse, JobListEntry, JobStatusResponse, LogsQuery, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry,
+    NodeRegisterResponse, RegisterJobResponse, RevertJobRequest, ScaleJobRequest, ServiceInfo, ServiceListEntry, StatusResponse,
+    StopJobResponse, ValidateJobResponse,
 };
 use davit_api::objects::{Allocation, Evaluation, Index, Job, Node};
 use futures_util::Stream;
@@ -264,6 +265,28 @@ impl Client {
 
     pub async fn evaluation(&self, id_or_prefix: &str) -> Result<Evaluation, ClientError> {
         self.get(&format!("/v1/evaluation/{}", encode(id_or_prefix))).await
+    }
+
+    // ---- services ----
+
+    pub async fn services(&self) -> Result<Vec<ServiceListEntry>, ClientError> {
+        self.get("/v1/services").await
+    }
+
+    /// One service and its instances; with `stats`, each instance's proxy counters from the agents.
+    pub async fn service(&self, name: &str, stats: bool) -> Result<ServiceInfo, ClientError> {
+        let query = if stats { "?stats=true" } else { "" };
+        self.get(&format!("/v1/service/{}{query}", encode(name))).await
+    }
+
+    /// The service once the catalog's index passes `index` (or after `wait`).
+    pub async fn service_blocking(&self, name: &str, index: Index, wait: Duration) -> Result<Indexed<ServiceInfo>, ClientError> {
+        self.get_blocking(&format!("/v1/service/{}", encode(name)), index, wait).await
+    }
+
+    /// The whole catalog once its index passes `index` (or after `wait`): what agents watch.
+    pub async fn catalog_blocking(&self, index: Index, wait: Duration) -> Result<Indexed<Catalog>, ClientError> {
+        self.get_blocking("/v1/catalog", index, wait).await
     }
 
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {

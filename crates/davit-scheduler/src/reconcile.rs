@@ -9,7 +9,7 @@
 //! 4. index ≥ count → stop ("not needed: count is N"), highest index first;
 //! 5. another kept allocation already holds its index → stop ("duplicate of index N");
 //! 6. older (or other) job version → an update: in place when the group spec is unchanged except for
-//!    `count`, else destructive (decided by the caller, which also checks the node still fits the job).
+//!    `count` and `services`, else destructive (decided by the caller, which also checks the node still fits the job).
 //!
 //! Allocations already terminal on the client, but desired `run`, hold their index or free it:
 //! `Failed` of the current version holds it unless the group's `reschedule` policy replaces it (see
@@ -224,9 +224,11 @@ fn failed_at(alloc: &Allocation) -> UnixMillis {
     alloc.task_states.values().filter_map(|task| task.finished_at).max().unwrap_or(alloc.modify_time)
 }
 
-/// True when the two group specs differ at most in `count`.
+/// True when the two group specs differ at most in `count` and `services` (the catalog and the agents'
+/// proxies follow a service change without touching the tasks).
 fn equal_except_count(old: &davit_api::spec::GroupSpec, new: &davit_api::spec::GroupSpec) -> bool {
     let mut old = old.clone();
     old.count = new.count;
+    old.services.clone_from(&new.services);
     old == *new
 }

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 mod api;
 mod applier;
 mod broker;
+mod catalog;
 mod drainer;
 mod keys;
 mod liveness;
@@ -61,6 +62,7 @@ pub enum ServerError {
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
 pub struct ServerHandle {
     addr: SocketAddr,
+    shared: Arc<Shared>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     http: tokio::task::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -69,6 +71,12 @@ pub struct ServerHandle {
 impl ServerHandle {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Adds text to every `GET /metrics` answer: `davit dev` appends its agent's proxy metrics this way.
+    /// `render` appends complete metric families in the Prometheus text format.
+    pub fn add_metrics_source(&self, render: MetricsSource) {
+        self.shared.metrics_sources.write().expect("metrics sources lock").push(render);
     }
 
     /// Stops serving HTTP and the background loops. The store stays consistent (every write is a transaction).
@@ -81,6 +89,9 @@ impl ServerHandle {
     }
 }
 
+/// Appends metric families (Prometheus text format) to a `/metrics` answer.
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 /// Shared by every request handler and loop.
 pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
@@ -89,6 +100,10 @@ pub(crate) struct Shared {
     pub liveness: Arc<Liveness>,
     pub http: reqwest::Client,
     pub metrics: Arc<Metrics>,
+    /// More metrics appended to `/metrics` (see [`ServerHandle::add_metrics_source`]).
+    pub metrics_sources: std::sync::RwLock<Vec<MetricsSource>>,
+    /// The service catalog derived from the view, with its own index.
+    pub catalog: catalog::CatalogCache,
     /// Changes (or closes) when the server shuts down: long-lived responses (the event stream) end then.
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
@@ -125,12 +140,14 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         liveness,
         http: reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(3)).build().expect("HTTP client"),
         metrics,
+        metrics_sources: std::sync::RwLock::new(Vec::new()),
+        catalog: catalog::CatalogCache::default(),
         closing,
     });
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-    let router = api::router(shared);
+    let router = api::router(Arc::clone(&shared));
     let http = tokio::spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
             let _ = shutdown_rx.await;
@@ -141,7 +158,7 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         }
     });
     tracing::info!(%addr, "davit server listening");
-    Ok(ServerHandle { addr, shutdown, http, background })
+    Ok(ServerHandle { addr, shared, shutdown, http, background })
 }
 
 /// Routes view events: pending evaluations to the broker; capacity changes unblock blocked evaluations.

@@ -62,6 +62,8 @@ async fn rejected_requests_change_nothing_and_say_why() {
         ("GET", "/v1/allocation/zzzz", ""),
         ("GET", "/v1/allocation/", ""),
         ("GET", "/v1/evaluation/zzzz", ""),
+        ("GET", "/v1/service/nope", ""),
+        ("GET", "/v1/services?index=1&wait=forever", ""),
         ("GET", "/v1/nope", ""),
     ];
     let mut transcript = String::new();
@@ -134,6 +136,72 @@ async fn jobs_are_versioned_and_unplaceable_work_waits_for_capacity() {
     assert_eq!(stopped["job"]["stopped"], true);
     assert_eq!(server.request("DELETE", "/v1/job/web?purge=true", "").await.0, 200);
     assert_eq!(server.request("GET", "/v1/job/web", "").await.0, 404);
+    server.shutdown().await;
+}
+
+const SHOP: &str = "name: shop\ngroups:\n  - name: g\n    network: {ports: [{name: http}]}\n    services: [{name: web, port: http, local_port: 9000}]\n    tasks:\n      - name: t\n        config: {command: /bin/true}\n";
+
+#[tokio::test]
+async fn the_catalog_serves_healthy_instances_and_service_names_are_cluster_wide() {
+    let server = start().await;
+    let node_json = serde_json::to_string(&node("n1", 4096)).unwrap();
+    assert_eq!(server.request("POST", "/v1/nodes/register", &node_json).await.0, 200);
+    assert_eq!(server.request("POST", "/v1/jobs?filename=shop.yaml", SHOP).await.0, 200);
+    let placed = wait_status(&server, "shop", |s| s["summary"]["g"]["placed"].as_u64() == Some(1)).await;
+    let alloc_id = placed["allocations"][0]["id"].as_str().unwrap().to_string();
+
+    // Placed but not running: the service is listed, without instances.
+    let (status, services) = server.request("GET", "/v1/services", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        services,
+        serde_json::json!([{"name": "web", "job_name": "shop", "group": "g", "mode": "http", "algorithm": "round_robin",
+        "local_port": 9000, "tags": [], "instances": 0, "healthy": 0}])
+    );
+
+    // Another job may not take the name (409, nothing stored).
+    let before = server.index().await;
+    let (status, answer) = server.request("POST", "/v1/jobs?filename=other.yaml", &SHOP.replace("name: shop", "name: other")).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("service `web` is already offered by job `shop`"), "{answer}");
+    assert_eq!(server.index().await, before);
+
+    // A blocking query wakes when the instance turns healthy, not before.
+    let response = server.http.get(format!("{}/v1/catalog", server.base)).send().await.unwrap();
+    let index: u64 = response.headers()["x-davit-index"].to_str().unwrap().parse().unwrap();
+    let url = format!("{}/v1/catalog?index={index}&wait=10s", server.base);
+    let waiting = tokio::spawn({
+        let http = server.http.clone();
+        async move { http.get(url).send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    });
+    let running = serde_json::json!([{"id": alloc_id, "client_status": "running", "task_states": {}, "healthy": null,
+        "health_description": "check alive of task t pending"}]);
+    assert_eq!(server.request("POST", "/v1/node/n1/allocations/status", &running.to_string()).await.0, 200);
+    let healthy = serde_json::json!([{"id": alloc_id, "client_status": "running", "task_states": {}, "healthy": true,
+        "health_description": "all tasks running"}]);
+    assert_eq!(server.request("POST", "/v1/node/n1/allocations/status", &healthy.to_string()).await.0, 200);
+    let catalog = waiting.await.unwrap();
+    // It saw the instance (unhealthy or healthy: whichever change reached it first).
+    assert_eq!(catalog["services"][0]["instances"].as_array().unwrap().len(), 1, "{catalog:#}");
+    let (_, web) = server.request("GET", "/v1/service/web", "").await;
+    let instance = &web["instances"][0];
+    assert_eq!(
+        (instance["healthy"].as_bool(), instance["health_description"].as_str()),
+        (Some(true), Some("all tasks running")),
+        "{web:#}"
+    );
+    assert_eq!((instance["address"].as_str(), instance["port"].as_u64().is_some()), (Some("127.0.0.1"), true));
+
+    // Stats: the fake node has no agent, which the answer says instead of failing.
+    let (status, web) = server.request("GET", "/v1/service/web?stats=true", "").await;
+    assert_eq!(status, 200);
+    assert!(web["stats_errors"][0].as_str().unwrap().starts_with("node node-n1:"), "{web:#}");
+    assert_eq!(web["instances"][0]["stats"]["requests"], 0);
+
+    // A stopped job's service leaves the catalog, and the name is free again.
+    assert_eq!(server.request("DELETE", "/v1/job/shop", "").await.0, 200);
+    assert_eq!(server.request("GET", "/v1/services", "").await.1, serde_json::json!([]));
+    assert_eq!(server.request("POST", "/v1/jobs?filename=other.yaml", &SHOP.replace("name: shop", "name: other")).await.0, 200);
     server.shutdown().await;
 }
 

@@ -1,6 +1,6 @@
 //! The command-line grammar (clap).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -32,6 +32,9 @@ pub enum Command {
     /// Inspect nodes, drain them, change their eligibility.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Inspect the service catalog: instances, health, proxy statistics.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Inspect evaluations.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -140,6 +143,15 @@ pub struct NodeArgs {
     /// Evict unused images (least recently used first) when the image cache grows past this many MiB.
     #[arg(long, default_value_t = 10240)]
     pub image_cache_mib: u64,
+    /// Address (UDP and TCP) of the node's service DNS server: <service>.service.davit, <alloc-id>.alloc.davit.
+    #[arg(long, default_value = "127.0.0.1:8600")]
+    pub dns_bind: SocketAddr,
+    /// IP the service proxy listens on (services' `local_port`, tasks' `upstreams`).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub proxy_bind_ip: IpAddr,
+    /// Run no service proxy and no DNS server on this node.
+    #[arg(long)]
+    pub no_service_proxy: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,6 +292,21 @@ pub enum NodeCommand {
         enable: bool,
         #[arg(long)]
         disable: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// List services with their healthy and total instances.
+    Ls {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show one service: settings, instances with health and weight, and per-instance proxy statistics.
+    Info {
+        name: String,
+        #[command(flatten)]
+        output: Output,
     },
 }
 

@@ -83,6 +83,7 @@ async fn try_main(cli: cli::Cli) -> Result<(), Failure> {
         cli::Command::Job(command) => commands::job(&client, command).await,
         cli::Command::Alloc(command) => commands::alloc(&client, command).await,
         cli::Command::Node(command) => commands::node(&client, command).await,
+        cli::Command::Service(command) => commands::service(&client, command).await,
         cli::Command::Eval(command) => commands::eval(&client, command).await,
         cli::Command::Event(command) => commands::event(&client, command).await,
     }

@@ -75,6 +75,8 @@ fn agent_config(
         let (key, value) = pair.split_once('=').ok_or_else(|| Failure::user(format!("--meta {pair}: expected KEY=VALUE")))?;
         attributes.insert(key.trim().to_string(), value.trim().to_string());
     }
+    let service_proxy =
+        (!node.no_service_proxy).then_some(davit_agent::ServiceProxyConfig { dns_bind: node.dns_bind, bind_ip: node.proxy_bind_ip });
     let node_name = match node.node_name {
         Some(name) => name,
         None => hostname(),
@@ -92,6 +94,7 @@ fn agent_config(
         drivers,
         stop_tasks_on_shutdown,
         log_rotation: LogRotation::default(),
+        service_proxy,
     })
 }
 
@@ -134,7 +137,11 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
     let server_url = format!("http://{}", server.addr());
     let config = agent_config(args.node, data_dir.join("agent"), vec![server_url.clone()], args.agent_bind, true)?;
     let agent = davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", error_chain(&e))))?;
+    server.add_metrics_source(agent.metrics_source());
     println!("davit dev is running: server {server_url}, node {} (data in {})", agent.node_id(), data_dir.display());
+    if let Some(dns) = agent.dns_addr() {
+        println!("  service DNS on {dns} (udp+tcp): dig @{} -p {} <service>.service.davit SRV", dns.ip(), dns.port());
+    }
     println!("  try: davit job run examples/hello.yaml   (Ctrl-C stops davit and its tasks)");
     shutdown_signal().await;
     println!("davit dev: stopping tasks…");
@@ -166,6 +173,9 @@ pub async fn agent(args: AgentArgs) -> Result<(), Failure> {
     let config = agent_config(args.node, args.data_dir, args.servers, args.bind, false)?;
     let agent = davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", error_chain(&e))))?;
     println!("davit agent running: node {}, API http://{}", agent.node_id(), agent.http_addr());
+    if let Some(dns) = agent.dns_addr() {
+        println!("  service DNS on {dns} (udp+tcp)");
+    }
     shutdown_signal().await;
     // Tasks keep running: a restarted agent re-attaches to them.
     agent.shutdown().await;

@@ -131,9 +131,10 @@ pub struct GroupSpec {
     pub reschedule: Option<ReschedulePolicy>,
     #[serde(default)]
     pub network: NetworkSpec,
-    /// Not acted on yet: validation rejects a non-empty list.
+    /// Services the group's allocations offer: registered in the catalog while healthy, reachable
+    /// through every agent's proxy and DNS.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<serde_json::Value>,
+    pub services: Vec<ServiceSpec>,
     /// Not acted on yet: validation rejects it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<serde_json::Value>,
@@ -342,8 +343,131 @@ pub struct TaskSpec {
     /// Health checks the agent runs while the task runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckSpec>,
+    /// Services the task reaches through the agent's proxy on a local port
+    /// (`DAVIT_UPSTREAM_<SERVICE>_ADDR`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamSpec>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+}
+
+/// A service offered by every allocation of a group: one instance per allocation, at the host port of
+/// `port`. Instances are served (proxy, DNS) while their allocation is healthy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// A DNS label: `<name>.service.davit`. Unique in the cluster.
+    #[serde(default)]
+    pub name: String,
+    /// A port label of the group's network.
+    #[serde(default)]
+    pub port: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Relative share of traffic for `weighted` and `consistent_hash` (1 to 100).
+    #[serde(default = "default_service_weight")]
+    pub weight: u32,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub algorithm: BalanceAlgorithm,
+    /// What `consistent_hash` hashes: `header:NAME`, `cookie:NAME` or `source_ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub mode: ServiceMode,
+    /// Where every agent's proxy listens for the service; unset: no listener (DNS and upstreams only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_port: Option<u16>,
+}
+
+fn default_service_weight() -> u32 {
+    1
+}
+
+/// How a service's proxy spreads requests over its healthy instances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceAlgorithm {
+    Random,
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round robin (as nginx), by the instances' `weight`.
+    Weighted,
+    LeastConnections,
+    /// Power of two choices over a decaying latency EWMA and outstanding requests.
+    LeastResponseTime,
+    /// A ketama ring over `hash_on`: sticky, and only ~1/N of the keys move when an instance leaves.
+    ConsistentHash,
+}
+
+impl BalanceAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalanceAlgorithm::Random => "random",
+            BalanceAlgorithm::RoundRobin => "round_robin",
+            BalanceAlgorithm::Weighted => "weighted",
+            BalanceAlgorithm::LeastConnections => "least_connections",
+            BalanceAlgorithm::LeastResponseTime => "least_response_time",
+            BalanceAlgorithm::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
+/// The layer a service is proxied at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceMode {
+    /// HTTP/1.1: each request balanced on its own, retries of idempotent requests, `X-Forwarded-For`.
+    #[default]
+    Http,
+    /// Plain TCP: one backend per client connection.
+    Tcp,
+}
+
+impl ServiceMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceMode::Http => "http",
+            ServiceMode::Tcp => "tcp",
+        }
+    }
+}
+
+/// What `consistent_hash` routes by, parsed from `hash_on`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    SourceIp,
+    Header(String),
+    Cookie(String),
+}
+
+impl HashKey {
+    /// `source_ip`, `header:NAME` or `cookie:NAME`; the reason when the text is none of those.
+    pub fn parse(text: &str) -> Result<HashKey, &'static str> {
+        let text = text.trim();
+        if text == "source_ip" {
+            return Ok(HashKey::SourceIp);
+        }
+        let (kind, name) = text.split_once(':').ok_or("write `header:NAME`, `cookie:NAME` or `source_ip`")?;
+        let name = name.trim();
+        let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b));
+        match kind.trim() {
+            "header" | "cookie" if !valid_name => Err("the header or cookie name must be a non-empty token (letters, digits, '-', '_')"),
+            "header" => Ok(HashKey::Header(name.to_string())),
+            "cookie" => Ok(HashKey::Cookie(name.to_string())),
+            _ => Err("the kind must be `header`, `cookie` or `source_ip`"),
+        }
+    }
+}
+
+/// A service a task reaches through the agent's proxy at `127.0.0.1:<local_port>` (the agent's
+/// `--proxy-bind-ip`), given to the task as `DAVIT_UPSTREAM_<SERVICE>_ADDR`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    #[serde(default)]
+    pub service: String,
+    #[serde(default)]
+    pub local_port: u16,
 }
 
 /// A health check of a task, run by the agent every `interval` while the task runs.

@@ -112,6 +112,22 @@ fn in_place_versus_destructive_updates() {
             },
             true,
         ),
+        (
+            "group services",
+            |spec| {
+                spec.groups[0].services.push(davit_api::spec::ServiceSpec {
+                    name: "web".into(),
+                    port: "http".into(),
+                    tags: vec!["v2".into()],
+                    weight: 1,
+                    algorithm: davit_api::spec::BalanceAlgorithm::LeastConnections,
+                    hash_on: None,
+                    mode: davit_api::spec::ServiceMode::Http,
+                    local_port: Some(9000),
+                });
+            },
+            true,
+        ),
         ("job constraint the node still meets", |spec| spec.constraints.push(constraint("${attr.os.name}", Op::Equal, "linux")), true),
         (
             "task env",

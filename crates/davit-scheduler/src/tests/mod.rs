@@ -254,6 +254,7 @@ pub(crate) fn task(name: &str, driver: DriverName, cpu: u32, memory: u32) -> Tas
         kill_signal: "SIGTERM".to_string(),
         templates: Vec::new(),
         checks: Vec::new(),
+        upstreams: Vec::new(),
         meta: BTreeMap::new(),
     }
 }

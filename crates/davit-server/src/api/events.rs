@@ -19,7 +19,10 @@ use crate::keys::{self, Object, ObjectKey};
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let body = shared.metrics.render(&shared.view.snapshot());
+    let mut body = shared.metrics.render(&shared.view.snapshot());
+    for source in shared.metrics_sources.read().expect("metrics sources lock").iter() {
+        source(&mut body);
+    }
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body).into_response()
 }
 

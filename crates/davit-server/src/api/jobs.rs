@@ -48,6 +48,7 @@ pub(crate) async fn register(State(shared): State<Arc<Shared>>, Query(query): Qu
 pub(crate) async fn register_spec(shared: &Shared, spec: JobSpec, trigger: EvalTrigger) -> Result<RegisterJobResponse, Failure> {
     for _ in 0..5 {
         let snapshot = shared.view.snapshot();
+        check_service_names(&snapshot, &spec)?;
         let existing = snapshot.cluster.job(&spec.name).cloned();
         let now = now_millis();
         let (job, changed) = match &existing {
@@ -90,6 +91,25 @@ pub(crate) async fn register_spec(shared: &Shared, spec: JobSpec, trigger: EvalT
         shared.view.wait_for(shared.store.current_revision().await?).await;
     }
     Err(Failure::conflict(format!("job {} is being changed concurrently; try again", spec.name)))
+}
+
+/// Service names are cluster-wide (one DNS name each): a job may not declare a service that another job
+/// that is not stopped declares.
+fn check_service_names(snapshot: &Snapshot, spec: &JobSpec) -> Result<(), Failure> {
+    for service in spec.groups.iter().flat_map(|group| &group.services) {
+        let owner = snapshot.cluster.jobs().find(|job| {
+            job.spec.name != spec.name
+                && !job.stopped
+                && job.spec.groups.iter().flat_map(|group| &group.services).any(|s| s.name == service.name)
+        });
+        if let Some(owner) = owner {
+            return Err(Failure::conflict(format!(
+                "service `{}` is already offered by job `{}`; service names are cluster-wide ({}.service.davit): rename it, or stop job {} first",
+                service.name, owner.spec.name, service.name, owner.spec.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn job_of(snapshot: &Snapshot, name: &str) -> Result<Arc<Job>, Failure> {

@@ -20,6 +20,7 @@ mod allocs;
 mod events;
 mod jobs;
 mod nodes;
+mod services;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -48,6 +49,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/allocation/{id}/exec", get(allocs::exec))
         .route("/v1/evaluations", get(allocs::list_evals))
         .route("/v1/evaluation/{id}", get(allocs::get_eval))
+        .route("/v1/services", get(services::list))
+        .route("/v1/service/{name}", get(services::get_service))
+        .route("/v1/catalog", get(services::catalog))
         .route("/v1/status", get(status))
         .route("/v1/event/stream", get(events::stream))
         .route("/metrics", get(events::metrics))

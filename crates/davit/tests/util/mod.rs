@@ -122,6 +122,8 @@ pub struct Dev {
     pub data_dir: PathBuf,
     pub addr: String,
     pub bind: String,
+    /// The agent's service DNS server (udp+tcp), on a free port per test.
+    pub dns: String,
     pub process: Option<Process>,
 }
 
@@ -130,7 +132,8 @@ impl Dev {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let bind = format!("127.0.0.1:{}", free_port());
-        let mut dev = Dev { addr: format!("http://{bind}"), bind, data_dir, dir, process: None };
+        let dns = format!("127.0.0.1:{}", free_port());
+        let mut dev = Dev { addr: format!("http://{bind}"), bind, dns, data_dir, dir, process: None };
         dev.launch();
         dev
     }
@@ -142,7 +145,19 @@ impl Dev {
         let process = Process::spawn(
             "davit-dev",
             self.dir.path(),
-            &["dev", "--bind", &self.bind, "--data-dir", &data_dir, "--port-range", &range, "--node-name", "dev-node"],
+            &[
+                "dev",
+                "--bind",
+                &self.bind,
+                "--data-dir",
+                &data_dir,
+                "--port-range",
+                &range,
+                "--node-name",
+                "dev-node",
+                "--dns-bind",
+                &self.dns,
+            ],
         );
         self.process = Some(process);
         wait_ready_nodes(&self.addr, 1);
@@ -296,12 +311,27 @@ impl Cluster {
     pub fn agent_args(&self, name: &str, slot: u16) -> Vec<String> {
         let data = self.dir.path().join(name).display().to_string();
         let bind = format!("127.0.0.1:{}", free_port());
+        let dns = format!("127.0.0.1:{}", free_port());
         let base = 30_000 + (std::process::id() % 40) as u16 * 500 + slot * 100;
         let range = format!("{base}-{}", base + 99);
-        ["agent", "--servers", &self.addr, "--data-dir", &data, "--node-name", name, "--bind", &bind, "--port-range", &range]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "agent",
+            "--servers",
+            &self.addr,
+            "--data-dir",
+            &data,
+            "--node-name",
+            name,
+            "--bind",
+            &bind,
+            "--port-range",
+            &range,
+            "--dns-bind",
+            &dns,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 
     pub fn spawn_agent(&self, log_name: &str, args: &[String]) -> Process {

@@ -596,6 +596,12 @@ fn unknown_field_hint(struct_name: &str, fields: &[&str], key: &str) -> String {
     if struct_name == "JobSpec" && matches!(key, "tasks" | "count" | "network") {
         return format!("`{key}` belongs to a group: groups: [{{name: …, {key}: …}}]");
     }
+    if struct_name == "ServiceSpec" && key == "checks" {
+        return "checks belong to a task (`checks:` under the task); an instance is served while its allocation is healthy".to_string();
+    }
+    if struct_name == "ServiceSpec" && matches!(key, "balance" | "lb" | "load_balancing") {
+        return "did you mean `algorithm`?".to_string();
+    }
     match suggest(key, fields.iter().copied()) {
         Some(field) => format!("did you mean `{field}`?"),
         None => format!("valid fields: {}", fields.join(", ")),
@@ -609,6 +615,13 @@ fn enum_alias_hint(enum_name: &str, value: &str) -> Option<String> {
         ("DriverName", "raw_exec" | "shell" | "process") => "exec",
         ("ConstraintOperator", "==" | "eq") => "=",
         ("ConstraintOperator", "regex" | "=~") => "regexp",
+        ("BalanceAlgorithm", "roundrobin" | "rr" | "round-robin") => "round_robin",
+        ("BalanceAlgorithm", "least_conn" | "leastconn" | "least-connections") => "least_connections",
+        ("BalanceAlgorithm", "ketama" | "hash" | "consistent-hash") => "consistent_hash",
+        ("BalanceAlgorithm", "wrr" | "weighted_round_robin") => "weighted",
+        ("BalanceAlgorithm", "ewma" | "p2c" | "least_time" | "least-response-time") => "least_response_time",
+        ("ServiceMode", "l7" | "http1" | "http/1.1") => "http",
+        ("ServiceMode", "l4") => "tcp",
         _ => return None,
     };
     Some(format!("did you mean `{alias}`?"))

@@ -1,0 +1,140 @@
+//! Service catalog routes: `GET /v1/services`, `GET /v1/service/{name}` (with `?stats=true`, proxy
+//! counters gathered from the agents of the ready nodes) and `GET /v1/catalog` (the agents' watch).
+//! All are blocking queries on the catalog's own index (see [`crate::catalog`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use davit_api::http::{InstanceStats, ProxyServiceStats, ServiceInfo, ServiceListEntry};
+use davit_api::objects::NodeStatus;
+use serde::Deserialize;
+
+use super::{Blocking, Failure, indexed};
+use crate::Shared;
+use crate::view::Snapshot;
+
+/// How long the server waits for one agent's proxy counters.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ServiceQuery {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
+    wait: Option<String>,
+    /// Ask every ready node's agent for its proxy counters of the service.
+    #[serde(default)]
+    stats: bool,
+}
+
+async fn block(shared: &Shared, blocking: Blocking) -> Result<Snapshot, Failure> {
+    let catalog = &shared.catalog;
+    Ok(shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |snapshot| catalog.get(snapshot).0).await)
+}
+
+pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(blocking): Query<Blocking>) -> Result<Response, Failure> {
+    let snapshot = block(&shared, blocking).await?;
+    let (index, catalog) = shared.catalog.get(&snapshot);
+    let entries: Vec<ServiceListEntry> = catalog
+        .services
+        .iter()
+        .map(|service| ServiceListEntry {
+            name: service.name.clone(),
+            job_name: service.job_name.clone(),
+            group: service.group.clone(),
+            mode: service.mode,
+            algorithm: service.algorithm,
+            local_port: service.local_port,
+            tags: service.tags.clone(),
+            instances: service.instances.len() as u32,
+            healthy: service.instances.iter().filter(|instance| instance.healthy).count() as u32,
+        })
+        .collect();
+    Ok(indexed(index, &entries))
+}
+
+pub(crate) async fn catalog(State(shared): State<Arc<Shared>>, Query(blocking): Query<Blocking>) -> Result<Response, Failure> {
+    let snapshot = block(&shared, blocking).await?;
+    let (index, catalog) = shared.catalog.get(&snapshot);
+    Ok(indexed(index, &*catalog))
+}
+
+pub(crate) async fn get_service(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(query): Query<ServiceQuery>,
+) -> Result<Response, Failure> {
+    let snapshot = block(&shared, Blocking { index: query.index, wait: query.wait }).await?;
+    let (index, catalog) = shared.catalog.get(&snapshot);
+    let mut service = catalog.services.iter().find(|service| service.name == name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = catalog.services.iter().map(|service| service.name.as_str()).collect();
+        let listed = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+        Failure::not_found(format!(
+            "no service `{name}` in the catalog (services: {listed}); a service exists while a job that is not stopped declares it"
+        ))
+    })?;
+    if query.stats {
+        gather_stats(&shared, &snapshot, &mut service).await;
+    }
+    Ok(indexed(index, &service))
+}
+
+/// Fills in each instance's counters, summed over the proxies of every ready node; a node whose agent
+/// does not answer within [`STATS_TIMEOUT`] is named in `stats_errors`.
+async fn gather_stats(shared: &Shared, snapshot: &Snapshot, service: &mut ServiceInfo) {
+    let nodes: Vec<_> = snapshot.cluster.nodes().filter(|node| node.status == NodeStatus::Ready).cloned().collect();
+    let requests = nodes.iter().map(|node| {
+        let url = format!("{}/v1/agent/proxy", node.http_addr.trim_end_matches('/'));
+        let request = shared.http.get(url).timeout(STATS_TIMEOUT).send();
+        async move {
+            let response = request.await.map_err(|error| format!("node {}: {error}", node.name))?;
+            if response.status() == reqwest::StatusCode::NOT_FOUND {
+                return Ok(Vec::new()); // An agent run with --no-service-proxy.
+            }
+            if !response.status().is_success() {
+                return Err(format!("node {}: HTTP {}", node.name, response.status()));
+            }
+            response.json::<Vec<ProxyServiceStats>>().await.map_err(|error| format!("node {}: {error}", node.name))
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+
+    // Per backend id: the sums, and latency × requests for the weighted mean.
+    let mut sums: HashMap<String, (InstanceStats, f64, u32)> = HashMap::new();
+    for answer in answers {
+        let listeners = match answer {
+            Ok(listeners) => listeners,
+            Err(error) => {
+                service.stats_errors.push(error);
+                continue;
+            }
+        };
+        for backend in listeners.iter().filter(|listener| listener.service == service.name).flat_map(|listener| &listener.backends) {
+            let (stats, weighted_latency, proxies) = sums.entry(backend.id.clone()).or_default();
+            stats.requests += backend.requests;
+            stats.errors += backend.errors;
+            stats.active += backend.active;
+            stats.ejected |= backend.ejected;
+            stats.latency_ms += backend.ewma_latency_ms;
+            *weighted_latency += backend.ewma_latency_ms * backend.requests as f64;
+            *proxies += 1;
+        }
+    }
+    for instance in &mut service.instances {
+        let stats = match sums.remove(&instance.alloc_id) {
+            Some((mut stats, weighted_latency, proxies)) => {
+                stats.latency_ms = if stats.requests > 0 {
+                    weighted_latency / stats.requests as f64
+                } else {
+                    stats.latency_ms / f64::from(proxies.max(1))
+                };
+                stats
+            }
+            None => InstanceStats::default(),
+        };
+        instance.stats = Some(stats);
+    }
+}
