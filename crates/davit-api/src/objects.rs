@@ -412,6 +412,10 @@ pub struct Evaluation {
     /// Not to be scheduled before this time (a delayed reschedule); the broker holds it until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_until: Option<UnixMillis>,
+    /// On a blocked evaluation: the store revision of the cluster picture it failed to place against. Capacity
+    /// that appeared after it (while the evaluation was being written) unblocks it at once.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub snapshot_index: Index,
     pub create_time: UnixMillis,
     pub modify_time: UnixMillis,
     #[serde(default)]
@@ -435,4 +439,8 @@ pub struct GroupSummary {
 /// Resources the group reserves, for quick display.
 pub fn group_resources(resources: Resources) -> AllocatedResources {
     AllocatedResources { cpu: resources.cpu.into(), memory: resources.memory.into(), ports: Vec::new() }
+}
+
+fn is_zero(value: &Index) -> bool {
+    *value == 0
 }

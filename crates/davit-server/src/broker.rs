@@ -126,6 +126,14 @@ impl Broker {
         self.inner.lock().expect("broker lock").blocked.get(job).cloned()
     }
 
+    /// Forgets the job's blocked evaluation `eval_id` (a later evaluation placed everything).
+    pub fn unblock(&self, job: &str, eval_id: &str) {
+        let mut inner = self.inner.lock().expect("broker lock");
+        if inner.blocked.get(job).is_some_and(|blocked| blocked.id == eval_id) {
+            inner.blocked.remove(job);
+        }
+    }
+
     /// Takes every blocked evaluation (capacity changed: they should run again).
     pub fn take_blocked(&self) -> Vec<Arc<Evaluation>> {
         let mut inner = self.inner.lock().expect("broker lock");
@@ -174,6 +182,7 @@ mod tests {
             blocked_eval: None,
             previous_eval: None,
             wait_until: None,
+            snapshot_index: 0,
             create_time: 0,
             modify_time: 0,
             create_index: 0,

@@ -162,7 +162,10 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
 }
 
 /// Routes view events: pending evaluations to the broker; capacity changes unblock blocked evaluations.
+/// An evaluation that blocked against a picture older than the last capacity change (the node became ready
+/// while the worker was placing) is retried at once, as Nomad's blocked-evaluation tracker does.
 async fn coordinate(mut events: mpsc::UnboundedReceiver<ViewEvent>, broker: Arc<Broker>, store: Arc<dyn Store>, view: Arc<View>) {
+    let mut last_capacity_change = 0;
     while let Some(event) = events.recv().await {
         let mut capacity_changed = false;
         let mut next = Some(event);
@@ -171,11 +174,15 @@ async fn coordinate(mut events: mpsc::UnboundedReceiver<ViewEvent>, broker: Arc<
             match event {
                 ViewEvent::EvalPending(eval) => broker.enqueue(eval),
                 ViewEvent::EvalBlocked(eval) => {
+                    capacity_changed |= eval.snapshot_index < last_capacity_change;
                     if let Some(superseded) = broker.block(eval) {
                         tracing::debug!(eval = %superseded.id, "blocked evaluation superseded");
                     }
                 }
-                ViewEvent::CapacityChanged => capacity_changed = true,
+                ViewEvent::CapacityChanged(revision) => {
+                    last_capacity_change = last_capacity_change.max(revision);
+                    capacity_changed = true;
+                }
             }
         }
         if capacity_changed {
@@ -211,4 +218,57 @@ pub(crate) fn now_millis() -> u64 {
 
 pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use davit_api::objects::{EvalStatus, EvalTrigger, Evaluation};
+    use davit_api::spec::JobType;
+    use davit_store::RedbStore;
+
+    use super::*;
+
+    fn blocked(job: &str, snapshot_index: u64) -> Arc<Evaluation> {
+        let mut eval = liveness::new_eval(job, JobType::Service, 50, EvalTrigger::QueuedAllocs, None);
+        eval.status = EvalStatus::Blocked;
+        eval.snapshot_index = snapshot_index;
+        Arc::new(eval)
+    }
+
+    async fn stored_status(store: &dyn Store, id: &str) -> Option<EvalStatus> {
+        let value = store.get(&keys::eval(id)).await.unwrap()?;
+        Some(serde_json::from_slice::<Evaluation>(&value.value).unwrap().status)
+    }
+
+    #[tokio::test]
+    async fn an_evaluation_blocked_on_a_picture_older_than_new_capacity_is_retried_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("state.redb")).unwrap());
+        let (view_events, _ignored) = mpsc::unbounded_channel();
+        let view = View::start(Arc::clone(&store), view_events).await.unwrap();
+        let broker = Arc::new(Broker::default());
+        let (events, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(coordinate(receiver, Arc::clone(&broker), Arc::clone(&store), view));
+
+        let wait_pending = |eval: Arc<Evaluation>| {
+            let store = Arc::clone(&store);
+            async move {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+                while stored_status(store.as_ref(), &eval.id).await != Some(EvalStatus::Pending) {
+                    assert!(tokio::time::Instant::now() < deadline, "blocked evaluation {} of {} was not retried", eval.id, eval.job_name);
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        };
+        // A node became ready at revision 7: what was blocked runs again.
+        let first = blocked("first", 3);
+        events.send(ViewEvent::CapacityChanged(7)).unwrap();
+        events.send(ViewEvent::EvalBlocked(Arc::clone(&first))).unwrap();
+        wait_pending(first).await;
+        // Meanwhile a worker placed job `late` against revision 5, where nothing fit. Its blocked evaluation
+        // arrives after the capacity change, alone: it must not wait for the next change.
+        let late = blocked("late", 5);
+        events.send(ViewEvent::EvalBlocked(Arc::clone(&late))).unwrap();
+        wait_pending(late).await;
+    }
 }

@@ -190,6 +190,7 @@ pub fn new_eval(
         blocked_eval: None,
         previous_eval: None,
         wait_until: None,
+        snapshot_index: 0,
         create_time: now,
         modify_time: now,
         create_index: 0,

@@ -56,8 +56,9 @@ pub enum ViewEvent {
     EvalPending(Arc<Evaluation>),
     /// An evaluation is blocked, waiting for capacity.
     EvalBlocked(Arc<Evaluation>),
-    /// Capacity may have grown (a node became ready, an allocation ended): retry blocked evaluations.
-    CapacityChanged,
+    /// Capacity may have grown (a node became ready, an allocation ended) at this revision: retry blocked
+    /// evaluations.
+    CapacityChanged(Revision),
 }
 
 pub struct View {
@@ -114,8 +115,9 @@ impl View {
             };
             match attempt.await {
                 Ok((fresh, watch)) => {
+                    let revision = fresh.revision;
                     self.publish(fresh);
-                    let _ = events.send(ViewEvent::CapacityChanged);
+                    let _ = events.send(ViewEvent::CapacityChanged(revision));
                     return watch;
                 }
                 Err(error) => {
@@ -199,7 +201,7 @@ fn apply_put(
         Object::Node(node) => {
             let was_schedulable = snapshot.cluster.node(&node.id).is_some_and(|old| old.is_schedulable());
             if node.is_schedulable() && !was_schedulable {
-                let _ = events.send(ViewEvent::CapacityChanged);
+                let _ = events.send(ViewEvent::CapacityChanged(mod_revision));
             }
             snapshot.table_index.insert("nodes", mod_revision);
             snapshot.cluster.upsert_node(Arc::new(node));
@@ -207,7 +209,7 @@ fn apply_put(
         Object::Alloc(alloc) => {
             let was_terminal = snapshot.cluster.alloc(&alloc.id).is_none_or(|old| old.is_terminal());
             if alloc.is_terminal() && !was_terminal {
-                let _ = events.send(ViewEvent::CapacityChanged);
+                let _ = events.send(ViewEvent::CapacityChanged(mod_revision));
             }
             snapshot.job_index.insert(alloc.job_name.clone(), mod_revision);
             snapshot.node_alloc_index.insert(alloc.node_id.clone(), mod_revision);
@@ -246,7 +248,7 @@ fn apply_delete(snapshot: &mut Snapshot, key: &str, revision: Revision, events: 
         Some(ObjectKey::Alloc(id)) => {
             if let Some(alloc) = snapshot.cluster.alloc(id).cloned() {
                 if !alloc.is_terminal() {
-                    let _ = events.send(ViewEvent::CapacityChanged);
+                    let _ = events.send(ViewEvent::CapacityChanged(revision));
                 }
                 snapshot.job_index.insert(alloc.job_name.clone(), revision);
                 snapshot.node_alloc_index.insert(alloc.node_id.clone(), revision);

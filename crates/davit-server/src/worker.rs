@@ -49,8 +49,10 @@ impl Worker {
         let mut description = String::new();
         let mut status = EvalStatus::Complete;
         let mut wait_until = None;
+        let mut snapshot_index = 0;
         for attempt in 1..=MAX_PLAN_ATTEMPTS {
             let snapshot = self.view.snapshot();
+            snapshot_index = snapshot.revision;
             let seed = seed_for(&eval.id, attempt);
             let result = schedule(&snapshot.cluster, eval, &self.config, seed, now_millis());
             failed_groups = result.plan.failed_groups.clone();
@@ -83,6 +85,7 @@ impl Worker {
                 status_description: format!("waiting for capacity: {}", summarize(&done)),
                 previous_eval: Some(eval.id.clone()),
                 blocked_eval: None,
+                snapshot_index,
                 create_time: now,
                 modify_time: now,
                 create_index: 0,
@@ -98,6 +101,19 @@ impl Worker {
                 txn.success.push(keys::put(keys::eval(&canceled.id), &canceled));
             }
             txn.success.push(keys::put(keys::eval(&blocked.id), &blocked));
+        }
+        // Everything placed: a blocked evaluation of the job from before is stale (`job status` would still
+        // report it, and a capacity change would run it for nothing).
+        let stale = match done.failed_groups.is_empty() {
+            true => self.broker.blocked_for(&eval.job_name).filter(|blocked| blocked.id != eval.id),
+            false => None,
+        };
+        if let Some(stale) = &stale {
+            let mut canceled = (**stale).clone();
+            canceled.status = EvalStatus::Canceled;
+            canceled.status_description = format!("evaluation {} placed everything", eval.id);
+            canceled.modify_time = now;
+            txn.success.push(keys::put(keys::eval(&canceled.id), &canceled));
         }
         if let Some(wait_until) = wait_until {
             // Skip it when a pending evaluation of the job already waits until then (re-runs of the job
@@ -128,6 +144,9 @@ impl Worker {
         }
         txn.success.push(keys::put(keys::eval(&done.id), &done));
         let response = self.store.txn(txn).await?;
+        if let Some(stale) = stale {
+            self.broker.unblock(&eval.job_name, &stale.id);
+        }
         self.view.wait_for(response.revision).await;
         Ok(done.status)
     }

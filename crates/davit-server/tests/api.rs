@@ -206,6 +206,24 @@ async fn the_catalog_serves_healthy_instances_and_service_names_are_cluster_wide
 }
 
 /// Follows `/v1/job/{name}/status` with blocking queries until `done` holds (bounded).
+#[tokio::test]
+async fn a_blocked_evaluation_is_canceled_when_a_later_one_places_everything() {
+    let server = start().await;
+    let small = serde_json::to_string(&node("small", 100)).unwrap();
+    assert_eq!(server.request("POST", "/v1/nodes/register", &small).await.0, 200);
+    assert_eq!(server.request("POST", "/v1/jobs?filename=web.yaml", GOOD_JOB).await.0, 200);
+    let blocked = wait_status(&server, "web", |s| s["blocked_evaluation"].is_object() && s["summary"]["g"]["placed"] == 1).await;
+    let blocked_id = blocked["blocked_evaluation"]["id"].as_str().unwrap().to_string();
+
+    // Scaled down to what fits: the new version places everything, so nothing waits for capacity any more.
+    assert_eq!(server.request("POST", "/v1/job/web/scale", "{\"group\": \"g\", \"count\": 1}").await.0, 200);
+    wait_status(&server, "web", |s| s["blocked_evaluation"].is_null() && s["job"]["version"] == 1).await;
+    let evals = server.request("GET", "/v1/job/web/evaluations", "").await.1;
+    let old = evals.as_array().unwrap().iter().find(|e| e["id"] == blocked_id.as_str()).expect("the old blocked evaluation");
+    assert_eq!(old["status"], serde_json::json!(EvalStatus::Canceled), "{old:#}");
+    assert!(old["status_description"].as_str().unwrap().contains("placed everything"), "{old:#}");
+}
+
 async fn wait_status(server: &TestServer, name: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut index = 0u64;

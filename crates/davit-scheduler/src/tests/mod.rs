@@ -104,6 +104,7 @@ impl Harness {
             blocked_eval: None,
             previous_eval: None,
             wait_until: None,
+            snapshot_index: 0,
             create_time: self.now,
             modify_time: self.now,
             create_index: 0,
