@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use davit_api::http::AllocStatusUpdate;
-use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, TaskEvent, TaskState, TaskStatus};
+use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, Migration, TaskEvent, TaskState, TaskStatus};
 use davit_api::spec::{GroupSpec, JobType};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -64,6 +64,8 @@ pub(crate) struct AllocShared {
     pub context: Arc<AgentContext>,
     pub alloc_dir: PathBuf,
     state: Mutex<PersistedAlloc>,
+    /// The allocation's live migration as the server last said (task runners watch it).
+    pub migration: watch::Sender<Option<Migration>>,
     /// Serializes state writes so the file always ends with the newest snapshot.
     persist: tokio::sync::Mutex<()>,
 }
@@ -84,6 +86,8 @@ impl AllocRunner {
             restart_trackers: BTreeMap::new(),
             stop_requested: false,
             failure: None,
+            migration_listen: BTreeMap::new(),
+            migration_progress: None,
         };
         Self::spawn(context, state)
     }
@@ -98,7 +102,9 @@ impl AllocRunner {
         let initial = if state.stop_requested { AllocControl::Stop } else { AllocControl::Run };
         let (control, control_rx) = watch::channel(initial);
         let (finished_tx, finished) = watch::channel(false);
-        let shared = Arc::new(AllocShared { context, alloc_dir, state: Mutex::new(state), persist: tokio::sync::Mutex::new(()) });
+        let migration = watch::Sender::new(state.alloc.migration.clone());
+        let shared =
+            Arc::new(AllocShared { context, alloc_dir, state: Mutex::new(state), migration, persist: tokio::sync::Mutex::new(()) });
         let lifecycle_shared = shared.clone();
         tokio::spawn(async move {
             lifecycle_shared.clone().run(control_rx).await;
@@ -115,13 +121,20 @@ impl AllocRunner {
     /// (tasks keep running); desired stop stops the tasks.
     pub(crate) fn update(&self, alloc: &Allocation) {
         let changed = self.shared.with_state(|state| {
-            let changed = state.alloc.job_version != alloc.job_version || state.alloc.desired_status != alloc.desired_status;
+            let changed = state.alloc.job_version != alloc.job_version
+                || state.alloc.desired_status != alloc.desired_status
+                || state.alloc.migration != alloc.migration;
             if changed {
                 let mut alloc = alloc.clone();
                 alloc.task_states.clear();
                 state.alloc = alloc;
             }
             changed
+        });
+        self.shared.migration.send_if_modified(|migration| {
+            let modified = *migration != alloc.migration;
+            migration.clone_from(&alloc.migration);
+            modified
         });
         if alloc.desired_status == DesiredStatus::Stop {
             self.stop();
@@ -468,6 +481,7 @@ fn status_update_of(state: &PersistedAlloc) -> AllocStatusUpdate {
         task_states: state.task_states.clone(),
         healthy,
         health_description,
+        migration: state.migration_progress.clone(),
     }
 }
 

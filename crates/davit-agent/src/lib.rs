@@ -252,6 +252,8 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         servers,
         updater: updater.clone(),
         log_rotation: config.log_rotation,
+        advertise_host: config.advertise_host.clone(),
+        port_range: config.port_range,
         specs: Mutex::new(HashMap::new()),
         runners: Mutex::new(BTreeMap::new()),
         destroyed: Mutex::new(HashSet::new()),
@@ -294,6 +296,10 @@ pub(crate) struct AgentContext {
     pub servers: ServerPool,
     pub updater: Updater,
     pub log_rotation: LogRotation,
+    /// How other agents reach this node (`AgentConfig::advertise_host`): live migrations connect there.
+    pub advertise_host: String,
+    /// The node's scheduler port range: ports picked for incoming migrations stay out of it.
+    pub port_range: (u16, u16),
     /// Job specs by (job, version); versions never change once stored.
     specs: Mutex<HashMap<(String, u64), Arc<JobSpec>>>,
     /// One runner per allocation this agent has started (or re-attached to) and not yet destroyed.

@@ -149,6 +149,8 @@ fn fixture() -> Fixture {
         servers: servers.clone(),
         updater: Updater::new("node-1".to_string(), servers),
         log_rotation: LogRotation::default(),
+        advertise_host: "127.0.0.1".to_string(),
+        port_range: (20000, 20100),
         specs: Mutex::new(HashMap::new()),
         runners: Mutex::new(BTreeMap::new()),
         service_proxy: None,
@@ -187,6 +189,7 @@ fn persisted(job_type: JobType, group: GroupSpec) -> PersistedAlloc {
         resources: AllocatedResources::default(),
         previous_allocation: None,
         reschedule_tracker: Vec::new(),
+        migration: None,
         create_time: 0,
         modify_time: 0,
         create_index: 0,
@@ -202,6 +205,8 @@ fn persisted(job_type: JobType, group: GroupSpec) -> PersistedAlloc {
         restart_trackers: BTreeMap::new(),
         stop_requested: false,
         failure: None,
+        migration_listen: BTreeMap::new(),
+        migration_progress: None,
     }
 }
 

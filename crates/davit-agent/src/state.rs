@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use davit_api::objects::{Allocation, TaskState};
+use davit_api::objects::{Allocation, MigrationProgress, TaskState};
 use davit_api::spec::{GroupSpec, JobType};
 use davit_drivers::TaskHandle;
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,12 @@ pub struct PersistedAlloc {
     /// Why the allocation failed before its tasks could run (e.g. its job version is gone).
     #[serde(default)]
     pub failure: Option<String>,
+    /// Destination of a live migration: where each vm task's incoming QEMU listens, as tasks report it.
+    #[serde(default)]
+    pub migration_listen: BTreeMap<String, String>,
+    /// What the server is told about the allocation's live migration (see `Allocation::migration`).
+    #[serde(default)]
+    pub migration_progress: Option<MigrationProgress>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +145,7 @@ mod tests {
             resources: AllocatedResources::default(),
             previous_allocation: None,
             reschedule_tracker: Vec::new(),
+            migration: None,
             create_time: 1,
             modify_time: 2,
             create_index: 3,
@@ -184,6 +191,8 @@ mod tests {
             restart_trackers: BTreeMap::from([("app".to_string(), RestartTracker { window_start_ms: 5, count: 1 })]),
             stop_requested: false,
             failure: None,
+            migration_listen: BTreeMap::new(),
+            migration_progress: None,
         }
     }
 

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use davit_api::objects::{ByteProgress, TaskStatus};
+use davit_api::objects::{ByteProgress, Migration, MigrationProgress, MigrationRole, MigrationStatus, TaskStatus};
 use davit_api::spec::{JobType, RestartPolicy, TaskSpec};
-use davit_drivers::{Driver, DriverError, EventSink, ExitResult, TaskConfig, TaskHandle, TaskResources, TaskRunState};
+use davit_drivers::{Driver, DriverError, EventSink, ExitResult, LiveMigration, TaskConfig, TaskHandle, TaskResources, TaskRunState};
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 
@@ -51,6 +51,12 @@ enum Waited {
     Control(TaskControl),
     /// A check with `on_failure: restart` turned failing (the reason).
     CheckFailed(String),
+    /// The server says the destination of a live migration listens: migrate there.
+    Migrate {
+        peer_alloc_id: String,
+        peer_node_id: String,
+        uri: String,
+    },
 }
 
 impl TaskRunner {
@@ -72,6 +78,9 @@ impl TaskRunner {
             }
         }
         let mut rng = rand::rngs::SmallRng::from_os_rng();
+        let mut migration = self.shared.migration.subscribe();
+        // The destination allocation of the live migration last tried (each is tried once).
+        let mut migration_tried: Option<String> = None;
         loop {
             // Start the task unless it runs (or an exit is pending: it ended while the agent was away, or did not start).
             if handle.is_none() && pending_exit.is_none() {
@@ -81,7 +90,7 @@ impl TaskRunner {
                     TaskControl::Kill(_) => return self.finish(Some(event("Killed", "task killed before it started")), false).await,
                     TaskControl::Detach => return TaskOutcome::Detached,
                 }
-                match self.start(driver.as_ref()).await {
+                match self.start(driver.as_ref(), &mut control).await {
                     Ok(started) => handle = Some(started),
                     Err(StartFailure::Fatal) => return self.finish(None, true).await,
                     Err(StartFailure::Retryable) => {
@@ -97,7 +106,18 @@ impl TaskRunner {
                 (None, Some(running)) => {
                     let (restart_tx, mut restart_rx) = mpsc::channel(1);
                     let checks = check::start(self.shared.clone(), &name, &self.task.checks, driver.clone(), running.clone(), restart_tx);
-                    let waited = self.wait(driver.as_ref(), running, &mut control, &mut restart_rx).await;
+                    let waited = loop {
+                        let waited = self
+                            .wait(driver.as_ref(), running, &mut control, &mut restart_rx, &mut migration, migration_tried.as_deref())
+                            .await;
+                        let Waited::Migrate { peer_alloc_id, peer_node_id, uri } = waited else { break waited };
+                        migration_tried = Some(peer_alloc_id);
+                        if let Some(report) = self.migrate_out(driver.as_ref(), running, &uri).await {
+                            drop(checks);
+                            let running = running.clone();
+                            return self.migrated(driver.as_ref(), &running, report, &peer_node_id).await;
+                        }
+                    };
                     drop(checks);
                     match waited {
                         Waited::Exited(exit) => {
@@ -113,7 +133,7 @@ impl TaskRunner {
                             let running = running.clone();
                             return self.kill(driver.as_ref(), &running, reason).await;
                         }
-                        Waited::Control(_) => return TaskOutcome::Detached,
+                        Waited::Control(_) | Waited::Migrate { .. } => return TaskOutcome::Detached,
                     }
                 }
                 (None, None) => unreachable!("a task without a handle was started above"),
@@ -192,8 +212,9 @@ impl TaskRunner {
         Err(exit)
     }
 
-    /// Prestart hooks, then `driver.start`. Records `Task Setup` and `Started` (or `Driver Failure`).
-    async fn start(&self, driver: &dyn Driver) -> Result<TaskHandle, StartFailure> {
+    /// Prestart hooks, then `driver.start` (or, for the destination of a live migration, the driver's
+    /// `start_incoming` and a wait until the guest resumed). Records `Task Setup` and `Started` (or `Driver Failure`).
+    async fn start(&self, driver: &dyn Driver, control: &mut watch::Receiver<TaskControl>) -> Result<TaskHandle, StartFailure> {
         let name = &self.task.name;
         let first_start =
             self.shared.with_state(|state| state.task_states.get(name).is_none_or(|task| task.started_at.is_none() && task.restarts == 0));
@@ -206,6 +227,13 @@ impl TaskRunner {
         if first_start {
             self.shared.update_task(name, Some(event("Task Setup", "building task directory and environment")), |_| {});
             self.shared.commit().await;
+        }
+        let incoming = self
+            .shared
+            .with_state(|state| state.alloc.migration.clone())
+            .filter(|migration| migration.role == MigrationRole::Destination && !migration.status.is_done());
+        if let (true, Some(migration), Some(live)) = (first_start, incoming, driver.live_migration()) {
+            return self.start_incoming(live, &config, &migration, control).await;
         }
         match driver.start(&config).await {
             Ok(handle) => {
@@ -230,6 +258,133 @@ impl TaskRunner {
                 Err(if fatal { StartFailure::Fatal } else { StartFailure::Retryable })
             }
         }
+    }
+
+    /// Starts the destination of a live migration: the driver's incoming task on a free port, reported to the
+    /// server once every task of the allocation listens; then waits until the guest resumed (the source
+    /// migrated) or the allocation is stopped (the migration failed elsewhere). Fatal on failure: a fresh
+    /// start would not be the migrated guest.
+    async fn start_incoming(
+        &self,
+        live: &dyn LiveMigration,
+        config: &TaskConfig,
+        migration: &Migration,
+        control: &mut watch::Receiver<TaskControl>,
+    ) -> Result<TaskHandle, StartFailure> {
+        let name = &self.task.name;
+        let context = &self.shared.context;
+        let failed = |message: String| {
+            self.shared.update_task(name, Some(event("Migration Failed", &message)), |_| {});
+            self.shared.with_state(|state| state.migration_progress = Some(MigrationProgress::Failed { reason: message }));
+        };
+        let Some(port) = free_port(context.port_range) else {
+            failed("no free port to receive the migration on".to_string());
+            self.shared.commit().await;
+            return Err(StartFailure::Fatal);
+        };
+        let handle = match live.start_incoming(config, port).await {
+            Ok(handle) => handle,
+            Err(error) => {
+                tracing::warn!(alloc_id = %config.alloc_id, task = %name, %error, "starting the migration destination failed");
+                failed(format!("starting the destination: {}", error_chain(&error)));
+                self.shared.commit().await;
+                return Err(StartFailure::Fatal);
+            }
+        };
+        let uri = format!("tcp:{}:{port}", context.advertise_host);
+        self.shared.with_state(|state| state.handles.insert(name.clone(), handle.clone()));
+        let message = format!("waiting for the guest's state from allocation {} on {uri}", short(&migration.peer_alloc_id));
+        self.shared.update_task(name, Some(event("Migrating In", &message)), |state| state.pid = Some(handle.pid));
+        self.shared.with_state(|state| {
+            state.migration_listen.insert(name.clone(), uri.clone());
+            let tasks = state.group.as_ref().map_or(0, |group| group.tasks.len());
+            if state.migration_listen.len() >= tasks {
+                state.migration_progress = Some(MigrationProgress::Listening { listen_addrs: state.migration_listen.clone() });
+            }
+        });
+        self.shared.commit().await;
+        loop {
+            if *control.borrow_and_update() != TaskControl::Run {
+                // The caller's wait sees the kill (or detach) at once and ends the waiting QEMU.
+                return Ok(handle);
+            }
+            tokio::select! {
+                resumed = live.wait_incoming(&handle) => match resumed {
+                    Ok(()) => break,
+                    Err(error) => {
+                        failed(format!("the guest did not resume: {}", error_chain(&error)));
+                        self.shared.commit().await;
+                        self.release(self.driver_of(&handle), &handle).await;
+                        return Err(StartFailure::Fatal);
+                    }
+                },
+                changed = control.changed() => if changed.is_err() { return Ok(handle) },
+            }
+        }
+        let started_at = crate::now_ms();
+        let message = format!("guest resumed after a live migration from allocation {}", short(&migration.peer_alloc_id));
+        self.shared.update_task(name, Some(event("Started", &message)), |state| {
+            state.state = TaskStatus::Running;
+            state.pid = Some(handle.pid);
+            state.started_at = Some(started_at);
+            state.finished_at = None;
+            state.checks = check::pending_states(&self.task.checks);
+        });
+        self.shared.commit().await;
+        Ok(handle)
+    }
+
+    fn driver_of(&self, handle: &TaskHandle) -> &dyn Driver {
+        self.shared.context.drivers.get(&handle.driver).map(|driver| driver.as_ref()).expect("the task's driver exists")
+    }
+
+    /// Live-migrates the running task to `uri`. `None` when it failed: the task keeps running, the event
+    /// and the reported progress say why.
+    async fn migrate_out(&self, driver: &dyn Driver, handle: &TaskHandle, uri: &str) -> Option<davit_api::objects::MigrationReport> {
+        let live = driver.live_migration()?;
+        let name = &self.task.name;
+        self.shared.update_task(name, Some(event("Migrating", &format!("sending the guest to {uri}"))), |_| {});
+        self.shared.commit().await;
+        match live.migrate(handle, uri).await {
+            Ok(report) => Some(davit_api::objects::MigrationReport {
+                downtime_ms: report.downtime_ms,
+                total_ms: report.total_ms,
+                transferred_bytes: report.transferred_bytes,
+            }),
+            Err(error) => {
+                let reason = format!("migration to {uri} failed: {}", error_chain(&error));
+                tracing::warn!(alloc_id = %handle.alloc_id, task = %name, %reason, "live migration failed; the task keeps running");
+                self.shared.update_task(name, Some(event("Migration Failed", &reason)), |_| {});
+                self.shared.with_state(|state| state.migration_progress = Some(MigrationProgress::Failed { reason }));
+                self.shared.commit().await;
+                None
+            }
+        }
+    }
+
+    /// The task moved away: dead, not failed, with a `Migrated` event carrying the downtime. Once every task
+    /// of the allocation moved, the server hears that the migration completed.
+    async fn migrated(
+        &self,
+        driver: &dyn Driver,
+        handle: &TaskHandle,
+        report: davit_api::objects::MigrationReport,
+        peer_node_id: &str,
+    ) -> TaskOutcome {
+        self.release(driver, handle).await;
+        let name = &self.task.name;
+        self.shared.with_state(|state| {
+            let others_moved = state
+                .task_states
+                .iter()
+                .filter(|(task, _)| *task != name)
+                .all(|(_, task)| task.events.last().is_some_and(|last| last.kind == "Migrated"));
+            if others_moved {
+                state.migration_progress = Some(MigrationProgress::Completed { report });
+            }
+        });
+        let message = format!("{}, to node {}", report.summary(), short(peer_node_id));
+        self.finish(Some(event("Migrated", &message)), false).await
     }
 
     /// The driver's view of the task, with `${…}` interpolated and the `DAVIT_*` environment.
@@ -280,13 +435,27 @@ impl TaskRunner {
         handle: &TaskHandle,
         control: &mut watch::Receiver<TaskControl>,
         check_failed: &mut mpsc::Receiver<String>,
+        migration: &mut watch::Receiver<Option<Migration>>,
+        migration_tried: Option<&str>,
     ) -> Waited {
         loop {
             let current = control.borrow_and_update().clone();
             if current != TaskControl::Run {
                 return Waited::Control(current);
             }
+            let outgoing = migration.borrow_and_update().clone().filter(|migration| {
+                migration.role == MigrationRole::Source
+                    && migration.status == MigrationStatus::Listening
+                    && migration_tried != Some(migration.peer_alloc_id.as_str())
+            });
+            if let Some(outgoing) = outgoing
+                && driver.live_migration().is_some()
+                && let Some(uri) = outgoing.listen_addrs.get(&self.task.name)
+            {
+                return Waited::Migrate { peer_alloc_id: outgoing.peer_alloc_id, peer_node_id: outgoing.peer_node_id, uri: uri.clone() };
+            }
             tokio::select! {
+                changed = migration.changed() => if changed.is_err() { return Waited::Control(TaskControl::Detach) },
                 result = driver.wait(handle) => match result {
                     Ok(exit) => return Waited::Exited(exit),
                     Err(error) => {
@@ -369,6 +538,20 @@ impl TaskRunner {
         self.shared.commit().await;
         TaskOutcome::Dead { task: self.task.name.clone(), failed }
     }
+}
+
+/// A TCP port nothing listens on now, outside the node's scheduler range (the scheduler hands those out).
+fn free_port(range: (u16, u16)) -> Option<u16> {
+    (0..50).find_map(|_| {
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+        let port = listener.local_addr().ok()?.port();
+        (!(range.0..=range.1).contains(&port)).then_some(port)
+    })
+}
+
+/// The first 8 characters of an id, as the CLI shows them.
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
 }
 
 /// Prefixes the restart decision's message with the failing check that caused it.

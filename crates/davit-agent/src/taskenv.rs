@@ -184,6 +184,7 @@ mod tests {
             },
             previous_allocation: None,
             reschedule_tracker: Vec::new(),
+            migration: None,
             create_time: 0,
             modify_time: 0,
             create_index: 0,

@@ -29,6 +29,7 @@
 //! | GET | `/v1/allocations?prefix=P` | → `Vec<`[`AllocListEntry`]`>` |
 //! | GET | `/v1/allocation/{id-or-prefix}` | → [`Allocation`] |
 //! | GET | `/v1/allocation/{id}/logs?task=T&stream=stdout&follow=true&offset=N` | → bytes (text/plain, streamed); the server relays it from the node's agent |
+//! | POST | `/v1/allocation/{id-or-prefix}/migrate` | [`MigrateAllocRequest`] → [`MigrateAllocResponse`]; 400 not a running vm allocation, 409 same node or no room, 404 unknown node |
 //! | GET | `/v1/allocation/{id}/exec?command=[…]&task=T&tty=true` | `Upgrade: davit-exec` → 101, then [`crate::exec::ExecFrame`]s both ways; relayed to the node's agent |
 //! | GET | `/v1/evaluations?job=J` | → `Vec<`[`Evaluation`]`>` |
 //! | GET | `/v1/evaluation/{id-or-prefix}` | → [`Evaluation`] |
@@ -47,7 +48,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::objects::{Allocation, ClientStatus, Evaluation, GroupSummary, Index, Job, NodeEligibility, NodeStatus, TaskState};
+use crate::objects::{
+    Allocation, ClientStatus, Evaluation, GroupSummary, Index, Job, MigrationProgress, NodeEligibility, NodeStatus, TaskState,
+};
 use crate::spec::{BalanceAlgorithm, JobType, ServiceMode};
 
 /// Response header carrying the store revision the answer reflects; pass it back as `?index=` to block.
@@ -271,6 +274,28 @@ pub struct AllocStatusUpdate {
     pub healthy: Option<bool>,
     #[serde(default)]
     pub health_description: String,
+    /// How the allocation's part in a live migration goes (see [`Allocation::migration`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationProgress>,
+}
+
+/// Body of `POST /v1/allocation/{id}/migrate`: live-migrate a running VM allocation to another node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateAllocRequest {
+    /// Target node (id, id prefix or name); `None`: the scheduler picks a ready node with room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// Answer of `POST /v1/allocation/{id}/migrate`: the destination allocation, placed on `node_name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateAllocResponse {
+    pub source_alloc_id: String,
+    pub alloc_id: String,
+    pub node_id: String,
+    pub node_name: String,
+    pub index: Index,
 }
 
 /// Query parameters of the log routes.

@@ -305,12 +305,107 @@ pub struct Allocation {
     /// Reschedules that led to this allocation, oldest first (carried over from the one it replaces).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reschedule_tracker: Vec<RescheduleEvent>,
+    /// The live migration this allocation takes part in (as its source or its destination), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Migration>,
     pub create_time: UnixMillis,
     pub modify_time: UnixMillis,
     #[serde(default)]
     pub create_index: Index,
     #[serde(default)]
     pub modify_index: Index,
+}
+
+/// A live migration of a VM allocation to another node (`davit alloc migrate`, or a drain of a group with
+/// `migrate: live`). Both allocations carry one, each naming the other as its peer; only the server's plan
+/// applier writes it, from what the two agents report (see ARCHITECTURE.md, "Live migration").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    pub role: MigrationRole,
+    /// The other allocation: the destination (on the source) or the source (on the destination).
+    pub peer_alloc_id: String,
+    pub peer_node_id: String,
+    pub status: MigrationStatus,
+    /// Per vm task: where the destination's QEMU waits for the guest's state (`tcp:<ip>:<port>`), as the
+    /// destination agent reported it; the server copies it to the source, whose agent then migrates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listen_addrs: BTreeMap<String, String>,
+    /// Why it failed, or the summary of a completed migration.
+    #[serde(default)]
+    pub description: String,
+    /// QEMU's figures once completed (the slowest task's, when there are several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<MigrationReport>,
+    pub started_at: UnixMillis,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationRole {
+    Source,
+    Destination,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationStatus {
+    /// The destination allocation is placed; its agent is starting the incoming QEMU.
+    Starting,
+    /// The destination listens (`listen_addrs`); the source agent migrates.
+    Listening,
+    /// The guest runs on the destination; the source allocation is complete.
+    Complete,
+    /// The source keeps running; the destination allocation is stopped (`description` says why).
+    Failed,
+}
+
+impl MigrationStatus {
+    pub fn is_done(self) -> bool {
+        matches!(self, MigrationStatus::Complete | MigrationStatus::Failed)
+    }
+}
+
+/// How a live migration went, from QEMU's `query-migrate`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// How long the guest was paused at the switch-over.
+    pub downtime_ms: u64,
+    pub total_ms: u64,
+    pub transferred_bytes: u64,
+}
+
+impl MigrationReport {
+    /// "downtime 12 ms, 40 MiB in 850 ms": the message of the source task's `Migrated` event.
+    pub fn summary(&self) -> String {
+        format!("downtime {} ms, {} MiB in {} ms", self.downtime_ms, self.transferred_bytes / (1024 * 1024), self.total_ms)
+    }
+}
+
+/// What an agent reports about a migration its allocation takes part in (see [`Migration`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum MigrationProgress {
+    /// Destination: every vm task's QEMU waits for the state at these addresses (by task).
+    Listening { listen_addrs: BTreeMap<String, String> },
+    /// Source: the guest moved; the source QEMU has quit.
+    Completed { report: MigrationReport },
+    /// Either side: it did not work (the source keeps running).
+    Failed { reason: String },
+}
+
+impl Allocation {
+    /// True while this allocation is the destination of a migration that has not completed: it does not
+    /// hold its index for the scheduler yet (the source does).
+    pub fn is_incoming_migration(&self) -> bool {
+        self.migration
+            .as_ref()
+            .is_some_and(|migration| migration.role == MigrationRole::Destination && migration.status != MigrationStatus::Complete)
+    }
+
+    /// True while a migration of this allocation (as its source) is under way.
+    pub fn is_migrating_out(&self) -> bool {
+        self.migration.as_ref().is_some_and(|migration| migration.role == MigrationRole::Source && !migration.status.is_done())
+    }
 }
 
 /// One reschedule of a failed allocation.

@@ -11,9 +11,9 @@ pub mod exec;
 
 use davit_api::http::{
     AllocListEntry, AllocStatusUpdate, ApiError, Catalog, EventWire, ExecQuery, HeartbeatResponse, INDEX_HEADER, IndexResponse,
-    JobDiffResponse, JobListEntry, JobStatusResponse, LogsQuery, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry,
-    NodeRegisterResponse, RegisterJobResponse, RevertJobRequest, ScaleJobRequest, ServiceInfo, ServiceListEntry, StatusResponse,
-    StopJobResponse, ValidateJobResponse,
+    JobDiffResponse, JobListEntry, JobStatusResponse, LogsQuery, MigrateAllocRequest, MigrateAllocResponse, NodeDrainRequest,
+    NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse, RegisterJobResponse, RevertJobRequest, ScaleJobRequest, ServiceInfo,
+    ServiceListEntry, StatusResponse, StopJobResponse, ValidateJobResponse,
 };
 use davit_api::objects::{Allocation, Evaluation, Index, Job, Node};
 use futures_util::Stream;
@@ -252,6 +252,11 @@ impl Client {
     }
 
     /// The allocation once its modify index passes `index` (or after `wait`).
+    /// Starts a live migration of a running VM allocation (to `request.node`, or a node the server picks).
+    pub async fn migrate_allocation(&self, id: &str, request: &MigrateAllocRequest) -> Result<MigrateAllocResponse, ClientError> {
+        Ok(self.send(self.http.post(self.url(&format!("/v1/allocation/{}/migrate", encode(id)))).json(request)).await?.value)
+    }
+
     pub async fn allocation_blocking(&self, id: &str, index: Index, wait: Duration) -> Result<Indexed<Allocation>, ClientError> {
         self.get_blocking(&format!("/v1/allocation/{}", encode(id)), index, wait).await
     }

@@ -259,4 +259,24 @@ pub trait Driver: Send + Sync + 'static {
         })
     }
     fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskStats, DriverError>>;
+    /// The driver's live migration, if it can move a running task to another node (the vm driver can).
+    fn live_migration(&self) -> Option<&dyn LiveMigration> {
+        None
+    }
+}
+
+/// An optional ability of a driver: move a running task to another node without stopping it.
+///
+/// The destination starts first ([`start_incoming`](LiveMigration::start_incoming), listening on a port),
+/// the source sends its state there ([`migrate`](LiveMigration::migrate), which ends the source task with a
+/// successful exit), and the destination resumes by itself
+/// ([`wait_incoming`](LiveMigration::wait_incoming) resolves then). Who tells whom where to connect is the
+/// caller's business.
+pub trait LiveMigration: Send + Sync {
+    /// Starts the task as the destination of a migration, waiting for its state on `listen_port`.
+    fn start_incoming<'a>(&'a self, config: &'a TaskConfig, listen_port: u16) -> BoxFuture<'a, Result<TaskHandle, DriverError>>;
+    /// Resolves once the destination task of `handle` runs (its migration completed); fails if it cannot.
+    fn wait_incoming<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Migrates the running task of `handle` to `destination_uri` (`tcp:host:port`) and ends it there.
+    fn migrate<'a>(&'a self, handle: &'a TaskHandle, destination_uri: &'a str) -> BoxFuture<'a, Result<MigrationReport, DriverError>>;
 }

@@ -209,6 +209,7 @@ impl<'a> Run<'a> {
                         resources,
                         previous_allocation: work.previous.as_ref().map(|previous| previous.id.clone()),
                         reschedule_tracker,
+                        migration: None,
                         create_time: self.now,
                         modify_time: self.now,
                         create_index: 0,
@@ -311,7 +312,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// A UUID-v4-formatted id from the seeded generator, so that runs are reproducible.
-fn random_uuid(rng: &mut SmallRng) -> String {
+pub(crate) fn random_uuid(rng: &mut SmallRng) -> String {
     let mut bytes = [0u8; 16];
     rng.fill(&mut bytes);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;

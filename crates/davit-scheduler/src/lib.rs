@@ -6,6 +6,7 @@
 //! - [`schedule`]: reconcile a job against its allocations, then place what is missing through a chain
 //!   of small pieces: seeded random node order → feasibility (datacenter, drivers, constraints, cached
 //!   per computed node class) → fit (cpu, memory, ports) → bin-packing score → best node.
+//! - [`place_migration`]: the destination of a live migration (same allocation, another node, its own ports).
 //! - [`Plan`]: the result, per node; unplaceable work is data ([`Plan::failed_groups`] with reasons),
 //!   never an error.
 //!
@@ -25,6 +26,7 @@
 mod constraint;
 mod feasible;
 mod generic;
+mod migrate;
 mod plan;
 mod rank;
 mod reconcile;
@@ -34,5 +36,6 @@ mod state;
 mod tests;
 
 pub use generic::schedule;
+pub use migrate::{MigrationPlacementError, place_migration};
 pub use plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
 pub use state::{ClusterState, NodeUsage};

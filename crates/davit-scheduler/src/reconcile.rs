@@ -11,6 +11,9 @@
 //! 6. older (or other) job version → an update: in place when the group spec is unchanged except for
 //!    `count` and `services`, else destructive (decided by the caller, which also checks the node still fits the job).
 //!
+//! The destination of a live migration that has not completed is left out: the source holds its index (a
+//! completed migration stops the source, a failed one stops the destination).
+//!
 //! Allocations already terminal on the client, but desired `run`, hold their index or free it:
 //! `Failed` of the current version holds it unless the group's `reschedule` policy replaces it (see
 //! below), `Complete`
@@ -84,7 +87,8 @@ pub(crate) fn reconcile(state: &ClusterState, job: Option<&Job>, job_name: &str,
 
     let mut by_group: BTreeMap<&str, Vec<Arc<Allocation>>> = BTreeMap::new();
     for alloc in &allocs {
-        if alloc.desired_status == DesiredStatus::Stop {
+        // The destination of a live migration under way holds nothing yet: its source holds the index.
+        if alloc.desired_status == DesiredStatus::Stop || alloc.is_incoming_migration() {
             continue;
         }
         match job.spec.group(&alloc.group) {

@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use davit_api::http::AllocStatusUpdate;
-use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, EvalTrigger, Evaluation, Index};
+use davit_api::objects::{
+    Allocation, ClientStatus, DesiredStatus, EvalTrigger, Evaluation, Index, Migration, MigrationProgress, MigrationRole, MigrationStatus,
+};
 use davit_scheduler::{AllocStop, Plan};
 use davit_store::{Store, StoreError, Txn};
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +35,7 @@ enum Request {
     Plan(Plan, oneshot::Sender<Result<PlanResult, StoreError>>),
     ClientUpdate(String, Vec<AllocStatusUpdate>, u64, oneshot::Sender<Result<Index, StoreError>>),
     Stop(Vec<AllocStop>, Vec<Evaluation>, u64, oneshot::Sender<Result<Index, StoreError>>),
+    Migrate(Box<Allocation>, u64, oneshot::Sender<Result<Result<Index, String>, StoreError>>),
 }
 
 /// A handle to send work to the applier task.
@@ -58,6 +61,15 @@ impl Applier {
     pub async fn client_update(&self, node_id: String, updates: Vec<AllocStatusUpdate>, now: u64) -> Result<Index, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::ClientUpdate(node_id, updates, now, reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Starts a live migration: commits `destination` (from [`davit_scheduler::place_migration`]) and marks
+    /// its source as migrating, in one transaction. `Ok(Err(reason))` when the newest state refuses it: the
+    /// source is no longer running or already migrating, or the destination no longer fits its node.
+    pub async fn start_migration(&self, destination: Allocation, now: u64) -> Result<Result<Index, String>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Migrate(Box::new(destination), now, reply)).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -99,6 +111,16 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
                 }
                 let _ = reply.send(outcome);
             }
+            Request::Migrate(destination, now, reply) => {
+                let outcome = match check_migration(&snapshot, &destination, now) {
+                    Ok(txn) => commit(&store, txn).await.map(|index| {
+                        last_commit = last_commit.max(index);
+                        Ok(index)
+                    }),
+                    Err(reason) => Ok(Err(reason)),
+                };
+                let _ = reply.send(outcome);
+            }
             Request::Stop(stops, evals, now, reply) => {
                 let txn = stop_allocs(&snapshot, &stops, evals, now);
                 let outcome = commit(&store, txn).await;
@@ -109,6 +131,49 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
             }
         }
     }
+}
+
+/// The transaction that starts a live migration to `destination`, or why the newest state refuses it.
+pub fn check_migration(snapshot: &Snapshot, destination: &Allocation, now: u64) -> Result<Txn, String> {
+    let migration = destination.migration.as_ref().filter(|migration| migration.role == MigrationRole::Destination);
+    let Some(migration) = migration else { return Err("the destination allocation names no migration source".to_string()) };
+    let Some(source) = snapshot.cluster.alloc(&migration.peer_alloc_id) else {
+        return Err(format!("allocation {} is gone", migration.peer_alloc_id));
+    };
+    if source.is_terminal() || source.client_status != ClientStatus::Running {
+        return Err(format!("allocation {} is no longer running ({:?})", source.id, source.client_status).to_lowercase());
+    }
+    if source.is_migrating_out() {
+        return Err(format!("allocation {} is already being migrated", source.id));
+    }
+    let no_changes = Plan {
+        eval_id: String::new(),
+        job_name: destination.job_name.clone(),
+        job_version: destination.job_version,
+        priority: 0,
+        node_allocations: Default::default(),
+        node_updates: Default::default(),
+        failed_groups: Default::default(),
+    };
+    if !node_fits(snapshot, &no_changes, &destination.node_id, std::slice::from_ref(destination)) {
+        return Err(format!("node {} no longer has room for it", destination.node_name));
+    }
+    let mut source = (**source).clone();
+    source.migration = Some(Migration {
+        role: MigrationRole::Source,
+        peer_alloc_id: destination.id.clone(),
+        peer_node_id: destination.node_id.clone(),
+        status: MigrationStatus::Starting,
+        listen_addrs: Default::default(),
+        description: format!("migrating to node {}", destination.node_name),
+        report: None,
+        started_at: now,
+    });
+    source.modify_time = now;
+    let mut txn = Txn::default();
+    txn.success.push(keys::put(keys::alloc(&destination.id), destination));
+    txn.success.push(keys::put(keys::alloc(&source.id), &source));
+    Ok(txn)
 }
 
 fn stop_allocs(snapshot: &Snapshot, stops: &[AllocStop], evals: Vec<Evaluation>, now: u64) -> Txn {
@@ -214,20 +279,16 @@ fn merge_client_updates(snapshot: &Snapshot, node_id: &str, updates: Vec<AllocSt
             tracing::warn!(alloc = %update.id, node_id, "ignoring status update for an allocation of another node");
             continue;
         }
-        if existing.client_status == update.client_status
-            && existing.client_description == update.client_description
-            && existing.task_states == update.task_states
-            && existing.healthy == update.healthy
-            && existing.health_description == update.health_description
-        {
-            continue;
-        }
         let mut alloc = (**existing).clone();
         alloc.client_status = update.client_status;
         alloc.client_description = update.client_description;
         alloc.task_states = update.task_states;
         alloc.healthy = update.healthy;
         alloc.health_description = update.health_description;
+        let peer = advance_migration(snapshot, &mut alloc, update.migration.as_ref(), now);
+        if alloc == **existing {
+            continue;
+        }
         alloc.modify_time = now;
         let newly_failed = existing.client_status != ClientStatus::Failed && alloc.client_status == ClientStatus::Failed;
         if newly_failed && alloc.desired_status == DesiredStatus::Run && failure_evals.insert(alloc.job_name.clone()) {
@@ -239,6 +300,97 @@ fn merge_client_updates(snapshot: &Snapshot, node_id: &str, updates: Vec<AllocSt
             }
         }
         txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
+        if let Some(peer) = peer {
+            txn.success.push(keys::put(keys::alloc(&peer.id), &peer));
+        }
     }
     txn
+}
+
+/// Moves the live migration `alloc` takes part in along with what its agent reported (and with its
+/// client status: a destination that ended before the migration completed failed it). Returns the peer
+/// allocation when it changes too. Pure.
+///
+/// - destination `Listening` → both sides `Listening` with the addresses (the source agent then migrates);
+/// - source `Completed` → both `Complete`, the source desired `stop` ("migrated to node N");
+/// - source `Failed`, or a destination that failed or ended → both `Failed`, the destination desired `stop`
+///   ("migration failed: …"); the source keeps running.
+pub fn advance_migration(
+    snapshot: &Snapshot,
+    alloc: &mut Allocation,
+    progress: Option<&MigrationProgress>,
+    now: u64,
+) -> Option<Allocation> {
+    let migration = alloc.migration.as_mut().filter(|migration| !migration.status.is_done())?;
+    let mut peer = snapshot
+        .cluster
+        .alloc(&migration.peer_alloc_id)
+        .map(|peer| (**peer).clone())
+        .filter(|peer| peer.migration.as_ref().is_some_and(|theirs| theirs.peer_alloc_id == alloc.id));
+    let mut failure: Option<String> = None;
+    match (migration.role, progress) {
+        (MigrationRole::Destination, Some(MigrationProgress::Listening { listen_addrs }))
+            if migration.status == MigrationStatus::Starting =>
+        {
+            migration.status = MigrationStatus::Listening;
+            migration.listen_addrs.clone_from(listen_addrs);
+            if let Some(theirs) = peer.as_mut().and_then(|peer| peer.migration.as_mut()).filter(|theirs| !theirs.status.is_done()) {
+                theirs.status = MigrationStatus::Listening;
+                theirs.listen_addrs.clone_from(listen_addrs);
+            }
+        }
+        (MigrationRole::Destination, Some(MigrationProgress::Failed { reason })) => failure = Some(reason.clone()),
+        (MigrationRole::Destination, _) if alloc.client_status.is_terminal() => {
+            failure = Some(format!("the destination allocation is {:?}: {}", alloc.client_status, alloc.client_description).to_lowercase());
+        }
+        (MigrationRole::Source, Some(MigrationProgress::Completed { report })) => {
+            let peer_node = peer.as_ref().map_or(migration.peer_node_id.clone(), |peer| peer.node_name.clone());
+            migration.status = MigrationStatus::Complete;
+            migration.report = Some(*report);
+            migration.description = format!("migrated to node {peer_node}: {}", report.summary());
+            alloc.desired_status = DesiredStatus::Stop;
+            alloc.desired_description = format!("migrated to node {peer_node}");
+            if let Some(peer) = peer.as_mut() {
+                if let Some(theirs) = peer.migration.as_mut() {
+                    theirs.status = MigrationStatus::Complete;
+                    theirs.report = Some(*report);
+                    theirs.description = format!("migrated in from node {}: {}", alloc.node_name, report.summary());
+                }
+                peer.modify_time = now;
+            }
+            return peer;
+        }
+        (MigrationRole::Source, Some(MigrationProgress::Failed { reason })) => failure = Some(reason.clone()),
+        (MigrationRole::Source, _) if alloc.client_status.is_terminal() => {
+            failure = Some(format!("the source allocation ended ({:?})", alloc.client_status).to_lowercase());
+        }
+        _ => return None,
+    }
+    if let Some(reason) = failure {
+        let migration = alloc.migration.as_mut().expect("checked above");
+        migration.status = MigrationStatus::Failed;
+        migration.description = reason.clone();
+        let (destination, source) = match migration.role {
+            MigrationRole::Destination => (Some(&mut *alloc), peer.as_mut()),
+            MigrationRole::Source => (peer.as_mut(), Some(&mut *alloc)),
+        };
+        if let Some(destination) = destination {
+            if destination.desired_status == DesiredStatus::Run {
+                destination.desired_status = DesiredStatus::Stop;
+                destination.desired_description = format!("migration failed: {reason}");
+            }
+            if let Some(theirs) = destination.migration.as_mut() {
+                theirs.status = MigrationStatus::Failed;
+                theirs.description.clone_from(&reason);
+            }
+        }
+        if let Some(theirs) = source.and_then(|source| source.migration.as_mut()) {
+            theirs.status = MigrationStatus::Failed;
+            theirs.description = reason;
+        }
+    }
+    if let Some(peer) = peer.as_mut() {
+        peer.modify_time = now;
+    }
+    peer
 }

@@ -236,6 +236,7 @@ groups:
             },
             previous_allocation: None,
             reschedule_tracker: Vec::new(),
+            migration: None,
             create_time: 0,
             modify_time: 0,
             create_index: 1,

@@ -12,6 +12,11 @@
 //!    batch job, has completed) on a node that is not draining; a replacement that fits nowhere holds
 //!    its group until capacity appears or the deadline passes. `max_parallel` is 1 for every group:
 //!    the job spec's `update` block is not supported yet (the deployments work will read it here).
+//!    A group with `migrate: live` (every task a `vm`) is live-migrated instead: the drainer asks the
+//!    applier to start a migration to the best other node (`migration::destination`), and the migration
+//!    is in flight while the source is migrating out; once it completed, the source is stopped
+//!    ("migrated to node N") and the destination already runs. A VM that is not running, whose
+//!    migration failed, or for which no node has room is stopped and replaced as above.
 //! 2. System-job allocations are stopped only once nothing else is left on the node (and never with
 //!    `ignore_system`).
 //! 3. Deadline: once it passes, everything left on the node is stopped at once.
@@ -25,14 +30,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, DrainStrategy, EvalTrigger, Node, UnixMillis};
-use davit_api::spec::JobType;
+use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, DrainStrategy, EvalTrigger, MigrationStatus, Node, UnixMillis};
+use davit_api::spec::{JobType, MigrateMode};
 use davit_scheduler::{AllocStop, ClusterState};
 use davit_store::{Compare, Store, StoreError, Txn};
 
 use crate::applier::Applier;
 use crate::keys;
 use crate::liveness::new_eval;
+use crate::migration;
 use crate::now_millis;
 use crate::view::View;
 
@@ -52,6 +58,8 @@ const MIN_INTERVAL: Duration = Duration::from_millis(50);
 pub struct DrainStep {
     /// Allocations to stop now, with why.
     pub stops: Vec<AllocStop>,
+    /// Running VM allocations of groups with `migrate: live` to live-migrate now (ids).
+    pub migrations: Vec<String>,
     /// Jobs of the stopped allocations, to evaluate again.
     pub jobs: BTreeSet<String>,
     /// Draining nodes without any allocation left to migrate: clear their drain.
@@ -93,6 +101,35 @@ async fn step(store: &Arc<dyn Store>, view: &View, applier: &Applier) -> Result<
             .collect();
         let index = applier.stop_allocs(step.stops, evals, now).await?;
         view.wait_for(index).await;
+    }
+    for alloc_id in step.migrations {
+        let Some(source) = snapshot.cluster.alloc(&alloc_id) else { continue };
+        let seed = now ^ u64::from(source.index);
+        let outcome = match migration::destination(&snapshot.cluster, source, None, seed, now) {
+            Ok(destination) => {
+                let node = destination.node_name.clone();
+                applier.start_migration(destination, now).await?.map(|index| (index, node))
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        match outcome {
+            Ok((index, node)) => {
+                tracing::info!(alloc = %source.name, id = %source.id, to = %node, "draining: live-migrating allocation");
+                view.wait_for(index).await;
+            }
+            Err(reason) => {
+                tracing::warn!(alloc = %source.name, id = %source.id, %reason, "draining: cannot live-migrate; stopping it instead");
+                let stop = AllocStop { alloc_id: source.id.clone(), description: DRAIN_DESCRIPTION.to_string(), client_status: None };
+                let evals = snapshot
+                    .cluster
+                    .job(&source.job_name)
+                    .map(|job| new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::NodeDrain, None))
+                    .into_iter()
+                    .collect();
+                let index = applier.stop_allocs(vec![stop], evals, now).await?;
+                view.wait_for(index).await;
+            }
+        }
     }
     for node in step.completed {
         let mut done = (*node).clone();
@@ -153,8 +190,15 @@ pub fn plan_step(cluster: &ClusterState, now: UnixMillis) -> DrainStep {
     for ((job_name, group_name), mut allocs) in candidates {
         let in_flight = migrations_in_flight(cluster, &draining, job_name, group_name);
         allocs.sort_by(|a, b| (a.index, &a.id).cmp(&(b.index, &b.id)));
+        let live = cluster.job(job_name).and_then(|job| job.spec.group(group_name)).is_some_and(|group| group.migrate == MigrateMode::Live);
         for alloc in allocs.into_iter().take(MAX_PARALLEL.saturating_sub(in_flight)) {
-            stop(&mut step, alloc, DRAIN_DESCRIPTION);
+            // A VM that is not running yet, or whose live migration failed, is stopped and replaced instead.
+            let failed_before = alloc.migration.as_ref().is_some_and(|migration| migration.status == MigrationStatus::Failed);
+            if live && alloc.client_status == ClientStatus::Running && !failed_before {
+                step.migrations.push(alloc.id.clone());
+            } else {
+                stop(&mut step, alloc, DRAIN_DESCRIPTION);
+            }
         }
     }
     step
@@ -175,6 +219,7 @@ fn migrations_in_flight(
 ) -> usize {
     let Some(count) = cluster.job(job_name).and_then(|job| job.spec.group(group_name)).map(|group| group.count) else { return 0 };
     let allocs: Vec<&Arc<Allocation>> = cluster.allocs_for_job(job_name).filter(|alloc| alloc.group == group_name).collect();
+    let live_migrations = allocs.iter().filter(|alloc| alloc.is_migrating_out() && draining.contains_key(alloc.node_id.as_str())).count();
     let replaced: BTreeSet<u32> = allocs
         .iter()
         .filter(|alloc| alloc.desired_status == DesiredStatus::Run && !draining.contains_key(alloc.node_id.as_str()))
@@ -189,6 +234,7 @@ fn migrations_in_flight(
         .map(|alloc| alloc.index)
         .collect::<BTreeSet<u32>>()
         .len()
+        + live_migrations
 }
 
 #[cfg(test)]
@@ -262,6 +308,7 @@ mod tests {
             resources: AllocatedResources::default(),
             previous_allocation: None,
             reschedule_tracker: Vec::new(),
+            migration: None,
             create_time: 0,
             modify_time: 0,
             create_index: 0,
@@ -337,6 +384,42 @@ mod tests {
         job.stopped = true;
         cluster.upsert_job(Arc::new(job));
         assert_eq!(plan_step(&cluster, 2_000).stops.len(), 4);
+    }
+
+    #[test]
+    fn live_groups_migrate_running_vms_one_at_a_time_and_fall_back_to_stop() {
+        let mut cluster = cluster(None);
+        let mut job = (**cluster.job("shop").unwrap()).clone();
+        job.spec.groups[0].migrate = davit_api::spec::MigrateMode::Live;
+        cluster.upsert_job(Arc::new(job));
+        let mut pending = (**cluster.alloc("web2").unwrap()).clone();
+        pending.client_status = ClientStatus::Pending;
+        cluster.upsert_alloc(Arc::new(pending));
+        let step = plan_step(&cluster, 2_000);
+        assert_eq!(step.migrations, ["web0"]);
+        assert_eq!(stopped(&step), [("db0", DRAIN_DESCRIPTION)]);
+
+        // While web0 migrates out nothing else of the group moves.
+        let mut migrating = (**cluster.alloc("web0").unwrap()).clone();
+        migrating.migration = Some(davit_api::objects::Migration {
+            role: davit_api::objects::MigrationRole::Source,
+            peer_alloc_id: "web0-new".to_string(),
+            peer_node_id: "n".to_string(),
+            status: MigrationStatus::Listening,
+            listen_addrs: Default::default(),
+            description: String::new(),
+            report: None,
+            started_at: 2_000,
+        });
+        cluster.upsert_alloc(Arc::new(migrating.clone()));
+        assert!(plan_step(&cluster, 3_000).migrations.is_empty());
+
+        // A failed live migration falls back to stop and replace.
+        migrating.migration.as_mut().unwrap().status = MigrationStatus::Failed;
+        cluster.upsert_alloc(Arc::new(migrating));
+        let step = plan_step(&cluster, 4_000);
+        assert!(step.migrations.is_empty());
+        assert!(stopped(&step).contains(&("web0", DRAIN_DESCRIPTION)), "{step:?}");
     }
 
     #[test]

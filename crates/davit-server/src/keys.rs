@@ -42,7 +42,7 @@ pub enum Object {
     Job(Job),
     Version(Job),
     Node(Node),
-    Alloc(Allocation),
+    Alloc(Box<Allocation>),
     Eval(Evaluation),
 }
 
@@ -94,7 +94,7 @@ pub fn decode(key: &str, value: &[u8], create_revision: u64, mod_revision: u64) 
         Some(ObjectKey::Alloc(_)) => {
             let mut alloc: Allocation = serde_json::from_slice(value)?;
             (alloc.create_index, alloc.modify_index) = (create_revision, mod_revision);
-            Object::Alloc(alloc)
+            Object::Alloc(Box::new(alloc))
         }
         Some(ObjectKey::Eval(_)) | None => {
             let mut eval: Evaluation = serde_json::from_slice(value)?;

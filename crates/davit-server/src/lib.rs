@@ -24,6 +24,7 @@ mod drainer;
 mod keys;
 mod liveness;
 mod metrics;
+mod migration;
 pub mod phi;
 mod view;
 mod worker;

@@ -214,7 +214,7 @@ fn apply_put(
             snapshot.job_index.insert(alloc.job_name.clone(), mod_revision);
             snapshot.node_alloc_index.insert(alloc.node_id.clone(), mod_revision);
             snapshot.table_index.insert("allocs", mod_revision);
-            snapshot.cluster.upsert_alloc(Arc::new(alloc));
+            snapshot.cluster.upsert_alloc(Arc::new(*alloc));
         }
         Object::Eval(eval) => {
             snapshot.job_index.insert(eval.job_name.clone(), mod_revision);

@@ -237,6 +237,20 @@ pub enum AllocCommand {
         #[arg(long)]
         tail: Option<u64>,
     },
+    /// Live-migrate a running VM allocation to another node; waits until the guest runs there and prints the
+    /// downtime.
+    Migrate {
+        id: String,
+        /// Target node (id, id prefix or name); default: the best other ready node with room.
+        #[arg(long)]
+        node: Option<String>,
+        /// Return once the destination allocation is placed.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+    },
     /// Run a command inside a running task: `davit alloc exec <alloc> [task] -- <command> [args…]`.
     /// Exits with the command's exit code.
     Exec {

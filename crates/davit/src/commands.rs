@@ -428,6 +428,41 @@ fn print_allocations(status: &JobStatusResponse, version: Option<u64>) {
     print!("{}", table(&rows));
 }
 
+/// Follows the destination allocation of a live migration (blocking queries) until the guest runs there
+/// or the migration failed.
+async fn wait_migration(client: &Client, destination_id: &str, timeout: Duration) -> Result<(), Failure> {
+    use davit_api::objects::MigrationStatus;
+    let deadline = Instant::now() + timeout;
+    let mut index = 0;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(Failure::user(format!(
+                "the migration did not complete within {timeout:?}; see `davit alloc status {}`",
+                short(destination_id)
+            )));
+        }
+        let answer = client.allocation_blocking(destination_id, index, remaining.min(Duration::from_secs(30))).await?;
+        index = answer.index;
+        let alloc = answer.value;
+        let Some(migration) = &alloc.migration else { return Err(Failure::internal("the destination allocation lost its migration")) };
+        match migration.status {
+            MigrationStatus::Failed => {
+                return Err(Failure::user(format!(
+                    "live migration failed: {}; the source allocation keeps running",
+                    migration.description
+                )));
+            }
+            MigrationStatus::Complete if alloc.client_status == ClientStatus::Running => {
+                let report = migration.report.unwrap_or_default();
+                println!("Allocation {} runs on node {}: {}", short(&alloc.id), alloc.node_name, report.summary());
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+}
+
 pub async fn alloc(client: &Client, command: AllocCommand) -> Result<(), Failure> {
     match command {
         AllocCommand::Status { id, output } => {
@@ -495,6 +530,20 @@ pub async fn alloc(client: &Client, command: AllocCommand) -> Result<(), Failure
                 }
             }
             Ok(())
+        }
+        AllocCommand::Migrate { id, node, detach, timeout } => {
+            let timeout = parse_duration(&timeout, "--timeout")?;
+            let started = client.migrate_allocation(&id, &davit_api::http::MigrateAllocRequest { node }).await?;
+            println!(
+                "Migrating allocation {} to node {}: destination allocation {}",
+                short(&started.source_alloc_id),
+                started.node_name,
+                short(&started.alloc_id)
+            );
+            if detach {
+                return Ok(());
+            }
+            wait_migration(client, &started.alloc_id, timeout).await
         }
         AllocCommand::Exec { id, task, tty, no_tty, command } => {
             let alloc = client.allocation(&id).await?;

@@ -129,6 +129,10 @@ pub struct GroupSpec {
     /// Replace failed allocations (on another node when possible). Absent: failed allocations stay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reschedule: Option<ReschedulePolicy>,
+    /// How `node drain` moves the group's allocations: `stop` (stop, then replace elsewhere; the default)
+    /// or `live` (live-migrate the VMs; every task must use the `vm` driver).
+    #[serde(default, skip_serializing_if = "MigrateMode::is_stop")]
+    pub migrate: MigrateMode,
     #[serde(default)]
     pub network: NetworkSpec,
     /// Services the group's allocations offer: registered in the catalog while healthy, reachable
@@ -285,6 +289,23 @@ impl ResolvedReschedule {
             }
         };
         delay.min(self.max_delay)
+    }
+}
+
+/// How a drain moves a group's allocations (`migrate:` of a group).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrateMode {
+    /// Stop the allocation, then the scheduler places a replacement elsewhere.
+    #[default]
+    Stop,
+    /// Live-migrate the running VMs to another node (QEMU migration); a failed migration falls back to `stop`.
+    Live,
+}
+
+impl MigrateMode {
+    pub fn is_stop(&self) -> bool {
+        *self == MigrateMode::Stop
     }
 }
 

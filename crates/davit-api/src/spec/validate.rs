@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::parse::{Ctx, Node, deserialize_node, suggest};
 use super::{
     BalanceAlgorithm, CheckType, Constraint, ConstraintOperator, ContainerConfig, DriverName, ExecConfig, GroupSpec, HashKey, JobSpec,
-    JobType, ReschedulePolicy, ServiceMode, SpecErrors, TaskSpec, VmConfig,
+    JobType, MigrateMode, ReschedulePolicy, ServiceMode, SpecErrors, TaskSpec, VmConfig,
 };
 
 /// Checks a spec that did not come from text (scale, revert): the same rules as parsing, positions 0:0.
@@ -110,6 +110,15 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec, job_type: JobType) {
 
     if let Some(reschedule) = &group.reschedule {
         check_reschedule(ctx, &format!("{path}.reschedule"), reschedule, job_type);
+    }
+    if group.migrate == MigrateMode::Live
+        && let Some(task) = group.tasks.iter().find(|task| task.driver != DriverName::Vm)
+    {
+        ctx.report(
+            &format!("{path}.migrate"),
+            format!("migrate: live needs every task to use the vm driver, but task `{}` uses {}", task.name, task.driver.as_str()),
+            Some("remove `migrate: live` (drains then stop and replace), or move the task to another group".to_string()),
+        );
     }
 
     let restart = &group.restart;

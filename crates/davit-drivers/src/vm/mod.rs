@@ -57,6 +57,8 @@ const QMP_START_PATIENCE: Duration = Duration::from_secs(15);
 const QMP_PATIENCE: Duration = Duration::from_secs(3);
 /// How long QEMU may take to exit after `quit`.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often `wait_incoming` asks the destination QEMU whether the guest runs.
+const INCOMING_POLL: Duration = Duration::from_millis(20);
 /// Upper bound for a live migration.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// The KVM probe's result as cached on disk for the current boot.
@@ -234,6 +236,32 @@ impl VmDriver {
             self.exec.stop(&state.exec, "SIGKILL", Duration::ZERO).await?;
         }
         Ok(report)
+    }
+
+    /// Resolves once the destination QEMU of `handle` runs the guest (the incoming migration completed and QEMU
+    /// resumed it). Fails when QEMU exits (an incoming migration that fails ends QEMU) or reports a state
+    /// other than waiting or running.
+    pub async fn wait_incoming(&self, handle: &TaskHandle) -> Result<(), DriverError> {
+        let state = VmDriverState::from_handle(handle)?;
+        let mut qmp = connect_qmp(&state.qmp_socket, QMP_PATIENCE).await?;
+        loop {
+            let status = match qmp.query_status().await {
+                Ok(status) => status,
+                Err(error) => {
+                    let exit = tokio::time::timeout(QUIT_TIMEOUT, self.exec.wait(&state.exec)).await;
+                    return Err(DriverError::Other(match exit {
+                        Ok(Ok(exit)) => format!("the destination qemu exited ({exit:?}) before the guest resumed"),
+                        _ => format!("the destination qemu stopped answering: {error}"),
+                    }));
+                }
+            };
+            match status.as_str() {
+                "running" => return Ok(()),
+                "inmigrate" | "prelaunch" | "paused" | "restore-vm" | "finish-migrate" => {}
+                other => return Err(DriverError::Other(format!("the destination guest is {other} instead of running"))),
+            }
+            tokio::time::sleep(INCOMING_POLL).await;
+        }
     }
 
     /// The guest's run state as QEMU reports it (`running`, `paused`, `inmigrate`, `postmigrate`, …).
@@ -427,6 +455,20 @@ impl VmDriver {
     }
 }
 
+impl crate::LiveMigration for VmDriver {
+    fn start_incoming<'a>(&'a self, config: &'a TaskConfig, listen_port: u16) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
+        Box::pin(VmDriver::start_incoming(self, config, listen_port))
+    }
+
+    fn wait_incoming<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(VmDriver::wait_incoming(self, handle))
+    }
+
+    fn migrate<'a>(&'a self, handle: &'a TaskHandle, destination_uri: &'a str) -> BoxFuture<'a, Result<MigrationReport, DriverError>> {
+        Box::pin(VmDriver::migrate(self, handle, destination_uri))
+    }
+}
+
 impl Driver for VmDriver {
     fn name(&self) -> &'static str {
         DRIVER_NAME
@@ -438,6 +480,10 @@ impl Driver for VmDriver {
 
     fn start<'a>(&'a self, config: &'a TaskConfig) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
         Box::pin(self.start_vm(config, None))
+    }
+
+    fn live_migration(&self) -> Option<&dyn crate::LiveMigration> {
+        Some(self)
     }
 
     fn wait<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<ExitResult, DriverError>> {

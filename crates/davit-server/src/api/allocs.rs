@@ -3,16 +3,18 @@
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use davit_api::exec::EXEC_PROTOCOL;
-use davit_api::http::{AllocListEntry, ExecQuery, LogsQuery};
+use davit_api::http::{AllocListEntry, ExecQuery, LogsQuery, MigrateAllocRequest, MigrateAllocResponse};
 use davit_api::objects::{Evaluation, Node};
 use serde::Deserialize;
 
-use super::{Blocking, Failure, indexed, resolve_prefix};
+use super::{Blocking, Failure, indexed, json_body, resolve_prefix};
 use crate::Shared;
+use crate::migration::MigrateError;
 use crate::view::Snapshot;
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +59,38 @@ pub(crate) async fn get_alloc(
         .await;
     let alloc = find_alloc(&snapshot, &alloc_id)?;
     Ok(indexed(alloc.modify_index, &*alloc))
+}
+
+/// `POST /v1/allocation/{id}/migrate`: live-migrates a running VM allocation to another node. Answers once
+/// the destination allocation is placed; the agents do the rest (follow either allocation to see how it goes).
+pub(crate) async fn migrate(State(shared): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Result<Response, Failure> {
+    let request: MigrateAllocRequest =
+        if body.iter().all(u8::is_ascii_whitespace) { MigrateAllocRequest::default() } else { json_body(&body, "migrate request")? };
+    let snapshot = shared.view.snapshot();
+    let source = find_alloc(&snapshot, &id)?;
+    let target = request.node.as_deref().map(|node| super::nodes::find_node(&snapshot, node)).transpose()?;
+    let seed = crate::new_id().bytes().fold(0u64, |hash, byte| hash.rotate_left(5) ^ u64::from(byte));
+    let destination = crate::migration::destination(&snapshot.cluster, &source, target.as_deref(), seed, crate::now_millis()).map_err(
+        |error| match error {
+            MigrateError::NotMigratable(message) => Failure::bad_request(message),
+            MigrateError::Placement(placement) => Failure::conflict(placement.to_string()),
+        },
+    )?;
+    let response = MigrateAllocResponse {
+        source_alloc_id: source.id.clone(),
+        alloc_id: destination.id.clone(),
+        node_id: destination.node_id.clone(),
+        node_name: destination.node_name.clone(),
+        index: 0,
+    };
+    match shared.applier.start_migration(destination, crate::now_millis()).await? {
+        Ok(index) => {
+            shared.view.wait_for(index).await;
+            tracing::info!(alloc = %source.id, destination = %response.alloc_id, node = %response.node_name, "live migration started");
+            Ok(indexed(index, &MigrateAllocResponse { index, ..response }))
+        }
+        Err(reason) => Err(Failure::conflict(format!("cannot migrate allocation {}: {reason}", source.id))),
+    }
 }
 
 /// Relays the log stream from the agent that runs the allocation.

@@ -47,6 +47,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/allocation/{id}", get(allocs::get_alloc))
         .route("/v1/allocation/{id}/logs", get(allocs::logs))
         .route("/v1/allocation/{id}/exec", get(allocs::exec))
+        .route("/v1/allocation/{id}/migrate", post(allocs::migrate))
         .route("/v1/evaluations", get(allocs::list_evals))
         .route("/v1/evaluation/{id}", get(allocs::get_eval))
         .route("/v1/services", get(services::list))

@@ -43,7 +43,7 @@ pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(blocking): Que
     Ok(indexed(snapshot.table_index("nodes"), &nodes))
 }
 
-fn find_node(snapshot: &crate::view::Snapshot, id_or_prefix: &str) -> Result<Arc<Node>, Failure> {
+pub(crate) fn find_node(snapshot: &crate::view::Snapshot, id_or_prefix: &str) -> Result<Arc<Node>, Failure> {
     if let Some(node) = snapshot.cluster.node(id_or_prefix) {
         return Ok(Arc::clone(node));
     }
