@@ -3,21 +3,22 @@
 //!
 //! Each client connection is one task, and it does all the work of its requests: hyper's server reads
 //! the request, [`handle`] takes a keep-alive connection to the chosen backend from that backend's
-//! [`ConnectionPool`] (or opens one), sends the request on it and hands the response back with a
-//! [`BackendBody`] that drives the backend connection while hyper streams it to the client and returns
-//! the connection to the pool at its end. No request crosses tasks or threads.
+//! [`ConnectionPool`] (or opens one), writes the request on it with [`crate::codec`] and hands the
+//! response back with a [`BackendBody`] that reads the backend connection while hyper streams it to the
+//! client and returns the connection to the pool at its end. No request crosses tasks or threads.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::response::Parts;
 use hyper::http::uri::PathAndQuery;
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -25,7 +26,7 @@ use tokio::sync::watch;
 use crate::backend::{ActiveGuard, Endpoint};
 use crate::balance::{Tried, hash_bytes};
 use crate::config::{Algorithm, HashOn, ServiceConfig};
-use crate::pool::{self, BackendConnection, ConnectionPool, RequestBody, SendError};
+use crate::pool::{self, BackendConnection, BodyEvent, ConnectionError, ConnectionPool, OutgoingRequest, ResponseReader};
 use crate::proxy::ServiceShared;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that are never forwarded, besides those named in `Connection`.
@@ -123,8 +124,8 @@ async fn handle(shared: &ServiceShared, client: &ClientInfo, request: Request<In
     let hash_key = hash_key(config, &parts.headers, client);
     let retryable = is_idempotent(&parts.method) && body.is_end_stream();
     let max_attempts = if retryable { config.retries.saturating_add(1) } else { 1 };
-    let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut body = Some(RequestBody::Client(body));
+    let path_and_query = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let mut body = if body.is_end_stream() { None } else { Some(body) };
     let mut tried = Tried::default();
     let mut last_failure: Option<Response<ResponseBody>> = None;
 
@@ -134,34 +135,26 @@ async fn handle(shared: &ServiceShared, client: &ClientInfo, request: Request<In
         tried.push(index);
         let endpoint = &snapshot.endpoints[index];
         let guard = endpoint.stats.start();
-        let mut outgoing = Request::new(body.take().unwrap_or(RequestBody::Empty));
-        *outgoing.method_mut() = parts.method.clone();
-        *outgoing.uri_mut() = Uri::from(path_and_query.clone());
-        *outgoing.version_mut() = hyper::Version::HTTP_11;
-        // The last attempt takes the headers; earlier ones copy them.
-        *outgoing.headers_mut() = if attempt + 1 < max_attempts { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-        if let header::Entry::Vacant(host) = outgoing.headers_mut().entry(header::HOST) {
-            host.insert(endpoint.host.clone());
-        }
+        let outgoing = OutgoingRequest { method: &parts.method, path_and_query, headers: &parts.headers, default_host: &endpoint.host };
 
-        let result = exchange(shared, endpoint, outgoing, started).await;
+        let result = exchange(shared, endpoint, &outgoing, &mut body, retryable, started).await;
         let now = Instant::now();
         let latency = now.saturating_duration_since(started);
         let has_attempts_left = attempt + 1 < max_attempts;
         match result {
-            Ok((response, connection)) if response.status().is_server_error() => {
+            Ok(exchanged) if exchanged.1.status.is_server_error() => {
                 if endpoint.stats.record_failure(Some(latency), &config.outlier, now) {
                     tracing::info!(service = %config.name, backend = %endpoint.backend.id, "backend ejected after 5xx");
                 }
-                let response = finish_response(response, connection, endpoint, guard);
+                let response = finish_response(exchanged, endpoint, guard);
                 if !has_attempts_left {
                     return response;
                 }
                 last_failure = Some(response);
             }
-            Ok((response, connection)) => {
+            Ok(exchanged) => {
                 endpoint.stats.record_success(latency, now);
-                return finish_response(response, connection, endpoint, guard);
+                return finish_response(exchanged, endpoint, guard);
             }
             Err(error) => {
                 tracing::debug!(service = %config.name, backend = %endpoint.backend.id, error = ?error, "backend request failed");
@@ -182,35 +175,45 @@ async fn handle(shared: &ServiceShared, client: &ClientInfo, request: Request<In
 enum ExchangeError {
     #[error("cannot connect")]
     Connect(#[source] std::io::Error),
-    #[error("connection closed before the request was sent")]
-    ClosedBeforeSending,
     #[error(transparent)]
-    Http(hyper::Error),
+    Connection(#[from] ConnectionError),
 }
 
-/// Sends `request` on a pooled connection to `endpoint`, or on a new one when none is idle or the pooled
-/// one turned out closed before the request went out.
+/// Sends the request on a pooled connection to `endpoint` and reads the response head, or on a new
+/// connection when none is idle or when the pooled one turns out closed by the backend before it
+/// answered anything (for a `retryable` request, or one whose body was not taken yet).
 async fn exchange(
     shared: &ServiceShared,
     endpoint: &Endpoint,
-    mut request: Request<RequestBody>,
+    request: &OutgoingRequest<'_>,
+    body: &mut Option<Incoming>,
+    retryable: bool,
     now: Instant,
-) -> Result<(Response<Incoming>, Box<BackendConnection>), ExchangeError> {
-    if let Some(mut connection) = endpoint.pool.checkout(shared.proxy_config.pool_idle_timeout, now).await {
-        match connection.send(request).await {
-            Ok(response) => return Ok((response, connection)),
-            Err(SendError::NotSent(returned)) => request = *returned,
-            Err(SendError::Failed(error)) => return Err(ExchangeError::Http(error)),
+) -> Result<(ResponseReader, Parts, BackendConnection), ExchangeError> {
+    if let Some(mut connection) = endpoint.pool.checkout(shared.proxy_config.pool_idle_timeout, now) {
+        let had_body = body.is_some();
+        connection.start(request, body.take());
+        match connection.read_response_head(request.method).await {
+            Ok(head) => return Ok(split_head(head, connection)),
+            Err(error) if connection.closed_while_idle() && (retryable || !had_body) => {
+                tracing::debug!(backend = %endpoint.backend.id, %error, "pooled connection was closed by the backend; opening a new one");
+            }
+            Err(error) => return Err(error.into()),
         }
     }
     // Boxed so that the rare connect does not make every request's future larger.
     let mut connection =
         Box::pin(pool::connect(endpoint.backend.addr, shared.proxy_config.connect_timeout)).await.map_err(ExchangeError::Connect)?;
-    match connection.send(request).await {
-        Ok(response) => Ok((response, connection)),
-        Err(SendError::NotSent(_)) => Err(ExchangeError::ClosedBeforeSending),
-        Err(SendError::Failed(error)) => Err(ExchangeError::Http(error)),
-    }
+    connection.start(request, body.take());
+    let head = connection.read_response_head(request.method).await?;
+    Ok(split_head(head, connection))
+}
+
+fn split_head(head: crate::codec::ResponseHead, connection: BackendConnection) -> (ResponseReader, Parts, BackendConnection) {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = head.status;
+    parts.headers = head.headers;
+    (ResponseReader { decoder: head.body, keep_alive: head.keep_alive }, parts, connection)
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -273,14 +276,11 @@ fn hash_key(config: &ServiceConfig, headers: &HeaderMap, client: &ClientInfo) ->
 }
 
 fn finish_response(
-    response: Response<Incoming>,
-    connection: Box<BackendConnection>,
+    (reader, parts, connection): (ResponseReader, Parts, BackendConnection),
     endpoint: &Arc<Endpoint>,
     guard: ActiveGuard,
 ) -> Response<ResponseBody> {
-    let (mut parts, body) = response.into_parts();
-    remove_hop_by_hop(&mut parts.headers);
-    let body = BackendBody { inner: body, connection: Some(connection), pool: Arc::clone(&endpoint.pool), guard: Some(guard) };
+    let body = BackendBody { reader, connection: Some(connection), pool: Arc::clone(&endpoint.pool), guard: Some(guard) };
     Response::from_parts(parts, ResponseBody::Backend(body))
 }
 
@@ -291,6 +291,10 @@ fn text_response(status: StatusCode, text: String) -> Response<ResponseBody> {
     response
 }
 
+/// Error of a response body: the backend connection failed mid-body. hyper then aborts the client
+/// connection, so that the client does not take a truncated body for a complete one.
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What the proxy answers a client with: a backend's response body or its own short text.
 pub(crate) enum ResponseBody {
     Backend(BackendBody),
@@ -299,9 +303,9 @@ pub(crate) enum ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ResponseBody::Backend(body) => Pin::new(body).poll_frame(cx),
             ResponseBody::Text(text) => Poll::Ready(text.take().map(|text| Ok(Frame::data(text)))),
@@ -323,57 +327,66 @@ impl Body for ResponseBody {
     }
 }
 
-/// A backend's response body. While it is streamed it drives the backend connection it comes from; it
-/// keeps the request counted as active until it is fully streamed or dropped, and at its end it returns
-/// the connection to the backend's pool.
+/// A backend's response body. While it is streamed it reads the backend connection it comes from (and
+/// sends what is left of the request body); it keeps the request counted as active until it is fully
+/// streamed or dropped, and at its end it returns the connection to the backend's pool.
 pub(crate) struct BackendBody {
-    inner: Incoming,
+    reader: ResponseReader,
     /// `None` once returned to the pool or given up.
-    connection: Option<Box<BackendConnection>>,
+    connection: Option<BackendConnection>,
     pool: Arc<ConnectionPool>,
     guard: Option<ActiveGuard>,
 }
 
 impl BackendBody {
-    fn finish(&mut self, cx: &mut Context<'_>) {
+    /// The body ended: the connection goes back to the pool if it can take another request.
+    fn finish(&mut self) {
         self.guard = None;
-        if let Some(connection) = self.connection.take() {
-            self.pool.check_in(connection, cx);
+        if let Some(connection) = self.connection.take()
+            && self.reader.is_reusable(&connection)
+        {
+            self.pool.check_in(connection);
         }
     }
 }
 
 impl Body for BackendBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if polled.is_pending()
-            && let Some(connection) = &mut this.connection
-        {
-            // Let hyper read more of the response into the body, then look again.
-            connection.drive(cx);
-            polled = Pin::new(&mut this.inner).poll_frame(cx);
-        }
-        match &polled {
-            Poll::Ready(None) => this.finish(cx),
-            Poll::Ready(Some(Err(_))) => {
+        let Some(connection) = &mut this.connection else { return Poll::Ready(None) };
+        match std::task::ready!(this.reader.poll_next(connection, cx)) {
+            Ok(BodyEvent::Data(data)) => {
+                if this.reader.decoder.is_done() {
+                    // hyper may not poll again once `is_end_stream` says so.
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Ok(BodyEvent::Trailers(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(BodyEvent::End) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Err(error) => {
                 this.guard = None;
                 this.connection = None;
+                Poll::Ready(Some(Err(error.into())))
             }
-            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.connection.is_none() || self.reader.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.reader.decoder.remaining() {
+            Some(remaining) => SizeHint::with_exact(remaining),
+            None => SizeHint::default(),
+        }
     }
 }
 
@@ -381,8 +394,8 @@ impl Drop for BackendBody {
     fn drop(&mut self) {
         // hyper does not poll a body it knows to be empty (HEAD, 204, 304, `Content-Length: 0`): its
         // connection is still good for the next request.
-        if self.connection.is_some() && self.inner.is_end_stream() {
-            self.finish(&mut Context::from_waker(Waker::noop()));
+        if self.connection.is_some() && self.reader.decoder.is_done() {
+            self.finish();
         }
     }
 }

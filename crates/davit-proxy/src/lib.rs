@@ -21,6 +21,7 @@
 
 mod backend;
 mod balance;
+mod codec;
 mod config;
 pub mod dns;
 mod l4;

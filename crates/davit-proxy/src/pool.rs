@@ -1,130 +1,298 @@
 //! Keep-alive HTTP/1.1 connections to one backend, driven by the task of the request that uses them.
 //!
-//! hyper's pooled client (`hyper_util::client::legacy`) runs every backend connection as a task of its
-//! own and passes each request and response through channels to it, so one proxied request woke the
-//! client connection's task, the backend connection's task and the client's task again, often on the
-//! other worker thread. Here a backend connection is a plain value: whoever holds it polls it. While a
-//! request is sent and its response streamed, that is the client connection's task (the response body
-//! polls the connection, see [`BackendConnection::drive`]); while it is idle in the pool nobody polls it,
-//! and [`ConnectionPool::checkout`] polls it once before reuse, which notices a backend that closed it.
+//! A backend connection is a plain value around a socket and two buffers: whoever holds it does its I/O.
+//! While a request is sent and its response streamed, that is the client connection's task (the response
+//! body reads the connection, see [`crate::l7`]); while it is idle in the pool nobody touches it, and
+//! [`ConnectionPool::checkout`] looks once before reuse whether the backend closed it. Requests and
+//! responses go through [`crate::codec`]: no per-request task, channel or header copy.
 //!
-//! **Invariant:** a connection is in the pool only when it finished its last exchange and hyper is
-//! ready for the next request on it; a connection that failed, closed or was abandoned mid-exchange is
-//! dropped, which closes the socket.
+//! **Invariant:** a connection is in the pool only when it finished its last exchange completely (request
+//! sent, response read to its end, nothing more buffered) and the backend allows another request on it; a
+//! connection that failed, closed or was abandoned mid-exchange is dropped, which closes the socket.
 
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::client::conn::TrySendError;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::body::{Body, Incoming};
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::codec::{self, BodyDecoder, CodecError, Decoded, RequestFraming, ResponseHead};
 use crate::proxy::lock;
 
 /// Idle connections kept per backend; more are closed when they become idle.
 const MAX_IDLE_PER_BACKEND: usize = 256;
+/// Size of each read from a backend.
+const READ_SIZE: usize = 16 * 1024;
 
-/// What is sent to a backend: the client's request body, or nothing (for a retry, which only happens
-/// for requests without a body).
-pub(crate) enum RequestBody {
-    Client(Incoming),
-    Empty,
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
-            RequestBody::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Client(body) => body.is_end_stream(),
-            RequestBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Client(body) => body.size_hint(),
-            RequestBody::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
-
-/// One HTTP/1.1 connection to a backend: hyper's request sender and the connection state machine.
+/// One HTTP/1.1 connection to a backend.
 pub(crate) struct BackendConnection {
-    sender: SendRequest<RequestBody>,
-    driver: Connection<TokioIo<TcpStream>, RequestBody>,
-    /// The driver finished (the connection is closed or failed); it is never polled again.
-    closed: bool,
+    stream: TcpStream,
+    /// Bytes read and not consumed yet are `read_buffer[read_start..]`.
+    read_buffer: Vec<u8>,
+    read_start: usize,
+    /// Bytes to send are `write_buffer[write_start..]`.
+    write_buffer: Vec<u8>,
+    write_start: usize,
+    /// The client's request body while it is being forwarded.
+    request_body: Option<OutgoingBody>,
+    /// The connection carried an exchange before the current one.
+    reused: bool,
+    /// Bytes of the current exchange's response were read.
+    received: bool,
 }
 
-/// How sending a request on a connection failed.
-pub(crate) enum SendError {
-    /// The request was not written (the connection closed before): it may be sent on another one.
-    NotSent(Box<Request<RequestBody>>),
-    /// The request may have reached the backend.
-    Failed(hyper::Error),
+struct OutgoingBody {
+    body: Incoming,
+    chunked: bool,
+}
+
+/// What a request to forward consists of, besides its body.
+pub(crate) struct OutgoingRequest<'a> {
+    pub method: &'a Method,
+    pub path_and_query: &'a str,
+    /// Already stripped of hop-by-hop headers, `X-Forwarded-*` added.
+    pub headers: &'a HeaderMap,
+    /// `Host` for requests that come without one.
+    pub default_host: &'a HeaderValue,
+}
+
+/// Why an exchange on a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectionError {
+    #[error("backend connection failed")]
+    Io(#[from] std::io::Error),
+    #[error("backend connection closed before a response")]
+    Closed,
+    #[error("bad response from backend")]
+    Codec(#[from] CodecError),
+    #[error("client request body failed")]
+    ClientBody(#[source] hyper::Error),
 }
 
 impl BackendConnection {
-    /// Sends `request` and waits for the response head, driving the connection meanwhile.
-    pub async fn send(&mut self, request: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
-        let response = self.sender.try_send_request(request);
-        let mut response = std::pin::pin!(response);
-        let result = poll_fn(|cx| {
-            self.drive(cx);
-            response.as_mut().poll(cx)
-        })
-        .await;
-        result.map_err(|mut error: TrySendError<Request<RequestBody>>| match error.take_message() {
-            Some(request) => SendError::NotSent(Box::new(request)),
-            None => SendError::Failed(error.into_error()),
-        })
+    fn new(stream: TcpStream) -> BackendConnection {
+        BackendConnection {
+            stream,
+            read_buffer: Vec::with_capacity(READ_SIZE),
+            read_start: 0,
+            write_buffer: Vec::with_capacity(1024),
+            write_start: 0,
+            request_body: None,
+            reused: false,
+            received: false,
+        }
     }
 
-    /// Lets hyper read and write on the connection; registers `cx` for its socket.
-    pub fn drive(&mut self, cx: &mut Context<'_>) {
-        if self.closed {
-            return;
-        }
-        if let Poll::Ready(result) = Pin::new(&mut self.driver).poll(cx) {
-            self.closed = true;
-            if let Err(error) = result {
-                tracing::debug!(%error, "backend connection ended with error");
+    /// Queues `request`'s head (and then its body) for sending; nothing is written until the connection
+    /// is polled.
+    pub fn start(&mut self, request: &OutgoingRequest<'_>, body: Option<Incoming>) {
+        let framing = match &body {
+            None => RequestFraming::Empty,
+            Some(body) if body.size_hint().exact().is_some() && request.headers.contains_key(hyper::header::CONTENT_LENGTH) => {
+                RequestFraming::Length
+            }
+            Some(_) => RequestFraming::Chunked,
+        };
+        self.write_buffer.clear();
+        self.write_start = 0;
+        self.received = false;
+        codec::encode_request_head(
+            &mut self.write_buffer,
+            request.method,
+            request.path_and_query,
+            request.headers,
+            request.default_host,
+            framing,
+        );
+        self.request_body = body.map(|body| OutgoingBody { body, chunked: framing == RequestFraming::Chunked });
+    }
+
+    /// Sends the request and reads up to its final response head (1xx heads are skipped).
+    pub async fn read_response_head(&mut self, method: &Method) -> Result<ResponseHead, ConnectionError> {
+        poll_fn(|cx| self.poll_response_head(cx, method)).await
+    }
+
+    fn poll_response_head(&mut self, cx: &mut Context<'_>, method: &Method) -> Poll<Result<ResponseHead, ConnectionError>> {
+        loop {
+            if let Poll::Ready(Err(error)) = self.poll_send(cx) {
+                return Poll::Ready(Err(error));
+            }
+            if let Some((length, head)) = codec::parse_response_head(self.buffered(), method)? {
+                self.consume(length);
+                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                    continue;
+                }
+                return Poll::Ready(Ok(head));
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(if self.buffered().is_empty() {
+                    ConnectionError::Closed
+                } else {
+                    ConnectionError::Codec(CodecError::IncompleteBody)
+                }));
             }
         }
     }
 
-    /// Open and done with its last exchange (after [`BackendConnection::drive`]).
-    fn is_reusable(&self) -> bool {
-        !self.closed && self.sender.is_ready()
+    /// Writes what is queued and forwards the request body as far as it is available; `Ready(Ok)` once
+    /// the whole request is sent.
+    pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        loop {
+            while self.write_start < self.write_buffer.len() {
+                let written = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.write_buffer[self.write_start..]))?;
+                if written == 0 {
+                    return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()));
+                }
+                self.write_start += written;
+            }
+            self.write_buffer.clear();
+            self.write_start = 0;
+            let Some(outgoing) = &mut self.request_body else { return Poll::Ready(Ok(())) };
+            match ready!(Pin::new(&mut outgoing.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if outgoing.chunked {
+                            codec::encode_chunk(&mut self.write_buffer, &data);
+                        } else {
+                            self.write_buffer.extend_from_slice(&data);
+                        }
+                    }
+                }
+                Some(Err(error)) => {
+                    self.request_body = None;
+                    return Poll::Ready(Err(ConnectionError::ClientBody(error)));
+                }
+                None => {
+                    if outgoing.chunked {
+                        self.write_buffer.extend_from_slice(codec::LAST_CHUNK);
+                    }
+                    self.request_body = None;
+                }
+            }
+        }
+    }
+
+    /// Bytes read and not consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.read_buffer[self.read_start..]
+    }
+
+    pub fn consume(&mut self, length: usize) {
+        self.read_start += length;
+        if self.read_start == self.read_buffer.len() {
+            self.read_buffer.clear();
+            self.read_start = 0;
+        }
+    }
+
+    /// Reads more from the backend; `Ready(Ok(0))` at its end.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.read_start > 0 && self.read_buffer.capacity() - self.read_buffer.len() < READ_SIZE / 2 {
+            self.read_buffer.drain(..self.read_start);
+            self.read_start = 0;
+        }
+        if self.read_buffer.len() - self.read_start >= codec::MAX_HEAD_BYTES + READ_SIZE {
+            // The caller consumes what it can before reading more; this much unconsumed is a runaway head.
+            return Poll::Ready(Err(std::io::Error::other("backend response head too large")));
+        }
+        self.read_buffer.reserve(READ_SIZE);
+        let filled = self.read_buffer.len();
+        let mut buffer = ReadBuf::uninit(&mut self.read_buffer.spare_capacity_mut()[..READ_SIZE]);
+        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut buffer))?;
+        let read = buffer.filled().len();
+        // SAFETY: `poll_read` initialised the first `read` bytes of the spare capacity.
+        unsafe { self.read_buffer.set_len(filled + read) };
+        if read > 0 {
+            self.received = true;
+        }
+        Poll::Ready(Ok(read))
+    }
+
+    /// The current exchange failed without a byte of its response on a connection that had been idle in
+    /// the pool: the backend most likely closed it while it was idle, and the request may be sent again on
+    /// a fresh connection.
+    pub fn closed_while_idle(&self) -> bool {
+        self.reused && !self.received
+    }
+
+    /// The whole request is sent.
+    pub fn request_sent(&self) -> bool {
+        self.request_body.is_none() && self.write_start == self.write_buffer.len()
+    }
+
+    /// Whether the backend closed the idle connection (or sent something it should not have), without
+    /// waiting: tokio only reads when the socket was reported readable.
+    fn closed_by_backend(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => false,
+            Ok(_) | Err(_) => true,
+        }
     }
 }
 
-/// Opens a connection to `addr` within `timeout`. Boxed: connections move between the pool, requests and
-/// response bodies, and hyper's connection state is large.
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Box<BackendConnection>> {
+/// Opens a connection to `addr` within `timeout`.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<BackendConnection> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(connected) => connected?,
         Err(_elapsed) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
     };
     stream.set_nodelay(true)?;
-    let (sender, driver) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
-    Ok(Box::new(BackendConnection { sender, driver, closed: false }))
+    Ok(BackendConnection::new(stream))
+}
+
+/// Decoding state of a response body read from a connection: what [`crate::l7`]'s response body polls.
+pub(crate) struct ResponseReader {
+    pub decoder: BodyDecoder,
+    /// The backend allows another request on the connection after this response.
+    pub keep_alive: bool,
+}
+
+/// One step of [`ResponseReader::poll_next`].
+pub(crate) enum BodyEvent {
+    Data(hyper::body::Bytes),
+    Trailers(HeaderMap),
+    End,
+}
+
+impl ResponseReader {
+    /// Reads the next piece of the response body from `connection`, sending what is left of the request
+    /// meanwhile.
+    pub fn poll_next(&mut self, connection: &mut BackendConnection, cx: &mut Context<'_>) -> Poll<Result<BodyEvent, ConnectionError>> {
+        loop {
+            if let Poll::Ready(Err(error)) = connection.poll_send(cx) {
+                return Poll::Ready(Err(error));
+            }
+            let (consumed, decoded) = self.decoder.decode(connection.buffered())?;
+            let event = match decoded {
+                Decoded::Data(range) => BodyEvent::Data(hyper::body::Bytes::copy_from_slice(&connection.buffered()[range])),
+                Decoded::Trailers(trailers) => BodyEvent::Trailers(trailers),
+                Decoded::End => BodyEvent::End,
+                Decoded::NeedMore => {
+                    connection.consume(consumed);
+                    if ready!(connection.poll_fill(cx))? == 0 {
+                        self.decoder.on_eof()?;
+                        self.keep_alive = false;
+                    }
+                    continue;
+                }
+            };
+            connection.consume(consumed);
+            return Poll::Ready(Ok(event));
+        }
+    }
+
+    /// After the body's end: whether `connection` may take another request.
+    pub fn is_reusable(&self, connection: &BackendConnection) -> bool {
+        self.keep_alive && self.decoder.is_done() && connection.request_sent() && connection.buffered().is_empty()
+    }
 }
 
 /// Idle keep-alive connections to one backend, most recently used last.
@@ -134,7 +302,7 @@ pub(crate) struct ConnectionPool {
 }
 
 struct IdleConnection {
-    connection: Box<BackendConnection>,
+    connection: BackendConnection,
     since: Instant,
 }
 
@@ -147,30 +315,18 @@ impl std::fmt::Debug for ConnectionPool {
 impl ConnectionPool {
     /// The most recently used idle connection that is still open and was idle for less than
     /// `idle_timeout` at `now`.
-    pub async fn checkout(&self, idle_timeout: Duration, now: Instant) -> Option<Box<BackendConnection>> {
+    pub fn checkout(&self, idle_timeout: Duration, now: Instant) -> Option<BackendConnection> {
         loop {
-            let IdleConnection { mut connection, since } = lock(&self.idle).pop()?;
-            if now.saturating_duration_since(since) >= idle_timeout {
-                continue;
-            }
-            let reusable = poll_fn(|cx| {
-                connection.drive(cx);
-                Poll::Ready(connection.is_reusable())
-            })
-            .await;
-            if reusable {
+            let IdleConnection { connection, since } = lock(&self.idle).pop()?;
+            if now.saturating_duration_since(since) < idle_timeout && !connection.closed_by_backend() {
                 return Some(connection);
             }
         }
     }
 
-    /// Puts `connection` back after an exchange if it can take another request; otherwise drops
-    /// (closes) it.
-    pub fn check_in(&self, mut connection: Box<BackendConnection>, cx: &mut Context<'_>) {
-        connection.drive(cx);
-        if !connection.is_reusable() {
-            return;
-        }
+    /// Puts `connection` back after a complete exchange (see [`ResponseReader::is_reusable`]).
+    pub fn check_in(&self, mut connection: BackendConnection) {
+        connection.reused = true;
         let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE_PER_BACKEND {
             idle.push(IdleConnection { connection, since: Instant::now() });

@@ -7,3 +7,4 @@ mod http;
 mod pool;
 mod support;
 mod tcp;
+mod wire;
