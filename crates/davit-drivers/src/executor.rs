@@ -184,8 +184,12 @@ pub fn main() -> ! {
 /// The `createRuntime` hook: moves the container's init process (its pid from the OCI state on stdin) into the
 /// cgroups whose `cgroup.procs` files are given, before the container's own program starts.
 fn join_cgroup_hook(procs_files: &[OsString]) -> Result<(), ExecutorError> {
-    let state: serde_json::Value =
-        serde_json::from_reader(io::stdin().lock()).map_err(|e| ExecutorError::Spec(format!("container state: {e}")))?;
+    // The first JSON value only: the runtime need not close stdin for the hook to go on.
+    let state: serde_json::Value = serde_json::Deserializer::from_reader(io::stdin().lock())
+        .into_iter()
+        .next()
+        .ok_or_else(|| ExecutorError::Spec("no container state on stdin".to_owned()))?
+        .map_err(|e| ExecutorError::Spec(format!("container state: {e}")))?;
     let pid = state["pid"].as_u64().ok_or_else(|| ExecutorError::Spec(format!("container state without a pid: {state}")))?;
     for file in procs_files {
         let path = PathBuf::from(file);

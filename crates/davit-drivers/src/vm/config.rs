@@ -244,6 +244,12 @@ pub(crate) fn cgroup_memory_mib(guest_mib: u32) -> u32 {
     guest_mib.saturating_add(128).saturating_add(guest_mib / 10)
 }
 
+/// The cgroup CPU limit for a guest given `requested` millicores: QEMU's own threads (main loop, device
+/// emulation, I/O, TCG code translation) run beside the vCPU threads, so the limit is the request + 25 %.
+pub(crate) fn cgroup_cpu_millicores(requested: u32) -> u32 {
+    requested.saturating_add(requested / 4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -346,8 +346,10 @@ impl VmDriver {
 
         let mut exec_task = task.clone();
         exec_task.driver_config = json!({"command": self.config.qemu_binary, "args": args});
-        exec_task.resources =
-            TaskResources { cpu_millicores: task.resources.cpu_millicores, memory_mib: config::cgroup_memory_mib(memory_mib) };
+        exec_task.resources = TaskResources {
+            cpu_millicores: config::cgroup_cpu_millicores(task.resources.cpu_millicores),
+            memory_mib: config::cgroup_memory_mib(memory_mib),
+        };
         let exec_handle = self.exec.start(&exec_task).await?;
 
         // QEMU creates the QMP socket once its command line checked out: only then does the VM run.

@@ -10,10 +10,12 @@ pub const DAVIT: &str = env!("CARGO_BIN_EXE_davit");
 
 /// A `davit dev` on a free loopback port with its data in `data_dir`, once its node is ready: (process, address).
 pub fn start_dev(data_dir: &Path, port_range: &str) -> (Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let addr = format!("http://127.0.0.1:{port}");
+    let dns = format!("127.0.0.1:{}", free_port());
     let dev = Command::new(DAVIT)
         .args(["dev", "--bind", &format!("127.0.0.1:{port}"), "--data-dir", &data_dir.display().to_string(), "--port-range", port_range])
+        .args(["--dns-bind", &dns])
         .env("DAVIT_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -37,6 +39,10 @@ pub fn stop_dev(mut dev: Child) {
 pub fn davit(addr: &str, args: &[&str]) -> (bool, String) {
     let output = Command::new(DAVIT).args(args).env("DAVIT_ADDR", addr).output().unwrap();
     (output.status.success(), String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn ms(duration: Duration) -> f64 {

@@ -343,3 +343,21 @@ impl Cluster {
         self.dir.path()
     }
 }
+
+impl Drop for Cluster {
+    /// A stopped agent leaves its tasks running (by design): whatever still runs from this cluster's directory
+    /// (executors and QEMU by their command line, tasks by their working directory) is killed, so no test
+    /// leaves work behind for the next one.
+    fn drop(&mut self) {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let in_dir = std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(self.dir.path()));
+            if pid != std::process::id() && (in_dir || String::from_utf8_lossy(&cmdline).contains(&dir)) {
+                signal(pid, "KILL");
+            }
+        }
+    }
+}
