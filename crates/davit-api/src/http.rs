@@ -49,7 +49,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::objects::{
-    Allocation, ClientStatus, Evaluation, GroupSummary, Index, Job, MigrationProgress, NodeEligibility, NodeStatus, TaskState,
+    Allocation, ClientStatus, Evaluation, GroupSummary, Index, Job, MigrationProgress, NodeEligibility, NodeStatus, PlacementFailure,
+    TaskState,
 };
 use crate::spec::{BalanceAlgorithm, JobType, ServiceMode};
 
@@ -168,6 +169,79 @@ pub struct DiffEntry {
     pub old: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new: Option<String>,
+}
+
+/// `POST /v1/jobs/plan`: what registering a spec would do, computed by the scheduler on the current
+/// state and stored nowhere (a dry run, like `nomad job plan`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobPlanResponse {
+    pub job_name: String,
+    /// The job's current version; `None` for a new job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
+    /// The version registering the spec would store (the current one when `changed` is false).
+    pub next_version: u64,
+    /// False when the spec equals the current version.
+    pub changed: bool,
+    /// Field changes against the current version (empty for a new job).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diff: Vec<DiffEntry>,
+    /// Per group of the spec (and of the current version, for groups the spec removes).
+    pub groups: BTreeMap<String, GroupPlan>,
+    /// Allocations of other, lower-priority jobs that would be evicted to make room.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preemptions: Vec<PlannedStop>,
+    /// The scheduler's one-line summary: "placed 3, stopped 1; group web: 2 not placed (…)".
+    pub status_description: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The state index the plan was computed at.
+    pub index: Index,
+}
+
+/// What a dry run would do to one group.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupPlan {
+    /// New allocations (not replacing one).
+    pub place: u32,
+    /// Allocations updated where they run (same id, new job version).
+    pub in_place: u32,
+    /// Allocations stopped and replaced by a new one (a destructive update or a reschedule).
+    pub replace: u32,
+    /// Allocations stopped without a replacement.
+    pub stop: u32,
+    /// Running allocations the plan leaves alone.
+    pub unchanged: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placements: Vec<PlannedPlacement>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stops: Vec<PlannedStop>,
+    /// Why some placements would fail; `None` when all fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<PlacementFailure>,
+}
+
+/// A new allocation a dry run would create.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedPlacement {
+    /// `job.group[index]`.
+    pub name: String,
+    pub node_id: String,
+    pub node_name: String,
+    /// The allocation it replaces, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+}
+
+/// An allocation a dry run would stop (or preempt).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedStop {
+    pub alloc_id: String,
+    pub name: String,
+    pub job_name: String,
+    pub node_name: String,
+    /// Why: "job stopped", "replaced by version 3", "preempted by allocation … of job … (priority 80)".
+    pub description: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,9 +11,9 @@ pub mod exec;
 
 use davit_api::http::{
     AllocListEntry, AllocStatusUpdate, ApiError, Catalog, EventWire, ExecQuery, HeartbeatResponse, INDEX_HEADER, IndexResponse,
-    JobDiffResponse, JobListEntry, JobStatusResponse, LogsQuery, MigrateAllocRequest, MigrateAllocResponse, NodeDrainRequest,
-    NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse, RegisterJobResponse, RevertJobRequest, ScaleJobRequest, ServiceInfo,
-    ServiceListEntry, StatusResponse, StopJobResponse, ValidateJobResponse,
+    JobDiffResponse, JobListEntry, JobPlanResponse, JobStatusResponse, LogsQuery, MigrateAllocRequest, MigrateAllocResponse,
+    NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse, RegisterJobResponse, RevertJobRequest, ScaleJobRequest,
+    ServiceInfo, ServiceListEntry, StatusResponse, StopJobResponse, ValidateJobResponse,
 };
 use davit_api::objects::{Allocation, Evaluation, Index, Job, Node};
 use futures_util::Stream;
@@ -112,6 +112,12 @@ impl Client {
 
     pub async fn validate_job(&self, source: &str, filename: &str) -> Result<ValidateJobResponse, ClientError> {
         let request = self.http.post(self.url("/v1/jobs/validate")).query(&[("filename", filename)]).body(source.to_string());
+        Ok(self.send(request).await?.value)
+    }
+
+    /// A dry run of registering the spec: what the scheduler would place, stop and preempt. Stores nothing.
+    pub async fn plan_job(&self, source: &str, filename: &str) -> Result<JobPlanResponse, ClientError> {
+        let request = self.http.post(self.url("/v1/jobs/plan")).query(&[("filename", filename)]).body(source.to_string());
         Ok(self.send(request).await?.value)
     }
 

@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     pub view: Arc<View>,
     pub applier: Applier,
     pub liveness: Arc<Liveness>,
+    /// What the workers schedule with (also used by `job plan`'s dry runs).
+    pub scheduler: davit_scheduler::SchedulerConfig,
     pub http: reqwest::Client,
     pub metrics: Arc<Metrics>,
     /// More metrics appended to `/metrics` (see [`ServerHandle::add_metrics_source`]).
@@ -139,6 +141,7 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         view,
         applier,
         liveness,
+        scheduler: config.scheduler.clone(),
         http: reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(3)).build().expect("HTTP client"),
         metrics,
         metrics_sources: std::sync::RwLock::new(Vec::new()),

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{TestServer, node, start};
+use common::{node, start, wait_status};
 use davit_api::objects::EvalStatus;
 
 const GOOD_JOB: &str = "name: web\ngroups:\n  - name: g\n    count: 2\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/true}\n        resources: {cpu: 100, memory: 64}\n";
@@ -206,7 +204,6 @@ async fn the_catalog_serves_healthy_instances_and_service_names_are_cluster_wide
     server.shutdown().await;
 }
 
-/// Follows `/v1/job/{name}/status` with blocking queries until `done` holds (bounded).
 #[tokio::test]
 async fn a_blocked_evaluation_is_canceled_when_a_later_one_places_everything() {
     let server = start().await;
@@ -223,19 +220,4 @@ async fn a_blocked_evaluation_is_canceled_when_a_later_one_places_everything() {
     let old = evals.as_array().unwrap().iter().find(|e| e["id"] == blocked_id.as_str()).expect("the old blocked evaluation");
     assert_eq!(old["status"], serde_json::json!(EvalStatus::Canceled), "{old:#}");
     assert!(old["status_description"].as_str().unwrap().contains("placed everything"), "{old:#}");
-}
-
-async fn wait_status(server: &TestServer, name: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut index = 0u64;
-    loop {
-        let url = format!("{}/v1/job/{name}/status?index={index}&wait=2s", server.base);
-        let response = server.http.get(url).send().await.unwrap();
-        index = response.headers().get("x-davit-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let status: serde_json::Value = response.json().await.unwrap();
-        if done(&status) {
-            return status;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "job {name} never reached the expected state: {status:#}");
-    }
 }

@@ -17,14 +17,21 @@ async fn ok(server: &TestServer, method: &str, path: &str, body: &str) -> Value 
     answer
 }
 
+/// The allocations of `nodes`, oldest first, read at one store index (a plan that moves an allocation from
+/// one node to another commits both at once; reads of the two nodes around that commit would mix states).
 async fn list_allocs(server: &TestServer, nodes: &[&str]) -> Vec<Value> {
-    let mut allocs = Vec::new();
-    for node in nodes {
-        let list = ok(server, "GET", &format!("/v1/node/{node}/allocations"), "").await;
-        allocs.extend(list.as_array().unwrap().iter().cloned());
+    loop {
+        let before = server.index().await;
+        let mut allocs = Vec::new();
+        for node in nodes {
+            let list = ok(server, "GET", &format!("/v1/node/{node}/allocations"), "").await;
+            allocs.extend(list.as_array().unwrap().iter().cloned());
+        }
+        if server.index().await == before {
+            allocs.sort_by_key(|alloc| alloc["create_time"].as_u64());
+            return allocs;
+        }
     }
-    allocs.sort_by_key(|alloc| alloc["create_time"].as_u64());
-    allocs
 }
 
 /// Waits until there are `count` allocations; returns them, oldest first.

@@ -170,6 +170,13 @@ pub enum JobCommand {
     },
     /// Check a job file without registering it.
     Validate { file: PathBuf },
+    /// Show what registering a job file would do (placements, stops, preemptions, failures, diff), without
+    /// registering it. Exits 1 when some allocations could not be placed.
+    Plan {
+        file: PathBuf,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Show one job, or list all jobs.
     Status {
         name: Option<String>,

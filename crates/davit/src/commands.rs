@@ -55,6 +55,20 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
             println!("job {} is valid ({} groups)", spec.name, spec.groups.len());
             Ok(())
         }
+        JobCommand::Plan { file, output } => {
+            let source = read_spec(&file)?;
+            let plan = client.plan_job(&source, &file.display().to_string()).await?;
+            if output.format == OutputFormat::Json {
+                println!("{}", json(&plan));
+            } else {
+                print_plan(&plan);
+            }
+            let missing: u32 = plan.groups.values().filter_map(|group| group.failure.as_ref()).map(|failure| failure.missing).sum();
+            match missing {
+                0 => Ok(()),
+                _ => Err(Failure::user(format!("{missing} allocation(s) of job {} could not be placed", plan.job_name))),
+            }
+        }
         JobCommand::Status { name: None, output } => {
             let jobs = client.jobs().await?;
             if output.format == OutputFormat::Json {
@@ -191,6 +205,40 @@ fn describe_change(change: &davit_api::http::DiffEntry) -> String {
         (Some(old), None) => format!("- {}: {old}", change.path),
         (None, None) => format!("  {}", change.path),
     }
+}
+
+fn print_plan(plan: &davit_api::http::JobPlanResponse) {
+    match plan.current_version {
+        None => println!("job {}: new, would be version {}", plan.job_name, plan.next_version),
+        Some(current) if plan.changed => println!("job {}: version {current} → {}", plan.job_name, plan.next_version),
+        Some(current) => println!("job {}: unchanged (version {current})", plan.job_name),
+    }
+    for change in &plan.diff {
+        println!("  {}", describe_change(change));
+    }
+    for (name, group) in &plan.groups {
+        println!(
+            "group {name}: {} to place, {} in place, {} to replace, {} to stop, {} unchanged",
+            group.place, group.in_place, group.replace, group.stop, group.unchanged
+        );
+        for placement in &group.placements {
+            let replaces = placement.replaces.as_deref().map(|id| format!(" (replaces {})", short(id))).unwrap_or_default();
+            println!("  + {} on {}{replaces}", placement.name, placement.node_name);
+        }
+        for stop in &group.stops {
+            println!("  - {} {} on {}: {}", short(&stop.alloc_id), stop.name, stop.node_name, stop.description);
+        }
+        if let Some(failure) = &group.failure {
+            println!("  ! {} not placed: {}", failure.missing, failure.summary());
+        }
+    }
+    for stop in &plan.preemptions {
+        println!("preempt {} {} on {}: {}", short(&stop.alloc_id), stop.name, stop.node_name, stop.description);
+    }
+    for warning in &plan.warnings {
+        println!("warning: {warning}");
+    }
+    println!("scheduler: {}", plan.status_description);
 }
 
 /// A progress line: rewritten in place on a terminal, printed as a new line elsewhere, only when it changes.

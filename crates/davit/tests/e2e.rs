@@ -123,6 +123,20 @@ fn dev_runs_scales_logs_and_stops_a_two_group_job() {
     let _ = follower.kill();
     let _ = follower.wait();
 
+    // A dry run of scaling web to 4: one placement, the rest moves to the new version in place; nothing
+    // changes. A worker too big for the node is reported, with exit code 1.
+    let bigger = dev.write("e2e-plan.yaml", &WEB_AND_WORKER.replace("count: 3", "count: 4"));
+    let plan = dev.ok(&["job", "plan", &bigger]);
+    assert!(plan.contains("job e2e: version 0 → 1") && plan.contains("~ groups[web].count: 3 => 4"), "{plan}");
+    assert!(plan.contains("group web: 1 to place, 3 in place, 0 to replace, 0 to stop"), "{plan}");
+    let too_big = dev.write("e2e-too-big.yaml", &WEB_AND_WORKER.replace("memory: 16", "memory: 16000000"));
+    let output = dev.davit(&["job", "plan", &too_big]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("! 1 not placed: memory exhausted on 1 node"), "{stdout}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("1 allocation(s) of job e2e could not be placed"));
+    assert_eq!(runtime().block_on(dev.client().job("e2e")).unwrap().version, 0, "a dry run registered a version");
+
     // Scale up to 5, then down to 2: the three stopped processes are gone.
     dev.ok(&["job", "scale", "e2e", "web", "5"]);
     let status = wait_job(&dev.addr, "e2e", Duration::from_secs(30), |s| running(s, "web") == 5);

@@ -26,7 +26,7 @@ pub(crate) struct SpecQuery {
     filename: Option<String>,
 }
 
-fn parse_spec(body: &Bytes, query: &SpecQuery) -> Result<JobSpec, Failure> {
+pub(crate) fn parse_spec(body: &Bytes, query: &SpecQuery) -> Result<JobSpec, Failure> {
     let source = std::str::from_utf8(body).map_err(|e| Failure::bad_request(format!("the job spec is not valid UTF-8: {e}")))?;
     let filename = query.filename.as_deref().unwrap_or("<request body>");
     davit_api::spec::parse_job_spec(source, filename).map_err(|errors| Failure::invalid_spec(&errors))
@@ -95,7 +95,7 @@ pub(crate) async fn register_spec(shared: &Shared, spec: JobSpec, trigger: EvalT
 
 /// Service names are cluster-wide (one DNS name each): a job may not declare a service that another job
 /// that is not stopped declares.
-fn check_service_names(snapshot: &Snapshot, spec: &JobSpec) -> Result<(), Failure> {
+pub(crate) fn check_service_names(snapshot: &Snapshot, spec: &JobSpec) -> Result<(), Failure> {
     for service in spec.groups.iter().flat_map(|group| &group.services) {
         let owner = snapshot.cluster.jobs().find(|job| {
             job.spec.name != spec.name

@@ -20,12 +20,14 @@ mod allocs;
 mod events;
 mod jobs;
 mod nodes;
+mod plan;
 mod services;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/jobs", post(jobs::register).get(jobs::list))
         .route("/v1/jobs/validate", post(jobs::validate))
+        .route("/v1/jobs/plan", post(plan::plan))
         .route("/v1/job/{name}", get(jobs::get_job).delete(jobs::stop))
         .route("/v1/job/{name}/status", get(jobs::status))
         .route("/v1/job/{name}/versions", get(jobs::versions))

@@ -80,3 +80,19 @@ pub fn node(id: &str, memory: u64) -> Node {
         modify_index: 0,
     }
 }
+
+/// Follows `/v1/job/{name}/status` with blocking queries until `done` holds (bounded).
+pub async fn wait_status(server: &TestServer, name: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut index = 0u64;
+    loop {
+        let url = format!("{}/v1/job/{name}/status?index={index}&wait=2s", server.base);
+        let response = server.http.get(url).send().await.unwrap();
+        index = response.headers().get("x-davit-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let status: serde_json::Value = response.json().await.unwrap();
+        if done(&status) {
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "job {name} never reached the expected state: {status:#}");
+    }
+}

@@ -1,0 +1,86 @@
+//! `POST /v1/jobs/plan`: a dry run shows placements, in-place and destructive updates, stops, failures
+//! with reasons and the diff against the running version, and stores nothing.
+
+mod common;
+
+use common::{TestServer, node, start, wait_status};
+use serde_json::Value;
+
+fn web(count: u32, command: &str, memory: u32) -> String {
+    format!(
+        "name: web\ngroups:\n  - name: g\n    count: {count}\n    tasks:\n      - name: t\n        driver: exec\n        config: {{command: {command}}}\n        resources: {{cpu: 100, memory: {memory}}}\n"
+    )
+}
+
+async fn plan(server: &TestServer, spec: &str) -> (u16, Value) {
+    server.request("POST", "/v1/jobs/plan?filename=web.yaml", spec).await
+}
+
+#[tokio::test]
+async fn a_dry_run_describes_the_plan_and_stores_nothing() {
+    let server = start().await;
+    for id in ["a", "b"] {
+        assert_eq!(server.request("POST", "/v1/nodes/register", &serde_json::to_string(&node(id, 1024)).unwrap()).await.0, 200);
+    }
+
+    // A new job: two placements, nothing stored.
+    let before = server.index().await;
+    let (status, answer) = plan(&server, &web(2, "/bin/true", 64)).await;
+    assert_eq!(status, 200, "{answer:#}");
+    assert_eq!((answer["current_version"].as_u64(), answer["next_version"].as_u64()), (None, Some(0)), "{answer:#}");
+    let group = &answer["groups"]["g"];
+    assert_eq!((group["place"].as_u64(), group["unchanged"].as_u64()), (Some(2), Some(0)), "{answer:#}");
+    let names: Vec<&str> = group["placements"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["web.g[0]", "web.g[1]"]);
+    assert!(group["placements"].as_array().unwrap().iter().all(|p| p["node_name"].as_str().unwrap().starts_with("node-")));
+    assert_eq!(server.index().await, before, "a dry run wrote to the store");
+    assert_eq!(server.request("GET", "/v1/job/web", "").await.0, 404);
+
+    // Run it, then plan changes against the running version.
+    assert_eq!(server.request("POST", "/v1/jobs?filename=web.yaml", &web(2, "/bin/true", 64)).await.0, 200);
+    wait_status(&server, "web", |s| s["summary"]["g"]["placed"].as_u64() == Some(2) && s["latest_evaluation"]["status"] == "complete")
+        .await;
+    let before = server.index().await;
+
+    let (_, same) = plan(&server, &web(2, "/bin/true", 64)).await;
+    assert_eq!((same["changed"].as_bool(), same["groups"]["g"]["unchanged"].as_u64()), (Some(false), Some(2)), "{same:#}");
+    assert!(same["warnings"][0].as_str().unwrap().contains("would change nothing"), "{same:#}");
+
+    let (_, scale_up) = plan(&server, &web(3, "/bin/true", 64)).await;
+    let group = &scale_up["groups"]["g"];
+    // A new version: the running two move to it in place (same id, same node), one more is placed.
+    assert_eq!((group["place"].as_u64(), group["in_place"].as_u64()), (Some(1), Some(2)), "{scale_up:#}");
+    assert_eq!(scale_up["diff"], serde_json::json!([{"path": "groups[g].count", "old": "2", "new": "3"}]));
+    assert_eq!((scale_up["current_version"].as_u64(), scale_up["next_version"].as_u64()), (Some(0), Some(1)));
+
+    let (_, scale_down) = plan(&server, &web(1, "/bin/true", 64)).await;
+    let group = &scale_down["groups"]["g"];
+    assert_eq!((group["stop"].as_u64(), group["in_place"].as_u64()), (Some(1), Some(1)), "{scale_down:#}");
+    assert_eq!(group["stops"][0]["name"], "web.g[1]", "{scale_down:#}");
+
+    // A new command cannot be applied in place: both allocations are replaced.
+    let (_, destructive) = plan(&server, &web(2, "/bin/sleep", 64)).await;
+    let group = &destructive["groups"]["g"];
+    assert_eq!(
+        (group["replace"].as_u64(), group["stop"].as_u64(), group["place"].as_u64()),
+        (Some(2), Some(0), Some(0)),
+        "{destructive:#}"
+    );
+    assert!(group["placements"].as_array().unwrap().iter().all(|p| p["replaces"].is_string()), "{destructive:#}");
+
+    // Too big for any node: the failure says why, per dimension.
+    let (status, too_big) = plan(&server, &web(3, "/bin/true", 2048)).await;
+    assert_eq!(status, 200);
+    let failure = &too_big["groups"]["g"]["failure"];
+    assert_eq!(failure["exhausted"]["memory"].as_u64(), Some(2), "{too_big:#}");
+    assert!(too_big["status_description"].as_str().unwrap().contains("not placed"), "{too_big:#}");
+
+    // Bad specs get the usual positioned errors.
+    let (status, bad) = plan(&server, "name: web\ngroups:\n  - name: g\n    count: -1\n").await;
+    assert_eq!(status, 400, "{bad:#}");
+    assert!(bad["message"].as_str().unwrap().contains("web.yaml:4:"), "{bad:#}");
+
+    assert_eq!(server.index().await, before, "a dry run wrote to the store");
+    assert_eq!(server.request("GET", "/v1/job/web", "").await.1["version"], 0);
+    server.shutdown().await;
+}
