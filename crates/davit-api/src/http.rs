@@ -171,6 +171,47 @@ pub struct DiffEntry {
     pub new: Option<String>,
 }
 
+/// `POST /v1/rebalance`: move a few running service allocations from the most to the least loaded nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceRequest {
+    /// The most allocations moved by this request (at most one per job group).
+    #[serde(default = "one")]
+    pub max_moves: u32,
+    /// Compute the moves without making them.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RebalanceResponse {
+    /// The moves made (or, on a dry run, that would be made); empty when the cluster is balanced.
+    pub moves: Vec<RebalanceMoveEntry>,
+    /// Moves the plan applier refused because the state changed meanwhile (tried again by the next request).
+    #[serde(default)]
+    pub refused: u32,
+    pub index: Index,
+}
+
+/// One allocation moved by a rebalance. Loads are the mean of a node's CPU and memory fractions in use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RebalanceMoveEntry {
+    pub alloc_id: String,
+    pub name: String,
+    pub job_name: String,
+    /// The new allocation on `to_node`.
+    pub replacement_id: String,
+    pub from_node: String,
+    pub to_node: String,
+    /// (before, after) the move.
+    pub from_load: (f64, f64),
+    pub to_load: (f64, f64),
+}
+
 /// `POST /v1/jobs/plan`: what registering a spec would do, computed by the scheduler on the current
 /// state and stored nowhere (a dry run, like `nomad job plan`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

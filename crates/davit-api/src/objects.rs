@@ -440,6 +440,8 @@ pub enum EvalTrigger {
     AllocFailure,
     /// A blocked evaluation retried because capacity changed.
     QueuedAllocs,
+    /// `davit rebalance` moved allocations of the job (recorded complete, for the history).
+    Rebalance,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -12,8 +12,9 @@ pub mod exec;
 use davit_api::http::{
     AllocListEntry, AllocStatusUpdate, ApiError, Catalog, EventWire, ExecQuery, HeartbeatResponse, INDEX_HEADER, IndexResponse,
     JobDiffResponse, JobListEntry, JobPlanResponse, JobStatusResponse, LogsQuery, MigrateAllocRequest, MigrateAllocResponse,
-    NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse, RegisterJobResponse, RevertJobRequest, ScaleJobRequest,
-    ServiceInfo, ServiceListEntry, StatusResponse, StopJobResponse, ValidateJobResponse,
+    NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse, RebalanceRequest, RebalanceResponse,
+    RegisterJobResponse, RevertJobRequest, ScaleJobRequest, ServiceInfo, ServiceListEntry, StatusResponse, StopJobResponse,
+    ValidateJobResponse,
 };
 use davit_api::objects::{Allocation, Evaluation, Index, Job, Node};
 use futures_util::Stream;
@@ -298,6 +299,11 @@ impl Client {
     /// The whole catalog once its index passes `index` (or after `wait`): what agents watch.
     pub async fn catalog_blocking(&self, index: Index, wait: Duration) -> Result<Indexed<Catalog>, ClientError> {
         self.get_blocking("/v1/catalog", index, wait).await
+    }
+
+    /// Moves a few running service allocations from the most to the least loaded nodes (see `RebalanceRequest`).
+    pub async fn rebalance(&self, request: &RebalanceRequest) -> Result<RebalanceResponse, ClientError> {
+        Ok(self.send(self.http.post(self.url("/v1/rebalance")).json(request)).await?.value)
     }
 
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {

@@ -7,6 +7,7 @@
 //!   of small pieces: seeded random node order → feasibility (datacenter, drivers, constraints, cached
 //!   per computed node class) → fit (cpu, memory, ports) → bin-packing score → best node.
 //! - [`place_migration`]: the destination of a live migration (same allocation, another node, its own ports).
+//! - [`rebalance`]: a few moves of running service allocations from the most to the least loaded nodes.
 //! - [`Plan`]: the result, per node; unplaceable work is data ([`Plan::failed_groups`] with reasons),
 //!   never an error.
 //!
@@ -29,6 +30,7 @@ mod generic;
 mod migrate;
 mod plan;
 mod rank;
+mod rebalance;
 mod reconcile;
 mod state;
 
@@ -38,4 +40,5 @@ mod tests;
 pub use generic::schedule;
 pub use migrate::{MigrationPlacementError, place_migration};
 pub use plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
+pub use rebalance::{RebalanceConfig, RebalanceMove, rebalance};
 pub use state::{ClusterState, NodeUsage};

@@ -9,8 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use davit_api::objects::{
-    AllocatedResources, Allocation, ClientStatus, DesiredStatus, Job, Migration, MigrationRole, MigrationStatus, Node, PlacementFailure,
-    UnixMillis,
+    AllocatedResources, Allocation, Job, Migration, MigrationRole, MigrationStatus, Node, PlacementFailure, UnixMillis,
 };
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -19,6 +18,7 @@ use rand::seq::SliceRandom;
 use crate::feasible::FeasibilityChecker;
 use crate::generic::random_uuid;
 use crate::rank::{self, Ask, UsageTracker};
+use crate::rebalance::moved_copy;
 use crate::state::ClusterState;
 
 /// Why no destination could be placed.
@@ -107,39 +107,16 @@ pub fn place_migration(
             break id;
         }
     };
-    Ok(Allocation {
-        id,
-        name: source.name.clone(),
-        job_name: source.job_name.clone(),
-        job_version: source.job_version,
-        group: source.group.clone(),
-        index: source.index,
-        node_id: node.id.clone(),
-        node_name: node.name.clone(),
-        eval_id: source.eval_id.clone(),
-        desired_status: DesiredStatus::Run,
-        desired_description: String::new(),
-        client_status: ClientStatus::Pending,
-        client_description: String::new(),
-        task_states: BTreeMap::new(),
-        healthy: None,
-        health_description: String::new(),
-        resources: AllocatedResources { cpu: ask.cpu, memory: ask.memory, ports },
-        previous_allocation: Some(source.id.clone()),
-        reschedule_tracker: source.reschedule_tracker.clone(),
-        migration: Some(Migration {
-            role: MigrationRole::Destination,
-            peer_alloc_id: source.id.clone(),
-            peer_node_id: source.node_id.clone(),
-            status: MigrationStatus::Starting,
-            listen_addrs: BTreeMap::new(),
-            description: format!("migrating in from node {}", source.node_name),
-            report: None,
-            started_at: now,
-        }),
-        create_time: now,
-        modify_time: now,
-        create_index: 0,
-        modify_index: 0,
-    })
+    let mut destination = moved_copy(source, id, node, AllocatedResources { cpu: ask.cpu, memory: ask.memory, ports }, now);
+    destination.migration = Some(Migration {
+        role: MigrationRole::Destination,
+        peer_alloc_id: source.id.clone(),
+        peer_node_id: source.node_id.clone(),
+        status: MigrationStatus::Starting,
+        listen_addrs: BTreeMap::new(),
+        description: format!("migrating in from node {}", source.node_name),
+        report: None,
+        started_at: now,
+    });
+    Ok(destination)
 }

@@ -161,7 +161,7 @@ fn summarize(eval: &Evaluation) -> String {
 }
 
 /// A seed derived from the evaluation (FNV-1a), so a re-run of the same evaluation plans the same way.
-fn seed_for(eval_id: &str, attempt: u32) -> u64 {
+pub(crate) fn seed_for(eval_id: &str, attempt: u32) -> u64 {
     let mut hash: u64 = 0xcbf29ce484222325;
     for byte in eval_id.bytes().chain(attempt.to_le_bytes()) {
         hash ^= u64::from(byte);

@@ -1,5 +1,6 @@
-//! `POST /v1/jobs/plan`: a dry run shows placements, in-place and destructive updates, stops, failures
-//! with reasons and the diff against the running version, and stores nothing.
+//! Operator tools over the scheduler. `POST /v1/jobs/plan`: a dry run shows placements, in-place and
+//! destructive updates, stops, failures with reasons and the diff against the running version, and stores
+//! nothing. `POST /v1/rebalance`: moves running allocations to a node that joined late, a wave at a time.
 
 mod common;
 
@@ -82,5 +83,74 @@ async fn a_dry_run_describes_the_plan_and_stores_nothing() {
 
     assert_eq!(server.index().await, before, "a dry run wrote to the store");
     assert_eq!(server.request("GET", "/v1/job/web", "").await.1["version"], 0);
+    server.shutdown().await;
+}
+
+/// Reports the allocations running (and healthy), as their agent would.
+async fn report_running(server: &TestServer, allocs: &[Value]) {
+    for alloc in allocs {
+        let update = serde_json::json!([{"id": alloc["id"], "client_status": "running", "task_states": {}, "healthy": true}]);
+        let path = format!("/v1/node/{}/allocations/status", alloc["node_id"].as_str().unwrap());
+        assert_eq!(server.request("POST", &path, &update.to_string()).await.0, 200);
+    }
+}
+
+async fn node_allocs(server: &TestServer, node: &str) -> Vec<Value> {
+    let (_, list) = server.request("GET", &format!("/v1/node/{node}/allocations"), "").await;
+    list.as_array().unwrap().iter().filter(|alloc| alloc["desired_status"] == "run").cloned().collect()
+}
+
+#[tokio::test]
+async fn rebalance_moves_a_wave_at_a_time_onto_a_new_node() {
+    let server = start().await;
+    assert_eq!(server.request("POST", "/v1/nodes/register", &serde_json::to_string(&node("a", 4096)).unwrap()).await.0, 200);
+    assert_eq!(server.request("POST", "/v1/jobs?filename=web.yaml", &web(4, "/bin/true", 256)).await.0, 200);
+    wait_status(&server, "web", |s| s["summary"]["g"]["placed"].as_u64() == Some(4)).await;
+    report_running(&server, &node_allocs(&server, "a").await).await;
+
+    // One node: nothing to even out. Bad requests are refused.
+    let (status, answer) = server.request("POST", "/v1/rebalance", "{}").await;
+    assert_eq!((status, answer["moves"].as_array().map(Vec::len)), (200, Some(0)), "{answer:#}");
+    for bad in [r#"{"max_moves": 0}"#, r#"{"max_moves": 5000}"#, r#"{"max_move": 1}"#, "nope"] {
+        let (status, answer) = server.request("POST", "/v1/rebalance", bad).await;
+        assert_eq!(status, 400, "{bad}: {answer:#}");
+        assert!(!answer["message"].as_str().unwrap().is_empty());
+    }
+
+    assert_eq!(server.request("POST", "/v1/nodes/register", &serde_json::to_string(&node("b", 4096)).unwrap()).await.0, 200);
+    let before = server.index().await;
+    let (_, dry) = server.request("POST", "/v1/rebalance", r#"{"max_moves": 5, "dry_run": true}"#).await;
+    assert_eq!(dry["moves"].as_array().unwrap().len(), 1, "one move per group per wave: {dry:#}");
+    assert_eq!(server.index().await, before, "a dry run wrote to the store");
+
+    let mut waves = 0;
+    loop {
+        let (status, answer) = server.request("POST", "/v1/rebalance", r#"{"max_moves": 5}"#).await;
+        assert_eq!(status, 200, "{answer:#}");
+        let moves = answer["moves"].as_array().unwrap().clone();
+        if moves.is_empty() {
+            break;
+        }
+        waves += 1;
+        assert!(waves <= 2, "more waves than needed: {answer:#}");
+        let change = &moves[0];
+        assert_eq!((change["from_node"].as_str(), change["to_node"].as_str()), (Some("node-a"), Some("node-b")), "{answer:#}");
+        let (_, original) = server.request("GET", &format!("/v1/allocation/{}", change["alloc_id"].as_str().unwrap()), "").await;
+        assert_eq!(
+            (original["desired_status"].as_str(), original["desired_description"].as_str()),
+            (Some("stop"), Some("rebalanced to node node-b"))
+        );
+        let (_, replacement) = server.request("GET", &format!("/v1/allocation/{}", change["replacement_id"].as_str().unwrap()), "").await;
+        assert_eq!(
+            (replacement["node_id"].as_str(), replacement["name"].as_str()),
+            (Some("b"), original["name"].as_str()),
+            "{replacement:#}"
+        );
+        report_running(&server, &[replacement]).await;
+    }
+    assert_eq!((node_allocs(&server, "a").await.len(), node_allocs(&server, "b").await.len()), (2, 2));
+    let (_, evals) = server.request("GET", "/v1/job/web/evaluations", "").await;
+    let rebalances = evals.as_array().unwrap().iter().filter(|eval| eval["triggered_by"] == "rebalance").count();
+    assert_eq!(rebalances, 2, "{evals:#}");
     server.shutdown().await;
 }

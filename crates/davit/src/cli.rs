@@ -38,6 +38,9 @@ pub enum Command {
     /// Inspect evaluations.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Even out node load: move running service allocations from the fullest nodes to the emptiest (new ones),
+    /// a few at a time, each wave waiting until its replacements run.
+    Rebalance(RebalanceArgs),
     /// Follow the cluster's changes.
     #[command(subcommand)]
     Event(EventCommand),
@@ -152,6 +155,25 @@ pub struct NodeArgs {
     /// Run no service proxy and no DNS server on this node.
     #[arg(long)]
     pub no_service_proxy: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RebalanceArgs {
+    /// Allocations moved at once (at most one per job group); the next wave starts when they run.
+    #[arg(long, default_value_t = 1)]
+    pub max_disruption: u32,
+    /// Stop after this many waves.
+    #[arg(long, default_value_t = 100)]
+    pub max_waves: u32,
+    /// Show the first wave's moves without making them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Make one wave and return without waiting for the replacements.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Give up waiting for a wave's replacements after this long.
+    #[arg(long, default_value = "5m")]
+    pub timeout: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,7 @@ use davit_client::Client;
 use futures_util::StreamExt;
 
 use crate::Failure;
-use crate::cli::{AllocCommand, EvalCommand, EventCommand, JobCommand, NodeCommand, OutputFormat, ServiceCommand};
+use crate::cli::{AllocCommand, EvalCommand, EventCommand, JobCommand, NodeCommand, OutputFormat, RebalanceArgs, ServiceCommand};
 use crate::output::{json, label, short, table, time};
 
 pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
@@ -480,33 +480,46 @@ fn print_allocations(status: &JobStatusResponse, version: Option<u64>) {
 /// or the migration failed.
 async fn wait_migration(client: &Client, destination_id: &str, timeout: Duration) -> Result<(), Failure> {
     use davit_api::objects::MigrationStatus;
+    let timed_out = format!("the migration did not complete within {timeout:?}; see `davit alloc status {}`", short(destination_id));
+    follow_allocation(client, destination_id, timeout, timed_out, |alloc| {
+        let Some(migration) = &alloc.migration else {
+            return Some(Err(Failure::internal("the destination allocation lost its migration")));
+        };
+        match migration.status {
+            MigrationStatus::Failed => {
+                Some(Err(Failure::user(format!("live migration failed: {}; the source allocation keeps running", migration.description))))
+            }
+            MigrationStatus::Complete if alloc.client_status == ClientStatus::Running => {
+                let report = migration.report.unwrap_or_default();
+                println!("Allocation {} runs on node {}: {}", short(&alloc.id), alloc.node_name, report.summary());
+                Some(Ok(()))
+            }
+            _ => None,
+        }
+    })
+    .await
+}
+
+/// Follows an allocation with blocking queries until `done` returns an outcome, or fails with `timed_out`
+/// after `timeout`.
+async fn follow_allocation(
+    client: &Client,
+    id: &str,
+    timeout: Duration,
+    timed_out: String,
+    mut done: impl FnMut(&Allocation) -> Option<Result<(), Failure>>,
+) -> Result<(), Failure> {
     let deadline = Instant::now() + timeout;
     let mut index = 0;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(Failure::user(format!(
-                "the migration did not complete within {timeout:?}; see `davit alloc status {}`",
-                short(destination_id)
-            )));
+            return Err(Failure::user(timed_out));
         }
-        let answer = client.allocation_blocking(destination_id, index, remaining.min(Duration::from_secs(30))).await?;
+        let answer = client.allocation_blocking(id, index, remaining.min(Duration::from_secs(30))).await?;
         index = answer.index;
-        let alloc = answer.value;
-        let Some(migration) = &alloc.migration else { return Err(Failure::internal("the destination allocation lost its migration")) };
-        match migration.status {
-            MigrationStatus::Failed => {
-                return Err(Failure::user(format!(
-                    "live migration failed: {}; the source allocation keeps running",
-                    migration.description
-                )));
-            }
-            MigrationStatus::Complete if alloc.client_status == ClientStatus::Running => {
-                let report = migration.report.unwrap_or_default();
-                println!("Allocation {} runs on node {}: {}", short(&alloc.id), alloc.node_name, report.summary());
-                return Ok(());
-            }
-            _ => {}
+        if let Some(outcome) = done(&answer.value) {
+            return outcome;
         }
     }
 }
@@ -939,6 +952,65 @@ pub async fn service(client: &Client, command: ServiceCommand) -> Result<(), Fai
             Ok(())
         }
     }
+}
+
+pub async fn rebalance(client: &Client, args: RebalanceArgs) -> Result<(), Failure> {
+    let timeout = parse_duration(&args.timeout, "--timeout")?;
+    let mut moved = 0;
+    for wave in 1..=args.max_waves {
+        let request = davit_api::http::RebalanceRequest { max_moves: args.max_disruption, dry_run: args.dry_run };
+        let answer = client.rebalance(&request).await?;
+        if answer.moves.is_empty() && answer.refused == 0 {
+            match moved {
+                0 => println!("The cluster is balanced: no move narrows the load gap between two nodes."),
+                _ => println!("Balanced after {moved} move(s)."),
+            }
+            return Ok(());
+        }
+        let verb = if args.dry_run { "would move" } else { "moving" };
+        for change in &answer.moves {
+            println!(
+                "wave {wave}: {verb} {} ({}) from {} (load {:.2} → {:.2}) to {} ({:.2} → {:.2})",
+                change.name,
+                short(&change.alloc_id),
+                change.from_node,
+                change.from_load.0,
+                change.from_load.1,
+                change.to_node,
+                change.to_load.0,
+                change.to_load.1
+            );
+        }
+        if answer.refused > 0 {
+            println!("wave {wave}: {} move(s) refused (the cluster changed meanwhile); the next wave tries again", answer.refused);
+        }
+        if args.dry_run || args.detach {
+            return Ok(());
+        }
+        for change in &answer.moves {
+            wait_running(client, &change.replacement_id, timeout).await?;
+        }
+        moved += answer.moves.len();
+    }
+    println!("Stopped after {} waves ({moved} move(s)); run it again to go on.", args.max_waves);
+    Ok(())
+}
+
+/// Waits until the allocation runs; fails if it ends or does not start within `timeout`.
+async fn wait_running(client: &Client, id: &str, timeout: Duration) -> Result<(), Failure> {
+    let timed_out = format!("allocation {} did not start within {timeout:?}; see `davit alloc status {}`", short(id), short(id));
+    follow_allocation(client, id, timeout, timed_out, |alloc| match alloc.client_status {
+        ClientStatus::Running => Some(Ok(())),
+        _ if alloc.is_terminal() => Some(Err(Failure::user(format!(
+            "allocation {} ended ({:?}: {}) instead of running; see `davit alloc status {}`",
+            short(id),
+            alloc.client_status,
+            alloc.client_description,
+            short(id)
+        )))),
+        _ => None,
+    })
+    .await
 }
 
 pub async fn eval(client: &Client, command: EvalCommand) -> Result<(), Failure> {

@@ -3,6 +3,7 @@
 
 mod lifecycle;
 mod placement;
+mod rebalance;
 mod reschedule;
 mod state;
 

@@ -21,6 +21,7 @@ mod events;
 mod jobs;
 mod nodes;
 mod plan;
+mod rebalance;
 mod services;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -55,6 +56,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/services", get(services::list))
         .route("/v1/service/{name}", get(services::get_service))
         .route("/v1/catalog", get(services::catalog))
+        .route("/v1/rebalance", post(rebalance::rebalance_cluster))
         .route("/v1/status", get(status))
         .route("/v1/event/stream", get(events::stream))
         .route("/metrics", get(events::metrics))

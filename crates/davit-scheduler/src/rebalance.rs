@@ -1,0 +1,187 @@
+//! Rebalancing: move running service allocations from the fullest nodes to the emptiest, a few at a time,
+//! so that nodes that joined late (or were emptied) take their share.
+//!
+//! # Load and the moves chosen
+//!
+//! A node's load is the mean of its CPU and memory fractions in use: `(cpu_used / cpu + memory_used / memory) / 2`.
+//! Each move takes the most loaded schedulable node `hot` and looks for one of its allocations and a
+//! destination `cold` (feasible for the allocation's group, with room) such that, after the move,
+//!
+//! ```text
+//! |load(hot') − load(cold')| < load(hot) − load(cold) − min_gain    and    load(cold') < load(hot)
+//! ```
+//!
+//! i.e. the gap between the two narrows by more than `min_gain` and the destination does not become the new
+//! hot spot. Among the candidates it takes the one leaving the smallest gap. When the hottest node offers
+//! no move, the next hottest is tried. Moves are made one at a time against the usage the earlier moves
+//! left, at most `max_moves` of them and at most one per job group (the others of the group keep serving
+//! while the moved one starts elsewhere; the next call moves the next one).
+//!
+//! Only running, healthy-or-unchecked allocations of service jobs that are not being migrated move; batch and
+//! system allocations stay. A moved allocation keeps its name, index and job version; the replacement names
+//! the original in `previous_allocation`, and the original is stopped with "rebalanced to node N".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use davit_api::objects::{AllocatedResources, Allocation, ClientStatus, DesiredStatus, Node, UnixMillis};
+use davit_api::spec::JobType;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+use crate::feasible::FeasibilityChecker;
+use crate::generic::random_uuid;
+use crate::plan::AllocStop;
+use crate::rank::{self, Ask, TrackedUsage, UsageTracker};
+use crate::state::ClusterState;
+
+/// Knobs of one [`rebalance`] call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RebalanceConfig {
+    /// The most allocations moved in this call.
+    pub max_moves: usize,
+    /// How much a move must narrow the load gap between its two nodes (load fractions, 0..1).
+    pub min_gain: f64,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> RebalanceConfig {
+        RebalanceConfig { max_moves: 1, min_gain: 0.01 }
+    }
+}
+
+/// One allocation moved: `replacement` is to be placed and `stop` applied to the original.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RebalanceMove {
+    pub replacement: Allocation,
+    pub stop: AllocStop,
+    pub from_node_id: String,
+    pub from_node_name: String,
+    /// Loads of the source and destination before and after the move.
+    pub from_load: (f64, f64),
+    pub to_load: (f64, f64),
+}
+
+/// Picks up to `config.max_moves` moves that even out node load (see the module documentation). Pure:
+/// the same state, config, seed and time give the same moves. `eval_id` is written into the replacements.
+pub fn rebalance(state: &ClusterState, config: &RebalanceConfig, eval_id: &str, seed: u64, now: UnixMillis) -> Vec<RebalanceMove> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let nodes: Vec<&Arc<Node>> =
+        state.nodes().filter(|node| node.is_schedulable() && node.resources.cpu > 0 && node.resources.memory > 0).collect();
+    let mut usage = UsageTracker::new(state);
+    let mut checkers: BTreeMap<(String, u64), FeasibilityChecker<'_>> = BTreeMap::new();
+    let mut moved_groups: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut moves: Vec<RebalanceMove> = Vec::new();
+    while moves.len() < config.max_moves {
+        let mut by_load: Vec<(f64, &Arc<Node>)> = nodes.iter().map(|node| (load(node, usage.usage(&node.id)), *node)).collect();
+        by_load.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        let mut chosen: Option<Candidate<'_>> = None;
+        for (position, (hot_load, hot)) in by_load.iter().enumerate() {
+            for alloc in state.allocs_for_node(&hot.id).filter(|alloc| movable(state, alloc, &moved_groups)) {
+                let Some(job) = state.job_version(&alloc.job_name, alloc.job_version) else { continue };
+                let Some(group_position) = job.spec.groups.iter().position(|group| group.name == alloc.group) else { continue };
+                let checker = checkers.entry((job.spec.name.clone(), job.version)).or_insert_with(|| FeasibilityChecker::new(&job.spec));
+                let hot_after = load_with(hot, usage.usage(&hot.id), -(alloc.resources.cpu as f64), -(alloc.resources.memory as f64));
+                let ask = Ask::new(&job.spec.groups[group_position]);
+                // The least loaded destination that is feasible and has room (a fuller one only leaves a wider gap).
+                for (cold_load, cold) in by_load[position + 1..].iter().rev() {
+                    if hot_load - cold_load <= config.min_gain {
+                        break;
+                    }
+                    if checker.check(cold, group_position).is_err() || rank::fit(cold, usage.usage(&cold.id), &ask).is_err() {
+                        continue;
+                    }
+                    let cold_after = load_with(cold, usage.usage(&cold.id), ask.cpu as f64, ask.memory as f64);
+                    let gap = (hot_after - cold_after).abs();
+                    let improves = gap < hot_load - cold_load - config.min_gain && cold_after < *hot_load;
+                    if improves && chosen.as_ref().is_none_or(|best| gap < best.0) {
+                        chosen = Some((gap, Arc::clone(alloc), *hot, *cold, (*hot_load, hot_after), (*cold_load, cold_after)));
+                    }
+                    break;
+                }
+            }
+            if chosen.is_some() {
+                break;
+            }
+        }
+        let Some((_, alloc, from, to, from_load, to_load)) = chosen else { break };
+        let job = state.job_version(&alloc.job_name, alloc.job_version).expect("checked above");
+        let group = job.spec.groups.iter().find(|group| group.name == alloc.group).expect("checked above");
+        let ask = Ask::new(group);
+        let ports = rank::assign_ports(to, usage.usage(&to.id), &ask, &mut rng);
+        let resources = AllocatedResources { cpu: ask.cpu, memory: ask.memory, ports };
+        usage.remove(&from.id, &alloc.resources);
+        usage.add(&to.id, &resources);
+        moved_groups.insert((alloc.job_name.clone(), alloc.group.clone()));
+        let mut replacement = moved_copy(&alloc, new_id(state, &moves, &mut rng), to, resources, now);
+        replacement.eval_id = eval_id.to_string();
+        let stop = AllocStop { alloc_id: alloc.id.clone(), description: format!("rebalanced to node {}", to.name), client_status: None };
+        moves.push(RebalanceMove {
+            replacement,
+            stop,
+            from_node_id: from.id.clone(),
+            from_node_name: from.name.clone(),
+            from_load,
+            to_load,
+        });
+    }
+    moves
+}
+
+/// (gap left, allocation, from, to, from load before/after, to load before/after).
+type Candidate<'state> = (f64, Arc<Allocation>, &'state Arc<Node>, &'state Arc<Node>, (f64, f64), (f64, f64));
+
+fn movable(state: &ClusterState, alloc: &Allocation, moved_groups: &BTreeSet<(String, String)>) -> bool {
+    alloc.desired_status == DesiredStatus::Run
+        && alloc.client_status == ClientStatus::Running
+        && alloc.healthy != Some(false)
+        && !alloc.is_migrating_out()
+        && !moved_groups.contains(&(alloc.job_name.clone(), alloc.group.clone()))
+        && state.job(&alloc.job_name).is_some_and(|job| !job.stopped && job.spec.job_type == JobType::Service)
+}
+
+fn load(node: &Node, usage: &TrackedUsage) -> f64 {
+    load_with(node, usage, 0.0, 0.0)
+}
+
+/// The node's load with `cpu` millicores and `memory` MiB added (negative: removed).
+fn load_with(node: &Node, usage: &TrackedUsage, cpu: f64, memory: f64) -> f64 {
+    let cpu_fraction = (usage.cpu as f64 + cpu) / node.resources.cpu as f64;
+    let memory_fraction = (usage.memory as f64 + memory) / node.resources.memory as f64;
+    (cpu_fraction + memory_fraction) / 2.0
+}
+
+fn new_id(state: &ClusterState, moves: &[RebalanceMove], rng: &mut SmallRng) -> String {
+    loop {
+        let id = random_uuid(rng);
+        if state.alloc(&id).is_none() && moves.iter().all(|other| other.replacement.id != id) {
+            return id;
+        }
+    }
+}
+
+/// A copy of `source` for another node, not yet started: a new id, the node, the resources assigned there,
+/// `previous_allocation` naming the source, and fresh status, health and times. Keeps name, index, job
+/// version, eval id and reschedule tracker.
+pub(crate) fn moved_copy(source: &Allocation, id: String, node: &Node, resources: AllocatedResources, now: UnixMillis) -> Allocation {
+    Allocation {
+        id,
+        node_id: node.id.clone(),
+        node_name: node.name.clone(),
+        desired_status: DesiredStatus::Run,
+        desired_description: String::new(),
+        client_status: ClientStatus::Pending,
+        client_description: String::new(),
+        task_states: BTreeMap::new(),
+        healthy: None,
+        health_description: String::new(),
+        resources,
+        previous_allocation: Some(source.id.clone()),
+        migration: None,
+        create_time: now,
+        modify_time: now,
+        create_index: 0,
+        modify_index: 0,
+        ..source.clone()
+    }
+}

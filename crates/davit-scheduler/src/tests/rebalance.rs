@@ -1,0 +1,105 @@
+//! Rebalancing: moves even out node load, one per group per call, and never onto nodes that cannot take them.
+
+use davit_api::objects::ClientStatus;
+use davit_api::spec::{ConstraintOperator, DriverName};
+
+use super::*;
+use crate::{RebalanceConfig, rebalance};
+
+/// `count` running allocations of job `web` (100 millicores, 256 MiB each) on node `a-1`.
+fn crowded(count: u32) -> Harness {
+    let mut harness = Harness::new();
+    harness.add_nodes("a", 1);
+    let mut spec = job("web", count);
+    spec.groups[0].tasks = vec![task("t", DriverName::Exec, 100, 256)];
+    harness.register(spec);
+    harness.run("web");
+    for alloc in harness.live_allocs("web") {
+        harness.update_alloc(&alloc.id, |alloc| alloc.client_status = ClientStatus::Running);
+    }
+    harness
+}
+
+fn apply_moves(harness: &mut Harness, moves: &[crate::RebalanceMove]) {
+    for change in moves {
+        harness.update_alloc(&change.stop.alloc_id, |alloc| alloc.desired_status = DesiredStatus::Stop);
+        let mut replacement = change.replacement.clone();
+        replacement.client_status = ClientStatus::Running;
+        harness.add_alloc(replacement);
+    }
+}
+
+fn per_node(harness: &Harness) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for alloc in harness.live_allocs("web") {
+        *counts.entry(alloc.node_id.clone()).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_new_node_gets_its_share_one_move_per_group_per_call() {
+    let mut harness = crowded(4);
+    harness.add_nodes("b", 1);
+    let config = RebalanceConfig { max_moves: 10, ..Default::default() };
+    let mut calls = 0;
+    loop {
+        let moves = rebalance(&harness.state, &config, "rebalance-1", calls, harness.now);
+        if moves.is_empty() {
+            break;
+        }
+        assert_eq!(moves.len(), 1, "one move per group per call: {moves:#?}");
+        let change = &moves[0];
+        assert_eq!((change.from_node_id.as_str(), change.replacement.node_id.as_str()), ("a-1", "b-1"));
+        assert_eq!(change.stop.description, "rebalanced to node b-1");
+        assert_eq!(change.replacement.previous_allocation.as_deref(), Some(change.stop.alloc_id.as_str()));
+        assert_eq!(change.replacement.client_status, ClientStatus::Pending);
+        assert!(change.to_load.1 < change.from_load.0, "{change:#?}");
+        apply_moves(&mut harness, &moves);
+        calls += 1;
+        assert!(calls < 10, "rebalancing does not converge");
+    }
+    assert_eq!(per_node(&harness), BTreeMap::from([("a-1".to_string(), 2), ("b-1".to_string(), 2)]));
+    // Names and indexes are kept.
+    let mut names: Vec<String> = harness.live_allocs("web").iter().map(|alloc| alloc.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["web.web[0]", "web.web[1]", "web.web[2]", "web.web[3]"]);
+}
+
+#[test]
+fn balanced_clusters_and_infeasible_destinations_get_no_moves() {
+    // Even: 1 and 1 (a move would only swap the gap).
+    let mut harness = crowded(2);
+    harness.add_nodes("b", 1);
+    let moves = rebalance(&harness.state, &RebalanceConfig { max_moves: 5, ..Default::default() }, "r", 1, harness.now);
+    assert_eq!(moves.len(), 1);
+    apply_moves(&mut harness, &moves);
+    assert!(rebalance(&harness.state, &RebalanceConfig { max_moves: 5, ..Default::default() }, "r", 2, harness.now).is_empty());
+
+    // The empty node lacks the driver, or violates a constraint: nothing moves.
+    let mut harness = crowded(4);
+    let mut no_driver = node("b-1");
+    no_driver.drivers.clear();
+    harness.add_node(no_driver);
+    assert!(rebalance(&harness.state, &RebalanceConfig::default(), "r", 1, harness.now).is_empty());
+
+    let mut harness = crowded(4);
+    let mut spec = harness.state.job("web").unwrap().spec.clone();
+    spec.groups[0].constraints.push(constraint("${node.name}", ConstraintOperator::Equal, "node-a-1"));
+    let version = harness.state.job("web").unwrap().version;
+    let job = Arc::new(Job { spec, version, stopped: false, submit_time: 0, create_index: 0, modify_index: 0 });
+    harness.state.upsert_job_version(Arc::clone(&job));
+    harness.state.upsert_job(job);
+    harness.add_nodes("b", 1);
+    assert!(rebalance(&harness.state, &RebalanceConfig::default(), "r", 1, harness.now).is_empty());
+}
+
+#[test]
+fn only_running_service_allocations_move() {
+    let mut harness = crowded(4);
+    for alloc in harness.live_allocs("web") {
+        harness.update_alloc(&alloc.id, |alloc| alloc.client_status = ClientStatus::Pending);
+    }
+    harness.add_nodes("b", 1);
+    assert!(rebalance(&harness.state, &RebalanceConfig::default(), "r", 1, harness.now).is_empty());
+}
