@@ -71,6 +71,8 @@ impl CheckedConstraint {
         let right = resolve(&self.constraint.value, node);
         use ConstraintOperator as Op;
         match self.constraint.operator {
+            // They count allocations, not node properties: see `rules`.
+            Op::DistinctHosts | Op::DistinctProperty => true,
             Op::IsSet => left.is_some(),
             Op::IsNotSet => left.is_none(),
             Op::NotEqual => left != right,
@@ -91,7 +93,7 @@ impl CheckedConstraint {
                         _ => parse_requirement(&right).is_ok_and(|bounds| version_meets(&left, &bounds)),
                     },
                     Op::SetContains => set_contains(&left, &right),
-                    Op::IsSet | Op::IsNotSet | Op::NotEqual => unreachable!("handled above"),
+                    Op::IsSet | Op::IsNotSet | Op::NotEqual | Op::DistinctHosts | Op::DistinctProperty => unreachable!("handled above"),
                 }
             }
         }
@@ -112,6 +114,8 @@ pub(crate) fn operator_str(operator: ConstraintOperator) -> &'static str {
         ConstraintOperator::SetContains => "set_contains",
         ConstraintOperator::IsSet => "is_set",
         ConstraintOperator::IsNotSet => "is_not_set",
+        ConstraintOperator::DistinctHosts => "distinct_hosts",
+        ConstraintOperator::DistinctProperty => "distinct_property",
     }
 }
 
@@ -133,7 +137,9 @@ pub(crate) fn resolve<'a>(target: &'a str, node: &'a Node) -> Option<Cow<'a, str
     Some(Cow::Borrowed(value.as_str()))
 }
 
-fn is_node_specific(target: &str) -> bool {
+/// True when the expression reads a node-unique value, so that its answer differs between nodes of
+/// one computed class.
+pub(crate) fn is_node_specific(target: &str) -> bool {
     target.contains("${node.id}") || target.contains("${node.name}") || target.contains("unique.")
 }
 

@@ -51,10 +51,17 @@ impl<'job> FeasibilityChecker<'job> {
     /// `Ok` when the group at `group_position` (in `job.groups`) may run on the node; otherwise the
     /// reason, worded for `PlacementFailure::filtered`.
     pub(crate) fn check(&mut self, node: &Node, group_position: usize) -> Result<(), String> {
+        self.check_with_class(node, group_position).map(|_| ())
+    }
+
+    /// [`check`](Self::check), returning the node's computed class when it passes (so that callers can
+    /// cache their own class-wide answers without hashing the node again).
+    pub(crate) fn check_with_class(&mut self, node: &Node, group_position: usize) -> Result<u64, String> {
         if !self.job.datacenters.contains(&node.datacenter) {
             return Err(format!("datacenter {} not in job", node.datacenter));
         }
-        let key = (computed_class(node), group_position);
+        let class = computed_class(node);
+        let key = (class, group_position);
         let class_result = match self.class_cache.get(&key) {
             Some(result) => result.clone(),
             None => {
@@ -67,7 +74,7 @@ impl<'job> FeasibilityChecker<'job> {
         let group = &self.groups[group_position];
         match self.job_constraints.iter().chain(&group.constraints).find(|c| c.is_node_specific && !c.is_met_by(node)) {
             Some(failed) => Err(failed.reason.clone()),
-            None => Ok(()),
+            None => Ok(class),
         }
     }
 

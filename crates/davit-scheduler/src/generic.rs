@@ -1,7 +1,10 @@
 //! The generic scheduler for service and batch jobs: reconcile, then place each missing allocation.
 //!
 //! Placement is a chain: schedulable nodes in a seeded random order → feasibility (datacenter, drivers,
-//! constraints; see `feasible`) → fit (cpu, memory, ports; see `rank`) → bin-packing score → best node.
+//! constraints; see `feasible`) → required placement rules (distinct_hosts, distinct_property, required
+//! alloc (anti-)affinities; see `rules`) → fit (cpu, memory, ports; see `rank`) → scores (the algorithm's
+//! fit score, node affinity, spread, alloc affinity, job anti-affinity; combined as `rank` describes) →
+//! a candidate limit (see `SchedulerConfig`) → best node.
 //! Every node turned down adds its reason to the group's [`PlacementFailure`].
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +15,7 @@ use davit_api::objects::{
     AllocatedResources, Allocation, ClientStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node, PlacementFailure, RescheduleEvent,
     UnixMillis,
 };
-use davit_api::spec::JobType;
+use davit_api::spec::{JobType, SchedulerAlgorithm};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -21,6 +24,7 @@ use crate::feasible::FeasibilityChecker;
 use crate::plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
 use crate::rank::{self, Ask, UsageTracker};
 use crate::reconcile::{self, Reconciliation};
+use crate::rules::PlacementRules;
 use crate::state::ClusterState;
 
 /// Computes the plan for one evaluation. See the crate documentation for the contract.
@@ -118,6 +122,9 @@ impl<'a> Run<'a> {
         }
         let Some(job) = job else { return };
 
+        let stopped: BTreeSet<&str> = reconciliation.stops.iter().map(|stop| stop.alloc.id.as_str()).collect();
+        let mut rules = PlacementRules::new(self.state, &job.spec, &stopped);
+        drop(stopped);
         let mut feasibility = FeasibilityChecker::new(&job.spec);
         let mut work: Vec<Work> = reconciliation
             .placements
@@ -155,6 +162,16 @@ impl<'a> Run<'a> {
         let mut nodes: Vec<&'a Arc<Node>> = self.state.nodes().filter(|node| node.is_schedulable()).collect();
         nodes.shuffle(&mut self.rng);
         let asks: Vec<Ask> = job.spec.groups.iter().map(Ask::new).collect();
+        let algorithm = job.spec.algorithm.unwrap_or(self.config.algorithm);
+        let mut groups_with_work: Vec<usize> = work.iter().map(|work| work.group_position).collect();
+        groups_with_work.dedup();
+        for &group_position in &groups_with_work {
+            if rules.needs_spread_domains(group_position) {
+                let feasible: Vec<&Node> =
+                    nodes.iter().filter(|node| feasibility.check(node, group_position).is_ok()).map(|node| &***node).collect();
+                rules.prepare_even_spread(group_position, feasible.into_iter());
+            }
+        }
         let mut cursor = 0;
         for work in work {
             let group = &job.spec.groups[work.group_position];
@@ -164,14 +181,21 @@ impl<'a> Run<'a> {
                 continue;
             }
             let previous_running = work.previous.as_ref().filter(|_| work.destructive);
+            let previous_node = previous_running.and_then(|previous| self.state.node(&previous.node_id));
             if let Some(previous) = previous_running {
                 self.usage.remove(&previous.node_id, &previous.resources);
+            }
+            if let Some(node) = previous_node {
+                rules.removed(work.group_position, node);
             }
             let ask = &asks[work.group_position];
             let rescheduled = work.previous.as_ref().zip(work.reschedule_delay_ms);
             let avoid = rescheduled.map(|(previous, _)| previous.node_id.as_str());
-            match self.select(&nodes, &mut cursor, &mut feasibility, work.group_position, ask, avoid) {
+            let limit = self.config.limit_for(job.spec.job_type, rules.is_wide(work.group_position), nodes.len());
+            let chooser = Chooser { algorithm, limit, avoid };
+            match self.select(&nodes, &mut cursor, &mut feasibility, &mut rules, work.group_position, ask, &chooser) {
                 Ok(node) => {
+                    rules.placed(work.group_position, node);
                     let usage = self.usage.usage(&node.id);
                     let ports = rank::assign_ports(node, usage, ask, &mut self.rng);
                     let resources = AllocatedResources { cpu: ask.cpu, memory: ask.memory, ports };
@@ -241,6 +265,9 @@ impl<'a> Run<'a> {
                         // Keep the old allocation running: there is no room for its replacement.
                         self.usage.add(&previous.node_id, &previous.resources);
                     }
+                    if let Some(node) = previous_node {
+                        rules.placed(work.group_position, node);
+                    }
                     failure.missing = 1;
                     self.plan.failed_groups.insert(group.name.clone(), failure);
                 }
@@ -259,43 +286,62 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Walks the nodes from `cursor` and returns the best-scoring one that is feasible and fits, or why
-    /// none did. The cursor moves past the nodes looked at, so with a candidate limit successive
-    /// placements start where the last one stopped (as Nomad's node iterator does).
+    /// Walks the nodes from `cursor` and returns the best-scoring one that is feasible, keeps the required
+    /// placement rules and fits, or why none did. The cursor moves past the nodes looked at, so with a
+    /// candidate limit successive placements start where the last one stopped (as Nomad's node iterator
+    /// does).
+    #[allow(clippy::too_many_arguments)]
     fn select(
         &mut self,
         nodes: &[&'a Arc<Node>],
         cursor: &mut usize,
         feasibility: &mut FeasibilityChecker<'_>,
+        rules: &mut PlacementRules,
         group_position: usize,
         ask: &Ask,
-        avoid: Option<&str>,
+        chooser: &Chooser<'_>,
     ) -> Result<&'a Arc<Node>, PlacementFailure> {
+        /// Nodes with a negative final score that may be passed over before they count toward the limit.
+        const MAX_SKIPPED: usize = 3;
         let mut failure = PlacementFailure::default();
         // Ranked by (not the avoided node, score): the avoided node wins only when it is the only fit.
         let mut best: Option<((bool, f64), &'a Arc<Node>)> = None;
         let mut fitting = 0;
+        let mut skipped = 0;
         let mut visited = 0;
         while visited < nodes.len() {
             let node = nodes[(*cursor + visited) % nodes.len()];
             visited += 1;
             failure.nodes_evaluated += 1;
-            if let Err(reason) = feasibility.check(node, group_position) {
+            let class = match feasibility.check_with_class(node, group_position) {
+                Ok(class) => class,
+                Err(reason) => {
+                    *failure.filtered.entry(reason).or_default() += 1;
+                    continue;
+                }
+            };
+            if let Err(reason) = rules.check_required(node, group_position) {
                 *failure.filtered.entry(reason).or_default() += 1;
                 continue;
             }
-            match rank::fit(node, self.usage.usage(&node.id), ask) {
-                Err(dimension) => *failure.exhausted.entry(dimension.to_string()).or_default() += 1,
-                Ok(score) => {
-                    let rank = (avoid != Some(node.id.as_str()), score);
-                    if best.is_none_or(|(best_rank, _)| rank > best_rank) {
-                        best = Some((rank, node));
-                    }
-                    fitting += 1;
-                    if self.config.candidate_limit.is_some_and(|limit| fitting >= limit.get()) {
-                        break;
-                    }
-                }
+            let usage = self.usage.usage(&node.id);
+            if let Err(dimension) = rank::fit(node, usage, ask) {
+                *failure.exhausted.entry(dimension.to_string()).or_default() += 1;
+                continue;
+            }
+            let fit = rank::fit_score(chooser.algorithm, node, usage, ask);
+            let score = rules.score(node, group_position, class, fit).final_score();
+            let rank = (chooser.avoid != Some(node.id.as_str()), score);
+            if best.is_none_or(|(best_rank, _)| rank > best_rank) {
+                best = Some((rank, node));
+            }
+            if score < 0.0 && skipped < MAX_SKIPPED {
+                skipped += 1;
+            } else {
+                fitting += 1;
+            }
+            if chooser.limit.is_some_and(|limit| fitting >= limit) {
+                break;
             }
         }
         if !nodes.is_empty() {
@@ -303,6 +349,15 @@ impl<'a> Run<'a> {
         }
         best.map(|(_, node)| node).ok_or(failure)
     }
+}
+
+/// How [`Run::select`] picks among the nodes that fit.
+struct Chooser<'n> {
+    algorithm: SchedulerAlgorithm,
+    /// Fitting nodes to score before choosing; `None`: all.
+    limit: Option<usize>,
+    /// A node to use only if no other fits (where a rescheduled allocation failed).
+    avoid: Option<&'n str>,
 }
 
 /// FNV-1a: a small hash that is the same on every platform and Rust version, to mix the evaluation id

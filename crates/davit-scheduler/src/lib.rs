@@ -5,7 +5,14 @@
 //! - [`ClusterState`]: the immutable, O(1)-clonable snapshot the scheduler reads (the server keeps one).
 //! - [`schedule`]: reconcile a job against its allocations, then place what is missing through a chain
 //!   of small pieces: seeded random node order → feasibility (datacenter, drivers, constraints, cached
-//!   per computed node class) → fit (cpu, memory, ports) → bin-packing score → best node.
+//!   per computed node class) → required placement rules (`distinct_hosts`, `distinct_property`,
+//!   required alloc affinities and anti-affinities, both directions; module `rules`) → fit (cpu, memory,
+//!   ports) → scores (the algorithm's fit score — binpack, spread or balanced —, node affinity, spread,
+//!   preferred alloc (anti-)affinity, job anti-affinity; their mean, see module `rank`) → a candidate
+//!   limit (sampling, see [`SchedulerConfig`]) → best node. Placements and stops made earlier in the
+//!   same plan count for fit and for every rule.
+//! - [`check_required_placement`]: the plan applier's re-check of the required placement rules against
+//!   the newest state, so that plans of different jobs computed on one snapshot cannot jointly break them.
 //! - [`place_migration`]: the destination of a live migration (same allocation, another node, its own ports).
 //! - [`rebalance`]: a few moves of running service allocations from the most to the least loaded nodes.
 //! - [`Plan`]: the result, per node; unplaceable work is data ([`Plan::failed_groups`] with reasons),
@@ -21,8 +28,9 @@
 //! id is mixed into the seed and new allocation ids never repeat ids already in the snapshot, so a
 //! reused seed cannot overwrite allocations, but it would repeat the same node order.
 //!
-//! Not yet: system jobs (rejected with a failed evaluation), spread, affinities,
-//! preemption, deployments.
+//! Not yet: system jobs (rejected with a failed evaluation), preemption, deployments; per-score
+//! explanations of the chosen node in `job plan` (the parts are computed, see `rules::ScoreParts`, but
+//! not reported).
 
 mod constraint;
 mod feasible;
@@ -32,7 +40,9 @@ mod plan;
 mod rank;
 mod rebalance;
 mod reconcile;
+mod rules;
 mod state;
+mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -42,3 +52,4 @@ pub use migrate::{MigrationPlacementError, place_migration};
 pub use plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
 pub use rebalance::{RebalanceConfig, RebalanceMove, rebalance};
 pub use state::{ClusterState, NodeUsage};
+pub use verify::{PlacementViolation, check_required_placement};

@@ -4,13 +4,64 @@ use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 
 use davit_api::objects::{Allocation, ClientStatus, EvalStatus, PlacementFailure, UnixMillis};
+use davit_api::spec::{JobType, SchedulerAlgorithm};
 
-/// Knobs of one scheduler run. The defaults suit clusters of up to a few thousand nodes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Knobs of one scheduler run.
+///
+/// # Candidate sampling
+///
+/// Each placement walks the nodes in a seeded random order (continuing where the previous placement of
+/// the run stopped), skips those that are infeasible or do not fit, and scores the fitting ones until it
+/// has scored a limit of them; the best scored wins. Nodes whose final score is negative (e.g. a job
+/// anti-affinity collision) do not count toward the limit, for the first 3 of them (Nomad's
+/// `LimitIterator`). A feasible node that fits is always found if one exists: the walk only stops early
+/// after finding one. The limit, first rule that applies:
+///
+/// 1. `candidate_limit`, when set: that many, for every group;
+/// 2. `score_all_nodes`: no limit (the tightest placement, O(nodes) per placement);
+/// 3. as Nomad: batch jobs 2, service jobs `max(2, ⌈log2(nodes)⌉)`;
+///    groups with `spread`, `affinities` or preferred alloc (anti-)affinities score at least
+///    `wide_candidate_limit` (default 256) — Nomad scores every node for them; a bound keeps placements
+///    O(1) on large clusters while a random sample of 256 nodes still sees every common domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SchedulerConfig {
-    /// Stop looking after this many nodes that fit and take the best of them (Nomad's `limit`).
-    /// `None` scores every feasible node, which gives the tightest bin-packing.
+    /// The cluster's ranking algorithm; a job's `algorithm` overrides it.
+    pub algorithm: SchedulerAlgorithm,
+    /// Stop looking after this many nodes that fit and take the best of them, for every group.
     pub candidate_limit: Option<NonZeroUsize>,
+    /// Score every feasible node (when `candidate_limit` is not set).
+    pub score_all_nodes: bool,
+    /// The minimum number of candidates scored for groups with spread, node affinities or preferred
+    /// alloc (anti-)affinities.
+    pub wide_candidate_limit: NonZeroUsize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> SchedulerConfig {
+        SchedulerConfig {
+            algorithm: SchedulerAlgorithm::Binpack,
+            candidate_limit: None,
+            score_all_nodes: false,
+            wide_candidate_limit: NonZeroUsize::new(256).expect("256 is not zero"),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// How many fitting nodes to score for a placement (`None`: all). See the type's documentation.
+    pub fn limit_for(&self, job_type: JobType, wide: bool, nodes: usize) -> Option<usize> {
+        if let Some(limit) = self.candidate_limit {
+            return Some(limit.get());
+        }
+        if self.score_all_nodes {
+            return None;
+        }
+        let base = match job_type {
+            JobType::Batch => 2,
+            JobType::Service | JobType::System => (usize::BITS - nodes.saturating_sub(1).leading_zeros()).max(2) as usize,
+        };
+        Some(if wide { base.max(self.wide_candidate_limit.get()) } else { base })
+    }
 }
 
 /// The changes one evaluation wants, per node. The plan applier checks them against the latest

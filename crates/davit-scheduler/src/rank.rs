@@ -1,22 +1,80 @@
 //! Fit and ranking: does the group fit in what is left of a node, and how good a home is it?
 //!
-//! # Bin-packing score
+//! A node that passed feasibility, the required placement rules (`rules`) and fit gets several scores,
+//! each normalised; its **final score is the mean of the applicable ones** (as Nomad's
+//! `ScoreNormalizationIterator`), and the highest final score wins (ties: the first node of the seeded
+//! order).
 //!
-//! Nomad's `ScoreFitBinPack`, normalised to 0..1. With `free_cpu` and `free_memory` the fractions of the
-//! node left free *after* placing the allocation (0 = full, 1 = empty):
+//! | score | range | applicable |
+//! |---|---|---|
+//! | fit (the algorithm's) | 0..1 | always |
+//! | node affinity | −1..1 | the group has `affinities` |
+//! | spread | −1..1 | the group has `spread` |
+//! | alloc affinity | −1..1 | the group has preferred (not `required`) `alloc_affinities` / `anti_affinities` |
+//! | job anti-affinity | −1..0 | the node already runs allocations of the same job and group |
+//!
+//! Unlike Nomad, which adds an affinity or spread score only where it is non-zero, a score that
+//! applies to the group counts (possibly as 0) on every node, so all nodes of a group are compared over
+//! the same number of scores; only the job anti-affinity penalty is per node (as Nomad's).
+//!
+//! # Fit scores (the job's `algorithm`, else `SchedulerConfig::algorithm`)
+//!
+//! With `free_cpu` and `free_memory` the fractions of the node left free *after* placing the
+//! allocation (0 = full, 1 = empty), and `used_cpu = 1 − free_cpu`, `used_memory = 1 − free_memory`:
 //!
 //! ```text
-//! score = (20 − (10^free_cpu + 10^free_memory)) / 18
+//! binpack  = (20 − (10^free_cpu + 10^free_memory)) / 18        Nomad's ScoreFitBinPack
+//! spread   = (10^free_cpu + 10^free_memory − 2) / 18           Nomad's ScoreFitSpread (least allocated)
+//! balanced = 1 − |used_cpu − used_memory|                      kube-scheduler's BalancedResourceAllocation
 //! ```
 //!
-//! Each power lies in 1..10, so the raw score lies in 0..18: 18 for a node the allocation fills
-//! exactly, 0 for an empty node. Fuller nodes score higher, which packs work tightly and leaves whole
-//! nodes free for big allocations. The exponent makes the last free fraction of a dimension count most.
+//! Each power lies in 1..10. `binpack` is 1 for a node the allocation fills exactly and 0 for an empty
+//! node: fuller nodes score higher, which packs work tightly and leaves whole nodes free for big
+//! allocations; the exponent makes the last free fraction of a dimension count most. `spread` is its
+//! mirror image (emptiest first). `balanced` is 1 when the node's CPU and memory are used in the same
+//! proportion, so a memory-heavy allocation goes where CPU is the busier dimension and vice versa.
+//!
+//! # Node affinity
+//!
+//! `Σ weight of the matching affinities / Σ |weight|` over the group's affinities (Nomad's
+//! `NodeAffinityIterator`). Cached per computed node class unless an affinity reads a node-unique value.
+//!
+//! # Spread
+//!
+//! Per spread attribute, a domain (attribute value) has a desired count `d`: `percent / 100 × count` for
+//! a listed target, what is left of 100% for values not listed (none left: `d = 0`), or, without
+//! targets, `count / (number of values among the group's feasible nodes)`. With `u` the live allocations
+//! of the group in the node's domain (this plan's placements included):
+//!
+//! ```text
+//! u + 1 ≤ d:  boost = 0.5 + 0.5 · (d − u) / d        in (0.5, 1]: the domain is below its target
+//! u < d < u+1: boost = 0.5 · (d − u)                  in (0, 0.5): a fraction of an allocation is missing
+//! u ≥ d:      boost = −0.5 − 0.5 · min(1, (u + 1 − d) / max(d, 1))   in [−1, −0.5): at or over target
+//! no value / no desired count: boost = −1
+//! spread = Σ (weight / Σ weights) · boost
+//! ```
+//!
+//! Unlike Nomad's `(d − u − 1) / d`, a domain below its target always beats one at or over it by more
+//! than any difference of fit scores (the gap is above 1 and fit scores differ by less than 1), so
+//! `targets` are met exactly whenever capacity allows, whatever the count; among domains below target the
+//! emptiest (relative to its target) is preferred.
+//!
+//! # Alloc affinity (preferred)
+//!
+//! With `m` the live allocations the term selects in the node's topology domain, each term adds
+//! `± weight · m / (m + 1)` (+ for `alloc_affinities`, − for `anti_affinities`; 0 when the node lacks the
+//! topology attribute), and the score is that sum over `Σ weight`. `m / (m + 1)` grows with every
+//! neighbour (0, ½, ⅔, …), so a preferred anti-affinity spreads first and then stacks evenly.
+//!
+//! # Job anti-affinity
+//!
+//! Nomad's `JobAntiAffinityIterator`: with `c > 0` allocations of the same job and group already on the
+//! node, `−min(1, (c + 1) / count)`. It spreads a group's replicas over nodes even under `binpack`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use davit_api::objects::{AllocatedResources, AssignedPort, Node};
-use davit_api::spec::GroupSpec;
+use davit_api::spec::{GroupSpec, SchedulerAlgorithm};
 use rand::Rng;
 use rand::rngs::SmallRng;
 
@@ -70,18 +128,19 @@ impl<'state> UsageTracker<'state> {
     }
 
     fn entry(&mut self, node_id: &str) -> &mut TrackedUsage {
-        let state = self.state;
-        self.nodes.entry(node_id.to_string()).or_insert_with(|| {
+        // Look up before inserting: `BTreeMap::entry` would allocate the key on every call of the hot loop.
+        if !self.nodes.contains_key(node_id) {
             let mut usage = TrackedUsage::default();
-            for alloc in state.allocs_for_node(node_id).filter(|alloc| !alloc.is_terminal()) {
+            for alloc in self.state.allocs_for_node(node_id).filter(|alloc| !alloc.is_terminal()) {
                 usage.cpu += alloc.resources.cpu;
                 usage.memory += alloc.resources.memory;
                 for port in &alloc.resources.ports {
                     *usage.ports.entry(port.value).or_default() += 1;
                 }
             }
-            usage
-        })
+            self.nodes.insert(node_id.to_string(), usage);
+        }
+        self.nodes.get_mut(node_id).expect("inserted above")
     }
 }
 
@@ -142,11 +201,37 @@ pub(crate) fn fit(node: &Node, usage: &TrackedUsage, ask: &Ask) -> Result<f64, E
     Ok(bin_pack_score(node, cpu_after, memory_after))
 }
 
+/// The fit score of the algorithm for an ask that fits (see the module documentation).
+pub(crate) fn fit_score(algorithm: SchedulerAlgorithm, node: &Node, usage: &TrackedUsage, ask: &Ask) -> f64 {
+    let cpu_after = usage.cpu + ask.cpu;
+    let memory_after = usage.memory + ask.memory;
+    match algorithm {
+        SchedulerAlgorithm::Binpack => bin_pack_score(node, cpu_after, memory_after),
+        SchedulerAlgorithm::Spread => spread_fit_score(node, cpu_after, memory_after),
+        SchedulerAlgorithm::Balanced => balanced_score(node, cpu_after, memory_after),
+    }
+}
+
+fn free_fraction(used: u64, total: u64) -> f64 {
+    if total == 0 { 0.0 } else { (1.0 - used as f64 / total as f64).clamp(0.0, 1.0) }
+}
+
+/// Least allocated first. See the module documentation for the formula.
+pub(crate) fn spread_fit_score(node: &Node, cpu_after: u64, memory_after: u64) -> f64 {
+    let free_cpu = free_fraction(cpu_after, node.resources.cpu);
+    let free_memory = free_fraction(memory_after, node.resources.memory);
+    ((10f64.powf(free_cpu) + 10f64.powf(free_memory) - 2.0) / 18.0).clamp(0.0, 1.0)
+}
+
+/// CPU and memory used in equal proportion. See the module documentation for the formula.
+pub(crate) fn balanced_score(node: &Node, cpu_after: u64, memory_after: u64) -> f64 {
+    let used_cpu = 1.0 - free_fraction(cpu_after, node.resources.cpu);
+    let used_memory = 1.0 - free_fraction(memory_after, node.resources.memory);
+    1.0 - (used_cpu - used_memory).abs()
+}
+
 /// See the module documentation for the formula.
 pub(crate) fn bin_pack_score(node: &Node, cpu_after: u64, memory_after: u64) -> f64 {
-    let free_fraction = |used: u64, total: u64| {
-        if total == 0 { 0.0 } else { (1.0 - used as f64 / total as f64).clamp(0.0, 1.0) }
-    };
     let free_cpu = free_fraction(cpu_after, node.resources.cpu);
     let free_memory = free_fraction(memory_after, node.resources.memory);
     let raw = 20.0 - (10f64.powf(free_cpu) + 10f64.powf(free_memory));

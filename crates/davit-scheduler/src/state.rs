@@ -13,7 +13,8 @@ use imbl::{OrdMap, OrdSet};
 /// but never affect earlier clones.
 ///
 /// Invariant: `allocs_by_node` and `allocs_by_job` hold exactly the ids of `allocs`, keyed by each
-/// allocation's current `node_id` and `job_name`; empty index sets are removed.
+/// allocation's current `node_id` and `job_name`; empty index sets are removed. `anti_affinity_jobs` holds
+/// exactly the names of the jobs whose latest version has a group with a required anti-affinity.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
     nodes: OrdMap<String, Arc<Node>>,
@@ -21,6 +22,7 @@ pub struct ClusterState {
     allocs_by_node: OrdMap<String, OrdSet<String>>,
     allocs_by_job: OrdMap<String, OrdSet<String>>,
     jobs: OrdMap<String, Arc<Job>>,
+    anti_affinity_jobs: OrdSet<String>,
     job_versions: OrdMap<String, OrdMap<u64, Arc<Job>>>,
 }
 
@@ -72,12 +74,26 @@ impl ClusterState {
     /// Sets the latest version of a job (the job itself). Its versions are kept separately, see
     /// [`ClusterState::upsert_job_version`].
     pub fn upsert_job(&mut self, job: Arc<Job>) {
+        let required_anti_affinity =
+            job.spec.groups.iter().any(|group| group.anti_affinities.iter().any(|anti_affinity| anti_affinity.required));
+        if required_anti_affinity {
+            self.anti_affinity_jobs.insert(job.spec.name.clone());
+        } else {
+            self.anti_affinity_jobs.remove(&job.spec.name);
+        }
         self.jobs.insert(job.spec.name.clone(), job);
     }
 
     /// Removes the job; its stored versions and allocations stay until removed themselves.
     pub fn remove_job(&mut self, name: &str) -> Option<Arc<Job>> {
+        self.anti_affinity_jobs.remove(name);
         self.jobs.remove(name)
+    }
+
+    /// Jobs (latest versions) with a group that has a required anti-affinity, in name order: the ones
+    /// whose existing allocations may forbid a placement of another job (see `check_required_placement`).
+    pub fn jobs_with_required_anti_affinity(&self) -> impl Iterator<Item = &Arc<Job>> + '_ {
+        self.anti_affinity_jobs.iter().filter_map(|name| self.jobs.get(name))
     }
 
     pub fn upsert_job_version(&mut self, job: Arc<Job>) {

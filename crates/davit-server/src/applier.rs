@@ -2,7 +2,8 @@
 //!
 //! It takes plans from scheduler workers and status updates from agents, one at a time, against the
 //! newest state: a node's part of a plan is committed only if the node still exists, is schedulable
-//! (for new placements) and still fits every allocation's CPU, memory and ports; the rest is refused
+//! (for new placements), still fits every allocation's CPU, memory and ports, and the required placement
+//! rules still hold (`davit_scheduler::check_required_placement`); the rest is refused
 //! and the worker schedules it again on a fresh snapshot (optimistic concurrency, as in Nomad).
 //! It also commits the drainer's stops (with their evaluations) and agents' status updates.
 
@@ -226,16 +227,27 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResul
             txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
         }
     }
+    let stopped: Vec<&str> = plan.stops().map(|stop| stop.alloc_id.as_str()).collect();
+    // The newest state plus what this plan commits on the nodes checked so far: required placement rules
+    // (anti-affinity, distinct_hosts, distinct_property) span nodes, and another worker's plan committed
+    // since this one was computed may have taken the spot.
+    let mut working = snapshot.cluster.clone();
     for (node_id, allocs) in &plan.node_allocations {
-        if node_fits(snapshot, plan, node_id, allocs) {
-            for alloc in allocs {
-                if snapshot.cluster.alloc(&alloc.id).is_none() {
-                    result.placed += 1;
-                }
-                txn.success.push(keys::put(keys::alloc(&alloc.id), alloc));
-            }
-        } else {
+        if !node_fits(snapshot, plan, node_id, allocs) {
             result.refused_nodes.push(node_id.to_string());
+            continue;
+        }
+        if let Err(violation) = davit_scheduler::check_required_placement(&working, allocs, &stopped) {
+            tracing::debug!(eval = %plan.eval_id, %violation, "placement refused: a required rule no longer holds");
+            result.refused_nodes.push(node_id.to_string());
+            continue;
+        }
+        for alloc in allocs {
+            if snapshot.cluster.alloc(&alloc.id).is_none() {
+                result.placed += 1;
+            }
+            txn.success.push(keys::put(keys::alloc(&alloc.id), alloc));
+            working.upsert_alloc(Arc::new(alloc.clone()));
         }
     }
     (txn, result)
@@ -393,4 +405,72 @@ pub fn advance_migration(
         peer.modify_time = now;
     }
     peer
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use davit_api::objects::{DriverInfo, EvalTrigger, Job, Node, NodeEligibility, NodeResources, NodeStatus};
+    use davit_scheduler::{ClusterState, schedule};
+
+    use super::*;
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.to_string(),
+            name: id.to_string(),
+            datacenter: "dc1".to_string(),
+            class: String::new(),
+            attributes: BTreeMap::new(),
+            resources: NodeResources { cpu: 4000, memory: 4096, port_range: (20000, 20100), reserved_ports: vec![] },
+            drivers: BTreeMap::from([("exec".to_string(), DriverInfo { detected: true, healthy: true, ..Default::default() })]),
+            status: NodeStatus::Ready,
+            eligibility: NodeEligibility::Eligible,
+            drain: None,
+            http_addr: String::new(),
+            status_description: String::new(),
+            last_heartbeat: 0,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    fn add_job(cluster: &mut ClusterState, yaml: &str) -> Evaluation {
+        let spec = davit_api::spec::parse_job_spec(yaml, "job.yaml").unwrap();
+        let job = Arc::new(Job { spec, version: 0, stopped: false, submit_time: 0, create_index: 0, modify_index: 0 });
+        cluster.upsert_job_version(Arc::clone(&job));
+        cluster.upsert_job(Arc::clone(&job));
+        crate::liveness::new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::JobRegister, None)
+    }
+
+    const TASKS: &str = "    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/true}\n        resources: {cpu: 100, memory: 64}\n";
+
+    /// Two plans computed on the same snapshot each keep job `db`'s required anti-affinity to `cache`;
+    /// committed one after the other they would break it. The applier refuses the second.
+    #[test]
+    fn a_plan_breaking_a_required_rule_of_a_concurrent_commit_is_refused() {
+        let mut snapshot = Snapshot::default();
+        snapshot.cluster.upsert_node(Arc::new(node("n1")));
+        let db = add_job(
+            &mut snapshot.cluster,
+            &format!("name: db\ngroups:\n  - name: g\n    anti_affinities: [{{labels: {{app: cache}}, required: true}}]\n{TASKS}"),
+        );
+        let cache = add_job(&mut snapshot.cluster, &format!("name: cache\ngroups:\n  - name: g\n    labels: {{app: cache}}\n{TASKS}"));
+        let db_plan = schedule(&snapshot.cluster, &db, &Default::default(), 1, 0).plan;
+        let cache_plan = schedule(&snapshot.cluster, &cache, &Default::default(), 2, 0).plan;
+        assert_eq!((db_plan.allocations().count(), cache_plan.allocations().count()), (1, 1));
+
+        let (_, result) = check_plan(&snapshot, &db_plan, 0);
+        assert_eq!((result.placed, result.refused_nodes.len()), (1, 0));
+        let mut after = snapshot.clone();
+        for alloc in db_plan.allocations() {
+            after.cluster.upsert_alloc(Arc::new(alloc.clone()));
+        }
+        let (txn, result) = check_plan(&after, &cache_plan, 0);
+        assert_eq!((result.placed, result.refused_nodes), (0, vec!["n1".to_string()]));
+        assert!(txn.success.is_empty());
+        // On the snapshot it was computed on, the same plan is fine.
+        assert_eq!(check_plan(&snapshot, &cache_plan, 0).1.placed, 1);
+    }
 }

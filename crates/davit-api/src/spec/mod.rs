@@ -29,8 +29,13 @@ pub struct JobSpec {
     pub priority: u8,
     #[serde(default = "default_datacenters")]
     pub datacenters: Vec<String>,
+    /// Job-level constraints: node constraints, and `distinct_hosts` / `distinct_property` across all the
+    /// job's groups.
     #[serde(default)]
     pub constraints: Vec<Constraint>,
+    /// How the scheduler ranks the nodes an allocation fits on; absent: the cluster's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<SchedulerAlgorithm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateSpec>,
     #[serde(default)]
@@ -48,7 +53,35 @@ pub enum JobType {
     System,
 }
 
+/// How the scheduler ranks the nodes that fit an allocation (the formulas are in `davit-scheduler`'s
+/// `rank` module).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerAlgorithm {
+    /// Fill the fullest node that fits: leaves whole nodes free for big allocations.
+    #[default]
+    Binpack,
+    /// Use the emptiest node: least allocated first.
+    Spread,
+    /// Keep each node's CPU and memory utilisation equal (kube-scheduler's `BalancedResourceAllocation`).
+    Balanced,
+}
+
+impl SchedulerAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchedulerAlgorithm::Binpack => "binpack",
+            SchedulerAlgorithm::Spread => "spread",
+            SchedulerAlgorithm::Balanced => "balanced",
+        }
+    }
+}
+
 /// `attribute operator value`, e.g. `${node.arch} = x86_64`.
+///
+/// Two operators constrain allocations rather than nodes (Nomad's): `distinct_hosts` (no attribute, no
+/// value: at most one allocation of the group per node; at job level of the whole job) and
+/// `distinct_property` (at most `value` allocations, default 1, per value of `attribute`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Constraint {
@@ -85,6 +118,97 @@ pub enum ConstraintOperator {
     IsSet,
     #[serde(rename = "is_not_set")]
     IsNotSet,
+    /// At most one allocation of the group (job-level: of the job) per node.
+    #[serde(rename = "distinct_hosts")]
+    DistinctHosts,
+    /// At most `value` (default 1) allocations of the group (job-level: of the job) per value of `attribute`.
+    #[serde(rename = "distinct_property")]
+    DistinctProperty,
+}
+
+impl ConstraintOperator {
+    /// True for `distinct_hosts` and `distinct_property`, which count allocations instead of testing a node.
+    pub fn is_distinct(self) -> bool {
+        matches!(self, ConstraintOperator::DistinctHosts | ConstraintOperator::DistinctProperty)
+    }
+}
+
+/// A soft preference for nodes: `attribute operator value` like a constraint (`=` by default), whose
+/// `weight` (−100..=100, not 0) is added to the score of nodes it matches; negative weights repel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAffinity {
+    #[serde(default)]
+    pub attribute: String,
+    #[serde(default)]
+    pub operator: ConstraintOperator,
+    #[serde(default)]
+    pub value: String,
+    #[serde(default = "default_weight")]
+    pub weight: i32,
+}
+
+impl NodeAffinity {
+    /// The affinity as a constraint (its match test).
+    pub fn as_constraint(&self) -> Constraint {
+        Constraint { attribute: self.attribute.clone(), operator: self.operator, value: self.value.clone() }
+    }
+}
+
+/// Spread a group's allocations over the values of a node attribute: as `targets` says (percent per value;
+/// the rest of 100 goes evenly to values not listed), or evenly over the values of the feasible nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpreadSpec {
+    #[serde(default)]
+    pub attribute: String,
+    /// 1..=100: the share of this spread among the group's spreads.
+    #[serde(default = "default_weight_u32")]
+    pub weight: u32,
+    /// Attribute value → percent of the group's allocations; the sum is at most 100.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub targets: BTreeMap<String, u32>,
+}
+
+/// Selects allocations (by `job`, `group` and `labels`) to place next to (`alloc_affinities`) or away from
+/// (`anti_affinities`), within a `topology` domain: nodes sharing the value of a node attribute.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocAffinity {
+    /// The job whose allocations are selected; absent: the same job when `group` is given, else any job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Every label must equal the selected group's `labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// A node attribute expression as in constraints (`${attr.zone}`); absent: the node itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<String>,
+    /// A hard rule (nodes that break it are filtered out) instead of a preference.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+    /// 1..=100 (default 50), for a preference only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl AllocAffinity {
+    /// The weight of a preference: `weight`, else 50.
+    pub fn effective_weight(&self) -> u32 {
+        self.weight.unwrap_or(DEFAULT_WEIGHT as u32)
+    }
+}
+
+const DEFAULT_WEIGHT: i32 = 50;
+
+fn default_weight() -> i32 {
+    DEFAULT_WEIGHT
+}
+
+fn default_weight_u32() -> u32 {
+    DEFAULT_WEIGHT as u32
 }
 
 /// Rolling/canary update settings. Parsed, but not acted on yet: validation rejects it.
@@ -113,17 +237,22 @@ pub struct GroupSpec {
     pub name: String,
     #[serde(default = "default_count")]
     pub count: u32,
+    /// Matched by other groups' `alloc_affinities` and `anti_affinities` selectors.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub constraints: Vec<Constraint>,
-    /// Not acted on yet: validation rejects a non-empty list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub spread: Vec<serde_json::Value>,
-    /// Not acted on yet: validation rejects a non-empty list.
+    pub spread: Vec<SpreadSpec>,
+    /// Node affinities: soft preferences for (or against) nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub affinities: Vec<serde_json::Value>,
-    /// Not acted on yet: validation rejects a non-empty list.
+    pub affinities: Vec<NodeAffinity>,
+    /// Place next to the selected allocations (same topology domain).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub anti_affinities: Vec<serde_json::Value>,
+    pub alloc_affinities: Vec<AllocAffinity>,
+    /// Place away from the selected allocations (another topology domain).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anti_affinities: Vec<AllocAffinity>,
     #[serde(default)]
     pub restart: RestartPolicy,
     /// Replace failed allocations (on another node when possible). Absent: failed allocations stay.

@@ -1,10 +1,13 @@
 //! Scheduler tests: a [`Harness`] with in-memory state, builders for nodes, jobs and allocations, and
 //! scenario tests that arrange state → `harness.process(job)` → assert on the plan.
 
+mod affinity;
 mod lifecycle;
 mod placement;
+mod properties;
 mod rebalance;
 mod reschedule;
+mod spread;
 mod state;
 
 use std::collections::BTreeMap;
@@ -33,7 +36,13 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub(crate) fn new() -> Harness {
-        Harness { state: ClusterState::new(), config: SchedulerConfig::default(), seed: 42, now: 1_000_000, evals: 0 }
+        Harness {
+            state: ClusterState::new(),
+            config: SchedulerConfig { score_all_nodes: true, ..SchedulerConfig::default() },
+            seed: 42,
+            now: 1_000_000,
+            evals: 0,
+        }
     }
 
     pub(crate) fn add_node(&mut self, node: Node) {
@@ -220,6 +229,7 @@ pub(crate) fn job(name: &str, count: u32) -> JobSpec {
         priority: 50,
         datacenters: vec!["dc1".to_string()],
         constraints: Vec::new(),
+        algorithm: None,
         update: None,
         groups: vec![group("web", count)],
         meta: BTreeMap::new(),
@@ -230,9 +240,11 @@ pub(crate) fn group(name: &str, count: u32) -> GroupSpec {
     GroupSpec {
         name: name.to_string(),
         count,
+        labels: BTreeMap::new(),
         constraints: Vec::new(),
         spread: Vec::new(),
         affinities: Vec::new(),
+        alloc_affinities: Vec::new(),
         anti_affinities: Vec::new(),
         restart: RestartPolicy::default(),
         reschedule: None,

@@ -245,22 +245,33 @@ fn bin_packing_prefers_the_fuller_node() {
     }
 }
 
+/// Bin-packing fills one node before the next across jobs; the replicas of one group still spread over
+/// nodes (the job anti-affinity penalty, as Nomad's).
 #[test]
 fn bin_packing_fills_one_node_before_the_next() {
     let mut harness = Harness::new();
     harness.add_nodes("n", 3);
     // 4 cores per node, 1 core per allocation: 4 fit on one node.
-    let mut spec = job("shop", 6);
-    spec.groups[0].tasks[0].resources.cpu = 1000;
-    harness.register(spec);
-    harness.run("shop");
+    for number in 0..6 {
+        let mut spec = job(&format!("shop-{number}"), 1);
+        spec.groups[0].tasks[0].resources.cpu = 1000;
+        harness.register(spec);
+        harness.run(&format!("shop-{number}"));
+    }
     let mut per_node: BTreeMap<String, u32> = BTreeMap::new();
-    for alloc in harness.live_allocs("shop") {
+    for alloc in harness.state.allocs() {
         *per_node.entry(alloc.node_id.clone()).or_default() += 1;
     }
     let mut sizes: Vec<u32> = per_node.values().copied().collect();
     sizes.sort();
     assert_eq!(sizes, [2, 4], "{per_node:?}");
+
+    let mut harness = Harness::new();
+    harness.add_nodes("n", 3);
+    harness.register(job("replicas", 3));
+    harness.run("replicas");
+    let nodes: BTreeSet<String> = harness.live_allocs("replicas").iter().map(|alloc| alloc.node_id.clone()).collect();
+    assert_eq!(nodes.len(), 3, "one replica per node: {nodes:?}");
 }
 
 #[test]

@@ -78,7 +78,9 @@ fn describe(state: &ClusterState, job_name: &str, result: &ScheduleResult, group
     let plan = &result.plan;
     let mut touched: BTreeSet<&str> = BTreeSet::new();
     let replaced: BTreeSet<&str> = plan.allocations().filter_map(|alloc| alloc.previous_allocation.as_deref()).collect();
-    for alloc in plan.allocations() {
+    let mut allocations: Vec<&Allocation> = plan.allocations().collect();
+    allocations.sort_by_key(|alloc| (&alloc.group, alloc.index));
+    for alloc in allocations {
         let group = groups.entry(alloc.group.clone()).or_default();
         if state.alloc(&alloc.id).is_some() {
             group.in_place += 1;
