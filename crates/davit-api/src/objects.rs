@@ -440,6 +440,8 @@ pub enum EvalTrigger {
     AllocFailure,
     /// A blocked evaluation retried because capacity changed.
     QueuedAllocs,
+    /// Allocations of the job were preempted by a higher-priority job: place them again when there is room.
+    Preemption,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

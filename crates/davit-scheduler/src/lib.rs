@@ -6,6 +6,12 @@
 //! - [`schedule`]: reconcile a job against its allocations, then place what is missing through a chain
 //!   of small pieces: seeded random node order → feasibility (datacenter, drivers, constraints, cached
 //!   per computed node class) → fit (cpu, memory, ports) → bin-packing score → best node.
+//! - System jobs (`type: system`, module `system`): one allocation per group on every feasible,
+//!   schedulable node; `count` is 0 or 1 (0: nowhere); allocations on nodes that go down or stop being
+//!   feasible are stopped, nodes that join get one.
+//! - Preemption (module `preempt`): a placement that fits nowhere evicts the cheapest set of
+//!   allocations of jobs at least [`PREEMPTION_PRIORITY_DELTA`] lower in priority from one feasible node
+//!   ([`Plan::node_preemptions`]); per job type in [`PreemptionConfig`] (service and system: on, batch: off).
 //! - [`place_migration`]: the destination of a live migration (same allocation, another node, its own ports).
 //! - [`Plan`]: the result, per node; unplaceable work is data ([`Plan::failed_groups`] with reasons),
 //!   never an error.
@@ -20,22 +26,25 @@
 //! id is mixed into the seed and new allocation ids never repeat ids already in the snapshot, so a
 //! reused seed cannot overwrite allocations, but it would repeat the same node order.
 //!
-//! Not yet: system jobs (rejected with a failed evaluation), spread, affinities,
-//! preemption, deployments.
+//! Not yet: spread, affinities, deployments; preemption for allocations placed by a live migration or the
+//! drainer (`place_migration` does not preempt); preemption does not weigh in the ranking of nodes that fit
+//! (it is tried only when no node fits).
 
 mod constraint;
 mod feasible;
 mod generic;
 mod migrate;
 mod plan;
+mod preempt;
 mod rank;
 mod reconcile;
 mod state;
+mod system;
 
 #[cfg(test)]
 mod tests;
 
 pub use generic::schedule;
 pub use migrate::{MigrationPlacementError, place_migration};
-pub use plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
+pub use plan::{AllocStop, PREEMPTION_PRIORITY_DELTA, Plan, PreemptionConfig, ScheduleResult, SchedulerConfig};
 pub use state::{ClusterState, NodeUsage};

@@ -5,8 +5,12 @@
 //! (for new placements) and still fits every allocation's CPU, memory and ports; the rest is refused
 //! and the worker schedules it again on a fresh snapshot (optimistic concurrency, as in Nomad).
 //! It also commits the drainer's stops (with their evaluations) and agents' status updates.
+//!
+//! Preemptions (`Plan::node_preemptions`) count as stops in a node's fit check and are committed only
+//! together with that node's placements, in the same transaction, with one `preemption` evaluation per
+//! job that lost allocations (it places them again, or blocks until there is room).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use davit_api::http::AllocStatusUpdate;
@@ -29,6 +33,8 @@ pub struct PlanResult {
     /// Nodes whose placements were refused because they no longer fit or are gone.
     pub refused_nodes: Vec<String>,
     pub placed: usize,
+    /// Allocations of other jobs stopped to make room.
+    pub preempted: usize,
 }
 
 enum Request {
@@ -146,15 +152,7 @@ pub fn check_migration(snapshot: &Snapshot, destination: &Allocation, now: u64) 
     if source.is_migrating_out() {
         return Err(format!("allocation {} is already being migrated", source.id));
     }
-    let no_changes = Plan {
-        eval_id: String::new(),
-        job_name: destination.job_name.clone(),
-        job_version: destination.job_version,
-        priority: 0,
-        node_allocations: Default::default(),
-        node_updates: Default::default(),
-        failed_groups: Default::default(),
-    };
+    let no_changes = Plan::new("", &destination.job_name, destination.job_version, 0);
     if !node_fits(snapshot, &no_changes, &destination.node_id, std::slice::from_ref(destination)) {
         return Err(format!("node {} no longer has room for it", destination.node_name));
     }
@@ -226,6 +224,7 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResul
             txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
         }
     }
+    let mut preempted_jobs: BTreeSet<&str> = BTreeSet::new();
     for (node_id, allocs) in &plan.node_allocations {
         if node_fits(snapshot, plan, node_id, allocs) {
             for alloc in allocs {
@@ -234,9 +233,23 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResul
                 }
                 txn.success.push(keys::put(keys::alloc(&alloc.id), alloc));
             }
+            for stop in plan.node_preemptions.get(node_id).into_iter().flatten() {
+                let Some(existing) = snapshot.cluster.alloc(&stop.alloc_id) else { continue };
+                if existing.is_terminal() {
+                    continue;
+                }
+                txn.success.push(keys::put(keys::alloc(&existing.id), &stopped(existing, stop, now)));
+                result.preempted += 1;
+                preempted_jobs.insert(&existing.job_name);
+            }
         } else {
             result.refused_nodes.push(node_id.to_string());
         }
+    }
+    for job in preempted_jobs.into_iter().filter_map(|name| snapshot.cluster.job(name)) {
+        let mut eval = crate::liveness::new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::Preemption, None);
+        eval.status_description = format!("allocations preempted by job {} (priority {})", plan.job_name, plan.priority);
+        txn.success.push(keys::put(keys::eval(&eval.id), &eval));
     }
     (txn, result)
 }
@@ -249,8 +262,13 @@ fn node_fits(snapshot: &Snapshot, plan: &Plan, node_id: &str, incoming: &[Alloca
     if has_new && !node.is_schedulable() {
         return false;
     }
-    let stopped: HashSet<&str> =
-        plan.node_updates.get(node_id).map(|stops| stops.iter().map(|stop| stop.alloc_id.as_str()).collect()).unwrap_or_default();
+    // Preemptions free their room like stops (they are committed only with the node's placements).
+    let stopped: HashSet<&str> = [&plan.node_updates, &plan.node_preemptions]
+        .into_iter()
+        .filter_map(|stops| stops.get(node_id))
+        .flatten()
+        .map(|stop| stop.alloc_id.as_str())
+        .collect();
     let remaining = snapshot
         .cluster
         .allocs_for_node(node_id)
