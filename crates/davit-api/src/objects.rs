@@ -442,6 +442,8 @@ pub enum EvalTrigger {
     QueuedAllocs,
     /// `davit rebalance` moved allocations of the job (recorded complete, for the history).
     Rebalance,
+    /// Allocations of the job were preempted by a higher-priority job: place them again when there is room.
+    Preemption,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -6,6 +6,8 @@
 //! fit score, node affinity, spread, alloc affinity, job anti-affinity; combined as `rank` describes) →
 //! a candidate limit (see `SchedulerConfig`) → best node.
 //! Every node turned down adds its reason to the group's [`PlacementFailure`].
+//! When no node fits, the placement may preempt lower-priority allocations on one node (see `preempt`).
+//! System jobs are handed to `system` at the entry.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -22,30 +24,20 @@ use rand::{Rng, SeedableRng};
 
 use crate::feasible::FeasibilityChecker;
 use crate::plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
+use crate::preempt::Preemptor;
 use crate::rank::{self, Ask, UsageTracker};
 use crate::reconcile::{self, Reconciliation};
 use crate::rules::PlacementRules;
 use crate::state::ClusterState;
+use crate::system;
 
 /// Computes the plan for one evaluation. See the crate documentation for the contract.
 pub fn schedule(state: &ClusterState, eval: &Evaluation, config: &SchedulerConfig, seed: u64, now: UnixMillis) -> ScheduleResult {
     let job = state.job(&eval.job_name).map(|job| &**job);
-    let mut plan = Plan {
-        eval_id: eval.id.clone(),
-        job_name: eval.job_name.clone(),
-        job_version: job.map_or(0, |job| job.version),
-        priority: job.map_or(eval.priority, |job| job.spec.priority),
-        node_allocations: BTreeMap::new(),
-        node_updates: BTreeMap::new(),
-        failed_groups: BTreeMap::new(),
-    };
+    let mut plan =
+        Plan::new(&eval.id, &eval.job_name, job.map_or(0, |job| job.version), job.map_or(eval.priority, |job| job.spec.priority));
     if job.map_or(eval.job_type, |job| job.spec.job_type) == JobType::System {
-        return ScheduleResult {
-            plan,
-            status: EvalStatus::Failed,
-            status_description: "system jobs are not supported yet".to_string(),
-            follow_ups: BTreeMap::new(),
-        };
+        return system::schedule_system(state, eval, config, plan, seed ^ fnv1a(eval.id.as_bytes()), now);
     }
     let running_job = job.filter(|job| !job.stopped);
     let mut reconciliation = reconcile::reconcile(state, running_job, &eval.job_name, now);
@@ -73,13 +65,14 @@ pub fn schedule(state: &ClusterState, eval: &Evaluation, config: &SchedulerConfi
 
 /// What one run did, for the status description.
 #[derive(Default)]
-struct Counts {
-    placed: u32,
-    updated_in_place: u32,
-    replaced: u32,
-    rescheduled: u32,
-    stopped: u32,
-    lost: u32,
+pub(crate) struct Counts {
+    pub(crate) placed: u32,
+    pub(crate) updated_in_place: u32,
+    pub(crate) replaced: u32,
+    pub(crate) rescheduled: u32,
+    pub(crate) stopped: u32,
+    pub(crate) lost: u32,
+    pub(crate) preempted: u32,
 }
 
 /// One piece of work for the node chain.
@@ -126,6 +119,7 @@ impl<'a> Run<'a> {
         let mut rules = PlacementRules::new(self.state, &job.spec, &stopped);
         drop(stopped);
         let mut feasibility = FeasibilityChecker::new(&job.spec);
+        let mut preemptor = self.config.preemption.enabled_for(job.spec.job_type).then(|| Preemptor::new(self.state, job));
         let mut work: Vec<Work> = reconciliation
             .placements
             .into_iter()
@@ -193,8 +187,24 @@ impl<'a> Run<'a> {
             let avoid = rescheduled.map(|(previous, _)| previous.node_id.as_str());
             let limit = self.config.limit_for(job.spec.job_type, rules.is_wide(work.group_position), nodes.len());
             let chooser = Chooser { algorithm, limit, avoid };
-            match self.select(&nodes, &mut cursor, &mut feasibility, &mut rules, work.group_position, ask, &chooser) {
-                Ok(node) => {
+            let selected = match self.select(&nodes, &mut cursor, &mut feasibility, &mut rules, work.group_position, ask, &chooser) {
+                Ok(node) => Ok((node, Vec::new())),
+                // Nothing fits: evict lower-priority work from the node where that is cheapest (among the
+                // nodes the required placement rules allow).
+                Err(failure) => match preemptor.as_ref().and_then(|preemptor| {
+                    let allowed: Vec<&'a Arc<Node>> =
+                        nodes.iter().copied().filter(|node| rules.check_required(node, work.group_position).is_ok()).collect();
+                    preemptor.find(&allowed, &mut feasibility, work.group_position, group, ask, &mut self.usage)
+                }) {
+                    Some(eviction) => Ok((eviction.node, eviction.victims)),
+                    None => Err(failure),
+                },
+            };
+            match selected {
+                Ok((node, victims)) => {
+                    if let Some(preemptor) = preemptor.as_mut() {
+                        preemptor.evict(&mut self.usage, &victims);
+                    }
                     rules.placed(work.group_position, node);
                     let usage = self.usage.usage(&node.id);
                     let ports = rank::assign_ports(node, usage, ask, &mut self.rng);
@@ -239,6 +249,12 @@ impl<'a> Run<'a> {
                         create_index: 0,
                         modify_index: 0,
                     };
+                    if let Some(preemptor) = &preemptor {
+                        for victim in &victims {
+                            self.plan.push_preemption(&victim.node_id, preemptor.stop(victim, &alloc.id));
+                            self.counts.preempted += 1;
+                        }
+                    }
                     self.plan.push_allocation(alloc);
                     if let Some(previous) = previous_running {
                         self.plan.push_stop(
@@ -382,7 +398,7 @@ pub(crate) fn random_uuid(rng: &mut SmallRng) -> String {
     text
 }
 
-fn describe(job_gone: bool, counts: &Counts, failed_groups: &BTreeMap<String, PlacementFailure>) -> String {
+pub(crate) fn describe(job_gone: bool, counts: &Counts, failed_groups: &BTreeMap<String, PlacementFailure>) -> String {
     let mut parts = Vec::new();
     for (count, what) in [
         (counts.placed, "placed"),
@@ -391,6 +407,7 @@ fn describe(job_gone: bool, counts: &Counts, failed_groups: &BTreeMap<String, Pl
         (counts.rescheduled, "rescheduled"),
         (counts.stopped, "stopped"),
         (counts.lost, "lost"),
+        (counts.preempted, "preempted"),
     ] {
         if count > 0 {
             parts.push(format!("{what} {count}"));

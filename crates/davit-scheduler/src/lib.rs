@@ -13,6 +13,12 @@
 //!   same plan count for fit and for every rule.
 //! - [`check_required_placement`]: the plan applier's re-check of the required placement rules against
 //!   the newest state, so that plans of different jobs computed on one snapshot cannot jointly break them.
+//! - System jobs (`type: system`, module `system`): one allocation per group on every feasible,
+//!   schedulable node; `count` is 0 or 1 (0: nowhere); allocations on nodes that go down or stop being
+//!   feasible are stopped, nodes that join get one.
+//! - Preemption (module `preempt`): a placement that fits nowhere evicts the cheapest set of
+//!   allocations of jobs at least [`PREEMPTION_PRIORITY_DELTA`] lower in priority from one feasible node
+//!   ([`Plan::node_preemptions`]); per job type in [`PreemptionConfig`] (service and system: on, batch: off).
 //! - [`place_migration`]: the destination of a live migration (same allocation, another node, its own ports).
 //! - [`rebalance`]: a few moves of running service allocations from the most to the least loaded nodes.
 //! - [`Plan`]: the result, per node; unplaceable work is data ([`Plan::failed_groups`] with reasons),
@@ -28,20 +34,24 @@
 //! id is mixed into the seed and new allocation ids never repeat ids already in the snapshot, so a
 //! reused seed cannot overwrite allocations, but it would repeat the same node order.
 //!
-//! Not yet: system jobs (rejected with a failed evaluation), preemption, deployments; per-score
-//! explanations of the chosen node in `job plan` (the parts are computed, see `rules::ScoreParts`, but
-//! not reported).
+//! Not yet: deployments; per-score explanations of the chosen node in `job plan` (the parts are computed,
+//! see `rules::ScoreParts`, but not reported); preemption for allocations placed by a live migration or the
+//! drainer (`place_migration` does not preempt); preemption does not weigh in the ranking of nodes that fit
+//! (it is tried only when no node fits), and the victims' node is chosen by feasibility and fit, the
+//! required placement rules being checked by the applier.
 
 mod constraint;
 mod feasible;
 mod generic;
 mod migrate;
 mod plan;
+mod preempt;
 mod rank;
 mod rebalance;
 mod reconcile;
 mod rules;
 mod state;
+mod system;
 mod verify;
 
 #[cfg(test)]
@@ -49,7 +59,7 @@ mod tests;
 
 pub use generic::schedule;
 pub use migrate::{MigrationPlacementError, place_migration};
-pub use plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
+pub use plan::{AllocStop, PREEMPTION_PRIORITY_DELTA, Plan, PreemptionConfig, ScheduleResult, SchedulerConfig};
 pub use rebalance::{RebalanceConfig, RebalanceMove, rebalance};
 pub use state::{ClusterState, NodeUsage};
 pub use verify::{PlacementViolation, check_required_placement};

@@ -34,6 +34,8 @@ pub struct SchedulerConfig {
     /// The minimum number of candidates scored for groups with spread, node affinities or preferred
     /// alloc (anti-)affinities.
     pub wide_candidate_limit: NonZeroUsize,
+    /// Which job types may evict lower-priority allocations when nothing fits (see `preempt`).
+    pub preemption: PreemptionConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -43,6 +45,7 @@ impl Default for SchedulerConfig {
             candidate_limit: None,
             score_all_nodes: false,
             wide_candidate_limit: NonZeroUsize::new(256).expect("256 is not zero"),
+            preemption: PreemptionConfig::default(),
         }
     }
 }
@@ -64,6 +67,40 @@ impl SchedulerConfig {
     }
 }
 
+/// Per job type: may its placements preempt allocations of jobs at least [`PREEMPTION_PRIORITY_DELTA`]
+/// priority below? The default is Nomad's open-source one, except that service jobs preempt too:
+/// service and system jobs do, batch jobs do not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreemptionConfig {
+    pub service: bool,
+    pub batch: bool,
+    pub system: bool,
+}
+
+/// A job may preempt allocations of jobs whose priority is at least this much lower (Nomad's delta).
+pub const PREEMPTION_PRIORITY_DELTA: u8 = 10;
+
+impl Default for PreemptionConfig {
+    fn default() -> Self {
+        PreemptionConfig { service: true, batch: false, system: true }
+    }
+}
+
+impl PreemptionConfig {
+    /// No job type preempts.
+    pub fn disabled() -> PreemptionConfig {
+        PreemptionConfig { service: false, batch: false, system: false }
+    }
+
+    pub fn enabled_for(&self, job_type: JobType) -> bool {
+        match job_type {
+            JobType::Service => self.service,
+            JobType::Batch => self.batch,
+            JobType::System => self.system,
+        }
+    }
+}
+
 /// The changes one evaluation wants, per node. The plan applier checks them against the latest
 /// state and commits what still fits.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,6 +114,10 @@ pub struct Plan {
     pub node_allocations: BTreeMap<String, Vec<Allocation>>,
     /// Allocations to stop, by the node id they are placed on.
     pub node_updates: BTreeMap<String, Vec<AllocStop>>,
+    /// Allocations of other, lower-priority jobs to stop so that this plan's placements on the same node
+    /// fit, by node id. Description: "preempted by allocation <id> of job <name> (priority P)". The plan
+    /// applier commits them only together with the node's placements, and evaluates the victims' jobs again.
+    pub node_preemptions: BTreeMap<String, Vec<AllocStop>>,
     /// Per group: placements that could not be made, and why.
     pub failed_groups: BTreeMap<String, PlacementFailure>,
 }
@@ -114,9 +155,26 @@ impl ScheduleResult {
 }
 
 impl Plan {
+    /// A plan that changes nothing yet.
+    pub fn new(eval_id: &str, job_name: &str, job_version: u64, priority: u8) -> Plan {
+        Plan {
+            eval_id: eval_id.to_string(),
+            job_name: job_name.to_string(),
+            job_version,
+            priority,
+            node_allocations: BTreeMap::new(),
+            node_updates: BTreeMap::new(),
+            node_preemptions: BTreeMap::new(),
+            failed_groups: BTreeMap::new(),
+        }
+    }
+
     /// True when the plan changes nothing and records no failures.
     pub fn is_empty(&self) -> bool {
-        self.node_allocations.is_empty() && self.node_updates.is_empty() && self.failed_groups.is_empty()
+        self.node_allocations.is_empty()
+            && self.node_updates.is_empty()
+            && self.node_preemptions.is_empty()
+            && self.failed_groups.is_empty()
     }
 
     /// Allocations placed or updated in place, in node order.
@@ -129,11 +187,20 @@ impl Plan {
         self.node_updates.values().flatten()
     }
 
+    /// Preemptions, in node order.
+    pub fn preemptions(&self) -> impl Iterator<Item = &AllocStop> + '_ {
+        self.node_preemptions.values().flatten()
+    }
+
     pub(crate) fn push_allocation(&mut self, alloc: Allocation) {
         self.node_allocations.entry(alloc.node_id.clone()).or_default().push(alloc);
     }
 
     pub(crate) fn push_stop(&mut self, node_id: &str, stop: AllocStop) {
         self.node_updates.entry(node_id.to_string()).or_default().push(stop);
+    }
+
+    pub(crate) fn push_preemption(&mut self, node_id: &str, stop: AllocStop) {
+        self.node_preemptions.entry(node_id.to_string()).or_default().push(stop);
     }
 }

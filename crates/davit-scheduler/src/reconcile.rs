@@ -197,7 +197,7 @@ fn reconcile_group(
     }
 }
 
-enum Reschedule {
+pub(crate) enum Reschedule {
     /// No policy, or its attempts are used up: the failed allocation stays.
     Never,
     /// Its delay has passed: replace it now.
@@ -207,7 +207,7 @@ enum Reschedule {
 }
 
 /// Whether (and when) a failed allocation of the current version is rescheduled.
-fn reschedule_decision(job: &Job, group: &davit_api::spec::GroupSpec, alloc: &Allocation, now: UnixMillis) -> Reschedule {
+pub(crate) fn reschedule_decision(job: &Job, group: &davit_api::spec::GroupSpec, alloc: &Allocation, now: UnixMillis) -> Reschedule {
     let Some(policy) = &group.reschedule else { return Reschedule::Never };
     let policy = policy.resolve(job.spec.job_type);
     if !policy.unlimited {
@@ -230,7 +230,7 @@ fn failed_at(alloc: &Allocation) -> UnixMillis {
 
 /// True when the two group specs differ at most in `count` and `services` (the catalog and the agents'
 /// proxies follow a service change without touching the tasks).
-fn equal_except_count(old: &davit_api::spec::GroupSpec, new: &davit_api::spec::GroupSpec) -> bool {
+pub(crate) fn equal_except_count(old: &davit_api::spec::GroupSpec, new: &davit_api::spec::GroupSpec) -> bool {
     let mut old = old.clone();
     old.count = new.count;
     old.services.clone_from(&new.services);

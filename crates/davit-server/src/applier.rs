@@ -6,8 +6,12 @@
 //! rules still hold (`davit_scheduler::check_required_placement`); the rest is refused
 //! and the worker schedules it again on a fresh snapshot (optimistic concurrency, as in Nomad).
 //! It also commits the drainer's stops (with their evaluations) and agents' status updates.
+//!
+//! Preemptions (`Plan::node_preemptions`) count as stops in a node's fit check and are committed only
+//! together with that node's placements, in the same transaction, with one `preemption` evaluation per
+//! job that lost allocations (it places them again, or blocks until there is room).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use davit_api::http::AllocStatusUpdate;
@@ -30,6 +34,8 @@ pub struct PlanResult {
     /// Nodes whose placements were refused because they no longer fit or are gone.
     pub refused_nodes: Vec<String>,
     pub placed: usize,
+    /// Allocations of other jobs stopped to make room.
+    pub preempted: usize,
 }
 
 enum Request {
@@ -147,15 +153,7 @@ pub fn check_migration(snapshot: &Snapshot, destination: &Allocation, now: u64) 
     if source.is_migrating_out() {
         return Err(format!("allocation {} is already being migrated", source.id));
     }
-    let no_changes = Plan {
-        eval_id: String::new(),
-        job_name: destination.job_name.clone(),
-        job_version: destination.job_version,
-        priority: 0,
-        node_allocations: Default::default(),
-        node_updates: Default::default(),
-        failed_groups: Default::default(),
-    };
+    let no_changes = Plan::new("", &destination.job_name, destination.job_version, 0);
     if !node_fits(snapshot, &no_changes, &destination.node_id, std::slice::from_ref(destination)) {
         return Err(format!("node {} no longer has room for it", destination.node_name));
     }
@@ -227,17 +225,20 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResul
             txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
         }
     }
-    let stopped: Vec<&str> = plan.stops().map(|stop| stop.alloc_id.as_str()).collect();
+    // Stops and preemptions (preemptions only count once their node is accepted, but a preempted
+    // allocation is never a reason to refuse another node).
+    let stopped_ids: Vec<&str> = plan.stops().chain(plan.preemptions()).map(|stop| stop.alloc_id.as_str()).collect();
     // The newest state plus what this plan commits on the nodes checked so far: required placement rules
     // (anti-affinity, distinct_hosts, distinct_property) span nodes, and another worker's plan committed
     // since this one was computed may have taken the spot.
     let mut working = snapshot.cluster.clone();
+    let mut preempted_jobs: BTreeSet<&str> = BTreeSet::new();
     for (node_id, allocs) in &plan.node_allocations {
         if !node_fits(snapshot, plan, node_id, allocs) {
             result.refused_nodes.push(node_id.to_string());
             continue;
         }
-        if let Err(violation) = davit_scheduler::check_required_placement(&working, allocs, &stopped) {
+        if let Err(violation) = davit_scheduler::check_required_placement(&working, allocs, &stopped_ids) {
             tracing::debug!(eval = %plan.eval_id, %violation, "placement refused: a required rule no longer holds");
             result.refused_nodes.push(node_id.to_string());
             continue;
@@ -249,6 +250,20 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResul
             txn.success.push(keys::put(keys::alloc(&alloc.id), alloc));
             working.upsert_alloc(Arc::new(alloc.clone()));
         }
+        for stop in plan.node_preemptions.get(node_id).into_iter().flatten() {
+            let Some(existing) = snapshot.cluster.alloc(&stop.alloc_id) else { continue };
+            if existing.is_terminal() {
+                continue;
+            }
+            txn.success.push(keys::put(keys::alloc(&existing.id), &stopped(existing, stop, now)));
+            result.preempted += 1;
+            preempted_jobs.insert(&existing.job_name);
+        }
+    }
+    for job in preempted_jobs.into_iter().filter_map(|name| snapshot.cluster.job(name)) {
+        let mut eval = crate::liveness::new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::Preemption, None);
+        eval.status_description = format!("allocations preempted by job {} (priority {})", plan.job_name, plan.priority);
+        txn.success.push(keys::put(keys::eval(&eval.id), &eval));
     }
     (txn, result)
 }
@@ -261,8 +276,13 @@ fn node_fits(snapshot: &Snapshot, plan: &Plan, node_id: &str, incoming: &[Alloca
     if has_new && !node.is_schedulable() {
         return false;
     }
-    let stopped: HashSet<&str> =
-        plan.node_updates.get(node_id).map(|stops| stops.iter().map(|stop| stop.alloc_id.as_str()).collect()).unwrap_or_default();
+    // Preemptions free their room like stops (they are committed only with the node's placements).
+    let stopped: HashSet<&str> = [&plan.node_updates, &plan.node_preemptions]
+        .into_iter()
+        .filter_map(|stops| stops.get(node_id))
+        .flatten()
+        .map(|stop| stop.alloc_id.as_str())
+        .collect();
     let remaining = snapshot
         .cluster
         .allocs_for_node(node_id)

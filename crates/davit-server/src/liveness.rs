@@ -15,7 +15,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use davit_api::objects::{EvalStatus, EvalTrigger, Evaluation, NodeStatus};
+use davit_api::objects::{EvalStatus, EvalTrigger, Evaluation, Node, NodeStatus};
+use davit_api::spec::JobType;
 use davit_store::{Store, StoreError, Txn};
 
 use crate::keys;
@@ -167,6 +168,30 @@ pub fn evals_for_node(snapshot: &Snapshot, node_id: &str, trigger: EvalTrigger) 
         .filter_map(|name| snapshot.cluster.job(&name).cloned())
         .map(|job| new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, trigger, Some(node_id.to_string())))
         .collect()
+}
+
+/// One pending evaluation for every system job that is not stopped and whose datacenters include the
+/// node's, except the jobs in `skip` (they have one already): a node that joins, comes back or becomes
+/// eligible gets the system jobs' allocations. Nothing when there are no system jobs.
+pub fn system_job_evals(snapshot: &Snapshot, node: &Node, trigger: EvalTrigger, skip: &[Evaluation]) -> Vec<Evaluation> {
+    snapshot
+        .cluster
+        .jobs()
+        .filter(|job| job.spec.job_type == JobType::System && !job.stopped && job.spec.datacenters.contains(&node.datacenter))
+        .filter(|job| !skip.iter().any(|eval| eval.job_name == job.spec.name))
+        .map(|job| new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, trigger, Some(node.id.clone())))
+        .collect()
+}
+
+/// The evaluations for a node that became schedulable (registered, back from down, eligible again):
+/// with `had_allocs`, one per job with allocations on it; plus one per system job that may run there.
+pub fn evals_for_schedulable_node(snapshot: &Snapshot, node: &Node, had_allocs: bool) -> Vec<Evaluation> {
+    let mut evals = if had_allocs { evals_for_node(snapshot, &node.id, EvalTrigger::NodeUpdate) } else { Vec::new() };
+    if node.is_schedulable() {
+        let system = system_job_evals(snapshot, node, EvalTrigger::NodeUpdate, &evals);
+        evals.extend(system);
+    }
+    evals
 }
 
 pub fn new_eval(

@@ -154,3 +154,27 @@ async fn rebalance_moves_a_wave_at_a_time_onto_a_new_node() {
     assert_eq!(rebalances, 2, "{evals:#}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_dry_run_shows_what_a_higher_priority_job_would_preempt() {
+    let server = start().await;
+    assert_eq!(server.request("POST", "/v1/nodes/register", &serde_json::to_string(&node("a", 1024)).unwrap()).await.0, 200);
+    let low = web(1, "/bin/true", 900).replace("name: web", "name: low\npriority: 20");
+    assert_eq!(server.request("POST", "/v1/jobs?filename=low.yaml", &low).await.0, 200);
+    wait_status(&server, "low", |s| s["summary"]["g"]["placed"].as_u64() == Some(1)).await;
+
+    let high = web(1, "/bin/true", 500).replace("name: web", "name: high\npriority: 80");
+    let (status, answer) = plan(&server, &high).await;
+    assert_eq!(status, 200, "{answer:#}");
+    assert_eq!(answer["groups"]["g"]["place"], 1, "{answer:#}");
+    let preempted = answer["preemptions"].as_array().unwrap();
+    assert_eq!(preempted.len(), 1, "{answer:#}");
+    assert_eq!((preempted[0]["job_name"].as_str(), preempted[0]["name"].as_str()), (Some("low"), Some("low.g[0]")));
+    assert!(preempted[0]["description"].as_str().unwrap().contains("of job high (priority 80)"), "{answer:#}");
+
+    // Less than 10 apart: no preemption, and the failure says why.
+    let (_, answer) = plan(&server, &high.replace("priority: 80", "priority: 25")).await;
+    assert!(answer["preemptions"].is_null(), "{answer:#}");
+    assert_eq!(answer["groups"]["g"]["failure"]["exhausted"]["memory"], 1, "{answer:#}");
+    server.shutdown().await;
+}

@@ -97,6 +97,14 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec, spec: &JobSpec) {
         None => {}
     }
     let group_label = if group.name.is_empty() { path.to_string() } else { group.name.clone() };
+    if job_type == JobType::System && group.count > 1 {
+        // As in Nomad: a system job runs one allocation of each group on every feasible node.
+        ctx.report(
+            &format!("{path}.count"),
+            format!("count {} is not allowed in a system job: it runs one allocation of the group on every feasible node", group.count),
+            Some("remove `count` (or set it to 1; 0 runs the group nowhere)".to_string()),
+        );
+    }
     check_constraints(ctx, &format!("{path}.constraints"), &group.constraints);
     check_placement(ctx, path, group, spec);
     if group.scaling.is_some() {

@@ -4,11 +4,13 @@
 mod affinity;
 mod lifecycle;
 mod placement;
+mod preemption;
 mod properties;
 mod rebalance;
 mod reschedule;
 mod spread;
 mod state;
+mod system;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -124,7 +126,7 @@ impl Harness {
 
     /// Commits the plan to the state, as the plan applier would.
     pub(crate) fn apply(&mut self, plan: &Plan) {
-        for stop in plan.stops() {
+        for stop in plan.stops().chain(plan.preemptions()) {
             self.update_alloc(&stop.alloc_id, |alloc| {
                 alloc.desired_status = DesiredStatus::Stop;
                 alloc.desired_description = stop.description.clone();
@@ -179,6 +181,17 @@ impl Harness {
                 let name = self.state.alloc(&stop.alloc_id).map_or(stop.alloc_id.as_str(), |alloc| alloc.name.as_str());
                 let client = stop.client_status.map_or(String::new(), |status| format!(" ({status:?})"));
                 lines.push(format!("stop {name} on {node_id}: {}{client}", stop.description));
+            }
+        }
+        for (node_id, stops) in &plan.node_preemptions {
+            for stop in stops {
+                let name = self.state.alloc(&stop.alloc_id).map_or(stop.alloc_id.as_str(), |alloc| alloc.name.as_str());
+                // The new allocation's id, by its name (ids are random).
+                let mut description = stop.description.clone();
+                for placed in plan.allocations() {
+                    description = description.replace(&placed.id, &placed.name);
+                }
+                lines.push(format!("preempt {name} ({}) on {node_id}: {description}", stop.alloc_id));
             }
         }
         for (group, failure) in &plan.failed_groups {

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroUsize;
 
 use davit_api::objects::{NodeEligibility, NodeStatus, PlacementFailure};
-use davit_api::spec::{ConstraintOperator as Op, DriverName, JobType};
+use davit_api::spec::{ConstraintOperator as Op, DriverName};
 
 use super::{Harness, alloc, constraint, job, node, port, task};
 use crate::rank::bin_pack_score;
@@ -341,19 +341,6 @@ fn new_allocations_are_complete() {
     assert_eq!((alloc.create_time, alloc.modify_time), (1234, 1234));
     assert_eq!(alloc.previous_allocation, None);
     assert_eq!(alloc.id.len(), 36);
-}
-
-#[test]
-fn system_jobs_are_rejected() {
-    let mut harness = Harness::new();
-    harness.add_node(node("n-1"));
-    let mut spec = job("agentd", 1);
-    spec.job_type = JobType::System;
-    harness.register(spec);
-    let result = harness.process("agentd");
-    assert_eq!(result.status, davit_api::objects::EvalStatus::Failed);
-    assert_eq!(result.status_description, "system jobs are not supported yet");
-    assert!(result.plan.is_empty());
 }
 
 #[test]

@@ -77,8 +77,7 @@ pub(crate) async fn register_spec(shared: &Shared, spec: JobSpec, trigger: EvalT
         let response = shared.store.txn(txn).await?;
         if response.succeeded {
             shared.view.wait_for(response.revision).await;
-            let warnings =
-                if job.spec.job_type == JobType::System { vec!["system jobs are not scheduled yet".to_string()] } else { Vec::new() };
+            let warnings = Vec::new();
             return Ok(RegisterJobResponse {
                 job_name: spec.name,
                 version: job.version,
@@ -192,16 +191,23 @@ fn status_kind(job: &Job, allocs: &[Arc<Allocation>]) -> JobStatusKind {
 }
 
 fn summarize(job: &Job, allocs: &[Arc<Allocation>]) -> BTreeMap<String, GroupSummary> {
+    let system = job.spec.job_type == JobType::System;
     let mut summary: BTreeMap<String, GroupSummary> = job
         .spec
         .groups
         .iter()
-        .map(|group| (group.name.clone(), GroupSummary { desired: if job.stopped { 0 } else { group.count }, ..Default::default() }))
+        .map(|group| {
+            (group.name.clone(), GroupSummary { desired: if job.stopped || system { 0 } else { group.count }, ..Default::default() })
+        })
         .collect();
     for alloc in allocs {
         let Some(entry) = summary.get_mut(&alloc.group) else { continue };
         if !alloc.is_terminal() {
             entry.placed += 1;
+        }
+        if system && !alloc.is_terminal() && !job.stopped {
+            // A system job wants one allocation per feasible node, not `count`: what it placed.
+            entry.desired = entry.placed;
         }
         match alloc.client_status {
             ClientStatus::Pending if !alloc.is_terminal() => entry.pending += 1,

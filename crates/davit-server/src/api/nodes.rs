@@ -13,7 +13,7 @@ use davit_api::objects::{Allocation, DrainStrategy, EvalTrigger, Node, NodeEligi
 use davit_store::{Compare, Txn};
 
 use super::{Blocking, Failure, indexed, json_body, resolve_prefix};
-use crate::liveness::evals_for_node;
+use crate::liveness::{evals_for_schedulable_node, system_job_evals};
 use crate::{Shared, keys, now_millis};
 
 pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(blocking): Query<Blocking>) -> Result<Response, Failure> {
@@ -86,11 +86,12 @@ pub(crate) async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> 
     node.last_heartbeat = now_millis();
     let mut txn = Txn::default();
     txn.success.push(keys::put(keys::node(&node.id), &node));
-    if existing.as_ref().is_some_and(|existing| existing.status == NodeStatus::Down) {
-        // Jobs with allocations on the node look again (the node's agent stops any duplicate).
-        for eval in evals_for_node(&snapshot, &node.id, EvalTrigger::NodeUpdate) {
-            txn.success.push(keys::put(keys::eval(&eval.id), &eval));
-        }
+    // Jobs with allocations on a node that was down look again (the node's agent stops any duplicate);
+    // system jobs place their allocations on it (also on a re-registration: its drivers or attributes may
+    // have changed).
+    let was_down = existing.as_ref().is_some_and(|existing| existing.status == NodeStatus::Down);
+    for eval in evals_for_schedulable_node(&snapshot, &node, was_down) {
+        txn.success.push(keys::put(keys::eval(&eval.id), &eval));
     }
     let response = shared.store.txn(txn).await?;
     shared.view.wait_for(response.revision).await;
@@ -154,6 +155,12 @@ async fn update_node(shared: &Shared, id_or_prefix: &str, change: impl Fn(&mut N
         let mut txn = Txn::default();
         txn.compares.push(Compare::ModRevision(keys::node(&node.id), node.modify_index));
         txn.success.push(keys::put(keys::node(&node.id), &changed));
+        if changed.is_schedulable() && !node.is_schedulable() {
+            // Made eligible again: system jobs place their allocations on it.
+            for eval in system_job_evals(&snapshot, &changed, EvalTrigger::NodeUpdate, &[]) {
+                txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+            }
+        }
         let response = shared.store.txn(txn).await?;
         if response.succeeded {
             shared.view.wait_for(response.revision).await;
@@ -180,7 +187,7 @@ pub(crate) async fn heartbeat(State(shared): State<Arc<Shared>>, Path(id): Path<
         ready.last_heartbeat = now_millis();
         let mut txn = Txn::default();
         txn.success.push(keys::put(keys::node(&id), &ready));
-        for eval in evals_for_node(&snapshot, &id, EvalTrigger::NodeUpdate) {
+        for eval in evals_for_schedulable_node(&snapshot, &ready, true) {
             txn.success.push(keys::put(keys::eval(&eval.id), &eval));
         }
         let response = shared.store.txn(txn).await?;

@@ -54,7 +54,11 @@ pub(crate) fn dry_run(
     let result = schedule(&planned, &eval, config, 0, now);
 
     describe(state, &job.spec.name, &result, &mut groups);
-    let preemptions: Vec<PlannedStop> = Vec::new(); // filled once the scheduler preempts
+    let preemptions = result
+        .plan
+        .preemptions()
+        .filter_map(|stop| state.alloc(&stop.alloc_id).map(|alloc| planned_stop(alloc, &stop.description)))
+        .collect();
     let mut warnings = Vec::new();
     if !changed {
         warnings.push(format!("the spec equals version {next_version}: registering it would change nothing"));

@@ -55,15 +55,7 @@ pub(crate) async fn rebalance_cluster(State(shared): State<Arc<Shared>>, body: B
         if made.is_empty() && refused == 0 {
             eval.id.clone_from(&eval_id);
         }
-        let mut plan = Plan {
-            eval_id: eval.id.clone(),
-            job_name: job_name.to_string(),
-            job_version: job.version,
-            priority: job.spec.priority,
-            node_allocations: BTreeMap::new(),
-            node_updates: BTreeMap::new(),
-            failed_groups: BTreeMap::new(),
-        };
+        let mut plan = Plan::new(&eval.id, job_name, job.version, job.spec.priority);
         for change in &changes {
             let mut replacement = change.replacement.clone();
             replacement.eval_id.clone_from(&eval.id);
