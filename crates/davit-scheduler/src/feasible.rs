@@ -13,9 +13,12 @@ use davit_api::objects::Node;
 use davit_api::spec::{DriverName, JobSpec};
 
 use crate::constraint::CheckedConstraint;
+use crate::state::ClusterState;
 
 /// Feasibility checks of one job's groups, with the per-class cache.
 pub(crate) struct FeasibilityChecker<'job> {
+    /// Where the nodes' computed classes come from.
+    state: &'job ClusterState,
     job: &'job JobSpec,
     job_constraints: Vec<CheckedConstraint>,
     groups: Vec<GroupChecks>,
@@ -29,7 +32,7 @@ struct GroupChecks {
 }
 
 impl<'job> FeasibilityChecker<'job> {
-    pub(crate) fn new(job: &'job JobSpec) -> FeasibilityChecker<'job> {
+    pub(crate) fn new(state: &'job ClusterState, job: &'job JobSpec) -> FeasibilityChecker<'job> {
         let groups = job
             .groups
             .iter()
@@ -41,6 +44,7 @@ impl<'job> FeasibilityChecker<'job> {
             })
             .collect();
         FeasibilityChecker {
+            state,
             job,
             job_constraints: job.constraints.iter().map(CheckedConstraint::new).collect(),
             groups,
@@ -60,7 +64,7 @@ impl<'job> FeasibilityChecker<'job> {
         if !self.job.datacenters.contains(&node.datacenter) {
             return Err(format!("datacenter {} not in job", node.datacenter));
         }
-        let class = computed_class(node);
+        let class = self.state.node_class(&node.id).unwrap_or_else(|| computed_class(node));
         let key = (class, group_position);
         let class_result = match self.class_cache.get(&key) {
             Some(result) => result.clone(),
@@ -96,7 +100,7 @@ impl<'job> FeasibilityChecker<'job> {
 
 /// A hash of everything class-wide feasibility depends on. `DefaultHasher::new()` has fixed keys, so the
 /// value is the same in every run (not that it matters: it is only a cache key within one run).
-fn computed_class(node: &Node) -> u64 {
+pub(crate) fn computed_class(node: &Node) -> u64 {
     let mut hasher = DefaultHasher::new();
     node.datacenter.hash(&mut hasher);
     node.class.hash(&mut hasher);

@@ -118,7 +118,7 @@ impl<'a> Run<'a> {
         let stopped: BTreeSet<&str> = reconciliation.stops.iter().map(|stop| stop.alloc.id.as_str()).collect();
         let mut rules = PlacementRules::new(self.state, &job.spec, &stopped);
         drop(stopped);
-        let mut feasibility = FeasibilityChecker::new(&job.spec);
+        let mut feasibility = FeasibilityChecker::new(self.state, &job.spec);
         let mut preemptor = self.config.preemption.enabled_for(job.spec.job_type).then(|| Preemptor::new(self.state, job));
         let mut work: Vec<Work> = reconciliation
             .placements

@@ -55,7 +55,7 @@ pub fn place_migration(
         });
     };
     let ask = Ask::new(&job.spec.groups[group_position]);
-    let mut feasibility = FeasibilityChecker::new(&job.spec);
+    let mut feasibility = FeasibilityChecker::new(state, &job.spec);
     let mut usage = UsageTracker::new(state);
     let mut rng = SmallRng::seed_from_u64(seed);
 

@@ -71,33 +71,27 @@
 //! Nomad's `JobAntiAffinityIterator`: with `c > 0` allocations of the same job and group already on the
 //! node, `−min(1, (c + 1) / count)`. It spreads a group's replicas over nodes even under `binpack`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 
 use davit_api::objects::{AllocatedResources, AssignedPort, Node};
 use davit_api::spec::{GroupSpec, SchedulerAlgorithm};
 use rand::Rng;
 use rand::rngs::SmallRng;
 
-use crate::state::ClusterState;
+use crate::state::{ClusterState, LiveUsage};
 
 /// Node usage as this plan changes it: the snapshot's non-terminal allocations, minus those the plan
-/// stops, plus those it places. Loaded lazily per node.
+/// stops, plus those it places. Copied lazily per node from the state's live usage (a cheap clone).
 pub(crate) struct UsageTracker<'state> {
     state: &'state ClusterState,
-    nodes: BTreeMap<String, TrackedUsage>,
+    nodes: HashMap<String, TrackedUsage>,
 }
 
-#[derive(Default)]
-pub(crate) struct TrackedUsage {
-    pub(crate) cpu: u64,
-    pub(crate) memory: u64,
-    /// Host port → number of allocations holding it (more than one only if the state is already wrong).
-    pub(crate) ports: BTreeMap<u16, u32>,
-}
+pub(crate) type TrackedUsage = LiveUsage;
 
 impl<'state> UsageTracker<'state> {
     pub(crate) fn new(state: &'state ClusterState) -> UsageTracker<'state> {
-        UsageTracker { state, nodes: BTreeMap::new() }
+        UsageTracker { state, nodes: HashMap::new() }
     }
 
     pub(crate) fn usage(&mut self, node_id: &str) -> &TrackedUsage {
@@ -105,40 +99,18 @@ impl<'state> UsageTracker<'state> {
     }
 
     pub(crate) fn add(&mut self, node_id: &str, resources: &AllocatedResources) {
-        let usage = self.entry(node_id);
-        usage.cpu += resources.cpu;
-        usage.memory += resources.memory;
-        for port in &resources.ports {
-            *usage.ports.entry(port.value).or_default() += 1;
-        }
+        self.entry(node_id).add(resources);
     }
 
     pub(crate) fn remove(&mut self, node_id: &str, resources: &AllocatedResources) {
-        let usage = self.entry(node_id);
-        usage.cpu = usage.cpu.saturating_sub(resources.cpu);
-        usage.memory = usage.memory.saturating_sub(resources.memory);
-        for port in &resources.ports {
-            if let Some(count) = usage.ports.get_mut(&port.value) {
-                *count -= 1;
-                if *count == 0 {
-                    usage.ports.remove(&port.value);
-                }
-            }
-        }
+        self.entry(node_id).remove(resources);
     }
 
     fn entry(&mut self, node_id: &str) -> &mut TrackedUsage {
-        // Look up before inserting: `BTreeMap::entry` would allocate the key on every call of the hot loop.
+        // Look up before inserting: `entry` would allocate the key on every call of the hot loop.
+        // (A hash map: only looked up, never iterated, so its order cannot leak into a plan.)
         if !self.nodes.contains_key(node_id) {
-            let mut usage = TrackedUsage::default();
-            for alloc in self.state.allocs_for_node(node_id).filter(|alloc| !alloc.is_terminal()) {
-                usage.cpu += alloc.resources.cpu;
-                usage.memory += alloc.resources.memory;
-                for port in &alloc.resources.ports {
-                    *usage.ports.entry(port.value).or_default() += 1;
-                }
-            }
-            self.nodes.insert(node_id.to_string(), usage);
+            self.nodes.insert(node_id.to_string(), self.state.live_usage(node_id));
         }
         self.nodes.get_mut(node_id).expect("inserted above")
     }
@@ -184,18 +156,30 @@ pub(crate) fn fit(node: &Node, usage: &TrackedUsage, ask: &Ask) -> Result<f64, E
         return Err("memory");
     }
     if !ask.static_ports.is_empty() || !ask.dynamic_ports.is_empty() {
-        let blocked = blocked_ports(node, usage);
-        let mut statics = BTreeSet::new();
-        for (_, host_port, _) in &ask.static_ports {
-            if blocked.contains(host_port) || !statics.insert(*host_port) {
+        // No set is built here (this runs for every candidate): used ports are looked up in the usage's
+        // map, reserved ports (a short list) are scanned.
+        let reserved = &node.resources.reserved_ports;
+        let is_blocked = |port: u16| usage.ports.contains_key(&port) || reserved.contains(&port);
+        for (position, (_, host_port, _)) in ask.static_ports.iter().enumerate() {
+            let asked_twice = ask.static_ports[..position].iter().any(|(_, earlier, _)| earlier == host_port);
+            if asked_twice || is_blocked(*host_port) {
                 return Err("ports");
             }
         }
-        let (low, high) = node.resources.port_range;
-        let range_size = if low <= high { usize::from(high - low) + 1 } else { 0 };
-        let blocked_in_range = blocked.union(&statics).filter(|port| (low..=high).contains(*port)).count();
-        if range_size - blocked_in_range < ask.dynamic_ports.len() {
-            return Err("ports");
+        if !ask.dynamic_ports.is_empty() {
+            let (low, high) = node.resources.port_range;
+            let range_size = if low <= high { usize::from(high - low) + 1 } else { 0 };
+            let in_range = |port: &u16| (low..=high).contains(port);
+            let used_in_range = usage.ports.range(low..=high).count();
+            let reserved_in_range = reserved
+                .iter()
+                .enumerate()
+                .filter(|(position, port)| in_range(port) && !usage.ports.contains_key(*port) && !reserved[..*position].contains(port))
+                .count();
+            let static_in_range = ask.static_ports.iter().filter(|(_, port, _)| in_range(port)).count();
+            if range_size < used_in_range + reserved_in_range + static_in_range + ask.dynamic_ports.len() {
+                return Err("ports");
+            }
         }
     }
     Ok(bin_pack_score(node, cpu_after, memory_after))

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use davit_api::objects::{Allocation, Job, Node};
+use davit_api::objects::{AllocatedResources, Allocation, Job, Node};
 use imbl::{OrdMap, OrdSet};
 
 /// Nodes, allocations, jobs and job versions, indexed for the scheduler.
@@ -15,6 +15,8 @@ use imbl::{OrdMap, OrdSet};
 /// Invariant: `allocs_by_node` and `allocs_by_job` hold exactly the ids of `allocs`, keyed by each
 /// allocation's current `node_id` and `job_name`; empty index sets are removed. `anti_affinity_jobs` holds
 /// exactly the names of the jobs whose latest version has a group with a required anti-affinity.
+/// `node_classes` holds the computed class of every node; `live_usage` the sum of the resources of the
+/// non-terminal allocations of each node id (entries of nodes without live allocations may be zero).
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
     nodes: OrdMap<String, Arc<Node>>,
@@ -24,6 +26,42 @@ pub struct ClusterState {
     jobs: OrdMap<String, Arc<Job>>,
     anti_affinity_jobs: OrdSet<String>,
     job_versions: OrdMap<String, OrdMap<u64, Arc<Job>>>,
+    /// Per node id: its computed class (see `feasible`), computed once when the node is stored.
+    node_classes: OrdMap<String, u64>,
+    /// Per node id: what its live allocations reserve, kept current as allocations change.
+    live_usage: OrdMap<String, LiveUsage>,
+}
+
+/// What the live (non-terminal) allocations on one node reserve. Cheap to clone (the port map is persistent).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LiveUsage {
+    pub(crate) cpu: u64,
+    pub(crate) memory: u64,
+    /// Host port → number of allocations holding it (more than one only if the state is already wrong).
+    pub(crate) ports: OrdMap<u16, u32>,
+}
+
+impl LiveUsage {
+    pub(crate) fn add(&mut self, resources: &AllocatedResources) {
+        self.cpu += resources.cpu;
+        self.memory += resources.memory;
+        for port in &resources.ports {
+            *self.ports.entry(port.value).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn remove(&mut self, resources: &AllocatedResources) {
+        self.cpu = self.cpu.saturating_sub(resources.cpu);
+        self.memory = self.memory.saturating_sub(resources.memory);
+        for port in &resources.ports {
+            if let Some(count) = self.ports.get_mut(&port.value) {
+                *count -= 1;
+                if *count == 0 {
+                    self.ports.remove(&port.value);
+                }
+            }
+        }
+    }
 }
 
 /// What the non-terminal allocations on one node reserve.
@@ -43,16 +81,24 @@ impl ClusterState {
     }
 
     pub fn upsert_node(&mut self, node: Arc<Node>) {
+        self.node_classes.insert(node.id.clone(), crate::feasible::computed_class(&node));
         self.nodes.insert(node.id.clone(), node);
     }
 
     /// Removes the node. Its allocations stay: the scheduler sees them as lost.
     pub fn remove_node(&mut self, id: &str) -> Option<Arc<Node>> {
+        self.node_classes.remove(id);
         self.nodes.remove(id)
     }
 
     pub fn upsert_alloc(&mut self, alloc: Arc<Allocation>) {
+        if !alloc.is_terminal() {
+            self.live_usage.entry(alloc.node_id.clone()).or_default().add(&alloc.resources);
+        }
         if let Some(old) = self.allocs.insert(alloc.id.clone(), Arc::clone(&alloc)) {
+            if !old.is_terminal() {
+                self.remove_live_usage(&old);
+            }
             if old.node_id != alloc.node_id {
                 remove_from_index(&mut self.allocs_by_node, &old.node_id, &old.id);
             }
@@ -66,6 +112,9 @@ impl ClusterState {
 
     pub fn remove_alloc(&mut self, id: &str) -> Option<Arc<Allocation>> {
         let alloc = self.allocs.remove(id)?;
+        if !alloc.is_terminal() {
+            self.remove_live_usage(&alloc);
+        }
         remove_from_index(&mut self.allocs_by_node, &alloc.node_id, id);
         remove_from_index(&mut self.allocs_by_job, &alloc.job_name, id);
         Some(alloc)
@@ -163,13 +212,27 @@ impl ClusterState {
 
     /// CPU, memory and ports reserved on the node by its non-terminal allocations.
     pub fn node_usage(&self, id: &str) -> NodeUsage {
-        let mut usage = NodeUsage::default();
-        for alloc in self.allocs_for_node(id).filter(|alloc| !alloc.is_terminal()) {
-            usage.cpu += alloc.resources.cpu;
-            usage.memory += alloc.resources.memory;
-            usage.ports.extend(alloc.resources.ports.iter().map(|port| port.value));
+        let live = self.live_usage(id);
+        NodeUsage { cpu: live.cpu, memory: live.memory, ports: live.ports.keys().copied().collect() }
+    }
+
+    /// The node's computed class (see `feasible`); `None` for an unknown node.
+    pub(crate) fn node_class(&self, id: &str) -> Option<u64> {
+        self.node_classes.get(id).copied()
+    }
+
+    /// What the node's live allocations reserve (a cheap clone).
+    pub(crate) fn live_usage(&self, id: &str) -> LiveUsage {
+        self.live_usage.get(id).cloned().unwrap_or_default()
+    }
+
+    fn remove_live_usage(&mut self, alloc: &Allocation) {
+        if let Some(usage) = self.live_usage.get_mut(&alloc.node_id) {
+            usage.remove(&alloc.resources);
+            if usage.cpu == 0 && usage.memory == 0 && usage.ports.is_empty() {
+                self.live_usage.remove(&alloc.node_id);
+            }
         }
-        usage
     }
 
     fn indexed_allocs<'a>(&'a self, ids: Option<&'a OrdSet<String>>) -> impl Iterator<Item = &'a Arc<Allocation>> + 'a {

@@ -111,7 +111,7 @@ struct Placement<'a> {
 
 impl<'a> SystemRun<'a> {
     fn reconcile(&mut self, job: &'a Job, config: &SchedulerConfig, allocs: Vec<&'a Arc<Allocation>>) {
-        let mut feasibility = FeasibilityChecker::new(&job.spec);
+        let mut feasibility = FeasibilityChecker::new(self.state, &job.spec);
         let mut preemptor = config.preemption.enabled_for(job.spec.job_type).then(|| Preemptor::new(self.state, job));
         // (group, node id) → allocations, oldest first.
         let mut by_group_node: BTreeMap<(&str, &str), Vec<&'a Arc<Allocation>>> = BTreeMap::new();

@@ -102,3 +102,43 @@ fn snapshots_are_unaffected_by_later_updates() {
     assert_eq!(ids(snapshot.allocs_for_job("shop")), ["a1"]);
     assert_eq!(ids(state.allocs_for_job("shop")), ["a2"]);
 }
+
+/// The incrementally kept node usage equals a recomputation from the allocations after any sequence of
+/// placements, moves, stops, failures, restarts and removals.
+#[test]
+fn live_usage_matches_a_recomputation_after_random_updates() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    let mut rng = SmallRng::seed_from_u64(7);
+    let mut state = ClusterState::new();
+    let nodes = ["n1", "n2", "n3"];
+    for step in 0..2000 {
+        let id = format!("a{}", rng.random_range(0..40));
+        if rng.random_bool(0.1) {
+            state.remove_alloc(&id);
+            continue;
+        }
+        let mut next = alloc(&id, "shop", "web", 0, 0, nodes[rng.random_range(0..nodes.len())]);
+        next.resources.cpu = rng.random_range(0..500);
+        next.resources.memory = rng.random_range(0..300);
+        next.resources.ports = (0..rng.random_range(0..3))
+            .map(|_| AssignedPort { label: "p".into(), value: rng.random_range(20000..20010), to: 80 })
+            .collect();
+        match rng.random_range(0..4) {
+            0 => next.desired_status = DesiredStatus::Stop,
+            1 => next.client_status = ClientStatus::Failed,
+            _ => {}
+        }
+        state.upsert_alloc(Arc::new(next));
+        for node in nodes {
+            let mut expected = NodeUsage::default();
+            for live in state.allocs_for_node(node).filter(|alloc| !alloc.is_terminal()) {
+                expected.cpu += live.resources.cpu;
+                expected.memory += live.resources.memory;
+                expected.ports.extend(live.resources.ports.iter().map(|port| port.value));
+            }
+            assert_eq!(state.node_usage(node), expected, "node {node} after step {step}");
+        }
+    }
+}
