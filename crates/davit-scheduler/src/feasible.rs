@@ -61,13 +61,17 @@ impl<'job> FeasibilityChecker<'job> {
     /// [`check`](Self::check), returning the node's computed class when it passes (so that callers can
     /// cache their own class-wide answers without hashing the node again).
     pub(crate) fn check_with_class(&mut self, node: &Node, group_position: usize) -> Result<u64, String> {
-        if !self.job.datacenters.contains(&node.datacenter) {
-            return Err(format!("datacenter {} not in job", node.datacenter));
-        }
         let class = self.state.node_class(&node.id).unwrap_or_else(|| computed_class(node));
+        self.check_in_class(node, class, group_position).map(|()| class)
+    }
+
+    /// [`check`](Self::check) of a node whose computed class the caller already knows (the hot path:
+    /// see `ClusterState::nodes_for_placement`).
+    pub(crate) fn check_in_class(&mut self, node: &Node, class: u64, group_position: usize) -> Result<(), String> {
         let key = (class, group_position);
         let class_result = match self.class_cache.get(&key) {
-            Some(result) => result.clone(),
+            Some(Ok(())) => Ok(()),
+            Some(Err(reason)) => Err(reason.clone()),
             None => {
                 let result = self.check_class(node, group_position);
                 self.class_cache.insert(key, result.clone());
@@ -78,11 +82,15 @@ impl<'job> FeasibilityChecker<'job> {
         let group = &self.groups[group_position];
         match self.job_constraints.iter().chain(&group.constraints).find(|c| c.is_node_specific && !c.is_met_by(node)) {
             Some(failed) => Err(failed.reason.clone()),
-            None => Ok(class),
+            None => Ok(()),
         }
     }
 
+    /// The checks whose answer is the same for every node of a computed class (the datacenter is part of it).
     fn check_class(&self, node: &Node, group_position: usize) -> Result<(), String> {
+        if !self.job.datacenters.contains(&node.datacenter) {
+            return Err(format!("datacenter {} not in job", node.datacenter));
+        }
         let group = &self.groups[group_position];
         for driver in &group.drivers {
             match node.drivers.get(driver.as_str()) {

@@ -19,7 +19,6 @@ use davit_api::objects::{
 };
 use davit_api::spec::{JobType, SchedulerAlgorithm};
 use rand::rngs::SmallRng;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::feasible::FeasibilityChecker;
@@ -28,7 +27,7 @@ use crate::preempt::Preemptor;
 use crate::rank::{self, Ask, UsageTracker};
 use crate::reconcile::{self, Reconciliation};
 use crate::rules::PlacementRules;
-use crate::state::ClusterState;
+use crate::state::{ClusterState, PlacementNode};
 use crate::system;
 
 /// Computes the plan for one evaluation. See the crate documentation for the contract.
@@ -153,8 +152,8 @@ impl<'a> Run<'a> {
         }
         work.sort_by_key(|work| (work.group_position, work.index));
 
-        let mut nodes: Vec<&'a Arc<Node>> = self.state.nodes().filter(|node| node.is_schedulable()).collect();
-        nodes.shuffle(&mut self.rng);
+        let order = NodeOrder::new(self.state.placement_nodes(), &mut self.rng);
+        self.usage.set_positions(order.len());
         let asks: Vec<Ask> = job.spec.groups.iter().map(Ask::new).collect();
         let algorithm = job.spec.algorithm.unwrap_or(self.config.algorithm);
         let mut groups_with_work: Vec<usize> = work.iter().map(|work| work.group_position).collect();
@@ -162,7 +161,7 @@ impl<'a> Run<'a> {
         for &group_position in &groups_with_work {
             if rules.needs_spread_domains(group_position) {
                 let feasible: Vec<&Node> =
-                    nodes.iter().filter(|node| feasibility.check(node, group_position).is_ok()).map(|node| &***node).collect();
+                    order.iter().filter(|slot| feasibility.check(&slot.node, group_position).is_ok()).map(|slot| &*slot.node).collect();
                 rules.prepare_even_spread(group_position, feasible.into_iter());
             }
         }
@@ -185,15 +184,18 @@ impl<'a> Run<'a> {
             let ask = &asks[work.group_position];
             let rescheduled = work.previous.as_ref().zip(work.reschedule_delay_ms);
             let avoid = rescheduled.map(|(previous, _)| previous.node_id.as_str());
-            let limit = self.config.limit_for(job.spec.job_type, rules.is_wide(work.group_position), nodes.len());
+            let limit = self.config.limit_for(job.spec.job_type, rules.is_wide(work.group_position), order.len());
             let chooser = Chooser { algorithm, limit, avoid };
-            let selected = match self.select(&nodes, &mut cursor, &mut feasibility, &mut rules, work.group_position, ask, &chooser) {
+            let selected = match self.select(&order, &mut cursor, &mut feasibility, &mut rules, work.group_position, ask, &chooser) {
                 Ok(node) => Ok((node, Vec::new())),
                 // Nothing fits: evict lower-priority work from the node where that is cheapest (among the
                 // nodes the required placement rules allow).
                 Err(failure) => match preemptor.as_ref().and_then(|preemptor| {
-                    let allowed: Vec<&'a Arc<Node>> =
-                        nodes.iter().copied().filter(|node| rules.check_required(node, work.group_position).is_ok()).collect();
+                    let allowed: Vec<&'a Arc<Node>> = order
+                        .iter()
+                        .map(|slot| &slot.node)
+                        .filter(|node| rules.check_required(node, work.group_position).is_ok())
+                        .collect();
                     preemptor.find(&allowed, &mut feasibility, work.group_position, group, ask, &mut self.usage)
                 }) {
                     Some(eviction) => Ok((eviction.node, eviction.victims)),
@@ -309,7 +311,7 @@ impl<'a> Run<'a> {
     #[allow(clippy::too_many_arguments)]
     fn select(
         &mut self,
-        nodes: &[&'a Arc<Node>],
+        order: &NodeOrder<'a>,
         cursor: &mut usize,
         feasibility: &mut FeasibilityChecker<'_>,
         rules: &mut PlacementRules,
@@ -325,22 +327,21 @@ impl<'a> Run<'a> {
         let mut fitting = 0;
         let mut skipped = 0;
         let mut visited = 0;
-        while visited < nodes.len() {
-            let node = nodes[(*cursor + visited) % nodes.len()];
+        while visited < order.len() {
+            let position = (*cursor + visited) % order.len();
+            let PlacementNode { node, class } = order.get(position);
+            let class = *class;
             visited += 1;
             failure.nodes_evaluated += 1;
-            let class = match feasibility.check_with_class(node, group_position) {
-                Ok(class) => class,
-                Err(reason) => {
-                    *failure.filtered.entry(reason).or_default() += 1;
-                    continue;
-                }
-            };
+            if let Err(reason) = feasibility.check_in_class(node, class, group_position) {
+                *failure.filtered.entry(reason).or_default() += 1;
+                continue;
+            }
             if let Err(reason) = rules.check_required(node, group_position) {
                 *failure.filtered.entry(reason).or_default() += 1;
                 continue;
             }
-            let usage = self.usage.usage(&node.id);
+            let usage = self.usage.usage_at(position, &node.id);
             if let Err(dimension) = rank::fit(node, usage, ask) {
                 *failure.exhausted.entry(dimension.to_string()).or_default() += 1;
                 continue;
@@ -360,11 +361,57 @@ impl<'a> Run<'a> {
                 break;
             }
         }
-        if !nodes.is_empty() {
-            *cursor = (*cursor + visited) % nodes.len();
+        if order.len() > 0 {
+            *cursor = (*cursor + visited) % order.len();
         }
         best.map(|(_, node)| node).ok_or(failure)
     }
+}
+
+/// The order a run walks the schedulable nodes in: from a random start, with a random stride coprime
+/// with their number, so every node comes exactly once — a randomly rotated permutation, chosen in O(1)
+/// per evaluation (the node list itself is shared by evaluations, see `ClusterState::placement_nodes`).
+struct NodeOrder<'a> {
+    nodes: &'a [PlacementNode],
+    start: usize,
+    stride: usize,
+}
+
+impl<'a> NodeOrder<'a> {
+    fn new(nodes: &'a [PlacementNode], rng: &mut SmallRng) -> NodeOrder<'a> {
+        let count = nodes.len();
+        if count < 2 {
+            return NodeOrder { nodes, start: 0, stride: 1 };
+        }
+        let start = rng.random_range(0..count);
+        let stride = loop {
+            let stride = rng.random_range(1..count);
+            if gcd(stride, count) == 1 {
+                break stride;
+            }
+        };
+        NodeOrder { nodes, start, stride }
+    }
+
+    fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn get(&self, position: usize) -> &'a PlacementNode {
+        let nodes: &'a [PlacementNode] = self.nodes;
+        &nodes[(self.start + position * self.stride) % nodes.len()]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &'a PlacementNode> + '_ {
+        (0..self.len()).map(|position| self.get(position))
+    }
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// How [`Run::select`] picks among the nodes that fit.
@@ -426,6 +473,22 @@ pub(crate) fn describe(job_gone: bool, counts: &Counts, failed_groups: &BTreeMap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_node_order_visits_every_node_once_from_a_random_start() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        for count in 0..60 {
+            let nodes: Vec<PlacementNode> = (0..count)
+                .map(|number| PlacementNode { node: Arc::new(crate::tests::node(&format!("n{number}"))), class: number as u64 })
+                .collect();
+            for _ in 0..5 {
+                let order = NodeOrder::new(&nodes, &mut rng);
+                let mut seen: Vec<u64> = order.iter().map(|slot| slot.class).collect();
+                seen.sort();
+                assert_eq!(seen, (0..count as u64).collect::<Vec<_>>(), "{count} nodes");
+            }
+        }
+    }
 
     #[test]
     fn uuid_format() {

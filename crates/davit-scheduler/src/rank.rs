@@ -72,6 +72,7 @@
 //! node, `−min(1, (c + 1) / count)`. It spreads a group's replicas over nodes even under `binpack`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use davit_api::objects::{AllocatedResources, AssignedPort, Node};
 use davit_api::spec::{GroupSpec, SchedulerAlgorithm};
@@ -82,37 +83,92 @@ use crate::state::{ClusterState, LiveUsage};
 
 /// Node usage as this plan changes it: the snapshot's non-terminal allocations, minus those the plan
 /// stops, plus those it places. Copied lazily per node from the state's live usage (a cheap clone).
+///
+/// The hot path (the node walk of a placement) reaches a node's usage by its position in the run's node
+/// order ([`UsageTracker::usage_at`], after [`UsageTracker::set_order`]) without any lookup by id;
+/// everything else goes by node id.
 pub(crate) struct UsageTracker<'state> {
     state: &'state ClusterState,
-    nodes: HashMap<String, TrackedUsage>,
+    slots: Vec<TrackedUsage>,
+    /// Node id → index in `slots`. Only looked up, never iterated, so its order cannot leak into a plan.
+    by_id: HashMap<String, usize, BuildHasherDefault<FxHasher>>,
+    /// Per position of the run's node order: index in `slots` + 1 (0: not loaded yet).
+    positions: Vec<usize>,
 }
 
 pub(crate) type TrackedUsage = LiveUsage;
 
 impl<'state> UsageTracker<'state> {
     pub(crate) fn new(state: &'state ClusterState) -> UsageTracker<'state> {
-        UsageTracker { state, nodes: HashMap::new() }
+        UsageTracker { state, slots: Vec::new(), by_id: HashMap::default(), positions: Vec::new() }
+    }
+
+    /// Sets the number of positions of the run's node order, for [`usage_at`](Self::usage_at).
+    pub(crate) fn set_positions(&mut self, count: usize) {
+        self.positions = vec![0; count];
     }
 
     pub(crate) fn usage(&mut self, node_id: &str) -> &TrackedUsage {
-        self.entry(node_id)
+        let slot = self.slot(node_id);
+        &self.slots[slot]
+    }
+
+    /// The usage of the node at `position` of the order given to [`set_order`](Self::set_order).
+    pub(crate) fn usage_at(&mut self, position: usize, node_id: &str) -> &TrackedUsage {
+        let slot = match self.positions[position] {
+            0 => {
+                let slot = self.slot(node_id);
+                self.positions[position] = slot + 1;
+                slot
+            }
+            slot => slot - 1,
+        };
+        &self.slots[slot]
     }
 
     pub(crate) fn add(&mut self, node_id: &str, resources: &AllocatedResources) {
-        self.entry(node_id).add(resources);
+        let slot = self.slot(node_id);
+        self.slots[slot].add(resources);
     }
 
     pub(crate) fn remove(&mut self, node_id: &str, resources: &AllocatedResources) {
-        self.entry(node_id).remove(resources);
+        let slot = self.slot(node_id);
+        self.slots[slot].remove(resources);
     }
 
-    fn entry(&mut self, node_id: &str) -> &mut TrackedUsage {
-        // Look up before inserting: `entry` would allocate the key on every call of the hot loop.
-        // (A hash map: only looked up, never iterated, so its order cannot leak into a plan.)
-        if !self.nodes.contains_key(node_id) {
-            self.nodes.insert(node_id.to_string(), self.state.live_usage(node_id));
+    /// The node's slot, loaded from the state on first use.
+    fn slot(&mut self, node_id: &str) -> usize {
+        if let Some(slot) = self.by_id.get(node_id) {
+            return *slot;
         }
-        self.nodes.get_mut(node_id).expect("inserted above")
+        self.slots.push(self.state.live_usage(node_id));
+        self.by_id.insert(node_id.to_string(), self.slots.len() - 1);
+        self.slots.len() - 1
+    }
+}
+
+/// FxHash (rustc's): a fast, non-cryptographic hasher for the tracker's small id map. Fine here: the
+/// keys are node ids of the cluster, not attacker-chosen in bulk, and nothing iterates the map.
+#[derive(Default)]
+pub(crate) struct FxHasher {
+    hash: u64,
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("chunks of 8"));
+            self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(SEED);
+        }
+        for byte in chunks.remainder() {
+            self.hash = (self.hash.rotate_left(5) ^ u64::from(*byte)).wrapping_mul(SEED);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
     }
 }
 

@@ -1,10 +1,13 @@
 //! [`ClusterState`]: the immutable, cheaply clonable picture of the cluster the scheduler reads.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::hash::BuildHasherDefault;
+use std::sync::{Arc, OnceLock};
 
 use davit_api::objects::{AllocatedResources, Allocation, Job, Node};
 use imbl::{OrdMap, OrdSet};
+
+use crate::rank::FxHasher;
 
 /// Nodes, allocations, jobs and job versions, indexed for the scheduler.
 ///
@@ -29,7 +32,17 @@ pub struct ClusterState {
     /// Per node id: its computed class (see `feasible`), computed once when the node is stored.
     node_classes: OrdMap<String, u64>,
     /// Per node id: what its live allocations reserve, kept current as allocations change.
-    live_usage: OrdMap<String, LiveUsage>,
+    live_usage: imbl::GenericHashMap<String, LiveUsage, BuildHasherDefault<FxHasher>, imbl::shared_ptr::DefaultSharedPtr>,
+    /// The schedulable nodes with their classes, in id order: derived from `nodes`, computed on first use
+    /// and shared by clones; replaced by an empty cell whenever a node changes.
+    placement_nodes: Arc<OnceLock<Arc<[PlacementNode]>>>,
+}
+
+/// A schedulable node and its computed class, as the node walk of a placement reads them.
+#[derive(Clone, Debug)]
+pub(crate) struct PlacementNode {
+    pub(crate) node: Arc<Node>,
+    pub(crate) class: u64,
 }
 
 /// What the live (non-terminal) allocations on one node reserve. Cheap to clone (the port map is persistent).
@@ -83,11 +96,13 @@ impl ClusterState {
     pub fn upsert_node(&mut self, node: Arc<Node>) {
         self.node_classes.insert(node.id.clone(), crate::feasible::computed_class(&node));
         self.nodes.insert(node.id.clone(), node);
+        self.placement_nodes = Arc::default();
     }
 
     /// Removes the node. Its allocations stay: the scheduler sees them as lost.
     pub fn remove_node(&mut self, id: &str) -> Option<Arc<Node>> {
         self.node_classes.remove(id);
+        self.placement_nodes = Arc::default();
         self.nodes.remove(id)
     }
 
@@ -183,6 +198,20 @@ impl ClusterState {
     /// Nodes in id order.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> + '_ {
         self.nodes.values()
+    }
+
+    /// The schedulable (ready, eligible) nodes in id order with their computed classes (see `feasible`).
+    /// Computed once per set of nodes: evaluations between node changes share it.
+    pub(crate) fn placement_nodes(&self) -> &[PlacementNode] {
+        self.placement_nodes.get_or_init(|| {
+            // `nodes` and `node_classes` have exactly the node ids as keys (the type's invariant): they walk in step.
+            self.nodes
+                .values()
+                .zip(self.node_classes.values())
+                .filter(|(node, _)| node.is_schedulable())
+                .map(|(node, class)| PlacementNode { node: Arc::clone(node), class: *class })
+                .collect()
+        })
     }
 
     /// Allocations in id order.

@@ -138,7 +138,8 @@ fn in_place_versus_destructive_updates() {
         ),
         ("task resources", |spec| spec.groups[0].tasks[0].resources.memory = 512, false),
         ("group constraint", |spec| spec.groups[0].constraints.push(constraint("${attr.os.name}", Op::Equal, "linux")), false),
-        ("job constraint the node no longer meets", |spec| spec.constraints.push(constraint("${node.name}", Op::NotEqual, "n-1")), false),
+        // `NODE` stands for the name of the node the allocation runs on.
+        ("job constraint the node no longer meets", |spec| spec.constraints.push(constraint("${node.name}", Op::NotEqual, "NODE")), false),
     ];
     for (name, change, in_place) in cases {
         let mut harness = Harness::new();
@@ -148,6 +149,9 @@ fn in_place_versus_destructive_updates() {
         let old = Arc::clone(&harness.live_allocs("shop")[0]);
         let mut spec = job("shop", 1);
         change(&mut spec);
+        for constraint in &mut spec.constraints {
+            constraint.value = constraint.value.replace("NODE", &old.node_name);
+        }
         harness.register(spec);
         harness.now = 99_000;
         let plan = harness.process("shop").plan;
