@@ -11,10 +11,10 @@
 //!   loop and saturating, so p50 there is roughly `connections / throughput` and says nothing about the
 //!   time one request spends in the proxy; the latency figures (and "added p50") come from the
 //!   single-connection run, where each request waits for nobody but the proxy and the backend.
-//! - Both proxies use the same number of threads: the davit proxy runs on a tokio runtime of its own with
-//!   `threads` workers, haproxy gets `nbthread` of the same number (haproxy's default would be one
-//!   per CPU, whatever davit had). `PROXY_BENCH_THREADS` changes it (default 2, the cores of the
-//!   reference machine).
+//! - Both proxies use the same number of threads: the davit proxy gets `threads` serving threads
+//!   (`ProxyConfig::threads`, each with its own event loop and listener, like haproxy's threads), haproxy
+//!   gets `nbthread` of the same number (both would default to one per CPU). `PROXY_BENCH_THREADS`
+//!   changes it (default 2, the cores of the reference machine).
 //! - Both keep connections alive on both sides and share idle backend connections between clients:
 //!   haproxy with `option http-keep-alive` and `http-reuse always`, davit with its per-backend pool.
 //! - Both do the same header work: davit always adds `X-Forwarded-For`, `-Proto` and `-Host` and strips
@@ -24,7 +24,7 @@
 //!   on their own one-thread runtime), so that the proxies, not the backends, use the CPU; the "direct"
 //!   row shows how far above the proxies' figures the backends are.
 //! - Besides requests/s, each run reads how much CPU time the target's threads used per request (from
-//!   `/proc/<pid>/task/*/schedstat`: the davit proxy's runtime threads, haproxy's threads, for "direct"
+//!   `/proc/<pid>/task/*/schedstat`: the davit proxy's serving threads, haproxy's threads, for "direct"
 //!   the backends'). On a shared machine requests/s moves with whatever else runs; CPU per request
 //!   mostly does not, and it is what decides requests/s when the proxy is what saturates.
 //! - Targets are measured in rounds, in a rotating order, and the median round is shown, so a burst of
@@ -46,9 +46,10 @@ const HAPROXY: &str = "/usr/sbin/haproxy";
 /// Connections of the throughput runs.
 const CONNECTIONS: usize = 32;
 
-/// Thread names of the two runtimes (at most 15 bytes: what Linux keeps of a thread name).
+/// Thread names of the backends' runtime and prefix of the davit proxy's serving threads' names (at most
+/// 15 bytes: what Linux keeps of a thread name).
 const BACKEND_THREADS: &str = "bench-backend";
-const PROXY_THREADS: &str = "davit-proxy";
+const PROXY_THREADS: &str = "davit-proxy-";
 
 #[derive(Debug, Clone, Copy)]
 struct Figures {
@@ -69,7 +70,7 @@ struct Target {
 /// Threads whose CPU time is read from `/proc/<pid>/task/*/schedstat` (nanoseconds on CPU).
 #[derive(Clone, Copy)]
 enum Cpu {
-    /// Threads of this process with this name.
+    /// Threads of this process whose name starts with this.
     Named(&'static str),
     /// Every thread of another process.
     Process(u32),
@@ -86,7 +87,7 @@ impl Cpu {
         for task in tasks.flatten() {
             let path = task.path();
             if let Some(name) = name
-                && std::fs::read_to_string(path.join("comm")).map_or(true, |comm| comm.trim_end() != name)
+                && std::fs::read_to_string(path.join("comm")).map_or(true, |comm| !comm.starts_with(name))
             {
                 continue;
             }
@@ -122,14 +123,10 @@ fn try_main() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let backends: Vec<SocketAddr> = (0..3).map(|index| backend_runtime.block_on(spawn_backend(index))).collect();
 
-    let proxy_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name(PROXY_THREADS)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let (_proxy, davit_http, davit_tcp) = proxy_runtime.block_on(async {
-        let proxy = Proxy::start(ProxyConfig::default());
+    // The proxy serves on `threads` threads of its own; this runtime (on the main thread) only sets it up.
+    let setup_runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let (_proxy, davit_http, davit_tcp) = setup_runtime.block_on(async {
+        let proxy = Proxy::start(ProxyConfig { threads, ..ProxyConfig::default() });
         let list: Vec<Backend> = backends.iter().enumerate().map(|(index, &addr)| Backend::new(format!("b{index}"), addr)).collect();
         let mut addrs = Vec::new();
         for (name, mode) in [("bench-http", Mode::Http), ("bench-tcp", Mode::Tcp)] {

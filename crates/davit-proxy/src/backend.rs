@@ -26,8 +26,9 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(backend: Backend, latency_decay: Duration) -> Endpoint {
-        Endpoint::build(backend, Arc::new(EndpointStats::new(latency_decay)), Arc::default())
+    /// A backend new to the proxy, with a connection pool for `threads` serving threads.
+    pub fn new(backend: Backend, latency_decay: Duration, threads: usize) -> Endpoint {
+        Endpoint::build(backend, Arc::new(EndpointStats::new(latency_decay)), Arc::new(ConnectionPool::new(threads)))
     }
 
     /// The same backend in a new backend set: shares the counters, outlier state and idle connections of

@@ -226,7 +226,7 @@ mod tests {
             .enumerate()
             .map(|(index, &weight)| {
                 let backend = Backend { id: format!("alloc-{index}"), addr: ([10, 0, 0, index as u8], 80).into(), weight };
-                Arc::new(Endpoint::new(backend, Duration::from_secs(5)))
+                Arc::new(Endpoint::new(backend, Duration::from_secs(5), 1))
             })
             .collect()
     }

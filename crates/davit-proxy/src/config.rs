@@ -117,6 +117,10 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// Seed of the balancers' random choices; `None` seeds from the OS.
     pub seed: Option<u64>,
+    /// Serving threads (`davit-proxy-0` …; at least one): each runs its own event loop with its own
+    /// listener of every service, and a connection stays on the thread that accepted it. Defaults to the
+    /// number of CPUs the process may use.
+    pub threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -127,6 +131,7 @@ impl Default for ProxyConfig {
             latency_decay: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(60),
             seed: None,
+            threads: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         }
     }
 }

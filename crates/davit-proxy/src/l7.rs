@@ -61,10 +61,18 @@ impl ClientInfo {
     }
 }
 
-/// Accept loop of one HTTP service; runs until aborted. When `shutdown` fires, open connections finish
-/// their current request and close. It also closes backend connections idle for longer than
-/// `pool_idle_timeout` (checked every half of it).
-pub(crate) async fn serve(shared: Arc<ServiceShared>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+/// What the requests of one client connection share.
+struct ClientConnection {
+    shared: Arc<ServiceShared>,
+    client: ClientInfo,
+    /// Index of the serving thread the connection lives on, which picks the backend pools' stacks.
+    worker: usize,
+}
+
+/// Accept loop of one HTTP service on serving thread `worker`; runs until aborted. When `shutdown` fires,
+/// open connections finish their current request and close. It also closes this thread's backend
+/// connections idle for longer than `pool_idle_timeout` (checked every half of it).
+pub(crate) async fn serve(shared: Arc<ServiceShared>, listener: TcpListener, shutdown: watch::Receiver<bool>, worker: usize) {
     let idle_timeout = shared.proxy_config.pool_idle_timeout;
     let mut close_idle = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(10)));
     close_idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -73,7 +81,7 @@ pub(crate) async fn serve(shared: Arc<ServiceShared>, listener: TcpListener, shu
             accepted = listener.accept() => accepted,
             now = close_idle.tick() => {
                 for endpoint in &shared.snapshot().endpoints {
-                    endpoint.pool.close_idle(idle_timeout, now.into_std());
+                    endpoint.pool.close_idle(worker, idle_timeout, now.into_std());
                 }
                 continue;
             }
@@ -87,12 +95,12 @@ pub(crate) async fn serve(shared: Arc<ServiceShared>, listener: TcpListener, shu
             }
         };
         let _ = stream.set_nodelay(true);
-        let context = Arc::new((Arc::clone(&shared), ClientInfo::new(client)));
+        let context = Arc::new(ClientConnection { shared: Arc::clone(&shared), client: ClientInfo::new(client), worker });
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let context = Arc::clone(&context);
-                async move { Ok::<_, Infallible>(handle(&context.0, &context.1, request).await) }
+                async move { Ok::<_, Infallible>(handle(&context, request).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
@@ -112,7 +120,8 @@ pub(crate) async fn serve(shared: Arc<ServiceShared>, listener: TcpListener, shu
 }
 
 /// Forwards one request; never fails: errors become 502/503 responses.
-async fn handle(shared: &ServiceShared, client: &ClientInfo, request: Request<Incoming>) -> Response<ResponseBody> {
+async fn handle(context: &ClientConnection, request: Request<Incoming>) -> Response<ResponseBody> {
+    let ClientConnection { shared, client, worker } = context;
     let snapshot = shared.snapshot();
     let config = &snapshot.config;
     if snapshot.endpoints.is_empty() {
@@ -137,7 +146,7 @@ async fn handle(shared: &ServiceShared, client: &ClientInfo, request: Request<In
         let guard = endpoint.stats.start();
         let outgoing = OutgoingRequest { method: &parts.method, path_and_query, headers: &parts.headers, default_host: &endpoint.host };
 
-        let result = exchange(shared, endpoint, &outgoing, &mut body, retryable, started).await;
+        let result = exchange(shared, *worker, endpoint, &outgoing, &mut body, retryable, started).await;
         let now = Instant::now();
         let latency = now.saturating_duration_since(started);
         let has_attempts_left = attempt + 1 < max_attempts;
@@ -146,7 +155,7 @@ async fn handle(shared: &ServiceShared, client: &ClientInfo, request: Request<In
                 if endpoint.stats.record_failure(Some(latency), &config.outlier, now) {
                     tracing::info!(service = %config.name, backend = %endpoint.backend.id, "backend ejected after 5xx");
                 }
-                let response = finish_response(exchanged, endpoint, guard);
+                let response = finish_response(exchanged, endpoint, *worker, guard);
                 if !has_attempts_left {
                     return response;
                 }
@@ -154,7 +163,7 @@ async fn handle(shared: &ServiceShared, client: &ClientInfo, request: Request<In
             }
             Ok(exchanged) => {
                 endpoint.stats.record_success(latency, now);
-                return finish_response(exchanged, endpoint, guard);
+                return finish_response(exchanged, endpoint, *worker, guard);
             }
             Err(error) => {
                 tracing::debug!(service = %config.name, backend = %endpoint.backend.id, error = ?error, "backend request failed");
@@ -184,13 +193,14 @@ enum ExchangeError {
 /// answered anything (for a `retryable` request, or one whose body was not taken yet).
 async fn exchange(
     shared: &ServiceShared,
+    worker: usize,
     endpoint: &Endpoint,
     request: &OutgoingRequest<'_>,
     body: &mut Option<Incoming>,
     retryable: bool,
     now: Instant,
 ) -> Result<(ResponseReader, Parts, BackendConnection), ExchangeError> {
-    if let Some(mut connection) = endpoint.pool.checkout(shared.proxy_config.pool_idle_timeout, now) {
+    if let Some(mut connection) = endpoint.pool.checkout(worker, shared.proxy_config.pool_idle_timeout, now) {
         let had_body = body.is_some();
         connection.start(request, body.take());
         match connection.read_response_head(request.method).await {
@@ -222,6 +232,10 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// Removes hop-by-hop headers, and those named in `Connection`.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests have none: one pass over the names is cheaper than a lookup per hop-by-hop name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -278,9 +292,10 @@ fn hash_key(config: &ServiceConfig, headers: &HeaderMap, client: &ClientInfo) ->
 fn finish_response(
     (reader, parts, connection): (ResponseReader, Parts, BackendConnection),
     endpoint: &Arc<Endpoint>,
+    worker: usize,
     guard: ActiveGuard,
 ) -> Response<ResponseBody> {
-    let body = BackendBody { reader, connection: Some(connection), pool: Arc::clone(&endpoint.pool), guard: Some(guard) };
+    let body = BackendBody { reader, connection: Some(connection), pool: Arc::clone(&endpoint.pool), worker, guard: Some(guard) };
     Response::from_parts(parts, ResponseBody::Backend(body))
 }
 
@@ -335,6 +350,8 @@ pub(crate) struct BackendBody {
     /// `None` once returned to the pool or given up.
     connection: Option<BackendConnection>,
     pool: Arc<ConnectionPool>,
+    /// Serving thread the body is streamed on.
+    worker: usize,
     guard: Option<ActiveGuard>,
 }
 
@@ -345,7 +362,7 @@ impl BackendBody {
         if let Some(connection) = self.connection.take()
             && self.reader.is_reusable(&connection)
         {
-            self.pool.check_in(connection);
+            self.pool.check_in(self.worker, connection);
         }
     }
 }

@@ -12,9 +12,15 @@
 //! Backend sets are pushed in with [`Proxy::set_backends`] and swapped atomically: requests already in flight
 //! keep the backend they were sent to and finish (draining), new requests only see the new set.
 //!
+//! The proxy serves on threads of its own ([`ProxyConfig::threads`], one per CPU by default), each with a
+//! single-threaded tokio runtime and its own `SO_REUSEPORT` listener of every service, as haproxy does with
+//! `nbthread`: the kernel spreads connections over the threads, and a connection and its requests stay on
+//! one thread. Backend counters and connection pools are shared (an idle backend connection moves to a
+//! thread that has none of its own).
+//!
 //! **Invariant:** the proxy knows nothing about jobs, drivers, allocations' lifecycles or the davit server.
 //! It never calls out to anything but the backends it was given; it never blocks on the caller that feeds
-//! it, and one failing connection or request never stops a listener.
+//! it (nor runs on the caller's runtime), and one failing connection or request never stops a listener.
 //!
 //! **API boundary:** [`Proxy`] (services and backends in, metrics out) and [`dns::DnsServer`] (records in).
 //! The caller decides which instances are healthy; the proxy only ejects on what it observes itself.

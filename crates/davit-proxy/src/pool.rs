@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use crate::codec::{self, BodyDecoder, CodecError, Decoded, RequestFraming, ResponseHead};
 use crate::proxy::lock;
 
-/// Idle connections kept per backend; more are closed when they become idle.
+/// Idle connections kept per backend and serving thread; more are closed when they become idle.
 const MAX_IDLE_PER_BACKEND: usize = 256;
 /// Size of each read from a backend.
 const READ_SIZE: usize = 16 * 1024;
@@ -124,7 +124,9 @@ impl BackendConnection {
             if let Poll::Ready(Err(error)) = self.poll_send(cx) {
                 return Poll::Ready(Err(error));
             }
-            if let Some((length, head)) = codec::parse_response_head(self.buffered(), method)? {
+            if !self.buffered().is_empty()
+                && let Some((length, head)) = codec::parse_response_head(self.buffered(), method)?
+            {
                 self.consume(length);
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
                     continue;
@@ -236,6 +238,12 @@ impl BackendConnection {
             Ok(_) | Err(_) => true,
         }
     }
+
+    /// Moves the socket to the event loop of the runtime this is called on.
+    fn reregister(mut self) -> std::io::Result<BackendConnection> {
+        self.stream = TcpStream::from_std(self.stream.into_std()?)?;
+        Ok(self)
+    }
 }
 
 /// Opens a connection to `addr` within `timeout`.
@@ -295,11 +303,21 @@ impl ResponseReader {
     }
 }
 
-/// Idle keep-alive connections to one backend, most recently used last.
-#[derive(Default)]
+/// Idle keep-alive connections to one backend: one stack per serving thread, most recently used last.
+///
+/// A connection's socket is registered with the event loop of the thread that opened it, so each thread
+/// checks connections in to its own stack and takes them from there first. Only when its stack is empty
+/// does it take one from another thread's, moving the socket to its own event loop (two `epoll_ctl`s),
+/// so that idle connections are still shared by all clients as with one pool.
 pub(crate) struct ConnectionPool {
-    idle: Mutex<Vec<IdleConnection>>,
+    idle: Box<[IdleStack]>,
 }
+
+/// One thread's idle connections, alone in its cache lines so that threads do not contend on their
+/// neighbours' locks (128 bytes: x86 prefetches lines in pairs).
+#[derive(Default)]
+#[repr(align(128))]
+struct IdleStack(Mutex<Vec<IdleConnection>>);
 
 struct IdleConnection {
     connection: BackendConnection,
@@ -308,26 +326,50 @@ struct IdleConnection {
 
 impl std::fmt::Debug for ConnectionPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionPool").field("idle", &lock(&self.idle).len()).finish()
+        let idle: usize = self.idle.iter().map(|stack| lock(&stack.0).len()).sum();
+        f.debug_struct("ConnectionPool").field("idle", &idle).finish()
     }
 }
 
 impl ConnectionPool {
-    /// The most recently used idle connection that is still open and was idle for less than
-    /// `idle_timeout` at `now`.
-    pub fn checkout(&self, idle_timeout: Duration, now: Instant) -> Option<BackendConnection> {
+    /// A pool for `threads` serving threads (at least one).
+    pub fn new(threads: usize) -> ConnectionPool {
+        ConnectionPool { idle: (0..threads.max(1)).map(|_| IdleStack::default()).collect() }
+    }
+
+    /// The most recently used idle connection of serving thread `worker` (or else of another thread) that
+    /// is still open and was idle for less than `idle_timeout` at `now`. Must be called on thread
+    /// `worker`'s runtime.
+    pub fn checkout(&self, worker: usize, idle_timeout: Duration, now: Instant) -> Option<BackendConnection> {
+        let own = worker % self.idle.len();
+        if let Some(connection) = self.checkout_from(own, idle_timeout, now) {
+            return Some(connection);
+        }
+        let others = (1..self.idle.len()).map(|offset| (own + offset) % self.idle.len());
+        for other in others {
+            let Some(connection) = self.checkout_from(other, idle_timeout, now) else { continue };
+            match connection.reregister() {
+                Ok(connection) => return Some(connection),
+                Err(error) => tracing::debug!(%error, "cannot move an idle backend connection to this thread"),
+            }
+        }
+        None
+    }
+
+    fn checkout_from(&self, slot: usize, idle_timeout: Duration, now: Instant) -> Option<BackendConnection> {
         loop {
-            let IdleConnection { connection, since } = lock(&self.idle).pop()?;
+            let IdleConnection { connection, since } = lock(&self.idle[slot].0).pop()?;
             if now.saturating_duration_since(since) < idle_timeout && !connection.closed_by_backend() {
                 return Some(connection);
             }
         }
     }
 
-    /// Puts `connection` back after a complete exchange (see [`ResponseReader::is_reusable`]).
-    pub fn check_in(&self, mut connection: BackendConnection) {
+    /// Puts `connection` back after a complete exchange (see [`ResponseReader::is_reusable`]) on serving
+    /// thread `worker`.
+    pub fn check_in(&self, worker: usize, mut connection: BackendConnection) {
         connection.reused = true;
-        let mut idle = lock(&self.idle);
+        let mut idle = lock(&self.idle[worker % self.idle.len()].0);
         if idle.len() < MAX_IDLE_PER_BACKEND {
             idle.push(IdleConnection { connection, since: Instant::now() });
         } else {
@@ -336,10 +378,10 @@ impl ConnectionPool {
         }
     }
 
-    /// Closes the connections idle for `idle_timeout` or longer.
-    pub fn close_idle(&self, idle_timeout: Duration, now: Instant) {
+    /// Closes the connections of serving thread `worker` idle for `idle_timeout` or longer.
+    pub fn close_idle(&self, worker: usize, idle_timeout: Duration, now: Instant) {
         let expired: Vec<IdleConnection> = {
-            let mut idle = lock(&self.idle);
+            let mut idle = lock(&self.idle[worker % self.idle.len()].0);
             let fresh = idle.iter().position(|entry| now.saturating_duration_since(entry.since) < idle_timeout).unwrap_or(idle.len());
             idle.drain(..fresh).collect()
         };

@@ -1,4 +1,11 @@
-//! The proxy handle: services, their listeners and their atomically swapped backend sets.
+//! The proxy handle: services, their listeners and their atomically swapped backend sets, and the serving
+//! threads the listeners run on.
+//!
+//! The proxy serves on threads of its own, like haproxy's `nbthread`: each runs a single-threaded tokio
+//! runtime, and every service has one listener per thread, all bound to the same address with
+//! `SO_REUSEPORT`, so the kernel spreads new connections over the threads and a connection is accepted,
+//! served and closed by one thread without ever being woken on, or moved to, another. What the threads
+//! share (a service's [`Snapshot`], the backends' counters and pools) is behind `Arc`s and atomics.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,7 +14,8 @@ use std::time::Instant;
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -17,7 +25,9 @@ use crate::balance::{Balancer, PickRequest};
 use crate::config::{Backend, Mode, ProxyConfig, ServiceConfig};
 use crate::metrics::{self, ServiceSnapshot};
 
-/// Handle to a running proxy; cheap to clone. Must be created and used inside a tokio runtime.
+/// Handle to a running proxy; cheap to clone. Its async methods may be awaited on any tokio runtime; the
+/// proxy serves on threads of its own ([`ProxyConfig::threads`]), started with the first service. Dropping
+/// the last handle stops them, closing whatever connections are still open.
 #[derive(Clone)]
 pub struct Proxy {
     inner: Arc<ProxyInner>,
@@ -27,13 +37,23 @@ struct ProxyInner {
     config: ProxyConfig,
     services: Mutex<HashMap<String, ServiceEntry>>,
     seeds: Mutex<SmallRng>,
+    /// Started by the first [`Proxy::set_service`].
+    workers: Mutex<Option<Arc<Workers>>>,
 }
 
 struct ServiceEntry {
     shared: Arc<ServiceShared>,
-    listener: JoinHandle<()>,
+    /// One accept loop per serving thread.
+    listeners: Vec<JoinHandle<()>>,
     /// Dropping or signalling it closes idle HTTP keep-alive connections of the service.
     shutdown: watch::Sender<bool>,
+}
+
+/// The serving threads: one single-threaded runtime each, running until this is dropped.
+struct Workers {
+    runtimes: Vec<Handle>,
+    /// Each thread waits for this to close, then drops its runtime and with it every task left on it.
+    _stop: watch::Sender<()>,
 }
 
 /// State a service's connection tasks share.
@@ -52,14 +72,28 @@ pub(crate) struct Snapshot {
     pub balancer: Balancer,
 }
 
+/// Prefix of the serving threads' names (`davit-proxy-0`, `davit-proxy-1` …).
+const THREAD_NAME_PREFIX: &str = "davit-proxy-";
+
+/// Backlog of each listener, as tokio's `TcpListener::bind` uses.
+const LISTEN_BACKLOG: u32 = 1024;
+
 impl Proxy {
-    /// Starts a proxy with no services.
-    pub fn start(config: ProxyConfig) -> Proxy {
+    /// Starts a proxy with no services (and no threads yet).
+    pub fn start(mut config: ProxyConfig) -> Proxy {
+        config.threads = config.threads.max(1);
         let seeds = match config.seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_os_rng(),
         };
-        Proxy { inner: Arc::new(ProxyInner { config, services: Mutex::new(HashMap::new()), seeds: Mutex::new(seeds) }) }
+        Proxy {
+            inner: Arc::new(ProxyInner {
+                config,
+                services: Mutex::new(HashMap::new()),
+                seeds: Mutex::new(seeds),
+                workers: Mutex::new(None),
+            }),
+        }
     }
 
     /// Adds a service or changes one; returns the address it listens on.
@@ -83,16 +117,16 @@ impl Proxy {
         let mut kept_endpoints = Vec::new();
         if let Some(previous) = previous {
             kept_endpoints = previous.shared.snapshot().endpoints.clone();
-            previous.listener.abort();
-            let _ = previous.listener.await;
+            stop_listeners(previous.listeners).await;
         }
 
-        let listener = TcpListener::bind(config.listen).await.map_err(|source| Error::Bind {
-            service: config.name.clone(),
-            addr: config.listen,
-            source,
-        })?;
-        let listen = listener.local_addr().map_err(|source| Error::Bind { service: config.name.clone(), addr: config.listen, source })?;
+        let bind_error = |source| Error::Bind { service: config.name.clone(), addr: config.listen, source };
+        if config.listen.port() != 0 && lock(&self.inner.services).values().any(|entry| entry.shared.snapshot().listen == config.listen) {
+            // SO_REUSEPORT would let a second listener of this proxy share the address.
+            return Err(bind_error(std::io::ErrorKind::AddrInUse.into()));
+        }
+        let workers = self.workers().map_err(bind_error)?;
+        let (listen, listeners) = bind_listeners(&workers, config.listen).map_err(bind_error)?;
         let rng = SmallRng::seed_from_u64(rand::Rng::random(&mut *lock(&self.inner.seeds)));
         let mode = config.mode;
         let name = config.name.clone();
@@ -104,14 +138,22 @@ impl Proxy {
             proxy_config: self.inner.config.clone(),
         });
         let (shutdown, shutdown_receiver) = watch::channel(false);
-        let listener = match mode {
-            Mode::Tcp => tokio::spawn(crate::l4::serve(Arc::clone(&shared), listener)),
-            Mode::Http => tokio::spawn(crate::l7::serve(Arc::clone(&shared), listener, shutdown_receiver)),
-        };
-        let replaced = lock(&self.inner.services).insert(name, ServiceEntry { shared, listener, shutdown });
+        let listeners = workers
+            .runtimes
+            .iter()
+            .zip(listeners)
+            .enumerate()
+            .map(|(worker, (runtime, listener))| match mode {
+                Mode::Tcp => runtime.spawn(crate::l4::serve(Arc::clone(&shared), listener)),
+                Mode::Http => runtime.spawn(crate::l7::serve(Arc::clone(&shared), listener, shutdown_receiver.clone(), worker)),
+            })
+            .collect();
+        let replaced = lock(&self.inner.services).insert(name, ServiceEntry { shared, listeners, shutdown });
         if let Some(replaced) = replaced {
             // A concurrent set_service of the same name won the race to bind; last writer wins.
-            replaced.listener.abort();
+            for listener in &replaced.listeners {
+                listener.abort();
+            }
             let _ = replaced.shutdown.send(true);
         }
         Ok(listen)
@@ -130,7 +172,7 @@ impl Proxy {
                     current.endpoints.iter().find(|endpoint| endpoint.backend.id == backend.id && endpoint.backend.addr == backend.addr);
                 match existing {
                     Some(existing) => Arc::new(Endpoint::carried_over(backend, existing)),
-                    None => Arc::new(Endpoint::new(backend, self.inner.config.latency_decay)),
+                    None => Arc::new(Endpoint::new(backend, self.inner.config.latency_decay, self.inner.config.threads)),
                 }
             })
             .collect();
@@ -144,8 +186,7 @@ impl Proxy {
         let Some(entry) = lock(&self.inner.services).remove(service) else {
             return false;
         };
-        entry.listener.abort();
-        let _ = entry.listener.await;
+        stop_listeners(entry.listeners).await;
         let _ = entry.shutdown.send(true);
         true
     }
@@ -166,6 +207,17 @@ impl Proxy {
         metrics::render_prometheus(&self.snapshots(), Instant::now(), out);
     }
 
+    /// The serving threads, started on first use.
+    fn workers(&self) -> std::io::Result<Arc<Workers>> {
+        let mut workers = lock(&self.inner.workers);
+        if let Some(workers) = &*workers {
+            return Ok(Arc::clone(workers));
+        }
+        let started = Arc::new(Workers::start(self.inner.config.threads)?);
+        *workers = Some(Arc::clone(&started));
+        Ok(started)
+    }
+
     fn snapshots(&self) -> Vec<Arc<Snapshot>> {
         let mut snapshots: Vec<Arc<Snapshot>> = lock(&self.inner.services).values().map(|entry| entry.shared.snapshot()).collect();
         snapshots.sort_by(|a, b| a.config.name.cmp(&b.config.name));
@@ -176,9 +228,66 @@ impl Proxy {
 impl Drop for ProxyInner {
     fn drop(&mut self) {
         for entry in lock(&self.services).values() {
-            entry.listener.abort();
+            for listener in &entry.listeners {
+                listener.abort();
+            }
             let _ = entry.shutdown.send(true);
         }
+    }
+}
+
+impl Workers {
+    fn start(threads: usize) -> std::io::Result<Workers> {
+        let (stop, stopped) = watch::channel(());
+        let mut runtimes = Vec::with_capacity(threads);
+        for index in 0..threads {
+            // Each runtime is built and dropped on its own thread: a runtime may not be dropped in the
+            // async context `set_service` runs in.
+            let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+            let mut stopped = stopped.clone();
+            std::thread::Builder::new().name(format!("{THREAD_NAME_PREFIX}{index}")).spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(error) => return drop(sender.send(Err(error))),
+                };
+                let _ = sender.send(Ok(runtime.handle().clone()));
+                runtime.block_on(async move {
+                    // Returns (with an error) once the sender is dropped.
+                    let _ = stopped.changed().await;
+                });
+            })?;
+            let started = receiver.recv().map_err(|_| std::io::Error::other("proxy thread ended while starting"))?;
+            runtimes.push(started?);
+        }
+        Ok(Workers { runtimes, _stop: stop })
+    }
+}
+
+/// Binds one listener per serving thread on `addr` (the first one picks the port when it is 0), each
+/// registered with its thread's runtime; returns the bound address and the listeners.
+fn bind_listeners(workers: &Workers, addr: SocketAddr) -> std::io::Result<(SocketAddr, Vec<TcpListener>)> {
+    let mut bound = addr;
+    let mut listeners = Vec::with_capacity(workers.runtimes.len());
+    for runtime in &workers.runtimes {
+        let _context = runtime.enter();
+        let socket = if bound.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(bound)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
+        bound = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok((bound, listeners))
+}
+
+/// Stops the accept loops and waits until their listeners are closed.
+async fn stop_listeners(listeners: Vec<JoinHandle<()>>) {
+    for listener in &listeners {
+        listener.abort();
+    }
+    for listener in listeners {
+        let _ = listener.await;
     }
 }
 

@@ -102,3 +102,20 @@ async fn request_and_response_bodies_are_streamed_through() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body.len(), payload.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_in_use_is_refused() {
+    let _exclusive = exclusive().await;
+    let (proxy, addr) = start_proxy(service("first", Mode::Http, Algorithm::RoundRobin), vec![]).await;
+    // Another service of the same proxy: its listeners use SO_REUSEPORT, which alone would let the two share it.
+    let second =
+        proxy.set_service(davit_proxy::ServiceConfig { listen: addr, ..service("second", Mode::Tcp, Algorithm::RoundRobin) }).await;
+    assert!(matches!(second, Err(davit_proxy::Error::Bind { .. })), "{second:?}");
+    // Someone else's socket.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap();
+    let third = proxy.set_service(davit_proxy::ServiceConfig { listen, ..service("third", Mode::Tcp, Algorithm::RoundRobin) }).await;
+    assert!(matches!(third, Err(davit_proxy::Error::Bind { .. })), "{third:?}");
+    assert_eq!(proxy.local_addr("first"), Some(addr));
+    assert_eq!(proxy.local_addr("second"), None);
+}

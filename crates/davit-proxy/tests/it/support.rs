@@ -290,7 +290,9 @@ pub fn service(name: &str, mode: Mode, balance: Algorithm) -> ServiceConfig {
 
 /// A proxy with one service over `backends`; returns the proxy and the service's address.
 pub async fn start_proxy(config: ServiceConfig, backends: Vec<Backend>) -> (Proxy, SocketAddr) {
-    let proxy = Proxy::start(ProxyConfig { seed: Some(7), ..ProxyConfig::default() });
+    // Two serving threads whatever the machine, so that connections spread over threads and backend
+    // connections move between them in every test.
+    let proxy = Proxy::start(ProxyConfig { seed: Some(7), threads: 2, ..ProxyConfig::default() });
     let name = config.name.clone();
     let addr = proxy.set_service(config).await.unwrap();
     proxy.set_backends(&name, backends).unwrap();
