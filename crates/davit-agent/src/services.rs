@@ -64,7 +64,9 @@ impl ServiceProxy {
             what: format!("starting the service DNS server on {} (choose another with --dns-bind, or --no-service-proxy)", config.dns_bind),
             source,
         })?;
-        Ok(ServiceProxy { proxy: Proxy::start(ProxyConfig::default()), dns, bind_ip: config.bind_ip })
+        // One serving thread per core, at most 4: each service listens once per thread.
+        let threads = ProxyConfig::default().threads.min(4);
+        Ok(ServiceProxy { proxy: Proxy::start(ProxyConfig { threads, ..ProxyConfig::default() }), dns, bind_ip: config.bind_ip })
     }
 
     /// The proxy's counters as the agent's API serves them (`GET /v1/agent/proxy`).
