@@ -48,6 +48,9 @@ echo; echo "\$ curl -s 127.0.0.1:9080/   # three times: round robin over the hea
 for _ in 1 2 3; do curl -s 127.0.0.1:9080/; done
 echo; echo "\$ dig @127.0.0.1 -p 8600 web.service.davit SRV +short"; dig @127.0.0.1 -p 8600 web.service.davit SRV +short
 echo; echo "\$ davit service info web"; "$davit" service info web
+echo; echo "\$ davit job plan hello.yaml   # a dry run of scaling web from 3 to 5: what would change, nothing stored"
+sed 's/count: 3/count: 5/' examples/hello.yaml >"$registry_dir/hello.yaml"
+"$davit" job plan "$registry_dir/hello.yaml"
 echo; echo "\$ davit node ls"; "$davit" node ls
 echo; echo "\$ davit job status"; "$davit" job status
 echo
