@@ -439,13 +439,15 @@ async fn whiteouts_are_applied_inside_the_container(runtime: RuntimeChoice) {
     let command = "ls /data; test ! -e /etc/deleted-file && echo gone";
     let config = fx.config_in(&fx.alloc_id, "layers", &fx.image("whiteout:1"), Some(command));
     let handle = fx.start(&config).await;
-    assert_eq!(fx.wait(&handle).await, ExitResult { exit_code: Some(0), signal: None, oom_killed: false });
+    let exit = fx.wait(&handle).await;
     let stdout = fx.log("layers", "stdout");
+    let stderr = fx.log("layers", "stderr");
+    assert_eq!(exit, ExitResult { exit_code: Some(0), signal: None, oom_killed: false }, "stdout {stdout:?}, stderr {stderr:?}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines.contains(&"new"), "{stdout:?}");
     assert!(!lines.contains(&"old"), "the opaque directory still shows /data/old: {stdout:?}");
     assert!(lines.contains(&"gone"), "/etc/deleted-file is still there: {stdout:?}");
-    assert_eq!(fx.log("layers", "stderr"), "");
+    assert_eq!(stderr, "");
 }
 
 async fn memory_limit_oom_kills_and_is_reported(runtime: RuntimeChoice) {
