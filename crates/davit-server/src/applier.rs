@@ -9,11 +9,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use davit_api::http::AllocStatusUpdate;
+use davit_api::http::{AllocStatusUpdate, NodeAllocStatusUpdates};
 use davit_api::objects::{
     Allocation, ClientStatus, DesiredStatus, EvalTrigger, Evaluation, Index, Migration, MigrationProgress, MigrationRole, MigrationStatus,
 };
-use davit_scheduler::{AllocStop, Plan};
+use davit_scheduler::{AllocStop, ClusterState, Plan};
 use davit_store::{Store, StoreError, Txn};
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,7 +33,7 @@ pub struct PlanResult {
 
 enum Request {
     Plan(Plan, oneshot::Sender<Result<PlanResult, StoreError>>),
-    ClientUpdate(String, Vec<AllocStatusUpdate>, u64, oneshot::Sender<Result<Index, StoreError>>),
+    ClientUpdate(Vec<NodeAllocStatusUpdates>, u64, oneshot::Sender<Result<Index, StoreError>>),
     Stop(Vec<AllocStop>, Vec<Evaluation>, u64, oneshot::Sender<Result<Index, StoreError>>),
     Migrate(Box<Allocation>, u64, oneshot::Sender<Result<Result<Index, String>, StoreError>>),
 }
@@ -59,8 +59,13 @@ impl Applier {
 
     /// Merges client-reported status into allocations of `node_id`. Unknown allocations are skipped.
     pub async fn client_update(&self, node_id: String, updates: Vec<AllocStatusUpdate>, now: u64) -> Result<Index, StoreError> {
+        self.client_updates(vec![NodeAllocStatusUpdates { node_id, updates }], now).await
+    }
+
+    /// [`Applier::client_update`] for many nodes at once, in one transaction.
+    pub async fn client_updates(&self, updates: Vec<NodeAllocStatusUpdates>, now: u64) -> Result<Index, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::ClientUpdate(node_id, updates, now, reply)).await.map_err(|_| StoreError::Closed)?;
+        self.requests.send(Request::ClientUpdate(updates, now, reply)).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -85,15 +90,36 @@ impl Applier {
 
 async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut receiver: mpsc::Receiver<Request>) {
     let mut last_commit: Index = 0;
+    let mut usage = UsageCache::default();
+    // The snapshot the previous request was checked against, the allocations its commit wrote, its revision.
+    let mut previous: Option<(Snapshot, Vec<String>, Index)> = None;
     while let Some(request) = receiver.recv().await {
         // Check against a view that includes our own previous commit, or we could over-commit a node.
         view.wait_for(last_commit).await;
         let snapshot = view.snapshot();
+        if let Some((before, written, revision)) = previous.take() {
+            usage.follow(&before, &snapshot, &written, revision);
+        }
+        let before_commit = last_commit;
+        let mut written: Vec<String> = Vec::new();
+        let mut commit = |txn: Txn| {
+            written = txn
+                .success
+                .iter()
+                .filter_map(|op| match op {
+                    davit_store::Op::Put { key, .. } => key.strip_prefix(keys::ALLOCS).map(str::to_string),
+                    _ => None,
+                })
+                .collect();
+            commit(&store, txn)
+        };
         match request {
             Request::Plan(plan, reply) => {
                 let started = std::time::Instant::now();
-                let (txn, mut result) = check_plan(&snapshot, &plan, crate::now_millis());
-                let outcome = commit(&store, txn).await.map(|index| {
+                let (txn, mut result) = check_plan_with(&snapshot.cluster, &plan, crate::now_millis(), |node_id, incoming| {
+                    usage.fits(&snapshot, &plan, node_id, incoming)
+                });
+                let outcome = commit(txn).await.map(|index| {
                     result.index = index;
                     result
                 });
@@ -103,9 +129,9 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
                 }
                 let _ = reply.send(outcome);
             }
-            Request::ClientUpdate(node_id, updates, now, reply) => {
-                let txn = merge_client_updates(&snapshot, &node_id, updates, now);
-                let outcome = commit(&store, txn).await;
+            Request::ClientUpdate(updates, now, reply) => {
+                let txn = merge_client_updates(&snapshot, updates, now);
+                let outcome = commit(txn).await;
                 if let Ok(index) = outcome {
                     last_commit = last_commit.max(index);
                 }
@@ -113,7 +139,7 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
             }
             Request::Migrate(destination, now, reply) => {
                 let outcome = match check_migration(&snapshot, &destination, now) {
-                    Ok(txn) => commit(&store, txn).await.map(|index| {
+                    Ok(txn) => commit(txn).await.map(|index| {
                         last_commit = last_commit.max(index);
                         Ok(index)
                     }),
@@ -123,12 +149,15 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
             }
             Request::Stop(stops, evals, now, reply) => {
                 let txn = stop_allocs(&snapshot, &stops, evals, now);
-                let outcome = commit(&store, txn).await;
+                let outcome = commit(txn).await;
                 if let Ok(index) = outcome {
                     last_commit = last_commit.max(index);
                 }
                 let _ = reply.send(outcome);
             }
+        }
+        if last_commit > before_commit {
+            previous = Some((snapshot, written, last_commit));
         }
     }
 }
@@ -155,7 +184,7 @@ pub fn check_migration(snapshot: &Snapshot, destination: &Allocation, now: u64) 
         node_updates: Default::default(),
         failed_groups: Default::default(),
     };
-    if !node_fits(snapshot, &no_changes, &destination.node_id, std::slice::from_ref(destination)) {
+    if !node_fits(&snapshot.cluster, &no_changes, &destination.node_id, std::slice::from_ref(destination)) {
         return Err(format!("node {} no longer has room for it", destination.node_name));
     }
     let mut source = (**source).clone();
@@ -214,22 +243,27 @@ async fn commit(store: &Arc<dyn Store>, txn: Txn) -> Result<Index, StoreError> {
     Ok(store.txn(txn).await?.revision)
 }
 
-/// Builds the transaction for the part of `plan` that still fits.
-pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResult) {
+/// Builds the transaction for the part of `plan` that still fits in `cluster` (the newest state).
+pub fn check_plan(cluster: &ClusterState, plan: &Plan, now: u64) -> (Txn, PlanResult) {
+    check_plan_with(cluster, plan, now, |node_id, incoming| node_fits(cluster, plan, node_id, incoming))
+}
+
+/// [`check_plan`] with the fit check of one node's incoming allocations given by the caller.
+fn check_plan_with(cluster: &ClusterState, plan: &Plan, now: u64, mut fits: impl FnMut(&str, &[Allocation]) -> bool) -> (Txn, PlanResult) {
     let mut txn = Txn::default();
     let mut result = PlanResult::default();
     for (node_id, stops) in &plan.node_updates {
         for stop in stops {
-            let Some(existing) = snapshot.cluster.alloc(&stop.alloc_id) else { continue };
+            let Some(existing) = cluster.alloc(&stop.alloc_id) else { continue };
             let alloc = stopped(existing, stop, now);
             debug_assert_eq!(&alloc.node_id, node_id);
             txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
         }
     }
     for (node_id, allocs) in &plan.node_allocations {
-        if node_fits(snapshot, plan, node_id, allocs) {
+        if fits(node_id, allocs) {
             for alloc in allocs {
-                if snapshot.cluster.alloc(&alloc.id).is_none() {
+                if cluster.alloc(&alloc.id).is_none() {
                     result.placed += 1;
                 }
                 txn.success.push(keys::put(keys::alloc(&alloc.id), alloc));
@@ -242,17 +276,16 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResul
 }
 
 /// Whether `node_id` can hold its current allocations, minus those the plan stops, with `incoming`.
-fn node_fits(snapshot: &Snapshot, plan: &Plan, node_id: &str, incoming: &[Allocation]) -> bool {
-    let Some(node) = snapshot.cluster.node(node_id) else { return false };
+fn node_fits(cluster: &ClusterState, plan: &Plan, node_id: &str, incoming: &[Allocation]) -> bool {
+    let Some(node) = cluster.node(node_id) else { return false };
     let incoming_ids: HashSet<&str> = incoming.iter().map(|alloc| alloc.id.as_str()).collect();
-    let has_new = incoming.iter().any(|alloc| snapshot.cluster.alloc(&alloc.id).is_none());
+    let has_new = incoming.iter().any(|alloc| cluster.alloc(&alloc.id).is_none());
     if has_new && !node.is_schedulable() {
         return false;
     }
     let stopped: HashSet<&str> =
         plan.node_updates.get(node_id).map(|stops| stops.iter().map(|stop| stop.alloc_id.as_str()).collect()).unwrap_or_default();
-    let remaining = snapshot
-        .cluster
+    let remaining = cluster
         .allocs_for_node(node_id)
         .map(|alloc| &**alloc)
         .filter(|alloc| !alloc.is_terminal() && !stopped.contains(alloc.id.as_str()) && !incoming_ids.contains(alloc.id.as_str()));
@@ -270,9 +303,162 @@ fn node_fits(snapshot: &Snapshot, plan: &Plan, node_id: &str, incoming: &[Alloca
     cpu <= node.resources.cpu && memory <= node.resources.memory
 }
 
-fn merge_client_updates(snapshot: &Snapshot, node_id: &str, updates: Vec<AllocStatusUpdate>, now: u64) -> Txn {
+/// What the non-terminal allocations of each node reserve, kept by the applier between requests, so that
+/// checking a plan does not walk every allocation of every node it touches (a node of a large cluster holds
+/// hundreds).
+///
+/// Invariant: an entry is exact for every snapshot whose `node_alloc_index` of the node equals the entry's
+/// `index`. The applier moves entries along with its own commits ([`UsageCache::follow`]); an entry that does
+/// not match the snapshot at hand (some other change touched the node) is recomputed from the allocations.
+#[derive(Default)]
+struct UsageCache {
+    nodes: std::collections::HashMap<String, NodeUsage>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+struct NodeUsage {
+    index: Index,
+    cpu: u64,
+    memory: u64,
+    /// Host port → allocations holding it.
+    ports: std::collections::HashMap<u16, u32>,
+}
+
+impl NodeUsage {
+    fn compute(cluster: &ClusterState, node_id: &str, index: Index) -> NodeUsage {
+        let mut usage = NodeUsage { index, ..NodeUsage::default() };
+        for alloc in cluster.allocs_for_node(node_id).filter(|alloc| !alloc.is_terminal()) {
+            usage.add(alloc, 1);
+        }
+        usage
+    }
+
+    /// Adds (`sign` 1) or removes (-1) what a non-terminal allocation reserves.
+    fn add(&mut self, alloc: &Allocation, sign: i8) {
+        if sign > 0 {
+            self.cpu += alloc.resources.cpu;
+            self.memory += alloc.resources.memory;
+        } else {
+            self.cpu = self.cpu.saturating_sub(alloc.resources.cpu);
+            self.memory = self.memory.saturating_sub(alloc.resources.memory);
+        }
+        for port in &alloc.resources.ports {
+            let count = self.ports.entry(port.value).or_default();
+            *count = if sign > 0 { *count + 1 } else { count.saturating_sub(1) };
+            if *count == 0 {
+                self.ports.remove(&port.value);
+            }
+        }
+    }
+}
+
+impl UsageCache {
+    /// Whether `node_id` fits its `incoming` allocations (with the plan's stops), like [`node_fits`].
+    fn fits(&mut self, snapshot: &Snapshot, plan: &Plan, node_id: &str, incoming: &[Allocation]) -> bool {
+        let cluster = &snapshot.cluster;
+        let Some(node) = cluster.node(node_id) else { return false };
+        let index = snapshot.node_alloc_index(node_id);
+        if self.nodes.get(node_id).is_none_or(|usage| usage.index != index) {
+            self.nodes.insert(node_id.to_string(), NodeUsage::compute(cluster, node_id, index));
+        }
+        let usage = &self.nodes[node_id];
+        if usage.ports.values().any(|count| *count > 1) || node.resources.reserved_ports.iter().any(|port| usage.ports.contains_key(port)) {
+            // Already conflicting: let the exact check decide (and explain nothing new).
+            return node_fits(cluster, plan, node_id, incoming);
+        }
+        let has_new = incoming.iter().any(|alloc| cluster.alloc(&alloc.id).is_none());
+        if has_new && !node.is_schedulable() {
+            return false;
+        }
+        // Take out what the plan stops or replaces on this node, then add what it places.
+        let stops = plan.node_updates.get(node_id).into_iter().flatten().map(|stop| stop.alloc_id.as_str());
+        let replaced: HashSet<&str> = stops.chain(incoming.iter().map(|alloc| alloc.id.as_str())).collect();
+        let mut after = NodeUsage { cpu: usage.cpu, memory: usage.memory, ..NodeUsage::default() };
+        let mut freed_ports: std::collections::HashMap<u16, u32> = std::collections::HashMap::new();
+        for id in replaced {
+            let Some(existing) = cluster.alloc(id) else { continue };
+            if existing.node_id == node_id && !existing.is_terminal() {
+                after.add(existing, -1);
+                for port in &existing.resources.ports {
+                    *freed_ports.entry(port.value).or_default() += 1;
+                }
+            }
+        }
+        let mut taken: HashSet<u16> = HashSet::new();
+        for alloc in incoming.iter().filter(|alloc| !alloc.is_terminal()) {
+            after.cpu += alloc.resources.cpu;
+            after.memory += alloc.resources.memory;
+            for port in &alloc.resources.ports {
+                let held =
+                    usage.ports.get(&port.value).copied().unwrap_or(0).saturating_sub(freed_ports.get(&port.value).copied().unwrap_or(0));
+                if held > 0 || node.resources.reserved_ports.contains(&port.value) || !taken.insert(port.value) {
+                    return false;
+                }
+            }
+        }
+        after.cpu <= node.resources.cpu && after.memory <= node.resources.memory
+    }
+
+    /// Moves entries along with the applier's own commit at `revision`: `before` is the snapshot the request
+    /// was checked against, `after` one that includes the commit, `written` the allocations it wrote.
+    fn follow(&mut self, before: &Snapshot, after: &Snapshot, written: &[String], revision: Index) {
+        // Per node: (what an allocation reserved before, what it reserves now).
+        type Change<'a> = (Option<&'a Allocation>, Option<&'a Allocation>);
+        let mut changes: std::collections::HashMap<&str, Vec<Change>> = Default::default();
+        for id in written {
+            let old = before.cluster.alloc(id).map(|alloc| &**alloc).filter(|alloc| !alloc.is_terminal());
+            let new = after.cluster.alloc(id).map(|alloc| &**alloc).filter(|alloc| !alloc.is_terminal());
+            if let Some(old) = old {
+                changes.entry(old.node_id.as_str()).or_default().push((Some(old), None));
+            }
+            if let Some(new) = new {
+                changes.entry(new.node_id.as_str()).or_default().push((None, Some(new)));
+            }
+            // Even a write that reserves nothing moves the node's index.
+            if let Some(alloc) = after.cluster.alloc(id) {
+                changes.entry(alloc.node_id.as_str()).or_default();
+            }
+        }
+        for (node_id, node_changes) in changes {
+            let Some(usage) = self.nodes.get_mut(node_id) else { continue };
+            let (was, now) = (before.node_alloc_index(node_id), after.node_alloc_index(node_id));
+            // Valid before, and nothing but this commit (at `revision`) touched the node since: move it along.
+            if usage.index != was || now != revision {
+                self.nodes.remove(node_id);
+                continue;
+            }
+            for (old, new) in node_changes {
+                if let Some(old) = old {
+                    usage.add(old, -1);
+                }
+                if let Some(new) = new {
+                    usage.add(new, 1);
+                }
+            }
+            usage.index = now;
+        }
+    }
+}
+
+fn merge_client_updates(snapshot: &Snapshot, nodes: Vec<NodeAllocStatusUpdates>, now: u64) -> Txn {
     let mut txn = Txn::default();
     let mut failure_evals: HashSet<String> = HashSet::new();
+    for NodeAllocStatusUpdates { node_id, updates } in nodes {
+        merge_node_updates(snapshot, &node_id, updates, now, &mut failure_evals, &mut txn);
+    }
+    txn
+}
+
+/// One node's part of [`merge_client_updates`]; `failure_evals` holds the jobs that already got an
+/// `alloc_failure` evaluation in this transaction.
+fn merge_node_updates(
+    snapshot: &Snapshot,
+    node_id: &str,
+    updates: Vec<AllocStatusUpdate>,
+    now: u64,
+    failure_evals: &mut HashSet<String>,
+    txn: &mut Txn,
+) {
     for update in updates {
         let Some(existing) = snapshot.cluster.alloc(&update.id) else { continue };
         if existing.node_id != node_id {
@@ -304,7 +490,6 @@ fn merge_client_updates(snapshot: &Snapshot, node_id: &str, updates: Vec<AllocSt
             txn.success.push(keys::put(keys::alloc(&peer.id), &peer));
         }
     }
-    txn
 }
 
 /// Moves the live migration `alloc` takes part in along with what its agent reported (and with its
@@ -393,4 +578,143 @@ pub fn advance_migration(
         peer.modify_time = now;
     }
     peer
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use davit_api::objects::{AllocatedResources, AssignedPort, NodeEligibility, NodeResources, NodeStatus};
+
+    use super::*;
+
+    fn node(reserved_ports: Vec<u16>) -> Arc<davit_api::objects::Node> {
+        Arc::new(davit_api::objects::Node {
+            id: "n1".to_string(),
+            name: "n1".to_string(),
+            datacenter: "dc1".to_string(),
+            class: String::new(),
+            attributes: BTreeMap::new(),
+            resources: NodeResources { cpu: 1000, memory: 1000, port_range: (20000, 20100), reserved_ports },
+            drivers: BTreeMap::new(),
+            status: NodeStatus::Ready,
+            eligibility: NodeEligibility::Eligible,
+            drain: None,
+            http_addr: String::new(),
+            status_description: String::new(),
+            last_heartbeat: 0,
+            create_index: 1,
+            modify_index: 1,
+        })
+    }
+
+    fn alloc(id: &str, cpu: u64, port: Option<u16>, client_status: ClientStatus) -> Allocation {
+        Allocation {
+            id: id.to_string(),
+            name: format!("job.web[{id}]"),
+            job_name: "job".to_string(),
+            job_version: 0,
+            group: "web".to_string(),
+            index: 0,
+            node_id: "n1".to_string(),
+            node_name: "n1".to_string(),
+            eval_id: "eval".to_string(),
+            desired_status: DesiredStatus::Run,
+            desired_description: String::new(),
+            client_status,
+            client_description: String::new(),
+            task_states: BTreeMap::new(),
+            healthy: None,
+            health_description: String::new(),
+            resources: AllocatedResources {
+                cpu,
+                memory: cpu,
+                ports: port.into_iter().map(|value| AssignedPort { label: "http".to_string(), value, to: value }).collect(),
+            },
+            previous_allocation: None,
+            reschedule_tracker: Vec::new(),
+            migration: None,
+            create_time: 0,
+            modify_time: 0,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    fn plan(incoming: Vec<Allocation>, stops: &[&str]) -> Plan {
+        Plan {
+            eval_id: "eval".to_string(),
+            job_name: "job".to_string(),
+            job_version: 0,
+            priority: 50,
+            node_allocations: BTreeMap::from([("n1".to_string(), incoming)]),
+            node_updates: BTreeMap::from([(
+                "n1".to_string(),
+                stops
+                    .iter()
+                    .map(|id| AllocStop { alloc_id: id.to_string(), description: "stop".to_string(), client_status: None })
+                    .collect(),
+            )]),
+            failed_groups: BTreeMap::new(),
+        }
+    }
+
+    /// The cached fit check answers like the exact one, on a node holding 300 + 200 (+ a finished 400).
+    #[test]
+    fn cached_fit_matches_the_exact_check() {
+        let mut snapshot = Snapshot::default();
+        snapshot.cluster.upsert_node(node(vec![20099]));
+        for existing in [alloc("a", 300, Some(20001), ClientStatus::Running), alloc("b", 200, None, ClientStatus::Pending)] {
+            snapshot.cluster.upsert_alloc(Arc::new(existing));
+        }
+        snapshot.cluster.upsert_alloc(Arc::new(alloc("done", 400, Some(20002), ClientStatus::Complete)));
+        let cases: Vec<(&str, Plan, bool)> = vec![
+            ("fits", plan(vec![alloc("new", 500, None, ClientStatus::Pending)], &[]), true),
+            ("too big", plan(vec![alloc("new", 501, None, ClientStatus::Pending)], &[]), false),
+            ("fits once b stops", plan(vec![alloc("new", 700, None, ClientStatus::Pending)], &["b"]), true),
+            ("in-place update of a", plan(vec![alloc("a", 800, Some(20001), ClientStatus::Running)], &[]), true),
+            ("port held by a", plan(vec![alloc("new", 10, Some(20001), ClientStatus::Pending)], &[]), false),
+            ("port of a finished alloc", plan(vec![alloc("new", 10, Some(20002), ClientStatus::Pending)], &[]), true),
+            ("port freed by stopping a", plan(vec![alloc("new", 10, Some(20001), ClientStatus::Pending)], &["a"]), true),
+            ("reserved port", plan(vec![alloc("new", 10, Some(20099), ClientStatus::Pending)], &[]), false),
+            (
+                "two incoming on one port",
+                plan(vec![alloc("x", 10, Some(20050), ClientStatus::Pending), alloc("y", 10, Some(20050), ClientStatus::Pending)], &[]),
+                false,
+            ),
+        ];
+        let mut cache = UsageCache::default();
+        for (name, plan, expected) in cases {
+            let incoming = &plan.node_allocations["n1"];
+            assert_eq!(node_fits(&snapshot.cluster, &plan, "n1", incoming), expected, "exact: {name}");
+            assert_eq!(cache.fits(&snapshot, &plan, "n1", incoming), expected, "cached: {name}");
+        }
+        assert_eq!(cache.nodes["n1"], NodeUsage::compute(&snapshot.cluster, "n1", 0));
+        assert_eq!((cache.nodes["n1"].cpu, cache.nodes["n1"].ports.len()), (500, 1));
+    }
+
+    /// The cache follows the applier's own commits exactly, and drops what someone else touched.
+    #[test]
+    fn the_usage_cache_follows_commits() {
+        let mut before = Snapshot::default();
+        before.cluster.upsert_node(node(Vec::new()));
+        before.cluster.upsert_alloc(Arc::new(alloc("a", 300, Some(20001), ClientStatus::Running)));
+        before.cluster.upsert_alloc(Arc::new(alloc("b", 200, None, ClientStatus::Running)));
+        before.set_node_alloc_index("n1", 5);
+        let mut cache = UsageCache::default();
+        let probe = plan(vec![alloc("probe", 1, None, ClientStatus::Pending)], &[]);
+        assert!(cache.fits(&before, &probe, "n1", &probe.node_allocations["n1"]));
+        // Revision 7 (ours): c placed, a finished.
+        let mut after = before.clone();
+        after.cluster.upsert_alloc(Arc::new(alloc("c", 100, Some(20003), ClientStatus::Pending)));
+        after.cluster.upsert_alloc(Arc::new(alloc("a", 300, Some(20001), ClientStatus::Complete)));
+        after.set_node_alloc_index("n1", 7);
+        let written = ["c".to_string(), "a".to_string()];
+        let mut followed = UsageCache { nodes: cache.nodes.clone() };
+        followed.follow(&before, &after, &written, 7);
+        assert_eq!(followed.nodes["n1"], NodeUsage::compute(&after.cluster, "n1", 7));
+        // Something else also touched the node (its index is not our revision): the entry is dropped.
+        cache.follow(&before, &after, &written, 6);
+        assert!(!cache.nodes.contains_key("n1"));
+    }
 }
