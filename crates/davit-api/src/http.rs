@@ -26,6 +26,9 @@
 //! | PUT | `/v1/node/{id}/heartbeat` | → [`HeartbeatResponse`]; 404 if the server does not know the node (re-register) |
 //! | GET | `/v1/node/{id}/allocations` | → `Vec<`[`Allocation`]`>` (blocking query; the agent's long-poll) |
 //! | POST | `/v1/node/{id}/allocations/status` | `Vec<`[`AllocStatusUpdate`]`>` → [`IndexResponse`] |
+//! | PUT | `/v1/nodes/heartbeat` | [`NodesHeartbeatRequest`] → [`NodesHeartbeatResponse`] (many nodes at once; `davit sim`) |
+//! | POST | `/v1/nodes/allocations` | [`NodesAllocationsRequest`] → `Vec<`[`Allocation`]`>` changed after `?index=` on those nodes (blocking query; many nodes' long-poll in one) |
+//! | POST | `/v1/nodes/allocations/status` | `Vec<`[`NodeAllocStatusUpdates`]`>` → [`IndexResponse`] (many nodes at once, one commit) |
 //! | GET | `/v1/allocations?prefix=P` | → `Vec<`[`AllocListEntry`]`>` |
 //! | GET | `/v1/allocation/{id-or-prefix}` | → [`Allocation`] |
 //! | GET | `/v1/allocation/{id}/logs?task=T&stream=stdout&follow=true&offset=N` | → bytes (text/plain, streamed); the server relays it from the node's agent |
@@ -375,6 +378,39 @@ pub struct NodeRegisterResponse {
 pub struct HeartbeatResponse {
     pub index: Index,
     pub heartbeat_interval_ms: u64,
+}
+
+/// Body of `PUT /v1/nodes/heartbeat`: one heartbeat for each of these nodes (a process that runs many
+/// nodes, such as `davit sim`, sends them together).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodesHeartbeatRequest {
+    pub node_ids: Vec<String>,
+}
+
+/// Answer of `PUT /v1/nodes/heartbeat`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodesHeartbeatResponse {
+    pub index: Index,
+    pub heartbeat_interval_ms: u64,
+    /// Nodes the server does not know (they must register again); the others' heartbeats counted.
+    #[serde(default)]
+    pub unknown: Vec<String>,
+}
+
+/// Body of `POST /v1/nodes/allocations?index=N&wait=D`: the long-poll of many nodes at once. The answer holds
+/// the allocations of these nodes whose `modify_index` is above `N` (every allocation of the nodes when `N`
+/// is 0): a delta, unlike the per-node route, which answers the node's whole list. Allocations deleted meanwhile
+/// are not reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodesAllocationsRequest {
+    pub node_ids: Vec<String>,
+}
+
+/// One node's part of `POST /v1/nodes/allocations/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAllocStatusUpdates {
+    pub node_id: String,
+    pub updates: Vec<AllocStatusUpdate>,
 }
 
 /// What an agent reports about one of its allocations.

@@ -12,9 +12,9 @@ pub mod exec;
 use davit_api::http::{
     AllocListEntry, AllocStatusUpdate, ApiError, Catalog, EventWire, ExecQuery, HeartbeatResponse, INDEX_HEADER, IndexResponse,
     JobDiffResponse, JobListEntry, JobPlanResponse, JobStatusResponse, LogsQuery, MigrateAllocRequest, MigrateAllocResponse,
-    NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse, RebalanceRequest, RebalanceResponse,
-    RegisterJobResponse, RevertJobRequest, ScaleJobRequest, ServiceInfo, ServiceListEntry, StatusResponse, StopJobResponse,
-    ValidateJobResponse,
+    NodeAllocStatusUpdates, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse, NodesAllocationsRequest,
+    NodesHeartbeatRequest, NodesHeartbeatResponse, RebalanceRequest, RebalanceResponse, RegisterJobResponse, RevertJobRequest,
+    ScaleJobRequest, ServiceInfo, ServiceListEntry, StatusResponse, StopJobResponse, ValidateJobResponse,
 };
 use davit_api::objects::{Allocation, Evaluation, Index, Job, Node};
 use futures_util::Stream;
@@ -217,6 +217,30 @@ impl Client {
     pub async fn update_alloc_status(&self, node_id: &str, updates: &[AllocStatusUpdate]) -> Result<IndexResponse, ClientError> {
         let request = self.http.post(self.url(&format!("/v1/node/{}/allocations/status", encode(node_id)))).json(updates);
         Ok(self.send(request).await?.value)
+    }
+
+    /// One heartbeat for each of many nodes (`davit sim`); the answer lists the nodes the server does not know.
+    pub async fn heartbeat_many(&self, node_ids: &[String]) -> Result<NodesHeartbeatResponse, ClientError> {
+        let body = NodesHeartbeatRequest { node_ids: node_ids.to_vec() };
+        Ok(self.send(self.http.put(self.url("/v1/nodes/heartbeat")).json(&body)).await?.value)
+    }
+
+    /// The long-poll of many nodes at once: their allocations changed after `index` (all of them for 0),
+    /// once there are any (or after `wait`).
+    pub async fn nodes_allocations(
+        &self,
+        node_ids: &[String],
+        index: Index,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<Allocation>>, ClientError> {
+        let url = self.url(&format!("/v1/nodes/allocations?index={index}&wait={}ms", wait.as_millis()));
+        let body = NodesAllocationsRequest { node_ids: node_ids.to_vec() };
+        self.send(self.http.post(url).json(&body).timeout(wait + Duration::from_secs(30))).await
+    }
+
+    /// Status updates of many nodes' allocations, committed together.
+    pub async fn update_alloc_status_many(&self, updates: &[NodeAllocStatusUpdates]) -> Result<IndexResponse, ClientError> {
+        Ok(self.send(self.http.post(self.url("/v1/nodes/allocations/status")).json(updates)).await?.value)
     }
 
     // ---- allocations and evaluations ----

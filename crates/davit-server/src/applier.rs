@@ -14,11 +14,11 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
-use davit_api::http::AllocStatusUpdate;
+use davit_api::http::{AllocStatusUpdate, NodeAllocStatusUpdates};
 use davit_api::objects::{
     Allocation, ClientStatus, DesiredStatus, EvalTrigger, Evaluation, Index, Migration, MigrationProgress, MigrationRole, MigrationStatus,
 };
-use davit_scheduler::{AllocStop, Plan};
+use davit_scheduler::{AllocStop, ClusterState, Plan};
 use davit_store::{Store, StoreError, Txn};
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,7 +40,7 @@ pub struct PlanResult {
 
 enum Request {
     Plan(Plan, oneshot::Sender<Result<PlanResult, StoreError>>),
-    ClientUpdate(String, Vec<AllocStatusUpdate>, u64, oneshot::Sender<Result<Index, StoreError>>),
+    ClientUpdate(Vec<NodeAllocStatusUpdates>, u64, oneshot::Sender<Result<Index, StoreError>>),
     Stop(Vec<AllocStop>, Vec<Evaluation>, u64, oneshot::Sender<Result<Index, StoreError>>),
     Migrate(Box<Allocation>, u64, oneshot::Sender<Result<Result<Index, String>, StoreError>>),
 }
@@ -66,8 +66,13 @@ impl Applier {
 
     /// Merges client-reported status into allocations of `node_id`. Unknown allocations are skipped.
     pub async fn client_update(&self, node_id: String, updates: Vec<AllocStatusUpdate>, now: u64) -> Result<Index, StoreError> {
+        self.client_updates(vec![NodeAllocStatusUpdates { node_id, updates }], now).await
+    }
+
+    /// [`client_update`](Self::client_update) for many nodes in one transaction (simulated agents batch them).
+    pub async fn client_updates(&self, updates: Vec<NodeAllocStatusUpdates>, now: u64) -> Result<Index, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::ClientUpdate(node_id, updates, now, reply)).await.map_err(|_| StoreError::Closed)?;
+        self.requests.send(Request::ClientUpdate(updates, now, reply)).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -99,7 +104,7 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
         match request {
             Request::Plan(plan, reply) => {
                 let started = std::time::Instant::now();
-                let (txn, mut result) = check_plan(&snapshot, &plan, crate::now_millis());
+                let (txn, mut result) = check_plan(&snapshot.cluster, &plan, crate::now_millis());
                 let outcome = commit(&store, txn).await.map(|index| {
                     result.index = index;
                     result
@@ -110,8 +115,8 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
                 }
                 let _ = reply.send(outcome);
             }
-            Request::ClientUpdate(node_id, updates, now, reply) => {
-                let txn = merge_client_updates(&snapshot, &node_id, updates, now);
+            Request::ClientUpdate(updates, now, reply) => {
+                let txn = merge_client_updates(&snapshot, updates, now);
                 let outcome = commit(&store, txn).await;
                 if let Ok(index) = outcome {
                     last_commit = last_commit.max(index);
@@ -154,7 +159,7 @@ pub fn check_migration(snapshot: &Snapshot, destination: &Allocation, now: u64) 
         return Err(format!("allocation {} is already being migrated", source.id));
     }
     let no_changes = Plan::new("", &destination.job_name, destination.job_version, 0);
-    if !node_fits(snapshot, &no_changes, &destination.node_id, std::slice::from_ref(destination)) {
+    if !node_fits(&snapshot.cluster, &no_changes, &destination.node_id, std::slice::from_ref(destination)) {
         return Err(format!("node {} no longer has room for it", destination.node_name));
     }
     let mut source = (**source).clone();
@@ -214,12 +219,12 @@ async fn commit(store: &Arc<dyn Store>, txn: Txn) -> Result<Index, StoreError> {
 }
 
 /// Builds the transaction for the part of `plan` that still fits.
-pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResult) {
+pub fn check_plan(cluster: &ClusterState, plan: &Plan, now: u64) -> (Txn, PlanResult) {
     let mut txn = Txn::default();
     let mut result = PlanResult::default();
     for (node_id, stops) in &plan.node_updates {
         for stop in stops {
-            let Some(existing) = snapshot.cluster.alloc(&stop.alloc_id) else { continue };
+            let Some(existing) = cluster.alloc(&stop.alloc_id) else { continue };
             let alloc = stopped(existing, stop, now);
             debug_assert_eq!(&alloc.node_id, node_id);
             txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
@@ -231,10 +236,10 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResul
     // The newest state plus what this plan commits on the nodes checked so far: required placement rules
     // (anti-affinity, distinct_hosts, distinct_property) span nodes, and another worker's plan committed
     // since this one was computed may have taken the spot.
-    let mut working = snapshot.cluster.clone();
+    let mut working = cluster.clone();
     let mut preempted_jobs: BTreeSet<&str> = BTreeSet::new();
     for (node_id, allocs) in &plan.node_allocations {
-        if !node_fits(snapshot, plan, node_id, allocs) {
+        if !node_fits(cluster, plan, node_id, allocs) {
             result.refused_nodes.push(node_id.to_string());
             continue;
         }
@@ -244,14 +249,14 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResul
             continue;
         }
         for alloc in allocs {
-            if snapshot.cluster.alloc(&alloc.id).is_none() {
+            if cluster.alloc(&alloc.id).is_none() {
                 result.placed += 1;
             }
             txn.success.push(keys::put(keys::alloc(&alloc.id), alloc));
             working.upsert_alloc(Arc::new(alloc.clone()));
         }
         for stop in plan.node_preemptions.get(node_id).into_iter().flatten() {
-            let Some(existing) = snapshot.cluster.alloc(&stop.alloc_id) else { continue };
+            let Some(existing) = cluster.alloc(&stop.alloc_id) else { continue };
             if existing.is_terminal() {
                 continue;
             }
@@ -260,7 +265,7 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResul
             preempted_jobs.insert(&existing.job_name);
         }
     }
-    for job in preempted_jobs.into_iter().filter_map(|name| snapshot.cluster.job(name)) {
+    for job in preempted_jobs.into_iter().filter_map(|name| cluster.job(name)) {
         let mut eval = crate::liveness::new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::Preemption, None);
         eval.status_description = format!("allocations preempted by job {} (priority {})", plan.job_name, plan.priority);
         txn.success.push(keys::put(keys::eval(&eval.id), &eval));
@@ -269,10 +274,10 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan, now: u64) -> (Txn, PlanResul
 }
 
 /// Whether `node_id` can hold its current allocations, minus those the plan stops, with `incoming`.
-fn node_fits(snapshot: &Snapshot, plan: &Plan, node_id: &str, incoming: &[Allocation]) -> bool {
-    let Some(node) = snapshot.cluster.node(node_id) else { return false };
+fn node_fits(cluster: &ClusterState, plan: &Plan, node_id: &str, incoming: &[Allocation]) -> bool {
+    let Some(node) = cluster.node(node_id) else { return false };
     let incoming_ids: HashSet<&str> = incoming.iter().map(|alloc| alloc.id.as_str()).collect();
-    let has_new = incoming.iter().any(|alloc| snapshot.cluster.alloc(&alloc.id).is_none());
+    let has_new = incoming.iter().any(|alloc| cluster.alloc(&alloc.id).is_none());
     if has_new && !node.is_schedulable() {
         return false;
     }
@@ -283,8 +288,7 @@ fn node_fits(snapshot: &Snapshot, plan: &Plan, node_id: &str, incoming: &[Alloca
         .flatten()
         .map(|stop| stop.alloc_id.as_str())
         .collect();
-    let remaining = snapshot
-        .cluster
+    let remaining = cluster
         .allocs_for_node(node_id)
         .map(|alloc| &**alloc)
         .filter(|alloc| !alloc.is_terminal() && !stopped.contains(alloc.id.as_str()) && !incoming_ids.contains(alloc.id.as_str()));
@@ -302,9 +306,25 @@ fn node_fits(snapshot: &Snapshot, plan: &Plan, node_id: &str, incoming: &[Alloca
     cpu <= node.resources.cpu && memory <= node.resources.memory
 }
 
-fn merge_client_updates(snapshot: &Snapshot, node_id: &str, updates: Vec<AllocStatusUpdate>, now: u64) -> Txn {
+fn merge_client_updates(snapshot: &Snapshot, nodes: Vec<NodeAllocStatusUpdates>, now: u64) -> Txn {
     let mut txn = Txn::default();
     let mut failure_evals: HashSet<String> = HashSet::new();
+    for NodeAllocStatusUpdates { node_id, updates } in nodes {
+        merge_node_updates(snapshot, &node_id, updates, now, &mut failure_evals, &mut txn);
+    }
+    txn
+}
+
+/// One node's part of [`merge_client_updates`]; `failure_evals` holds the jobs that already got an
+/// `alloc_failure` evaluation in this transaction.
+fn merge_node_updates(
+    snapshot: &Snapshot,
+    node_id: &str,
+    updates: Vec<AllocStatusUpdate>,
+    now: u64,
+    failure_evals: &mut HashSet<String>,
+    txn: &mut Txn,
+) {
     for update in updates {
         let Some(existing) = snapshot.cluster.alloc(&update.id) else { continue };
         if existing.node_id != node_id {
@@ -336,7 +356,6 @@ fn merge_client_updates(snapshot: &Snapshot, node_id: &str, updates: Vec<AllocSt
             txn.success.push(keys::put(keys::alloc(&peer.id), &peer));
         }
     }
-    txn
 }
 
 /// Moves the live migration `alloc` takes part in along with what its agent reported (and with its
@@ -481,16 +500,16 @@ mod tests {
         let cache_plan = schedule(&snapshot.cluster, &cache, &Default::default(), 2, 0).plan;
         assert_eq!((db_plan.allocations().count(), cache_plan.allocations().count()), (1, 1));
 
-        let (_, result) = check_plan(&snapshot, &db_plan, 0);
+        let (_, result) = check_plan(&snapshot.cluster, &db_plan, 0);
         assert_eq!((result.placed, result.refused_nodes.len()), (1, 0));
         let mut after = snapshot.clone();
         for alloc in db_plan.allocations() {
             after.cluster.upsert_alloc(Arc::new(alloc.clone()));
         }
-        let (txn, result) = check_plan(&after, &cache_plan, 0);
+        let (txn, result) = check_plan(&after.cluster, &cache_plan, 0);
         assert_eq!((result.placed, result.refused_nodes), (0, vec!["n1".to_string()]));
         assert!(txn.success.is_empty());
         // On the snapshot it was computed on, the same plan is fine.
-        assert_eq!(check_plan(&snapshot, &cache_plan, 0).1.placed, 1);
+        assert_eq!(check_plan(&snapshot.cluster, &cache_plan, 0).1.placed, 1);
     }
 }

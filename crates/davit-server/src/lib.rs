@@ -17,7 +17,8 @@ use davit_store::{Store, StoreError, Txn};
 use tokio::sync::mpsc;
 
 mod api;
-mod applier;
+/// Public for benchmarks (`check_plan`); the server drives it through [`start`].
+pub mod applier;
 mod broker;
 mod catalog;
 mod drainer;

@@ -91,6 +91,20 @@ impl Liveness {
         }
     }
 
+    /// Heartbeats from many nodes arrived now (one lock for all of them).
+    pub fn heartbeat_many<'a>(&self, node_ids: impl IntoIterator<Item = &'a str>) {
+        let now = Instant::now();
+        let mut nodes = self.nodes.lock().expect("liveness lock");
+        for node_id in node_ids {
+            match nodes.get_mut(node_id) {
+                Some(state) if !state.restored => state.history.heartbeat(now, &self.phi),
+                _ => {
+                    nodes.insert(node_id.to_string(), NodeLiveness { history: HeartbeatHistory::new(now), restored: false });
+                }
+            }
+        }
+    }
+
     /// The node (re-)registered now: a fresh history.
     pub fn registered(&self, node_id: &str) {
         let fresh = NodeLiveness { history: HeartbeatHistory::new(Instant::now()), restored: false };

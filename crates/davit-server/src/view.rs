@@ -6,11 +6,11 @@
 //! Invariant: the view reflects exactly the store at [`View::revision`]; writers that need to read
 //! their own writes call [`View::wait_for`] with the revision their transaction returned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use davit_api::objects::{EvalStatus, Evaluation, Index};
+use davit_api::objects::{Allocation, EvalStatus, Evaluation, Index};
 use davit_scheduler::ClusterState;
 use davit_store::{EventKind, Revision, Store, StoreError};
 use imbl::OrdMap;
@@ -30,7 +30,16 @@ pub struct Snapshot {
     node_alloc_index: imbl::HashMap<String, Index>,
     /// Last revision per object kind: `jobs`, `nodes`, `allocs`, `evals`.
     table_index: imbl::HashMap<&'static str, Index>,
+    /// Recent allocation writes: revision → ids of the allocations put at it, for the many-nodes long-poll
+    /// ([`Snapshot::allocs_changed`]). Bounded by [`ALLOC_CHANGES_KEPT`] ids; `alloc_changes_from` is the
+    /// first revision it still covers completely.
+    alloc_changes: OrdMap<Revision, Arc<[String]>>,
+    alloc_changes_len: usize,
+    alloc_changes_from: Revision,
 }
+
+/// How many allocation writes the change window keeps (ids only, ~100 bytes each).
+const ALLOC_CHANGES_KEPT: usize = 300_000;
 
 impl Snapshot {
     pub fn job_index(&self, name: &str) -> Index {
@@ -39,9 +48,72 @@ impl Snapshot {
     pub fn node_alloc_index(&self, node_id: &str) -> Index {
         self.node_alloc_index.get(node_id).copied().unwrap_or(0)
     }
+    #[cfg(test)]
+    pub fn set_node_alloc_index(&mut self, node_id: &str, index: Index) {
+        self.node_alloc_index.insert(node_id.to_string(), index);
+    }
     pub fn table_index(&self, table: &str) -> Index {
         self.table_index.get(table).copied().unwrap_or(0)
     }
+    /// The newest revision after `index` that wrote an allocation on one of `nodes`, or `index` when there is
+    /// none (the blocking condition of the many-nodes long-poll).
+    pub fn nodes_alloc_index(&self, nodes: &HashSet<&str>, index: Index) -> Index {
+        if self.table_index("allocs") <= index {
+            return index;
+        }
+        if index + 1 < self.alloc_changes_from {
+            // Older than the window: ask the per-node indexes.
+            return nodes.iter().map(|node| self.node_alloc_index(node)).max().unwrap_or(0).max(index);
+        }
+        let changes = self.alloc_changes.range(index + 1..).rev();
+        for (revision, ids) in changes {
+            let on_nodes = |id: &String| self.cluster.alloc(id).is_some_and(|alloc| nodes.contains(alloc.node_id.as_str()));
+            if ids.iter().any(on_nodes) {
+                return *revision;
+            }
+        }
+        index
+    }
+
+    /// The allocations on `nodes` whose `modify_index` is above `index` (all of them for 0), in no
+    /// particular order.
+    pub fn allocs_changed(&self, nodes: &HashSet<&str>, index: Index) -> Vec<Arc<Allocation>> {
+        if index == 0 || index + 1 < self.alloc_changes_from {
+            return nodes
+                .iter()
+                .filter(|node| self.node_alloc_index(node) > index)
+                .flat_map(|node| self.cluster.allocs_for_node(node))
+                .filter(|alloc| alloc.modify_index > index)
+                .cloned()
+                .collect();
+        }
+        let mut allocs = Vec::new();
+        for (revision, ids) in self.alloc_changes.range(index + 1..) {
+            for id in ids.iter() {
+                // Only the allocation's newest write counts (a later revision lists it again).
+                let Some(alloc) = self.cluster.alloc(id) else { continue };
+                if alloc.modify_index == *revision && nodes.contains(alloc.node_id.as_str()) {
+                    allocs.push(Arc::clone(alloc));
+                }
+            }
+        }
+        allocs
+    }
+
+    /// Remembers the allocations written at `revision` and forgets the oldest beyond the bound.
+    fn record_alloc_changes(&mut self, revision: Revision, ids: Vec<String>) {
+        if !ids.is_empty() {
+            self.alloc_changes_len += ids.len();
+            self.alloc_changes.insert(revision, ids.into());
+        }
+        while self.alloc_changes_len > ALLOC_CHANGES_KEPT {
+            let Some(oldest) = self.alloc_changes.get_min().map(|(revision, _)| *revision) else { break };
+            let Some(ids) = self.alloc_changes.remove(&oldest) else { break };
+            self.alloc_changes_len -= ids.len();
+            self.alloc_changes_from = oldest + 1;
+        }
+    }
+
     pub fn evals_for_job(&self, job: &str) -> Vec<Arc<Evaluation>> {
         let mut evals: Vec<_> = self.evals.values().filter(|eval| eval.job_name == job).cloned().collect();
         evals.sort_by_key(|eval| std::cmp::Reverse(eval.create_index));
@@ -92,14 +164,19 @@ impl View {
                 }
             };
             let mut next = self.snapshot();
+            let mut alloc_puts = Vec::new();
             for event in &batch.events {
                 match event.kind {
                     EventKind::Put => {
+                        if let Some(id) = event.kv.key.strip_prefix(keys::ALLOCS) {
+                            alloc_puts.push(id.to_string());
+                        }
                         apply_put(&mut next, &event.kv.key, &event.kv.value, event.kv.create_revision, event.kv.mod_revision, &events)
                     }
                     EventKind::Delete => apply_delete(&mut next, &event.kv.key, batch.revision, &events),
                 }
             }
+            next.record_alloc_changes(batch.revision, alloc_puts);
             next.revision = batch.revision;
             self.publish(next);
         }
@@ -170,6 +247,7 @@ async fn load(store: &dyn Store, events: &mpsc::UnboundedSender<ViewEvent>) -> R
         apply_put(&mut snapshot, &kv.key, &kv.value, kv.create_revision, kv.mod_revision, events);
     }
     snapshot.revision = range.revision;
+    snapshot.alloc_changes_from = range.revision + 1;
     Ok(snapshot)
 }
 

@@ -54,7 +54,13 @@ impl Worker {
             let snapshot = self.view.snapshot();
             snapshot_index = snapshot.revision;
             let seed = seed_for(&eval.id, attempt);
-            let result = schedule(&snapshot.cluster, eval, &self.config, seed, now_millis());
+            // The scheduler is CPU-bound (a large job on a large cluster takes a while): keep it off the
+            // runtime's threads so the API and heartbeats stay responsive.
+            let (config, scheduled_eval) = (self.config.clone(), eval.clone());
+            let cluster = snapshot.cluster.clone();
+            let result = tokio::task::spawn_blocking(move || schedule(&cluster, &scheduled_eval, &config, seed, now_millis()))
+                .await
+                .expect("the scheduler does not panic");
             failed_groups = result.plan.failed_groups.clone();
             description = result.status_description.clone();
             status = result.status;

@@ -44,6 +44,12 @@ pub enum Command {
     /// Follow the cluster's changes.
     #[command(subcommand)]
     Event(EventCommand),
+    /// Simulate many agents in one process (no workloads): real registration, heartbeats and allocation
+    /// status over the HTTP API; every allocation runs at once. A tool for measuring the server.
+    Sim(SimArgs),
+    /// Measure the scheduler alone, or the whole server with simulated agents. Prints figures and the machine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Internal: supervises one task process (started by the exec driver).
     #[command(hide = true)]
     Executor {
@@ -376,5 +382,129 @@ pub enum EventCommand {
         /// Output format: one JSON object per line, or `<time> <topic> <type> <key>`.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Json)]
         format: OutputFormat,
+    },
+}
+
+/// The shape of simulated nodes (`davit sim`, `davit bench`).
+#[derive(Debug, Clone, Args)]
+pub struct SimNodeArgs {
+    /// Values of the node attribute `zone`, given to the nodes round-robin.
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
+    pub zones: Vec<String>,
+    /// Node classes, given to the nodes round-robin (default: no class).
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Vec<String>,
+    /// CPU of each node, in millicores.
+    #[arg(long, default_value_t = 4000)]
+    pub cpu: u64,
+    /// Memory of each node, in MiB.
+    #[arg(long, default_value_t = 8192)]
+    pub memory: u64,
+    #[arg(long, default_value = "dc1")]
+    pub datacenter: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// How many nodes to simulate.
+    #[arg(long, default_value_t = 100)]
+    pub nodes: usize,
+    /// Server address (default: --address / DAVIT_ADDR).
+    #[arg(long)]
+    pub server: Option<String>,
+    #[command(flatten)]
+    pub shape: SimNodeArgs,
+    /// Node names are PREFIX-00001…; ids add a random run tag, so two sims never share a node.
+    #[arg(long, default_value = "sim")]
+    pub name_prefix: String,
+    /// Interval between heartbeat rounds (default: the interval the server asks for).
+    #[arg(long)]
+    pub heartbeat: Option<String>,
+    /// Nodes per long-poll request (the allocations of many nodes are watched together).
+    #[arg(long, default_value_t = 2500)]
+    pub poll_batch: usize,
+    /// Print a progress line this often (machine-readable: `sim: key=value …`); 0 never.
+    #[arg(long, default_value = "1s")]
+    pub progress: String,
+    /// Stop after this long (default: run until interrupted).
+    #[arg(long)]
+    pub duration: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Algorithm {
+    /// Fill the fullest node that fits (the default).
+    #[default]
+    Binpack,
+    /// Use the emptiest node.
+    Spread,
+    /// Keep a node's CPU and memory use even.
+    Balanced,
+}
+
+#[derive(Debug, Args)]
+pub struct AlgorithmArgs {
+    /// The cluster's placement algorithm (the benchmark jobs do not set their own).
+    #[arg(long, value_enum, default_value_t = Algorithm::Binpack)]
+    pub algorithm: Algorithm,
+    /// Fitting nodes scored per placement. Default: the server's sampling (services log2 of the nodes, at
+    /// least 2; batch 2); `all` scores every feasible node (the tightest packing, O(nodes) per placement).
+    #[arg(long)]
+    pub candidates: Option<String>,
+    /// Make the benchmark jobs batch jobs (2 candidates per placement by default) instead of services.
+    #[arg(long)]
+    pub batch: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The pure scheduler on an in-memory cluster: placements/s, latency per placement and per evaluation,
+    /// peak memory.
+    Scheduler {
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Stop once this many allocations are placed.
+        #[arg(long, default_value_t = 100_000)]
+        allocs: usize,
+        /// Allocations per job (one evaluation each).
+        #[arg(long, default_value_t = 1000)]
+        job_size: usize,
+        #[command(flatten)]
+        algorithm: AlgorithmArgs,
+        #[command(flatten)]
+        shape: SimNodeArgs,
+        /// CPU (millicores) and memory (MiB) of each allocation.
+        #[arg(long, default_value_t = 20)]
+        alloc_cpu: u32,
+        #[arg(long, default_value_t = 32)]
+        alloc_memory: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// A server in this process (embedded store in a temporary directory) and `davit sim` in a child process:
+    /// submit jobs until the allocations run; wall time, placements/s, API latency, peak memory.
+    E2e {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Stop once this many allocations run (as the simulated agents see them).
+        #[arg(long, default_value_t = 100_000)]
+        allocs: usize,
+        /// Allocations per job.
+        #[arg(long, default_value_t = 1000)]
+        job_size: usize,
+        #[command(flatten)]
+        algorithm: AlgorithmArgs,
+        #[command(flatten)]
+        shape: SimNodeArgs,
+        #[arg(long, default_value_t = 20)]
+        alloc_cpu: u32,
+        #[arg(long, default_value_t = 32)]
+        alloc_memory: u32,
+        /// Scheduler workers (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Give up after this long.
+        #[arg(long, default_value = "10m")]
+        timeout: String,
     },
 }

@@ -8,10 +8,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod bench;
 mod cli;
 mod commands;
 mod output;
 mod run;
+mod sim;
 mod terminal;
 
 /// A failure to report to the user, with the exit code it maps to.
@@ -87,5 +89,7 @@ async fn try_main(cli: cli::Cli) -> Result<(), Failure> {
         cli::Command::Eval(command) => commands::eval(&client, command).await,
         cli::Command::Rebalance(args) => commands::rebalance(&client, args).await,
         cli::Command::Event(command) => commands::event(&client, command).await,
+        cli::Command::Sim(args) => sim::command(args, &cli.address).await,
+        cli::Command::Bench(command) => bench::command(command).await,
     }
 }

@@ -7,7 +7,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use davit_api::http::{
-    AllocStatusUpdate, HeartbeatResponse, IndexResponse, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse,
+    AllocStatusUpdate, HeartbeatResponse, IndexResponse, NodeAllocStatusUpdates, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry,
+    NodeRegisterResponse, NodesAllocationsRequest, NodesHeartbeatRequest, NodesHeartbeatResponse,
 };
 use davit_api::objects::{Allocation, DrainStrategy, EvalTrigger, Node, NodeEligibility, NodeStatus};
 use davit_store::{Compare, Txn};
@@ -171,6 +172,63 @@ async fn update_node(shared: &Shared, id_or_prefix: &str, change: impl Fn(&mut N
         shared.view.wait_for(response.revision).await;
     }
     Err(Failure::conflict(format!("node {id_or_prefix} kept changing; try again")))
+}
+
+/// `PUT /v1/nodes/heartbeat`: a heartbeat of each listed node (`davit sim` runs thousands of nodes in one
+/// process). Nodes that were down are marked ready in one transaction; unknown ones are listed in the answer.
+pub(crate) async fn heartbeat_many(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, Failure> {
+    let request: NodesHeartbeatRequest = json_body(&body, "heartbeat request")?;
+    let snapshot = shared.view.snapshot();
+    let (known, unknown): (Vec<&String>, Vec<&String>) = request.node_ids.iter().partition(|id| snapshot.cluster.node(id).is_some());
+    shared.liveness.heartbeat_many(known.iter().map(|id| id.as_str()));
+    let mut index = snapshot.revision;
+    let mut txn = Txn::default();
+    for id in &known {
+        let node = snapshot.cluster.node(id).expect("partitioned on it");
+        if node.status == NodeStatus::Down {
+            let mut ready = (**node).clone();
+            ready.status = NodeStatus::Ready;
+            ready.status_description = String::new();
+            ready.last_heartbeat = now_millis();
+            txn.success.push(keys::put(keys::node(id), &ready));
+            for eval in evals_for_schedulable_node(&snapshot, &ready, true) {
+                txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+            }
+            tracing::info!(node = %node.name, "node is back: marked ready");
+        }
+    }
+    if !txn.success.is_empty() {
+        let response = shared.store.txn(txn).await?;
+        shared.view.wait_for(response.revision).await;
+        index = response.revision;
+    }
+    let interval = shared.liveness.config.heartbeat_interval.as_millis() as u64;
+    let unknown = unknown.into_iter().cloned().collect();
+    Ok(indexed(index, &NodesHeartbeatResponse { index, heartbeat_interval_ms: interval, unknown }))
+}
+
+/// `POST /v1/nodes/allocations?index=N&wait=D`: the long-poll of many nodes at once; answers the
+/// allocations of those nodes written after `N` (a delta) with the snapshot's revision as the index.
+pub(crate) async fn nodes_allocations(
+    State(shared): State<Arc<Shared>>,
+    Query(blocking): Query<Blocking>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let request: NodesAllocationsRequest = json_body(&body, "node list")?;
+    let nodes: std::collections::HashSet<&str> = request.node_ids.iter().map(String::as_str).collect();
+    let index = blocking.index.unwrap_or(0);
+    let snapshot = shared.view.block_until(index, blocking.wait()?, |s| s.nodes_alloc_index(&nodes, index)).await;
+    let changed = snapshot.allocs_changed(&nodes, index);
+    let allocs: Vec<&Allocation> = changed.iter().map(|alloc| &**alloc).collect();
+    Ok(indexed(snapshot.revision.max(1), &allocs))
+}
+
+/// `POST /v1/nodes/allocations/status`: status updates of many nodes' allocations, in one transaction.
+pub(crate) async fn update_allocations_many(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, Failure> {
+    let updates: Vec<NodeAllocStatusUpdates> = json_body(&body, "allocation status list")?;
+    let index = shared.applier.client_updates(updates, now_millis()).await?;
+    shared.view.wait_for(index).await;
+    Ok(indexed(index, &IndexResponse { index }))
 }
 
 pub(crate) async fn heartbeat(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response, Failure> {

@@ -1,0 +1,534 @@
+//! `davit bench scheduler` and `davit bench e2e`: measuring tools (not product logic; see ARCHITECTURE.md).
+//!
+//! - `scheduler`: the pure `davit_scheduler::schedule` against an in-memory `ClusterState`, applying each
+//!   plan's allocations to the state as the plan applier would. Nothing else runs: no store, no HTTP.
+//! - `e2e`: a server in this process (embedded redb store in a temporary directory, as `davit dev`) and
+//!   `davit sim` in a child process; jobs are submitted over HTTP until the simulated agents see the
+//!   allocations running. A probe measures API latency meanwhile. Peak RSS is read from `/proc/<pid>/status`
+//!   (`VmHWM`) of this process (server + this driver) and of the sim's process, separately.
+//!
+//! Every loop is bounded: by the allocation count and by a deadline.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use davit_api::objects::{EvalStatus, EvalTrigger, Evaluation, Job};
+use davit_api::spec::JobSpec;
+use davit_api::spec::SchedulerAlgorithm;
+use davit_scheduler::{ClusterState, SchedulerConfig, schedule};
+use tokio::io::AsyncBufReadExt;
+
+use crate::Failure;
+use crate::cli::{Algorithm, AlgorithmArgs, BenchCommand, SimNodeArgs};
+
+/// `davit bench …`.
+pub async fn command(command: BenchCommand) -> Result<(), Failure> {
+    match command {
+        BenchCommand::Scheduler { nodes, allocs, job_size, algorithm, shape, alloc_cpu, alloc_memory, seed } => {
+            let config = scheduler_config(&algorithm)?;
+            let job_type = job_type(&algorithm);
+            let bench = SchedulerBench { nodes, allocs, job_size, config, job_type, shape, alloc_cpu, alloc_memory, seed };
+            // CPU-bound and synchronous: off the async runtime.
+            tokio::task::spawn_blocking(move || bench.run())
+                .await
+                .map_err(|error| Failure::internal(format!("the benchmark failed: {error}")))?
+        }
+        BenchCommand::E2e { nodes, allocs, job_size, algorithm, shape, alloc_cpu, alloc_memory, workers, timeout } => {
+            let timeout = davit_api::Duration::parse(&timeout).map_err(|e| Failure::user(format!("--timeout: {e}")))?.as_std();
+            let config = scheduler_config(&algorithm)?;
+            let job_type = job_type(&algorithm);
+            let bench = E2eBench { nodes, allocs, job_size, config, job_type, shape, alloc_cpu, alloc_memory, workers, timeout };
+            bench.run().await
+        }
+    }
+}
+
+fn scheduler_config(args: &AlgorithmArgs) -> Result<SchedulerConfig, Failure> {
+    let mut config = SchedulerConfig {
+        algorithm: match args.algorithm {
+            Algorithm::Binpack => SchedulerAlgorithm::Binpack,
+            Algorithm::Spread => SchedulerAlgorithm::Spread,
+            Algorithm::Balanced => SchedulerAlgorithm::Balanced,
+        },
+        ..SchedulerConfig::default()
+    };
+    match args.candidates.as_deref() {
+        None => {}
+        Some("all") => config.score_all_nodes = true,
+        Some(text) => {
+            let limit = text.parse().ok().and_then(NonZeroUsize::new);
+            let limit = limit.ok_or_else(|| Failure::user(format!("--candidates {text}: give a number of nodes (at least 1) or `all`")))?;
+            config.candidate_limit = Some(limit);
+        }
+    }
+    Ok(config)
+}
+
+fn algorithm_name(config: &SchedulerConfig) -> String {
+    let algorithm = format!("{:?}", config.algorithm).to_lowercase();
+    match (config.candidate_limit, config.score_all_nodes) {
+        (Some(limit), _) => format!("{algorithm}, best of {limit} fitting nodes"),
+        (None, true) => format!("{algorithm}, every feasible node scored"),
+        (None, false) => format!("{algorithm}, sampled (services: log2 of the nodes, batch: 2)"),
+    }
+}
+
+/// The benchmark job's spec text: one group of `count` allocations, one exec task, small resources.
+fn job_type(args: &AlgorithmArgs) -> &'static str {
+    if args.batch { "batch" } else { "service" }
+}
+
+pub fn job_text(name: &str, job_type: &str, count: usize, cpu: u32, memory: u32) -> String {
+    format!(
+        "name: {name}\ntype: {job_type}\ndatacenters: [dc1]\ngroups:\n  - name: work\n    count: {count}\n    tasks:\n      - name: main\n        driver: exec\n        config: {{command: /bin/true}}\n        resources: {{cpu: {cpu}, memory: {memory}}}\n"
+    )
+}
+
+fn job_spec(name: &str, job_type: &str, count: usize, cpu: u32, memory: u32) -> Result<JobSpec, Failure> {
+    davit_api::spec::parse_job_spec(&job_text(name, job_type, count, cpu, memory), "bench.yaml")
+        .map_err(|errors| Failure::internal(format!("the benchmark job is invalid: {errors}")))
+}
+
+struct SchedulerBench {
+    nodes: usize,
+    allocs: usize,
+    job_size: usize,
+    config: SchedulerConfig,
+    /// `service` or `batch`.
+    job_type: &'static str,
+    shape: SimNodeArgs,
+    alloc_cpu: u32,
+    alloc_memory: u32,
+    seed: u64,
+}
+
+impl SchedulerBench {
+    fn run(self) -> Result<(), Failure> {
+        if self.nodes == 0 || self.job_size == 0 {
+            return Err(Failure::user("--nodes and --job-size must be at least 1"));
+        }
+        print_machine();
+        println!(
+            "bench scheduler: {} nodes, {} allocations in jobs of {}, {}, {} millicores / {} MiB per allocation",
+            self.nodes,
+            self.allocs,
+            self.job_size,
+            algorithm_name(&self.config),
+            self.alloc_cpu,
+            self.alloc_memory
+        );
+        let mut state = ClusterState::new();
+        let build = Instant::now();
+        for position in 0..self.nodes {
+            let name = format!("node-{:05}", position + 1);
+            let mut node = crate::sim::sim_node(&self.shape, format!("{name}-bench"), name, position);
+            node.datacenter = "dc1".to_string();
+            state.upsert_node(Arc::new(node));
+        }
+        let build = build.elapsed();
+        let mut revision = 1u64;
+        let mut placed = 0usize;
+        let mut eval_times: Vec<Duration> = Vec::new();
+        let mut per_placement: Vec<Duration> = Vec::new();
+        let (mut scheduling, mut applying) = (Duration::ZERO, Duration::ZERO);
+        let mut unplaced = String::new();
+        let started = Instant::now();
+        let mut job_number = 0;
+        while placed < self.allocs {
+            let count = self.job_size.min(self.allocs - placed);
+            let name = format!("bench-{job_number:05}");
+            job_number += 1;
+            let spec = job_spec(&name, self.job_type, count, self.alloc_cpu, self.alloc_memory)?;
+            revision += 1;
+            let job = Arc::new(Job { spec, version: 0, stopped: false, submit_time: 0, create_index: revision, modify_index: revision });
+            state.upsert_job(Arc::clone(&job));
+            state.upsert_job_version(job);
+            let eval = evaluation(&name, revision);
+            let now = now_millis();
+            let timer = Instant::now();
+            let result = schedule(&state, &eval, &self.config, self.seed.wrapping_add(job_number as u64), now);
+            let took = timer.elapsed();
+            scheduling += took;
+            let timer = Instant::now();
+            revision += 1;
+            let mut placed_now = 0;
+            for alloc in result.plan.allocations() {
+                let mut alloc = alloc.clone();
+                (alloc.create_index, alloc.modify_index) = (revision, revision);
+                state.upsert_alloc(Arc::new(alloc));
+                placed_now += 1;
+            }
+            applying += timer.elapsed();
+            eval_times.push(took);
+            if placed_now > 0 {
+                per_placement.push(took / placed_now as u32);
+            }
+            placed += placed_now;
+            if !result.plan.failed_groups.is_empty() || placed_now == 0 {
+                unplaced = result.status_description;
+                break;
+            }
+        }
+        let wall = started.elapsed();
+        println!("  built the cluster state in {:.1} ms", ms(build));
+        println!(
+            "  placed {placed} allocations in {} evaluations: {:.1} s scheduling, {:.1} s applying plans, {:.1} s in all",
+            eval_times.len(),
+            scheduling.as_secs_f64(),
+            applying.as_secs_f64(),
+            wall.as_secs_f64()
+        );
+        println!("  placements/s: {:.0} (scheduler time only), {:.0} (with plan apply)", rate(placed, scheduling), rate(placed, wall));
+        println!(
+            "  latency per placement (evaluation time / its placements): p50 {:.1} µs, p99 {:.1} µs",
+            percentile(&mut per_placement, 0.50).as_secs_f64() * 1e6,
+            percentile(&mut per_placement, 0.99).as_secs_f64() * 1e6
+        );
+        println!(
+            "  latency per evaluation: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            ms(percentile(&mut eval_times, 0.50)),
+            ms(percentile(&mut eval_times, 0.99)),
+            ms(percentile(&mut eval_times, 1.0))
+        );
+        println!("  peak RSS (VmHWM): {:.1} MiB", peak_rss_mib("self").unwrap_or(0.0));
+        if !unplaced.is_empty() {
+            println!("  stopped early, the cluster is full: {unplaced}");
+        }
+        println!("RESULT bench=scheduler nodes={} placed={placed} target={}", self.nodes, self.allocs);
+        if placed < self.allocs {
+            return Err(Failure::user(format!("placed only {placed} of {} allocations", self.allocs)));
+        }
+        Ok(())
+    }
+}
+
+fn evaluation(job: &str, revision: u64) -> Evaluation {
+    let now = now_millis();
+    Evaluation {
+        id: format!("eval-{job}"),
+        job_name: job.to_string(),
+        job_type: davit_api::spec::JobType::Service,
+        priority: 50,
+        triggered_by: EvalTrigger::JobRegister,
+        status: EvalStatus::Pending,
+        status_description: String::new(),
+        node_id: None,
+        failed_groups: BTreeMap::new(),
+        blocked_eval: None,
+        previous_eval: None,
+        wait_until: None,
+        snapshot_index: 0,
+        create_time: now,
+        modify_time: now,
+        create_index: revision,
+        modify_index: revision,
+    }
+}
+
+struct E2eBench {
+    nodes: usize,
+    allocs: usize,
+    job_size: usize,
+    config: SchedulerConfig,
+    /// `service` or `batch`.
+    job_type: &'static str,
+    shape: SimNodeArgs,
+    alloc_cpu: u32,
+    alloc_memory: u32,
+    workers: Option<usize>,
+    timeout: Duration,
+}
+
+/// Jobs registered concurrently.
+const SUBMIT_CONCURRENCY: usize = 4;
+/// Pause between two probe requests.
+const PROBE_PAUSE: Duration = Duration::from_millis(50);
+
+impl E2eBench {
+    async fn run(self) -> Result<(), Failure> {
+        if self.nodes == 0 || self.job_size == 0 {
+            return Err(Failure::user("--nodes and --job-size must be at least 1"));
+        }
+        print_machine();
+        println!(
+            "bench e2e: {} simulated nodes, {} allocations in jobs of {}, {}",
+            self.nodes,
+            self.allocs,
+            self.job_size,
+            algorithm_name(&self.config)
+        );
+        let deadline = Instant::now() + self.timeout;
+        let dir = tempfile_dir()?;
+        let result = self.measure(&dir, deadline).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    async fn measure(&self, dir: &std::path::Path, deadline: Instant) -> Result<(), Failure> {
+        let store =
+            davit_store::RedbStore::open(&dir.join("state.redb")).map_err(|e| Failure::internal(format!("cannot open the store: {e}")))?;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let config = davit_server::ServerConfig {
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            store: Arc::new(store),
+            workers: self.workers.unwrap_or(cores),
+            liveness: davit_server::LivenessConfig::default(),
+            scheduler: self.config.clone(),
+        };
+        let server = davit_server::start(config).await.map_err(|e| Failure::internal(format!("cannot start the server: {e}")))?;
+        let addr = format!("http://{}", server.addr());
+        println!("  server on {addr} (store in {})", dir.display());
+        let outcome = self.drive(&addr, dir, deadline).await;
+        server.shutdown().await;
+        outcome
+    }
+
+    async fn drive(&self, addr: &str, dir: &std::path::Path, deadline: Instant) -> Result<(), Failure> {
+        let exe = std::env::current_exe().map_err(|e| Failure::internal(format!("cannot find the davit binary: {e}")))?;
+        let mut command = tokio::process::Command::new(exe);
+        command
+            .args(["sim", "--server", addr, "--nodes", &self.nodes.to_string(), "--progress", "100ms"])
+            .args([
+                "--zones",
+                &self.shape.zones.join(","),
+                "--cpu",
+                &self.shape.cpu.to_string(),
+                "--memory",
+                &self.shape.memory.to_string(),
+            ])
+            .args(["--datacenter", &self.shape.datacenter])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env("DAVIT_LOG", std::env::var("DAVIT_LOG").unwrap_or_else(|_| "warn".to_string()))
+            .kill_on_drop(true);
+        if !self.shape.classes.is_empty() {
+            command.args(["--classes", &self.shape.classes.join(",")]);
+        }
+        let mut sim = command.spawn().map_err(|e| Failure::internal(format!("cannot start davit sim: {e}")))?;
+        let sim_pid = sim.id().unwrap_or(0);
+        let stdout = sim.stdout.take().expect("piped");
+        let progress = Arc::new(SimProgress::default());
+        let reader = tokio::spawn({
+            let progress = Arc::clone(&progress);
+            async move {
+                let mut lines = tokio::io::BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    progress.update(&line);
+                }
+            }
+        });
+        let outcome = self.workload(addr, &progress, sim_pid, deadline).await;
+        // SAFETY: kill(2) on the child we started; no memory is involved.
+        unsafe { libc::kill(sim_pid as i32, libc::SIGINT) };
+        let _ = tokio::time::timeout(Duration::from_secs(10), sim.wait()).await;
+        let _ = sim.kill().await;
+        reader.abort();
+        let store_size = std::fs::metadata(dir.join("state.redb")).map(|m| m.len()).unwrap_or(0);
+        println!("  store file: {:.1} MiB", store_size as f64 / (1024.0 * 1024.0));
+        outcome
+    }
+
+    async fn workload(&self, addr: &str, progress: &Arc<SimProgress>, sim_pid: u32, deadline: Instant) -> Result<(), Failure> {
+        let client = davit_client::Client::new(addr);
+        let registering = Instant::now();
+        while progress.registered.load(Ordering::Relaxed) < self.nodes as u64 {
+            if Instant::now() > deadline {
+                return Err(Failure::internal(format!(
+                    "only {} nodes registered before the timeout",
+                    progress.registered.load(Ordering::Relaxed)
+                )));
+            }
+            progress.changed.notified_or_timeout(Duration::from_millis(500)).await;
+        }
+        println!("  {} nodes registered in {:.2} s", self.nodes, registering.elapsed().as_secs_f64());
+
+        let jobs = self.allocs.div_ceil(self.job_size);
+        let first_job = "bench-00000".to_string();
+        let done = Arc::new(AtomicBool::new(false));
+        let probe = tokio::spawn(probe(client.clone(), first_job.clone(), Arc::clone(&done)));
+        let started = Instant::now();
+        let submit = {
+            let client = client.clone();
+            let (job_size, allocs, cpu, memory, job_type) = (self.job_size, self.allocs, self.alloc_cpu, self.alloc_memory, self.job_type);
+            tokio::spawn(async move {
+                use futures_util::StreamExt;
+                let specs = (0..jobs).map(move |number| {
+                    let count = job_size.min(allocs - number * job_size);
+                    let name = format!("bench-{number:05}");
+                    let client = client.clone();
+                    async move {
+                        client.register_job(&job_text(&name, job_type, count, cpu, memory), "bench.yaml").await.map_err(Failure::from)?;
+                        Ok::<(), Failure>(())
+                    }
+                });
+                let mut results = futures_util::stream::iter(specs).buffer_unordered(SUBMIT_CONCURRENCY);
+                while let Some(result) = results.next().await {
+                    result?;
+                }
+                Ok::<Duration, Failure>(started.elapsed())
+            })
+        };
+        let target = self.allocs as u64;
+        let mut halfway = None;
+        while progress.running.load(Ordering::Relaxed) < target {
+            if Instant::now() > deadline {
+                done.store(true, Ordering::Relaxed);
+                return Err(Failure::internal(format!(
+                    "only {} of {target} allocations running before the timeout",
+                    progress.running.load(Ordering::Relaxed)
+                )));
+            }
+            if halfway.is_none() && progress.running.load(Ordering::Relaxed) >= target / 2 {
+                halfway = Some((started.elapsed(), peak_rss_mib("self").unwrap_or(0.0)));
+            }
+            progress.changed.notified_or_timeout(Duration::from_millis(200)).await;
+        }
+        let wall = started.elapsed();
+        done.store(true, Ordering::Relaxed);
+        let submitted = submit.await.map_err(|e| Failure::internal(e.to_string()))??;
+        let mut latencies = probe.await.map_err(|e| Failure::internal(e.to_string()))?;
+        let server_rss = peak_rss_mib("self").unwrap_or(0.0);
+        let sim_rss = peak_rss_mib(&sim_pid.to_string()).unwrap_or(0.0);
+
+        // Cross-check with the server (after the clock stopped): every allocation of every job runs.
+        let listed = client.jobs().await.map_err(Failure::from)?;
+        let running_per_server: u64 = listed.iter().flat_map(|job| job.summary.values()).map(|group| u64::from(group.running)).sum();
+
+        println!("  jobs submitted in {:.2} s ({jobs} jobs)", submitted.as_secs_f64());
+        if let Some((at, rss)) = halfway {
+            println!("  half the allocations running after {:.2} s (peak RSS then {rss:.0} MiB)", at.as_secs_f64());
+        }
+        println!(
+            "  {target} allocations running after {:.2} s: {:.0} placements/s end to end",
+            wall.as_secs_f64(),
+            rate(target as usize, wall)
+        );
+        println!(
+            "  API probe (GET /v1/job/{first_job}/status, {} requests): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            latencies.len(),
+            ms(percentile(&mut latencies, 0.50)),
+            ms(percentile(&mut latencies, 0.99)),
+            ms(percentile(&mut latencies, 1.0))
+        );
+        println!(
+            "  peak RSS (VmHWM): server process {server_rss:.0} MiB (server + this driver; the sim runs in its own process), sim {sim_rss:.0} MiB"
+        );
+        println!("  the server reports {running_per_server} allocations running");
+        println!("RESULT bench=e2e nodes={} running={running_per_server} target={target} wall_s={:.2}", self.nodes, wall.as_secs_f64());
+        if running_per_server < target {
+            return Err(Failure::internal(format!("the server reports only {running_per_server} of {target} allocations running")));
+        }
+        Ok(())
+    }
+}
+
+/// What the sim's progress lines say.
+#[derive(Default)]
+struct SimProgress {
+    registered: AtomicU64,
+    running: AtomicU64,
+    changed: Notifier,
+}
+
+impl SimProgress {
+    fn update(&self, line: &str) {
+        let Some(fields) = line.strip_prefix("sim: ") else { return };
+        for field in fields.split_whitespace() {
+            let Some((key, value)) = field.split_once('=') else { continue };
+            let Ok(value) = value.parse::<u64>() else { continue };
+            match key {
+                "registered" => self.registered.store(value, Ordering::Relaxed),
+                "running" => self.running.store(value, Ordering::Relaxed),
+                _ => {}
+            }
+        }
+        self.changed.notify();
+    }
+}
+
+/// A notification that also gives up after a timeout (so the deadline is checked).
+#[derive(Default)]
+struct Notifier(tokio::sync::Notify);
+
+impl Notifier {
+    fn notify(&self) {
+        self.0.notify_waiters();
+    }
+    async fn notified_or_timeout(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.0.notified()).await;
+    }
+}
+
+/// Requests the first job's status one after another until `done`; the latencies.
+async fn probe(client: davit_client::Client, job: String, done: Arc<AtomicBool>) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    while !done.load(Ordering::Relaxed) && latencies.len() < 1_000_000 {
+        let started = Instant::now();
+        let answer = client.job_status(&job).await;
+        // Before the job exists the answer is a fast 404: measured all the same (it is an API round trip).
+        let _ = answer;
+        latencies.push(started.elapsed());
+        tokio::time::sleep(PROBE_PAUSE).await;
+    }
+    latencies
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, Failure> {
+    let dir = std::env::temp_dir().join(format!("davit-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Failure::internal(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+/// Peak resident set size (`VmHWM`) of `/proc/<pid>` (`self` for this process), in MiB.
+pub fn peak_rss_mib(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The machine and build, printed with every figure.
+fn print_machine() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find(|line| line.starts_with("model name")).and_then(|line| line.split(':').nth(1)).unwrap_or("?").trim();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_kib: f64 = meminfo
+        .lines()
+        .find(|line| line.starts_with("MemTotal:"))
+        .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let build = if cfg!(debug_assertions) { "debug build" } else { "release build" };
+    println!(
+        "machine: {model}, {cores} cores, {:.1} GiB, load {} ({build})",
+        memory_kib / (1024.0 * 1024.0),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+}
+
+fn percentile(values: &mut [Duration], quantile: f64) -> Duration {
+    if values.is_empty() {
+        return Duration::ZERO;
+    }
+    values.sort_unstable();
+    let position = ((values.len() - 1) as f64 * quantile).round() as usize;
+    values[position.min(values.len() - 1)]
+}
+
+fn rate(count: usize, elapsed: Duration) -> f64 {
+    if elapsed.is_zero() { 0.0 } else { count as f64 / elapsed.as_secs_f64() }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
