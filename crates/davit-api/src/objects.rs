@@ -469,6 +469,31 @@ pub struct PlacementFailure {
     pub exhausted: BTreeMap<String, u32>,
 }
 
+impl Evaluation {
+    /// A new pending evaluation of a job, created at `now` (the store indexes are set when it is stored).
+    pub fn pending(id: String, job_name: &str, job_type: JobType, priority: u8, trigger: EvalTrigger, now: UnixMillis) -> Evaluation {
+        Evaluation {
+            id,
+            job_name: job_name.to_string(),
+            job_type,
+            priority,
+            triggered_by: trigger,
+            status: EvalStatus::Pending,
+            status_description: String::new(),
+            node_id: None,
+            failed_groups: BTreeMap::new(),
+            blocked_eval: None,
+            previous_eval: None,
+            wait_until: None,
+            snapshot_index: 0,
+            create_time: now,
+            modify_time: now,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+}
+
 impl PlacementFailure {
     /// One line: "memory exhausted on 3 nodes, constraint ${node.arch} = arm64 filtered 1 node".
     pub fn summary(&self) -> String {

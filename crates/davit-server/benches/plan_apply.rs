@@ -4,75 +4,15 @@
 //!
 //! `cargo bench -p davit-server --bench plan_apply`
 
-use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use davit_api::objects::{DriverInfo, EvalStatus, EvalTrigger, Evaluation, Job, Node, NodeEligibility, NodeResources, NodeStatus};
-use davit_scheduler::{ClusterState, Plan, SchedulerConfig, schedule};
+use davit_scheduler::{ClusterState, Plan, schedule};
 
-fn node(position: usize) -> Node {
-    let name = format!("node-{position:05}");
-    Node {
-        id: format!("{name}-id"),
-        name: name.clone(),
-        datacenter: "dc1".to_string(),
-        class: String::new(),
-        attributes: BTreeMap::from([("cpu.arch".to_string(), "x86_64".to_string()), ("unique.hostname".to_string(), name)]),
-        resources: NodeResources { cpu: 4000, memory: 8192, port_range: (20000, 32000), reserved_ports: Vec::new() },
-        drivers: BTreeMap::from([(
-            "exec".to_string(),
-            DriverInfo { detected: true, healthy: true, description: String::new(), attributes: BTreeMap::new() },
-        )]),
-        status: NodeStatus::Ready,
-        eligibility: NodeEligibility::Eligible,
-        drain: None,
-        http_addr: String::new(),
-        status_description: String::new(),
-        last_heartbeat: 0,
-        create_index: 1,
-        modify_index: 1,
-    }
-}
-
-fn job(name: &str, count: usize) -> Arc<Job> {
-    let text = format!(
-        "name: {name}\ngroups:\n  - name: work\n    count: {count}\n    tasks:\n      - name: main\n        driver: exec\n        config: {{command: /bin/true}}\n        resources: {{cpu: 20, memory: 32}}\n"
-    );
-    let spec = davit_api::spec::parse_job_spec(&text, "bench.yaml").expect("valid bench job");
-    Arc::new(Job { spec, version: 0, stopped: false, submit_time: 0, create_index: 2, modify_index: 2 })
-}
-
-/// The default configuration with this candidate limit (written so that fields added later keep their defaults).
-#[allow(clippy::field_reassign_with_default)]
-fn scheduler_config(candidate_limit: Option<NonZeroUsize>) -> SchedulerConfig {
-    let mut config = SchedulerConfig::default();
-    config.candidate_limit = candidate_limit;
-    config
-}
-
-fn eval(job: &str) -> Evaluation {
-    Evaluation {
-        id: format!("eval-{job}"),
-        job_name: job.to_string(),
-        job_type: davit_api::spec::JobType::Service,
-        priority: 50,
-        triggered_by: EvalTrigger::JobRegister,
-        status: EvalStatus::Pending,
-        status_description: String::new(),
-        node_id: None,
-        failed_groups: BTreeMap::new(),
-        blocked_eval: None,
-        previous_eval: None,
-        wait_until: None,
-        snapshot_index: 0,
-        create_time: 0,
-        modify_time: 0,
-        create_index: 2,
-        modify_index: 2,
-    }
-}
+#[path = "../../davit-scheduler/benches/support/mod.rs"]
+mod support;
+use support::{eval, job, node, scheduler_config};
 
 /// The cluster (nodes with 20 allocations each) and the plan of one more 1,000-allocation job.
 fn setup(nodes: usize) -> (ClusterState, Plan) {

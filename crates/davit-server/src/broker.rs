@@ -165,29 +165,11 @@ fn push_ready(inner: &mut Inner, eval: Arc<Evaluation>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use davit_api::objects::{EvalStatus, EvalTrigger};
+    use davit_api::objects::EvalTrigger;
     use davit_api::spec::JobType;
 
     fn eval(id: &str, job: &str, priority: u8) -> Arc<Evaluation> {
-        Arc::new(Evaluation {
-            id: id.into(),
-            job_name: job.into(),
-            job_type: JobType::Service,
-            priority,
-            triggered_by: EvalTrigger::JobRegister,
-            status: EvalStatus::Pending,
-            status_description: String::new(),
-            node_id: None,
-            failed_groups: Default::default(),
-            blocked_eval: None,
-            previous_eval: None,
-            wait_until: None,
-            snapshot_index: 0,
-            create_time: 0,
-            modify_time: 0,
-            create_index: 0,
-            modify_index: 0,
-        })
+        Arc::new(Evaluation::pending(id.into(), job, JobType::Service, priority, EvalTrigger::JobRegister, 0))
     }
 
     #[tokio::test]

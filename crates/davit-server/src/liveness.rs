@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use davit_api::objects::{EvalStatus, EvalTrigger, Evaluation, Node, NodeStatus};
+use davit_api::objects::{EvalTrigger, Evaluation, Node, NodeStatus};
 use davit_api::spec::JobType;
 use davit_store::{Store, StoreError, Txn};
 
@@ -215,26 +215,9 @@ pub fn new_eval(
     trigger: EvalTrigger,
     node_id: Option<String>,
 ) -> Evaluation {
-    let now = now_millis();
-    Evaluation {
-        id: new_id(),
-        job_name: job_name.to_string(),
-        job_type,
-        priority,
-        triggered_by: trigger,
-        status: EvalStatus::Pending,
-        status_description: String::new(),
-        node_id,
-        failed_groups: Default::default(),
-        blocked_eval: None,
-        previous_eval: None,
-        wait_until: None,
-        snapshot_index: 0,
-        create_time: now,
-        modify_time: now,
-        create_index: 0,
-        modify_index: 0,
-    }
+    let mut eval = Evaluation::pending(new_id(), job_name, job_type, priority, trigger, now_millis());
+    eval.node_id = node_id;
+    eval
 }
 
 #[cfg(test)]

@@ -9,14 +9,13 @@
 //!
 //! Every loop is bounded: by the allocation count and by a deadline.
 
-use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use davit_api::objects::{EvalStatus, EvalTrigger, Evaluation, Job};
+use davit_api::objects::{EvalTrigger, Evaluation, Job};
 use davit_api::spec::JobSpec;
 use davit_api::spec::SchedulerAlgorithm;
 use davit_scheduler::{ClusterState, SchedulerConfig, schedule};
@@ -147,7 +146,7 @@ impl SchedulerBench {
             let job = Arc::new(Job { spec, version: 0, stopped: false, submit_time: 0, create_index: revision, modify_index: revision });
             state.upsert_job(Arc::clone(&job));
             state.upsert_job_version(job);
-            let eval = evaluation(&name, revision);
+            let eval = evaluation(&name, self.job_type, revision);
             let now = now_millis();
             let timer = Instant::now();
             let result = schedule(&state, &eval, &self.config, self.seed.wrapping_add(job_number as u64), now);
@@ -206,27 +205,11 @@ impl SchedulerBench {
     }
 }
 
-fn evaluation(job: &str, revision: u64) -> Evaluation {
-    let now = now_millis();
-    Evaluation {
-        id: format!("eval-{job}"),
-        job_name: job.to_string(),
-        job_type: davit_api::spec::JobType::Service,
-        priority: 50,
-        triggered_by: EvalTrigger::JobRegister,
-        status: EvalStatus::Pending,
-        status_description: String::new(),
-        node_id: None,
-        failed_groups: BTreeMap::new(),
-        blocked_eval: None,
-        previous_eval: None,
-        wait_until: None,
-        snapshot_index: 0,
-        create_time: now,
-        modify_time: now,
-        create_index: revision,
-        modify_index: revision,
-    }
+fn evaluation(job: &str, job_type: &str, revision: u64) -> Evaluation {
+    let job_type = if job_type == "batch" { davit_api::spec::JobType::Batch } else { davit_api::spec::JobType::Service };
+    let mut eval = Evaluation::pending(format!("eval-{job}"), job, job_type, 50, EvalTrigger::JobRegister, now_millis());
+    (eval.create_index, eval.modify_index) = (revision, revision);
+    eval
 }
 
 struct E2eBench {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use davit_api::Duration;
 use davit_api::objects::{
-    AllocatedResources, Allocation, ClientStatus, DesiredStatus, DriverInfo, EvalStatus, EvalTrigger, Evaluation, Job, Node,
-    NodeEligibility, NodeResources, NodeStatus, UnixMillis,
+    AllocatedResources, Allocation, ClientStatus, DesiredStatus, DriverInfo, EvalTrigger, Evaluation, Job, Node, NodeEligibility,
+    NodeResources, NodeStatus, UnixMillis,
 };
 use davit_api::spec::{
     Constraint, ConstraintOperator, DriverName, GroupSpec, JobSpec, JobType, NetworkSpec, PortSpec, Resources, RestartPolicy, TaskSpec,
@@ -103,25 +103,8 @@ impl Harness {
     pub(crate) fn next_eval(&mut self, job_name: &str) -> Evaluation {
         self.evals += 1;
         let job = self.state.job(job_name);
-        Evaluation {
-            id: format!("eval-{}", self.evals),
-            job_name: job_name.to_string(),
-            job_type: job.map_or(JobType::Service, |job| job.spec.job_type),
-            priority: 50,
-            triggered_by: EvalTrigger::JobRegister,
-            status: EvalStatus::Pending,
-            status_description: String::new(),
-            node_id: None,
-            failed_groups: BTreeMap::new(),
-            blocked_eval: None,
-            previous_eval: None,
-            wait_until: None,
-            snapshot_index: 0,
-            create_time: self.now,
-            modify_time: self.now,
-            create_index: 0,
-            modify_index: 0,
-        }
+        let job_type = job.map_or(JobType::Service, |job| job.spec.job_type);
+        Evaluation::pending(format!("eval-{}", self.evals), job_name, job_type, 50, EvalTrigger::JobRegister, self.now)
     }
 
     /// Commits the plan to the state, as the plan applier would.

@@ -1,0 +1,60 @@
+//! What the criterion benchmarks of the scheduler and of the plan applier share (the applier's bench
+//! includes this file with `#[path]`): benchmark nodes, jobs, evaluations and configurations.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use davit_api::objects::{DriverInfo, EvalTrigger, Evaluation, Job, Node, NodeEligibility, NodeResources, NodeStatus};
+use davit_scheduler::SchedulerConfig;
+
+pub fn node(position: usize) -> Node {
+    let name = format!("node-{position:05}");
+    let zone = ["a", "b", "c"][position % 3];
+    Node {
+        id: format!("{name}-id"),
+        name: name.clone(),
+        datacenter: "dc1".to_string(),
+        class: String::new(),
+        attributes: BTreeMap::from([
+            ("cpu.arch".to_string(), "x86_64".to_string()),
+            ("zone".to_string(), zone.to_string()),
+            ("unique.hostname".to_string(), name),
+        ]),
+        resources: NodeResources { cpu: 4000, memory: 8192, port_range: (20000, 32000), reserved_ports: Vec::new() },
+        drivers: BTreeMap::from([(
+            "exec".to_string(),
+            DriverInfo { detected: true, healthy: true, description: String::new(), attributes: BTreeMap::new() },
+        )]),
+        status: NodeStatus::Ready,
+        eligibility: NodeEligibility::Eligible,
+        drain: None,
+        http_addr: String::new(),
+        status_description: String::new(),
+        last_heartbeat: 0,
+        create_index: 1,
+        modify_index: 1,
+    }
+}
+
+pub fn job(name: &str, count: usize) -> Arc<Job> {
+    let text = format!(
+        "name: {name}\ngroups:\n  - name: work\n    count: {count}\n    tasks:\n      - name: main\n        driver: exec\n        config: {{command: /bin/true}}\n        resources: {{cpu: 20, memory: 32}}\n"
+    );
+    let spec = davit_api::spec::parse_job_spec(&text, "bench.yaml").expect("valid bench job");
+    Arc::new(Job { spec, version: 0, stopped: false, submit_time: 0, create_index: 2, modify_index: 2 })
+}
+
+/// The default configuration with this candidate limit (written so that fields added later keep their defaults).
+#[allow(clippy::field_reassign_with_default)]
+pub fn scheduler_config(candidate_limit: Option<NonZeroUsize>) -> SchedulerConfig {
+    let mut config = SchedulerConfig::default();
+    config.candidate_limit = candidate_limit;
+    config
+}
+
+pub fn eval(job: &str) -> Evaluation {
+    Evaluation::pending(format!("eval-{job}"), job, davit_api::spec::JobType::Service, 50, EvalTrigger::JobRegister, 0)
+}
