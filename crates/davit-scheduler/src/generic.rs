@@ -13,14 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::sync::Arc;
 
-use davit_api::objects::{
-    AllocatedResources, Allocation, ClientStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node, PlacementFailure, RescheduleEvent,
-    UnixMillis,
-};
+use davit_api::objects::{AllocatedResources, Allocation, ClientStatus, EvalStatus, Evaluation, Job, Node, PlacementFailure, UnixMillis};
 use davit_api::spec::{JobType, SchedulerAlgorithm};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::alloc::{AllocIds, NewAllocation};
 use crate::feasible::FeasibilityChecker;
 use crate::plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
 use crate::preempt::Preemptor;
@@ -49,7 +47,7 @@ pub fn schedule(state: &ClusterState, eval: &Evaluation, config: &SchedulerConfi
         rng: SmallRng::seed_from_u64(seed ^ fnv1a(eval.id.as_bytes())),
         usage: UsageTracker::new(state),
         counts: Counts::default(),
-        issued_ids: BTreeSet::new(),
+        ids: AllocIds::default(),
         plan: &mut plan,
     };
     run.apply(running_job, reconciliation);
@@ -94,7 +92,7 @@ struct Run<'a> {
     rng: SmallRng,
     usage: UsageTracker<'a>,
     counts: Counts,
-    issued_ids: BTreeSet<String>,
+    ids: AllocIds,
     plan: &'a mut Plan,
 }
 
@@ -212,45 +210,18 @@ impl<'a> Run<'a> {
                     let ports = rank::assign_ports(node, usage, ask, &mut self.rng);
                     let resources = AllocatedResources { cpu: ask.cpu, memory: ask.memory, ports };
                     self.usage.add(&node.id, &resources);
-                    let reschedule_tracker = match rescheduled {
-                        Some((previous, delay_ms)) => {
-                            let mut tracker = previous.reschedule_tracker.clone();
-                            tracker.push(RescheduleEvent {
-                                time: self.now,
-                                prev_alloc_id: previous.id.clone(),
-                                prev_node_id: previous.node_id.clone(),
-                                delay_ms,
-                            });
-                            tracker
-                        }
-                        None => Vec::new(),
-                    };
-                    let alloc = Allocation {
-                        id: self.new_alloc_id(),
-                        name: format!("{}.{}[{}]", job.spec.name, group.name, work.index),
-                        job_name: job.spec.name.clone(),
-                        job_version: job.version,
-                        group: group.name.clone(),
+                    let alloc = NewAllocation {
+                        job,
+                        group: &group.name,
                         index: work.index,
-                        node_id: node.id.clone(),
-                        node_name: node.name.clone(),
-                        eval_id: self.eval.id.clone(),
-                        desired_status: DesiredStatus::Run,
-                        desired_description: String::new(),
-                        client_status: ClientStatus::Pending,
-                        client_description: String::new(),
-                        task_states: BTreeMap::new(),
-                        healthy: None,
-                        health_description: String::new(),
+                        node,
+                        eval_id: &self.eval.id,
                         resources,
-                        previous_allocation: work.previous.as_ref().map(|previous| previous.id.clone()),
-                        reschedule_tracker,
-                        migration: None,
-                        create_time: self.now,
-                        modify_time: self.now,
-                        create_index: 0,
-                        modify_index: 0,
-                    };
+                        previous: work.previous.as_deref(),
+                        reschedule_delay_ms: work.reschedule_delay_ms,
+                        now: self.now,
+                    }
+                    .build(self.ids.next(self.state, &mut self.rng));
                     if let Some(preemptor) = &preemptor {
                         for victim in &victims {
                             self.plan.push_preemption(&victim.node_id, preemptor.stop(victim, &alloc.id));
@@ -289,17 +260,6 @@ impl<'a> Run<'a> {
                     failure.missing = 1;
                     self.plan.failed_groups.insert(group.name.clone(), failure);
                 }
-            }
-        }
-    }
-
-    /// A fresh id: random, but never one the state or this plan already uses (a caller that reuses a
-    /// seed for a retried evaluation would otherwise get the ids of the allocations it committed).
-    fn new_alloc_id(&mut self) -> String {
-        loop {
-            let id = random_uuid(&mut self.rng);
-            if self.state.alloc(&id).is_none() && self.issued_ids.insert(id.clone()) {
-                return id;
             }
         }
     }
@@ -429,22 +389,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
-/// A UUID-v4-formatted id from the seeded generator, so that runs are reproducible.
-pub(crate) fn random_uuid(rng: &mut SmallRng) -> String {
-    let mut bytes = [0u8; 16];
-    rng.fill(&mut bytes);
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut text = String::with_capacity(36);
-    for (position, byte) in bytes.iter().enumerate() {
-        if matches!(position, 4 | 6 | 8 | 10) {
-            text.push('-');
-        }
-        write!(text, "{byte:02x}").expect("writing to a String cannot fail");
-    }
-    text
-}
-
 pub(crate) fn describe(job_gone: bool, counts: &Counts, failed_groups: &BTreeMap<String, PlacementFailure>) -> String {
     let mut parts = Vec::new();
     for (count, what) in [
@@ -488,16 +432,5 @@ mod tests {
                 assert_eq!(seen, (0..count as u64).collect::<Vec<_>>(), "{count} nodes");
             }
         }
-    }
-
-    #[test]
-    fn uuid_format() {
-        let mut rng = SmallRng::seed_from_u64(7);
-        let id = random_uuid(&mut rng);
-        assert_eq!(id.len(), 36);
-        assert_eq!(id.as_bytes()[14], b'4', "{id}");
-        assert!(matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{id}");
-        assert_eq!(id.matches('-').count(), 4);
-        assert_ne!(id, random_uuid(&mut rng));
     }
 }

@@ -40,6 +40,7 @@
 //! (it is tried only when no node fits), and the victims' node is chosen by feasibility and fit, the
 //! required placement rules being checked by the applier.
 
+mod alloc;
 mod constraint;
 mod feasible;
 mod generic;

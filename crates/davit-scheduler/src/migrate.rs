@@ -15,10 +15,9 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 
+use crate::alloc::{AllocIds, moved_copy};
 use crate::feasible::FeasibilityChecker;
-use crate::generic::random_uuid;
 use crate::rank::{self, Ask, UsageTracker};
-use crate::rebalance::moved_copy;
 use crate::state::ClusterState;
 
 /// Why no destination could be placed.
@@ -101,12 +100,7 @@ pub fn place_migration(
     };
 
     let ports = rank::assign_ports(node, usage.usage(&node.id), &ask, &mut rng);
-    let id = loop {
-        let id = random_uuid(&mut rng);
-        if state.alloc(&id).is_none() {
-            break id;
-        }
-    };
+    let id = AllocIds::default().next(state, &mut rng);
     let mut destination = moved_copy(source, id, node, AllocatedResources { cpu: ask.cpu, memory: ask.memory, ports }, now);
     destination.migration = Some(Migration {
         role: MigrationRole::Destination,

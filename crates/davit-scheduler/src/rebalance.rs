@@ -29,8 +29,8 @@ use davit_api::spec::JobType;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
+use crate::alloc::{AllocIds, moved_copy};
 use crate::feasible::FeasibilityChecker;
-use crate::generic::random_uuid;
 use crate::plan::AllocStop;
 use crate::rank::{self, Ask, TrackedUsage, UsageTracker};
 use crate::state::ClusterState;
@@ -72,6 +72,7 @@ pub fn rebalance(state: &ClusterState, config: &RebalanceConfig, eval_id: &str, 
     let mut checkers: BTreeMap<(String, u64), FeasibilityChecker<'_>> = BTreeMap::new();
     let mut moved_groups: BTreeSet<(String, String)> = BTreeSet::new();
     let mut moves: Vec<RebalanceMove> = Vec::new();
+    let mut ids = AllocIds::default();
     while moves.len() < config.max_moves {
         let mut by_load: Vec<(f64, &Arc<Node>)> = nodes.iter().map(|node| (load(node, usage.usage(&node.id)), *node)).collect();
         by_load.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
@@ -114,7 +115,7 @@ pub fn rebalance(state: &ClusterState, config: &RebalanceConfig, eval_id: &str, 
         usage.remove(&from.id, &alloc.resources);
         usage.add(&to.id, &resources);
         moved_groups.insert((alloc.job_name.clone(), alloc.group.clone()));
-        let mut replacement = moved_copy(&alloc, new_id(state, &moves, &mut rng), to, resources, now);
+        let mut replacement = moved_copy(&alloc, ids.next(state, &mut rng), to, resources, now);
         replacement.eval_id = eval_id.to_string();
         let stop = AllocStop { alloc_id: alloc.id.clone(), description: format!("rebalanced to node {}", to.name), client_status: None };
         moves.push(RebalanceMove {
@@ -150,39 +151,4 @@ fn load_with(node: &Node, usage: &TrackedUsage, cpu: f64, memory: f64) -> f64 {
     let cpu_fraction = (usage.cpu as f64 + cpu) / node.resources.cpu as f64;
     let memory_fraction = (usage.memory as f64 + memory) / node.resources.memory as f64;
     (cpu_fraction + memory_fraction) / 2.0
-}
-
-fn new_id(state: &ClusterState, moves: &[RebalanceMove], rng: &mut SmallRng) -> String {
-    loop {
-        let id = random_uuid(rng);
-        if state.alloc(&id).is_none() && moves.iter().all(|other| other.replacement.id != id) {
-            return id;
-        }
-    }
-}
-
-/// A copy of `source` for another node, not yet started: a new id, the node, the resources assigned there,
-/// `previous_allocation` naming the source, and fresh status, health and times. Keeps name, index, job
-/// version, eval id and reschedule tracker.
-pub(crate) fn moved_copy(source: &Allocation, id: String, node: &Node, resources: AllocatedResources, now: UnixMillis) -> Allocation {
-    Allocation {
-        id,
-        node_id: node.id.clone(),
-        node_name: node.name.clone(),
-        desired_status: DesiredStatus::Run,
-        desired_description: String::new(),
-        client_status: ClientStatus::Pending,
-        client_description: String::new(),
-        task_states: BTreeMap::new(),
-        healthy: None,
-        health_description: String::new(),
-        resources,
-        previous_allocation: Some(source.id.clone()),
-        migration: None,
-        create_time: now,
-        modify_time: now,
-        create_index: 0,
-        modify_index: 0,
-        ..source.clone()
-    }
 }

@@ -34,14 +34,15 @@ use std::sync::Arc;
 
 use davit_api::objects::{
     AllocatedResources, Allocation, ClientStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node, NodeStatus, PlacementFailure,
-    RescheduleEvent, UnixMillis,
+    UnixMillis,
 };
 use davit_api::spec::GroupSpec;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
+use crate::alloc::{AllocIds, NewAllocation};
 use crate::feasible::FeasibilityChecker;
-use crate::generic::{Counts, describe, random_uuid};
+use crate::generic::{Counts, describe};
 use crate::plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
 use crate::preempt::Preemptor;
 use crate::rank::{self, Ask, UsageTracker};
@@ -65,7 +66,7 @@ pub(crate) fn schedule_system(
         rng: SmallRng::seed_from_u64(seed),
         usage: UsageTracker::new(state),
         counts: Counts::default(),
-        issued_ids: BTreeSet::new(),
+        ids: AllocIds::default(),
         follow_ups: BTreeMap::new(),
         plan,
     };
@@ -95,7 +96,7 @@ struct SystemRun<'a> {
     rng: SmallRng,
     usage: UsageTracker<'a>,
     counts: Counts,
-    issued_ids: BTreeSet<String>,
+    ids: AllocIds,
     follow_ups: BTreeMap<String, UnixMillis>,
     plan: Plan,
 }
@@ -258,45 +259,18 @@ impl<'a> SystemRun<'a> {
         let ports = rank::assign_ports(node, self.usage.usage(&node.id), ask, &mut self.rng);
         let resources = AllocatedResources { cpu: ask.cpu, memory: ask.memory, ports };
         self.usage.add(&node.id, &resources);
-        let reschedule_tracker = match (placement.previous, placement.reschedule_delay_ms) {
-            (Some(previous), Some(delay_ms)) => {
-                let mut tracker = previous.reschedule_tracker.clone();
-                tracker.push(RescheduleEvent {
-                    time: self.now,
-                    prev_alloc_id: previous.id.clone(),
-                    prev_node_id: previous.node_id.clone(),
-                    delay_ms,
-                });
-                tracker
-            }
-            _ => Vec::new(),
-        };
-        let alloc = Allocation {
-            id: self.new_alloc_id(),
-            name: format!("{}.{}[0]", job.spec.name, group.name),
-            job_name: job.spec.name.clone(),
-            job_version: job.version,
-            group: group.name.clone(),
+        let alloc = NewAllocation {
+            job,
+            group: &group.name,
             index: 0,
-            node_id: node.id.clone(),
-            node_name: node.name.clone(),
-            eval_id: self.eval.id.clone(),
-            desired_status: DesiredStatus::Run,
-            desired_description: String::new(),
-            client_status: ClientStatus::Pending,
-            client_description: String::new(),
-            task_states: BTreeMap::new(),
-            healthy: None,
-            health_description: String::new(),
+            node,
+            eval_id: &self.eval.id,
             resources,
-            previous_allocation: placement.previous.map(|previous| previous.id.clone()),
-            reschedule_tracker,
-            migration: None,
-            create_time: self.now,
-            modify_time: self.now,
-            create_index: 0,
-            modify_index: 0,
-        };
+            previous: placement.previous.map(|previous| &**previous),
+            reschedule_delay_ms: placement.reschedule_delay_ms,
+            now: self.now,
+        }
+        .build(self.ids.next(self.state, &mut self.rng));
         if let Some(preemptor) = preemptor.as_ref() {
             for victim in &victims {
                 self.plan.push_preemption(&victim.node_id, preemptor.stop(victim, &alloc.id));
@@ -336,15 +310,5 @@ impl<'a> SystemRun<'a> {
             self.counts.stopped += 1;
         }
         self.plan.push_stop(&alloc.node_id, AllocStop { alloc_id: alloc.id.clone(), description, client_status });
-    }
-
-    /// A fresh id never used by the state or this plan (see `generic`).
-    fn new_alloc_id(&mut self) -> String {
-        loop {
-            let id = random_uuid(&mut self.rng);
-            if self.state.alloc(&id).is_none() && self.issued_ids.insert(id.clone()) {
-                return id;
-            }
-        }
     }
 }

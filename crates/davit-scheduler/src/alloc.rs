@@ -1,0 +1,150 @@
+//! New allocations: their ids, and the allocation objects the scheduler's pieces (generic and system
+//! placement, rebalancing, live migration) create.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use davit_api::objects::{AllocatedResources, Allocation, ClientStatus, DesiredStatus, Job, Node, RescheduleEvent, UnixMillis};
+use rand::Rng;
+use rand::rngs::SmallRng;
+
+use crate::state::ClusterState;
+
+/// The ids one scheduler run hands out.
+#[derive(Default)]
+pub(crate) struct AllocIds {
+    issued: BTreeSet<String>,
+}
+
+impl AllocIds {
+    /// A fresh id: random, but never one the state or this run already uses (a caller that reuses a seed for
+    /// a retried evaluation would otherwise get the ids of the allocations it committed).
+    pub(crate) fn next(&mut self, state: &ClusterState, rng: &mut SmallRng) -> String {
+        loop {
+            let id = random_uuid(rng);
+            if state.alloc(&id).is_none() && self.issued.insert(id.clone()) {
+                return id;
+            }
+        }
+    }
+}
+
+/// A new allocation of a job's group on a node, not yet started.
+pub(crate) struct NewAllocation<'a> {
+    pub(crate) job: &'a Job,
+    pub(crate) group: &'a str,
+    pub(crate) index: u32,
+    pub(crate) node: &'a Node,
+    pub(crate) eval_id: &'a str,
+    pub(crate) resources: AllocatedResources,
+    /// The allocation it replaces, if any.
+    pub(crate) previous: Option<&'a Allocation>,
+    /// Set when `previous` failed and this allocation reschedules it after this delay (ms): the previous
+    /// allocation's reschedule tracker, plus this event, carries over.
+    pub(crate) reschedule_delay_ms: Option<u64>,
+    pub(crate) now: UnixMillis,
+}
+
+impl NewAllocation<'_> {
+    pub(crate) fn build(self, id: String) -> Allocation {
+        let reschedule_tracker = match self.previous.zip(self.reschedule_delay_ms) {
+            Some((previous, delay_ms)) => {
+                let mut tracker = previous.reschedule_tracker.clone();
+                tracker.push(RescheduleEvent {
+                    time: self.now,
+                    prev_alloc_id: previous.id.clone(),
+                    prev_node_id: previous.node_id.clone(),
+                    delay_ms,
+                });
+                tracker
+            }
+            None => Vec::new(),
+        };
+        Allocation {
+            id,
+            name: format!("{}.{}[{}]", self.job.spec.name, self.group, self.index),
+            job_name: self.job.spec.name.clone(),
+            job_version: self.job.version,
+            group: self.group.to_string(),
+            index: self.index,
+            node_id: self.node.id.clone(),
+            node_name: self.node.name.clone(),
+            eval_id: self.eval_id.to_string(),
+            desired_status: DesiredStatus::Run,
+            desired_description: String::new(),
+            client_status: ClientStatus::Pending,
+            client_description: String::new(),
+            task_states: BTreeMap::new(),
+            healthy: None,
+            health_description: String::new(),
+            resources: self.resources,
+            previous_allocation: self.previous.map(|previous| previous.id.clone()),
+            reschedule_tracker,
+            migration: None,
+            create_time: self.now,
+            modify_time: self.now,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+}
+
+/// A copy of `source` for another node, not yet started: a new id, the node, the resources assigned there,
+/// `previous_allocation` naming the source, and fresh status, health and times. Keeps name, index, job
+/// version, eval id and reschedule tracker.
+pub(crate) fn moved_copy(source: &Allocation, id: String, node: &Node, resources: AllocatedResources, now: UnixMillis) -> Allocation {
+    Allocation {
+        id,
+        node_id: node.id.clone(),
+        node_name: node.name.clone(),
+        desired_status: DesiredStatus::Run,
+        desired_description: String::new(),
+        client_status: ClientStatus::Pending,
+        client_description: String::new(),
+        task_states: BTreeMap::new(),
+        healthy: None,
+        health_description: String::new(),
+        resources,
+        previous_allocation: Some(source.id.clone()),
+        migration: None,
+        create_time: now,
+        modify_time: now,
+        create_index: 0,
+        modify_index: 0,
+        ..source.clone()
+    }
+}
+
+/// A UUID-v4-formatted id from the seeded generator, so that runs are reproducible.
+pub(crate) fn random_uuid(rng: &mut SmallRng) -> String {
+    let mut bytes = [0u8; 16];
+    rng.fill(&mut bytes);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut text = String::with_capacity(36);
+    for (position, byte) in bytes.iter().enumerate() {
+        if matches!(position, 4 | 6 | 8 | 10) {
+            text.push('-');
+        }
+        write!(text, "{byte:02x}").expect("writing to a String cannot fail");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn uuid_format() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let id = random_uuid(&mut rng);
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.as_bytes()[14], b'4', "{id}");
+        assert!(matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{id}");
+        assert_eq!(id.matches('-').count(), 4);
+        assert_ne!(id, random_uuid(&mut rng));
+    }
+}
