@@ -16,115 +16,140 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use davit_api::objects::{EvalTrigger, Evaluation, Job};
-use davit_api::spec::JobSpec;
-use davit_api::spec::SchedulerAlgorithm;
+
+use davit_api::spec::{JobSpec, JobType, SchedulerAlgorithm};
 use davit_scheduler::{ClusterState, SchedulerConfig, schedule};
 use tokio::io::AsyncBufReadExt;
 
 use crate::Failure;
-use crate::cli::{Algorithm, AlgorithmArgs, BenchCommand, SimNodeArgs};
+use crate::cli::{Algorithm, BenchCommand, SimNodeArgs, WorkloadArgs};
 
 /// `davit bench …`.
 pub async fn command(command: BenchCommand) -> Result<(), Failure> {
     match command {
-        BenchCommand::Scheduler { nodes, allocs, job_size, algorithm, shape, alloc_cpu, alloc_memory, seed } => {
-            let config = scheduler_config(&algorithm)?;
-            let job_type = job_type(&algorithm);
-            let bench = SchedulerBench { nodes, allocs, job_size, config, job_type, shape, alloc_cpu, alloc_memory, seed };
+        BenchCommand::Scheduler { nodes, allocs, workload, seed } => {
+            let bench = SchedulerBench { nodes, allocs, workload: Workload::new(workload)?, seed };
             // CPU-bound and synchronous: off the async runtime.
             tokio::task::spawn_blocking(move || bench.run())
                 .await
                 .map_err(|error| Failure::internal(format!("the benchmark failed: {error}")))?
         }
-        BenchCommand::E2e { nodes, allocs, job_size, algorithm, shape, alloc_cpu, alloc_memory, workers, timeout } => {
+        BenchCommand::E2e { nodes, allocs, workload, workers, timeout } => {
             let timeout = davit_api::Duration::parse(&timeout).map_err(|e| Failure::user(format!("--timeout: {e}")))?.as_std();
-            let config = scheduler_config(&algorithm)?;
-            let job_type = job_type(&algorithm);
-            let bench = E2eBench { nodes, allocs, job_size, config, job_type, shape, alloc_cpu, alloc_memory, workers, timeout };
+            let bench = E2eBench { nodes, allocs, workload: Workload::new(workload)?, workers, timeout };
             bench.run().await
         }
     }
 }
 
-fn scheduler_config(args: &AlgorithmArgs) -> Result<SchedulerConfig, Failure> {
-    let mut config = SchedulerConfig {
-        algorithm: match args.algorithm {
-            Algorithm::Binpack => SchedulerAlgorithm::Binpack,
-            Algorithm::Spread => SchedulerAlgorithm::Spread,
-            Algorithm::Balanced => SchedulerAlgorithm::Balanced,
-        },
-        ..SchedulerConfig::default()
-    };
-    match args.candidates.as_deref() {
-        None => {}
-        Some("all") => config.score_all_nodes = true,
-        Some(text) => {
-            let limit = text.parse().ok().and_then(NonZeroUsize::new);
-            let limit = limit.ok_or_else(|| Failure::user(format!("--candidates {text}: give a number of nodes (at least 1) or `all`")))?;
-            config.candidate_limit = Some(limit);
+/// The benchmark jobs, the nodes' shape and the scheduler configuration, from the command line.
+struct Workload {
+    job_size: usize,
+    job: BenchJob,
+    shape: SimNodeArgs,
+    config: SchedulerConfig,
+}
+
+impl Workload {
+    fn new(args: WorkloadArgs) -> Result<Workload, Failure> {
+        if args.job_size == 0 {
+            return Err(Failure::user("--job-size must be at least 1"));
+        }
+        let mut config = SchedulerConfig {
+            algorithm: match args.algorithm {
+                Algorithm::Binpack => SchedulerAlgorithm::Binpack,
+                Algorithm::Spread => SchedulerAlgorithm::Spread,
+                Algorithm::Balanced => SchedulerAlgorithm::Balanced,
+            },
+            ..SchedulerConfig::default()
+        };
+        match args.candidates.as_deref() {
+            None => {}
+            Some("all") => config.score_all_nodes = true,
+            Some(text) => {
+                let limit = text.parse().ok().and_then(NonZeroUsize::new);
+                let limit =
+                    limit.ok_or_else(|| Failure::user(format!("--candidates {text}: give a number of nodes (at least 1) or `all`")))?;
+                config.candidate_limit = Some(limit);
+            }
+        }
+        let job_type = if args.batch { JobType::Batch } else { JobType::Service };
+        let job = BenchJob { job_type, cpu: args.alloc_cpu, memory: args.alloc_memory };
+        Ok(Workload { job_size: args.job_size, job, shape: args.shape, config })
+    }
+
+    /// "binpack, sampled (…)", for the benchmark's header line.
+    fn algorithm_name(&self) -> String {
+        let algorithm = format!("{:?}", self.config.algorithm).to_lowercase();
+        match (self.config.candidate_limit, self.config.score_all_nodes) {
+            (Some(limit), _) => format!("{algorithm}, best of {limit} fitting nodes"),
+            (None, true) => format!("{algorithm}, every feasible node scored"),
+            (None, false) => format!("{algorithm}, sampled (services: log2 of the nodes, batch: 2)"),
         }
     }
-    Ok(config)
 }
 
-fn algorithm_name(config: &SchedulerConfig) -> String {
-    let algorithm = format!("{:?}", config.algorithm).to_lowercase();
-    match (config.candidate_limit, config.score_all_nodes) {
-        (Some(limit), _) => format!("{algorithm}, best of {limit} fitting nodes"),
-        (None, true) => format!("{algorithm}, every feasible node scored"),
-        (None, false) => format!("{algorithm}, sampled (services: log2 of the nodes, batch: 2)"),
+/// What every benchmark job is: one group of allocations of one exec task with small resources.
+#[derive(Clone, Copy)]
+struct BenchJob {
+    job_type: JobType,
+    cpu: u32,
+    memory: u32,
+}
+
+impl BenchJob {
+    /// The job's spec text with `count` allocations.
+    fn text(self, name: &str, count: usize) -> String {
+        let job_type = match self.job_type {
+            JobType::Batch => "batch",
+            JobType::Service | JobType::System => "service",
+        };
+        let (cpu, memory) = (self.cpu, self.memory);
+        format!(
+            "name: {name}\ntype: {job_type}\ndatacenters: [dc1]\ngroups:\n  - name: work\n    count: {count}\n    tasks:\n      - name: main\n        driver: exec\n        config: {{command: /bin/true}}\n        resources: {{cpu: {cpu}, memory: {memory}}}\n"
+        )
     }
-}
 
-/// The benchmark job's spec text: one group of `count` allocations, one exec task, small resources.
-fn job_type(args: &AlgorithmArgs) -> &'static str {
-    if args.batch { "batch" } else { "service" }
-}
+    fn spec(self, name: &str, count: usize) -> Result<JobSpec, Failure> {
+        davit_api::spec::parse_job_spec(&self.text(name, count), "bench.yaml")
+            .map_err(|errors| Failure::internal(format!("the benchmark job is invalid: {errors}")))
+    }
 
-pub fn job_text(name: &str, job_type: &str, count: usize, cpu: u32, memory: u32) -> String {
-    format!(
-        "name: {name}\ntype: {job_type}\ndatacenters: [dc1]\ngroups:\n  - name: work\n    count: {count}\n    tasks:\n      - name: main\n        driver: exec\n        config: {{command: /bin/true}}\n        resources: {{cpu: {cpu}, memory: {memory}}}\n"
-    )
-}
-
-fn job_spec(name: &str, job_type: &str, count: usize, cpu: u32, memory: u32) -> Result<JobSpec, Failure> {
-    davit_api::spec::parse_job_spec(&job_text(name, job_type, count, cpu, memory), "bench.yaml")
-        .map_err(|errors| Failure::internal(format!("the benchmark job is invalid: {errors}")))
+    /// The job's `job-register` evaluation, as stored at `revision`.
+    fn evaluation(self, name: &str, revision: u64) -> Evaluation {
+        let mut eval = Evaluation::pending(format!("eval-{name}"), name, self.job_type, 50, EvalTrigger::JobRegister, now_millis());
+        (eval.create_index, eval.modify_index) = (revision, revision);
+        eval
+    }
 }
 
 struct SchedulerBench {
     nodes: usize,
     allocs: usize,
-    job_size: usize,
-    config: SchedulerConfig,
-    /// `service` or `batch`.
-    job_type: &'static str,
-    shape: SimNodeArgs,
-    alloc_cpu: u32,
-    alloc_memory: u32,
+    workload: Workload,
     seed: u64,
 }
 
 impl SchedulerBench {
     fn run(self) -> Result<(), Failure> {
-        if self.nodes == 0 || self.job_size == 0 {
-            return Err(Failure::user("--nodes and --job-size must be at least 1"));
+        if self.nodes == 0 {
+            return Err(Failure::user("--nodes must be at least 1"));
         }
         print_machine();
         println!(
             "bench scheduler: {} nodes, {} allocations in jobs of {}, {}, {} millicores / {} MiB per allocation",
             self.nodes,
             self.allocs,
-            self.job_size,
-            algorithm_name(&self.config),
-            self.alloc_cpu,
-            self.alloc_memory
+            self.workload.job_size,
+            self.workload.algorithm_name(),
+            self.workload.job.cpu,
+            self.workload.job.memory
         );
         let mut state = ClusterState::new();
         let build = Instant::now();
         for position in 0..self.nodes {
             let name = format!("node-{:05}", position + 1);
-            let mut node = crate::sim::sim_node(&self.shape, format!("{name}-bench"), name, position);
+            let mut node = crate::sim::sim_node(&self.workload.shape, format!("{name}-bench"), name, position);
             node.datacenter = "dc1".to_string();
             state.upsert_node(Arc::new(node));
         }
@@ -138,18 +163,18 @@ impl SchedulerBench {
         let started = Instant::now();
         let mut job_number = 0;
         while placed < self.allocs {
-            let count = self.job_size.min(self.allocs - placed);
+            let count = self.workload.job_size.min(self.allocs - placed);
             let name = format!("bench-{job_number:05}");
             job_number += 1;
-            let spec = job_spec(&name, self.job_type, count, self.alloc_cpu, self.alloc_memory)?;
+            let spec = self.workload.job.spec(&name, count)?;
             revision += 1;
             let job = Arc::new(Job { spec, version: 0, stopped: false, submit_time: 0, create_index: revision, modify_index: revision });
             state.upsert_job(Arc::clone(&job));
             state.upsert_job_version(job);
-            let eval = evaluation(&name, self.job_type, revision);
+            let eval = self.workload.job.evaluation(&name, revision);
             let now = now_millis();
             let timer = Instant::now();
-            let result = schedule(&state, &eval, &self.config, self.seed.wrapping_add(job_number as u64), now);
+            let result = schedule(&state, &eval, &self.workload.config, self.seed.wrapping_add(job_number as u64), now);
             let took = timer.elapsed();
             scheduling += took;
             let timer = Instant::now();
@@ -205,23 +230,10 @@ impl SchedulerBench {
     }
 }
 
-fn evaluation(job: &str, job_type: &str, revision: u64) -> Evaluation {
-    let job_type = if job_type == "batch" { davit_api::spec::JobType::Batch } else { davit_api::spec::JobType::Service };
-    let mut eval = Evaluation::pending(format!("eval-{job}"), job, job_type, 50, EvalTrigger::JobRegister, now_millis());
-    (eval.create_index, eval.modify_index) = (revision, revision);
-    eval
-}
-
 struct E2eBench {
     nodes: usize,
     allocs: usize,
-    job_size: usize,
-    config: SchedulerConfig,
-    /// `service` or `batch`.
-    job_type: &'static str,
-    shape: SimNodeArgs,
-    alloc_cpu: u32,
-    alloc_memory: u32,
+    workload: Workload,
     workers: Option<usize>,
     timeout: Duration,
 }
@@ -233,16 +245,16 @@ const PROBE_PAUSE: Duration = Duration::from_millis(50);
 
 impl E2eBench {
     async fn run(self) -> Result<(), Failure> {
-        if self.nodes == 0 || self.job_size == 0 {
-            return Err(Failure::user("--nodes and --job-size must be at least 1"));
+        if self.nodes == 0 {
+            return Err(Failure::user("--nodes must be at least 1"));
         }
         print_machine();
         println!(
             "bench e2e: {} simulated nodes, {} allocations in jobs of {}, {}",
             self.nodes,
             self.allocs,
-            self.job_size,
-            algorithm_name(&self.config)
+            self.workload.job_size,
+            self.workload.algorithm_name()
         );
         let deadline = Instant::now() + self.timeout;
         let dir = tempfile_dir()?;
@@ -260,7 +272,7 @@ impl E2eBench {
             store: Arc::new(store),
             workers: self.workers.unwrap_or(cores),
             liveness: davit_server::LivenessConfig::default(),
-            scheduler: self.config.clone(),
+            scheduler: self.workload.config.clone(),
         };
         let server = davit_server::start(config).await.map_err(|e| Failure::internal(format!("cannot start the server: {e}")))?;
         let addr = format!("http://{}", server.addr());
@@ -277,20 +289,20 @@ impl E2eBench {
             .args(["sim", "--server", addr, "--nodes", &self.nodes.to_string(), "--progress", "100ms"])
             .args([
                 "--zones",
-                &self.shape.zones.join(","),
+                &self.workload.shape.zones.join(","),
                 "--cpu",
-                &self.shape.cpu.to_string(),
+                &self.workload.shape.cpu.to_string(),
                 "--memory",
-                &self.shape.memory.to_string(),
+                &self.workload.shape.memory.to_string(),
             ])
-            .args(["--datacenter", &self.shape.datacenter])
+            .args(["--datacenter", &self.workload.shape.datacenter])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .env("DAVIT_LOG", std::env::var("DAVIT_LOG").unwrap_or_else(|_| "warn".to_string()))
             .kill_on_drop(true);
-        if !self.shape.classes.is_empty() {
-            command.args(["--classes", &self.shape.classes.join(",")]);
+        if !self.workload.shape.classes.is_empty() {
+            command.args(["--classes", &self.workload.shape.classes.join(",")]);
         }
         let mut sim = command.spawn().map_err(|e| Failure::internal(format!("cannot start davit sim: {e}")))?;
         let sim_pid = sim.id().unwrap_or(0);
@@ -330,14 +342,14 @@ impl E2eBench {
         }
         println!("  {} nodes registered in {:.2} s", self.nodes, registering.elapsed().as_secs_f64());
 
-        let jobs = self.allocs.div_ceil(self.job_size);
+        let jobs = self.allocs.div_ceil(self.workload.job_size);
         let first_job = "bench-00000".to_string();
         let done = Arc::new(AtomicBool::new(false));
         let probe = tokio::spawn(probe(client.clone(), first_job.clone(), Arc::clone(&done)));
         let started = Instant::now();
         let submit = {
             let client = client.clone();
-            let (job_size, allocs, cpu, memory, job_type) = (self.job_size, self.allocs, self.alloc_cpu, self.alloc_memory, self.job_type);
+            let (job_size, allocs, job) = (self.workload.job_size, self.allocs, self.workload.job);
             tokio::spawn(async move {
                 use futures_util::StreamExt;
                 let specs = (0..jobs).map(move |number| {
@@ -345,7 +357,7 @@ impl E2eBench {
                     let name = format!("bench-{number:05}");
                     let client = client.clone();
                     async move {
-                        client.register_job(&job_text(&name, job_type, count, cpu, memory), "bench.yaml").await.map_err(Failure::from)?;
+                        client.register_job(&job.text(&name, count), "bench.yaml").await.map_err(Failure::from)?;
                         Ok::<(), Failure>(())
                     }
                 });

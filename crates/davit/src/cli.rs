@@ -442,8 +442,19 @@ pub enum Algorithm {
     Balanced,
 }
 
+/// What the benchmark jobs look like and how the cluster schedules them (`davit bench scheduler|e2e`).
 #[derive(Debug, Args)]
-pub struct AlgorithmArgs {
+pub struct WorkloadArgs {
+    /// Allocations per job (one evaluation each).
+    #[arg(long, default_value_t = 1000)]
+    pub job_size: usize,
+    /// CPU (millicores) and memory (MiB) of each allocation.
+    #[arg(long, default_value_t = 20)]
+    pub alloc_cpu: u32,
+    #[arg(long, default_value_t = 32)]
+    pub alloc_memory: u32,
+    #[command(flatten)]
+    pub shape: SimNodeArgs,
     /// The cluster's placement algorithm (the benchmark jobs do not set their own).
     #[arg(long, value_enum, default_value_t = Algorithm::Binpack)]
     pub algorithm: Algorithm,
@@ -466,18 +477,8 @@ pub enum BenchCommand {
         /// Stop once this many allocations are placed.
         #[arg(long, default_value_t = 100_000)]
         allocs: usize,
-        /// Allocations per job (one evaluation each).
-        #[arg(long, default_value_t = 1000)]
-        job_size: usize,
         #[command(flatten)]
-        algorithm: AlgorithmArgs,
-        #[command(flatten)]
-        shape: SimNodeArgs,
-        /// CPU (millicores) and memory (MiB) of each allocation.
-        #[arg(long, default_value_t = 20)]
-        alloc_cpu: u32,
-        #[arg(long, default_value_t = 32)]
-        alloc_memory: u32,
+        workload: WorkloadArgs,
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -489,17 +490,8 @@ pub enum BenchCommand {
         /// Stop once this many allocations run (as the simulated agents see them).
         #[arg(long, default_value_t = 100_000)]
         allocs: usize,
-        /// Allocations per job.
-        #[arg(long, default_value_t = 1000)]
-        job_size: usize,
         #[command(flatten)]
-        algorithm: AlgorithmArgs,
-        #[command(flatten)]
-        shape: SimNodeArgs,
-        #[arg(long, default_value_t = 20)]
-        alloc_cpu: u32,
-        #[arg(long, default_value_t = 32)]
-        alloc_memory: u32,
+        workload: WorkloadArgs,
         /// Scheduler workers (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
