@@ -82,6 +82,7 @@ fn describe(state: &ClusterState, job_name: &str, result: &ScheduleResult, group
     let plan = &result.plan;
     let mut touched: BTreeSet<&str> = BTreeSet::new();
     let replaced: BTreeSet<&str> = plan.allocations().filter_map(|alloc| alloc.previous_allocation.as_deref()).collect();
+    let stopped: BTreeSet<&str> = plan.stops().map(|stop| stop.alloc_id.as_str()).collect();
     let mut allocations: Vec<&Allocation> = plan.allocations().collect();
     allocations.sort_by_key(|alloc| (&alloc.group, alloc.index));
     for alloc in allocations {
@@ -92,7 +93,7 @@ fn describe(state: &ClusterState, job_name: &str, result: &ScheduleResult, group
             continue;
         }
         match &alloc.previous_allocation {
-            Some(previous) if plan.stops().any(|stop| &stop.alloc_id == previous) => group.replace += 1,
+            Some(previous) if stopped.contains(previous.as_str()) => group.replace += 1,
             _ => group.place += 1,
         }
         group.placements.push(PlannedPlacement {
