@@ -50,11 +50,8 @@ pub(crate) async fn rebalance_cluster(State(shared): State<Arc<Shared>>, body: B
     let mut evals = Txn::default();
     for (job_name, changes) in by_job {
         let Some(job) = snapshot.cluster.job(job_name) else { continue };
+        // Each job's replacements name the job's own `rebalance` evaluation.
         let mut eval = new_eval(job_name, job.spec.job_type, job.spec.priority, EvalTrigger::Rebalance, None);
-        // The replacements name the eval this request started with; the first job's record keeps that id.
-        if made.is_empty() && refused == 0 {
-            eval.id.clone_from(&eval_id);
-        }
         let mut plan = Plan::new(&eval.id, job_name, job.version, job.spec.priority);
         for change in &changes {
             let mut replacement = change.replacement.clone();
