@@ -447,7 +447,7 @@ impl ContainerDriver {
         spec.save(&spec_path).map_err(|error| io_error(format!("writing {}", spec_path.display()), io::Error::other(error)))
     }
 
-    /// Waits until the container's program runs (the `poststart` hook marked it), or the runtime process exited
+    /// Waits until the container's program runs (a hook marked it), or the runtime process exited
     /// (the start failed; `wait` reports it), or [`CONTAINER_START_TIMEOUT`] passed.
     async fn wait_until_running(&self, container_id: &str, bundle: &Path, inner: &TaskHandle) {
         let deadline = tokio::time::Instant::now() + CONTAINER_START_TIMEOUT;
@@ -717,11 +717,13 @@ fn remove_foreign_cgroups(root: &Path, name: &str) {
 /// that the task's CPU limit does not slow the runtime's own start and stop down.
 const RUNTIME_SKIPS_CONTROLLERS: [&str; 2] = ["cpu", "cpuacct"];
 
-/// The bundle file the `poststart` hook creates once the container's program runs.
+/// The bundle file a hook creates when the container's program starts (see [`hooks`]).
 const STARTED_MARKER: &str = "started";
 
-/// The container's hooks, all run by the executor binary: `createRuntime` joins the init process to the cgroups
-/// of `procs_files` (if any), `poststart` creates `started`.
+/// The container's hooks, all run by the executor binary. With `procs_files` (crun), `createRuntime` joins the
+/// init process to those cgroups and then creates `started`: the program runs right after, and a `poststart`
+/// hook would race a program that exits at once (crun then reports its hook timed out and loses the exit
+/// code). Without (runc), `poststart` creates `started`.
 fn hooks(executor_command: &[String], procs_files: &[PathBuf], started: &Path) -> Result<oci_spec::runtime::Hooks, DriverError> {
     let Some(program) = executor_command.first() else {
         return Err(DriverError::Other("no executor command configured".to_owned()));
@@ -736,11 +738,13 @@ fn hooks(executor_command: &[String], procs_files: &[PathBuf], started: &Path) -
         hook.set_timeout(Some(10));
         hook
     };
+    let mark_started = hook(crate::executor::MARK_STARTED_HOOK, &[started.to_path_buf()]);
     let mut hooks = oci_spec::runtime::Hooks::default();
-    if !procs_files.is_empty() {
-        hooks.set_create_runtime(Some(vec![hook(crate::executor::JOIN_CGROUP_HOOK, procs_files)]));
+    if procs_files.is_empty() {
+        hooks.set_poststart(Some(vec![mark_started]));
+    } else {
+        hooks.set_create_runtime(Some(vec![hook(crate::executor::JOIN_CGROUP_HOOK, procs_files), mark_started]));
     }
-    hooks.set_poststart(Some(vec![hook(crate::executor::MARK_STARTED_HOOK, &[started.to_path_buf()])]));
     Ok(hooks)
 }
 

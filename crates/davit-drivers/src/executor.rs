@@ -82,8 +82,8 @@ pub struct ExecutorSpec {
 /// reads the container's state from stdin and writes its init pid into each file.
 pub const JOIN_CGROUP_HOOK: &str = "join-cgroup";
 
-/// The argument that makes the executor an OCI `poststart` hook: `davit executor mark-started <file>` creates
-/// the file once the container's program runs.
+/// The argument that makes the executor an OCI hook (`poststart`, or `createRuntime` after [`JOIN_CGROUP_HOOK`]):
+/// `davit executor mark-started <file>` creates the file when the container's program starts.
 pub const MARK_STARTED_HOOK: &str = "mark-started";
 
 impl ExecutorSpec {
