@@ -1,19 +1,21 @@
 //! New allocations: their ids, and the allocation objects the scheduler's pieces (generic and system
 //! placement, rebalancing, live migration) create.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::BuildHasherDefault;
 
 use davit_api::objects::{AllocatedResources, Allocation, ClientStatus, DesiredStatus, Job, Node, RescheduleEvent, UnixMillis};
 use rand::Rng;
 use rand::rngs::SmallRng;
 
+use crate::rank::FxHasher;
 use crate::state::ClusterState;
 
 /// The ids one scheduler run hands out.
 #[derive(Default)]
 pub(crate) struct AllocIds {
-    issued: BTreeSet<String>,
+    /// The random bits of each issued id (the id is their text form). Only looked up, never iterated.
+    issued: HashSet<[u8; 16], BuildHasherDefault<FxHasher>>,
 }
 
 impl AllocIds {
@@ -21,8 +23,9 @@ impl AllocIds {
     /// a retried evaluation would otherwise get the ids of the allocations it committed).
     pub(crate) fn next(&mut self, state: &ClusterState, rng: &mut SmallRng) -> String {
         loop {
-            let id = random_uuid(rng);
-            if state.alloc(&id).is_none() && self.issued.insert(id.clone()) {
+            let bytes = random_uuid_bytes(rng);
+            let id = format_uuid(&bytes);
+            if state.alloc(&id).is_none() && self.issued.insert(bytes) {
                 return id;
             }
         }
@@ -115,18 +118,25 @@ pub(crate) fn moved_copy(source: &Allocation, id: String, node: &Node, resources
     }
 }
 
-/// A UUID-v4-formatted id from the seeded generator, so that runs are reproducible.
-pub(crate) fn random_uuid(rng: &mut SmallRng) -> String {
+/// The bits of a random UUID v4, from the seeded generator so that runs are reproducible.
+fn random_uuid_bytes(rng: &mut SmallRng) -> [u8; 16] {
     let mut bytes = [0u8; 16];
     rng.fill(&mut bytes);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    bytes
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lower-case hex.
+fn format_uuid(bytes: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut text = String::with_capacity(36);
     for (position, byte) in bytes.iter().enumerate() {
         if matches!(position, 4 | 6 | 8 | 10) {
             text.push('-');
         }
-        write!(text, "{byte:02x}").expect("writing to a String cannot fail");
+        text.push(char::from(HEX[usize::from(byte >> 4)]));
+        text.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     text
 }
@@ -140,11 +150,11 @@ mod tests {
     #[test]
     fn uuid_format() {
         let mut rng = SmallRng::seed_from_u64(7);
-        let id = random_uuid(&mut rng);
+        let id = format_uuid(&random_uuid_bytes(&mut rng));
         assert_eq!(id.len(), 36);
         assert_eq!(id.as_bytes()[14], b'4', "{id}");
         assert!(matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{id}");
         assert_eq!(id.matches('-').count(), 4);
-        assert_ne!(id, random_uuid(&mut rng));
+        assert_ne!(id, format_uuid(&random_uuid_bytes(&mut rng)));
     }
 }

@@ -151,7 +151,6 @@ impl<'a> Run<'a> {
         work.sort_by_key(|work| (work.group_position, work.index));
 
         let order = NodeOrder::new(self.state.placement_nodes(), &mut self.rng);
-        self.usage.set_positions(order.len());
         let asks: Vec<Ask> = job.spec.groups.iter().map(Ask::new).collect();
         let algorithm = job.spec.algorithm.unwrap_or(self.config.algorithm);
         let mut groups_with_work: Vec<usize> = work.iter().map(|work| work.group_position).collect();
@@ -172,12 +171,12 @@ impl<'a> Run<'a> {
                 continue;
             }
             let previous_running = work.previous.as_ref().filter(|_| work.destructive);
-            let previous_node = previous_running.and_then(|previous| self.state.node(&previous.node_id));
+            let previous_node = previous_running.and_then(|previous| self.state.node_with_usage_slot(&previous.node_id));
             if let Some(previous) = previous_running {
                 self.usage.remove(&previous.node_id, &previous.resources);
             }
-            if let Some(node) = previous_node {
-                rules.removed(work.group_position, node);
+            if let Some((node, usage_slot)) = previous_node {
+                rules.removed(work.group_position, node, usage_slot);
             }
             let ask = &asks[work.group_position];
             let rescheduled = work.previous.as_ref().zip(work.reschedule_delay_ms);
@@ -185,31 +184,35 @@ impl<'a> Run<'a> {
             let limit = self.config.limit_for(job.spec.job_type, rules.is_wide(work.group_position), order.len());
             let chooser = Chooser { algorithm, limit, avoid };
             let selected = match self.select(&order, &mut cursor, &mut feasibility, &mut rules, work.group_position, ask, &chooser) {
-                Ok(node) => Ok((node, Vec::new())),
+                Ok(slot) => Ok((&slot.node, slot.usage_slot, Vec::new())),
                 // Nothing fits: evict lower-priority work from the node where that is cheapest (among the
                 // nodes the required placement rules allow).
                 Err(failure) => match preemptor.as_ref().and_then(|preemptor| {
                     let allowed: Vec<&'a Arc<Node>> = order
                         .iter()
+                        .filter(|slot| rules.check_required(&slot.node, slot.usage_slot, work.group_position).is_ok())
                         .map(|slot| &slot.node)
-                        .filter(|node| rules.check_required(node, work.group_position).is_ok())
                         .collect();
                     preemptor.find(&allowed, &mut feasibility, work.group_position, group, ask, &mut self.usage)
                 }) {
-                    Some(eviction) => Ok((eviction.node, eviction.victims)),
+                    Some(eviction) => {
+                        let (node, usage_slot) =
+                            self.state.node_with_usage_slot(&eviction.node.id).expect("preemption picks a stored node");
+                        Ok((node, usage_slot, eviction.victims))
+                    }
                     None => Err(failure),
                 },
             };
             match selected {
-                Ok((node, victims)) => {
+                Ok((node, usage_slot, victims)) => {
                     if let Some(preemptor) = preemptor.as_mut() {
                         preemptor.evict(&mut self.usage, &victims);
                     }
-                    rules.placed(work.group_position, node);
-                    let usage = self.usage.usage(&node.id);
+                    rules.placed(work.group_position, node, usage_slot);
+                    let usage = self.usage.usage_in(usage_slot);
                     let ports = rank::assign_ports(node, usage, ask, &mut self.rng);
                     let resources = AllocatedResources { cpu: ask.cpu, memory: ask.memory, ports };
-                    self.usage.add(&node.id, &resources);
+                    self.usage.add_in(usage_slot, &resources);
                     let alloc = NewAllocation {
                         job,
                         group: &group.name,
@@ -254,8 +257,8 @@ impl<'a> Run<'a> {
                         // Keep the old allocation running: there is no room for its replacement.
                         self.usage.add(&previous.node_id, &previous.resources);
                     }
-                    if let Some(node) = previous_node {
-                        rules.placed(work.group_position, node);
+                    if let Some((node, usage_slot)) = previous_node {
+                        rules.placed(work.group_position, node, usage_slot);
                     }
                     failure.missing = 1;
                     self.plan.failed_groups.insert(group.name.clone(), failure);
@@ -278,18 +281,19 @@ impl<'a> Run<'a> {
         group_position: usize,
         ask: &Ask,
         chooser: &Chooser<'_>,
-    ) -> Result<&'a Arc<Node>, PlacementFailure> {
+    ) -> Result<&'a PlacementNode, PlacementFailure> {
         /// Nodes with a negative final score that may be passed over before they count toward the limit.
         const MAX_SKIPPED: usize = 3;
         let mut failure = PlacementFailure::default();
         // Ranked by (not the avoided node, score): the avoided node wins only when it is the only fit.
-        let mut best: Option<((bool, f64), &'a Arc<Node>)> = None;
+        let mut best: Option<((bool, f64), &'a PlacementNode)> = None;
         let mut fitting = 0;
         let mut skipped = 0;
         let mut visited = 0;
         while visited < order.len() {
             let position = (*cursor + visited) % order.len();
-            let PlacementNode { node, class } = order.get(position);
+            let slot = order.get(position);
+            let PlacementNode { node, class, usage_slot } = slot;
             let class = *class;
             visited += 1;
             failure.nodes_evaluated += 1;
@@ -297,20 +301,20 @@ impl<'a> Run<'a> {
                 *failure.filtered.entry(reason).or_default() += 1;
                 continue;
             }
-            if let Err(reason) = rules.check_required(node, group_position) {
+            if let Err(reason) = rules.check_required(node, *usage_slot, group_position) {
                 *failure.filtered.entry(reason).or_default() += 1;
                 continue;
             }
-            let usage = self.usage.usage_at(position, &node.id);
+            let usage = self.usage.usage_in(*usage_slot);
             if let Err(dimension) = rank::fit(node, usage, ask) {
                 *failure.exhausted.entry(dimension.to_string()).or_default() += 1;
                 continue;
             }
             let fit = rank::fit_score(chooser.algorithm, node, usage, ask);
-            let score = rules.score(node, group_position, class, fit).final_score();
+            let score = rules.score(node, *usage_slot, group_position, class, fit).final_score();
             let rank = (chooser.avoid != Some(node.id.as_str()), score);
             if best.is_none_or(|(best_rank, _)| rank > best_rank) {
-                best = Some((rank, node));
+                best = Some((rank, slot));
             }
             if score < 0.0 && skipped < MAX_SKIPPED {
                 skipped += 1;
@@ -423,7 +427,11 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(3);
         for count in 0..60 {
             let nodes: Vec<PlacementNode> = (0..count)
-                .map(|number| PlacementNode { node: Arc::new(crate::tests::node(&format!("n{number}"))), class: number as u64 })
+                .map(|number| PlacementNode {
+                    node: Arc::new(crate::tests::node(&format!("n{number}"))),
+                    class: number as u64,
+                    usage_slot: number,
+                })
                 .collect();
             for _ in 0..5 {
                 let order = NodeOrder::new(&nodes, &mut rng);

@@ -63,4 +63,4 @@ pub use migrate::{MigrationPlacementError, place_migration};
 pub use plan::{AllocStop, PREEMPTION_PRIORITY_DELTA, Plan, PreemptionConfig, ScheduleResult, SchedulerConfig};
 pub use rebalance::{RebalanceConfig, RebalanceMove, rebalance};
 pub use state::{ClusterState, NodeUsage};
-pub use verify::{PlacementViolation, check_required_placement};
+pub use verify::{PlacementViolation, check_required_placement, may_break_required_rules};

@@ -84,28 +84,24 @@ use crate::state::{ClusterState, LiveUsage};
 /// Node usage as this plan changes it: the snapshot's non-terminal allocations, minus those the plan
 /// stops, plus those it places. Copied lazily per node from the state's live usage (a cheap clone).
 ///
-/// The hot path (the node walk of a placement) reaches a node's usage by its position in the run's node
-/// order ([`UsageTracker::usage_at`], after [`UsageTracker::set_order`]) without any lookup by id;
-/// everything else goes by node id.
+/// Nodes are reached by their usage slot in the state (see `ClusterState::usage_slot`): the node walk of a
+/// placement has it at hand ([`PlacementNode::usage_slot`](crate::state::PlacementNode)), so the hot path
+/// never looks a node up by id.
 pub(crate) struct UsageTracker<'state> {
     state: &'state ClusterState,
     slots: Vec<TrackedUsage>,
-    /// Node id → index in `slots`. Only looked up, never iterated, so its order cannot leak into a plan.
-    by_id: HashMap<String, usize, BuildHasherDefault<FxHasher>>,
-    /// Per position of the run's node order: index in `slots` + 1 (0: not loaded yet).
-    positions: Vec<usize>,
+    /// Per usage slot of the state: index in `slots` + 1 (0: not loaded yet). Grown on first use.
+    loaded: Vec<u32>,
+    /// Nodes the state has no usage slot for (neither stored nor named by an allocation), by id. Only
+    /// looked up, never iterated, so its order cannot leak into a plan.
+    unknown: FxHashMap<String, usize>,
 }
 
 pub(crate) type TrackedUsage = LiveUsage;
 
 impl<'state> UsageTracker<'state> {
     pub(crate) fn new(state: &'state ClusterState) -> UsageTracker<'state> {
-        UsageTracker { state, slots: Vec::new(), by_id: HashMap::default(), positions: Vec::new() }
-    }
-
-    /// Sets the number of positions of the run's node order, for [`usage_at`](Self::usage_at).
-    pub(crate) fn set_positions(&mut self, count: usize) {
-        self.positions = vec![0; count];
+        UsageTracker { state, slots: Vec::new(), loaded: Vec::new(), unknown: FxHashMap::default() }
     }
 
     pub(crate) fn usage(&mut self, node_id: &str) -> &TrackedUsage {
@@ -113,16 +109,9 @@ impl<'state> UsageTracker<'state> {
         &self.slots[slot]
     }
 
-    /// The usage of the node at `position` of the order given to [`set_order`](Self::set_order).
-    pub(crate) fn usage_at(&mut self, position: usize, node_id: &str) -> &TrackedUsage {
-        let slot = match self.positions[position] {
-            0 => {
-                let slot = self.slot(node_id);
-                self.positions[position] = slot + 1;
-                slot
-            }
-            slot => slot - 1,
-        };
+    /// The usage of the node holding the state's usage slot `usage_slot`.
+    pub(crate) fn usage_in(&mut self, usage_slot: u32) -> &TrackedUsage {
+        let slot = self.loaded_slot(usage_slot);
         &self.slots[slot]
     }
 
@@ -131,24 +120,51 @@ impl<'state> UsageTracker<'state> {
         self.slots[slot].add(resources);
     }
 
+    pub(crate) fn add_in(&mut self, usage_slot: u32, resources: &AllocatedResources) {
+        let slot = self.loaded_slot(usage_slot);
+        self.slots[slot].add(resources);
+    }
+
     pub(crate) fn remove(&mut self, node_id: &str, resources: &AllocatedResources) {
         let slot = self.slot(node_id);
         self.slots[slot].remove(resources);
     }
 
-    /// The node's slot, loaded from the state on first use.
+    /// The node's index in `slots`, loaded from the state on first use.
     fn slot(&mut self, node_id: &str) -> usize {
-        if let Some(slot) = self.by_id.get(node_id) {
+        if let Some(usage_slot) = self.state.usage_slot(node_id) {
+            return self.loaded_slot(usage_slot);
+        }
+        if let Some(slot) = self.unknown.get(node_id) {
             return *slot;
         }
-        self.slots.push(self.state.live_usage(node_id));
-        self.by_id.insert(node_id.to_string(), self.slots.len() - 1);
+        self.slots.push(TrackedUsage::default());
+        self.unknown.insert(node_id.to_string(), self.slots.len() - 1);
         self.slots.len() - 1
+    }
+
+    fn loaded_slot(&mut self, usage_slot: u32) -> usize {
+        let position = usage_slot as usize;
+        if position >= self.loaded.len() {
+            self.loaded.resize(self.state.usage_slot_count().max(position + 1), 0);
+        }
+        match self.loaded[position] {
+            0 => {
+                self.slots.push(self.state.live_usage_in(usage_slot));
+                self.loaded[position] = u32::try_from(self.slots.len()).expect("fewer than 2^32 nodes");
+                self.slots.len() - 1
+            }
+            loaded => loaded as usize - 1,
+        }
     }
 }
 
-/// FxHash (rustc's): a fast, non-cryptographic hasher for the tracker's small id map. Fine here: the
-/// keys are node ids of the cluster, not attacker-chosen in bulk, and nothing iterates the map.
+/// A hash map with [`FxHasher`]: for maps that are only looked up, never iterated.
+pub(crate) type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// FxHash (rustc's): a fast, non-cryptographic hasher for the scheduler's lookup maps. Fine here: the
+/// keys are node ids, node attribute values and the scheduler's own random ids, which clients cannot
+/// choose in bulk, and nothing iterates these maps.
 #[derive(Default)]
 pub(crate) struct FxHasher {
     hash: u64,

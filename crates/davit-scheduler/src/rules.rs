@@ -21,6 +21,7 @@ use davit_api::objects::{Allocation, Node};
 use davit_api::spec::{AllocAffinity, ConstraintOperator, GroupSpec, JobSpec};
 
 use crate::constraint::{CheckedConstraint, is_node_specific};
+use crate::rank::FxHashMap;
 use crate::state::ClusterState;
 
 /// A value read from a node: what a topology or a spread attribute names.
@@ -189,26 +190,44 @@ pub(crate) fn for_each_selected<'s>(
 struct Counter {
     selector: Selector,
     topology: Topology,
-    /// Domain value → live allocations. Only looked up, never iterated for output.
-    counts: HashMap<String, u32>,
+    /// Domain value → live allocations, when the domain is not the node itself. Only looked up, never
+    /// iterated for output.
+    counts: FxHashMap<String, u32>,
+    /// Usage slot (see `ClusterState::usage_slot`) → live allocations, when the domain is the node
+    /// itself: the node walk counts without hashing ids. Grown on demand.
+    per_node: Vec<u32>,
     /// All counted allocations, in every domain.
     total: u32,
 }
 
 impl Counter {
-    fn at(&self, domain: &str) -> u32 {
-        self.counts.get(domain).copied().unwrap_or(0)
+    /// The live allocations in the node's domain; `None` when the node lacks the topology attribute.
+    fn count(&self, node: &Node, usage_slot: u32) -> Option<u32> {
+        if self.topology.value == NodeValue::Id {
+            return Some(self.per_node.get(usage_slot as usize).copied().unwrap_or(0));
+        }
+        let domain = self.topology.value.of(node)?;
+        Some(self.counts.get(domain).copied().unwrap_or(0))
     }
 
-    fn change(&mut self, node: &Node, add: bool) {
-        let Some(domain) = self.topology.value.of(node) else { return };
-        if add {
-            self.total += 1;
-            match self.counts.get_mut(domain) {
-                Some(count) => *count += 1,
-                None => drop(self.counts.insert(domain.to_string(), 1)),
+    fn change(&mut self, node: &Node, usage_slot: u32, add: bool) {
+        let count = if self.topology.value == NodeValue::Id {
+            let position = usage_slot as usize;
+            if position >= self.per_node.len() {
+                self.per_node.resize(position + 1, 0);
             }
-        } else if let Some(count) = self.counts.get_mut(domain).filter(|count| **count > 0) {
+            &mut self.per_node[position]
+        } else {
+            let Some(domain) = self.topology.value.of(node) else { return };
+            if !self.counts.contains_key(domain) {
+                self.counts.insert(domain.to_string(), 0);
+            }
+            self.counts.get_mut(domain).expect("inserted above")
+        };
+        if add {
+            *count += 1;
+            self.total += 1;
+        } else if *count > 0 {
             *count -= 1;
             self.total -= 1;
         }
@@ -314,14 +333,14 @@ impl PlacementRules {
         let mut counters = builder.counters;
         let skip = |alloc: &Allocation| stopped.contains(alloc.id.as_str());
         for counter in &mut counters {
-            let mut domains: Vec<&Node> = Vec::new();
+            let mut domains: Vec<(&Node, u32)> = Vec::new();
             for_each_selected(state, &counter.selector, &skip, &mut |alloc| {
-                if let Some(node) = state.node(&alloc.node_id) {
-                    domains.push(node);
+                if let Some((node, usage_slot)) = state.node(&alloc.node_id).zip(state.usage_slot(&alloc.node_id)) {
+                    domains.push((node, usage_slot));
                 }
             });
-            for node in domains {
-                counter.change(node, true);
+            for (node, usage_slot) in domains {
+                counter.change(node, usage_slot, true);
             }
         }
         let feeds = job
@@ -359,45 +378,47 @@ impl PlacementRules {
         }
     }
 
-    /// `Err(reason)` when placing an allocation of the group on the node would break a required rule.
-    pub(crate) fn check_required(&self, node: &Node, group_position: usize) -> Result<(), String> {
+    /// `Err(reason)` when placing an allocation of the group on the node (holding `usage_slot`, see
+    /// `ClusterState::usage_slot`) would break a required rule.
+    pub(crate) fn check_required(&self, node: &Node, usage_slot: u32, group_position: usize) -> Result<(), String> {
         for rule in &self.groups[group_position].required {
             let counter = &self.counters[rule.counter];
-            let domain = counter.topology.value.of(node);
+            let count = counter.count(node, usage_slot);
+            // For messages only: the node has the value when `count` is `Some`.
+            let domain = || counter.topology.value.of(node).unwrap_or_default();
             let subject = &rule.subject;
             match rule.kind {
                 RequiredKind::DistinctHosts => {
-                    if counter.at(&node.id) > 0 {
+                    if count > Some(0) {
                         return Err(format!("distinct_hosts: allocation of {subject} on the node"));
                     }
                 }
                 RequiredKind::DistinctProperty { limit } => {
                     let property = &counter.topology.text;
-                    let Some(domain) = domain else { return Err(format!("distinct_property {property}: attribute missing")) };
-                    let count = counter.at(domain);
+                    let Some(count) = count else { return Err(format!("distinct_property {property}: attribute missing")) };
                     if count >= limit {
-                        return Err(format!("distinct_property {property}: {domain} already has {count} of {subject} (limit {limit})"));
+                        return Err(format!("distinct_property {property}: {} already has {count} of {subject} (limit {limit})", domain()));
                     }
                 }
                 RequiredKind::AntiAffinity => {
-                    if let Some(domain) = domain.filter(|domain| counter.at(domain) > 0) {
-                        return Err(format!("anti-affinity: allocation of {subject} on {}", counter.topology.describe(domain)));
+                    if count > Some(0) {
+                        return Err(format!("anti-affinity: allocation of {subject} on {}", counter.topology.describe(domain())));
                     }
                 }
                 RequiredKind::ExistingAntiAffinity => {
-                    if let Some(domain) = domain.filter(|domain| counter.at(domain) > 0) {
-                        return Err(format!("anti-affinity of {subject}: it runs on {}", counter.topology.describe(domain)));
+                    if count > Some(0) {
+                        return Err(format!("anti-affinity of {subject}: it runs on {}", counter.topology.describe(domain())));
                     }
                 }
                 RequiredKind::Affinity { bootstrap } => {
                     if bootstrap && counter.total == 0 {
                         continue;
                     }
-                    let Some(domain) = domain else {
+                    let Some(count) = count else {
                         return Err(format!("alloc affinity: {} missing", counter.topology.text));
                     };
-                    if counter.at(domain) == 0 {
-                        return Err(format!("alloc affinity: no allocation of {subject} on {}", counter.topology.describe(domain)));
+                    if count == 0 {
+                        return Err(format!("alloc affinity: no allocation of {subject} on {}", counter.topology.describe(domain())));
                     }
                 }
             }
@@ -406,7 +427,7 @@ impl PlacementRules {
     }
 
     /// The node's scores for an allocation of the group, given its fit score and computed class.
-    pub(crate) fn score(&mut self, node: &Node, group_position: usize, class: u64, fit: f64) -> ScoreParts {
+    pub(crate) fn score(&mut self, node: &Node, usage_slot: u32, group_position: usize, class: u64, fit: f64) -> ScoreParts {
         let counters = &self.counters;
         let group = &mut self.groups[group_position];
         let mut parts = ScoreParts { fit, ..ScoreParts::default() };
@@ -432,21 +453,21 @@ impl PlacementRules {
             parts.node_affinity = Some(score);
         }
         if !group.spreads.is_empty() {
-            let score = group.spreads.iter().map(|spread| spread.share * spread_score(spread, &counters[spread.counter], node)).sum();
+            let score =
+                group.spreads.iter().map(|spread| spread.share * spread_score(spread, &counters[spread.counter], node, usage_slot)).sum();
             parts.spread = Some(score);
         }
         if !group.preferred.is_empty() {
             let mut sum = 0.0;
             for preferred in &group.preferred {
-                let counter = &counters[preferred.counter];
-                if let Some(domain) = counter.topology.value.of(node) {
-                    let matches = f64::from(counter.at(domain));
+                if let Some(matches) = counters[preferred.counter].count(node, usage_slot) {
+                    let matches = f64::from(matches);
                     sum += preferred.signed_weight * matches / (matches + 1.0);
                 }
             }
             parts.alloc_affinity = Some(sum / group.preferred_weight);
         }
-        let collisions = counters[group.collisions].at(&node.id);
+        let collisions = counters[group.collisions].count(node, usage_slot).unwrap_or(0);
         if collisions > 0 {
             let penalty = f64::from(collisions + 1) / f64::from(group.count.max(1));
             parts.job_anti_affinity = Some(-penalty.min(1.0));
@@ -455,29 +476,29 @@ impl PlacementRules {
     }
 
     /// The plan places an allocation of the group on the node.
-    pub(crate) fn placed(&mut self, group_position: usize, node: &Node) {
+    pub(crate) fn placed(&mut self, group_position: usize, node: &Node, usage_slot: u32) {
         for &counter in &self.feeds[group_position] {
-            self.counters[counter].change(node, true);
+            self.counters[counter].change(node, usage_slot, true);
         }
     }
 
     /// The plan takes away a live allocation of the group (a destructive update's previous allocation).
-    pub(crate) fn removed(&mut self, group_position: usize, node: &Node) {
+    pub(crate) fn removed(&mut self, group_position: usize, node: &Node, usage_slot: u32) {
         for &counter in &self.feeds[group_position] {
-            self.counters[counter].change(node, false);
+            self.counters[counter].change(node, usage_slot, false);
         }
     }
 }
 
 /// See `rank` for the formula.
-fn spread_score(spread: &Spread, counter: &Counter, node: &Node) -> f64 {
-    let Some(domain) = counter.topology.value.of(node) else { return -1.0 };
+fn spread_score(spread: &Spread, counter: &Counter, node: &Node, usage_slot: u32) -> f64 {
+    let (Some(domain), Some(used)) = (counter.topology.value.of(node), counter.count(node, usage_slot)) else { return -1.0 };
     let desired = match &spread.desired {
         Desired::Targets { per_value, rest } => per_value.get(domain).copied().or(*rest),
         Desired::Even { per_value } => *per_value,
     };
     let Some(desired) = desired else { return -1.0 };
-    spread_boost(desired, f64::from(counter.at(domain)))
+    spread_boost(desired, f64::from(used))
 }
 
 /// The spread score of a domain that should hold `desired` allocations and holds `used`.
@@ -498,7 +519,7 @@ struct Builder {
 
 impl Builder {
     fn counter(&mut self, selector: Selector, topology: Topology) -> usize {
-        self.counters.push(Counter { selector, topology, counts: HashMap::new(), total: 0 });
+        self.counters.push(Counter { selector, topology, counts: FxHashMap::default(), per_node: Vec::new(), total: 0 });
         self.counters.len() - 1
     }
 

@@ -18,8 +18,10 @@ use crate::rank::FxHasher;
 /// Invariant: `allocs_by_node` and `allocs_by_job` hold exactly the ids of `allocs`, keyed by each
 /// allocation's current `node_id` and `job_name`; empty index sets are removed. `anti_affinity_jobs` holds
 /// exactly the names of the jobs whose latest version has a group with a required anti-affinity.
-/// `node_classes` holds the computed class of every node; `live_usage` the sum of the resources of the
-/// non-terminal allocations of each node id (entries of nodes without live allocations may be zero).
+/// `node_meta` holds the computed class and usage slot of every node. `usage_slots` gives a slot to exactly
+/// the ids of the stored nodes and the node ids of the stored allocations (`allocs_by_node`'s keys), no two
+/// the same; `live_usage[slot]` is the sum of the resources of the non-terminal allocations of that node id
+/// (zero for slots in `free_usage_slots`).
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
     nodes: OrdMap<String, Arc<Node>>,
@@ -29,20 +31,33 @@ pub struct ClusterState {
     jobs: OrdMap<String, Arc<Job>>,
     anti_affinity_jobs: OrdSet<String>,
     job_versions: OrdMap<String, OrdMap<u64, Arc<Job>>>,
-    /// Per node id: its computed class (see `feasible`), computed once when the node is stored.
-    node_classes: OrdMap<String, u64>,
-    /// Per node id: what its live allocations reserve, kept current as allocations change.
-    live_usage: imbl::GenericHashMap<String, LiveUsage, BuildHasherDefault<FxHasher>, imbl::shared_ptr::DefaultSharedPtr>,
+    /// Per node id: its computed class (see `feasible`, computed once when the node is stored) and usage slot.
+    node_meta: OrdMap<String, NodeMeta>,
+    /// Per node id (of a node, or named by an allocation): its slot in `live_usage`. A dense slot lets the
+    /// node walk of a placement reach a node's usage without a lookup by id.
+    usage_slots: imbl::GenericHashMap<String, u32, BuildHasherDefault<FxHasher>, imbl::shared_ptr::DefaultSharedPtr>,
+    /// Per usage slot: what the node's live allocations reserve, kept current as allocations change.
+    live_usage: imbl::Vector<LiveUsage>,
+    /// Usage slots no node id holds, reused first.
+    free_usage_slots: imbl::Vector<u32>,
     /// The schedulable nodes with their classes, in id order: derived from `nodes`, computed on first use
     /// and shared by clones; replaced by an empty cell whenever a node changes.
     placement_nodes: Arc<OnceLock<Arc<[PlacementNode]>>>,
 }
 
-/// A schedulable node and its computed class, as the node walk of a placement reads them.
+/// A schedulable node, its computed class and usage slot, as the node walk of a placement reads them.
 #[derive(Clone, Debug)]
 pub(crate) struct PlacementNode {
     pub(crate) node: Arc<Node>,
     pub(crate) class: u64,
+    /// See [`ClusterState::usage_slot`].
+    pub(crate) usage_slot: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct NodeMeta {
+    class: u64,
+    usage_slot: u32,
 }
 
 /// What the live (non-terminal) allocations on one node reserve. Cheap to clone (the port map is persistent).
@@ -94,35 +109,40 @@ impl ClusterState {
     }
 
     pub fn upsert_node(&mut self, node: Arc<Node>) {
-        self.node_classes.insert(node.id.clone(), crate::feasible::computed_class(&node));
+        let usage_slot = self.hold_usage_slot(&node.id);
+        self.node_meta.insert(node.id.clone(), NodeMeta { class: crate::feasible::computed_class(&node), usage_slot });
         self.nodes.insert(node.id.clone(), node);
         self.placement_nodes = Arc::default();
     }
 
     /// Removes the node. Its allocations stay: the scheduler sees them as lost.
     pub fn remove_node(&mut self, id: &str) -> Option<Arc<Node>> {
-        self.node_classes.remove(id);
+        self.node_meta.remove(id);
         self.placement_nodes = Arc::default();
-        self.nodes.remove(id)
+        let removed = self.nodes.remove(id);
+        self.release_usage_slot_if_unused(id);
+        removed
     }
 
     pub fn upsert_alloc(&mut self, alloc: Arc<Allocation>) {
+        let usage_slot = self.hold_usage_slot(&alloc.node_id);
         if !alloc.is_terminal() {
-            self.live_usage.entry(alloc.node_id.clone()).or_default().add(&alloc.resources);
+            self.live_usage[usage_slot as usize].add(&alloc.resources);
         }
+        self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(alloc.id.clone());
+        self.allocs_by_job.entry(alloc.job_name.clone()).or_default().insert(alloc.id.clone());
         if let Some(old) = self.allocs.insert(alloc.id.clone(), Arc::clone(&alloc)) {
             if !old.is_terminal() {
                 self.remove_live_usage(&old);
             }
             if old.node_id != alloc.node_id {
                 remove_from_index(&mut self.allocs_by_node, &old.node_id, &old.id);
+                self.release_usage_slot_if_unused(&old.node_id);
             }
             if old.job_name != alloc.job_name {
                 remove_from_index(&mut self.allocs_by_job, &old.job_name, &old.id);
             }
         }
-        self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(alloc.id.clone());
-        self.allocs_by_job.entry(alloc.job_name.clone()).or_default().insert(alloc.id.clone());
     }
 
     pub fn remove_alloc(&mut self, id: &str) -> Option<Arc<Allocation>> {
@@ -132,6 +152,7 @@ impl ClusterState {
         }
         remove_from_index(&mut self.allocs_by_node, &alloc.node_id, id);
         remove_from_index(&mut self.allocs_by_job, &alloc.job_name, id);
+        self.release_usage_slot_if_unused(&alloc.node_id);
         Some(alloc)
     }
 
@@ -204,12 +225,12 @@ impl ClusterState {
     /// Computed once per set of nodes: evaluations between node changes share it.
     pub(crate) fn placement_nodes(&self) -> &[PlacementNode] {
         self.placement_nodes.get_or_init(|| {
-            // `nodes` and `node_classes` have exactly the node ids as keys (the type's invariant): they walk in step.
+            // `nodes` and `node_meta` have exactly the node ids as keys (the type's invariant): they walk in step.
             self.nodes
                 .values()
-                .zip(self.node_classes.values())
+                .zip(self.node_meta.values())
                 .filter(|(node, _)| node.is_schedulable())
-                .map(|(node, class)| PlacementNode { node: Arc::clone(node), class: *class })
+                .map(|(node, meta)| PlacementNode { node: Arc::clone(node), class: meta.class, usage_slot: meta.usage_slot })
                 .collect()
         })
     }
@@ -245,22 +266,85 @@ impl ClusterState {
         NodeUsage { cpu: live.cpu, memory: live.memory, ports: live.ports.keys().copied().collect() }
     }
 
+    /// Whether the node can hold its live allocations minus `leaving` plus the non-terminal ones of
+    /// `arriving`: CPU and memory within its resources, and no port of an arriving allocation reserved or
+    /// held twice. `leaving` must be live allocations of the node, each once.
+    pub fn fits_after<'a>(&self, node: &Node, leaving: impl IntoIterator<Item = &'a Allocation>, arriving: &[Allocation]) -> bool {
+        let mut usage = self.live_usage(&node.id);
+        for alloc in leaving {
+            usage.remove(&alloc.resources);
+        }
+        let arriving = arriving.iter().filter(|alloc| !alloc.is_terminal());
+        for alloc in arriving.clone() {
+            usage.add(&alloc.resources);
+        }
+        usage.cpu <= node.resources.cpu
+            && usage.memory <= node.resources.memory
+            && arriving
+                .flat_map(|alloc| &alloc.resources.ports)
+                .all(|port| usage.ports.get(&port.value) == Some(&1) && !node.resources.reserved_ports.contains(&port.value))
+    }
+
     /// The node's computed class (see `feasible`); `None` for an unknown node.
     pub(crate) fn node_class(&self, id: &str) -> Option<u64> {
-        self.node_classes.get(id).copied()
+        self.node_meta.get(id).map(|meta| meta.class)
     }
 
     /// What the node's live allocations reserve (a cheap clone).
     pub(crate) fn live_usage(&self, id: &str) -> LiveUsage {
-        self.live_usage.get(id).cloned().unwrap_or_default()
+        self.usage_slot(id).map(|slot| self.live_usage_in(slot)).unwrap_or_default()
+    }
+
+    /// The usage slot of a node id: held while the node is stored or allocations name it. `None`: neither.
+    pub(crate) fn usage_slot(&self, id: &str) -> Option<u32> {
+        self.usage_slots.get(id).copied()
+    }
+
+    /// The stored node and its usage slot.
+    pub(crate) fn node_with_usage_slot(&self, id: &str) -> Option<(&Arc<Node>, u32)> {
+        self.node(id).zip(self.usage_slot(id))
+    }
+
+    /// What the live allocations of the node holding the usage slot reserve (a cheap clone).
+    pub(crate) fn live_usage_in(&self, usage_slot: u32) -> LiveUsage {
+        self.live_usage.get(usage_slot as usize).cloned().unwrap_or_default()
+    }
+
+    /// One more than the highest usage slot (every slot is below it).
+    pub(crate) fn usage_slot_count(&self) -> usize {
+        self.live_usage.len()
     }
 
     fn remove_live_usage(&mut self, alloc: &Allocation) {
-        if let Some(usage) = self.live_usage.get_mut(&alloc.node_id) {
-            usage.remove(&alloc.resources);
-            if usage.cpu == 0 && usage.memory == 0 && usage.ports.is_empty() {
-                self.live_usage.remove(&alloc.node_id);
+        if let Some(slot) = self.usage_slot(&alloc.node_id) {
+            self.live_usage[slot as usize].remove(&alloc.resources);
+        }
+    }
+
+    /// The node id's usage slot, given to it (a free one, else a new one) if it has none.
+    fn hold_usage_slot(&mut self, id: &str) -> u32 {
+        if let Some(slot) = self.usage_slot(id) {
+            return slot;
+        }
+        let slot = match self.free_usage_slots.pop_back() {
+            Some(slot) => slot,
+            None => {
+                self.live_usage.push_back(LiveUsage::default());
+                u32::try_from(self.live_usage.len() - 1).expect("fewer than 2^32 node ids")
             }
+        };
+        self.usage_slots.insert(id.to_string(), slot);
+        slot
+    }
+
+    /// Frees the node id's usage slot once neither a node nor an allocation names the id.
+    fn release_usage_slot_if_unused(&mut self, id: &str) {
+        if self.nodes.contains_key(id) || self.allocs_by_node.contains_key(id) {
+            return;
+        }
+        if let Some(slot) = self.usage_slots.remove(id) {
+            self.live_usage[slot as usize] = LiveUsage::default();
+            self.free_usage_slots.push_back(slot);
         }
     }
 

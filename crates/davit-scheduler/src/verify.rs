@@ -27,6 +27,22 @@ pub struct PlacementViolation {
     pub reason: String,
 }
 
+/// False when no new allocation of the job can break a required placement rule, so that
+/// [`check_required_placement`] can be skipped: the job's latest version has no `distinct_hosts` or
+/// `distinct_property` constraint and no required alloc affinity or anti-affinity, and no job has a
+/// required anti-affinity (which could match this job's allocations).
+pub fn may_break_required_rules(state: &ClusterState, job_name: &str) -> bool {
+    if state.jobs_with_required_anti_affinity().next().is_some() {
+        return true;
+    }
+    let Some(job) = state.job(job_name) else { return false };
+    let distinct = |constraints: &[davit_api::spec::Constraint]| constraints.iter().any(|constraint| constraint.operator.is_distinct());
+    distinct(&job.spec.constraints)
+        || job.spec.groups.iter().any(|group| {
+            distinct(&group.constraints) || group.alloc_affinities.iter().chain(&group.anti_affinities).any(|term| term.required)
+        })
+}
+
 /// Checks that committing `placed` (new allocations and in-place updates of one plan, or of one node of
 /// it) to `state`, with the allocations whose ids are in `stopped` stopped, keeps every required
 /// placement rule: `distinct_hosts`, `distinct_property`, required `anti_affinities` and

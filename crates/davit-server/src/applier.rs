@@ -1,11 +1,16 @@
 //! The plan applier: the only writer of allocations.
 //!
-//! It takes plans from scheduler workers and status updates from agents, one at a time, against the
+//! It takes plans from scheduler workers and status updates from agents and checks each against the
 //! newest state: a node's part of a plan is committed only if the node still exists, is schedulable
 //! (for new placements), still fits every allocation's CPU, memory and ports, and the required placement
 //! rules still hold (`davit_scheduler::check_required_placement`); the rest is refused
 //! and the worker schedules it again on a fresh snapshot (optimistic concurrency, as in Nomad).
 //! It also commits the drainer's stops (with their evaluations) and agents' status updates.
+//!
+//! Requests are taken in batches of what is queued (up to [`MAX_BATCH`]): each is checked in turn against
+//! the newest snapshot plus the allocations the requests before it in the batch write, and the batch is
+//! committed as one store transaction (one fsync), so a busy cluster pays for durability once per batch,
+//! not once per plan or status report.
 //!
 //! Preemptions (`Plan::node_preemptions`) count as stops in a node's fit check and are committed only
 //! together with that node's placements, in the same transaction, with one `preemption` evaluation per
@@ -95,58 +100,98 @@ impl Applier {
     }
 }
 
+/// The most requests checked and committed together.
+pub const MAX_BATCH: usize = 64;
+
+/// What one request writes: its store operations, and the allocations among them (which the requests
+/// after it in the same batch must see).
+#[derive(Default)]
+pub struct Writes {
+    pub txn: Txn,
+    allocs: Vec<Allocation>,
+}
+
+impl Writes {
+    fn alloc(&mut self, alloc: Allocation) {
+        self.txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
+        self.allocs.push(alloc);
+    }
+
+    fn eval(&mut self, eval: &Evaluation) {
+        self.txn.success.push(keys::put(keys::eval(&eval.id), eval));
+    }
+}
+
+/// Where the outcome of a request of a batch goes once the batch is committed.
+enum Reply {
+    Plan(PlanResult, oneshot::Sender<Result<PlanResult, StoreError>>),
+    Index(oneshot::Sender<Result<Index, StoreError>>),
+    Migrate(Result<(), String>, oneshot::Sender<Result<Result<Index, String>, StoreError>>),
+}
+
 async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut receiver: mpsc::Receiver<Request>) {
     let mut last_commit: Index = 0;
-    while let Some(request) = receiver.recv().await {
+    let mut requests = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut requests, MAX_BATCH).await > 0 {
         // Check against a view that includes our own previous commit, or we could over-commit a node.
         view.wait_for(last_commit).await;
-        let snapshot = view.snapshot();
-        match request {
-            Request::Plan(plan, reply) => {
-                let started = std::time::Instant::now();
-                let (txn, mut result) = check_plan(&snapshot.cluster, &plan, crate::now_millis());
-                let outcome = commit(&store, txn).await.map(|index| {
-                    result.index = index;
-                    result
-                });
-                if let Ok(result) = &outcome {
-                    last_commit = last_commit.max(result.index);
-                    metrics.plan_applied(started.elapsed(), result.placed);
+        let started = std::time::Instant::now();
+        let mut working = view.snapshot();
+        let count = requests.len();
+        let mut txn = Txn::default();
+        let mut replies = Vec::with_capacity(count);
+        for (position, request) in requests.drain(..).enumerate() {
+            let (writes, reply) = match request {
+                Request::Plan(plan, sender) => {
+                    let (writes, result) = check_plan(&working.cluster, &plan, crate::now_millis());
+                    (writes, Reply::Plan(result, sender))
                 }
-                let _ = reply.send(outcome);
-            }
-            Request::ClientUpdate(updates, now, reply) => {
-                let txn = merge_client_updates(&snapshot, updates, now);
-                let outcome = commit(&store, txn).await;
-                if let Ok(index) = outcome {
-                    last_commit = last_commit.max(index);
+                Request::ClientUpdate(updates, now, sender) => (merge_client_updates(&working, updates, now), Reply::Index(sender)),
+                Request::Stop(stops, evals, now, sender) => (stop_allocs(&working, &stops, evals, now), Reply::Index(sender)),
+                Request::Migrate(destination, now, sender) => match check_migration(&working, &destination, now) {
+                    Ok(writes) => (writes, Reply::Migrate(Ok(()), sender)),
+                    Err(reason) => (Writes::default(), Reply::Migrate(Err(reason), sender)),
+                },
+            };
+            let wrote = !writes.txn.success.is_empty();
+            if position + 1 < count {
+                for alloc in writes.allocs {
+                    working.cluster.upsert_alloc(Arc::new(alloc));
                 }
-                let _ = reply.send(outcome);
             }
-            Request::Migrate(destination, now, reply) => {
-                let outcome = match check_migration(&snapshot, &destination, now) {
-                    Ok(txn) => commit(&store, txn).await.map(|index| {
-                        last_commit = last_commit.max(index);
-                        Ok(index)
-                    }),
-                    Err(reason) => Ok(Err(reason)),
-                };
-                let _ = reply.send(outcome);
-            }
-            Request::Stop(stops, evals, now, reply) => {
-                let txn = stop_allocs(&snapshot, &stops, evals, now);
-                let outcome = commit(&store, txn).await;
-                if let Ok(index) = outcome {
-                    last_commit = last_commit.max(index);
+            txn.success.extend(writes.txn.success);
+            replies.push((reply, wrote));
+        }
+        drop(working);
+        let outcome = commit(&store, txn).await;
+        if let Ok(index) = &outcome {
+            last_commit = last_commit.max(*index);
+        }
+        // The batch's one outcome, as each request sees it: index 0 for one that wrote nothing.
+        let outcome_for = |wrote: bool| match &outcome {
+            Ok(index) => Ok(if wrote { *index } else { 0 }),
+            Err(error) => Err(StoreError::Backend(error.to_string())),
+        };
+        for (reply, wrote) in replies {
+            match reply {
+                Reply::Plan(mut result, sender) => {
+                    let outcome = outcome_for(wrote).map(|index| {
+                        result.index = index;
+                        metrics.plan_applied(started.elapsed(), result.placed);
+                        result
+                    });
+                    let _ = sender.send(outcome);
                 }
-                let _ = reply.send(outcome);
+                Reply::Index(sender) => drop(sender.send(outcome_for(wrote))),
+                Reply::Migrate(Ok(()), sender) => drop(sender.send(outcome_for(wrote).map(Ok))),
+                Reply::Migrate(Err(reason), sender) => drop(sender.send(Ok(Err(reason)))),
             }
         }
     }
 }
 
 /// The transaction that starts a live migration to `destination`, or why the newest state refuses it.
-pub fn check_migration(snapshot: &Snapshot, destination: &Allocation, now: u64) -> Result<Txn, String> {
+pub fn check_migration(snapshot: &Snapshot, destination: &Allocation, now: u64) -> Result<Writes, String> {
     let migration = destination.migration.as_ref().filter(|migration| migration.role == MigrationRole::Destination);
     let Some(migration) = migration else { return Err("the destination allocation names no migration source".to_string()) };
     let Some(source) = snapshot.cluster.alloc(&migration.peer_alloc_id) else {
@@ -174,28 +219,27 @@ pub fn check_migration(snapshot: &Snapshot, destination: &Allocation, now: u64) 
         started_at: now,
     });
     source.modify_time = now;
-    let mut txn = Txn::default();
-    txn.success.push(keys::put(keys::alloc(&destination.id), destination));
-    txn.success.push(keys::put(keys::alloc(&source.id), &source));
-    Ok(txn)
+    let mut writes = Writes::default();
+    writes.alloc(destination.clone());
+    writes.alloc(source);
+    Ok(writes)
 }
 
-fn stop_allocs(snapshot: &Snapshot, stops: &[AllocStop], evals: Vec<Evaluation>, now: u64) -> Txn {
-    let mut txn = Txn::default();
+fn stop_allocs(snapshot: &Snapshot, stops: &[AllocStop], evals: Vec<Evaluation>, now: u64) -> Writes {
+    let mut writes = Writes::default();
     for stop in stops {
         let Some(existing) = snapshot.cluster.alloc(&stop.alloc_id) else { continue };
         if existing.is_terminal() {
             continue;
         }
-        let alloc = stopped(existing, stop, now);
-        txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
+        writes.alloc(stopped(existing, stop, now));
     }
-    if !txn.success.is_empty() {
-        for eval in evals {
-            txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+    if !writes.txn.success.is_empty() {
+        for eval in &evals {
+            writes.eval(eval);
         }
     }
-    txn
+    writes
 }
 
 /// The allocation with the stop applied: desired `stop`, and the client status if the stop sets one.
@@ -218,16 +262,15 @@ async fn commit(store: &Arc<dyn Store>, txn: Txn) -> Result<Index, StoreError> {
     Ok(store.txn(txn).await?.revision)
 }
 
-/// Builds the transaction for the part of `plan` that still fits.
-pub fn check_plan(cluster: &ClusterState, plan: &Plan, now: u64) -> (Txn, PlanResult) {
-    let mut txn = Txn::default();
+/// Builds the writes for the part of `plan` that still fits.
+pub fn check_plan(cluster: &ClusterState, plan: &Plan, now: u64) -> (Writes, PlanResult) {
+    let mut writes = Writes::default();
     let mut result = PlanResult::default();
     for (node_id, stops) in &plan.node_updates {
         for stop in stops {
             let Some(existing) = cluster.alloc(&stop.alloc_id) else { continue };
-            let alloc = stopped(existing, stop, now);
-            debug_assert_eq!(&alloc.node_id, node_id);
-            txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
+            debug_assert_eq!(&existing.node_id, node_id);
+            writes.alloc(stopped(existing, stop, now));
         }
     }
     // Stops and preemptions (preemptions only count once their node is accepted, but a preempted
@@ -236,14 +279,17 @@ pub fn check_plan(cluster: &ClusterState, plan: &Plan, now: u64) -> (Txn, PlanRe
     // The newest state plus what this plan commits on the nodes checked so far: required placement rules
     // (anti-affinity, distinct_hosts, distinct_property) span nodes, and another worker's plan committed
     // since this one was computed may have taken the spot.
-    let mut working = cluster.clone();
+    // Kept only when a required rule could be broken at all (most jobs have none).
+    let mut working = davit_scheduler::may_break_required_rules(cluster, &plan.job_name).then(|| cluster.clone());
     let mut preempted_jobs: BTreeSet<&str> = BTreeSet::new();
     for (node_id, allocs) in &plan.node_allocations {
         if !node_fits(cluster, plan, node_id, allocs) {
             result.refused_nodes.push(node_id.to_string());
             continue;
         }
-        if let Err(violation) = davit_scheduler::check_required_placement(&working, allocs, &stopped_ids) {
+        if let Some(Err(violation)) =
+            working.as_ref().map(|working| davit_scheduler::check_required_placement(working, allocs, &stopped_ids))
+        {
             tracing::debug!(eval = %plan.eval_id, %violation, "placement refused: a required rule no longer holds");
             result.refused_nodes.push(node_id.to_string());
             continue;
@@ -252,15 +298,17 @@ pub fn check_plan(cluster: &ClusterState, plan: &Plan, now: u64) -> (Txn, PlanRe
             if cluster.alloc(&alloc.id).is_none() {
                 result.placed += 1;
             }
-            txn.success.push(keys::put(keys::alloc(&alloc.id), alloc));
-            working.upsert_alloc(Arc::new(alloc.clone()));
+            writes.alloc(alloc.clone());
+            if let Some(working) = working.as_mut() {
+                working.upsert_alloc(Arc::new(alloc.clone()));
+            }
         }
         for stop in plan.node_preemptions.get(node_id).into_iter().flatten() {
             let Some(existing) = cluster.alloc(&stop.alloc_id) else { continue };
             if existing.is_terminal() {
                 continue;
             }
-            txn.success.push(keys::put(keys::alloc(&existing.id), &stopped(existing, stop, now)));
+            writes.alloc(stopped(existing, stop, now));
             result.preempted += 1;
             preempted_jobs.insert(&existing.job_name);
         }
@@ -268,51 +316,44 @@ pub fn check_plan(cluster: &ClusterState, plan: &Plan, now: u64) -> (Txn, PlanRe
     for job in preempted_jobs.into_iter().filter_map(|name| cluster.job(name)) {
         let mut eval = crate::liveness::new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::Preemption, None);
         eval.status_description = format!("allocations preempted by job {} (priority {})", plan.job_name, plan.priority);
-        txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+        writes.eval(&eval);
     }
-    (txn, result)
+    (writes, result)
 }
 
 /// Whether `node_id` can hold its current allocations, minus those the plan stops, with `incoming`.
 fn node_fits(cluster: &ClusterState, plan: &Plan, node_id: &str, incoming: &[Allocation]) -> bool {
     let Some(node) = cluster.node(node_id) else { return false };
-    let incoming_ids: HashSet<&str> = incoming.iter().map(|alloc| alloc.id.as_str()).collect();
     let has_new = incoming.iter().any(|alloc| cluster.alloc(&alloc.id).is_none());
     if has_new && !node.is_schedulable() {
         return false;
     }
-    // Preemptions free their room like stops (they are committed only with the node's placements).
-    let stopped: HashSet<&str> = [&plan.node_updates, &plan.node_preemptions]
+    // Leaving: the live allocations of the node the plan stops or preempts (preemptions free their room
+    // like stops: they are committed only with the node's placements) or replaces with a new version.
+    let mut leaving_ids: Vec<&str> = [&plan.node_updates, &plan.node_preemptions]
         .into_iter()
         .filter_map(|stops| stops.get(node_id))
         .flatten()
         .map(|stop| stop.alloc_id.as_str())
+        .chain(incoming.iter().map(|alloc| alloc.id.as_str()))
         .collect();
-    let remaining = cluster
-        .allocs_for_node(node_id)
+    leaving_ids.sort_unstable();
+    leaving_ids.dedup();
+    let leaving = leaving_ids
+        .into_iter()
+        .filter_map(|id| cluster.alloc(id))
         .map(|alloc| &**alloc)
-        .filter(|alloc| !alloc.is_terminal() && !stopped.contains(alloc.id.as_str()) && !incoming_ids.contains(alloc.id.as_str()));
-    let (mut cpu, mut memory) = (0u64, 0u64);
-    let mut ports: HashSet<u16> = node.resources.reserved_ports.iter().copied().collect();
-    for alloc in remaining.chain(incoming.iter().filter(|alloc| !alloc.is_terminal())) {
-        cpu += alloc.resources.cpu;
-        memory += alloc.resources.memory;
-        for port in &alloc.resources.ports {
-            if !ports.insert(port.value) {
-                return false;
-            }
-        }
-    }
-    cpu <= node.resources.cpu && memory <= node.resources.memory
+        .filter(|alloc| !alloc.is_terminal() && alloc.node_id == node_id);
+    cluster.fits_after(node, leaving, incoming)
 }
 
-fn merge_client_updates(snapshot: &Snapshot, nodes: Vec<NodeAllocStatusUpdates>, now: u64) -> Txn {
-    let mut txn = Txn::default();
+fn merge_client_updates(snapshot: &Snapshot, nodes: Vec<NodeAllocStatusUpdates>, now: u64) -> Writes {
+    let mut writes = Writes::default();
     let mut failure_evals: HashSet<String> = HashSet::new();
     for NodeAllocStatusUpdates { node_id, updates } in nodes {
-        merge_node_updates(snapshot, &node_id, updates, now, &mut failure_evals, &mut txn);
+        merge_node_updates(snapshot, &node_id, updates, now, &mut failure_evals, &mut writes);
     }
-    txn
+    writes
 }
 
 /// One node's part of [`merge_client_updates`]; `failure_evals` holds the jobs that already got an
@@ -323,7 +364,7 @@ fn merge_node_updates(
     updates: Vec<AllocStatusUpdate>,
     now: u64,
     failure_evals: &mut HashSet<String>,
-    txn: &mut Txn,
+    writes: &mut Writes,
 ) {
     for update in updates {
         let Some(existing) = snapshot.cluster.alloc(&update.id) else { continue };
@@ -348,12 +389,12 @@ fn merge_node_updates(
             if let Some(job) = snapshot.cluster.job(&alloc.job_name) {
                 let eval =
                     crate::liveness::new_eval(&alloc.job_name, job.spec.job_type, job.spec.priority, EvalTrigger::AllocFailure, None);
-                txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+                writes.eval(&eval);
             }
         }
-        txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
+        writes.alloc(alloc);
         if let Some(peer) = peer {
-            txn.success.push(keys::put(keys::alloc(&peer.id), &peer));
+            writes.alloc(peer);
         }
     }
 }
@@ -506,9 +547,9 @@ mod tests {
         for alloc in db_plan.allocations() {
             after.cluster.upsert_alloc(Arc::new(alloc.clone()));
         }
-        let (txn, result) = check_plan(&after.cluster, &cache_plan, 0);
+        let (writes, result) = check_plan(&after.cluster, &cache_plan, 0);
         assert_eq!((result.placed, result.refused_nodes), (0, vec!["n1".to_string()]));
-        assert!(txn.success.is_empty());
+        assert!(writes.txn.success.is_empty());
         // On the snapshot it was computed on, the same plan is fine.
         assert_eq!(check_plan(&snapshot.cluster, &cache_plan, 0).1.placed, 1);
     }

@@ -62,11 +62,15 @@ pub struct RedbOptions {
     /// How many revision batches a watcher may leave unread before it is dropped with
     /// [`StoreError::WatchLagged`]. Default 1024; at least 2 is used.
     pub watch_buffer: usize,
+    /// Most bytes of the file redb keeps in memory (read cache and write buffer together). Default
+    /// 128 MiB: the server holds its working state in memory anyway, so a bigger cache (redb's own
+    /// default is 1 GiB) mostly adds to the server's footprint.
+    pub cache_bytes: usize,
 }
 
 impl Default for RedbOptions {
     fn default() -> Self {
-        RedbOptions { history_revisions: 100_000, watch_buffer: 1024 }
+        RedbOptions { history_revisions: 100_000, watch_buffer: 1024, cache_bytes: 128 << 20 }
     }
 }
 
@@ -113,7 +117,7 @@ impl RedbStore {
     /// the revision counter, the change log and the leases (which restart their full TTL).
     pub fn open_with(path: &Path, options: RedbOptions) -> Result<RedbStore, StoreError> {
         let open_error = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open { path: path.display().to_string(), source };
-        let db = Database::create(path).map_err(|error| open_error(error.into()))?;
+        let db = redb::Builder::new().set_cache_size(options.cache_bytes).create(path).map_err(|error| open_error(error.into()))?;
         let (state, leases) = initialise(&db).map_err(|error| open_error(error.into()))?;
         let now = Instant::now();
         let leases = leases.into_iter().map(|(id, ttl)| (id, LiveLease { ttl, deadline: now + ttl })).collect();

@@ -10,7 +10,7 @@ const LIMITS: BackendLimits = BackendLimits { history_revisions: 200, watch_buff
 /// A fresh store in its own temporary directory, which lives as long as the test.
 fn fresh_store() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = RedbOptions { history_revisions: LIMITS.history_revisions, watch_buffer: LIMITS.watch_buffer };
+    let options = RedbOptions { history_revisions: LIMITS.history_revisions, watch_buffer: LIMITS.watch_buffer, ..RedbOptions::default() };
     let store = RedbStore::open_with(&dir.path().join("store.redb"), options).expect("open store");
     (Arc::new(store), dir)
 }
