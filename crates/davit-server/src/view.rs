@@ -33,13 +33,51 @@ pub struct Snapshot {
     /// Recent allocation writes: revision → ids of the allocations put at it, for the many-nodes long-poll
     /// ([`Snapshot::allocs_changed`]). Bounded by [`ALLOC_CHANGES_KEPT`] ids; `alloc_changes_from` is the
     /// first revision it still covers completely.
-    alloc_changes: OrdMap<Revision, Arc<[String]>>,
+    alloc_changes: OrdMap<Revision, Arc<[AllocChange]>>,
     alloc_changes_len: usize,
     alloc_changes_from: Revision,
 }
 
-/// How many allocation writes the change window keeps (ids only, ~100 bytes each).
+/// How many allocation writes the change window keeps (~100 bytes each).
 const ALLOC_CHANGES_KEPT: usize = 300_000;
+
+/// One allocation write of the change window: the allocation's id and the hash of its node's id, so a
+/// long-poll skips the writes on other nodes without looking the allocation up.
+#[derive(Clone, Debug)]
+struct AllocChange {
+    id: String,
+    node: u64,
+}
+
+/// The nodes of a many-nodes long-poll: their ids and the hashes of their ids (see [`AllocChange`]).
+pub struct NodeSet<'a> {
+    ids: HashSet<&'a str>,
+    hashes: HashSet<u64>,
+}
+
+impl<'a> NodeSet<'a> {
+    pub fn new(ids: impl IntoIterator<Item = &'a str>) -> NodeSet<'a> {
+        let ids: HashSet<&str> = ids.into_iter().collect();
+        let hashes = ids.iter().map(|id| node_hash(id)).collect();
+        NodeSet { ids, hashes }
+    }
+
+    /// True when the change is on one of the nodes (its allocation in `snapshot` is, as of its newest write).
+    fn holds<'s>(&self, snapshot: &'s Snapshot, change: &AllocChange) -> Option<&'s Arc<Allocation>> {
+        if !self.hashes.contains(&change.node) {
+            return None;
+        }
+        snapshot.cluster.alloc(&change.id).filter(|alloc| self.ids.contains(alloc.node_id.as_str()))
+    }
+}
+
+/// A fixed hash of a node id (the same in every process and run).
+fn node_hash(node_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    node_id.hash(&mut hasher);
+    hasher.finish()
+}
 
 impl Snapshot {
     pub fn job_index(&self, name: &str) -> Index {
@@ -57,18 +95,17 @@ impl Snapshot {
     }
     /// The newest revision after `index` that wrote an allocation on one of `nodes`, or `index` when there is
     /// none (the blocking condition of the many-nodes long-poll).
-    pub fn nodes_alloc_index(&self, nodes: &HashSet<&str>, index: Index) -> Index {
+    pub fn nodes_alloc_index(&self, nodes: &NodeSet<'_>, index: Index) -> Index {
         if self.table_index("allocs") <= index {
             return index;
         }
         if index + 1 < self.alloc_changes_from {
             // Older than the window: ask the per-node indexes.
-            return nodes.iter().map(|node| self.node_alloc_index(node)).max().unwrap_or(0).max(index);
+            return nodes.ids.iter().map(|node| self.node_alloc_index(node)).max().unwrap_or(0).max(index);
         }
         let changes = self.alloc_changes.range(index + 1..).rev();
-        for (revision, ids) in changes {
-            let on_nodes = |id: &String| self.cluster.alloc(id).is_some_and(|alloc| nodes.contains(alloc.node_id.as_str()));
-            if ids.iter().any(on_nodes) {
+        for (revision, changes) in changes {
+            if changes.iter().any(|change| nodes.holds(self, change).is_some()) {
                 return *revision;
             }
         }
@@ -77,9 +114,10 @@ impl Snapshot {
 
     /// The allocations on `nodes` whose `modify_index` is above `index` (all of them for 0), in no
     /// particular order.
-    pub fn allocs_changed(&self, nodes: &HashSet<&str>, index: Index) -> Vec<Arc<Allocation>> {
+    pub fn allocs_changed(&self, nodes: &NodeSet<'_>, index: Index) -> Vec<Arc<Allocation>> {
         if index == 0 || index + 1 < self.alloc_changes_from {
             return nodes
+                .ids
                 .iter()
                 .filter(|node| self.node_alloc_index(node) > index)
                 .flat_map(|node| self.cluster.allocs_for_node(node))
@@ -88,11 +126,10 @@ impl Snapshot {
                 .collect();
         }
         let mut allocs = Vec::new();
-        for (revision, ids) in self.alloc_changes.range(index + 1..) {
-            for id in ids.iter() {
+        for (revision, changes) in self.alloc_changes.range(index + 1..) {
+            for change in changes.iter() {
                 // Only the allocation's newest write counts (a later revision lists it again).
-                let Some(alloc) = self.cluster.alloc(id) else { continue };
-                if alloc.modify_index == *revision && nodes.contains(alloc.node_id.as_str()) {
+                if let Some(alloc) = nodes.holds(self, change).filter(|alloc| alloc.modify_index == *revision) {
                     allocs.push(Arc::clone(alloc));
                 }
             }
@@ -101,10 +138,10 @@ impl Snapshot {
     }
 
     /// Remembers the allocations written at `revision` and forgets the oldest beyond the bound.
-    fn record_alloc_changes(&mut self, revision: Revision, ids: Vec<String>) {
-        if !ids.is_empty() {
-            self.alloc_changes_len += ids.len();
-            self.alloc_changes.insert(revision, ids.into());
+    fn record_alloc_changes(&mut self, revision: Revision, changes: Vec<AllocChange>) {
+        if !changes.is_empty() {
+            self.alloc_changes_len += changes.len();
+            self.alloc_changes.insert(revision, changes.into());
         }
         while self.alloc_changes_len > ALLOC_CHANGES_KEPT {
             let Some(oldest) = self.alloc_changes.get_min().map(|(revision, _)| *revision) else { break };
@@ -168,10 +205,9 @@ impl View {
             for event in &batch.events {
                 match event.kind {
                     EventKind::Put => {
-                        if let Some(id) = event.kv.key.strip_prefix(keys::ALLOCS) {
-                            alloc_puts.push(id.to_string());
-                        }
-                        apply_put(&mut next, &event.kv.key, &event.kv.value, event.kv.create_revision, event.kv.mod_revision, &events)
+                        let put =
+                            apply_put(&mut next, &event.kv.key, &event.kv.value, event.kv.create_revision, event.kv.mod_revision, &events);
+                        alloc_puts.extend(put);
                     }
                     EventKind::Delete => apply_delete(&mut next, &event.kv.key, batch.revision, &events),
                 }
@@ -244,7 +280,7 @@ async fn load(store: &dyn Store, events: &mpsc::UnboundedSender<ViewEvent>) -> R
     let range = store.range("").await?;
     let mut snapshot = Snapshot::default();
     for kv in &range.kvs {
-        apply_put(&mut snapshot, &kv.key, &kv.value, kv.create_revision, kv.mod_revision, events);
+        let _ = apply_put(&mut snapshot, &kv.key, &kv.value, kv.create_revision, kv.mod_revision, events);
     }
     snapshot.revision = range.revision;
     snapshot.alloc_changes_from = range.revision + 1;
@@ -258,12 +294,12 @@ fn apply_put(
     create_revision: Revision,
     mod_revision: Revision,
     events: &mpsc::UnboundedSender<ViewEvent>,
-) {
+) -> Option<AllocChange> {
     let object = match keys::decode(key, value, create_revision, mod_revision) {
         Ok(object) => object,
         Err(error) => {
             tracing::error!(key, %error, "skipping undecodable object in the store");
-            return;
+            return None;
         }
     };
     match object {
@@ -292,7 +328,9 @@ fn apply_put(
             snapshot.job_index.insert(alloc.job_name.clone(), mod_revision);
             snapshot.node_alloc_index.insert(alloc.node_id.clone(), mod_revision);
             snapshot.table_index.insert("allocs", mod_revision);
+            let change = AllocChange { id: alloc.id.clone(), node: node_hash(&alloc.node_id) };
             snapshot.cluster.upsert_alloc(Arc::new(*alloc));
+            return Some(change);
         }
         Object::Eval(eval) => {
             snapshot.job_index.insert(eval.job_name.clone(), mod_revision);
@@ -306,6 +344,7 @@ fn apply_put(
             snapshot.evals.insert(eval.id.clone(), eval);
         }
     }
+    None
 }
 
 fn apply_delete(snapshot: &mut Snapshot, key: &str, revision: Revision, events: &mpsc::UnboundedSender<ViewEvent>) {

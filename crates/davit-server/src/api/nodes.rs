@@ -215,7 +215,7 @@ pub(crate) async fn nodes_allocations(
     body: Bytes,
 ) -> Result<Response, Failure> {
     let request: NodesAllocationsRequest = json_body(&body, "node list")?;
-    let nodes: std::collections::HashSet<&str> = request.node_ids.iter().map(String::as_str).collect();
+    let nodes = crate::view::NodeSet::new(request.node_ids.iter().map(String::as_str));
     let index = blocking.index.unwrap_or(0);
     let snapshot = shared.view.block_until(index, blocking.wait()?, |s| s.nodes_alloc_index(&nodes, index)).await;
     let changed = snapshot.allocs_changed(&nodes, index);
