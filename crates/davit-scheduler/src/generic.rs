@@ -293,7 +293,7 @@ impl<'a> Run<'a> {
         while visited < order.len() {
             let position = (*cursor + visited) % order.len();
             let slot = order.get(position);
-            let PlacementNode { node, class, usage_slot } = slot;
+            let PlacementNode { node, class, usage_slot, capacity } = slot;
             let class = *class;
             visited += 1;
             failure.nodes_evaluated += 1;
@@ -306,13 +306,13 @@ impl<'a> Run<'a> {
                 continue;
             }
             let usage = self.usage.usage_in(*usage_slot);
-            if let Err(dimension) = rank::fit(node, usage, ask) {
+            if let Err(dimension) = rank::fits(*capacity, node, usage, ask) {
                 *failure.exhausted.entry(dimension.to_string()).or_default() += 1;
                 continue;
             }
-            let fit = rank::fit_score(chooser.algorithm, node, usage, ask);
+            let fit = rank::fit_score(chooser.algorithm, *capacity, usage, ask);
             let score = rules.score(node, *usage_slot, group_position, class, fit).final_score();
-            let rank = (chooser.avoid != Some(node.id.as_str()), score);
+            let rank = (chooser.avoid.is_none_or(|avoid| avoid != node.id), score);
             if best.is_none_or(|(best_rank, _)| rank > best_rank) {
                 best = Some((rank, slot));
             }
@@ -431,6 +431,7 @@ mod tests {
                     node: Arc::new(crate::tests::node(&format!("n{number}"))),
                     class: number as u64,
                     usage_slot: number,
+                    capacity: rank::Capacity { cpu: 1, memory: 1 },
                 })
                 .collect();
             for _ in 0..5 {

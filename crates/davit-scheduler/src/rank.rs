@@ -216,15 +216,34 @@ impl Ask {
 /// The dimension that did not fit: a key of `PlacementFailure::exhausted`.
 pub(crate) type Exhausted = &'static str;
 
+/// A node's CPU (millicores) and memory (MiB): what fit and the fit scores read of it. The node walk
+/// keeps a copy next to each node (`PlacementNode`), so checking a candidate does not read the node.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Capacity {
+    pub(crate) cpu: u64,
+    pub(crate) memory: u64,
+}
+
+impl Capacity {
+    pub(crate) fn of(node: &Node) -> Capacity {
+        Capacity { cpu: node.resources.cpu, memory: node.resources.memory }
+    }
+}
+
 /// Checks the ask against what is left of the node and returns its bin-packing score.
 /// Port *numbers* are not picked here (see [`assign_ports`]), so rejected nodes consume no randomness.
 pub(crate) fn fit(node: &Node, usage: &TrackedUsage, ask: &Ask) -> Result<f64, Exhausted> {
-    let cpu_after = usage.cpu + ask.cpu;
-    let memory_after = usage.memory + ask.memory;
-    if cpu_after > node.resources.cpu {
+    let capacity = Capacity::of(node);
+    fits(capacity, node, usage, ask)?;
+    Ok(bin_pack_score(capacity, usage.cpu + ask.cpu, usage.memory + ask.memory))
+}
+
+/// [`fit`] without the score, given the node's capacity (the node itself is read only for asked ports).
+pub(crate) fn fits(capacity: Capacity, node: &Node, usage: &TrackedUsage, ask: &Ask) -> Result<(), Exhausted> {
+    if usage.cpu + ask.cpu > capacity.cpu {
         return Err("cpu");
     }
-    if memory_after > node.resources.memory {
+    if usage.memory + ask.memory > capacity.memory {
         return Err("memory");
     }
     if !ask.static_ports.is_empty() || !ask.dynamic_ports.is_empty() {
@@ -254,17 +273,17 @@ pub(crate) fn fit(node: &Node, usage: &TrackedUsage, ask: &Ask) -> Result<f64, E
             }
         }
     }
-    Ok(bin_pack_score(node, cpu_after, memory_after))
+    Ok(())
 }
 
 /// The fit score of the algorithm for an ask that fits (see the module documentation).
-pub(crate) fn fit_score(algorithm: SchedulerAlgorithm, node: &Node, usage: &TrackedUsage, ask: &Ask) -> f64 {
+pub(crate) fn fit_score(algorithm: SchedulerAlgorithm, capacity: Capacity, usage: &TrackedUsage, ask: &Ask) -> f64 {
     let cpu_after = usage.cpu + ask.cpu;
     let memory_after = usage.memory + ask.memory;
     match algorithm {
-        SchedulerAlgorithm::Binpack => bin_pack_score(node, cpu_after, memory_after),
-        SchedulerAlgorithm::Spread => spread_fit_score(node, cpu_after, memory_after),
-        SchedulerAlgorithm::Balanced => balanced_score(node, cpu_after, memory_after),
+        SchedulerAlgorithm::Binpack => bin_pack_score(capacity, cpu_after, memory_after),
+        SchedulerAlgorithm::Spread => spread_fit_score(capacity, cpu_after, memory_after),
+        SchedulerAlgorithm::Balanced => balanced_score(capacity, cpu_after, memory_after),
     }
 }
 
@@ -273,23 +292,23 @@ fn free_fraction(used: u64, total: u64) -> f64 {
 }
 
 /// Least allocated first. See the module documentation for the formula.
-pub(crate) fn spread_fit_score(node: &Node, cpu_after: u64, memory_after: u64) -> f64 {
-    let free_cpu = free_fraction(cpu_after, node.resources.cpu);
-    let free_memory = free_fraction(memory_after, node.resources.memory);
+pub(crate) fn spread_fit_score(capacity: Capacity, cpu_after: u64, memory_after: u64) -> f64 {
+    let free_cpu = free_fraction(cpu_after, capacity.cpu);
+    let free_memory = free_fraction(memory_after, capacity.memory);
     ((10f64.powf(free_cpu) + 10f64.powf(free_memory) - 2.0) / 18.0).clamp(0.0, 1.0)
 }
 
 /// CPU and memory used in equal proportion. See the module documentation for the formula.
-pub(crate) fn balanced_score(node: &Node, cpu_after: u64, memory_after: u64) -> f64 {
-    let used_cpu = 1.0 - free_fraction(cpu_after, node.resources.cpu);
-    let used_memory = 1.0 - free_fraction(memory_after, node.resources.memory);
+pub(crate) fn balanced_score(capacity: Capacity, cpu_after: u64, memory_after: u64) -> f64 {
+    let used_cpu = 1.0 - free_fraction(cpu_after, capacity.cpu);
+    let used_memory = 1.0 - free_fraction(memory_after, capacity.memory);
     1.0 - (used_cpu - used_memory).abs()
 }
 
 /// See the module documentation for the formula.
-pub(crate) fn bin_pack_score(node: &Node, cpu_after: u64, memory_after: u64) -> f64 {
-    let free_cpu = free_fraction(cpu_after, node.resources.cpu);
-    let free_memory = free_fraction(memory_after, node.resources.memory);
+pub(crate) fn bin_pack_score(capacity: Capacity, cpu_after: u64, memory_after: u64) -> f64 {
+    let free_cpu = free_fraction(cpu_after, capacity.cpu);
+    let free_memory = free_fraction(memory_after, capacity.memory);
     let raw = 20.0 - (10f64.powf(free_cpu) + 10f64.powf(free_memory));
     (raw / 18.0).clamp(0.0, 1.0)
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use davit_api::objects::{AllocatedResources, Allocation, Job, Node};
 use imbl::{OrdMap, OrdSet};
 
-use crate::rank::FxHasher;
+use crate::rank::{Capacity, FxHasher};
 
 /// Nodes, allocations, jobs and job versions, indexed for the scheduler.
 ///
@@ -52,6 +52,8 @@ pub(crate) struct PlacementNode {
     pub(crate) class: u64,
     /// See [`ClusterState::usage_slot`].
     pub(crate) usage_slot: u32,
+    /// The node's resources, next to the slot so the walk's fit check reads no node.
+    pub(crate) capacity: Capacity,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -230,7 +232,12 @@ impl ClusterState {
                 .values()
                 .zip(self.node_meta.values())
                 .filter(|(node, _)| node.is_schedulable())
-                .map(|(node, meta)| PlacementNode { node: Arc::clone(node), class: meta.class, usage_slot: meta.usage_slot })
+                .map(|(node, meta)| PlacementNode {
+                    node: Arc::clone(node),
+                    class: meta.class,
+                    usage_slot: meta.usage_slot,
+                    capacity: Capacity::of(node),
+                })
                 .collect()
         })
     }

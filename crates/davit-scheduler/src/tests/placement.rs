@@ -7,7 +7,7 @@ use davit_api::objects::{NodeEligibility, NodeStatus, PlacementFailure};
 use davit_api::spec::{ConstraintOperator as Op, DriverName};
 
 use super::{Harness, alloc, constraint, job, node, port, task};
-use crate::rank::bin_pack_score;
+use crate::rank::{Capacity, bin_pack_score};
 
 fn counts(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
     pairs.iter().map(|(key, count)| (key.to_string(), *count)).collect()
@@ -278,11 +278,11 @@ fn bin_packing_fills_one_node_before_the_next() {
 fn bin_pack_score_formula() {
     let node = node("n-1"); // 4000 millicores, 8192 MiB
     let close = |actual: f64, expected: f64| (actual - expected).abs() < 1e-9;
-    assert!(close(bin_pack_score(&node, 0, 0), 0.0), "empty node");
-    assert!(close(bin_pack_score(&node, 4000, 8192), 1.0), "full node");
+    assert!(close(bin_pack_score(Capacity::of(&node), 0, 0), 0.0), "empty node");
+    assert!(close(bin_pack_score(Capacity::of(&node), 4000, 8192), 1.0), "full node");
     // Half full in both: 20 − 2·10^0.5 = 13.675…, / 18.
-    assert!(close(bin_pack_score(&node, 2000, 4096), (20.0 - 2.0 * 10f64.sqrt()) / 18.0));
-    assert!(bin_pack_score(&node, 3000, 1000) > bin_pack_score(&node, 1000, 1000));
+    assert!(close(bin_pack_score(Capacity::of(&node), 2000, 4096), (20.0 - 2.0 * 10f64.sqrt()) / 18.0));
+    assert!(bin_pack_score(Capacity::of(&node), 3000, 1000) > bin_pack_score(Capacity::of(&node), 1000, 1000));
 }
 
 #[test]

@@ -9,7 +9,7 @@ use davit_api::spec::{ConstraintOperator as Op, JobType, NodeAffinity, Scheduler
 
 use super::{Harness, alloc, constraint, job, node};
 use crate::SchedulerConfig;
-use crate::rank::{balanced_score, spread_fit_score};
+use crate::rank::{Capacity, balanced_score, spread_fit_score};
 use crate::rules::spread_boost;
 
 /// A node with `zone` and `rack` attributes.
@@ -205,10 +205,10 @@ fn balanced_evens_cpu_and_memory() {
 
     let node = node("n-1"); // 4000 millicores, 8192 MiB
     let close = |actual: f64, expected: f64| (actual - expected).abs() < 1e-9;
-    assert!(close(balanced_score(&node, 2000, 4096), 1.0));
-    assert!(close(balanced_score(&node, 4000, 0), 0.0));
-    assert!(close(spread_fit_score(&node, 0, 0), 1.0));
-    assert!(close(spread_fit_score(&node, 4000, 8192), 0.0));
+    assert!(close(balanced_score(Capacity::of(&node), 2000, 4096), 1.0));
+    assert!(close(balanced_score(Capacity::of(&node), 4000, 0), 0.0));
+    assert!(close(spread_fit_score(Capacity::of(&node), 0, 0), 1.0));
+    assert!(close(spread_fit_score(Capacity::of(&node), 4000, 8192), 0.0));
 }
 
 #[test]
