@@ -52,6 +52,12 @@ impl From<davit_client::ClientError> for Failure {
     }
 }
 
+/// mimalloc instead of glibc's malloc: the server's state is millions of small, long-lived objects in
+/// persistent maps, where glibc's allocator spends more and more time consolidating free chunks as the heap
+/// grows (`bench e2e --nodes 10000 --allocs 1000000`: 190 s with mimalloc, 312 s without; peak RSS +10%).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     if let cli::Command::Executor { .. } = cli.command {
