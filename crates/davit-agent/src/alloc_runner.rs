@@ -81,7 +81,7 @@ impl AllocRunner {
             alloc,
             job_type: None,
             group: None,
-            task_states: BTreeMap::new(),
+            task_states: Default::default(),
             handles: BTreeMap::new(),
             restart_trackers: BTreeMap::new(),
             stop_requested: false,
@@ -249,7 +249,7 @@ impl AllocShared {
     /// Changes one task's state (adding `event` if given) without writing it yet; call [`commit`](Self::commit).
     pub fn update_task(&self, task: &str, event: Option<TaskEvent>, f: impl FnOnce(&mut TaskState)) {
         self.with_state(|state| {
-            let task_state = state.task_states.entry(task.to_string()).or_default();
+            let task_state = state.task_states.entry_or_default(task.to_string());
             if let Some(event) = event {
                 task_state.events.push(event);
                 if task_state.events.len() > MAX_EVENTS {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use davit_api::objects::{CheckState, CheckStatus, TaskState, TaskStatus};
+use davit_api::objects::{CheckState, CheckStatus, TaskStates, TaskStatus};
 use davit_api::spec::{CheckOnFailure, CheckSpec, CheckType};
 use davit_drivers::{Driver, TaskHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -80,7 +80,7 @@ pub fn record(
 /// Health of an allocation from its task states: `Some(true)` when every task runs and every check
 /// passes, `Some(false)` with the reason when a task failed, is not running or a check is failing, `None`
 /// while it is not known yet (nothing started, checks pending) or after the allocation completed.
-pub fn derive_health(tasks: &BTreeMap<String, TaskState>) -> (Option<bool>, String) {
+pub fn derive_health(tasks: &TaskStates) -> (Option<bool>, String) {
     if tasks.is_empty() || tasks.values().all(|task| task.started_at.is_none() && task.restarts == 0 && !task.failed) {
         return (None, String::new());
     }
@@ -575,6 +575,8 @@ fn truncate(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use davit_api::objects::TaskState;
+
     use super::*;
 
     #[test]
@@ -778,9 +780,8 @@ mod tests {
     #[test]
     fn allocation_health() {
         use CheckStatus::*;
-        let tasks =
-            |list: Vec<(&str, TaskState)>| list.into_iter().map(|(name, state)| (name.to_string(), state)).collect::<BTreeMap<_, _>>();
-        assert_eq!(derive_health(&BTreeMap::new()), (None, String::new()));
+        let tasks = |list: Vec<(&str, TaskState)>| list.into_iter().map(|(name, state)| (name.to_string(), state)).collect::<TaskStates>();
+        assert_eq!(derive_health(&TaskStates::new()), (None, String::new()));
         assert_eq!(derive_health(&tasks(vec![("server", TaskState::default())])), (None, String::new()));
         assert_eq!(
             derive_health(&tasks(vec![("server", task(TaskStatus::Running, &[("web-http", Passing, "HTTP 200")]))])),

@@ -183,7 +183,7 @@ fn persisted(job_type: JobType, group: GroupSpec) -> PersistedAlloc {
         desired_description: String::new(),
         client_status: ClientStatus::Pending,
         client_description: String::new(),
-        task_states: BTreeMap::new(),
+        task_states: Default::default(),
         healthy: None,
         health_description: String::new(),
         resources: AllocatedResources::default(),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use davit_api::objects::{Allocation, MigrationProgress, TaskState};
+use davit_api::objects::{Allocation, MigrationProgress};
 use davit_api::spec::{GroupSpec, JobType};
 use davit_drivers::TaskHandle;
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,7 @@ pub struct PersistedAlloc {
     #[serde(default)]
     pub group: Option<GroupSpec>,
     #[serde(default)]
-    pub task_states: BTreeMap<String, TaskState>,
+    pub task_states: davit_api::objects::TaskStates,
     /// Handles of tasks that are (or may be) running.
     #[serde(default)]
     pub handles: BTreeMap<String, TaskHandle>,
@@ -120,7 +120,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use davit_api::objects::{AllocatedResources, ClientStatus, DesiredStatus, TaskEvent, TaskStatus};
+    use davit_api::objects::{AllocatedResources, ClientStatus, DesiredStatus, TaskEvent, TaskState, TaskStatus};
 
     use super::*;
 
@@ -139,7 +139,7 @@ mod tests {
             desired_description: String::new(),
             client_status: ClientStatus::Running,
             client_description: String::new(),
-            task_states: BTreeMap::new(),
+            task_states: Default::default(),
             healthy: None,
             health_description: String::new(),
             resources: AllocatedResources::default(),
@@ -186,7 +186,7 @@ mod tests {
             alloc,
             job_type: Some(JobType::Service),
             group: Some(group),
-            task_states: BTreeMap::from([("app".to_string(), task_state)]),
+            task_states: davit_api::objects::TaskStates::from([("app".to_string(), task_state)]),
             handles: BTreeMap::from([("app".to_string(), handle)]),
             restart_trackers: BTreeMap::from([("app".to_string(), RestartTracker { window_start_ms: 5, count: 1 })]),
             stop_requested: false,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use davit_api::http::AllocStatusUpdate;
-use davit_api::objects::{ClientStatus, TaskState, TaskStatus};
+use davit_api::objects::{ClientStatus, TaskStates, TaskStatus};
 use tokio::sync::Notify;
 
 use crate::servers::ServerPool;
@@ -18,7 +18,7 @@ const COALESCE: Duration = Duration::from_millis(2);
 /// Client status of an allocation from its tasks' states (as in Nomad): any task failed → `failed`;
 /// else any task pending (not started yet, or waiting to restart) → `pending`; else any running →
 /// `running`; else (all dead, none failed) → `complete`. No tasks yet → `pending`.
-pub fn derive_client_status(tasks: &BTreeMap<String, TaskState>) -> (ClientStatus, String) {
+pub fn derive_client_status(tasks: &TaskStates) -> (ClientStatus, String) {
     if tasks.is_empty() {
         return (ClientStatus::Pending, "no tasks have started".to_string());
     }
@@ -142,6 +142,8 @@ impl Updater {
 
 #[cfg(test)]
 mod tests {
+    use davit_api::objects::TaskState;
+
     use super::*;
 
     fn task(state: TaskStatus, failed: bool) -> TaskState {
@@ -162,10 +164,10 @@ mod tests {
             ("one failed, one killed", vec![task(Dead, true), task(Dead, false)], ClientStatus::Failed),
         ];
         for (name, states, expected) in cases {
-            let tasks: BTreeMap<String, TaskState> = states.into_iter().enumerate().map(|(i, s)| (format!("t{i}"), s)).collect();
+            let tasks: TaskStates = states.into_iter().enumerate().map(|(i, s)| (format!("t{i}"), s)).collect();
             assert_eq!(derive_client_status(&tasks).0, expected, "{name}");
         }
-        let tasks = BTreeMap::from([("web".to_string(), task(Dead, true)), ("db".to_string(), task(Dead, false))]);
+        let tasks = TaskStates::from([("web".to_string(), task(Dead, true)), ("db".to_string(), task(Dead, false))]);
         assert_eq!(derive_client_status(&tasks).1, "failed tasks: web");
     }
 }

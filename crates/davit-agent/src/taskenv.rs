@@ -171,7 +171,7 @@ mod tests {
             desired_description: String::new(),
             client_status: ClientStatus::Pending,
             client_description: String::new(),
-            task_states: BTreeMap::new(),
+            task_states: Default::default(),
             healthy: None,
             health_description: String::new(),
             resources: AllocatedResources {

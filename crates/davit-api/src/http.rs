@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::objects::{
     Allocation, ClientStatus, Evaluation, GroupSummary, Index, Job, MigrationProgress, NodeEligibility, NodeStatus, PlacementFailure,
-    TaskState,
+    TaskStates,
 };
 use crate::spec::{BalanceAlgorithm, JobType, ServiceMode};
 
@@ -420,7 +420,7 @@ pub struct AllocStatusUpdate {
     pub client_status: ClientStatus,
     #[serde(default)]
     pub client_description: String,
-    pub task_states: BTreeMap<String, TaskState>,
+    pub task_states: TaskStates,
     #[serde(default)]
     pub healthy: Option<bool>,
     #[serde(default)]

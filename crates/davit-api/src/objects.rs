@@ -213,6 +213,9 @@ pub struct ByteProgress {
     pub total: u64,
 }
 
+/// Task states by task name (a small sorted map: one or two tasks per allocation is the rule).
+pub type TaskStates = crate::small_map::SmallMap<String, TaskState>;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskState {
     pub state: TaskStatus,
@@ -290,7 +293,7 @@ pub struct Allocation {
     #[serde(default)]
     pub client_description: String,
     #[serde(default)]
-    pub task_states: BTreeMap<String, TaskState>,
+    pub task_states: TaskStates,
     /// Set by the agent: true when every task runs and every health check passes, false when a task is
     /// not running or a check is failing; `None` until known.
     #[serde(default)]

@@ -1,7 +1,7 @@
 //! New allocations: their ids, and the allocation objects the scheduler's pieces (generic and system
 //! placement, rebalancing, live migration) create.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 
 use davit_api::objects::{AllocatedResources, Allocation, ClientStatus, DesiredStatus, Job, Node, RescheduleEvent, UnixMillis};
@@ -77,7 +77,7 @@ impl NewAllocation<'_> {
             desired_description: String::new(),
             client_status: ClientStatus::Pending,
             client_description: String::new(),
-            task_states: BTreeMap::new(),
+            task_states: Default::default(),
             healthy: None,
             health_description: String::new(),
             resources: self.resources,
@@ -104,7 +104,7 @@ pub(crate) fn moved_copy(source: &Allocation, id: String, node: &Node, resources
         desired_description: String::new(),
         client_status: ClientStatus::Pending,
         client_description: String::new(),
-        task_states: BTreeMap::new(),
+        task_states: Default::default(),
         healthy: None,
         health_description: String::new(),
         resources,

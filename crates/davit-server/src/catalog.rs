@@ -222,7 +222,7 @@ groups:
             desired_description: String::new(),
             client_status,
             client_description: String::new(),
-            task_states: BTreeMap::new(),
+            task_states: Default::default(),
             healthy,
             health_description: match healthy {
                 Some(true) => "all tasks running, all checks passing".to_string(),

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use davit_api::http::{AllocStatusUpdate, NodeAllocStatusUpdates};
 use davit_api::objects::{
-    Allocation, ClientStatus, DesiredStatus, DriverInfo, Node, NodeEligibility, NodeResources, NodeStatus, TaskEvent, TaskState, TaskStatus,
+    Allocation, ClientStatus, DesiredStatus, DriverInfo, Node, NodeEligibility, NodeResources, NodeStatus, TaskEvent, TaskState,
+    TaskStates, TaskStatus,
 };
 use davit_client::Client;
 use futures_util::StreamExt;
@@ -370,7 +371,7 @@ impl Watcher {
         self.seen.insert(key, seen);
     }
 
-    fn report(&self, alloc: &Allocation, status: ClientStatus, description: &str, task_states: BTreeMap<String, TaskState>) {
+    fn report(&self, alloc: &Allocation, status: ClientStatus, description: &str, task_states: TaskStates) {
         let update = AllocStatusUpdate {
             id: alloc.id.clone(),
             client_status: status,
