@@ -65,7 +65,7 @@ pub(crate) struct AllocShared {
     pub alloc_dir: PathBuf,
     state: Mutex<PersistedAlloc>,
     /// The allocation's live migration as the server last said (task runners watch it).
-    pub migration: watch::Sender<Option<Migration>>,
+    pub migration: watch::Sender<Option<Box<Migration>>>,
     /// Serializes state writes so the file always ends with the newest snapshot.
     persist: tokio::sync::Mutex<()>,
 }

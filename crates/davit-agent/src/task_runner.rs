@@ -435,7 +435,7 @@ impl TaskRunner {
         handle: &TaskHandle,
         control: &mut watch::Receiver<TaskControl>,
         check_failed: &mut mpsc::Receiver<String>,
-        migration: &mut watch::Receiver<Option<Migration>>,
+        migration: &mut watch::Receiver<Option<Box<Migration>>>,
         migration_tried: Option<&str>,
     ) -> Waited {
         loop {

@@ -309,8 +309,9 @@ pub struct Allocation {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reschedule_tracker: Vec<RescheduleEvent>,
     /// The live migration this allocation takes part in (as its source or its destination), if any.
+    /// Boxed: only allocations in a live migration have one, and the allocation stays small without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub migration: Option<Migration>,
+    pub migration: Option<Box<Migration>>,
     pub create_time: UnixMillis,
     pub modify_time: UnixMillis,
     #[serde(default)]

@@ -102,7 +102,7 @@ pub fn place_migration(
     let ports = rank::assign_ports(node, usage.usage(&node.id), &ask, &mut rng);
     let id = AllocIds::default().next(state, &mut rng);
     let mut destination = moved_copy(source, id, node, AllocatedResources { cpu: ask.cpu, memory: ask.memory, ports }, now);
-    destination.migration = Some(Migration {
+    destination.migration = Some(Box::new(Migration {
         role: MigrationRole::Destination,
         peer_alloc_id: source.id.clone(),
         peer_node_id: source.node_id.clone(),
@@ -111,6 +111,6 @@ pub fn place_migration(
         description: format!("migrating in from node {}", source.node_name),
         report: None,
         started_at: now,
-    });
+    }));
     Ok(destination)
 }

@@ -175,7 +175,9 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
         for (reply, wrote) in replies {
             match reply {
                 Reply::Plan(mut result, sender) => {
-                    let outcome = outcome_for(wrote).map(|index| {
+                    // A refused plan gets the batch's index too: the worker waits for it before planning again,
+                    // so it sees what the requests before it in the batch committed.
+                    let outcome = outcome_for(wrote || !result.refused_nodes.is_empty()).map(|index| {
                         result.index = index;
                         metrics.plan_applied(started.elapsed(), result.placed);
                         result
@@ -208,7 +210,7 @@ pub fn check_migration(snapshot: &Snapshot, destination: &Allocation, now: u64) 
         return Err(format!("node {} no longer has room for it", destination.node_name));
     }
     let mut source = (**source).clone();
-    source.migration = Some(Migration {
+    source.migration = Some(Box::new(Migration {
         role: MigrationRole::Source,
         peer_alloc_id: destination.id.clone(),
         peer_node_id: destination.node_id.clone(),
@@ -217,7 +219,7 @@ pub fn check_migration(snapshot: &Snapshot, destination: &Allocation, now: u64) 
         description: format!("migrating to node {}", destination.node_name),
         report: None,
         started_at: now,
-    });
+    }));
     source.modify_time = now;
     let mut writes = Writes::default();
     writes.alloc(destination.clone());
@@ -525,6 +527,41 @@ mod tests {
     }
 
     const TASKS: &str = "    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/true}\n        resources: {cpu: 100, memory: 64}\n";
+
+    /// Two plans computed on the same snapshot both fill the one node. Queued together they are checked in one
+    /// batch: the second sees the first's allocation and is refused, and its result carries the batch's index
+    /// (the worker waits for it before planning again, so it sees why).
+    #[tokio::test]
+    async fn plans_of_one_batch_see_each_other_and_a_refused_one_gets_the_batch_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(davit_store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
+        let mut small = node("n1");
+        small.resources.memory = 100;
+        let mut txn = Txn::default();
+        txn.success.push(keys::put(keys::node("n1"), &small));
+        store.txn(txn).await.unwrap();
+        let (events, _events) = mpsc::unbounded_channel();
+        let view = View::start(Arc::clone(&store), events).await.unwrap();
+        let applier = Applier::start(Arc::clone(&store), Arc::clone(&view), Arc::new(Metrics::default()));
+
+        let mut cluster = view.snapshot().cluster;
+        let first = add_job(&mut cluster, &format!("name: first\ngroups:\n  - name: g\n{TASKS}"));
+        let second = add_job(&mut cluster, &format!("name: second\ngroups:\n  - name: g\n{TASKS}"));
+        let first_plan = schedule(&cluster, &first, &Default::default(), 1, 0).plan;
+        let second_plan = schedule(&cluster, &second, &Default::default(), 2, 0).plan;
+        assert_eq!((first_plan.allocations().count(), second_plan.allocations().count()), (1, 1));
+
+        // A current-thread runtime: both requests are queued before the applier task runs.
+        let (first_result, second_result) = tokio::join!(applier.submit_plan(first_plan), applier.submit_plan(second_plan));
+        let (first_result, second_result) = (first_result.unwrap(), second_result.unwrap());
+        assert_eq!((first_result.placed, first_result.refused_nodes.len()), (1, 0));
+        assert_eq!((second_result.placed, second_result.refused_nodes), (0, vec!["n1".to_string()]));
+        assert!(first_result.index > 0);
+        assert_eq!(second_result.index, first_result.index, "the refused plan waits for the batch's commit");
+        view.wait_for(second_result.index).await;
+        let live: Vec<_> = view.snapshot().cluster.allocs_for_node("n1").map(|alloc| alloc.job_name.clone()).collect();
+        assert_eq!(live, ["first"]);
+    }
 
     /// Two plans computed on the same snapshot each keep job `db`'s required anti-affinity to `cache`;
     /// committed one after the other they would break it. The applier refuses the second.

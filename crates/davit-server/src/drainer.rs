@@ -401,7 +401,7 @@ mod tests {
 
         // While web0 migrates out nothing else of the group moves.
         let mut migrating = (**cluster.alloc("web0").unwrap()).clone();
-        migrating.migration = Some(davit_api::objects::Migration {
+        migrating.migration = Some(Box::new(davit_api::objects::Migration {
             role: davit_api::objects::MigrationRole::Source,
             peer_alloc_id: "web0-new".to_string(),
             peer_node_id: "n".to_string(),
@@ -410,7 +410,7 @@ mod tests {
             description: String::new(),
             report: None,
             started_at: 2_000,
-        });
+        }));
         cluster.upsert_alloc(Arc::new(migrating.clone()));
         assert!(plan_step(&cluster, 3_000).migrations.is_empty());
 

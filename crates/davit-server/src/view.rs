@@ -267,6 +267,8 @@ impl View {
             if index == 0 || index_of(&snapshot) > index {
                 return snapshot;
             }
+            // Not held while waiting: an old snapshot keeps every version the view has replaced since alive.
+            drop(snapshot);
             match tokio::time::timeout_at(deadline, receiver.changed()).await {
                 Ok(Ok(())) => continue,
                 _ => return self.snapshot(),

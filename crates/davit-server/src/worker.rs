@@ -18,6 +18,8 @@ use crate::{new_id, now_millis};
 
 /// How often a worker re-plans the part of a plan the applier refused before giving up (blocked eval).
 const MAX_PLAN_ATTEMPTS: u32 = 5;
+/// How long the follow-up of an evaluation whose plan was refused on every attempt waits before it runs.
+const FOLLOW_UP_DELAY_MS: u64 = 500;
 
 pub struct Worker {
     pub store: Arc<dyn Store>,
@@ -50,6 +52,8 @@ impl Worker {
         let mut status = EvalStatus::Complete;
         let mut wait_until = None;
         let mut snapshot_index = 0;
+        // Nodes the applier refused on the last attempt (none once a plan went through whole).
+        let mut still_refused = 0;
         for attempt in 1..=MAX_PLAN_ATTEMPTS {
             let snapshot = self.view.snapshot();
             snapshot_index = snapshot.revision;
@@ -66,10 +70,12 @@ impl Worker {
             status = result.status;
             wait_until = result.wait_until();
             if result.plan.node_allocations.is_empty() && result.plan.node_updates.is_empty() {
+                still_refused = 0;
                 break;
             }
             let outcome = self.applier.submit_plan(result.plan).await?;
             self.view.wait_for(outcome.index).await;
+            still_refused = outcome.refused_nodes.len();
             if outcome.refused_nodes.is_empty() {
                 break;
             }
@@ -83,6 +89,31 @@ impl Worker {
         done.modify_time = now;
         done.failed_groups = failed_groups;
         let mut txn = Txn::default();
+        if still_refused > 0 {
+            // Other plans kept taking the nodes this one chose: what was refused is not placed, so a fresh
+            // evaluation of the job goes on from the newest state (never report it complete).
+            let follow_up = Evaluation {
+                id: new_id(),
+                status: EvalStatus::Pending,
+                status_description: format!("follow-up of evaluation {}, whose plan was refused {MAX_PLAN_ATTEMPTS} times", eval.id),
+                previous_eval: Some(eval.id.clone()),
+                blocked_eval: None,
+                // A short pause, so a node that keeps refusing cannot make evaluations spin.
+                wait_until: Some(now + FOLLOW_UP_DELAY_MS),
+                failed_groups: Default::default(),
+                create_time: now,
+                modify_time: now,
+                create_index: 0,
+                modify_index: 0,
+                ..eval.clone()
+            };
+            done.status = EvalStatus::Failed;
+            done.status_description = format!(
+                "{}; the applier refused {still_refused} node(s) of the plan on all {MAX_PLAN_ATTEMPTS} attempts: follow-up evaluation {}",
+                done.status_description, follow_up.id
+            );
+            txn.success.push(keys::put(keys::eval(&follow_up.id), &follow_up));
+        }
         if !done.failed_groups.is_empty() {
             let blocked = Evaluation {
                 id: new_id(),
@@ -110,7 +141,7 @@ impl Worker {
         }
         // Everything placed: a blocked evaluation of the job from before is stale (`job status` would still
         // report it, and a capacity change would run it for nothing).
-        let stale = match done.failed_groups.is_empty() {
+        let stale = match done.failed_groups.is_empty() && still_refused == 0 {
             true => self.broker.blocked_for(&eval.job_name).filter(|blocked| blocked.id != eval.id),
             false => None,
         };
