@@ -87,6 +87,36 @@ fn node_usage_counts_non_terminal_allocs_only() {
     assert_eq!(state.node_usage("elsewhere"), NodeUsage::default());
 }
 
+/// A node id holds its usage slot while a node or an allocation names it; a freed slot is reused empty,
+/// and a snapshot taken before keeps its own usage.
+#[test]
+fn usage_slots_are_released_and_reused_without_leaking_usage() {
+    let mut state = ClusterState::new();
+    state.upsert_node(Arc::new(node("n1")));
+    state.upsert_alloc(Arc::new(alloc("a1", "shop", "web", 0, 0, "n1")));
+    let slot = state.usage_slot("n1").unwrap();
+    state.remove_node("n1");
+    assert_eq!(state.usage_slot("n1"), Some(slot), "its allocation still names it");
+    let before = state.clone();
+    state.remove_alloc("a1");
+    assert_eq!(state.usage_slot("n1"), None);
+
+    state.upsert_node(Arc::new(node("n2")));
+    assert_eq!(state.usage_slot("n2"), Some(slot), "the freed slot is reused");
+    assert_eq!(state.node_usage("n2"), NodeUsage::default());
+    assert_eq!(before.node_usage("n1").memory, 256);
+
+    // An allocation moved to another node frees the old node's slot once nothing else names it.
+    state.upsert_alloc(Arc::new(alloc("a2", "shop", "web", 1, 0, "gone")));
+    let gone = state.usage_slot("gone").unwrap();
+    state.upsert_alloc(Arc::new(alloc("a2", "shop", "web", 1, 0, "n2")));
+    assert_eq!(state.usage_slot("gone"), None);
+    assert_eq!(state.node_usage("n2").memory, 256);
+    state.upsert_node(Arc::new(node("n3")));
+    assert_eq!(state.usage_slot("n3"), Some(gone));
+    assert_eq!(state.node_usage("n3"), NodeUsage::default());
+}
+
 #[test]
 fn snapshots_are_unaffected_by_later_updates() {
     let mut state = ClusterState::new();
@@ -141,4 +171,34 @@ fn live_usage_matches_a_recomputation_after_random_updates() {
             assert_eq!(state.node_usage(node), expected, "node {node} after step {step}");
         }
     }
+}
+
+/// The applier's fit check: live usage minus what leaves plus what arrives, and no arriving port taken twice
+/// or reserved.
+#[test]
+fn fits_after_counts_leaving_and_arriving_allocations_and_ports() {
+    let mut state = ClusterState::new();
+    let mut small = node("n1");
+    small.resources.cpu = 1000;
+    small.resources.reserved_ports = vec![22];
+    state.upsert_node(Arc::new(small.clone()));
+    let mut running = alloc("a1", "shop", "web", 0, 0, "n1");
+    running.resources.ports = vec![AssignedPort { label: "http".into(), value: 20001, to: 80 }];
+    state.upsert_alloc(Arc::new(running.clone()));
+    state.upsert_alloc(Arc::new(alloc("a2", "shop", "web", 1, 0, "n1")));
+
+    let newcomer = alloc("a3", "shop", "web", 2, 0, "n1");
+    assert!(!state.fits_after(&small, [], std::slice::from_ref(&newcomer)), "1500 of 1000 millicores");
+    assert!(state.fits_after(&small, [&running], std::slice::from_ref(&newcomer)));
+    // An in-place update of a1 replaces it: its port is its own.
+    assert!(state.fits_after(&small, [&running], std::slice::from_ref(&running)));
+    // Ports only: an allocation that asks for no CPU or memory.
+    let mut same_port = alloc("a3", "shop", "web", 2, 0, "n1");
+    (same_port.resources.cpu, same_port.resources.memory) = (0, 0);
+    same_port.resources.ports = running.resources.ports.clone();
+    assert!(!state.fits_after(&small, [], std::slice::from_ref(&same_port)), "port 20001 is held by a1");
+    assert!(state.fits_after(&small, [&running], std::slice::from_ref(&same_port)), "a1 leaves");
+    assert!(!state.fits_after(&small, [&running], &[same_port.clone(), running.clone()]), "port 20001 asked twice");
+    same_port.resources.ports[0].value = 22;
+    assert!(!state.fits_after(&small, [], std::slice::from_ref(&same_port)), "port 22 is reserved");
 }
