@@ -108,13 +108,15 @@ pub const MAX_BATCH: usize = 64;
 #[derive(Default)]
 pub struct Writes {
     pub txn: Txn,
-    allocs: Vec<Allocation>,
+    allocs: Vec<Arc<Allocation>>,
 }
 
 impl Writes {
-    fn alloc(&mut self, alloc: Allocation) {
+    /// Adds a put of the allocation; returns it as shared, for a working state that must see it too.
+    fn alloc(&mut self, alloc: Allocation) -> &Arc<Allocation> {
         self.txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
-        self.allocs.push(alloc);
+        self.allocs.push(Arc::new(alloc));
+        self.allocs.last().expect("just pushed")
     }
 
     fn eval(&mut self, eval: &Evaluation) {
@@ -156,7 +158,7 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
             let wrote = !writes.txn.success.is_empty();
             if position + 1 < count {
                 for alloc in writes.allocs {
-                    working.cluster.upsert_alloc(Arc::new(alloc));
+                    working.cluster.upsert_alloc(alloc);
                 }
             }
             txn.success.extend(writes.txn.success);
@@ -300,9 +302,9 @@ pub fn check_plan(cluster: &ClusterState, plan: &Plan, now: u64) -> (Writes, Pla
             if cluster.alloc(&alloc.id).is_none() {
                 result.placed += 1;
             }
-            writes.alloc(alloc.clone());
+            let written = writes.alloc(alloc.clone());
             if let Some(working) = working.as_mut() {
-                working.upsert_alloc(Arc::new(alloc.clone()));
+                working.upsert_alloc(Arc::clone(written));
             }
         }
         for stop in plan.node_preemptions.get(node_id).into_iter().flatten() {

@@ -62,7 +62,7 @@ impl<'a> NodeSet<'a> {
         NodeSet { ids, hashes }
     }
 
-    /// True when the change is on one of the nodes (its allocation in `snapshot` is, as of its newest write).
+    /// The change's allocation in `snapshot` (as of its newest write) when it is on one of the nodes.
     fn holds<'s>(&self, snapshot: &'s Snapshot, change: &AllocChange) -> Option<&'s Arc<Allocation>> {
         if !self.hashes.contains(&change.node) {
             return None;
@@ -71,7 +71,7 @@ impl<'a> NodeSet<'a> {
     }
 }
 
-/// A fixed hash of a node id (the same in every process and run).
+/// A hash of a node id, the same for every snapshot of this process (`DefaultHasher::new` has fixed keys).
 fn node_hash(node_id: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::hash::DefaultHasher::new();
