@@ -17,6 +17,7 @@ use davit_drivers::vm::AccelProbeConfig;
 use davit_drivers::{
     Driver, DriverError, ExitResult, LogRotation, TaskConfig, TaskHandle, TaskResources, TaskRunState, VmDriver, VmDriverConfig,
 };
+use davit_oci::testing::free_port;
 use serde_json::{Value, json};
 
 /// Upper bound for anything a test awaits (a TCG boot takes a few seconds, more on a busy machine).
@@ -159,10 +160,6 @@ impl Drop for Fixture {
             }
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn http_get(port: u16, path: &str) -> Option<String> {

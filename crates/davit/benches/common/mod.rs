@@ -41,9 +41,7 @@ pub fn davit(addr: &str, args: &[&str]) -> (bool, String) {
     (output.status.success(), String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr))
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use davit_oci::testing::free_port;
 
 pub fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0

@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -34,9 +33,7 @@ fn unsafe_free_is_root() -> bool {
         .unwrap_or(false)
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use davit_oci::testing::free_port;
 
 /// A port range for one test's agent, so parallel tests do not hand out the same host ports.
 pub fn port_range() -> String {
