@@ -26,6 +26,7 @@ use crate::cli::{Algorithm, BenchCommand, SimNodeArgs, WorkloadArgs};
 
 /// `davit bench …`.
 pub async fn command(command: BenchCommand) -> Result<(), Failure> {
+    crate::run::init_logging("warn");
     match command {
         BenchCommand::Scheduler { nodes, allocs, workload, seed } => {
             let bench = SchedulerBench { nodes, allocs, workload: Workload::new(workload)?, seed };
@@ -374,8 +375,9 @@ impl E2eBench {
             if Instant::now() > deadline {
                 done.store(true, Ordering::Relaxed);
                 return Err(Failure::internal(format!(
-                    "only {} of {target} allocations running before the timeout",
-                    progress.running.load(Ordering::Relaxed)
+                    "only {} of {target} allocations running before the timeout (last from the sim: {})",
+                    progress.running.load(Ordering::Relaxed),
+                    progress.last.lock().expect("progress lock")
                 )));
             }
             if halfway.is_none() && progress.running.load(Ordering::Relaxed) >= target / 2 {
@@ -414,6 +416,7 @@ impl E2eBench {
             "  peak RSS (VmHWM): server process {server_rss:.0} MiB (server + this driver; the sim runs in its own process), sim {sim_rss:.0} MiB"
         );
         println!("  the server reports {running_per_server} allocations running");
+        println!("  {}", progress.last.lock().expect("progress lock"));
         println!("RESULT bench=e2e nodes={} running={running_per_server} target={target} wall_s={:.2}", self.nodes, wall.as_secs_f64());
         if running_per_server < target {
             return Err(Failure::internal(format!("the server reports only {running_per_server} of {target} allocations running")));
@@ -428,11 +431,16 @@ struct SimProgress {
     registered: AtomicU64,
     running: AtomicU64,
     changed: Notifier,
+    /// The newest counters line, printed with the results (its `errors=` tells of failed requests).
+    last: std::sync::Mutex<String>,
 }
 
 impl SimProgress {
     fn update(&self, line: &str) {
         let Some(fields) = line.strip_prefix("sim: ") else { return };
+        if fields.starts_with("t=") {
+            *self.last.lock().expect("progress lock") = line.to_string();
+        }
         for field in fields.split_whitespace() {
             let Some((key, value)) = field.split_once('=') else { continue };
             let Ok(value) = value.parse::<u64>() else { continue };

@@ -13,8 +13,9 @@ use davit_store::RedbStore;
 use crate::Failure;
 use crate::cli::{AgentArgs, DevArgs, NodeArgs, ServerArgs};
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DAVIT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr at `DAVIT_LOG`'s level, or `default` when it is unset.
+pub(crate) fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DAVIT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
@@ -122,7 +123,7 @@ async fn shutdown_signal() {
 }
 
 pub async fn dev(args: DevArgs) -> Result<(), Failure> {
-    init_logging();
+    init_logging("info");
     let (data_dir, temporary) = match args.data_dir {
         Some(dir) => (dir, false),
         None => {
@@ -154,7 +155,7 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
 }
 
 pub async fn server(args: ServerArgs) -> Result<(), Failure> {
-    init_logging();
+    init_logging("info");
     let max_ttl =
         davit_api::Duration::parse(&args.max_heartbeat_ttl).map_err(|e| Failure::user(format!("--max-heartbeat-ttl: {e}")))?.as_std();
     let liveness = LivenessConfig { max_ttl, ..Default::default() };
@@ -169,7 +170,7 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
 }
 
 pub async fn agent(args: AgentArgs) -> Result<(), Failure> {
-    init_logging();
+    init_logging("info");
     let config = agent_config(args.node, args.data_dir, args.servers, args.bind, false)?;
     let agent = davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", error_chain(&e))))?;
     println!("davit agent running: node {}, API http://{}", agent.node_id(), agent.http_addr());

@@ -10,7 +10,7 @@
 //!      │ new allocation (desired run, pending)  → `running`, healthy, each task running with a `Started` event
 //!      │ stopped allocation still not terminal → `complete`, each task dead
 //!      ▼
-//!  reporter ── POST /v1/nodes/allocations/status (everything queued, grouped by node, one request) ──▶ server
+//!  reporter ── POST /v1/nodes/allocations/status (what is queued, grouped by node, ≤ 2,000 per request) ──▶ server
 //! ```
 //!
 //! Tasks "run" instantly: nothing is started. Counters (`SimStats`) count what the server confirms: an
@@ -82,6 +82,7 @@ impl SimStats {
 
 /// `davit sim`.
 pub async fn command(args: SimArgs, default_server: &str) -> Result<(), Failure> {
+    crate::run::init_logging("warn");
     let parse = |flag: &str, text: &str| {
         davit_api::Duration::parse(text).map(|d| d.as_std()).map_err(|e| Failure::user(format!("{flag} {text}: {e}")))
     };
@@ -171,8 +172,11 @@ const REGISTER_CONCURRENCY: usize = 64;
 const HEARTBEAT_CHUNK: usize = 5000;
 /// How long one long-poll waits on the server.
 const POLL_WAIT: Duration = Duration::from_secs(30);
-/// Status updates per request at most.
-const REPORT_BATCH: usize = 20_000;
+/// Status updates per request at most: about 400 bytes each in JSON, so a request stays well under the
+/// server's 2 MiB body limit.
+const REPORT_BATCH: usize = 2_000;
+/// Status requests in flight at once.
+const REPORT_CONCURRENCY: usize = 4;
 
 /// Registers the nodes, then heartbeats, watches and reports until `shutdown` changes.
 pub async fn run(config: SimConfig, stats: Arc<SimStats>, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
@@ -409,8 +413,9 @@ impl Watcher {
     }
 }
 
-/// Sends queued status updates: everything queued goes in one request (grouped by node); the next request
-/// starts when the previous one is answered, so batches grow with the load.
+/// Sends queued status updates: what is queued goes out in requests of at most [`REPORT_BATCH`] updates
+/// (grouped by node), up to [`REPORT_CONCURRENCY`] at once; the next round starts when they are answered,
+/// so rounds grow with the load. A request that fails is sent again in the next round.
 async fn reporter(
     client: Client,
     mut queue: mpsc::UnboundedReceiver<(String, AllocStatusUpdate)>,
@@ -428,31 +433,56 @@ async fn reporter(
                 _ = shutdown.changed() => return,
             }
         }
-        while pending.len() < REPORT_BATCH {
+        while pending.len() < REPORT_BATCH * REPORT_CONCURRENCY {
             match queue.try_recv() {
                 Ok(update) => pending.push(update),
                 Err(_) => break,
             }
         }
-        let mut by_node: BTreeMap<String, Vec<AllocStatusUpdate>> = BTreeMap::new();
-        for (node_id, update) in &pending {
-            by_node.entry(node_id.clone()).or_default().push(update.clone());
-        }
-        let body: Vec<NodeAllocStatusUpdates> =
-            by_node.into_iter().map(|(node_id, updates)| NodeAllocStatusUpdates { node_id, updates }).collect();
-        match client.update_alloc_status_many(&body).await {
-            Ok(_) => {
-                stats.reports.fetch_add(pending.len() as u64, Ordering::Relaxed);
-                stats.report_requests.fetch_add(1, Ordering::Relaxed);
-                pending.clear();
+        let chunks: Vec<Vec<(String, AllocStatusUpdate)>> = {
+            let mut rest = std::mem::take(&mut pending);
+            let mut chunks = Vec::new();
+            while rest.len() > REPORT_BATCH {
+                let tail = rest.split_off(REPORT_BATCH);
+                chunks.push(std::mem::replace(&mut rest, tail));
             }
-            Err(error) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, updates = pending.len(), "sending allocation status failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                    _ = shutdown.changed() => return,
+            chunks.push(rest);
+            chunks
+        };
+        let requests = chunks.into_iter().map(|chunk| {
+            let client = client.clone();
+            async move {
+                let mut by_node: BTreeMap<&str, Vec<AllocStatusUpdate>> = BTreeMap::new();
+                for (node_id, update) in &chunk {
+                    by_node.entry(node_id).or_default().push(update.clone());
                 }
+                let body: Vec<NodeAllocStatusUpdates> = by_node
+                    .into_iter()
+                    .map(|(node_id, updates)| NodeAllocStatusUpdates { node_id: node_id.to_string(), updates })
+                    .collect();
+                let answer = client.update_alloc_status_many(&body).await;
+                (chunk, answer)
+            }
+        });
+        let mut failed = false;
+        for (chunk, answer) in futures_util::future::join_all(requests).await {
+            match answer {
+                Ok(_) => {
+                    stats.reports.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    stats.report_requests.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    failed = true;
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, updates = chunk.len(), "sending allocation status failed; retrying");
+                    pending.extend(chunk);
+                }
+            }
+        }
+        if failed {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = shutdown.changed() => return,
             }
         }
     }

@@ -49,10 +49,13 @@ fn bench_scheduler_places_every_allocation() {
 
 #[test]
 fn bench_e2e_runs_every_allocation_on_simulated_nodes() {
-    let stdout = bench(&["e2e", "--nodes", "500", "--allocs", "20000", "--job-size", "1000", "--timeout", "80s"]);
+    // Jobs of 10,000: one plan puts 10,000 pending allocations in front of the sim at once, whose status
+    // reports (about 4 MB of JSON) must go out in requests the server accepts.
+    let stdout = bench(&["e2e", "--nodes", "500", "--allocs", "20000", "--job-size", "10000", "--timeout", "80s"]);
     assert_eq!(result_field(&stdout, "running"), 20_000.0, "{stdout}");
     assert!(result_field(&stdout, "wall_s") > 0.0, "{stdout}");
     assert!(stdout.contains("placements/s end to end"), "{stdout}");
     assert!(figure_after(&stdout, "peak RSS (VmHWM): server process") > 1.0, "{stdout}");
     assert!(stdout.contains("API probe"), "{stdout}");
+    assert!(stdout.contains(" errors=0"), "the sim's requests failed: {stdout}");
 }
