@@ -11,19 +11,25 @@ use rand::rngs::SmallRng;
 use crate::rank::FxHasher;
 use crate::state::ClusterState;
 
-/// The ids one scheduler run hands out.
-#[derive(Default)]
+/// The ids one scheduler run hands out: UUIDs version 7 (RFC 9562), the run's time in milliseconds followed
+/// by random bits. Ids of allocations created together sort together, so the store writes them (and the
+/// status updates that follow soon after) into a few neighbouring B-tree pages instead of one random page each.
 pub(crate) struct AllocIds {
-    /// The random bits of each issued id (the id is their text form). Only looked up, never iterated.
+    now: UnixMillis,
+    /// The bits of each issued id (the id is their text form). Only looked up, never iterated.
     issued: HashSet<[u8; 16], BuildHasherDefault<FxHasher>>,
 }
 
 impl AllocIds {
+    pub(crate) fn new(now: UnixMillis) -> AllocIds {
+        AllocIds { now, issued: HashSet::default() }
+    }
+
     /// A fresh id: random, but never one the state or this run already uses (a caller that reuses a seed for
     /// a retried evaluation would otherwise get the ids of the allocations it committed).
     pub(crate) fn next(&mut self, state: &ClusterState, rng: &mut SmallRng) -> String {
         loop {
-            let bytes = random_uuid_bytes(rng);
+            let bytes = uuid_v7_bytes(self.now, rng);
             let id = format_uuid(&bytes);
             if state.alloc(&id).is_none() && self.issued.insert(bytes) {
                 return id;
@@ -118,11 +124,13 @@ pub(crate) fn moved_copy(source: &Allocation, id: String, node: &Node, resources
     }
 }
 
-/// The bits of a random UUID v4, from the seeded generator so that runs are reproducible.
-fn random_uuid_bytes(rng: &mut SmallRng) -> [u8; 16] {
+/// The bits of a UUID v7: `now` (48 bits of milliseconds, big-endian), then random bits from the seeded
+/// generator, so that runs are reproducible.
+fn uuid_v7_bytes(now: UnixMillis, rng: &mut SmallRng) -> [u8; 16] {
     let mut bytes = [0u8; 16];
     rng.fill(&mut bytes);
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[..6].copy_from_slice(&now.to_be_bytes()[2..]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x70;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     bytes
 }
@@ -150,11 +158,14 @@ mod tests {
     #[test]
     fn uuid_format() {
         let mut rng = SmallRng::seed_from_u64(7);
-        let id = format_uuid(&random_uuid_bytes(&mut rng));
+        let now = 0x0190_1234_5678;
+        let id = format_uuid(&uuid_v7_bytes(now, &mut rng));
         assert_eq!(id.len(), 36);
-        assert_eq!(id.as_bytes()[14], b'4', "{id}");
+        assert!(id.starts_with("01901234-5678-7"), "{id}");
         assert!(matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{id}");
         assert_eq!(id.matches('-').count(), 4);
-        assert_ne!(id, format_uuid(&random_uuid_bytes(&mut rng)));
+        let next = format_uuid(&uuid_v7_bytes(now, &mut rng));
+        assert_ne!(id, next);
+        assert!(format_uuid(&uuid_v7_bytes(now + 1, &mut rng)) > id.max(next), "later ids sort after earlier ones");
     }
 }

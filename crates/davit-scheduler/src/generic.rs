@@ -47,7 +47,7 @@ pub fn schedule(state: &ClusterState, eval: &Evaluation, config: &SchedulerConfi
         rng: SmallRng::seed_from_u64(seed ^ fnv1a(eval.id.as_bytes())),
         usage: UsageTracker::new(state),
         counts: Counts::default(),
-        ids: AllocIds::default(),
+        ids: AllocIds::new(now),
         plan: &mut plan,
     };
     run.apply(running_job, reconciliation);

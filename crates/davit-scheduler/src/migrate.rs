@@ -100,7 +100,7 @@ pub fn place_migration(
     };
 
     let ports = rank::assign_ports(node, usage.usage(&node.id), &ask, &mut rng);
-    let id = AllocIds::default().next(state, &mut rng);
+    let id = AllocIds::new(now).next(state, &mut rng);
     let mut destination = moved_copy(source, id, node, AllocatedResources { cpu: ask.cpu, memory: ask.memory, ports }, now);
     destination.migration = Some(Box::new(Migration {
         role: MigrationRole::Destination,

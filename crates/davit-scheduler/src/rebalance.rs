@@ -72,7 +72,7 @@ pub fn rebalance(state: &ClusterState, config: &RebalanceConfig, eval_id: &str, 
     let mut checkers: BTreeMap<(String, u64), FeasibilityChecker<'_>> = BTreeMap::new();
     let mut moved_groups: BTreeSet<(String, String)> = BTreeSet::new();
     let mut moves: Vec<RebalanceMove> = Vec::new();
-    let mut ids = AllocIds::default();
+    let mut ids = AllocIds::new(now);
     while moves.len() < config.max_moves {
         let mut by_load: Vec<(f64, &Arc<Node>)> = nodes.iter().map(|node| (load(node, usage.usage(&node.id)), *node)).collect();
         by_load.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));

@@ -66,7 +66,7 @@ pub(crate) fn schedule_system(
         rng: SmallRng::seed_from_u64(seed),
         usage: UsageTracker::new(state),
         counts: Counts::default(),
-        ids: AllocIds::default(),
+        ids: AllocIds::new(now),
         follow_ups: BTreeMap::new(),
         plan,
     };

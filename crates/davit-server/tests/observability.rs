@@ -72,7 +72,16 @@ async fn metrics_parse_and_counters_move() {
         index = server.index().await;
     }
 
-    let after = scrape(&server).await;
+    // The counters move just after the writes they count become visible (the applier and the worker count
+    // once their commit returns): scrape until they did, bounded.
+    let after = loop {
+        let after = scrape(&server).await;
+        if after["davit_placements_total"] >= 2.0 && after["davit_evals_total{status=\"complete\"}"] >= 1.0 {
+            break after;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "counters did not move: {after:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(after["davit_jobs"], 1.0);
     assert_eq!(after["davit_nodes{status=\"ready\"}"], 1.0);
     assert_eq!(after["davit_placements_total"], 2.0);
