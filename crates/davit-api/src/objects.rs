@@ -216,6 +216,14 @@ pub struct ByteProgress {
 /// Task states by task name (a small sorted map: one or two tasks per allocation is the rule).
 pub type TaskStates = crate::small_map::SmallMap<String, TaskState>;
 
+/// A list deserialized with no spare capacity: formats without a length (JSON) grow a one-element `Vec`
+/// to four, and a server keeps a million of these.
+fn exact_vec<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Vec<T>, D::Error> {
+    let mut list = Vec::<T>::deserialize(deserializer)?;
+    list.shrink_to_fit();
+    Ok(list)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskState {
     pub state: TaskStatus,
@@ -228,6 +236,7 @@ pub struct TaskState {
     pub started_at: Option<UnixMillis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<UnixMillis>,
+    #[serde(deserialize_with = "exact_vec")]
     pub events: Vec<TaskEvent>,
     /// Health checks of the task by name (see `checks` in the task spec), while it runs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

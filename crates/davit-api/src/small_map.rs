@@ -205,6 +205,8 @@ impl<'de, K: Ord + Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for S
                 while let Some((key, value)) = access.next_entry()? {
                     map.insert(key, value);
                 }
+                // Formats without a length (JSON) grow the entries to 4 for one: a stored map is usually tiny.
+                map.entries.shrink_to_fit();
                 Ok(map)
             }
         }
@@ -231,6 +233,15 @@ mod tests {
         assert_eq!(format!("{small:?}"), format!("{btree:?}"));
         assert_eq!(small["c"], 3);
         assert_eq!(small.get("x"), None);
+    }
+
+    #[test]
+    fn decoded_maps_and_task_events_keep_no_spare_capacity() {
+        let decoded: SmallMap<String, i32> = serde_json::from_str(r#"{"main": 1}"#).unwrap();
+        assert_eq!(decoded.entries.capacity(), 1);
+        let state = r#"{"state": "running", "failed": false, "restarts": 0, "events": [{"time": 1, "kind": "Started", "message": ""}]}"#;
+        let states: crate::objects::TaskStates = serde_json::from_str(&format!(r#"{{"main": {state}}}"#)).unwrap();
+        assert_eq!(states["main"].events.capacity(), 1);
     }
 
     #[test]

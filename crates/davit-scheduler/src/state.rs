@@ -25,9 +25,10 @@ use crate::rank::{Capacity, FxHasher};
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
     nodes: OrdMap<String, Arc<Node>>,
-    allocs: OrdMap<String, Arc<Allocation>>,
-    allocs_by_node: OrdMap<String, OrdSet<String>>,
-    allocs_by_job: OrdMap<String, OrdSet<String>>,
+    /// Keyed by the allocation's id, shared (one heap copy) with the index sets.
+    allocs: OrdMap<Arc<str>, Arc<Allocation>>,
+    allocs_by_node: OrdMap<String, OrdSet<Arc<str>>>,
+    allocs_by_job: OrdMap<String, OrdSet<Arc<str>>>,
     jobs: OrdMap<String, Arc<Job>>,
     anti_affinity_jobs: OrdSet<String>,
     job_versions: OrdMap<String, OrdMap<u64, Arc<Job>>>,
@@ -126,25 +127,35 @@ impl ClusterState {
         removed
     }
 
-    pub fn upsert_alloc(&mut self, alloc: Arc<Allocation>) {
+    /// Stores the allocation (replacing the one with its id); returns its id as the state holds it, shared.
+    pub fn upsert_alloc(&mut self, alloc: Arc<Allocation>) -> Arc<str> {
         let usage_slot = self.hold_usage_slot(&alloc.node_id);
         if !alloc.is_terminal() {
             self.live_usage[usage_slot as usize].add(&alloc.resources);
         }
-        self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(alloc.id.clone());
-        self.allocs_by_job.entry(alloc.job_name.clone()).or_default().insert(alloc.id.clone());
-        if let Some(old) = self.allocs.insert(alloc.id.clone(), Arc::clone(&alloc)) {
-            if !old.is_terminal() {
-                self.remove_live_usage(&old);
-            }
-            if old.node_id != alloc.node_id {
-                remove_from_index(&mut self.allocs_by_node, &old.node_id, &old.id);
-                self.release_usage_slot_if_unused(&old.node_id);
-            }
-            if old.job_name != alloc.job_name {
-                remove_from_index(&mut self.allocs_by_job, &old.job_name, &old.id);
-            }
+        let Some((key, slot)) = self.allocs.get_key_value_mut(alloc.id.as_str()) else {
+            let key: Arc<str> = Arc::from(alloc.id.as_str());
+            self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(Arc::clone(&key));
+            self.allocs_by_job.entry(alloc.job_name.clone()).or_default().insert(Arc::clone(&key));
+            self.allocs.insert(Arc::clone(&key), alloc);
+            return key;
+        };
+        let key = Arc::clone(key);
+        let old = std::mem::replace(slot, Arc::clone(&alloc));
+        if !old.is_terminal() {
+            self.remove_live_usage(&old);
         }
+        // A status update keeps node and job: the index sets stay as they are.
+        if old.node_id != alloc.node_id {
+            self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(Arc::clone(&key));
+            remove_from_index(&mut self.allocs_by_node, &old.node_id, &old.id);
+            self.release_usage_slot_if_unused(&old.node_id);
+        }
+        if old.job_name != alloc.job_name {
+            self.allocs_by_job.entry(alloc.job_name.clone()).or_default().insert(Arc::clone(&key));
+            remove_from_index(&mut self.allocs_by_job, &old.job_name, &old.id);
+        }
+        key
     }
 
     pub fn remove_alloc(&mut self, id: &str) -> Option<Arc<Allocation>> {
@@ -355,12 +366,12 @@ impl ClusterState {
         }
     }
 
-    fn indexed_allocs<'a>(&'a self, ids: Option<&'a OrdSet<String>>) -> impl Iterator<Item = &'a Arc<Allocation>> + 'a {
-        ids.into_iter().flat_map(|ids| ids.iter()).filter_map(|id| self.allocs.get(id))
+    fn indexed_allocs<'a>(&'a self, ids: Option<&'a OrdSet<Arc<str>>>) -> impl Iterator<Item = &'a Arc<Allocation>> + 'a {
+        ids.into_iter().flat_map(|ids| ids.iter()).filter_map(|id| self.allocs.get(&**id))
     }
 }
 
-fn remove_from_index(index: &mut OrdMap<String, OrdSet<String>>, key: &str, id: &str) {
+fn remove_from_index(index: &mut OrdMap<String, OrdSet<Arc<str>>>, key: &str, id: &str) {
     if let Some(ids) = index.get_mut(key) {
         ids.remove(id);
         if ids.is_empty() {

@@ -38,14 +38,15 @@ pub struct Snapshot {
     alloc_changes_from: Revision,
 }
 
-/// How many allocation writes the change window keeps (~100 bytes each).
+/// How many allocation writes the change window keeps (~50 bytes each).
 const ALLOC_CHANGES_KEPT: usize = 300_000;
 
 /// One allocation write of the change window: the allocation's id and the hash of its node's id, so a
 /// long-poll skips the writes on other nodes without looking the allocation up.
 #[derive(Clone, Debug)]
 struct AllocChange {
-    id: String,
+    /// Shared with the state's copy of the id.
+    id: Arc<str>,
     node: u64,
 }
 
@@ -330,9 +331,9 @@ fn apply_put(
             snapshot.job_index.insert(alloc.job_name.clone(), mod_revision);
             snapshot.node_alloc_index.insert(alloc.node_id.clone(), mod_revision);
             snapshot.table_index.insert("allocs", mod_revision);
-            let change = AllocChange { id: alloc.id.clone(), node: node_hash(&alloc.node_id) };
-            snapshot.cluster.upsert_alloc(Arc::new(*alloc));
-            return Some(change);
+            let node = node_hash(&alloc.node_id);
+            let id = snapshot.cluster.upsert_alloc(Arc::new(*alloc));
+            return Some(AllocChange { id, node });
         }
         Object::Eval(eval) => {
             snapshot.job_index.insert(eval.job_name.clone(), mod_revision);

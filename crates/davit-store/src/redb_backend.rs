@@ -63,14 +63,14 @@ pub struct RedbOptions {
     /// [`StoreError::WatchLagged`]. Default 1024; at least 2 is used.
     pub watch_buffer: usize,
     /// Most bytes of the file redb keeps in memory (read cache and write buffer together). Default
-    /// 128 MiB: the server holds its working state in memory anyway, so a bigger cache (redb's own
-    /// default is 1 GiB) mostly adds to the server's footprint.
+    /// 32 MiB: the server holds its working state in memory anyway, and writes go to the newest pages (ids
+    /// sort by time), so a bigger cache (redb's own default is 1 GiB) mostly adds to the server's footprint.
     pub cache_bytes: usize,
 }
 
 impl Default for RedbOptions {
     fn default() -> Self {
-        RedbOptions { history_revisions: 100_000, watch_buffer: 1024, cache_bytes: 128 << 20 }
+        RedbOptions { history_revisions: 100_000, watch_buffer: 1024, cache_bytes: 32 << 20 }
     }
 }
 
