@@ -226,13 +226,13 @@ impl Client {
     }
 
     /// The long-poll of many nodes at once: their allocations changed after `index` (all of them for 0),
-    /// once there are any (or after `wait`).
-    pub async fn nodes_allocations(
+    /// once there are any (or after `wait`). `T` is [`Allocation`], or any type that reads part of one.
+    pub async fn nodes_allocations<T: DeserializeOwned>(
         &self,
         node_ids: &[String],
         index: Index,
         wait: Duration,
-    ) -> Result<Indexed<Vec<Allocation>>, ClientError> {
+    ) -> Result<Indexed<Vec<T>>, ClientError> {
         let url = self.url(&format!("/v1/nodes/allocations?index={index}&wait={}ms", wait.as_millis()));
         let body = NodesAllocationsRequest { node_ids: node_ids.to_vec() };
         self.send(self.http.post(url).json(&body).timeout(wait + Duration::from_secs(30))).await

@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 
 use davit_api::http::{AllocStatusUpdate, NodeAllocStatusUpdates};
 use davit_api::objects::{
-    Allocation, ClientStatus, DesiredStatus, DriverInfo, Node, NodeEligibility, NodeResources, NodeStatus, TaskEvent, TaskState,
+    ClientStatus, DesiredStatus, DriverInfo, Node, NodeEligibility, NodeResources, NodeStatus, TaskEvent, TaskState,
     TaskStates, TaskStatus,
 };
 use davit_client::Client;
 use futures_util::StreamExt;
+use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::Failure;
@@ -268,6 +269,20 @@ async fn heartbeats(client: Client, nodes: Arc<Vec<Node>>, interval: Duration, s
     }
 }
 
+/// The part of an allocation the sim reads (decoding whole allocations was most of its work).
+#[derive(Deserialize)]
+struct SimAlloc {
+    id: String,
+    node_id: String,
+    job_name: String,
+    job_version: u64,
+    group: String,
+    desired_status: DesiredStatus,
+    client_status: ClientStatus,
+    #[serde(default)]
+    task_states: TaskStates,
+}
+
 /// What a watcher knows of one allocation (a few bits, keyed by the id's 128 bits).
 #[derive(Clone, Copy, Default)]
 struct Seen {
@@ -297,7 +312,7 @@ impl Watcher {
         let mut backoff = Duration::from_millis(100);
         loop {
             let answer = tokio::select! {
-                answer = self.client.nodes_allocations(&self.node_ids, index, POLL_WAIT) => answer,
+                answer = self.client.nodes_allocations::<SimAlloc>(&self.node_ids, index, POLL_WAIT) => answer,
                 _ = shutdown.changed() => return,
             };
             match answer {
@@ -319,7 +334,7 @@ impl Watcher {
         }
     }
 
-    async fn observe(&mut self, alloc: &Allocation) {
+    async fn observe(&mut self, alloc: &SimAlloc) {
         let key = id_key(&alloc.id);
         let mut seen = self.seen.get(&key).copied().unwrap_or_default();
         match alloc.client_status {
@@ -375,7 +390,7 @@ impl Watcher {
         self.seen.insert(key, seen);
     }
 
-    fn report(&self, alloc: &Allocation, status: ClientStatus, description: &str, task_states: TaskStates) {
+    fn report(&self, alloc: &SimAlloc, status: ClientStatus, description: &str, task_states: TaskStates) {
         let update = AllocStatusUpdate {
             id: alloc.id.clone(),
             client_status: status,
@@ -389,7 +404,7 @@ impl Watcher {
     }
 
     /// The task names of the allocation's job version (one request per job version, then cached).
-    async fn task_names(&self, alloc: &Allocation) -> Arc<Vec<String>> {
+    async fn task_names(&self, alloc: &SimAlloc) -> Arc<Vec<String>> {
         let key = (alloc.job_name.clone(), alloc.job_version);
         if let Some(names) = self.tasks_of_jobs.lock().expect("task names lock").get(&key) {
             return Arc::clone(names);
