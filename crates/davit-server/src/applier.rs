@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::view::{Snapshot, View};
+use crate::view::{DecodedAlloc, Snapshot, View};
 
 /// What happened to a submitted plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,15 +108,17 @@ pub const MAX_BATCH: usize = 64;
 #[derive(Default)]
 pub struct Writes {
     pub txn: Txn,
-    allocs: Vec<Arc<Allocation>>,
+    allocs: Vec<DecodedAlloc>,
 }
 
 impl Writes {
     /// Adds a put of the allocation; returns it as shared, for a working state that must see it too.
     fn alloc(&mut self, alloc: Allocation) -> &Arc<Allocation> {
-        self.txn.success.push(keys::put(keys::alloc(&alloc.id), &alloc));
-        self.allocs.push(Arc::new(alloc));
-        self.allocs.last().expect("just pushed")
+        let key = keys::alloc(&alloc.id);
+        let value = keys::encode(&alloc);
+        self.txn.success.push(davit_store::Op::Put { key: key.clone(), value: value.clone(), lease: None });
+        self.allocs.push(DecodedAlloc { key, value, alloc: Arc::new(alloc) });
+        &self.allocs.last().expect("just pushed").alloc
     }
 
     fn eval(&mut self, eval: &Evaluation) {
@@ -142,6 +144,7 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
         let count = requests.len();
         let mut txn = Txn::default();
         let mut replies = Vec::with_capacity(count);
+        let mut decoded = Vec::new();
         for (position, request) in requests.drain(..).enumerate() {
             let (writes, reply) = match request {
                 Request::Plan(plan, sender) => {
@@ -157,15 +160,21 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
             };
             let wrote = !writes.txn.success.is_empty();
             if position + 1 < count {
-                for alloc in writes.allocs {
-                    working.cluster.upsert_alloc(alloc);
+                for written in &writes.allocs {
+                    working.cluster.upsert_alloc(Arc::clone(&written.alloc));
                 }
             }
+            decoded.extend(writes.allocs);
             txn.success.extend(writes.txn.success);
             replies.push((reply, wrote));
         }
         drop(working);
+        // The view takes these objects instead of decoding what it reads back from the store.
+        view.hand_off(decoded);
         let outcome = commit(&store, txn).await;
+        if outcome.is_err() {
+            view.withdraw_handed_off();
+        }
         if let Ok(index) = &outcome {
             last_commit = last_commit.max(*index);
         }

@@ -7,7 +7,7 @@
 //! their own writes call [`View::wait_for`] with the revision their transaction returned.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use davit_api::objects::{Allocation, EvalStatus, Evaluation, Index};
@@ -174,7 +174,22 @@ pub enum ViewEvent {
 pub struct View {
     current: RwLock<Snapshot>,
     revision: watch::Sender<Revision>,
+    /// Allocations the applier is committing, already decoded (see [`View::hand_off`]).
+    handed_off: Mutex<HandedOff>,
 }
+
+/// An allocation the applier writes, with the exact bytes it writes under `key`.
+pub struct DecodedAlloc {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub alloc: Arc<Allocation>,
+}
+
+/// Handed-off allocations by key: the bytes written and the object they encode.
+type HandedOff = HashMap<String, (Vec<u8>, Arc<Allocation>)>;
+
+/// More handed-off allocations than this (writes the view never read back, as after a reload) are dropped.
+const HANDED_OFF_MAX: usize = 200_000;
 
 impl View {
     /// Loads everything from the store, then follows its change feed in a background task.
@@ -183,7 +198,7 @@ impl View {
         let snapshot = load(store.as_ref(), &events).await?;
         let watch = store.watch("", snapshot.revision + 1).await?;
         let (revision, _) = watch::channel(snapshot.revision);
-        let view = Arc::new(View { current: RwLock::new(snapshot), revision });
+        let view = Arc::new(View { current: RwLock::new(snapshot), revision, handed_off: Mutex::default() });
         tokio::spawn(Arc::clone(&view).follow(store, watch, events));
         Ok(view)
     }
@@ -203,16 +218,21 @@ impl View {
             };
             let mut next = self.snapshot();
             let mut alloc_puts = Vec::new();
+            let mut handed_off = self.handed_off.lock().expect("hand-off lock");
             for event in &batch.events {
                 match event.kind {
                     EventKind::Put => {
-                        let put =
-                            apply_put(&mut next, &event.kv.key, &event.kv.value, event.kv.create_revision, event.kv.mod_revision, &events);
+                        let kv = &event.kv;
+                        let put = match take_handed_off(&mut handed_off, &kv.key, &kv.value) {
+                            Some(alloc) => Some(apply_alloc(&mut next, alloc, kv.create_revision, kv.mod_revision, &events)),
+                            None => apply_put(&mut next, &kv.key, &kv.value, kv.create_revision, kv.mod_revision, &events),
+                        };
                         alloc_puts.extend(put);
                     }
                     EventKind::Delete => apply_delete(&mut next, &event.kv.key, batch.revision, &events),
                 }
             }
+            drop(handed_off);
             next.record_alloc_changes(batch.revision, alloc_puts);
             next.revision = batch.revision;
             self.publish(next);
@@ -247,6 +267,24 @@ impl View {
         let revision = snapshot.revision;
         *self.current.write().expect("view lock") = snapshot;
         self.revision.send_replace(revision);
+    }
+
+    /// The applier hands over the allocations of a transaction before committing it: when the view reads a
+    /// write of one back from the store with exactly the handed-off bytes, it takes the object instead of
+    /// decoding the bytes again.
+    pub fn hand_off(&self, allocs: Vec<DecodedAlloc>) {
+        let mut handed_off = self.handed_off.lock().expect("hand-off lock");
+        if handed_off.len() + allocs.len() > HANDED_OFF_MAX {
+            handed_off.clear();
+        }
+        for DecodedAlloc { key, value, alloc } in allocs {
+            handed_off.insert(key, (value, alloc));
+        }
+    }
+
+    /// Drops every handed-off allocation (their transaction failed: the store will not return them).
+    pub fn withdraw_handed_off(&self) {
+        self.handed_off.lock().expect("hand-off lock").clear();
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -323,18 +361,7 @@ fn apply_put(
             snapshot.table_index.insert("nodes", mod_revision);
             snapshot.cluster.upsert_node(Arc::new(node));
         }
-        Object::Alloc(alloc) => {
-            let was_terminal = snapshot.cluster.alloc(&alloc.id).is_none_or(|old| old.is_terminal());
-            if alloc.is_terminal() && !was_terminal {
-                let _ = events.send(ViewEvent::CapacityChanged(mod_revision));
-            }
-            snapshot.job_index.insert(alloc.job_name.clone(), mod_revision);
-            snapshot.node_alloc_index.insert(alloc.node_id.clone(), mod_revision);
-            snapshot.table_index.insert("allocs", mod_revision);
-            let node = node_hash(&alloc.node_id);
-            let id = snapshot.cluster.upsert_alloc(Arc::new(*alloc));
-            return Some(AllocChange { id, node });
-        }
+        Object::Alloc(alloc) => return Some(apply_alloc(snapshot, Arc::new(*alloc), create_revision, mod_revision, events)),
         Object::Eval(eval) => {
             snapshot.job_index.insert(eval.job_name.clone(), mod_revision);
             snapshot.table_index.insert("evals", mod_revision);
@@ -348,6 +375,36 @@ fn apply_put(
         }
     }
     None
+}
+
+/// The handed-off allocation written under `key`, if the write carries exactly the handed-off bytes.
+fn take_handed_off(handed_off: &mut HandedOff, key: &str, value: &[u8]) -> Option<Arc<Allocation>> {
+    let (bytes, _) = handed_off.get(key)?;
+    if bytes.as_slice() != value {
+        return None;
+    }
+    handed_off.remove(key).map(|(_, alloc)| alloc)
+}
+
+fn apply_alloc(
+    snapshot: &mut Snapshot,
+    mut alloc: Arc<Allocation>,
+    create_revision: Revision,
+    mod_revision: Revision,
+    events: &mpsc::UnboundedSender<ViewEvent>,
+) -> AllocChange {
+    let stored = Arc::make_mut(&mut alloc);
+    (stored.create_index, stored.modify_index) = (create_revision, mod_revision);
+    let was_terminal = snapshot.cluster.alloc(&alloc.id).is_none_or(|old| old.is_terminal());
+    if alloc.is_terminal() && !was_terminal {
+        let _ = events.send(ViewEvent::CapacityChanged(mod_revision));
+    }
+    snapshot.job_index.insert(alloc.job_name.clone(), mod_revision);
+    snapshot.node_alloc_index.insert(alloc.node_id.clone(), mod_revision);
+    snapshot.table_index.insert("allocs", mod_revision);
+    let node = node_hash(&alloc.node_id);
+    let id = snapshot.cluster.upsert_alloc(alloc);
+    AllocChange { id, node }
 }
 
 fn apply_delete(snapshot: &mut Snapshot, key: &str, revision: Revision, events: &mpsc::UnboundedSender<ViewEvent>) {
@@ -389,4 +446,56 @@ fn apply_delete(snapshot: &mut Snapshot, key: &str, revision: Revision, events: 
 /// Counts used by `/v1/status`.
 pub fn counts(snapshot: &Snapshot) -> HashMap<&'static str, usize> {
     HashMap::from([("nodes", snapshot.cluster.nodes().count()), ("jobs", snapshot.cluster.jobs().count())])
+}
+
+#[cfg(test)]
+mod tests {
+    use davit_store::Txn;
+
+    use super::*;
+
+    fn alloc(client_description: &str) -> Allocation {
+        serde_json::from_value(serde_json::json!({
+            "id": "a1", "name": "web.g[0]", "job_name": "web", "job_version": 0, "group": "g", "index": 0,
+            "node_id": "n1", "node_name": "n1", "eval_id": "e1", "desired_status": "run", "client_status": "pending",
+            "client_description": client_description, "resources": {"cpu": 100, "memory": 64, "ports": []},
+            "create_time": 1, "modify_time": 1
+        }))
+        .unwrap()
+    }
+
+    async fn put(store: &Arc<dyn Store>, view: &View, value: &[u8]) -> Revision {
+        let mut txn = Txn::default();
+        txn.success.push(davit_store::Op::Put { key: keys::alloc("a1"), value: value.to_vec(), lease: None });
+        let revision = store.txn(txn).await.unwrap().revision;
+        view.wait_for(revision).await;
+        revision
+    }
+
+    /// A handed-off allocation is taken (not decoded) when the store returns exactly its bytes; other bytes
+    /// under its key are decoded.
+    #[tokio::test]
+    async fn takes_a_handed_off_allocation_only_for_its_exact_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(davit_store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
+        let (events, _events) = mpsc::unbounded_channel();
+        let view = View::start(Arc::clone(&store), events).await.unwrap();
+
+        // The handed-off object carries a mark its bytes do not: seeing the mark proves it was taken.
+        let bytes = keys::encode(&alloc("stored"));
+        let mut marked = alloc("stored");
+        marked.health_description = "handed off".to_string();
+        view.hand_off(vec![DecodedAlloc { key: keys::alloc("a1"), value: bytes.clone(), alloc: Arc::new(marked) }]);
+        let revision = put(&store, &view, &bytes).await;
+        let seen = Arc::clone(view.snapshot().cluster.alloc("a1").unwrap());
+        assert_eq!((seen.health_description.as_str(), seen.modify_index, seen.create_index), ("handed off", revision, revision));
+
+        let mut other = alloc("handed");
+        other.health_description = "handed off".to_string();
+        view.hand_off(vec![DecodedAlloc { key: keys::alloc("a1"), value: keys::encode(&alloc("handed")), alloc: Arc::new(other) }]);
+        let second = put(&store, &view, &keys::encode(&alloc("written"))).await;
+        let seen = Arc::clone(view.snapshot().cluster.alloc("a1").unwrap());
+        assert_eq!((seen.client_description.as_str(), seen.health_description.as_str()), ("written", ""));
+        assert_eq!((seen.modify_index, seen.create_index), (second, revision));
+    }
 }

@@ -23,8 +23,7 @@ use std::time::{Duration, Instant};
 
 use davit_api::http::{AllocStatusUpdate, NodeAllocStatusUpdates};
 use davit_api::objects::{
-    ClientStatus, DesiredStatus, DriverInfo, Node, NodeEligibility, NodeResources, NodeStatus, TaskEvent, TaskState,
-    TaskStates, TaskStatus,
+    ClientStatus, DesiredStatus, DriverInfo, Node, NodeEligibility, NodeResources, NodeStatus, TaskEvent, TaskState, TaskStates, TaskStatus,
 };
 use davit_client::Client;
 use futures_util::StreamExt;
