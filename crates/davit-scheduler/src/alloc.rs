@@ -11,9 +11,11 @@ use rand::rngs::SmallRng;
 use crate::rank::FxHasher;
 use crate::state::ClusterState;
 
-/// The ids one scheduler run hands out: UUIDs version 7 (RFC 9562), the run's time in milliseconds followed
-/// by random bits. Ids of allocations created together sort together, so the store writes them (and the
-/// status updates that follow soon after) into a few neighbouring B-tree pages instead of one random page each.
+/// The ids one scheduler run hands out: `rrrrrrrr-tttt-7ttt-vttt-ttrrrrrrrrrr`, UUID-shaped (version 7, variant
+/// `v` of 8, 9, a, b) with the run's time in milliseconds (`t`, 48 bits) after 32 random bits, and 74 more
+/// random bits. The leading random part keeps short ids (the first 8 characters) distinct; the store keys an
+/// allocation by the time part first (`davit-server`'s `keys::alloc`), so allocations created together sit
+/// together in its B-tree.
 pub(crate) struct AllocIds {
     now: UnixMillis,
     /// The bits of each issued id (the id is their text form). Only looked up, never iterated.
@@ -36,6 +38,24 @@ impl AllocIds {
             }
         }
     }
+}
+
+/// The 12 hex digits of creation time in an id the scheduler made (`rrrrrrrr-tttt-7ttt-vttt-ttrrrrrrrrrr`, see
+/// [`AllocIds`]); `None` for ids of any other shape. Stores and indexes order allocations by it.
+pub fn alloc_id_created(id: &str) -> Option<[u8; 12]> {
+    let bytes = id.as_bytes();
+    let shaped = bytes.len() == 36
+        && [8, 13, 18, 23].iter().all(|&dash| bytes[dash] == b'-')
+        && bytes[14] == b'7'
+        && matches!(bytes[19], b'8' | b'9' | b'a' | b'b');
+    if !shaped {
+        return None;
+    }
+    let mut created = [0u8; 12];
+    for (to, from) in created.iter_mut().zip(bytes[9..13].iter().chain(&bytes[15..18]).chain(&bytes[20..23]).chain(&bytes[24..26])) {
+        *to = *from;
+    }
+    created.iter().all(u8::is_ascii_hexdigit).then_some(created)
 }
 
 /// A new allocation of a job's group on a node, not yet started.
@@ -124,14 +144,19 @@ pub(crate) fn moved_copy(source: &Allocation, id: String, node: &Node, resources
     }
 }
 
-/// The bits of a UUID v7: `now` (48 bits of milliseconds, big-endian), then random bits from the seeded
-/// generator, so that runs are reproducible.
+/// The bits of an id (see [`AllocIds`]): random bits from the seeded generator, so that runs are
+/// reproducible, with `now` (48 bits of milliseconds) in bytes 4 to 10 around the version and variant.
 fn uuid_v7_bytes(now: UnixMillis, rng: &mut SmallRng) -> [u8; 16] {
     let mut bytes = [0u8; 16];
     rng.fill(&mut bytes);
-    bytes[..6].copy_from_slice(&now.to_be_bytes()[2..]);
-    bytes[6] = (bytes[6] & 0x0f) | 0x70;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let t = now & 0xffff_ffff_ffff;
+    bytes[4] = (t >> 40) as u8;
+    bytes[5] = (t >> 32) as u8;
+    bytes[6] = 0x70 | ((t >> 28) & 0x0f) as u8;
+    bytes[7] = (t >> 20) as u8;
+    bytes[8] = 0x80 | (bytes[8] & 0x30) | ((t >> 16) & 0x0f) as u8;
+    bytes[9] = (t >> 8) as u8;
+    bytes[10] = t as u8;
     bytes
 }
 
@@ -158,14 +183,18 @@ mod tests {
     #[test]
     fn uuid_format() {
         let mut rng = SmallRng::seed_from_u64(7);
-        let now = 0x0190_1234_5678;
+        let now = 0x019a_e2bc_4d5e;
         let id = format_uuid(&uuid_v7_bytes(now, &mut rng));
         assert_eq!(id.len(), 36);
-        assert!(id.starts_with("01901234-5678-7"), "{id}");
-        assert!(matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{id}");
         assert_eq!(id.matches('-').count(), 4);
+        assert_eq!([&id[9..13], &id[15..18], &id[20..23], &id[24..26]].concat(), "019ae2bc4d5e", "{id}");
+        assert_eq!(id.as_bytes()[14], b'7', "{id}");
+        assert!(matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{id}");
         let next = format_uuid(&uuid_v7_bytes(now, &mut rng));
-        assert_ne!(id, next);
-        assert!(format_uuid(&uuid_v7_bytes(now + 1, &mut rng)) > id.max(next), "later ids sort after earlier ones");
+        assert_ne!(id[..8], next[..8], "ids of the same millisecond differ in their first characters");
+        assert_eq!(alloc_id_created(&id), Some(*b"019ae2bc4d5e"));
+        assert_eq!(alloc_id_created("5f3c9a21-019a-4e2b-8c4d-5e6f70819203"), None);
+        assert_eq!(alloc_id_created("a1"), None);
+        assert_eq!(alloc_id_created("5f3c9a21-0é9-7e2b-8c4d-5e6f70819203"), None, "time digits are hex");
     }
 }

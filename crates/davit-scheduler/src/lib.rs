@@ -58,6 +58,7 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
+pub use alloc::alloc_id_created;
 pub use generic::schedule;
 pub use migrate::{MigrationPlacementError, place_migration};
 pub use plan::{AllocStop, PREEMPTION_PRIORITY_DELTA, Plan, PreemptionConfig, ScheduleResult, SchedulerConfig};

@@ -25,7 +25,7 @@ use crate::rank::{Capacity, FxHasher};
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
     nodes: OrdMap<String, Arc<Node>>,
-    /// Keyed by the allocation's id, shared (one heap copy) with the index sets.
+    /// Keyed by the allocation's [`OrderKey`], shared (one heap copy) with the index sets.
     allocs: OrdMap<Arc<str>, Arc<Allocation>>,
     allocs_by_node: OrdMap<String, OrdSet<Arc<str>>>,
     allocs_by_job: OrdMap<String, OrdSet<Arc<str>>>,
@@ -127,14 +127,15 @@ impl ClusterState {
         removed
     }
 
-    /// Stores the allocation (replacing the one with its id); returns its id as the state holds it, shared.
+    /// Stores the allocation (replacing the one with its id); returns the key the state holds it under
+    /// (its [`OrderKey`]), shared; [`ClusterState::alloc`] takes it as well as the id.
     pub fn upsert_alloc(&mut self, alloc: Arc<Allocation>) -> Arc<str> {
         let usage_slot = self.hold_usage_slot(&alloc.node_id);
         if !alloc.is_terminal() {
             self.live_usage[usage_slot as usize].add(&alloc.resources);
         }
-        let Some((key, slot)) = self.allocs.get_key_value_mut(alloc.id.as_str()) else {
-            let key: Arc<str> = Arc::from(alloc.id.as_str());
+        let Some((key, slot)) = self.allocs.get_key_value_mut(OrderKey::of(&alloc.id).as_str()) else {
+            let key: Arc<str> = Arc::from(OrderKey::of(&alloc.id).as_str());
             self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(Arc::clone(&key));
             self.allocs_by_job.entry(alloc.job_name.clone()).or_default().insert(Arc::clone(&key));
             self.allocs.insert(Arc::clone(&key), alloc);
@@ -159,7 +160,7 @@ impl ClusterState {
     }
 
     pub fn remove_alloc(&mut self, id: &str) -> Option<Arc<Allocation>> {
-        let alloc = self.allocs.remove(id)?;
+        let alloc = self.allocs.remove(OrderKey::of(id).as_str())?;
         if !alloc.is_terminal() {
             self.remove_live_usage(&alloc);
         }
@@ -216,8 +217,9 @@ impl ClusterState {
         self.nodes.get(id)
     }
 
+    /// The allocation by id (or by the key [`ClusterState::upsert_alloc`] returned).
     pub fn alloc(&self, id: &str) -> Option<&Arc<Allocation>> {
-        self.allocs.get(id)
+        self.allocs.get(OrderKey::of(id).as_str())
     }
 
     /// The latest version of the job.
@@ -253,7 +255,7 @@ impl ClusterState {
         })
     }
 
-    /// Allocations in id order.
+    /// Allocations in [`OrderKey`] order: the ones the scheduler made by creation time, then id.
     pub fn allocs(&self) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
         self.allocs.values()
     }
@@ -268,12 +270,12 @@ impl ClusterState {
         self.job_versions.get(name).into_iter().flat_map(|versions| versions.values())
     }
 
-    /// Every allocation of the job, terminal ones included, in id order.
+    /// Every allocation of the job, terminal ones included, in [`OrderKey`] order.
     pub fn allocs_for_job(&self, name: &str) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
         self.indexed_allocs(self.allocs_by_job.get(name))
     }
 
-    /// Every allocation placed on the node, terminal ones included, in id order.
+    /// Every allocation placed on the node, terminal ones included, in [`OrderKey`] order.
     pub fn allocs_for_node(&self, id: &str) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
         self.indexed_allocs(self.allocs_by_node.get(id))
     }
@@ -373,9 +375,39 @@ impl ClusterState {
 
 fn remove_from_index(index: &mut OrdMap<String, OrdSet<Arc<str>>>, key: &str, id: &str) {
     if let Some(ids) = index.get_mut(key) {
-        ids.remove(id);
+        ids.remove(OrderKey::of(id).as_str());
         if ids.is_empty() {
             index.remove(key);
+        }
+    }
+}
+
+/// The key allocations are kept under: for ids the scheduler made ([`crate::alloc_id_created`]) the creation
+/// time, then the id, so allocations created together sit together in the maps (a plan's writes and the status
+/// updates that follow copy few map nodes); any other id as it is. A key is its own key (48 characters never
+/// have an id's shape), so lookups take either.
+enum OrderKey<'a> {
+    Created([u8; 48]),
+    Plain(&'a str),
+}
+
+impl OrderKey<'_> {
+    fn of(id: &str) -> OrderKey<'_> {
+        match crate::alloc_id_created(id) {
+            Some(created) => {
+                let mut key = [0u8; 48];
+                key[..12].copy_from_slice(&created);
+                key[12..].copy_from_slice(id.as_bytes());
+                OrderKey::Created(key)
+            }
+            None => OrderKey::Plain(id),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            OrderKey::Created(key) => std::str::from_utf8(key).expect("hex digits and an id of ASCII"),
+            OrderKey::Plain(id) => id,
         }
     }
 }

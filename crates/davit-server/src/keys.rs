@@ -5,7 +5,7 @@
 //! | `jobs/<name>` | latest [`Job`] |
 //! | `versions/<name>/<version, 20 digits>` | every [`Job`] version |
 //! | `nodes/<id>` | [`Node`] |
-//! | `allocs/<id>` | [`Allocation`] |
+//! | `allocs/<created, 12 hex digits of ms>/<id>` (ids the scheduler makes), `allocs/<id>` (others) | [`Allocation`] |
 //! | `evals/<id>` | [`Evaluation`] |
 
 use davit_api::objects::{Allocation, Evaluation, Job, Node};
@@ -29,8 +29,14 @@ pub fn versions_of(name: &str) -> String {
 pub fn node(id: &str) -> String {
     format!("{NODES}{id}")
 }
+/// An allocation's key: for the ids the scheduler makes ([`davit_scheduler::alloc_id_created`]), the creation
+/// time in the id leads, so allocations created together sit together in the store's B-tree (a plan's writes
+/// and the status updates that follow touch a few neighbouring pages, not one random page each).
 pub fn alloc(id: &str) -> String {
-    format!("{ALLOCS}{id}")
+    match davit_scheduler::alloc_id_created(id) {
+        Some(created) => format!("{ALLOCS}{}/{id}", String::from_utf8_lossy(&created)),
+        None => format!("{ALLOCS}{id}"),
+    }
 }
 pub fn eval(id: &str) -> String {
     format!("{EVALS}{id}")
@@ -67,8 +73,8 @@ pub fn parse_key(key: &str) -> Option<ObjectKey<'_>> {
     if let Some(id) = key.strip_prefix(NODES) {
         return Some(ObjectKey::Node(id));
     }
-    if let Some(id) = key.strip_prefix(ALLOCS) {
-        return Some(ObjectKey::Alloc(id));
+    if let Some(rest) = key.strip_prefix(ALLOCS) {
+        return Some(ObjectKey::Alloc(rest.rsplit_once('/').map_or(rest, |(_, id)| id)));
     }
     key.strip_prefix(EVALS).map(ObjectKey::Eval)
 }
@@ -121,6 +127,12 @@ mod tests {
         assert_eq!(parse_key(&version("web", 7)), Some(ObjectKey::Version("web", 7)));
         assert_eq!(parse_key(&job("web")), Some(ObjectKey::Job("web")));
         assert_eq!(parse_key(&alloc("a1")), Some(ObjectKey::Alloc("a1")));
+        let made = "5f3c9a21-019a-7e2b-8c4d-5e6f70819203";
+        assert_eq!(alloc(made), format!("allocs/019ae2bc4d5e/{made}"));
+        assert_eq!(parse_key(&alloc(made)), Some(ObjectKey::Alloc(made)));
+        let random = "5f3c9a21-019a-4e2b-8c4d-5e6f70819203";
+        assert_eq!(alloc(random), format!("allocs/{random}"), "ids of other shapes keep their plain key");
+        assert_eq!(parse_key(&alloc(random)), Some(ObjectKey::Alloc(random)));
         assert_eq!(parse_key("other/x"), None);
     }
 }
