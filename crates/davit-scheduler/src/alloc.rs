@@ -41,7 +41,7 @@ impl AllocIds {
 }
 
 /// The 12 hex digits of creation time in an id the scheduler made (`rrrrrrrr-tttt-7ttt-vttt-ttrrrrrrrrrr`, see
-/// [`AllocIds`]); `None` for ids of any other shape. Stores and indexes order allocations by it.
+/// `AllocIds`); `None` for ids of any other shape. Stores and indexes order allocations by it.
 pub fn alloc_id_created(id: &str) -> Option<[u8; 12]> {
     let bytes = id.as_bytes();
     let shaped = bytes.len() == 36

@@ -115,7 +115,7 @@ pub struct Plan {
     /// Allocations to stop, by the node id they are placed on.
     pub node_updates: BTreeMap<String, Vec<AllocStop>>,
     /// Allocations of other, lower-priority jobs to stop so that this plan's placements on the same node
-    /// fit, by node id. Description: "preempted by allocation <id> of job <name> (priority P)". The plan
+    /// fit, by node id. Description: `"preempted by allocation <id> of job <name> (priority P)"`. The plan
     /// applier commits them only together with the node's placements, and evaluates the victims' jobs again.
     pub node_preemptions: BTreeMap<String, Vec<AllocStop>>,
     /// Per group: placements that could not be made, and why.

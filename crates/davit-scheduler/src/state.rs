@@ -15,8 +15,9 @@ use crate::rank::{Capacity, FxHasher};
 /// from the store's change feed and hands clones (snapshots) to scheduler workers. Updates take `&mut self`
 /// but never affect earlier clones.
 ///
-/// Invariant: `allocs_by_node` and `allocs_by_job` hold exactly the ids of `allocs`, keyed by each
-/// allocation's current `node_id` and `job_name`; empty index sets are removed. `anti_affinity_jobs` holds
+/// Invariant: `allocs` holds each allocation under its `OrderKey`; `allocs_by_node` and `allocs_by_job` hold
+/// exactly the keys of `allocs` (the same shared strings), keyed by each allocation's current `node_id` and
+/// `job_name`; empty index sets are removed. `anti_affinity_jobs` holds
 /// exactly the names of the jobs whose latest version has a group with a required anti-affinity.
 /// `node_meta` holds the computed class and usage slot of every node. `usage_slots` gives a slot to exactly
 /// the ids of the stored nodes and the node ids of the stored allocations (`allocs_by_node`'s keys), no two
@@ -25,7 +26,7 @@ use crate::rank::{Capacity, FxHasher};
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
     nodes: OrdMap<String, Arc<Node>>,
-    /// Keyed by the allocation's [`OrderKey`], shared (one heap copy) with the index sets.
+    /// Keyed by the allocation's `OrderKey`, shared (one heap copy) with the index sets.
     allocs: OrdMap<Arc<str>, Arc<Allocation>>,
     allocs_by_node: OrdMap<String, OrdSet<Arc<str>>>,
     allocs_by_job: OrdMap<String, OrdSet<Arc<str>>>,
@@ -128,7 +129,7 @@ impl ClusterState {
     }
 
     /// Stores the allocation (replacing the one with its id); returns the key the state holds it under
-    /// (its [`OrderKey`]), shared; [`ClusterState::alloc`] takes it as well as the id.
+    /// (its `OrderKey`), shared; [`ClusterState::alloc`] takes it as well as the id.
     pub fn upsert_alloc(&mut self, alloc: Arc<Allocation>) -> Arc<str> {
         let usage_slot = self.hold_usage_slot(&alloc.node_id);
         if !alloc.is_terminal() {
@@ -255,7 +256,7 @@ impl ClusterState {
         })
     }
 
-    /// Allocations in [`OrderKey`] order: the ones the scheduler made by creation time, then id.
+    /// Allocations in `OrderKey` order: the ones the scheduler made by creation time, then id.
     pub fn allocs(&self) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
         self.allocs.values()
     }
@@ -270,12 +271,12 @@ impl ClusterState {
         self.job_versions.get(name).into_iter().flat_map(|versions| versions.values())
     }
 
-    /// Every allocation of the job, terminal ones included, in [`OrderKey`] order.
+    /// Every allocation of the job, terminal ones included, in `OrderKey` order.
     pub fn allocs_for_job(&self, name: &str) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
         self.indexed_allocs(self.allocs_by_job.get(name))
     }
 
-    /// Every allocation placed on the node, terminal ones included, in [`OrderKey`] order.
+    /// Every allocation placed on the node, terminal ones included, in `OrderKey` order.
     pub fn allocs_for_node(&self, id: &str) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
         self.indexed_allocs(self.allocs_by_node.get(id))
     }
