@@ -135,8 +135,9 @@ impl ClusterState {
         if !alloc.is_terminal() {
             self.live_usage[usage_slot as usize].add(&alloc.resources);
         }
-        let Some((key, slot)) = self.allocs.get_key_value_mut(OrderKey::of(&alloc.id).as_str()) else {
-            let key: Arc<str> = Arc::from(OrderKey::of(&alloc.id).as_str());
+        let order = OrderKey::of(&alloc.id);
+        let Some((key, slot)) = self.allocs.get_key_value_mut(order.as_str()) else {
+            let key: Arc<str> = Arc::from(order.as_str());
             self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(Arc::clone(&key));
             self.allocs_by_job.entry(alloc.job_name.clone()).or_default().insert(Arc::clone(&key));
             self.allocs.insert(Arc::clone(&key), alloc);
@@ -150,23 +151,24 @@ impl ClusterState {
         // A status update keeps node and job: the index sets stay as they are.
         if old.node_id != alloc.node_id {
             self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(Arc::clone(&key));
-            remove_from_index(&mut self.allocs_by_node, &old.node_id, &old.id);
+            remove_from_index(&mut self.allocs_by_node, &old.node_id, &key);
             self.release_usage_slot_if_unused(&old.node_id);
         }
         if old.job_name != alloc.job_name {
             self.allocs_by_job.entry(alloc.job_name.clone()).or_default().insert(Arc::clone(&key));
-            remove_from_index(&mut self.allocs_by_job, &old.job_name, &old.id);
+            remove_from_index(&mut self.allocs_by_job, &old.job_name, &key);
         }
         key
     }
 
     pub fn remove_alloc(&mut self, id: &str) -> Option<Arc<Allocation>> {
-        let alloc = self.allocs.remove(OrderKey::of(id).as_str())?;
+        let order = OrderKey::of(id);
+        let alloc = self.allocs.remove(order.as_str())?;
         if !alloc.is_terminal() {
             self.remove_live_usage(&alloc);
         }
-        remove_from_index(&mut self.allocs_by_node, &alloc.node_id, id);
-        remove_from_index(&mut self.allocs_by_job, &alloc.job_name, id);
+        remove_from_index(&mut self.allocs_by_node, &alloc.node_id, order.as_str());
+        remove_from_index(&mut self.allocs_by_job, &alloc.job_name, order.as_str());
         self.release_usage_slot_if_unused(&alloc.node_id);
         Some(alloc)
     }
@@ -374,9 +376,10 @@ impl ClusterState {
     }
 }
 
-fn remove_from_index(index: &mut OrdMap<String, OrdSet<Arc<str>>>, key: &str, id: &str) {
+/// Removes the allocation held under `order_key` from the index set under `key`.
+fn remove_from_index(index: &mut OrdMap<String, OrdSet<Arc<str>>>, key: &str, order_key: &str) {
     if let Some(ids) = index.get_mut(key) {
-        ids.remove(OrderKey::of(id).as_str());
+        ids.remove(order_key);
         if ids.is_empty() {
             index.remove(key);
         }

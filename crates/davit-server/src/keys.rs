@@ -74,7 +74,10 @@ pub fn parse_key(key: &str) -> Option<ObjectKey<'_>> {
         return Some(ObjectKey::Node(id));
     }
     if let Some(rest) = key.strip_prefix(ALLOCS) {
-        return Some(ObjectKey::Alloc(rest.rsplit_once('/').map_or(rest, |(_, id)| id)));
+        // The inverse of `alloc`: a time part only where the id carries that very time.
+        let timed =
+            rest.split_once('/').filter(|(created, id)| davit_scheduler::alloc_id_created(id).is_some_and(|c| c == created.as_bytes()));
+        return Some(ObjectKey::Alloc(timed.map_or(rest, |(_, id)| id)));
     }
     key.strip_prefix(EVALS).map(ObjectKey::Eval)
 }
@@ -133,6 +136,7 @@ mod tests {
         let random = "5f3c9a21-019a-4e2b-8c4d-5e6f70819203";
         assert_eq!(alloc(random), format!("allocs/{random}"), "ids of other shapes keep their plain key");
         assert_eq!(parse_key(&alloc(random)), Some(ObjectKey::Alloc(random)));
+        assert_eq!(parse_key(&alloc("a/b")), Some(ObjectKey::Alloc("a/b")), "a plain id keeps its slashes");
         assert_eq!(parse_key("other/x"), None);
     }
 }
