@@ -35,10 +35,44 @@ fn unsafe_free_is_root() -> bool {
 
 pub use davit_oci::testing::free_port;
 
-/// A port range for one test's agent, so parallel tests do not hand out the same host ports.
-pub fn port_range() -> String {
-    let base = 20_000 + (std::process::id() % 120) as u16 * 100;
+/// This test process's own block of 500 host ports, below the kernel's ephemeral range (32768 and up), so
+/// neither a parallel test nor a socket bound to port 0 (`free_port`, any client connection) can hold a port
+/// an agent hands out. The block is claimed with a file lock that the process holds until it exits.
+fn port_block() -> u16 {
+    const FIRST: u16 = 21_000;
+    const SIZE: u16 = 500;
+    const BLOCKS: u16 = 22;
+    static BLOCK: std::sync::OnceLock<(std::fs::File, u16)> = std::sync::OnceLock::new();
+    BLOCK
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join("davit-test-port-blocks");
+            std::fs::create_dir_all(&dir).unwrap();
+            let start = (std::process::id() % u32::from(BLOCKS)) as u16;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            loop {
+                for block in (start..BLOCKS).chain(0..start) {
+                    let file = std::fs::File::create(dir.join(block.to_string())).unwrap();
+                    if file.try_lock().is_ok() {
+                        return (file, FIRST + block * SIZE);
+                    }
+                }
+                assert!(Instant::now() < deadline, "no free test port block in {} after 10 minutes", dir.display());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .1
+}
+
+/// The host port range for the agent in `slot` (0–4) of this test process; no two parallel tests share one.
+pub fn slot_port_range(slot: u16) -> String {
+    assert!(slot < 5, "a test process has port ranges for five agents");
+    let base = port_block() + slot * 100;
     format!("{base}-{}", base + 99)
+}
+
+/// The host port range for a test's single `davit dev` agent.
+pub fn port_range() -> String {
+    slot_port_range(0)
 }
 
 /// A running `davit` process whose output goes to a log file.
@@ -309,8 +343,7 @@ impl Cluster {
         let data = self.dir.path().join(name).display().to_string();
         let bind = format!("127.0.0.1:{}", free_port());
         let dns = format!("127.0.0.1:{}", free_port());
-        let base = 30_000 + (std::process::id() % 40) as u16 * 500 + slot * 100;
-        let range = format!("{base}-{}", base + 99);
+        let range = slot_port_range(slot);
         [
             "agent",
             "--servers",
