@@ -195,8 +195,7 @@ impl View {
     /// Loads everything from the store, then follows its change feed in a background task.
     /// `events` receives pending evaluations (also those found at start-up) and capacity changes.
     pub async fn start(store: Arc<dyn Store>, events: mpsc::UnboundedSender<ViewEvent>) -> Result<Arc<View>, StoreError> {
-        let snapshot = load(store.as_ref(), &events).await?;
-        let watch = store.watch("", snapshot.revision + 1).await?;
+        let (snapshot, watch) = load_and_watch(store.as_ref(), &events).await?;
         let (revision, _) = watch::channel(snapshot.revision);
         let view = Arc::new(View { current: RwLock::new(snapshot), revision, handed_off: Mutex::default() });
         tokio::spawn(Arc::clone(&view).follow(store, watch, events));
@@ -209,6 +208,8 @@ impl View {
         loop {
             let batch = match watch.next().await {
                 None => return, // the store shut down
+                // The watch started before the load: skip what the load already had.
+                Some(Ok(batch)) if batch.revision <= *self.revision.borrow() => continue,
                 Some(Ok(batch)) => batch,
                 Some(Err(error)) => {
                     tracing::warn!(%error, "store watch ended; reloading the view from the store");
@@ -242,12 +243,7 @@ impl View {
     async fn reload(&self, store: &Arc<dyn Store>, events: &mpsc::UnboundedSender<ViewEvent>) -> davit_store::Watch {
         let mut delay = std::time::Duration::from_millis(100);
         loop {
-            let attempt = async {
-                let fresh = load(store.as_ref(), events).await?;
-                let watch = store.watch("", fresh.revision + 1).await?;
-                Ok::<_, StoreError>((fresh, watch))
-            };
-            match attempt.await {
+            match load_and_watch(store.as_ref(), events).await {
                 Ok((fresh, watch)) => {
                     let revision = fresh.revision;
                     self.publish(fresh);
@@ -314,6 +310,18 @@ impl View {
             }
         }
     }
+}
+
+/// Follows the store from its current revision on, then reads every object into a fresh snapshot (at that
+/// revision or a newer one). Watching first means the watch never needs history older than the load,
+/// however long the load takes; the caller skips the revisions the snapshot already holds.
+async fn load_and_watch(
+    store: &dyn Store,
+    events: &mpsc::UnboundedSender<ViewEvent>,
+) -> Result<(Snapshot, davit_store::Watch), StoreError> {
+    let watch = store.watch("", store.current_revision().await? + 1).await?;
+    let snapshot = load(store, events).await?;
+    Ok((snapshot, watch))
 }
 
 /// Reads every object from the store into a fresh snapshot.

@@ -3,16 +3,19 @@
 //! ```text
 //!  txn / grant / revoke ──channel──▶ writer thread ──▶ one redb write transaction per batch
 //!                                        │               (Durability::Immediate, commit once)
-//!                                        ├─▶ Hub::publish (watch batches, never blocks)
+//!                                        ├─▶ Hub::publish (watch batches, never blocks; kept as history)
 //!                                        └─▶ answers every caller of the batch
 //!  get / range ──spawn_blocking──▶ redb read transaction (MVCC snapshot, never waits for the writer)
-//!  watch ──▶ replay from the change log in chunks, then Hub::try_register (race-free hand-over)
+//!  watch ──▶ Hub::replay of the in-memory history in steps, then Hub::try_register (race-free hand-over)
 //! ```
 //!
-//! Tables: `kv` (key → encoded value and revisions), `log` (revision → encoded events of that
-//! revision, compacted to the last `history_revisions`), `meta` (current revision, compacted
-//! revision, next lease id), `leases` (lease id → TTL in milliseconds) and `lease_keys`
-//! ((lease id, key) → (), the keys attached to each lease).
+//! Tables: `kv` (key → encoded value and revisions), `meta` (current revision, next lease id), `leases`
+//! (lease id → TTL in milliseconds) and `lease_keys` ((lease id, key) → (), the keys attached to each lease).
+//! The history that watches replay is kept in memory only (see [`RedbOptions`]): after a reopen, a watch
+//! can start from the current revision on, and one from an older revision fails with
+//! [`StoreError::Compacted`]. Only this process's watchers could use that history, and all of them
+//! start afresh after a restart. (Files written before the history moved to memory have a `log` table;
+//! opening one drops it.)
 //!
 //! Reads run on tokio's blocking pool (`spawn_blocking`): a redb read is usually served from
 //! its page cache, but a large `range` or a cold page would otherwise stall an async worker.
@@ -36,29 +39,31 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{BoxFuture, KeyValue, LeaseId, RangeResponse, Revision, Store, StoreError, Txn, TxnResponse, Watch, WatchBatch};
-use codec::{decode_events, decode_stored_value};
-use hub::{Hub, Registration, WatchSender};
+use codec::decode_stored_value;
+use hub::{HistoryLimits, Hub, Registration, WatchSender};
 use writer::{PersistedState, Request};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// The change log of older versions of the format; dropped on open.
+const OLD_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LEASES: TableDefinition<u64, u64> = TableDefinition::new("leases");
 const LEASE_KEYS: TableDefinition<(u64, &str), ()> = TableDefinition::new("lease_keys");
 
 const META_REVISION: &str = "revision";
-const META_COMPACTED: &str = "compacted";
+/// Where older versions of the format kept the compacted revision; removed on open.
+const OLD_META_COMPACTED: &str = "compacted";
 const META_NEXT_LEASE: &str = "next_lease";
-
-/// How many change-log revisions one replay step reads before handing them to the watcher.
-const REPLAY_CHUNK: u64 = 256;
 
 /// Tuning of a [`RedbStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedbOptions {
-    /// How many revisions of change log to keep for watches; a watch from an older revision fails
-    /// with [`StoreError::Compacted`]. Default 100 000.
+    /// How many of the newest revisions to keep (in memory) for watches to replay; a watch from an older
+    /// revision fails with [`StoreError::Compacted`]. Default 100 000.
     pub history_revisions: u64,
+    /// Most bytes of keys and values that history may hold; the oldest revisions go first (the newest is
+    /// always kept). Default 64 MiB.
+    pub history_bytes: usize,
     /// How many revision batches a watcher may leave unread before it is dropped with
     /// [`StoreError::WatchLagged`]. Default 1024; at least 2 is used.
     pub watch_buffer: usize,
@@ -70,7 +75,7 @@ pub struct RedbOptions {
 
 impl Default for RedbOptions {
     fn default() -> Self {
-        RedbOptions { history_revisions: 100_000, watch_buffer: 1024, cache_bytes: 32 << 20 }
+        RedbOptions { history_revisions: 100_000, history_bytes: 64 << 20, watch_buffer: 1024, cache_bytes: 32 << 20 }
     }
 }
 
@@ -113,15 +118,16 @@ impl RedbStore {
         RedbStore::open_with(path, RedbOptions::default())
     }
 
-    /// Opens the store at `path`, creating the file if needed. Reopening keeps every key,
-    /// the revision counter, the change log and the leases (which restart their full TTL).
+    /// Opens the store at `path`, creating the file if needed. Reopening keeps every key, the revision
+    /// counter and the leases (which restart their full TTL); the watch history starts at the current revision.
     pub fn open_with(path: &Path, options: RedbOptions) -> Result<RedbStore, StoreError> {
         let open_error = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open { path: path.display().to_string(), source };
         let db = redb::Builder::new().set_cache_size(options.cache_bytes).create(path).map_err(|error| open_error(error.into()))?;
         let (state, leases) = initialise(&db).map_err(|error| open_error(error.into()))?;
         let now = Instant::now();
         let leases = leases.into_iter().map(|(id, ttl)| (id, LiveLease { ttl, deadline: now + ttl })).collect();
-        let shared = Arc::new(Shared { db, hub: Hub::new(state.revision), leases: Mutex::new(leases), options });
+        let limits = HistoryLimits { revisions: options.history_revisions, bytes: options.history_bytes };
+        let shared = Arc::new(Shared { db, hub: Hub::new(state.revision, limits), leases: Mutex::new(leases), options });
         let (requests, receiver) = std_mpsc::channel();
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
@@ -160,22 +166,19 @@ impl Drop for RedbStore {
     }
 }
 
-/// Creates missing tables and loads the persisted counters and leases.
+/// Creates missing tables, drops what older formats kept, and loads the persisted counters and leases.
 fn initialise(db: &Database) -> Result<(PersistedState, Vec<(LeaseId, Duration)>), redb::Error> {
     let txn = db.begin_write()?;
     let state;
     let mut leases = Vec::new();
+    txn.delete_table(OLD_LOG)?;
     {
         txn.open_table(KV)?;
-        txn.open_table(LOG)?;
         txn.open_table(LEASE_KEYS)?;
-        let meta = txn.open_table(META)?;
+        let mut meta = txn.open_table(META)?;
+        meta.remove(OLD_META_COMPACTED)?;
         let read = |name: &str| -> Result<Option<u64>, redb::Error> { Ok(meta.get(name)?.map(|value| value.value())) };
-        state = PersistedState {
-            revision: read(META_REVISION)?.unwrap_or(0),
-            compacted: read(META_COMPACTED)?.unwrap_or(0),
-            next_lease: read(META_NEXT_LEASE)?.unwrap_or(1),
-        };
+        state = PersistedState { revision: read(META_REVISION)?.unwrap_or(0), next_lease: read(META_NEXT_LEASE)?.unwrap_or(1) };
         let lease_table = txn.open_table(LEASES)?;
         for entry in lease_table.iter()? {
             let (id, ttl_ms) = entry?;
@@ -236,10 +239,7 @@ impl Store for RedbStore {
         let prefix = prefix.to_owned();
         Box::pin(async move {
             let next = from_revision.max(1);
-            let (mut batches, mut next) = {
-                let prefix = prefix.clone();
-                self.read(move |shared| replay_step(shared, &prefix, next)).await?
-            };
+            let (mut batches, mut next) = self.shared.hub.replay(&prefix, next)?;
             let buffer = self.shared.options.watch_buffer.max(2);
             let (sender, receiver) = mpsc::channel(buffer);
             // The replay task holds the store only weakly, so a watcher that stops reading
@@ -259,11 +259,7 @@ impl Store for RedbStore {
                         Registration::Registered | Registration::Closed => return,
                         Registration::Behind => {}
                     }
-                    let step_prefix = prefix.clone();
-                    let step = tokio::task::spawn_blocking(move || replay_step(&shared, &step_prefix, next))
-                        .await
-                        .unwrap_or_else(|error| Err(StoreError::Backend(format!("watch replay task failed: {error}"))));
-                    match step {
+                    match shared.hub.replay(&prefix, next) {
                         Ok((step_batches, step_next)) => (batches, next) = (step_batches, step_next),
                         Err(error) => {
                             let _ = sender.send(Err(error)).await;
@@ -306,32 +302,4 @@ async fn send_keeping_lag_slot(sender: &WatchSender, item: Result<WatchBatch, St
         permit.send(item);
     }
     Ok(())
-}
-
-/// Reads up to [`REPLAY_CHUNK`] revisions of the change log from `next`, but none newer than the
-/// hub has published (those the hub will deliver), and returns the batches matching `prefix`
-/// with the next revision to read.
-fn replay_step(shared: &Shared, prefix: &str, next: Revision) -> Result<(Vec<WatchBatch>, Revision), StoreError> {
-    let context = "replaying the change log";
-    let published = shared.hub.revision();
-    if next > published {
-        return Ok((Vec::new(), next));
-    }
-    let txn = shared.db.begin_read().map_err(|e| backend_error(context, e))?;
-    let meta = txn.open_table(META).map_err(|e| backend_error(context, e))?;
-    let compacted = meta.get(META_COMPACTED).map_err(|e| backend_error(context, e))?.map_or(0, |value| value.value());
-    if next <= compacted {
-        return Err(StoreError::Compacted { requested: next, oldest: compacted + 1 });
-    }
-    let last = published.min(next + REPLAY_CHUNK - 1);
-    let log = txn.open_table(LOG).map_err(|e| backend_error(context, e))?;
-    let mut batches = Vec::new();
-    for entry in log.range(next..=last).map_err(|e| backend_error(context, e))? {
-        let (revision, encoded) = entry.map_err(|e| backend_error(context, e))?;
-        let events: Vec<_> = decode_events(encoded.value())?.into_iter().filter(|event| event.kv.key.starts_with(prefix)).collect();
-        if !events.is_empty() {
-            batches.push(WatchBatch { revision: revision.value(), events });
-        }
-    }
-    Ok((batches, last + 1))
 }

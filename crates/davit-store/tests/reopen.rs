@@ -1,4 +1,4 @@
-//! Reopening a [`RedbStore`] keeps keys, revisions, change log and leases.
+//! Reopening a [`RedbStore`] keeps keys, revisions and leases; the watch history starts afresh.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ fn put(key: &str, value: &str, lease: Option<u64>) -> Txn {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reopen_keeps_data_revisions_history_and_leases() {
+async fn reopen_keeps_data_revisions_and_leases_and_starts_the_history_afresh() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("store.redb");
 
@@ -32,19 +32,18 @@ async fn reopen_keeps_data_revisions_history_and_leases() {
     let leased = store.get("leased").await.expect("get").expect("leased key kept");
     assert_eq!(leased.lease, Some(lease));
 
-    // The revision counter continues.
-    assert_eq!(store.txn(put("k/new", "n", None)).await.expect("txn").revision, 13);
-
-    // The change log survived: a watch from 1 replays everything.
-    let mut watch = store.watch("k/", 1).await.expect("watch");
-    let mut revisions = Vec::new();
-    for _ in 0..12 {
-        let batch = watch.next().await.expect("open").expect("batch");
-        revisions.push((batch.revision, batch.events[0].kind));
+    // The history is kept in memory: revisions from before the reopen cannot be replayed, and say so.
+    match store.watch("k/", 1).await {
+        Err(StoreError::Compacted { requested: 1, oldest: 13 }) => {}
+        Err(error) => panic!("expected Compacted, got {error}"),
+        Ok(_) => panic!("a watch from before the reopen must fail with Compacted"),
     }
-    assert_eq!(revisions[..10].iter().map(|(revision, _)| *revision).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
-    assert_eq!(revisions[10], (11, EventKind::Delete));
-    assert_eq!(revisions[11], (13, EventKind::Put));
+    let mut watch = store.watch("k/", 13).await.expect("a watch from the next revision works");
+
+    // The revision counter continues, and the watch sees the new revision.
+    assert_eq!(store.txn(put("k/new", "n", None)).await.expect("txn").revision, 13);
+    let batch = watch.next().await.expect("open").expect("batch");
+    assert_eq!((batch.revision, batch.events[0].kind, batch.events[0].kv.key.as_str()), (13, EventKind::Put, "k/new"));
 
     // The lease survived with a fresh TTL, and new leases get new ids.
     store.keep_alive(lease).await.expect("lease kept");
@@ -93,4 +92,36 @@ fn opening_a_file_that_is_not_a_store_is_an_error() {
     assert!(matches!(RedbStore::open(&path), Err(StoreError::Open { .. })));
     let missing_dir = dir.path().join("no/such/dir/store.redb");
     assert!(matches!(RedbStore::open(&missing_dir), Err(StoreError::Open { .. })));
+}
+
+/// A file from before the history moved to memory has a `log` table and a `compacted` counter: opening it
+/// drops both and keeps every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_file_with_an_on_disk_change_log_drops_it_and_keeps_the_keys() {
+    use redb::{ReadableDatabase, TableDefinition};
+    const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("store.redb");
+    let before = {
+        let store = RedbStore::open(&path).expect("open");
+        store.txn(put("k/1", "one", None)).await.expect("txn");
+        store.range("").await.expect("range")
+    };
+    {
+        let db = redb::Database::open(&path).expect("open with redb");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(LOG).expect("log").insert(1, &b"old events"[..]).expect("insert");
+        txn.open_table(META).expect("meta").insert("compacted", 0).expect("insert");
+        txn.commit().expect("commit");
+    }
+    {
+        let store = RedbStore::open(&path).expect("reopen");
+        assert_eq!(store.range("").await.expect("range"), before);
+        assert_eq!(store.txn(put("k/2", "two", None)).await.expect("txn").revision, 2);
+    }
+    let db = redb::Database::open(&path).expect("open with redb");
+    let txn = db.begin_read().expect("read");
+    assert!(txn.open_table(LOG).is_err(), "the old change log is gone");
+    assert_eq!(txn.open_table(META).expect("meta").get("compacted").expect("get").map(|value| value.value()), None);
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
-use super::codec::{StoredValue, decode_stored_value, encode_events, encode_stored_value};
-use super::{KV, LEASE_KEYS, LEASES, LOG, LiveLease, META, META_COMPACTED, META_NEXT_LEASE, META_REVISION, Shared, backend_error};
+use super::codec::{StoredValue, decode_header, encode_stored_value};
+use super::{KV, LEASE_KEYS, LEASES, LiveLease, META, META_NEXT_LEASE, META_REVISION, Shared, backend_error};
 use crate::{Compare, EventKind, KeyValue, LeaseId, Op, Revision, StoreError, Txn, TxnResponse, WatchBatch, WatchEvent};
 
 /// The most requests applied in one redb transaction.
@@ -30,8 +30,6 @@ pub(super) enum Request {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct PersistedState {
     pub(super) revision: Revision,
-    /// Every change-log revision ≤ this one was removed.
-    pub(super) compacted: Revision,
     pub(super) next_lease: LeaseId,
 }
 
@@ -106,7 +104,7 @@ fn run_batch(shared: &Shared, state: PersistedState, batch: Vec<Request>, expire
                     }
                 }
             }
-            shared.hub.publish(new_state.revision, &watch_batches);
+            shared.hub.publish(new_state.revision, watch_batches);
             for outcome in outcomes {
                 match outcome {
                     Outcome::Txn(reply, result) => {
@@ -149,7 +147,6 @@ fn run_batch(shared: &Shared, state: PersistedState, batch: Vec<Request>, expire
 /// The open tables of one write transaction.
 struct Tables<'txn> {
     kv: Table<'txn, &'static str, &'static [u8]>,
-    log: Table<'txn, u64, &'static [u8]>,
     meta: Table<'txn, &'static str, u64>,
     leases: Table<'txn, u64, u64>,
     lease_keys: Table<'txn, (u64, &'static str), ()>,
@@ -194,15 +191,7 @@ fn apply_batch(
             // A lease revoked earlier in this batch is already gone; nothing to do then.
             let _ = revoke(&mut tables, &mut state, *lease, watch_batches)?;
         }
-        let history = shared.options.history_revisions;
-        if state.revision.saturating_sub(state.compacted) > history {
-            let compact_to = state.revision - history;
-            for revision in state.compacted + 1..=compact_to {
-                tables.log.remove(revision).map_err(|e| backend_error(context, e))?;
-            }
-            state.compacted = compact_to;
-        }
-        for (name, value) in [(META_REVISION, state.revision), (META_COMPACTED, state.compacted), (META_NEXT_LEASE, state.next_lease)] {
+        for (name, value) in [(META_REVISION, state.revision), (META_NEXT_LEASE, state.next_lease)] {
             tables.meta.insert(name, value).map_err(|e| backend_error(context, e))?;
         }
     }
@@ -214,7 +203,6 @@ fn open_tables(txn: &WriteTransaction) -> Result<Tables<'_>, Fatal> {
     let context = "opening tables";
     Ok(Tables {
         kv: txn.open_table(KV).map_err(|e| backend_error(context, e))?,
-        log: txn.open_table(LOG).map_err(|e| backend_error(context, e))?,
         meta: txn.open_table(META).map_err(|e| backend_error(context, e))?,
         leases: txn.open_table(LEASES).map_err(|e| backend_error(context, e))?,
         lease_keys: txn.open_table(LEASE_KEYS).map_err(|e| backend_error(context, e))?,
@@ -259,29 +247,23 @@ fn apply_txn(
             }
         }
     }
-    record_revision(tables, state, events, watch_batches)?;
+    record_revision(state, events, watch_batches);
     Ok(Ok(TxnResponse { succeeded, revision: state.revision }))
 }
 
-/// Gives `events` the next revision (if there are any) and appends them to the change log.
-fn record_revision(
-    tables: &mut Tables<'_>,
-    state: &mut PersistedState,
-    events: Vec<WatchEvent>,
-    watch_batches: &mut Vec<WatchBatch>,
-) -> Result<(), Fatal> {
+/// Gives `events` the next revision (if there are any), for the watchers and the history.
+fn record_revision(state: &mut PersistedState, events: Vec<WatchEvent>, watch_batches: &mut Vec<WatchBatch>) {
     if events.is_empty() {
-        return Ok(());
+        return;
     }
     state.revision += 1;
-    tables.log.insert(state.revision, encode_events(&events).as_slice()).map_err(|e| backend_error("appending to the change log", e))?;
     watch_batches.push(WatchBatch { revision: state.revision, events });
-    Ok(())
 }
 
+/// The revisions, version and lease of `key` (its value is not copied).
 fn read_key(tables: &Tables<'_>, key: &str) -> Result<Option<StoredValue>, Fatal> {
     let record = tables.kv.get(key).map_err(|e| backend_error("reading a key", e))?;
-    record.map(|record| decode_stored_value(record.value())).transpose()
+    record.map(|record| decode_header(record.value())).transpose()
 }
 
 fn compare_holds(tables: &Tables<'_>, compare: &Compare) -> Result<bool, Fatal> {
@@ -318,7 +300,7 @@ fn put(tables: &mut Tables<'_>, revision: Revision, key: String, value: Vec<u8>,
 /// Deletes `key` if it exists, returning its delete event.
 fn delete(tables: &mut Tables<'_>, revision: Revision, key: &str) -> Result<Option<WatchEvent>, Fatal> {
     let context = "deleting a key";
-    let removed = tables.kv.remove(key).map_err(|e| backend_error(context, e))?.map(|record| decode_stored_value(record.value()));
+    let removed = tables.kv.remove(key).map_err(|e| backend_error(context, e))?.map(|record| decode_header(record.value()));
     let Some(previous) = removed.transpose()? else {
         return Ok(None);
     };
@@ -365,6 +347,6 @@ fn revoke(
     for key in keys {
         events.extend(delete(tables, revision, &key)?);
     }
-    record_revision(tables, state, events, watch_batches)?;
+    record_revision(state, events, watch_batches);
     Ok(Ok(()))
 }
