@@ -219,34 +219,40 @@ impl View {
             };
             let mut next = self.snapshot();
             let mut alloc_puts = Vec::new();
+            // The batch's events wait until its snapshot is published: whoever acts on one (a worker on a
+            // pending evaluation) must find the objects of the same revision in the view.
+            let (batch_events, mut held) = mpsc::unbounded_channel();
             let mut handed_off = self.handed_off.lock().expect("hand-off lock");
             for event in &batch.events {
                 match event.kind {
                     EventKind::Put => {
                         let kv = &event.kv;
                         let put = match take_handed_off(&mut handed_off, &kv.key, &kv.value) {
-                            Some(alloc) => Some(apply_alloc(&mut next, alloc, kv.create_revision, kv.mod_revision, &events)),
-                            None => apply_put(&mut next, &kv.key, &kv.value, kv.create_revision, kv.mod_revision, &events),
+                            Some(alloc) => Some(apply_alloc(&mut next, alloc, kv.create_revision, kv.mod_revision, &batch_events)),
+                            None => apply_put(&mut next, &kv.key, &kv.value, kv.create_revision, kv.mod_revision, &batch_events),
                         };
                         alloc_puts.extend(put);
                     }
-                    EventKind::Delete => apply_delete(&mut next, &event.kv.key, batch.revision, &events),
+                    EventKind::Delete => apply_delete(&mut next, &event.kv.key, batch.revision, &batch_events),
                 }
             }
             drop(handed_off);
             next.record_alloc_changes(batch.revision, alloc_puts);
             next.revision = batch.revision;
             self.publish(next);
+            forward(&mut held, &events);
         }
     }
 
     async fn reload(&self, store: &Arc<dyn Store>, events: &mpsc::UnboundedSender<ViewEvent>) -> davit_store::Watch {
         let mut delay = std::time::Duration::from_millis(100);
         loop {
-            match load_and_watch(store.as_ref(), events).await {
+            let (load_events, mut held) = mpsc::unbounded_channel();
+            match load_and_watch(store.as_ref(), &load_events).await {
                 Ok((fresh, watch)) => {
                     let revision = fresh.revision;
                     self.publish(fresh);
+                    forward(&mut held, events);
                     let _ = events.send(ViewEvent::CapacityChanged(revision));
                     return watch;
                 }
@@ -322,6 +328,13 @@ async fn load_and_watch(
     let watch = store.watch("", store.current_revision().await? + 1).await?;
     let snapshot = load(store, events).await?;
     Ok((snapshot, watch))
+}
+
+/// Sends on the events held back until a snapshot was published.
+fn forward(held: &mut mpsc::UnboundedReceiver<ViewEvent>, events: &mpsc::UnboundedSender<ViewEvent>) {
+    while let Ok(event) = held.try_recv() {
+        let _ = events.send(event);
+    }
 }
 
 /// Reads every object from the store into a fresh snapshot.
@@ -505,5 +518,27 @@ mod tests {
         let seen = Arc::clone(view.snapshot().cluster.alloc("a1").unwrap());
         assert_eq!((seen.client_description.as_str(), seen.health_description.as_str()), ("written", ""));
         assert_eq!((seen.modify_index, seen.create_index), (second, revision));
+    }
+
+    /// A pending evaluation reaches the broker only once the view's snapshot holds its revision: a worker
+    /// that planned on an older snapshot found no job and closed the evaluation as "job stopped".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_of_a_revision_follow_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(davit_store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
+        let (events, mut received) = mpsc::unbounded_channel();
+        let view = View::start(Arc::clone(&store), events).await.unwrap();
+        for index in 0..200 {
+            let eval: Evaluation = serde_json::from_value(serde_json::json!({
+                "id": format!("e{index}"), "job_name": "web", "job_type": "service", "priority": 50,
+                "triggered_by": "job_register", "status": "pending", "create_time": 1, "modify_time": 1
+            }))
+            .unwrap();
+            let mut txn = Txn::default();
+            txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+            store.txn(txn).await.unwrap();
+            let Some(ViewEvent::EvalPending(pending)) = received.recv().await else { panic!("expected a pending evaluation") };
+            assert!(view.snapshot().revision >= pending.modify_index, "the event came before its snapshot");
+        }
     }
 }

@@ -267,11 +267,10 @@ impl E2eBench {
     async fn measure(&self, dir: &std::path::Path, deadline: Instant) -> Result<(), Failure> {
         let store =
             davit_store::RedbStore::open(&dir.join("state.redb")).map_err(|e| Failure::internal(format!("cannot open the store: {e}")))?;
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let config = davit_server::ServerConfig {
             bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             store: Arc::new(store),
-            workers: self.workers.unwrap_or(cores),
+            workers: self.workers.unwrap_or_else(davit_server::default_workers),
             liveness: davit_server::LivenessConfig::default(),
             scheduler: self.workload.config.clone(),
         };

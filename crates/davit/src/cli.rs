@@ -95,7 +95,7 @@ pub struct ServerArgs {
     pub data_dir: PathBuf,
     #[arg(long, default_value = "127.0.0.1:7646")]
     pub bind: SocketAddr,
-    /// Scheduler workers (default: one per core).
+    /// Scheduler workers (default: two per core).
     #[arg(long)]
     pub workers: Option<usize>,
     /// Hard bound: mark a node down after this long without a heartbeat, whatever its phi-accrual
@@ -492,7 +492,7 @@ pub enum BenchCommand {
         allocs: usize,
         #[command(flatten)]
         workload: WorkloadArgs,
-        /// Scheduler workers (default: one per core).
+        /// Scheduler workers (default: two per core).
         #[arg(long)]
         workers: Option<usize>,
         /// Give up after this long.

@@ -27,8 +27,7 @@ fn open_store(dir: &Path) -> Result<Arc<RedbStore>, Failure> {
 }
 
 fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, workers: Option<usize>, liveness: LivenessConfig) -> ServerConfig {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    ServerConfig { bind, store, workers: workers.unwrap_or(cores), liveness, scheduler: Default::default() }
+    ServerConfig { bind, store, workers: workers.unwrap_or_else(davit_server::default_workers), liveness, scheduler: Default::default() }
 }
 
 fn drivers(node: &NodeArgs, data_dir: &Path) -> Result<Vec<Arc<dyn Driver>>, Failure> {
