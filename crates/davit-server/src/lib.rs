@@ -51,8 +51,9 @@ pub struct ServerConfig {
 
 /// Two scheduler workers per core. A worker spends much of an evaluation waiting for the plan applier's
 /// commit and for the view to show it; a second one per core keeps the cores busy meanwhile and gives the
-/// applier more plans per batch (1,000,000 allocations on 10,000 simulated nodes on 2 cores: 56–58 s with
-/// four workers, 63 s with two; more plans racing means more of them refused and planned again).
+/// applier more plans per batch (1,000,000 allocations on 10,000 simulated nodes on 2 cores: median 60 s with
+/// four workers, 63 s with two, 66 s with eight: more plans racing means more of them refused and planned
+/// again).
 pub fn default_workers() -> usize {
     2 * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
