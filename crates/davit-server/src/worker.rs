@@ -47,9 +47,6 @@ impl Worker {
     }
 
     async fn process(&self, eval: &Evaluation) -> Result<EvalStatus, davit_store::StoreError> {
-        // Plan on a view that has the evaluation's own revision (with the job it was written with), never
-        // an older one: a job missing from the snapshot reads as stopped.
-        self.view.wait_for(eval.modify_index).await;
         let mut failed_groups = Default::default();
         let mut description = String::new();
         let mut status = EvalStatus::Complete;
