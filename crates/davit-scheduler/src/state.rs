@@ -161,6 +161,16 @@ impl ClusterState {
         key
     }
 
+    /// Sets the store indexes of an allocation already in the state (nothing else about it changes, so no
+    /// index or usage needs updating); returns its key (as [`ClusterState::upsert_alloc`]) and the allocation.
+    /// `None` when the state has no such allocation.
+    pub fn set_alloc_indexes(&mut self, id: &str, create_index: u64, modify_index: u64) -> Option<(Arc<str>, &Arc<Allocation>)> {
+        let (key, slot) = self.allocs.get_key_value_mut(OrderKey::of(id).as_str())?;
+        let alloc = Arc::make_mut(slot);
+        (alloc.create_index, alloc.modify_index) = (create_index, modify_index);
+        Some((Arc::clone(key), slot))
+    }
+
     pub fn remove_alloc(&mut self, id: &str) -> Option<Arc<Allocation>> {
         let order = OrderKey::of(id);
         let alloc = self.allocs.remove(order.as_str())?;

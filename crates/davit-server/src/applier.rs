@@ -145,7 +145,7 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
         let mut txn = Txn::default();
         let mut replies = Vec::with_capacity(count);
         let mut decoded = Vec::new();
-        for (position, request) in requests.drain(..).enumerate() {
+        for request in requests.drain(..) {
             let (writes, reply) = match request {
                 Request::Plan(plan, sender) => {
                     let (writes, result) = check_plan(&working.cluster, &plan, crate::now_millis());
@@ -159,18 +159,17 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
                 },
             };
             let wrote = !writes.txn.success.is_empty();
-            if position + 1 < count {
-                for written in &writes.allocs {
-                    working.cluster.upsert_alloc(Arc::clone(&written.alloc));
-                }
+            for written in &writes.allocs {
+                working.cluster.upsert_alloc(Arc::clone(&written.alloc));
             }
             decoded.extend(writes.allocs);
             txn.success.extend(writes.txn.success);
             replies.push((reply, wrote));
         }
-        drop(working);
-        // The view takes these objects instead of decoding what it reads back from the store.
-        view.hand_off(decoded);
+        // The view takes these objects, and the working state that holds them, instead of decoding what it
+        // reads back from the store and applying it again.
+        let working = (!decoded.is_empty()).then_some(working);
+        view.hand_off(decoded, working);
         let outcome = commit(&store, txn).await;
         if outcome.is_err() {
             view.withdraw_handed_off();

@@ -6,13 +6,13 @@
 //! Invariant: the view reflects exactly the store at [`View::revision`]; writers that need to read
 //! their own writes call [`View::wait_for`] with the revision their transaction returned.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use davit_api::objects::{Allocation, EvalStatus, Evaluation, Index};
 use davit_scheduler::ClusterState;
-use davit_store::{EventKind, Revision, Store, StoreError};
+use davit_store::{EventKind, KeyValue, Revision, Store, StoreError, WatchBatch, WatchEvent};
 use imbl::OrdMap;
 use tokio::sync::{mpsc, watch};
 
@@ -174,8 +174,17 @@ pub enum ViewEvent {
 pub struct View {
     current: RwLock<Snapshot>,
     revision: watch::Sender<Revision>,
-    /// Allocations the applier is committing, already decoded (see [`View::hand_off`]).
-    handed_off: Mutex<HandedOff>,
+    /// What the applier handed over for the transaction it is committing (see [`View::hand_off`]).
+    handed_off: Mutex<HandOff>,
+}
+
+/// What the applier handed over for its transactions.
+#[derive(Default)]
+struct HandOff {
+    allocs: HandedOff,
+    /// The applier's working state for the transaction in flight: the snapshot it checked the transaction
+    /// against with the transaction's allocation writes applied, and how many writes that is.
+    working: Option<(Snapshot, usize)>,
 }
 
 /// An allocation the applier writes, with the exact bytes it writes under `key`.
@@ -205,6 +214,7 @@ impl View {
     /// Applies the change feed in revision order. A watch that fell behind (or broke) is replaced by a
     /// fresh load of the whole store, so the view never stays stale.
     async fn follow(self: Arc<Self>, store: Arc<dyn Store>, mut watch: davit_store::Watch, events: mpsc::UnboundedSender<ViewEvent>) {
+        let mut recent = Recent::after(*self.revision.borrow());
         loop {
             let batch = match watch.next().await {
                 None => return, // the store shut down
@@ -214,33 +224,30 @@ impl View {
                 Some(Err(error)) => {
                     tracing::warn!(%error, "store watch ended; reloading the view from the store");
                     watch = self.reload(&store, &events).await;
+                    recent = Recent::after(*self.revision.borrow());
                     continue;
                 }
             };
-            let mut next = self.snapshot();
-            let mut alloc_puts = Vec::new();
+            let current = self.snapshot();
             // The batch's events wait until its snapshot is published: whoever acts on one (a worker on a
             // pending evaluation) must find the objects of the same revision in the view.
             let (batch_events, mut held) = mpsc::unbounded_channel();
             let mut handed_off = self.handed_off.lock().expect("hand-off lock");
-            for event in &batch.events {
-                match event.kind {
-                    EventKind::Put => {
-                        let kv = &event.kv;
-                        let put = match take_handed_off(&mut handed_off, &kv.key, &kv.value) {
-                            Some(alloc) => Some(apply_alloc(&mut next, alloc, kv.create_revision, kv.mod_revision, &batch_events)),
-                            None => apply_put(&mut next, &kv.key, &kv.value, kv.create_revision, kv.mod_revision, &batch_events),
-                        };
-                        alloc_puts.extend(put);
-                    }
-                    EventKind::Delete => apply_delete(&mut next, &event.kv.key, batch.revision, &batch_events),
+            let adopted = adopt(&mut handed_off, &batch, &recent, &current, &batch_events);
+            let (mut next, alloc_puts) = match adopted {
+                Some(adopted) => adopted,
+                None => {
+                    let mut next = current;
+                    let alloc_puts = apply_batch(&mut next, &mut handed_off.allocs, &batch, &batch_events);
+                    (next, alloc_puts)
                 }
-            }
+            };
             drop(handed_off);
             next.record_alloc_changes(batch.revision, alloc_puts);
             next.revision = batch.revision;
             self.publish(next);
             forward(&mut held, &events);
+            recent.record(batch);
         }
     }
 
@@ -251,6 +258,8 @@ impl View {
             match load_and_watch(store.as_ref(), &load_events).await {
                 Ok((fresh, watch)) => {
                     let revision = fresh.revision;
+                    // Handed off for a state the fresh one replaces.
+                    self.withdraw_handed_off();
                     self.publish(fresh);
                     forward(&mut held, events);
                     let _ = events.send(ViewEvent::CapacityChanged(revision));
@@ -274,19 +283,25 @@ impl View {
     /// The applier hands over the allocations of a transaction before committing it: when the view reads a
     /// write of one back from the store with exactly the handed-off bytes, it takes the object instead of
     /// decoding the bytes again.
-    pub fn hand_off(&self, allocs: Vec<DecodedAlloc>) {
+    ///
+    /// With them comes the applier's `working` state: the snapshot it checked the transaction against, with
+    /// exactly these allocation writes applied. When the transaction comes back, the view takes that state
+    /// (replaying onto it the batches it applied since its snapshot, and setting the allocations' store
+    /// indexes) instead of applying every write to its own snapshot a second time.
+    pub fn hand_off(&self, allocs: Vec<DecodedAlloc>, working: Option<Snapshot>) {
         let mut handed_off = self.handed_off.lock().expect("hand-off lock");
-        if handed_off.len() + allocs.len() > HANDED_OFF_MAX {
-            handed_off.clear();
+        if handed_off.allocs.len() + allocs.len() > HANDED_OFF_MAX {
+            handed_off.allocs.clear();
         }
+        handed_off.working = working.map(|working| (working, allocs.len()));
         for DecodedAlloc { key, value, alloc } in allocs {
-            handed_off.insert(key, (value, alloc));
+            handed_off.allocs.insert(key, (value, alloc));
         }
     }
 
-    /// Drops every handed-off allocation (their transaction failed: the store will not return them).
+    /// Drops everything handed off (the transaction failed: the store will not return its writes).
     pub fn withdraw_handed_off(&self) {
-        self.handed_off.lock().expect("hand-off lock").clear();
+        *self.handed_off.lock().expect("hand-off lock") = HandOff::default();
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -417,15 +432,169 @@ fn apply_alloc(
     let stored = Arc::make_mut(&mut alloc);
     (stored.create_index, stored.modify_index) = (create_revision, mod_revision);
     let was_terminal = snapshot.cluster.alloc(&alloc.id).is_none_or(|old| old.is_terminal());
+    record_alloc_write(snapshot, &alloc, was_terminal, mod_revision, events);
+    let node = node_hash(&alloc.node_id);
+    let id = snapshot.cluster.upsert_alloc(alloc);
+    AllocChange { id, node }
+}
+
+/// What an allocation write changes besides the allocation itself: the indexes of its job, node and table,
+/// and a capacity change when it ended.
+fn record_alloc_write(
+    snapshot: &mut Snapshot,
+    alloc: &Allocation,
+    was_terminal: bool,
+    mod_revision: Revision,
+    events: &mpsc::UnboundedSender<ViewEvent>,
+) {
     if alloc.is_terminal() && !was_terminal {
         let _ = events.send(ViewEvent::CapacityChanged(mod_revision));
     }
     snapshot.job_index.insert(alloc.job_name.clone(), mod_revision);
     snapshot.node_alloc_index.insert(alloc.node_id.clone(), mod_revision);
     snapshot.table_index.insert("allocs", mod_revision);
-    let node = node_hash(&alloc.node_id);
-    let id = snapshot.cluster.upsert_alloc(alloc);
-    AllocChange { id, node }
+}
+
+/// Applies `batch` to `next` write by write, taking handed-off allocations; returns its allocation writes.
+fn apply_batch(
+    next: &mut Snapshot,
+    handed_off: &mut HandedOff,
+    batch: &WatchBatch,
+    events: &mpsc::UnboundedSender<ViewEvent>,
+) -> Vec<AllocChange> {
+    let mut alloc_puts = Vec::new();
+    for event in &batch.events {
+        let kv = &event.kv;
+        let put = match event.kind {
+            EventKind::Put => match take_handed_off(handed_off, &kv.key, &kv.value) {
+                Some(alloc) => Some(apply_alloc(next, alloc, kv.create_revision, kv.mod_revision, events)),
+                None => apply_put(next, &kv.key, &kv.value, kv.create_revision, kv.mod_revision, events),
+            },
+            EventKind::Delete => apply_event(next, event, batch.revision, events),
+        };
+        alloc_puts.extend(put);
+    }
+    alloc_puts
+}
+
+/// Applies one write of the batch at `revision`; returns it when it wrote an allocation.
+fn apply_event(
+    snapshot: &mut Snapshot,
+    event: &WatchEvent,
+    revision: Revision,
+    events: &mpsc::UnboundedSender<ViewEvent>,
+) -> Option<AllocChange> {
+    let kv = &event.kv;
+    match event.kind {
+        EventKind::Put => apply_put(snapshot, &kv.key, &kv.value, kv.create_revision, kv.mod_revision, events),
+        EventKind::Delete => {
+            apply_delete(snapshot, &kv.key, revision, events);
+            None
+        }
+    }
+}
+
+fn is_alloc_write(event: &WatchEvent) -> bool {
+    event.kv.key.starts_with(keys::ALLOCS)
+}
+
+/// Applies the applier's transaction `batch` by taking the applier's working state (see [`View::hand_off`]):
+/// the batches applied since that state's snapshot are replayed onto it, and the transaction's allocations,
+/// already in it, only get their store indexes. `None` when `batch` is not the handed-off transaction or
+/// a batch since the working state's snapshot cannot be replayed: the caller applies `batch` to `current`.
+fn adopt(
+    handed_off: &mut HandOff,
+    batch: &WatchBatch,
+    recent: &Recent,
+    current: &Snapshot,
+    events: &mpsc::UnboundedSender<ViewEvent>,
+) -> Option<(Snapshot, Vec<AllocChange>)> {
+    let writes = batch.events.iter().filter(|event| is_alloc_write(event)).count();
+    if writes == 0 {
+        return None;
+    }
+    // Only the applier writes allocations: this is its transaction, so its working state is used now or never.
+    let (working, working_writes) = handed_off.working.take()?;
+    let exactly_handed_off = batch.events.iter().filter(|event| is_alloc_write(event)).all(|event| {
+        event.kind == EventKind::Put
+            && handed_off.allocs.get(&event.kv.key).is_some_and(|(bytes, _)| bytes.as_slice() == event.kv.value.as_slice())
+    });
+    if !exactly_handed_off || writes != working_writes || working.revision > current.revision {
+        return None;
+    }
+    let replay = recent.since(working.revision)?;
+    let mut next = working;
+    // Their events went out when the view applied them to its own snapshot.
+    let (replayed_events, _) = mpsc::unbounded_channel();
+    for (revision, event) in replay {
+        apply_event(&mut next, event, revision, &replayed_events);
+    }
+    let mut alloc_puts = Vec::with_capacity(writes);
+    for event in &batch.events {
+        if !is_alloc_write(event) {
+            alloc_puts.extend(apply_event(&mut next, event, batch.revision, events));
+            continue;
+        }
+        // Dropped first: the working state then holds the only reference, and the indexes are set in place.
+        drop(handed_off.allocs.remove(&event.kv.key));
+        let kv = &event.kv;
+        let indexed = index_alloc(&mut next, current, kv, events);
+        alloc_puts.extend(indexed.or_else(|| apply_put(&mut next, &kv.key, &kv.value, kv.create_revision, kv.mod_revision, events)));
+    }
+    Some((next, alloc_puts))
+}
+
+/// Sets the store indexes of an allocation the adopted working state already holds and records its write
+/// (`current` holds the allocation as it was before). `None` when the state does not hold it.
+fn index_alloc(next: &mut Snapshot, current: &Snapshot, kv: &KeyValue, events: &mpsc::UnboundedSender<ViewEvent>) -> Option<AllocChange> {
+    let Some(ObjectKey::Alloc(id)) = keys::parse_key(&kv.key) else { return None };
+    let was_terminal = current.cluster.alloc(id).is_none_or(|old| old.is_terminal());
+    let (id, alloc) = next.cluster.set_alloc_indexes(id, kv.create_revision, kv.mod_revision)?;
+    let alloc = Arc::clone(alloc);
+    record_alloc_write(next, &alloc, was_terminal, kv.mod_revision, events);
+    Some(AllocChange { id, node: node_hash(&alloc.node_id) })
+}
+
+/// The batches the view applied lately, kept to replay onto the applier's working state.
+struct Recent {
+    /// Each batch applied, oldest first: its revision, and its writes unless it cannot be replayed (it wrote
+    /// allocations, which only the applier's own transactions do, or more keys than are worth keeping).
+    batches: VecDeque<(Revision, Option<Vec<WatchEvent>>)>,
+    /// Every batch applied after this revision is in `batches`.
+    complete_after: Revision,
+}
+
+/// How many applied batches [`Recent`] keeps, and the most writes of one it keeps for replaying.
+const RECENT_BATCHES: usize = 64;
+const RECENT_BATCH_WRITES: usize = 256;
+
+impl Recent {
+    fn after(revision: Revision) -> Recent {
+        Recent { batches: VecDeque::new(), complete_after: revision }
+    }
+
+    fn record(&mut self, batch: WatchBatch) {
+        let replayable = batch.events.len() <= RECENT_BATCH_WRITES && !batch.events.iter().any(is_alloc_write);
+        self.batches.push_back((batch.revision, replayable.then_some(batch.events)));
+        if self.batches.len() > RECENT_BATCHES
+            && let Some((revision, _)) = self.batches.pop_front()
+        {
+            self.complete_after = revision;
+        }
+    }
+
+    /// The writes of the batches applied after `revision`, each with its batch's revision, in order; `None`
+    /// when one of them is not kept or cannot be replayed.
+    fn since(&self, revision: Revision) -> Option<Vec<(Revision, &WatchEvent)>> {
+        if revision < self.complete_after {
+            return None;
+        }
+        let mut writes = Vec::new();
+        for (applied, events) in self.batches.iter().filter(|(applied, _)| *applied > revision) {
+            writes.extend(events.as_ref()?.iter().map(|event| (*applied, event)));
+        }
+        Some(writes)
+    }
 }
 
 fn apply_delete(snapshot: &mut Snapshot, key: &str, revision: Revision, events: &mpsc::UnboundedSender<ViewEvent>) {
@@ -506,18 +675,125 @@ mod tests {
         let bytes = keys::encode(&alloc("stored"));
         let mut marked = alloc("stored");
         marked.health_description = "handed off".to_string();
-        view.hand_off(vec![DecodedAlloc { key: keys::alloc("a1"), value: bytes.clone(), alloc: Arc::new(marked) }]);
+        view.hand_off(vec![DecodedAlloc { key: keys::alloc("a1"), value: bytes.clone(), alloc: Arc::new(marked) }], None);
         let revision = put(&store, &view, &bytes).await;
         let seen = Arc::clone(view.snapshot().cluster.alloc("a1").unwrap());
         assert_eq!((seen.health_description.as_str(), seen.modify_index, seen.create_index), ("handed off", revision, revision));
 
         let mut other = alloc("handed");
         other.health_description = "handed off".to_string();
-        view.hand_off(vec![DecodedAlloc { key: keys::alloc("a1"), value: keys::encode(&alloc("handed")), alloc: Arc::new(other) }]);
+        view.hand_off(vec![DecodedAlloc { key: keys::alloc("a1"), value: keys::encode(&alloc("handed")), alloc: Arc::new(other) }], None);
         let second = put(&store, &view, &keys::encode(&alloc("written"))).await;
         let seen = Arc::clone(view.snapshot().cluster.alloc("a1").unwrap());
         assert_eq!((seen.client_description.as_str(), seen.health_description.as_str()), ("written", ""));
         assert_eq!((seen.modify_index, seen.create_index), (second, revision));
+    }
+
+    fn eval(id: &str) -> Evaluation {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "job_name": "web", "job_type": "service", "priority": 50,
+            "triggered_by": "job_register", "status": "pending", "create_time": 1, "modify_time": 1
+        }))
+        .unwrap()
+    }
+
+    /// What the view holds, as a fresh load of the store would hold it.
+    fn assert_same_as_loaded(held: &Snapshot, loaded: &Snapshot) {
+        let allocs = |snapshot: &Snapshot| snapshot.cluster.allocs().map(|alloc| (**alloc).clone()).collect::<Vec<_>>();
+        assert_eq!(allocs(held), allocs(loaded));
+        assert_eq!(held.evals.keys().collect::<Vec<_>>(), loaded.evals.keys().collect::<Vec<_>>());
+        assert_eq!((held.job_index("web"), held.node_alloc_index("n1")), (loaded.job_index("web"), loaded.node_alloc_index("n1")));
+        for table in ["allocs", "evals"] {
+            assert_eq!(held.table_index(table), loaded.table_index(table), "{table}");
+        }
+        assert_eq!(held.cluster.node_usage("n1"), loaded.cluster.node_usage("n1"));
+    }
+
+    /// The view takes the applier's working state for its transaction, replays onto it what another writer
+    /// committed meanwhile, and ends up exactly where applying the writes would have: same objects, store
+    /// indexes, job/node/table indexes and node usage, and every event sent once.
+    #[tokio::test]
+    async fn adopting_the_applier_working_state_is_the_same_as_applying_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(davit_store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
+        let (events, mut received) = mpsc::unbounded_channel();
+        let view = View::start(Arc::clone(&store), events).await.unwrap();
+
+        let mut placed = alloc("placed");
+        let mut stopped = alloc("stopped");
+        stopped.desired_status = davit_api::objects::DesiredStatus::Stop;
+        stopped.client_status = davit_api::objects::ClientStatus::Complete;
+        for (round, written) in [&mut placed, &mut stopped].into_iter().enumerate() {
+            let mut working = view.snapshot();
+            // Another writer commits between the applier's snapshot and its transaction.
+            let mut other = Txn::default();
+            other.success.push(keys::put(keys::eval(&format!("other{round}")), &eval(&format!("other{round}"))));
+            let other_revision = store.txn(other).await.unwrap().revision;
+            view.wait_for(other_revision).await;
+
+            // The working state's copy carries a mark its bytes do not: seeing the mark proves it was adopted.
+            let mut marked = written.clone();
+            marked.health_description = "working state".to_string();
+            working.cluster.upsert_alloc(Arc::new(marked));
+            let bytes = keys::encode(written);
+            let handed = DecodedAlloc { key: keys::alloc("a1"), value: bytes.clone(), alloc: Arc::new(written.clone()) };
+            view.hand_off(vec![handed], Some(working));
+            let mut txn = Txn::default();
+            txn.success.push(davit_store::Op::Put { key: keys::alloc("a1"), value: bytes, lease: None });
+            txn.success.push(keys::put(keys::eval(&format!("own{round}")), &eval(&format!("own{round}"))));
+            let revision = store.txn(txn).await.unwrap().revision;
+            view.wait_for(revision).await;
+
+            let held = Arc::clone(view.snapshot().cluster.alloc("a1").unwrap());
+            assert_eq!(held.health_description, "working state", "round {round}: the working state was not adopted");
+            let create = if round == 0 { revision } else { held.create_index };
+            assert_eq!((held.create_index, held.modify_index), (create, revision));
+            // Unmarked, it is what the store holds.
+            let mut unmarked = view.snapshot();
+            let mut plain = (*held).clone();
+            plain.health_description.clear();
+            unmarked.cluster.upsert_alloc(Arc::new(plain));
+            assert_same_as_loaded(&unmarked, &load(store.as_ref(), &mpsc::unbounded_channel().0).await.unwrap());
+        }
+        let mut pending = Vec::new();
+        let mut capacity_changes = 0;
+        while let Ok(event) = received.try_recv() {
+            match event {
+                ViewEvent::EvalPending(eval) => pending.push(eval.id.clone()),
+                ViewEvent::CapacityChanged(_) => capacity_changes += 1,
+                ViewEvent::EvalBlocked(_) => {}
+            }
+        }
+        assert_eq!(pending, ["other0", "own0", "other1", "own1"]);
+        assert_eq!(capacity_changes, 1, "the stopped allocation frees its node once");
+    }
+
+    /// A transaction that writes one allocation twice cannot take the working state (its first write is not
+    /// the handed-off one): the view applies the writes instead, and still holds what the store holds.
+    #[tokio::test]
+    async fn a_transaction_the_working_state_does_not_match_is_applied_write_by_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(davit_store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
+        let view = View::start(Arc::clone(&store), mpsc::unbounded_channel().0).await.unwrap();
+        let mut working = view.snapshot();
+        let (first, last) = (alloc("first"), alloc("last"));
+        let mut marked = last.clone();
+        marked.health_description = "working state".to_string();
+        working.cluster.upsert_alloc(Arc::new(marked));
+        let handed = [&first, &last].map(|written| DecodedAlloc {
+            key: keys::alloc("a1"),
+            value: keys::encode(written),
+            alloc: Arc::new((*written).clone()),
+        });
+        view.hand_off(handed.into(), Some(working));
+        let mut txn = Txn::default();
+        for written in [&first, &last] {
+            txn.success.push(davit_store::Op::Put { key: keys::alloc("a1"), value: keys::encode(written), lease: None });
+        }
+        let revision = store.txn(txn).await.unwrap().revision;
+        view.wait_for(revision).await;
+        assert_eq!(view.snapshot().cluster.alloc("a1").unwrap().health_description, "");
+        assert_same_as_loaded(&view.snapshot(), &load(store.as_ref(), &mpsc::unbounded_channel().0).await.unwrap());
     }
 
     /// A pending evaluation reaches the broker only once the view's snapshot holds its revision: a worker
