@@ -148,7 +148,7 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut 
         for request in requests.drain(..) {
             let (writes, reply) = match request {
                 Request::Plan(plan, sender) => {
-                    let (writes, result) = check_plan(&working.cluster, &plan, crate::now_millis());
+                    let (writes, result) = check_plan(&working.cluster, plan, crate::now_millis());
                     (writes, Reply::Plan(result, sender))
                 }
                 Request::ClientUpdate(updates, now, sender) => (merge_client_updates(&working, updates, now), Reply::Index(sender)),
@@ -274,8 +274,10 @@ async fn commit(store: &Arc<dyn Store>, txn: Txn) -> Result<Index, StoreError> {
     Ok(store.txn(txn).await?.revision)
 }
 
-/// Builds the writes for the part of `plan` that still fits.
-pub fn check_plan(cluster: &ClusterState, plan: &Plan, now: u64) -> (Writes, PlanResult) {
+/// Builds the writes for the part of `plan` that still fits (the plan's allocations move into them).
+pub fn check_plan(cluster: &ClusterState, mut plan: Plan, now: u64) -> (Writes, PlanResult) {
+    let node_allocations = std::mem::take(&mut plan.node_allocations);
+    let plan = &plan;
     let mut writes = Writes::default();
     let mut result = PlanResult::default();
     for (node_id, stops) in &plan.node_updates {
@@ -294,28 +296,28 @@ pub fn check_plan(cluster: &ClusterState, plan: &Plan, now: u64) -> (Writes, Pla
     // Kept only when a required rule could be broken at all (most jobs have none).
     let mut working = davit_scheduler::may_break_required_rules(cluster, &plan.job_name).then(|| cluster.clone());
     let mut preempted_jobs: BTreeSet<&str> = BTreeSet::new();
-    for (node_id, allocs) in &plan.node_allocations {
-        if !node_fits(cluster, plan, node_id, allocs) {
-            result.refused_nodes.push(node_id.to_string());
+    for (node_id, allocs) in node_allocations {
+        if !node_fits(cluster, plan, &node_id, &allocs) {
+            result.refused_nodes.push(node_id);
             continue;
         }
         if let Some(Err(violation)) =
-            working.as_ref().map(|working| davit_scheduler::check_required_placement(working, allocs, &stopped_ids))
+            working.as_ref().map(|working| davit_scheduler::check_required_placement(working, &allocs, &stopped_ids))
         {
             tracing::debug!(eval = %plan.eval_id, %violation, "placement refused: a required rule no longer holds");
-            result.refused_nodes.push(node_id.to_string());
+            result.refused_nodes.push(node_id);
             continue;
         }
         for alloc in allocs {
             if cluster.alloc(&alloc.id).is_none() {
                 result.placed += 1;
             }
-            let written = writes.alloc(alloc.clone());
+            let written = writes.alloc(alloc);
             if let Some(working) = working.as_mut() {
                 working.upsert_alloc(Arc::clone(written));
             }
         }
-        for stop in plan.node_preemptions.get(node_id).into_iter().flatten() {
+        for stop in plan.node_preemptions.get(&node_id).into_iter().flatten() {
             let Some(existing) = cluster.alloc(&stop.alloc_id) else { continue };
             if existing.is_terminal() {
                 continue;
@@ -588,16 +590,16 @@ mod tests {
         let cache_plan = schedule(&snapshot.cluster, &cache, &Default::default(), 2, 0).plan;
         assert_eq!((db_plan.allocations().count(), cache_plan.allocations().count()), (1, 1));
 
-        let (_, result) = check_plan(&snapshot.cluster, &db_plan, 0);
+        let (_, result) = check_plan(&snapshot.cluster, db_plan.clone(), 0);
         assert_eq!((result.placed, result.refused_nodes.len()), (1, 0));
         let mut after = snapshot.clone();
         for alloc in db_plan.allocations() {
             after.cluster.upsert_alloc(Arc::new(alloc.clone()));
         }
-        let (writes, result) = check_plan(&after.cluster, &cache_plan, 0);
+        let (writes, result) = check_plan(&after.cluster, cache_plan.clone(), 0);
         assert_eq!((result.placed, result.refused_nodes), (0, vec!["n1".to_string()]));
         assert!(writes.txn.success.is_empty());
         // On the snapshot it was computed on, the same plan is fine.
-        assert_eq!(check_plan(&snapshot.cluster, &cache_plan, 0).1.placed, 1);
+        assert_eq!(check_plan(&snapshot.cluster, cache_plan, 0).1.placed, 1);
     }
 }
