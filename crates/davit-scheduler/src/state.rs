@@ -138,8 +138,8 @@ impl ClusterState {
         let order = OrderKey::of(&alloc.id);
         let Some((key, slot)) = self.allocs.get_key_value_mut(order.as_str()) else {
             let key: Arc<str> = Arc::from(order.as_str());
-            self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(Arc::clone(&key));
-            self.allocs_by_job.entry(alloc.job_name.clone()).or_default().insert(Arc::clone(&key));
+            add_to_index(&mut self.allocs_by_node, &alloc.node_id, &key);
+            add_to_index(&mut self.allocs_by_job, &alloc.job_name, &key);
             self.allocs.insert(Arc::clone(&key), alloc);
             return key;
         };
@@ -150,12 +150,12 @@ impl ClusterState {
         }
         // A status update keeps node and job: the index sets stay as they are.
         if old.node_id != alloc.node_id {
-            self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(Arc::clone(&key));
+            add_to_index(&mut self.allocs_by_node, &alloc.node_id, &key);
             remove_from_index(&mut self.allocs_by_node, &old.node_id, &key);
             self.release_usage_slot_if_unused(&old.node_id);
         }
         if old.job_name != alloc.job_name {
-            self.allocs_by_job.entry(alloc.job_name.clone()).or_default().insert(Arc::clone(&key));
+            add_to_index(&mut self.allocs_by_job, &alloc.job_name, &key);
             remove_from_index(&mut self.allocs_by_job, &old.job_name, &key);
         }
         key
@@ -387,6 +387,18 @@ impl ClusterState {
 }
 
 /// Removes the allocation held under `order_key` from the index set under `key`.
+/// Adds `order_key` to the set of `key` (looked up first: copying the key for an entry is the slower path).
+fn add_to_index(index: &mut OrdMap<String, OrdSet<Arc<str>>>, key: &str, order_key: &Arc<str>) {
+    match index.get_mut(key) {
+        Some(ids) => {
+            ids.insert(Arc::clone(order_key));
+        }
+        None => {
+            index.insert(key.to_string(), OrdSet::unit(Arc::clone(order_key)));
+        }
+    }
+}
+
 fn remove_from_index(index: &mut OrdMap<String, OrdSet<Arc<str>>>, key: &str, order_key: &str) {
     if let Some(ids) = index.get_mut(key) {
         ids.remove(order_key);

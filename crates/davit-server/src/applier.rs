@@ -216,7 +216,8 @@ pub fn check_migration(snapshot: &Snapshot, destination: &Allocation, now: u64) 
         return Err(format!("allocation {} is already being migrated", source.id));
     }
     let no_changes = Plan::new("", &destination.job_name, destination.job_version, 0);
-    if !node_fits(&snapshot.cluster, &no_changes, &destination.node_id, std::slice::from_ref(destination)) {
+    let existing = [snapshot.cluster.alloc(&destination.id)];
+    if !node_fits(&snapshot.cluster, &no_changes, &destination.node_id, std::slice::from_ref(destination), &existing) {
         return Err(format!("node {} no longer has room for it", destination.node_name));
     }
     let mut source = (**source).clone();
@@ -297,7 +298,8 @@ pub fn check_plan(cluster: &ClusterState, mut plan: Plan, now: u64) -> (Writes, 
     let mut working = davit_scheduler::may_break_required_rules(cluster, &plan.job_name).then(|| cluster.clone());
     let mut preempted_jobs: BTreeSet<&str> = BTreeSet::new();
     for (node_id, allocs) in node_allocations {
-        if !node_fits(cluster, plan, &node_id, &allocs) {
+        let existing: Vec<Option<&Arc<Allocation>>> = allocs.iter().map(|alloc| cluster.alloc(&alloc.id)).collect();
+        if !node_fits(cluster, plan, &node_id, &allocs, &existing) {
             result.refused_nodes.push(node_id);
             continue;
         }
@@ -308,8 +310,8 @@ pub fn check_plan(cluster: &ClusterState, mut plan: Plan, now: u64) -> (Writes, 
             result.refused_nodes.push(node_id);
             continue;
         }
-        for alloc in allocs {
-            if cluster.alloc(&alloc.id).is_none() {
+        for (alloc, existing) in allocs.into_iter().zip(existing) {
+            if existing.is_none() {
                 result.placed += 1;
             }
             let written = writes.alloc(alloc);
@@ -335,29 +337,27 @@ pub fn check_plan(cluster: &ClusterState, mut plan: Plan, now: u64) -> (Writes, 
     (writes, result)
 }
 
-/// Whether `node_id` can hold its current allocations, minus those the plan stops, with `incoming`.
-fn node_fits(cluster: &ClusterState, plan: &Plan, node_id: &str, incoming: &[Allocation]) -> bool {
+/// Whether `node_id` can hold its current allocations, minus those the plan stops, with `incoming`
+/// (`existing` holds the current version of each incoming allocation, `None` for a new one).
+fn node_fits(cluster: &ClusterState, plan: &Plan, node_id: &str, incoming: &[Allocation], existing: &[Option<&Arc<Allocation>>]) -> bool {
     let Some(node) = cluster.node(node_id) else { return false };
-    let has_new = incoming.iter().any(|alloc| cluster.alloc(&alloc.id).is_none());
+    let has_new = existing.iter().any(Option::is_none);
     if has_new && !node.is_schedulable() {
         return false;
     }
     // Leaving: the live allocations of the node the plan stops or preempts (preemptions free their room
     // like stops: they are committed only with the node's placements) or replaces with a new version.
-    let mut leaving_ids: Vec<&str> = [&plan.node_updates, &plan.node_preemptions]
+    let mut leaving: Vec<&Allocation> = [&plan.node_updates, &plan.node_preemptions]
         .into_iter()
         .filter_map(|stops| stops.get(node_id))
         .flatten()
-        .map(|stop| stop.alloc_id.as_str())
-        .chain(incoming.iter().map(|alloc| alloc.id.as_str()))
-        .collect();
-    leaving_ids.sort_unstable();
-    leaving_ids.dedup();
-    let leaving = leaving_ids
-        .into_iter()
-        .filter_map(|id| cluster.alloc(id))
+        .filter_map(|stop| cluster.alloc(&stop.alloc_id))
+        .chain(existing.iter().flatten().copied())
         .map(|alloc| &**alloc)
-        .filter(|alloc| !alloc.is_terminal() && alloc.node_id == node_id);
+        .filter(|alloc| !alloc.is_terminal() && alloc.node_id == node_id)
+        .collect();
+    leaving.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    leaving.dedup_by(|a, b| a.id == b.id);
     cluster.fits_after(node, leaving, incoming)
 }
 

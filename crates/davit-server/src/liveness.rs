@@ -134,10 +134,13 @@ impl Liveness {
                 .nodes()
                 .filter(|node| node.status == NodeStatus::Ready)
                 .filter_map(|node| {
-                    // A node we never heard of (cannot normally happen) gets the grace of a restored one.
-                    let state = nodes
-                        .entry(node.id.clone())
-                        .or_insert_with(|| NodeLiveness { history: HeartbeatHistory::new(now), restored: true });
+                    // A node we never heard of (cannot normally happen) gets the grace of a restored one. (Looked
+                    // up before it is entered: this runs for every node on every tick, and an entry costs a copy
+                    // of the id.)
+                    if !nodes.contains_key(&node.id) {
+                        nodes.insert(node.id.clone(), NodeLiveness { history: HeartbeatHistory::new(now), restored: true });
+                    }
+                    let state = &nodes[&node.id];
                     verdict(state, now, &self.config, &self.phi).map(|reason| (node.clone(), reason))
                 })
                 .collect()
