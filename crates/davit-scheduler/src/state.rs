@@ -386,7 +386,6 @@ impl ClusterState {
     }
 }
 
-/// Removes the allocation held under `order_key` from the index set under `key`.
 /// Adds `order_key` to the set of `key` (looked up first: copying the key for an entry is the slower path).
 fn add_to_index(index: &mut OrdMap<String, OrdSet<Arc<str>>>, key: &str, order_key: &Arc<str>) {
     match index.get_mut(key) {
@@ -399,6 +398,7 @@ fn add_to_index(index: &mut OrdMap<String, OrdSet<Arc<str>>>, key: &str, order_k
     }
 }
 
+/// Removes the allocation held under `order_key` from the index set under `key`.
 fn remove_from_index(index: &mut OrdMap<String, OrdSet<Arc<str>>>, key: &str, order_key: &str) {
     if let Some(ids) = index.get_mut(key) {
         ids.remove(order_key);

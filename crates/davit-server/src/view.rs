@@ -719,11 +719,12 @@ mod tests {
         let (events, mut received) = mpsc::unbounded_channel();
         let view = View::start(Arc::clone(&store), events).await.unwrap();
 
-        let mut placed = alloc("placed");
+        let placed = alloc("placed");
         let mut stopped = alloc("stopped");
         stopped.desired_status = davit_api::objects::DesiredStatus::Stop;
         stopped.client_status = davit_api::objects::ClientStatus::Complete;
-        for (round, written) in [&mut placed, &mut stopped].into_iter().enumerate() {
+        let mut created = 0;
+        for (round, written) in [&placed, &stopped].into_iter().enumerate() {
             let mut working = view.snapshot();
             // Another writer commits between the applier's snapshot and its transaction.
             let mut other = Txn::default();
@@ -746,8 +747,10 @@ mod tests {
 
             let held = Arc::clone(view.snapshot().cluster.alloc("a1").unwrap());
             assert_eq!(held.health_description, "working state", "round {round}: the working state was not adopted");
-            let create = if round == 0 { revision } else { held.create_index };
-            assert_eq!((held.create_index, held.modify_index), (create, revision));
+            if round == 0 {
+                created = revision;
+            }
+            assert_eq!((held.create_index, held.modify_index), (created, revision));
             // Unmarked, it is what the store holds.
             let mut unmarked = view.snapshot();
             let mut plain = (*held).clone();
@@ -805,11 +808,7 @@ mod tests {
         let (events, mut received) = mpsc::unbounded_channel();
         let view = View::start(Arc::clone(&store), events).await.unwrap();
         for index in 0..200 {
-            let eval: Evaluation = serde_json::from_value(serde_json::json!({
-                "id": format!("e{index}"), "job_name": "web", "job_type": "service", "priority": 50,
-                "triggered_by": "job_register", "status": "pending", "create_time": 1, "modify_time": 1
-            }))
-            .unwrap();
+            let eval = eval(&format!("e{index}"));
             let mut txn = Txn::default();
             txn.success.push(keys::put(keys::eval(&eval.id), &eval));
             store.txn(txn).await.unwrap();
