@@ -266,7 +266,7 @@ pub struct GroupPlan {
 }
 
 /// A new allocation a dry run would create.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlannedPlacement {
     /// `job.group[index]`.
     pub name: String,
@@ -275,6 +275,9 @@ pub struct PlannedPlacement {
     /// The allocation it replaces, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
+    /// How the node was chosen; `None` when it was not ranked (a preemption, or a system job's own node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<crate::objects::PlacementScores>,
 }
 
 /// An allocation a dry run would stop (or preempt).

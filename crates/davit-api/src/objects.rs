@@ -482,6 +482,62 @@ pub struct PlacementFailure {
     pub exhausted: BTreeMap<String, u32>,
 }
 
+/// Why a placement went where it did (dry runs only): the best-ranked candidates the scheduler scored,
+/// the chosen node first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlacementScores {
+    /// Fitting nodes the scheduler scored for this placement (its candidate limit, or fewer).
+    pub nodes_scored: u32,
+    /// At most [`PlacementScores::KEPT`], best first; the first is the chosen node.
+    pub candidates: Vec<NodeScore>,
+}
+
+impl PlacementScores {
+    /// How many candidates a placement keeps.
+    pub const KEPT: usize = 3;
+}
+
+/// One node's scores for a placement, each in [-1, 1] (see the scheduler's `rank` module). A part is
+/// `None` when the group has no such rule; the final score is the mean of the fit and the present parts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeScore {
+    pub node_id: String,
+    pub node_name: String,
+    /// The placement algorithm's score (binpack, spread or balanced).
+    pub fit: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_affinity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<f64>,
+    /// Preferred alloc affinities and anti-affinities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alloc_affinity: Option<f64>,
+    /// The penalty for placing next to allocations of the same group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_anti_affinity: Option<f64>,
+    pub score: f64,
+}
+
+impl NodeScore {
+    /// "0.812 (fit 0.710, spread 1.000)".
+    pub fn summary(&self) -> String {
+        // `+ 0.0` turns -0.0 (a weight times an empty match) into 0.0, which prints without a sign.
+        let mut text = format!("{:.3} (fit {:.3}", self.score + 0.0, self.fit + 0.0);
+        for (name, part) in [
+            ("node affinity", self.node_affinity),
+            ("spread", self.spread),
+            ("alloc affinity", self.alloc_affinity),
+            ("job anti-affinity", self.job_anti_affinity),
+        ] {
+            if let Some(part) = part {
+                text.push_str(&format!(", {name} {:.3}", part + 0.0));
+            }
+        }
+        text.push(')');
+        text
+    }
+}
+
 impl Evaluation {
     /// A new pending evaluation of a job, created at `now` (the store indexes are set when it is stored).
     pub fn pending(id: String, job_name: &str, job_type: JobType, priority: u8, trigger: EvalTrigger, now: UnixMillis) -> Evaluation {
@@ -580,4 +636,24 @@ pub fn group_resources(resources: Resources) -> AllocatedResources {
 
 fn is_zero(value: &Index) -> bool {
     *value == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeScore;
+
+    #[test]
+    fn a_node_score_summary_names_the_present_parts_without_negative_zeros() {
+        let score = NodeScore {
+            node_id: "n".to_string(),
+            node_name: "n".to_string(),
+            fit: 0.5,
+            node_affinity: Some(-0.0),
+            spread: None,
+            alloc_affinity: Some(-0.25),
+            job_anti_affinity: None,
+            score: 0.083_333,
+        };
+        assert_eq!(score.summary(), "0.083 (fit 0.500, node affinity 0.000, alloc affinity -0.250)");
+    }
 }

@@ -13,7 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::sync::Arc;
 
-use davit_api::objects::{AllocatedResources, Allocation, ClientStatus, EvalStatus, Evaluation, Job, Node, PlacementFailure, UnixMillis};
+use davit_api::objects::{
+    AllocatedResources, Allocation, ClientStatus, EvalStatus, Evaluation, Job, Node, NodeScore, PlacementFailure, PlacementScores,
+    UnixMillis,
+};
 use davit_api::spec::{JobType, SchedulerAlgorithm};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -24,7 +27,7 @@ use crate::plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
 use crate::preempt::Preemptor;
 use crate::rank::{self, Ask, UsageTracker};
 use crate::reconcile::{self, Reconciliation};
-use crate::rules::PlacementRules;
+use crate::rules::{PlacementRules, ScoreParts};
 use crate::state::{ClusterState, PlacementNode};
 use crate::system;
 
@@ -183,26 +186,29 @@ impl<'a> Run<'a> {
             let avoid = rescheduled.map(|(previous, _)| previous.node_id.as_str());
             let limit = self.config.limit_for(job.spec.job_type, rules.is_wide(work.group_position), order.len());
             let chooser = Chooser { algorithm, limit, avoid };
-            let selected = match self.select(&order, &mut cursor, &mut feasibility, &mut rules, work.group_position, ask, &chooser) {
-                Ok(slot) => Ok((&slot.node, slot.usage_slot, Vec::new())),
-                // Nothing fits: evict lower-priority work from the node where that is cheapest (among the
-                // nodes the required placement rules allow).
-                Err(failure) => match preemptor.as_ref().and_then(|preemptor| {
-                    let allowed: Vec<&'a Arc<Node>> = order
-                        .iter()
-                        .filter(|slot| rules.check_required(&slot.node, slot.usage_slot, work.group_position).is_ok())
-                        .map(|slot| &slot.node)
-                        .collect();
-                    preemptor.find(&allowed, &mut feasibility, work.group_position, group, ask, &mut self.usage)
-                }) {
-                    Some(eviction) => {
-                        let (node, usage_slot) =
-                            self.state.node_with_usage_slot(&eviction.node.id).expect("preemption picks a stored node");
-                        Ok((node, usage_slot, eviction.victims))
-                    }
-                    None => Err(failure),
-                },
-            };
+            let mut scores = self.config.explain.then(PlacementScores::default);
+            let selected =
+                match self.select(&order, &mut cursor, &mut feasibility, &mut rules, work.group_position, ask, &chooser, scores.as_mut()) {
+                    Ok(slot) => Ok((&slot.node, slot.usage_slot, Vec::new())),
+                    // Nothing fits: evict lower-priority work from the node where that is cheapest (among the
+                    // nodes the required placement rules allow).
+                    Err(failure) => match preemptor.as_ref().and_then(|preemptor| {
+                        let allowed: Vec<&'a Arc<Node>> = order
+                            .iter()
+                            .filter(|slot| rules.check_required(&slot.node, slot.usage_slot, work.group_position).is_ok())
+                            .map(|slot| &slot.node)
+                            .collect();
+                        preemptor.find(&allowed, &mut feasibility, work.group_position, group, ask, &mut self.usage)
+                    }) {
+                        Some(eviction) => {
+                            scores = None;
+                            let (node, usage_slot) =
+                                self.state.node_with_usage_slot(&eviction.node.id).expect("preemption picks a stored node");
+                            Ok((node, usage_slot, eviction.victims))
+                        }
+                        None => Err(failure),
+                    },
+                };
             match selected {
                 Ok((node, usage_slot, victims)) => {
                     if let Some(preemptor) = preemptor.as_mut() {
@@ -230,6 +236,9 @@ impl<'a> Run<'a> {
                             self.plan.push_preemption(&victim.node_id, preemptor.stop(victim, &alloc.id));
                             self.counts.preempted += 1;
                         }
+                    }
+                    if let Some(scores) = scores {
+                        self.plan.scores.insert(alloc.id.clone(), scores);
                     }
                     self.plan.push_allocation(alloc);
                     if let Some(previous) = previous_running {
@@ -270,7 +279,7 @@ impl<'a> Run<'a> {
     /// Walks the nodes from `cursor` and returns the best-scoring one that is feasible, keeps the required
     /// placement rules and fits, or why none did. The cursor moves past the nodes looked at, so with a
     /// candidate limit successive placements start where the last one stopped (as Nomad's node iterator
-    /// does).
+    /// does). With `scores`, records the best-ranked candidates there, the chosen one first.
     #[allow(clippy::too_many_arguments)]
     fn select(
         &mut self,
@@ -281,12 +290,14 @@ impl<'a> Run<'a> {
         group_position: usize,
         ask: &Ask,
         chooser: &Chooser<'_>,
+        scores: Option<&mut PlacementScores>,
     ) -> Result<&'a PlacementNode, PlacementFailure> {
         /// Nodes with a negative final score that may be passed over before they count toward the limit.
         const MAX_SKIPPED: usize = 3;
         let mut failure = PlacementFailure::default();
         // Ranked by (not the avoided node, score): the avoided node wins only when it is the only fit.
         let mut best: Option<((bool, f64), &'a PlacementNode)> = None;
+        let mut candidates = scores.is_some().then(Candidates::default);
         let mut fitting = 0;
         let mut skipped = 0;
         let mut visited = 0;
@@ -311,8 +322,12 @@ impl<'a> Run<'a> {
                 continue;
             }
             let fit = rank::fit_score(chooser.algorithm, *capacity, usage, ask);
-            let score = rules.score(node, *usage_slot, group_position, class, fit).final_score();
+            let parts = rules.score(node, *usage_slot, group_position, class, fit);
+            let score = parts.final_score();
             let rank = (chooser.avoid.is_none_or(|avoid| avoid != node.id), score);
+            if let Some(candidates) = candidates.as_mut() {
+                candidates.record(rank, node, &parts);
+            }
             if best.is_none_or(|(best_rank, _)| rank > best_rank) {
                 best = Some((rank, slot));
             }
@@ -328,7 +343,44 @@ impl<'a> Run<'a> {
         if order.len() > 0 {
             *cursor = (*cursor + visited) % order.len();
         }
+        if let Some((scores, candidates)) = scores.zip(candidates) {
+            *scores = candidates.into_scores();
+        }
         best.map(|(_, node)| node).ok_or(failure)
+    }
+}
+
+/// The best-ranked candidates of one placement so far, best first, with `select`'s rank (so the first
+/// is the chosen node; on equal ranks the node scored first stays ahead, as in `select`).
+#[derive(Default)]
+struct Candidates {
+    scored: u32,
+    kept: Vec<((bool, f64), NodeScore)>,
+}
+
+impl Candidates {
+    fn record(&mut self, rank: (bool, f64), node: &Node, parts: &ScoreParts) {
+        self.scored += 1;
+        let position = self.kept.iter().position(|(kept, _)| rank > *kept).unwrap_or(self.kept.len());
+        if position >= PlacementScores::KEPT {
+            return;
+        }
+        let score = NodeScore {
+            node_id: node.id.clone(),
+            node_name: node.name.clone(),
+            fit: parts.fit,
+            node_affinity: parts.node_affinity,
+            spread: parts.spread,
+            alloc_affinity: parts.alloc_affinity,
+            job_anti_affinity: parts.job_anti_affinity,
+            score: rank.1,
+        };
+        self.kept.insert(position, (rank, score));
+        self.kept.truncate(PlacementScores::KEPT);
+    }
+
+    fn into_scores(self) -> PlacementScores {
+        PlacementScores { nodes_scored: self.scored, candidates: self.kept.into_iter().map(|(_, score)| score).collect() }
     }
 }
 

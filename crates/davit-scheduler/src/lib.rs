@@ -34,8 +34,7 @@
 //! id is mixed into the seed and new allocation ids never repeat ids already in the snapshot, so a
 //! reused seed cannot overwrite allocations, but it would repeat the same node order.
 //!
-//! Not yet: deployments; per-score explanations of the chosen node in `job plan` (the parts are computed,
-//! see `rules::ScoreParts`, but not reported); preemption for allocations placed by a live migration or the
+//! Not yet: deployments; preemption for allocations placed by a live migration or the
 //! drainer (`place_migration` does not preempt); preemption does not weigh in the ranking of nodes that fit
 //! (it is tried only when no node fits), and the victims' node is chosen by feasibility and fit, the
 //! required placement rules being checked by the applier.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 
-use davit_api::objects::{Allocation, ClientStatus, EvalStatus, PlacementFailure, UnixMillis};
+use davit_api::objects::{Allocation, ClientStatus, EvalStatus, PlacementFailure, PlacementScores, UnixMillis};
 use davit_api::spec::{JobType, SchedulerAlgorithm};
 
 /// Knobs of one scheduler run.
@@ -36,6 +36,9 @@ pub struct SchedulerConfig {
     pub wide_candidate_limit: NonZeroUsize,
     /// Which job types may evict lower-priority allocations when nothing fits (see `preempt`).
     pub preemption: PreemptionConfig,
+    /// Record why each ranked placement went where it did ([`Plan::scores`]); for dry runs, it costs a
+    /// copy of the best candidates' scores per placement.
+    pub explain: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -46,6 +49,7 @@ impl Default for SchedulerConfig {
             score_all_nodes: false,
             wide_candidate_limit: NonZeroUsize::new(256).expect("256 is not zero"),
             preemption: PreemptionConfig::default(),
+            explain: false,
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct Plan {
     pub node_preemptions: BTreeMap<String, Vec<AllocStop>>,
     /// Per group: placements that could not be made, and why.
     pub failed_groups: BTreeMap<String, PlacementFailure>,
+    /// Per new allocation id: how its node was ranked. Only with [`SchedulerConfig::explain`].
+    pub scores: BTreeMap<String, PlacementScores>,
 }
 
 /// Set an allocation's desired status to `stop`.
@@ -166,6 +172,7 @@ impl Plan {
             node_updates: BTreeMap::new(),
             node_preemptions: BTreeMap::new(),
             failed_groups: BTreeMap::new(),
+            scores: BTreeMap::new(),
         }
     }
 

@@ -1,6 +1,6 @@
-//! Operator tools over the scheduler. `POST /v1/jobs/plan`: a dry run shows placements, in-place and
-//! destructive updates, stops, failures with reasons and the diff against the running version, and stores
-//! nothing. `POST /v1/rebalance`: moves running allocations to a node that joined late, a wave at a time.
+//! Operator tools over the scheduler. `POST /v1/jobs/plan`: a dry run shows placements with their nodes'
+//! scores, in-place and destructive updates, stops, failures with reasons and the diff against the running
+//! version, and stores nothing. `POST /v1/rebalance`: moves running allocations to a node that joined late, a wave at a time.
 
 mod common;
 
@@ -34,6 +34,16 @@ async fn a_dry_run_describes_the_plan_and_stores_nothing() {
     let names: Vec<&str> = group["placements"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["web.g[0]", "web.g[1]"]);
     assert!(group["placements"].as_array().unwrap().iter().all(|p| p["node_name"].as_str().unwrap().starts_with("node-")));
+    // Each placement says how its node was ranked: both nodes scored, the chosen one first.
+    for placement in group["placements"].as_array().unwrap() {
+        let scores = &placement["scores"];
+        assert_eq!(scores["nodes_scored"].as_u64(), Some(2), "{placement:#}");
+        let candidates = scores["candidates"].as_array().unwrap();
+        assert_eq!(candidates.len(), 2, "{placement:#}");
+        assert_eq!(candidates[0]["node_id"], placement["node_id"], "{placement:#}");
+        assert!(candidates[0]["score"].as_f64().unwrap() >= candidates[1]["score"].as_f64().unwrap(), "{placement:#}");
+        assert!(candidates[0]["fit"].is_f64(), "{placement:#}");
+    }
     assert_eq!(server.index().await, before, "a dry run wrote to the store");
     assert_eq!(server.request("GET", "/v1/job/web", "").await.0, 404);
 

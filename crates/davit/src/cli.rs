@@ -59,6 +59,22 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Commands that talk to a server and print what they get (not a server, agent, sim or bench).
+    pub fn is_client(&self) -> bool {
+        matches!(
+            self,
+            Command::Job(_)
+                | Command::Alloc(_)
+                | Command::Node(_)
+                | Command::Service(_)
+                | Command::Eval(_)
+                | Command::Rebalance(_)
+                | Command::Event(_)
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     #[default]
@@ -202,6 +218,9 @@ pub enum JobCommand {
     /// registering it. Exits 1 when some allocations could not be placed.
     Plan {
         file: PathBuf,
+        /// Also list the runner-up nodes of each placement with their scores.
+        #[arg(short, long)]
+        verbose: bool,
         #[command(flatten)]
         output: Output,
     },

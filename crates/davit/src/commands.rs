@@ -55,13 +55,13 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
             println!("job {} is valid ({} groups)", spec.name, spec.groups.len());
             Ok(())
         }
-        JobCommand::Plan { file, output } => {
+        JobCommand::Plan { file, verbose, output } => {
             let source = read_spec(&file)?;
             let plan = client.plan_job(&source, &file.display().to_string()).await?;
             if output.format == OutputFormat::Json {
                 println!("{}", json(&plan));
             } else {
-                print_plan(&plan);
+                print_plan(&plan, verbose);
             }
             let missing: u32 = plan.groups.values().filter_map(|group| group.failure.as_ref()).map(|failure| failure.missing).sum();
             match missing {
@@ -207,7 +207,7 @@ fn describe_change(change: &davit_api::http::DiffEntry) -> String {
     }
 }
 
-fn print_plan(plan: &davit_api::http::JobPlanResponse) {
+fn print_plan(plan: &davit_api::http::JobPlanResponse, verbose: bool) {
     match plan.current_version {
         None => println!("job {}: new, would be version {}", plan.job_name, plan.next_version),
         Some(current) if plan.changed => println!("job {}: version {current} → {}", plan.job_name, plan.next_version),
@@ -223,7 +223,22 @@ fn print_plan(plan: &davit_api::http::JobPlanResponse) {
         );
         for placement in &group.placements {
             let replaces = placement.replaces.as_deref().map(|id| format!(" (replaces {})", short(id))).unwrap_or_default();
-            println!("  + {} on {}{replaces}", placement.name, placement.node_name);
+            let Some(scores) = placement.scores.as_ref().filter(|scores| !scores.candidates.is_empty()) else {
+                println!("  + {} on {}{replaces}", placement.name, placement.node_name);
+                continue;
+            };
+            println!(
+                "  + {} on {}{replaces}: score {}, best of {} scored",
+                placement.name,
+                placement.node_name,
+                scores.candidates[0].summary(),
+                scores.nodes_scored
+            );
+            if verbose {
+                for runner_up in &scores.candidates[1..] {
+                    println!("      then {}: {}", runner_up.node_name, runner_up.summary());
+                }
+            }
         }
         for stop in &group.stops {
             println!("  - {} {} on {}: {}", short(&stop.alloc_id), stop.name, stop.node_name, stop.description);

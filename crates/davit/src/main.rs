@@ -63,6 +63,9 @@ fn main() -> ExitCode {
     if let cli::Command::Executor { .. } = cli.command {
         davit_drivers::executor::main();
     }
+    if cli.command.is_client() {
+        die_quietly_on_closed_output();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -79,6 +82,14 @@ fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Client commands end quietly when the reader of their output goes away (`davit alloc logs -f … | head`),
+/// as other Unix tools do: Rust ignores SIGPIPE, which turns that into a panic in `println!`. The server,
+/// agent and executor keep ignoring it: a task or peer closing a pipe must not end them.
+fn die_quietly_on_closed_output() {
+    // SAFETY: signal(2) with the default disposition, before any thread is started.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 async fn try_main(cli: cli::Cli) -> Result<(), Failure> {

@@ -138,6 +138,7 @@ pub async fn command(args: SimArgs, default_server: &str) -> Result<(), Failure>
 /// A simulated node: `zone` and class round-robin, an `exec` driver, no agent API behind `http_addr`.
 pub fn sim_node(shape: &SimNodeArgs, id: String, name: String, position: usize) -> Node {
     let mut attributes = BTreeMap::from([
+        ("arch".to_string(), "x86_64".to_string()),
         ("cpu.arch".to_string(), "x86_64".to_string()),
         ("os.name".to_string(), "linux".to_string()),
         ("unique.hostname".to_string(), name.clone()),

@@ -129,6 +129,8 @@ fn dev_runs_scales_logs_and_stops_a_two_group_job() {
     let plan = dev.ok(&["job", "plan", &bigger]);
     assert!(plan.contains("job e2e: version 0 → 1") && plan.contains("~ groups[web].count: 3 => 4"), "{plan}");
     assert!(plan.contains("group web: 1 to place, 3 in place, 0 to replace, 0 to stop"), "{plan}");
+    assert!(plan.contains("+ e2e.web[3] on ") && plan.contains(": score ") && plan.contains("best of 1 scored"), "{plan}");
+    assert_eq!(dev.ok(&["job", "plan", "--verbose", &bigger]), plan, "no runner-ups on a one-node cluster");
     let too_big = dev.write("e2e-too-big.yaml", &WEB_AND_WORKER.replace("memory: 16", "memory: 16000000"));
     let output = dev.davit(&["job", "plan", &too_big]);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -383,4 +385,19 @@ fn node_drain_moves_allocations_to_the_other_node_and_keeps_it_ineligible() {
     let missing = util::davit(&addr, dir, &["node", "drain", "no-such-node"]);
     assert_eq!(missing.status.code(), Some(1), "{missing:?}");
     util::ok(&addr, dir, &["job", "stop", "sleepy"]);
+}
+
+/// A client command whose reader went away (`davit … | head`) ends by SIGPIPE, as other Unix tools do,
+/// not with a panic.
+#[test]
+fn a_client_command_ends_quietly_when_its_output_is_closed() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hello.yaml");
+    let output = Command::new(util::DAVIT).args(["job", "validate", example]).stdout(writer).stderr(Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    const SIGPIPE: i32 = 13;
+    assert_eq!(output.status.signal(), Some(SIGPIPE), "{:?}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

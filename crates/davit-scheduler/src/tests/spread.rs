@@ -347,3 +347,47 @@ fn sampling_keeps_required_rules() {
     assert!(result.plan.failed_groups.is_empty(), "{:?}", result.plan.failed_groups);
     assert_eq!(per_node(&harness, "shop").len(), 50);
 }
+
+/// With `explain`, each ranked placement records the best candidates, the chosen node first, each with
+/// the parts its final score is the mean of; without it, nothing is recorded.
+#[test]
+fn explain_ranks_the_chosen_node_first_with_its_score_parts() {
+    let mut harness = Harness::new();
+    harness.add_nodes("n", 4);
+    harness.update_node("n-1", |node| node.class = "fast".into());
+    harness.add_alloc(alloc("busy-2", "other", "web", 0, 0, "n-2"));
+    harness.register({
+        let mut spec = job("shop", 2);
+        spec.groups[0].affinities = vec![affinity("${node.class}", "fast", 50)];
+        spec
+    });
+    assert!(harness.process("shop").plan.scores.is_empty(), "recorded without explain");
+
+    harness.config.explain = true;
+    let plan = harness.process("shop").plan;
+    let allocs: Vec<_> = plan.allocations().collect();
+    assert_eq!(allocs.len(), 2);
+    assert_eq!(plan.scores.len(), 2);
+    for alloc in allocs {
+        let scores = &plan.scores[&alloc.id];
+        assert_eq!(scores.nodes_scored, 4, "every node fits and is scored");
+        assert_eq!(scores.candidates.len(), 3, "{scores:?}");
+        assert_eq!(scores.candidates[0].node_id, alloc.node_id, "{scores:?}");
+        assert!(scores.candidates.windows(2).all(|pair| pair[0].score >= pair[1].score), "{scores:?}");
+        for candidate in &scores.candidates {
+            let parts = [candidate.node_affinity, candidate.spread, candidate.alloc_affinity, candidate.job_anti_affinity];
+            let present: Vec<f64> = parts.into_iter().flatten().collect();
+            let mean = (candidate.fit + present.iter().sum::<f64>()) / (1 + present.len()) as f64;
+            assert!((candidate.score - mean).abs() < 1e-12, "{candidate:?}");
+            assert!(candidate.node_affinity.is_some(), "the group has a node affinity: {candidate:?}");
+        }
+    }
+    // The first placement goes to the node the affinity pulls to; the second is kept off it by the job
+    // anti-affinity penalty, which shows in n-1's parts.
+    let first = &plan.scores[&plan.allocations().find(|alloc| alloc.index == 0).unwrap().id];
+    assert_eq!(first.candidates[0].node_id, "n-1");
+    let second = &plan.scores[&plan.allocations().find(|alloc| alloc.index == 1).unwrap().id];
+    assert_ne!(second.candidates[0].node_id, "n-1");
+    let fast = second.candidates.iter().find(|candidate| candidate.node_id == "n-1");
+    assert!(fast.is_none_or(|fast| fast.job_anti_affinity.is_some_and(|penalty| penalty < 0.0)), "{second:?}");
+}

@@ -51,7 +51,8 @@ pub(crate) fn dry_run(
     planned.upsert_job(Arc::clone(&job));
     planned.upsert_job_version(Arc::clone(&job));
     let eval = new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::JobRegister, None);
-    let result = schedule(&planned, &eval, config, 0, now);
+    let config = davit_scheduler::SchedulerConfig { explain: true, ..config.clone() };
+    let result = schedule(&planned, &eval, &config, 0, now);
 
     describe(state, &job.spec.name, &result, &mut groups);
     let preemptions = result
@@ -101,6 +102,7 @@ fn describe(state: &ClusterState, job_name: &str, result: &ScheduleResult, group
             node_id: alloc.node_id.clone(),
             node_name: alloc.node_name.clone(),
             replaces: alloc.previous_allocation.clone(),
+            scores: plan.scores.get(&alloc.id).cloned(),
         });
     }
     for stop in plan.stops() {
