@@ -213,6 +213,10 @@ pub struct RebalanceMoveEntry {
     /// (before, after) the move.
     pub from_load: (f64, f64),
     pub to_load: (f64, f64),
+    /// The allocation is live-migrated (a VM of a `migrate: live` group): `replacement_id` is the
+    /// migration's destination, and the original stops once the guest runs there.
+    #[serde(default)]
+    pub live_migration: bool,
 }
 
 /// `POST /v1/jobs/plan`: what registering a spec would do, computed by the scheduler on the current

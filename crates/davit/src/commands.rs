@@ -982,8 +982,13 @@ pub async fn rebalance(client: &Client, args: RebalanceArgs) -> Result<(), Failu
             }
             return Ok(());
         }
-        let verb = if args.dry_run { "would move" } else { "moving" };
         for change in &answer.moves {
+            let verb = match (args.dry_run, change.live_migration) {
+                (true, true) => "would live-migrate",
+                (true, false) => "would move",
+                (false, true) => "live-migrating",
+                (false, false) => "moving",
+            };
             println!(
                 "wave {wave}: {verb} {} ({}) from {} (load {:.2} → {:.2}) to {} ({:.2} → {:.2})",
                 change.name,
@@ -1003,7 +1008,10 @@ pub async fn rebalance(client: &Client, args: RebalanceArgs) -> Result<(), Failu
             return Ok(());
         }
         for change in &answer.moves {
-            wait_running(client, &change.replacement_id, timeout).await?;
+            match change.live_migration {
+                true => wait_migration(client, &change.replacement_id, timeout).await?,
+                false => wait_running(client, &change.replacement_id, timeout).await?,
+            }
         }
         moved += answer.moves.len();
     }

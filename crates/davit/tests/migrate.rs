@@ -1,7 +1,8 @@
 //! Live migration end to end: a `davit server` and two `davit agent` processes on loopback, a TCG guest
-//! that counts HTTP requests in memory, `davit alloc migrate` to the other node and then `node drain` of a
-//! group with `migrate: live` back: the guest keeps its uptime and its counter across both moves, the
-//! source allocations end complete with a `Migrated` event carrying the downtime. Plus the refusals.
+//! that counts HTTP requests in memory, `davit alloc migrate` to the other node, `node drain` of a group
+//! with `migrate: live` back, and `davit rebalance` onto the drained node once it is eligible again: the
+//! guest keeps its uptime and its counter across the moves, the source allocations end complete with a
+//! `Migrated` event carrying the downtime. Plus the refusals.
 
 mod util;
 
@@ -76,7 +77,8 @@ fn http_port(alloc: &Allocation) -> u16 {
 
 /// The destination allocation of the migration of `source_id`, once the server lists it.
 fn destination_of(addr: &str, source_id: &str) -> Allocation {
-    let source = wait_alloc(addr, source_id, PATIENCE, |alloc| alloc.migration.is_some());
+    // A source that was itself a migration's destination carries that migration until it migrates out.
+    let source = wait_alloc(addr, source_id, PATIENCE, |alloc| alloc.migration.as_ref().is_some_and(|m| m.role == MigrationRole::Source));
     let peer = source.migration.expect("checked").peer_alloc_id;
     wait_alloc(addr, &peer, PATIENCE, |alloc| {
         alloc.client_status == ClientStatus::Running && alloc.migration.as_ref().is_some_and(|m| m.status == MigrationStatus::Complete)
@@ -97,7 +99,7 @@ fn assert_migrated_source(addr: &str, source_id: &str) -> Allocation {
 }
 
 #[test]
-fn alloc_migrate_and_live_drain_keep_the_guest_running() {
+fn alloc_migrate_live_drain_and_rebalance_keep_the_guest_running() {
     if !require_root() {
         return;
     }
@@ -159,11 +161,12 @@ fn alloc_migrate_and_live_drain_keep_the_guest_running() {
     assert_eq!(http_body(http_port(&third), "/cgi-bin/counter"), "5");
     assert_migrated_source(addr, &second.id);
 
-    // 3. A task that is not a vm cannot be live-migrated: a 400 that says why.
+    // 3. A task that is not a vm cannot be live-migrated: a 400 that says why. (A batch job, which
+    // rebalancing leaves where it is, so that step 4 can only move the VM.)
     let exec_spec = cluster.path().join("sleeper.yaml");
     std::fs::write(
         &exec_spec,
-        "name: sleeper\ngroups:\n  - name: g\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/sleep, args: ['1000']}\n        resources: {cpu: 100, memory: 16}\n",
+        "name: sleeper\ntype: batch\ngroups:\n  - name: g\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/sleep, args: ['1000']}\n        resources: {cpu: 1000, memory: 16}\n",
     )
     .unwrap();
     util::ok(addr, cluster.path(), &["job", "run", &exec_spec.display().to_string()]);
@@ -175,4 +178,20 @@ fn alloc_migrate_and_live_drain_keep_the_guest_running() {
     let client = davit_client::Client::new(addr);
     let error = rt.block_on(client.migrate_allocation(&sleeper.allocations[0].id, &Default::default())).unwrap_err();
     assert!(matches!(error, davit_client::ClientError::Api { status: 400, .. }), "{error}");
+
+    // 4. The drained node comes back: `davit rebalance` evens the load by live-migrating the VM to it,
+    // not by stopping and replacing it (the in-memory counter survives).
+    assert_eq!(sleeper.allocations[0].node_name, first.node_name, "the other node was still ineligible");
+    wait_alloc(addr, &third.id, PATIENCE, |alloc| alloc.healthy == Some(true));
+    util::ok(addr, cluster.path(), &["node", "eligibility", other, "--enable"]);
+    let dry_run = util::ok(addr, cluster.path(), &["rebalance", "--dry-run"]);
+    assert!(dry_run.contains(&format!("would live-migrate {}", third.name)), "{dry_run}");
+    let output = util::ok(addr, cluster.path(), &["rebalance", "--timeout", "2m"]);
+    println!("{output}");
+    assert!(output.contains(&format!("live-migrating {}", third.name)) && output.contains("downtime "), "{output}");
+    assert!(output.contains("Balanced after 1 move(s)."), "{output}");
+    let fourth = destination_of(addr, &third.id);
+    assert_eq!(fourth.node_name, other);
+    assert_eq!(http_body(http_port(&fourth), "/cgi-bin/counter"), "6", "the guest was restarted instead of migrated");
+    assert_migrated_source(addr, &third.id);
 }

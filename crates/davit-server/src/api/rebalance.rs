@@ -1,6 +1,7 @@
 //! `POST /v1/rebalance` (`davit rebalance`): the scheduler's [`davit_scheduler::rebalance`] picks a few moves
 //! on a snapshot; each job's moves go to the plan applier as one plan (re-checked against the newest state,
-//! as every plan is), and a completed evaluation per job records them.
+//! as every plan is), and a completed evaluation per job records them. A running VM of a `migrate: live`
+//! group is live-migrated to its move's node instead of stopped and replaced (as the drainer does).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -11,12 +12,13 @@ use axum::extract::State;
 use axum::response::Response;
 use davit_api::http::{RebalanceMoveEntry, RebalanceRequest, RebalanceResponse};
 use davit_api::objects::{EvalStatus, EvalTrigger};
-use davit_scheduler::{Plan, RebalanceConfig, RebalanceMove, rebalance};
+use davit_api::spec::MigrateMode;
+use davit_scheduler::{ClusterState, Plan, RebalanceConfig, RebalanceMove, rebalance};
 use davit_store::Txn;
 
 use super::{Failure, indexed, json_body};
 use crate::liveness::new_eval;
-use crate::{Shared, keys, now_millis};
+use crate::{Shared, keys, migration, now_millis};
 
 /// Requests that ask for more moves than this are refused: rebalancing is meant to be gradual.
 const MOST_MOVES: u32 = 1000;
@@ -34,20 +36,46 @@ pub(crate) async fn rebalance_cluster(State(shared): State<Arc<Shared>>, body: B
     let config = RebalanceConfig { max_moves: request.max_moves as usize, ..Default::default() };
     let eval_id = crate::new_id();
     let moves = rebalance(&snapshot.cluster, &config, &eval_id, crate::worker::seed_for(&eval_id, 0), now_millis());
-    let entries: Vec<RebalanceMoveEntry> = moves.iter().map(entry).collect();
     if request.dry_run || moves.is_empty() {
+        let entries = moves
+            .iter()
+            .map(|change| RebalanceMoveEntry { live_migration: migrates_live(&snapshot.cluster, &change.stop.alloc_id), ..entry(change) })
+            .collect();
         return Ok(indexed(snapshot.revision, &RebalanceResponse { moves: entries, refused: 0, index: snapshot.revision }));
     }
 
-    // One plan (and one evaluation for the record) per job.
-    let mut by_job: BTreeMap<&str, Vec<&RebalanceMove>> = BTreeMap::new();
-    for change in &moves {
-        by_job.entry(change.replacement.job_name.as_str()).or_default().push(change);
-    }
     let mut made = Vec::new();
     let mut refused = 0;
     let mut index = snapshot.revision;
     let mut evals = Txn::default();
+    // Running VMs of `migrate: live` groups move by live migration; the others in one plan (and one
+    // evaluation for the record) per job.
+    let (live, stopped): (Vec<&RebalanceMove>, Vec<&RebalanceMove>) =
+        moves.iter().partition(|change| migrates_live(&snapshot.cluster, &change.stop.alloc_id));
+    for change in live {
+        match live_migrate(&shared, &snapshot.cluster, change).await? {
+            Ok((destination_id, migration_index)) => {
+                index = index.max(migration_index);
+                let Some(job) = snapshot.cluster.job(&change.replacement.job_name) else { continue };
+                let mut eval = new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::Rebalance, None);
+                eval.status = EvalStatus::Complete;
+                eval.status_description = format!(
+                    "rebalance: live-migrating {} from node {} to node {}",
+                    change.replacement.name, change.from_node_name, change.replacement.node_name
+                );
+                evals.success.push(keys::put(keys::eval(&eval.id), &eval));
+                made.push(RebalanceMoveEntry { replacement_id: destination_id, live_migration: true, ..entry(change) });
+            }
+            Err(reason) => {
+                tracing::info!(alloc = %change.replacement.name, %reason, "rebalance: cannot live-migrate; trying again next wave");
+                refused += 1;
+            }
+        }
+    }
+    let mut by_job: BTreeMap<&str, Vec<&RebalanceMove>> = BTreeMap::new();
+    for change in stopped {
+        by_job.entry(change.replacement.job_name.as_str()).or_default().push(change);
+    }
     for (job_name, changes) in by_job {
         let Some(job) = snapshot.cluster.job(job_name) else { continue };
         // Each job's replacements name the job's own `rebalance` evaluation.
@@ -94,6 +122,35 @@ pub(crate) async fn rebalance_cluster(State(shared): State<Arc<Shared>>, body: B
     Ok(indexed(index, &RebalanceResponse { moves: made, refused, index }))
 }
 
+/// Whether the allocation is a running VM of a `migrate: live` group that can be live-migrated now.
+fn migrates_live(cluster: &ClusterState, alloc_id: &str) -> bool {
+    let Some(alloc) = cluster.alloc(alloc_id) else { return false };
+    let live = cluster
+        .job_version(&alloc.job_name, alloc.job_version)
+        .and_then(|job| job.spec.group(&alloc.group).map(|group| group.migrate == MigrateMode::Live))
+        .unwrap_or(false);
+    live && migration::check_migratable(cluster, alloc).is_ok()
+}
+
+/// Starts the live migration of a move's allocation to the move's destination node: the destination
+/// allocation's id and the index it was stored at, or why it could not start.
+async fn live_migrate(
+    shared: &Shared,
+    cluster: &ClusterState,
+    change: &RebalanceMove,
+) -> Result<Result<(String, davit_api::objects::Index), String>, Failure> {
+    let (Some(source), Some(target)) = (cluster.alloc(&change.stop.alloc_id), cluster.node(&change.replacement.node_id)) else {
+        return Ok(Err("the allocation or its destination node is gone".to_string()));
+    };
+    let seed = crate::worker::seed_for(&source.id, source.index);
+    let destination = match migration::destination(cluster, source, Some(target), seed, now_millis()) {
+        Ok(destination) => destination,
+        Err(error) => return Ok(Err(error.to_string())),
+    };
+    let destination_id = destination.id.clone();
+    Ok(shared.applier.start_migration(destination, now_millis()).await?.map(|index| (destination_id, index)))
+}
+
 fn entry(change: &RebalanceMove) -> RebalanceMoveEntry {
     RebalanceMoveEntry {
         alloc_id: change.stop.alloc_id.clone(),
@@ -104,5 +161,6 @@ fn entry(change: &RebalanceMove) -> RebalanceMoveEntry {
         to_node: change.replacement.node_name.clone(),
         from_load: change.from_load,
         to_load: change.to_load,
+        live_migration: false,
     }
 }
