@@ -194,7 +194,8 @@ fn one() -> u32 {
 pub struct RebalanceResponse {
     /// The moves made (or, on a dry run, that would be made); empty when the cluster is balanced.
     pub moves: Vec<RebalanceMoveEntry>,
-    /// Moves the plan applier refused because the state changed meanwhile (tried again by the next request).
+    /// Moves not made: the plan applier refused them because the state changed meanwhile, or a live
+    /// migration could not start (the server logs why). The next request may pick them again.
     #[serde(default)]
     pub refused: u32,
     pub index: Index,

@@ -486,9 +486,11 @@ pub struct PlacementFailure {
 /// the chosen node first.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PlacementScores {
-    /// Fitting nodes the scheduler scored for this placement (its candidate limit, or fewer).
+    /// Fitting nodes the scheduler scored for this placement: its candidate limit or fewer, plus up to 3
+    /// nodes with a negative score that do not count toward the limit.
     pub nodes_scored: u32,
-    /// At most [`PlacementScores::KEPT`], best first; the first is the chosen node.
+    /// At most [`PlacementScores::KEPT`], best first; the first is the chosen node. A rescheduled
+    /// allocation avoids its failed node: that node ranks after every other, whatever its score.
     pub candidates: Vec<NodeScore>,
 }
 

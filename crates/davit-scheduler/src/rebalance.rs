@@ -17,7 +17,7 @@
 //! left, at most `max_moves` of them and at most one per job group (the others of the group keep serving
 //! while the moved one starts elsewhere; the next call moves the next one).
 //!
-//! Only running, healthy-or-unchecked allocations of service jobs that are not being migrated move; batch and
+//! Only running, healthy-or-unchecked allocations of service jobs that are not being migrated (in or out) move; batch and
 //! system allocations stay. A moved allocation keeps its name, index and job version; the replacement names
 //! the original in `previous_allocation`, and the original is stopped with "rebalanced to node N".
 
@@ -138,6 +138,7 @@ fn movable(state: &ClusterState, alloc: &Allocation, moved_groups: &BTreeSet<(St
         && alloc.client_status == ClientStatus::Running
         && alloc.healthy != Some(false)
         && !alloc.is_migrating_out()
+        && !alloc.is_incoming_migration()
         && !moved_groups.contains(&(alloc.job_name.clone(), alloc.group.clone()))
         && state.job(&alloc.job_name).is_some_and(|job| !job.stopped && job.spec.job_type == JobType::Service)
 }

@@ -1,6 +1,7 @@
 //! Operator tools over the scheduler. `POST /v1/jobs/plan`: a dry run shows placements with their nodes'
 //! scores, in-place and destructive updates, stops, failures with reasons and the diff against the running
-//! version, and stores nothing. `POST /v1/rebalance`: moves running allocations to a node that joined late, a wave at a time.
+//! version, and stores nothing. `POST /v1/rebalance`: moves running allocations to a node that joined
+//! late, a wave at a time, live-migrating the VMs of `migrate: live` groups.
 
 mod common;
 
@@ -186,5 +187,52 @@ async fn a_dry_run_shows_what_a_higher_priority_job_would_preempt() {
     let (_, answer) = plan(&server, &high.replace("priority: 80", "priority: 25")).await;
     assert!(answer["preemptions"].is_null(), "{answer:#}");
     assert_eq!(answer["groups"]["g"]["failure"]["exhausted"]["memory"], 1, "{answer:#}");
+    server.shutdown().await;
+}
+
+/// A VM of a `migrate: live` group is live-migrated by a rebalance, not stopped; once its migration
+/// failed, the next rebalance stops and replaces it instead (as a drain does).
+#[tokio::test]
+async fn rebalance_live_migrates_vms_and_replaces_one_whose_migration_failed() {
+    let server = start().await;
+    let register = |id: &str| {
+        let mut node = node(id, 4096);
+        node.drivers.insert("vm".to_string(), davit_api::objects::DriverInfo { detected: true, healthy: true, ..Default::default() });
+        serde_json::to_string(&node).unwrap()
+    };
+    assert_eq!(server.request("POST", "/v1/nodes/register", &register("a")).await.0, 200);
+    // A batch job (which rebalancing leaves alone) and the VM share node a.
+    let filler = web(1, "/bin/true", 1024).replace("name: web", "name: filler\ntype: batch");
+    assert_eq!(server.request("POST", "/v1/jobs?filename=filler.yaml", &filler).await.0, 200);
+    let guests = "name: guests\ngroups:\n  - name: g\n    migrate: live\n    tasks:\n      - name: vm\n        driver: vm\n        config: {kernel: /guest/vmlinux}\n        resources: {cpu: 500, memory: 512}\n";
+    assert_eq!(server.request("POST", "/v1/jobs?filename=guests.yaml", guests).await.0, 200);
+    wait_status(&server, "guests", |s| s["summary"]["g"]["placed"].as_u64() == Some(1)).await;
+    report_running(&server, &node_allocs(&server, "a").await).await;
+    let vm_id = node_allocs(&server, "a").await.into_iter().find(|alloc| alloc["job_name"] == "guests").unwrap()["id"].clone();
+    assert_eq!(server.request("POST", "/v1/nodes/register", &register("b")).await.0, 200);
+
+    let (_, dry) = server.request("POST", "/v1/rebalance", r#"{"dry_run": true}"#).await;
+    assert_eq!((&dry["moves"][0]["alloc_id"], &dry["moves"][0]["live_migration"]), (&vm_id, &Value::Bool(true)), "{dry:#}");
+    let (status, answer) = server.request("POST", "/v1/rebalance", "{}").await;
+    assert_eq!((status, &answer["moves"][0]["live_migration"]), (200, &Value::Bool(true)), "{answer:#}");
+    let (_, source) = server.request("GET", &format!("/v1/allocation/{}", vm_id.as_str().unwrap()), "").await;
+    assert_eq!((&source["desired_status"], &source["migration"]["role"]), (&Value::from("run"), &Value::from("source")), "{source:#}");
+    let destination_id = answer["moves"][0]["replacement_id"].as_str().unwrap().to_string();
+    let (_, destination) = server.request("GET", &format!("/v1/allocation/{destination_id}"), "").await;
+    assert_eq!((&destination["node_id"], &destination["migration"]["role"]), (&Value::from("b"), &Value::from("destination")));
+    let (_, evals) = server.request("GET", "/v1/job/guests/evaluations", "").await;
+    let recorded = evals.as_array().unwrap().iter().find(|eval| eval["triggered_by"] == "rebalance").expect("a rebalance evaluation");
+    assert!(recorded["status_description"].as_str().unwrap().contains("live-migrating guests.g[0]"), "{recorded:#}");
+
+    // The destination agent cannot start the guest: the migration fails, the source keeps running.
+    let failed = serde_json::json!([{"id": destination_id, "client_status": "failed", "task_states": {},
+        "migration": {"state": "failed", "reason": "no kernel"}}]);
+    assert_eq!(server.request("POST", "/v1/node/b/allocations/status", &failed.to_string()).await.0, 200);
+    let (_, source) = server.request("GET", &format!("/v1/allocation/{}", vm_id.as_str().unwrap()), "").await;
+    assert_eq!((&source["desired_status"], &source["migration"]["status"]), (&Value::from("run"), &Value::from("failed")), "{source:#}");
+    let (_, answer) = server.request("POST", "/v1/rebalance", "{}").await;
+    assert_eq!((&answer["moves"][0]["alloc_id"], &answer["moves"][0]["live_migration"]), (&vm_id, &Value::Bool(false)), "{answer:#}");
+    let (_, source) = server.request("GET", &format!("/v1/allocation/{}", vm_id.as_str().unwrap()), "").await;
+    assert_eq!(source["desired_description"], "rebalanced to node node-b", "{source:#}");
     server.shutdown().await;
 }

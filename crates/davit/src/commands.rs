@@ -1001,6 +1001,13 @@ pub async fn rebalance(client: &Client, args: RebalanceArgs) -> Result<(), Failu
                 change.to_load.1
             );
         }
+        if answer.moves.is_empty() {
+            // Nothing moved, so the next wave would ask for the same moves at once.
+            return Err(Failure::user(format!(
+                "{} move(s) could not be made (the cluster changed meanwhile, or a live migration could not start: see the server's log); run it again later",
+                answer.refused
+            )));
+        }
         if answer.refused > 0 {
             println!("wave {wave}: {} move(s) refused (the cluster changed meanwhile); the next wave tries again", answer.refused);
         }

@@ -186,7 +186,7 @@ fn alloc_migrate_live_drain_and_rebalance_keep_the_guest_running() {
     util::ok(addr, cluster.path(), &["node", "eligibility", other, "--enable"]);
     let dry_run = util::ok(addr, cluster.path(), &["rebalance", "--dry-run"]);
     assert!(dry_run.contains(&format!("would live-migrate {}", third.name)), "{dry_run}");
-    let output = util::ok(addr, cluster.path(), &["rebalance", "--timeout", "2m"]);
+    let output = util::ok(addr, cluster.path(), &["rebalance"]);
     println!("{output}");
     assert!(output.contains(&format!("live-migrating {}", third.name)) && output.contains("downtime "), "{output}");
     assert!(output.contains("Balanced after 1 move(s)."), "{output}");

@@ -258,8 +258,8 @@ pub struct GroupSpec {
     /// Replace failed allocations (on another node when possible). Absent: failed allocations stay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reschedule: Option<ReschedulePolicy>,
-    /// How `node drain` moves the group's allocations: `stop` (stop, then replace elsewhere; the default)
-    /// or `live` (live-migrate the VMs; every task must use the `vm` driver).
+    /// How `node drain` and `rebalance` move the group's allocations: `stop` (stop, then replace elsewhere;
+    /// the default) or `live` (live-migrate the VMs; every task must use the `vm` driver).
     #[serde(default, skip_serializing_if = "MigrateMode::is_stop")]
     pub migrate: MigrateMode,
     #[serde(default)]
@@ -421,14 +421,15 @@ impl ResolvedReschedule {
     }
 }
 
-/// How a drain moves a group's allocations (`migrate:` of a group).
+/// How a drain or a rebalance moves a group's allocations (`migrate:` of a group).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrateMode {
     /// Stop the allocation, then the scheduler places a replacement elsewhere.
     #[default]
     Stop,
-    /// Live-migrate the running VMs to another node (QEMU migration); a failed migration falls back to `stop`.
+    /// Live-migrate the running VMs to another node (QEMU migration). A VM whose migration failed (or, for a
+    /// drain, cannot start) is stopped and replaced instead.
     Live,
 }
 

@@ -1,6 +1,6 @@
 //! Rebalancing: moves even out node load, one per group per call, and never onto nodes that cannot take them.
 
-use davit_api::objects::ClientStatus;
+use davit_api::objects::{ClientStatus, Migration, MigrationRole, MigrationStatus};
 use davit_api::spec::{ConstraintOperator, DriverName};
 
 use super::*;
@@ -91,6 +91,25 @@ fn balanced_clusters_and_infeasible_destinations_get_no_moves() {
     harness.state.upsert_job_version(Arc::clone(&job));
     harness.state.upsert_job(job);
     harness.add_nodes("b", 1);
+    assert!(rebalance(&harness.state, &RebalanceConfig::default(), "r", 1, harness.now).is_empty());
+
+    // Running, but in a live migration: as its source, or as a destination the guest has not reached yet.
+    for (position, alloc) in harness.live_allocs("web").into_iter().enumerate() {
+        let role = if position % 2 == 0 { MigrationRole::Source } else { MigrationRole::Destination };
+        harness.update_alloc(&alloc.id, |alloc| {
+            alloc.client_status = ClientStatus::Running;
+            alloc.migration = Some(Box::new(Migration {
+                role,
+                peer_alloc_id: "peer".to_string(),
+                peer_node_id: "b-1".to_string(),
+                status: MigrationStatus::Listening,
+                listen_addrs: BTreeMap::new(),
+                description: String::new(),
+                report: None,
+                started_at: 0,
+            }));
+        });
+    }
     assert!(rebalance(&harness.state, &RebalanceConfig::default(), "r", 1, harness.now).is_empty());
 }
 

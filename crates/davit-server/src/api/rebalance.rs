@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
 use davit_api::http::{RebalanceMoveEntry, RebalanceRequest, RebalanceResponse};
-use davit_api::objects::{EvalStatus, EvalTrigger};
+use davit_api::objects::{EvalStatus, EvalTrigger, MigrationStatus};
 use davit_api::spec::MigrateMode;
 use davit_scheduler::{ClusterState, Plan, RebalanceConfig, RebalanceMove, rebalance};
 use davit_store::Txn;
@@ -56,14 +56,15 @@ pub(crate) async fn rebalance_cluster(State(shared): State<Arc<Shared>>, body: B
         match live_migrate(&shared, &snapshot.cluster, change).await? {
             Ok((destination_id, migration_index)) => {
                 index = index.max(migration_index);
-                let Some(job) = snapshot.cluster.job(&change.replacement.job_name) else { continue };
-                let mut eval = new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::Rebalance, None);
-                eval.status = EvalStatus::Complete;
-                eval.status_description = format!(
-                    "rebalance: live-migrating {} from node {} to node {}",
-                    change.replacement.name, change.from_node_name, change.replacement.node_name
-                );
-                evals.success.push(keys::put(keys::eval(&eval.id), &eval));
+                if let Some(job) = snapshot.cluster.job(&change.replacement.job_name) {
+                    let mut eval = new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::Rebalance, None);
+                    eval.status = EvalStatus::Complete;
+                    eval.status_description = format!(
+                        "rebalance: live-migrating {} from node {} to node {}",
+                        change.replacement.name, change.from_node_name, change.replacement.node_name
+                    );
+                    evals.success.push(keys::put(keys::eval(&eval.id), &eval));
+                }
                 made.push(RebalanceMoveEntry { replacement_id: destination_id, live_migration: true, ..entry(change) });
             }
             Err(reason) => {
@@ -122,9 +123,14 @@ pub(crate) async fn rebalance_cluster(State(shared): State<Arc<Shared>>, body: B
     Ok(indexed(index, &RebalanceResponse { moves: made, refused, index }))
 }
 
-/// Whether the allocation is a running VM of a `migrate: live` group that can be live-migrated now.
+/// Whether the allocation is a running VM of a `migrate: live` group that can be live-migrated now. One
+/// whose live migration failed before is stopped and replaced instead (as the drainer does), so that a
+/// guest that cannot migrate does not hold rebalancing up.
 fn migrates_live(cluster: &ClusterState, alloc_id: &str) -> bool {
     let Some(alloc) = cluster.alloc(alloc_id) else { return false };
+    if alloc.migration.as_ref().is_some_and(|migration| migration.status == MigrationStatus::Failed) {
+        return false;
+    }
     let live = cluster
         .job_version(&alloc.job_name, alloc.job_version)
         .and_then(|job| job.spec.group(&alloc.group).map(|group| group.migrate == MigrateMode::Live))
