@@ -42,7 +42,7 @@ for job in examples/*.yaml; do
   "$davit" job run "$job"
 done
 # Service discovery (examples/web-service.yaml): the proxy on 127.0.0.1:9080 and DNS on 127.0.0.1:8600.
-for _ in $(seq 1 100); do "$davit" service ls | grep -q ' 3/3 ' && break; sleep 0.1; done
+for _ in $(seq 1 100); do [[ "$("$davit" service ls)" == *' 3/3 '* ]] && break; sleep 0.1; done
 echo; echo "\$ davit service ls"; "$davit" service ls
 echo; echo "\$ curl -s 127.0.0.1:9080/   # three times: round robin over the healthy instances"
 for _ in 1 2 3; do curl -s 127.0.0.1:9080/; done
