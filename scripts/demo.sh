@@ -31,7 +31,7 @@ skopeo --insecure-policy copy -q --dest-tls-verify=false oci:target/test-images/
 
 "$davit" dev --bind 127.0.0.1:7646 &
 dev_pid=$!
-trap 'kill -INT $dev_pid 2>/dev/null; wait $dev_pid 2>/dev/null || true; [ -z "$registry_pid" ] || kill $registry_pid' EXIT
+trap 'kill -INT $dev_pid 2>/dev/null; wait $dev_pid 2>/dev/null || true; [ -z "$registry_pid" ] || kill $registry_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
   "$davit" node ls >/dev/null 2>&1 && [ "$("$davit" node ls -o json | grep -c '"ready"')" -ge 1 ] && break
   sleep 0.1

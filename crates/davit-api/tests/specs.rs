@@ -24,14 +24,51 @@ fn spec_files(dir: &str) -> Vec<PathBuf> {
 fn good_files() -> Vec<PathBuf> {
     let mut files = spec_files("good");
     // Every example the README and the demo run must stay valid.
+    files.extend(example_files());
+    files
+}
+
+fn example_files() -> Vec<PathBuf> {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(&examples).unwrap_or_else(|error| panic!("reading {}: {error}", examples.display())) {
         let path = entry.expect("directory entry").path();
         if path.extension().and_then(|ext| ext.to_str()) == Some("yaml") {
             files.push(path);
         }
     }
+    files.sort();
     files
+}
+
+/// `scripts/demo.sh` runs every example at once on the one node of `davit dev`, and the README's machine
+/// (as CI's) has 2 cores: 2,000 millicores. The demo then plans `hello` with `web` scaled from 3 to 5,
+/// which must fit as well.
+#[test]
+fn the_examples_fit_together_on_a_two_core_dev_node() {
+    const NODE_CPU: u64 = 2_000;
+    let mut total = 0;
+    let mut breakdown = Vec::new();
+    for path in example_files() {
+        let spec = parse_good(&path);
+        let cpu: u64 = spec
+            .groups
+            .iter()
+            .map(|group| {
+                let count = if spec.job_type == davit_api::spec::JobType::System { 1 } else { u64::from(group.count) };
+                count * group.tasks.iter().map(|task| u64::from(task.resources.cpu)).sum::<u64>()
+            })
+            .sum();
+        breakdown.push(format!("{}: {cpu}", spec.name));
+        total += cpu;
+    }
+    let hello = parse_good(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello.yaml"));
+    let web = hello.groups.iter().find(|group| group.name == "web").expect("hello has a web group");
+    let planned = 2 * web.tasks.iter().map(|task| u64::from(task.resources.cpu)).sum::<u64>();
+    assert!(
+        total + planned <= NODE_CPU,
+        "the examples ask for {total} millicores (+{planned} for the demo's plan of hello), more than a 2-core dev node has: {breakdown:?}"
+    );
 }
 
 fn read(path: &Path) -> String {
