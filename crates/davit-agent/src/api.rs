@@ -83,8 +83,12 @@ async fn logs(State(context): State<Arc<AgentContext>>, Path(alloc_id): Path<Str
         return api_error(StatusCode::BAD_REQUEST, "bad_request", format!("unknown log stream {stream:?}; use stdout or stderr"));
     }
     let log_dir = runner.log_dir();
-    let offset = query.offset.unwrap_or(0);
-    let opened = tokio::task::spawn_blocking(move || LogReader::open(&log_dir, &task, &stream, offset)).await;
+    let (offset, lines) = (query.offset.unwrap_or(0), query.lines);
+    let opened = tokio::task::spawn_blocking(move || match lines {
+        Some(lines) => LogReader::open_last_lines(&log_dir, &task, &stream, lines),
+        None => LogReader::open(&log_dir, &task, &stream, offset),
+    })
+    .await;
     let reader = match opened {
         Ok(Ok(reader)) => reader,
         Ok(Err(error)) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("opening the log: {error}")),

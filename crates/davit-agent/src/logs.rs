@@ -27,7 +27,23 @@ impl LogReader {
         let base = format!("{task}.{stream}");
         let files = list_files(dir, &base)?;
         let total: u64 = files.iter().map(|file| file.len).sum();
-        let mut remaining = if offset >= 0 { (offset as u64).min(total) } else { total.saturating_sub(offset.unsigned_abs()) };
+        let start = if offset >= 0 { (offset as u64).min(total) } else { total.saturating_sub(offset.unsigned_abs()) };
+        Ok(LogReader::at(dir, base, &files, start))
+    }
+
+    /// Opens the log of `task`'s `stream` at the start of its last `lines` lines (a last line without its
+    /// newline counts), as `tail -n` does; fewer lines than that: at the start.
+    pub fn open_last_lines(dir: &Path, task: &str, stream: &str, lines: u64) -> io::Result<LogReader> {
+        let base = format!("{task}.{stream}");
+        let files = list_files(dir, &base)?;
+        let total: u64 = files.iter().map(|file| file.len).sum();
+        let start = if lines == 0 { total } else { last_lines_start(dir, &base, &files, total, lines)? };
+        Ok(LogReader::at(dir, base, &files, start))
+    }
+
+    /// A reader at byte `start` of the stream made of `files`.
+    fn at(dir: &Path, base: String, files: &[LogFile], start: u64) -> LogReader {
+        let mut remaining = start;
         let mut reader = LogReader { dir: dir.to_path_buf(), base, file: files.first().map_or(0, |file| file.index), position: 0 };
         for (position, file) in files.iter().enumerate() {
             let last = position + 1 == files.len();
@@ -38,7 +54,7 @@ impl LogReader {
             }
             remaining -= file.len;
         }
-        Ok(reader)
+        reader
     }
 
     /// Reads up to `max` bytes that are available now, moving on to newer files as older ones are done.
@@ -82,6 +98,38 @@ impl LogReader {
     fn path(&self, index: u64) -> PathBuf {
         self.dir.join(format!("{}.{index}", self.base))
     }
+}
+
+/// Where the last `lines` (≥ 1) lines of the stream made of `files` start: after the `lines`-th newline
+/// before the end, the log's own final newline not counted (it ends the last line); 0 if there are fewer.
+/// Reads backwards in chunks, only as far as needed.
+fn last_lines_start(dir: &Path, base: &str, files: &[LogFile], total: u64, lines: u64) -> io::Result<u64> {
+    const CHUNK: u64 = 64 * 1024;
+    let mut newlines = 0;
+    let mut last_byte = true;
+    let mut file_start = total;
+    for file in files.iter().rev() {
+        file_start -= file.len;
+        let path = dir.join(format!("{base}.{}", file.index));
+        let mut chunk_end = file.len;
+        while chunk_end > 0 {
+            let chunk_start = chunk_end.saturating_sub(CHUNK);
+            let chunk = read_from(&path, chunk_start, (chunk_end - chunk_start) as usize)?;
+            for (position, byte) in chunk.iter().enumerate().rev() {
+                if std::mem::take(&mut last_byte) && *byte == b'\n' {
+                    continue;
+                }
+                if *byte == b'\n' {
+                    newlines += 1;
+                    if newlines == lines {
+                        return Ok(file_start + chunk_start + position as u64 + 1);
+                    }
+                }
+            }
+            chunk_end = chunk_start;
+        }
+    }
+    Ok(0)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -151,6 +199,23 @@ mod tests {
             }
             out.extend(chunk);
         }
+    }
+
+    #[test]
+    fn last_lines_across_rotated_files() {
+        let dir = rotated_dir();
+        for (lines, expected) in [(0, ""), (1, "cc\n"), (2, "bbbb\ncc\n"), (3, "aaaa\nbbbb\ncc\n"), (10, "aaaa\nbbbb\ncc\n")] {
+            let mut reader = LogReader::open_last_lines(dir.path(), "web", "stdout", lines).unwrap();
+            assert_eq!(drain(&mut reader), expected, "{lines} lines");
+        }
+        // A last line still being written counts as a line; empty lines count too.
+        append(dir.path(), "web.stdout.3", "\nd");
+        for (lines, expected) in [(1, "d"), (2, "\nd"), (3, "cc\n\nd")] {
+            let mut reader = LogReader::open_last_lines(dir.path(), "web", "stdout", lines).unwrap();
+            assert_eq!(drain(&mut reader), expected, "{lines} lines");
+        }
+        let mut reader = LogReader::open_last_lines(&dir.path().join("nope"), "web", "stdout", 3).unwrap();
+        assert_eq!(drain(&mut reader), "");
     }
 
     fn rotated_dir() -> tempfile::TempDir {

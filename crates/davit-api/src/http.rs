@@ -31,7 +31,7 @@
 //! | POST | `/v1/nodes/allocations/status` | `Vec<`[`NodeAllocStatusUpdates`]`>` → [`IndexResponse`] (many nodes at once, one commit) |
 //! | GET | `/v1/allocations?prefix=P` | → `Vec<`[`AllocListEntry`]`>` |
 //! | GET | `/v1/allocation/{id-or-prefix}` | → [`Allocation`] |
-//! | GET | `/v1/allocation/{id}/logs?task=T&stream=stdout&follow=true&offset=N` | → bytes (text/plain, streamed); the server relays it from the node's agent |
+//! | GET | `/v1/allocation/{id}/logs?task=T&stream=stdout&follow=true&offset=N&lines=N` | → bytes (text/plain, streamed); the server relays it from the node's agent |
 //! | POST | `/v1/allocation/{id-or-prefix}/migrate` | [`MigrateAllocRequest`] → [`MigrateAllocResponse`]; 400 not a running vm allocation, 409 same node or no room, 404 unknown node |
 //! | GET | `/v1/allocation/{id}/exec?command=[…]&task=T&tty=true` | `Upgrade: davit-exec` → 101, then [`crate::exec::ExecFrame`]s both ways; relayed to the node's agent |
 //! | GET | `/v1/evaluations?job=J` | → `Vec<`[`Evaluation`]`>` |
@@ -472,6 +472,9 @@ pub struct LogsQuery {
     /// A negative value counts from the end (`-1000`: the last 1000 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<i64>,
+    /// Start at the last this many lines (as `tail -n`); takes precedence over `offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<u64>,
 }
 
 /// Query parameters of the exec routes.

@@ -226,3 +226,14 @@ fn deep_nesting_is_an_error_not_a_crash() {
         parse_job_spec(&format!("name: deep\ngroups: {}1{}\n", "[".repeat(70), "]".repeat(70)), "deep.yaml").expect_err("too deep");
     assert!(errors.to_string().contains("nested more than 64 levels"), "{errors}");
 }
+
+/// The job spec the README shows field by field is a spec a user can run as written.
+#[test]
+fn the_readme_job_spec_is_valid() {
+    let readme = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"));
+    let start = readme.find("```yaml\n").expect("the README shows a job spec in a ```yaml block") + "```yaml\n".len();
+    let end = start + readme[start..].find("```").expect("the yaml block ends");
+    let spec = parse_job_spec(&readme[start..end], "README.md")
+        .unwrap_or_else(|errors| panic!("the README's job spec (lines counted from its ```yaml block):\n{}", render(&errors)));
+    assert_eq!(spec.name, "hello");
+}

@@ -90,13 +90,19 @@ impl ServerHandle {
         self.shared.metrics_sources.write().expect("metrics sources lock").push(render);
     }
 
-    /// Stops serving HTTP and the background loops. The store stays consistent (every write is a transaction).
+    /// Stops serving HTTP and the background loops, and waits until they ended; the plan applier ends once
+    /// the last of them let go of it, and then nothing holds the store. The store stays consistent (every
+    /// write is a transaction).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(());
         let _ = self.http.await;
-        for task in self.background {
+        for task in &self.background {
             task.abort();
         }
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.shared.view.stop();
     }
 }
 

@@ -176,6 +176,8 @@ pub struct View {
     revision: watch::Sender<Revision>,
     /// What the applier handed over for the transaction it is committing (see [`View::hand_off`]).
     handed_off: Mutex<HandOff>,
+    /// The task following the store's change feed ([`View::stop`] ends it).
+    follower: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// What the applier handed over for its transactions.
@@ -206,9 +208,17 @@ impl View {
     pub async fn start(store: Arc<dyn Store>, events: mpsc::UnboundedSender<ViewEvent>) -> Result<Arc<View>, StoreError> {
         let (snapshot, watch) = load_and_watch(store.as_ref(), &events).await?;
         let (revision, _) = watch::channel(snapshot.revision);
-        let view = Arc::new(View { current: RwLock::new(snapshot), revision, handed_off: Mutex::default() });
-        tokio::spawn(Arc::clone(&view).follow(store, watch, events));
+        let view = Arc::new(View { current: RwLock::new(snapshot), revision, handed_off: Mutex::default(), follower: Mutex::default() });
+        let follower = tokio::spawn(Arc::clone(&view).follow(store, watch, events));
+        *view.follower.lock().expect("view follower lock") = Some(follower.abort_handle());
         Ok(view)
+    }
+
+    /// Stops following the store (at shutdown): the view keeps its last state, and lets go of the store.
+    pub fn stop(&self) {
+        if let Some(follower) = self.follower.lock().expect("view follower lock").take() {
+            follower.abort();
+        }
     }
 
     /// Applies the change feed in revision order. A watch that fell behind (or broke) is replaced by a

@@ -192,3 +192,34 @@ async fn event_stream_rejects_unknown_topics() {
     assert_eq!(status, 400);
     server.shutdown().await;
 }
+
+/// The event history lives in memory: after a restart `index=0` streams from the oldest change kept
+/// (as Nomad's does), and an index from before the restart gets a 400 that says what to ask for.
+#[tokio::test]
+async fn after_a_restart_index_0_streams_what_is_kept_and_older_indexes_say_what_to_ask_for() {
+    let server = start().await;
+    assert_eq!(server.request("POST", "/v1/jobs?filename=web.yaml", JOB).await.0, 200);
+    let server = server.restart().await;
+
+    let mut all = Lines::open(&server, "index=0").await;
+    let node = serde_json::to_string(&node("late", 1024)).unwrap();
+    assert_eq!(server.request("POST", "/v1/nodes/register", &node).await.0, 200);
+    let event = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let event = all.next().await;
+            if event["topic"] == "Node" {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("the new node's event");
+    assert_eq!(event["key"], "late");
+
+    let (status, body) = server.request("GET", "/v1/event/stream?index=1", "").await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("index 1 is no longer kept") && message.contains("or 0 for everything kept"), "{message}");
+    drop(all);
+    tokio::time::timeout(Duration::from_secs(20), server.shutdown()).await.expect("shutdown with an open event stream");
+}

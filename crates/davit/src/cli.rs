@@ -233,8 +233,10 @@ pub enum JobCommand {
     /// Stop a job's allocations (and forget the job with --purge).
     Stop {
         name: String,
+        /// Also forget the job and its versions (its allocations are stopped either way).
         #[arg(long)]
         purge: bool,
+        /// Return at once instead of waiting until every allocation stopped.
         #[arg(long, short = 'd')]
         detach: bool,
     },
@@ -287,8 +289,8 @@ pub enum AllocCommand {
         /// Show stderr instead of stdout.
         #[arg(long)]
         stderr: bool,
-        /// Start this many bytes before the end.
-        #[arg(long)]
+        /// Start with the last N lines (as `tail -n N`).
+        #[arg(long, value_name = "N")]
         tail: Option<u64>,
     },
     /// Live-migrate a running VM allocation to another node; waits until the guest runs there and prints the
@@ -395,7 +397,7 @@ pub enum EventCommand {
         /// Only these topics (repeatable): Job, JobVersion, Node, Allocation, Evaluation, AllocationHealth.
         #[arg(long = "topic", short = 't')]
         topics: Vec<String>,
-        /// Start after this store index (0: replay the whole history first).
+        /// Start after this store index (0: replay every change the server still keeps first).
         #[arg(long, default_value_t = 0)]
         index: u64,
         /// Output format: one JSON object per line, or `<time> <topic> <type> <key>`.

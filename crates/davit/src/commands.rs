@@ -19,8 +19,7 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
         JobCommand::Run { file, detach, timeout, output } => {
             let source = read_spec(&file)?;
             let filename = file.display().to_string();
-            // Check locally first: the same parser the server runs, so errors never need a round trip.
-            let spec = davit_api::spec::parse_job_spec(&source, &filename).map_err(|errors| Failure::user(errors.to_string()))?;
+            let spec = parse_spec(&source, &filename)?;
             let response = client.register_job(&source, &filename).await?;
             if output.format == OutputFormat::Json && detach {
                 println!("{}", json(&response));
@@ -50,13 +49,13 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
         }
         JobCommand::Validate { file } => {
             let source = read_spec(&file)?;
-            let spec = davit_api::spec::parse_job_spec(&source, &file.display().to_string())
-                .map_err(|errors| Failure::user(errors.to_string()))?;
+            let spec = parse_spec(&source, &file.display().to_string())?;
             println!("job {} is valid ({} groups)", spec.name, spec.groups.len());
             Ok(())
         }
         JobCommand::Plan { file, verbose, output } => {
             let source = read_spec(&file)?;
+            parse_spec(&source, &file.display().to_string())?;
             let plan = client.plan_job(&source, &file.display().to_string()).await?;
             if output.format == OutputFormat::Json {
                 println!("{}", json(&plan));
@@ -184,6 +183,11 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Checks a spec locally, with the parser the server runs: mistakes never need a server (or a round trip).
+fn parse_spec(source: &str, filename: &str) -> Result<davit_api::spec::JobSpec, Failure> {
+    davit_api::spec::parse_job_spec(source, filename).map_err(|errors| Failure::user(errors.to_string()))
 }
 
 fn read_spec(file: &Path) -> Result<String, Failure> {
@@ -591,12 +595,8 @@ pub async fn alloc(client: &Client, command: AllocCommand) -> Result<(), Failure
         }
         AllocCommand::Logs { id, task, follow, stderr, tail } => {
             let alloc = client.allocation(&id).await?;
-            let query = LogsQuery {
-                task,
-                stream: Some(if stderr { "stderr" } else { "stdout" }.to_string()),
-                follow,
-                offset: tail.map(|bytes| -(bytes as i64)),
-            };
+            let query =
+                LogsQuery { task, stream: Some(if stderr { "stderr" } else { "stdout" }.to_string()), follow, offset: None, lines: tail };
             let mut stream = Box::pin(client.alloc_logs(&alloc.id, &query).await?);
             let mut stdout = std::io::stdout();
             while let Some(chunk) = stream.next().await {
@@ -811,7 +811,7 @@ pub async fn node(client: &Client, command: NodeCommand) -> Result<(), Failure> 
             if detach {
                 return Ok(());
             }
-            follow_drain(client, &found.id).await
+            follow_drain(client, &found.id, ignore_system).await
         }
         NodeCommand::Eligibility { node, enable, disable } => {
             let eligible = enable && !disable;
@@ -846,10 +846,12 @@ fn describe_drain(drain: Option<&DrainStrategy>) -> String {
     }
 }
 
-/// Prints the node's remaining allocations whenever they change, until its drain is over.
-async fn follow_drain(client: &Client, node_id: &str) -> Result<(), Failure> {
+/// Prints the node's remaining allocations whenever they change, until its drain is over. With
+/// `ignore_system`, system jobs' allocations stay and are not counted.
+async fn follow_drain(client: &Client, node_id: &str, ignore_system: bool) -> Result<(), Failure> {
     let mut progress = Progress::new();
     let mut index = 0;
+    let mut system_jobs: BTreeMap<String, bool> = BTreeMap::new();
     loop {
         let allocs = client.node_allocations(node_id, index, Duration::from_secs(2)).await?;
         index = allocs.index;
@@ -857,6 +859,18 @@ async fn follow_drain(client: &Client, node_id: &str) -> Result<(), Failure> {
         let mut running: Vec<&str> = Vec::new();
         let mut stopping: Vec<&str> = Vec::new();
         for alloc in allocs.value.iter().filter(|alloc| !alloc.client_status.is_terminal()) {
+            if ignore_system && alloc.desired_status == DesiredStatus::Run {
+                if !system_jobs.contains_key(&alloc.job_name) {
+                    let system = match client.job(&alloc.job_name).await {
+                        Ok(job) => job.spec.job_type == davit_api::spec::JobType::System,
+                        Err(_) => false, // gone: counted as any other allocation
+                    };
+                    system_jobs.insert(alloc.job_name.clone(), system);
+                }
+                if system_jobs[&alloc.job_name] {
+                    continue;
+                }
+            }
             match alloc.desired_status {
                 DesiredStatus::Run => running.push(&alloc.name),
                 DesiredStatus::Stop => stopping.push(&alloc.name),

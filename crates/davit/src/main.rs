@@ -59,7 +59,14 @@ impl From<davit_client::ClientError> for Failure {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // Bad flags are a user error (exit 1, as the README's exit codes say); `--help` and `--version` exit 0.
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(u8::from(error.use_stderr()));
+        }
+    };
     if let cli::Command::Executor { .. } = cli.command {
         davit_drivers::executor::main();
     }

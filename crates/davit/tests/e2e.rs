@@ -122,6 +122,10 @@ fn dev_runs_scales_logs_and_stops_a_two_group_job() {
     }
     let _ = follower.kill();
     let _ = follower.wait();
+    // `--tail N` starts N lines before the end: two consecutive ticks, at least as new as the followed one.
+    let tail = dev.ok(&["alloc", "logs", "--tail", "2", &worker[0].id]);
+    let ticks: Vec<u64> = tail.lines().map(|line| line.trim_start_matches("tick ").parse().unwrap()).collect();
+    assert!(ticks.len() == 2 && ticks[1] == ticks[0] + 1 && ticks[1] >= newest, "{tail:?}");
 
     // A dry run of scaling web to 4: one placement, the rest moves to the new version in place; nothing
     // changes. A worker too big for the node is reported, with exit code 1.
@@ -384,6 +388,22 @@ fn node_drain_moves_allocations_to_the_other_node_and_keeps_it_ineligible() {
     assert!(nodes.iter().all(|node| node.eligibility == davit_api::objects::NodeEligibility::Eligible && !node.draining), "{nodes:#?}");
     let missing = util::davit(&addr, dir, &["node", "drain", "no-such-node"]);
     assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+
+    // `--ignore-system` leaves a system job's allocation running, and the drain is complete without it.
+    let system = dir.join("everywhere.yaml");
+    std::fs::write(
+        &system,
+        "name: everywhere\ntype: system\ngroups:\n  - name: g\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/sleep, args: ['1000']}\n        resources: {cpu: 50, memory: 16}\n",
+    )
+    .unwrap();
+    util::ok(&addr, dir, &["job", "run", &system.display().to_string()]);
+    wait_job(&addr, "everywhere", Duration::from_secs(30), |s| running(s, "g") == 2);
+    let output = util::ok(&addr, dir, &["node", "drain", "one", "--ignore-system", "--deadline", "1m"]);
+    assert!(output.trim_end().ends_with("==> drain of node one complete; it stays ineligible"), "{output}");
+    assert!(!output.contains("everywhere.g[0]"), "the system allocation is not to migrate: {output}");
+    let status = wait_job(&addr, "everywhere", Duration::from_secs(30), |s| running(s, "g") == 2);
+    assert!(status.allocations.iter().any(|a| a.node_name == "one" && a.desired_status == DesiredStatus::Run), "{status:#?}");
+    util::ok(&addr, dir, &["job", "stop", "everywhere"]);
     util::ok(&addr, dir, &["job", "stop", "sleepy"]);
 }
 
@@ -400,4 +420,21 @@ fn a_client_command_ends_quietly_when_its_output_is_closed() {
     const SIGPIPE: i32 = 13;
     assert_eq!(output.status.signal(), Some(SIGPIPE), "{:?}: {stderr}", output.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Bad flags are a user error (exit 1, as the README's exit codes say); help and version are not errors.
+#[test]
+fn bad_flags_exit_1_and_help_exits_0() {
+    let run = |args: &[&str]| Command::new(util::DAVIT).args(args).env("DAVIT_ADDR", "http://127.0.0.1:9").output().unwrap();
+    for args in [&["job", "run", "--bogus", "x"][..], &["job", "status", "hello", "-o", "yaml"], &["node", "eligibility", "one"]] {
+        let output = run(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error:"), "{args:?}: {stderr}");
+    }
+    for args in [&["--help"][..], &["job", "--help"], &["--version"]] {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        assert!(!output.stdout.is_empty(), "{args:?}");
+    }
 }

@@ -26,8 +26,8 @@ pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body).into_response()
 }
 
-/// `?index=N&topic=T&topic=U`: events of revisions after `N` (0: the whole history), of the topics
-/// given (none: all).
+/// `?index=N&topic=T&topic=U`: events of revisions after `N` (0: all that is kept), of the topics given
+/// (none: all).
 #[derive(Debug)]
 struct StreamQuery {
     index: u64,
@@ -57,15 +57,26 @@ fn parse_query(raw: Option<&str>) -> Result<StreamQuery, Failure> {
 
 pub(crate) async fn stream(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Result<Response, Failure> {
     let query = parse_query(raw.as_deref())?;
-    let watch = match shared.store.watch("", query.index + 1).await {
-        Ok(watch) => watch,
-        Err(StoreError::Compacted { requested, oldest }) => {
-            return Err(Failure::bad_request(format!(
-                "index {} is no longer kept (oldest revision {oldest}); start from a newer index",
-                requested.saturating_sub(1)
-            )));
+    // Index 0 replays what is kept (as Nomad's event stream does): after a restart, or once the history
+    // outgrew its bound, that is not the whole history, so first sightings are not news then.
+    let mut from_start = query.index == 0;
+    let mut from = query.index + 1;
+    let watch = loop {
+        match shared.store.watch("", from).await {
+            Ok(watch) => break watch,
+            Err(StoreError::Compacted { oldest, .. }) if query.index == 0 && oldest > from => {
+                from_start = false;
+                from = oldest;
+            }
+            Err(StoreError::Compacted { requested, oldest }) => {
+                return Err(Failure::bad_request(format!(
+                    "index {} is no longer kept (the oldest revision kept is {oldest}); ask for index {} or later, or 0 for everything kept",
+                    requested.saturating_sub(1),
+                    oldest.saturating_sub(1)
+                )));
+            }
+            Err(error) => return Err(error.into()),
         }
-        Err(error) => return Err(error.into()),
     };
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -74,7 +85,7 @@ pub(crate) async fn stream(State(shared): State<Arc<Shared>>, RawQuery(raw): Raw
         heartbeat,
         closing: shared.closing.clone(),
         topics: query.topics,
-        from_start: query.index == 0,
+        from_start,
         health: HashMap::new(),
         pending: VecDeque::new(),
     };

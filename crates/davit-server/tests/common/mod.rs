@@ -14,14 +14,21 @@ use serde_json::Value;
 
 pub struct TestServer {
     _dir: tempfile::TempDir,
+    /// The store, to know when a stopped server's last task let go of it.
+    store: std::sync::Weak<RedbStore>,
     handle: Option<ServerHandle>,
     pub base: String,
     pub http: reqwest::Client,
 }
 
 pub async fn start() -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap()).await
+}
+
+/// A server on the store in `dir` (a new one, or the one a stopped server left).
+async fn start_in(dir: tempfile::TempDir) -> TestServer {
     let store = Arc::new(RedbStore::open(&dir.path().join("state.redb")).unwrap());
+    let weak_store = Arc::downgrade(&store);
     let config = ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         store,
@@ -32,7 +39,7 @@ pub async fn start() -> TestServer {
     };
     let handle = davit_server::start(config).await.unwrap();
     let base = format!("http://{}", handle.addr());
-    TestServer { _dir: dir, handle: Some(handle), base, http: reqwest::Client::new() }
+    TestServer { _dir: dir, store: weak_store, handle: Some(handle), base, http: reqwest::Client::new() }
 }
 
 impl TestServer {
@@ -57,6 +64,19 @@ impl TestServer {
 
     pub async fn shutdown(mut self) {
         self.handle.take().unwrap().shutdown().await;
+    }
+
+    /// Stops the server and starts a new one on the same store (on a new port).
+    pub async fn restart(mut self) -> TestServer {
+        self.handle.take().unwrap().shutdown().await;
+        // Tasks that end after the shutdown returns (connections, watchers) may hold the store a moment
+        // longer; redb opens a file once per process.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.store.strong_count() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the stopped server still holds its store");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        start_in(self._dir).await
     }
 }
 
