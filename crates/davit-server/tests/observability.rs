@@ -199,6 +199,11 @@ async fn event_stream_rejects_unknown_topics() {
 async fn after_a_restart_index_0_streams_what_is_kept_and_older_indexes_say_what_to_ask_for() {
     let server = start().await;
     assert_eq!(server.request("POST", "/v1/jobs?filename=web.yaml", JOB).await.0, 200);
+    let early = serde_json::to_string(&node("early", 1024)).unwrap();
+    assert_eq!(server.request("POST", "/v1/nodes/register", &early).await.0, 200);
+    // At least two writes: index `before - 1` is a revision before the restart, and not 0.
+    let before = server.index().await;
+    assert!(before >= 2, "{before}");
     let server = server.restart().await;
 
     let mut all = Lines::open(&server, "index=0").await;
@@ -216,10 +221,15 @@ async fn after_a_restart_index_0_streams_what_is_kept_and_older_indexes_say_what
     .expect("the new node's event");
     assert_eq!(event["key"], "late");
 
-    let (status, body) = server.request("GET", "/v1/event/stream?index=1", "").await;
+    let stale = format!("/v1/event/stream?index={}", before - 1);
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(20), server.request("GET", &stale, "")).await.expect("a 400, not a stream");
     assert_eq!(status, 400, "{body}");
     let message = body["message"].as_str().unwrap();
-    assert!(message.contains("index 1 is no longer kept") && message.contains("or 0 for everything kept"), "{message}");
+    assert!(
+        message.contains(&format!("index {} is no longer kept", before - 1)) && message.contains("or 0 for everything kept"),
+        "{message}"
+    );
     drop(all);
     tokio::time::timeout(Duration::from_secs(20), server.shutdown()).await.expect("shutdown with an open event stream");
 }
