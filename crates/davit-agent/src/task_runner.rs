@@ -510,7 +510,9 @@ impl TaskRunner {
         }
         let signal = self.task.kill_signal.clone();
         let timeout = self.task.kill_timeout;
-        self.shared.update_task(name, Some(event("Killing", &format!("sending {signal}, timeout {timeout}"))), |_| {});
+        let what =
+            driver.describe_stop(handle, &signal, timeout.as_std()).unwrap_or_else(|| format!("sending {signal}, timeout {timeout}"));
+        self.shared.update_task(name, Some(event("Killing", &what)), |_| {});
         self.shared.commit().await;
         if let Err(error) = driver.stop(handle, &signal, timeout.as_std()).await {
             tracing::warn!(alloc_id = %handle.alloc_id, task = %name, %error, "stopping task failed");

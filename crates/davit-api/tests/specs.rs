@@ -151,7 +151,7 @@ fn defaults_are_filled_in() {
 #[test]
 fn config_values_keep_yaml_types() {
     let spec = parse_job_spec(
-        "name: typed\ngroups: [{name: g, tasks: [{name: t, driver: container, config: {image: app, readonly_rootfs: true, working_dir: ~, args: [\"3\"]}}, {name: v, driver: vm, config: {kernel: /k, ports: {http: 0o17}}}]}]\n",
+        "name: typed\ngroups: [{name: g, network: {ports: [{name: http}]}, tasks: [{name: t, driver: container, config: {image: app, readonly_rootfs: true, working_dir: ~, args: [\"3\"]}}, {name: v, driver: vm, config: {kernel: /k, ports: {http: 0o17}}}]}]\n",
         "typed.yaml",
     )
     .unwrap_or_else(|errors| panic!("{}", render(&errors)));

@@ -167,7 +167,7 @@ struct ContainerTaskConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MountConfig {
-    /// A host path (allowed by agent config) or a path relative to the allocation directory.
+    /// A host path (allowed by the agent's --allow-host-path) or a path relative to the allocation directory.
     source: String,
     target: String,
     #[serde(default)]
@@ -190,6 +190,16 @@ impl ContainerState {
     fn from_handle(handle: &TaskHandle) -> Result<ContainerState, DriverError> {
         handle.driver_state_of(DRIVER_NAME)
     }
+}
+
+/// Whether the task's process runs with no_new_privs (`process.noNewPrivileges` of its bundle's config).
+async fn no_new_privileges(bundle: &Path) -> Result<bool, DriverError> {
+    let config = tokio::fs::read(bundle.join("config.json"))
+        .await
+        .map_err(|error| DriverError::Other(format!("exec: reading {}: {error}", bundle.join("config.json").display())))?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&config).map_err(|error| DriverError::Other(format!("exec: the bundle's config.json: {error}")))?;
+    Ok(config["process"]["noNewPrivileges"].as_bool().unwrap_or(false))
 }
 
 /// Capabilities a container gets unless it adds or drops some: Docker's default set without NET_RAW.
@@ -285,7 +295,7 @@ impl ContainerDriver {
             return Err(invalid("image is empty".to_owned()));
         }
         if task.privileged && !self.config.allow_privileged {
-            return Err(invalid("privileged containers are not allowed on this node (agent config allow_privileged)".to_owned()));
+            return Err(invalid("privileged containers are not allowed on this node (start its agent with --allow-privileged)".to_owned()));
         }
         let runtime = self.runtime()?.clone();
         let image = self.pull(config, &task.image).await?;
@@ -541,6 +551,10 @@ impl ContainerDriver {
         let runtime = self.runtime()?;
         let mut args = runtime.global_args(&state.bundle.join("runtime.log"));
         args.push("exec".to_owned());
+        // runc and crun start an exec'd process without no_new_privs unless asked: it gets the task's.
+        if no_new_privileges(&state.bundle).await? {
+            args.push("--no-new-privs".to_owned());
+        }
         for (key, value) in env {
             args.extend(["--env".to_owned(), format!("{key}={value}")]);
         }
@@ -875,7 +889,7 @@ fn mount_source(source: &str, alloc_dir: &Path, allowed: &[PathBuf]) -> Result<P
             return Ok(path.to_path_buf());
         }
         return Err(invalid(format!(
-            "host path {source:?} is not allowed on this node (agent config allowed_host_paths); use a path relative to the allocation directory such as `alloc/data`"
+            "host path {source:?} is not allowed on this node (start its agent with --allow-host-path DIR); use a path relative to the allocation directory such as `alloc/data`"
         )));
     }
     let resolved = alloc_dir.join(path);

@@ -263,6 +263,11 @@ pub trait Driver: Send + Sync + 'static {
     fn live_migration(&self) -> Option<&dyn LiveMigration> {
         None
     }
+    /// What `stop` with these arguments will do, for the task's `Killing` event, when it is not sending
+    /// `signal` and waiting up to `timeout` (the vm driver powers the guest off through ACPI).
+    fn describe_stop(&self, _handle: &TaskHandle, _signal: &str, _timeout: Duration) -> Option<String> {
+        None
+    }
 }
 
 /// An optional ability of a driver: move a running task to another node without stopping it.

@@ -64,6 +64,9 @@ fn the_container_example_runs_checks_execs_and_stops() {
     assert_eq!(lines[1], "server", "the container's hostname is its task's name: {out}");
     let output = dev.davit(&["alloc", "exec", short, "--", "sh", "-c", "exit 42"]);
     assert_eq!(output.status.code(), Some(42));
+    // An exec'd command gains no privileges the task does not have.
+    let status = dev.ok(&["alloc", "exec", short, "--", "grep", "NoNewPrivs", "/proc/self/status"]);
+    assert_eq!(status.split_whitespace().collect::<Vec<_>>(), ["NoNewPrivs:", "1"], "{status}");
 
     let out = dev.ok(&["job", "stop", "container-web"]);
     assert!(out.contains("stopped"), "{out}");

@@ -194,4 +194,10 @@ fn alloc_migrate_live_drain_and_rebalance_keep_the_guest_running() {
     assert_eq!(fourth.node_name, other);
     assert_eq!(http_body(http_port(&fourth), "/cgi-bin/counter"), "6", "the guest was restarted instead of migrated");
     assert_migrated_source(addr, &third.id);
+
+    // 5. Stopping the job powers the guest off through ACPI, and the task's events say so.
+    util::ok(addr, cluster.path(), &["job", "stop", "mover"]);
+    let stopped = wait_alloc(addr, &fourth.id, PATIENCE, |alloc| alloc.client_status.is_terminal());
+    let killing = stopped.task_states["vm"].events.iter().find(|event| event.kind == "Killing").expect("a Killing event");
+    assert!(killing.message.starts_with("ACPI power-off, then ending qemu after "), "{killing:?}");
 }

@@ -751,7 +751,7 @@ pub struct ContainerConfig {
     pub cap_add: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cap_drop: Vec<String>,
-    /// Needs `allow_privileged` in the agent's config.
+    /// Needs an agent started with `--allow-privileged`.
     #[serde(default)]
     pub privileged: bool,
 }

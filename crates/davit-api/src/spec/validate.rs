@@ -248,7 +248,7 @@ fn check_services(ctx: &Ctx, spec: &JobSpec) {
                 },
             }
             let service_label = if service.name.is_empty() { path.clone() } else { format!("service `{}`", service.name) };
-            let declared_list = if declared.is_empty() { "none".to_string() } else { declared.join(", ") };
+            let declared_list = port_list(&declared);
             let port_path = format!("{path}.port");
             if service.port.is_empty() {
                 ctx.report(
@@ -419,7 +419,7 @@ fn check_task(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, declare
         _ if !driver_known => {}
         DriverName::Exec => check_exec_config(ctx, &config_path, &task.config),
         DriverName::Container => check_container_config(ctx, &config_path, &task.config),
-        DriverName::Vm => check_vm_config(ctx, &config_path, &task.config),
+        DriverName::Vm => check_vm_config(ctx, &config_path, &task.config, group_label, declared_ports),
     }
     check_port_references_in(ctx, &config_path, &task.config, group_label, declared_ports);
 
@@ -605,6 +605,23 @@ fn check_container_config(ctx: &Ctx, path: &str, config: &Value) {
     let Some(container) = check_driver_config::<ContainerConfig>(ctx, path, config, "container", "image", example) else { return };
     if container.image.trim().is_empty() {
         ctx.report(&format!("{path}.image"), "config.image must not be empty", Some(format!("e.g. {example}")));
+    } else if let Some(problem) = image_reference_problem(&container.image) {
+        ctx.report(
+            &format!("{path}.image"),
+            format!("image `{}` is not a valid reference: {problem}", container.image),
+            Some(format!("e.g. {example}")),
+        );
+    }
+    for (field, names) in [("cap_add", &container.cap_add), ("cap_drop", &container.cap_drop)] {
+        for (index, name) in names.iter().enumerate() {
+            if !name.eq_ignore_ascii_case("ALL") && !CAPABILITIES.contains(&name.as_str()) {
+                ctx.report(
+                    &format!("{path}.{field}[{index}]"),
+                    format!("unknown capability `{name}`"),
+                    Some("capabilities are named in upper case without CAP_, e.g. NET_ADMIN or SYS_TIME; or ALL".to_string()),
+                );
+            }
+        }
     }
     for (index, mount) in container.mounts.iter().enumerate() {
         let mount_path = format!("{path}.mounts[{index}]");
@@ -617,7 +634,86 @@ fn check_container_config(ctx: &Ctx, path: &str, config: &Value) {
     }
 }
 
-fn check_vm_config(ctx: &Ctx, path: &str, config: &Value) {
+/// The group's port labels for a message: "http, admin", or "none".
+fn port_list(declared: &[&str]) -> String {
+    if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+}
+
+/// The Linux capabilities a container may add or drop (as the runtime names them, without `CAP_`).
+const CAPABILITIES: [&str; 41] = [
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETGID",
+    "SETFCAP",
+    "SETPCAP",
+    "SETUID",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "SYSLOG",
+    "WAKE_ALARM",
+];
+
+/// What is wrong with an image reference (`[host[:port]/]path[:tag][@digest]`), in the distribution
+/// grammar's terms: no spaces, a lower-case repository path, a tag of letters, digits, `_`, `.` and `-`.
+fn image_reference_problem(image: &str) -> Option<&'static str> {
+    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("it contains white space");
+    }
+    let name = image.split_once('@').map_or(image, |(name, _)| name);
+    let (host, rest) = match name.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (Some(first), rest),
+        _ => (None, name),
+    };
+    let (path, tag) = match rest.rsplit_once(':') {
+        Some((path, tag)) => (path, Some(tag)),
+        None => (rest, None),
+    };
+    if host.is_some_and(str::is_empty) || path.is_empty() || path.split('/').any(str::is_empty) {
+        return Some("a part of it is empty");
+    }
+    if !path.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/')) {
+        return Some("the repository path may hold only lower-case letters, digits, '.', '_', '-' and '/'");
+    }
+    if tag.is_some_and(|tag| {
+        tag.is_empty() || tag.len() > 128 || !tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    }) {
+        return Some("the tag may hold only letters, digits, '.', '_' and '-' (at most 128)");
+    }
+    None
+}
+
+fn check_vm_config(ctx: &Ctx, path: &str, config: &Value, group_label: &str, declared_ports: &[&str]) {
     let example = "config: {kernel: /var/lib/davit/guest/vmlinux, initrd: /var/lib/davit/guest/initramfs.cpio.gz}";
     let Some(vm) = check_driver_config::<VmConfig>(ctx, path, config, "vm", "kernel", example) else { return };
     if vm.kernel.is_none() && vm.disk.is_none() {
@@ -633,6 +729,15 @@ fn check_vm_config(ctx: &Ctx, path: &str, config: &Value) {
             && !allowed.contains(&value.as_str())
         {
             ctx.report(&format!("{path}.{field}"), format!("{field} `{value}` is not one of: {}", allowed.join(", ")), None);
+        }
+    }
+    for label in vm.ports.iter().flat_map(|ports| ports.keys()) {
+        if !declared_ports.contains(&label.as_str()) {
+            ctx.report(
+                &format!("{path}.ports.{label}"),
+                format!("`{label}` is not a port of group `{group_label}`; its ports: {}", port_list(declared_ports)),
+                Some("config.ports maps a port label of the group's `network.ports` to the guest's port".to_string()),
+            );
         }
     }
     for (index, disk) in vm.disk.iter().chain(&vm.extra_disks).enumerate() {
@@ -671,7 +776,7 @@ fn check_port_references(ctx: &Ctx, path: &str, text: &str, group_label: &str, d
         if declared.contains(&name) {
             continue;
         }
-        let declared_list = if declared.is_empty() { "none".to_string() } else { declared.join(", ") };
+        let declared_list = port_list(declared);
         let hint = match suggest(name, declared.iter().copied()) {
             Some(port) => format!("did you mean `{port}`?"),
             None => format!("declare it in the group: network: {{ports: [{{name: {name}}}]}}"),

@@ -484,6 +484,14 @@ impl Driver for VmDriver {
         Box::pin(self.start_vm(config, None))
     }
 
+    fn describe_stop(&self, handle: &TaskHandle, signal: &str, timeout: Duration) -> Option<String> {
+        let graceful = VmDriverState::from_handle(handle).ok().and_then(|state| state.graceful_shutdown_timeout_ms);
+        Some(match signal {
+            "SIGKILL" | "KILL" => "ending qemu".to_owned(),
+            _ => format!("ACPI power-off, then ending qemu after {:?}", graceful.map_or(timeout, Duration::from_millis)),
+        })
+    }
+
     fn live_migration(&self) -> Option<&dyn crate::LiveMigration> {
         Some(self)
     }
