@@ -382,4 +382,8 @@ async fn fingerprint_reports_the_accelerator_and_bad_configs_are_rejected() {
         let error = driver.start(&fx.task("kvm", "kvm", kvm, free_port())).await.unwrap_err();
         assert!(error.to_string().contains("only has TCG"), "{error}");
     }
+    let mut missing = fx.kernel_config("");
+    missing["kernel"] = json!("/nonexistent/vmlinux");
+    let error = driver.start(&fx.task("missing", "missing", missing, free_port())).await.unwrap_err();
+    assert!(error.to_string().contains("kernel /nonexistent/vmlinux: No such file or directory"), "{error}");
 }

@@ -551,7 +551,13 @@ pub async fn alloc(client: &Client, command: AllocCommand) -> Result<(), Failure
                 println!("{}", json(&alloc));
                 return Ok(());
             }
-            let ports: Vec<String> = alloc.resources.ports.iter().map(|p| format!("{}={}->{}", p.label, p.value, p.to)).collect();
+            // `to` equal to the host port says nothing (host networking, or a vm's own `config.ports`).
+            let ports: Vec<String> = alloc
+                .resources
+                .ports
+                .iter()
+                .map(|p| if p.to == p.value { format!("{}={}", p.label, p.value) } else { format!("{}={}->{}", p.label, p.value, p.to) })
+                .collect();
             let rows = vec![
                 vec!["ID".to_string(), alloc.id.clone()],
                 vec!["Name".to_string(), alloc.name.clone()],

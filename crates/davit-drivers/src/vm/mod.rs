@@ -285,6 +285,14 @@ impl VmDriver {
             }
         };
         let machine = config.machine();
+        // Said here, QEMU would report it after a QMP connection error.
+        for (what, path) in [("kernel", &config.kernel), ("initrd", &config.initrd)] {
+            if let Some(path) = path
+                && let Err(error) = std::fs::metadata(path)
+            {
+                return Err(start_error(format!("{what} {}: {error}", path.display())));
+            }
+        }
         let writable_disks = config.disk.iter().chain(&config.extra_disks).any(|disk| disk.overlay);
         if incoming_port.is_some() && writable_disks {
             return Err(invalid("live migration of guests with writable disks is not supported (use overlay: false or no disk)"));
