@@ -575,6 +575,9 @@ fn check_driver_config<T: serde::de::DeserializeOwned>(
     let node = Node::from_json(config, path, ctx);
     match deserialize_node::<T>(&node, path, "config", ctx, true) {
         Ok(parsed) => Some(parsed),
+        // Serde stops at the first bad field: the others are checked too, without the ones reported, so that
+        // every mistake is listed at once.
+        Err(error) if error.reported => check_config_without_reported::<T>(ctx, path, config),
         Err(error) if error.missing_field.is_some() => {
             // `comand: …` already has an "unknown field, did you mean `command`?" error.
             let misspelled = config.as_object().is_some_and(|map| map.keys().any(|key| suggest(key, [required]).is_some()));
@@ -588,6 +591,26 @@ fn check_driver_config<T: serde::de::DeserializeOwned>(
             None
         }
         Err(_) => None,
+    }
+}
+
+/// Deserializes `config` again and again without its top-level fields that have errors, reporting what
+/// else is wrong, until it parses (then its values can be checked too) or nothing is left to drop.
+fn check_config_without_reported<T: serde::de::DeserializeOwned>(ctx: &Ctx, path: &str, config: &Value) -> Option<T> {
+    let mut rest = config.as_object()?.clone();
+    loop {
+        let before = rest.len();
+        rest.retain(|key, _| !ctx.is_reported_within(&format!("{path}.{key}")));
+        if rest.len() == before {
+            return None;
+        }
+        let node = Node::from_json(&Value::Object(rest.clone()), path, ctx);
+        match deserialize_node::<T>(&node, path, "config", ctx, true) {
+            Ok(parsed) => return Some(parsed),
+            Err(error) if error.reported => continue,
+            // A required field that had an error of its own is missing now: nothing more to learn.
+            Err(_) => return None,
+        }
     }
 }
 

@@ -81,6 +81,14 @@ impl Ctx {
             .any(|done| path == done || (path.starts_with(done.as_str()) && matches!(path.as_bytes().get(done.len()), Some(b'.' | b'['))))
     }
 
+    /// True when the value at `path`, or a value inside it, already has an error.
+    pub fn is_reported_within(&self, path: &str) -> bool {
+        self.reported
+            .borrow()
+            .iter()
+            .any(|done| done == path || (done.starts_with(path) && matches!(done.as_bytes().get(path.len()), Some(b'.' | b'['))))
+    }
+
     /// Records a problem with the value at `path` (unless one was already recorded at or above it).
     pub fn report(&self, path: &str, message: impl Into<String>, hint: Option<String>) {
         let pos = self.pos_of(path);
