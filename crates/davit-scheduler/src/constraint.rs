@@ -130,7 +130,8 @@ pub(crate) fn resolve<'a>(target: &'a str, node: &'a Node) -> Option<Cow<'a, str
         "node.datacenter" => &node.datacenter,
         "node.class" => &node.class,
         _ => {
-            let key = reference.strip_prefix("node.").or_else(|| reference.strip_prefix("attr."))?;
+            // `meta.` as Nomad's node metadata: here every node attribute is one.
+            let key = ["node.", "attr.", "meta."].iter().find_map(|namespace| reference.strip_prefix(namespace))?;
             node.attributes.get(key)?
         }
     };
@@ -357,6 +358,7 @@ mod tests {
             ("${node.class}", "=", "fast", true),
             ("${node.cpu.arch}", "=", "x86_64", true),
             ("${attr.cpu.arch}", "=", "x86_64", true),
+            ("${meta.cpu.arch}", "=", "x86_64", true),
             ("${attr.unique.hostname}", "=", "alpha.local", true),
             ("x86_64", "=", "${attr.cpu.arch}", true),
             // = and !=.

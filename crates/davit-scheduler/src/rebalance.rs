@@ -17,6 +17,9 @@
 //! left, at most `max_moves` of them and at most one per job group (the others of the group keep serving
 //! while the moved one starts elsewhere; the next call moves the next one).
 //!
+//! A destination must also keep the required placement rules (distinct_hosts, distinct_property, required
+//! alloc affinities and anti-affinities), with the earlier moves of the call counted.
+//!
 //! Only running, healthy-or-unchecked allocations of service jobs that are not being migrated (in or out) move; batch and
 //! system allocations stay. A moved allocation keeps its name, index and job version; the replacement names
 //! the original in `previous_allocation`, and the original is stopped with "rebalanced to node N".
@@ -34,6 +37,7 @@ use crate::feasible::FeasibilityChecker;
 use crate::plan::AllocStop;
 use crate::rank::{self, Ask, TrackedUsage, UsageTracker};
 use crate::state::ClusterState;
+use crate::verify::{check_required_placement, may_break_required_rules};
 
 /// Knobs of one [`rebalance`] call.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,6 +77,9 @@ pub fn rebalance(state: &ClusterState, config: &RebalanceConfig, eval_id: &str, 
     let mut moved_groups: BTreeSet<(String, String)> = BTreeSet::new();
     let mut moves: Vec<RebalanceMove> = Vec::new();
     let mut ids = AllocIds::new(now);
+    // Per job: may a move break its (or another job's) required placement rules? Then each candidate
+    // destination is checked as the plan applier would, with the moves chosen before it.
+    let mut required_rules: BTreeMap<String, bool> = BTreeMap::new();
     while moves.len() < config.max_moves {
         let mut by_load: Vec<(f64, &Arc<Node>)> = nodes.iter().map(|node| (load(node, usage.usage(&node.id)), *node)).collect();
         by_load.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
@@ -91,6 +98,11 @@ pub fn rebalance(state: &ClusterState, config: &RebalanceConfig, eval_id: &str, 
                         break;
                     }
                     if checker.check(cold, group_position).is_err() || rank::fit(cold, usage.usage(&cold.id), &ask).is_err() {
+                        continue;
+                    }
+                    let may_break =
+                        *required_rules.entry(alloc.job_name.clone()).or_insert_with(|| may_break_required_rules(state, &alloc.job_name));
+                    if may_break && !keeps_required_rules(state, &moves, alloc, cold, now) {
                         continue;
                     }
                     let cold_after = load_with(cold, usage.usage(&cold.id), ask.cpu as f64, ask.memory as f64);
@@ -128,6 +140,16 @@ pub fn rebalance(state: &ClusterState, config: &RebalanceConfig, eval_id: &str, 
         });
     }
     moves
+}
+
+/// Whether moving `alloc` to `to`, after `moves`, keeps every required placement rule (distinct_hosts,
+/// distinct_property, required alloc affinities and anti-affinities), as the plan applier will check.
+fn keeps_required_rules(state: &ClusterState, moves: &[RebalanceMove], alloc: &Allocation, to: &Node, now: UnixMillis) -> bool {
+    let mut placed: Vec<Allocation> = moves.iter().map(|change| change.replacement.clone()).collect();
+    placed.push(moved_copy(alloc, format!("{}-rebalance-candidate", alloc.id), to, alloc.resources.clone(), now));
+    let mut stopped: Vec<&str> = moves.iter().map(|change| change.stop.alloc_id.as_str()).collect();
+    stopped.push(&alloc.id);
+    check_required_placement(state, &placed, &stopped).is_ok()
 }
 
 /// (gap left, allocation, from, to, from load before/after, to load before/after).

@@ -885,9 +885,28 @@ fn check_attribute(ctx: &Ctx, path: &str, attribute: &str, what: &str) {
         ctx.report(
             path,
             format!("{what} attribute must look like `${{node.arch}}`, found `{attribute}`"),
-            Some(format!("write \"${{{inner}}}\"")),
+            Some(format!("write \"${{{}}}\"", with_namespace(inner))),
         );
+    } else {
+        // Only `node.*` (node fields, then attributes) and `attr.*`/`meta.*` are looked up: anything else never matches.
+        let inner = &trimmed[2..trimmed.len() - 1];
+        if !has_namespace(inner) {
+            ctx.report(
+                path,
+                format!("{what} attribute `{attribute}` names neither a node field (node.name, node.class, …) nor a node attribute (attr.NAME or meta.NAME)"),
+                Some(format!("write \"${{{}}}\"", with_namespace(inner))),
+            );
+        }
     }
+}
+
+fn has_namespace(inner: &str) -> bool {
+    ["node.", "attr.", "meta."].iter().any(|namespace| inner.starts_with(namespace))
+}
+
+/// `zone` → `attr.zone`; a name with a namespace stays.
+fn with_namespace(inner: &str) -> String {
+    if has_namespace(inner) { inner.to_string() } else { format!("attr.{inner}") }
 }
 
 /// One node test (a constraint, or the match of a node affinity): attribute, value, regexp, version.

@@ -122,3 +122,29 @@ fn only_running_service_allocations_move() {
     harness.add_nodes("b", 1);
     assert!(rebalance(&harness.state, &RebalanceConfig::default(), "r", 1, harness.now).is_empty());
 }
+
+/// A move must keep the required placement rules, as the plan applier would check them: a destination that
+/// runs an allocation the group must stay away from is no destination.
+#[test]
+fn moves_keep_required_anti_affinities() {
+    let arrange = |required_away_from_db: bool| {
+        let mut harness = crowded(4);
+        harness.add_nodes("b", 1);
+        harness.register(job("db", 1));
+        harness.add_alloc(alloc("db0", "db", "web", 0, 0, "b-1"));
+        if required_away_from_db {
+            let mut spec = harness.state.job("web").unwrap().spec.clone();
+            spec.groups[0].anti_affinities =
+                vec![davit_api::spec::AllocAffinity { job: Some("db".into()), required: true, ..Default::default() }];
+            let version = harness.state.job("web").unwrap().version;
+            let job = Arc::new(Job { spec, version, stopped: false, submit_time: 0, create_index: 0, modify_index: 0 });
+            harness.state.upsert_job_version(Arc::clone(&job));
+            harness.state.upsert_job(job);
+        }
+        rebalance(&harness.state, &RebalanceConfig { max_moves: 5, ..Default::default() }, "r", 1, harness.now)
+    };
+    let free = arrange(false);
+    assert!(free.iter().any(|change| change.replacement.job_name == "web" && change.replacement.node_id == "b-1"), "{free:#?}");
+    let kept_away = arrange(true);
+    assert!(kept_away.iter().all(|change| change.replacement.job_name != "web"), "{kept_away:#?}");
+}
