@@ -162,7 +162,7 @@ impl<'a> Run<'a> {
             if rules.needs_spread_domains(group_position) {
                 let feasible: Vec<&Node> =
                     order.iter().filter(|slot| feasibility.check(&slot.node, group_position).is_ok()).map(|slot| &*slot.node).collect();
-                rules.prepare_even_spread(group_position, feasible.into_iter());
+                rules.prepare_spread_domains(group_position, feasible.into_iter());
             }
         }
         let mut cursor = 0;

@@ -42,8 +42,9 @@
 //! # Spread
 //!
 //! Per spread attribute, a domain (attribute value) has a desired count `d`: `percent / 100 × count` for
-//! a listed target, what is left of 100% for values not listed (none left: `d = 0`), or, without
-//! targets, `count / (number of values among the group's feasible nodes)`. With `u` the live allocations
+//! a listed target, for values not listed what is left of 100% shared evenly by those among the group's
+//! feasible nodes (none left: `d = 0`), or, without targets, `count / (number of values among the group's
+//! feasible nodes)`. With `u` the live allocations
 //! of the group in the node's domain (this plan's placements included):
 //!
 //! ```text

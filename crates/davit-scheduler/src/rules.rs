@@ -270,8 +270,9 @@ struct Spread {
 }
 
 enum Desired {
-    /// Desired allocations per listed value; `rest` for any other value (what is left of 100%, shared).
-    Targets { per_value: HashMap<String, f64>, rest: Option<f64> },
+    /// Desired allocations per listed value; `rest` for each other value: what is left of 100% (`rest_total`),
+    /// shared evenly by the other values of the feasible nodes once prepared.
+    Targets { per_value: HashMap<String, f64>, rest: Option<f64>, rest_total: Option<f64> },
     /// Even over the values of the feasible nodes: `count / values` each (`None` until prepared).
     Even { per_value: Option<f64> },
 }
@@ -360,20 +361,29 @@ impl PlacementRules {
         !group.spreads.is_empty() || !group.node_affinities.affinities.is_empty() || !group.preferred.is_empty()
     }
 
-    /// True when an even spread of the group waits for [`prepare_even_spread`](Self::prepare_even_spread).
+    /// True when a spread of the group waits for [`prepare_spread_domains`](Self::prepare_spread_domains).
     pub(crate) fn needs_spread_domains(&self, group_position: usize) -> bool {
-        self.groups[group_position].spreads.iter().any(|spread| matches!(spread.desired, Desired::Even { per_value: None }))
+        self.groups[group_position]
+            .spreads
+            .iter()
+            .any(|spread| matches!(spread.desired, Desired::Even { per_value: None } | Desired::Targets { rest_total: Some(_), .. }))
     }
 
-    /// Sets the desired count per value of the group's even spreads from the group's feasible nodes.
-    pub(crate) fn prepare_even_spread<'n>(&mut self, group_position: usize, feasible: impl Iterator<Item = &'n Node>) {
+    /// Sets the desired count per value of the group's even spreads, and of the values its targets do not
+    /// list, from the values of the group's feasible nodes.
+    pub(crate) fn prepare_spread_domains<'n>(&mut self, group_position: usize, feasible: impl Iterator<Item = &'n Node>) {
         let feasible: Vec<&Node> = feasible.collect();
         let group = &mut self.groups[group_position];
         for spread in &mut group.spreads {
-            if let Desired::Even { per_value } = &mut spread.desired {
-                let topology = &self.counters[spread.counter].topology;
-                let values: BTreeSet<&str> = feasible.iter().filter_map(|node| topology.value.of(node)).collect();
-                *per_value = Some(f64::from(group.count) / values.len().max(1) as f64);
+            let topology = &self.counters[spread.counter].topology;
+            let values: BTreeSet<&str> = feasible.iter().filter_map(|node| topology.value.of(node)).collect();
+            match &mut spread.desired {
+                Desired::Even { per_value } => *per_value = Some(f64::from(group.count) / values.len().max(1) as f64),
+                Desired::Targets { per_value, rest, rest_total: Some(total) } => {
+                    let unlisted = values.iter().filter(|value| !per_value.contains_key(**value)).count();
+                    *rest = Some(*total / unlisted.max(1) as f64);
+                }
+                Desired::Targets { .. } => {}
             }
         }
     }
@@ -494,7 +504,7 @@ impl PlacementRules {
 fn spread_score(spread: &Spread, counter: &Counter, node: &Node, usage_slot: u32) -> f64 {
     let (Some(domain), Some(used)) = (counter.topology.value.of(node), counter.count(node, usage_slot)) else { return -1.0 };
     let desired = match &spread.desired {
-        Desired::Targets { per_value, rest } => per_value.get(domain).copied().or(*rest),
+        Desired::Targets { per_value, rest, .. } => per_value.get(domain).copied().or(*rest),
         Desired::Even { per_value } => *per_value,
     };
     let Some(desired) = desired else { return -1.0 };
@@ -595,9 +605,9 @@ impl Builder {
                     let per_value: HashMap<String, f64> =
                         spread.targets.iter().map(|(value, percent)| (value.clone(), f64::from(*percent) / 100.0 * count)).collect();
                     let listed: f64 = per_value.values().sum();
-                    // What is left of 100% goes to the values not listed (Nomad's implicit target).
+                    // What is left of 100% goes to the values not listed, shared (see `prepare_spread_domains`).
                     let rest = (listed + 1e-9 < count).then_some(count - listed);
-                    Desired::Targets { per_value, rest }
+                    Desired::Targets { per_value, rest, rest_total: rest }
                 };
                 let counter = self.counter(own.clone(), Topology::parse(Some(&spread.attribute)));
                 Spread { counter, share: f64::from(spread.weight.max(1)) / spread_weight, desired }

@@ -391,3 +391,27 @@ fn explain_ranks_the_chosen_node_first_with_its_score_parts() {
     let fast = second.candidates.iter().find(|candidate| candidate.node_id == "n-1");
     assert!(fast.is_none_or(|fast| fast.job_anti_affinity.is_some_and(|penalty| penalty < 0.0)), "{second:?}");
 }
+
+/// Values a spread's targets do not list share what is left of 100%: with 70% for `a`, `a` gets 7 of 10
+/// and `b` and `c` the other 3 between them (each aiming for 1.5), not 3 each.
+#[test]
+fn unlisted_values_share_what_is_left_of_the_targets() {
+    for seed in 0..4 {
+        let mut harness = Harness::new();
+        harness.seed = seed;
+        for (id, zone) in [("n-1", "a"), ("n-2", "a"), ("n-3", "b"), ("n-4", "b"), ("n-5", "c"), ("n-6", "c")] {
+            harness.add_node(placed_node(id, zone, &format!("r-{id}")));
+        }
+        let mut spec = job("shop", 10);
+        spec.groups[0].spread.push(spread("${attr.zone}", &[("a", 70)]));
+        harness.register(spec);
+        let result = harness.run("shop");
+        assert!(result.plan.failed_groups.is_empty(), "{:?}", result.plan.failed_groups);
+        let zones = per_attribute(&harness, "shop", "zone");
+        assert_eq!(zones.get("a"), Some(&7), "seed {seed}: {zones:?}");
+        assert!(
+            zones.get("b").is_some_and(|b| (1..=2).contains(b)) && zones.get("c").is_some_and(|c| (1..=2).contains(c)),
+            "seed {seed}: {zones:?}"
+        );
+    }
+}
