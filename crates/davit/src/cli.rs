@@ -435,7 +435,8 @@ pub struct SimArgs {
     pub server: Option<String>,
     #[command(flatten)]
     pub shape: SimNodeArgs,
-    /// Node names are PREFIX-00001…; ids add a random run tag, so two sims never share a node.
+    /// Node names are PREFIX-00001…; ids are `<8 hex digits>-<name>`, random per run and node, so two sims
+    /// never share a node and short ids (as `node ls` shows them) tell the nodes apart.
     #[arg(long, default_value = "sim")]
     pub name_prefix: String,
     /// Interval between heartbeat rounds (default: the interval the server asks for).

@@ -182,11 +182,13 @@ const REPORT_CONCURRENCY: usize = 4;
 /// Registers the nodes, then heartbeats, watches and reports until `shutdown` changes.
 pub async fn run(config: SimConfig, stats: Arc<SimStats>, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
     let client = Client::new(&config.server);
-    let tag = &uuid_tag()[..8];
+    let run = u64::from_str_radix(&uuid_tag()[..16], 16).unwrap_or(0);
     let nodes: Vec<Node> = (0..config.nodes)
         .map(|position| {
             let name = format!("{}-{:05}", config.name_prefix, position + 1);
-            sim_node(&config.shape, format!("{name}-{tag}"), name, position)
+            // The id's first 8 characters (the short id) differ between nodes, as real agents' uuids do.
+            let tag = splitmix64(run ^ position as u64) >> 32;
+            sim_node(&config.shape, format!("{tag:08x}-{name}"), name, position)
         })
         .collect();
     let nodes = Arc::new(nodes);
@@ -518,6 +520,14 @@ fn id_key(id: &str) -> u128 {
 }
 
 /// A short random tag for node ids (from the kernel's UUID source; no RNG dependency needed).
+/// A well-mixed 64-bit hash of `x` (SplitMix64's finalizer).
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 fn uuid_tag() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid").map(|text| text.trim().replace('-', "")).unwrap_or_else(|_| {
         format!("{:016x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0))
