@@ -24,26 +24,35 @@ impl LogReader {
     /// Opens the log of `task`'s `stream` at `offset` (negative: that many bytes before the end).
     /// An offset past the end starts at the end. No files yet: starts at the beginning of the first.
     pub fn open(dir: &Path, task: &str, stream: &str, offset: i64) -> io::Result<LogReader> {
-        let base = format!("{task}.{stream}");
-        let files = list_files(dir, &base)?;
-        let total: u64 = files.iter().map(|file| file.len).sum();
-        let start = if offset >= 0 { (offset as u64).min(total) } else { total.saturating_sub(offset.unsigned_abs()) };
-        Ok(LogReader::at(dir, base, &files, start))
+        LogReader::open_at(dir, task, stream, |_, _, total| {
+            Ok(if offset >= 0 { (offset as u64).min(total) } else { total.saturating_sub(offset.unsigned_abs()) })
+        })
     }
 
     /// Opens the log of `task`'s `stream` at the start of its last `lines` lines (a last line without its
     /// newline counts), as `tail -n` does; fewer lines than that: at the start.
     pub fn open_last_lines(dir: &Path, task: &str, stream: &str, lines: u64) -> io::Result<LogReader> {
+        LogReader::open_at(
+            dir,
+            task,
+            stream,
+            |base, files, total| {
+                if lines == 0 { Ok(total) } else { last_lines_start(dir, base, files, total, lines) }
+            },
+        )
+    }
+
+    /// Opens the stream at the byte `start` picks from its files (listed once) and their total length.
+    fn open_at(
+        dir: &Path,
+        task: &str,
+        stream: &str,
+        start: impl FnOnce(&str, &[LogFile], u64) -> io::Result<u64>,
+    ) -> io::Result<LogReader> {
         let base = format!("{task}.{stream}");
         let files = list_files(dir, &base)?;
         let total: u64 = files.iter().map(|file| file.len).sum();
-        let start = if lines == 0 { total } else { last_lines_start(dir, &base, &files, total, lines)? };
-        Ok(LogReader::at(dir, base, &files, start))
-    }
-
-    /// A reader at byte `start` of the stream made of `files`.
-    fn at(dir: &Path, base: String, files: &[LogFile], start: u64) -> LogReader {
-        let mut remaining = start;
+        let mut remaining = start(&base, &files, total)?;
         let mut reader = LogReader { dir: dir.to_path_buf(), base, file: files.first().map_or(0, |file| file.index), position: 0 };
         for (position, file) in files.iter().enumerate() {
             let last = position + 1 == files.len();
@@ -54,7 +63,7 @@ impl LogReader {
             }
             remaining -= file.len;
         }
-        reader
+        Ok(reader)
     }
 
     /// Reads up to `max` bytes that are available now, moving on to newer files as older ones are done.

@@ -105,17 +105,10 @@ async fn step(store: &Arc<dyn Store>, view: &View, applier: &Applier) -> Result<
     for alloc_id in step.migrations {
         let Some(source) = snapshot.cluster.alloc(&alloc_id) else { continue };
         let seed = now ^ u64::from(source.index);
-        let outcome = match migration::destination(&snapshot.cluster, source, None, seed, now) {
-            Ok(destination) => {
-                let node = destination.node_name.clone();
-                applier.start_migration(destination, now).await?.map(|index| (index, node))
-            }
-            Err(error) => Err(error.to_string()),
-        };
-        match outcome {
-            Ok((index, node)) => {
-                tracing::info!(alloc = %source.name, id = %source.id, to = %node, "draining: live-migrating allocation");
-                view.wait_for(index).await;
+        match migration::start(applier, &snapshot.cluster, source, None, seed, now).await? {
+            Ok(started) => {
+                tracing::info!(alloc = %source.name, id = %source.id, to = %started.node_name, "draining: live-migrating allocation");
+                view.wait_for(started.index).await;
             }
             Err(reason) => {
                 tracing::warn!(alloc = %source.name, id = %source.id, %reason, "draining: cannot live-migrate; stopping it instead");

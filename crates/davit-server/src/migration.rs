@@ -1,15 +1,43 @@
 //! Live migration requests: whether an allocation can be live-migrated, and its destination.
 //!
-//! `POST /v1/allocation/{id}/migrate` and the drainer (groups with `migrate: live`) both come here: the
+//! `POST /v1/allocation/{id}/migrate`, the drainer and rebalancing (groups with `migrate: live`) come here: the
 //! pure [`destination`] checks the source (running, every task a `vm`, not already migrating), places the
 //! destination with [`davit_scheduler::place_migration`], and the plan applier commits it
 //! ([`Applier::start_migration`](crate::applier::Applier::start_migration)) after checking the newest
 //! state again. The rest of the protocol runs through the agents' status updates (see
 //! [`advance_migration`](crate::applier::advance_migration) and ARCHITECTURE.md, "Live migration").
 
-use davit_api::objects::{Allocation, ClientStatus, Node, UnixMillis};
+use davit_api::objects::{Allocation, ClientStatus, Index, Node, UnixMillis};
 use davit_api::spec::DriverName;
 use davit_scheduler::{ClusterState, MigrationPlacementError, place_migration};
+use davit_store::StoreError;
+
+use crate::applier::Applier;
+
+/// A live migration the applier committed: its destination allocation, the node it is on, and the index.
+pub struct Started {
+    pub alloc_id: String,
+    pub node_name: String,
+    pub index: Index,
+}
+
+/// Places the destination of `source` (on `target`, or the best other node) and has the applier commit
+/// it; `Ok(Err(reason))` when the allocation cannot move or the newest state refuses it.
+pub async fn start(
+    applier: &Applier,
+    cluster: &ClusterState,
+    source: &Allocation,
+    target: Option<&Node>,
+    seed: u64,
+    now: UnixMillis,
+) -> Result<Result<Started, String>, StoreError> {
+    let destination = match destination(cluster, source, target, seed, now) {
+        Ok(destination) => destination,
+        Err(error) => return Ok(Err(error.to_string())),
+    };
+    let (alloc_id, node_name) = (destination.id.clone(), destination.node_name.clone());
+    Ok(applier.start_migration(destination, now).await?.map(|index| Started { alloc_id, node_name, index }))
+}
 
 /// Why an allocation cannot be live-migrated.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

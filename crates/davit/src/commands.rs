@@ -55,8 +55,9 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
         }
         JobCommand::Plan { file, verbose, output } => {
             let source = read_spec(&file)?;
-            parse_spec(&source, &file.display().to_string())?;
-            let plan = client.plan_job(&source, &file.display().to_string()).await?;
+            let filename = file.display().to_string();
+            parse_spec(&source, &filename)?;
+            let plan = client.plan_job(&source, &filename).await?;
             if output.format == OutputFormat::Json {
                 println!("{}", json(&plan));
             } else {

@@ -54,8 +54,8 @@ pub(crate) async fn rebalance_cluster(State(shared): State<Arc<Shared>>, body: B
         moves.iter().partition(|change| migrates_live(&snapshot.cluster, &change.stop.alloc_id));
     for change in live {
         match live_migrate(&shared, &snapshot.cluster, change).await? {
-            Ok((destination_id, migration_index)) => {
-                index = index.max(migration_index);
+            Ok(started) => {
+                index = index.max(started.index);
                 if let Some(job) = snapshot.cluster.job(&change.replacement.job_name) {
                     let mut eval = new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::Rebalance, None);
                     eval.status = EvalStatus::Complete;
@@ -65,7 +65,7 @@ pub(crate) async fn rebalance_cluster(State(shared): State<Arc<Shared>>, body: B
                     );
                     evals.success.push(keys::put(keys::eval(&eval.id), &eval));
                 }
-                made.push(RebalanceMoveEntry { replacement_id: destination_id, live_migration: true, ..entry(change) });
+                made.push(RebalanceMoveEntry { replacement_id: started.alloc_id, live_migration: true, ..entry(change) });
             }
             Err(reason) => {
                 tracing::info!(alloc = %change.replacement.name, %reason, "rebalance: cannot live-migrate; trying again next wave");
@@ -138,23 +138,18 @@ fn migrates_live(cluster: &ClusterState, alloc_id: &str) -> bool {
     live && migration::check_migratable(cluster, alloc).is_ok()
 }
 
-/// Starts the live migration of a move's allocation to the move's destination node: the destination
-/// allocation's id and the index it was stored at, or why it could not start.
+/// Starts the live migration of a move's allocation to the move's destination node, or says why it
+/// could not start.
 async fn live_migrate(
     shared: &Shared,
     cluster: &ClusterState,
     change: &RebalanceMove,
-) -> Result<Result<(String, davit_api::objects::Index), String>, Failure> {
+) -> Result<Result<migration::Started, String>, Failure> {
     let (Some(source), Some(target)) = (cluster.alloc(&change.stop.alloc_id), cluster.node(&change.replacement.node_id)) else {
         return Ok(Err("the allocation or its destination node is gone".to_string()));
     };
     let seed = crate::worker::seed_for(&source.id, source.index);
-    let destination = match migration::destination(cluster, source, Some(target), seed, now_millis()) {
-        Ok(destination) => destination,
-        Err(error) => return Ok(Err(error.to_string())),
-    };
-    let destination_id = destination.id.clone();
-    Ok(shared.applier.start_migration(destination, now_millis()).await?.map(|index| (destination_id, index)))
+    Ok(migration::start(&shared.applier, cluster, source, Some(target), seed, now_millis()).await?)
 }
 
 fn entry(change: &RebalanceMove) -> RebalanceMoveEntry {
