@@ -11,14 +11,17 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
+use davit_api::acl::{Access, Capability, RouteRule, Rule};
 use davit_api::exec::EXEC_PROTOCOL;
 use davit_api::http::{ApiError, ExecQuery, LogsQuery};
 use davit_drivers::DriverError;
 use tokio::sync::watch;
 
 use crate::AgentContext;
+use crate::acl::RouteGuard;
 use crate::alloc_runner::AllocRunner;
 use crate::exec::{ExecError, ExecSession};
 use crate::logs::LogReader;
@@ -30,14 +33,31 @@ const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// Empty polls after the allocation became terminal before a followed stream ends.
 const POLLS_AFTER_TERMINAL: u32 = 3;
 
+/// Every route of the agent's API with the rule it needs (all GET). The router is built from this list.
+fn table() -> Vec<(RouteRule, MethodRouter<Arc<AgentContext>>)> {
+    let rule = |path, rule| RouteRule { method: "GET", path, rule };
+    vec![
+        (rule("/v1/agent/health", Rule::Node(Access::Read)), get(health)),
+        (rule("/v1/agent/allocation/{id}/logs", Rule::Namespace(Capability::ReadLogs)), get(logs)),
+        (rule("/v1/agent/allocation/{id}/exec", Rule::Namespace(Capability::AllocExec)), get(exec)),
+        // The server gathers these for `service info --stats` with its caller's token (`read-job`).
+        (rule("/v1/agent/proxy", Rule::Namespace(Capability::ReadJob)), get(proxy_stats)),
+        (rule("/metrics", Rule::Operator(Access::Read)), get(metrics)),
+    ]
+}
+
+/// The agent API's routes with their rules.
+pub fn routes() -> Vec<RouteRule> {
+    table().into_iter().map(|(info, _)| info).collect()
+}
+
 pub async fn serve(context: Arc<AgentContext>, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
-    let router = Router::new()
-        .route("/v1/agent/health", get(health))
-        .route("/v1/agent/allocation/{id}/logs", get(logs))
-        .route("/v1/agent/allocation/{id}/exec", get(exec))
-        .route("/v1/agent/proxy", get(proxy_stats))
-        .route("/metrics", get(metrics))
-        .with_state(context);
+    let mut router = Router::new();
+    for (info, handler) in table() {
+        let guard = RouteGuard { context: Arc::clone(&context), rule: info.rule };
+        router = router.route(info.path, handler.route_layer(from_fn_with_state(guard, crate::acl::authorize)));
+    }
+    let router = router.with_state(context);
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
@@ -69,7 +89,7 @@ async fn metrics(State(context): State<Arc<AgentContext>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
-fn api_error(status: StatusCode, code: &str, message: String) -> Response {
+pub(crate) fn api_error(status: StatusCode, code: &str, message: String) -> Response {
     (status, Json(ApiError { code: code.to_string(), message, spec_errors: Vec::new() })).into_response()
 }
 

@@ -28,7 +28,8 @@ pub async fn run(context: Arc<AgentContext>, node: Node, registered: watch::Send
             .await
         {
             Ok(response) => {
-                tracing::info!(node_id = %node.id, interval_ms = response.heartbeat_interval_ms, "registered with the server");
+                tracing::info!(node_id = %node.id, interval_ms = response.heartbeat_interval_ms, acl = response.acl_enabled, "registered with the server");
+                context.acl.set_enabled(response.acl_enabled);
                 let _ = registered.send(true);
                 backoff = Duration::from_millis(250);
                 failures = 0;

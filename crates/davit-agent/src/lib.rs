@@ -32,6 +32,7 @@ pub use davit_drivers::LogRotation;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod acl;
 pub mod alloc_runner;
 mod api;
 pub mod check;
@@ -51,6 +52,7 @@ pub mod taskenv;
 mod watcher;
 
 use alloc_runner::AllocRunner;
+pub use api::routes;
 use fingerprint::NodeIdentity;
 use servers::ServerPool;
 use services::ServiceProxy;
@@ -83,6 +85,8 @@ pub struct AgentConfig {
     pub log_rotation: LogRotation,
     /// The node's service proxy and DNS server; `None`: neither runs (`--no-service-proxy`).
     pub service_proxy: Option<ServiceProxyConfig>,
+    /// The ACL token the agent sends to the servers (it needs `node: write`); `None` for servers without ACLs.
+    pub token: Option<String>,
 }
 
 impl AgentConfig {
@@ -103,6 +107,7 @@ impl AgentConfig {
             stop_tasks_on_shutdown: false,
             log_rotation: LogRotation::default(),
             service_proxy: None,
+            token: None,
         }
     }
 }
@@ -243,7 +248,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         None => None,
     };
 
-    let servers = ServerPool::new(&config.servers);
+    let servers = ServerPool::new(&config.servers, config.token.as_deref());
     let updater = Updater::new(node_id.clone(), servers.clone());
     let context = Arc::new(AgentContext {
         node: identity,
@@ -259,6 +264,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         destroyed: Mutex::new(HashSet::new()),
         service_proxy: service_proxy.clone(),
         local_services: watch::channel(0).0,
+        acl: acl::AgentAcl::new(config.token.is_some()),
     });
 
     // Re-attach before talking to the server, so nothing that runs is started again.
@@ -311,6 +317,8 @@ pub(crate) struct AgentContext {
     /// Bumped when this node's allocations (and so their tasks' upstreams) change; the service loop
     /// watches it.
     pub local_services: watch::Sender<u64>,
+    /// Access control of the agent's own API.
+    pub acl: acl::AgentAcl,
 }
 
 impl AgentContext {

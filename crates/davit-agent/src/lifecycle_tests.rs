@@ -135,7 +135,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let driver = Arc::new(FakeDriver::default());
-    let servers = ServerPool::new(&["http://127.0.0.1:9".to_string()]);
+    let servers = ServerPool::new(&["http://127.0.0.1:9".to_string()], None);
     let context = Arc::new(AgentContext {
         node: NodeIdentity {
             id: "node-1".to_string(),
@@ -155,6 +155,7 @@ fn fixture() -> Fixture {
         runners: Mutex::new(BTreeMap::new()),
         service_proxy: None,
         local_services: tokio::sync::watch::channel(0).0,
+        acl: crate::acl::AgentAcl::new(false),
         destroyed: Mutex::new(HashSet::new()),
     });
     Fixture { _dir: dir, context, driver }

@@ -15,8 +15,10 @@ pub struct ServerPool {
 
 impl ServerPool {
     /// `addrs` must not be empty (checked by [`crate::start`]).
-    pub fn new(addrs: &[String]) -> ServerPool {
-        ServerPool { clients: Arc::new(addrs.iter().map(|addr| Client::new(addr)).collect()), current: Arc::new(AtomicUsize::new(0)) }
+    /// Every client sends `token` (the agent's ACL token), when given.
+    pub fn new(addrs: &[String], token: Option<&str>) -> ServerPool {
+        let clients = addrs.iter().map(|addr| Client::with_token(addr, token)).collect();
+        ServerPool { clients: Arc::new(clients), current: Arc::new(AtomicUsize::new(0)) }
     }
 
     /// Runs `call` against the current server, then each other one until a server answers.

@@ -42,6 +42,17 @@
 //! | GET | `/v1/status` | → [`StatusResponse`] |
 //! | GET | `/v1/event/stream?index=N&topic=T…` | → NDJSON, one [`EventWire`] per line (and `{}` heartbeats every 10 s), until the client disconnects; 400 for an unknown topic (see [`EVENT_TOPICS`]) |
 //! | GET | `/metrics` | → Prometheus text format 0.0.4 (not under `/v1`) |
+//! | POST | `/v1/acl/bootstrap` | → [`crate::acl::CreatedToken`] (the first management token; once per cluster, no token needed) |
+//! | GET | `/v1/acl/policies` | → `Vec<`[`crate::acl::AclPolicy`]`>` (a client token sees its own) |
+//! | GET, PUT, DELETE | `/v1/acl/policy/{name}` | [`crate::acl::ApplyPolicyRequest`] → [`crate::acl::AclPolicy`]; 400 with spec errors at `file:line:col` |
+//! | GET, POST | `/v1/acl/tokens` | [`crate::acl::CreateTokenRequest`] → [`crate::acl::CreatedToken`] (the only answer with the secret) |
+//! | GET | `/v1/acl/token/self` | → [`crate::acl::TokenSelf`] (the caller's token and its policies) |
+//! | GET, DELETE | `/v1/acl/token/{accessor-id-or-prefix}` | → [`crate::acl::AclToken`] |
+//!
+//! With ACLs on, every route needs a token (`X-Davit-Token` or `Authorization: Bearer`) that satisfies the
+//! route's [`crate::acl::Rule`] in the request's namespace (`?namespace=`, default `default`): 401
+//! `token not found or expired` without a live token, 403 naming the missing capability. The rules are
+//! listed with the routes in `davit_server::routes()` and `davit_agent::routes()`.
 //!
 //! The agent serves `GET /v1/agent/allocation/{id}/logs` and `…/exec` with the same query parameters,
 //! `GET /v1/agent/health`, `GET /v1/agent/proxy` (→ `Vec<`[`ProxyServiceStats`]`>`, its proxy's counters) and
@@ -380,6 +391,9 @@ pub struct NodeRegisterResponse {
     pub index: Index,
     /// The agent should heartbeat at least this often.
     pub heartbeat_interval_ms: u64,
+    /// The server checks tokens: the agent checks them on its own API too.
+    #[serde(default)]
+    pub acl_enabled: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

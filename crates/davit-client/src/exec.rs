@@ -11,9 +11,13 @@ pub type ExecStream = reqwest::Upgraded;
 
 /// Asks `url` (a server's or an agent's exec route) to upgrade to an exec session. Used by the client and by
 /// the server when it relays a session to the allocation's agent.
-pub async fn open(http: &reqwest::Client, url: &str, query: &ExecQuery) -> Result<ExecStream, ClientError> {
-    let response = http
-        .get(url)
+/// Opens an exec session at `url`; `token` is sent as the caller's token (a relay passes its caller's on).
+pub async fn open(http: &reqwest::Client, url: &str, query: &ExecQuery, token: Option<&str>) -> Result<ExecStream, ClientError> {
+    let mut request = http.get(url);
+    if let Some(token) = token {
+        request = request.header(davit_api::acl::TOKEN_HEADER, token);
+    }
+    let response = request
         .query(query)
         .header(reqwest::header::CONNECTION, "upgrade")
         .header(reqwest::header::UPGRADE, EXEC_PROTOCOL)

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub mod exec;
 
+use davit_api::acl::{AclPolicy, AclToken, ApplyPolicyRequest, CreateTokenRequest, CreatedToken, TOKEN_HEADER, TokenSelf};
 use davit_api::http::{
     AllocListEntry, AllocStatusUpdate, ApiError, Catalog, EventWire, ExecQuery, HeartbeatResponse, INDEX_HEADER, IndexResponse,
     JobDiffResponse, JobListEntry, JobPlanResponse, JobStatusResponse, LogsQuery, MigrateAllocRequest, MigrateAllocResponse,
@@ -39,6 +40,11 @@ impl ClientError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, ClientError::Api { status: 404, .. })
     }
+
+    /// The server answered 401 or 403: the token is missing, unknown, expired or lacks a capability.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, ClientError::Api { status: 401 | 403, .. })
+    }
 }
 
 /// A client for one server address, e.g. `http://127.0.0.1:7646`. Cheap to clone.
@@ -57,9 +63,24 @@ pub struct Indexed<T> {
 
 impl Client {
     pub fn new(addr: &str) -> Client {
+        Client::with_token(addr, None)
+    }
+
+    /// A client that sends `token` (an ACL token's secret) with every request.
+    pub fn with_token(addr: &str, token: Option<&str>) -> Client {
         let base = addr.trim_end_matches('/').to_string();
         let base = if base.contains("://") { base } else { format!("http://{base}") };
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().expect("HTTP client with default settings");
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token.and_then(|token| reqwest::header::HeaderValue::from_str(token).ok()) {
+            let mut token = token;
+            token.set_sensitive(true);
+            headers.insert(TOKEN_HEADER, token);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
+            .build()
+            .expect("HTTP client with default settings");
         Client { base, http }
     }
 
@@ -279,7 +300,7 @@ impl Client {
 
     /// Opens an exec session in a task of the allocation (relayed by the server to the node's agent).
     pub async fn alloc_exec(&self, alloc_id: &str, query: &ExecQuery) -> Result<exec::ExecStream, ClientError> {
-        exec::open(&self.http, &self.url(&format!("/v1/allocation/{}/exec", encode(alloc_id))), query).await
+        exec::open(&self.http, &self.url(&format!("/v1/allocation/{}/exec", encode(alloc_id))), query, None).await
     }
 
     /// The allocation once its modify index passes `index` (or after `wait`).
@@ -332,6 +353,54 @@ impl Client {
 
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
         self.get("/v1/status").await
+    }
+
+    // ---- ACL ----
+
+    /// The first management token; works once per cluster.
+    pub async fn acl_bootstrap(&self) -> Result<CreatedToken, ClientError> {
+        Ok(self.send(self.http.post(self.url("/v1/acl/bootstrap"))).await?.value)
+    }
+
+    pub async fn acl_policies(&self) -> Result<Vec<AclPolicy>, ClientError> {
+        self.get("/v1/acl/policies").await
+    }
+
+    pub async fn acl_policy(&self, name: &str) -> Result<AclPolicy, ClientError> {
+        self.get(&format!("/v1/acl/policy/{}", encode(name))).await
+    }
+
+    pub async fn apply_acl_policy(&self, name: &str, request: &ApplyPolicyRequest) -> Result<AclPolicy, ClientError> {
+        Ok(self.send(self.http.put(self.url(&format!("/v1/acl/policy/{}", encode(name)))).json(request)).await?.value)
+    }
+
+    pub async fn delete_acl_policy(&self, name: &str) -> Result<IndexResponse, ClientError> {
+        Ok(self.send(self.http.delete(self.url(&format!("/v1/acl/policy/{}", encode(name))))).await?.value)
+    }
+
+    pub async fn acl_tokens(&self) -> Result<Vec<AclToken>, ClientError> {
+        self.get("/v1/acl/tokens").await
+    }
+
+    pub async fn create_acl_token(&self, request: &CreateTokenRequest) -> Result<CreatedToken, ClientError> {
+        Ok(self.send(self.http.post(self.url("/v1/acl/tokens")).json(request)).await?.value)
+    }
+
+    pub async fn acl_token(&self, accessor_id: &str) -> Result<AclToken, ClientError> {
+        self.get(&format!("/v1/acl/token/{}", encode(accessor_id))).await
+    }
+
+    pub async fn revoke_acl_token(&self, accessor_id: &str) -> Result<IndexResponse, ClientError> {
+        Ok(self.send(self.http.delete(self.url(&format!("/v1/acl/token/{}", encode(accessor_id))))).await?.value)
+    }
+
+    /// The token this client sends, or `secret` instead when given (agents resolve their callers' tokens).
+    pub async fn acl_token_self(&self, secret: Option<&str>) -> Result<TokenSelf, ClientError> {
+        let mut request = self.http.get(self.url("/v1/acl/token/self"));
+        if let Some(secret) = secret {
+            request = request.header(TOKEN_HEADER, secret);
+        }
+        Ok(self.send(request).await?.value)
     }
 
     /// The event stream: changes after store revision `index` (0: the whole history) of the given

@@ -7,7 +7,11 @@
 //! | `nodes/<id>` | [`Node`] |
 //! | `allocs/<created, 12 hex digits of ms>/<id>` (ids the scheduler makes), `allocs/<id>` (others) | [`Allocation`] |
 //! | `evals/<id>` | [`Evaluation`] |
+//! | `acl/policy/<name>` | [`AclPolicy`] |
+//! | `acl/token/<accessor id>` | [`StoredToken`] (the secret only as its SHA-256) |
+//! | `acl/bootstrap` | the accessor id of the bootstrap token: present once `acl bootstrap` ran |
 
+use davit_api::acl::{AclPolicy, StoredToken};
 use davit_api::objects::{Allocation, Evaluation, Job, Node};
 use serde::Serialize;
 
@@ -16,6 +20,9 @@ pub const VERSIONS: &str = "versions/";
 pub const NODES: &str = "nodes/";
 pub const ALLOCS: &str = "allocs/";
 pub const EVALS: &str = "evals/";
+pub const ACL_POLICIES: &str = "acl/policy/";
+pub const ACL_TOKENS: &str = "acl/token/";
+pub const ACL_BOOTSTRAP: &str = "acl/bootstrap";
 
 pub fn job(name: &str) -> String {
     format!("{JOBS}{name}")
@@ -41,6 +48,12 @@ pub fn alloc(id: &str) -> String {
 pub fn eval(id: &str) -> String {
     format!("{EVALS}{id}")
 }
+pub fn acl_policy(name: &str) -> String {
+    format!("{ACL_POLICIES}{name}")
+}
+pub fn acl_token(accessor_id: &str) -> String {
+    format!("{ACL_TOKENS}{accessor_id}")
+}
 
 /// A decoded store key and value.
 #[derive(Debug)]
@@ -50,6 +63,9 @@ pub enum Object {
     Node(Node),
     Alloc(Box<Allocation>),
     Eval(Evaluation),
+    AclPolicy(AclPolicy),
+    AclToken(Box<StoredToken>),
+    AclBootstrap,
 }
 
 /// What a deleted key referred to.
@@ -60,6 +76,9 @@ pub enum ObjectKey<'a> {
     Node(&'a str),
     Alloc(&'a str),
     Eval(&'a str),
+    AclPolicy(&'a str),
+    AclToken(&'a str),
+    AclBootstrap,
 }
 
 pub fn parse_key(key: &str) -> Option<ObjectKey<'_>> {
@@ -78,6 +97,15 @@ pub fn parse_key(key: &str) -> Option<ObjectKey<'_>> {
         let timed =
             rest.split_once('/').filter(|(created, id)| davit_scheduler::alloc_id_created(id).is_some_and(|c| c == created.as_bytes()));
         return Some(ObjectKey::Alloc(timed.map_or(rest, |(_, id)| id)));
+    }
+    if let Some(name) = key.strip_prefix(ACL_POLICIES) {
+        return Some(ObjectKey::AclPolicy(name));
+    }
+    if let Some(accessor_id) = key.strip_prefix(ACL_TOKENS) {
+        return Some(ObjectKey::AclToken(accessor_id));
+    }
+    if key == ACL_BOOTSTRAP {
+        return Some(ObjectKey::AclBootstrap);
     }
     key.strip_prefix(EVALS).map(ObjectKey::Eval)
 }
@@ -105,6 +133,17 @@ pub fn decode(key: &str, value: &[u8], create_revision: u64, mod_revision: u64) 
             (alloc.create_index, alloc.modify_index) = (create_revision, mod_revision);
             Object::Alloc(Box::new(alloc))
         }
+        Some(ObjectKey::AclPolicy(_)) => {
+            let mut policy: AclPolicy = serde_json::from_slice(value)?;
+            (policy.create_index, policy.modify_index) = (create_revision, mod_revision);
+            Object::AclPolicy(policy)
+        }
+        Some(ObjectKey::AclToken(_)) => {
+            let mut stored: StoredToken = serde_json::from_slice(value)?;
+            (stored.token.create_index, stored.token.modify_index) = (create_revision, mod_revision);
+            Object::AclToken(Box::new(stored))
+        }
+        Some(ObjectKey::AclBootstrap) => Object::AclBootstrap,
         Some(ObjectKey::Eval(_)) | None => {
             let mut eval: Evaluation = serde_json::from_slice(value)?;
             (eval.create_index, eval.modify_index) = (create_revision, mod_revision);
@@ -138,5 +177,8 @@ mod tests {
         assert_eq!(parse_key(&alloc(random)), Some(ObjectKey::Alloc(random)));
         assert_eq!(parse_key(&alloc("a/b")), Some(ObjectKey::Alloc("a/b")), "a plain id keeps its slashes");
         assert_eq!(parse_key("other/x"), None);
+        assert_eq!(parse_key(&acl_policy("ops")), Some(ObjectKey::AclPolicy("ops")));
+        assert_eq!(parse_key(&acl_token("a-1")), Some(ObjectKey::AclToken("a-1")));
+        assert_eq!(parse_key(ACL_BOOTSTRAP), Some(ObjectKey::AclBootstrap));
     }
 }

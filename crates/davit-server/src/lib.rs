@@ -16,6 +16,7 @@ use davit_scheduler::SchedulerConfig;
 use davit_store::{Store, StoreError, Txn};
 use tokio::sync::mpsc;
 
+mod acl;
 mod api;
 /// Public for benchmarks (`check_plan`); the server drives it through [`start`].
 pub mod applier;
@@ -30,6 +31,7 @@ pub mod phi;
 mod view;
 mod worker;
 
+pub use api::routes;
 pub use liveness::LivenessConfig;
 
 use crate::applier::Applier;
@@ -47,6 +49,11 @@ pub struct ServerConfig {
     pub workers: usize,
     pub liveness: LivenessConfig,
     pub scheduler: SchedulerConfig,
+    /// Check every request's token against the ACL policies (see the `acl` module). Off: every request
+    /// may do everything, so the caller must keep the API on loopback.
+    pub acl_enabled: bool,
+    /// Append every write request to this file (JSON lines, rotated at 64 MiB).
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 /// Two scheduler workers per core. A worker spends much of an evaluation waiting for the plan applier's
@@ -125,6 +132,8 @@ pub(crate) struct Shared {
     pub catalog: catalog::CatalogCache,
     /// Changes (or closes) when the server shuts down: long-lived responses (the event stream) end then.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    pub acl_enabled: bool,
+    pub audit: Option<acl::AuditLog>,
 }
 
 /// Starts the server: loads the view, starts the loops, and serves HTTP.
@@ -163,6 +172,8 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         metrics_sources: std::sync::RwLock::new(Vec::new()),
         catalog: catalog::CatalogCache::default(),
         closing,
+        acl_enabled: config.acl_enabled,
+        audit: config.audit_log.map(acl::AuditLog::new),
     });
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;

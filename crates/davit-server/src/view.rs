@@ -23,6 +23,8 @@ use crate::keys::{self, Object, ObjectKey};
 pub struct Snapshot {
     pub cluster: ClusterState,
     pub evals: OrdMap<String, Arc<Evaluation>>,
+    /// ACL policies and tokens (see `crate::acl`).
+    pub acl: crate::acl::AclTable,
     pub revision: Revision,
     /// Last revision that changed anything about a job (the job, its versions, allocs or evals).
     job_index: imbl::HashMap<String, Index>,
@@ -408,6 +410,15 @@ fn apply_put(
             snapshot.cluster.upsert_node(Arc::new(node));
         }
         Object::Alloc(alloc) => return Some(apply_alloc(snapshot, Arc::new(*alloc), create_revision, mod_revision, events)),
+        Object::AclPolicy(policy) => {
+            snapshot.table_index.insert("acl", mod_revision);
+            snapshot.acl.upsert_policy(policy);
+        }
+        Object::AclToken(stored) => {
+            snapshot.table_index.insert("acl", mod_revision);
+            snapshot.acl.upsert_token(*stored);
+        }
+        Object::AclBootstrap => snapshot.acl.bootstrapped = true,
         Object::Eval(eval) => {
             snapshot.job_index.insert(eval.job_name.clone(), mod_revision);
             snapshot.table_index.insert("evals", mod_revision);
@@ -639,6 +650,15 @@ fn apply_delete(snapshot: &mut Snapshot, key: &str, revision: Revision, events: 
             }
             snapshot.table_index.insert("evals", revision);
         }
+        Some(ObjectKey::AclPolicy(name)) => {
+            snapshot.table_index.insert("acl", revision);
+            snapshot.acl.policies.remove(name);
+        }
+        Some(ObjectKey::AclToken(accessor_id)) => {
+            snapshot.table_index.insert("acl", revision);
+            snapshot.acl.remove_token(accessor_id);
+        }
+        Some(ObjectKey::AclBootstrap) => snapshot.acl.bootstrapped = false,
         None => {}
     }
 }

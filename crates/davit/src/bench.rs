@@ -273,6 +273,8 @@ impl E2eBench {
             workers: self.workers.unwrap_or_else(davit_server::default_workers),
             liveness: davit_server::LivenessConfig::default(),
             scheduler: self.workload.config.clone(),
+            acl_enabled: false,
+            audit_log: None,
         };
         let server = davit_server::start(config).await.map_err(|e| Failure::internal(format!("cannot start the server: {e}")))?;
         let addr = format!("http://{}", server.addr());

@@ -11,6 +11,9 @@ pub struct Cli {
     /// Address of the davit server.
     #[arg(long, global = true, env = "DAVIT_ADDR", default_value = davit_api::http::DEFAULT_SERVER_ADDR)]
     pub address: String,
+    /// ACL token secret sent with every request (an agent's token needs `node: write`).
+    #[arg(long, global = true, env = "DAVIT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -44,6 +47,9 @@ pub enum Command {
     /// Follow the cluster's changes.
     #[command(subcommand)]
     Event(EventCommand),
+    /// Access control: bootstrap, policies, tokens.
+    #[command(subcommand)]
+    Acl(AclCommand),
     /// Simulate many agents in one process (no workloads): real registration, heartbeats and allocation
     /// status over the HTTP API; every allocation runs at once. A tool for measuring the server.
     Sim(SimArgs),
@@ -71,6 +77,7 @@ impl Command {
                 | Command::Eval(_)
                 | Command::Rebalance(_)
                 | Command::Event(_)
+                | Command::Acl(_)
         )
     }
 }
@@ -100,6 +107,10 @@ pub struct DevArgs {
     /// Address of the agent's own API (logs).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub agent_bind: SocketAddr,
+    /// Check tokens (as `davit server --acl`): bootstraps, prints the management token, and gives the
+    /// dev agent a token of its own.
+    #[arg(long)]
+    pub acl: bool,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -118,6 +129,12 @@ pub struct ServerArgs {
     /// suspicion says (which usually marks a dead node down within about 2 s).
     #[arg(long = "max-heartbeat-ttl", alias = "heartbeat-ttl", default_value = "10s")]
     pub max_heartbeat_ttl: String,
+    /// Check every request's token against ACL policies; bootstrap the first token with `davit acl bootstrap`.
+    #[arg(long)]
+    pub acl: bool,
+    /// Serve the API on a non-loopback address without ACLs (anyone who reaches it owns the cluster).
+    #[arg(long)]
+    pub insecure_open_api: bool,
 }
 
 #[derive(Debug, Args)]
@@ -403,6 +420,92 @@ pub enum EventCommand {
         /// Output format: one JSON object per line, or `<time> <topic> <type> <key>`.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Json)]
         format: OutputFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclCommand {
+    /// Create the first management token and print its secret (works once per cluster).
+    Bootstrap {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Manage policies: what tokens may do, per namespace.
+    #[command(subcommand)]
+    Policy(AclPolicyCommand),
+    /// Manage tokens.
+    #[command(subcommand)]
+    Token(AclTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclPolicyCommand {
+    /// Create or replace a policy from a YAML or JSON file, e.g.
+    /// `namespaces: {default: {policy: read, capabilities: [read-logs]}}` plus optional `node: read|write`
+    /// and `operator: read|write`. Capabilities: read-job, submit-job, scale-job, deployment-write,
+    /// read-logs, alloc-exec, alloc-lifecycle; shorthands: deny, read, scale, write.
+    Apply {
+        name: String,
+        file: PathBuf,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List policies (a client token sees its own).
+    Ls {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show a policy and its rules.
+    Info {
+        name: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Delete a policy; tokens that held it lose what it granted.
+    Delete { name: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenTypeArg {
+    Client,
+    Management,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclTokenCommand {
+    /// Create a token and print its secret (shown only this once).
+    Create {
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long = "type", value_enum, default_value_t = TokenTypeArg::Client)]
+        token_type: TokenTypeArg,
+        /// Policy the token holds (repeatable; client tokens need at least one).
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        /// The token expires after this long (e.g. 8h); default: never.
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List tokens (never their secrets).
+    Ls {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show a token by accessor id or prefix.
+    Info {
+        accessor_id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Revoke a token by accessor id or prefix: it stops working at once.
+    Revoke { accessor_id: String },
+    /// Show the token this command sends (DAVIT_TOKEN) and its policies.
+    #[command(name = "self")]
+    Whoami {
+        #[command(flatten)]
+        output: Output,
     },
 }
 

@@ -100,11 +100,11 @@ fn die_quietly_on_closed_output() {
 }
 
 async fn try_main(cli: cli::Cli) -> Result<(), Failure> {
-    let client = davit_client::Client::new(&cli.address);
+    let client = davit_client::Client::with_token(&cli.address, cli.token.as_deref());
     match cli.command {
         cli::Command::Dev(args) => run::dev(args).await,
         cli::Command::Server(args) => run::server(args).await,
-        cli::Command::Agent(args) => run::agent(args).await,
+        cli::Command::Agent(args) => run::agent(args, cli.token).await,
         cli::Command::Executor { .. } => unreachable!("handled before the runtime starts"),
         cli::Command::Job(command) => commands::job(&client, command).await,
         cli::Command::Alloc(command) => commands::alloc(&client, command).await,
@@ -113,6 +113,7 @@ async fn try_main(cli: cli::Cli) -> Result<(), Failure> {
         cli::Command::Eval(command) => commands::eval(&client, command).await,
         cli::Command::Rebalance(args) => commands::rebalance(&client, args).await,
         cli::Command::Event(command) => commands::event(&client, command).await,
+        cli::Command::Acl(command) => commands::acl(&client, command).await,
         cli::Command::Sim(args) => sim::command(args, &cli.address).await,
         cli::Command::Bench(command) => bench::command(command).await,
     }

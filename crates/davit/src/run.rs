@@ -26,8 +26,32 @@ fn open_store(dir: &Path) -> Result<Arc<RedbStore>, Failure> {
     Ok(Arc::new(store))
 }
 
-fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, workers: Option<usize>, liveness: LivenessConfig) -> ServerConfig {
-    ServerConfig { bind, store, workers: workers.unwrap_or_else(davit_server::default_workers), liveness, scheduler: Default::default() }
+fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, data_dir: &Path, acl_enabled: bool) -> ServerConfig {
+    ServerConfig {
+        bind,
+        store,
+        workers: davit_server::default_workers(),
+        liveness: LivenessConfig::default(),
+        scheduler: Default::default(),
+        acl_enabled,
+        audit_log: Some(data_dir.join("audit.log")),
+    }
+}
+
+/// Secure default: without ACLs anyone who reaches the API owns the cluster, so it stays on loopback unless
+/// the operator says otherwise.
+fn check_open_api(bind: std::net::SocketAddr, acl: bool, insecure_open_api: bool) -> Result<(), Failure> {
+    if acl || bind.ip().is_loopback() {
+        return Ok(());
+    }
+    if !insecure_open_api {
+        return Err(Failure::user(format!(
+            "refusing to serve the API on {bind} without ACLs: anyone who reaches it could run anything on every node\n  \
+             hint: start with --acl (then `davit acl bootstrap`), bind to 127.0.0.1, or pass --insecure-open-api to accept the risk"
+        )));
+    }
+    tracing::warn!(%bind, "the API is open: no ACLs on a non-loopback address (--insecure-open-api); anyone who reaches it owns the cluster");
+    Ok(())
 }
 
 fn drivers(node: &NodeArgs, data_dir: &Path) -> Result<Vec<Arc<dyn Driver>>, Failure> {
@@ -67,6 +91,7 @@ fn agent_config(
     servers: Vec<String>,
     bind: std::net::SocketAddr,
     stop_tasks_on_shutdown: bool,
+    token: Option<String>,
 ) -> Result<davit_agent::AgentConfig, Failure> {
     let port_range = parse_port_range(&node.port_range)?;
     let drivers = drivers(&node, &data_dir)?;
@@ -77,6 +102,9 @@ fn agent_config(
     }
     let service_proxy =
         (!node.no_service_proxy).then_some(davit_agent::ServiceProxyConfig { dns_bind: node.dns_bind, bind_ip: node.proxy_bind_ip });
+    if !bind.ip().is_loopback() && token.is_none() {
+        tracing::warn!(%bind, "the agent API is on a non-loopback address: it checks tokens only when its servers run with --acl");
+    }
     let node_name = match node.node_name {
         Some(name) => name,
         None => hostname(),
@@ -95,6 +123,7 @@ fn agent_config(
         stop_tasks_on_shutdown,
         log_rotation: LogRotation::default(),
         service_proxy,
+        token,
     })
 }
 
@@ -130,17 +159,22 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
             (dir, true)
         }
     };
-    let store = open_store(&data_dir.join("server"))?;
-    let server = davit_server::start(server_config(store, args.bind, None, LivenessConfig::default()))
+    let server_dir = data_dir.join("server");
+    let store = open_store(&server_dir)?;
+    let server = davit_server::start(server_config(store, args.bind, &server_dir, args.acl))
         .await
         .map_err(|e| Failure::user(format!("cannot start the server: {}", error_chain(&e))))?;
     let server_url = format!("http://{}", server.addr());
-    let config = agent_config(args.node, data_dir.join("agent"), vec![server_url.clone()], args.agent_bind, true)?;
+    let agent_token = if args.acl { Some(dev_bootstrap(&server_url).await?) } else { None };
+    let config = agent_config(args.node, data_dir.join("agent"), vec![server_url.clone()], args.agent_bind, true, agent_token)?;
     let agent = davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", error_chain(&e))))?;
     server.add_metrics_source(agent.metrics_source());
     println!("davit dev is running: server {server_url}, node {} (data in {})", agent.node_id(), data_dir.display());
     if let Some(dns) = agent.dns_addr() {
         println!("  service DNS on {dns} (udp+tcp): dig @{} -p {} <service>.service.davit SRV", dns.ip(), dns.port());
+    }
+    if !args.acl {
+        println!("  ACLs are off: the API is open to anyone on this machine (loopback only); `davit dev --acl` checks tokens");
     }
     println!("  try: davit job run examples/hello.yaml   (Ctrl-C stops davit and its tasks)");
     shutdown_signal().await;
@@ -153,24 +187,48 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `davit dev --acl`: bootstraps, prints the management token, and makes the dev agent a token of its own.
+async fn dev_bootstrap(server_url: &str) -> Result<String, Failure> {
+    let anonymous = davit_client::Client::new(server_url);
+    let management = anonymous.acl_bootstrap().await?;
+    println!("ACL management token (export DAVIT_TOKEN={}): accessor {}", management.secret_id, management.token.accessor_id);
+    let client = davit_client::Client::with_token(server_url, Some(&management.secret_id));
+    let policy = davit_api::acl::ApplyPolicyRequest {
+        description: "what a davit agent needs".to_string(),
+        source: "node: write\n".to_string(),
+        filename: "davit-agent.yaml".to_string(),
+    };
+    client.apply_acl_policy("davit-agent", &policy).await?;
+    let request = davit_api::acl::CreateTokenRequest {
+        name: "dev agent".to_string(),
+        token_type: davit_api::acl::TokenType::Client,
+        policies: vec!["davit-agent".to_string()],
+        ttl: None,
+    };
+    Ok(client.create_acl_token(&request).await?.secret_id)
+}
+
 pub async fn server(args: ServerArgs) -> Result<(), Failure> {
     init_logging("info");
+    check_open_api(args.bind, args.acl, args.insecure_open_api)?;
     let max_ttl =
         davit_api::Duration::parse(&args.max_heartbeat_ttl).map_err(|e| Failure::user(format!("--max-heartbeat-ttl: {e}")))?.as_std();
-    let liveness = LivenessConfig { max_ttl, ..Default::default() };
     let store = open_store(&args.data_dir)?;
-    let server = davit_server::start(server_config(store, args.bind, args.workers, liveness))
-        .await
-        .map_err(|e| Failure::user(format!("cannot start the server: {}", error_chain(&e))))?;
+    let mut config = server_config(store, args.bind, &args.data_dir, args.acl);
+    config.liveness = LivenessConfig { max_ttl, ..Default::default() };
+    if let Some(workers) = args.workers {
+        config.workers = workers;
+    }
+    let server = davit_server::start(config).await.map_err(|e| Failure::user(format!("cannot start the server: {}", error_chain(&e))))?;
     println!("davit server listening on http://{}", server.addr());
     shutdown_signal().await;
     server.shutdown().await;
     Ok(())
 }
 
-pub async fn agent(args: AgentArgs) -> Result<(), Failure> {
+pub async fn agent(args: AgentArgs, token: Option<String>) -> Result<(), Failure> {
     init_logging("info");
-    let config = agent_config(args.node, args.data_dir, args.servers, args.bind, false)?;
+    let config = agent_config(args.node, args.data_dir, args.servers, args.bind, false, token)?;
     let agent = davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", error_chain(&e))))?;
     println!("davit agent running: node {}, API http://{}", agent.node_id(), agent.http_addr());
     if let Some(dns) = agent.dns_addr() {

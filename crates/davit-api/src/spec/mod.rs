@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::Duration;
 
 mod diff;
-mod parse;
+pub(crate) mod parse;
 mod validate;
 
 pub use diff::diff_specs;

@@ -85,6 +85,32 @@ impl From<&SpecErrorWire> for SpecError {
 
 /// Parses and validates a job spec written in YAML or JSON. `filename` is only used in messages.
 pub fn parse_job_spec(source: &str, filename: &str) -> Result<JobSpec, SpecErrors> {
+    let document = Document {
+        empty: "the spec is empty",
+        empty_hint: "a job spec is a mapping such as `name: hello` with `groups:` of tasks; see examples/hello.yaml",
+        not_a_map: "a job spec must be a mapping of fields (`name:`, `groups:`, …)",
+        label: "the spec",
+    };
+    parse_document(source, filename, &document, super::validate::check)
+}
+
+/// How messages name a kind of document (a job spec, an ACL policy).
+pub(crate) struct Document {
+    pub empty: &'static str,
+    pub empty_hint: &'static str,
+    /// Followed by ", found <what was found>".
+    pub not_a_map: &'static str,
+    pub label: &'static str,
+}
+
+/// Parses a YAML or JSON mapping into `T`, then runs `check` on it; every problem is reported at
+/// `file:line:col`. Shared by job specs and ACL policies.
+pub(crate) fn parse_document<T: serde::de::DeserializeOwned>(
+    source: &str,
+    filename: &str,
+    document: &Document,
+    check: impl FnOnce(&T, &Ctx),
+) -> Result<T, SpecErrors> {
     let (root, tree_errors) = tree::build(source, filename).map_err(|error| SpecErrors(vec![error]))?;
     let ctx = Ctx::new(filename);
     for error in tree_errors {
@@ -93,27 +119,17 @@ pub fn parse_job_spec(source: &str, filename: &str) -> Result<JobSpec, SpecError
         ctx.report_at(pos, &error.path, error.message, error.hint);
     }
     if root.is_null() {
-        ctx.report_at(
-            root.pos,
-            "",
-            "the spec is empty",
-            Some("a job spec is a mapping such as `name: hello` with `groups:` of tasks; see examples/hello.yaml".to_string()),
-        );
+        ctx.report_at(root.pos, "", document.empty, Some(document.empty_hint.to_string()));
         return Err(SpecErrors(ctx.into_errors()));
     }
     if !matches!(root.kind, tree::NodeKind::Map(_)) {
-        ctx.report_at(
-            root.pos,
-            "",
-            format!("a job spec must be a mapping of fields (`name:`, `groups:`, …), found {}", root.describe()),
-            None,
-        );
+        ctx.report_at(root.pos, "", format!("{}, found {}", document.not_a_map, root.describe()), None);
         return Err(SpecErrors(ctx.into_errors()));
     }
-    let spec = match deserialize_node::<JobSpec>(&root, "", "the spec", &ctx, false) {
-        Ok(spec) => {
-            super::validate::check(&spec, &ctx);
-            Some(spec)
+    let value = match deserialize_node::<T>(&root, "", document.label, &ctx, false) {
+        Ok(value) => {
+            check(&value, &ctx);
+            Some(value)
         }
         Err(error) => {
             if !error.reported {
@@ -122,8 +138,8 @@ pub fn parse_job_spec(source: &str, filename: &str) -> Result<JobSpec, SpecError
             None
         }
     };
-    match spec {
-        Some(spec) if !ctx.has_errors() => Ok(spec),
+    match value {
+        Some(value) if !ctx.has_errors() => Ok(value),
         _ => Err(SpecErrors(ctx.into_errors())),
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -14,6 +15,7 @@ use serde::Deserialize;
 
 use super::{Blocking, Failure, indexed, json_body, resolve_prefix};
 use crate::Shared;
+use crate::acl::Caller;
 use crate::migration::MigrateError;
 use crate::view::Snapshot;
 
@@ -96,11 +98,12 @@ pub(crate) async fn migrate(State(shared): State<Arc<Shared>>, Path(id): Path<St
 /// Relays the log stream from the agent that runs the allocation.
 pub(crate) async fn logs(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, Failure> {
     let (url, node) = agent_url(&shared, &id, "logs")?;
-    let response = shared.http.get(&url).query(&query).send().await.map_err(|error| agent_unreachable(&node, error))?;
+    let response = caller.relay(shared.http.get(&url)).query(&query).send().await.map_err(|error| agent_unreachable(&node, error))?;
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type =
         response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("text/plain").to_string();
@@ -130,6 +133,7 @@ fn agent_unreachable(node: &Node, error: impl std::fmt::Display) -> Failure {
 /// protocols, so does this response, and the two connections are spliced until either side closes.
 pub(crate) async fn exec(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(query): Query<ExecQuery>,
     mut request: axum::extract::Request,
@@ -139,7 +143,7 @@ pub(crate) async fn exec(
         Failure::bad_request(format!("exec needs an HTTP/1.1 request with `Connection: upgrade` and `Upgrade: {EXEC_PROTOCOL}`"))
     })?;
     let (url, node) = agent_url(&shared, &id, "exec")?;
-    let mut agent = match davit_client::exec::open(&shared.http, &url, &query).await {
+    let mut agent = match davit_client::exec::open(&shared.http, &url, &query, caller.secret.as_deref()).await {
         Ok(stream) => stream,
         Err(davit_client::ClientError::Api { status, error }) => {
             return Ok((StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), axum::Json(error)).into_response());

@@ -4,15 +4,18 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use davit_api::acl::Access;
 use davit_api::http::{EVENT_TOPICS, EventWire};
 use davit_store::{EventKind, StoreError, WatchBatch};
 
 use super::Failure;
 use crate::Shared;
+use crate::acl::Caller;
 use crate::keys::{self, Object, ObjectKey};
 
 /// How often an idle stream sends a `{}` line.
@@ -49,14 +52,36 @@ fn parse_query(raw: Option<&str>) -> Result<StreamQuery, Failure> {
                 }
                 query.topics.insert(value.to_string());
             }
-            other => return Err(Failure::bad_request(format!("unknown query parameter `{other}`; expected `index` and `topic`"))),
+            // Checked by the route's rule; every object is in the default namespace for now.
+            "namespace" => {}
+            other => {
+                return Err(Failure::bad_request(format!("unknown query parameter `{other}`; expected `index`, `topic` and `namespace`")));
+            }
         }
     }
     Ok(query)
 }
 
-pub(crate) async fn stream(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Result<Response, Failure> {
-    let query = parse_query(raw.as_deref())?;
+pub(crate) async fn stream(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Failure> {
+    let mut query = parse_query(raw.as_deref())?;
+    // Node events only for tokens that may read nodes.
+    let nodes_visible = caller.acl.allows_node(Access::Read);
+    if !nodes_visible {
+        if query.topics.contains("Node") {
+            return Err(Failure::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "permission denied: the Node topic needs `node: read`",
+            ));
+        }
+        if query.topics.is_empty() {
+            query.topics = EVENT_TOPICS.iter().filter(|topic| **topic != "Node").map(|topic| topic.to_string()).collect();
+        }
+    }
     // Index 0 replays what is kept (as Nomad's event stream does): after a restart, or once the history
     // outgrew its bound, that is not the whole history, so first sightings are not news then.
     let mut from_start = query.index == 0;
@@ -139,6 +164,8 @@ impl StreamState {
                 ObjectKey::Node(id) => ("Node", id.to_string()),
                 ObjectKey::Alloc(id) => ("Allocation", id.to_string()),
                 ObjectKey::Eval(id) => ("Evaluation", id.to_string()),
+                // Access control is never part of the stream.
+                ObjectKey::AclPolicy(_) | ObjectKey::AclToken(_) | ObjectKey::AclBootstrap => continue,
             };
             let mut wire = EventWire { index: batch.revision, topic: topic.to_string(), kind: "Deleted".to_string(), key, payload: None };
             if event.kind == EventKind::Put {
@@ -158,6 +185,7 @@ impl StreamState {
                     Object::Node(node) => serde_json::to_value(node).ok(),
                     Object::Alloc(alloc) => serde_json::to_value(alloc).ok(),
                     Object::Eval(eval) => serde_json::to_value(eval).ok(),
+                    Object::AclPolicy(_) | Object::AclToken(_) | Object::AclBootstrap => None,
                 };
             } else if topic == "Allocation" {
                 self.health.remove(&wire.key);

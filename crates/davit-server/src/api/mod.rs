@@ -7,15 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::handler::Handler;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodFilter, MethodRouter, on};
+use davit_api::acl::{Access, Capability, RouteRule, Rule};
 use davit_api::http::{ApiError, INDEX_HEADER};
 use davit_api::objects::Index;
 use serde::Deserialize;
 
 use crate::Shared;
+use crate::acl::RouteGuard;
 
+mod acl;
 mod allocs;
 mod events;
 mod jobs;
@@ -24,45 +29,105 @@ mod plan;
 mod rebalance;
 mod services;
 
+/// One route: its method, pattern and rule, and the handler.
+struct Route {
+    info: RouteRule,
+    handler: MethodRouter<Arc<Shared>>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, rule: Rule, handler: H) -> Route
+where
+    H: Handler<T, Arc<Shared>>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("the API uses standard methods");
+    Route { info: RouteRule { method: method_name(&method), path, rule }, handler: on(filter, handler) }
+}
+
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
+/// Every route of the API with the rule it needs. The router is built from this list, so a route cannot be
+/// added without a rule; `tests/acl.rs` walks it.
+fn table() -> Vec<Route> {
+    use Capability::*;
+    use Method as M;
+    let ns = Rule::Namespace;
+    let node_read = Rule::Node(Access::Read);
+    let node_write = Rule::Node(Access::Write);
+    vec![
+        route(M::POST, "/v1/jobs", ns(SubmitJob), jobs::register),
+        route(M::GET, "/v1/jobs", ns(ReadJob), jobs::list),
+        route(M::POST, "/v1/jobs/validate", ns(ReadJob), jobs::validate),
+        route(M::POST, "/v1/jobs/plan", ns(SubmitJob), plan::plan),
+        route(M::GET, "/v1/job/{name}", ns(ReadJob), jobs::get_job),
+        route(M::DELETE, "/v1/job/{name}", ns(SubmitJob), jobs::stop),
+        route(M::GET, "/v1/job/{name}/status", ns(ReadJob), jobs::status),
+        route(M::GET, "/v1/job/{name}/versions", ns(ReadJob), jobs::versions),
+        // Agents read the versions of the jobs whose allocations they run.
+        route(M::GET, "/v1/job/{name}/version/{version}", Rule::NamespaceOrNode(ReadJob, Access::Read), jobs::version),
+        route(M::GET, "/v1/job/{name}/diff", ns(ReadJob), jobs::diff),
+        route(M::POST, "/v1/job/{name}/revert", ns(SubmitJob), jobs::revert),
+        route(M::POST, "/v1/job/{name}/scale", Rule::NamespaceAny(&[ScaleJob, SubmitJob]), jobs::scale),
+        route(M::GET, "/v1/job/{name}/allocations", ns(ReadJob), jobs::allocations),
+        route(M::GET, "/v1/job/{name}/evaluations", ns(ReadJob), jobs::evaluations),
+        route(M::GET, "/v1/nodes", node_read, nodes::list),
+        route(M::POST, "/v1/nodes/register", node_write, nodes::register),
+        route(M::PUT, "/v1/nodes/heartbeat", node_write, nodes::heartbeat_many),
+        route(M::POST, "/v1/nodes/allocations", node_read, nodes::nodes_allocations),
+        route(M::POST, "/v1/nodes/allocations/status", node_write, nodes::update_allocations_many),
+        route(M::GET, "/v1/node/{id}", node_read, nodes::get_node),
+        route(M::PUT, "/v1/node/{id}/heartbeat", node_write, nodes::heartbeat),
+        route(M::POST, "/v1/node/{id}/eligibility", node_write, nodes::eligibility),
+        route(M::POST, "/v1/node/{id}/drain", node_write, nodes::drain),
+        route(M::GET, "/v1/node/{id}/allocations", node_read, nodes::allocations),
+        route(M::POST, "/v1/node/{id}/allocations/status", node_write, nodes::update_allocations),
+        route(M::GET, "/v1/allocations", ns(ReadJob), allocs::list),
+        route(M::GET, "/v1/allocation/{id}", ns(ReadJob), allocs::get_alloc),
+        route(M::GET, "/v1/allocation/{id}/logs", ns(ReadLogs), allocs::logs),
+        route(M::GET, "/v1/allocation/{id}/exec", ns(AllocExec), allocs::exec),
+        route(M::POST, "/v1/allocation/{id}/migrate", ns(AllocLifecycle), allocs::migrate),
+        route(M::GET, "/v1/evaluations", ns(ReadJob), allocs::list_evals),
+        route(M::GET, "/v1/evaluation/{id}", ns(ReadJob), allocs::get_eval),
+        route(M::GET, "/v1/services", ns(ReadJob), services::list),
+        route(M::GET, "/v1/service/{name}", ns(ReadJob), services::get_service),
+        route(M::GET, "/v1/catalog", node_read, services::catalog),
+        route(M::POST, "/v1/rebalance", Rule::Operator(Access::Write), rebalance::rebalance_cluster),
+        route(M::GET, "/v1/status", Rule::Operator(Access::Read), status),
+        route(M::GET, "/v1/event/stream", ns(ReadJob), events::stream),
+        route(M::GET, "/metrics", Rule::Operator(Access::Read), events::metrics),
+        route(M::POST, "/v1/acl/bootstrap", Rule::Bootstrap, acl::bootstrap),
+        route(M::GET, "/v1/acl/policies", Rule::Authenticated, acl::list_policies),
+        route(M::GET, "/v1/acl/policy/{name}", Rule::Authenticated, acl::get_policy),
+        route(M::PUT, "/v1/acl/policy/{name}", Rule::Management, acl::apply_policy),
+        route(M::DELETE, "/v1/acl/policy/{name}", Rule::Management, acl::delete_policy),
+        route(M::GET, "/v1/acl/tokens", Rule::Management, acl::list_tokens),
+        route(M::POST, "/v1/acl/tokens", Rule::Management, acl::create_token),
+        route(M::GET, "/v1/acl/token/self", Rule::Authenticated, acl::token_self),
+        route(M::GET, "/v1/acl/token/{accessor_id}", Rule::Management, acl::get_token),
+        route(M::DELETE, "/v1/acl/token/{accessor_id}", Rule::Management, acl::revoke_token),
+    ]
+}
+
+/// The API's routes with their rules.
+pub fn routes() -> Vec<RouteRule> {
+    table().into_iter().map(|route| route.info).collect()
+}
+
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/jobs", post(jobs::register).get(jobs::list))
-        .route("/v1/jobs/validate", post(jobs::validate))
-        .route("/v1/jobs/plan", post(plan::plan))
-        .route("/v1/job/{name}", get(jobs::get_job).delete(jobs::stop))
-        .route("/v1/job/{name}/status", get(jobs::status))
-        .route("/v1/job/{name}/versions", get(jobs::versions))
-        .route("/v1/job/{name}/version/{version}", get(jobs::version))
-        .route("/v1/job/{name}/diff", get(jobs::diff))
-        .route("/v1/job/{name}/revert", post(jobs::revert))
-        .route("/v1/job/{name}/scale", post(jobs::scale))
-        .route("/v1/job/{name}/allocations", get(jobs::allocations))
-        .route("/v1/job/{name}/evaluations", get(jobs::evaluations))
-        .route("/v1/nodes", get(nodes::list))
-        .route("/v1/nodes/register", post(nodes::register))
-        .route("/v1/nodes/heartbeat", put(nodes::heartbeat_many))
-        .route("/v1/nodes/allocations", post(nodes::nodes_allocations))
-        .route("/v1/nodes/allocations/status", post(nodes::update_allocations_many))
-        .route("/v1/node/{id}", get(nodes::get_node))
-        .route("/v1/node/{id}/heartbeat", put(nodes::heartbeat))
-        .route("/v1/node/{id}/eligibility", post(nodes::eligibility))
-        .route("/v1/node/{id}/drain", post(nodes::drain))
-        .route("/v1/node/{id}/allocations", get(nodes::allocations))
-        .route("/v1/node/{id}/allocations/status", post(nodes::update_allocations))
-        .route("/v1/allocations", get(allocs::list))
-        .route("/v1/allocation/{id}", get(allocs::get_alloc))
-        .route("/v1/allocation/{id}/logs", get(allocs::logs))
-        .route("/v1/allocation/{id}/exec", get(allocs::exec))
-        .route("/v1/allocation/{id}/migrate", post(allocs::migrate))
-        .route("/v1/evaluations", get(allocs::list_evals))
-        .route("/v1/evaluation/{id}", get(allocs::get_eval))
-        .route("/v1/services", get(services::list))
-        .route("/v1/service/{name}", get(services::get_service))
-        .route("/v1/catalog", get(services::catalog))
-        .route("/v1/rebalance", post(rebalance::rebalance_cluster))
-        .route("/v1/status", get(status))
-        .route("/v1/event/stream", get(events::stream))
-        .route("/metrics", get(events::metrics))
+    let mut router = Router::new();
+    for Route { info, handler } in table() {
+        let guard = RouteGuard { shared: Arc::clone(&shared), rule: info.rule, route: info.path };
+        router = router.route(info.path, handler.route_layer(from_fn_with_state(guard, crate::acl::authorize)));
+    }
+    router
         .fallback(|| async { Failure::not_found("no such API route; see the route list in the davit_api::http docs".to_string()) })
         .with_state(shared)
 }
@@ -88,11 +153,15 @@ impl Failure {
         Failure::new(StatusCode::CONFLICT, "conflict", message)
     }
     pub fn invalid_spec(errors: &davit_api::spec::SpecErrors) -> Failure {
+        Failure::invalid_document("job spec", errors)
+    }
+    /// A document (job spec, ACL policy) with problems at `file:line:col`.
+    pub fn invalid_document(what: &str, errors: &davit_api::spec::SpecErrors) -> Failure {
         let count = errors.0.len();
         let mut failure = Failure::new(
             StatusCode::BAD_REQUEST,
             "invalid_spec",
-            format!("the job spec has {count} problem{}:\n{errors}", if count == 1 { "" } else { "s" }),
+            format!("the {what} has {count} problem{}:\n{errors}", if count == 1 { "" } else { "s" }),
         );
         failure.body.spec_errors = errors.0.iter().map(Into::into).collect();
         failure

@@ -99,7 +99,15 @@ pub(crate) async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> 
     shared.liveness.registered(&node.id);
     tracing::info!(node = %node.name, id = %node.id, "node registered");
     let interval = shared.liveness.config.heartbeat_interval.as_millis() as u64;
-    Ok(indexed(response.revision, &NodeRegisterResponse { node_id: node.id, index: response.revision, heartbeat_interval_ms: interval }))
+    Ok(indexed(
+        response.revision,
+        &NodeRegisterResponse {
+            node_id: node.id,
+            index: response.revision,
+            heartbeat_interval_ms: interval,
+            acl_enabled: shared.acl_enabled,
+        },
+    ))
 }
 
 /// `POST /v1/node/{id}/eligibility`: ineligible nodes get no new allocations; existing ones keep running.

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use davit_api::http::{InstanceStats, ProxyServiceStats, ServiceInfo, ServiceListEntry};
@@ -14,6 +15,7 @@ use serde::Deserialize;
 
 use super::{Blocking, Failure, indexed};
 use crate::Shared;
+use crate::acl::Caller;
 use crate::view::Snapshot;
 
 /// How long the server waits for one agent's proxy counters.
@@ -64,6 +66,7 @@ pub(crate) async fn catalog(State(shared): State<Arc<Shared>>, Query(blocking): 
 
 pub(crate) async fn get_service(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(query): Query<ServiceQuery>,
 ) -> Result<Response, Failure> {
@@ -77,18 +80,18 @@ pub(crate) async fn get_service(
         ))
     })?;
     if query.stats {
-        gather_stats(&shared, &snapshot, &mut service).await;
+        gather_stats(&shared, &caller, &snapshot, &mut service).await;
     }
     Ok(indexed(index, &service))
 }
 
 /// Fills in each instance's counters, summed over the proxies of every ready node; a node whose agent
 /// does not answer within [`STATS_TIMEOUT`] is named in `stats_errors`.
-async fn gather_stats(shared: &Shared, snapshot: &Snapshot, service: &mut ServiceInfo) {
+async fn gather_stats(shared: &Shared, caller: &Caller, snapshot: &Snapshot, service: &mut ServiceInfo) {
     let nodes: Vec<_> = snapshot.cluster.nodes().filter(|node| node.status == NodeStatus::Ready).cloned().collect();
     let requests = nodes.iter().map(|node| {
         let url = format!("{}/v1/agent/proxy", node.http_addr.trim_end_matches('/'));
-        let request = shared.http.get(url).timeout(STATS_TIMEOUT).send();
+        let request = caller.relay(shared.http.get(url)).timeout(STATS_TIMEOUT).send();
         async move {
             let response = request.await.map_err(|error| format!("node {}: {error}", node.name))?;
             if response.status() == reqwest::StatusCode::NOT_FOUND {

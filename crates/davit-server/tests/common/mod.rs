@@ -19,15 +19,33 @@ pub struct TestServer {
     handle: Option<ServerHandle>,
     pub base: String,
     pub http: reqwest::Client,
+    acl_enabled: bool,
 }
 
 pub async fn start() -> TestServer {
     start_in(tempfile::tempdir().unwrap()).await
 }
 
+/// A server that checks tokens (`--acl`), with its audit log at `<dir>/audit.log`.
+pub async fn start_acl() -> TestServer {
+    start_with(tempfile::tempdir().unwrap(), true).await
+}
+
 /// A server on the store in `dir` (a new one, or the one a stopped server left).
 async fn start_in(dir: tempfile::TempDir) -> TestServer {
-    let store = Arc::new(RedbStore::open(&dir.path().join("state.redb")).unwrap());
+    start_with(dir, false).await
+}
+
+async fn start_with(dir: tempfile::TempDir, acl_enabled: bool) -> TestServer {
+    // The last store handle of a stopped server may still be closing the file (its drop joins the writer).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let store = loop {
+        match RedbStore::open(&dir.path().join("state.redb")) {
+            Ok(store) => break Arc::new(store),
+            Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(error) => panic!("opening the store: {error}"),
+        }
+    };
     let weak_store = Arc::downgrade(&store);
     let config = ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
@@ -36,22 +54,36 @@ async fn start_in(dir: tempfile::TempDir) -> TestServer {
         // Fake nodes never heartbeat: never mark them down.
         liveness: LivenessConfig { phi_threshold: f64::INFINITY, max_ttl: Duration::from_secs(600), ..Default::default() },
         scheduler: Default::default(),
+        acl_enabled,
+        audit_log: Some(dir.path().join("audit.log")),
     };
     let handle = davit_server::start(config).await.unwrap();
     let base = format!("http://{}", handle.addr());
-    TestServer { _dir: dir, store: weak_store, handle: Some(handle), base, http: reqwest::Client::new() }
+    TestServer { _dir: dir, store: weak_store, handle: Some(handle), base, http: reqwest::Client::new(), acl_enabled }
 }
 
 impl TestServer {
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub async fn request(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        self.request_as(None, method, path, body).await
+    }
+
+    /// A request with the token secret `token` (none: no token header).
+    pub async fn request_as(&self, token: Option<&str>, method: &str, path: &str, body: &str) -> (u16, Value) {
         let url = format!("{}{path}", self.base);
-        let request = match method {
+        let mut request = match method {
             "GET" => self.http.get(url),
             "POST" => self.http.post(url),
             "PUT" => self.http.put(url),
             "DELETE" => self.http.delete(url),
             other => panic!("method {other}"),
         };
+        if let Some(token) = token {
+            request = request.header("x-davit-token", token);
+        }
         let response = request.body(body.to_string()).send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
@@ -76,7 +108,7 @@ impl TestServer {
             assert!(tokio::time::Instant::now() < deadline, "the stopped server still holds its store");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        start_in(self._dir).await
+        start_with(self._dir, self.acl_enabled).await
     }
 }
 

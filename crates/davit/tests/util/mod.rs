@@ -84,10 +84,16 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(name: &str, dir: &Path, args: &[&str]) -> Process {
+        Process::spawn_with_env(name, dir, args, &[])
+    }
+
+    /// [`Process::spawn`] with more environment variables (`DAVIT_TOKEN`: secrets stay off the command line).
+    pub fn spawn_with_env(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Process {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(DAVIT)
             .args(args)
+            .envs(env.iter().copied())
             .env("DAVIT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -218,6 +224,11 @@ pub fn davit(addr: &str, cwd: &Path, args: &[&str]) -> Output {
     Command::new(DAVIT).args(args).env("DAVIT_ADDR", addr).current_dir(cwd).stdin(Stdio::null()).output().unwrap()
 }
 
+/// `davit` with `DAVIT_TOKEN` set to `token`.
+pub fn davit_as(addr: &str, token: &str, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(DAVIT).args(args).env("DAVIT_ADDR", addr).env("DAVIT_TOKEN", token).current_dir(cwd).stdin(Stdio::null()).output().unwrap()
+}
+
 pub fn ok(addr: &str, cwd: &Path, args: &[&str]) -> String {
     let output = davit(addr, cwd, args);
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
@@ -233,8 +244,13 @@ pub fn ok(addr: &str, cwd: &Path, args: &[&str]) -> String {
 
 /// Waits (bounded) until the server answers and `count` nodes are ready.
 pub fn wait_ready_nodes(addr: &str, count: usize) {
+    wait_ready_nodes_as(addr, None, count)
+}
+
+/// [`wait_ready_nodes`] with an ACL token.
+pub fn wait_ready_nodes_as(addr: &str, token: Option<&str>, count: usize) {
     let runtime = runtime();
-    let client = Client::new(addr);
+    let client = Client::with_token(addr, token);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut index = 0;
     loop {
@@ -259,8 +275,19 @@ pub fn wait_alloc(
     limit: Duration,
     done: impl Fn(&davit_api::objects::Allocation) -> bool,
 ) -> davit_api::objects::Allocation {
+    wait_alloc_as(addr, None, id, limit, done)
+}
+
+/// [`wait_alloc`] with an ACL token.
+pub fn wait_alloc_as(
+    addr: &str,
+    token: Option<&str>,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&davit_api::objects::Allocation) -> bool,
+) -> davit_api::objects::Allocation {
     let runtime = runtime();
-    let client = Client::new(addr);
+    let client = Client::with_token(addr, token);
     let deadline = Instant::now() + limit;
     let mut index = 0;
     loop {
@@ -280,8 +307,19 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Follows the job with blocking queries until `done(status)` holds; panics after `limit`.
 pub fn wait_job(addr: &str, name: &str, limit: Duration, done: impl Fn(&JobStatusResponse) -> bool) -> JobStatusResponse {
+    wait_job_as(addr, None, name, limit, done)
+}
+
+/// [`wait_job`] with an ACL token.
+pub fn wait_job_as(
+    addr: &str,
+    token: Option<&str>,
+    name: &str,
+    limit: Duration,
+    done: impl Fn(&JobStatusResponse) -> bool,
+) -> JobStatusResponse {
     let runtime = runtime();
-    let client = Client::new(addr);
+    let client = Client::with_token(addr, token);
     let deadline = Instant::now() + limit;
     let mut index = 0;
     let mut last = None;
@@ -330,11 +368,18 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// A cluster whose server gets `extra` flags (e.g. `--acl`).
+    pub fn start_with(extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let bind = format!("127.0.0.1:{}", free_port());
         let addr = format!("http://{bind}");
         let data = dir.path().join("server").display().to_string();
-        let server = Process::spawn("server", dir.path(), &["server", "--bind", &bind, "--data-dir", &data]);
+        let mut args = vec!["server", "--bind", &bind, "--data-dir", &data];
+        args.extend_from_slice(extra);
+        let server = Process::spawn("server", dir.path(), &args);
         Cluster { dir, addr, _server: server }
     }
 
@@ -365,8 +410,12 @@ impl Cluster {
     }
 
     pub fn spawn_agent(&self, log_name: &str, args: &[String]) -> Process {
+        self.spawn_agent_with_env(log_name, args, &[])
+    }
+
+    pub fn spawn_agent_with_env(&self, log_name: &str, args: &[String], env: &[(&str, &str)]) -> Process {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Process::spawn(log_name, self.dir.path(), &args)
+        Process::spawn_with_env(log_name, self.dir.path(), &args, env)
     }
 
     pub fn path(&self) -> &Path {

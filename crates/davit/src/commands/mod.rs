@@ -10,6 +10,10 @@ use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, DrainStrategy,
 use davit_client::Client;
 use futures_util::StreamExt;
 
+mod acl;
+
+pub use acl::acl;
+
 use crate::Failure;
 use crate::cli::{AllocCommand, EvalCommand, EventCommand, JobCommand, NodeCommand, OutputFormat, RebalanceArgs, ServiceCommand};
 use crate::output::{json, label, short, table, time};
