@@ -35,9 +35,9 @@ pub async fn command(command: BenchCommand) -> Result<(), Failure> {
                 .await
                 .map_err(|error| Failure::internal(format!("the benchmark failed: {error}")))?
         }
-        BenchCommand::E2e { nodes, allocs, workload, workers, timeout } => {
+        BenchCommand::E2e { nodes, allocs, workload, workers, timeout, acl } => {
             let timeout = davit_api::Duration::parse(&timeout).map_err(|e| Failure::user(format!("--timeout: {e}")))?.as_std();
-            let bench = E2eBench { nodes, allocs, workload: Workload::new(workload)?, workers, timeout };
+            let bench = E2eBench { nodes, allocs, workload: Workload::new(workload)?, workers, timeout, acl, token: None };
             bench.run().await
         }
     }
@@ -237,6 +237,10 @@ struct E2eBench {
     workload: Workload,
     workers: Option<usize>,
     timeout: Duration,
+    /// Run the server with ACLs.
+    acl: bool,
+    /// The management token, once bootstrapped (`acl`).
+    token: Option<String>,
 }
 
 /// Jobs registered concurrently.
@@ -245,7 +249,7 @@ const SUBMIT_CONCURRENCY: usize = 4;
 const PROBE_PAUSE: Duration = Duration::from_millis(50);
 
 impl E2eBench {
-    async fn run(self) -> Result<(), Failure> {
+    async fn run(mut self) -> Result<(), Failure> {
         if self.nodes == 0 {
             return Err(Failure::user("--nodes must be at least 1"));
         }
@@ -264,7 +268,7 @@ impl E2eBench {
         result
     }
 
-    async fn measure(&self, dir: &std::path::Path, deadline: Instant) -> Result<(), Failure> {
+    async fn measure(&mut self, dir: &std::path::Path, deadline: Instant) -> Result<(), Failure> {
         let store =
             davit_store::RedbStore::open(&dir.join("state.redb")).map_err(|e| Failure::internal(format!("cannot open the store: {e}")))?;
         let config = davit_server::ServerConfig {
@@ -273,11 +277,15 @@ impl E2eBench {
             workers: self.workers.unwrap_or_else(davit_server::default_workers),
             liveness: davit_server::LivenessConfig::default(),
             scheduler: self.workload.config.clone(),
-            acl_enabled: false,
-            audit_log: None,
+            acl_enabled: self.acl,
+            audit_log: Some(dir.join("audit.log")),
         };
         let server = davit_server::start(config).await.map_err(|e| Failure::internal(format!("cannot start the server: {e}")))?;
         let addr = format!("http://{}", server.addr());
+        if self.acl {
+            self.token = Some(davit_client::Client::new(&addr).acl_bootstrap().await?.secret_id);
+            println!("  ACLs on: every request carries a management token");
+        }
         println!("  server on {addr} (store in {})", dir.display());
         let outcome = self.drive(&addr, dir, deadline).await;
         server.shutdown().await;
@@ -303,6 +311,10 @@ impl E2eBench {
             .stderr(Stdio::inherit())
             .env("DAVIT_LOG", std::env::var("DAVIT_LOG").unwrap_or_else(|_| "warn".to_string()))
             .kill_on_drop(true);
+        match &self.token {
+            Some(token) => command.env("DAVIT_TOKEN", token),
+            None => command.env_remove("DAVIT_TOKEN"),
+        };
         if !self.workload.shape.classes.is_empty() {
             command.args(["--classes", &self.workload.shape.classes.join(",")]);
         }
@@ -331,7 +343,7 @@ impl E2eBench {
     }
 
     async fn workload(&self, addr: &str, progress: &Arc<SimProgress>, sim_pid: u32, deadline: Instant) -> Result<(), Failure> {
-        let client = davit_client::Client::new(addr);
+        let client = davit_client::Client::with_token(addr, self.token.as_deref());
         let registering = Instant::now();
         while progress.registered.load(Ordering::Relaxed) < self.nodes as u64 {
             if Instant::now() > deadline {

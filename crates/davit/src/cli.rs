@@ -623,5 +623,8 @@ pub enum BenchCommand {
         /// Give up after this long.
         #[arg(long, default_value = "10m")]
         timeout: String,
+        /// Run the server with ACLs: every request of the sim and the benchmark carries a token.
+        #[arg(long)]
+        acl: bool,
     },
 }

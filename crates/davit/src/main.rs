@@ -114,7 +114,7 @@ async fn try_main(cli: cli::Cli) -> Result<(), Failure> {
         cli::Command::Rebalance(args) => commands::rebalance(&client, args).await,
         cli::Command::Event(command) => commands::event(&client, command).await,
         cli::Command::Acl(command) => commands::acl(&client, command).await,
-        cli::Command::Sim(args) => sim::command(args, &cli.address).await,
+        cli::Command::Sim(args) => sim::command(args, &cli.address, cli.token).await,
         cli::Command::Bench(command) => bench::command(command).await,
     }
 }

@@ -43,6 +43,8 @@ pub struct SimConfig {
     /// `None`: the interval the server asks for.
     pub heartbeat: Option<Duration>,
     pub poll_batch: usize,
+    /// ACL token of the simulated agents (it needs `node: write`).
+    pub token: Option<String>,
 }
 
 /// What the simulated agents saw and did; read while the simulation runs.
@@ -81,7 +83,7 @@ impl SimStats {
 }
 
 /// `davit sim`.
-pub async fn command(args: SimArgs, default_server: &str) -> Result<(), Failure> {
+pub async fn command(args: SimArgs, default_server: &str, token: Option<String>) -> Result<(), Failure> {
     crate::run::init_logging("warn");
     let parse = |flag: &str, text: &str| {
         davit_api::Duration::parse(text).map(|d| d.as_std()).map_err(|e| Failure::user(format!("{flag} {text}: {e}")))
@@ -93,6 +95,7 @@ pub async fn command(args: SimArgs, default_server: &str) -> Result<(), Failure>
         return Err(Failure::user("--nodes and --poll-batch must be at least 1"));
     }
     let config = SimConfig {
+        token,
         server: args.server.unwrap_or_else(|| default_server.to_string()),
         nodes: args.nodes,
         shape: args.shape,
@@ -181,7 +184,7 @@ const REPORT_CONCURRENCY: usize = 4;
 
 /// Registers the nodes, then heartbeats, watches and reports until `shutdown` changes.
 pub async fn run(config: SimConfig, stats: Arc<SimStats>, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
-    let client = Client::new(&config.server);
+    let client = Client::with_token(&config.server, config.token.as_deref());
     let run = u64::from_str_radix(&uuid_tag()[..16], 16).unwrap_or(0);
     let nodes: Vec<Node> = (0..config.nodes)
         .map(|position| {

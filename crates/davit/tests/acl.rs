@@ -172,3 +172,21 @@ fn a_secured_cluster_checks_tokens_on_the_server_and_on_agents() {
     cli_ok(&addr, dir, &management, &["job", "stop", "guarded"]);
     drop((agents, intruder));
 }
+
+#[test]
+fn a_server_without_acls_stays_on_loopback_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = util::free_port();
+    let data = dir.path().join("server").display().to_string();
+    let bind = format!("0.0.0.0:{port}");
+    let (code, _, stderr) = cli("http://127.0.0.1:1", dir.path(), None, &["server", "--bind", &bind, "--data-dir", &data]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("refusing to serve the API on {bind} without ACLs")), "{stderr}");
+    assert!(stderr.contains("--insecure-open-api"), "the refusal names the way out: {stderr}");
+    assert!(!dir.path().join("server").exists(), "nothing was created");
+
+    // The operator may insist; the server then warns.
+    let server = util::Process::spawn("open", dir.path(), &["server", "--bind", &bind, "--data-dir", &data, "--insecure-open-api"]);
+    wait_for_text(&server.log, "the API is open");
+    util::wait_ready_nodes(&format!("http://127.0.0.1:{port}"), 0);
+}

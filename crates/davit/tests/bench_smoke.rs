@@ -59,3 +59,12 @@ fn bench_e2e_runs_every_allocation_on_simulated_nodes() {
     assert!(stdout.contains("API probe"), "{stdout}");
     assert!(stdout.contains(" errors=0"), "the sim's requests failed: {stdout}");
 }
+
+#[test]
+fn bench_e2e_runs_with_acls_on() {
+    // Every request of the sim and the benchmark carries a token, which the server checks.
+    let stdout = bench(&["e2e", "--acl", "--nodes", "200", "--allocs", "5000", "--job-size", "1000", "--timeout", "80s"]);
+    assert!(stdout.contains("ACLs on"), "{stdout}");
+    assert_eq!(result_field(&stdout, "running"), 5_000.0, "{stdout}");
+    assert!(stdout.contains(" errors=0"), "the sim's requests failed: {stdout}");
+}
