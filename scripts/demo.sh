@@ -51,6 +51,11 @@ echo; echo "\$ davit service info web"; "$davit" service info web
 echo; echo "\$ davit job plan hello.yaml   # a dry run of scaling web from 3 to 5: what would change, nothing stored"
 sed 's/count: 3/count: 5/' examples/hello.yaml >"$registry_dir/hello.yaml"
 "$davit" job plan "$registry_dir/hello.yaml"
+# A namespace with a quota: two counters fit in 96 MiB, the fourth copy waits for room (exit 1 from job scale).
+echo; echo "\$ davit namespace apply team-a --memory 96 --max-count 5"; "$davit" namespace apply team-a --memory 96 --max-count 5
+echo; echo "\$ davit job run examples/team-a/counter.yaml"; "$davit" job run examples/team-a/counter.yaml
+echo; echo "\$ davit job scale -n team-a counter count 4"; "$davit" job scale -n team-a counter count 4 || true
+echo; echo "\$ davit namespace status team-a"; "$davit" namespace status team-a
 echo; echo "\$ davit node ls"; "$davit" node ls
 echo; echo "\$ davit job status"; "$davit" job status
 echo

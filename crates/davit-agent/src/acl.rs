@@ -100,14 +100,22 @@ pub struct RouteGuard {
 }
 
 /// Checks the route's rule before its handler runs.
-pub async fn authorize(State(guard): State<RouteGuard>, request: Request, next: Next) -> Response {
+/// The namespace a request to the agent is for (`?namespace=`, default `default`); handlers refuse
+/// allocations of other namespaces.
+#[derive(Clone, Debug)]
+pub struct RequestNamespace(pub String);
+
+pub async fn authorize(State(guard): State<RouteGuard>, mut request: Request, next: Next) -> Response {
     let secret = {
         let text = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok());
         davit_api::acl::request_secret(text(TOKEN_HEADER), text(header::AUTHORIZATION.as_str()))
     };
     let namespace = davit_api::acl::request_namespace(request.uri().query());
     match guard.context.acl.check(&guard.context.servers, guard.rule, secret.as_deref(), &namespace).await {
-        Ok(()) => next.run(request).await,
+        Ok(()) => {
+            request.extensions_mut().insert(RequestNamespace(namespace));
+            next.run(request).await
+        }
         Err(Refusal(status, code, message)) => crate::api::api_error(status, code, message),
     }
 }

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use davit_api::http::AllocStatusUpdate;
+use davit_api::namespace::{namespace_of, service_key};
 use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, Migration, TaskEvent, TaskState, TaskStatus};
 use davit_api::spec::{GroupSpec, JobType};
 use tokio::sync::watch;
@@ -111,6 +112,11 @@ impl AllocRunner {
             let _ = finished_tx.send(true);
         });
         Arc::new(AllocRunner { shared, control, finished })
+    }
+
+    /// The id of the allocation's job (its namespace in front unless that is `default`).
+    pub fn job_id(&self) -> String {
+        self.shared.with_state(|state| state.alloc.job_name.clone())
     }
 
     pub fn id(&self) -> String {
@@ -212,7 +218,11 @@ impl AllocRunner {
                     .tasks
                     .iter()
                     .flat_map(|task| &task.upstreams)
-                    .map(|upstream| crate::services::LocalUpstream { service: upstream.service.clone(), local_port: upstream.local_port })
+                    .map(|upstream| crate::services::LocalUpstream {
+                        // Upstreams name services of the allocation's own namespace.
+                        service: service_key(namespace_of(&state.alloc.job_name), &upstream.service),
+                        local_port: upstream.local_port,
+                    })
                     .collect()
             }
             _ => Vec::new(),

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -14,6 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
+use axum::{Extension, Json};
 use davit_api::acl::{Access, Capability, RouteRule, Rule};
 use davit_api::exec::EXEC_PROTOCOL;
 use davit_api::http::{ApiError, ExecQuery, LogsQuery};
@@ -21,7 +21,7 @@ use davit_drivers::DriverError;
 use tokio::sync::watch;
 
 use crate::AgentContext;
-use crate::acl::RouteGuard;
+use crate::acl::{RequestNamespace, RouteGuard};
 use crate::alloc_runner::AllocRunner;
 use crate::exec::{ExecError, ExecSession};
 use crate::logs::LogReader;
@@ -93,8 +93,13 @@ pub(crate) fn api_error(status: StatusCode, code: &str, message: String) -> Resp
     (status, Json(ApiError { code: code.to_string(), message, spec_errors: Vec::new() })).into_response()
 }
 
-async fn logs(State(context): State<Arc<AgentContext>>, Path(alloc_id): Path<String>, Query(query): Query<LogsQuery>) -> Response {
-    let (runner, task) = match find_task(&context, &alloc_id, query.task) {
+async fn logs(
+    State(context): State<Arc<AgentContext>>,
+    Extension(namespace): Extension<RequestNamespace>,
+    Path(alloc_id): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Response {
+    let (runner, task) = match find_task(&context, &namespace, &alloc_id, query.task) {
         Ok(found) => found,
         Err(rejection) => return rejection.into_response(),
     };
@@ -123,8 +128,15 @@ async fn logs(State(context): State<Arc<AgentContext>>, Path(alloc_id): Path<Str
 }
 
 /// The allocation's runner and the task a request names (or its only task).
-fn find_task(context: &AgentContext, alloc_id: &str, task: Option<String>) -> Result<(Arc<AllocRunner>, String), Rejection> {
+/// Allocations of other namespaces than the request's are not there for it.
+fn find_task(
+    context: &AgentContext,
+    namespace: &RequestNamespace,
+    alloc_id: &str,
+    task: Option<String>,
+) -> Result<(Arc<AllocRunner>, String), Rejection> {
     let runner = context.runners.lock().expect("runners lock").get(alloc_id).cloned();
+    let runner = runner.filter(|runner| davit_api::namespace::namespace_of(&runner.job_id()) == namespace.0);
     let Some(runner) = runner else {
         return Err(Rejection(StatusCode::NOT_FOUND, "not_found", format!("allocation {alloc_id} is not on this node")));
     };
@@ -165,6 +177,7 @@ impl IntoResponse for Rejection {
 /// Starts a command in a task and hands the connection over to the exec session (`101 Switching Protocols`).
 async fn exec(
     State(context): State<Arc<AgentContext>>,
+    Extension(namespace): Extension<RequestNamespace>,
     Path(alloc_id): Path<String>,
     Query(query): Query<ExecQuery>,
     mut request: axum::extract::Request,
@@ -187,7 +200,7 @@ async fn exec(
     if command.is_empty() {
         return api_error(StatusCode::BAD_REQUEST, "bad_request", "the command is empty; name a program to run".to_owned());
     }
-    let (runner, task) = match find_task(&context, &alloc_id, query.task) {
+    let (runner, task) = match find_task(&context, &namespace, &alloc_id, query.task) {
         Ok(found) => found,
         Err(rejection) => return rejection.into_response(),
     };

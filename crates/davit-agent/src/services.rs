@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use davit_api::http::{Catalog, ProxyBackendStats, ProxyServiceStats, ServiceInfo};
+use davit_api::namespace::{namespace_of, service_key};
 use davit_api::spec::{BalanceAlgorithm, HashKey, ServiceMode};
 use davit_client::{ClientError, Indexed};
 use davit_proxy::dns::{DnsConfig, DnsServer};
@@ -208,13 +209,15 @@ fn local_upstreams(context: &AgentContext) -> BTreeSet<LocalUpstream> {
 /// Brings listeners, backends and DNS records in line with `catalog` and the node's `upstreams`.
 /// Returns false when some listener could not be bound (the caller retries).
 async fn sync(service_proxy: &ServiceProxy, catalog: &Catalog, upstreams: &BTreeSet<LocalUpstream>, synced: &mut Synced) -> bool {
-    let services: BTreeMap<&str, &ServiceInfo> = catalog.services.iter().map(|service| (service.name.as_str(), service)).collect();
+    // Services by their key on the node (`<name>.<namespace>` outside `default`, see `service_key`).
+    let services: BTreeMap<String, &ServiceInfo> =
+        catalog.services.iter().map(|service| (service_key(namespace_of(&service.job_name), &service.name), service)).collect();
 
     // Local port → service: the services' own local ports first, then the tasks' upstreams.
     let mut wanted: BTreeMap<u16, &str> = BTreeMap::new();
-    for service in &catalog.services {
+    for (key, service) in &services {
         if let Some(port) = service.local_port {
-            claim(&mut wanted, port, &service.name, &mut synced.conflicts_reported);
+            claim(&mut wanted, port, key, &mut synced.conflicts_reported);
         }
     }
     for upstream in upstreams {
@@ -275,7 +278,7 @@ async fn sync(service_proxy: &ServiceProxy, catalog: &Catalog, upstreams: &BTree
     // DNS: healthy instances per service; every instance's allocation by id.
     let dns = &service_proxy.dns;
     let mut allocs = BTreeSet::new();
-    for service in &catalog.services {
+    for (key, service) in &services {
         let mut records = Vec::new();
         for instance in &service.instances {
             let Ok(ip) = instance.address.parse::<Ipv4Addr>() else { continue };
@@ -285,7 +288,7 @@ async fn sync(service_proxy: &ServiceProxy, catalog: &Catalog, upstreams: &BTree
                 records.push((ip, instance.port, instance.alloc_id.clone()));
             }
         }
-        dns.set_service(&service.name, records);
+        dns.set_service(key, records);
     }
     for stale in synced.dns_services.iter().filter(|name| !services.contains_key(name.as_str())) {
         dns.set_service(stale, Vec::new());
@@ -444,6 +447,16 @@ mod tests {
         listeners.sort();
         assert_eq!(listeners, expected);
         assert_eq!(synced.dns_allocs, BTreeSet::from(["a".to_string(), "b".to_string()]));
+
+        // A service of the same name in namespace team-a is another service: its own DNS name and listener.
+        let team_port = free(());
+        let mut team_web = service("web", Some(team_port), vec![instance("c", 20003, true)]);
+        team_web.job_name = "team-a/shop".to_string();
+        let both = Catalog { services: vec![catalog.services[0].clone(), team_web] };
+        assert!(sync(&service_proxy, &both, &upstreams, &mut synced).await);
+        assert_eq!(synced.dns_services, BTreeSet::from(["web".to_string(), "web.team-a".to_string()]));
+        let team_listener = service_proxy.stats().into_iter().find(|listener| listener.listen == format!("127.0.0.1:{team_port}")).unwrap();
+        assert_eq!((team_listener.service.as_str(), team_listener.backends.len()), ("web.team-a", 1));
 
         // The service goes away: listeners close, records go.
         assert!(sync(&service_proxy, &Catalog::default(), &BTreeSet::new(), &mut synced).await);

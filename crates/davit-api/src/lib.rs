@@ -10,6 +10,7 @@ pub mod acl;
 pub mod duration;
 pub mod exec;
 pub mod http;
+pub mod namespace;
 pub mod objects;
 pub mod small_map;
 pub mod spec;

@@ -480,6 +480,9 @@ pub struct PlacementFailure {
     pub filtered: BTreeMap<String, u32>,
     /// Nodes that matched but were full, by dimension (`memory`, `cpu`, `ports`).
     pub exhausted: BTreeMap<String, u32>,
+    /// The namespace's quota does not allow more, e.g. `quota of namespace team-a: memory 4096/4096 MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
 }
 
 /// Why a placement went where it did (dry runs only): the best-ranked candidates the scheduler scored,
@@ -568,6 +571,9 @@ impl Evaluation {
 impl PlacementFailure {
     /// One line: "memory exhausted on 3 nodes, constraint ${node.arch} = arm64 filtered 1 node".
     pub fn summary(&self) -> String {
+        if let Some(quota) = &self.quota {
+            return quota.clone();
+        }
         let plural = |count: u32| if count == 1 { "node" } else { "nodes" };
         let mut parts: Vec<String> = Vec::new();
         for (dimension, count) in &self.exhausted {

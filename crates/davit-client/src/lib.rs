@@ -17,6 +17,7 @@ use davit_api::http::{
     NodesHeartbeatRequest, NodesHeartbeatResponse, RebalanceRequest, RebalanceResponse, RegisterJobResponse, RevertJobRequest,
     ScaleJobRequest, ServiceInfo, ServiceListEntry, StatusResponse, StopJobResponse, ValidateJobResponse,
 };
+use davit_api::namespace::{ApplyNamespaceRequest, NamespaceStatus};
 use davit_api::objects::{Allocation, Evaluation, Index, Job, Node};
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
@@ -52,6 +53,8 @@ impl ClientError {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// Sent as `?namespace=` with every request that does not name one itself.
+    namespace: Option<String>,
 }
 
 /// A list or object together with the store index it reflects (for blocking queries).
@@ -81,7 +84,16 @@ impl Client {
             .default_headers(headers)
             .build()
             .expect("HTTP client with default settings");
-        Client { base, http }
+        Client { base, http, namespace: None }
+    }
+
+    /// The same client, working in `namespace` (`None`: the server's default namespace).
+    pub fn in_namespace(&self, namespace: Option<&str>) -> Client {
+        Client { namespace: namespace.map(str::to_string), ..self.clone() }
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
     }
 
     pub fn addr(&self) -> &str {
@@ -89,7 +101,13 @@ impl Client {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        let mut url = format!("{}{}", self.base, path);
+        if let Some(namespace) = self.namespace.as_deref().filter(|_| !path.contains("namespace=")) {
+            url.push(if path.contains('?') { '&' } else { '?' });
+            url.push_str("namespace=");
+            url.push_str(&encode(namespace));
+        }
+        url
     }
 
     async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<Indexed<T>, ClientError> {
@@ -163,8 +181,11 @@ impl Client {
         self.get(&format!("/v1/job/{}/versions", encode(name))).await
     }
 
-    pub async fn job_version(&self, name: &str, version: u64) -> Result<Job, ClientError> {
-        self.get(&format!("/v1/job/{}/version/{version}", encode(name))).await
+    /// A version of the job with id `job_id` (its name in `default`, `<namespace>/<name>` elsewhere: what
+    /// allocations carry as `job_name`).
+    pub async fn job_version(&self, job_id: &str, version: u64) -> Result<Job, ClientError> {
+        let (namespace, name) = davit_api::namespace::split_job_id(job_id);
+        self.get(&format!("/v1/job/{}/version/{version}?namespace={}", encode(name), encode(namespace))).await
     }
 
     pub async fn job_diff(&self, name: &str, from: u64, to: u64) -> Result<JobDiffResponse, ClientError> {
@@ -353,6 +374,24 @@ impl Client {
 
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
         self.get("/v1/status").await
+    }
+
+    // ---- namespaces ----
+
+    pub async fn namespaces(&self) -> Result<Vec<NamespaceStatus>, ClientError> {
+        self.get("/v1/namespaces").await
+    }
+
+    pub async fn namespace_status(&self, name: &str) -> Result<NamespaceStatus, ClientError> {
+        self.get(&format!("/v1/namespace/{}", encode(name))).await
+    }
+
+    pub async fn apply_namespace(&self, name: &str, request: &ApplyNamespaceRequest) -> Result<NamespaceStatus, ClientError> {
+        Ok(self.send(self.http.put(self.url(&format!("/v1/namespace/{}", encode(name)))).json(request)).await?.value)
+    }
+
+    pub async fn delete_namespace(&self, name: &str) -> Result<IndexResponse, ClientError> {
+        Ok(self.send(self.http.delete(self.url(&format!("/v1/namespace/{}", encode(name))))).await?.value)
     }
 
     // ---- ACL ----

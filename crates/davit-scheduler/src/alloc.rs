@@ -92,7 +92,7 @@ impl NewAllocation<'_> {
         Allocation {
             id,
             name: format!("{}.{}[{}]", self.job.spec.name, self.group, self.index),
-            job_name: self.job.spec.name.clone(),
+            job_name: self.job.spec.id(),
             job_version: self.job.version,
             group: self.group.to_string(),
             index: self.index,

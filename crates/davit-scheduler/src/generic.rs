@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::sync::Arc;
 
+use davit_api::namespace::NamespaceUsage;
 use davit_api::objects::{
     AllocatedResources, Allocation, ClientStatus, EvalStatus, Evaluation, Job, Node, NodeScore, PlacementFailure, PlacementScores,
     UnixMillis,
@@ -114,6 +115,14 @@ impl<'a> Run<'a> {
             );
         }
         let Some(job) = job else { return };
+        // The namespace's quota, checked against what its live allocations reserve, less what this plan stops.
+        let job_id = job.spec.id();
+        let namespace = davit_api::namespace::namespace_of(&job_id);
+        let quota = self.state.namespace(namespace).and_then(|namespace| namespace.quota);
+        let mut namespace_usage = self.state.namespace_usage(namespace);
+        for stop in reconciliation.stops.iter().filter(|stop| !stop.alloc.is_terminal()) {
+            namespace_usage.remove(stop.alloc.resources.cpu, stop.alloc.resources.memory);
+        }
 
         let stopped: BTreeSet<&str> = reconciliation.stops.iter().map(|stop| stop.alloc.id.as_str()).collect();
         let mut rules = PlacementRules::new(self.state, &job.spec, &stopped);
@@ -187,8 +196,25 @@ impl<'a> Run<'a> {
             let limit = self.config.limit_for(job.spec.job_type, rules.is_wide(work.group_position), order.len());
             let chooser = Chooser { algorithm, limit, avoid };
             let mut scores = self.config.explain.then(PlacementScores::default);
-            let selected =
-                match self.select(&order, &mut cursor, &mut feasibility, &mut rules, work.group_position, ask, &chooser, scores.as_mut()) {
+            if let Some(previous) = previous_running {
+                namespace_usage.remove(previous.resources.cpu, previous.resources.memory);
+            }
+            let over_quota = quota.and_then(|quota| {
+                let asked = NamespaceUsage { cpu: ask.cpu, memory: ask.memory, allocations: 1 };
+                quota.exceeded_by(namespace, &namespace_usage, &asked)
+            });
+            let selected = match over_quota {
+                Some(reason) => Err(PlacementFailure { quota: Some(reason), ..PlacementFailure::default() }),
+                None => match self.select(
+                    &order,
+                    &mut cursor,
+                    &mut feasibility,
+                    &mut rules,
+                    work.group_position,
+                    ask,
+                    &chooser,
+                    scores.as_mut(),
+                ) {
                     Ok(slot) => Ok((&slot.node, slot.usage_slot, Vec::new())),
                     // Nothing fits: evict lower-priority work from the node where that is cheapest (among the
                     // nodes the required placement rules allow).
@@ -208,9 +234,11 @@ impl<'a> Run<'a> {
                         }
                         None => Err(failure),
                     },
-                };
+                },
+            };
             match selected {
                 Ok((node, usage_slot, victims)) => {
+                    namespace_usage.add(ask.cpu, ask.memory);
                     if let Some(preemptor) = preemptor.as_mut() {
                         preemptor.evict(&mut self.usage, &victims);
                     }
@@ -265,6 +293,7 @@ impl<'a> Run<'a> {
                     if let Some(previous) = previous_running {
                         // Keep the old allocation running: there is no room for its replacement.
                         self.usage.add(&previous.node_id, &previous.resources);
+                        namespace_usage.add(previous.resources.cpu, previous.resources.memory);
                     }
                     if let Some((node, usage_slot)) = previous_node {
                         rules.placed(work.group_position, node, usage_slot);

@@ -47,7 +47,8 @@ use crate::state::ClusterState;
 /// Finds preemptions for one job's placements and remembers what this plan already preempted.
 pub(crate) struct Preemptor<'a> {
     state: &'a ClusterState,
-    job_name: &'a str,
+    /// The preempting job's id.
+    job_name: String,
     priority: u8,
     preempted: BTreeSet<String>,
 }
@@ -73,7 +74,7 @@ struct Candidate {
 
 impl<'a> Preemptor<'a> {
     pub(crate) fn new(state: &'a ClusterState, job: &'a Job) -> Preemptor<'a> {
-        Preemptor { state, job_name: &job.spec.name, priority: job.spec.priority, preempted: BTreeSet::new() }
+        Preemptor { state, job_name: job.spec.id(), priority: job.spec.priority, preempted: BTreeSet::new() }
     }
 
     /// The cheapest eviction on one of `nodes` (infeasible ones are skipped) that makes `ask` fit.

@@ -88,8 +88,7 @@ pub fn rebalance(state: &ClusterState, config: &RebalanceConfig, eval_id: &str, 
             for alloc in state.allocs_for_node(&hot.id).filter(|alloc| movable(state, alloc, &moved_groups)) {
                 let Some(job) = state.job_version(&alloc.job_name, alloc.job_version) else { continue };
                 let Some(group_position) = job.spec.groups.iter().position(|group| group.name == alloc.group) else { continue };
-                let checker =
-                    checkers.entry((job.spec.name.clone(), job.version)).or_insert_with(|| FeasibilityChecker::new(state, &job.spec));
+                let checker = checkers.entry((job.spec.id(), job.version)).or_insert_with(|| FeasibilityChecker::new(state, &job.spec));
                 let hot_after = load_with(hot, usage.usage(&hot.id), -(alloc.resources.cpu as f64), -(alloc.resources.memory as f64));
                 let ask = Ask::new(&job.spec.groups[group_position]);
                 // The least loaded destination that is feasible and has room (a fuller one only leaves a wider gap).

@@ -141,7 +141,7 @@ fn reconcile_group(
             });
         } else if alloc.job_version != job.version {
             let spec_unchanged = state
-                .job_version(&job.spec.name, alloc.job_version)
+                .job_version(&job.spec.id(), alloc.job_version)
                 .and_then(|old| old.spec.group(&group.name))
                 .is_some_and(|old_group| equal_except_count(old_group, group));
             result.updates.push(Update { alloc: Arc::clone(alloc), group_position, spec_unchanged });

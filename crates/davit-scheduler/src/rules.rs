@@ -106,8 +106,11 @@ pub(crate) struct Selector {
 
 impl Selector {
     /// A term of `own_job`: `group` without `job` means a group of `own_job`.
+    /// `own_job` is the id of the job the term belongs to; a job the term names is in the same namespace.
     pub(crate) fn of_term(term: &AllocAffinity, own_job: &str) -> Selector {
-        let job = term.job.clone().or_else(|| term.group.as_ref().map(|_| own_job.to_string()));
+        let namespace = davit_api::namespace::namespace_of(own_job);
+        let named = term.job.as_deref().map(|job| davit_api::namespace::job_id(namespace, job));
+        let job = named.or_else(|| term.group.as_ref().map(|_| own_job.to_string()));
         Selector { job, group: term.group.clone(), labels: term.labels.clone() }
     }
 
@@ -177,9 +180,9 @@ pub(crate) fn for_each_selected<'s>(
         Some(job) => visit_job(job, state.job(job).map(|job| &job.spec)),
         None => {
             for job in state.jobs() {
-                let any_group = job.spec.groups.iter().any(|group| selector.matches(&job.spec.name, &group.name, &group.labels));
+                let any_group = job.spec.groups.iter().any(|group| selector.matches(&job.spec.id(), &group.name, &group.labels));
                 if any_group {
-                    visit_job(&job.spec.name, Some(&job.spec));
+                    visit_job(&job.spec.id(), Some(&job.spec));
                 }
             }
         }
@@ -348,7 +351,7 @@ impl PlacementRules {
             .groups
             .iter()
             .map(|group| {
-                (0..counters.len()).filter(|&index| counters[index].selector.matches(&job.name, &group.name, &group.labels)).collect()
+                (0..counters.len()).filter(|&index| counters[index].selector.matches(&job.id(), &group.name, &group.labels)).collect()
             })
             .collect();
         PlacementRules { groups, counters, feeds }
@@ -534,12 +537,13 @@ impl Builder {
     }
 
     fn group(&mut self, state: &ClusterState, job: &JobSpec, group: &GroupSpec) -> GroupRules {
-        let own = Selector::group(&job.name, &group.name);
+        let job_id = job.id();
+        let own = Selector::group(&job_id, &group.name);
         let mut required = Vec::new();
         let distinct = job
             .constraints
             .iter()
-            .map(|constraint| (constraint, Selector::job(&job.name)))
+            .map(|constraint| (constraint, Selector::job(&job_id)))
             .chain(group.constraints.iter().map(|constraint| (constraint, own.clone())));
         for (constraint, selector) in distinct {
             let subject = selector.describe();
@@ -561,9 +565,9 @@ impl Builder {
         let mut preferred_weight = 0.0;
         let terms = group.anti_affinities.iter().map(|term| (term, -1.0)).chain(group.alloc_affinities.iter().map(|term| (term, 1.0)));
         for (term, sign) in terms {
-            let selector = Selector::of_term(term, &job.name);
+            let selector = Selector::of_term(term, &job_id);
             let subject = selector.describe();
-            let bootstrap = selector.matches(&job.name, &group.name, &group.labels);
+            let bootstrap = selector.matches(&job_id, &group.name, &group.labels);
             let counter = self.counter(selector, Topology::parse(term.topology.as_deref()));
             if term.required {
                 let kind = if sign < 0.0 { RequiredKind::AntiAffinity } else { RequiredKind::Affinity { bootstrap } };
@@ -576,15 +580,15 @@ impl Builder {
         }
 
         // Existing groups whose required anti-affinity matches this group (the symmetric check).
-        let others = state.jobs_with_required_anti_affinity().map(|other| &other.spec).filter(|other| other.name != job.name);
+        let others = state.jobs_with_required_anti_affinity().map(|other| &other.spec).filter(|other| other.id() != job_id);
         for other in std::iter::once(job).chain(others) {
             for other_group in &other.groups {
-                if other.name == job.name && other_group.name == group.name {
+                if other.id() == job_id && other_group.name == group.name {
                     continue; // Its own rules above cover it.
                 }
                 for term in other_group.anti_affinities.iter().filter(|term| term.required) {
-                    if Selector::of_term(term, &other.name).matches(&job.name, &group.name, &group.labels) {
-                        let selector = Selector::group(&other.name, &other_group.name);
+                    if Selector::of_term(term, &other.id()).matches(&job_id, &group.name, &group.labels) {
+                        let selector = Selector::group(&other.id(), &other_group.name);
                         let subject = selector.describe();
                         let counter = self.counter(selector, Topology::parse(term.topology.as_deref()));
                         required.push(Required { kind: RequiredKind::ExistingAntiAffinity, counter, subject });

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, OnceLock};
 
+use davit_api::namespace::{Namespace, NamespaceUsage, namespace_of};
 use davit_api::objects::{AllocatedResources, Allocation, Job, Node};
 use imbl::{OrdMap, OrdSet};
 
@@ -45,6 +46,10 @@ pub struct ClusterState {
     /// The schedulable nodes with their classes, in id order: derived from `nodes`, computed on first use
     /// and shared by clones; replaced by an empty cell whenever a node changes.
     placement_nodes: Arc<OnceLock<Arc<[PlacementNode]>>>,
+    /// Namespaces other than `default` that exist, and `default` when it carries a quota.
+    namespaces: OrdMap<String, Arc<Namespace>>,
+    /// Per namespace (of any allocation's job): what its live allocations reserve.
+    namespace_usage: imbl::HashMap<String, NamespaceUsage>,
 }
 
 /// A schedulable node, its computed class and usage slot, as the node walk of a placement reads them.
@@ -134,6 +139,7 @@ impl ClusterState {
         let usage_slot = self.hold_usage_slot(&alloc.node_id);
         if !alloc.is_terminal() {
             self.live_usage[usage_slot as usize].add(&alloc.resources);
+            self.count_namespace_usage(&alloc, true);
         }
         let order = OrderKey::of(&alloc.id);
         let Some((key, slot)) = self.allocs.get_key_value_mut(order.as_str()) else {
@@ -189,11 +195,11 @@ impl ClusterState {
         let required_anti_affinity =
             job.spec.groups.iter().any(|group| group.anti_affinities.iter().any(|anti_affinity| anti_affinity.required));
         if required_anti_affinity {
-            self.anti_affinity_jobs.insert(job.spec.name.clone());
+            self.anti_affinity_jobs.insert(job.spec.id());
         } else {
-            self.anti_affinity_jobs.remove(&job.spec.name);
+            self.anti_affinity_jobs.remove(&job.spec.id());
         }
-        self.jobs.insert(job.spec.name.clone(), job);
+        self.jobs.insert(job.spec.id(), job);
     }
 
     /// Removes the job; its stored versions and allocations stay until removed themselves.
@@ -209,7 +215,7 @@ impl ClusterState {
     }
 
     pub fn upsert_job_version(&mut self, job: Arc<Job>) {
-        self.job_versions.entry(job.spec.name.clone()).or_default().insert(job.version, job);
+        self.job_versions.entry(job.spec.id()).or_default().insert(job.version, job);
     }
 
     pub fn remove_job_version(&mut self, name: &str, version: u64) -> Option<Arc<Job>> {
@@ -352,6 +358,43 @@ impl ClusterState {
         if let Some(slot) = self.usage_slot(&alloc.node_id) {
             self.live_usage[slot as usize].remove(&alloc.resources);
         }
+        self.count_namespace_usage(alloc, false);
+    }
+
+    /// Adds (or takes away) a live allocation's resources to (from) its namespace's usage.
+    fn count_namespace_usage(&mut self, alloc: &Allocation, add: bool) {
+        let namespace = namespace_of(&alloc.job_name);
+        let usage = match self.namespace_usage.get_mut(namespace) {
+            Some(usage) => usage,
+            None => self.namespace_usage.entry(namespace.to_string()).or_default(),
+        };
+        if add {
+            usage.add(alloc.resources.cpu, alloc.resources.memory);
+        } else {
+            usage.remove(alloc.resources.cpu, alloc.resources.memory);
+        }
+    }
+
+    /// What the live allocations of a namespace's jobs reserve.
+    pub fn namespace_usage(&self, namespace: &str) -> NamespaceUsage {
+        self.namespace_usage.get(namespace).copied().unwrap_or_default()
+    }
+
+    pub fn upsert_namespace(&mut self, namespace: Arc<Namespace>) {
+        self.namespaces.insert(namespace.name.clone(), namespace);
+    }
+
+    pub fn remove_namespace(&mut self, name: &str) {
+        self.namespaces.remove(name);
+    }
+
+    /// A stored namespace (`default` only once an operator applied it, e.g. to give it a quota).
+    pub fn namespace(&self, name: &str) -> Option<&Arc<Namespace>> {
+        self.namespaces.get(name)
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = &Arc<Namespace>> + '_ {
+        self.namespaces.values()
     }
 
     /// The node id's usage slot, given to it (a free one, else a new one) if it has none.

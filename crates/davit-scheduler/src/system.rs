@@ -171,7 +171,7 @@ impl<'a> SystemRun<'a> {
                     }
                     let spec_unchanged = self
                         .state
-                        .job_version(&job.spec.name, kept.job_version)
+                        .job_version(&job.spec.id(), kept.job_version)
                         .and_then(|old| old.spec.group(&group.name))
                         .is_some_and(|old_group| equal_except_count(old_group, group));
                     if spec_unchanged {

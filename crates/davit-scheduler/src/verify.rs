@@ -81,8 +81,8 @@ pub fn check_required_placement(state: &ClusterState, placed: &[Allocation], sto
             .spec
             .constraints
             .iter()
-            .map(|constraint| (constraint, Selector::job(&job.spec.name)))
-            .chain(group.constraints.iter().map(|constraint| (constraint, Selector::group(&job.spec.name, &group.name))));
+            .map(|constraint| (constraint, Selector::job(&job.spec.id())))
+            .chain(group.constraints.iter().map(|constraint| (constraint, Selector::group(&job.spec.id(), &group.name))));
         for (constraint, selector) in distinct {
             match constraint.operator {
                 ConstraintOperator::DistinctHosts
@@ -110,7 +110,7 @@ pub fn check_required_placement(state: &ClusterState, placed: &[Allocation], sto
         }
 
         for term in group.anti_affinities.iter().filter(|term| term.required) {
-            let selector = Selector::of_term(term, &job.spec.name);
+            let selector = Selector::of_term(term, &job.spec.id());
             let topology = Topology::parse(term.topology.as_deref());
             if let Some(domain) = topology.value.of(node)
                 && view.count(&selector, &topology, node) > 0
@@ -120,9 +120,9 @@ pub fn check_required_placement(state: &ClusterState, placed: &[Allocation], sto
             }
         }
         for term in group.alloc_affinities.iter().filter(|term| term.required) {
-            let selector = Selector::of_term(term, &job.spec.name);
+            let selector = Selector::of_term(term, &job.spec.id());
             let topology = Topology::parse(term.topology.as_deref());
-            let bootstrap = selector.matches(&job.spec.name, &group.name, &group.labels);
+            let bootstrap = selector.matches(&job.spec.id(), &group.name, &group.labels);
             if bootstrap && view.total(&selector) == 0 {
                 continue;
             }
@@ -137,14 +137,14 @@ pub fn check_required_placement(state: &ClusterState, placed: &[Allocation], sto
 
         for other in &anti_affinity_jobs {
             for other_group in &other.spec.groups {
-                if other.spec.name == job.spec.name && other_group.name == group.name {
+                if other.spec.id() == job.spec.id() && other_group.name == group.name {
                     continue;
                 }
                 for term in other_group.anti_affinities.iter().filter(|term| term.required) {
-                    if !Selector::of_term(term, &other.spec.name).matches(&job.spec.name, &group.name, &group.labels) {
+                    if !Selector::of_term(term, &other.spec.id()).matches(&job.spec.id(), &group.name, &group.labels) {
                         continue;
                     }
-                    let owner = Selector::group(&other.spec.name, &other_group.name);
+                    let owner = Selector::group(&other.spec.id(), &other_group.name);
                     let topology = Topology::parse(term.topology.as_deref());
                     if let Some(domain) = topology.value.of(node)
                         && view.count(&owner, &topology, node) > 0

@@ -20,6 +20,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use davit_api::http::{AllocStatusUpdate, NodeAllocStatusUpdates};
+use davit_api::namespace::{NamespaceUsage, Quota, namespace_of};
 use davit_api::objects::{
     Allocation, ClientStatus, DesiredStatus, EvalTrigger, Evaluation, Index, Migration, MigrationProgress, MigrationRole, MigrationStatus,
 };
@@ -296,6 +297,7 @@ pub fn check_plan(cluster: &ClusterState, mut plan: Plan, now: u64) -> (Writes, 
     // since this one was computed may have taken the spot.
     // Kept only when a required rule could be broken at all (most jobs have none).
     let mut working = davit_scheduler::may_break_required_rules(cluster, &plan.job_name).then(|| cluster.clone());
+    let mut quota = NamespaceQuota::of(cluster, plan);
     let mut preempted_jobs: BTreeSet<&str> = BTreeSet::new();
     for (node_id, allocs) in node_allocations {
         let existing: Vec<Option<&Arc<Allocation>>> = allocs.iter().map(|alloc| cluster.alloc(&alloc.id)).collect();
@@ -307,6 +309,11 @@ pub fn check_plan(cluster: &ClusterState, mut plan: Plan, now: u64) -> (Writes, 
             working.as_ref().map(|working| davit_scheduler::check_required_placement(working, &allocs, &stopped_ids))
         {
             tracing::debug!(eval = %plan.eval_id, %violation, "placement refused: a required rule no longer holds");
+            result.refused_nodes.push(node_id);
+            continue;
+        }
+        if let Some(Err(reason)) = quota.as_mut().map(|quota| quota.admit(&allocs, &existing)) {
+            tracing::debug!(eval = %plan.eval_id, %reason, "placement refused");
             result.refused_nodes.push(node_id);
             continue;
         }
@@ -330,11 +337,50 @@ pub fn check_plan(cluster: &ClusterState, mut plan: Plan, now: u64) -> (Writes, 
         }
     }
     for job in preempted_jobs.into_iter().filter_map(|name| cluster.job(name)) {
-        let mut eval = crate::liveness::new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::Preemption, None);
+        let mut eval = crate::liveness::new_eval(&job.spec.id(), job.spec.job_type, job.spec.priority, EvalTrigger::Preemption, None);
         eval.status_description = format!("allocations preempted by job {} (priority {})", plan.job_name, plan.priority);
         writes.eval(&eval);
     }
     (writes, result)
+}
+
+/// The quota of the plan's namespace, with what its live allocations reserve on the newest state less what
+/// the plan stops, plus the nodes accepted so far: plans of concurrent workers must not pass it together.
+struct NamespaceQuota<'a> {
+    namespace: &'a str,
+    quota: Quota,
+    usage: NamespaceUsage,
+}
+
+impl<'a> NamespaceQuota<'a> {
+    fn of(cluster: &ClusterState, plan: &'a Plan) -> Option<NamespaceQuota<'a>> {
+        let namespace = namespace_of(&plan.job_name);
+        let quota = cluster.namespace(namespace)?.quota?;
+        let mut usage = cluster.namespace_usage(namespace);
+        for stop in plan.stops() {
+            if let Some(alloc) = cluster.alloc(&stop.alloc_id).filter(|alloc| !alloc.is_terminal()) {
+                usage.remove(alloc.resources.cpu, alloc.resources.memory);
+            }
+        }
+        Some(NamespaceQuota { namespace, quota, usage })
+    }
+
+    /// Counts a node's new allocations in, unless they would pass the quota.
+    fn admit(&mut self, incoming: &[Allocation], existing: &[Option<&Arc<Allocation>>]) -> Result<(), String> {
+        let mut usage = self.usage;
+        let mut extra = NamespaceUsage::default();
+        for (alloc, _) in incoming.iter().zip(existing).filter(|(alloc, existing)| existing.is_none() && !alloc.is_terminal()) {
+            extra.add(alloc.resources.cpu, alloc.resources.memory);
+        }
+        if let Some(reason) = self.quota.exceeded_by(self.namespace, &usage, &extra) {
+            return Err(reason);
+        }
+        usage.cpu += extra.cpu;
+        usage.memory += extra.memory;
+        usage.allocations += extra.allocations;
+        self.usage = usage;
+        Ok(())
+    }
 }
 
 /// Whether `node_id` can hold its current allocations, minus those the plan stops, with `incoming`
@@ -535,7 +581,7 @@ mod tests {
         let job = Arc::new(Job { spec, version: 0, stopped: false, submit_time: 0, create_index: 0, modify_index: 0 });
         cluster.upsert_job_version(Arc::clone(&job));
         cluster.upsert_job(Arc::clone(&job));
-        crate::liveness::new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::JobRegister, None)
+        crate::liveness::new_eval(&job.spec.id(), job.spec.job_type, job.spec.priority, EvalTrigger::JobRegister, None)
     }
 
     const TASKS: &str = "    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/true}\n        resources: {cpu: 100, memory: 64}\n";

@@ -36,7 +36,7 @@ pub fn derive(cluster: &ClusterState) -> Catalog {
                     service.name.clone(),
                     ServiceInfo {
                         name: service.name.clone(),
-                        job_name: job.spec.name.clone(),
+                        job_name: job.spec.id(),
                         group: group.name.clone(),
                         port_label: service.port.clone(),
                         mode: service.mode,

@@ -97,7 +97,7 @@ async fn step(store: &Arc<dyn Store>, view: &View, applier: &Applier) -> Result<
             .jobs
             .iter()
             .filter_map(|name| snapshot.cluster.job(name))
-            .map(|job| new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::NodeDrain, None))
+            .map(|job| new_eval(&job.spec.id(), job.spec.job_type, job.spec.priority, EvalTrigger::NodeDrain, None))
             .collect();
         let index = applier.stop_allocs(step.stops, evals, now).await?;
         view.wait_for(index).await;
@@ -116,7 +116,7 @@ async fn step(store: &Arc<dyn Store>, view: &View, applier: &Applier) -> Result<
                 let evals = snapshot
                     .cluster
                     .job(&source.job_name)
-                    .map(|job| new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::NodeDrain, None))
+                    .map(|job| new_eval(&job.spec.id(), job.spec.job_type, job.spec.priority, EvalTrigger::NodeDrain, None))
                     .into_iter()
                     .collect();
                 let index = applier.stop_allocs(vec![stop], evals, now).await?;

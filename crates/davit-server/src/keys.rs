@@ -2,16 +2,18 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `jobs/<name>` | latest [`Job`] |
-//! | `versions/<name>/<version, 20 digits>` | every [`Job`] version |
+//! | `jobs/<job id>` | latest [`Job`] (the id is the name in `default`, `<namespace>/<name>` elsewhere) |
+//! | `versions/<job id>/<version, 20 digits>` | every [`Job`] version |
 //! | `nodes/<id>` | [`Node`] |
 //! | `allocs/<created, 12 hex digits of ms>/<id>` (ids the scheduler makes), `allocs/<id>` (others) | [`Allocation`] |
 //! | `evals/<id>` | [`Evaluation`] |
+//! | `namespaces/<name>` | [`Namespace`] (`default` exists without one) |
 //! | `acl/policy/<name>` | [`AclPolicy`] |
 //! | `acl/token/<accessor id>` | [`StoredToken`] (the secret only as its SHA-256) |
 //! | `acl/bootstrap` | the accessor id of the bootstrap token: present once `acl bootstrap` ran |
 
 use davit_api::acl::{AclPolicy, StoredToken};
+use davit_api::namespace::Namespace;
 use davit_api::objects::{Allocation, Evaluation, Job, Node};
 use serde::Serialize;
 
@@ -20,6 +22,7 @@ pub const VERSIONS: &str = "versions/";
 pub const NODES: &str = "nodes/";
 pub const ALLOCS: &str = "allocs/";
 pub const EVALS: &str = "evals/";
+pub const NAMESPACES: &str = "namespaces/";
 pub const ACL_POLICIES: &str = "acl/policy/";
 pub const ACL_TOKENS: &str = "acl/token/";
 pub const ACL_BOOTSTRAP: &str = "acl/bootstrap";
@@ -48,6 +51,9 @@ pub fn alloc(id: &str) -> String {
 pub fn eval(id: &str) -> String {
     format!("{EVALS}{id}")
 }
+pub fn namespace(name: &str) -> String {
+    format!("{NAMESPACES}{name}")
+}
 pub fn acl_policy(name: &str) -> String {
     format!("{ACL_POLICIES}{name}")
 }
@@ -63,6 +69,7 @@ pub enum Object {
     Node(Node),
     Alloc(Box<Allocation>),
     Eval(Evaluation),
+    Namespace(Namespace),
     AclPolicy(AclPolicy),
     AclToken(Box<StoredToken>),
     AclBootstrap,
@@ -76,6 +83,7 @@ pub enum ObjectKey<'a> {
     Node(&'a str),
     Alloc(&'a str),
     Eval(&'a str),
+    Namespace(&'a str),
     AclPolicy(&'a str),
     AclToken(&'a str),
     AclBootstrap,
@@ -97,6 +105,9 @@ pub fn parse_key(key: &str) -> Option<ObjectKey<'_>> {
         let timed =
             rest.split_once('/').filter(|(created, id)| davit_scheduler::alloc_id_created(id).is_some_and(|c| c == created.as_bytes()));
         return Some(ObjectKey::Alloc(timed.map_or(rest, |(_, id)| id)));
+    }
+    if let Some(name) = key.strip_prefix(NAMESPACES) {
+        return Some(ObjectKey::Namespace(name));
     }
     if let Some(name) = key.strip_prefix(ACL_POLICIES) {
         return Some(ObjectKey::AclPolicy(name));
@@ -132,6 +143,11 @@ pub fn decode(key: &str, value: &[u8], create_revision: u64, mod_revision: u64) 
             let mut alloc: Allocation = serde_json::from_slice(value)?;
             (alloc.create_index, alloc.modify_index) = (create_revision, mod_revision);
             Object::Alloc(Box::new(alloc))
+        }
+        Some(ObjectKey::Namespace(_)) => {
+            let mut namespace: Namespace = serde_json::from_slice(value)?;
+            (namespace.create_index, namespace.modify_index) = (create_revision, mod_revision);
+            Object::Namespace(namespace)
         }
         Some(ObjectKey::AclPolicy(_)) => {
             let mut policy: AclPolicy = serde_json::from_slice(value)?;
@@ -178,6 +194,9 @@ mod tests {
         assert_eq!(parse_key(&alloc("a/b")), Some(ObjectKey::Alloc("a/b")), "a plain id keeps its slashes");
         assert_eq!(parse_key("other/x"), None);
         assert_eq!(parse_key(&acl_policy("ops")), Some(ObjectKey::AclPolicy("ops")));
+        assert_eq!(parse_key(&namespace("team-a")), Some(ObjectKey::Namespace("team-a")));
+        assert_eq!(parse_key(&version("team-a/web", 3)), Some(ObjectKey::Version("team-a/web", 3)));
+        assert_eq!(parse_key(&job("team-a/web")), Some(ObjectKey::Job("team-a/web")));
         assert_eq!(parse_key(&acl_token("a-1")), Some(ObjectKey::AclToken("a-1")));
         assert_eq!(parse_key(ACL_BOOTSTRAP), Some(ObjectKey::AclBootstrap));
     }

@@ -183,7 +183,7 @@ pub fn evals_for_node(snapshot: &Snapshot, node_id: &str, trigger: EvalTrigger) 
         snapshot.cluster.allocs_for_node(node_id).filter(|alloc| !alloc.is_terminal()).map(|alloc| alloc.job_name.clone()).collect();
     jobs.into_iter()
         .filter_map(|name| snapshot.cluster.job(&name).cloned())
-        .map(|job| new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, trigger, Some(node_id.to_string())))
+        .map(|job| new_eval(&job.spec.id(), job.spec.job_type, job.spec.priority, trigger, Some(node_id.to_string())))
         .collect()
 }
 
@@ -195,8 +195,8 @@ pub fn system_job_evals(snapshot: &Snapshot, node: &Node, trigger: EvalTrigger, 
         .cluster
         .jobs()
         .filter(|job| job.spec.job_type == JobType::System && !job.stopped && job.spec.datacenters.contains(&node.datacenter))
-        .filter(|job| !skip.iter().any(|eval| eval.job_name == job.spec.name))
-        .map(|job| new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, trigger, Some(node.id.clone())))
+        .filter(|job| !skip.iter().any(|eval| eval.job_name == job.spec.id()))
+        .map(|job| new_eval(&job.spec.id(), job.spec.job_type, job.spec.priority, trigger, Some(node.id.clone())))
         .collect()
 }
 

@@ -393,12 +393,12 @@ fn apply_put(
     };
     match object {
         Object::Job(job) => {
-            snapshot.job_index.insert(job.spec.name.clone(), mod_revision);
+            snapshot.job_index.insert(job.spec.id(), mod_revision);
             snapshot.table_index.insert("jobs", mod_revision);
             snapshot.cluster.upsert_job(Arc::new(job));
         }
         Object::Version(job) => {
-            snapshot.job_index.insert(job.spec.name.clone(), mod_revision);
+            snapshot.job_index.insert(job.spec.id(), mod_revision);
             snapshot.cluster.upsert_job_version(Arc::new(job));
         }
         Object::Node(node) => {
@@ -410,6 +410,12 @@ fn apply_put(
             snapshot.cluster.upsert_node(Arc::new(node));
         }
         Object::Alloc(alloc) => return Some(apply_alloc(snapshot, Arc::new(*alloc), create_revision, mod_revision, events)),
+        Object::Namespace(namespace) => {
+            snapshot.table_index.insert("namespaces", mod_revision);
+            snapshot.cluster.upsert_namespace(Arc::new(namespace));
+            // A new or raised quota may let blocked placements through.
+            let _ = events.send(ViewEvent::CapacityChanged(mod_revision));
+        }
         Object::AclPolicy(policy) => {
             snapshot.table_index.insert("acl", mod_revision);
             snapshot.acl.upsert_policy(policy);
@@ -649,6 +655,11 @@ fn apply_delete(snapshot: &mut Snapshot, key: &str, revision: Revision, events: 
                 snapshot.job_index.insert(eval.job_name.clone(), revision);
             }
             snapshot.table_index.insert("evals", revision);
+        }
+        Some(ObjectKey::Namespace(name)) => {
+            snapshot.table_index.insert("namespaces", revision);
+            snapshot.cluster.remove_namespace(name);
+            let _ = events.send(ViewEvent::CapacityChanged(revision));
         }
         Some(ObjectKey::AclPolicy(name)) => {
             snapshot.table_index.insert("acl", revision);

@@ -36,12 +36,14 @@ async fn client_token(server: &TestServer, management: &str, policies: &[&str], 
     body
 }
 
-/// The path of a route pattern with every `{param}` filled in (names with the policy the weak token holds).
+/// The path of a route pattern with every `{param}` filled in: names are the policy the weak token holds,
+/// and for namespaces the namespace it holds capabilities in.
 fn concrete(path: &str) -> String {
+    let name = if path.starts_with("/v1/namespace/") { "other" } else { "elsewhere" };
     path.split('/')
         .map(|segment| match segment {
             "{version}" => "0",
-            "{name}" => "elsewhere",
+            "{name}" => name,
             _ if segment.starts_with('{') => "x",
             _ => segment,
         })

@@ -4,9 +4,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use common::{TestServer, node, start};
+use common::{TestServer, node, start, wait_status};
 use serde_json::Value;
 
 const SYSTEM_JOB: &str = "name: agentd\ntype: system\npriority: 70\ngroups:\n  - name: g\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/true}\n        resources: {cpu: 100, memory: 64}\n";
@@ -19,22 +18,6 @@ async fn ok(server: &TestServer, method: &str, path: &str, body: &str) -> Value 
 
 async fn register(server: &TestServer, node: &davit_api::objects::Node) {
     ok(server, "POST", "/v1/nodes/register", &serde_json::to_string(node).unwrap()).await;
-}
-
-/// Follows `/v1/job/{name}/status` with blocking queries until `done` holds (bounded).
-async fn wait_status(server: &TestServer, name: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut index = 0u64;
-    loop {
-        let url = format!("{}/v1/job/{name}/status?index={index}&wait=2s", server.base);
-        let response = server.http.get(url).send().await.unwrap();
-        index = response.headers().get("x-davit-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let status: Value = response.json().await.unwrap();
-        if done(&status) {
-            return status;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "job {name} never reached the expected state: {status:#}");
-    }
 }
 
 fn live_nodes(status: &Value) -> BTreeSet<String> {

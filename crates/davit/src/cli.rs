@@ -14,6 +14,10 @@ pub struct Cli {
     /// ACL token secret sent with every request (an agent's token needs `node: write`).
     #[arg(long, global = true, env = "DAVIT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Namespace of the jobs, allocations, evaluations and services a command works on (default: `default`,
+    /// or the one a job file names).
+    #[arg(short = 'n', long, global = true, env = "DAVIT_NAMESPACE")]
+    pub namespace: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -50,6 +54,9 @@ pub enum Command {
     /// Access control: bootstrap, policies, tokens.
     #[command(subcommand)]
     Acl(AclCommand),
+    /// Namespaces and their quotas.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
     /// Simulate many agents in one process (no workloads): real registration, heartbeats and allocation
     /// status over the HTTP API; every allocation runs at once. A tool for measuring the server.
     Sim(SimArgs),
@@ -78,6 +85,7 @@ impl Command {
                 | Command::Rebalance(_)
                 | Command::Event(_)
                 | Command::Acl(_)
+                | Command::Namespace(_)
         )
     }
 }
@@ -421,6 +429,41 @@ pub enum EventCommand {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Json)]
         format: OutputFormat,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCommand {
+    /// Create or update a namespace and its quota (a flag left out means no limit).
+    Apply {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Total CPU of the namespace's live allocations, in millicores.
+        #[arg(long)]
+        cpu: Option<u64>,
+        /// Total memory of the namespace's live allocations, in MiB.
+        #[arg(long)]
+        memory: Option<u64>,
+        /// Live allocations at most.
+        #[arg(long)]
+        allocs: Option<u64>,
+        /// The largest `count` a group may ask for.
+        #[arg(long)]
+        max_count: Option<u32>,
+    },
+    /// List namespaces with their usage.
+    Ls {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show a namespace: quota against usage, jobs.
+    Status {
+        name: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Delete an empty namespace.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -100,7 +100,7 @@ fn die_quietly_on_closed_output() {
 }
 
 async fn try_main(cli: cli::Cli) -> Result<(), Failure> {
-    let client = davit_client::Client::with_token(&cli.address, cli.token.as_deref());
+    let client = davit_client::Client::with_token(&cli.address, cli.token.as_deref()).in_namespace(cli.namespace.as_deref());
     match cli.command {
         cli::Command::Dev(args) => run::dev(args).await,
         cli::Command::Server(args) => run::server(args).await,
@@ -114,6 +114,7 @@ async fn try_main(cli: cli::Cli) -> Result<(), Failure> {
         cli::Command::Rebalance(args) => commands::rebalance(&client, args).await,
         cli::Command::Event(command) => commands::event(&client, command).await,
         cli::Command::Acl(command) => commands::acl(&client, command).await,
+        cli::Command::Namespace(command) => commands::namespace(&client, command).await,
         cli::Command::Sim(args) => sim::command(args, &cli.address, cli.token).await,
         cli::Command::Bench(command) => bench::command(command).await,
     }

@@ -15,7 +15,7 @@ mod validate;
 
 pub use diff::diff_specs;
 pub use parse::{SpecError, SpecErrors, parse_job_spec};
-pub use validate::{KNOWN_SIGNALS, validate};
+pub use validate::{KNOWN_SIGNALS, check_dns_label, validate};
 
 /// A job: a named, versioned set of task groups.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,6 +23,9 @@ pub use validate::{KNOWN_SIGNALS, validate};
 pub struct JobSpec {
     #[serde(default)]
     pub name: String,
+    /// The namespace the job lives in (`default` when absent); must exist when the job is registered.
+    #[serde(default = "default_namespace", skip_serializing_if = "is_default_namespace")]
+    pub namespace: String,
     #[serde(default, rename = "type")]
     pub job_type: JobType,
     #[serde(default = "default_priority")]
@@ -887,7 +890,21 @@ fn default_memory() -> u32 {
     64
 }
 
+fn default_namespace() -> String {
+    crate::acl::DEFAULT_NAMESPACE.to_string()
+}
+
+fn is_default_namespace(namespace: &String) -> bool {
+    namespace == crate::acl::DEFAULT_NAMESPACE
+}
+
 impl JobSpec {
+    /// The job's id in the cluster: its name, qualified by its namespace unless that is `default`
+    /// (see [`crate::namespace::job_id`]).
+    pub fn id(&self) -> String {
+        crate::namespace::job_id(&self.namespace, &self.name)
+    }
+
     pub fn group(&self, name: &str) -> Option<&GroupSpec> {
         self.groups.iter().find(|group| group.name == name)
     }

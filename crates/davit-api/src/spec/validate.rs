@@ -45,6 +45,13 @@ pub(crate) fn check(spec: &JobSpec, ctx: &Ctx) {
         }
         None => {}
     }
+    if let Some(problem) = dns_label_problem(&spec.namespace) {
+        let reason = match problem {
+            Problem::Missing => "it is empty",
+            Problem::Invalid(reason) => reason,
+        };
+        ctx.report("namespace", format!("namespace `{}` is not valid: {reason}", spec.namespace), dns_label_hint(&spec.namespace));
+    }
     if !(1..=100).contains(&spec.priority) {
         ctx.report("priority", format!("priority must be an integer from 1 to 100, found `{}`", spec.priority), None);
     }
@@ -1139,6 +1146,15 @@ fn describe_json(value: &Value) -> &'static str {
 enum Problem {
     Missing,
     Invalid(&'static str),
+}
+
+/// Whether `name` may name a namespace (or a job): a DNS label. `Err` says why not.
+pub fn check_dns_label(name: &str) -> Result<(), String> {
+    match dns_label_problem(name) {
+        None => Ok(()),
+        Some(Problem::Missing) => Err("it is empty".to_string()),
+        Some(Problem::Invalid(reason)) => Err(reason.to_string()),
+    }
 }
 
 /// DNS label rules: lowercase a-z, 0-9 and '-', at most 63 characters, starting with a letter and not

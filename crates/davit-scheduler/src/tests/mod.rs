@@ -221,6 +221,7 @@ pub(crate) fn node(id: &str) -> Node {
 pub(crate) fn job(name: &str, count: u32) -> JobSpec {
     JobSpec {
         name: name.to_string(),
+        namespace: "default".to_string(),
         job_type: JobType::Service,
         priority: 50,
         datacenters: vec!["dc1".to_string()],

@@ -84,8 +84,13 @@ fn feasibility_filters() {
             }
             Some(reason) => {
                 let failure = &plan.failed_groups["web"];
-                let expected =
-                    PlacementFailure { missing: 1, nodes_evaluated: 1, filtered: counts(&[(reason, 1)]), exhausted: BTreeMap::new() };
+                let expected = PlacementFailure {
+                    missing: 1,
+                    nodes_evaluated: 1,
+                    filtered: counts(&[(reason, 1)]),
+                    exhausted: BTreeMap::new(),
+                    quota: None,
+                };
                 assert_eq!(failure, &expected, "{name}");
                 assert_eq!(plan.allocations().count(), 0, "{name}");
             }

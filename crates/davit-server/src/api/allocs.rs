@@ -10,6 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use davit_api::exec::EXEC_PROTOCOL;
 use davit_api::http::{AllocListEntry, ExecQuery, LogsQuery, MigrateAllocRequest, MigrateAllocResponse};
+use davit_api::namespace::{job_id, namespace_of};
 use davit_api::objects::{Evaluation, Node};
 use serde::Deserialize;
 
@@ -29,47 +30,65 @@ pub(crate) struct ListQuery {
     wait: Option<String>,
 }
 
-pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(query): Query<ListQuery>) -> Result<Response, Failure> {
+pub(crate) async fn list(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, Failure> {
     let blocking = Blocking { index: query.index, wait: query.wait };
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.table_index("allocs")).await;
     let prefix = query.prefix.unwrap_or_default();
-    let mut entries: Vec<AllocListEntry> =
-        snapshot.cluster.allocs().filter(|alloc| alloc.id.starts_with(&prefix)).map(|alloc| AllocListEntry::from(&**alloc)).collect();
+    let mut entries: Vec<AllocListEntry> = snapshot
+        .cluster
+        .allocs()
+        .filter(|alloc| alloc.id.starts_with(&prefix) && namespace_of(&alloc.job_name) == caller.namespace)
+        .map(|alloc| AllocListEntry::from(&**alloc))
+        .collect();
     entries.sort_by(|a, b| (a.job_name.as_str(), a.name.as_str()).cmp(&(b.job_name.as_str(), b.name.as_str())));
     Ok(indexed(snapshot.table_index("allocs"), &entries))
 }
 
-fn find_alloc(snapshot: &Snapshot, id_or_prefix: &str) -> Result<Arc<davit_api::objects::Allocation>, Failure> {
-    if let Some(alloc) = snapshot.cluster.alloc(id_or_prefix) {
+/// The allocation of `namespace` with this id or unique id prefix; allocations of other namespaces are not
+/// there for the request.
+fn find_alloc(snapshot: &Snapshot, id_or_prefix: &str, namespace: &str) -> Result<Arc<davit_api::objects::Allocation>, Failure> {
+    let in_namespace = |alloc: &&Arc<davit_api::objects::Allocation>| namespace_of(&alloc.job_name) == namespace;
+    if let Some(alloc) = snapshot.cluster.alloc(id_or_prefix).filter(in_namespace) {
         return Ok(Arc::clone(alloc));
     }
-    let id = resolve_prefix("allocation", id_or_prefix, snapshot.cluster.allocs().map(|alloc| alloc.id.as_str()))?;
+    let ids = snapshot.cluster.allocs().filter(in_namespace).map(|alloc| alloc.id.as_str());
+    let id = resolve_prefix("allocation", id_or_prefix, ids)?;
     Ok(Arc::clone(snapshot.cluster.alloc(&id).expect("resolved id exists")))
 }
 
 pub(crate) async fn get_alloc(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(blocking): Query<Blocking>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.snapshot();
-    let alloc = find_alloc(&snapshot, &id)?;
+    let alloc = find_alloc(&snapshot, &id, &caller.namespace)?;
     let alloc_id = alloc.id.clone();
     let snapshot = shared
         .view
         .block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.cluster.alloc(&alloc_id).map_or(u64::MAX, |a| a.modify_index))
         .await;
-    let alloc = find_alloc(&snapshot, &alloc_id)?;
+    let alloc = find_alloc(&snapshot, &alloc_id, &caller.namespace)?;
     Ok(indexed(alloc.modify_index, &*alloc))
 }
 
 /// `POST /v1/allocation/{id}/migrate`: live-migrates a running VM allocation to another node. Answers once
 /// the destination allocation is placed; the agents do the rest (follow either allocation to see how it goes).
-pub(crate) async fn migrate(State(shared): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Result<Response, Failure> {
+pub(crate) async fn migrate(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
     let request: MigrateAllocRequest =
         if body.iter().all(u8::is_ascii_whitespace) { MigrateAllocRequest::default() } else { json_body(&body, "migrate request")? };
     let snapshot = shared.view.snapshot();
-    let source = find_alloc(&snapshot, &id)?;
+    let source = find_alloc(&snapshot, &id, &caller.namespace)?;
     let target = request.node.as_deref().map(|node| super::nodes::find_node(&snapshot, node)).transpose()?;
     let seed = crate::new_id().bytes().fold(0u64, |hash, byte| hash.rotate_left(5) ^ u64::from(byte));
     let destination = crate::migration::destination(&snapshot.cluster, &source, target.as_deref(), seed, crate::now_millis()).map_err(
@@ -102,7 +121,7 @@ pub(crate) async fn logs(
     Path(id): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, Failure> {
-    let (url, node) = agent_url(&shared, &id, "logs")?;
+    let (url, node) = agent_url(&shared, &id, &caller.namespace, "logs")?;
     let response = caller.relay(shared.http.get(&url)).query(&query).send().await.map_err(|error| agent_unreachable(&node, error))?;
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type =
@@ -111,14 +130,16 @@ pub(crate) async fn logs(
     Ok((status, [(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-/// The URL of an allocation's route on the agent of its node, and that node.
-fn agent_url(shared: &Shared, id: &str, route: &str) -> Result<(String, Arc<Node>), Failure> {
+/// The URL of an allocation's route on the agent of its node (in the request's namespace, which the agent
+/// checks too), and that node.
+fn agent_url(shared: &Shared, id: &str, namespace: &str, route: &str) -> Result<(String, Arc<Node>), Failure> {
     let snapshot = shared.view.snapshot();
-    let alloc = find_alloc(&snapshot, id)?;
+    let alloc = find_alloc(&snapshot, id, namespace)?;
     let node = snapshot.cluster.node(&alloc.node_id).cloned().ok_or_else(|| {
         Failure::not_found(format!("node {} of allocation {} is gone, and with it the allocation's {route}", alloc.node_id, alloc.id))
     })?;
-    Ok((format!("{}/v1/agent/allocation/{}/{route}", node.http_addr.trim_end_matches('/'), alloc.id), node))
+    let url = format!("{}/v1/agent/allocation/{}/{route}?namespace={namespace}", node.http_addr.trim_end_matches('/'), alloc.id);
+    Ok((url, node))
 }
 
 fn agent_unreachable(node: &Node, error: impl std::fmt::Display) -> Failure {
@@ -142,7 +163,7 @@ pub(crate) async fn exec(
     let upgrade = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>().filter(|_| wants_exec).ok_or_else(|| {
         Failure::bad_request(format!("exec needs an HTTP/1.1 request with `Connection: upgrade` and `Upgrade: {EXEC_PROTOCOL}`"))
     })?;
-    let (url, node) = agent_url(&shared, &id, "exec")?;
+    let (url, node) = agent_url(&shared, &id, &caller.namespace, "exec")?;
     let mut agent = match davit_client::exec::open(&shared.http, &url, &query, caller.secret.as_deref()).await {
         Ok(stream) => stream,
         Err(davit_client::ClientError::Api { status, error }) => {
@@ -171,13 +192,22 @@ pub(crate) struct EvalQuery {
     wait: Option<String>,
 }
 
-pub(crate) async fn list_evals(State(shared): State<Arc<Shared>>, Query(query): Query<EvalQuery>) -> Result<Response, Failure> {
+pub(crate) async fn list_evals(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<EvalQuery>,
+) -> Result<Response, Failure> {
     let blocking = Blocking { index: query.index, wait: query.wait.clone() };
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.table_index("evals")).await;
     let evals: Vec<Evaluation> = match &query.job {
-        Some(job) => snapshot.evals_for_job(job).into_iter().map(|eval| (*eval).clone()).collect(),
+        Some(job) => snapshot.evals_for_job(&job_id(&caller.namespace, job)).into_iter().map(|eval| (*eval).clone()).collect(),
         None => {
-            let mut evals: Vec<Evaluation> = snapshot.evals.values().map(|eval| (**eval).clone()).collect();
+            let mut evals: Vec<Evaluation> = snapshot
+                .evals
+                .values()
+                .filter(|eval| namespace_of(&eval.job_name) == caller.namespace)
+                .map(|eval| (**eval).clone())
+                .collect();
             evals.sort_by_key(|eval| std::cmp::Reverse(eval.create_index));
             evals
         }
@@ -185,11 +215,16 @@ pub(crate) async fn list_evals(State(shared): State<Arc<Shared>>, Query(query): 
     Ok(indexed(snapshot.table_index("evals"), &evals))
 }
 
-pub(crate) async fn get_eval(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response, Failure> {
+pub(crate) async fn get_eval(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
     let snapshot = shared.view.snapshot();
-    let id = match snapshot.evals.get(&id) {
+    let in_namespace = |eval: &Arc<Evaluation>| namespace_of(&eval.job_name) == caller.namespace;
+    let id = match snapshot.evals.get(&id).filter(|eval| in_namespace(eval)) {
         Some(_) => id,
-        None => resolve_prefix("evaluation", &id, snapshot.evals.keys().map(String::as_str))?,
+        None => resolve_prefix("evaluation", &id, snapshot.evals.values().filter(|eval| in_namespace(eval)).map(|eval| eval.id.as_str()))?,
     };
     let eval = snapshot.evals.get(&id).expect("resolved id exists");
     Ok(indexed(eval.modify_index, &**eval))

@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use davit_api::acl::Access;
 use davit_api::http::{EVENT_TOPICS, EventWire};
+use davit_api::namespace::namespace_of;
 use davit_store::{EventKind, StoreError, WatchBatch};
 
 use super::Failure;
@@ -111,6 +112,8 @@ pub(crate) async fn stream(
         closing: shared.closing.clone(),
         topics: query.topics,
         from_start,
+        namespace: caller.namespace.clone(),
+        seen: HashSet::new(),
         health: HashMap::new(),
         pending: VecDeque::new(),
     };
@@ -144,6 +147,11 @@ struct StreamState {
     topics: HashSet<String>,
     /// The stream replays the whole history, so an allocation seen first is new.
     from_start: bool,
+    /// Only jobs, allocations and evaluations of this namespace are streamed (nodes are cluster-wide).
+    namespace: String,
+    /// Allocations and evaluations streamed so far: the only ones whose deletion is streamed (a deleted key
+    /// no longer says which namespace it was in).
+    seen: HashSet<String>,
     /// Last known `healthy` per allocation, for `AllocationHealth` events.
     health: HashMap<String, Option<bool>>,
     pending: VecDeque<String>,
@@ -165,7 +173,12 @@ impl StreamState {
                 ObjectKey::Alloc(id) => ("Allocation", id.to_string()),
                 ObjectKey::Eval(id) => ("Evaluation", id.to_string()),
                 // Access control is never part of the stream.
-                ObjectKey::AclPolicy(_) | ObjectKey::AclToken(_) | ObjectKey::AclBootstrap => continue,
+                ObjectKey::Namespace(_) | ObjectKey::AclPolicy(_) | ObjectKey::AclToken(_) | ObjectKey::AclBootstrap => continue,
+            };
+            let in_namespace = match parsed {
+                ObjectKey::Job(id) | ObjectKey::Version(id, _) => namespace_of(id) == self.namespace,
+                ObjectKey::Node(_) => true,
+                _ => self.seen.contains(&key),
             };
             let mut wire = EventWire { index: batch.revision, topic: topic.to_string(), kind: "Deleted".to_string(), key, payload: None };
             if event.kind == EventKind::Put {
@@ -177,6 +190,19 @@ impl StreamState {
                         continue;
                     }
                 };
+                let owner = match &object {
+                    Object::Alloc(alloc) => Some(&alloc.job_name),
+                    Object::Eval(eval) => Some(&eval.job_name),
+                    _ => None,
+                };
+                if let Some(owner) = owner {
+                    if namespace_of(owner) != self.namespace {
+                        continue;
+                    }
+                    self.seen.insert(wire.key.clone());
+                } else if !in_namespace {
+                    continue;
+                }
                 if let Object::Alloc(alloc) = &object {
                     self.health_transition(batch.revision, &alloc.id, alloc.healthy, &object);
                 }
@@ -185,10 +211,15 @@ impl StreamState {
                     Object::Node(node) => serde_json::to_value(node).ok(),
                     Object::Alloc(alloc) => serde_json::to_value(alloc).ok(),
                     Object::Eval(eval) => serde_json::to_value(eval).ok(),
-                    Object::AclPolicy(_) | Object::AclToken(_) | Object::AclBootstrap => None,
+                    Object::Namespace(_) | Object::AclPolicy(_) | Object::AclToken(_) | Object::AclBootstrap => None,
                 };
-            } else if topic == "Allocation" {
-                self.health.remove(&wire.key);
+            } else if !in_namespace {
+                continue;
+            } else {
+                self.seen.remove(&wire.key);
+                if topic == "Allocation" {
+                    self.health.remove(&wire.key);
+                }
             }
             if self.wants(topic) {
                 self.push(&wire);

@@ -3,19 +3,23 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
+use davit_api::acl::DEFAULT_NAMESPACE;
 use davit_api::http::{
     AllocListEntry, JobDiffResponse, JobListEntry, JobStatusKind, JobStatusResponse, RegisterJobResponse, RevertJobRequest,
     ScaleJobRequest, StopJobResponse, ValidateJobResponse,
 };
+use davit_api::namespace::Namespace;
 use davit_api::objects::{Allocation, ClientStatus, EvalStatus, EvalTrigger, GroupSummary, Job};
 use davit_api::spec::{JobSpec, JobType};
 use davit_store::{Compare, Op, Txn};
 use serde::Deserialize;
 
-use super::{Blocking, Failure, indexed, json_body};
+use super::{Blocking, Failure, JobId, indexed, json_body};
+use crate::acl::Caller;
 use crate::liveness::new_eval;
 use crate::view::Snapshot;
 use crate::{Shared, keys, now_millis};
@@ -26,21 +30,73 @@ pub(crate) struct SpecQuery {
     filename: Option<String>,
 }
 
-pub(crate) fn parse_spec(body: &Bytes, query: &SpecQuery) -> Result<JobSpec, Failure> {
+fn parse_spec(body: &Bytes, query: &SpecQuery) -> Result<JobSpec, Failure> {
     let source = std::str::from_utf8(body).map_err(|e| Failure::bad_request(format!("the job spec is not valid UTF-8: {e}")))?;
     let filename = query.filename.as_deref().unwrap_or("<request body>");
     davit_api::spec::parse_job_spec(source, filename).map_err(|errors| Failure::invalid_spec(&errors))
 }
 
-pub(crate) async fn validate(Query(query): Query<SpecQuery>, body: Bytes) -> Result<Response, Failure> {
-    let spec = parse_spec(&body, &query)?;
+pub(crate) async fn validate(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<SpecQuery>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let spec = spec_in_namespace(&shared.view.snapshot(), &caller, &query, &body)?;
     Ok(indexed(0, &ValidateJobResponse { job_name: spec.name, warnings: Vec::new() }))
 }
 
-pub(crate) async fn register(State(shared): State<Arc<Shared>>, Query(query): Query<SpecQuery>, body: Bytes) -> Result<Response, Failure> {
-    let spec = parse_spec(&body, &query)?;
+pub(crate) async fn register(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<SpecQuery>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let spec = spec_in_namespace(&shared.view.snapshot(), &caller, &query, &body)?;
     let response = register_spec(&shared, spec, EvalTrigger::JobRegister).await?;
     Ok(indexed(response.index, &response))
+}
+
+/// The request body's spec, parsed and put into the request's namespace (see [`place_in_namespace`]).
+pub(crate) fn spec_in_namespace(snapshot: &Snapshot, caller: &Caller, query: &SpecQuery, body: &Bytes) -> Result<JobSpec, Failure> {
+    let mut spec = parse_spec(body, query)?;
+    place_in_namespace(snapshot, &mut spec, caller)?;
+    Ok(spec)
+}
+
+/// Puts a spec into the request's namespace: a spec that names no namespace (or `default`) goes where the
+/// request says; one that names another must agree with the request (whose namespace the token was checked
+/// in). The namespace must exist, and no group may ask for more than its quota's `max_count`.
+fn place_in_namespace(snapshot: &Snapshot, spec: &mut JobSpec, caller: &Caller) -> Result<(), Failure> {
+    if spec.namespace == DEFAULT_NAMESPACE {
+        spec.namespace = caller.namespace.clone();
+    } else if spec.namespace != caller.namespace {
+        return Err(Failure::bad_request(format!(
+            "the spec puts job {} in namespace `{}` but the request is for namespace `{}`; run it with `-n {}`",
+            spec.name, spec.namespace, caller.namespace, spec.namespace
+        )));
+    }
+    if spec.namespace == DEFAULT_NAMESPACE {
+        return Ok(());
+    }
+    let namespace = snapshot.cluster.namespace(&spec.namespace).ok_or_else(|| {
+        Failure::bad_request(format!(
+            "namespace `{}` does not exist; create it with `davit namespace apply {}`",
+            spec.namespace, spec.namespace
+        ))
+    })?;
+    check_max_count(namespace, spec)
+}
+
+fn check_max_count(namespace: &Namespace, spec: &JobSpec) -> Result<(), Failure> {
+    let Some(max_count) = namespace.quota.and_then(|quota| quota.max_count) else { return Ok(()) };
+    match spec.groups.iter().find(|group| group.count > max_count) {
+        Some(group) => Err(Failure::bad_request(format!(
+            "group {} asks for count {}; the quota of namespace {} allows at most {max_count} per group",
+            group.name, group.count, namespace.name
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Stores `spec` as the job's next version (unless it equals the current one) and queues an evaluation.
@@ -49,7 +105,11 @@ pub(crate) async fn register_spec(shared: &Shared, spec: JobSpec, trigger: EvalT
     for _ in 0..5 {
         let snapshot = shared.view.snapshot();
         check_service_names(&snapshot, &spec)?;
-        let existing = snapshot.cluster.job(&spec.name).cloned();
+        if let Some(namespace) = snapshot.cluster.namespace(&spec.namespace) {
+            check_max_count(namespace, &spec)?;
+        }
+        let id = spec.id();
+        let existing = snapshot.cluster.job(&id).cloned();
         let now = now_millis();
         let (job, changed) = match &existing {
             Some(current) if current.spec == spec && !current.stopped => ((**current).clone(), false),
@@ -66,12 +126,12 @@ pub(crate) async fn register_spec(shared: &Shared, spec: JobSpec, trigger: EvalT
             ),
             None => (Job { spec: spec.clone(), version: 0, stopped: false, submit_time: now, create_index: 0, modify_index: 0 }, true),
         };
-        let eval = new_eval(&spec.name, spec.job_type, spec.priority, trigger, None);
+        let eval = new_eval(&id, spec.job_type, spec.priority, trigger, None);
         let mut txn = Txn::default();
-        txn.compares.push(Compare::ModRevision(keys::job(&spec.name), existing.as_ref().map_or(0, |job| job.modify_index)));
+        txn.compares.push(Compare::ModRevision(keys::job(&id), existing.as_ref().map_or(0, |job| job.modify_index)));
         if changed {
-            txn.success.push(keys::put(keys::job(&spec.name), &job));
-            txn.success.push(keys::put(keys::version(&spec.name, job.version), &job));
+            txn.success.push(keys::put(keys::job(&id), &job));
+            txn.success.push(keys::put(keys::version(&id, job.version), &job));
         }
         txn.success.push(keys::put(keys::eval(&eval.id), &eval));
         let response = shared.store.txn(txn).await?;
@@ -92,18 +152,19 @@ pub(crate) async fn register_spec(shared: &Shared, spec: JobSpec, trigger: EvalT
     Err(Failure::conflict(format!("job {} is being changed concurrently; try again", spec.name)))
 }
 
-/// Service names are cluster-wide (one DNS name each): a job may not declare a service that another job
-/// that is not stopped declares.
+/// Service names are unique per namespace (one DNS name each): a job may not declare a service that another
+/// job of its namespace that is not stopped declares.
 pub(crate) fn check_service_names(snapshot: &Snapshot, spec: &JobSpec) -> Result<(), Failure> {
     for service in spec.groups.iter().flat_map(|group| &group.services) {
         let owner = snapshot.cluster.jobs().find(|job| {
             job.spec.name != spec.name
+                && job.spec.namespace == spec.namespace
                 && !job.stopped
                 && job.spec.groups.iter().flat_map(|group| &group.services).any(|s| s.name == service.name)
         });
         if let Some(owner) = owner {
             return Err(Failure::conflict(format!(
-                "service `{}` is already offered by job `{}`; service names are cluster-wide ({}.service.davit): rename it, or stop job {} first",
+                "service `{}` is already offered by job `{}`; service names are unique in a namespace ({}.service.davit): rename it, or stop job {} first",
                 service.name, owner.spec.name, service.name, owner.spec.name
             )));
         }
@@ -119,7 +180,11 @@ fn job_of(snapshot: &Snapshot, name: &str) -> Result<Arc<Job>, Failure> {
         .ok_or_else(|| Failure::not_found(format!("job `{name}` not found; `davit job status` lists the jobs")))
 }
 
-pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(blocking): Query<Blocking>) -> Result<Response, Failure> {
+pub(crate) async fn list(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Query(blocking): Query<Blocking>,
+) -> Result<Response, Failure> {
     let snapshot = shared
         .view
         .block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.table_index("jobs").max(s.table_index("allocs")))
@@ -127,8 +192,9 @@ pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(blocking): Que
     let mut jobs: Vec<JobListEntry> = snapshot
         .cluster
         .jobs()
+        .filter(|job| job.spec.namespace == caller.namespace)
         .map(|job| {
-            let allocs: Vec<_> = snapshot.cluster.allocs_for_job(&job.spec.name).cloned().collect();
+            let allocs: Vec<_> = snapshot.cluster.allocs_for_job(&job.spec.id()).cloned().collect();
             JobListEntry {
                 name: job.spec.name.clone(),
                 job_type: job.spec.job_type,
@@ -146,7 +212,7 @@ pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(blocking): Que
 
 pub(crate) async fn get_job(
     State(shared): State<Arc<Shared>>,
-    Path(name): Path<String>,
+    JobId(name): JobId,
     Query(blocking): Query<Blocking>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
@@ -156,7 +222,7 @@ pub(crate) async fn get_job(
 
 pub(crate) async fn status(
     State(shared): State<Arc<Shared>>,
-    Path(name): Path<String>,
+    JobId(name): JobId,
     Query(blocking): Query<Blocking>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
@@ -223,7 +289,7 @@ fn summarize(job: &Job, allocs: &[Arc<Allocation>]) -> BTreeMap<String, GroupSum
 
 pub(crate) async fn versions(
     State(shared): State<Arc<Shared>>,
-    Path(name): Path<String>,
+    JobId(name): JobId,
     Query(blocking): Query<Blocking>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
@@ -233,7 +299,11 @@ pub(crate) async fn versions(
     Ok(indexed(snapshot.job_index(&name), &versions))
 }
 
-pub(crate) async fn version(State(shared): State<Arc<Shared>>, Path((name, version)): Path<(String, u64)>) -> Result<Response, Failure> {
+pub(crate) async fn version(
+    State(shared): State<Arc<Shared>>,
+    JobId(name): JobId,
+    Path((_, version)): Path<(String, u64)>,
+) -> Result<Response, Failure> {
     let snapshot = shared.view.snapshot();
     let job = version_of(&snapshot, &name, version)?;
     Ok(indexed(snapshot.job_index(&name), &*job))
@@ -258,7 +328,7 @@ pub(crate) struct DiffQuery {
 
 pub(crate) async fn diff(
     State(shared): State<Arc<Shared>>,
-    Path(name): Path<String>,
+    JobId(name): JobId,
     Query(query): Query<DiffQuery>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.snapshot();
@@ -275,7 +345,7 @@ pub(crate) async fn diff(
     Ok(indexed(snapshot.job_index(&name), &JobDiffResponse { from, to, changes }))
 }
 
-pub(crate) async fn revert(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
+pub(crate) async fn revert(State(shared): State<Arc<Shared>>, JobId(name): JobId, body: Bytes) -> Result<Response, Failure> {
     let request: RevertJobRequest = json_body(&body, "revert request")?;
     let snapshot = shared.view.snapshot();
     let job = job_of(&snapshot, &name)?;
@@ -290,7 +360,7 @@ pub(crate) async fn revert(State(shared): State<Arc<Shared>>, Path(name): Path<S
     Ok(indexed(response.index, &response))
 }
 
-pub(crate) async fn scale(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
+pub(crate) async fn scale(State(shared): State<Arc<Shared>>, JobId(name): JobId, body: Bytes) -> Result<Response, Failure> {
     let request: ScaleJobRequest = json_body(&body, "scale request")?;
     let snapshot = shared.view.snapshot();
     let job = job_of(&snapshot, &name)?;
@@ -317,7 +387,7 @@ pub(crate) struct StopQuery {
 
 pub(crate) async fn stop(
     State(shared): State<Arc<Shared>>,
-    Path(name): Path<String>,
+    JobId(name): JobId,
     Query(query): Query<StopQuery>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.snapshot();
@@ -344,7 +414,7 @@ pub(crate) async fn stop(
 
 pub(crate) async fn allocations(
     State(shared): State<Arc<Shared>>,
-    Path(name): Path<String>,
+    JobId(name): JobId,
     Query(blocking): Query<Blocking>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
@@ -358,7 +428,7 @@ pub(crate) async fn allocations(
 
 pub(crate) async fn evaluations(
     State(shared): State<Arc<Shared>>,
-    Path(name): Path<String>,
+    JobId(name): JobId,
     Query(blocking): Query<Blocking>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;

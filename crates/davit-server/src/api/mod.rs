@@ -24,6 +24,7 @@ mod acl;
 mod allocs;
 mod events;
 mod jobs;
+mod namespaces;
 mod nodes;
 mod plan;
 mod rebalance;
@@ -103,6 +104,11 @@ fn table() -> Vec<Route> {
         route(M::GET, "/v1/status", Rule::Operator(Access::Read), status),
         route(M::GET, "/v1/event/stream", ns(ReadJob), events::stream),
         route(M::GET, "/metrics", Rule::Operator(Access::Read), events::metrics),
+        route(M::GET, "/v1/namespaces", Rule::Authenticated, namespaces::list),
+        // Status: any capability in the namespace the path names (checked by the handler).
+        route(M::GET, "/v1/namespace/{name}", Rule::Authenticated, namespaces::get),
+        route(M::PUT, "/v1/namespace/{name}", Rule::Management, namespaces::apply),
+        route(M::DELETE, "/v1/namespace/{name}", Rule::Management, namespaces::delete),
         route(M::POST, "/v1/acl/bootstrap", Rule::Bootstrap, acl::bootstrap),
         route(M::GET, "/v1/acl/policies", Rule::Authenticated, acl::list_policies),
         route(M::GET, "/v1/acl/policy/{name}", Rule::Authenticated, acl::get_policy),
@@ -208,6 +214,27 @@ impl Blocking {
                 .map(|d| d.as_std().min(MAX_WAIT))
                 .map_err(|e| Failure::bad_request(format!("query parameter `wait`: {e}"))),
         }
+    }
+}
+
+/// The id of the job a route's `{name}` names, in the request's namespace (`?namespace=`, default `default`):
+/// see `davit_api::namespace::job_id`.
+pub(crate) struct JobId(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for JobId {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<JobId, Failure> {
+        let axum::extract::Path(params) =
+            axum::extract::Path::<std::collections::HashMap<String, String>>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| Failure::bad_request(e.to_string()))?;
+        let name = params.get("name").ok_or_else(|| Failure::bad_request("the route has no job name"))?;
+        if name.contains('/') {
+            return Err(Failure::bad_request(format!("`{name}` is not a job name; name the namespace with ?namespace= (-n)")));
+        }
+        let namespace = davit_api::acl::request_namespace(parts.uri.query());
+        Ok(JobId(davit_api::namespace::job_id(&namespace, name)))
     }
 }
 

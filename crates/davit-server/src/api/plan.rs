@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::response::Response;
@@ -12,14 +13,20 @@ use davit_api::objects::{Allocation, EvalTrigger, Job};
 use davit_api::spec::JobSpec;
 use davit_scheduler::{ClusterState, ScheduleResult, schedule};
 
-use super::jobs::{SpecQuery, check_service_names, parse_spec};
+use super::jobs::{SpecQuery, check_service_names, spec_in_namespace};
 use super::{Failure, indexed};
+use crate::acl::Caller;
 use crate::liveness::new_eval;
 use crate::{Shared, now_millis};
 
-pub(crate) async fn plan(State(shared): State<Arc<Shared>>, Query(query): Query<SpecQuery>, body: Bytes) -> Result<Response, Failure> {
-    let spec = parse_spec(&body, &query)?;
+pub(crate) async fn plan(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<SpecQuery>,
+    body: Bytes,
+) -> Result<Response, Failure> {
     let snapshot = shared.view.snapshot();
+    let spec = spec_in_namespace(&snapshot, &caller, &query, &body)?;
     check_service_names(&snapshot, &spec)?;
     let response = dry_run(&snapshot.cluster, spec, &shared.scheduler, snapshot.revision);
     Ok(indexed(snapshot.revision, &response))
@@ -33,7 +40,7 @@ pub(crate) fn dry_run(
     index: davit_api::objects::Index,
 ) -> JobPlanResponse {
     let now = now_millis();
-    let current = state.job(&spec.name).cloned();
+    let current = state.job(&spec.id()).cloned();
     let changed = current.as_ref().is_none_or(|job| job.spec != spec || job.stopped);
     let next_version = match &current {
         Some(job) if changed => job.version + 1,
@@ -50,11 +57,11 @@ pub(crate) fn dry_run(
     let job = Arc::new(Job { spec, version: next_version, stopped: false, submit_time: now, create_index: 0, modify_index: 0 });
     planned.upsert_job(Arc::clone(&job));
     planned.upsert_job_version(Arc::clone(&job));
-    let eval = new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::JobRegister, None);
+    let eval = new_eval(&job.spec.id(), job.spec.job_type, job.spec.priority, EvalTrigger::JobRegister, None);
     let config = davit_scheduler::SchedulerConfig { explain: true, ..config.clone() };
     let result = schedule(&planned, &eval, &config, 0, now);
 
-    describe(state, &job.spec.name, &result, &mut groups);
+    describe(state, &job.spec.id(), &result, &mut groups);
     let preemptions = result
         .plan
         .preemptions()

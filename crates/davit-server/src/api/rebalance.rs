@@ -57,7 +57,7 @@ pub(crate) async fn rebalance_cluster(State(shared): State<Arc<Shared>>, body: B
             Ok(started) => {
                 index = index.max(started.index);
                 if let Some(job) = snapshot.cluster.job(&change.replacement.job_name) {
-                    let mut eval = new_eval(&job.spec.name, job.spec.job_type, job.spec.priority, EvalTrigger::Rebalance, None);
+                    let mut eval = new_eval(&job.spec.id(), job.spec.job_type, job.spec.priority, EvalTrigger::Rebalance, None);
                     eval.status = EvalStatus::Complete;
                     eval.status_description = format!(
                         "rebalance: live-migrating {} from node {} to node {}",

@@ -10,6 +10,7 @@ use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use davit_api::http::{InstanceStats, ProxyServiceStats, ServiceInfo, ServiceListEntry};
+use davit_api::namespace::{namespace_of, service_key};
 use davit_api::objects::NodeStatus;
 use serde::Deserialize;
 
@@ -37,12 +38,17 @@ async fn block(shared: &Shared, blocking: Blocking) -> Result<Snapshot, Failure>
     Ok(shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |snapshot| catalog.get(snapshot).0).await)
 }
 
-pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(blocking): Query<Blocking>) -> Result<Response, Failure> {
+pub(crate) async fn list(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Query(blocking): Query<Blocking>,
+) -> Result<Response, Failure> {
     let snapshot = block(&shared, blocking).await?;
     let (index, catalog) = shared.catalog.get(&snapshot);
     let entries: Vec<ServiceListEntry> = catalog
         .services
         .iter()
+        .filter(|service| namespace_of(&service.job_name) == caller.namespace)
         .map(|service| ServiceListEntry {
             name: service.name.clone(),
             job_name: service.job_name.clone(),
@@ -72,8 +78,9 @@ pub(crate) async fn get_service(
 ) -> Result<Response, Failure> {
     let snapshot = block(&shared, Blocking { index: query.index, wait: query.wait }).await?;
     let (index, catalog) = shared.catalog.get(&snapshot);
-    let mut service = catalog.services.iter().find(|service| service.name == name).cloned().ok_or_else(|| {
-        let known: Vec<&str> = catalog.services.iter().map(|service| service.name.as_str()).collect();
+    let in_namespace = |service: &&ServiceInfo| namespace_of(&service.job_name) == caller.namespace;
+    let mut service = catalog.services.iter().filter(in_namespace).find(|service| service.name == name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = catalog.services.iter().filter(in_namespace).map(|service| service.name.as_str()).collect();
         let listed = if known.is_empty() { "none".to_string() } else { known.join(", ") };
         Failure::not_found(format!(
             "no service `{name}` in the catalog (services: {listed}); a service exists while a job that is not stopped declares it"
@@ -115,7 +122,8 @@ async fn gather_stats(shared: &Shared, caller: &Caller, snapshot: &Snapshot, ser
                 continue;
             }
         };
-        for backend in listeners.iter().filter(|listener| listener.service == service.name).flat_map(|listener| &listener.backends) {
+        let key = service_key(namespace_of(&service.job_name), &service.name);
+        for backend in listeners.iter().filter(|listener| listener.service == key).flat_map(|listener| &listener.backends) {
             let (stats, weighted_latency, proxies) = sums.entry(backend.id.clone()).or_default();
             stats.requests += backend.requests;
             stats.errors += backend.errors;

@@ -135,16 +135,26 @@ pub fn node(id: &str, memory: u64) -> Node {
 
 /// Follows `/v1/job/{name}/status` with blocking queries until `done` holds (bounded).
 pub async fn wait_status(server: &TestServer, name: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    wait_status_in(server, "default", name, done).await
+}
+
+/// [`wait_status`] for a job of `namespace`.
+pub async fn wait_status_in(
+    server: &TestServer,
+    namespace: &str,
+    name: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut index = 0u64;
     loop {
-        let url = format!("{}/v1/job/{name}/status?index={index}&wait=2s", server.base);
+        let url = format!("{}/v1/job/{name}/status?namespace={namespace}&index={index}&wait=2s", server.base);
         let response = server.http.get(url).send().await.unwrap();
         index = response.headers().get("x-davit-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
         let status: serde_json::Value = response.json().await.unwrap();
         if done(&status) {
             return status;
         }
-        assert!(tokio::time::Instant::now() < deadline, "job {name} never reached the expected state: {status:#}");
+        assert!(tokio::time::Instant::now() < deadline, "job {namespace}/{name} never reached the expected state: {status:#}");
     }
 }

@@ -11,8 +11,10 @@ use davit_client::Client;
 use futures_util::StreamExt;
 
 mod acl;
+mod namespace;
 
 pub use acl::acl;
+pub use namespace::namespace;
 
 use crate::Failure;
 use crate::cli::{AllocCommand, EvalCommand, EventCommand, JobCommand, NodeCommand, OutputFormat, RebalanceArgs, ServiceCommand};
@@ -24,6 +26,7 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
             let source = read_spec(&file)?;
             let filename = file.display().to_string();
             let spec = parse_spec(&source, &filename)?;
+            let client = &in_spec_namespace(client, &spec);
             let response = client.register_job(&source, &filename).await?;
             if output.format == OutputFormat::Json && detach {
                 println!("{}", json(&response));
@@ -60,8 +63,8 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
         JobCommand::Plan { file, verbose, output } => {
             let source = read_spec(&file)?;
             let filename = file.display().to_string();
-            parse_spec(&source, &filename)?;
-            let plan = client.plan_job(&source, &filename).await?;
+            let spec = parse_spec(&source, &filename)?;
+            let plan = in_spec_namespace(client, &spec).plan_job(&source, &filename).await?;
             if output.format == OutputFormat::Json {
                 println!("{}", json(&plan));
             } else {
@@ -191,6 +194,14 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
 }
 
 /// Checks a spec locally, with the parser the server runs: mistakes never need a server (or a round trip).
+/// The client in the spec's namespace when the spec names one and the command line (`-n`) does not.
+fn in_spec_namespace(client: &Client, spec: &davit_api::spec::JobSpec) -> Client {
+    match client.namespace() {
+        None if spec.namespace != davit_api::acl::DEFAULT_NAMESPACE => client.in_namespace(Some(&spec.namespace)),
+        _ => client.clone(),
+    }
+}
+
 fn parse_spec(source: &str, filename: &str) -> Result<davit_api::spec::JobSpec, Failure> {
     davit_api::spec::parse_job_spec(source, filename).map_err(|errors| Failure::user(errors.to_string()))
 }
