@@ -17,7 +17,7 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use davit_api::acl::{Acl, Rule, TOKEN_HEADER, TokenType};
+use davit_api::acl::{Acl, Rule, TOKEN_HEADER};
 
 use crate::servers::ServerPool;
 
@@ -63,10 +63,7 @@ impl AgentAcl {
                 ));
             }
         };
-        let acl = Arc::new(match token_self.token.token_type {
-            TokenType::Management => Acl::management(),
-            TokenType::Client => Acl::from_policies(token_self.policies.iter().map(|policy| &policy.rules)),
-        });
+        let acl = Arc::new(Acl::of_token(&token_self.token, token_self.policies.iter().map(|policy| &policy.rules)));
         let mut cache = self.cache.lock().expect("acl cache lock");
         if cache.len() >= CACHE_MAX {
             cache.clear();

@@ -8,11 +8,29 @@ use std::time::Duration;
 use davit_api::objects::Node;
 use tokio::sync::watch;
 
-use crate::AgentContext;
+use std::path::Path;
+
+use crate::{AgentContext, AgentError};
 
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_INTERVAL: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+const NODE_TOKEN_FILE: &str = "node-token";
+
+/// The node token an earlier join left in `data_dir`, if any.
+pub(crate) fn load_node_token(data_dir: &Path) -> Result<Option<String>, AgentError> {
+    let path = data_dir.join(NODE_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_string()).filter(|token| !token.is_empty())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(AgentError::Io { operation: format!("reading {}", path.display()), source }),
+    }
+}
+
+fn save_node_token(data_dir: &Path, token: &str) -> std::io::Result<()> {
+    crate::state::write_atomic(&data_dir.join(NODE_TOKEN_FILE), format!("{token}\n").as_bytes())
+}
 
 pub async fn run(context: Arc<AgentContext>, node: Node, registered: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(250);
@@ -30,6 +48,18 @@ pub async fn run(context: Arc<AgentContext>, node: Node, registered: watch::Send
             Ok(response) => {
                 tracing::info!(node_id = %node.id, interval_ms = response.heartbeat_interval_ms, acl = response.acl_enabled, "registered with the server");
                 context.acl.set_enabled(response.acl_enabled);
+                if let Some(node_token) = &response.node_token {
+                    // Joined: keep the identity before using it, so a crash cannot lose it.
+                    if let Err(error) = save_node_token(&context.data_dir, node_token) {
+                        tracing::error!(%error, "cannot keep the node token; registering again");
+                        if sleep_or_shutdown(backoff, &mut shutdown).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    context.servers.set_token(Some(node_token));
+                    tracing::info!(node_id = %node.id, "joined the cluster: acting with this node's own identity from now on");
+                }
                 let _ = registered.send(true);
                 backoff = Duration::from_millis(250);
                 failures = 0;

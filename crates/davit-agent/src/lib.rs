@@ -87,6 +87,9 @@ pub struct AgentConfig {
     pub service_proxy: Option<ServiceProxyConfig>,
     /// The ACL token the agent sends to the servers (it needs `node: write`); `None` for servers without ACLs.
     pub token: Option<String>,
+    /// A join token (`davit acl join-token create`): the agent registers with it once, gets its node identity
+    /// (a node token, kept in `<data_dir>/node-token`) and acts with that from then on.
+    pub join_token: Option<String>,
 }
 
 impl AgentConfig {
@@ -108,6 +111,7 @@ impl AgentConfig {
             log_rotation: LogRotation::default(),
             service_proxy: None,
             token: None,
+            join_token: None,
         }
     }
 }
@@ -248,7 +252,10 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         None => None,
     };
 
-    let servers = ServerPool::new(&config.servers, config.token.as_deref());
+    // A node identity from an earlier join wins over the tokens given; a join token is used until it yields one.
+    let node_token = heartbeat::load_node_token(&config.data_dir)?;
+    let token = node_token.or(config.token.clone()).or(config.join_token.clone());
+    let servers = ServerPool::new(&config.servers, token.as_deref());
     let updater = Updater::new(node_id.clone(), servers.clone());
     let context = Arc::new(AgentContext {
         node: identity,
@@ -264,7 +271,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         destroyed: Mutex::new(HashSet::new()),
         service_proxy: service_proxy.clone(),
         local_services: watch::channel(0).0,
-        acl: acl::AgentAcl::new(config.token.is_some()),
+        acl: acl::AgentAcl::new(token.is_some()),
     });
 
     // Re-attach before talking to the server, so nothing that runs is started again.

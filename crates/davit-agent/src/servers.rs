@@ -2,14 +2,16 @@
 //! the current server (or gets a 5xx) moves on to the next one.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use davit_client::{Client, ClientError};
 
 #[derive(Clone)]
 pub struct ServerPool {
-    clients: Arc<Vec<Client>>,
+    addrs: Arc<[String]>,
+    /// Replaced as a whole when the agent's token changes (it joined and got its node identity).
+    clients: Arc<RwLock<Arc<[Client]>>>,
     current: Arc<AtomicUsize>,
 }
 
@@ -17,8 +19,15 @@ impl ServerPool {
     /// `addrs` must not be empty (checked by [`crate::start`]).
     /// Every client sends `token` (the agent's ACL token), when given.
     pub fn new(addrs: &[String], token: Option<&str>) -> ServerPool {
-        let clients = addrs.iter().map(|addr| Client::with_token(addr, token)).collect();
-        ServerPool { clients: Arc::new(clients), current: Arc::new(AtomicUsize::new(0)) }
+        let pool = ServerPool { addrs: addrs.into(), clients: Arc::default(), current: Arc::new(AtomicUsize::new(0)) };
+        pool.set_token(token);
+        pool
+    }
+
+    /// From now on every call sends `token`.
+    pub fn set_token(&self, token: Option<&str>) {
+        let clients: Arc<[Client]> = self.addrs.iter().map(|addr| Client::with_token(addr, token)).collect();
+        *self.clients.write().expect("server pool lock") = clients;
     }
 
     /// Runs `call` against the current server, then each other one until a server answers.
@@ -28,19 +37,19 @@ impl ServerPool {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
+        let clients = Arc::clone(&self.clients.read().expect("server pool lock"));
         let start = self.current.load(Ordering::Relaxed);
         let mut last_error = None;
-        for step in 0..self.clients.len() {
-            let position = (start + step) % self.clients.len();
-            let client = self.clients[position].clone();
+        for step in 0..clients.len() {
+            let position = (start + step) % clients.len();
+            let client = clients[position].clone();
             match call(client).await {
                 Err(error) if is_server_failure(&error) => {
-                    if self.clients.len() > 1 {
-                        tracing::debug!(%error, server = self.clients[position].addr(), "server failed; trying the next one");
+                    if clients.len() > 1 {
+                        tracing::debug!(%error, server = clients[position].addr(), "server failed; trying the next one");
                     }
                     last_error = Some(error);
-                    let _ =
-                        self.current.compare_exchange(position, (position + 1) % self.clients.len(), Ordering::Relaxed, Ordering::Relaxed);
+                    let _ = self.current.compare_exchange(position, (position + 1) % clients.len(), Ordering::Relaxed, Ordering::Relaxed);
                 }
                 other => return other,
             }

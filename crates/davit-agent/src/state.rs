@@ -106,7 +106,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let file_name = path.file_name().and_then(|name| name.to_str()).unwrap_or("state");
     let tmp = dir.join(format!(".{file_name}.tmp"));
     {
-        let mut file = std::fs::File::create(&tmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Only the agent reads its state (node token, allocations' env): owner-only.
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
     }

@@ -218,6 +218,10 @@ pub enum TokenType {
     /// Holds what its policies grant.
     #[default]
     Client,
+    /// May register a new node, `uses` times at most (`davit acl join-token create`); nothing else.
+    Join,
+    /// A node's identity, made when it joined with a join token: may act for that node only.
+    Node,
 }
 
 /// A token as the API shows it: everything but the secret.
@@ -234,6 +238,12 @@ pub struct AclToken {
     /// After this the token is refused like an unknown one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration_time: Option<UnixMillis>,
+    /// Join tokens: registrations left (`None`: any number until it expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses_left: Option<u32>,
+    /// Node tokens: the node whose identity this is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     #[serde(default)]
     pub create_index: Index,
     #[serde(default)]
@@ -266,6 +276,9 @@ pub struct CreateTokenRequest {
     /// How long the token lives (e.g. `1h`); absent: until revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<crate::Duration>,
+    /// Join tokens: how many nodes may join with it (absent: any number until it expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u32>,
 }
 
 /// A new token with its secret: the only answer that ever carries the secret.
@@ -291,10 +304,16 @@ pub enum Rule {
     Namespace(Capability),
     /// Any of these capabilities in the request's namespace.
     NamespaceAny(&'static [Capability]),
-    /// The capability in the request's namespace, or this access to nodes (what agents read for the
-    /// allocations they run, such as job versions).
+    /// The capability in the request's namespace, this access to nodes, or a node identity (what agents read
+    /// for the allocations they run, such as job versions; the handler limits a node identity to its own).
     NamespaceOrNode(Capability, Access),
     Node(Access),
+    /// Node policy access, or the identity of the node the route's `{id}` names (an agent acting for itself).
+    ThisNode(Access),
+    /// Node policy access, or the identity of any node (what every agent reads, such as the service catalog).
+    AnyNode(Access),
+    /// Registering a node: `node: write`, a join token, or a node's own identity (re-registration).
+    Register,
     Operator(Access),
     /// Only management tokens.
     Management,
@@ -324,6 +343,9 @@ impl fmt::Display for Rule {
             }
             Rule::NamespaceOrNode(capability, access) => write!(f, "{} or node: {}", capability.as_str(), access.as_str()),
             Rule::Node(access) => write!(f, "node: {}", access.as_str()),
+            Rule::ThisNode(access) => write!(f, "node: {} or this node's identity", access.as_str()),
+            Rule::AnyNode(access) => write!(f, "node: {} or a node identity", access.as_str()),
+            Rule::Register => write!(f, "node: write, a join token or the node's identity"),
             Rule::Operator(access) => write!(f, "operator: {}", access.as_str()),
             Rule::Management => write!(f, "a management token"),
             Rule::Authenticated => write!(f, "a valid token"),
@@ -347,6 +369,10 @@ pub struct Acl {
     namespaces: Vec<CompiledNamespace>,
     node: Access,
     operator: Access,
+    /// A join token: may register a node.
+    join: bool,
+    /// A node token: the node it may act for.
+    node_identity: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -364,6 +390,35 @@ impl Acl {
 
     pub fn is_management(&self) -> bool {
         self.management
+    }
+
+    /// What `token` may do, given the rules of the policies it holds.
+    pub fn of_token<'p>(token: &AclToken, policies: impl IntoIterator<Item = &'p PolicyRules>) -> Acl {
+        match token.token_type {
+            TokenType::Management => Acl::management(),
+            TokenType::Client => Acl::from_policies(policies),
+            TokenType::Join => Acl::joiner(),
+            TokenType::Node => Acl::for_node(token.node_id.as_deref().unwrap_or_default()),
+        }
+    }
+
+    /// What a join token may do: register a node.
+    pub fn joiner() -> Acl {
+        Acl { join: true, ..Acl::default() }
+    }
+
+    /// What a node's identity may do: act for that node.
+    pub fn for_node(node_id: &str) -> Acl {
+        Acl { node_identity: Some(node_id.to_string()), ..Acl::default() }
+    }
+
+    pub fn is_join(&self) -> bool {
+        self.join
+    }
+
+    /// The node a node token acts for.
+    pub fn node_identity(&self) -> Option<&str> {
+        self.node_identity.as_deref()
     }
 
     /// The rights of a client token holding `policies` (unknown policy names grant nothing).
@@ -433,19 +488,33 @@ impl Acl {
 
     /// Whether the token satisfies `rule` for a request in `namespace`.
     pub fn check(&self, rule: Rule, namespace: &str) -> Result<(), Denied> {
+        self.check_for_node(rule, namespace, None)
+    }
+
+    /// [`Acl::check`] for a route about one node (`node`: the node its path names).
+    pub fn check_for_node(&self, rule: Rule, namespace: &str, node: Option<&str>) -> Result<(), Denied> {
         let in_namespace = |needed: String| Denied { needed: format!("`{needed}`"), namespace: Some(namespace.to_string()) };
         match rule {
             Rule::Namespace(capability) if self.allows(namespace, capability) => Ok(()),
             Rule::Namespace(capability) => Err(in_namespace(capability.as_str().to_string())),
             Rule::NamespaceAny(capabilities) if capabilities.iter().any(|&c| self.allows(namespace, c)) => Ok(()),
             Rule::NamespaceAny(_) => Err(in_namespace(rule.to_string())),
-            Rule::NamespaceOrNode(capability, access) if self.allows(namespace, capability) || self.allows_node(access) => Ok(()),
+            Rule::NamespaceOrNode(capability, access)
+                if self.allows(namespace, capability) || self.allows_node(access) || self.node_identity.is_some() =>
+            {
+                Ok(())
+            }
             Rule::NamespaceOrNode(..) => Err(in_namespace(rule.to_string())),
             Rule::Node(access) if self.allows_node(access) => Ok(()),
+            Rule::ThisNode(access) if self.allows_node(access) || (node.is_some() && self.node_identity.as_deref() == node) => Ok(()),
+            Rule::AnyNode(access) if self.allows_node(access) || self.node_identity.is_some() => Ok(()),
+            Rule::Register if self.allows_node(Access::Write) || self.join || self.node_identity.is_some() => Ok(()),
             Rule::Operator(access) if self.allows_operator(access) => Ok(()),
             Rule::Management if self.management => Ok(()),
             Rule::Authenticated | Rule::Bootstrap => Ok(()),
-            Rule::Node(_) | Rule::Operator(_) | Rule::Management => Err(Denied { needed: format!("`{rule}`"), namespace: None }),
+            Rule::Node(_) | Rule::ThisNode(_) | Rule::AnyNode(_) | Rule::Register | Rule::Operator(_) | Rule::Management => {
+                Err(Denied { needed: format!("`{rule}`"), namespace: None })
+            }
         }
     }
 }
@@ -622,6 +691,17 @@ mod tests {
             "permission denied: this token lacks `node: write`"
         );
         assert!(Acl::management().check(Rule::Management, "x").is_ok());
+        let node = Acl::for_node("n1");
+        assert!(node.check_for_node(Rule::ThisNode(Access::Write), "default", Some("n1")).is_ok());
+        assert!(node.check_for_node(Rule::ThisNode(Access::Write), "default", Some("n2")).is_err(), "only its own node");
+        assert!(node.check(Rule::AnyNode(Access::Read), "default").is_ok() && node.check(Rule::Register, "default").is_ok());
+        assert!(node.check(Rule::Node(Access::Read), "default").is_err(), "no reading of other nodes");
+        assert!(node.check(Rule::Namespace(Capability::ReadJob), "default").is_err());
+        let join = Acl::joiner();
+        assert!(join.check(Rule::Register, "default").is_ok());
+        assert!(
+            join.check(Rule::ThisNode(Access::Read), "default").is_err() && join.check(Rule::AnyNode(Access::Read), "default").is_err()
+        );
         assert!(Acl::default().check(Rule::Management, "x").is_err());
     }
 

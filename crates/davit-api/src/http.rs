@@ -394,6 +394,10 @@ pub struct NodeRegisterResponse {
     /// The server checks tokens: the agent checks them on its own API too.
     #[serde(default)]
     pub acl_enabled: bool,
+    /// The node's identity (a node token's secret), made when it registered with a join token: answered only
+    /// then; the agent keeps it and sends it from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_token: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

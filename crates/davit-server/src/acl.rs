@@ -19,7 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use davit_api::acl::{ANONYMOUS_POLICY, Acl, AclPolicy, Rule, StoredToken, TOKEN_HEADER};
+use davit_api::acl::{ANONYMOUS_POLICY, Acl, AclPolicy, Rule, StoredToken, TOKEN_HEADER, TokenType};
 use imbl::OrdMap;
 use sha2::Digest;
 
@@ -71,12 +71,12 @@ impl AclTable {
 
     /// What a token may do.
     pub fn acl_of(&self, stored: &StoredToken) -> Acl {
-        match stored.token.token_type {
-            davit_api::acl::TokenType::Management => Acl::management(),
-            davit_api::acl::TokenType::Client => {
-                Acl::from_policies(self.policies_named(&stored.token.policies).map(|policy| &policy.rules))
-            }
-        }
+        Acl::of_token(&stored.token, self.policies_named(&stored.token.policies).map(|policy| &policy.rules))
+    }
+
+    /// The identity token of a node, if it joined with a join token.
+    pub fn node_token(&self, node_id: &str) -> Option<&Arc<StoredToken>> {
+        self.tokens.values().find(|stored| stored.token.token_type == TokenType::Node && stored.token.node_id.as_deref() == Some(node_id))
     }
 }
 
@@ -84,6 +84,29 @@ impl AclTable {
 pub fn secret_hash(secret: &str) -> String {
     let digest = sha2::Sha256::digest(secret.as_bytes());
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// A new identity token for `node` and its secret.
+pub fn node_token(node: &davit_api::objects::Node, now: u64) -> (StoredToken, String) {
+    let secret = new_secret();
+    let token = davit_api::acl::AclToken {
+        accessor_id: crate::new_id(),
+        name: format!("node {}", node.name),
+        token_type: TokenType::Node,
+        policies: Vec::new(),
+        create_time: now,
+        expiration_time: None,
+        uses_left: None,
+        node_id: Some(node.id.clone()),
+        create_index: 0,
+        modify_index: 0,
+    };
+    (StoredToken { token, secret_hash: secret_hash(&secret) }, secret)
+}
+
+/// A fresh secret: 122 random bits from the OS (a v4 UUID), the shape Nomad's secrets have.
+pub fn new_secret() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// Who sent a request, as [`authorize`] found it.
@@ -129,7 +152,9 @@ pub struct RouteGuard {
 pub async fn authorize(State(guard): State<RouteGuard>, mut request: Request, next: Next) -> Response {
     let namespace = davit_api::acl::request_namespace(request.uri().query());
     let secret = request_secret(request.headers());
-    let caller = match resolve(&guard.shared, guard.rule, secret, namespace) {
+    // Routes about one node (`/v1/node/{id}/…`) may be called by that node's identity.
+    let node = guard.route.strip_prefix("/v1/node/{id}").and_then(|_| request.uri().path().split('/').nth(3)).map(str::to_string);
+    let caller = match resolve(&guard.shared, guard.rule, secret, namespace, node.as_deref()) {
         Ok(caller) => caller,
         Err(failure) => {
             let response = failure.into_response();
@@ -144,7 +169,7 @@ pub async fn authorize(State(guard): State<RouteGuard>, mut request: Request, ne
     response
 }
 
-fn resolve(shared: &Shared, rule: Rule, secret: Option<String>, namespace: String) -> Result<Caller, Failure> {
+fn resolve(shared: &Shared, rule: Rule, secret: Option<String>, namespace: String, node: Option<&str>) -> Result<Caller, Failure> {
     if !shared.acl_enabled {
         return Ok(Caller { token: None, secret, acl: Arc::new(Acl::management()), namespace });
     }
@@ -153,6 +178,13 @@ fn resolve(shared: &Shared, rule: Rule, secret: Option<String>, namespace: Strin
     let (token, acl) = match &secret {
         Some(secret) => {
             let stored = table.token_by_secret(secret, crate::now_millis()).ok_or_else(unauthenticated)?;
+            if stored.token.uses_left == Some(0) {
+                return Err(Failure::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "this join token was used up; create another with `davit acl join-token create`",
+                ));
+            }
             (Some(Arc::clone(stored)), table.acl_of(stored))
         }
         None if rule == Rule::Bootstrap => (None, Acl::default()),
@@ -161,7 +193,7 @@ fn resolve(shared: &Shared, rule: Rule, secret: Option<String>, namespace: Strin
             None => return Err(unauthenticated()),
         },
     };
-    if let Err(denied) = acl.check(rule, &namespace) {
+    if let Err(denied) = acl.check_for_node(rule, &namespace, node) {
         return Err(Failure::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string()));
     }
     Ok(Caller { token, secret, acl: Arc::new(acl), namespace })

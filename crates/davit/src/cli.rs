@@ -115,8 +115,8 @@ pub struct DevArgs {
     /// Address of the agent's own API (logs).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub agent_bind: SocketAddr,
-    /// Check tokens (as `davit server --acl`): bootstraps, prints the management token, and gives the
-    /// dev agent a token of its own.
+    /// Check tokens (as `davit server --acl`): bootstraps, prints the management token, and lets the dev
+    /// agent join with a one-time join token.
     #[arg(long)]
     pub acl: bool,
     #[command(flatten)]
@@ -153,6 +153,10 @@ pub struct AgentArgs {
     /// Where allocations, logs and the agent's state live.
     #[arg(long, default_value = "/var/lib/davit/agent")]
     pub data_dir: PathBuf,
+    /// Join a cluster that checks tokens: register once with this join token, then act with the node's own
+    /// identity (kept in the data dir). See `davit acl join-token create`.
+    #[arg(long, env = "DAVIT_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
     /// Address of the agent's own API (logs).
     #[arg(long, default_value = "127.0.0.1:7647")]
     pub bind: SocketAddr,
@@ -479,6 +483,27 @@ pub enum AclCommand {
     /// Manage tokens.
     #[command(subcommand)]
     Token(AclTokenCommand),
+    /// Tokens agents join with (`davit agent --join-token`).
+    #[command(subcommand)]
+    JoinToken(AclJoinTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclJoinTokenCommand {
+    /// Create a join token and print its secret: each agent that registers with it gets an identity of its own,
+    /// with which it may act for its node alone.
+    Create {
+        #[arg(long, default_value = "join")]
+        name: String,
+        /// How many nodes may join with it (default: any number until it expires).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// The token expires after this long (e.g. 1h); default: never.
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -92,6 +92,7 @@ fn agent_config(
     bind: std::net::SocketAddr,
     stop_tasks_on_shutdown: bool,
     token: Option<String>,
+    join_token: Option<String>,
 ) -> Result<davit_agent::AgentConfig, Failure> {
     let port_range = parse_port_range(&node.port_range)?;
     let drivers = drivers(&node, &data_dir)?;
@@ -102,7 +103,7 @@ fn agent_config(
     }
     let service_proxy =
         (!node.no_service_proxy).then_some(davit_agent::ServiceProxyConfig { dns_bind: node.dns_bind, bind_ip: node.proxy_bind_ip });
-    if !bind.ip().is_loopback() && token.is_none() {
+    if !bind.ip().is_loopback() && token.is_none() && join_token.is_none() {
         tracing::warn!(%bind, "the agent API is on a non-loopback address: it checks tokens only when its servers run with --acl");
     }
     let node_name = match node.node_name {
@@ -124,6 +125,7 @@ fn agent_config(
         log_rotation: LogRotation::default(),
         service_proxy,
         token,
+        join_token,
     })
 }
 
@@ -165,8 +167,8 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::user(format!("cannot start the server: {}", error_chain(&e))))?;
     let server_url = format!("http://{}", server.addr());
-    let agent_token = if args.acl { Some(dev_bootstrap(&server_url).await?) } else { None };
-    let config = agent_config(args.node, data_dir.join("agent"), vec![server_url.clone()], args.agent_bind, true, agent_token)?;
+    let join_token = if args.acl { dev_bootstrap(&server_url).await? } else { None };
+    let config = agent_config(args.node, data_dir.join("agent"), vec![server_url.clone()], args.agent_bind, true, None, join_token)?;
     let agent = davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", error_chain(&e))))?;
     server.add_metrics_source(agent.metrics_source());
     println!("davit dev is running: server {server_url}, node {} (data in {})", agent.node_id(), data_dir.display());
@@ -187,25 +189,27 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `davit dev --acl`: bootstraps, prints the management token, and makes the dev agent a token of its own.
-async fn dev_bootstrap(server_url: &str) -> Result<String, Failure> {
-    let anonymous = davit_client::Client::new(server_url);
-    let management = anonymous.acl_bootstrap().await?;
+/// `davit dev --acl`: bootstraps, prints the management token, and makes a join token for the dev agent
+/// (`None` after a restart on the same data dir: it was bootstrapped then, and the agent kept its identity).
+async fn dev_bootstrap(server_url: &str) -> Result<Option<String>, Failure> {
+    let management = match davit_client::Client::new(server_url).acl_bootstrap().await {
+        Ok(management) => management,
+        Err(davit_client::ClientError::Api { status: 400, .. }) => {
+            println!("ACLs were bootstrapped at an earlier start on this data dir: use the management token printed then");
+            return Ok(None);
+        }
+        Err(error) => return Err(error.into()),
+    };
     println!("ACL management token (export DAVIT_TOKEN={}): accessor {}", management.secret_id, management.token.accessor_id);
     let client = davit_client::Client::with_token(server_url, Some(&management.secret_id));
-    let policy = davit_api::acl::ApplyPolicyRequest {
-        description: "what a davit agent needs".to_string(),
-        source: "node: write\n".to_string(),
-        filename: "davit-agent.yaml".to_string(),
-    };
-    client.apply_acl_policy("davit-agent", &policy).await?;
     let request = davit_api::acl::CreateTokenRequest {
         name: "dev agent".to_string(),
-        token_type: davit_api::acl::TokenType::Client,
-        policies: vec!["davit-agent".to_string()],
+        token_type: davit_api::acl::TokenType::Join,
+        policies: Vec::new(),
         ttl: None,
+        uses: Some(1),
     };
-    Ok(client.create_acl_token(&request).await?.secret_id)
+    Ok(Some(client.create_acl_token(&request).await?.secret_id))
 }
 
 pub async fn server(args: ServerArgs) -> Result<(), Failure> {
@@ -228,7 +232,7 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
 
 pub async fn agent(args: AgentArgs, token: Option<String>) -> Result<(), Failure> {
     init_logging("info");
-    let config = agent_config(args.node, args.data_dir, args.servers, args.bind, false, token)?;
+    let config = agent_config(args.node, args.data_dir, args.servers, args.bind, false, token, args.join_token)?;
     let agent = davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", error_chain(&e))))?;
     println!("davit agent running: node {}, API http://{}", agent.node_id(), agent.http_addr());
     if let Some(dns) = agent.dns_addr() {

@@ -190,3 +190,74 @@ fn a_server_without_acls_stays_on_loopback_unless_told_otherwise() {
     wait_for_text(&server.log, "the API is open");
     util::wait_ready_nodes(&format!("http://127.0.0.1:{port}"), 0);
 }
+
+#[test]
+fn agents_join_with_join_tokens_and_then_act_only_for_their_own_node() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::start_with(&["--acl"]);
+    let (addr, dir) = (cluster.addr.clone(), cluster.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let management = loop {
+        let (code, stdout, _) = cli(&addr, dir, None, &["acl", "bootstrap", "-o", "json"]);
+        if code == 0 {
+            break serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["secret_id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "the server never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let join = |uses: &str| {
+        let created = cli_ok(&addr, dir, &management, &["acl", "join-token", "create", "--uses", uses, "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&created).unwrap()["secret_id"].as_str().unwrap().to_string()
+    };
+    let once = join("1");
+
+    // The first agent joins with the one-time token and keeps its identity (owner-only file).
+    let a_args = cluster.agent_args("a", 0);
+    let mut a = cluster.spawn_agent_with_env("a", &a_args, &[("DAVIT_JOIN_TOKEN", &once)]);
+    wait_ready_nodes_as(&addr, Some(&management), 1);
+    wait_for_text(&a.log, "joined the cluster");
+    let token_file = dir.join("a").join("node-token");
+    let a_token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // The used token, and a wrong one, let nobody else in; each says why.
+    let b = cluster.spawn_agent_with_env("b", &cluster.agent_args("b", 1), &[("DAVIT_JOIN_TOKEN", &once)]);
+    wait_for_text(&b.log, "join token was used up");
+    let c = cluster.spawn_agent_with_env("c", &cluster.agent_args("c", 2), &[("DAVIT_JOIN_TOKEN", "not-a-join-token")]);
+    wait_for_text(&c.log, "token not found or expired");
+
+    // Node a's identity acts for node a alone.
+    let client = davit_client::Client::with_token(&addr, Some(&management));
+    let nodes = runtime().block_on(client.nodes()).unwrap();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let node_a = nodes[0].id.clone();
+    let as_a = davit_client::Client::with_token(&addr, Some(&a_token));
+    runtime().block_on(as_a.heartbeat(&node_a)).expect("its own heartbeat");
+    let forged = runtime().block_on(as_a.heartbeat("some-other-node")).unwrap_err();
+    assert!(forged.is_denied() && forged.to_string().contains("this node's identity"), "{forged}");
+    let mut other = runtime().block_on(client.node(&node_a)).unwrap();
+    other.id = "some-other-node".to_string();
+    let impersonation = runtime().block_on(as_a.register_node(&other)).unwrap_err();
+    assert!(impersonation.to_string().contains("not of node some-other-node"), "{impersonation}");
+    assert!(runtime().block_on(as_a.nodes()).unwrap_err().is_denied(), "a node does not list the cluster's nodes");
+    assert!(runtime().block_on(as_a.jobs()).unwrap_err().is_denied(), "nor read jobs");
+
+    // A node that joined registers only with its identity; restarted without a join token, it uses it.
+    let b_token = join("1");
+    let mut stolen = runtime().block_on(client.node(&node_a)).unwrap();
+    stolen.name = "thief".to_string();
+    let as_join = davit_client::Client::with_token(&addr, Some(&b_token));
+    let takeover = runtime().block_on(as_join.register_node(&stolen)).unwrap_err();
+    assert!(takeover.to_string().contains("already joined"), "{takeover}");
+    a.interrupt();
+    let _a = cluster.spawn_agent("a-again", &a_args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !util::read(&dir.join("a-again.log")).contains("registered with the server") {
+        assert!(Instant::now() < deadline, "the restarted agent never registered:\n{}", util::read(&dir.join("a-again.log")));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop((b, c));
+}

@@ -13,7 +13,7 @@ use davit_api::acl::{
 use davit_store::{Compare, Op, Txn};
 
 use super::{Failure, indexed, json_body};
-use crate::acl::{Caller, UNAUTHENTICATED, secret_hash};
+use crate::acl::{Caller, UNAUTHENTICATED, new_secret, secret_hash};
 use crate::{Shared, keys, new_id, now_millis};
 
 fn require_enabled(shared: &Shared) -> Result<(), Failure> {
@@ -22,11 +22,6 @@ fn require_enabled(shared: &Shared) -> Result<(), Failure> {
     } else {
         Err(Failure::bad_request("ACLs are disabled on this server; start it with `--acl` to use tokens and policies"))
     }
-}
-
-/// A fresh secret: 122 random bits from the OS (a v4 UUID), the shape Nomad's secrets have.
-fn new_secret() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
 
 /// Commits `txn` and waits until the view shows it; `Ok(None)` when a compare failed.
@@ -50,6 +45,8 @@ pub(crate) async fn bootstrap(State(shared): State<Arc<Shared>>) -> Result<Respo
         policies: Vec::new(),
         create_time: now_millis(),
         expiration_time: None,
+        uses_left: None,
+        node_id: None,
         create_index: 0,
         modify_index: 0,
     };
@@ -197,6 +194,8 @@ pub(crate) async fn create_token(State(shared): State<Arc<Shared>>, body: Bytes)
         policies,
         create_time: now,
         expiration_time,
+        uses_left: request.uses,
+        node_id: None,
         create_index: 0,
         modify_index: 0,
     };

@@ -301,10 +301,21 @@ pub(crate) async fn versions(
 
 pub(crate) async fn version(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     JobId(name): JobId,
     Path((_, version)): Path<(String, u64)>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.snapshot();
+    // A node's identity reads only the jobs it runs allocations of.
+    if let Some(node) = caller.acl.node_identity()
+        && !snapshot.cluster.allocs_for_node(node).any(|alloc| alloc.job_name == name)
+    {
+        return Err(Failure::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("permission denied: node {node} runs no allocation of job {name}"),
+        ));
+    }
     let job = version_of(&snapshot, &name, version)?;
     Ok(indexed(snapshot.job_index(&name), &*job))
 }

@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use davit_api::http::{
     AllocStatusUpdate, HeartbeatResponse, IndexResponse, NodeAllocStatusUpdates, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry,
@@ -14,6 +16,7 @@ use davit_api::objects::{Allocation, DrainStrategy, EvalTrigger, Node, NodeEligi
 use davit_store::{Compare, Txn};
 
 use super::{Blocking, Failure, indexed, json_body, resolve_prefix};
+use crate::acl::Caller;
 use crate::liveness::{evals_for_schedulable_node, system_job_evals};
 use crate::{Shared, keys, now_millis};
 
@@ -61,10 +64,25 @@ pub(crate) async fn get_node(State(shared): State<Arc<Shared>>, Path(id): Path<S
     Ok(indexed(node.modify_index, &*node))
 }
 
-pub(crate) async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, Failure> {
+/// `POST /v1/nodes/register`. With a join token, the node also gets its identity: a node token, answered
+/// once (`NodeRegisterResponse::node_token`), with which it acts for itself alone from then on; the join
+/// token loses a use in the same transaction. A node's identity may only register its own node, and a node
+/// that has an identity can only register with it.
+pub(crate) async fn register(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, Failure> {
     let mut node: Node = json_body(&body, "node")?;
     if node.id.is_empty() || node.name.is_empty() || node.datacenter.is_empty() {
         return Err(Failure::bad_request("a node needs a non-empty id, name and datacenter"));
+    }
+    if node.id.len() > 128 || node.name.len() > 256 {
+        return Err(Failure::bad_request("a node id has at most 128 bytes and a name at most 256"));
+    }
+    let forbidden = |message: String| Failure::new(StatusCode::FORBIDDEN, "forbidden", message);
+    if let Some(identity) = caller.acl.node_identity().filter(|identity| *identity != node.id) {
+        return Err(forbidden(format!("permission denied: this token is the identity of node {identity}, not of node {}", node.id)));
     }
     if node.resources.port_range.0 > node.resources.port_range.1 {
         return Err(Failure::bad_request(format!(
@@ -86,6 +104,27 @@ pub(crate) async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> 
     node.status_description = String::new();
     node.last_heartbeat = now_millis();
     let mut txn = Txn::default();
+    let mut node_token = None;
+    if caller.acl.is_join() {
+        if snapshot.acl.node_token(&node.id).is_some() {
+            return Err(forbidden(format!(
+                "node {} already joined and must register with its own node token; an agent that lost it joins again as a new node (remove its data dir)",
+                node.id
+            )));
+        }
+        let join = caller.token.as_ref().ok_or_else(|| forbidden("a join token is needed".to_string()))?;
+        let (stored, secret) = crate::acl::node_token(&node, now_millis());
+        txn.compares.push(Compare::ModRevision(keys::acl_token(&join.token.accessor_id), join.token.modify_index));
+        if let Some(uses) = join.token.uses_left {
+            let mut used = (**join).clone();
+            used.token.uses_left = Some(uses.saturating_sub(1));
+            txn.success.push(keys::put(keys::acl_token(&join.token.accessor_id), &used));
+        }
+        txn.success.push(keys::put(keys::acl_token(&stored.token.accessor_id), &stored));
+        node_token = Some(secret);
+    } else if caller.acl.node_identity().is_none() && shared.acl_enabled && snapshot.acl.node_token(&node.id).is_some() {
+        return Err(forbidden(format!("node {} has an identity of its own: only its node token may register it", node.id)));
+    }
     txn.success.push(keys::put(keys::node(&node.id), &node));
     // Jobs with allocations on a node that was down look again (the node's agent stops any duplicate);
     // system jobs place their allocations on it (also on a re-registration: its drivers or attributes may
@@ -95,6 +134,9 @@ pub(crate) async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> 
         txn.success.push(keys::put(keys::eval(&eval.id), &eval));
     }
     let response = shared.store.txn(txn).await?;
+    if !response.succeeded {
+        return Err(Failure::conflict("the join token was used by another node at the same time; try again"));
+    }
     shared.view.wait_for(response.revision).await;
     shared.liveness.registered(&node.id);
     tracing::info!(node = %node.name, id = %node.id, "node registered");
@@ -106,6 +148,7 @@ pub(crate) async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> 
             index: response.revision,
             heartbeat_interval_ms: interval,
             acl_enabled: shared.acl_enabled,
+            node_token,
         },
     ))
 }

@@ -97,7 +97,8 @@ pub(crate) async fn get_service(
 async fn gather_stats(shared: &Shared, caller: &Caller, snapshot: &Snapshot, service: &mut ServiceInfo) {
     let nodes: Vec<_> = snapshot.cluster.nodes().filter(|node| node.status == NodeStatus::Ready).cloned().collect();
     let requests = nodes.iter().map(|node| {
-        let url = format!("{}/v1/agent/proxy", node.http_addr.trim_end_matches('/'));
+        // In the caller's namespace: the agent checks the caller's token there.
+        let url = format!("{}/v1/agent/proxy?namespace={}", node.http_addr.trim_end_matches('/'), caller.namespace);
         let request = caller.relay(shared.http.get(url)).timeout(STATS_TIMEOUT).send();
         async move {
             let response = request.await.map_err(|error| format!("node {}: {error}", node.name))?;

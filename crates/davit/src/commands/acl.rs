@@ -5,7 +5,7 @@ use davit_client::Client;
 
 use super::header;
 use crate::Failure;
-use crate::cli::{AclCommand, AclPolicyCommand, AclTokenCommand, OutputFormat, TokenTypeArg};
+use crate::cli::{AclCommand, AclJoinTokenCommand, AclPolicyCommand, AclTokenCommand, OutputFormat, TokenTypeArg};
 use crate::output::{json, label, table, time};
 
 pub async fn acl(client: &Client, command: AclCommand) -> Result<(), Failure> {
@@ -17,6 +17,13 @@ pub async fn acl(client: &Client, command: AclCommand) -> Result<(), Failure> {
         }
         AclCommand::Policy(command) => policy(client, command).await,
         AclCommand::Token(command) => token(client, command).await,
+        AclCommand::JoinToken(AclJoinTokenCommand::Create { name, uses, ttl, output }) => {
+            let ttl = parse_ttl(ttl)?;
+            let created =
+                client.create_acl_token(&CreateTokenRequest { name, token_type: TokenType::Join, policies: Vec::new(), ttl, uses }).await?;
+            print_created(&created, output.format);
+            Ok(())
+        }
     }
 }
 
@@ -64,12 +71,12 @@ async fn policy(client: &Client, command: AclPolicyCommand) -> Result<(), Failur
 async fn token(client: &Client, command: AclTokenCommand) -> Result<(), Failure> {
     match command {
         AclTokenCommand::Create { name, token_type, policies, ttl, output } => {
-            let ttl = ttl.map(|text| davit_api::Duration::parse(&text).map_err(|e| Failure::user(format!("--ttl: {e}")))).transpose()?;
+            let ttl = parse_ttl(ttl)?;
             let token_type = match token_type {
                 TokenTypeArg::Client => TokenType::Client,
                 TokenTypeArg::Management => TokenType::Management,
             };
-            let created = client.create_acl_token(&CreateTokenRequest { name, token_type, policies, ttl }).await?;
+            let created = client.create_acl_token(&CreateTokenRequest { name, token_type, policies, ttl, uses: None }).await?;
             print_created(&created, output.format);
             Ok(())
         }
@@ -115,6 +122,10 @@ async fn token(client: &Client, command: AclTokenCommand) -> Result<(), Failure>
     }
 }
 
+fn parse_ttl(ttl: Option<String>) -> Result<Option<davit_api::Duration>, Failure> {
+    ttl.map(|text| davit_api::Duration::parse(&text).map_err(|e| Failure::user(format!("--ttl: {e}")))).transpose()
+}
+
 fn print_created(created: &CreatedToken, format: OutputFormat) {
     if format == OutputFormat::Json {
         println!("{}", json(created));
@@ -134,6 +145,12 @@ fn print_token(token: &AclToken, format: OutputFormat) {
     println!("Name        = {}", token.name);
     println!("Type        = {}", label(&token.token_type));
     println!("Policies    = {}", token.policies.join(", "));
+    if let Some(uses) = token.uses_left {
+        println!("Uses left   = {uses}");
+    }
+    if let Some(node) = &token.node_id {
+        println!("Node        = {node}");
+    }
     println!("Created     = {}", time(token.create_time));
     println!("Expires     = {}", token.expiration_time.map_or_else(|| "never".to_string(), time));
 }
