@@ -92,6 +92,17 @@ impl Capability {
     }
 }
 
+impl VariableCapability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VariableCapability::Read => "read",
+            VariableCapability::Write => "write",
+            VariableCapability::List => "list",
+            VariableCapability::Deny => "deny",
+        }
+    }
+}
+
 /// The shorthand of a namespace rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -319,6 +330,10 @@ pub enum Rule {
     Management,
     /// Any valid token (reading one's own token).
     Authenticated,
+    /// The capability on the variable path the route names, in the request's namespace.
+    Variable(VariableCapability),
+    /// Any valid token; the answer lists only the variables the token may `list`.
+    VariableList,
     /// No token: `POST /v1/acl/bootstrap`, which works once.
     Bootstrap,
 }
@@ -349,6 +364,8 @@ impl fmt::Display for Rule {
             Rule::Operator(access) => write!(f, "operator: {}", access.as_str()),
             Rule::Management => write!(f, "a management token"),
             Rule::Authenticated => write!(f, "a valid token"),
+            Rule::Variable(capability) => write!(f, "variables: {}", capability.as_str()),
+            Rule::VariableList => write!(f, "a valid token (variables it may list)"),
             Rule::Bootstrap => write!(f, "no token (one-time bootstrap)"),
         }
     }
@@ -488,11 +505,13 @@ impl Acl {
 
     /// Whether the token satisfies `rule` for a request in `namespace`.
     pub fn check(&self, rule: Rule, namespace: &str) -> Result<(), Denied> {
-        self.check_for_node(rule, namespace, None)
+        self.check_about(rule, namespace, None)
     }
 
-    /// [`Acl::check`] for a route about one node (`node`: the node its path names).
-    pub fn check_for_node(&self, rule: Rule, namespace: &str, node: Option<&str>) -> Result<(), Denied> {
+    /// [`Acl::check`] for a route about one thing its path names: a node (`/v1/node/{id}/…`) or a variable
+    /// path (`/v1/var/{path}`).
+    pub fn check_about(&self, rule: Rule, namespace: &str, subject: Option<&str>) -> Result<(), Denied> {
+        let node = subject;
         let in_namespace = |needed: String| Denied { needed: format!("`{needed}`"), namespace: Some(namespace.to_string()) };
         match rule {
             Rule::Namespace(capability) if self.allows(namespace, capability) => Ok(()),
@@ -511,7 +530,12 @@ impl Acl {
             Rule::Register if self.allows_node(Access::Write) || self.join || self.node_identity.is_some() => Ok(()),
             Rule::Operator(access) if self.allows_operator(access) => Ok(()),
             Rule::Management if self.management => Ok(()),
-            Rule::Authenticated | Rule::Bootstrap => Ok(()),
+            Rule::Variable(capability) if subject.is_some_and(|path| self.allows_variable(namespace, path, capability)) => Ok(()),
+            Rule::Variable(capability) => Err(Denied {
+                needed: format!("`{}` on variable {}", capability.as_str(), subject.unwrap_or_default()),
+                namespace: Some(namespace.to_string()),
+            }),
+            Rule::Authenticated | Rule::VariableList | Rule::Bootstrap => Ok(()),
             Rule::Node(_) | Rule::ThisNode(_) | Rule::AnyNode(_) | Rule::Register | Rule::Operator(_) | Rule::Management => {
                 Err(Denied { needed: format!("`{rule}`"), namespace: None })
             }
@@ -692,8 +716,8 @@ mod tests {
         );
         assert!(Acl::management().check(Rule::Management, "x").is_ok());
         let node = Acl::for_node("n1");
-        assert!(node.check_for_node(Rule::ThisNode(Access::Write), "default", Some("n1")).is_ok());
-        assert!(node.check_for_node(Rule::ThisNode(Access::Write), "default", Some("n2")).is_err(), "only its own node");
+        assert!(node.check_about(Rule::ThisNode(Access::Write), "default", Some("n1")).is_ok());
+        assert!(node.check_about(Rule::ThisNode(Access::Write), "default", Some("n2")).is_err(), "only its own node");
         assert!(node.check(Rule::AnyNode(Access::Read), "default").is_ok() && node.check(Rule::Register, "default").is_ok());
         assert!(node.check(Rule::Node(Access::Read), "default").is_err(), "no reading of other nodes");
         assert!(node.check(Rule::Namespace(Capability::ReadJob), "default").is_err());

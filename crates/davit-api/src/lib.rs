@@ -14,5 +14,6 @@ pub mod namespace;
 pub mod objects;
 pub mod small_map;
 pub mod spec;
+pub mod variables;
 
 pub use duration::Duration;

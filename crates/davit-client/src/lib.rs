@@ -19,6 +19,7 @@ use davit_api::http::{
 };
 use davit_api::namespace::{ApplyNamespaceRequest, NamespaceStatus};
 use davit_api::objects::{Allocation, Evaluation, Index, Job, Node};
+use davit_api::variables::{KeyInfo, PutVariableRequest, Variable, VariableMeta};
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
 
@@ -394,6 +395,45 @@ impl Client {
         Ok(self.send(self.http.delete(self.url(&format!("/v1/namespace/{}", encode(name))))).await?.value)
     }
 
+    // ---- variables ----
+
+    pub async fn variables(&self, prefix: &str) -> Result<Vec<VariableMeta>, ClientError> {
+        self.get(&format!("/v1/vars?prefix={}", encode(prefix))).await
+    }
+
+    pub async fn variable(&self, path: &str) -> Result<Variable, ClientError> {
+        self.get(&format!("/v1/var/{}", encode_path(path))).await
+    }
+
+    /// Writes a variable; with `cas`, only if its modify index is still that (0: only if it does not exist).
+    pub async fn put_variable(&self, path: &str, request: &PutVariableRequest, cas: Option<u64>) -> Result<VariableMeta, ClientError> {
+        let mut url = format!("/v1/var/{}", encode_path(path));
+        if let Some(cas) = cas {
+            url.push_str(&format!("?cas={cas}"));
+        }
+        Ok(self.send(self.http.put(self.url(&url)).json(request)).await?.value)
+    }
+
+    pub async fn delete_variable(&self, path: &str, cas: Option<u64>) -> Result<IndexResponse, ClientError> {
+        let mut url = format!("/v1/var/{}", encode_path(path));
+        if let Some(cas) = cas {
+            url.push_str(&format!("?cas={cas}"));
+        }
+        Ok(self.send(self.http.delete(self.url(&url))).await?.value)
+    }
+
+    pub async fn keyring(&self) -> Result<Vec<KeyInfo>, ClientError> {
+        self.get("/v1/operator/keyring").await
+    }
+
+    pub async fn rotate_keyring(&self) -> Result<serde_json::Value, ClientError> {
+        Ok(self.send(self.http.post(self.url("/v1/operator/keyring/rotate"))).await?.value)
+    }
+
+    pub async fn remove_key(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        Ok(self.send(self.http.delete(self.url(&format!("/v1/operator/keyring/{}", encode(id))))).await?.value)
+    }
+
     // ---- ACL ----
 
     /// The first management token; works once per cluster.
@@ -498,6 +538,11 @@ fn api_error(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
         spec_errors: Vec::new(),
     });
     ClientError::Api { status: status.as_u16(), error }
+}
+
+/// Percent-encodes each segment of a `/`-separated path (a variable path), keeping the slashes.
+fn encode_path(path: &str) -> String {
+    path.split('/').map(encode).collect::<Vec<_>>().join("/")
 }
 
 /// Percent-encodes a path segment (names are DNS labels and ids are hex, so this rarely changes anything).

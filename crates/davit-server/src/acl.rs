@@ -152,9 +152,21 @@ pub struct RouteGuard {
 pub async fn authorize(State(guard): State<RouteGuard>, mut request: Request, next: Next) -> Response {
     let namespace = davit_api::acl::request_namespace(request.uri().query());
     let secret = request_secret(request.headers());
-    // Routes about one node (`/v1/node/{id}/…`) may be called by that node's identity.
-    let node = guard.route.strip_prefix("/v1/node/{id}").and_then(|_| request.uri().path().split('/').nth(3)).map(str::to_string);
-    let caller = match resolve(&guard.shared, guard.rule, secret, namespace, node.as_deref()) {
+    // Routes about one node (`/v1/node/{id}/…`) may be called by that node's identity; variable routes are
+    // checked against the variable's path.
+    let subject = if guard.route.starts_with("/v1/node/{id}") {
+        request.uri().path().split('/').nth(3).map(str::to_string)
+    } else if guard.route.starts_with("/v1/var/") {
+        // Checked as written: variable paths only hold characters that need no percent-encoding.
+        let path = request.uri().path().strip_prefix("/v1/var/").unwrap_or_default();
+        if path.contains('%') {
+            return Failure::bad_request(format!("`{path}` is not a variable path: paths are never percent-encoded")).into_response();
+        }
+        Some(path.to_string())
+    } else {
+        None
+    };
+    let caller = match resolve(&guard.shared, guard.rule, secret, namespace, subject.as_deref()) {
         Ok(caller) => caller,
         Err(failure) => {
             let response = failure.into_response();
@@ -169,7 +181,7 @@ pub async fn authorize(State(guard): State<RouteGuard>, mut request: Request, ne
     response
 }
 
-fn resolve(shared: &Shared, rule: Rule, secret: Option<String>, namespace: String, node: Option<&str>) -> Result<Caller, Failure> {
+fn resolve(shared: &Shared, rule: Rule, secret: Option<String>, namespace: String, subject: Option<&str>) -> Result<Caller, Failure> {
     if !shared.acl_enabled {
         return Ok(Caller { token: None, secret, acl: Arc::new(Acl::management()), namespace });
     }
@@ -193,7 +205,7 @@ fn resolve(shared: &Shared, rule: Rule, secret: Option<String>, namespace: Strin
             None => return Err(unauthenticated()),
         },
     };
-    if let Err(denied) = acl.check_for_node(rule, &namespace, node) {
+    if let Err(denied) = acl.check_about(rule, &namespace, subject) {
         return Err(Failure::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string()));
     }
     Ok(Caller { token, secret, acl: Arc::new(acl), namespace })

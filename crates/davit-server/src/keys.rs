@@ -8,6 +8,7 @@
 //! | `allocs/<created, 12 hex digits of ms>/<id>` (ids the scheduler makes), `allocs/<id>` (others) | [`Allocation`] |
 //! | `evals/<id>` | [`Evaluation`] |
 //! | `namespaces/<name>` | [`Namespace`] (`default` exists without one) |
+//! | `vars/<namespace>/<path>` | [`StoredVariable`]: the items sealed with the keyring (see `keyring.rs`) |
 //! | `acl/policy/<name>` | [`AclPolicy`] |
 //! | `acl/token/<accessor id>` | [`StoredToken`] (the secret only as its SHA-256) |
 //! | `acl/bootstrap` | the accessor id of the bootstrap token: present once `acl bootstrap` ran |
@@ -23,6 +24,7 @@ pub const NODES: &str = "nodes/";
 pub const ALLOCS: &str = "allocs/";
 pub const EVALS: &str = "evals/";
 pub const NAMESPACES: &str = "namespaces/";
+pub const VARIABLES: &str = "vars/";
 pub const ACL_POLICIES: &str = "acl/policy/";
 pub const ACL_TOKENS: &str = "acl/token/";
 pub const ACL_BOOTSTRAP: &str = "acl/bootstrap";
@@ -51,6 +53,9 @@ pub fn alloc(id: &str) -> String {
 pub fn eval(id: &str) -> String {
     format!("{EVALS}{id}")
 }
+pub fn variable(namespace: &str, path: &str) -> String {
+    format!("{VARIABLES}{namespace}/{path}")
+}
 pub fn namespace(name: &str) -> String {
     format!("{NAMESPACES}{name}")
 }
@@ -59,6 +64,20 @@ pub fn acl_policy(name: &str) -> String {
 }
 pub fn acl_token(accessor_id: &str) -> String {
     format!("{ACL_TOKENS}{accessor_id}")
+}
+
+/// A variable as the store keeps it: its items only sealed (JSON of the items, associated data: its key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StoredVariable {
+    pub namespace: String,
+    pub path: String,
+    pub create_time: u64,
+    pub modify_time: u64,
+    pub sealed: crate::keyring::Sealed,
+    #[serde(skip)]
+    pub create_index: u64,
+    #[serde(skip)]
+    pub modify_index: u64,
 }
 
 /// A decoded store key and value.
@@ -70,6 +89,7 @@ pub enum Object {
     Alloc(Box<Allocation>),
     Eval(Evaluation),
     Namespace(Namespace),
+    Variable(Box<StoredVariable>),
     AclPolicy(AclPolicy),
     AclToken(Box<StoredToken>),
     AclBootstrap,
@@ -84,6 +104,8 @@ pub enum ObjectKey<'a> {
     Alloc(&'a str),
     Eval(&'a str),
     Namespace(&'a str),
+    /// (namespace, path)
+    Variable(&'a str, &'a str),
     AclPolicy(&'a str),
     AclToken(&'a str),
     AclBootstrap,
@@ -105,6 +127,10 @@ pub fn parse_key(key: &str) -> Option<ObjectKey<'_>> {
         let timed =
             rest.split_once('/').filter(|(created, id)| davit_scheduler::alloc_id_created(id).is_some_and(|c| c == created.as_bytes()));
         return Some(ObjectKey::Alloc(timed.map_or(rest, |(_, id)| id)));
+    }
+    if let Some(rest) = key.strip_prefix(VARIABLES) {
+        let (namespace, path) = rest.split_once('/')?;
+        return Some(ObjectKey::Variable(namespace, path));
     }
     if let Some(name) = key.strip_prefix(NAMESPACES) {
         return Some(ObjectKey::Namespace(name));
@@ -148,6 +174,11 @@ pub fn decode(key: &str, value: &[u8], create_revision: u64, mod_revision: u64) 
             let mut namespace: Namespace = serde_json::from_slice(value)?;
             (namespace.create_index, namespace.modify_index) = (create_revision, mod_revision);
             Object::Namespace(namespace)
+        }
+        Some(ObjectKey::Variable(..)) => {
+            let mut variable: StoredVariable = serde_json::from_slice(value)?;
+            (variable.create_index, variable.modify_index) = (create_revision, mod_revision);
+            Object::Variable(Box::new(variable))
         }
         Some(ObjectKey::AclPolicy(_)) => {
             let mut policy: AclPolicy = serde_json::from_slice(value)?;
@@ -195,6 +226,7 @@ mod tests {
         assert_eq!(parse_key("other/x"), None);
         assert_eq!(parse_key(&acl_policy("ops")), Some(ObjectKey::AclPolicy("ops")));
         assert_eq!(parse_key(&namespace("team-a")), Some(ObjectKey::Namespace("team-a")));
+        assert_eq!(parse_key(&variable("team-a", "shop/db")), Some(ObjectKey::Variable("team-a", "shop/db")));
         assert_eq!(parse_key(&version("team-a/web", 3)), Some(ObjectKey::Version("team-a/web", 3)));
         assert_eq!(parse_key(&job("team-a/web")), Some(ObjectKey::Job("team-a/web")));
         assert_eq!(parse_key(&acl_token("a-1")), Some(ObjectKey::AclToken("a-1")));

@@ -23,6 +23,7 @@ pub mod applier;
 mod broker;
 mod catalog;
 mod drainer;
+mod keyring;
 mod keys;
 mod liveness;
 mod metrics;
@@ -54,6 +55,9 @@ pub struct ServerConfig {
     pub acl_enabled: bool,
     /// Append every write request to this file (JSON lines, rotated at 64 MiB).
     pub audit_log: Option<std::path::PathBuf>,
+    /// The keyring that seals variables (created there on first start); `None`: a keyring in memory only,
+    /// whose variables do not survive a restart (tests).
+    pub keyring: Option<std::path::PathBuf>,
 }
 
 /// Two scheduler workers per core. A worker spends much of an evaluation waiting for the plan applier's
@@ -75,6 +79,8 @@ pub enum ServerError {
     },
     #[error("loading state from the store")]
     Store(#[from] StoreError),
+    #[error("opening the keyring")]
+    Keyring(#[from] keyring::KeyringError),
 }
 
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
@@ -134,10 +140,15 @@ pub(crate) struct Shared {
     pub closing: tokio::sync::watch::Receiver<bool>,
     pub acl_enabled: bool,
     pub audit: Option<acl::AuditLog>,
+    pub keyring: keyring::Keyring,
 }
 
 /// Starts the server: loads the view, starts the loops, and serves HTTP.
 pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError> {
+    let keyring = match &config.keyring {
+        Some(path) => keyring::Keyring::open(path, now_millis())?,
+        None => keyring::Keyring::in_memory(now_millis()),
+    };
     let metrics = Arc::new(Metrics::default());
     config.store = Arc::new(CountingStore { inner: config.store, metrics: Arc::clone(&metrics) });
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -174,6 +185,7 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         closing,
         acl_enabled: config.acl_enabled,
         audit: config.audit_log.map(acl::AuditLog::new),
+        keyring,
     });
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;

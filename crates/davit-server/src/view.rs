@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub evals: OrdMap<String, Arc<Evaluation>>,
     /// ACL policies and tokens (see `crate::acl`).
     pub acl: crate::acl::AclTable,
+    /// Variables, sealed, by `<namespace>/<path>`.
+    pub variables: OrdMap<String, Arc<keys::StoredVariable>>,
     pub revision: Revision,
     /// Last revision that changed anything about a job (the job, its versions, allocs or evals).
     job_index: imbl::HashMap<String, Index>,
@@ -416,6 +418,10 @@ fn apply_put(
             // A new or raised quota may let blocked placements through.
             let _ = events.send(ViewEvent::CapacityChanged(mod_revision));
         }
+        Object::Variable(variable) => {
+            snapshot.table_index.insert("vars", mod_revision);
+            snapshot.variables.insert(format!("{}/{}", variable.namespace, variable.path), Arc::new(*variable));
+        }
         Object::AclPolicy(policy) => {
             snapshot.table_index.insert("acl", mod_revision);
             snapshot.acl.upsert_policy(policy);
@@ -660,6 +666,10 @@ fn apply_delete(snapshot: &mut Snapshot, key: &str, revision: Revision, events: 
             snapshot.table_index.insert("namespaces", revision);
             snapshot.cluster.remove_namespace(name);
             let _ = events.send(ViewEvent::CapacityChanged(revision));
+        }
+        Some(ObjectKey::Variable(namespace, path)) => {
+            snapshot.table_index.insert("vars", revision);
+            snapshot.variables.remove(&format!("{namespace}/{path}"));
         }
         Some(ObjectKey::AclPolicy(name)) => {
             snapshot.table_index.insert("acl", revision);

@@ -71,7 +71,8 @@ fn policy_for(rule: Rule) -> Option<String> {
         Rule::Node(_) | Rule::ThisNode(_) | Rule::AnyNode(_) | Rule::Register => Some("node: write\n".to_string()),
         Rule::Operator(Access::Read) => Some("operator: read\n".to_string()),
         Rule::Operator(_) => Some("operator: write\n".to_string()),
-        Rule::Management | Rule::Authenticated | Rule::Bootstrap => None,
+        Rule::Variable(capability) => Some(format!("namespaces: {{default: {{variables: {{'*': [{}]}}}}}}\n", capability.as_str())),
+        Rule::Management | Rule::Authenticated | Rule::VariableList | Rule::Bootstrap => None,
     }
 }
 
@@ -107,7 +108,7 @@ async fn every_route_needs_a_token_and_exactly_its_capability() {
                 assert_eq!(anonymous, 400, "{what}: bootstrap works once, and was done");
                 assert_eq!(weak_status, 400, "{what}");
             }
-            Rule::Authenticated => {
+            Rule::Authenticated | Rule::VariableList => {
                 assert_eq!(anonymous, 401, "{what} without a token");
                 assert!(![401, 403].contains(&weak_status), "{what}: any valid token may, got {weak_status}");
             }

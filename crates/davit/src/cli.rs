@@ -57,6 +57,12 @@ pub enum Command {
     /// Namespaces and their quotas.
     #[command(subcommand)]
     Namespace(NamespaceCommand),
+    /// Variables: key/value items at a path, encrypted at rest.
+    #[command(subcommand)]
+    Var(VarCommand),
+    /// Cluster operations: the keyring that encrypts variables.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// Simulate many agents in one process (no workloads): real registration, heartbeats and allocation
     /// status over the HTTP API; every allocation runs at once. A tool for measuring the server.
     Sim(SimArgs),
@@ -86,6 +92,8 @@ impl Command {
                 | Command::Event(_)
                 | Command::Acl(_)
                 | Command::Namespace(_)
+                | Command::Var(_)
+                | Command::Operator(_)
         )
     }
 }
@@ -433,6 +441,60 @@ pub enum EventCommand {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Json)]
         format: OutputFormat,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VarCommand {
+    /// Write a variable: `davit var put shop/db url=postgres://… user=shop`, or `@FILE` for a JSON object of
+    /// items. Replaces all its items.
+    Put {
+        path: String,
+        /// KEY=VALUE items, or @FILE.
+        #[arg(required = true)]
+        items: Vec<String>,
+        /// Only if the variable's index is still N (0: only if it does not exist yet).
+        #[arg(long)]
+        cas: Option<u64>,
+    },
+    /// Print a variable's items (KEY=VALUE lines; `-o json` for the whole variable).
+    Get {
+        path: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List variables (no values) under a prefix.
+    Ls {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Delete a variable.
+    Rm {
+        path: String,
+        #[arg(long)]
+        cas: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// The keyring that encrypts variables.
+    #[command(subcommand)]
+    Keyring(KeyringCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyringCommand {
+    /// List the keys and how many variables each still encrypts.
+    Ls {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Add a key and make it the active one; variables are re-encrypted with it in the background.
+    Rotate,
+    /// Remove a key that is not active and encrypts no variable.
+    Remove { id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -115,6 +115,8 @@ async fn try_main(cli: cli::Cli) -> Result<(), Failure> {
         cli::Command::Event(command) => commands::event(&client, command).await,
         cli::Command::Acl(command) => commands::acl(&client, command).await,
         cli::Command::Namespace(command) => commands::namespace(&client, command).await,
+        cli::Command::Var(command) => commands::var(&client, command).await,
+        cli::Command::Operator(command) => commands::operator(&client, command).await,
         cli::Command::Sim(args) => sim::command(args, &cli.address, cli.token).await,
         cli::Command::Bench(command) => bench::command(command).await,
     }

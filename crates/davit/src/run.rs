@@ -35,6 +35,7 @@ fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, data_dir: &P
         scheduler: Default::default(),
         acl_enabled,
         audit_log: Some(data_dir.join("audit.log")),
+        keyring: Some(data_dir.join("keyring.json")),
     }
 }
 

@@ -172,8 +172,12 @@ impl StreamState {
                 ObjectKey::Node(id) => ("Node", id.to_string()),
                 ObjectKey::Alloc(id) => ("Allocation", id.to_string()),
                 ObjectKey::Eval(id) => ("Evaluation", id.to_string()),
-                // Access control is never part of the stream.
-                ObjectKey::Namespace(_) | ObjectKey::AclPolicy(_) | ObjectKey::AclToken(_) | ObjectKey::AclBootstrap => continue,
+                // Access control and variables are never part of the stream.
+                ObjectKey::Namespace(_)
+                | ObjectKey::Variable(..)
+                | ObjectKey::AclPolicy(_)
+                | ObjectKey::AclToken(_)
+                | ObjectKey::AclBootstrap => continue,
             };
             let in_namespace = match parsed {
                 ObjectKey::Job(id) | ObjectKey::Version(id, _) => namespace_of(id) == self.namespace,
@@ -211,7 +215,7 @@ impl StreamState {
                     Object::Node(node) => serde_json::to_value(node).ok(),
                     Object::Alloc(alloc) => serde_json::to_value(alloc).ok(),
                     Object::Eval(eval) => serde_json::to_value(eval).ok(),
-                    Object::Namespace(_) | Object::AclPolicy(_) | Object::AclToken(_) | Object::AclBootstrap => None,
+                    Object::Namespace(_) | Object::Variable(_) | Object::AclPolicy(_) | Object::AclToken(_) | Object::AclBootstrap => None,
                 };
             } else if !in_namespace {
                 continue;

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
-use davit_api::acl::{Access, Capability, RouteRule, Rule};
+use davit_api::acl::{Access, Capability, RouteRule, Rule, VariableCapability};
 use davit_api::http::{ApiError, INDEX_HEADER};
 use davit_api::objects::Index;
 use serde::Deserialize;
@@ -29,6 +29,7 @@ mod nodes;
 mod plan;
 mod rebalance;
 mod services;
+mod variables;
 
 /// One route: its method, pattern and rule, and the handler.
 struct Route {
@@ -109,6 +110,13 @@ fn table() -> Vec<Route> {
         route(M::GET, "/v1/namespace/{name}", Rule::Authenticated, namespaces::get),
         route(M::PUT, "/v1/namespace/{name}", Rule::Management, namespaces::apply),
         route(M::DELETE, "/v1/namespace/{name}", Rule::Management, namespaces::delete),
+        route(M::GET, "/v1/vars", Rule::VariableList, variables::list),
+        route(M::GET, "/v1/var/{*path}", Rule::Variable(VariableCapability::Read), variables::get),
+        route(M::PUT, "/v1/var/{*path}", Rule::Variable(VariableCapability::Write), variables::put),
+        route(M::DELETE, "/v1/var/{*path}", Rule::Variable(VariableCapability::Write), variables::delete),
+        route(M::GET, "/v1/operator/keyring", Rule::Operator(Access::Read), variables::keyring),
+        route(M::POST, "/v1/operator/keyring/rotate", Rule::Operator(Access::Write), variables::rotate),
+        route(M::DELETE, "/v1/operator/keyring/{id}", Rule::Operator(Access::Write), variables::remove_key),
         route(M::POST, "/v1/acl/bootstrap", Rule::Bootstrap, acl::bootstrap),
         route(M::GET, "/v1/acl/policies", Rule::Authenticated, acl::list_policies),
         route(M::GET, "/v1/acl/policy/{name}", Rule::Authenticated, acl::get_policy),

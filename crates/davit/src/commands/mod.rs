@@ -12,9 +12,11 @@ use futures_util::StreamExt;
 
 mod acl;
 mod namespace;
+mod var;
 
 pub use acl::acl;
 pub use namespace::namespace;
+pub use var::{operator, var};
 
 use crate::Failure;
 use crate::cli::{AllocCommand, EvalCommand, EventCommand, JobCommand, NodeCommand, OutputFormat, RebalanceArgs, ServiceCommand};
