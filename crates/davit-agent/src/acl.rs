@@ -108,6 +108,10 @@ pub async fn authorize(State(guard): State<RouteGuard>, mut request: Request, ne
         davit_api::acl::request_secret(text(TOKEN_HEADER), text(header::AUTHORIZATION.as_str()))
     };
     let namespace = davit_api::acl::request_namespace(request.uri().query());
+    if let Err(reason) = davit_api::spec::check_dns_label(&namespace) {
+        let message = format!("`{namespace}` is not a namespace name: {reason}");
+        return crate::api::api_error(StatusCode::BAD_REQUEST, "bad_request", message);
+    }
     match guard.context.acl.check(&guard.context.servers, guard.rule, secret.as_deref(), &namespace).await {
         Ok(()) => {
             request.extensions_mut().insert(RequestNamespace(namespace));

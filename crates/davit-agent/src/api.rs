@@ -73,9 +73,18 @@ async fn health(State(context): State<Arc<AgentContext>>) -> Json<serde_json::Va
 }
 
 /// The proxy's counters per listener and backend; 404 when the agent runs no service proxy.
-async fn proxy_stats(State(context): State<Arc<AgentContext>>) -> Response {
+/// Only the request's namespace's services: listeners are named by `service_key` (`<name>.<namespace>` outside
+/// `default`; service names hold no `.`), upstream listeners with `:<port>` after it.
+async fn proxy_stats(State(context): State<Arc<AgentContext>>, Extension(namespace): Extension<RequestNamespace>) -> Response {
+    let in_namespace = |service: &str| match service.split_once('.') {
+        Some((_, owner)) => owner == namespace.0,
+        None => namespace.0 == davit_api::acl::DEFAULT_NAMESPACE,
+    };
     match &context.service_proxy {
-        Some(service_proxy) => Json(service_proxy.stats()).into_response(),
+        Some(service_proxy) => {
+            let stats: Vec<_> = service_proxy.stats().into_iter().filter(|listener| in_namespace(&listener.service)).collect();
+            Json(stats).into_response()
+        }
         None => api_error(StatusCode::NOT_FOUND, "not_found", "this agent runs no service proxy (--no-service-proxy)".to_string()),
     }
 }

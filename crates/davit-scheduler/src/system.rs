@@ -32,6 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::sync::Arc;
 
+use davit_api::namespace::NamespaceUsage;
 use davit_api::objects::{
     AllocatedResources, Allocation, ClientStatus, DesiredStatus, EvalStatus, Evaluation, Job, Node, NodeStatus, PlacementFailure,
     UnixMillis,
@@ -69,6 +70,7 @@ pub(crate) fn schedule_system(
         ids: AllocIds::new(now),
         follow_ups: BTreeMap::new(),
         plan,
+        namespace_usage: state.namespace_usage(davit_api::namespace::namespace_of(&eval.job_name)),
     };
     let mut allocs: Vec<&Arc<Allocation>> = state.allocs_for_job(&eval.job_name).collect();
     allocs.sort_by(|a, b| (a.create_time, &a.id).cmp(&(b.create_time, &b.id)));
@@ -99,6 +101,8 @@ struct SystemRun<'a> {
     ids: AllocIds,
     follow_ups: BTreeMap<String, UnixMillis>,
     plan: Plan,
+    /// What the job's namespace reserves, as this plan leaves it (its quota is checked against it).
+    namespace_usage: NamespaceUsage,
 }
 
 /// What to place on one node.
@@ -127,6 +131,7 @@ impl<'a> SystemRun<'a> {
             }
         }
 
+        let quota = self.state.namespace(davit_api::namespace::namespace_of(&self.eval.job_name)).and_then(|namespace| namespace.quota);
         for (group_position, group) in job.spec.groups.iter().enumerate() {
             let ask = Ask::new(group);
             let mut failure = PlacementFailure::default();
@@ -208,9 +213,28 @@ impl<'a> SystemRun<'a> {
                         previous => Placement { previous: previous.copied(), replaces_running: false, reschedule_delay_ms: None },
                     }
                 };
-                if let Err(dimension) = self.place(job, group_position, group, &ask, node, placement, &mut feasibility, &mut preemptor) {
-                    *failure.exhausted.entry(dimension.to_string()).or_default() += 1;
+                // The namespace's quota, with the allocation this one replaces already out of it.
+                let replaced = placement.previous.filter(|_| placement.replaces_running);
+                let mut usage = self.namespace_usage;
+                if let Some(previous) = replaced {
+                    usage.remove(previous.resources.cpu, previous.resources.memory);
+                }
+                let namespace = davit_api::namespace::namespace_of(&self.eval.job_name);
+                let asked = NamespaceUsage { cpu: ask.cpu, memory: ask.memory, allocations: 1 };
+                if let Some(reason) = quota.and_then(|quota| quota.exceeded_by(namespace, &usage, &asked)) {
+                    failure.quota = Some(reason);
                     failure.missing += 1;
+                    continue;
+                }
+                match self.place(job, group_position, group, &ask, node, placement, &mut feasibility, &mut preemptor) {
+                    Ok(()) => {
+                        usage.add(ask.cpu, ask.memory);
+                        self.namespace_usage = usage;
+                    }
+                    Err(dimension) => {
+                        *failure.exhausted.entry(dimension.to_string()).or_default() += 1;
+                        failure.missing += 1;
+                    }
                 }
             }
             if failure.missing > 0 {
@@ -304,6 +328,9 @@ impl<'a> SystemRun<'a> {
 
     fn stop(&mut self, alloc: &Allocation, description: String, client_status: Option<ClientStatus>) {
         self.usage.remove(&alloc.node_id, &alloc.resources);
+        if !alloc.is_terminal() {
+            self.namespace_usage.remove(alloc.resources.cpu, alloc.resources.memory);
+        }
         if client_status == Some(ClientStatus::Lost) {
             self.counts.lost += 1;
         } else {

@@ -7,9 +7,9 @@
 //! message for all three. A token without the capability: 403 naming it. With ACLs off every request
 //! passes. The handler finds the caller as a [`Caller`] extension.
 //!
-//! Writes (every method but GET and HEAD) are appended to the audit log, when there is one, as JSON lines
-//! with the time, the token's accessor id (never its secret), the namespace, the route, the path and the
-//! answer's status code.
+//! Writes (every method but GET and HEAD; reads too with `--audit-reads`) are appended to the audit log, when
+//! there is one, as JSON lines with the time, the token's accessor id (never its secret), the namespace, the
+//! route, the path and the answer's status code.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use davit_api::acl::{ANONYMOUS_POLICY, Acl, AclPolicy, Rule, StoredToken, TOKEN_HEADER, TokenType};
+use davit_api::acl::{ANONYMOUS_POLICY, Acl, AclPolicy, Capability, Rule, StoredToken, TOKEN_HEADER, TokenType};
 use imbl::OrdMap;
 use sha2::Digest;
 
@@ -114,24 +114,89 @@ pub fn new_secret() -> String {
 pub struct Caller {
     /// `None` with ACLs off, or for anonymous requests.
     pub token: Option<Arc<StoredToken>>,
-    /// The secret as sent: relayed to agents, which check it themselves.
+    /// The secret as sent (never passed on: agents get a relay token instead, see [`Caller::relay_token`]).
     pub secret: Option<String>,
     pub acl: Arc<Acl>,
     pub namespace: String,
+    /// The grant of a relay token, when the request carried one.
+    pub relayed: Option<RelayGrant>,
+    /// Makes relay tokens (ACLs on).
+    relay_key: Option<Arc<[u8; 32]>>,
 }
 
+/// What a relay token grants: one capability in one namespace, until it expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayGrant {
+    pub namespace: String,
+    pub capability: Capability,
+    pub expires: u64,
+}
+
+/// How long a relay token lives: long enough for an agent to check it, not to be worth stealing.
+const RELAY_TTL_MS: u64 = 60_000;
+const RELAY_PREFIX: &str = "relay.";
+
 impl Caller {
-    /// Adds the caller's token to a request the server makes on its behalf (to an agent, which checks it).
-    pub fn relay(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.secret {
-            Some(secret) => request.header(TOKEN_HEADER, secret),
+    /// A token for a request the server makes on the caller's behalf to an agent (logs, exec, proxy
+    /// counters), which checks it with the servers: it grants only `capability` in the caller's namespace
+    /// for a minute and works on the servers for nothing but `GET /v1/acl/token/self`, so a node that is not
+    /// what it claims learns no token worth having. `None` with ACLs off (the agents check nothing then).
+    pub fn relay_token(&self, capability: Capability) -> Option<String> {
+        let key = self.relay_key.as_ref()?;
+        let grant = RelayGrant { namespace: self.namespace.clone(), capability, expires: crate::now_millis() + RELAY_TTL_MS };
+        let body = format!("{}.{}.{}", grant.namespace, capability.as_str(), grant.expires);
+        Some(format!("{RELAY_PREFIX}{body}.{}", crate::keyring::hex(&hmac_sha256(&key[..], body.as_bytes()))))
+    }
+
+    /// Adds a relay token for `capability` to a request to an agent.
+    pub fn relay(&self, request: reqwest::RequestBuilder, capability: Capability) -> reqwest::RequestBuilder {
+        match self.relay_token(capability) {
+            Some(token) => request.header(TOKEN_HEADER, token),
             None => request,
         }
     }
 
     pub fn accessor_id(&self) -> &str {
+        if self.relayed.is_some() {
+            return "relay";
+        }
         self.token.as_ref().map_or(if self.secret.is_some() { "-" } else { "anonymous" }, |stored| stored.token.accessor_id.as_str())
     }
+}
+
+/// The grant of a relay token this server made, if `secret` is one, unforged and not expired.
+fn relay_grant(key: &[u8; 32], secret: &str, now: u64) -> Option<RelayGrant> {
+    let body_and_mac = secret.strip_prefix(RELAY_PREFIX)?;
+    let (body, mac) = body_and_mac.rsplit_once('.')?;
+    let expected = crate::keyring::hex(&hmac_sha256(&key[..], body.as_bytes()));
+    // Constant time: a forger learns nothing from how long the comparison took.
+    if mac.len() != expected.len() || mac.bytes().zip(expected.bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) != 0 {
+        return None;
+    }
+    let mut parts = body.splitn(3, '.');
+    let (namespace, capability, expires) = (parts.next()?, parts.next()?, parts.next()?.parse::<u64>().ok()?);
+    let capability = Capability::ALL.into_iter().find(|c| c.as_str() == capability)?;
+    (expires > now).then(|| RelayGrant { namespace: namespace.to_string(), capability, expires })
+}
+
+/// HMAC-SHA256 (RFC 2104).
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&sha2::Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|k| k ^ byte);
+    let inner = sha2::Sha256::new().chain_update(pad(0x36)).chain_update(message).finalize();
+    sha2::Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize().into()
+}
+
+/// The policy a relay grant amounts to.
+pub fn relay_rules(grant: &RelayGrant) -> davit_api::acl::PolicyRules {
+    let rule = davit_api::acl::NamespaceRule { capabilities: vec![grant.capability], ..Default::default() };
+    davit_api::acl::PolicyRules { namespaces: [(grant.namespace.clone(), rule)].into(), ..Default::default() }
 }
 
 /// The secret a request carries, if any.
@@ -151,6 +216,9 @@ pub struct RouteGuard {
 /// Checks the route's rule, then runs the handler; records writes in the audit log.
 pub async fn authorize(State(guard): State<RouteGuard>, mut request: Request, next: Next) -> Response {
     let namespace = davit_api::acl::request_namespace(request.uri().query());
+    if let Err(reason) = davit_api::spec::check_dns_label(&namespace) {
+        return Failure::bad_request(format!("`{namespace}` is not a namespace name: {reason}")).into_response();
+    }
     let secret = request_secret(request.headers());
     // Routes about one node (`/v1/node/{id}/…`) may be called by that node's identity; variable routes are
     // checked against the variable's path.
@@ -183,7 +251,20 @@ pub async fn authorize(State(guard): State<RouteGuard>, mut request: Request, ne
 
 fn resolve(shared: &Shared, rule: Rule, secret: Option<String>, namespace: String, subject: Option<&str>) -> Result<Caller, Failure> {
     if !shared.acl_enabled {
-        return Ok(Caller { token: None, secret, acl: Arc::new(Acl::management()), namespace });
+        return Ok(Caller { token: None, secret, acl: Arc::new(Acl::management()), namespace, relayed: None, relay_key: None });
+    }
+    let relay_key = Some(Arc::clone(&shared.relay_key));
+    if let Some(grant) = secret.as_deref().and_then(|secret| relay_grant(&shared.relay_key, secret, crate::now_millis())) {
+        // Relay tokens are for agents to ask what they grant, nothing else.
+        if rule != Rule::Authenticated {
+            return Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "permission denied: a relay token only answers `GET /v1/acl/token/self`",
+            ));
+        }
+        let acl = Acl::from_policies([&relay_rules(&grant)]);
+        return Ok(Caller { token: None, secret, acl: Arc::new(acl), namespace, relayed: Some(grant), relay_key });
     }
     let snapshot = shared.view.snapshot();
     let table = &snapshot.acl;
@@ -208,7 +289,7 @@ fn resolve(shared: &Shared, rule: Rule, secret: Option<String>, namespace: Strin
     if let Err(denied) = acl.check_about(rule, &namespace, subject) {
         return Err(Failure::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string()));
     }
-    Ok(Caller { token, secret, acl: Arc::new(acl), namespace })
+    Ok(Caller { token, secret, acl: Arc::new(acl), namespace, relayed: None, relay_key })
 }
 
 fn unauthenticated() -> Failure {
@@ -220,14 +301,21 @@ pub struct AuditLog {
     path: PathBuf,
     file: Mutex<Option<std::fs::File>>,
     max_bytes: u64,
+    /// GET requests too.
+    reads: bool,
 }
 
 /// Rotated files kept besides the current one (`audit.log.1` … `.5`).
 const AUDIT_KEEP: u32 = 5;
 
 impl AuditLog {
-    pub fn new(path: PathBuf) -> AuditLog {
-        AuditLog { path, file: Mutex::new(None), max_bytes: 64 * 1024 * 1024 }
+    pub fn new(path: PathBuf, reads: bool) -> AuditLog {
+        AuditLog { path, file: Mutex::new(None), max_bytes: 64 * 1024 * 1024, reads }
+    }
+
+    /// Whether requests with this method are recorded.
+    fn records(&self, method: &Method) -> bool {
+        self.reads || (*method != Method::GET && *method != Method::HEAD)
     }
 
     fn append(&self, line: &str) -> std::io::Result<()> {
@@ -255,7 +343,7 @@ fn rotated(path: &std::path::Path, n: u32) -> PathBuf {
 
 fn audit(guard: &RouteGuard, method: &Method, path: &str, caller: Option<&Caller>, status: StatusCode) {
     let Some(log) = &guard.shared.audit else { return };
-    if *method == Method::GET || *method == Method::HEAD {
+    if !log.records(method) {
         return;
     }
     let line = serde_json::json!({
@@ -282,6 +370,30 @@ mod tests {
     }
 
     #[test]
+    fn hmac_matches_rfc_4231_and_relay_tokens_cannot_be_forged() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            crate::keyring::hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let key = [7u8; 32];
+        let caller = Caller {
+            token: None,
+            secret: None,
+            acl: Arc::new(Acl::default()),
+            namespace: "team-a".to_string(),
+            relayed: None,
+            relay_key: Some(Arc::new(key)),
+        };
+        let token = caller.relay_token(Capability::ReadLogs).unwrap();
+        let grant = relay_grant(&key, &token, crate::now_millis()).unwrap();
+        assert_eq!((grant.namespace.as_str(), grant.capability), ("team-a", Capability::ReadLogs));
+        assert_eq!(relay_grant(&[8u8; 32], &token, 0), None, "another server's key");
+        assert_eq!(relay_grant(&key, &token.replace("read-logs", "alloc-exec"), 0), None, "a changed grant");
+        assert_eq!(relay_grant(&key, &token, grant.expires), None, "expired");
+    }
+
+    #[test]
     fn bearer_and_header_tokens() {
         let mut headers = HeaderMap::new();
         assert_eq!(request_secret(&headers), None);
@@ -295,7 +407,7 @@ mod tests {
     fn the_audit_log_rotates_and_is_private() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let mut log = AuditLog::new(dir.path().join("audit.log"));
+        let mut log = AuditLog::new(dir.path().join("audit.log"), false);
         log.max_bytes = 10;
         for n in 0..4 {
             log.append(&format!("line {n} of the log\n")).unwrap();
@@ -304,5 +416,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(dir.path().join("audit.log")).unwrap(), "line 3 of the log\n");
         assert_eq!(std::fs::read_to_string(dir.path().join("audit.log.3")).unwrap(), "line 0 of the log\n");
+        assert!(log.records(&Method::DELETE) && !log.records(&Method::GET));
+        assert!(AuditLog::new(dir.path().join("reads.log"), true).records(&Method::GET), "--audit-reads");
     }
 }

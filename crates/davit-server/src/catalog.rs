@@ -14,26 +14,29 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use davit_api::http::{Catalog, ServiceInfo, ServiceInstance};
+use davit_api::namespace::{namespace_of, service_key};
 use davit_api::objects::{ClientStatus, DesiredStatus, Index, NodeStatus};
 use davit_scheduler::ClusterState;
 use davit_store::Revision;
 
 /// Every service of the jobs that are not stopped, with the instances of their running allocations,
-/// sorted by service name (instances by allocation name).
+/// sorted by service key (`service_key`: services of different namespaces never meet; instances by
+/// allocation name).
 ///
 /// Settings (mode, algorithm, local port) come from the job's newest version; each instance's port,
 /// tags and weight from the version its allocation runs. If two jobs declare the same service name
-/// (registration refuses that, but older state may hold it), the job whose name sorts first owns it.
+/// in one namespace (registration refuses that, but older state may hold it), the job whose name sorts first owns it.
 pub fn derive(cluster: &ClusterState) -> Catalog {
     let mut services: BTreeMap<String, ServiceInfo> = BTreeMap::new();
     for job in cluster.jobs().filter(|job| !job.stopped) {
         for group in &job.spec.groups {
             for service in &group.services {
-                if services.contains_key(&service.name) {
+                let key = service_key(&job.spec.namespace, &service.name);
+                if services.contains_key(&key) {
                     continue;
                 }
                 services.insert(
-                    service.name.clone(),
+                    key,
                     ServiceInfo {
                         name: service.name.clone(),
                         job_name: job.spec.id(),
@@ -61,7 +64,8 @@ pub fn derive(cluster: &ClusterState) -> Catalog {
         let Some(group) = spec.spec.group(&alloc.group) else { continue };
         let Some(node) = cluster.node(&alloc.node_id) else { continue };
         for service in &group.services {
-            let Some(info) = services.get_mut(&service.name).filter(|info| info.job_name == alloc.job_name) else { continue };
+            let key = service_key(namespace_of(&alloc.job_name), &service.name);
+            let Some(info) = services.get_mut(&key).filter(|info| info.job_name == alloc.job_name) else { continue };
             let Some(port) = alloc.resources.ports.iter().find(|port| port.label == service.port) else { continue };
             let node_ready = node.status == NodeStatus::Ready;
             let healthy = alloc.healthy == Some(true) && node_ready;

@@ -104,8 +104,7 @@ impl Keyring {
     pub fn seal(&self, plaintext: &[u8], associated: &[u8]) -> Sealed {
         let file = self.file.read().expect("keyring lock");
         let key = file.keys.iter().find(|key| key.id == file.active).expect("the active key is in the keyring");
-        let mut nonce = [0u8; 24];
-        rand::rngs::OsRng.try_fill_bytes(&mut nonce).expect("the OS random number generator works");
+        let nonce: [u8; 24] = random_bytes();
         let nonce_array = XNonce::try_from(&nonce[..]).expect("24-byte nonce");
         let ciphertext = cipher(key).encrypt(&nonce_array, Payload { msg: plaintext, aad: associated }).expect("sealing cannot fail");
         Sealed { key_id: key.id.clone(), nonce: hex(&nonce), ciphertext: hex(&ciphertext) }
@@ -163,11 +162,16 @@ fn cipher(key: &StoredKey) -> XChaCha20Poly1305 {
 }
 
 fn new_key(now: u64) -> StoredKey {
-    let mut key = [0u8; 32];
-    rand::rngs::OsRng.try_fill_bytes(&mut key).expect("the OS random number generator works");
-    let mut id = [0u8; 8];
-    rand::rngs::OsRng.try_fill_bytes(&mut id).expect("the OS random number generator works");
+    let key: [u8; 32] = random_bytes();
+    let id: [u8; 8] = random_bytes();
     StoredKey { id: hex(&id), key: hex(&key), create_time: now }
+}
+
+/// Bytes from the OS random number generator.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("the OS random number generator works");
+    bytes
 }
 
 /// Writes the keyring owner-only, through a temporary file and a rename.

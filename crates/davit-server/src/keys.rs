@@ -35,9 +35,6 @@ pub fn job(name: &str) -> String {
 pub fn version(name: &str, version: u64) -> String {
     format!("{VERSIONS}{name}/{version:020}")
 }
-pub fn versions_of(name: &str) -> String {
-    format!("{VERSIONS}{name}/")
-}
 pub fn node(id: &str) -> String {
     format!("{NODES}{id}")
 }

@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub acl_enabled: bool,
     /// Append every write request to this file (JSON lines, rotated at 64 MiB).
     pub audit_log: Option<std::path::PathBuf>,
+    /// Audit reads (GET) too.
+    pub audit_reads: bool,
     /// The keyring that seals variables (created there on first start); `None`: a keyring in memory only,
     /// whose variables do not survive a restart (tests).
     pub keyring: Option<std::path::PathBuf>,
@@ -141,6 +143,8 @@ pub(crate) struct Shared {
     pub acl_enabled: bool,
     pub audit: Option<acl::AuditLog>,
     pub keyring: keyring::Keyring,
+    /// Signs relay tokens (`acl::Caller::relay_token`); new at every start.
+    pub relay_key: Arc<[u8; 32]>,
 }
 
 /// Starts the server: loads the view, starts the loops, and serves HTTP.
@@ -184,8 +188,9 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         catalog: catalog::CatalogCache::default(),
         closing,
         acl_enabled: config.acl_enabled,
-        audit: config.audit_log.map(acl::AuditLog::new),
+        audit: config.audit_log.map(|path| acl::AuditLog::new(path, config.audit_reads)),
         keyring,
+        relay_key: Arc::new(keyring::random_bytes()),
     });
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;

@@ -36,6 +36,12 @@ async fn client_token(server: &TestServer, management: &str, policies: &[&str], 
     body
 }
 
+async fn ok_json(server: &TestServer, token: &str, method: &str, path: &str, body: &str) -> Value {
+    let (status, answer) = server.request_as(Some(token), method, path, body).await;
+    assert_eq!(status, 200, "{method} {path}: {answer}");
+    answer
+}
+
 /// The path of a route pattern with every `{param}` filled in: names are the policy the weak token holds,
 /// and for namespaces the namespace it holds capabilities in.
 fn concrete(path: &str) -> String {
@@ -187,6 +193,15 @@ async fn tokens_policies_expiry_revocation_and_the_anonymous_policy() {
     apply_policy(&server, &management, "anonymous", "namespaces: {default: {policy: read}}\n").await;
     assert_eq!(server.request("GET", "/v1/jobs", "").await.0, 200);
     assert_eq!(server.request("POST", "/v1/jobs", "name: x\n").await.0, 403);
+
+    // A join token cannot take over a node registered without an identity.
+    let node = serde_json::to_string(&common::node("plain", 1024)).unwrap();
+    assert_eq!(server.request_as(Some(&management), "POST", "/v1/nodes/register", &node).await.0, 200);
+    let join =
+        ok_json(&server, &management, "POST", "/v1/acl/tokens", r#"{"type": "join"}"#).await["secret_id"].as_str().unwrap().to_string();
+    let (status, body) = server.request_as(Some(&join), "POST", "/v1/nodes/register", &node).await;
+    assert_eq!(status, 403);
+    assert!(body["message"].as_str().unwrap().contains("cannot take it over"), "{body}");
 
     // Tokens and policies survive a restart.
     let server = server.restart().await;

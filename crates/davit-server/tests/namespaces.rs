@@ -105,3 +105,52 @@ async fn namespaces_must_exist_agree_with_the_spec_and_be_empty_to_go() {
     assert_eq!(names, ["default"]);
     server.shutdown().await;
 }
+
+fn service_job(name: &str) -> String {
+    format!(
+        "name: {name}\ngroups:\n  - name: g\n    network: {{ports: [{{name: http}}]}}\n    services: [{{name: web, port: http}}]\n    tasks:\n      - name: t\n        driver: exec\n        config: {{command: /bin/sleep, args: ['600']}}\n        resources: {{cpu: 10, memory: 10}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_never_meet_in_the_catalog_in_store_keys_or_in_names() {
+    let server = start().await;
+    ok(&server, "PUT", "/v1/namespace/team-b", "{}").await;
+    // Services of the same name in two namespaces are two services.
+    ok(&server, "POST", "/v1/jobs", &service_job("shop")).await;
+    ok(&server, "POST", "/v1/jobs?namespace=team-b", &service_job("store")).await;
+    let catalog = ok(&server, "GET", "/v1/catalog", "").await;
+    let owners: Vec<&str> = catalog["services"].as_array().unwrap().iter().map(|service| service["job_name"].as_str().unwrap()).collect();
+    assert_eq!(owners.len(), 2, "{catalog:#}");
+    assert!(owners.contains(&"shop") && owners.contains(&"team-b/store"), "{owners:?}");
+    assert_eq!(ok(&server, "GET", "/v1/services?namespace=team-b", "").await.as_array().unwrap().len(), 1);
+
+    // Purging a default job named like a namespace leaves that namespace's jobs alone.
+    ok(&server, "POST", "/v1/jobs", &job("team-b", 10, 1)).await;
+    ok(&server, "DELETE", "/v1/job/team-b?purge=true", "").await;
+    let versions = ok(&server, "GET", "/v1/job/store/versions?namespace=team-b", "").await;
+    assert_eq!(versions.as_array().unwrap().len(), 1, "{versions:#}");
+
+    // Names that would reach into another namespace are refused.
+    assert_eq!(server.request("GET", "/v1/evaluations?job=team-b/store", "").await.0, 400);
+    let (code, body) = server.request("GET", "/v1/jobs?namespace=team-b/x", "").await;
+    assert_eq!(code, 400);
+    assert!(body["message"].as_str().unwrap().contains("is not a namespace name"), "{body}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_jobs_keep_to_the_quota_too() {
+    let server = start().await;
+    for id in ["a", "b"] {
+        ok(&server, "POST", "/v1/nodes/register", &serde_json::to_string(&node(id, 4096)).unwrap()).await;
+    }
+    ok(&server, "PUT", "/v1/namespace/team-s", &json!({"quota": {"allocations": 1}}).to_string()).await;
+    let spec = "name: agentd\ntype: system\ngroups:\n  - name: g\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/true}\n        resources: {cpu: 10, memory: 10}\n";
+    ok(&server, "POST", "/v1/jobs?namespace=team-s", spec).await;
+    let status =
+        wait_status(&server, "team-s", "agentd", |s| s["latest_evaluation"]["failed_groups"]["g"]["quota"].is_string() && running(s) == 1)
+            .await;
+    assert_eq!(status["latest_evaluation"]["failed_groups"]["g"]["quota"], "quota of namespace team-s: allocations 1/1");
+    server.shutdown().await;
+}

@@ -151,6 +151,9 @@ pub struct ServerArgs {
     /// Serve the API on a non-loopback address without ACLs (anyone who reaches it owns the cluster).
     #[arg(long)]
     pub insecure_open_api: bool,
+    /// Write reads (GET requests) to the audit log too, not only writes.
+    #[arg(long)]
+    pub audit_reads: bool,
 }
 
 #[derive(Debug, Args)]

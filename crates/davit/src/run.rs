@@ -36,6 +36,7 @@ fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, data_dir: &P
         acl_enabled,
         audit_log: Some(data_dir.join("audit.log")),
         keyring: Some(data_dir.join("keyring.json")),
+        audit_reads: false,
     }
 }
 
@@ -224,6 +225,7 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
     if let Some(workers) = args.workers {
         config.workers = workers;
     }
+    config.audit_reads = args.audit_reads;
     let server = davit_server::start(config).await.map_err(|e| Failure::user(format!("cannot start the server: {}", error_chain(&e))))?;
     println!("davit server listening on http://{}", server.addr());
     shutdown_signal().await;

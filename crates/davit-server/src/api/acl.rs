@@ -235,6 +235,31 @@ pub(crate) async fn revoke_token(State(shared): State<Arc<Shared>>, Path(accesso
 /// `GET /v1/acl/token/self`: the caller's token with the policies it holds (agents resolve tokens with it).
 pub(crate) async fn token_self(State(shared): State<Arc<Shared>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
     require_enabled(&shared)?;
+    if let Some(grant) = &caller.relayed {
+        // What the agent that got the relay token may let it do.
+        let token = AclToken {
+            accessor_id: "relay".to_string(),
+            name: format!("relay of {} in {}", grant.capability.as_str(), grant.namespace),
+            token_type: TokenType::Client,
+            policies: vec!["relay".to_string()],
+            create_time: grant.expires.saturating_sub(60_000),
+            expiration_time: Some(grant.expires),
+            uses_left: None,
+            node_id: None,
+            create_index: 0,
+            modify_index: 0,
+        };
+        let rules = crate::acl::relay_rules(grant);
+        let policy = AclPolicy {
+            name: "relay".to_string(),
+            description: String::new(),
+            rules,
+            source: String::new(),
+            create_index: 0,
+            modify_index: 0,
+        };
+        return Ok(indexed(0, &TokenSelf { token, policies: vec![policy] }));
+    }
     let stored = caller.token.ok_or_else(|| Failure::new(axum::http::StatusCode::UNAUTHORIZED, "unauthenticated", UNAUTHENTICATED))?;
     let snapshot = shared.view.snapshot();
     let policies = snapshot.acl.policies_named(&stored.token.policies).map(|policy| (**policy).clone()).collect();

@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use davit_api::acl::Capability;
 use davit_api::exec::EXEC_PROTOCOL;
 use davit_api::http::{AllocListEntry, ExecQuery, LogsQuery, MigrateAllocRequest, MigrateAllocResponse};
 use davit_api::namespace::{job_id, namespace_of};
@@ -122,7 +123,12 @@ pub(crate) async fn logs(
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, Failure> {
     let (url, node) = agent_url(&shared, &id, &caller.namespace, "logs")?;
-    let response = caller.relay(shared.http.get(&url)).query(&query).send().await.map_err(|error| agent_unreachable(&node, error))?;
+    let response = caller
+        .relay(shared.http.get(&url), Capability::ReadLogs)
+        .query(&query)
+        .send()
+        .await
+        .map_err(|error| agent_unreachable(&node, error))?;
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type =
         response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("text/plain").to_string();
@@ -164,7 +170,7 @@ pub(crate) async fn exec(
         Failure::bad_request(format!("exec needs an HTTP/1.1 request with `Connection: upgrade` and `Upgrade: {EXEC_PROTOCOL}`"))
     })?;
     let (url, node) = agent_url(&shared, &id, &caller.namespace, "exec")?;
-    let mut agent = match davit_client::exec::open(&shared.http, &url, &query, caller.secret.as_deref()).await {
+    let mut agent = match davit_client::exec::open(&shared.http, &url, &query, caller.relay_token(Capability::AllocExec).as_deref()).await {
         Ok(stream) => stream,
         Err(davit_client::ClientError::Api { status, error }) => {
             return Ok((StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), axum::Json(error)).into_response());
@@ -199,6 +205,9 @@ pub(crate) async fn list_evals(
 ) -> Result<Response, Failure> {
     let blocking = Blocking { index: query.index, wait: query.wait.clone() };
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.table_index("evals")).await;
+    if query.job.as_deref().is_some_and(|job| job.contains('/')) {
+        return Err(Failure::bad_request("`job` is a job name; name the namespace with ?namespace= (-n)"));
+    }
     let evals: Vec<Evaluation> = match &query.job {
         Some(job) => snapshot.evals_for_job(&job_id(&caller.namespace, job)).into_iter().map(|eval| (*eval).clone()).collect(),
         None => {

@@ -408,7 +408,10 @@ pub(crate) async fn stop(
     txn.compares.push(Compare::ModRevision(keys::job(&name), job.modify_index));
     if query.purge {
         txn.success.push(Op::Delete { key: keys::job(&name) });
-        txn.success.push(Op::DeletePrefix { prefix: keys::versions_of(&name) });
+        // One by one: a prefix would also cover the versions of namespace `<name>`'s jobs.
+        for version in snapshot.cluster.job_versions(&name) {
+            txn.success.push(Op::Delete { key: keys::version(&name, version.version) });
+        }
     } else {
         let mut stopped = (*job).clone();
         stopped.stopped = true;

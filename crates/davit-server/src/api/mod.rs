@@ -73,8 +73,8 @@ fn table() -> Vec<Route> {
         route(M::DELETE, "/v1/job/{name}", ns(SubmitJob), jobs::stop),
         route(M::GET, "/v1/job/{name}/status", ns(ReadJob), jobs::status),
         route(M::GET, "/v1/job/{name}/versions", ns(ReadJob), jobs::versions),
-        // Agents read the versions of the jobs whose allocations they run.
-        route(M::GET, "/v1/job/{name}/version/{version}", Rule::NamespaceOrNode(ReadJob, Access::Read), jobs::version),
+        // Agents (node: write, or a node identity for its own allocations) read the versions of the jobs they run.
+        route(M::GET, "/v1/job/{name}/version/{version}", Rule::NamespaceOrNode(ReadJob, Access::Write), jobs::version),
         route(M::GET, "/v1/job/{name}/diff", ns(ReadJob), jobs::diff),
         route(M::POST, "/v1/job/{name}/revert", ns(SubmitJob), jobs::revert),
         route(M::POST, "/v1/job/{name}/scale", Rule::NamespaceAny(&[ScaleJob, SubmitJob]), jobs::scale),

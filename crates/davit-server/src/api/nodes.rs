@@ -106,6 +106,12 @@ pub(crate) async fn register(
     let mut txn = Txn::default();
     let mut node_token = None;
     if caller.acl.is_join() {
+        if existing.is_some() && snapshot.acl.node_token(&node.id).is_none() {
+            return Err(forbidden(format!(
+                "node {} is registered already, without an identity: a join token cannot take it over; join as a new node (remove the agent's data dir)",
+                node.id
+            )));
+        }
         if snapshot.acl.node_token(&node.id).is_some() {
             return Err(forbidden(format!(
                 "node {} already joined and must register with its own node token; an agent that lost it joins again as a new node (remove its data dir)",

@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
+use davit_api::acl::Capability;
 use davit_api::http::{InstanceStats, ProxyServiceStats, ServiceInfo, ServiceListEntry};
 use davit_api::namespace::{namespace_of, service_key};
 use davit_api::objects::NodeStatus;
@@ -99,7 +100,7 @@ async fn gather_stats(shared: &Shared, caller: &Caller, snapshot: &Snapshot, ser
     let requests = nodes.iter().map(|node| {
         // In the caller's namespace: the agent checks the caller's token there.
         let url = format!("{}/v1/agent/proxy?namespace={}", node.http_addr.trim_end_matches('/'), caller.namespace);
-        let request = caller.relay(shared.http.get(url)).timeout(STATS_TIMEOUT).send();
+        let request = caller.relay(shared.http.get(url), Capability::ReadJob).timeout(STATS_TIMEOUT).send();
         async move {
             let response = request.await.map_err(|error| format!("node {}: {error}", node.name))?;
             if response.status() == reqwest::StatusCode::NOT_FOUND {
