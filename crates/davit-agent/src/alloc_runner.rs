@@ -251,6 +251,10 @@ impl AllocRunner {
 }
 
 impl AllocShared {
+    pub(crate) fn alloc_id(&self) -> String {
+        self.with_state(|state| state.alloc.id.clone())
+    }
+
     /// Runs `f` on the state under its lock (never held across an await).
     pub fn with_state<R>(&self, f: impl FnOnce(&mut PersistedAlloc) -> R) -> R {
         f(&mut self.state.lock().expect("alloc state lock"))
@@ -360,7 +364,13 @@ impl AllocShared {
             }
             let (control_tx, control_rx) = watch::channel(TaskControl::Run);
             task_controls.insert(task.name.clone(), control_tx);
-            let runner = TaskRunner { shared: self.clone(), task: task.clone(), restart: group.restart.clone(), job_type };
+            let runner = TaskRunner {
+                shared: self.clone(),
+                task: task.clone(),
+                restart: group.restart.clone(),
+                job_type,
+                rendered: std::sync::Mutex::new(None),
+            };
             tasks.spawn(runner.run(control_rx));
         }
         // A restored state may say the tasks already ran; report it once in any case.

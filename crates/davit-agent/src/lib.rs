@@ -49,6 +49,7 @@ pub mod state;
 pub mod status;
 mod task_runner;
 pub mod taskenv;
+mod template;
 mod watcher;
 
 use alloc_runner::AllocRunner;

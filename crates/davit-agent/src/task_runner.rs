@@ -43,13 +43,15 @@ pub(crate) struct TaskRunner {
     pub task: TaskSpec,
     pub restart: RestartPolicy,
     pub job_type: JobType,
+    /// What the templates rendered at the last start (followed for changes while the task runs).
+    pub rendered: std::sync::Mutex<Option<crate::template::Rendered>>,
 }
 
 /// What happened while waiting on a running task.
 enum Waited {
     Exited(ExitResult),
     Control(TaskControl),
-    /// A check with `on_failure: restart` turned failing (the reason).
+    /// A check with `on_failure: restart` turned failing, or a template changed (the reason).
     CheckFailed(String),
     /// The server says the destination of a live migration listens: migrate there.
     Migrate {
@@ -105,6 +107,9 @@ impl TaskRunner {
                 (Some(exit), _) => exit,
                 (None, Some(running)) => {
                     let (restart_tx, mut restart_rx) = mpsc::channel(1);
+                    let rendered = self.rendered.lock().expect("rendered lock").take();
+                    let task_dir = self.shared.alloc_dir.join(&name);
+                    let templates = crate::template::watch(self.shared.clone(), self.task.clone(), task_dir, rendered, restart_tx.clone());
                     let checks = check::start(self.shared.clone(), &name, &self.task.checks, driver.clone(), running.clone(), restart_tx);
                     let waited = loop {
                         let waited = self
@@ -113,12 +118,12 @@ impl TaskRunner {
                         let Waited::Migrate { peer_alloc_id, peer_node_id, uri } = waited else { break waited };
                         migration_tried = Some(peer_alloc_id);
                         if let Some(report) = self.migrate_out(driver.as_ref(), running, &uri).await {
-                            drop(checks);
+                            drop((checks, templates));
                             let running = running.clone();
                             return self.migrated(driver.as_ref(), &running, report, &peer_node_id).await;
                         }
                     };
-                    drop(checks);
+                    drop((checks, templates));
                     match waited {
                         Waited::Exited(exit) => {
                             self.record_exit(&exit);
@@ -218,11 +223,24 @@ impl TaskRunner {
         let name = &self.task.name;
         let first_start =
             self.shared.with_state(|state| state.task_states.get(name).is_none_or(|task| task.started_at.is_none() && task.restarts == 0));
-        let config = self.task_config();
+        let mut config = self.task_config();
         if let Err(error) = task_dir_prestart(&config.task_dir) {
             let message = format!("creating the task directory {}: {error}", config.task_dir.display());
             self.shared.update_task(name, Some(event("Setup Failure", &message)), |_| {});
             return Err(StartFailure::Fatal);
+        }
+        if !self.task.templates.is_empty() {
+            match crate::template::prepare(&self.shared, &self.task, &config.task_dir).await {
+                Ok(rendered) => {
+                    config.env.extend(rendered.env.clone());
+                    *self.rendered.lock().expect("rendered lock") = Some(rendered);
+                }
+                Err(message) => {
+                    self.shared.update_task(name, Some(event("Template Failure", &message)), |_| {});
+                    self.shared.commit().await;
+                    return Err(StartFailure::Retryable);
+                }
+            }
         }
         if first_start {
             self.shared.update_task(name, Some(event("Task Setup", "building task directory and environment")), |_| {});

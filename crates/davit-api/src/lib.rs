@@ -14,6 +14,7 @@ pub mod namespace;
 pub mod objects;
 pub mod small_map;
 pub mod spec;
+pub mod template;
 pub mod variables;
 
 pub use duration::Duration;

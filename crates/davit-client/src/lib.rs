@@ -422,6 +422,17 @@ impl Client {
         Ok(self.send(self.http.delete(self.url(&url))).await?.value)
     }
 
+    /// What the templates of an allocation on `node_id` read, once it changed after `index` (or after `wait`).
+    pub async fn template_data(
+        &self,
+        node_id: &str,
+        alloc_id: &str,
+        index: Index,
+        wait: Duration,
+    ) -> Result<Indexed<davit_api::template::TemplateData>, ClientError> {
+        self.get_blocking(&format!("/v1/node/{}/allocation/{}/template-data", encode(node_id), encode(alloc_id)), index, wait).await
+    }
+
     pub async fn keyring(&self) -> Result<Vec<KeyInfo>, ClientError> {
         self.get("/v1/operator/keyring").await
     }

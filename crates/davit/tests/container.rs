@@ -7,19 +7,11 @@ mod util;
 use std::time::Duration;
 
 use davit_api::objects::{Allocation, ClientStatus, DesiredStatus};
-use davit_oci::testing::{TestRegistry, require_tool, test_images_dir};
-use util::{Dev, http_get, require_root, wait_alloc, wait_job};
+use util::{Dev, http_get, wait_alloc, wait_job};
 
 #[test]
 fn the_container_example_runs_checks_execs_and_stops() {
-    if !require_root() || !["docker-registry", "skopeo", "umoci", "busybox"].iter().all(|tool| require_tool(tool)) {
-        return;
-    }
-    if !require_tool("crun") && !require_tool("runc") {
-        return;
-    }
-    let registry = TestRegistry::start();
-    registry.push_test_image("busybox:1", &test_images_dir().join("busybox"));
+    let Some(registry) = util::container_registry() else { return };
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/container-web.yaml")).unwrap();
     assert!(example.contains("127.0.0.1:5000/busybox:1") && example.contains("count: 2"), "the example changed: {example}");
     let spec = example.replace("127.0.0.1:5000", &registry.host()).replace("count: 2", "count: 3");

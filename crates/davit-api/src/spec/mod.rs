@@ -17,6 +17,23 @@ pub use diff::diff_specs;
 pub use parse::{SpecError, SpecErrors, parse_job_spec};
 pub use validate::{KNOWN_SIGNALS, check_dns_label, validate};
 
+/// A file rendered for a task: `data` with `{{ var "path" "key" }}` and `{{ service "name" }}` (see
+/// `crate::template`), written to `destination` in the task directory (`secrets/…` by convention; a container
+/// sees the task directory at `/local`), owner-only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    pub data: String,
+    pub destination: String,
+    /// Also read the rendered text as `KEY=VALUE` lines into the task's environment.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub env: bool,
+    #[serde(default)]
+    pub change_mode: crate::template::ChangeMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_signal: Option<String>,
+}
+
 /// A job: a named, versioned set of task groups.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -491,9 +508,10 @@ pub struct TaskSpec {
     pub kill_timeout: Duration,
     #[serde(default = "default_kill_signal")]
     pub kill_signal: String,
-    /// Not acted on yet: validation rejects a non-empty list.
+    /// Files the agent renders from variables and services before the task starts, and again when they
+    /// change (see `crate::template`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub templates: Vec<serde_json::Value>,
+    pub templates: Vec<TemplateSpec>,
     /// Health checks the agent runs while the task runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckSpec>,

@@ -468,10 +468,49 @@ fn check_task(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, declare
         };
         ctx.report(&format!("{path}.kill_signal"), format!("unknown kill_signal `{}`", task.kill_signal), Some(hint));
     }
-    if !task.templates.is_empty() {
-        not_supported(ctx, &format!("{path}.templates"));
-    }
+    check_templates(ctx, path, task);
     check_checks(ctx, path, task, group_label, declared_ports);
+}
+
+/// Templates: at most 16, each parsing, with a destination inside the task directory, unique.
+fn check_templates(ctx: &Ctx, path: &str, task: &TaskSpec) {
+    if task.templates.len() > 16 {
+        ctx.report(&format!("{path}.templates"), format!("a task has at most 16 templates, not {}", task.templates.len()), None);
+    }
+    let mut destinations: HashMap<&str, usize> = HashMap::new();
+    for (index, template) in task.templates.iter().enumerate() {
+        let at = format!("{path}.templates[{index}]");
+        if template.data.len() > 64 * 1024 {
+            ctx.report(&format!("{at}.data"), "a template has at most 64 KiB", None);
+        } else if let Err(error) = crate::template::Template::parse(&template.data) {
+            let near: String = template.data[error.offset..].chars().take(30).collect();
+            ctx.report(&format!("{at}.data"), format!("template: {} (at `{near}`)", error.message), None);
+        }
+        let destination = template.destination.as_str();
+        let inside = !destination.is_empty()
+            && destination.len() <= 256
+            && !destination.starts_with('/')
+            && destination.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+        if !inside {
+            ctx.report(
+                &format!("{at}.destination"),
+                format!("destination `{destination}` must be a path inside the task directory"),
+                Some("e.g. `secrets/db.env` (a container sees it at /local/secrets/db.env)".to_string()),
+            );
+        } else if let Some(first) = destinations.insert(destination, index) {
+            ctx.report(&format!("{at}.destination"), format!("templates[{first}] writes `{destination}` already"), None);
+        }
+        if template.change_mode == crate::template::ChangeMode::Signal {
+            not_supported(ctx, &format!("{at}.change_mode"));
+        }
+        if template.change_signal.is_some() {
+            ctx.report(
+                &format!("{at}.change_signal"),
+                "`change_signal` needs `change_mode: signal`, which this davit version does not support yet",
+                None,
+            );
+        }
+    }
 }
 
 /// Health checks: unique names, a declared port for `http`/`tcp`/`grpc`, a command for `exec`, timeout < interval.

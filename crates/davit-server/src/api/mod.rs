@@ -91,6 +91,8 @@ fn table() -> Vec<Route> {
         route(M::POST, "/v1/node/{id}/drain", node_write, nodes::drain),
         route(M::GET, "/v1/node/{id}/allocations", Rule::ThisNode(Access::Read), nodes::allocations),
         route(M::POST, "/v1/node/{id}/allocations/status", Rule::ThisNode(Access::Write), nodes::update_allocations),
+        // Secrets: only the node itself (or an agent token with node: write), not readers of nodes.
+        route(M::GET, "/v1/node/{id}/allocation/{alloc_id}/template-data", Rule::ThisNode(Access::Write), variables::template_data),
         route(M::GET, "/v1/allocations", ns(ReadJob), allocs::list),
         route(M::GET, "/v1/allocation/{id}", ns(ReadJob), allocs::get_alloc),
         route(M::GET, "/v1/allocation/{id}/logs", ns(ReadLogs), allocs::logs),

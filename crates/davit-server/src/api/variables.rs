@@ -176,6 +176,55 @@ fn cas_conflict(namespace: &str, path: &str, cas: Option<u64>, shared: &Shared) 
     }
 }
 
+/// `GET /v1/node/{id}/allocation/{alloc_id}/template-data`: what the templates of an allocation on that node
+/// read (the variables they name, opened; the healthy instances of the services they name), as a blocking
+/// query on variable and allocation changes. A node learns no variable its allocations' templates do not name.
+pub(crate) async fn template_data(
+    State(shared): State<Arc<Shared>>,
+    Path((node_id, alloc_id)): Path<(String, String)>,
+    Query(blocking): Query<super::Blocking>,
+) -> Result<Response, Failure> {
+    let index_of = |snapshot: &crate::view::Snapshot| snapshot.table_index("vars").max(snapshot.table_index("allocs"));
+    let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, index_of).await;
+    let alloc = snapshot
+        .cluster
+        .alloc(&alloc_id)
+        .filter(|alloc| alloc.node_id == node_id)
+        .ok_or_else(|| Failure::not_found(format!("no allocation {alloc_id} on node {node_id}")))?;
+    let job = snapshot
+        .cluster
+        .job_version(&alloc.job_name, alloc.job_version)
+        .ok_or_else(|| Failure::not_found(format!("job {} version {} is gone", alloc.job_name, alloc.job_version)))?;
+    let namespace = &job.spec.namespace;
+    let templates: Vec<davit_api::template::Template> = job
+        .spec
+        .group(&alloc.group)
+        .into_iter()
+        .flat_map(|group| &group.tasks)
+        .flat_map(|task| &task.templates)
+        .filter_map(|template| davit_api::template::Template::parse(&template.data).ok())
+        .collect();
+    let mut data = davit_api::template::TemplateData::default();
+    for path in templates.iter().flat_map(|template| template.variables()) {
+        if let Some(stored) = snapshot.variables.get(&format!("{namespace}/{path}")) {
+            data.variables.insert(path.to_string(), open(&shared, stored)?.items);
+        }
+    }
+    let (_, catalog) = shared.catalog.get(&snapshot);
+    for name in templates.iter().flat_map(|template| template.services()) {
+        let instances = catalog
+            .services
+            .iter()
+            .filter(|service| service.name == name && davit_api::namespace::namespace_of(&service.job_name) == namespace.as_str())
+            .flat_map(|service| &service.instances)
+            .filter(|instance| instance.healthy)
+            .map(|instance| format!("{}:{}", instance.address, instance.port))
+            .collect();
+        data.services.insert(name.to_string(), instances);
+    }
+    Ok(indexed(index_of(&snapshot), &data))
+}
+
 /// `GET /v1/operator/keyring`: the keys, and how many variables each still seals.
 pub(crate) async fn keyring(State(shared): State<Arc<Shared>>) -> Result<Response, Failure> {
     let snapshot = shared.view.snapshot();

@@ -35,6 +35,21 @@ fn unsafe_free_is_root() -> bool {
 
 pub use davit_oci::testing::free_port;
 
+/// Tests that run containers: root, the image tools, a runtime, and a registry on loopback with the busybox
+/// test image pushed (`None`: skipped outside CI, with the reason printed).
+pub fn container_registry() -> Option<davit_oci::testing::TestRegistry> {
+    use davit_oci::testing::{TestRegistry, require_tool, test_images_dir};
+    if !require_root() || !["docker-registry", "skopeo", "umoci", "busybox"].iter().all(|tool| require_tool(tool)) {
+        return None;
+    }
+    if !require_tool("crun") && !require_tool("runc") {
+        return None;
+    }
+    let registry = TestRegistry::start();
+    registry.push_test_image("busybox:1", &test_images_dir().join("busybox"));
+    Some(registry)
+}
+
 /// This test process's own block of 500 host ports, below the kernel's ephemeral range (32768 and up), so
 /// neither a parallel test nor a socket bound to port 0 (`free_port`, any client connection) can hold a port
 /// an agent hands out. The block is claimed with a file lock that the process holds until it exits.
