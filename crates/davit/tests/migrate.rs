@@ -6,30 +6,13 @@
 
 mod util;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, MigrationRole, MigrationStatus};
-use util::{Cluster, require_root, runtime, wait_alloc, wait_job, wait_ready_nodes};
+use util::{Cluster, guest_dir, require_root, runtime, wait_alloc, wait_job, wait_ready_nodes};
 
 /// Upper bound for a TCG boot or a migration on a busy 2-core machine.
 const PATIENCE: Duration = Duration::from_secs(180);
-
-/// The test guest (`scripts/build-guest.sh`), from `DAVIT_GUEST_DIR` or `<workspace>/target/guest`.
-fn guest_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("DAVIT_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/guest"));
-    if dir.join("vmlinux").is_file() && dir.join("initramfs.cpio.gz").is_file() {
-        return Some(std::fs::canonicalize(&dir).unwrap());
-    }
-    let reason = format!("no test guest in {} (run scripts/build-guest.sh)", dir.display());
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{reason}");
-    }
-    eprintln!("skipping: {reason}");
-    None
-}
 
 fn vm_job(guest: &std::path::Path) -> String {
     format!(
@@ -55,20 +38,9 @@ groups:
     )
 }
 
-/// `GET path` on a forwarded port: the body.
+/// `GET path` on a forwarded port: the body (which must come with a 200).
 fn http_body(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let body = match response.find("\r\n\r\n") {
-        Some(end) => &response[end + 4..],
-        None => response.find("\n\n").map_or("", |end| &response[end + 2..]),
-    };
-    assert!(response.starts_with("HTTP/1.") && response.contains(" 200 "), "GET {path} on port {port}: {response:?}");
-    body.trim().to_string()
+    util::http_body(port, path).unwrap_or_else(|| panic!("GET {path} on port {port} failed"))
 }
 
 fn http_port(alloc: &Allocation) -> u16 {

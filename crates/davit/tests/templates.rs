@@ -92,3 +92,53 @@ fn a_variable_reaches_exec_and_container_tasks_and_a_change_restarts_them() {
     assert!(!log.contains("s3cret-value"), "the davit log holds the value");
     dev.ok(&["job", "stop", "app"]);
 }
+
+#[test]
+fn a_variable_reaches_a_vm_through_its_cloud_init_user_data() {
+    if !util::require_root() {
+        return;
+    }
+    let Some(guest) = util::guest_dir() else { return };
+    let dev = Dev::start();
+    dev.ok(&["var", "put", "app/vm", "secret=vm-s3cret-one"]);
+    let job = format!(
+        r##"name: vmapp
+groups:
+  - name: g
+    network: {{ports: [{{name: http, to: 8080}}]}}
+    tasks:
+      - name: vm
+        driver: vm
+        config:
+          accel: tcg
+          kernel: {guest}/vmlinux
+          initrd: {guest}/initramfs.cpio.gz
+          cmdline: "console=ttyS0 tsc_early_khz=2600000 panic=-1"
+          cloud_init: {{user_data_file: secrets/user-data}}
+        resources: {{cpu: 500, memory: 256}}
+        templates:
+          - data: "#cloud-config\nwrite_files:\n  - path: /srv/secret.txt\n    content: '{{{{ var \"app/vm\" \"secret\" }}}}'\n"
+            destination: secrets/user-data
+"##,
+        guest = guest.display()
+    );
+    let path = dev.write("vmapp.yaml", &job);
+    dev.ok(&["job", "run", "-d", &path]);
+    let status = wait_job(&dev.addr, "vmapp", Duration::from_secs(60), |s| {
+        s.allocations.iter().any(|a| a.desired_status == DesiredStatus::Run && a.client_status == ClientStatus::Running)
+    });
+    let alloc = wait_alloc(&dev.addr, &status.allocations[0].id, Duration::from_secs(30), |a| a.client_status == ClientStatus::Running);
+    let port = alloc.resources.ports.iter().find(|port| port.label == "http").unwrap().value;
+    let wait_secret = |expected: &str| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while util::http_body(port, "/cgi-bin/file?/srv/secret.txt").as_deref() != Some(expected) {
+            assert!(Instant::now() < deadline, "the guest never had {expected:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_secret("vm-s3cret-one");
+    // A new value restarts the guest with new user data.
+    dev.ok(&["var", "put", "app/vm", "secret=vm-s3cret-two"]);
+    wait_secret("vm-s3cret-two");
+    dev.ok(&["job", "stop", "vmapp"]);
+}

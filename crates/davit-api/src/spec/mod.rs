@@ -838,6 +838,10 @@ pub struct VmDisk {
 pub struct VmCloudInit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
+    /// User data read from this file of the task directory when the guest starts (what a template rendered,
+    /// e.g. `secrets/user-data`); instead of `user_data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data_file: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta_data: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

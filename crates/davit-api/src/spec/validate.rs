@@ -472,6 +472,14 @@ fn check_task(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, declare
     check_checks(ctx, path, task, group_label, declared_ports);
 }
 
+/// A relative path that stays inside the task directory: no `/` in front, no empty, `.` or `..` part.
+fn inside_task_dir(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 256
+        && !path.starts_with('/')
+        && path.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
 /// Templates: at most 16, each parsing, with a destination inside the task directory, unique.
 fn check_templates(ctx: &Ctx, path: &str, task: &TaskSpec) {
     if task.templates.len() > 16 {
@@ -487,11 +495,7 @@ fn check_templates(ctx: &Ctx, path: &str, task: &TaskSpec) {
             ctx.report(&format!("{at}.data"), format!("template: {} (at `{near}`)", error.message), None);
         }
         let destination = template.destination.as_str();
-        let inside = !destination.is_empty()
-            && destination.len() <= 256
-            && !destination.starts_with('/')
-            && destination.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
-        if !inside {
+        if !inside_task_dir(destination) {
             ctx.report(
                 &format!("{at}.destination"),
                 format!("destination `{destination}` must be a path inside the task directory"),
@@ -798,6 +802,20 @@ fn check_vm_config(ctx: &Ctx, path: &str, config: &Value, group_label: &str, dec
             && !allowed.contains(&value.as_str())
         {
             ctx.report(&format!("{path}.{field}"), format!("{field} `{value}` is not one of: {}", allowed.join(", ")), None);
+        }
+    }
+    if let Some(cloud_init) = &vm.cloud_init
+        && let Some(file) = &cloud_init.user_data_file
+    {
+        let at = format!("{path}.cloud_init.user_data_file");
+        if cloud_init.user_data.is_some() {
+            ctx.report(&at, "give `user_data` or `user_data_file`, not both", None);
+        } else if !inside_task_dir(file) {
+            ctx.report(
+                &at,
+                format!("`{file}` must be a path inside the task directory"),
+                Some("e.g. `secrets/user-data`, written by a template".to_string()),
+            );
         }
     }
     for label in vm.ports.iter().flat_map(|ports| ports.keys()) {

@@ -79,6 +79,8 @@ pub(crate) struct DiskConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CloudInitConfig {
     pub user_data: Option<String>,
+    /// User data read at start from this file of the task directory (a template's output).
+    pub user_data_file: Option<String>,
     /// Text, or a map rendered as `key: value` lines; `instance-id` and `local-hostname` are added when missing.
     pub meta_data: Option<serde_json::Value>,
     pub network_config: Option<String>,

@@ -317,11 +317,12 @@ impl VmDriver {
             }
         }
         if let Some(cloud_init) = &config.cloud_init {
-            let files = seed::SeedFiles {
-                meta_data: meta_data(cloud_init, task)?,
-                user_data: cloud_init.user_data.clone().unwrap_or_else(|| "#cloud-config\n".to_owned()),
-                network_config: cloud_init.network_config.clone(),
+            let user_data = match &cloud_init.user_data_file {
+                Some(file) => read_task_file(&task.task_dir, file)?,
+                None => cloud_init.user_data.clone().unwrap_or_else(|| "#cloud-config\n".to_owned()),
             };
+            let files =
+                seed::SeedFiles { meta_data: meta_data(cloud_init, task)?, user_data, network_config: cloud_init.network_config.clone() };
             let seed_path = task.task_dir.join("cidata.img");
             let write_path = seed_path.clone();
             tokio::task::spawn_blocking(move || seed::write_seed_image(&write_path, &files))
@@ -639,6 +640,22 @@ fn machine_name(machine: MachineChoice) -> &'static str {
 
 /// `meta-data` of the NoCloud seed: the configured text, or `key: value` lines with `instance-id` (the alloc id)
 /// and `local-hostname` (the configured hostname, else the task name) filled in.
+/// A file of the task directory, read without following a symbolic link at its end (a task could plant one),
+/// at most 1 MiB; `..` and absolute paths are refused.
+fn read_task_file(task_dir: &Path, file: &str) -> Result<String, DriverError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if file.starts_with('/') || file.split('/').any(|part| part == ".." || part.is_empty()) {
+        return Err(invalid(format!("cloud_init.user_data_file `{file}` must be a path inside the task directory")));
+    }
+    let path = task_dir.join(file);
+    let io = |source| DriverError::Io { operation: format!("reading {}", path.display()), source };
+    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(io)?;
+    let mut text = String::new();
+    opened.take(1 << 20).read_to_string(&mut text).map_err(io)?;
+    Ok(text)
+}
+
 fn meta_data(cloud_init: &config::CloudInitConfig, task: &TaskConfig) -> Result<String, DriverError> {
     let hostname = cloud_init.hostname.clone().unwrap_or_else(|| task.task_name.clone());
     let mut fields = BTreeMap::new();

@@ -365,6 +365,39 @@ pub fn http_get(port: u16) -> String {
     response
 }
 
+/// `GET path` over HTTP/1.0 on a loopback port: the body of a 200 answer, trimmed; `None` on any failure
+/// (not listening yet, another status).
+pub fn http_body(port: u16, path: &str) -> Option<String> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let body = match response.find("\r\n\r\n") {
+        Some(end) => &response[end + 4..],
+        None => response.find("\n\n").map_or("", |end| &response[end + 2..]),
+    };
+    (response.starts_with("HTTP/1.") && response.contains(" 200 ")).then(|| body.trim().to_string())
+}
+
+/// The test guest (`scripts/build-guest.sh`), from `DAVIT_GUEST_DIR` or `<workspace>/target/guest`; `None`
+/// (skipped, with the reason) outside CI when it was not built.
+pub fn guest_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("DAVIT_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/guest"));
+    if dir.join("vmlinux").is_file() && dir.join("initramfs.cpio.gz").is_file() {
+        return Some(std::fs::canonicalize(&dir).unwrap());
+    }
+    let reason = format!("no test guest in {} (run scripts/build-guest.sh)", dir.display());
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{reason}");
+    }
+    eprintln!("skipping: {reason}");
+    None
+}
+
 /// Reads a file or returns "".
 pub fn read(path: &Path) -> String {
     let mut text = String::new();
