@@ -109,7 +109,14 @@ impl TaskRunner {
                     let (restart_tx, mut restart_rx) = mpsc::channel(1);
                     let rendered = self.rendered.lock().expect("rendered lock").take();
                     let task_dir = self.shared.alloc_dir.join(&name);
-                    let templates = crate::template::watch(self.shared.clone(), self.task.clone(), task_dir, rendered, restart_tx.clone());
+                    let templates = crate::template::watch(
+                        self.shared.clone(),
+                        self.task.clone(),
+                        task_dir,
+                        rendered,
+                        crate::template::Running { driver: driver.clone(), handle: running.clone() },
+                        restart_tx.clone(),
+                    );
                     let checks = check::start(self.shared.clone(), &name, &self.task.checks, driver.clone(), running.clone(), restart_tx);
                     let waited = loop {
                         let waited = self

@@ -6,7 +6,8 @@
 //! writes it inside the task directory: owner-only (0400, given to the task's user), through a temporary
 //! file and a rename, never through a symbolic link. `env: true` templates also set the task's environment.
 //! A change re-renders; a template with `change_mode: restart` whose text changed restarts the task (as a
-//! failing check does), `noop` only rewrites the file. Rendered text is never logged.
+//! failing check does), `signal` sends the task `change_signal` (event `Signaling`), `noop` only rewrites
+//! the file. Rendered text is never logged.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -130,11 +131,18 @@ impl Drop for TemplateWatch {
     }
 }
 
+/// The running task, to signal it (`change_mode: signal`).
+pub(crate) struct Running {
+    pub driver: Arc<dyn davit_drivers::Driver>,
+    pub handle: davit_drivers::TaskHandle,
+}
+
 pub(crate) fn watch(
     shared: Arc<AllocShared>,
     task: TaskSpec,
     task_dir: PathBuf,
     rendered: Option<Rendered>,
+    running: Running,
     restart: mpsc::Sender<String>,
 ) -> TemplateWatch {
     let Some(mut rendered) = rendered.filter(|_| !task.templates.is_empty()) else { return TemplateWatch(None) };
@@ -173,8 +181,17 @@ pub(crate) fn watch(
                     continue;
                 }
                 tracing::info!(alloc_id = %alloc, task = %task.name, template = %template.destination, "template re-rendered");
-                if template.change_mode == ChangeMode::Restart && restart_for.is_none() {
-                    restart_for = Some(template.destination.clone());
+                match (template.change_mode, &template.change_signal) {
+                    (ChangeMode::Restart, _) if restart_for.is_none() => restart_for = Some(template.destination.clone()),
+                    (ChangeMode::Signal, Some(signal)) => {
+                        let message = match running.driver.signal(&running.handle, signal).await {
+                            Ok(()) => format!("template {} changed: sent {signal}", template.destination),
+                            Err(error) => format!("template {} changed: sending {signal} failed: {error}", template.destination),
+                        };
+                        shared.update_task(&task.name, Some(crate::alloc_runner::event("Signaling", &message)), |_| {});
+                        shared.commit().await;
+                    }
+                    _ => {}
                 }
             }
             rendered.texts = texts;

@@ -499,20 +499,30 @@ impl ContainerDriver {
         .await;
     }
 
-    async fn stop_task(&self, handle: &TaskHandle, signal: &str, timeout: Duration) -> Result<(), DriverError> {
+    /// Sends `signal` to the container's init through the runtime while it runs; `Ok(false)` when it was not
+    /// running.
+    async fn signal_task(&self, handle: &TaskHandle, signal: &str) -> Result<bool, DriverError> {
         if sys::signal_number(signal).is_none() {
             return Err(DriverError::UnknownSignal(signal.to_owned()));
         }
         let state = ContainerState::from_handle(handle)?;
-        let runtime = self.runtime()?;
-        if matches!(self.exec.inspect(&state.inner).await, Ok(TaskRunState::Running)) {
-            let kill = ["kill".to_owned(), state.container_id.clone(), signal.to_owned()];
-            match runtime.run(&kill, Some(&state.bundle.join("runtime.log"))).await {
-                Ok(_) => {
-                    let _ = tokio::time::timeout(timeout, self.exec.wait(&state.inner)).await;
-                }
-                Err(error) => tracing::debug!(%error, "runtime kill (the container may have exited)"),
+        if !matches!(self.exec.inspect(&state.inner).await, Ok(TaskRunState::Running)) {
+            return Ok(false);
+        }
+        let kill = ["kill".to_owned(), state.container_id.clone(), signal.to_owned()];
+        self.runtime()?.run(&kill, Some(&state.bundle.join("runtime.log"))).await?;
+        Ok(true)
+    }
+
+    async fn stop_task(&self, handle: &TaskHandle, signal: &str, timeout: Duration) -> Result<(), DriverError> {
+        let state = ContainerState::from_handle(handle)?;
+        match self.signal_task(handle, signal).await {
+            Ok(true) => {
+                let _ = tokio::time::timeout(timeout, self.exec.wait(&state.inner)).await;
             }
+            Ok(false) => {}
+            Err(DriverError::UnknownSignal(signal)) => return Err(DriverError::UnknownSignal(signal)),
+            Err(error) => tracing::debug!(%error, "runtime kill (the container may have exited)"),
         }
         // Whatever still runs in the task's cgroup (the container, the runtime) is killed.
         self.exec.stop(&state.inner, "SIGKILL", Duration::ZERO).await
@@ -1070,6 +1080,10 @@ impl Driver for ContainerDriver {
 
     fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(self.stop_task(handle, signal, timeout))
+    }
+
+    fn signal<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move { self.signal_task(handle, signal).await.map(drop) })
     }
 
     fn destroy<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {

@@ -296,17 +296,25 @@ impl ExecDriver {
         state.exit_result()?.ok_or_else(|| DriverError::ExecutorLost { task: handle.task_name.clone(), executor_pid: state.executor_pid })
     }
 
-    async fn stop_task(&self, handle: &TaskHandle, signal: &str, timeout: Duration) -> Result<(), DriverError> {
+    /// Sends `signal` to the task's main process while it runs; `Ok(false)` when it was gone already.
+    fn signal_task(&self, handle: &TaskHandle, signal: &str) -> Result<bool, DriverError> {
         let signal_number = sys::signal_number(signal).ok_or_else(|| DriverError::UnknownSignal(signal.to_owned()))?;
         let state = ExecDriverState::from_handle(handle)?;
-        if state.exit_result()?.is_none() {
-            let task = sys::pidfd_open_identity(task_identity(handle, &state))
-                .map_err(|source| io_error(format!("opening a pidfd for task {}", handle.pid), source))?;
-            if let Some(task) = task {
-                sys::pidfd_send_signal(&task, signal_number)
-                    .map_err(|source| io_error(format!("sending {signal} to task {}", handle.pid), source))?;
-                let _ = tokio::time::timeout(timeout, self.wait_task(handle)).await;
-            }
+        if state.exit_result()?.is_some() {
+            return Ok(false);
+        }
+        let task = sys::pidfd_open_identity(task_identity(handle, &state))
+            .map_err(|source| io_error(format!("opening a pidfd for task {}", handle.pid), source))?;
+        let Some(task) = task else { return Ok(false) };
+        sys::pidfd_send_signal(&task, signal_number)
+            .map_err(|source| io_error(format!("sending {signal} to task {}", handle.pid), source))?;
+        Ok(true)
+    }
+
+    async fn stop_task(&self, handle: &TaskHandle, signal: &str, timeout: Duration) -> Result<(), DriverError> {
+        let state = ExecDriverState::from_handle(handle)?;
+        if self.signal_task(handle, signal)? {
+            let _ = tokio::time::timeout(timeout, self.wait_task(handle)).await;
         }
         // The main process is gone or overstayed: nothing of the task may survive it.
         let cgroup = state.cgroup()?;
@@ -432,6 +440,10 @@ impl Driver for ExecDriver {
 
     fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(self.stop_task(handle, signal, timeout))
+    }
+
+    fn signal<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move { self.signal_task(handle, signal).map(drop) })
     }
 
     fn destroy<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {

@@ -268,6 +268,11 @@ pub trait Driver: Send + Sync + 'static {
     fn describe_stop(&self, _handle: &TaskHandle, _signal: &str, _timeout: Duration) -> Option<String> {
         None
     }
+    /// Sends `signal` to the running task and returns (a template changed, `change_mode: signal`). Drivers
+    /// that cannot (the vm driver) say so.
+    fn signal<'a>(&'a self, _handle: &'a TaskHandle, _signal: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move { Err(DriverError::Unsupported(format!("the {} driver cannot send a signal to a running task", self.name()))) })
+    }
 }
 
 /// An optional ability of a driver: move a running task to another node without stopping it.

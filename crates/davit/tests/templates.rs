@@ -22,6 +22,15 @@ groups:
           - data: "SECRET={{ var \"app/cfg\" \"secret\" }}\n"
             destination: secrets/app.env
             env: true
+      - name: hup
+        driver: exec
+        config: {command: /bin/sh, args: ["-c", "trap 'echo hup >> $DAVIT_TASK_DIR/hups' HUP; while true; do sleep 1; done"]}
+        resources: {cpu: 20, memory: 32}
+        templates:
+          - data: "{{ var \"app/cfg\" \"secret\" }}"
+            destination: secrets/value
+            change_mode: signal
+            change_signal: SIGHUP
       - name: box
         driver: container
         config: {image: "REGISTRY/busybox:1", command: "exec sleep 600"}
@@ -76,12 +85,24 @@ fn a_variable_reaches_exec_and_container_tasks_and_a_change_restarts_them() {
     let mode = exec(&dev, &alloc, "exec", "stat -c %a $DAVIT_TASK_DIR/secrets/app.env");
     assert_eq!(mode.trim(), "400");
 
+    let hup_pid = |dev: &Dev| {
+        let json: serde_json::Value = serde_json::from_str(&dev.ok(&["alloc", "status", &alloc, "-o", "json"])).unwrap();
+        json["task_states"]["hup"]["pid"].as_u64()
+    };
+    wait_exec(&dev, &alloc, "hup", "cat $DAVIT_TASK_DIR/secrets/value", "first-s3cret-value");
+    let pid_before = hup_pid(&dev);
+    assert!(pid_before.is_some());
+
     // A new value: both tasks restart with it.
     dev.ok(&["var", "put", "app/cfg", "secret=second-s3cret-value"]);
     wait_exec(&dev, &alloc, "exec", "echo $SECRET", "second-s3cret-value");
     wait_exec(&dev, &alloc, "box", "cat /local/secrets/app.yaml", "password: second-s3cret-value");
     let status = dev.ok(&["alloc", "status", &alloc]);
     assert!(status.contains("template secrets/app.env changed"), "{status}");
+    // change_mode: signal: the task got SIGHUP and the new file, and kept running.
+    wait_exec(&dev, &alloc, "hup", "cat $DAVIT_TASK_DIR/hups; cat $DAVIT_TASK_DIR/secrets/value", "hup\nsecond-s3cret-value");
+    assert!(status.contains("template secrets/value changed: sent SIGHUP") || dev.ok(&["alloc", "status", &alloc]).contains("sent SIGHUP"));
+    assert_eq!(hup_pid(&dev), pid_before, "the signalled task was not restarted");
 
     // The values are nowhere but in the tasks.
     for command in [vec!["job", "history", "app", "-o", "json"], vec!["alloc", "status", &alloc, "-o", "json"]] {

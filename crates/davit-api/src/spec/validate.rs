@@ -504,15 +504,22 @@ fn check_templates(ctx: &Ctx, path: &str, task: &TaskSpec) {
         } else if let Some(first) = destinations.insert(destination, index) {
             ctx.report(&format!("{at}.destination"), format!("templates[{first}] writes `{destination}` already"), None);
         }
-        if template.change_mode == crate::template::ChangeMode::Signal {
-            not_supported(ctx, &format!("{at}.change_mode"));
-        }
-        if template.change_signal.is_some() {
-            ctx.report(
-                &format!("{at}.change_signal"),
-                "`change_signal` needs `change_mode: signal`, which this davit version does not support yet",
-                None,
-            );
+        use crate::template::ChangeMode;
+        match (template.change_mode, &template.change_signal) {
+            (ChangeMode::Signal, None) => {
+                ctx.report(&format!("{at}.change_mode"), "`change_mode: signal` needs `change_signal`, e.g. SIGHUP", None);
+            }
+            (ChangeMode::Signal, Some(signal)) if !KNOWN_SIGNALS.contains(&signal.as_str()) => {
+                let known = KNOWN_SIGNALS.join(", ");
+                ctx.report(&format!("{at}.change_signal"), format!("unknown signal `{signal}`; known signals: {known}"), None);
+            }
+            (ChangeMode::Signal, Some(_)) if task.driver == DriverName::Vm => {
+                ctx.report(&format!("{at}.change_mode"), "a VM cannot be sent a signal; use `change_mode: restart`", None);
+            }
+            (ChangeMode::Restart | ChangeMode::Noop, Some(_)) => {
+                ctx.report(&format!("{at}.change_signal"), "`change_signal` needs `change_mode: signal`", None);
+            }
+            _ => {}
         }
     }
 }
