@@ -154,6 +154,17 @@ impl TaskRunner {
                 self.release(driver.as_ref(), &ended).await;
             }
 
+            // A changed template restarts the task at once, whatever the restart policy counts.
+            if let Some(reason) = check_reason.as_deref().filter(|reason| reason.starts_with(crate::template::TEMPLATE_RESTART)) {
+                self.shared.update_task(&name, Some(event("Restarting", reason)), |state| {
+                    state.state = TaskStatus::Pending;
+                    state.restarts += 1;
+                    state.pid = None;
+                });
+                self.shared.commit().await;
+                continue;
+            }
+
             // Restart or not.
             let jitter = rng.random_range(-MAX_JITTER..=MAX_JITTER);
             let tracker = self.shared.with_state(|state| state.restart_trackers.get(&name).copied().unwrap_or_default());

@@ -22,6 +22,10 @@ use tokio::task::JoinHandle;
 
 use crate::alloc_runner::AllocShared;
 
+/// How a restart a template asks for starts its reason (the task runner restarts those at once, without
+/// counting them against the restart policy).
+pub(crate) const TEMPLATE_RESTART: &str = "template ";
+
 /// What a render produced: each template's text, the environment of `env: true` ones, and the store index
 /// the data had.
 pub(crate) struct Rendered {
@@ -44,8 +48,9 @@ pub(crate) async fn prepare(shared: &AllocShared, task: &TaskSpec, task_dir: &Pa
         .await
         .map_err(|error| format!("fetching what the templates read: {error}"))?;
     let texts = render(task, &data.value)?;
+    let owner = owner_of(task).map_err(|error| format!("the owner of the templates: {error}"))?;
     for (template, text) in task.templates.iter().zip(&texts) {
-        write_file(task_dir, &template.destination, text, task.user.as_deref())
+        write_file(task_dir, &template.destination, text, owner)
             .map_err(|error| format!("writing template {}: {error}", template.destination))?;
     }
     let env = env_of(task, &texts)?;
@@ -71,43 +76,91 @@ fn env_of(task: &TaskSpec, texts: &[String]) -> Result<BTreeMap<String, String>,
     Ok(env)
 }
 
-/// Writes `text` to `destination` inside `task_dir`: directories made owner-only, no symbolic link
-/// followed (a task may plant one in its own directory), the file 0400 and given to `user`.
-fn write_file(task_dir: &Path, destination: &str, text: &str, user: Option<&str>) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let path = task_dir.join(destination);
-    let parent = path.parent().unwrap_or(task_dir).to_path_buf();
-    let mut dir = task_dir.to_path_buf();
-    for part in parent.strip_prefix(task_dir).map_err(std::io::Error::other)?.components() {
-        dir.push(part);
-        match std::fs::symlink_metadata(&dir) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(std::io::Error::other(format!("{} is a symbolic link", dir.display())));
-            }
-            Ok(_) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new().mode(0o700).create(&dir)?,
-            Err(error) => return Err(error),
+/// Writes `text` to `destination` inside `task_dir`, against a task that may race it: every directory is
+/// opened relative to the one before it without following a symbolic link (`openat` with `O_NOFOLLOW`),
+/// missing ones are made root-owned 0711 (the task's user can reach its file, nobody can list them), the file
+/// is created fresh (0400), handed to `owner` through its descriptor (`fchown`), and renamed into place
+/// within the same directory. Nothing is ever opened, chowned or written through a path a task could swap.
+fn write_file(task_dir: &Path, destination: &str, text: &str, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let c = |name: &str| CString::new(name).map_err(std::io::Error::other);
+    let open_dir = |at: libc::c_int, name: &CString| -> std::io::Result<OwnedFd> {
+        // SAFETY: openat with a valid directory descriptor and a NUL-terminated name; the result is checked.
+        let fd = unsafe { libc::openat(at, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
         }
+        // SAFETY: a fresh descriptor this function owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let root = c(&task_dir.to_string_lossy())?;
+    let mut dir = open_dir(libc::AT_FDCWD, &root)?;
+    let mut parts: Vec<&str> = destination.split('/').collect();
+    let file_name = parts
+        .pop()
+        .filter(|name| !name.is_empty() && *name != "." && *name != "..")
+        .ok_or_else(|| std::io::Error::other("no file name"))?;
+    for part in parts {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(std::io::Error::other(format!("`{destination}` leaves the task directory")));
+        }
+        let name = c(part)?;
+        // SAFETY: mkdirat relative to an open directory; EEXIST is fine (opened, without following, below).
+        if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o711) } != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(error);
+            }
+        }
+        dir = open_dir(dir.as_raw_fd(), &name)
+            .map_err(|error| std::io::Error::new(error.kind(), format!("{part} in {}: {error} (a symbolic link?)", task_dir.display())))?;
     }
-    let owner = user.map(uid_gid).transpose()?;
+    let tmp = c(&format!(".{file_name}.davit-tmp"))?;
+    // SAFETY: unlinkat of a name in an open directory (never follows: it removes the entry itself).
+    unsafe { libc::unlinkat(dir.as_raw_fd(), tmp.as_ptr(), 0) };
+    // SAFETY: a new file, exclusively, never through a link; the result is checked.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            tmp.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o400,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fresh descriptor from above.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(text.as_bytes())?;
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&parent, Some(uid), Some(gid))?;
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
     }
-    let tmp = parent.join(format!(".{}.davit-tmp", path.file_name().and_then(|name| name.to_str()).unwrap_or("template")));
-    let _ = std::fs::remove_file(&tmp);
-    {
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o400).open(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
+    file.sync_all()?;
+    let target = c(file_name)?;
+    // SAFETY: renameat within one open directory; it replaces the entry (a link there is replaced, not followed).
+    if unsafe { libc::renameat(dir.as_raw_fd(), tmp.as_ptr(), dir.as_raw_fd(), target.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
-    }
-    std::fs::rename(&tmp, &path)
+    Ok(())
 }
 
-/// The uid and gid of a user name.
-fn uid_gid(user: &str) -> std::io::Result<(u32, u32)> {
+/// Who owns a task's rendered files: a numeric `user:` (`uid` or `uid:gid`) for any driver; a user name is
+/// looked up on the host for exec tasks only (a container resolves names inside its image: its files stay
+/// root's, give it a numeric `user:` to hand them over). `None`: root keeps them.
+pub(crate) fn owner_of(task: &TaskSpec) -> std::io::Result<Option<(u32, u32)>> {
+    let Some(user) = task.user.as_deref() else { return Ok(None) };
+    let numeric = |text: &str| text.parse::<u32>().ok();
+    if let Some((uid, gid)) = user.split_once(':').and_then(|(u, g)| Some((numeric(u)?, numeric(g)?))) {
+        return Ok(Some((uid, gid)));
+    }
+    if let Some(uid) = numeric(user) {
+        return Ok(Some((uid, uid)));
+    }
+    if task.driver != davit_api::spec::DriverName::Exec {
+        return Ok(None);
+    }
     let name = std::ffi::CString::new(user).map_err(std::io::Error::other)?;
     // SAFETY: getpwnam reads a NUL-terminated name and returns a pointer to static storage or null; the
     // fields are copied out at once.
@@ -116,7 +169,7 @@ fn uid_gid(user: &str) -> std::io::Result<(u32, u32)> {
         return Err(std::io::Error::other(format!("no user {user}")));
     }
     // SAFETY: non-null, as checked above.
-    Ok(unsafe { ((*entry).pw_uid, (*entry).pw_gid) })
+    Ok(Some(unsafe { ((*entry).pw_uid, (*entry).pw_gid) }))
 }
 
 /// Follows what the task's templates read while it runs; see the module docs. Ends (and stops following)
@@ -171,15 +224,18 @@ pub(crate) fn watch(
             backoff = Duration::from_millis(250);
             rendered.index = data.index;
             let Ok(texts) = render(&task, &data.value) else { continue }; // A variable went away: keep the files.
+            let owner = owner_of(&task).ok().flatten();
             let mut restart_for = None;
-            for ((template, old), new) in task.templates.iter().zip(&rendered.texts).zip(&texts) {
-                if old == new {
+            for (position, (template, new)) in task.templates.iter().zip(texts).enumerate() {
+                if rendered.texts[position] == new {
                     continue;
                 }
-                if let Err(error) = write_file(&task_dir, &template.destination, new, task.user.as_deref()) {
+                if let Err(error) = write_file(&task_dir, &template.destination, &new, owner) {
+                    // Not recorded as rendered: the next change (or the next start) writes it again.
                     tracing::warn!(template = %template.destination, %error, "cannot rewrite a template");
                     continue;
                 }
+                rendered.texts[position] = new;
                 tracing::info!(alloc_id = %alloc, task = %task.name, template = %template.destination, "template re-rendered");
                 match (template.change_mode, &template.change_signal) {
                     (ChangeMode::Restart, _) if restart_for.is_none() => restart_for = Some(template.destination.clone()),
@@ -194,9 +250,8 @@ pub(crate) fn watch(
                     _ => {}
                 }
             }
-            rendered.texts = texts;
             if let Some(destination) = restart_for {
-                let _ = restart.send(format!("template {destination} changed")).await;
+                let _ = restart.send(format!("{TEMPLATE_RESTART}{destination} changed")).await;
                 return;
             }
         }
@@ -215,7 +270,7 @@ mod tests {
         let path = dir.path().join("secrets/db.env");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "DB=x\n");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o400);
-        assert_eq!(std::fs::metadata(dir.path().join("secrets")).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(dir.path().join("secrets")).unwrap().permissions().mode() & 0o777, 0o711);
         write_file(dir.path(), "secrets/db.env", "DB=y\n", None).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "DB=y\n", "rewritten in place of the read-only file");
 
@@ -224,5 +279,21 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
         assert!(write_file(dir.path(), "escape/x.env", "X=1\n", None).is_err());
         assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+        // A link planted as the file itself is replaced, not written through.
+        let target = outside.path().join("target");
+        std::fs::write(&target, "untouched").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("secrets/link.env")).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let owner = root.then_some((65534, 65534));
+        write_file(dir.path(), "secrets/link.env", "L=1\n", owner).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        use std::os::unix::fs::MetadataExt;
+        let written = std::fs::symlink_metadata(dir.path().join("secrets/link.env")).unwrap();
+        assert!(written.is_file(), "the new file replaced the link");
+        if root {
+            assert_eq!(written.uid(), 65534, "given to its owner through its descriptor");
+            assert_eq!(std::fs::metadata(&target).unwrap().uid(), 0, "the link's target keeps its owner");
+        }
     }
 }

@@ -454,7 +454,11 @@ impl ContainerDriver {
         };
         spec.set_hooks(Some(hooks(self.exec.executor_command(), &procs, &bundle.join(STARTED_MARKER))?));
         let spec_path = bundle.join("config.json");
-        spec.save(&spec_path).map_err(|error| io_error(format!("writing {}", spec_path.display()), io::Error::other(error)))
+        spec.save(&spec_path).map_err(|error| io_error(format!("writing {}", spec_path.display()), io::Error::other(error)))?;
+        // It holds the task's environment, templates' `env: true` output included: owner-only.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&spec_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| io_error(format!("restricting {}", spec_path.display()), source))
     }
 
     /// Waits until the container's program runs (a hook marked it), or the runtime process exited
@@ -516,6 +520,7 @@ impl ContainerDriver {
 
     async fn stop_task(&self, handle: &TaskHandle, signal: &str, timeout: Duration) -> Result<(), DriverError> {
         let state = ContainerState::from_handle(handle)?;
+        self.runtime()?;
         match self.signal_task(handle, signal).await {
             Ok(true) => {
                 let _ = tokio::time::timeout(timeout, self.exec.wait(&state.inner)).await;
@@ -1083,7 +1088,12 @@ impl Driver for ContainerDriver {
     }
 
     fn signal<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(async move { self.signal_task(handle, signal).await.map(drop) })
+        Box::pin(async move {
+            match self.signal_task(handle, signal).await? {
+                true => Ok(()),
+                false => Err(DriverError::TaskGone { pid: handle.pid }),
+            }
+        })
     }
 
     fn destroy<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {

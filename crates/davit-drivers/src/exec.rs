@@ -443,7 +443,12 @@ impl Driver for ExecDriver {
     }
 
     fn signal<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(async move { self.signal_task(handle, signal).map(drop) })
+        Box::pin(async move {
+            match self.signal_task(handle, signal)? {
+                true => Ok(()),
+                false => Err(DriverError::TaskGone { pid: handle.pid }),
+            }
+        })
     }
 
     fn destroy<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {

@@ -183,7 +183,12 @@ fn write(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
     let mut out = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
     out.write_all(&serde_json::to_vec_pretty(file).expect("the keyring serializes")).map_err(io)?;
     out.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    // The rename itself must survive a crash: a key lost while variables sealed with it survive loses them.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(io)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -143,6 +143,9 @@ pub(crate) struct Shared {
     pub acl_enabled: bool,
     pub audit: Option<acl::AuditLog>,
     pub keyring: keyring::Keyring,
+    /// Held for reading while a value is sealed and committed, for writing while keys change: a key is never
+    /// removed between sealing a variable with it and storing it.
+    pub keyring_lock: tokio::sync::RwLock<()>,
     /// Signs relay tokens (`acl::Caller::relay_token`); new at every start.
     pub relay_key: Arc<[u8; 32]>,
 }
@@ -190,6 +193,7 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         acl_enabled: config.acl_enabled,
         audit: config.audit_log.map(|path| acl::AuditLog::new(path, config.audit_reads)),
         keyring,
+        keyring_lock: tokio::sync::RwLock::new(()),
         relay_key: Arc::new(keyring::random_bytes()),
     });
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;

@@ -65,6 +65,19 @@ async fn variables_are_sealed_checked_and_set_and_guarded_by_path() {
     assert_eq!(paths, ["shop/db"]);
     assert!(!listed.to_string().contains("hunter2"), "lists carry no values");
 
+    // A job whose template reads a variable the submitting token may not read is refused.
+    let submitter =
+        token_for(&server, &management, "submitter", "namespaces: {default: {policy: write, variables: {'shop/*': [read]}}}\n").await;
+    let job = |path: &str| {
+        format!(
+            "name: t\ngroups:\n  - name: g\n    tasks:\n      - name: t\n        driver: exec\n        config: {{command: /bin/true}}\n        templates: [{{data: '{{{{ var \"{path}\" \"url\" }}}}', destination: secrets/x}}]\n"
+        )
+    };
+    let (status, body) = server.request_as(Some(&submitter), "POST", "/v1/jobs", &job("other/key")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("reads variable other/key"), "{body}");
+    assert_eq!(server.request_as(Some(&submitter), "POST", "/v1/jobs", &job("shop/db")).await.0, 200);
+
     // Variables live in a namespace.
     ok(&server, &management, "PUT", "/v1/namespace/team-b", "{}").await;
     assert_eq!(server.request_as(Some(&management), "GET", "/v1/var/shop/db?namespace=team-b", "").await.0, 404);

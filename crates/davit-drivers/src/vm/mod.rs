@@ -640,17 +640,28 @@ fn machine_name(machine: MachineChoice) -> &'static str {
 
 /// `meta-data` of the NoCloud seed: the configured text, or `key: value` lines with `instance-id` (the alloc id)
 /// and `local-hostname` (the configured hostname, else the task name) filled in.
-/// A file of the task directory, read without following a symbolic link at its end (a task could plant one),
-/// at most 1 MiB; `..` and absolute paths are refused.
+/// A regular file of the task directory (what a template wrote), at most 1 MiB. Opened without following a
+/// link at its end and without blocking (a FIFO is refused), and checked, once open, to lie inside the task
+/// directory (a link in the middle of the path cannot lead it out).
 fn read_task_file(task_dir: &Path, file: &str) -> Result<String, DriverError> {
     use std::io::Read;
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     if file.starts_with('/') || file.split('/').any(|part| part == ".." || part.is_empty()) {
         return Err(invalid(format!("cloud_init.user_data_file `{file}` must be a path inside the task directory")));
     }
     let path = task_dir.join(file);
     let io = |source| DriverError::Io { operation: format!("reading {}", path.display()), source };
-    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(io)?;
+    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path).map_err(io)?;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).map_err(io)?;
+    let inside = std::fs::canonicalize(task_dir).map_err(io)?;
+    let metadata = opened.metadata().map_err(io)?;
+    if !real.starts_with(&inside) || !metadata.is_file() {
+        return Err(invalid(format!("cloud_init.user_data_file `{file}` is not a regular file inside the task directory")));
+    }
+    if metadata.len() > 1 << 20 {
+        return Err(invalid(format!("cloud_init.user_data_file `{file}` has {} bytes; at most 1 MiB", metadata.len())));
+    }
     let mut text = String::new();
     opened.take(1 << 20).read_to_string(&mut text).map_err(io)?;
     Ok(text)

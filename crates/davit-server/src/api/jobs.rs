@@ -7,7 +7,7 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use davit_api::acl::DEFAULT_NAMESPACE;
+use davit_api::acl::{DEFAULT_NAMESPACE, VariableCapability};
 use davit_api::http::{
     AllocListEntry, JobDiffResponse, JobListEntry, JobStatusKind, JobStatusResponse, RegisterJobResponse, RevertJobRequest,
     ScaleJobRequest, StopJobResponse, ValidateJobResponse,
@@ -53,6 +53,7 @@ pub(crate) async fn register(
     body: Bytes,
 ) -> Result<Response, Failure> {
     let spec = spec_in_namespace(&shared.view.snapshot(), &caller, &query, &body)?;
+    check_template_access(&caller, &spec)?;
     let response = register_spec(&shared, spec, EvalTrigger::JobRegister).await?;
     Ok(indexed(response.index, &response))
 }
@@ -62,6 +63,28 @@ pub(crate) fn spec_in_namespace(snapshot: &Snapshot, caller: &Caller, query: &Sp
     let mut spec = parse_spec(body, query)?;
     place_in_namespace(snapshot, &mut spec, caller)?;
     Ok(spec)
+}
+
+/// A job's templates render variables into its tasks, where whoever runs the job can read them: the token
+/// that submits it must be allowed to read every variable its templates name.
+fn check_template_access(caller: &Caller, spec: &JobSpec) -> Result<(), Failure> {
+    let templates = spec.groups.iter().flat_map(|group| &group.tasks).flat_map(|task| &task.templates);
+    for template in templates {
+        let Ok(parsed) = davit_api::template::Template::parse(&template.data) else { continue };
+        if let Some(path) =
+            parsed.variables().into_iter().find(|path| !caller.acl.allows_variable(&spec.namespace, path, VariableCapability::Read))
+        {
+            return Err(Failure::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "permission denied: a template of the job reads variable {path}, which this token may not read in namespace `{}`",
+                    spec.namespace
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Puts a spec into the request's namespace: a spec that names no namespace (or `default`) goes where the
@@ -356,11 +379,17 @@ pub(crate) async fn diff(
     Ok(indexed(snapshot.job_index(&name), &JobDiffResponse { from, to, changes }))
 }
 
-pub(crate) async fn revert(State(shared): State<Arc<Shared>>, JobId(name): JobId, body: Bytes) -> Result<Response, Failure> {
+pub(crate) async fn revert(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    JobId(name): JobId,
+    body: Bytes,
+) -> Result<Response, Failure> {
     let request: RevertJobRequest = json_body(&body, "revert request")?;
     let snapshot = shared.view.snapshot();
     let job = job_of(&snapshot, &name)?;
     let target = version_of(&snapshot, &name, request.version)?;
+    check_template_access(&caller, &target.spec)?;
     if target.spec == job.spec && !job.stopped {
         return Err(Failure::bad_request(format!(
             "job `{name}` version {} already has the spec of version {}; nothing to revert",

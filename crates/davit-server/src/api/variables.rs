@@ -114,6 +114,7 @@ pub(crate) async fn put(
     let key = keys::variable(&caller.namespace, &path);
     let now = now_millis();
     let plaintext = serde_json::to_vec(&request.items).expect("items serialize");
+    let sealing = shared.keyring_lock.read().await;
     let stored = StoredVariable {
         namespace: caller.namespace.clone(),
         path: path.clone(),
@@ -126,6 +127,7 @@ pub(crate) async fn put(
     let compares = cas_compare(&key, query.cas, existing.as_deref());
     let txn = Txn { compares, success: vec![keys::put(key, &stored)], failure: Vec::new() };
     let response = shared.store.txn(txn).await?;
+    drop(sealing);
     if !response.succeeded {
         return Err(cas_conflict(&caller.namespace, &path, query.cas, &shared));
     }
@@ -184,7 +186,8 @@ pub(crate) async fn template_data(
     Path((node_id, alloc_id)): Path<(String, String)>,
     Query(blocking): Query<super::Blocking>,
 ) -> Result<Response, Failure> {
-    let index_of = |snapshot: &crate::view::Snapshot| snapshot.table_index("vars").max(snapshot.table_index("allocs"));
+    // Variables, and the catalog (its index moves only when a service's instances or health change).
+    let index_of = |snapshot: &crate::view::Snapshot| snapshot.table_index("vars").max(shared.catalog.get(snapshot).0);
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, index_of).await;
     let alloc = snapshot
         .cluster
@@ -255,8 +258,26 @@ pub(crate) async fn rotate(State(shared): State<Arc<Shared>>) -> Result<Response
 /// written meanwhile is sealed with the new key already).
 async fn reseal(shared: Arc<Shared>) {
     let active = shared.keyring.active_id();
-    let snapshot = shared.view.snapshot();
-    let stale: Vec<Arc<StoredVariable>> = snapshot.variables.values().filter(|stored| stored.sealed.key_id != active).cloned().collect();
+    let mut resealed = 0;
+    // Until no variable is left under an older key (a pass can lose a race with a write; the next one sees it).
+    for _pass in 0..10 {
+        match shared.store.current_revision().await {
+            Ok(revision) => shared.view.wait_for(revision).await,
+            Err(error) => tracing::error!(%error, "re-sealing: cannot read the store's revision"),
+        }
+        let snapshot = shared.view.snapshot();
+        let stale: Vec<Arc<StoredVariable>> =
+            snapshot.variables.values().filter(|stored| stored.sealed.key_id != active).cloned().collect();
+        if stale.is_empty() || shared.keyring.active_id() != active {
+            break;
+        }
+        resealed += reseal_pass(&shared, stale).await;
+    }
+    tracing::info!(resealed, key = %active, "variables re-sealed with the active key");
+}
+
+/// Re-seals `stale` with the active key; returns how many were written.
+async fn reseal_pass(shared: &Shared, stale: Vec<Arc<StoredVariable>>) -> usize {
     let mut resealed = 0;
     for stored in stale {
         let key = keys::variable(&stored.namespace, &stored.path);
@@ -267,23 +288,29 @@ async fn reseal(shared: Arc<Shared>) {
                 continue;
             }
         };
+        let sealing = shared.keyring_lock.read().await;
         let next = StoredVariable { sealed: shared.keyring.seal(&plaintext, key.as_bytes()), ..(*stored).clone() };
         let txn = Txn {
             compares: vec![Compare::ModRevision(key.clone(), stored.modify_index)],
             success: vec![keys::put(key.clone(), &next)],
             failure: Vec::new(),
         };
-        match shared.store.txn(txn).await {
+        let committed = shared.store.txn(txn).await;
+        drop(sealing);
+        match committed {
             Ok(response) if response.succeeded => resealed += 1,
             Ok(_) => {} // Written meanwhile: sealed with the active key already.
             Err(error) => tracing::error!(variable = %key, %error, "cannot re-seal a variable"),
         }
     }
-    tracing::info!(resealed, key = %active, "variables re-sealed with the active key");
+    resealed
 }
 
 /// `DELETE /v1/operator/keyring/{id}`: only a key that is not active and seals no variable.
 pub(crate) async fn remove_key(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response, Failure> {
+    // No value is being sealed meanwhile, and the view shows every one committed.
+    let _keys = shared.keyring_lock.write().await;
+    shared.view.wait_for(shared.store.current_revision().await?).await;
     let in_use = shared.view.snapshot().variables.values().filter(|stored| stored.sealed.key_id == id).count();
     if in_use > 0 {
         return Err(Failure::conflict(format!(
