@@ -56,6 +56,9 @@ echo; echo "\$ davit namespace apply team-a --memory 96 --max-count 5"; "$davit"
 echo; echo "\$ davit job run examples/team-a/counter.yaml"; "$davit" job run examples/team-a/counter.yaml
 echo; echo "\$ davit job scale -n team-a counter count 4"; "$davit" job scale -n team-a counter count 4 || true
 echo; echo "\$ davit namespace status team-a"; "$davit" namespace status team-a
+# A variable, encrypted at rest, rendered into a task by a template.
+echo; echo "\$ davit var put demo/greeting message='hello from a variable'"; "$davit" var put demo/greeting message='hello from a variable'
+echo; echo "\$ davit job run examples/variables/greeter.yaml"; "$davit" job run examples/variables/greeter.yaml
 echo; echo "\$ davit node ls"; "$davit" node ls
 echo; echo "\$ davit job status"; "$davit" job status
 echo

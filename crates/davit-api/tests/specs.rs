@@ -28,13 +28,23 @@ fn good_files() -> Vec<PathBuf> {
     files
 }
 
+/// `examples/*.yaml` and `examples/*/*.yaml` (examples that need a namespace or a variable first).
 fn example_files() -> Vec<PathBuf> {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let mut files = Vec::new();
+    let mut dirs = vec![examples.clone()];
     for entry in std::fs::read_dir(&examples).unwrap_or_else(|error| panic!("reading {}: {error}", examples.display())) {
         let path = entry.expect("directory entry").path();
-        if path.extension().and_then(|ext| ext.to_str()) == Some("yaml") {
-            files.push(path);
+        if path.is_dir() {
+            dirs.push(path);
+        }
+    }
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|error| panic!("reading {}: {error}", dir.display())) {
+            let path = entry.expect("directory entry").path();
+            if path.extension().and_then(|ext| ext.to_str()) == Some("yaml") {
+                files.push(path);
+            }
         }
     }
     files.sort();
