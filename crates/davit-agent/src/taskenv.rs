@@ -100,11 +100,12 @@ impl TaskEnvContext<'_> {
         }
     }
 
-    /// The task's environment: its own `env` (interpolated), then the `DAVIT_*` variables (which win:
+    /// The task's environment: its own `env` and `secret_env` (interpolated), then the `DAVIT_*` variables (which win:
     /// also `DAVIT_UPSTREAM_<SERVICE>_ADDR` and `_PORT` per upstream, the service name upper-cased with
     /// '-' as '_'), and a default `PATH` if the task set none.
     pub fn build_env(&self) -> BTreeMap<String, String> {
-        let mut env: BTreeMap<String, String> = self.task.env.iter().map(|(key, value)| (key.clone(), self.interpolate(value))).collect();
+        let mut env: BTreeMap<String, String> =
+            self.task.env.iter().chain(&self.task.secret_env).map(|(key, value)| (key.clone(), self.interpolate(value))).collect();
         let alloc = self.alloc;
         let davit = [
             ("DAVIT_ALLOC_ID", alloc.id.clone()),

@@ -33,6 +33,11 @@ impl Job {
     pub fn name(&self) -> &str {
         &self.spec.name
     }
+
+    /// The job as the API shows it (see [`JobSpec::redacted`]).
+    pub fn redacted(&self) -> Job {
+        Job { spec: self.spec.redacted(), ..self.clone() }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

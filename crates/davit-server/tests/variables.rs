@@ -118,3 +118,41 @@ async fn variables_survive_keyring_rotation_removal_of_the_old_key_and_a_restart
     assert_eq!(std::fs::metadata(server.dir().join("keyring.json")).unwrap().permissions().mode() & 0o777, 0o600);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_env_values_never_show_through_the_api() {
+    let server = common::start_acl().await;
+    let management = server.request("POST", "/v1/acl/bootstrap", "").await.1["secret_id"].as_str().unwrap().to_string();
+    let reader = token_for(&server, &management, "reader", "namespaces: {default: {policy: read}}\n").await;
+    let agent = token_for(&server, &management, "agent", "node: write\n").await;
+    let spec = |value: &str| {
+        format!(
+            "name: s\ngroups:\n  - name: g\n    tasks:\n      - name: t\n        driver: exec\n        config: {{command: /bin/true}}\n        env: {{PLAIN: shown}}\n        secret_env: {{DB_PASS: {value}}}\n"
+        )
+    };
+    ok(&server, &management, "POST", "/v1/jobs", &spec("hunter2-env-one")).await;
+    ok(&server, &management, "POST", "/v1/jobs", &spec("hunter2-env-two")).await;
+
+    for path in ["/v1/job/s", "/v1/job/s/versions", "/v1/job/s/status", "/v1/job/s/version/0", "/v1/job/s/diff?from=0&to=1"] {
+        let answer = ok(&server, &reader, "GET", path, "").await.to_string();
+        assert!(!answer.contains("hunter2"), "{path} shows a secret value: {answer}");
+        assert!(answer.contains("<redacted>"), "{path}: {answer}");
+    }
+    let diff = ok(&server, &reader, "GET", "/v1/job/s/diff?from=0&to=1", "").await;
+    assert_eq!(diff["changes"].as_array().unwrap().len(), 1, "the change shows, its values do not: {diff}");
+    // The agents that run the task get the value.
+    let version = ok(&server, &agent, "GET", "/v1/job/s/version/1", "").await;
+    assert_eq!(version["spec"]["groups"][0]["tasks"][0]["secret_env"]["DB_PASS"], "hunter2-env-two");
+
+    // Nor does the event stream: read it until both versions passed by.
+    let mut stream =
+        server.http.get(format!("{}/v1/event/stream?topic=JobVersion", server.base)).bearer_auth(&management).send().await.unwrap();
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.matches("\"JobVersion\"").count() < 2 {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk()).await.expect("the event stream stalled").unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!seen.contains("hunter2") && seen.contains("<redacted>"), "{seen}");
+    server.shutdown().await;
+}

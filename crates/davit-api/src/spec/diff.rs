@@ -20,7 +20,12 @@ pub fn diff_specs(old: &JobSpec, new: &JobSpec) -> Vec<DiffEntry> {
         .into_iter()
         .filter_map(|path| {
             let (before, after) = (old.get(path), new.get(path));
-            (before != after).then(|| DiffEntry { path: path.clone(), old: before.cloned(), new: after.cloned() })
+            // A secret value changes visibly, but never shows.
+            let shown = |value: Option<&String>| match value {
+                Some(_) if path.contains(".secret_env.") => Some(super::REDACTED.to_string()),
+                other => other.cloned(),
+            };
+            (before != after).then(|| DiffEntry { path: path.clone(), old: shown(before), new: shown(after) })
         })
         .collect()
 }

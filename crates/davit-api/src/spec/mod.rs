@@ -500,6 +500,10 @@ pub struct TaskSpec {
     pub config: serde_json::Value,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Environment the task gets like `env`, but whose values the API never shows: `<redacted>` in job
+    /// versions, diffs, plans and the event stream (only the agents that run the job read them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     #[serde(default)]
@@ -920,7 +924,21 @@ fn is_default_namespace(namespace: &String) -> bool {
     namespace == crate::acl::DEFAULT_NAMESPACE
 }
 
+/// What the API shows instead of a secret value.
+pub const REDACTED: &str = "<redacted>";
+
 impl JobSpec {
+    /// The spec as the API shows it: every `secret_env` value replaced by [`REDACTED`].
+    pub fn redacted(&self) -> JobSpec {
+        let mut spec = self.clone();
+        for task in spec.groups.iter_mut().flat_map(|group| group.tasks.iter_mut()) {
+            for value in task.secret_env.values_mut() {
+                *value = REDACTED.to_string();
+            }
+        }
+        spec
+    }
+
     /// The job's id in the cluster: its name, qualified by its namespace unless that is `default`
     /// (see [`crate::namespace::job_id`]).
     pub fn id(&self) -> String {

@@ -430,8 +430,12 @@ fn check_task(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, declare
     }
     check_port_references_in(ctx, &config_path, &task.config, group_label, declared_ports);
 
-    for (key, value) in &task.env {
-        let env_path = format!("{path}.env.{key}");
+    for (field, key, value) in task.env.iter().map(|(k, v)| ("env", k, v)).chain(task.secret_env.iter().map(|(k, v)| ("secret_env", k, v)))
+    {
+        let env_path = format!("{path}.{field}.{key}");
+        if field == "secret_env" && task.env.contains_key(key) {
+            ctx.report_key(&env_path, format!("`{key}` is in both `env` and `secret_env`"), Some("keep it in one of them".to_string()));
+        }
         let valid_name = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_name {

@@ -260,6 +260,7 @@ pub(crate) fn task(name: &str, driver: DriverName, cpu: u32, memory: u32) -> Tas
         driver,
         config: Default::default(),
         env: BTreeMap::new(),
+        secret_env: BTreeMap::new(),
         user: None,
         resources: Resources { cpu, memory },
         kill_timeout: Duration::from_secs(5),

@@ -211,7 +211,7 @@ impl StreamState {
                     self.health_transition(batch.revision, &alloc.id, alloc.healthy, &object);
                 }
                 wire.payload = match &object {
-                    Object::Job(job) | Object::Version(job) => serde_json::to_value(job).ok(),
+                    Object::Job(job) | Object::Version(job) => serde_json::to_value(job.redacted()).ok(),
                     Object::Node(node) => serde_json::to_value(node).ok(),
                     Object::Alloc(alloc) => serde_json::to_value(alloc).ok(),
                     Object::Eval(eval) => serde_json::to_value(eval).ok(),

@@ -240,7 +240,7 @@ pub(crate) async fn get_job(
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
     let job = job_of(&snapshot, &name)?;
-    Ok(indexed(snapshot.job_index(&name), &*job))
+    Ok(indexed(snapshot.job_index(&name), &job.redacted()))
 }
 
 pub(crate) async fn status(
@@ -257,7 +257,7 @@ pub(crate) async fn status(
     let response = JobStatusResponse {
         status: status_kind(&job, &allocs),
         summary: summarize(&job, &allocs),
-        job: (*job).clone(),
+        job: job.redacted(),
         allocations: entries,
         latest_evaluation: evals.first().map(|eval| (**eval).clone()),
         blocked_evaluation: evals.iter().find(|eval| eval.status == EvalStatus::Blocked).map(|eval| (**eval).clone()),
@@ -317,7 +317,7 @@ pub(crate) async fn versions(
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
     job_of(&snapshot, &name)?;
-    let mut versions: Vec<Job> = snapshot.cluster.job_versions(&name).map(|job| (**job).clone()).collect();
+    let mut versions: Vec<Job> = snapshot.cluster.job_versions(&name).map(|job| job.redacted()).collect();
     versions.sort_by_key(|job| std::cmp::Reverse(job.version));
     Ok(indexed(snapshot.job_index(&name), &versions))
 }
@@ -340,7 +340,11 @@ pub(crate) async fn version(
         ));
     }
     let job = version_of(&snapshot, &name, version)?;
-    Ok(indexed(snapshot.job_index(&name), &*job))
+    // Agents (node identities, `node: write`) get the secret environment they run the task with.
+    if caller.acl.node_identity().is_some() || caller.acl.allows_node(davit_api::acl::Access::Write) {
+        return Ok(indexed(snapshot.job_index(&name), &*job));
+    }
+    Ok(indexed(snapshot.job_index(&name), &job.redacted()))
 }
 
 fn version_of(snapshot: &Snapshot, name: &str, version: u64) -> Result<Arc<Job>, Failure> {
