@@ -377,7 +377,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExecutorError> 
     temporary.push(".tmp");
     let temporary = PathBuf::from(temporary);
     let write = || -> io::Result<()> {
-        let mut file = File::create(&temporary)?;
+        // Owner-only: the spec holds the task's environment (secret_env and templates' values included).
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)
@@ -460,5 +462,7 @@ mod tests {
         assert_eq!(result, ExitResult { exit_code: Some(0), signal: None, oom_killed: true });
         assert!(!dir.path().join("exit.json.tmp").exists());
         assert_eq!(read_exit(&dir.path().join("nothing")).unwrap(), None);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "owner-only");
     }
 }
