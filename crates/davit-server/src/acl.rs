@@ -82,8 +82,7 @@ impl AclTable {
 
 /// SHA-256 of a token secret, lowercase hex: how the store and the view know a secret.
 pub fn secret_hash(secret: &str) -> String {
-    let digest = sha2::Sha256::digest(secret.as_bytes());
-    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+    crate::keyring::hex(&sha2::Sha256::digest(secret.as_bytes()))
 }
 
 /// A new identity token for `node` and its secret.
