@@ -48,6 +48,19 @@ fn token_with(addr: &str, dir: &Path, management: &str, name: &str, policy: &str
     serde_json::from_str::<serde_json::Value>(&created).unwrap()["secret_id"].as_str().unwrap().to_string()
 }
 
+/// `davit acl bootstrap` once the server listens (it cannot be reached before: exit 2); the management secret.
+fn bootstrap(addr: &str, dir: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, stdout, stderr) = cli(addr, dir, None, &["acl", "bootstrap", "-o", "json"]);
+        if code == 0 {
+            return serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["secret_id"].as_str().unwrap().to_string();
+        }
+        assert!(code == 2 && Instant::now() < deadline, "bootstrap failed ({code}): {stderr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits (bounded) until `path` contains `needle`.
 fn wait_for_text(path: &Path, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -79,16 +92,7 @@ fn a_secured_cluster_checks_tokens_on_the_server_and_on_agents() {
     let cluster = Cluster::start_with(&["--acl"]);
     let (addr, dir) = (cluster.addr.clone(), cluster.path());
 
-    // Bootstrap once the server listens (it answers 401 to anonymous requests then).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let management = loop {
-        let (code, stdout, stderr) = cli(&addr, dir, None, &["acl", "bootstrap", "-o", "json"]);
-        if code == 0 {
-            break serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["secret_id"].as_str().unwrap().to_string();
-        }
-        assert!(code == 2 && Instant::now() < deadline, "bootstrap failed ({code}): {stderr}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let management = bootstrap(&addr, dir);
     let (code, _, stderr) = cli(&addr, dir, None, &["acl", "bootstrap"]);
     assert_eq!(code, 1, "a second bootstrap is refused");
     assert!(stderr.contains("already done"), "{stderr}");
@@ -198,15 +202,7 @@ fn agents_join_with_join_tokens_and_then_act_only_for_their_own_node() {
     }
     let cluster = Cluster::start_with(&["--acl"]);
     let (addr, dir) = (cluster.addr.clone(), cluster.path());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let management = loop {
-        let (code, stdout, _) = cli(&addr, dir, None, &["acl", "bootstrap", "-o", "json"]);
-        if code == 0 {
-            break serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["secret_id"].as_str().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline, "the server never answered");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let management = bootstrap(&addr, dir);
     let join = |uses: &str| {
         let created = cli_ok(&addr, dir, &management, &["acl", "join-token", "create", "--uses", uses, "-o", "json"]);
         serde_json::from_str::<serde_json::Value>(&created).unwrap()["secret_id"].as_str().unwrap().to_string()
