@@ -256,11 +256,7 @@ fn resolve(shared: &Shared, rule: Rule, secret: Option<String>, namespace: Strin
     if let Some(grant) = secret.as_deref().and_then(|secret| relay_grant(&shared.relay_key, secret, crate::now_millis())) {
         // Relay tokens are for agents to ask what they grant, nothing else.
         if rule != Rule::Authenticated {
-            return Err(Failure::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "permission denied: a relay token only answers `GET /v1/acl/token/self`",
-            ));
+            return Err(Failure::forbidden("permission denied: a relay token only answers `GET /v1/acl/token/self`"));
         }
         let acl = Acl::from_policies([&relay_rules(&grant)]);
         return Ok(Caller { token: None, secret, acl: Arc::new(acl), namespace, relayed: Some(grant), relay_key });
@@ -271,11 +267,7 @@ fn resolve(shared: &Shared, rule: Rule, secret: Option<String>, namespace: Strin
         Some(secret) => {
             let stored = table.token_by_secret(secret, crate::now_millis()).ok_or_else(unauthenticated)?;
             if stored.token.uses_left == Some(0) {
-                return Err(Failure::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    "this join token was used up; create another with `davit acl join-token create`",
-                ));
+                return Err(Failure::unauthenticated("this join token was used up; create another with `davit acl join-token create`"));
             }
             (Some(Arc::clone(stored)), table.acl_of(stored))
         }
@@ -286,13 +278,13 @@ fn resolve(shared: &Shared, rule: Rule, secret: Option<String>, namespace: Strin
         },
     };
     if let Err(denied) = acl.check_about(rule, &namespace, subject) {
-        return Err(Failure::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string()));
+        return Err(Failure::forbidden(denied.to_string()));
     }
     Ok(Caller { token, secret, acl: Arc::new(acl), namespace, relayed: None, relay_key })
 }
 
 fn unauthenticated() -> Failure {
-    Failure::new(StatusCode::UNAUTHORIZED, "unauthenticated", UNAUTHENTICATED)
+    Failure::unauthenticated(UNAUTHENTICATED)
 }
 
 /// Appends one line per write request to `<data dir>/audit.log`, rotating it by size.

@@ -25,7 +25,7 @@ pub struct Snapshot {
     pub evals: OrdMap<String, Arc<Evaluation>>,
     /// ACL policies and tokens (see `crate::acl`).
     pub acl: crate::acl::AclTable,
-    /// Variables, sealed, by `<namespace>/<path>`.
+    /// Variables, sealed, by their store key (`keys::variable`).
     pub variables: OrdMap<String, Arc<keys::StoredVariable>>,
     pub revision: Revision,
     /// Last revision that changed anything about a job (the job, its versions, allocs or evals).
@@ -420,7 +420,7 @@ fn apply_put(
         }
         Object::Variable(variable) => {
             snapshot.table_index.insert("vars", mod_revision);
-            snapshot.variables.insert(format!("{}/{}", variable.namespace, variable.path), Arc::new(*variable));
+            snapshot.variables.insert(key.to_string(), Arc::new(*variable));
         }
         Object::AclPolicy(policy) => {
             snapshot.table_index.insert("acl", mod_revision);
@@ -667,9 +667,9 @@ fn apply_delete(snapshot: &mut Snapshot, key: &str, revision: Revision, events: 
             snapshot.cluster.remove_namespace(name);
             let _ = events.send(ViewEvent::CapacityChanged(revision));
         }
-        Some(ObjectKey::Variable(namespace, path)) => {
+        Some(ObjectKey::Variable(..)) => {
             snapshot.table_index.insert("vars", revision);
-            snapshot.variables.remove(&format!("{namespace}/{path}"));
+            snapshot.variables.remove(key);
         }
         Some(ObjectKey::AclPolicy(name)) => {
             snapshot.table_index.insert("acl", revision);

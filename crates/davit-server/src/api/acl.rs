@@ -88,11 +88,9 @@ pub(crate) async fn get_policy(
     require_enabled(&shared)?;
     let holds = caller.token.as_ref().is_some_and(|t| t.token.policies.contains(&name));
     if !caller.acl.is_management() && !holds {
-        return Err(Failure::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("permission denied: only management tokens and tokens holding policy `{name}` may read it"),
-        ));
+        return Err(Failure::forbidden(format!(
+            "permission denied: only management tokens and tokens holding policy `{name}` may read it"
+        )));
     }
     let snapshot = shared.view.snapshot();
     let policy = snapshot.acl.policies.get(&name).ok_or_else(|| Failure::not_found(format!("no ACL policy named `{name}`")))?;
@@ -260,7 +258,7 @@ pub(crate) async fn token_self(State(shared): State<Arc<Shared>>, Extension(call
         };
         return Ok(indexed(0, &TokenSelf { token, policies: vec![policy] }));
     }
-    let stored = caller.token.ok_or_else(|| Failure::new(axum::http::StatusCode::UNAUTHORIZED, "unauthenticated", UNAUTHENTICATED))?;
+    let stored = caller.token.ok_or_else(|| Failure::unauthenticated(UNAUTHENTICATED))?;
     let snapshot = shared.view.snapshot();
     let policies = snapshot.acl.policies_named(&stored.token.policies).map(|policy| (**policy).clone()).collect();
     Ok(indexed(stored.token.modify_index, &TokenSelf { token: stored.token.clone(), policies }))

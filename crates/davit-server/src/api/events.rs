@@ -73,11 +73,7 @@ pub(crate) async fn stream(
     let nodes_visible = caller.acl.allows_node(Access::Read);
     if !nodes_visible {
         if query.topics.contains("Node") {
-            return Err(Failure::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "forbidden",
-                "permission denied: the Node topic needs `node: read`",
-            ));
+            return Err(Failure::forbidden("permission denied: the Node topic needs `node: read`"));
         }
         if query.topics.is_empty() {
             query.topics = EVENT_TOPICS.iter().filter(|topic| **topic != "Node").map(|topic| topic.to_string()).collect();

@@ -74,14 +74,10 @@ fn check_template_access(caller: &Caller, spec: &JobSpec) -> Result<(), Failure>
         if let Some(path) =
             parsed.variables().into_iter().find(|path| !caller.acl.allows_variable(&spec.namespace, path, VariableCapability::Read))
         {
-            return Err(Failure::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
-                    "permission denied: a template of the job reads variable {path}, which this token may not read in namespace `{}`",
-                    spec.namespace
-                ),
-            ));
+            return Err(Failure::forbidden(format!(
+                "permission denied: a template of the job reads variable {path}, which this token may not read in namespace `{}`",
+                spec.namespace
+            )));
         }
     }
     Ok(())
@@ -333,11 +329,7 @@ pub(crate) async fn version(
     if let Some(node) = caller.acl.node_identity()
         && !snapshot.cluster.allocs_for_node(node).any(|alloc| alloc.job_name == name)
     {
-        return Err(Failure::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("permission denied: node {node} runs no allocation of job {name}"),
-        ));
+        return Err(Failure::forbidden(format!("permission denied: node {node} runs no allocation of job {name}")));
     }
     let job = version_of(&snapshot, &name, version)?;
     // Agents (node identities, `node: write`) get the secret environment they run the task with.

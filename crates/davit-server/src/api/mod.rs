@@ -168,6 +168,12 @@ impl Failure {
     pub fn conflict(message: impl Into<String>) -> Failure {
         Failure::new(StatusCode::CONFLICT, "conflict", message)
     }
+    pub fn forbidden(message: impl Into<String>) -> Failure {
+        Failure::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    pub fn unauthenticated(message: impl Into<String>) -> Failure {
+        Failure::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
     pub fn invalid_spec(errors: &davit_api::spec::SpecErrors) -> Failure {
         Failure::invalid_document("job spec", errors)
     }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use davit_api::acl::{Capability, DEFAULT_NAMESPACE};
 use davit_api::namespace::{ApplyNamespaceRequest, Namespace, NamespaceStatus};
@@ -67,11 +66,7 @@ pub(crate) async fn get(
     Path(name): Path<String>,
 ) -> Result<Response, Failure> {
     if !visible(&caller, &name) {
-        return Err(Failure::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("permission denied: this token holds nothing in namespace `{name}`"),
-        ));
+        return Err(Failure::forbidden(format!("permission denied: this token holds nothing in namespace `{name}`")));
     }
     let snapshot = shared.view.snapshot();
     let namespace = namespace_of(&snapshot, &name).ok_or_else(|| not_found(&name))?;

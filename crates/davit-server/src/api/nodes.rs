@@ -6,7 +6,6 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use davit_api::http::{
     AllocStatusUpdate, HeartbeatResponse, IndexResponse, NodeAllocStatusUpdates, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry,
@@ -80,9 +79,11 @@ pub(crate) async fn register(
     if node.id.len() > 128 || node.name.len() > 256 {
         return Err(Failure::bad_request("a node id has at most 128 bytes and a name at most 256"));
     }
-    let forbidden = |message: String| Failure::new(StatusCode::FORBIDDEN, "forbidden", message);
     if let Some(identity) = caller.acl.node_identity().filter(|identity| *identity != node.id) {
-        return Err(forbidden(format!("permission denied: this token is the identity of node {identity}, not of node {}", node.id)));
+        return Err(Failure::forbidden(format!(
+            "permission denied: this token is the identity of node {identity}, not of node {}",
+            node.id
+        )));
     }
     if node.resources.port_range.0 > node.resources.port_range.1 {
         return Err(Failure::bad_request(format!(
@@ -107,18 +108,18 @@ pub(crate) async fn register(
     let mut node_token = None;
     if caller.acl.is_join() {
         if existing.is_some() && snapshot.acl.node_token(&node.id).is_none() {
-            return Err(forbidden(format!(
+            return Err(Failure::forbidden(format!(
                 "node {} is registered already, without an identity: a join token cannot take it over; join as a new node (remove the agent's data dir)",
                 node.id
             )));
         }
         if snapshot.acl.node_token(&node.id).is_some() {
-            return Err(forbidden(format!(
+            return Err(Failure::forbidden(format!(
                 "node {} already joined and must register with its own node token; an agent that lost it joins again as a new node (remove its data dir)",
                 node.id
             )));
         }
-        let join = caller.token.as_ref().ok_or_else(|| forbidden("a join token is needed".to_string()))?;
+        let join = caller.token.as_ref().ok_or_else(|| Failure::forbidden("a join token is needed".to_string()))?;
         let (stored, secret) = crate::acl::node_token(&node, now_millis());
         txn.compares.push(Compare::ModRevision(keys::acl_token(&join.token.accessor_id), join.token.modify_index));
         if let Some(uses) = join.token.uses_left {
@@ -129,7 +130,7 @@ pub(crate) async fn register(
         txn.success.push(keys::put(keys::acl_token(&stored.token.accessor_id), &stored));
         node_token = Some(secret);
     } else if caller.acl.node_identity().is_none() && shared.acl_enabled && snapshot.acl.node_token(&node.id).is_some() {
-        return Err(forbidden(format!("node {} has an identity of its own: only its node token may register it", node.id)));
+        return Err(Failure::forbidden(format!("node {} has an identity of its own: only its node token may register it", node.id)));
     }
     txn.success.push(keys::put(keys::node(&node.id), &node));
     // Jobs with allocations on a node that was down look again (the node's agent stops any duplicate);

@@ -74,7 +74,7 @@ pub(crate) async fn get(
     let snapshot = shared.view.snapshot();
     let stored = snapshot
         .variables
-        .get(&format!("{}/{path}", caller.namespace))
+        .get(&keys::variable(&caller.namespace, &path))
         .ok_or_else(|| Failure::not_found(format!("no variable `{path}` in namespace `{}`", caller.namespace)))?;
     let variable = open(&shared, stored)?;
     Ok(indexed(stored.modify_index, &variable))
@@ -107,11 +107,11 @@ pub(crate) async fn put(
     let request: PutVariableRequest = json_body(&body, "variable")?;
     check_items(&request.items).map_err(Failure::bad_request)?;
     let snapshot = shared.view.snapshot();
-    let existing = snapshot.variables.get(&format!("{}/{path}", caller.namespace)).cloned();
+    let key = keys::variable(&caller.namespace, &path);
+    let existing = snapshot.variables.get(&key).cloned();
     if existing.is_none() && snapshot.variables.len() >= MAX_VARIABLES {
         return Err(Failure::bad_request(format!("there are {MAX_VARIABLES} variables already, the most a cluster may have")));
     }
-    let key = keys::variable(&caller.namespace, &path);
     let now = now_millis();
     let plaintext = serde_json::to_vec(&request.items).expect("items serialize");
     let sealing = shared.keyring_lock.read().await;
@@ -135,7 +135,7 @@ pub(crate) async fn put(
     let snapshot = shared.view.snapshot();
     let written = snapshot
         .variables
-        .get(&format!("{}/{path}", caller.namespace))
+        .get(&keys::variable(&caller.namespace, &path))
         .ok_or_else(|| Failure::conflict("the variable was removed at once"))?;
     Ok(indexed(response.revision, &meta(written)))
 }
@@ -149,11 +149,10 @@ pub(crate) async fn delete(
 ) -> Result<Response, Failure> {
     checked_path(&path)?;
     let snapshot = shared.view.snapshot();
-    let existing = snapshot.variables.get(&format!("{}/{path}", caller.namespace)).cloned();
-    let Some(existing) = existing else {
+    let key = keys::variable(&caller.namespace, &path);
+    let Some(existing) = snapshot.variables.get(&key).cloned() else {
         return Err(Failure::not_found(format!("no variable `{path}` in namespace `{}`", caller.namespace)));
     };
-    let key = keys::variable(&caller.namespace, &path);
     let txn = Txn { compares: cas_compare(&key, query.cas, Some(&existing)), success: vec![Op::Delete { key }], failure: Vec::new() };
     let response = shared.store.txn(txn).await?;
     if !response.succeeded {
@@ -169,7 +168,7 @@ fn cas_compare(key: &str, cas: Option<u64>, existing: Option<&StoredVariable>) -
 }
 
 fn cas_conflict(namespace: &str, path: &str, cas: Option<u64>, shared: &Shared) -> Failure {
-    let current = shared.view.snapshot().variables.get(&format!("{namespace}/{path}")).map_or(0, |stored| stored.modify_index);
+    let current = shared.view.snapshot().variables.get(&keys::variable(namespace, path)).map_or(0, |stored| stored.modify_index);
     match cas {
         Some(cas) => {
             Failure::conflict(format!("variable `{path}` is at index {current}, not {cas}: read it again and retry with --cas {current}"))
@@ -209,7 +208,7 @@ pub(crate) async fn template_data(
         .collect();
     let mut data = davit_api::template::TemplateData::default();
     for path in templates.iter().flat_map(|template| template.variables()) {
-        if let Some(stored) = snapshot.variables.get(&format!("{namespace}/{path}")) {
+        if let Some(stored) = snapshot.variables.get(&keys::variable(namespace, path)) {
             data.variables.insert(path.to_string(), open(&shared, stored)?.items);
         }
     }
