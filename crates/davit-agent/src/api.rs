@@ -51,18 +51,29 @@ pub fn routes() -> Vec<RouteRule> {
     table().into_iter().map(|(info, _)| info).collect()
 }
 
-pub async fn serve(context: Arc<AgentContext>, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
+/// Serves the API on `listener`, over TLS with `tls`.
+pub async fn serve(
+    context: Arc<AgentContext>,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<davit_tls::rustls::ServerConfig>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut router = Router::new();
     for (info, handler) in table() {
         let guard = RouteGuard { context: Arc::clone(&context), rule: info.rule };
         router = router.route(info.path, handler.route_layer(from_fn_with_state(guard, crate::acl::authorize)));
     }
-    let router = router.with_state(context);
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await;
+    let router = router.with_state(context).into_make_service_with_connect_info::<davit_tls::Peer>();
+    let stopped = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    let result = match tls {
+        Some(tls) => match davit_tls::TlsListener::new(listener, tls) {
+            Ok(listener) => axum::serve(listener, router).with_graceful_shutdown(stopped).await,
+            Err(error) => Err(error),
+        },
+        None => axum::serve(listener, router).with_graceful_shutdown(stopped).await,
+    };
     if let Err(error) = result {
         tracing::error!(%error, "agent HTTP API failed");
     }

@@ -36,12 +36,14 @@ pub async fn run(context: Arc<AgentContext>, node: Node, registered: watch::Send
     let mut backoff = Duration::from_millis(250);
     let mut failures = 0u32;
     loop {
-        // Register.
+        // Register; a node that joins with TLS asks for its certificate at the same time.
+        let key = context.tls.as_ref().filter(|cert| cert.needs_one()).and_then(|_| crate::tls::new_key());
+        let public_key = key.as_ref().map(|(_, public)| public.clone());
         let interval = match context
             .servers
             .call(|client| {
-                let node = node.clone();
-                async move { client.register_node(&node).await }
+                let (node, public_key) = (node.clone(), public_key.clone());
+                async move { client.register_node_with_key(&node, public_key.as_deref()).await }
             })
             .await
         {
@@ -59,6 +61,12 @@ pub async fn run(context: Arc<AgentContext>, node: Node, registered: watch::Send
                     }
                     context.servers.set_token(Some(node_token));
                     tracing::info!(node_id = %node.id, "joined the cluster: acting with this node's own identity from now on");
+                }
+                if let (Some(certificate), Some(cert), Some((key, _))) = (&response.certificate, &context.tls, &key) {
+                    match cert.keep(key, certificate) {
+                        Ok(()) => tracing::info!(node_id = %node.id, "got the node's certificate: mutual TLS from now on"),
+                        Err(error) => tracing::error!(%error, "cannot keep the node's certificate"),
+                    }
                 }
                 let _ = registered.send(true);
                 backoff = Duration::from_millis(250);

@@ -50,6 +50,7 @@ pub mod status;
 mod task_runner;
 pub mod taskenv;
 mod template;
+mod tls;
 mod watcher;
 
 use alloc_runner::AllocRunner;
@@ -59,6 +60,7 @@ use servers::ServerPool;
 use services::ServiceProxy;
 pub use services::ServiceProxyConfig;
 use status::Updater;
+pub use tls::AgentTlsConfig;
 
 /// How to run the agent.
 #[derive(Clone)]
@@ -91,6 +93,8 @@ pub struct AgentConfig {
     /// A join token (`davit acl join-token create`): the agent registers with it once, gets its node identity
     /// (a node token, kept in `<data_dir>/node-token`) and acts with that from then on.
     pub join_token: Option<String>,
+    /// Mutual TLS with `https://` servers; the agent's API is then served over HTTPS too.
+    pub tls: Option<AgentTlsConfig>,
 }
 
 impl AgentConfig {
@@ -113,6 +117,7 @@ impl AgentConfig {
             service_proxy: None,
             token: None,
             join_token: None,
+            tls: None,
         }
     }
 }
@@ -223,6 +228,24 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     std::fs::create_dir_all(&allocs_dir)
         .map_err(|source| AgentError::Io { operation: format!("creating {}", allocs_dir.display()), source })?;
     let node_id = fingerprint::load_or_create_node_id(&config.data_dir)?;
+    if config.tls.is_none() && config.servers.iter().any(|server| server.starts_with("https://")) {
+        return Err(AgentError::Config(
+            "the servers use https://: give the cluster's CA certificate with --ca-cert or DAVIT_CACERT".to_string(),
+        ));
+    }
+    let mut loops = Vec::new();
+    let (node_cert, client_tls, api_tls) = match &config.tls {
+        Some(tls) => {
+            let (cert, watch) = tls::NodeCert::load(tls, &config.data_dir, &node_id)?;
+            loops.extend(watch);
+            let tls_error = |error: davit_tls::TlsError| AgentError::Config(format!("TLS: {error}"));
+            let client = davit_client::ClientTls::load(&tls.ca_cert, Some(Arc::clone(&cert.slot))).map_err(tls_error)?;
+            let roots = davit_tls::roots(&tls.ca_cert, &davit_tls::read(&tls.ca_cert).map_err(tls_error)?).map_err(tls_error)?;
+            let api = davit_tls::server_config(roots, Arc::clone(&cert.slot)).map_err(tls_error)?;
+            (Some(Arc::new(cert)), Some(client), Some(api))
+        }
+        None => (None, None, None),
+    };
 
     let listener =
         tokio::net::TcpListener::bind(config.http_bind).await.map_err(|source| AgentError::Bind { addr: config.http_bind, source })?;
@@ -242,7 +265,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let driver_infos = fingerprint::fingerprint_drivers(&config.drivers).await;
     let node = fingerprint::build_node(
         &identity,
-        format!("http://{}:{}", config.advertise_host, http_addr.port()),
+        format!("{}://{}:{}", if api_tls.is_some() { "https" } else { "http" }, config.advertise_host, http_addr.port()),
         http_addr.port(),
         config.port_range,
         driver_infos,
@@ -256,7 +279,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     // A node identity from an earlier join wins over the tokens given; a join token is used until it yields one.
     let node_token = heartbeat::load_node_token(&config.data_dir)?;
     let token = node_token.or(config.token.clone()).or(config.join_token.clone());
-    let servers = ServerPool::new(&config.servers, token.as_deref());
+    let servers = ServerPool::new(&config.servers, token.as_deref(), client_tls);
     let updater = Updater::new(node_id.clone(), servers.clone());
     let context = Arc::new(AgentContext {
         node: identity,
@@ -273,6 +296,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         service_proxy: service_proxy.clone(),
         local_services: watch::channel(0).0,
         acl: acl::AgentAcl::new(token.is_some()),
+        tls: node_cert.clone(),
     });
 
     // Re-attach before talking to the server, so nothing that runs is started again.
@@ -283,12 +307,15 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let updater_task = tokio::spawn(updater.run(shutdown_rx.clone()));
     let heartbeat_task = tokio::spawn(heartbeat::run(context.clone(), node, registered_tx, shutdown_rx.clone()));
     let watcher_task = tokio::spawn(watcher::run(context.clone(), registered_rx, shutdown_rx.clone()));
-    let mut loops = vec![heartbeat_task, watcher_task];
+    loops.extend([heartbeat_task, watcher_task]);
+    if let Some(cert) = node_cert.filter(|cert| cert.issued) {
+        loops.push(tokio::spawn(tls::keep_fresh(context.clone(), cert, shutdown_rx.clone())));
+    }
     if let Some(service_proxy) = &service_proxy {
         loops.push(tokio::spawn(services::run(context.clone(), service_proxy.clone(), shutdown_rx.clone())));
         tracing::info!(dns = %service_proxy.dns.local_addr(), proxy_ip = %service_proxy.bind_ip, "service proxy and DNS started");
     }
-    let http_task = tokio::spawn(api::serve(context.clone(), listener, shutdown_rx));
+    let http_task = tokio::spawn(api::serve(context.clone(), listener, api_tls, shutdown_rx));
     tracing::info!(node_id = %node_id, http = %http_addr, "agent started");
 
     Ok(AgentHandle {
@@ -327,6 +354,8 @@ pub(crate) struct AgentContext {
     pub local_services: watch::Sender<u64>,
     /// Access control of the agent's own API.
     pub acl: acl::AgentAcl,
+    /// The node's certificate, with TLS.
+    pub tls: Option<Arc<tls::NodeCert>>,
 }
 
 impl AgentContext {

@@ -135,7 +135,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let driver = Arc::new(FakeDriver::default());
-    let servers = ServerPool::new(&["http://127.0.0.1:9".to_string()], None);
+    let servers = ServerPool::new(&["http://127.0.0.1:9".to_string()], None, None);
     let context = Arc::new(AgentContext {
         node: NodeIdentity {
             id: "node-1".to_string(),
@@ -156,6 +156,7 @@ fn fixture() -> Fixture {
         service_proxy: None,
         local_services: tokio::sync::watch::channel(0).0,
         acl: crate::acl::AgentAcl::new(false),
+        tls: None,
         destroyed: Mutex::new(HashSet::new()),
     });
     Fixture { _dir: dir, context, driver }

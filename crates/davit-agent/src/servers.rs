@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use davit_client::{Client, ClientError};
+use davit_client::{Client, ClientError, ClientTls};
 
 #[derive(Clone)]
 pub struct ServerPool {
@@ -13,20 +13,21 @@ pub struct ServerPool {
     /// Replaced as a whole when the agent's token changes (it joined and got its node identity).
     clients: Arc<RwLock<Arc<[Client]>>>,
     current: Arc<AtomicUsize>,
+    tls: Option<ClientTls>,
 }
 
 impl ServerPool {
     /// `addrs` must not be empty (checked by [`crate::start`]).
-    /// Every client sends `token` (the agent's ACL token), when given.
-    pub fn new(addrs: &[String], token: Option<&str>) -> ServerPool {
-        let pool = ServerPool { addrs: addrs.into(), clients: Arc::default(), current: Arc::new(AtomicUsize::new(0)) };
+    /// Every client sends `token` (the agent's ACL token), when given, and talks TLS with `tls`.
+    pub fn new(addrs: &[String], token: Option<&str>, tls: Option<ClientTls>) -> ServerPool {
+        let pool = ServerPool { addrs: addrs.into(), clients: Arc::default(), current: Arc::new(AtomicUsize::new(0)), tls };
         pool.set_token(token);
         pool
     }
 
     /// From now on every call sends `token`.
     pub fn set_token(&self, token: Option<&str>) {
-        let clients: Arc<[Client]> = self.addrs.iter().map(|addr| Client::with_token(addr, token)).collect();
+        let clients: Arc<[Client]> = self.addrs.iter().map(|addr| Client::connect(addr, token, self.tls.as_ref())).collect();
         *self.clients.write().expect("server pool lock") = clients;
     }
 
@@ -61,7 +62,7 @@ impl ServerPool {
 /// Could not reach the server, or it failed internally: worth trying another one.
 fn is_server_failure(error: &ClientError) -> bool {
     match error {
-        ClientError::Unreachable { .. } => true,
+        ClientError::Unreachable { .. } | ClientError::Tls { .. } => true,
         ClientError::Api { status, .. } => *status >= 500,
         ClientError::Decode { .. } => false,
     }

@@ -398,6 +398,24 @@ pub struct NodeRegisterResponse {
     /// then; the agent keeps it and sends it from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_token: Option<String>,
+    /// The node's certificate (PEM), signed by the cluster's CA for the public key the agent sent, when the
+    /// server does TLS and the node joined (or, without ACLs, registered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+}
+
+/// `POST /v1/nodes/register` and `POST /v1/node/{id}/certificate` take the node's public key as
+/// `?public_key=` (hex of the uncompressed P-256 point): its private key never leaves the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKeyQuery {
+    #[serde(default)]
+    pub public_key: Option<String>,
+}
+
+/// A renewed node certificate (PEM).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCertificateResponse {
+    pub certificate: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,8 @@
 //!
 //! This crate must never hold cluster logic: it only moves requests and responses.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub mod exec;
@@ -13,9 +15,9 @@ use davit_api::acl::{AclPolicy, AclToken, ApplyPolicyRequest, CreateTokenRequest
 use davit_api::http::{
     AllocListEntry, AllocStatusUpdate, ApiError, Catalog, EventWire, ExecQuery, HeartbeatResponse, INDEX_HEADER, IndexResponse,
     JobDiffResponse, JobListEntry, JobPlanResponse, JobStatusResponse, LogsQuery, MigrateAllocRequest, MigrateAllocResponse,
-    NodeAllocStatusUpdates, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse, NodesAllocationsRequest,
-    NodesHeartbeatRequest, NodesHeartbeatResponse, RebalanceRequest, RebalanceResponse, RegisterJobResponse, RevertJobRequest,
-    ScaleJobRequest, ServiceInfo, ServiceListEntry, StatusResponse, StopJobResponse, ValidateJobResponse,
+    NodeAllocStatusUpdates, NodeCertificateResponse, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse,
+    NodesAllocationsRequest, NodesHeartbeatRequest, NodesHeartbeatResponse, RebalanceRequest, RebalanceResponse, RegisterJobResponse,
+    RevertJobRequest, ScaleJobRequest, ServiceInfo, ServiceListEntry, StatusResponse, StopJobResponse, ValidateJobResponse,
 };
 use davit_api::namespace::{ApplyNamespaceRequest, NamespaceStatus};
 use davit_api::objects::{Allocation, Evaluation, Index, Job, Node};
@@ -35,6 +37,9 @@ pub enum ClientError {
     Api { status: u16, error: ApiError },
     #[error("unexpected answer from {url}: {message}")]
     Decode { url: String, message: String },
+    /// The TLS handshake failed: the message says why in the user's terms.
+    #[error("cannot talk to the davit server at {addr}: {message}")]
+    Tls { addr: String, message: String },
 }
 
 impl ClientError {
@@ -56,6 +61,34 @@ pub struct Client {
     http: reqwest::Client,
     /// Sent as `?namespace=` with every request that does not name one itself.
     namespace: Option<String>,
+    /// Where the CA came from, for messages about failed handshakes (`None`: the system's roots).
+    ca_origin: Option<String>,
+}
+
+/// How a client talks TLS to `https://` servers: the cluster's CA, and a certificate to present.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    roots: Arc<davit_tls::rustls::RootCertStore>,
+    origin: String,
+    identity: Option<Arc<davit_tls::CertSlot>>,
+}
+
+impl ClientTls {
+    /// Trusts the CA of `roots` (read from `origin`, named in messages) and presents `identity`.
+    pub fn new(roots: Arc<davit_tls::rustls::RootCertStore>, origin: String, identity: Option<Arc<davit_tls::CertSlot>>) -> ClientTls {
+        ClientTls { roots, origin, identity }
+    }
+
+    /// Trusts the CA in `ca_cert` (e.g. `DAVIT_CACERT`) and presents `identity` when the server asks.
+    pub fn load(ca_cert: &Path, identity: Option<Arc<davit_tls::CertSlot>>) -> Result<ClientTls, davit_tls::TlsError> {
+        let roots = davit_tls::roots(ca_cert, &davit_tls::read(ca_cert)?)?;
+        Ok(ClientTls { roots, origin: ca_cert.display().to_string(), identity })
+    }
+
+    /// The rustls configuration of a connection to a peer whose certificate must be valid for `expected`.
+    pub fn config(&self, expected: &str) -> Result<davit_tls::rustls::ClientConfig, davit_tls::TlsError> {
+        davit_tls::client_config(Arc::clone(&self.roots), expected, self.identity.clone())
+    }
 }
 
 /// A list or object together with the store index it reflects (for blocking queries).
@@ -72,20 +105,27 @@ impl Client {
 
     /// A client that sends `token` (an ACL token's secret) with every request.
     pub fn with_token(addr: &str, token: Option<&str>) -> Client {
+        Client::connect(addr, token, None)
+    }
+
+    /// A client that sends `token` with every request and checks `https://` servers against `tls`'s CA
+    /// (a davit server's certificate is valid for [`davit_tls::SERVER_NAME`], whatever its address).
+    pub fn connect(addr: &str, token: Option<&str>, tls: Option<&ClientTls>) -> Client {
         let base = addr.trim_end_matches('/').to_string();
         let base = if base.contains("://") { base } else { format!("http://{base}") };
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            // The roots were parsed already; the configuration of a fixed, valid name cannot fail.
+            builder = builder.tls_backend_preconfigured(tls.config(davit_tls::SERVER_NAME).expect("TLS configuration of a davit client"));
+        }
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token.and_then(|token| reqwest::header::HeaderValue::from_str(token).ok()) {
             let mut token = token;
             token.set_sensitive(true);
             headers.insert(TOKEN_HEADER, token);
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .default_headers(headers)
-            .build()
-            .expect("HTTP client with default settings");
-        Client { base, http, namespace: None }
+        let http = builder.default_headers(headers).build().expect("HTTP client with default settings");
+        Client { base, http, namespace: None, ca_origin: tls.map(|tls| tls.origin.clone()) }
     }
 
     /// The same client, working in `namespace` (`None`: the server's default namespace).
@@ -127,6 +167,8 @@ impl Client {
     fn transport_error(&self, source: reqwest::Error) -> ClientError {
         if source.is_decode() {
             ClientError::Decode { url: source.url().map(|u| u.to_string()).unwrap_or_default(), message: source.to_string() }
+        } else if let Some(message) = tls_failure(&source, self.ca_origin.as_deref()) {
+            ClientError::Tls { addr: self.base.clone(), message }
         } else {
             ClientError::Unreachable { addr: self.base.clone(), source }
         }
@@ -244,7 +286,22 @@ impl Client {
     }
 
     pub async fn register_node(&self, node: &Node) -> Result<NodeRegisterResponse, ClientError> {
-        Ok(self.send(self.http.post(self.url("/v1/nodes/register")).json(node)).await?.value)
+        self.register_node_with_key(node, None).await
+    }
+
+    /// Registers the node, sending its public key (see [`davit_tls::NodeKey`]) for a certificate.
+    pub async fn register_node_with_key(&self, node: &Node, public_key: Option<&str>) -> Result<NodeRegisterResponse, ClientError> {
+        let mut request = self.http.post(self.url("/v1/nodes/register")).json(node);
+        if let Some(public_key) = public_key {
+            request = request.query(&[("public_key", public_key)]);
+        }
+        Ok(self.send(request).await?.value)
+    }
+
+    /// A new certificate for this node, for a new key (the request presents the current certificate).
+    pub async fn renew_node_certificate(&self, node_id: &str, public_key: &str) -> Result<NodeCertificateResponse, ClientError> {
+        let request = self.http.post(self.url(&format!("/v1/node/{}/certificate", encode(node_id)))).query(&[("public_key", public_key)]);
+        Ok(self.send(request).await?.value)
     }
 
     /// Fails with a 404 [`ClientError::Api`] when the server does not know the node: register again.
@@ -539,6 +596,39 @@ impl Client {
             }
         }))
     }
+}
+
+/// What a failed TLS handshake means for the user, if `error` is one. `ca_origin`: the CA file the client
+/// trusts (`None`: the system's roots).
+pub fn tls_failure(error: &(dyn std::error::Error + 'static), ca_origin: Option<&str>) -> Option<String> {
+    use davit_tls::rustls::{CertificateError, Error};
+    let mut current = Some(error);
+    while let Some(error) = current {
+        let rustls = error.downcast_ref::<Error>();
+        if let Some(rustls) = rustls {
+            return Some(match rustls {
+                Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => match ca_origin {
+                    Some(origin) => format!("server certificate not signed by DAVIT_CACERT ({origin})"),
+                    None => "server certificate not signed by a CA this machine trusts: give the cluster's CA certificate with --ca-cert or DAVIT_CACERT".to_string(),
+                },
+                Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
+                    format!("the server's certificate is not a davit server's (it is not valid for {})", davit_tls::SERVER_NAME)
+                }
+                Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+                    "the server's certificate expired".to_string()
+                }
+                Error::InvalidMessage(_) => "it does not speak TLS: use an http:// address".to_string(),
+                Error::AlertReceived(alert) => format!("the server refused the TLS handshake ({alert:?}): is this client's certificate signed by the cluster's CA?"),
+                other => format!("TLS failed: {other}"),
+            });
+        }
+        // An I/O error's `source` skips the error it wraps: look inside it instead.
+        current = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    None
 }
 
 /// A non-2xx answer: the server's [`ApiError`], or its raw text when the body is not one.

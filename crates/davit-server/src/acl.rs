@@ -233,7 +233,10 @@ pub async fn authorize(State(guard): State<RouteGuard>, mut request: Request, ne
     } else {
         None
     };
-    let caller = match resolve(&guard.shared, guard.rule, secret, namespace, subject.as_deref()) {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<davit_tls::Peer>>().map(|info| &info.0);
+    let caller = match resolve(&guard.shared, guard.rule, secret, namespace, subject.as_deref())
+        .and_then(|caller| node_certificate(&guard.shared, caller, peer))
+    {
         Ok(caller) => caller,
         Err(failure) => {
             let response = failure.into_response();
@@ -281,6 +284,19 @@ fn resolve(shared: &Shared, rule: Rule, secret: Option<String>, namespace: Strin
         return Err(Failure::forbidden(denied.to_string()));
     }
     Ok(Caller { token, secret, acl: Arc::new(acl), namespace, relayed: None, relay_key })
+}
+
+/// With TLS, a node's identity is its node token together with its certificate: a request with a node token
+/// must come over a connection that presented that node's certificate (a token copied off a node is
+/// worth nothing elsewhere, and one node's certificate does not make another node's token usable).
+fn node_certificate(shared: &Shared, caller: Caller, peer: Option<&davit_tls::Peer>) -> Result<Caller, Failure> {
+    let node = caller.token.as_ref().and_then(|stored| stored.token.node_id.as_deref()).filter(|_| shared.tls.is_some());
+    match node {
+        Some(node) if !peer.is_some_and(|peer| peer.is(&davit_tls::node_name(node))) => Err(Failure::forbidden(format!(
+            "permission denied: node {node} acts only over a connection that presents its certificate (mutual TLS); this one presented none, or another's"
+        ))),
+        _ => Ok(caller),
+    }
 }
 
 fn unauthenticated() -> Failure {

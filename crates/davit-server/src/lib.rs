@@ -29,11 +29,13 @@ mod liveness;
 mod metrics;
 mod migration;
 pub mod phi;
+mod tls;
 mod view;
 mod worker;
 
 pub use api::routes;
 pub use liveness::LivenessConfig;
+pub use tls::TlsConfig;
 
 use crate::applier::Applier;
 use crate::broker::Broker;
@@ -60,6 +62,8 @@ pub struct ServerConfig {
     /// The keyring that seals variables (created there on first start); `None`: a keyring in memory only,
     /// whose variables do not survive a restart (tests).
     pub keyring: Option<std::path::PathBuf>,
+    /// Serve HTTPS, issue node certificates at join and check nodes' certificates; `None`: plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Two scheduler workers per core. A worker spends much of an evaluation waiting for the plan applier's
@@ -83,6 +87,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("opening the keyring")]
     Keyring(#[from] keyring::KeyringError),
+    #[error("setting up TLS")]
+    Tls(#[from] davit_tls::TlsError),
 }
 
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
@@ -148,6 +154,21 @@ pub(crate) struct Shared {
     pub keyring_lock: tokio::sync::RwLock<()>,
     /// Signs relay tokens (`acl::Caller::relay_token`); new at every start.
     pub relay_key: Arc<[u8; 32]>,
+    /// Mutual TLS, when on.
+    pub tls: Option<Arc<tls::ServerTls>>,
+}
+
+impl Shared {
+    /// The HTTP client for relaying to the agent of node `node_id` (logs, exec, proxy counters): with TLS it
+    /// accepts only that node's certificate. It never follows redirects.
+    pub fn agent_http(&self, node_id: &str) -> Result<reqwest::Client, api::Failure> {
+        match &self.tls {
+            Some(tls) => {
+                tls.agent_client(node_id).map_err(|error| api::Failure::internal(format!("TLS client for node {node_id}: {error}")))
+            }
+            None => Ok(self.http.clone()),
+        }
+    }
 }
 
 /// Starts the server: loads the view, starts the loops, and serves HTTP.
@@ -178,6 +199,14 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         };
         background.push(tokio::spawn(worker.run()));
     }
+    let tls = match config.tls {
+        Some(tls) => {
+            let (tls, renew) = tls::ServerTls::start(tls)?;
+            background.push(renew);
+            Some(tls)
+        }
+        None => None,
+    };
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         store: Arc::clone(&config.store),
@@ -185,7 +214,11 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         applier,
         liveness,
         scheduler: config.scheduler.clone(),
-        http: reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(3)).build().expect("HTTP client"),
+        http: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("HTTP client"),
         metrics,
         metrics_sources: std::sync::RwLock::new(Vec::new()),
         catalog: catalog::CatalogCache::default(),
@@ -195,21 +228,33 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         keyring,
         keyring_lock: tokio::sync::RwLock::new(()),
         relay_key: Arc::new(keyring::random_bytes()),
+        tls: tls.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-    let router = api::router(Arc::clone(&shared));
-    let http = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = shutdown_rx.await;
-            let _ = closing_tx.send(true);
-        });
-        if let Err(error) = serve.await {
-            tracing::error!(%error, "HTTP server failed");
+    let router = api::router(Arc::clone(&shared)).into_make_service_with_connect_info::<davit_tls::Peer>();
+    let closed = async move {
+        let _ = shutdown_rx.await;
+        let _ = closing_tx.send(true);
+    };
+    let http = match &tls {
+        Some(tls) => {
+            let listener =
+                davit_tls::TlsListener::new(listener, tls.server_config()?).map_err(|source| ServerError::Bind { addr, source })?;
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(closed).await {
+                    tracing::error!(%error, "HTTPS server failed");
+                }
+            })
         }
-    });
-    tracing::info!(%addr, "davit server listening");
+        None => tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(closed).await {
+                tracing::error!(%error, "HTTP server failed");
+            }
+        }),
+    };
+    tracing::info!(%addr, tls = tls.is_some(), "davit server listening");
     Ok(ServerHandle { addr, shared, shutdown, http, background })
 }
 

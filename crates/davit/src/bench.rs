@@ -280,6 +280,7 @@ impl E2eBench {
             acl_enabled: self.acl,
             audit_log: Some(dir.join("audit.log")),
             keyring: None,
+            tls: None,
             audit_reads: false,
         };
         let server = davit_server::start(config).await.map_err(|e| Failure::internal(format!("cannot start the server: {e}")))?;

@@ -18,8 +18,26 @@ pub struct Cli {
     /// or the one a job file names).
     #[arg(short = 'n', long, global = true, env = "DAVIT_NAMESPACE")]
     pub namespace: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How clients (the CLI, agents) talk to `https://` servers.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// The cluster's CA certificate: servers must present a certificate it signed (`<server data dir>/tls/ca.pem`
+    /// for a server started with --tls).
+    #[arg(long, global = true, env = "DAVIT_CACERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// A certificate to present to the server (`davit tls cert create --cli`; for an agent, its node
+    /// certificate from `davit tls cert create --agent` instead of the one it gets when it joins).
+    #[arg(long, global = true, env = "DAVIT_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The key of --client-cert.
+    #[arg(long, global = true, env = "DAVIT_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +81,9 @@ pub enum Command {
     /// Cluster operations: the keyring that encrypts variables.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Certificates for mutual TLS: a CA, and certificates for servers, agents and CLI users (offline).
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Simulate many agents in one process (no workloads): real registration, heartbeats and allocation
     /// status over the HTTP API; every allocation runs at once. A tool for measuring the server.
     Sim(SimArgs),
@@ -93,6 +114,7 @@ impl Command {
                 | Command::Acl(_)
                 | Command::Namespace(_)
                 | Command::Var(_)
+                | Command::Tls(_)
                 | Command::Operator(_)
         )
     }
@@ -154,6 +176,86 @@ pub struct ServerArgs {
     /// Write reads (GET requests) to the audit log too, not only writes.
     #[arg(long)]
     pub audit_reads: bool,
+    /// Serve HTTPS with mutual TLS: a CA is made in `<data dir>/tls/` on the first start (unless
+    /// --tls-ca-cert/--tls-ca-key name one); joining agents get node certificates signed by it.
+    #[arg(long)]
+    pub tls: bool,
+    /// The CA certificate (from `davit tls ca create`) instead of `<data dir>/tls/ca.pem`; implies --tls.
+    #[arg(long, requires = "tls_ca_key")]
+    pub tls_ca_cert: Option<PathBuf>,
+    /// The CA's key.
+    #[arg(long, requires = "tls_ca_cert")]
+    pub tls_ca_key: Option<PathBuf>,
+    /// This server's certificate (from `davit tls cert create --server`) instead of one the CA issues to it;
+    /// read again when the file changes.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Another name (host name or IP address) for the server's own certificate, for tools that check the
+    /// address they dial (davit clients check the name `server.davit`). Repeatable.
+    #[arg(long = "tls-name", value_name = "NAME")]
+    pub tls_names: Vec<String>,
+    /// Lifetime of the certificates the server issues (its own and nodes'); each is renewed after two
+    /// thirds of it.
+    #[arg(long, default_value = "30d")]
+    pub tls_cert_ttl: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// The certificate authority.
+    #[command(subcommand)]
+    Ca(TlsCaCommand),
+    /// Certificates signed by the CA.
+    #[command(subcommand)]
+    Cert(TlsCertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCaCommand {
+    /// Make a CA: `ca.pem` and `ca-key.pem` (mode 0600) in --dir; never replaces an existing one.
+    Create {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// How long the CA is valid.
+        #[arg(long, default_value = "3650d")]
+        ttl: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCertCommand {
+    /// Make a certificate and its key, signed by the CA: `server.pem`, `agent.pem` or `cli.pem` with
+    /// `…-key.pem` (0600) in --dir.
+    #[command(group = clap::ArgGroup::new("role").required(true).args(["server", "agent", "cli"]))]
+    Create {
+        /// For a server: valid for `server.davit`, localhost and the --name values.
+        #[arg(long)]
+        server: bool,
+        /// For an agent: valid for `<node id>.node.davit` (give --node-id) and the --name values.
+        #[arg(long, requires = "node_id")]
+        agent: bool,
+        /// For a person or tool using the API.
+        #[arg(long)]
+        cli: bool,
+        /// The agent's node id (its `<data dir>/node-id`).
+        #[arg(long)]
+        node_id: Option<String>,
+        /// Another host name or IP address the certificate is valid for (repeatable).
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// Where the CA is (`ca.pem`, `ca-key.pem`).
+        #[arg(long, default_value = ".")]
+        ca_dir: PathBuf,
+        /// Where to write the certificate and key.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// How long the certificate is valid.
+        #[arg(long, default_value = "365d")]
+        ttl: String,
+    },
 }
 
 #[derive(Debug, Args)]

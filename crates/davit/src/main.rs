@@ -43,6 +43,7 @@ impl From<davit_client::ClientError> for Failure {
                 code: 2,
                 message: format!("{error}\n  hint: start one with `davit dev`, or point DAVIT_ADDR / --address at a running server"),
             },
+            davit_client::ClientError::Tls { .. } => Failure { code: 2, message: error.to_string() },
             davit_client::ClientError::Api { error: api, .. } if !api.spec_errors.is_empty() => {
                 let errors: Vec<davit_api::spec::SpecError> = api.spec_errors.iter().map(Into::into).collect();
                 Failure::user(davit_api::spec::SpecErrors(errors).to_string())
@@ -91,6 +92,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The TLS settings of a client (`--ca-cert`, `--client-cert`, `--client-key`), when a CA is given.
+fn client_tls(args: &cli::TlsArgs) -> Result<Option<davit_client::ClientTls>, Failure> {
+    let Some(ca_cert) = &args.ca_cert else {
+        if args.client_cert.is_some() {
+            return Err(Failure::user("--client-cert needs --ca-cert (DAVIT_CACERT): the CA that signed the server's certificate"));
+        }
+        return Ok(None);
+    };
+    let identity = match (&args.client_cert, &args.client_key) {
+        (Some(cert), Some(key)) => {
+            let slot = davit_tls::CertSlot::default();
+            slot.load_files(cert, key).map_err(|error| Failure::user(error.to_string()))?;
+            Some(std::sync::Arc::new(slot))
+        }
+        _ => None,
+    };
+    davit_client::ClientTls::load(ca_cert, identity).map(Some).map_err(|error| Failure::user(format!("--ca-cert: {error}")))
+}
+
 /// Client commands end quietly when the reader of their output goes away (`davit alloc logs -f … | head`),
 /// as other Unix tools do: Rust ignores SIGPIPE, which turns that into a panic in `println!`. The server,
 /// agent and executor keep ignoring it: a task or peer closing a pipe must not end them.
@@ -99,12 +119,16 @@ fn die_quietly_on_closed_output() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
-async fn try_main(cli: cli::Cli) -> Result<(), Failure> {
-    let client = davit_client::Client::with_token(&cli.address, cli.token.as_deref()).in_namespace(cli.namespace.as_deref());
+async fn try_main(mut cli: cli::Cli) -> Result<(), Failure> {
+    // `DAVIT_TOKEN=` (set but empty) means no token.
+    cli.token = cli.token.filter(|token| !token.is_empty());
+    let tls = client_tls(&cli.tls)?;
+    let client = davit_client::Client::connect(&cli.address, cli.token.as_deref(), tls.as_ref()).in_namespace(cli.namespace.as_deref());
     match cli.command {
         cli::Command::Dev(args) => run::dev(args).await,
         cli::Command::Server(args) => run::server(args).await,
-        cli::Command::Agent(args) => run::agent(args, cli.token).await,
+        cli::Command::Agent(args) => run::agent(args, cli.token, cli.tls).await,
+        cli::Command::Tls(command) => commands::tls(command),
         cli::Command::Executor { .. } => unreachable!("handled before the runtime starts"),
         cli::Command::Job(command) => commands::job(&client, command).await,
         cli::Command::Alloc(command) => commands::alloc(&client, command).await,
@@ -117,7 +141,7 @@ async fn try_main(cli: cli::Cli) -> Result<(), Failure> {
         cli::Command::Namespace(command) => commands::namespace(&client, command).await,
         cli::Command::Var(command) => commands::var(&client, command).await,
         cli::Command::Operator(command) => commands::operator(&client, command).await,
-        cli::Command::Sim(args) => sim::command(args, &cli.address, cli.token).await,
+        cli::Command::Sim(args) => sim::command(args, &cli.address, cli.token, tls).await,
         cli::Command::Bench(command) => bench::command(command).await,
     }
 }

@@ -11,7 +11,7 @@ use davit_server::{LivenessConfig, ServerConfig};
 use davit_store::RedbStore;
 
 use crate::Failure;
-use crate::cli::{AgentArgs, DevArgs, NodeArgs, ServerArgs};
+use crate::cli::{AgentArgs, DevArgs, NodeArgs, ServerArgs, TlsArgs};
 
 /// Logs to stderr at `DAVIT_LOG`'s level, or `default` when it is unset.
 pub(crate) fn init_logging(default: &str) {
@@ -37,7 +37,34 @@ fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, data_dir: &P
         audit_log: Some(data_dir.join("audit.log")),
         keyring: Some(data_dir.join("keyring.json")),
         audit_reads: false,
+        tls: None,
     }
+}
+
+/// The server's TLS from its flags: the CA in `<data dir>/tls/` (made on the first start) or the one named.
+fn server_tls(args: &ServerArgs) -> Result<Option<davit_server::TlsConfig>, Failure> {
+    if !args.tls && args.tls_ca_cert.is_none() && args.tls_cert.is_none() {
+        return Ok(None);
+    }
+    let failure = |error: davit_tls::TlsError| Failure::user(format!("TLS: {error}"));
+    let (ca, ca_origin) = match (&args.tls_ca_cert, &args.tls_ca_key) {
+        (Some(cert), Some(key)) => (davit_tls::Ca::load(cert, key).map_err(failure)?, cert.clone()),
+        _ => {
+            let dir = args.data_dir.join("tls");
+            (davit_tls::Ca::load_or_create(&dir).map_err(failure)?, dir.join(davit_tls::Ca::CERT_FILE))
+        }
+    };
+    let cert_ttl = davit_api::Duration::parse(&args.tls_cert_ttl).map_err(|e| Failure::user(format!("--tls-cert-ttl: {e}")))?.as_std();
+    if cert_ttl < std::time::Duration::from_secs(3) {
+        return Err(Failure::user("--tls-cert-ttl: certificates must live at least 3s"));
+    }
+    Ok(Some(davit_server::TlsConfig {
+        ca,
+        ca_origin: ca_origin.display().to_string(),
+        cert_files: args.tls_cert.clone().zip(args.tls_key.clone()),
+        names: args.tls_names.clone(),
+        cert_ttl,
+    }))
 }
 
 /// Secure default: without ACLs anyone who reaches the API owns the cluster, so it stays on loopback unless
@@ -128,6 +155,7 @@ fn agent_config(
         service_proxy,
         token,
         join_token,
+        tls: None,
     })
 }
 
@@ -226,18 +254,26 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
         config.workers = workers;
     }
     config.audit_reads = args.audit_reads;
+    config.tls = server_tls(&args)?;
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let ca = config.tls.as_ref().map(|tls| tls.ca_origin.clone());
     let server = davit_server::start(config).await.map_err(|e| Failure::user(format!("cannot start the server: {}", error_chain(&e))))?;
-    println!("davit server listening on http://{}", server.addr());
+    println!("davit server listening on {scheme}://{}", server.addr());
+    if let Some(ca) = ca {
+        println!("  mutual TLS: clients and agents trust the CA with --ca-cert {ca} (or DAVIT_CACERT)");
+    }
     shutdown_signal().await;
     server.shutdown().await;
     Ok(())
 }
 
-pub async fn agent(args: AgentArgs, token: Option<String>) -> Result<(), Failure> {
+pub async fn agent(args: AgentArgs, token: Option<String>, tls: TlsArgs) -> Result<(), Failure> {
     init_logging("info");
-    let config = agent_config(args.node, args.data_dir, args.servers, args.bind, false, token, args.join_token)?;
+    let mut config = agent_config(args.node, args.data_dir, args.servers, args.bind, false, token, args.join_token)?;
+    config.tls = tls.ca_cert.map(|ca_cert| davit_agent::AgentTlsConfig { ca_cert, cert_files: tls.client_cert.zip(tls.client_key) });
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
     let agent = davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", error_chain(&e))))?;
-    println!("davit agent running: node {}, API http://{}", agent.node_id(), agent.http_addr());
+    println!("davit agent running: node {}, API {scheme}://{}", agent.node_id(), agent.http_addr());
     if let Some(dns) = agent.dns_addr() {
         println!("  service DNS on {dns} (udp+tcp)");
     }

@@ -45,6 +45,8 @@ pub struct SimConfig {
     pub poll_batch: usize,
     /// ACL token of the simulated agents (it needs `node: write`).
     pub token: Option<String>,
+    /// TLS with an `https://` server.
+    pub tls: Option<davit_client::ClientTls>,
 }
 
 /// What the simulated agents saw and did; read while the simulation runs.
@@ -83,7 +85,12 @@ impl SimStats {
 }
 
 /// `davit sim`.
-pub async fn command(args: SimArgs, default_server: &str, token: Option<String>) -> Result<(), Failure> {
+pub async fn command(
+    args: SimArgs,
+    default_server: &str,
+    token: Option<String>,
+    tls: Option<davit_client::ClientTls>,
+) -> Result<(), Failure> {
     crate::run::init_logging("warn");
     let parse = |flag: &str, text: &str| {
         davit_api::Duration::parse(text).map(|d| d.as_std()).map_err(|e| Failure::user(format!("{flag} {text}: {e}")))
@@ -96,6 +103,7 @@ pub async fn command(args: SimArgs, default_server: &str, token: Option<String>)
     }
     let config = SimConfig {
         token,
+        tls,
         server: args.server.unwrap_or_else(|| default_server.to_string()),
         nodes: args.nodes,
         shape: args.shape,
@@ -184,7 +192,7 @@ const REPORT_CONCURRENCY: usize = 4;
 
 /// Registers the nodes, then heartbeats, watches and reports until `shutdown` changes.
 pub async fn run(config: SimConfig, stats: Arc<SimStats>, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
-    let client = Client::with_token(&config.server, config.token.as_deref());
+    let client = Client::connect(&config.server, config.token.as_deref(), config.tls.as_ref());
     let run = u64::from_str_radix(&uuid_tag()[..16], 16).unwrap_or(0);
     let nodes: Vec<Node> = (0..config.nodes)
         .map(|position| {

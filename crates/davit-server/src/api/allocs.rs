@@ -124,7 +124,7 @@ pub(crate) async fn logs(
 ) -> Result<Response, Failure> {
     let (url, node) = agent_url(&shared, &id, &caller.namespace, "logs")?;
     let response = caller
-        .relay(shared.http.get(&url), Capability::ReadLogs)
+        .relay(shared.agent_http(&node.id)?.get(&url), Capability::ReadLogs)
         .query(&query)
         .send()
         .await
@@ -170,13 +170,16 @@ pub(crate) async fn exec(
         Failure::bad_request(format!("exec needs an HTTP/1.1 request with `Connection: upgrade` and `Upgrade: {EXEC_PROTOCOL}`"))
     })?;
     let (url, node) = agent_url(&shared, &id, &caller.namespace, "exec")?;
-    let mut agent = match davit_client::exec::open(&shared.http, &url, &query, caller.relay_token(Capability::AllocExec).as_deref()).await {
-        Ok(stream) => stream,
-        Err(davit_client::ClientError::Api { status, error }) => {
-            return Ok((StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), axum::Json(error)).into_response());
-        }
-        Err(error) => return Err(agent_unreachable(&node, error)),
-    };
+    let mut agent =
+        match davit_client::exec::open(&shared.agent_http(&node.id)?, &url, &query, caller.relay_token(Capability::AllocExec).as_deref())
+            .await
+        {
+            Ok(stream) => stream,
+            Err(davit_client::ClientError::Api { status, error }) => {
+                return Ok((StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), axum::Json(error)).into_response());
+            }
+            Err(error) => return Err(agent_unreachable(&node, error)),
+        };
     tokio::spawn(async move {
         match upgrade.await {
             Ok(client) => {

@@ -87,6 +87,7 @@ fn table() -> Vec<Route> {
         route(M::POST, "/v1/nodes/allocations/status", node_write, nodes::update_allocations_many),
         route(M::GET, "/v1/node/{id}", node_read, nodes::get_node),
         route(M::PUT, "/v1/node/{id}/heartbeat", Rule::ThisNode(Access::Write), nodes::heartbeat),
+        route(M::POST, "/v1/node/{id}/certificate", Rule::ThisNode(Access::Write), nodes::renew_certificate),
         route(M::POST, "/v1/node/{id}/eligibility", node_write, nodes::eligibility),
         route(M::POST, "/v1/node/{id}/drain", node_write, nodes::drain),
         route(M::GET, "/v1/node/{id}/allocations", Rule::ThisNode(Access::Read), nodes::allocations),
@@ -173,6 +174,9 @@ impl Failure {
     }
     pub fn unauthenticated(message: impl Into<String>) -> Failure {
         Failure::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+    pub fn internal(message: impl Into<String>) -> Failure {
+        Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
     pub fn invalid_spec(errors: &davit_api::spec::SpecErrors) -> Failure {
         Failure::invalid_document("job spec", errors)

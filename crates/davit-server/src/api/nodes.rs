@@ -8,8 +8,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use davit_api::http::{
-    AllocStatusUpdate, HeartbeatResponse, IndexResponse, NodeAllocStatusUpdates, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry,
-    NodeRegisterResponse, NodesAllocationsRequest, NodesHeartbeatRequest, NodesHeartbeatResponse,
+    AllocStatusUpdate, HeartbeatResponse, IndexResponse, NodeAllocStatusUpdates, NodeCertificateResponse, NodeDrainRequest,
+    NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse, NodesAllocationsRequest, NodesHeartbeatRequest, NodesHeartbeatResponse,
+    PublicKeyQuery,
 };
 use davit_api::objects::{Allocation, DrainStrategy, EvalTrigger, Node, NodeEligibility, NodeStatus};
 use davit_store::{Compare, Txn};
@@ -70,6 +71,7 @@ pub(crate) async fn get_node(State(shared): State<Arc<Shared>>, Path(id): Path<S
 pub(crate) async fn register(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
+    Query(key): Query<PublicKeyQuery>,
     body: Bytes,
 ) -> Result<Response, Failure> {
     let mut node: Node = json_body(&body, "node")?;
@@ -91,6 +93,21 @@ pub(crate) async fn register(
             node.resources.port_range.0, node.resources.port_range.1
         )));
     }
+    // With TLS, a node that joins (or, without ACLs, any node that asks) gets a certificate for the key it
+    // sent: made before the transaction, answered only if it commits.
+    let certificate = match (&shared.tls, key.public_key.as_deref()) {
+        (Some(tls), Some(public_key)) if caller.acl.is_join() || !shared.acl_enabled => Some(
+            tls.issue_node(&node.id, &node.http_addr, public_key)
+                .map_err(|error| Failure::bad_request(format!("cannot issue a certificate to node {}: {error}", node.id)))?
+                .cert_pem,
+        ),
+        (Some(_), None) if caller.acl.is_join() => {
+            return Err(Failure::bad_request(
+                "this cluster uses mutual TLS: a joining agent sends its public key (`?public_key=`) to get its certificate; give the agent the cluster's CA with --ca-cert",
+            ));
+        }
+        _ => None,
+    };
     let snapshot = shared.view.snapshot();
     let existing = snapshot.cluster.node(&node.id).cloned();
     if let Some(existing) = &existing {
@@ -156,8 +173,32 @@ pub(crate) async fn register(
             heartbeat_interval_ms: interval,
             acl_enabled: shared.acl_enabled,
             node_token,
+            certificate,
         },
     ))
+}
+
+/// `POST /v1/node/{id}/certificate?public_key=`: a new certificate for a node that presents its current one
+/// (agents renew after two thirds of a certificate's life). A node whose certificate expired joins again.
+pub(crate) async fn renew_certificate(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(key): Query<PublicKeyQuery>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<davit_tls::Peer>,
+) -> Result<Response, Failure> {
+    let tls = shared.tls.as_ref().ok_or_else(|| Failure::bad_request("this server does not do TLS: there are no node certificates"))?;
+    let public_key =
+        key.public_key.ok_or_else(|| Failure::bad_request("`?public_key=` is missing: the hex of the node's new public key"))?;
+    if !peer.is(&davit_tls::node_name(&id)) {
+        return Err(Failure::forbidden(format!(
+            "permission denied: only node {id}, presenting its current certificate, renews it (a node whose certificate expired joins again)"
+        )));
+    }
+    let snapshot = shared.view.snapshot();
+    let node = snapshot.cluster.node(&id).ok_or_else(|| Failure::not_found(format!("node {id} not found")))?;
+    let issued = tls.issue_node(&node.id, &node.http_addr, &public_key).map_err(|error| Failure::bad_request(error.to_string()))?;
+    tracing::info!(node = %node.name, id = %node.id, "renewed the node's certificate");
+    Ok(indexed(snapshot.revision, &NodeCertificateResponse { certificate: issued.cert_pem }))
 }
 
 /// `POST /v1/node/{id}/eligibility`: ineligible nodes get no new allocations; existing ones keep running.

@@ -100,8 +100,9 @@ async fn gather_stats(shared: &Shared, caller: &Caller, snapshot: &Snapshot, ser
     let requests = nodes.iter().map(|node| {
         // In the caller's namespace: the agent checks the caller's token there.
         let url = format!("{}/v1/agent/proxy?namespace={}", node.http_addr.trim_end_matches('/'), caller.namespace);
-        let request = caller.relay(shared.http.get(url), Capability::ReadJob).timeout(STATS_TIMEOUT).send();
+        let http = shared.agent_http(&node.id).map_err(|_| format!("node {}: no TLS client for it", node.name));
         async move {
+            let request = caller.relay(http?.get(url), Capability::ReadJob).timeout(STATS_TIMEOUT).send();
             let response = request.await.map_err(|error| format!("node {}: {error}", node.name))?;
             if response.status() == reqwest::StatusCode::NOT_FOUND {
                 return Ok(Vec::new()); // An agent run with --no-service-proxy.

@@ -12,10 +12,12 @@ use futures_util::StreamExt;
 
 mod acl;
 mod namespace;
+mod tls;
 mod var;
 
 pub use acl::acl;
 pub use namespace::namespace;
+pub use tls::tls;
 pub use var::{operator, var};
 
 use crate::Failure;

@@ -421,9 +421,23 @@ impl Cluster {
 
     /// A cluster whose server gets `extra` flags (e.g. `--acl`).
     pub fn start_with(extra: &[&str]) -> Cluster {
+        Cluster::start_scheme("http", extra)
+    }
+
+    /// A cluster whose server serves HTTPS with mutual TLS (`--tls`, its CA at [`Cluster::ca_cert`]).
+    pub fn start_tls(extra: &[&str]) -> Cluster {
+        Cluster::start_scheme("https", &[&["--tls"], extra].concat())
+    }
+
+    /// The CA a `--tls` server made on its first start.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("server").join("tls").join("ca.pem")
+    }
+
+    fn start_scheme(scheme: &str, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let bind = format!("127.0.0.1:{}", free_port());
-        let addr = format!("http://{bind}");
+        let addr = format!("{scheme}://{bind}");
         let data = dir.path().join("server").display().to_string();
         let mut args = vec!["server", "--bind", &bind, "--data-dir", &data];
         args.extend_from_slice(extra);

@@ -1,0 +1,127 @@
+//! The agent's side of mutual TLS: its node certificate, presented to the servers and served on its own API.
+//!
+//! A node gets its certificate when it joins (it sends the public half of a key it made; the private key
+//! never leaves `<data_dir>/tls/node-key.pem`, mode 0600) and renews it after two thirds of its life,
+//! presenting the current one. An operator may instead give the agent certificate files
+//! (`davit tls cert create --agent`), which it reads again when they change.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use davit_tls::{CertSlot, NodeKey};
+use tokio::sync::watch;
+
+use crate::{AgentContext, AgentError};
+
+/// How the agent does TLS with its servers (`https://` addresses).
+#[derive(Clone, Debug)]
+pub struct AgentTlsConfig {
+    /// The cluster's CA certificate: servers must present a certificate it signed for `server.davit`.
+    pub ca_cert: PathBuf,
+    /// The operator's certificate and key for this node, instead of one issued when it joins.
+    pub cert_files: Option<(PathBuf, PathBuf)>,
+}
+
+/// The node's certificate and where it is kept.
+pub(crate) struct NodeCert {
+    pub slot: Arc<CertSlot>,
+    dir: PathBuf,
+    /// Issued by the servers (at join, then renewed); `false`: the operator's files.
+    pub issued: bool,
+}
+
+const CERT_FILE: &str = "node.pem";
+const KEY_FILE: &str = "node-key.pem";
+
+impl NodeCert {
+    /// Loads the node's certificate (the operator's files, or one kept from an earlier join); returns the
+    /// task that follows the operator's files.
+    pub fn load(
+        config: &AgentTlsConfig,
+        data_dir: &Path,
+        node_id: &str,
+    ) -> Result<(NodeCert, Option<tokio::task::JoinHandle<()>>), AgentError> {
+        let tls_error = |error: davit_tls::TlsError| AgentError::Config(format!("TLS: {error}"));
+        let slot = Arc::new(CertSlot::default());
+        let dir = data_dir.join("tls");
+        if let Some((cert, key)) = &config.cert_files {
+            let stamp = slot.load_files(cert, key).map_err(tls_error)?;
+            if !slot.is_for(&davit_tls::node_name(node_id)) {
+                return Err(AgentError::Config(format!(
+                    "the certificate {} is not node {node_id}'s: make one with `davit tls cert create --agent --node-id {node_id}`",
+                    cert.display()
+                )));
+            }
+            let watch = tokio::spawn(davit_tls::watch_files(Arc::clone(&slot), cert.clone(), key.clone(), stamp));
+            return Ok((NodeCert { slot, dir, issued: false }, Some(watch)));
+        }
+        if dir.join(CERT_FILE).exists() {
+            slot.load_files(&dir.join(CERT_FILE), &dir.join(KEY_FILE)).map_err(tls_error)?;
+        }
+        Ok((NodeCert { slot, dir, issued: true }, None))
+    }
+
+    /// The node has no certificate yet and gets one when it joins.
+    pub fn needs_one(&self) -> bool {
+        self.issued && !self.slot.is_set()
+    }
+
+    /// Keeps a new certificate and its key (the key first: a certificate is useless without it), then uses it.
+    pub fn keep(&self, key_pem: &str, cert_pem: &str) -> Result<(), davit_tls::TlsError> {
+        let (cert, key) = (self.dir.join(CERT_FILE), self.dir.join(KEY_FILE));
+        davit_tls::write_atomic(&key, key_pem, 0o600)?;
+        davit_tls::write_atomic(&cert, cert_pem, 0o600)?;
+        self.slot.set(&cert, cert_pem, key_pem)
+    }
+}
+
+/// A key for a certificate the node asks for: `(private key PEM, public key hex)`.
+pub(crate) fn new_key() -> Option<(String, String)> {
+    NodeKey::generate().map_err(|error| tracing::error!(%error, "cannot make a key for the node's certificate")).ok()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Renews the node's certificate after two thirds of its life, with a new key.
+pub(crate) async fn keep_fresh(context: Arc<AgentContext>, cert: Arc<NodeCert>, mut shutdown: watch::Receiver<bool>) {
+    let mut retry = Duration::from_secs(1);
+    loop {
+        let wait = match cert.slot.renew_at() {
+            Some(at) if at > now_secs() => Duration::from_secs(at - now_secs()),
+            Some(_) => retry,
+            // Not joined yet.
+            None => Duration::from_secs(1),
+        };
+        if crate::heartbeat::sleep_or_shutdown(wait, &mut shutdown).await {
+            return;
+        }
+        if cert.slot.renew_at().is_none_or(|at| at > now_secs()) {
+            continue;
+        }
+        let Some((key, public)) = new_key() else { continue };
+        let id = context.node.id.clone();
+        let renewed = context
+            .servers
+            .call(|client| {
+                let (id, public) = (id.clone(), public.clone());
+                async move { client.renew_node_certificate(&id, &public).await }
+            })
+            .await;
+        match renewed
+            .map_err(|error| error.to_string())
+            .and_then(|response| cert.keep(&key, &response.certificate).map_err(|e| e.to_string()))
+        {
+            Ok(()) => {
+                retry = Duration::from_secs(1);
+                tracing::info!(node_id = %context.node.id, "renewed the node's certificate");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "renewing the node's certificate failed; trying again");
+                retry = (retry * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
