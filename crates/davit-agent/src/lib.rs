@@ -233,11 +233,11 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
             "the servers use https://: give the cluster's CA certificate with --ca-cert or DAVIT_CACERT".to_string(),
         ));
     }
-    let mut loops = Vec::new();
+    let mut cert_files_watch = None;
     let (node_cert, client_tls, api_tls) = match &config.tls {
         Some(tls) => {
             let (cert, watch) = tls::NodeCert::load(tls, &config.data_dir, &node_id)?;
-            loops.extend(watch);
+            cert_files_watch = watch;
             let tls_error = |error: davit_tls::TlsError| AgentError::Config(format!("TLS: {error}"));
             let client = davit_client::ClientTls::load(&tls.ca_cert, Some(Arc::clone(&cert.slot))).map_err(tls_error)?;
             let roots = davit_tls::roots(&tls.ca_cert, &davit_tls::read(&tls.ca_cert).map_err(tls_error)?).map_err(tls_error)?;
@@ -307,7 +307,14 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let updater_task = tokio::spawn(updater.run(shutdown_rx.clone()));
     let heartbeat_task = tokio::spawn(heartbeat::run(context.clone(), node, registered_tx, shutdown_rx.clone()));
     let watcher_task = tokio::spawn(watcher::run(context.clone(), registered_rx, shutdown_rx.clone()));
-    loops.extend([heartbeat_task, watcher_task]);
+    let mut loops = vec![heartbeat_task, watcher_task];
+    if let Some(watch) = cert_files_watch {
+        let mut stop = shutdown_rx.clone();
+        loops.push(tokio::spawn(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+            watch.abort();
+        }));
+    }
     if let Some(cert) = node_cert.filter(|cert| cert.issued) {
         loops.push(tokio::spawn(tls::keep_fresh(context.clone(), cert, shutdown_rx.clone())));
     }

@@ -35,9 +35,10 @@ pub async fn command(command: BenchCommand) -> Result<(), Failure> {
                 .await
                 .map_err(|error| Failure::internal(format!("the benchmark failed: {error}")))?
         }
-        BenchCommand::E2e { nodes, allocs, workload, workers, timeout, acl } => {
+        BenchCommand::E2e { nodes, allocs, workload, workers, timeout, acl, tls } => {
             let timeout = davit_api::Duration::parse(&timeout).map_err(|e| Failure::user(format!("--timeout: {e}")))?.as_std();
-            let bench = E2eBench { nodes, allocs, workload: Workload::new(workload)?, workers, timeout, acl, token: None };
+            let workload = Workload::new(workload)?;
+            let bench = E2eBench { nodes, allocs, workload, workers, timeout, acl, tls, token: None, ca_cert: None };
             bench.run().await
         }
     }
@@ -239,8 +240,23 @@ struct E2eBench {
     timeout: Duration,
     /// Run the server with ACLs.
     acl: bool,
+    /// Serve HTTPS.
+    tls: bool,
     /// The management token, once bootstrapped (`acl`).
     token: Option<String>,
+    /// The run's CA certificate (`tls`).
+    ca_cert: Option<std::path::PathBuf>,
+}
+
+impl E2eBench {
+    /// A client of the benchmark's server, with its CA when it serves HTTPS.
+    fn client(&self, addr: &str, token: Option<&str>) -> Result<davit_client::Client, Failure> {
+        let tls = match &self.ca_cert {
+            Some(ca_cert) => Some(davit_client::ClientTls::load(ca_cert, None).map_err(|e| Failure::internal(e.to_string()))?),
+            None => None,
+        };
+        Ok(davit_client::Client::connect(addr, token, tls.as_ref()))
+    }
 }
 
 /// Jobs registered concurrently.
@@ -271,7 +287,7 @@ impl E2eBench {
     async fn measure(&mut self, dir: &std::path::Path, deadline: Instant) -> Result<(), Failure> {
         let store =
             davit_store::RedbStore::open(&dir.join("state.redb")).map_err(|e| Failure::internal(format!("cannot open the store: {e}")))?;
-        let config = davit_server::ServerConfig {
+        let mut config = davit_server::ServerConfig {
             bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             store: Arc::new(store),
             workers: self.workers.unwrap_or_else(davit_server::default_workers),
@@ -283,11 +299,27 @@ impl E2eBench {
             tls: None,
             audit_reads: false,
         };
+        if self.tls {
+            let tls_dir = dir.join("tls");
+            let ca = davit_tls::Ca::load_or_create(&tls_dir).map_err(|e| Failure::internal(format!("cannot make a CA: {e}")))?;
+            let ca_cert = tls_dir.join(davit_tls::Ca::CERT_FILE);
+            config.tls = Some(davit_server::TlsConfig {
+                ca,
+                ca_origin: ca_cert.display().to_string(),
+                cert_files: None,
+                names: Vec::new(),
+                cert_ttl: Duration::from_secs(24 * 3600),
+            });
+            self.ca_cert = Some(ca_cert);
+        }
         let server = davit_server::start(config).await.map_err(|e| Failure::internal(format!("cannot start the server: {e}")))?;
-        let addr = format!("http://{}", server.addr());
+        let addr = format!("{}://{}", if self.tls { "https" } else { "http" }, server.addr());
         if self.acl {
-            self.token = Some(davit_client::Client::new(&addr).acl_bootstrap().await?.secret_id);
+            self.token = Some(self.client(&addr, None)?.acl_bootstrap().await?.secret_id);
             println!("  ACLs on: every request carries a management token");
+        }
+        if self.tls {
+            println!("  TLS on: the sim and the benchmark talk HTTPS to the server");
         }
         println!("  server on {addr} (store in {})", dir.display());
         let outcome = self.drive(&addr, dir, deadline).await;
@@ -318,6 +350,10 @@ impl E2eBench {
             Some(token) => command.env("DAVIT_TOKEN", token),
             None => command.env_remove("DAVIT_TOKEN"),
         };
+        match &self.ca_cert {
+            Some(ca_cert) => command.env("DAVIT_CACERT", ca_cert),
+            None => command.env_remove("DAVIT_CACERT"),
+        };
         if !self.workload.shape.classes.is_empty() {
             command.args(["--classes", &self.workload.shape.classes.join(",")]);
         }
@@ -346,7 +382,7 @@ impl E2eBench {
     }
 
     async fn workload(&self, addr: &str, progress: &Arc<SimProgress>, sim_pid: u32, deadline: Instant) -> Result<(), Failure> {
-        let client = davit_client::Client::with_token(addr, self.token.as_deref());
+        let client = self.client(addr, self.token.as_deref())?;
         let registering = Instant::now();
         while progress.registered.load(Ordering::Relaxed) < self.nodes as u64 {
             if Instant::now() > deadline {

@@ -861,5 +861,8 @@ pub enum BenchCommand {
         /// Run the server with ACLs: every request of the sim and the benchmark carries a token.
         #[arg(long)]
         acl: bool,
+        /// Serve HTTPS (a CA made for the run): the sim and the benchmark talk TLS to the server.
+        #[arg(long)]
+        tls: bool,
     },
 }

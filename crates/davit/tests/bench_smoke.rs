@@ -61,10 +61,10 @@ fn bench_e2e_runs_every_allocation_on_simulated_nodes() {
 }
 
 #[test]
-fn bench_e2e_runs_with_acls_on() {
-    // Every request of the sim and the benchmark carries a token, which the server checks.
-    let stdout = bench(&["e2e", "--acl", "--nodes", "200", "--allocs", "5000", "--job-size", "1000", "--timeout", "80s"]);
-    assert!(stdout.contains("ACLs on"), "{stdout}");
+fn bench_e2e_runs_with_acls_and_tls_on() {
+    // Every request of the sim and the benchmark carries a token, which the server checks, over HTTPS.
+    let stdout = bench(&["e2e", "--acl", "--tls", "--nodes", "200", "--allocs", "5000", "--job-size", "1000", "--timeout", "80s"]);
+    assert!(stdout.contains("ACLs on") && stdout.contains("TLS on"), "{stdout}");
     assert_eq!(result_field(&stdout, "running"), 5_000.0, "{stdout}");
     assert!(stdout.contains(" errors=0"), "the sim's requests failed: {stdout}");
 }
