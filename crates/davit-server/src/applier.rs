@@ -59,8 +59,13 @@ pub struct Applier {
 
 impl Applier {
     pub fn start(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>) -> Applier {
+        let metrics_for_supervisor = Arc::clone(&metrics);
         let (requests, receiver) = mpsc::channel(1024);
-        tokio::spawn(run(store, view, metrics, receiver));
+        // Supervised: a panic drops the batch in hand (its senders see the applier closed and retry) and
+        // the applier goes on with the next one.
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let make = move || run(Arc::clone(&store), Arc::clone(&view), Arc::clone(&metrics), Arc::clone(&receiver));
+        tokio::spawn(crate::supervise::supervise("applier", Arc::clone(&metrics_for_supervisor), make));
         Applier { requests }
     }
 
@@ -134,7 +139,8 @@ enum Reply {
     Migrate(Result<(), String>, oneshot::Sender<Result<Result<Index, String>, StoreError>>),
 }
 
-async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, mut receiver: mpsc::Receiver<Request>) {
+async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Request>>>) {
+    let mut receiver = receiver.lock().await;
     let mut last_commit: Index = 0;
     let mut requests = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut requests, MAX_BATCH).await > 0 {

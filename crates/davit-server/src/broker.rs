@@ -29,8 +29,13 @@ struct Inner {
     delayed: BTreeMap<(Instant, u64), Arc<Evaluation>>,
     /// The newest blocked evaluation per job.
     blocked: HashMap<String, Arc<Evaluation>>,
+    /// Failed attempts per evaluation id (see [`Broker::nack`]).
+    failures: HashMap<String, u32>,
     arrivals: u64,
 }
+
+/// The longest a failed evaluation waits before it runs again.
+const NACK_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Default)]
 pub struct Broker {
@@ -95,8 +100,30 @@ impl Broker {
         }
     }
 
+    /// Processing `eval` failed for a reason worth retrying: it is queued again after a backoff that doubles
+    /// with each failure of it (100 ms up to 10 s), which this returns.
+    pub fn nack(&self, eval: &Arc<Evaluation>) -> std::time::Duration {
+        let failures = {
+            let mut inner = self.inner.lock().expect("broker lock");
+            let failures = inner.failures.entry(eval.id.clone()).or_default();
+            *failures = failures.saturating_add(1);
+            *failures
+        };
+        let delay = std::time::Duration::from_millis(100u64.saturating_mul(1 << failures.min(7).saturating_sub(1))).min(NACK_MAX_DELAY);
+        self.release(eval);
+        let mut retry = (**eval).clone();
+        retry.wait_until = Some(now_millis() + delay.as_millis() as u64);
+        self.enqueue(Arc::new(retry));
+        delay
+    }
+
     /// The evaluation is done (its outcome is stored): release its job.
     pub fn ack(&self, eval: &Evaluation) {
+        self.inner.lock().expect("broker lock").failures.remove(&eval.id);
+        self.release(eval);
+    }
+
+    fn release(&self, eval: &Evaluation) {
         let mut inner = self.inner.lock().expect("broker lock");
         inner.known.remove(&eval.id);
         inner.in_flight_jobs.remove(&eval.job_name);
@@ -216,6 +243,23 @@ mod tests {
         assert_eq!(due.id, "a-later");
         assert!(start.elapsed() >= std::time::Duration::from_secs(10));
         assert!(start.elapsed() < std::time::Duration::from_secs(15));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_nacked_eval_comes_back_after_a_backoff_that_doubles() {
+        let broker = Broker::default();
+        broker.enqueue(eval("a1", "a", 50));
+        let first = broker.dequeue().await;
+        let start = Instant::now();
+        assert_eq!(broker.nack(&first), std::time::Duration::from_millis(100));
+        let again = broker.dequeue().await;
+        assert_eq!(again.id, "a1");
+        assert!(start.elapsed() >= std::time::Duration::from_millis(90), "{:?}", start.elapsed());
+        assert_eq!(broker.nack(&again), std::time::Duration::from_millis(200));
+        let third = broker.dequeue().await;
+        broker.ack(&third);
+        broker.enqueue(eval("a1", "a", 50));
+        assert_eq!(broker.nack(&broker.dequeue().await), std::time::Duration::from_millis(100), "an ack forgets the failures");
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,6 +29,7 @@ mod liveness;
 mod metrics;
 mod migration;
 pub mod phi;
+mod supervise;
 mod tls;
 mod view;
 mod worker;
@@ -184,20 +185,33 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
     let broker = Arc::new(Broker::default());
     let applier = Applier::start(Arc::clone(&config.store), Arc::clone(&view), Arc::clone(&metrics));
     let liveness = Liveness::new(config.liveness, &view.snapshot());
+    // Every loop runs supervised: a panic restarts it (see `supervise`).
+    let supervised = |name: &'static str, make: LoopFactory| tokio::spawn(supervise::supervise(name, Arc::clone(&metrics), make));
     let mut background = Vec::new();
-    background.push(tokio::spawn(coordinate(events_rx, Arc::clone(&broker), Arc::clone(&config.store), Arc::clone(&view))));
-    background.push(tokio::spawn(Arc::clone(&liveness).run(Arc::clone(&config.store), Arc::clone(&view))));
-    background.push(tokio::spawn(drainer::run(Arc::clone(&config.store), Arc::clone(&view), applier.clone())));
+    let events = Arc::new(tokio::sync::Mutex::new(events_rx));
+    background.push(supervised("coordinator", {
+        let (broker, store, view) = (Arc::clone(&broker), Arc::clone(&config.store), Arc::clone(&view));
+        Box::new(move || Box::pin(coordinate(Arc::clone(&events), Arc::clone(&broker), Arc::clone(&store), Arc::clone(&view))) as Loop)
+    }));
+    background.push(supervised("liveness", {
+        let (liveness, store, view) = (Arc::clone(&liveness), Arc::clone(&config.store), Arc::clone(&view));
+        Box::new(move || Box::pin(Arc::clone(&liveness).run(Arc::clone(&store), Arc::clone(&view))) as Loop)
+    }));
+    background.push(supervised("drainer", {
+        let (store, view, applier) = (Arc::clone(&config.store), Arc::clone(&view), applier.clone());
+        Box::new(move || Box::pin(drainer::run(Arc::clone(&store), Arc::clone(&view), applier.clone())) as Loop)
+    }));
     for _ in 0..config.workers.max(1) {
-        let worker = worker::Worker {
+        let worker = Arc::new(worker::Worker {
             store: Arc::clone(&config.store),
             view: Arc::clone(&view),
             broker: Arc::clone(&broker),
             applier: applier.clone(),
             config: config.scheduler.clone(),
             metrics: Arc::clone(&metrics),
-        };
-        background.push(tokio::spawn(worker.run()));
+            schedule: davit_scheduler::schedule,
+        });
+        background.push(supervised("worker", Box::new(move || Box::pin(Arc::clone(&worker).run()) as Loop)));
     }
     let tls = match config.tls {
         Some(tls) => {
@@ -258,10 +272,21 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
     Ok(ServerHandle { addr, shared, shutdown, http, background })
 }
 
+/// A supervised loop, as its factory makes it.
+type Loop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// Makes a supervised loop (again after a panic).
+type LoopFactory = Box<dyn Fn() -> Loop + Send + Sync>;
+
 /// Routes view events: pending evaluations to the broker; capacity changes unblock blocked evaluations.
 /// An evaluation that blocked against a picture older than the last capacity change (the node became ready
 /// while the worker was placing) is retried at once, as Nomad's blocked-evaluation tracker does.
-async fn coordinate(mut events: mpsc::UnboundedReceiver<ViewEvent>, broker: Arc<Broker>, store: Arc<dyn Store>, view: Arc<View>) {
+async fn coordinate(
+    events: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<ViewEvent>>>,
+    broker: Arc<Broker>,
+    store: Arc<dyn Store>,
+    view: Arc<View>,
+) {
+    let mut events = events.lock().await;
     let mut last_capacity_change = 0;
     while let Some(event) = events.recv().await {
         let mut capacity_changed = false;
@@ -345,7 +370,7 @@ mod tests {
         let view = View::start(Arc::clone(&store), view_events).await.unwrap();
         let broker = Arc::new(Broker::default());
         let (events, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(coordinate(receiver, Arc::clone(&broker), Arc::clone(&store), view));
+        tokio::spawn(coordinate(Arc::new(tokio::sync::Mutex::new(receiver)), Arc::clone(&broker), Arc::clone(&store), view));
 
         let wait_pending = |eval: Arc<Evaluation>| {
             let store = Arc::clone(&store);

@@ -30,6 +30,8 @@ pub struct Metrics {
     plan_apply_micros: AtomicU64,
     placements: AtomicU64,
     store_txns: AtomicU64,
+    /// Restarts of each supervised loop, in the order of [`crate::supervise::LOOPS`].
+    loop_restarts: [AtomicU64; crate::supervise::LOOPS.len()],
 }
 
 impl Metrics {
@@ -44,6 +46,19 @@ impl Metrics {
             Err(()) => 5,
         };
         self.evals[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A supervised loop panicked and is started again.
+    pub fn loop_restarted(&self, name: &str) {
+        if let Some(index) = crate::supervise::LOOPS.iter().position(|known| *known == name) {
+            self.loop_restarts[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How often the loop `name` was restarted.
+    #[cfg(test)]
+    pub fn loop_restarts(&self, name: &str) -> u64 {
+        crate::supervise::LOOPS.iter().position(|known| *known == name).map_or(0, |index| self.loop_restarts[index].load(Ordering::Relaxed))
     }
 
     /// The applier checked and committed a plan in `elapsed`, placing `placed` new allocations.
@@ -65,6 +80,10 @@ impl Metrics {
         header(&mut out, "davit_evals_total", "counter", "Evaluations processed by scheduler workers, by outcome.");
         for (status, count) in EVAL_OUTCOMES.iter().zip(&self.evals) {
             sample(&mut out, "davit_evals_total", &[("status", status)], count.load(Ordering::Relaxed) as f64);
+        }
+        header(&mut out, "davit_loop_restarts_total", "counter", "Restarts of a server loop after it panicked.");
+        for (name, count) in crate::supervise::LOOPS.iter().zip(&self.loop_restarts) {
+            sample(&mut out, "davit_loop_restarts_total", &[("loop", name)], count.load(Ordering::Relaxed) as f64);
         }
 
         header(&mut out, "davit_plan_apply_seconds", "histogram", "Time the plan applier took to check and commit a plan.");

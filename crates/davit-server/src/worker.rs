@@ -4,10 +4,12 @@
 //! evaluation with `wait_until` when a failed allocation is due for rescheduling later).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use davit_api::objects::{EvalStatus, EvalTrigger, Evaluation};
-use davit_scheduler::{SchedulerConfig, schedule};
-use davit_store::{Store, Txn};
+use davit_scheduler::{ClusterState, ScheduleResult, SchedulerConfig};
+use davit_store::{Store, StoreError, Txn};
+use futures_util::FutureExt;
 
 use crate::applier::Applier;
 use crate::broker::Broker;
@@ -21,6 +23,13 @@ const MAX_PLAN_ATTEMPTS: u32 = 5;
 /// How long the follow-up of an evaluation whose plan was refused on every attempt waits before it runs.
 const FOLLOW_UP_DELAY_MS: u64 = 500;
 
+/// How long the scheduler may take on one evaluation before the worker gives up on it (the evaluation fails;
+/// the computation ends on its own on the blocking pool).
+pub const SCHEDULE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The scheduler's entry point ([`davit_scheduler::schedule`]; tests put in one that panics).
+pub type ScheduleFn = fn(&ClusterState, &Evaluation, &SchedulerConfig, u64, u64) -> ScheduleResult;
+
 pub struct Worker {
     pub store: Arc<dyn Store>,
     pub view: Arc<View>,
@@ -28,25 +37,62 @@ pub struct Worker {
     pub applier: Applier,
     pub config: SchedulerConfig,
     pub metrics: Arc<Metrics>,
+    pub schedule: ScheduleFn,
+}
+
+/// Why an evaluation could not be processed.
+#[derive(Debug, thiserror::Error)]
+enum ProcessError {
+    /// Worth retrying: the evaluation goes back to the broker after a backoff.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Never worth retrying (it would fail the same way): the evaluation fails with the reason.
+    #[error("{0}")]
+    Poison(String),
 }
 
 impl Worker {
-    pub async fn run(self) {
+    pub async fn run(self: Arc<Self>) {
         loop {
             let eval = self.broker.dequeue().await;
-            match self.process(&eval).await {
-                Ok(status) => self.metrics.eval_processed(Ok(status)),
-                Err(error) => {
-                    // The eval stays pending in the store and is retried after a restart; here, try again soon.
-                    tracing::error!(eval = %eval.id, job = %eval.job_name, %error, "evaluation failed");
+            // A panic while processing (outside the scheduler too) fails this evaluation, not the worker.
+            let outcome = std::panic::AssertUnwindSafe(self.process(&eval)).catch_unwind().await;
+            let outcome = outcome.unwrap_or_else(|panic| {
+                Err(ProcessError::Poison(format!("processing panicked: {}", crate::supervise::panic_message(panic))))
+            });
+            match outcome {
+                Ok(status) => {
+                    self.metrics.eval_processed(Ok(status));
+                    self.broker.ack(&eval);
+                }
+                Err(ProcessError::Store(error)) => {
+                    // The evaluation stays pending in the store; it runs again after a backoff.
+                    let delay = self.broker.nack(&eval);
+                    tracing::warn!(eval = %eval.id, job = %eval.job_name, %error, retry_in_ms = delay.as_millis() as u64, "evaluation failed; retrying");
                     self.metrics.eval_processed(Err(()));
                 }
+                Err(ProcessError::Poison(reason)) => {
+                    tracing::error!(eval = %eval.id, job = %eval.job_name, %reason, "evaluation failed for good");
+                    let status = self.fail(&eval, &reason).await;
+                    self.metrics.eval_processed(status.map_err(|_| ()));
+                    self.broker.ack(&eval);
+                }
             }
-            self.broker.ack(&eval);
         }
     }
 
-    async fn process(&self, eval: &Evaluation) -> Result<EvalStatus, davit_store::StoreError> {
+    /// Stores `eval` as failed with `reason` (visible in `job status` and `eval status`).
+    async fn fail(&self, eval: &Evaluation, reason: &str) -> Result<EvalStatus, StoreError> {
+        let mut failed = eval.clone();
+        failed.status = EvalStatus::Failed;
+        failed.status_description = reason.to_string();
+        failed.modify_time = now_millis();
+        let response = self.store.txn(Txn { success: vec![keys::put(keys::eval(&failed.id), &failed)], ..Default::default() }).await?;
+        self.view.wait_for(response.revision).await;
+        Ok(EvalStatus::Failed)
+    }
+
+    async fn process(&self, eval: &Evaluation) -> Result<EvalStatus, ProcessError> {
         let mut failed_groups = Default::default();
         let mut description = String::new();
         let mut status = EvalStatus::Complete;
@@ -60,11 +106,20 @@ impl Worker {
             let seed = seed_for(&eval.id, attempt);
             // The scheduler is CPU-bound (a large job on a large cluster takes a while): keep it off the
             // runtime's threads so the API and heartbeats stay responsive.
-            let (config, scheduled_eval) = (self.config.clone(), eval.clone());
+            let (config, scheduled_eval, schedule) = (self.config.clone(), eval.clone(), self.schedule);
             let cluster = snapshot.cluster.clone();
-            let result = tokio::task::spawn_blocking(move || schedule(&cluster, &scheduled_eval, &config, seed, now_millis()))
-                .await
-                .expect("the scheduler does not panic");
+            let scheduling = tokio::task::spawn_blocking(move || schedule(&cluster, &scheduled_eval, &config, seed, now_millis()));
+            let result = match tokio::time::timeout(SCHEDULE_DEADLINE, scheduling).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(error)) if error.is_panic() => {
+                    let message = crate::supervise::panic_message(error.into_panic());
+                    return Err(ProcessError::Poison(format!("the scheduler panicked: {message}")));
+                }
+                Ok(Err(_cancelled)) => return Err(ProcessError::Poison("the scheduler was cancelled".to_string())),
+                Err(_elapsed) => {
+                    return Err(ProcessError::Poison(format!("the scheduler took longer than {}s", SCHEDULE_DEADLINE.as_secs())));
+                }
+            };
             failed_groups = result.plan.failed_groups.clone();
             description = result.status_description.clone();
             status = result.status;
@@ -205,4 +260,66 @@ pub(crate) fn seed_for(eval_id: &str, attempt: u32) -> u64 {
         hash = hash.wrapping_mul(0x100000001b3);
     }
     hash
+}
+
+#[cfg(test)]
+mod tests {
+    use davit_api::objects::EvalTrigger;
+    use davit_api::spec::JobType;
+    use davit_store::RedbStore;
+
+    use super::*;
+    use crate::liveness::new_eval;
+
+    /// The real scheduler, except for job `poison`.
+    fn panics_on_poison(state: &ClusterState, eval: &Evaluation, config: &SchedulerConfig, seed: u64, now: u64) -> ScheduleResult {
+        assert!(eval.job_name != "poison", "poisoned job");
+        davit_scheduler::schedule(state, eval, config, seed, now)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scheduler_panic_fails_that_evaluation_and_the_worker_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("state.redb")).unwrap());
+        let (events, _ignored) = tokio::sync::mpsc::unbounded_channel();
+        let view = View::start(Arc::clone(&store), events).await.unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let broker = Arc::new(Broker::default());
+        let applier = Applier::start(Arc::clone(&store), Arc::clone(&view), Arc::clone(&metrics));
+        let worker = Arc::new(Worker {
+            store: Arc::clone(&store),
+            view: Arc::clone(&view),
+            broker: Arc::clone(&broker),
+            applier,
+            config: SchedulerConfig::default(),
+            metrics,
+            schedule: panics_on_poison,
+        });
+        tokio::spawn(Arc::clone(&worker).run());
+
+        let poison = new_eval("poison", JobType::Service, 50, EvalTrigger::JobRegister, None);
+        let next = new_eval("next", JobType::Service, 50, EvalTrigger::JobRegister, None);
+        let puts = [&poison, &next].map(|eval| keys::put(keys::eval(&eval.id), eval)).to_vec();
+        store.txn(Txn { success: puts, ..Default::default() }).await.unwrap();
+        broker.enqueue(Arc::new(poison.clone()));
+        broker.enqueue(Arc::new(next.clone()));
+
+        let stored = |id: String| {
+            let store = Arc::clone(&store);
+            async move {
+                let value = store.get(&keys::eval(&id)).await.unwrap().unwrap();
+                serde_json::from_slice::<Evaluation>(&value.value).unwrap()
+            }
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (poison, next) = (stored(poison.id.clone()).await, stored(next.id.clone()).await);
+            if poison.status == EvalStatus::Failed && next.status == EvalStatus::Complete {
+                assert!(poison.status_description.contains("the scheduler panicked: poisoned job"), "{}", poison.status_description);
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "poison: {:?}, next: {:?}", poison.status, next.status);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }

@@ -28,7 +28,19 @@ pub(crate) async fn plan(
     let snapshot = shared.view.snapshot();
     let spec = spec_in_namespace(&snapshot, &caller, &query, &body)?;
     check_service_names(&snapshot, &spec)?;
-    let response = dry_run(&snapshot.cluster, spec, &shared.scheduler, snapshot.revision);
+    // CPU-bound like every scheduler run: on the blocking pool, within the workers' deadline, so a huge plan
+    // neither stalls the runtime (heartbeats) nor holds the request forever.
+    let (cluster, config, revision) = (snapshot.cluster.clone(), shared.scheduler.clone(), snapshot.revision);
+    let planning = tokio::task::spawn_blocking(move || dry_run(&cluster, spec, &config, revision));
+    let response = match tokio::time::timeout(crate::worker::SCHEDULE_DEADLINE, planning).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) if error.is_panic() => {
+            let message = crate::supervise::panic_message(error.into_panic());
+            return Err(Failure::internal(format!("the scheduler panicked while planning: {message}")));
+        }
+        Ok(Err(_)) => return Err(Failure::internal("planning was cancelled")),
+        Err(_) => return Err(Failure::internal(format!("planning took longer than {}s", crate::worker::SCHEDULE_DEADLINE.as_secs()))),
+    };
     Ok(indexed(snapshot.revision, &response))
 }
 
