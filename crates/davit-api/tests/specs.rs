@@ -126,7 +126,7 @@ fn good_specs_parse_validate_and_round_trip() {
     assert!(files.len() >= 4);
     for path in files {
         let spec = parse_good(&path);
-        validate(&spec).unwrap_or_else(|errors| panic!("{}: validate disagrees with parse:\n{}", path.display(), render(&errors)));
+        validate(&spec, None).unwrap_or_else(|errors| panic!("{}: validate disagrees with parse:\n{}", path.display(), render(&errors)));
         let json = serde_json::to_string_pretty(&spec).expect("serialize");
         let again = parse_job_spec(&json, "round-trip.json")
             .unwrap_or_else(|errors| panic!("{}: round trip:\n{}\n{json}", path.display(), render(&errors)));
@@ -176,7 +176,7 @@ fn validate_reports_at_zero_positions_for_specs_not_from_text() {
     spec.name = "Bad Name".to_string();
     spec.priority = 0;
     spec.groups[0].tasks[0].resources.memory = 1;
-    let errors = validate(&spec).expect_err("invalid");
+    let errors = validate(&spec, None).expect_err("invalid");
     expect_test::expect![[r#"
         <spec>:0:0: job name `Bad Name` is not valid: use only lowercase letters, digits and '-'
           path: name

@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub keyring: Option<std::path::PathBuf>,
     /// Serve HTTPS, issue node certificates at join and check nodes' certificates; `None`: plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// Bounds on job specs (the largest node's resources are added per request).
+    pub spec_limits: davit_api::spec::SpecLimits,
 }
 
 /// Two scheduler workers per core. A worker spends much of an evaluation waiting for the plan applier's
@@ -157,6 +159,7 @@ pub(crate) struct Shared {
     pub relay_key: Arc<[u8; 32]>,
     /// Mutual TLS, when on.
     pub tls: Option<Arc<tls::ServerTls>>,
+    pub spec_limits: davit_api::spec::SpecLimits,
 }
 
 impl Shared {
@@ -243,6 +246,7 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         keyring_lock: tokio::sync::RwLock::new(()),
         relay_key: Arc::new(keyring::random_bytes()),
         tls: tls.clone(),
+        spec_limits: config.spec_limits.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;

@@ -80,12 +80,17 @@ async fn a_dry_run_describes_the_plan_and_stores_nothing() {
     );
     assert!(group["placements"].as_array().unwrap().iter().all(|p| p["replaces"].is_string()), "{destructive:#}");
 
-    // Too big for any node: the failure says why, per dimension.
-    let (status, too_big) = plan(&server, &web(3, "/bin/true", 2048)).await;
+    // More than the nodes hold: the failure says why, per dimension.
+    let (status, too_big) = plan(&server, &web(3, "/bin/true", 1000)).await;
     assert_eq!(status, 200);
     let failure = &too_big["groups"]["g"]["failure"];
     assert_eq!(failure["exhausted"]["memory"].as_u64(), Some(2), "{too_big:#}");
     assert!(too_big["status_description"].as_str().unwrap().contains("not placed"), "{too_big:#}");
+
+    // An allocation larger than the largest node is refused, as `job run` would refuse it.
+    let (status, oversized) = plan(&server, &web(1, "/bin/true", 2048)).await;
+    assert_eq!(status, 400, "{oversized:#}");
+    assert!(oversized["message"].as_str().unwrap().contains("needs 2048 MiB of memory; the largest node has 1024 MiB"), "{oversized:#}");
 
     // Bad specs get the usual positioned errors.
     let (status, bad) = plan(&server, "name: web\ngroups:\n  - name: g\n    count: -1\n").await;

@@ -297,6 +297,7 @@ impl E2eBench {
             audit_log: Some(dir.join("audit.log")),
             keyring: None,
             tls: None,
+            spec_limits: Default::default(),
             audit_reads: false,
         };
         if self.tls {

@@ -201,6 +201,24 @@ pub struct ServerArgs {
     /// thirds of it.
     #[arg(long, default_value = "30d")]
     pub tls_cert_ttl: String,
+    /// Most allocations per group (`count`) a job may ask for.
+    #[arg(long, default_value_t = davit_api::spec::SpecLimits::default().max_count)]
+    pub max_count: u32,
+    /// Most groups per job.
+    #[arg(long, default_value_t = davit_api::spec::SpecLimits::default().max_groups)]
+    pub max_groups: usize,
+    /// Most tasks per group.
+    #[arg(long, default_value_t = davit_api::spec::SpecLimits::default().max_tasks)]
+    pub max_tasks: usize,
+    /// Most ports per group.
+    #[arg(long, default_value_t = davit_api::spec::SpecLimits::default().max_ports)]
+    pub max_ports: usize,
+    /// Most bytes of environment (env and secret_env) per task; also bounds long texts (templates, user data).
+    #[arg(long, default_value_t = davit_api::spec::SpecLimits::default().max_env_bytes)]
+    pub max_env_bytes: usize,
+    /// Most bytes of any other string in a spec.
+    #[arg(long, default_value_t = davit_api::spec::SpecLimits::default().max_string_bytes)]
+    pub max_string_bytes: usize,
 }
 
 #[derive(Debug, Subcommand)]

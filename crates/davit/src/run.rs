@@ -38,6 +38,7 @@ fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, data_dir: &P
         keyring: Some(data_dir.join("keyring.json")),
         audit_reads: false,
         tls: None,
+        spec_limits: Default::default(),
     }
 }
 
@@ -255,6 +256,15 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
     }
     config.audit_reads = args.audit_reads;
     config.tls = server_tls(&args)?;
+    config.spec_limits = davit_api::spec::SpecLimits {
+        max_count: args.max_count,
+        max_groups: args.max_groups,
+        max_tasks: args.max_tasks,
+        max_ports: args.max_ports,
+        max_env_bytes: args.max_env_bytes,
+        max_string_bytes: args.max_string_bytes,
+        largest_node: None,
+    };
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let ca = config.tls.as_ref().map(|tls| tls.ca_origin.clone());
     let server = davit_server::start(config).await.map_err(|e| Failure::user(format!("cannot start the server: {}", error_chain(&e))))?;

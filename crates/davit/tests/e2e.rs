@@ -135,12 +135,20 @@ fn dev_runs_scales_logs_and_stops_a_two_group_job() {
     assert!(plan.contains("group web: 1 to place, 3 in place, 0 to replace, 0 to stop"), "{plan}");
     assert!(plan.contains("+ e2e.web[3] on ") && plan.contains(": score ") && plan.contains("best of 1 scored"), "{plan}");
     assert_eq!(dev.ok(&["job", "plan", "--verbose", &bigger]), plan, "no runner-ups on a one-node cluster");
-    let too_big = dev.write("e2e-too-big.yaml", &WEB_AND_WORKER.replace("memory: 16", "memory: 16000000"));
+    // The worker fits the node, but not next to web's three allocations.
+    let node_memory = runtime().block_on(dev.client().nodes()).unwrap()[0].memory_total;
+    let too_big = dev.write("e2e-too-big.yaml", &WEB_AND_WORKER.replace("memory: 16", &format!("memory: {}", node_memory - 50)));
     let output = dev.davit(&["job", "plan", &too_big]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("! 1 not placed: memory exhausted on 1 node"), "{stdout}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("1 allocation(s) of job e2e could not be placed"));
+    // Larger than the node itself: refused before any planning, at the spec's line.
+    let oversized = dev.write("e2e-oversized.yaml", &WEB_AND_WORKER.replace("memory: 16", "memory: 16000000"));
+    let output = dev.davit(&["job", "plan", &oversized]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("needs 16000000 MiB of memory; the largest node has"), "{stderr}");
     assert_eq!(runtime().block_on(dev.client().job("e2e")).unwrap().version, 0, "a dry run registered a version");
 
     // Scale up to 5, then down to 2: the three stopped processes are gone.

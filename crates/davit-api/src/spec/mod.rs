@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 use crate::Duration;
 
 mod diff;
+mod limits;
 pub(crate) mod parse;
 mod validate;
 
 pub use diff::diff_specs;
-pub use parse::{SpecError, SpecErrors, parse_job_spec};
+pub use limits::SpecLimits;
+pub use parse::{SpecError, SpecErrors, parse_job_spec, parse_job_spec_within};
 pub use validate::{KNOWN_SIGNALS, check_dns_label, validate};
 
 /// A file rendered for a task: `data` with `{{ var "path" "key" }}` and `{{ service "name" }}` (see
@@ -953,9 +955,10 @@ impl JobSpec {
 impl GroupSpec {
     /// Summed resources of all tasks of the group: what one allocation of it needs.
     pub fn total_resources(&self) -> Resources {
+        // Saturating: a server refuses groups whose sum does not fit (`SpecLimits`), and nothing may wrap.
         self.tasks.iter().fold(Resources { cpu: 0, memory: 0 }, |sum, task| Resources {
-            cpu: sum.cpu + task.resources.cpu,
-            memory: sum.memory + task.resources.memory,
+            cpu: sum.cpu.saturating_add(task.resources.cpu),
+            memory: sum.memory.saturating_add(task.resources.memory),
         })
     }
 }

@@ -83,15 +83,30 @@ impl From<&SpecErrorWire> for SpecError {
     }
 }
 
-/// Parses and validates a job spec written in YAML or JSON. `filename` is only used in messages.
+/// Parses and validates a job spec written in YAML or JSON. `filename` is only used in messages. No
+/// [`super::SpecLimits`] apply: servers use [`parse_job_spec_within`].
 pub fn parse_job_spec(source: &str, filename: &str) -> Result<JobSpec, SpecErrors> {
+    parse_spec(source, filename, None)
+}
+
+/// [`parse_job_spec`], also checking `limits`.
+pub fn parse_job_spec_within(source: &str, filename: &str, limits: &super::SpecLimits) -> Result<JobSpec, SpecErrors> {
+    parse_spec(source, filename, Some(limits))
+}
+
+fn parse_spec(source: &str, filename: &str, limits: Option<&super::SpecLimits>) -> Result<JobSpec, SpecErrors> {
     let document = Document {
         empty: "the spec is empty",
         empty_hint: "a job spec is a mapping such as `name: hello` with `groups:` of tasks; see examples/hello.yaml",
         not_a_map: "a job spec must be a mapping of fields (`name:`, `groups:`, …)",
         label: "the spec",
     };
-    parse_document(source, filename, &document, super::validate::check)
+    parse_document(source, filename, &document, |spec, ctx| {
+        super::validate::check(spec, ctx);
+        if let Some(limits) = limits {
+            super::limits::check(spec, ctx, limits);
+        }
+    })
 }
 
 /// How messages name a kind of document (a job spec, an ACL policy).

@@ -14,10 +14,14 @@ use super::{
     JobType, MigrateMode, ReschedulePolicy, ServiceMode, SpecErrors, TaskSpec, VmConfig,
 };
 
-/// Checks a spec that did not come from text (scale, revert): the same rules as parsing, positions 0:0.
-pub fn validate(spec: &JobSpec) -> Result<(), SpecErrors> {
+/// Checks a spec that did not come from text (scale, revert): the same rules as parsing, positions 0:0;
+/// with `limits` too, when given.
+pub fn validate(spec: &JobSpec, limits: Option<&super::SpecLimits>) -> Result<(), SpecErrors> {
     let ctx = Ctx::new("<spec>");
     check(spec, &ctx);
+    if let Some(limits) = limits {
+        super::limits::check(spec, &ctx, limits);
+    }
     let errors = ctx.into_errors();
     if errors.is_empty() { Ok(()) } else { Err(SpecErrors(errors)) }
 }

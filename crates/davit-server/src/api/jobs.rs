@@ -23,6 +23,7 @@ use crate::acl::Caller;
 use crate::liveness::new_eval;
 use crate::view::Snapshot;
 use crate::{Shared, keys, now_millis};
+use davit_api::spec::SpecLimits;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct SpecQuery {
@@ -30,10 +31,19 @@ pub(crate) struct SpecQuery {
     filename: Option<String>,
 }
 
-fn parse_spec(body: &Bytes, query: &SpecQuery) -> Result<JobSpec, Failure> {
+fn parse_spec(body: &Bytes, query: &SpecQuery, limits: &SpecLimits) -> Result<JobSpec, Failure> {
     let source = std::str::from_utf8(body).map_err(|e| Failure::bad_request(format!("the job spec is not valid UTF-8: {e}")))?;
     let filename = query.filename.as_deref().unwrap_or("<request body>");
-    davit_api::spec::parse_job_spec(source, filename).map_err(|errors| Failure::invalid_spec(&errors))
+    davit_api::spec::parse_job_spec_within(source, filename, limits).map_err(|errors| Failure::invalid_spec(&errors))
+}
+
+/// The server's spec limits, with the largest node of `snapshot` as the bound of one allocation's resources.
+pub(crate) fn limits_for(shared: &Shared, snapshot: &Snapshot) -> SpecLimits {
+    let largest = snapshot.cluster.nodes().fold(None, |largest: Option<(u64, u64)>, node| {
+        let (cpu, memory) = largest.unwrap_or_default();
+        Some((cpu.max(node.resources.cpu), memory.max(node.resources.memory)))
+    });
+    SpecLimits { largest_node: largest, ..shared.spec_limits.clone() }
 }
 
 pub(crate) async fn validate(
@@ -42,7 +52,7 @@ pub(crate) async fn validate(
     Query(query): Query<SpecQuery>,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let spec = spec_in_namespace(&shared.view.snapshot(), &caller, &query, &body)?;
+    let spec = spec_in_namespace(&shared, &shared.view.snapshot(), &caller, &query, &body)?;
     Ok(indexed(0, &ValidateJobResponse { job_name: spec.name, warnings: Vec::new() }))
 }
 
@@ -52,15 +62,21 @@ pub(crate) async fn register(
     Query(query): Query<SpecQuery>,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let spec = spec_in_namespace(&shared.view.snapshot(), &caller, &query, &body)?;
+    let spec = spec_in_namespace(&shared, &shared.view.snapshot(), &caller, &query, &body)?;
     check_template_access(&caller, &spec)?;
     let response = register_spec(&shared, spec, EvalTrigger::JobRegister).await?;
     Ok(indexed(response.index, &response))
 }
 
 /// The request body's spec, parsed and put into the request's namespace (see [`place_in_namespace`]).
-pub(crate) fn spec_in_namespace(snapshot: &Snapshot, caller: &Caller, query: &SpecQuery, body: &Bytes) -> Result<JobSpec, Failure> {
-    let mut spec = parse_spec(body, query)?;
+pub(crate) fn spec_in_namespace(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    caller: &Caller,
+    query: &SpecQuery,
+    body: &Bytes,
+) -> Result<JobSpec, Failure> {
+    let mut spec = parse_spec(body, query, &limits_for(shared, snapshot))?;
     place_in_namespace(snapshot, &mut spec, caller)?;
     Ok(spec)
 }
@@ -410,7 +426,8 @@ pub(crate) async fn scale(State(shared): State<Arc<Shared>>, JobId(name): JobId,
         return Err(Failure::bad_request(format!("count {} is too large; the maximum is {MAX_COUNT}", request.count)));
     }
     group.count = request.count;
-    davit_api::spec::validate(&spec).map_err(|errors| Failure::invalid_spec(&errors))?;
+    let limits = limits_for(&shared, &shared.view.snapshot());
+    davit_api::spec::validate(&spec, Some(&limits)).map_err(|errors| Failure::invalid_spec(&errors))?;
     let response = register_spec(&shared, spec, EvalTrigger::JobScale).await?;
     Ok(indexed(response.index, &response))
 }

@@ -26,7 +26,7 @@ pub(crate) async fn plan(
     body: Bytes,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.snapshot();
-    let spec = spec_in_namespace(&snapshot, &caller, &query, &body)?;
+    let spec = spec_in_namespace(&shared, &snapshot, &caller, &query, &body)?;
     check_service_names(&snapshot, &spec)?;
     // CPU-bound like every scheduler run: on the blocking pool, within the workers' deadline, so a huge plan
     // neither stalls the runtime (heartbeats) nor holds the request forever.

@@ -58,6 +58,7 @@ async fn start_with(dir: tempfile::TempDir, acl_enabled: bool) -> TestServer {
         audit_log: Some(dir.path().join("audit.log")),
         keyring: Some(dir.path().join("keyring.json")),
         tls: None,
+        spec_limits: Default::default(),
         audit_reads: false,
     };
     let handle = davit_server::start(config).await.unwrap();
