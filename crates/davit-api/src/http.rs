@@ -42,6 +42,8 @@
 //! | GET | `/v1/status` | → [`StatusResponse`] |
 //! | GET | `/v1/event/stream?index=N&topic=T…` | → NDJSON, one [`EventWire`] per line (and `{}` heartbeats every 10 s), until the client disconnects; 400 for an unknown topic (see [`EVENT_TOPICS`]) |
 //! | GET | `/metrics` | → Prometheus text format 0.0.4 (not under `/v1`) |
+//! | POST | `/v1/operator/gc?force=true` | → [`GcResponse`]: a garbage collection pass now (`force`: whatever the age) |
+//! | POST | `/v1/node/{id}/certificate?public_key=HEX` | → [`NodeCertificateResponse`] (mutual TLS: the node renews its certificate, presenting the current one) |
 //! | POST | `/v1/acl/bootstrap` | → [`crate::acl::CreatedToken`] (the first management token; once per cluster, no token needed) |
 //! | GET | `/v1/acl/policies` | → `Vec<`[`crate::acl::AclPolicy`]`>` (a client token sees its own) |
 //! | GET, PUT, DELETE | `/v1/acl/policy/{name}` | [`crate::acl::ApplyPolicyRequest`] → [`crate::acl::AclPolicy`]; 400 with spec errors at `file:line:col` |
@@ -410,6 +412,17 @@ pub struct NodeRegisterResponse {
 pub struct PublicKeyQuery {
     #[serde(default)]
     pub public_key: Option<String>,
+}
+
+/// What a garbage collection pass deleted (`POST /v1/operator/gc[?force=true]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcResponse {
+    pub jobs: usize,
+    pub versions: usize,
+    pub evals: usize,
+    pub allocs: usize,
+    /// Store index of the last delete (0: nothing deleted).
+    pub index: Index,
 }
 
 /// A renewed node certificate (PEM).

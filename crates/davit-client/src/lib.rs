@@ -494,6 +494,11 @@ impl Client {
         self.get("/v1/operator/keyring").await
     }
 
+    /// One garbage collection pass now (`force`: whatever the age).
+    pub async fn gc(&self, force: bool) -> Result<davit_api::http::GcResponse, ClientError> {
+        Ok(self.send(self.http.post(self.url(if force { "/v1/operator/gc?force=true" } else { "/v1/operator/gc" }))).await?.value)
+    }
+
     pub async fn rotate_keyring(&self) -> Result<serde_json::Value, ClientError> {
         Ok(self.send(self.http.post(self.url("/v1/operator/keyring/rotate"))).await?.value)
     }

@@ -49,6 +49,8 @@ enum Request {
     ClientUpdate(Vec<NodeAllocStatusUpdates>, u64, oneshot::Sender<Result<Index, StoreError>>),
     Stop(Vec<AllocStop>, Vec<Evaluation>, u64, oneshot::Sender<Result<Index, StoreError>>),
     Migrate(Box<Allocation>, u64, oneshot::Sender<Result<Result<Index, String>, StoreError>>),
+    /// Garbage collection: delete these allocations if they still ended.
+    Collect(Vec<String>, oneshot::Sender<Result<(usize, Index), StoreError>>),
 }
 
 /// A handle to send work to the applier task.
@@ -84,6 +86,13 @@ impl Applier {
     pub async fn client_updates(&self, updates: Vec<NodeAllocStatusUpdates>, now: u64) -> Result<Index, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::ClientUpdate(updates, now, reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Deletes the allocations among `ids` that ended (garbage collection); returns how many, and the index.
+    pub async fn collect(&self, ids: Vec<String>) -> Result<(usize, Index), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Collect(ids, reply)).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -137,6 +146,7 @@ enum Reply {
     Plan(PlanResult, oneshot::Sender<Result<PlanResult, StoreError>>),
     Index(oneshot::Sender<Result<Index, StoreError>>),
     Migrate(Result<(), String>, oneshot::Sender<Result<Result<Index, String>, StoreError>>),
+    Collected(usize, oneshot::Sender<Result<(usize, Index), StoreError>>),
 }
 
 async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Request>>>) {
@@ -164,6 +174,17 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, rece
                     Ok(writes) => (writes, Reply::Migrate(Ok(()), sender)),
                     Err(reason) => (Writes::default(), Reply::Migrate(Err(reason), sender)),
                 },
+                Request::Collect(ids, sender) => {
+                    let mut writes = Writes::default();
+                    for id in ids {
+                        if working.cluster.alloc(&id).is_some_and(|alloc| alloc.client_status.is_terminal()) {
+                            writes.txn.success.push(davit_store::Op::Delete { key: keys::alloc(&id) });
+                            working.cluster.remove_alloc(&id);
+                        }
+                    }
+                    let deleted = writes.txn.success.len();
+                    (writes, Reply::Collected(deleted, sender))
+                }
             };
             let wrote = !writes.txn.success.is_empty();
             for written in &writes.allocs {
@@ -204,6 +225,7 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, rece
                 Reply::Index(sender) => drop(sender.send(outcome_for(wrote))),
                 Reply::Migrate(Ok(()), sender) => drop(sender.send(outcome_for(wrote).map(Ok))),
                 Reply::Migrate(Err(reason), sender) => drop(sender.send(Ok(Err(reason)))),
+                Reply::Collected(deleted, sender) => drop(sender.send(outcome_for(wrote).map(|index| (deleted, index)))),
             }
         }
     }

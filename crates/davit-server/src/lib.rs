@@ -23,6 +23,7 @@ pub mod applier;
 mod broker;
 mod catalog;
 mod drainer;
+mod gc;
 mod keyring;
 mod keys;
 mod liveness;
@@ -35,6 +36,7 @@ mod view;
 mod worker;
 
 pub use api::routes;
+pub use gc::GcConfig;
 pub use liveness::LivenessConfig;
 pub use tls::TlsConfig;
 
@@ -67,6 +69,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Bounds on job specs (the largest node's resources are added per request).
     pub spec_limits: davit_api::spec::SpecLimits,
+    /// When ended evaluations, allocations, jobs and old job versions are collected.
+    pub gc: GcConfig,
 }
 
 /// Two scheduler workers per core. A worker spends much of an evaluation waiting for the plan applier's
@@ -160,6 +164,7 @@ pub(crate) struct Shared {
     /// Mutual TLS, when on.
     pub tls: Option<Arc<tls::ServerTls>>,
     pub spec_limits: davit_api::spec::SpecLimits,
+    pub gc: GcConfig,
 }
 
 impl Shared {
@@ -204,6 +209,10 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         let (store, view, applier) = (Arc::clone(&config.store), Arc::clone(&view), applier.clone());
         Box::new(move || Box::pin(drainer::run(Arc::clone(&store), Arc::clone(&view), applier.clone())) as Loop)
     }));
+    background.push(supervised("gc", {
+        let (store, view, applier, gc) = (Arc::clone(&config.store), Arc::clone(&view), applier.clone(), config.gc.clone());
+        Box::new(move || Box::pin(gc::run(Arc::clone(&store), Arc::clone(&view), applier.clone(), gc.clone())) as Loop)
+    }));
     for _ in 0..config.workers.max(1) {
         let worker = Arc::new(worker::Worker {
             store: Arc::clone(&config.store),
@@ -247,6 +256,7 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         relay_key: Arc::new(keyring::random_bytes()),
         tls: tls.clone(),
         spec_limits: config.spec_limits.clone(),
+        gc: config.gc.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;

@@ -1,4 +1,4 @@
-//! Supervision of the server's long-running loops (coordinator, applier, liveness, drainer, workers): a loop
+//! Supervision of the server's long-running loops (coordinator, applier, liveness, drainer, gc, workers): a loop
 //! that panics is logged, counted in `/metrics` (`davit_loop_restarts_total{loop}`) and started again after
 //! a backoff (100 ms, doubling up to 10 s; back to 100 ms once a run lasted a minute). A loop that returns
 //! has finished its work (the applier ends when nothing can send it plans) and is not restarted.
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::metrics::Metrics;
 
 /// The supervised loops, as `/metrics` names them.
-pub const LOOPS: [&str; 5] = ["coordinator", "applier", "liveness", "drainer", "worker"];
+pub const LOOPS: [&str; 6] = ["coordinator", "applier", "liveness", "drainer", "gc", "worker"];
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);

@@ -298,6 +298,7 @@ impl E2eBench {
             keyring: None,
             tls: None,
             spec_limits: Default::default(),
+            gc: Default::default(),
             audit_reads: false,
         };
         if self.tls {

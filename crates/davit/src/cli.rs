@@ -219,6 +219,21 @@ pub struct ServerArgs {
     /// Most bytes of any other string in a spec.
     #[arg(long, default_value_t = davit_api::spec::SpecLimits::default().max_string_bytes)]
     pub max_string_bytes: usize,
+    /// How often ended objects are garbage collected.
+    #[arg(long, default_value = "5m")]
+    pub gc_interval: String,
+    /// Collect evaluations that ended this long ago.
+    #[arg(long, default_value = "1h")]
+    pub eval_gc_threshold: String,
+    /// Collect allocations that ended (and were replaced or stopped) this long ago.
+    #[arg(long, default_value = "1h")]
+    pub alloc_gc_threshold: String,
+    /// Collect jobs stopped this long ago, once all their allocations ended.
+    #[arg(long, default_value = "4h")]
+    pub job_gc_threshold: String,
+    /// Versions kept per job (never the current one, nor one a live allocation runs).
+    #[arg(long, default_value_t = 10)]
+    pub job_max_versions: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -605,6 +620,12 @@ pub enum OperatorCommand {
     /// The keyring that encrypts variables.
     #[command(subcommand)]
     Keyring(KeyringCommand),
+    /// Collect ended evaluations, allocations and stopped jobs, and old job versions, now.
+    Gc {
+        /// Whatever their age (the server's thresholds otherwise: 1h, 1h, 4h).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

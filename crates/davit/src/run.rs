@@ -39,6 +39,7 @@ fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, data_dir: &P
         audit_reads: false,
         tls: None,
         spec_limits: Default::default(),
+        gc: Default::default(),
     }
 }
 
@@ -256,6 +257,15 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
     }
     config.audit_reads = args.audit_reads;
     config.tls = server_tls(&args)?;
+    let duration =
+        |flag: &str, text: &str| davit_api::Duration::parse(text).map(|d| d.as_std()).map_err(|e| Failure::user(format!("--{flag}: {e}")));
+    config.gc = davit_server::GcConfig {
+        interval: duration("gc-interval", &args.gc_interval)?.max(std::time::Duration::from_secs(1)),
+        eval_threshold: duration("eval-gc-threshold", &args.eval_gc_threshold)?,
+        alloc_threshold: duration("alloc-gc-threshold", &args.alloc_gc_threshold)?,
+        job_threshold: duration("job-gc-threshold", &args.job_gc_threshold)?,
+        max_versions: args.job_max_versions.max(1),
+    };
     config.spec_limits = davit_api::spec::SpecLimits {
         max_count: args.max_count,
         max_groups: args.max_groups,

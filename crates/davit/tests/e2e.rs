@@ -186,6 +186,11 @@ fn dev_runs_scales_logs_and_stops_a_two_group_job() {
     }
     let status = dev.ok(&["job", "status", "e2e"]);
     assert!(status.contains("dead"), "{status}");
+
+    // Garbage collection, forced: the stopped job and everything it ran leave the store.
+    let collected = dev.ok(&["operator", "gc", "--force"]);
+    assert!(collected.contains("collected 1 job(s)"), "{collected}");
+    assert_eq!(dev.davit(&["job", "status", "e2e"]).status.code(), Some(1), "the job is gone");
 }
 
 #[test]

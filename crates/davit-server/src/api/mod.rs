@@ -120,6 +120,7 @@ fn table() -> Vec<Route> {
         route(M::GET, "/v1/operator/keyring", Rule::Operator(Access::Read), variables::keyring),
         route(M::POST, "/v1/operator/keyring/rotate", Rule::Operator(Access::Write), variables::rotate),
         route(M::DELETE, "/v1/operator/keyring/{id}", Rule::Operator(Access::Write), variables::remove_key),
+        route(M::POST, "/v1/operator/gc", Rule::Operator(Access::Write), gc),
         route(M::POST, "/v1/acl/bootstrap", Rule::Bootstrap, acl::bootstrap),
         route(M::GET, "/v1/acl/policies", Rule::Authenticated, acl::list_policies),
         route(M::GET, "/v1/acl/policy/{name}", Rule::Authenticated, acl::get_policy),
@@ -261,6 +262,21 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for JobId {
 /// Turns an axum JSON extraction failure into our 400 shape.
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure> {
     serde_json::from_slice(body).map_err(|e| Failure::bad_request(format!("invalid {what} JSON: {e}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GcQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /v1/operator/gc`: one garbage collection pass now.
+async fn gc(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    axum::extract::Query(query): axum::extract::Query<GcQuery>,
+) -> Result<Response, Failure> {
+    let report = crate::gc::collect(&shared.store, &shared.view, &shared.applier, &shared.gc, query.force).await?;
+    Ok(indexed(report.index, &report))
 }
 
 async fn status(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> Response {

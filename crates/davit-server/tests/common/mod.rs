@@ -59,6 +59,7 @@ async fn start_with(dir: tempfile::TempDir, acl_enabled: bool) -> TestServer {
         keyring: Some(dir.path().join("keyring.json")),
         tls: None,
         spec_limits: Default::default(),
+        gc: Default::default(),
         audit_reads: false,
     };
     let handle = davit_server::start(config).await.unwrap();

@@ -93,6 +93,14 @@ pub async fn operator(client: &Client, command: OperatorCommand) -> Result<(), F
             );
             Ok(())
         }
+        OperatorCommand::Gc { force } => {
+            let report = client.gc(force).await?;
+            println!(
+                "==> collected {} job(s), {} job version(s), {} evaluation(s), {} allocation(s)",
+                report.jobs, report.versions, report.evals, report.allocs
+            );
+            Ok(())
+        }
         OperatorCommand::Keyring(KeyringCommand::Remove { id }) => {
             client.remove_key(&id).await?;
             println!("==> key {id} removed");
