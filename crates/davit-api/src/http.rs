@@ -1,7 +1,9 @@
 //! Request and response bodies of the HTTP API under `/v1`, shared by server, agent, client and CLI.
 //!
 //! Routes (all JSON unless noted; list and get routes accept blocking-query parameters
-//! `?index=N&wait=30s` and answer with the [`INDEX_HEADER`] header):
+//! `?index=N&wait=30s` and answer with the [`INDEX_HEADER`] header). Every list route (`Vec<…>` answers but
+//! a node's own allocations and the keyring) pages: `?per_page=N` (default 1000, at most 10,000) and
+//! `?next_token=T` from the previous answer's [`NEXT_TOKEN_HEADER`], present while more items follow:
 //!
 //! | method | path | body → response |
 //! |---|---|---|
@@ -72,6 +74,10 @@ use crate::spec::{BalanceAlgorithm, JobType, ServiceMode};
 
 /// Response header carrying the store revision the answer reflects; pass it back as `?index=` to block.
 pub const INDEX_HEADER: &str = "x-davit-index";
+/// On a list answer with more items: the `next_token` of the next page (see the module's paging note).
+pub const NEXT_TOKEN_HEADER: &str = "x-davit-next-token";
+/// The largest `per_page` a list route accepts.
+pub const MAX_PAGE: usize = 10_000;
 /// Default address of a davit server.
 pub const DEFAULT_SERVER_ADDR: &str = "http://127.0.0.1:7646";
 

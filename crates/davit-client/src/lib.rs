@@ -15,9 +15,10 @@ use davit_api::acl::{AclPolicy, AclToken, ApplyPolicyRequest, CreateTokenRequest
 use davit_api::http::{
     AllocListEntry, AllocStatusUpdate, ApiError, Catalog, EventWire, ExecQuery, HeartbeatResponse, INDEX_HEADER, IndexResponse,
     JobDiffResponse, JobListEntry, JobPlanResponse, JobStatusResponse, LogsQuery, MigrateAllocRequest, MigrateAllocResponse,
-    NodeAllocStatusUpdates, NodeCertificateResponse, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry, NodeRegisterResponse,
-    NodesAllocationsRequest, NodesHeartbeatRequest, NodesHeartbeatResponse, RebalanceRequest, RebalanceResponse, RegisterJobResponse,
-    RevertJobRequest, ScaleJobRequest, ServiceInfo, ServiceListEntry, StatusResponse, StopJobResponse, ValidateJobResponse,
+    NEXT_TOKEN_HEADER, NodeAllocStatusUpdates, NodeCertificateResponse, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry,
+    NodeRegisterResponse, NodesAllocationsRequest, NodesHeartbeatRequest, NodesHeartbeatResponse, RebalanceRequest, RebalanceResponse,
+    RegisterJobResponse, RevertJobRequest, ScaleJobRequest, ServiceInfo, ServiceListEntry, StatusResponse, StopJobResponse,
+    ValidateJobResponse,
 };
 use davit_api::namespace::{ApplyNamespaceRequest, NamespaceStatus};
 use davit_api::objects::{Allocation, Evaluation, Index, Job, Node};
@@ -53,6 +54,9 @@ impl ClientError {
         matches!(self, ClientError::Api { status: 401 | 403, .. })
     }
 }
+
+/// Items asked for per page when following a list's pages.
+const PAGE_SIZE: usize = 1000;
 
 /// A client for one server address, e.g. `http://127.0.0.1:7646`. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -152,16 +156,43 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<Indexed<T>, ClientError> {
+        Ok(self.send_page(request).await?.0)
+    }
+
+    /// [`Client::send`], and the answer's next-page token (list routes).
+    async fn send_page<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<(Indexed<T>, Option<String>), ClientError> {
         let response = request.send().await.map_err(|source| self.transport_error(source))?;
         let url = response.url().to_string();
         let status = response.status();
-        let index = response.headers().get(INDEX_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let index = header(INDEX_HEADER).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let next = header(NEXT_TOKEN_HEADER);
         let bytes = response.bytes().await.map_err(|source| self.transport_error(source))?;
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
         let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url, message: e.to_string() })?;
-        Ok(Indexed { value, index })
+        Ok((Indexed { value, index }, next))
+    }
+
+    /// Every item of a list route, page after page.
+    async fn get_all<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClientError> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let mut all = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let mut page = format!("{path}{separator}per_page={PAGE_SIZE}");
+            if let Some(token) = &next {
+                page.push_str("&next_token=");
+                page.push_str(token);
+            }
+            let (items, token) = self.send_page::<Vec<T>>(self.http.get(self.url(&page))).await?;
+            all.extend(items.value);
+            match token {
+                Some(token) => next = Some(token),
+                None => return Ok(all),
+            }
+        }
     }
 
     fn transport_error(&self, source: reqwest::Error) -> ClientError {
@@ -205,7 +236,7 @@ impl Client {
     }
 
     pub async fn jobs(&self) -> Result<Vec<JobListEntry>, ClientError> {
-        self.get("/v1/jobs").await
+        self.get_all("/v1/jobs").await
     }
 
     pub async fn job(&self, name: &str) -> Result<Job, ClientError> {
@@ -221,7 +252,7 @@ impl Client {
     }
 
     pub async fn job_versions(&self, name: &str) -> Result<Vec<Job>, ClientError> {
-        self.get(&format!("/v1/job/{}/versions", encode(name))).await
+        self.get_all(&format!("/v1/job/{}/versions", encode(name))).await
     }
 
     /// A version of the job with id `job_id` (its name in `default`, `<namespace>/<name>` elsewhere: what
@@ -252,22 +283,22 @@ impl Client {
     }
 
     pub async fn job_allocations(&self, name: &str) -> Result<Vec<AllocListEntry>, ClientError> {
-        self.get(&format!("/v1/job/{}/allocations", encode(name))).await
+        self.get_all(&format!("/v1/job/{}/allocations", encode(name))).await
     }
 
     pub async fn job_evaluations(&self, name: &str) -> Result<Vec<Evaluation>, ClientError> {
-        self.get(&format!("/v1/job/{}/evaluations", encode(name))).await
+        self.get_all(&format!("/v1/job/{}/evaluations", encode(name))).await
     }
 
     // ---- nodes ----
 
     pub async fn nodes(&self) -> Result<Vec<NodeListEntry>, ClientError> {
-        self.get("/v1/nodes").await
+        self.get_all("/v1/nodes").await
     }
 
     /// The node list once the nodes table passes `index` (or after `wait`).
     pub async fn nodes_blocking(&self, index: Index, wait: Duration) -> Result<Indexed<Vec<NodeListEntry>>, ClientError> {
-        self.get_blocking("/v1/nodes", index, wait).await
+        self.get_blocking(&format!("/v1/nodes?per_page={}", davit_api::http::MAX_PAGE), index, wait).await
     }
 
     pub async fn node(&self, id: &str) -> Result<Node, ClientError> {
@@ -347,8 +378,8 @@ impl Client {
 
     pub async fn allocations(&self, prefix: Option<&str>) -> Result<Vec<AllocListEntry>, ClientError> {
         match prefix {
-            Some(prefix) => self.get(&format!("/v1/allocations?prefix={}", encode(prefix))).await,
-            None => self.get("/v1/allocations").await,
+            Some(prefix) => self.get_all(&format!("/v1/allocations?prefix={}", encode(prefix))).await,
+            None => self.get_all("/v1/allocations").await,
         }
     }
 
@@ -394,8 +425,8 @@ impl Client {
 
     pub async fn evaluations(&self, job: Option<&str>) -> Result<Vec<Evaluation>, ClientError> {
         match job {
-            Some(job) => self.get(&format!("/v1/evaluations?job={}", encode(job))).await,
-            None => self.get("/v1/evaluations").await,
+            Some(job) => self.get_all(&format!("/v1/evaluations?job={}", encode(job))).await,
+            None => self.get_all("/v1/evaluations").await,
         }
     }
 
@@ -406,7 +437,7 @@ impl Client {
     // ---- services ----
 
     pub async fn services(&self) -> Result<Vec<ServiceListEntry>, ClientError> {
-        self.get("/v1/services").await
+        self.get_all("/v1/services").await
     }
 
     /// One service and its instances; with `stats`, each instance's proxy counters from the agents.
@@ -437,7 +468,7 @@ impl Client {
     // ---- namespaces ----
 
     pub async fn namespaces(&self) -> Result<Vec<NamespaceStatus>, ClientError> {
-        self.get("/v1/namespaces").await
+        self.get_all("/v1/namespaces").await
     }
 
     pub async fn namespace_status(&self, name: &str) -> Result<NamespaceStatus, ClientError> {
@@ -455,7 +486,7 @@ impl Client {
     // ---- variables ----
 
     pub async fn variables(&self, prefix: &str) -> Result<Vec<VariableMeta>, ClientError> {
-        self.get(&format!("/v1/vars?prefix={}", encode(prefix))).await
+        self.get_all(&format!("/v1/vars?prefix={}", encode(prefix))).await
     }
 
     pub async fn variable(&self, path: &str) -> Result<Variable, ClientError> {
@@ -515,7 +546,7 @@ impl Client {
     }
 
     pub async fn acl_policies(&self) -> Result<Vec<AclPolicy>, ClientError> {
-        self.get("/v1/acl/policies").await
+        self.get_all("/v1/acl/policies").await
     }
 
     pub async fn acl_policy(&self, name: &str) -> Result<AclPolicy, ClientError> {
@@ -531,7 +562,7 @@ impl Client {
     }
 
     pub async fn acl_tokens(&self) -> Result<Vec<AclToken>, ClientError> {
-        self.get("/v1/acl/tokens").await
+        self.get_all("/v1/acl/tokens").await
     }
 
     pub async fn create_acl_token(&self, request: &CreateTokenRequest) -> Result<CreatedToken, ClientError> {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use davit_api::acl::{
     AclPolicy, AclToken, ApplyPolicyRequest, CreateTokenRequest, CreatedToken, MAX_NAME_LEN, MAX_POLICIES, MAX_TOKEN_POLICIES, MAX_TOKENS,
@@ -12,7 +12,7 @@ use davit_api::acl::{
 };
 use davit_store::{Compare, Op, Txn};
 
-use super::{Failure, indexed, json_body};
+use super::{Failure, Page, indexed, json_body, paged};
 use crate::acl::{Caller, UNAUTHENTICATED, new_secret, secret_hash};
 use crate::{Shared, keys, new_id, now_millis};
 
@@ -70,13 +70,17 @@ pub(crate) async fn bootstrap(State(shared): State<Arc<Shared>>) -> Result<Respo
 }
 
 /// `GET /v1/acl/policies`: all policies for a management token, a client token's own otherwise.
-pub(crate) async fn list_policies(State(shared): State<Arc<Shared>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
+pub(crate) async fn list_policies(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Query(page): Query<Page>,
+) -> Result<Response, Failure> {
     require_enabled(&shared)?;
     let snapshot = shared.view.snapshot();
     let visible =
         |policy: &AclPolicy| caller.acl.is_management() || caller.token.as_ref().is_some_and(|t| t.token.policies.contains(&policy.name));
     let policies: Vec<&AclPolicy> = snapshot.acl.policies.values().map(|p| &**p).filter(|p| visible(p)).collect();
-    Ok(indexed(snapshot.table_index("acl"), &policies))
+    paged(snapshot.table_index("acl"), policies, |policy| policy.name.clone(), &page)
 }
 
 /// `GET /v1/acl/policy/{name}`: for management tokens and the tokens that hold it.
@@ -136,11 +140,11 @@ pub(crate) async fn delete_policy(State(shared): State<Arc<Shared>>, Path(name):
 }
 
 /// `GET /v1/acl/tokens`.
-pub(crate) async fn list_tokens(State(shared): State<Arc<Shared>>) -> Result<Response, Failure> {
+pub(crate) async fn list_tokens(State(shared): State<Arc<Shared>>, Query(page): Query<Page>) -> Result<Response, Failure> {
     require_enabled(&shared)?;
     let snapshot = shared.view.snapshot();
     let tokens: Vec<&AclToken> = snapshot.acl.tokens.values().map(|stored| &stored.token).collect();
-    Ok(indexed(snapshot.table_index("acl"), &tokens))
+    paged(snapshot.table_index("acl"), tokens, |token| token.accessor_id.clone(), &page)
 }
 
 /// `POST /v1/acl/tokens`: a new token; the answer is the only place its secret ever appears.

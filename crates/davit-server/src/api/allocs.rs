@@ -15,7 +15,7 @@ use davit_api::namespace::{job_id, namespace_of};
 use davit_api::objects::{Evaluation, Node};
 use serde::Deserialize;
 
-use super::{Blocking, Failure, indexed, json_body, resolve_prefix};
+use super::{Blocking, Failure, Page, indexed, json_body, paged, resolve_prefix};
 use crate::Shared;
 use crate::acl::Caller;
 use crate::migration::MigrateError;
@@ -35,18 +35,18 @@ pub(crate) async fn list(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<ListQuery>,
+    Query(page): Query<Page>,
 ) -> Result<Response, Failure> {
     let blocking = Blocking { index: query.index, wait: query.wait };
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.table_index("allocs")).await;
     let prefix = query.prefix.unwrap_or_default();
-    let mut entries: Vec<AllocListEntry> = snapshot
+    let entries: Vec<AllocListEntry> = snapshot
         .cluster
         .allocs()
         .filter(|alloc| alloc.id.starts_with(&prefix) && namespace_of(&alloc.job_name) == caller.namespace)
         .map(|alloc| AllocListEntry::from(&**alloc))
         .collect();
-    entries.sort_by(|a, b| (a.job_name.as_str(), a.name.as_str()).cmp(&(b.job_name.as_str(), b.name.as_str())));
-    Ok(indexed(snapshot.table_index("allocs"), &entries))
+    paged(snapshot.table_index("allocs"), entries, |alloc| format!("{}\0{}\0{}", alloc.job_name, alloc.name, alloc.id), &page)
 }
 
 /// The allocation of `namespace` with this id or unique id prefix; allocations of other namespaces are not
@@ -205,6 +205,7 @@ pub(crate) async fn list_evals(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<EvalQuery>,
+    Query(page): Query<Page>,
 ) -> Result<Response, Failure> {
     let blocking = Blocking { index: query.index, wait: query.wait.clone() };
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.table_index("evals")).await;
@@ -214,17 +215,10 @@ pub(crate) async fn list_evals(
     let evals: Vec<Evaluation> = match &query.job {
         Some(job) => snapshot.evals_for_job(&job_id(&caller.namespace, job)).into_iter().map(|eval| (*eval).clone()).collect(),
         None => {
-            let mut evals: Vec<Evaluation> = snapshot
-                .evals
-                .values()
-                .filter(|eval| namespace_of(&eval.job_name) == caller.namespace)
-                .map(|eval| (**eval).clone())
-                .collect();
-            evals.sort_by_key(|eval| std::cmp::Reverse(eval.create_index));
-            evals
+            snapshot.evals.values().filter(|eval| namespace_of(&eval.job_name) == caller.namespace).map(|eval| (**eval).clone()).collect()
         }
     };
-    Ok(indexed(snapshot.table_index("evals"), &evals))
+    paged(snapshot.table_index("evals"), evals, super::jobs::eval_key, &page)
 }
 
 pub(crate) async fn get_eval(

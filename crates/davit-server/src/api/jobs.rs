@@ -18,7 +18,7 @@ use davit_api::spec::{JobSpec, JobType};
 use davit_store::{Compare, Op, Txn};
 use serde::Deserialize;
 
-use super::{Blocking, Failure, JobId, indexed, json_body};
+use super::{Blocking, Failure, JobId, Page, descending, indexed, json_body, paged};
 use crate::acl::Caller;
 use crate::liveness::new_eval;
 use crate::view::Snapshot;
@@ -219,12 +219,13 @@ pub(crate) async fn list(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     Query(blocking): Query<Blocking>,
+    Query(page): Query<Page>,
 ) -> Result<Response, Failure> {
     let snapshot = shared
         .view
         .block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.table_index("jobs").max(s.table_index("allocs")))
         .await;
-    let mut jobs: Vec<JobListEntry> = snapshot
+    let jobs: Vec<JobListEntry> = snapshot
         .cluster
         .jobs()
         .filter(|job| job.spec.namespace == caller.namespace)
@@ -241,8 +242,7 @@ pub(crate) async fn list(
             }
         })
         .collect();
-    jobs.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(indexed(snapshot.table_index("jobs"), &jobs))
+    paged(snapshot.table_index("jobs"), jobs, |job| job.name.clone(), &page)
 }
 
 pub(crate) async fn get_job(
@@ -326,12 +326,12 @@ pub(crate) async fn versions(
     State(shared): State<Arc<Shared>>,
     JobId(name): JobId,
     Query(blocking): Query<Blocking>,
+    Query(page): Query<Page>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
     job_of(&snapshot, &name)?;
-    let mut versions: Vec<Job> = snapshot.cluster.job_versions(&name).map(|job| job.redacted()).collect();
-    versions.sort_by_key(|job| std::cmp::Reverse(job.version));
-    Ok(indexed(snapshot.job_index(&name), &versions))
+    let versions: Vec<Job> = snapshot.cluster.job_versions(&name).map(|job| job.redacted()).collect();
+    paged(snapshot.job_index(&name), versions, |job| descending(job.version), &page)
 }
 
 pub(crate) async fn version(
@@ -472,6 +472,7 @@ pub(crate) async fn allocations(
     State(shared): State<Arc<Shared>>,
     JobId(name): JobId,
     Query(blocking): Query<Blocking>,
+    Query(page): Query<Page>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
     let allocs: Vec<_> = snapshot.cluster.allocs_for_job(&name).cloned().collect();
@@ -479,18 +480,24 @@ pub(crate) async fn allocations(
         job_of(&snapshot, &name)?;
     }
     let entries: Vec<AllocListEntry> = allocs.iter().map(|alloc| AllocListEntry::from(&**alloc)).collect();
-    Ok(indexed(snapshot.job_index(&name), &entries))
+    paged(snapshot.job_index(&name), entries, |alloc| format!("{}\0{}", alloc.name, alloc.id), &page)
+}
+
+/// Newest first, as `job status` shows them.
+pub(crate) fn eval_key(eval: &davit_api::objects::Evaluation) -> String {
+    format!("{}\0{}", descending(eval.create_index), eval.id)
 }
 
 pub(crate) async fn evaluations(
     State(shared): State<Arc<Shared>>,
     JobId(name): JobId,
     Query(blocking): Query<Blocking>,
+    Query(page): Query<Page>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
     let evals: Vec<_> = snapshot.evals_for_job(&name).into_iter().map(|eval| (*eval).clone()).collect();
     if evals.is_empty() {
         job_of(&snapshot, &name)?;
     }
-    Ok(indexed(snapshot.job_index(&name), &evals))
+    paged(snapshot.job_index(&name), evals, eval_key, &page)
 }

@@ -215,6 +215,72 @@ pub(crate) fn indexed<T: serde::Serialize>(index: Index, value: &T) -> Response 
     (headers, axum::Json(value)).into_response()
 }
 
+/// `?per_page=N&next_token=T` of list routes: at most `per_page` items (default [`DEFAULT_PAGE`], at most
+/// [`MAX_PAGE`]) from the one `next_token` names; the answer's [`NEXT_TOKEN_HEADER`] names the next page's
+/// first item, when there is one. Tokens are keys, not offsets: a page starts where the last one ended even
+/// if items came or went in between.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Page {
+    #[serde(default)]
+    pub per_page: Option<usize>,
+    #[serde(default)]
+    pub next_token: Option<String>,
+}
+
+pub(crate) const DEFAULT_PAGE: usize = 1000;
+pub(crate) const MAX_PAGE: usize = davit_api::http::MAX_PAGE;
+
+/// One page of `items` (any order), ordered by `key` (unique per item), as an indexed answer.
+pub(crate) fn paged<T: serde::Serialize>(
+    index: Index,
+    items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    page: &Page,
+) -> Result<Response, Failure> {
+    let per_page = page.per_page.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&per_page) {
+        return Err(Failure::bad_request(format!("per_page must be from 1 to {MAX_PAGE}, found {per_page}")));
+    }
+    let mut keyed: Vec<(String, T)> = items.into_iter().map(|item| (key(&item), item)).collect();
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let start = match &page.next_token {
+        Some(token) => {
+            let from =
+                decode_token(token).ok_or_else(|| Failure::bad_request(format!("`{token}` is not a next_token this server gave")))?;
+            keyed.partition_point(|(key, _)| key.as_str() < from.as_str())
+        }
+        None => 0,
+    };
+    let mut rest = keyed.split_off(start);
+    let next = rest.get(per_page).map(|(key, _)| encode_token(key));
+    rest.truncate(per_page);
+    let items: Vec<T> = rest.into_iter().map(|(_, item)| item).collect();
+    let mut response = indexed(index, &items);
+    if let Some(next) = next {
+        response
+            .headers_mut()
+            .insert(davit_api::http::NEXT_TOKEN_HEADER, HeaderValue::from_str(&next).expect("hex is a valid header value"));
+    }
+    Ok(response)
+}
+
+fn encode_token(key: &str) -> String {
+    key.bytes().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn decode_token(token: &str) -> Option<String> {
+    if !token.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes = (0..token.len()).step_by(2).map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok()).collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// An order-preserving key part for a number that sorts newest (largest) first.
+pub(crate) fn descending(number: u64) -> String {
+    format!("{:020}", u64::MAX - number)
+}
+
 /// `?index=N&wait=30s` of blocking queries.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Blocking {

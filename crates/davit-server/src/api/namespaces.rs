@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use davit_api::acl::{Capability, DEFAULT_NAMESPACE};
 use davit_api::namespace::{ApplyNamespaceRequest, Namespace, NamespaceStatus};
 use davit_store::{Compare, Op, Txn};
 
-use super::{Failure, indexed, json_body};
+use super::{Failure, Page, indexed, json_body, paged};
 use crate::acl::Caller;
 use crate::view::Snapshot;
 use crate::{Shared, keys};
@@ -43,20 +43,23 @@ fn visible(caller: &Caller, name: &str) -> bool {
 }
 
 /// `GET /v1/namespaces`: the namespaces the caller holds a capability in, with their usage.
-pub(crate) async fn list(State(shared): State<Arc<Shared>>, Extension(caller): Extension<Caller>) -> Result<Response, Failure> {
+pub(crate) async fn list(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Query(page): Query<Page>,
+) -> Result<Response, Failure> {
     let snapshot = shared.view.snapshot();
     let mut names: Vec<String> = snapshot.cluster.namespaces().map(|namespace| namespace.name.clone()).collect();
     if !names.iter().any(|name| name == DEFAULT_NAMESPACE) {
         names.push(DEFAULT_NAMESPACE.to_string());
     }
-    names.sort();
     let statuses: Vec<NamespaceStatus> = names
         .iter()
         .filter(|name| visible(&caller, name))
         .filter_map(|name| namespace_of(&snapshot, name))
         .map(|namespace| status(&snapshot, namespace))
         .collect();
-    Ok(indexed(snapshot.table_index("namespaces"), &statuses))
+    paged(snapshot.table_index("namespaces"), statuses, |status| status.namespace.name.clone(), &page)
 }
 
 /// `GET /v1/namespace/{name}`.

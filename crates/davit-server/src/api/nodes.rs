@@ -15,14 +15,18 @@ use davit_api::http::{
 use davit_api::objects::{Allocation, DrainStrategy, EvalTrigger, Node, NodeEligibility, NodeStatus};
 use davit_store::{Compare, Txn};
 
-use super::{Blocking, Failure, indexed, json_body, resolve_prefix};
+use super::{Blocking, Failure, Page, indexed, json_body, paged, resolve_prefix};
 use crate::acl::Caller;
 use crate::liveness::{evals_for_schedulable_node, system_job_evals};
 use crate::{Shared, keys, now_millis};
 
-pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(blocking): Query<Blocking>) -> Result<Response, Failure> {
+pub(crate) async fn list(
+    State(shared): State<Arc<Shared>>,
+    Query(blocking): Query<Blocking>,
+    Query(page): Query<Page>,
+) -> Result<Response, Failure> {
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.table_index("nodes")).await;
-    let mut nodes: Vec<NodeListEntry> = snapshot
+    let nodes: Vec<NodeListEntry> = snapshot
         .cluster
         .nodes()
         .map(|node| {
@@ -43,8 +47,7 @@ pub(crate) async fn list(State(shared): State<Arc<Shared>>, Query(blocking): Que
             }
         })
         .collect();
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(indexed(snapshot.table_index("nodes"), &nodes))
+    paged(snapshot.table_index("nodes"), nodes, |node| format!("{}\0{}", node.name, node.id), &page)
 }
 
 pub(crate) fn find_node(snapshot: &crate::view::Snapshot, id_or_prefix: &str) -> Result<Arc<Node>, Failure> {

@@ -15,7 +15,7 @@ use davit_api::namespace::{namespace_of, service_key};
 use davit_api::objects::NodeStatus;
 use serde::Deserialize;
 
-use super::{Blocking, Failure, indexed};
+use super::{Blocking, Failure, Page, indexed, paged};
 use crate::Shared;
 use crate::acl::Caller;
 use crate::view::Snapshot;
@@ -43,6 +43,7 @@ pub(crate) async fn list(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     Query(blocking): Query<Blocking>,
+    Query(page): Query<Page>,
 ) -> Result<Response, Failure> {
     let snapshot = block(&shared, blocking).await?;
     let (index, catalog) = shared.catalog.get(&snapshot);
@@ -62,7 +63,7 @@ pub(crate) async fn list(
             healthy: service.instances.iter().filter(|instance| instance.healthy).count() as u32,
         })
         .collect();
-    Ok(indexed(index, &entries))
+    paged(index, entries, |service| format!("{}\0{}", service.name, service.job_name), &page)
 }
 
 pub(crate) async fn catalog(State(shared): State<Arc<Shared>>, Query(blocking): Query<Blocking>) -> Result<Response, Failure> {

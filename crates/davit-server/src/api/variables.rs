@@ -15,7 +15,7 @@ use davit_api::variables::{KeyInfo, PutVariableRequest, Variable, VariableMeta, 
 use davit_store::{Compare, Op, Txn};
 use serde::Deserialize;
 
-use super::{Failure, indexed, json_body};
+use super::{Failure, Page, indexed, json_body, paged};
 use crate::acl::Caller;
 use crate::keys::{self, StoredVariable};
 use crate::{Shared, now_millis};
@@ -51,6 +51,7 @@ pub(crate) async fn list(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<VarQuery>,
+    Query(page): Query<Page>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.snapshot();
     let prefix = query.prefix.unwrap_or_default();
@@ -61,7 +62,7 @@ pub(crate) async fn list(
         .filter(|stored| caller.acl.allows_variable(&caller.namespace, &stored.path, VariableCapability::List))
         .map(|stored| meta(stored))
         .collect();
-    Ok(indexed(snapshot.table_index("vars"), &listed))
+    paged(snapshot.table_index("vars"), listed, |variable| variable.path.clone(), &page)
 }
 
 /// `GET /v1/var/{path}`: the variable with its items.
