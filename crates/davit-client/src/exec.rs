@@ -13,7 +13,7 @@ pub type ExecStream = reqwest::Upgraded;
 /// the server when it relays a session to the allocation's agent.
 /// Opens an exec session at `url`; `token` is sent as the caller's token (a relay passes its caller's on).
 pub async fn open(http: &reqwest::Client, url: &str, query: &ExecQuery, token: Option<&str>) -> Result<ExecStream, ClientError> {
-    let mut request = http.get(url);
+    let mut request = http.get(url).timeout(crate::STREAM_TIMEOUT);
     if let Some(token) = token {
         request = request.header(davit_api::acl::TOKEN_HEADER, token);
     }

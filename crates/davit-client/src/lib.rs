@@ -57,6 +57,11 @@ impl ClientError {
 
 /// Items asked for per page when following a list's pages.
 const PAGE_SIZE: usize = 1000;
+/// Bound on every request that is not a blocking query or a stream (a server that stopped answering must
+/// not hang an agent or a command forever).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Streams (logs, events, exec sessions) last as long as the user wants.
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A client for one server address, e.g. `http://127.0.0.1:7646`. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -115,9 +120,14 @@ impl Client {
     /// A client that sends `token` with every request and checks `https://` servers against `tls`'s CA
     /// (a davit server's certificate is valid for [`davit_tls::SERVER_NAME`], whatever its address).
     pub fn connect(addr: &str, token: Option<&str>, tls: Option<&ClientTls>) -> Client {
+        Client::connect_with_timeout(addr, token, tls, REQUEST_TIMEOUT)
+    }
+
+    /// [`Client::connect`] with another bound than [`REQUEST_TIMEOUT`] on plain requests.
+    pub fn connect_with_timeout(addr: &str, token: Option<&str>, tls: Option<&ClientTls>, timeout: Duration) -> Client {
         let base = addr.trim_end_matches('/').to_string();
         let base = if base.contains("://") { base } else { format!("http://{base}") };
-        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(timeout);
         if let Some(tls) = tls {
             // The roots were parsed already; the configuration of a fixed, valid name cannot fail.
             builder = builder.tls_backend_preconfigured(tls.config(davit_tls::SERVER_NAME).expect("TLS configuration of a davit client"));
@@ -231,8 +241,9 @@ impl Client {
 
     /// A dry run of registering the spec: what the scheduler would place, stop and preempt. Stores nothing.
     pub async fn plan_job(&self, source: &str, filename: &str) -> Result<JobPlanResponse, ClientError> {
+        // The server may plan for up to two minutes (its scheduler deadline).
         let request = self.http.post(self.url("/v1/jobs/plan")).query(&[("filename", filename)]).body(source.to_string());
-        Ok(self.send(request).await?.value)
+        Ok(self.send(request.timeout(REQUEST_TIMEOUT * 3)).await?.value)
     }
 
     pub async fn jobs(&self) -> Result<Vec<JobListEntry>, ClientError> {
@@ -394,7 +405,7 @@ impl Client {
         alloc_id: &str,
         query: &LogsQuery,
     ) -> Result<impl Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError> {
-        let request = self.http.get(self.url(&format!("/v1/allocation/{}/logs", encode(alloc_id)))).query(query);
+        let request = self.http.get(self.url(&format!("/v1/allocation/{}/logs", encode(alloc_id)))).query(query).timeout(STREAM_TIMEOUT);
         let response = request.send().await.map_err(|source| self.transport_error(source))?;
         let status = response.status();
         if !status.is_success() {
@@ -595,7 +606,7 @@ impl Client {
     ) -> Result<impl Stream<Item = Result<EventWire, ClientError>> + use<>, ClientError> {
         let mut query: Vec<(&str, String)> = vec![("index", index.to_string())];
         query.extend(topics.iter().map(|topic| ("topic", topic.clone())));
-        let request = self.http.get(self.url("/v1/event/stream")).query(&query);
+        let request = self.http.get(self.url("/v1/event/stream")).query(&query).timeout(STREAM_TIMEOUT);
         let response = request.send().await.map_err(|source| self.transport_error(source))?;
         let status = response.status();
         if !status.is_success() {
@@ -692,4 +703,30 @@ fn encode(segment: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_fails_plain_requests_within_the_timeout_but_not_blocking_queries_early() {
+        // Accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let client = Client::connect_with_timeout(&addr.to_string(), None, None, Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let error = client.heartbeat("node").await.unwrap_err();
+        assert!(matches!(error, ClientError::Unreachable { .. }), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        // A blocking query waits as long as it asked for (plus a margin), not the plain bound.
+        let blocking = tokio::time::timeout(Duration::from_secs(2), client.nodes_blocking(1, Duration::from_secs(1))).await;
+        assert!(blocking.is_err(), "the blocking query was cut short: {blocking:?}");
+    }
 }

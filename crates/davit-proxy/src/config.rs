@@ -115,6 +115,10 @@ pub struct ProxyConfig {
     pub latency_decay: Duration,
     /// Idle keep-alive connections to backends are closed after this long.
     pub pool_idle_timeout: Duration,
+    /// HTTP services: a client connection must send a request's whole header within this long of the
+    /// connection opening or of the previous response (so it also bounds idle keep-alive); otherwise it
+    /// is closed (slow or idle clients cannot hold connections open).
+    pub client_header_timeout: Duration,
     /// Seed of the balancers' random choices; `None` seeds from the OS.
     pub seed: Option<u64>,
     /// Serving threads (`davit-proxy-0` …; at least one): each runs its own event loop with its own
@@ -130,6 +134,7 @@ impl Default for ProxyConfig {
             max_connect_attempts: 3,
             latency_decay: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(60),
+            client_header_timeout: Duration::from_secs(30),
             seed: None,
             threads: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         }

@@ -144,15 +144,24 @@ async fn serve_udp(socket: UdpSocket, records: Arc<RwLock<DnsRecords>>, ttl: u32
     }
 }
 
+/// TCP connections served at once; more are closed as they arrive.
+const MAX_TCP_CONNECTIONS: usize = 256;
+
 async fn serve_tcp(listener: TcpListener, records: Arc<RwLock<DnsRecords>>, ttl: u32) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let Ok((stream, _peer)) = listener.accept().await else {
             tokio::task::yield_now().await;
             continue;
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let records = Arc::clone(&records);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), serve_tcp_connection(stream, records, ttl)).await;
+            drop(slot);
         });
     }
 }

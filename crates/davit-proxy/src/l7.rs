@@ -74,6 +74,7 @@ struct ClientConnection {
 /// connections idle for longer than `pool_idle_timeout` (checked every half of it).
 pub(crate) async fn serve(shared: Arc<ServiceShared>, listener: TcpListener, shutdown: watch::Receiver<bool>, worker: usize) {
     let idle_timeout = shared.proxy_config.pool_idle_timeout;
+    let header_timeout = shared.proxy_config.client_header_timeout;
     let mut close_idle = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(10)));
     close_idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -102,7 +103,11 @@ pub(crate) async fn serve(shared: Arc<ServiceShared>, listener: TcpListener, shu
                 let context = Arc::clone(&context);
                 async move { Ok::<_, Infallible>(handle(&context, request).await) }
             });
-            let connection = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => {

@@ -17,6 +17,7 @@ use davit_store::{Store, StoreError, Txn};
 use tokio::sync::mpsc;
 
 mod acl;
+mod admission;
 mod api;
 /// Public for benchmarks (`check_plan`); the server drives it through [`start`].
 pub mod applier;
@@ -35,6 +36,7 @@ mod tls;
 mod view;
 mod worker;
 
+pub use admission::AdmissionConfig;
 pub use api::routes;
 pub use gc::GcConfig;
 pub use liveness::LivenessConfig;
@@ -71,6 +73,8 @@ pub struct ServerConfig {
     pub spec_limits: davit_api::spec::SpecLimits,
     /// When ended evaluations, allocations, jobs and old job versions are collected.
     pub gc: GcConfig,
+    /// Caps on open blocking queries and event streams.
+    pub admission: AdmissionConfig,
 }
 
 /// Two scheduler workers per core. A worker spends much of an evaluation waiting for the plan applier's
@@ -165,6 +169,7 @@ pub(crate) struct Shared {
     pub tls: Option<Arc<tls::ServerTls>>,
     pub spec_limits: davit_api::spec::SpecLimits,
     pub gc: GcConfig,
+    pub admission: Arc<admission::Admission>,
 }
 
 impl Shared {
@@ -257,6 +262,7 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         tls: tls.clone(),
         spec_limits: config.spec_limits.clone(),
         gc: config.gc.clone(),
+        admission: Arc::new(admission::Admission::new(&config.admission)),
     });
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;

@@ -108,10 +108,11 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// Who is on the other end of a connection: the certificate the client presented (verified against the
-/// CA during the handshake), if any. Plain TCP connections have none.
+/// Who is on the other end of a connection: its address, and the certificate the client presented
+/// (verified against the CA during the handshake), if any. Plain TCP connections have none.
 #[derive(Clone, Debug, Default)]
 pub struct Peer {
+    pub remote: Option<SocketAddr>,
     pub cert: Option<Arc<CertificateDer<'static>>>,
 }
 
@@ -126,12 +127,12 @@ impl Connected<IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Peer {
         let (_, connection) = stream.io().get_ref();
         let cert = connection.peer_certificates().and_then(|chain| chain.first()).map(|leaf| Arc::new(leaf.clone().into_owned()));
-        Peer { cert }
+        Peer { remote: Some(*stream.remote_addr()), cert }
     }
 }
 
 impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(_stream: IncomingStream<'_, TcpListener>) -> Peer {
-        Peer::default()
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Peer {
+        Peer { remote: Some(*stream.remote_addr()), cert: None }
     }
 }

@@ -299,6 +299,7 @@ impl E2eBench {
             tls: None,
             spec_limits: Default::default(),
             gc: Default::default(),
+            admission: Default::default(),
             audit_reads: false,
         };
         if self.tls {

@@ -234,6 +234,18 @@ pub struct ServerArgs {
     /// Versions kept per job (never the current one, nor one a live allocation runs).
     #[arg(long, default_value_t = 10)]
     pub job_max_versions: usize,
+    /// Most blocking queries open at once (429 beyond).
+    #[arg(long, default_value_t = davit_server::AdmissionConfig::default().blocking_queries)]
+    pub max_blocking_queries: usize,
+    /// Most blocking queries open at once from one client address.
+    #[arg(long, default_value_t = davit_server::AdmissionConfig::default().blocking_queries_per_client)]
+    pub max_blocking_queries_per_client: usize,
+    /// Most event streams open at once.
+    #[arg(long, default_value_t = davit_server::AdmissionConfig::default().event_streams)]
+    pub max_event_streams: usize,
+    /// Most event streams open at once from one client address.
+    #[arg(long, default_value_t = davit_server::AdmissionConfig::default().event_streams_per_client)]
+    pub max_event_streams_per_client: usize,
 }
 
 #[derive(Debug, Subcommand)]

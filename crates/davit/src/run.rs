@@ -40,6 +40,7 @@ fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, data_dir: &P
         tls: None,
         spec_limits: Default::default(),
         gc: Default::default(),
+        admission: Default::default(),
     }
 }
 
@@ -265,6 +266,12 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
         alloc_threshold: duration("alloc-gc-threshold", &args.alloc_gc_threshold)?,
         job_threshold: duration("job-gc-threshold", &args.job_gc_threshold)?,
         max_versions: args.job_max_versions.max(1),
+    };
+    config.admission = davit_server::AdmissionConfig {
+        blocking_queries: args.max_blocking_queries,
+        blocking_queries_per_client: args.max_blocking_queries_per_client,
+        event_streams: args.max_event_streams,
+        event_streams_per_client: args.max_event_streams_per_client,
     };
     config.spec_limits = davit_api::spec::SpecLimits {
         max_count: args.max_count,

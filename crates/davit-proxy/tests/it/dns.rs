@@ -134,3 +134,20 @@ async fn dig_reads_srv_records() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "10.0.0.1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tcp_side_serves_a_bounded_number_of_connections() {
+    use tokio::io::AsyncReadExt;
+    let server = DnsServer::start(DnsConfig { listen: "127.0.0.1:0".parse().unwrap(), ttl: 2 }).await.unwrap();
+    let addr = server.local_addr();
+    // 256 idle connections take every slot; the next one is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..256 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0))), "the 257th connection was not closed: {read:?}");
+    drop(held);
+}

@@ -119,3 +119,33 @@ async fn an_address_in_use_is_refused() {
     assert_eq!(proxy.local_addr("first"), Some(addr));
     assert_eq!(proxy.local_addr("second"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_no_complete_header_in_time_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _exclusive = exclusive().await;
+    let backend = TestBackend::spawn("b0").await;
+    let config =
+        ProxyConfig { seed: Some(7), threads: 1, client_header_timeout: std::time::Duration::from_millis(300), ..ProxyConfig::default() };
+    let proxy = Proxy::start(config);
+    let addr = proxy.set_service(service("web", Mode::Http, Algorithm::RoundRobin)).await.unwrap();
+    proxy.set_backends("web", vec![backend.backend()]).unwrap();
+    let closed_within = |mut stream: tokio::net::TcpStream| async move {
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the proxy kept a silent client connected for 10 s");
+        started.elapsed()
+    };
+    // A slowloris: half a header, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n").await.unwrap();
+    closed_within(slow).await;
+    // An idle keep-alive connection after one answered request.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /id HTTP/1.1\r\nHost: web\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    closed_within(idle).await;
+}

@@ -147,6 +147,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     }
     router
         .fallback(|| async { Failure::not_found("no such API route; see the route list in the davit_api::http docs".to_string()) })
+        .layer(from_fn_with_state(Arc::clone(&shared.admission), crate::admission::admit))
         .with_state(shared)
 }
 

@@ -37,6 +37,11 @@ async fn start_in(dir: tempfile::TempDir) -> TestServer {
 }
 
 async fn start_with(dir: tempfile::TempDir, acl_enabled: bool) -> TestServer {
+    start_configured(dir, acl_enabled, |_| {}).await
+}
+
+/// A server whose configuration `configure` adjusts first.
+pub async fn start_configured(dir: tempfile::TempDir, acl_enabled: bool, configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
     // The last store handle of a stopped server may still be closing the file (its drop joins the writer).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let store = loop {
@@ -47,7 +52,7 @@ async fn start_with(dir: tempfile::TempDir, acl_enabled: bool) -> TestServer {
         }
     };
     let weak_store = Arc::downgrade(&store);
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         store,
         workers: 2,
@@ -60,8 +65,10 @@ async fn start_with(dir: tempfile::TempDir, acl_enabled: bool) -> TestServer {
         tls: None,
         spec_limits: Default::default(),
         gc: Default::default(),
+        admission: Default::default(),
         audit_reads: false,
     };
+    configure(&mut config);
     let handle = davit_server::start(config).await.unwrap();
     let base = format!("http://{}", handle.addr());
     TestServer { _dir: dir, store: weak_store, handle: Some(handle), base, http: reqwest::Client::new(), acl_enabled }
