@@ -39,15 +39,28 @@ pub async fn run(context: Arc<AgentContext>, node: Node, registered: watch::Send
         // Register; a node that joins with TLS asks for its certificate at the same time.
         let key = context.tls.as_ref().filter(|cert| cert.needs_one()).and_then(|_| crate::tls::new_key());
         let public_key = key.as_ref().map(|(_, public)| public.clone());
+        let cluster = context.cluster.known();
         let interval = match context
             .servers
             .call(|client| {
-                let (node, public_key) = (node.clone(), public_key.clone());
-                async move { client.register_node_with_key(&node, public_key.as_deref()).await }
+                let (node, public_key, cluster) = (node.clone(), public_key.clone(), cluster.clone());
+                async move { client.register_node_with(&node, public_key.as_deref(), cluster.as_deref()).await }
             })
             .await
         {
             Ok(response) => {
+                // A server of another cluster: nothing of it is taken (no identity, no allocation list).
+                if let Err(reason) = context.cluster.check(Some(&response.cluster_id)) {
+                    if failures.is_multiple_of(20) {
+                        tracing::error!(%reason, "refusing the server");
+                    }
+                    failures += 1;
+                    if sleep_or_shutdown(backoff, &mut shutdown).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
                 tracing::info!(node_id = %node.id, interval_ms = response.heartbeat_interval_ms, acl = response.acl_enabled, "registered with the server");
                 context.acl.set_enabled(response.acl_enabled);
                 if let Some(node_token) = &response.node_token {

@@ -36,6 +36,7 @@ mod acl;
 pub mod alloc_runner;
 mod api;
 pub mod check;
+mod cluster;
 mod exec;
 pub mod fingerprint;
 mod heartbeat;
@@ -233,6 +234,11 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
             "the servers use https://: give the cluster's CA certificate with --ca-cert or DAVIT_CACERT".to_string(),
         ));
     }
+    if let Some(plain) = config.servers.iter().find(|server| config.tls.is_some() && !server.starts_with("https://")) {
+        return Err(AgentError::Config(format!(
+            "--ca-cert is given but server {plain} is not an https:// address: the node's tokens must not travel in clear"
+        )));
+    }
     let mut cert_files_watch = None;
     let (node_cert, client_tls, api_tls) = match &config.tls {
         Some(tls) => {
@@ -297,6 +303,8 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         local_services: watch::channel(0).0,
         acl: acl::AgentAcl::new(token.is_some()),
         tls: node_cert.clone(),
+        cluster: cluster::ClusterId::load(&config.data_dir)
+            .map_err(|source| AgentError::Io { operation: format!("reading {}", config.data_dir.join("cluster-id").display()), source })?,
     });
 
     // Re-attach before talking to the server, so nothing that runs is started again.
@@ -363,6 +371,8 @@ pub(crate) struct AgentContext {
     pub acl: acl::AgentAcl,
     /// The node's certificate, with TLS.
     pub tls: Option<Arc<tls::NodeCert>>,
+    /// The cluster this node belongs to: servers of another are refused.
+    pub cluster: cluster::ClusterId,
 }
 
 impl AgentContext {

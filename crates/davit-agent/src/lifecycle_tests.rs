@@ -157,6 +157,7 @@ fn fixture() -> Fixture {
         local_services: tokio::sync::watch::channel(0).0,
         acl: crate::acl::AgentAcl::new(false),
         tls: None,
+        cluster: crate::cluster::ClusterId::load(dir.path()).unwrap(),
         destroyed: Mutex::new(HashSet::new()),
     });
     Fixture { _dir: dir, context, driver }

@@ -1,7 +1,7 @@
 //! The agent's side of mutual TLS: its node certificate, presented to the servers and served on its own API.
 //!
 //! A node gets its certificate when it joins (it sends the public half of a key it made; the private key
-//! never leaves `<data_dir>/tls/node-key.pem`, mode 0600) and renews it after two thirds of its life,
+//! never leaves `<data_dir>/tls/node.pem`, mode 0600, kept with the certificate) and renews it after two thirds of its life,
 //! presenting the current one. An operator may instead give the agent certificate files
 //! (`davit tls cert create --agent`), which it reads again when they change.
 
@@ -31,8 +31,9 @@ pub(crate) struct NodeCert {
     pub issued: bool,
 }
 
-const CERT_FILE: &str = "node.pem";
-const KEY_FILE: &str = "node-key.pem";
+/// The node's key and certificate, in one file (written at once: never a key of one and a certificate of
+/// another).
+const FILE: &str = "node.pem";
 
 impl NodeCert {
     /// Loads the node's certificate (the operator's files, or one kept from an earlier join); returns the
@@ -56,8 +57,19 @@ impl NodeCert {
             let watch = tokio::spawn(davit_tls::watch_files(Arc::clone(&slot), cert.clone(), key.clone(), stamp));
             return Ok((NodeCert { slot, dir, issued: false }, Some(watch)));
         }
-        if dir.join(CERT_FILE).exists() {
-            slot.load_files(&dir.join(CERT_FILE), &dir.join(KEY_FILE)).map_err(tls_error)?;
+        let path = dir.join(FILE);
+        if path.exists() {
+            let pem = davit_tls::read(&path).map_err(tls_error)?;
+            slot.set(&path, &pem, &pem).map_err(tls_error)?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            if slot.expired(now) {
+                // Presenting it would fail every handshake; a node whose certificate expired joins again.
+                tracing::error!(
+                    cert = %path.display(),
+                    "the node's certificate expired: the servers will refuse this node until it joins again (stop the agent, remove its data dir's node-token and tls/, start it with a join token)"
+                );
+                slot.clear();
+            }
         }
         Ok((NodeCert { slot, dir, issued: true }, None))
     }
@@ -67,12 +79,11 @@ impl NodeCert {
         self.issued && !self.slot.is_set()
     }
 
-    /// Keeps a new certificate and its key (the key first: a certificate is useless without it), then uses it.
+    /// Keeps a new certificate and its key (one owner-only file, replaced at once), then uses them.
     pub fn keep(&self, key_pem: &str, cert_pem: &str) -> Result<(), davit_tls::TlsError> {
-        let (cert, key) = (self.dir.join(CERT_FILE), self.dir.join(KEY_FILE));
-        davit_tls::write_atomic(&key, key_pem, 0o600)?;
-        davit_tls::write_atomic(&cert, cert_pem, 0o600)?;
-        self.slot.set(&cert, cert_pem, key_pem)
+        let path = self.dir.join(FILE);
+        self.slot.set(&path, cert_pem, key_pem)?;
+        davit_tls::write_atomic(&path, &format!("{key_pem}{cert_pem}"), 0o600)
     }
 }
 

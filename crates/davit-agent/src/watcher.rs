@@ -52,6 +52,11 @@ pub async fn run(context: Arc<AgentContext>, mut registered: watch::Receiver<boo
             result = context.servers.call(|client| { let node_id = node_id.clone(); async move { client.node_allocations(&node_id, index, POLL_WAIT).await } }) => result,
             _ = shutdown.changed() => return,
         };
+        // A server of another cluster does not know this node's work: its list is not followed.
+        let result = result.map_err(|error| error.to_string()).and_then(|answer| match context.cluster.check(answer.cluster.as_deref()) {
+            Ok(()) => Ok(answer),
+            Err(reason) => Err(reason),
+        });
         match result {
             Ok(answer) => {
                 if failures > 0 {

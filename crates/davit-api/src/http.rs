@@ -76,6 +76,8 @@ use crate::spec::{BalanceAlgorithm, JobType, ServiceMode};
 pub const INDEX_HEADER: &str = "x-davit-index";
 /// On a list answer with more items: the `next_token` of the next page (see the module's paging note).
 pub const NEXT_TOKEN_HEADER: &str = "x-davit-next-token";
+/// On every server answer: the id of the cluster the server belongs to (its store's).
+pub const CLUSTER_HEADER: &str = "x-davit-cluster";
 /// The largest `per_page` a list route accepts.
 pub const MAX_PAGE: usize = 10_000;
 /// Default address of a davit server.
@@ -410,6 +412,10 @@ pub struct NodeRegisterResponse {
     /// server does TLS and the node joined (or, without ACLs, registered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// The cluster the server belongs to: an agent that remembers another one refuses to go on (see the
+    /// agent's `cluster-id` file).
+    #[serde(default)]
+    pub cluster_id: String,
 }
 
 /// `POST /v1/nodes/register` and `POST /v1/node/{id}/certificate` take the node's public key as
@@ -418,6 +424,9 @@ pub struct NodeRegisterResponse {
 pub struct PublicKeyQuery {
     #[serde(default)]
     pub public_key: Option<String>,
+    /// Registration: the cluster the node belongs to; a server of another cluster answers 409.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 /// What a garbage collection pass deleted (`POST /v1/operator/gc[?force=true]`).

@@ -105,6 +105,9 @@ impl ClientTls {
 pub struct Indexed<T> {
     pub value: T,
     pub index: Index,
+    /// The cluster the answering server belongs to ([`davit_api::http::CLUSTER_HEADER`]; `None` from a
+    /// server that does not say).
+    pub cluster: Option<String>,
 }
 
 impl Client {
@@ -129,8 +132,11 @@ impl Client {
         let base = if base.contains("://") { base } else { format!("http://{base}") };
         let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(timeout);
         if let Some(tls) = tls {
-            // The roots were parsed already; the configuration of a fixed, valid name cannot fail.
-            builder = builder.tls_backend_preconfigured(tls.config(davit_tls::SERVER_NAME).expect("TLS configuration of a davit client"));
+            // The roots were parsed already; the configuration of a fixed, valid name cannot fail. With a CA
+            // nothing goes out in clear (a token to an `http://` address would).
+            builder = builder
+                .https_only(true)
+                .tls_backend_preconfigured(tls.config(davit_tls::SERVER_NAME).expect("TLS configuration of a davit client"));
         }
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token.and_then(|token| reqwest::header::HeaderValue::from_str(token).ok()) {
@@ -177,12 +183,13 @@ impl Client {
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let index = header(INDEX_HEADER).and_then(|v| v.parse().ok()).unwrap_or(0);
         let next = header(NEXT_TOKEN_HEADER);
+        let cluster = header(davit_api::http::CLUSTER_HEADER);
         let bytes = response.bytes().await.map_err(|source| self.transport_error(source))?;
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
         let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url, message: e.to_string() })?;
-        Ok((Indexed { value, index }, next))
+        Ok((Indexed { value, index, cluster }, next))
     }
 
     /// Every item of a list route, page after page.
@@ -328,14 +335,23 @@ impl Client {
     }
 
     pub async fn register_node(&self, node: &Node) -> Result<NodeRegisterResponse, ClientError> {
-        self.register_node_with_key(node, None).await
+        self.register_node_with(node, None, None).await
     }
 
-    /// Registers the node, sending its public key (see [`davit_tls::NodeKey`]) for a certificate.
-    pub async fn register_node_with_key(&self, node: &Node, public_key: Option<&str>) -> Result<NodeRegisterResponse, ClientError> {
+    /// Registers the node, sending its public key (see [`davit_tls::NodeKey`]) for a certificate, and the
+    /// cluster it belongs to (a server of another cluster refuses it with 409 and stores nothing).
+    pub async fn register_node_with(
+        &self,
+        node: &Node,
+        public_key: Option<&str>,
+        cluster_id: Option<&str>,
+    ) -> Result<NodeRegisterResponse, ClientError> {
         let mut request = self.http.post(self.url("/v1/nodes/register")).json(node);
         if let Some(public_key) = public_key {
             request = request.query(&[("public_key", public_key)]);
+        }
+        if let Some(cluster_id) = cluster_id {
+            request = request.query(&[("cluster_id", cluster_id)]);
         }
         Ok(self.send(request).await?.value)
     }

@@ -101,8 +101,9 @@ impl Admission {
 /// The layer: counts open requests of each class and refuses those over a cap.
 pub(crate) async fn admit(State(admission): State<Arc<Admission>>, request: Request, next: Next) -> Response {
     let is_stream = request.uri().path() == "/v1/event/stream";
+    // Decoded as the handlers decode it (`%69ndex` is `index`).
     let is_blocking = request.method() == Method::GET
-        && request.uri().query().is_some_and(|query| query.split('&').any(|pair| pair.starts_with("index=")));
+        && request.uri().query().is_some_and(|query| form_urlencoded::parse(query.as_bytes()).any(|(name, _)| name == "index"));
     let class = match (is_stream, is_blocking) {
         (true, _) => &admission.streams,
         (false, true) => &admission.blocking,

@@ -1,7 +1,8 @@
 //! Garbage collection: what ended long enough ago leaves the store, so it does not grow forever.
 //!
 //! A pass (every [`GcConfig::interval`], or `POST /v1/operator/gc`) collects, with Nomad's defaults:
-//! - jobs stopped at least `job_threshold` (4h) ago whose allocations all ended, with their versions,
+//! - jobs stopped at least `job_threshold` (4h) ago (measured from the job's last change: its submission,
+//!   evaluations or allocations) whose allocations all ended, with their versions,
 //!   evaluations and allocations;
 //! - evaluations that ended (complete, failed, canceled) at least `eval_threshold` (1h) ago, except the newest
 //!   of each job (`job status` shows it);
@@ -68,11 +69,23 @@ pub(crate) fn find(snapshot: &Snapshot, now: u64, config: &GcConfig, force: bool
     let cluster = &snapshot.cluster;
     let mut garbage = Garbage::default();
 
+    // When a job last changed: its submission, or later its evaluations (a stop writes one) and allocations.
+    let mut last_change: HashMap<&str, u64> = HashMap::new();
+    for eval in snapshot.evals.values() {
+        let time = last_change.entry(eval.job_name.as_str()).or_default();
+        *time = (*time).max(eval.modify_time);
+    }
     let mut dead_jobs = BTreeSet::new();
     for job in cluster.jobs() {
         let id = job.spec.id();
         let all_ended = cluster.allocs_for_job(&id).all(|alloc| alloc.client_status.is_terminal());
-        if job.stopped && all_ended && aged(job.submit_time, config.job_threshold) {
+        let changed = cluster
+            .allocs_for_job(&id)
+            .map(|alloc| alloc.modify_time)
+            .chain([job.submit_time, last_change.get(id.as_str()).copied().unwrap_or(0)])
+            .max()
+            .unwrap_or(job.submit_time);
+        if job.stopped && all_ended && aged(changed, config.job_threshold) {
             garbage.jobs.push((id.clone(), job.modify_index));
             garbage.versions.extend(cluster.job_versions(&id).map(|version| (id.clone(), version.version)));
             dead_jobs.insert(id);

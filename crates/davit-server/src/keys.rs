@@ -12,6 +12,7 @@
 //! | `acl/policy/<name>` | [`AclPolicy`] |
 //! | `acl/token/<accessor id>` | [`StoredToken`] (the secret only as its SHA-256) |
 //! | `acl/bootstrap` | the accessor id of the bootstrap token: present once `acl bootstrap` ran |
+//! | `cluster/id` | the cluster's id (a JSON string), made by the first server on an empty store |
 
 use davit_api::acl::{AclPolicy, StoredToken};
 use davit_api::namespace::Namespace;
@@ -28,6 +29,7 @@ pub const VARIABLES: &str = "vars/";
 pub const ACL_POLICIES: &str = "acl/policy/";
 pub const ACL_TOKENS: &str = "acl/token/";
 pub const ACL_BOOTSTRAP: &str = "acl/bootstrap";
+pub const CLUSTER_ID: &str = "cluster/id";
 
 pub fn job(name: &str) -> String {
     format!("{JOBS}{name}")
@@ -90,6 +92,7 @@ pub enum Object {
     AclPolicy(AclPolicy),
     AclToken(Box<StoredToken>),
     AclBootstrap,
+    ClusterId,
 }
 
 /// What a deleted key referred to.
@@ -106,6 +109,7 @@ pub enum ObjectKey<'a> {
     AclPolicy(&'a str),
     AclToken(&'a str),
     AclBootstrap,
+    ClusterId,
 }
 
 pub fn parse_key(key: &str) -> Option<ObjectKey<'_>> {
@@ -140,6 +144,9 @@ pub fn parse_key(key: &str) -> Option<ObjectKey<'_>> {
     }
     if key == ACL_BOOTSTRAP {
         return Some(ObjectKey::AclBootstrap);
+    }
+    if key == CLUSTER_ID {
+        return Some(ObjectKey::ClusterId);
     }
     key.strip_prefix(EVALS).map(ObjectKey::Eval)
 }
@@ -188,6 +195,7 @@ pub fn decode(key: &str, value: &[u8], create_revision: u64, mod_revision: u64) 
             Object::AclToken(Box::new(stored))
         }
         Some(ObjectKey::AclBootstrap) => Object::AclBootstrap,
+        Some(ObjectKey::ClusterId) => Object::ClusterId,
         Some(ObjectKey::Eval(_)) | None => {
             let mut eval: Evaluation = serde_json::from_slice(value)?;
             (eval.create_index, eval.modify_index) = (create_revision, mod_revision);

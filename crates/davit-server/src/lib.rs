@@ -170,6 +170,9 @@ pub(crate) struct Shared {
     pub spec_limits: davit_api::spec::SpecLimits,
     pub gc: GcConfig,
     pub admission: Arc<admission::Admission>,
+    /// The cluster's id (`keys::CLUSTER_ID`), on every answer as [`davit_api::http::CLUSTER_HEADER`]: agents
+    /// refuse a server of another cluster (wiped, or foreign) instead of stopping their work for it.
+    pub cluster_id: String,
 }
 
 impl Shared {
@@ -230,6 +233,7 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         });
         background.push(supervised("worker", Box::new(move || Box::pin(Arc::clone(&worker).run()) as Loop)));
     }
+    let cluster_id = cluster_id(config.store.as_ref()).await?;
     let tls = match config.tls {
         Some(tls) => {
             let (tls, renew) = tls::ServerTls::start(tls)?;
@@ -263,6 +267,7 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         spec_limits: config.spec_limits.clone(),
         gc: config.gc.clone(),
         admission: Arc::new(admission::Admission::new(&config.admission)),
+        cluster_id,
     });
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;
@@ -350,6 +355,23 @@ async fn coordinate(
                     }
                 }
             }
+        }
+    }
+}
+
+/// The store's cluster id, made (a new v4 UUID) when the store has none: the first server of a cluster.
+async fn cluster_id(store: &dyn Store) -> Result<String, StoreError> {
+    loop {
+        if let Some(stored) = store.get(keys::CLUSTER_ID).await? {
+            return serde_json::from_slice(&stored.value).map_err(|error| StoreError::Backend(format!("{}: {error}", keys::CLUSTER_ID)));
+        }
+        let id = new_id();
+        let mut txn = Txn::default();
+        txn.compares.push(davit_store::Compare::Missing(keys::CLUSTER_ID.to_string()));
+        txn.success.push(keys::put(keys::CLUSTER_ID.to_string(), &id));
+        if store.txn(txn).await?.succeeded {
+            tracing::info!(cluster_id = %id, "a new cluster");
+            return Ok(id);
         }
     }
 }

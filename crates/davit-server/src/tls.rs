@@ -65,21 +65,39 @@ impl ServerTls {
     }
 
     async fn keep_own_fresh(self: Arc<ServerTls>, role: Role) {
+        let mut wait = self.cert_ttl * 2 / 3;
         loop {
-            tokio::time::sleep(self.cert_ttl * 2 / 3).await;
-            match self.renew_own(&role) {
-                Ok(()) => tracing::info!("renewed the server's certificate"),
-                Err(error) => tracing::error!(%error, "cannot renew the server's certificate"),
-            }
+            tokio::time::sleep(wait).await;
+            wait = match self.renew_own(&role) {
+                Ok(()) => {
+                    tracing::info!("renewed the server's certificate");
+                    self.cert_ttl * 2 / 3
+                }
+                Err(error) => {
+                    // Again soon, well before the current certificate expires.
+                    tracing::error!(%error, "cannot renew the server's certificate; trying again");
+                    (self.cert_ttl / 30).max(Duration::from_secs(1))
+                }
+            };
         }
     }
 
     /// A certificate for node `node_id`, whose agent serves its API at `http_addr`, for the public key
-    /// `public_key` (hex, see [`NodeKey`]).
+    /// `public_key` (hex, see [`NodeKey`]). Only an IP address of `http_addr` joins the node's name: a host
+    /// name there is the node's to choose (`server.davit`, another node's name) and is never certified.
     pub fn issue_node(&self, node_id: &str, http_addr: &str, public_key: &str) -> Result<Issued, TlsError> {
+        // Lower case only: certificate names compare without case, node ids do not.
+        let valid = !node_id.is_empty()
+            && node_id.len() <= 63
+            && node_id.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-');
+        if !valid {
+            return Err(TlsError::Certificate(format!(
+                "node id `{node_id}` cannot be named in a certificate: with TLS a node id is 1 to 63 lower-case letters, digits or `-` (agents make UUIDs)"
+            )));
+        }
         let host = http_addr.split_once("://").map_or(http_addr, |(_, rest)| rest);
         let host = host.rsplit_once(':').map_or(host, |(host, _port)| host).trim_start_matches('[').trim_end_matches(']');
-        let extra = if host.is_empty() { Vec::new() } else { vec![host.to_string()] };
+        let extra = host.parse::<std::net::IpAddr>().map(|ip| vec![ip.to_string()]).unwrap_or_default();
         self.ca.issue(&Role::Node { id: node_id.to_string(), extra }, &NodeKey::from_hex(public_key)?, self.cert_ttl)
     }
 
@@ -90,6 +108,8 @@ impl ServerTls {
         reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .redirect(reqwest::redirect::Policy::none())
+            // Never a relay in clear to an `http://` address.
+            .https_only(true)
             .tls_backend_preconfigured(client.config(&davit_tls::node_name(node_id))?)
             .build()
             .map_err(|error| TlsError::Config(error.to_string()))

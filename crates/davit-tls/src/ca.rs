@@ -64,7 +64,7 @@ pub struct NodeKey(Vec<u8>);
 
 impl NodeKey {
     pub fn from_hex(text: &str) -> Result<NodeKey, TlsError> {
-        let bytes = (text.len() == 130)
+        let bytes = (text.len() == 130 && text.is_ascii())
             .then(|| (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect::<Option<Vec<u8>>>())
             .flatten()
             .filter(|bytes| bytes[0] == 4)

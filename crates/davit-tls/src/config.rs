@@ -40,6 +40,19 @@ impl CertSlot {
         Ok(())
     }
 
+    /// Whether the current certificate expired by `now` (Unix seconds).
+    pub fn expired(&self, now: u64) -> bool {
+        let end = self.not_after.load(Ordering::Relaxed);
+        end > 0 && end <= now
+    }
+
+    /// Empties the slot: nothing is presented.
+    pub fn clear(&self) {
+        *self.current.write().expect("certificate slot lock") = None;
+        self.not_before.store(0, Ordering::Relaxed);
+        self.not_after.store(0, Ordering::Relaxed);
+    }
+
     /// When the current certificate is due for renewal: after two thirds of its life (Unix seconds).
     pub fn renew_at(&self) -> Option<u64> {
         let (start, end) = (self.not_before.load(Ordering::Relaxed), self.not_after.load(Ordering::Relaxed));
@@ -101,18 +114,15 @@ const FILE_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 pub async fn watch_files(slot: Arc<CertSlot>, cert: PathBuf, key: PathBuf, mut seen: FileStamp) {
     loop {
         tokio::time::sleep(FILE_POLL).await;
-        if FileStamp::of(&cert, &key) == seen {
+        let now = FileStamp::of(&cert, &key);
+        if now == seen {
             continue;
         }
-        match slot.load_files(&cert, &key) {
-            Ok(now) => {
-                seen = now;
-                tracing::info!(cert = %cert.display(), "loaded the renewed certificate");
-            }
-            Err(error) => {
-                seen = FileStamp::of(&cert, &key);
-                tracing::warn!(%error, "the certificate files changed but cannot be used; keeping the current certificate");
-            }
+        // What is remembered is what was looked at: a file that changes again meanwhile is read at the next poll.
+        seen = now;
+        match slot.set(&cert, &crate::read(&cert).unwrap_or_default(), &crate::read(&key).unwrap_or_default()) {
+            Ok(()) => tracing::info!(cert = %cert.display(), "loaded the renewed certificate"),
+            Err(error) => tracing::warn!(%error, "the certificate files changed but cannot be used (yet); keeping the current certificate"),
         }
     }
 }

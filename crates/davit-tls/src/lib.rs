@@ -75,10 +75,17 @@ pub fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> 
     let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     // A directory made for keys is the owner's alone.
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|name| name.to_str()).unwrap_or("pem")));
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io)?;
-    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    // A new file of our own (never one left over or planted there), named at random.
+    let mut suffix = [0u8; 8];
+    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut suffix).expect("the OS random number generator works");
+    let suffix: String = suffix.iter().map(|byte| format!("{byte:02x}")).collect();
+    let tmp = dir.join(format!(".{}.{suffix}.tmp", path.file_name().and_then(|name| name.to_str()).unwrap_or("pem")));
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
+    let written = file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(io)
 }
 
 /// The certificates of a PEM text, in order.

@@ -19,6 +19,8 @@ use tokio_rustls::server::TlsStream;
 
 /// How long a client may take to say hello and finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; a connection beyond is closed at once (slow clients cannot pile up).
+const MAX_HANDSHAKES: usize = 1024;
 
 /// The answer to plain HTTP on a TLS port (a JSON body in the shape of the API's errors).
 const PLAIN_HTTP_ANSWER: &str = concat!(
@@ -53,6 +55,7 @@ async fn accept_loop(
     acceptor: tokio_rustls::TlsAcceptor,
     handshaken: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -63,9 +66,14 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%remote, "too many TLS handshakes in progress; closing the connection");
+            continue;
+        };
         let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
         tokio::spawn(async move {
             let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &acceptor)).await;
+            drop(slot);
             match outcome {
                 Ok(Ok(Some(tls))) => {
                     let _ = handshaken.send((tls, remote)).await;

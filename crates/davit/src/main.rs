@@ -123,6 +123,12 @@ async fn try_main(mut cli: cli::Cli) -> Result<(), Failure> {
     // `DAVIT_TOKEN=` (set but empty) means no token.
     cli.token = cli.token.filter(|token| !token.is_empty());
     let tls = client_tls(&cli.tls)?;
+    if tls.is_some() && cli.command.is_client() && !cli.address.starts_with("https://") {
+        return Err(Failure::user(format!(
+            "--ca-cert (DAVIT_CACERT) is set but {} is not an https:// address: use https://, so that no token travels in clear",
+            cli.address
+        )));
+    }
     let client = davit_client::Client::connect(&cli.address, cli.token.as_deref(), tls.as_ref()).in_namespace(cli.namespace.as_deref());
     match cli.command {
         cli::Command::Dev(args) => run::dev(args).await,

@@ -199,7 +199,12 @@ pub async fn run(config: SimConfig, stats: Arc<SimStats>, mut shutdown: watch::R
             let name = format!("{}-{:05}", config.name_prefix, position + 1);
             // The id's first 8 characters (the short id) differ between nodes, as real agents' uuids do.
             let tag = splitmix64(run ^ position as u64) >> 32;
-            sim_node(&config.shape, format!("{tag:08x}-{name}"), name, position)
+            let mut node = sim_node(&config.shape, format!("{tag:08x}-{name}"), name, position);
+            if config.tls.is_some() {
+                // A server doing TLS takes only agents whose API is HTTPS (nothing answers there anyway).
+                node.http_addr = node.http_addr.replacen("http://", "https://", 1);
+            }
+            node
         })
         .collect();
     let nodes = Arc::new(nodes);

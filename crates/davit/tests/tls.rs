@@ -90,7 +90,17 @@ fn agents_join_over_mutual_tls_and_certificates_rotate_without_restarts() {
     assert!(stderr(&wrong_ca).contains("server certificate not signed by DAVIT_CACERT"), "{}", stderr(&wrong_ca));
     let plain = cli(&addr.replace("https://", "http://"), &ca, Some(&management), &dir, &["node", "ls"]);
     assert_eq!(plain.status.code(), Some(1));
-    assert!(stderr(&plain).contains("speaks HTTPS: use an https:// address"), "{}", stderr(&plain));
+    assert!(stderr(&plain).contains("is not an https:// address"), "the token is not sent in clear: {}", stderr(&plain));
+    // Other tools speaking plain HTTP to the TLS port are told what to do.
+    let answer = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr.trim_start_matches("https://")).unwrap();
+        stream.write_all(b"GET /v1/status HTTP/1.1\r\nHost: davit\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("speaks HTTPS"), "{answer}");
 
     // Two agents join with a two-use join token; one without a token is refused.
     let join = secret(&cli_ok(&addr, &ca, &management, &dir, &["acl", "join-token", "create", "--uses", "2", "-o", "json"]));
@@ -111,7 +121,8 @@ fn agents_join_over_mutual_tls_and_certificates_rotate_without_restarts() {
     for agent in [&a, &b] {
         wait_until("the agent got its certificate", Duration::from_secs(30), || agent.logs().contains("got the node's certificate"));
     }
-    let (a_cert, a_key) = (dir.join("a/tls/node.pem"), dir.join("a/tls/node-key.pem"));
+    // Key and certificate in one owner-only file.
+    let (a_cert, a_key) = (dir.join("a/tls/node.pem"), dir.join("a/tls/node.pem"));
     assert_eq!(mode(a_key.clone()), 0o600, "the node's key is owner-only");
     let first_a_cert = std::fs::read_to_string(&a_cert).unwrap();
 
@@ -151,8 +162,7 @@ fn agents_join_over_mutual_tls_and_certificates_rotate_without_restarts() {
         });
         davit_client::Client::connect(&addr, Some(&a_token), Some(&davit_client::ClientTls::load(&ca, slot).unwrap()))
     };
-    for (who, cert) in
-        [("no certificate", None), ("node b's certificate", Some((dir.join("b/tls/node.pem"), dir.join("b/tls/node-key.pem"))))]
+    for (who, cert) in [("no certificate", None), ("node b's certificate", Some((dir.join("b/tls/node.pem"), dir.join("b/tls/node.pem"))))]
     {
         let forged = runtime.block_on(as_a_with(cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path()))).heartbeat(&node_a)).unwrap_err();
         assert!(forged.is_denied() && forged.to_string().contains("presents its certificate"), "{who}: {forged}");

@@ -173,7 +173,8 @@ impl StreamState {
                 | ObjectKey::Variable(..)
                 | ObjectKey::AclPolicy(_)
                 | ObjectKey::AclToken(_)
-                | ObjectKey::AclBootstrap => continue,
+                | ObjectKey::AclBootstrap
+                | ObjectKey::ClusterId => continue,
             };
             let in_namespace = match parsed {
                 ObjectKey::Job(id) | ObjectKey::Version(id, _) => namespace_of(id) == self.namespace,
@@ -211,7 +212,12 @@ impl StreamState {
                     Object::Node(node) => serde_json::to_value(node).ok(),
                     Object::Alloc(alloc) => serde_json::to_value(alloc).ok(),
                     Object::Eval(eval) => serde_json::to_value(eval).ok(),
-                    Object::Namespace(_) | Object::Variable(_) | Object::AclPolicy(_) | Object::AclToken(_) | Object::AclBootstrap => None,
+                    Object::Namespace(_)
+                    | Object::Variable(_)
+                    | Object::AclPolicy(_)
+                    | Object::AclToken(_)
+                    | Object::AclBootstrap
+                    | Object::ClusterId => None,
                 };
             } else if !in_namespace {
                 continue;

@@ -148,7 +148,16 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     router
         .fallback(|| async { Failure::not_found("no such API route; see the route list in the davit_api::http docs".to_string()) })
         .layer(from_fn_with_state(Arc::clone(&shared.admission), crate::admission::admit))
+        .layer(axum::middleware::map_response_with_state(Arc::clone(&shared), with_cluster_id))
         .with_state(shared)
+}
+
+/// Names the cluster on every answer.
+async fn with_cluster_id(axum::extract::State(shared): axum::extract::State<Arc<Shared>>, mut response: Response) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&shared.cluster_id) {
+        response.headers_mut().insert(davit_api::http::CLUSTER_HEADER, value);
+    }
+    response
 }
 
 /// An error answer.

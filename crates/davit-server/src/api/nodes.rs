@@ -78,6 +78,12 @@ pub(crate) async fn register(
     body: Bytes,
 ) -> Result<Response, Failure> {
     let mut node: Node = json_body(&body, "node")?;
+    if let Some(theirs) = key.cluster_id.as_deref().filter(|theirs| *theirs != shared.cluster_id) {
+        return Err(Failure::conflict(format!(
+            "node {} belongs to cluster {theirs}; this server is cluster {} (a wiped or foreign store): it was not registered",
+            node.id, shared.cluster_id
+        )));
+    }
     if node.id.is_empty() || node.name.is_empty() || node.datacenter.is_empty() {
         return Err(Failure::bad_request("a node needs a non-empty id, name and datacenter"));
     }
@@ -94,6 +100,12 @@ pub(crate) async fn register(
         return Err(Failure::bad_request(format!(
             "node port_range {}-{} is empty: the first port must not be above the last",
             node.resources.port_range.0, node.resources.port_range.1
+        )));
+    }
+    if shared.tls.is_some() && !node.http_addr.is_empty() && !node.http_addr.starts_with("https://") {
+        return Err(Failure::bad_request(format!(
+            "this server does TLS: the agent's API must be served over HTTPS, not at {} (give the agent the cluster's CA with --ca-cert)",
+            node.http_addr
         )));
     }
     // With TLS, a node that joins (or, without ACLs, any node that asks) gets a certificate for the key it
@@ -177,6 +189,7 @@ pub(crate) async fn register(
             acl_enabled: shared.acl_enabled,
             node_token,
             certificate,
+            cluster_id: shared.cluster_id.clone(),
         },
     ))
 }
