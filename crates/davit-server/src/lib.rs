@@ -24,6 +24,8 @@ pub mod applier;
 mod broker;
 mod catalog;
 mod drainer;
+#[doc(hidden)]
+pub mod fuzz;
 mod gc;
 mod keyring;
 mod keys;
@@ -106,6 +108,8 @@ pub enum ServerError {
 pub struct ServerHandle {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// The API's router (what the listener serves), for in-process callers such as the fuzzer.
+    router: axum::Router,
     shutdown: tokio::sync::oneshot::Sender<()>,
     http: tokio::task::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -114,6 +118,16 @@ pub struct ServerHandle {
 impl ServerHandle {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The API's router, to call in-process (requests have no peer address or certificate).
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
+    }
+
+    /// The store revision the server's view reflects.
+    pub fn revision(&self) -> u64 {
+        self.shared.view.snapshot().revision
     }
 
     /// Adds text to every `GET /metrics` answer: `davit dev` appends its agent's proxy metrics this way.
@@ -272,7 +286,8 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-    let router = api::router(Arc::clone(&shared)).into_make_service_with_connect_info::<davit_tls::Peer>();
+    let api_router = api::router(Arc::clone(&shared));
+    let router = api_router.clone().into_make_service_with_connect_info::<davit_tls::Peer>();
     let closed = async move {
         let _ = shutdown_rx.await;
         let _ = closing_tx.send(true);
@@ -294,7 +309,7 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         }),
     };
     tracing::info!(%addr, tls = tls.is_some(), "davit server listening");
-    Ok(ServerHandle { addr, shared, shutdown, http, background })
+    Ok(ServerHandle { addr, shared, router: api_router, shutdown, http, background })
 }
 
 /// A supervised loop, as its factory makes it.

@@ -147,9 +147,41 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     }
     router
         .fallback(|| async { Failure::not_found("no such API route; see the route list in the davit_api::http docs".to_string()) })
+        .layer(axum::middleware::map_response(json_errors))
         .layer(from_fn_with_state(Arc::clone(&shared.admission), crate::admission::admit))
         .layer(axum::middleware::map_response_with_state(Arc::clone(&shared), with_cluster_id))
         .with_state(shared)
+}
+
+/// Every error answer is an [`ApiError`] in JSON, also those axum makes itself (a query string, path or body
+/// its extractors refuse, a method a route does not have, a body too large); their text becomes the message
+/// and headers such as `Allow` stay.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json =
+        response.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text =
+        axum::body::to_bytes(body, 64 * 1024).await.map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string()).unwrap_or_default();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { text };
+    let code = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY | StatusCode::UNSUPPORTED_MEDIA_TYPE => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        _ if status.is_server_error() => "internal",
+        _ => "error",
+    };
+    let mut answer = Failure::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
 /// Names the cluster on every answer.

@@ -106,6 +106,10 @@ impl TestServer {
         self.request("GET", "/v1/status", "").await.1["index"].as_u64().unwrap()
     }
 
+    pub fn handle(&self) -> &ServerHandle {
+        self.handle.as_ref().expect("a running server")
+    }
+
     pub async fn shutdown(mut self) {
         self.handle.take().unwrap().shutdown().await;
     }
