@@ -32,11 +32,19 @@ impl ClusterId {
     }
 
     /// Whether a server of cluster `seen` (empty or `None`: a server that does not say) is one to follow;
-    /// the first one seen is remembered. `Err`: why not.
+    /// the first one seen is remembered. Once one is known, a server that does not say is refused too.
+    /// `Err`: why not.
     pub fn check(&self, seen: Option<&str>) -> Result<(), String> {
-        let Some(seen) = seen.filter(|seen| !seen.is_empty()) else { return Ok(()) };
         use std::sync::atomic::Ordering;
         let mut known = self.known.lock().expect("cluster id lock");
+        let Some(seen) = seen.filter(|seen| !seen.is_empty()) else {
+            return match known.as_deref() {
+                None => Ok(()),
+                Some(known) => {
+                    Err(self.refuse(format!("the server does not say which cluster it belongs to; this node belongs to cluster {known}")))
+                }
+            };
+        };
         match known.as_deref() {
             Some(known) if known == seen => {
                 if self.refusing.swap(false, Ordering::Relaxed) {
@@ -79,8 +87,9 @@ mod tests {
     fn the_first_cluster_is_kept_and_another_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let cluster = ClusterId::load(dir.path()).unwrap();
-        assert!(cluster.check(None).is_ok() && cluster.check(Some("")).is_ok(), "a server that does not say");
+        assert!(cluster.check(None).is_ok() && cluster.check(Some("")).is_ok(), "a server that does not say, before any");
         cluster.check(Some("c1")).unwrap();
+        assert!(cluster.check(None).is_err(), "once one is known, a server that does not say is refused");
         assert!(cluster.check(Some("c1")).is_ok());
         let refused = cluster.check(Some("c2")).unwrap_err();
         assert!(refused.contains("belongs to cluster c2, this node to cluster c1"), "{refused}");

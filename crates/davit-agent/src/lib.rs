@@ -376,6 +376,15 @@ pub(crate) struct AgentContext {
 }
 
 impl AgentContext {
+    /// `answer`, if its server belongs to this node's cluster (see `cluster.rs`): what a server of another
+    /// cluster says about this node's work (allocations, catalog, template data) is never followed.
+    pub fn same_cluster<T>(&self, answer: davit_client::Indexed<T>) -> Result<davit_client::Indexed<T>, ClientError> {
+        match self.cluster.check(answer.cluster.as_deref()) {
+            Ok(()) => Ok(answer),
+            Err(message) => Err(ClientError::WrongCluster { message }),
+        }
+    }
+
     /// The spec of one job version, from the cache or the server.
     pub async fn job_spec(&self, job: &str, version: u64) -> Result<Arc<JobSpec>, ClientError> {
         let key = (job.to_string(), version);

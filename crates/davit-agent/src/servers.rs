@@ -62,7 +62,7 @@ impl ServerPool {
 /// Could not reach the server, or it failed internally: worth trying another one.
 fn is_server_failure(error: &ClientError) -> bool {
     match error {
-        ClientError::Unreachable { .. } | ClientError::Tls { .. } => true,
+        ClientError::Unreachable { .. } | ClientError::Tls { .. } | ClientError::WrongCluster { .. } => true,
         ClientError::Api { status, .. } => *status >= 500,
         ClientError::Decode { .. } => false,
     }

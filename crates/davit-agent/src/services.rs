@@ -196,7 +196,8 @@ fn catalog_poll(context: &Arc<AgentContext>, index: u64, delay: Duration) -> Pol
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        context.servers.call(|client| async move { client.catalog_blocking(index, POLL_WAIT).await }).await
+        let answer = context.servers.call(|client| async move { client.catalog_blocking(index, POLL_WAIT).await }).await?;
+        context.same_cluster(answer)
     })
 }
 

@@ -46,6 +46,7 @@ pub(crate) async fn prepare(shared: &AllocShared, task: &TaskSpec, task_dir: &Pa
             async move { client.template_data(&node, &alloc, 0, Duration::ZERO).await }
         })
         .await
+        .and_then(|answer| shared.context.same_cluster(answer))
         .map_err(|error| format!("fetching what the templates read: {error}"))?;
     let texts = render(task, &data.value)?;
     let owner = owner_of(task).map_err(|error| format!("the owner of the templates: {error}"))?;
@@ -211,7 +212,8 @@ pub(crate) fn watch(
                     let (node, alloc) = (node.clone(), alloc.clone());
                     async move { client.template_data(&node, &alloc, index, Duration::from_secs(60)).await }
                 })
-                .await;
+                .await
+                .and_then(|answer| shared.context.same_cluster(answer));
             let data = match answer {
                 Ok(data) => data,
                 Err(error) => {

@@ -53,10 +53,7 @@ pub async fn run(context: Arc<AgentContext>, mut registered: watch::Receiver<boo
             _ = shutdown.changed() => return,
         };
         // A server of another cluster does not know this node's work: its list is not followed.
-        let result = result.map_err(|error| error.to_string()).and_then(|answer| match context.cluster.check(answer.cluster.as_deref()) {
-            Ok(()) => Ok(answer),
-            Err(reason) => Err(reason),
-        });
+        let result = result.and_then(|answer| context.same_cluster(answer));
         match result {
             Ok(answer) => {
                 if failures > 0 {

@@ -57,7 +57,7 @@ impl Duration {
                 _ => return Err(err("unknown unit (use ns, us, ms, s, m, h or d)")),
             };
             rest = &rest[unit_len..];
-            total_nanos += (number * unit_nanos) as u128;
+            total_nanos = total_nanos.saturating_add((number * unit_nanos) as u128);
         }
         let nanos = u64::try_from(total_nanos).map_err(|_| err("it is too large"))?;
         Ok(Duration(std::time::Duration::from_nanos(nanos)))

@@ -41,6 +41,9 @@ pub enum ClientError {
     /// The TLS handshake failed: the message says why in the user's terms.
     #[error("cannot talk to the davit server at {addr}: {message}")]
     Tls { addr: String, message: String },
+    /// The server belongs to another cluster than the caller (an agent) does.
+    #[error("{message}")]
+    WrongCluster { message: String },
 }
 
 impl ClientError {

@@ -102,7 +102,7 @@ impl Admission {
 pub(crate) async fn admit(State(admission): State<Arc<Admission>>, request: Request, next: Next) -> Response {
     let is_stream = request.uri().path() == "/v1/event/stream";
     // Decoded as the handlers decode it (`%69ndex` is `index`).
-    let is_blocking = request.method() == Method::GET
+    let is_blocking = (request.method() == Method::GET || request.method() == Method::HEAD)
         && request.uri().query().is_some_and(|query| form_urlencoded::parse(query.as_bytes()).any(|(name, _)| name == "index"));
     let class = match (is_stream, is_blocking) {
         (true, _) => &admission.streams,

@@ -163,16 +163,36 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, rece
         let mut replies = Vec::with_capacity(count);
         let mut decoded = Vec::new();
         for request in requests.drain(..) {
+            // A panic while checking one request fails that request alone; the batch and the applier go on.
             let (writes, reply) = match request {
-                Request::Plan(plan, sender) => {
-                    let (writes, result) = check_plan(&working.cluster, plan, crate::now_millis());
-                    (writes, Reply::Plan(result, sender))
-                }
-                Request::ClientUpdate(updates, now, sender) => (merge_client_updates(&working, updates, now), Reply::Index(sender)),
-                Request::Stop(stops, evals, now, sender) => (stop_allocs(&working, &stops, evals, now), Reply::Index(sender)),
-                Request::Migrate(destination, now, sender) => match check_migration(&working, &destination, now) {
-                    Ok(writes) => (writes, Reply::Migrate(Ok(()), sender)),
-                    Err(reason) => (Writes::default(), Reply::Migrate(Err(reason), sender)),
+                Request::Plan(plan, sender) => match guarded(|| check_plan(&working.cluster, plan, crate::now_millis())) {
+                    Ok((writes, result)) => (writes, Reply::Plan(result, sender)),
+                    Err(panic) => {
+                        let _ = sender.send(Err(panic));
+                        continue;
+                    }
+                },
+                Request::ClientUpdate(updates, now, sender) => match guarded(|| merge_client_updates(&working, updates, now)) {
+                    Ok(writes) => (writes, Reply::Index(sender)),
+                    Err(panic) => {
+                        let _ = sender.send(Err(panic));
+                        continue;
+                    }
+                },
+                Request::Stop(stops, evals, now, sender) => match guarded(|| stop_allocs(&working, &stops, evals, now)) {
+                    Ok(writes) => (writes, Reply::Index(sender)),
+                    Err(panic) => {
+                        let _ = sender.send(Err(panic));
+                        continue;
+                    }
+                },
+                Request::Migrate(destination, now, sender) => match guarded(|| check_migration(&working, &destination, now)) {
+                    Ok(Ok(writes)) => (writes, Reply::Migrate(Ok(()), sender)),
+                    Ok(Err(reason)) => (Writes::default(), Reply::Migrate(Err(reason), sender)),
+                    Err(panic) => {
+                        let _ = sender.send(Err(panic));
+                        continue;
+                    }
                 },
                 Request::Collect(ids, sender) => {
                     let mut writes = Writes::default();
@@ -229,6 +249,13 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, rece
             }
         }
     }
+}
+
+/// Runs one request's check, turning a panic into an error for that request.
+fn guarded<T>(check: impl FnOnce() -> T) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)).map_err(|panic| {
+        StoreError::Backend(format!("the plan applier panicked on this request: {}", crate::supervise::panic_message(panic)))
+    })
 }
 
 /// The transaction that starts a live migration to `destination`, or why the newest state refuses it.

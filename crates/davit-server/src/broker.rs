@@ -34,6 +34,9 @@ struct Inner {
     arrivals: u64,
 }
 
+/// Failed attempts after which an evaluation is given up on.
+pub const MAX_NACKS: u32 = 10;
+
 /// The longest a failed evaluation waits before it runs again.
 const NACK_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -101,20 +104,25 @@ impl Broker {
     }
 
     /// Processing `eval` failed for a reason worth retrying: it is queued again after a backoff that doubles
-    /// with each failure of it (100 ms up to 10 s), which this returns.
-    pub fn nack(&self, eval: &Arc<Evaluation>) -> std::time::Duration {
+    /// with each failure of it (100 ms up to 10 s), which this returns; `None` after [`MAX_NACKS`] failures
+    /// (the evaluation is released: the caller fails it for good).
+    pub fn nack(&self, eval: &Arc<Evaluation>) -> Option<std::time::Duration> {
         let failures = {
             let mut inner = self.inner.lock().expect("broker lock");
             let failures = inner.failures.entry(eval.id.clone()).or_default();
             *failures = failures.saturating_add(1);
             *failures
         };
+        if failures >= MAX_NACKS {
+            self.ack(eval);
+            return None;
+        }
         let delay = std::time::Duration::from_millis(100u64.saturating_mul(1 << failures.min(7).saturating_sub(1))).min(NACK_MAX_DELAY);
         self.release(eval);
         let mut retry = (**eval).clone();
         retry.wait_until = Some(now_millis() + delay.as_millis() as u64);
         self.enqueue(Arc::new(retry));
-        delay
+        Some(delay)
     }
 
     /// The evaluation is done (its outcome is stored): release its job.
@@ -251,15 +259,21 @@ mod tests {
         broker.enqueue(eval("a1", "a", 50));
         let first = broker.dequeue().await;
         let start = Instant::now();
-        assert_eq!(broker.nack(&first), std::time::Duration::from_millis(100));
+        assert_eq!(broker.nack(&first), Some(std::time::Duration::from_millis(100)));
         let again = broker.dequeue().await;
         assert_eq!(again.id, "a1");
         assert!(start.elapsed() >= std::time::Duration::from_millis(90), "{:?}", start.elapsed());
-        assert_eq!(broker.nack(&again), std::time::Duration::from_millis(200));
+        assert_eq!(broker.nack(&again), Some(std::time::Duration::from_millis(200)));
         let third = broker.dequeue().await;
         broker.ack(&third);
         broker.enqueue(eval("a1", "a", 50));
-        assert_eq!(broker.nack(&broker.dequeue().await), std::time::Duration::from_millis(100), "an ack forgets the failures");
+        assert_eq!(broker.nack(&broker.dequeue().await), Some(std::time::Duration::from_millis(100)), "an ack forgets the failures");
+        let mut last = broker.dequeue().await;
+        for _ in 2..MAX_NACKS {
+            assert!(broker.nack(&last).is_some());
+            last = broker.dequeue().await;
+        }
+        assert_eq!(broker.nack(&last), None, "given up after {MAX_NACKS} failures");
     }
 
     #[tokio::test(start_paused = true)]

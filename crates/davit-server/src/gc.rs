@@ -120,17 +120,22 @@ pub(crate) fn find(snapshot: &Snapshot, now: u64, config: &GcConfig, force: bool
         }
     }
 
-    // Allocations: ended, and no longer the current instance of their name (or their job is gone).
-    let mut current: HashMap<(&str, &str), u64> = HashMap::new();
+    // Allocations: ended, and no longer the current instance of their name (or their job is gone). A system
+    // job's allocations share a name on every node: there an instance is a name on a node.
+    let instance = |alloc: &davit_api::objects::Allocation| {
+        let system = cluster.job(&alloc.job_name).is_some_and(|job| job.spec.job_type == davit_api::spec::JobType::System);
+        (alloc.job_name.clone(), alloc.name.clone(), if system { alloc.node_id.clone() } else { String::new() })
+    };
+    let mut current: HashMap<(String, String, String), u64> = HashMap::new();
     for alloc in cluster.allocs() {
-        let created = current.entry((alloc.job_name.as_str(), alloc.name.as_str())).or_default();
+        let created = current.entry(instance(alloc)).or_default();
         *created = (*created).max(alloc.create_time);
     }
     for alloc in cluster.allocs().filter(|alloc| alloc.client_status.is_terminal()) {
         let job = cluster.job(&alloc.job_name);
         let gone = dead_jobs.contains(&alloc.job_name) || job.is_none();
         let replaced = alloc.desired_status != davit_api::objects::DesiredStatus::Run
-            || current.get(&(alloc.job_name.as_str(), alloc.name.as_str())).is_some_and(|newest| *newest > alloc.create_time)
+            || current.get(&instance(alloc)).is_some_and(|newest| *newest > alloc.create_time)
             || job.is_some_and(|job| job.stopped);
         if dead_jobs.contains(&alloc.job_name) || ((gone || replaced) && aged(alloc.modify_time, config.alloc_threshold)) {
             garbage.allocs.push(alloc.id.clone());

@@ -208,6 +208,19 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         Some(path) => keyring::Keyring::open(path, now_millis())?,
         None => keyring::Keyring::in_memory(now_millis()),
     };
+    // What can fail comes first: nothing runs yet when it does.
+    let mut tls_renewal = None;
+    let cluster_id = cluster_id(config.store.as_ref()).await?;
+    let tls = match config.tls {
+        Some(tls) => {
+            let (tls, renew) = tls::ServerTls::start(tls)?;
+            tls_renewal = Some(renew);
+            Some(tls)
+        }
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let metrics = Arc::new(Metrics::default());
     config.store = Arc::new(CountingStore { inner: config.store, metrics: Arc::clone(&metrics) });
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -217,7 +230,7 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
     let liveness = Liveness::new(config.liveness, &view.snapshot());
     // Every loop runs supervised: a panic restarts it (see `supervise`).
     let supervised = |name: &'static str, make: LoopFactory| tokio::spawn(supervise::supervise(name, Arc::clone(&metrics), make));
-    let mut background = Vec::new();
+    let mut background: Vec<tokio::task::JoinHandle<()>> = tls_renewal.into_iter().collect();
     let events = Arc::new(tokio::sync::Mutex::new(events_rx));
     background.push(supervised("coordinator", {
         let (broker, store, view) = (Arc::clone(&broker), Arc::clone(&config.store), Arc::clone(&view));
@@ -247,15 +260,6 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         });
         background.push(supervised("worker", Box::new(move || Box::pin(Arc::clone(&worker).run()) as Loop)));
     }
-    let cluster_id = cluster_id(config.store.as_ref()).await?;
-    let tls = match config.tls {
-        Some(tls) => {
-            let (tls, renew) = tls::ServerTls::start(tls)?;
-            background.push(renew);
-            Some(tls)
-        }
-        None => None,
-    };
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         store: Arc::clone(&config.store),
@@ -283,8 +287,6 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         admission: Arc::new(admission::Admission::new(&config.admission)),
         cluster_id,
     });
-    let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let api_router = api::router(Arc::clone(&shared));
     let router = api_router.clone().into_make_service_with_connect_info::<davit_tls::Peer>();
@@ -327,7 +329,8 @@ async fn coordinate(
     view: Arc<View>,
 ) {
     let mut events = events.lock().await;
-    let mut last_capacity_change = 0;
+    // Not known at a (re)start: anything blocked on an older picture may fit now.
+    let mut last_capacity_change = view.snapshot().revision;
     while let Some(event) = events.recv().await {
         let mut capacity_changed = false;
         let mut next = Some(event);

@@ -65,17 +65,34 @@ impl Worker {
                     self.metrics.eval_processed(Ok(status));
                     self.broker.ack(&eval);
                 }
-                Err(ProcessError::Store(error)) => {
+                Err(ProcessError::Store(error)) => match self.broker.nack(&eval) {
                     // The evaluation stays pending in the store; it runs again after a backoff.
-                    let delay = self.broker.nack(&eval);
-                    tracing::warn!(eval = %eval.id, job = %eval.job_name, %error, retry_in_ms = delay.as_millis() as u64, "evaluation failed; retrying");
-                    self.metrics.eval_processed(Err(()));
-                }
+                    Some(delay) => {
+                        tracing::warn!(eval = %eval.id, job = %eval.job_name, %error, retry_in_ms = delay.as_millis() as u64, "evaluation failed; retrying");
+                        self.metrics.eval_processed(Err(()));
+                    }
+                    None => {
+                        let reason = format!("gave up after {} failed attempts; the last: {error}", crate::broker::MAX_NACKS);
+                        tracing::error!(eval = %eval.id, job = %eval.job_name, %reason, "evaluation failed for good");
+                        let status = self.fail(&eval, &reason).await;
+                        self.metrics.eval_processed(status.map_err(|_| ()));
+                    }
+                },
                 Err(ProcessError::Poison(reason)) => {
                     tracing::error!(eval = %eval.id, job = %eval.job_name, %reason, "evaluation failed for good");
-                    let status = self.fail(&eval, &reason).await;
-                    self.metrics.eval_processed(status.map_err(|_| ()));
-                    self.broker.ack(&eval);
+                    match self.fail(&eval, &reason).await {
+                        Ok(status) => {
+                            self.metrics.eval_processed(Ok(status));
+                            self.broker.ack(&eval);
+                        }
+                        // Not recorded: it is still pending in the store; try again later.
+                        Err(_) => {
+                            self.metrics.eval_processed(Err(()));
+                            if self.broker.nack(&eval).is_none() {
+                                tracing::error!(eval = %eval.id, "cannot record the evaluation's failure; it stays pending until a restart");
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -43,9 +43,19 @@ impl Default for SpecLimits {
     }
 }
 
-/// Fields whose strings are texts (or environment, counted as a whole per task), bounded by `max_env_bytes`
-/// rather than `max_string_bytes`.
-const LONG_TEXT_FIELDS: [&str; 4] = ["data", "user_data", "env", "secret_env"];
+/// Whether the field at `path` holds a text (a template's `data`, cloud-init `user_data`) or a task's
+/// environment (counted as a whole per task), bounded by `max_env_bytes` rather than `max_string_bytes`. By
+/// place in the schema: a key of the same name inside `meta` or a driver `config` gets no such allowance.
+fn is_long_text(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('.').collect();
+    let in_task = |at: usize| parts.len() > at + 1 && parts[at].starts_with("groups[") && parts[at + 1].starts_with("tasks[");
+    match parts.as_slice() {
+        [_, _, "env" | "secret_env"] => in_task(0),
+        [_, _, template, "data"] => in_task(0) && template.starts_with("templates["),
+        [_, _, "config", "cloud_init", "user_data"] => in_task(0),
+        _ => false,
+    }
+}
 
 pub(crate) fn check(spec: &JobSpec, ctx: &Ctx, limits: &SpecLimits) {
     let raise = |flag: &str| Some(format!("lower it, or raise the limit with `davit server --{flag} N`"));
@@ -143,8 +153,9 @@ fn check_strings(ctx: &Ctx, path: &str, long: bool, value: &Value, limits: &Spec
                 if name.len() > limit {
                     too_long(path, "a key here", name.len());
                 }
-                let long = long || LONG_TEXT_FIELDS.contains(&name.as_str());
-                check_strings(ctx, &super::parse::join_path(path, name), long, item, limits);
+                let child = super::parse::join_path(path, name);
+                let long = long || is_long_text(&child);
+                check_strings(ctx, &child, long, item, limits);
             }
         }
         _ => {}
@@ -204,6 +215,16 @@ mod tests {
         assert!(!found.contains("environment"), "31 bytes of env are within 40: {found}");
         let crowded = SpecLimits { max_env_bytes: 20, max_tasks: 2, ..limits };
         assert!(errors(&source, &crowded).join("\n").contains("the environment of task `u` has 31 bytes; the limit is 20"));
+    }
+
+    #[test]
+    fn long_texts_are_known_by_their_place_in_the_schema() {
+        assert!(is_long_text("groups[0].tasks[1].env"));
+        assert!(is_long_text("groups[0].tasks[1].templates[2].data"));
+        assert!(is_long_text("groups[0].tasks[0].config.cloud_init.user_data"));
+        assert!(!is_long_text("groups[0].tasks[0].meta.data"), "a meta key named data");
+        assert!(!is_long_text("groups[0].tasks[0].config.env"), "a config key named env");
+        assert!(!is_long_text("groups[0].meta.env"));
     }
 
     #[test]

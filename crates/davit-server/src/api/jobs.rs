@@ -402,6 +402,9 @@ pub(crate) async fn revert(
     let job = job_of(&snapshot, &name)?;
     let target = version_of(&snapshot, &name, request.version)?;
     check_template_access(&caller, &target.spec)?;
+    // An old version meets today's limits too (they may have been lowered since it was stored).
+    let limits = limits_for(&shared, &snapshot);
+    davit_api::spec::validate(&target.spec, Some(&limits)).map_err(|errors| Failure::invalid_spec(&errors))?;
     if target.spec == job.spec && !job.stopped {
         return Err(Failure::bad_request(format!(
             "job `{name}` version {} already has the spec of version {}; nothing to revert",
@@ -421,10 +424,6 @@ pub(crate) async fn scale(State(shared): State<Arc<Shared>>, JobId(name): JobId,
         let names: Vec<&str> = job.spec.groups.iter().map(|group| group.name.as_str()).collect();
         return Err(Failure::bad_request(format!("job `{name}` has no group `{}`; its groups: {}", request.group, names.join(", "))));
     };
-    const MAX_COUNT: u32 = 100_000;
-    if request.count > MAX_COUNT {
-        return Err(Failure::bad_request(format!("count {} is too large; the maximum is {MAX_COUNT}", request.count)));
-    }
     group.count = request.count;
     let limits = limits_for(&shared, &shared.view.snapshot());
     davit_api::spec::validate(&spec, Some(&limits)).map_err(|errors| Failure::invalid_spec(&errors))?;
