@@ -318,6 +318,10 @@ pub struct AgentArgs {
     /// Address of the agent's own API (logs).
     #[arg(long, default_value = "127.0.0.1:7647")]
     pub bind: SocketAddr,
+    /// The host or IP address servers and other agents reach this node at (its API, live migrations);
+    /// default: the --bind address, or 127.0.0.1 when that is 0.0.0.0.
+    #[arg(long, value_name = "HOST")]
+    pub advertise: Option<String>,
     #[command(flatten)]
     pub node: NodeArgs,
 }

@@ -297,6 +297,21 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
 pub async fn agent(args: AgentArgs, token: Option<String>, tls: TlsArgs) -> Result<(), Failure> {
     init_logging("info");
     let mut config = agent_config(args.node, args.data_dir, args.servers, args.bind, false, token, args.join_token)?;
+    config.advertise_host = match args.advertise {
+        Some(host) if host.trim().is_empty() || host.contains('/') || host.contains(' ') => {
+            return Err(Failure::user(format!("--advertise {host:?}: expected a host name or an IP address")));
+        }
+        Some(host) => host,
+        None if args.bind.ip().is_unspecified() => {
+            tracing::warn!(bind = %args.bind, "the agent API listens on every address but advertises 127.0.0.1: servers on other machines cannot reach it; set --advertise");
+            "127.0.0.1".to_string()
+        }
+        None => args.bind.ip().to_string(),
+    };
+    // Addresses are written `host:port` (URLs, QEMU's migration URI): an IPv6 address goes in brackets.
+    if config.advertise_host.parse::<std::net::Ipv6Addr>().is_ok() {
+        config.advertise_host = format!("[{}]", config.advertise_host);
+    }
     config.tls = tls.ca_cert.map(|ca_cert| davit_agent::AgentTlsConfig { ca_cert, cert_files: tls.client_cert.zip(tls.client_key) });
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let agent = davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", error_chain(&e))))?;

@@ -451,3 +451,24 @@ fn bad_flags_exit_1_and_help_exits_0() {
         assert!(!output.stdout.is_empty(), "{args:?}");
     }
 }
+
+#[test]
+fn an_agent_advertises_the_address_it_is_told_or_the_one_it_binds() {
+    if !require_root() {
+        return;
+    }
+    let cluster = util::Cluster::start();
+    let mut args = cluster.agent_args("a", 0);
+    args.extend(["--advertise".to_string(), "127.0.0.2".to_string()]);
+    let _advertised = cluster.spawn_agent("a", &args);
+    let _bound = cluster.spawn_agent("b", &cluster.agent_args("b", 1));
+    util::wait_ready_nodes(&cluster.addr, 2);
+    let client = davit_client::Client::new(&cluster.addr);
+    let nodes = runtime().block_on(client.nodes()).unwrap();
+    let addr_of = |name: &str| {
+        let id = &nodes.iter().find(|node| node.name == name).unwrap().id;
+        runtime().block_on(client.node(id)).unwrap().http_addr
+    };
+    assert!(addr_of("a").starts_with("http://127.0.0.2:"), "{}", addr_of("a"));
+    assert!(addr_of("b").starts_with("http://127.0.0.1:"), "{}", addr_of("b"));
+}
