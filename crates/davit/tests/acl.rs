@@ -61,13 +61,9 @@ fn bootstrap(addr: &str, dir: &Path) -> String {
     }
 }
 
-/// Waits (bounded) until `path` contains `needle`.
+/// Waits (30 s at most) until `path` contains `needle`.
 fn wait_for_text(path: &Path, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !util::read(path).contains(needle) {
-        assert!(Instant::now() < deadline, "{} never said {needle:?}:\n{}", path.display(), util::read(path));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    util::wait_for_text(path, needle, Duration::from_secs(30));
 }
 
 /// The status code of `GET url` (an `http://host:port/path` URL) with `token`, over plain HTTP/1.0.

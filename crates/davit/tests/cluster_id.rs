@@ -3,10 +3,10 @@
 
 mod util;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use davit_api::objects::ClientStatus;
-use util::{Process, free_port, pid_alive, require_root, runtime, slot_port_range, wait_job, wait_ready_nodes};
+use util::{Process, free_port, pid_alive, require_root, runtime, slot_port_range, wait_for_text, wait_job, wait_ready_nodes};
 
 const JOB: &str = r#"
 name: steady
@@ -18,15 +18,6 @@ groups:
         config: {command: /bin/sleep, args: ["600"]}
         resources: {cpu: 20, memory: 32}
 "#;
-
-/// Waits (at most `limit`) until `path` contains `needle`.
-fn wait_for_text(path: &std::path::Path, needle: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while !util::read(path).contains(needle) {
-        assert!(Instant::now() < deadline, "{} never said {needle:?}:\n{}", path.display(), util::read(path));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn an_agent_refuses_a_wiped_server_and_keeps_its_tasks() {

@@ -407,6 +407,15 @@ pub fn read(path: &Path) -> String {
     text
 }
 
+/// Waits (at most `limit`) until the file at `path` (a process's log) contains `needle`.
+pub fn wait_for_text(path: &Path, needle: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !read(path).contains(needle) {
+        assert!(Instant::now() < deadline, "{} never said {needle:?}:\n{}", path.display(), read(path));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A server and agents sharing one temp dir.
 pub struct Cluster {
     dir: tempfile::TempDir,
