@@ -246,8 +246,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
             cert_files_watch = watch;
             let tls_error = |error: davit_tls::TlsError| AgentError::Config(format!("TLS: {error}"));
             let client = davit_client::ClientTls::load(&tls.ca_cert, Some(Arc::clone(&cert.slot))).map_err(tls_error)?;
-            let roots = davit_tls::roots(&tls.ca_cert, &davit_tls::read(&tls.ca_cert).map_err(tls_error)?).map_err(tls_error)?;
-            let api = davit_tls::server_config(roots, Arc::clone(&cert.slot)).map_err(tls_error)?;
+            let api = davit_tls::server_config(client.roots(), Arc::clone(&cert.slot)).map_err(tls_error)?;
             (Some(Arc::new(cert)), Some(client), Some(api))
         }
         None => (None, None, None),

@@ -61,8 +61,7 @@ impl NodeCert {
         if path.exists() {
             let pem = davit_tls::read(&path).map_err(tls_error)?;
             slot.set(&path, &pem, &pem).map_err(tls_error)?;
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            if slot.expired(now) {
+            if slot.expired(now_secs()) {
                 // Presenting it would fail every handshake; a node whose certificate expired joins again.
                 tracing::error!(
                     cert = %path.display(),

@@ -97,6 +97,11 @@ impl ClientTls {
         Ok(ClientTls { roots, origin: ca_cert.display().to_string(), identity })
     }
 
+    /// The CA's trust anchors.
+    pub fn roots(&self) -> Arc<davit_tls::rustls::RootCertStore> {
+        Arc::clone(&self.roots)
+    }
+
     /// The rustls configuration of a connection to a peer whose certificate must be valid for `expected`.
     pub fn config(&self, expected: &str) -> Result<davit_tls::rustls::ClientConfig, davit_tls::TlsError> {
         davit_tls::client_config(Arc::clone(&self.roots), expected, self.identity.clone())

@@ -209,15 +209,13 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         None => keyring::Keyring::in_memory(now_millis()),
     };
     // What can fail comes first: nothing runs yet when it does.
-    let mut tls_renewal = None;
     let cluster_id = cluster_id(config.store.as_ref()).await?;
-    let tls = match config.tls {
+    let (tls, tls_renewal) = match config.tls {
         Some(tls) => {
             let (tls, renew) = tls::ServerTls::start(tls)?;
-            tls_renewal = Some(renew);
-            Some(tls)
+            (Some(tls), Some(renew))
         }
-        None => None,
+        None => (None, None),
     };
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;

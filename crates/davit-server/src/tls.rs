@@ -95,8 +95,7 @@ impl ServerTls {
                 "node id `{node_id}` cannot be named in a certificate: with TLS a node id is 1 to 63 lower-case letters, digits or `-` (agents make UUIDs)"
             )));
         }
-        let host = http_addr.split_once("://").map_or(http_addr, |(_, rest)| rest);
-        let host = host.rsplit_once(':').map_or(host, |(host, _port)| host).trim_start_matches('[').trim_end_matches(']');
+        let host = crate::catalog::node_address(http_addr);
         let extra = host.parse::<std::net::IpAddr>().map(|ip| vec![ip.to_string()]).unwrap_or_default();
         self.ca.issue(&Role::Node { id: node_id.to_string(), extra }, &NodeKey::from_hex(public_key)?, self.cert_ttl)
     }

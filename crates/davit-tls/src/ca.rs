@@ -77,8 +77,7 @@ impl NodeKey {
     /// A new key pair for a node: its private key (PEM, to keep owner-only) and its public half (hex).
     pub fn generate() -> Result<(String, String), TlsError> {
         let key = KeyPair::generate().map_err(certificate_error)?;
-        let public = key.public_key_raw().iter().map(|byte| format!("{byte:02x}")).collect();
-        Ok((key.serialize_pem(), public))
+        Ok((key.serialize_pem(), crate::hex(key.public_key_raw())))
     }
 }
 

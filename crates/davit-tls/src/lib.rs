@@ -78,7 +78,7 @@ pub fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> 
     // A new file of our own (never one left over or planted there), named at random.
     let mut suffix = [0u8; 8];
     rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut suffix).expect("the OS random number generator works");
-    let suffix: String = suffix.iter().map(|byte| format!("{byte:02x}")).collect();
+    let suffix = hex(&suffix);
     let tmp = dir.join(format!(".{}.{suffix}.tmp", path.file_name().and_then(|name| name.to_str()).unwrap_or("pem")));
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
     let written = file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).and_then(|()| std::fs::rename(&tmp, path));
@@ -86,6 +86,11 @@ pub fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> 
         let _ = std::fs::remove_file(&tmp);
     }
     written.map_err(io)
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The certificates of a PEM text, in order.

@@ -36,7 +36,7 @@ pub async fn command(command: BenchCommand) -> Result<(), Failure> {
                 .map_err(|error| Failure::internal(format!("the benchmark failed: {error}")))?
         }
         BenchCommand::E2e { nodes, allocs, workload, workers, timeout, acl, tls } => {
-            let timeout = davit_api::Duration::parse(&timeout).map_err(|e| Failure::user(format!("--timeout: {e}")))?.as_std();
+            let timeout = crate::flag_duration("--timeout", &timeout)?;
             let workload = Workload::new(workload)?;
             let bench = E2eBench { nodes, allocs, workload, workers, timeout, acl, tls, token: None, ca_cert: None };
             bench.run().await

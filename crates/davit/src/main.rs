@@ -23,6 +23,11 @@ pub struct Failure {
     pub message: String,
 }
 
+/// The duration a flag gives (`flag` as written on the command line, e.g. `--timeout`).
+pub(crate) fn flag_duration(flag: &str, text: &str) -> Result<std::time::Duration, Failure> {
+    davit_api::Duration::parse(text).map(|duration| duration.as_std()).map_err(|error| Failure::user(format!("{flag}: {error}")))
+}
+
 impl Failure {
     pub fn user(message: impl Into<String>) -> Failure {
         Failure { code: 1, message: message.into() }

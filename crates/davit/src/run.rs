@@ -49,6 +49,11 @@ fn server_tls(args: &ServerArgs) -> Result<Option<davit_server::TlsConfig>, Fail
     if !args.tls && args.tls_ca_cert.is_none() && args.tls_cert.is_none() {
         return Ok(None);
     }
+    // The flag first: a bad one leaves no CA behind.
+    let cert_ttl = crate::flag_duration("--tls-cert-ttl", &args.tls_cert_ttl)?;
+    if cert_ttl < std::time::Duration::from_secs(3) {
+        return Err(Failure::user("--tls-cert-ttl: certificates must live at least 3s"));
+    }
     let failure = |error: davit_tls::TlsError| Failure::user(format!("TLS: {error}"));
     let (ca, ca_origin) = match (&args.tls_ca_cert, &args.tls_ca_key) {
         (Some(cert), Some(key)) => (davit_tls::Ca::load(cert, key).map_err(failure)?, cert.clone()),
@@ -57,10 +62,6 @@ fn server_tls(args: &ServerArgs) -> Result<Option<davit_server::TlsConfig>, Fail
             (davit_tls::Ca::load_or_create(&dir).map_err(failure)?, dir.join(davit_tls::Ca::CERT_FILE))
         }
     };
-    let cert_ttl = davit_api::Duration::parse(&args.tls_cert_ttl).map_err(|e| Failure::user(format!("--tls-cert-ttl: {e}")))?.as_std();
-    if cert_ttl < std::time::Duration::from_secs(3) {
-        return Err(Failure::user("--tls-cert-ttl: certificates must live at least 3s"));
-    }
     Ok(Some(davit_server::TlsConfig {
         ca,
         ca_origin: ca_origin.display().to_string(),
@@ -248,8 +249,17 @@ async fn dev_bootstrap(server_url: &str) -> Result<Option<String>, Failure> {
 pub async fn server(args: ServerArgs) -> Result<(), Failure> {
     init_logging("info");
     check_open_api(args.bind, args.acl, args.insecure_open_api)?;
-    let max_ttl =
-        davit_api::Duration::parse(&args.max_heartbeat_ttl).map_err(|e| Failure::user(format!("--max-heartbeat-ttl: {e}")))?.as_std();
+    // Every flag is checked before anything is written (store, CA).
+    let max_ttl = crate::flag_duration("--max-heartbeat-ttl", &args.max_heartbeat_ttl)?;
+    let duration = crate::flag_duration;
+    let gc = davit_server::GcConfig {
+        interval: duration("--gc-interval", &args.gc_interval)?.max(std::time::Duration::from_secs(1)),
+        eval_threshold: duration("--eval-gc-threshold", &args.eval_gc_threshold)?,
+        alloc_threshold: duration("--alloc-gc-threshold", &args.alloc_gc_threshold)?,
+        job_threshold: duration("--job-gc-threshold", &args.job_gc_threshold)?,
+        max_versions: args.job_max_versions.max(1),
+    };
+    let tls = server_tls(&args)?;
     let store = open_store(&args.data_dir)?;
     let mut config = server_config(store, args.bind, &args.data_dir, args.acl);
     config.liveness = LivenessConfig { max_ttl, ..Default::default() };
@@ -257,16 +267,8 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
         config.workers = workers;
     }
     config.audit_reads = args.audit_reads;
-    config.tls = server_tls(&args)?;
-    let duration =
-        |flag: &str, text: &str| davit_api::Duration::parse(text).map(|d| d.as_std()).map_err(|e| Failure::user(format!("--{flag}: {e}")));
-    config.gc = davit_server::GcConfig {
-        interval: duration("gc-interval", &args.gc_interval)?.max(std::time::Duration::from_secs(1)),
-        eval_threshold: duration("eval-gc-threshold", &args.eval_gc_threshold)?,
-        alloc_threshold: duration("alloc-gc-threshold", &args.alloc_gc_threshold)?,
-        job_threshold: duration("job-gc-threshold", &args.job_gc_threshold)?,
-        max_versions: args.job_max_versions.max(1),
-    };
+    config.tls = tls;
+    config.gc = gc;
     config.admission = davit_server::AdmissionConfig {
         blocking_queries: args.max_blocking_queries,
         blocking_queries_per_client: args.max_blocking_queries_per_client,

@@ -92,9 +92,7 @@ pub async fn command(
     tls: Option<davit_client::ClientTls>,
 ) -> Result<(), Failure> {
     crate::run::init_logging("warn");
-    let parse = |flag: &str, text: &str| {
-        davit_api::Duration::parse(text).map(|d| d.as_std()).map_err(|e| Failure::user(format!("{flag} {text}: {e}")))
-    };
+    let parse = crate::flag_duration;
     let heartbeat = args.heartbeat.as_deref().map(|text| parse("--heartbeat", text)).transpose()?;
     let progress = parse("--progress", &args.progress)?;
     let duration = args.duration.as_deref().map(|text| parse("--duration", text)).transpose()?;

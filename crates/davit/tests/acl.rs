@@ -184,6 +184,14 @@ fn a_server_without_acls_stays_on_loopback_unless_told_otherwise() {
     assert!(stderr.contains(&format!("refusing to serve the API on {bind} without ACLs")), "{stderr}");
     assert!(stderr.contains("--insecure-open-api"), "the refusal names the way out: {stderr}");
     assert!(!dir.path().join("server").exists(), "nothing was created");
+    // A bad flag is refused before anything is written either (store, CA).
+    for bad in [&["--gc-interval", "soon"][..], &["--tls", "--tls-cert-ttl", "forever"]] {
+        let args = [&["server", "--bind", "127.0.0.1:1", "--data-dir", &data][..], bad].concat();
+        let (code, _, stderr) = cli("http://127.0.0.1:1", dir.path(), None, &args);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(&format!("{}: invalid duration", bad[bad.len() - 2])), "{stderr}");
+        assert!(!dir.path().join("server").exists(), "nothing was created for {bad:?}");
+    }
 
     // The operator may insist; the server then warns.
     let server = util::Process::spawn("open", dir.path(), &["server", "--bind", &bind, "--data-dir", &data, "--insecure-open-api"]);

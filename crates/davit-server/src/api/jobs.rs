@@ -425,7 +425,7 @@ pub(crate) async fn scale(State(shared): State<Arc<Shared>>, JobId(name): JobId,
         return Err(Failure::bad_request(format!("job `{name}` has no group `{}`; its groups: {}", request.group, names.join(", "))));
     };
     group.count = request.count;
-    let limits = limits_for(&shared, &shared.view.snapshot());
+    let limits = limits_for(&shared, &snapshot);
     davit_api::spec::validate(&spec, Some(&limits)).map_err(|errors| Failure::invalid_spec(&errors))?;
     let response = register_spec(&shared, spec, EvalTrigger::JobScale).await?;
     Ok(indexed(response.index, &response))

@@ -307,15 +307,11 @@ pub(crate) fn paged<T: serde::Serialize>(
 }
 
 fn encode_token(key: &str) -> String {
-    key.bytes().map(|byte| format!("{byte:02x}")).collect()
+    crate::keyring::hex(key.as_bytes())
 }
 
 fn decode_token(token: &str) -> Option<String> {
-    if !token.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes = (0..token.len()).step_by(2).map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok()).collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
+    String::from_utf8(crate::keyring::unhex(token)?).ok()
 }
 
 /// An order-preserving key part for a number that sorts newest (largest) first.

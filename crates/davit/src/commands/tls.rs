@@ -45,7 +45,7 @@ pub fn tls(command: TlsCommand) -> Result<(), Failure> {
 }
 
 fn duration(text: &str, flag: &str) -> Result<std::time::Duration, Failure> {
-    let duration = davit_api::Duration::parse(text).map_err(|error| Failure::user(format!("{flag}: {error}")))?.as_std();
+    let duration = crate::flag_duration(flag, text)?;
     if duration.is_zero() {
         return Err(Failure::user(format!("{flag}: a certificate must be valid for some time")));
     }
