@@ -25,6 +25,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use davit_api::spec::drivers::{CAPABILITIES, ContainerConfig, DriverConfig};
 use davit_oci::{Image, ImageStore, ImageStoreConfig, PullPhase, PullProgress, RegistryConfig};
 use oci_spec::runtime::{
     Arch, Capability, LinuxCapabilities, LinuxDeviceCgroup, LinuxNamespace, LinuxNamespaceType, LinuxSeccompAction, LinuxSeccompBuilder,
@@ -130,48 +131,6 @@ impl RuntimeKind {
             RuntimeKind::Runc => "runc",
         }
     }
-}
-
-/// The `config:` block of a container task (mirrors `davit_api::spec::ContainerConfig`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ContainerTaskConfig {
-    image: String,
-    /// Replaces the image's entrypoint.
-    #[serde(default)]
-    entrypoint: Option<Vec<String>>,
-    /// Replaces the image's cmd (with `args` after it).
-    #[serde(default)]
-    command: Option<String>,
-    /// Arguments: after `command`, or replacing the image's cmd.
-    #[serde(default)]
-    args: Option<Vec<String>>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    #[serde(default)]
-    working_dir: Option<String>,
-    #[serde(default)]
-    user: Option<String>,
-    #[serde(default)]
-    mounts: Vec<MountConfig>,
-    #[serde(default)]
-    readonly_rootfs: bool,
-    #[serde(default)]
-    cap_add: Vec<String>,
-    #[serde(default)]
-    cap_drop: Vec<String>,
-    #[serde(default)]
-    privileged: bool,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MountConfig {
-    /// A host path (allowed by the agent's --allow-host-path) or a path relative to the allocation directory.
-    source: String,
-    target: String,
-    #[serde(default)]
-    readonly: bool,
 }
 
 /// `TaskHandle::driver_state` of the container driver.
@@ -289,24 +248,6 @@ impl ContainerDriver {
         config.alloc_dir.join(".container").join(&config.task_name)
     }
 
-    async fn start_task(&self, config: &TaskConfig) -> Result<TaskHandle, DriverError> {
-        let task: ContainerTaskConfig = serde_json::from_value(config.driver_config.clone()).map_err(|error| invalid(error.to_string()))?;
-        if task.image.trim().is_empty() {
-            return Err(invalid("image is empty".to_owned()));
-        }
-        if task.privileged && !self.config.allow_privileged {
-            return Err(invalid("privileged containers are not allowed on this node (start its agent with --allow-privileged)".to_owned()));
-        }
-        let runtime = self.runtime()?.clone();
-        let image = self.pull(config, &task.image).await?;
-        self.track_image(&image.manifest_digest, true);
-        let result = self.start_container(config, &task, &image, runtime).await;
-        if result.is_err() {
-            self.track_image(&image.manifest_digest, false);
-        }
-        result
-    }
-
     async fn pull(&self, config: &TaskConfig, reference: &str) -> Result<Image, DriverError> {
         let images = self.images()?;
         config.events.emit("Downloading Image", &format!("pulling {reference}"));
@@ -372,7 +313,7 @@ impl ContainerDriver {
     async fn start_container(
         &self,
         config: &TaskConfig,
-        task: &ContainerTaskConfig,
+        task: &ContainerConfig,
         image: &Image,
         runtime: Runtime,
     ) -> Result<TaskHandle, DriverError> {
@@ -434,7 +375,7 @@ impl ContainerDriver {
     }
 
     /// Writes `config.json` and the container's `/etc/hostname` into the bundle.
-    fn write_bundle(&self, config: &TaskConfig, task: &ContainerTaskConfig, image: &Image, bundle: &Path) -> Result<(), DriverError> {
+    fn write_bundle(&self, config: &TaskConfig, task: &ContainerConfig, image: &Image, bundle: &Path) -> Result<(), DriverError> {
         // Like Docker, the container gets an /etc/hostname naming it (the runtime only sets the UTS hostname).
         let hostname = bundle.join("hostname");
         std::fs::write(&hostname, format!("{}\n", config.task_name))
@@ -516,101 +457,6 @@ impl ContainerDriver {
         let kill = ["kill".to_owned(), state.container_id.clone(), signal.to_owned()];
         self.runtime()?.run(&kill, Some(&state.bundle.join("runtime.log"))).await?;
         Ok(true)
-    }
-
-    async fn stop_task(&self, handle: &TaskHandle, signal: &str, timeout: Duration) -> Result<(), DriverError> {
-        let state = ContainerState::from_handle(handle)?;
-        self.runtime()?;
-        match self.signal_task(handle, signal).await {
-            Ok(true) => {
-                let _ = tokio::time::timeout(timeout, self.exec.wait(&state.inner)).await;
-            }
-            Ok(false) => {}
-            Err(DriverError::UnknownSignal(signal)) => return Err(DriverError::UnknownSignal(signal)),
-            Err(error) => tracing::debug!(%error, "runtime kill (the container may have exited)"),
-        }
-        // Whatever still runs in the task's cgroup (the container, the runtime) is killed.
-        self.exec.stop(&state.inner, "SIGKILL", Duration::ZERO).await
-    }
-
-    async fn destroy_task(&self, handle: &TaskHandle) -> Result<(), DriverError> {
-        let state = ContainerState::from_handle(handle)?;
-        let destroyed = self.exec.destroy(&state.inner).await;
-        if let Ok(runtime) = self.runtime() {
-            self.cleanup_bundle(runtime, &state.container_id, &state.bundle).await;
-        }
-        // The runtime created the task cgroup in controllers davit does not manage (devices, freezer, …).
-        let name = CgroupLayout::task_cgroup_name(&handle.alloc_id, &handle.task_name);
-        let root = self.config.cgroup_root.clone();
-        blocking(move || remove_foreign_cgroups(&root, &name)).await;
-        self.track_image(&state.image_digest, false);
-        self.collect_images();
-        destroyed
-    }
-
-    async fn recover_task(&self, handle: &TaskHandle) -> Result<(), DriverError> {
-        let state = ContainerState::from_handle(handle)?;
-        self.exec.recover(&state.inner).await?;
-        self.track_image(&state.image_digest, true);
-        Ok(())
-    }
-
-    async fn exec_command_in_task(
-        &self,
-        handle: &TaskHandle,
-        command: &[String],
-        env: &BTreeMap<String, String>,
-    ) -> Result<tokio::process::Command, DriverError> {
-        crate::exec::split_command(command)?;
-        let state = ContainerState::from_handle(handle)?;
-        let runtime = self.runtime()?;
-        let mut args = runtime.global_args(&state.bundle.join("runtime.log"));
-        args.push("exec".to_owned());
-        // runc and crun start an exec'd process without no_new_privs unless asked: it gets the task's.
-        if no_new_privileges(&state.bundle).await? {
-            args.push("--no-new-privs".to_owned());
-        }
-        for (key, value) in env {
-            args.extend(["--env".to_owned(), format!("{key}={value}")]);
-        }
-        args.push(state.container_id.clone());
-        args.extend(command.iter().cloned());
-        let mut process = runtime.command(&args)?;
-        // The command runs in the task's cgroups (crun does not move it there itself).
-        crate::executor::join_task_context(&mut process, &crate::exec::task_cgroup(&state.inner)?, None)
-            .map_err(|error| DriverError::Other(format!("exec: {error}")))?;
-        Ok(process)
-    }
-
-    async fn fingerprint_driver(&self) -> Fingerprint {
-        let mut attributes = BTreeMap::new();
-        let runtime = match &self.runtime {
-            Ok(runtime) => runtime.clone(),
-            Err(reason) => {
-                return Fingerprint { detected: false, healthy: false, description: reason.clone(), attributes };
-            }
-        };
-        attributes.insert("driver.container.runtime".to_owned(), runtime.kind.as_str().to_owned());
-        let version = match runtime.run(&["--version".to_owned()], None).await {
-            Ok(output) => String::from_utf8_lossy(&output).lines().next().unwrap_or_default().trim().to_owned(),
-            Err(error) => {
-                return Fingerprint {
-                    detected: true,
-                    healthy: false,
-                    description: format!("{} does not run: {error}", runtime.kind.as_str()),
-                    attributes,
-                };
-            }
-        };
-        attributes.insert("driver.container.runtime_version".to_owned(), version.clone());
-        let exec = self.exec.fingerprint().await;
-        if !exec.healthy {
-            return Fingerprint { detected: true, healthy: false, description: exec.description, attributes };
-        }
-        if let Err(reason) = &self.images {
-            return Fingerprint { detected: true, healthy: false, description: format!("image cache: {reason}"), attributes };
-        }
-        Fingerprint { detected: true, healthy: true, description: format!("{version} ({})", exec.description), attributes }
     }
 }
 
@@ -780,7 +626,7 @@ fn hooks(executor_command: &[String], procs_files: &[PathBuf], started: &Path) -
 /// The OCI runtime config of a task: image config + job overrides + davit's defaults.
 fn build_spec(
     config: &TaskConfig,
-    task: &ContainerTaskConfig,
+    task: &ContainerConfig,
     image: &Image,
     rootfs: &Path,
     cgroup_path: Option<&str>,
@@ -912,7 +758,7 @@ fn mount_source(source: &str, alloc_dir: &Path, allowed: &[PathBuf]) -> Result<P
     Ok(resolved)
 }
 
-fn capabilities(task: &ContainerTaskConfig, device_cgroup: bool) -> Result<LinuxCapabilities, DriverError> {
+fn capabilities(task: &ContainerConfig, device_cgroup: bool) -> Result<LinuxCapabilities, DriverError> {
     let parse =
         |name: &str| Capability::from_str(name).map_err(|_| invalid(format!("unknown capability {name:?} (e.g. NET_ADMIN, SYS_TIME)")));
     let mut set: HashSet<Capability> = if task.privileged {
@@ -948,55 +794,12 @@ fn capabilities(task: &ContainerTaskConfig, device_cgroup: bool) -> Result<Linux
 }
 
 fn all_capabilities() -> HashSet<Capability> {
-    (0..64).filter_map(|bit: u32| Capability::from_str(&cap_name(bit)?).ok()).collect()
+    (0..64).filter_map(|bit: u32| Capability::from_str(cap_name(bit)?).ok()).collect()
 }
 
 /// The name of capability number `bit` (as in `linux/capability.h`), for the ones the kernel of today has.
-fn cap_name(bit: u32) -> Option<String> {
-    const NAMES: [&str; 41] = [
-        "CHOWN",
-        "DAC_OVERRIDE",
-        "DAC_READ_SEARCH",
-        "FOWNER",
-        "FSETID",
-        "KILL",
-        "SETGID",
-        "SETUID",
-        "SETPCAP",
-        "LINUX_IMMUTABLE",
-        "NET_BIND_SERVICE",
-        "NET_BROADCAST",
-        "NET_ADMIN",
-        "NET_RAW",
-        "IPC_LOCK",
-        "IPC_OWNER",
-        "SYS_MODULE",
-        "SYS_RAWIO",
-        "SYS_CHROOT",
-        "SYS_PTRACE",
-        "SYS_PACCT",
-        "SYS_ADMIN",
-        "SYS_BOOT",
-        "SYS_NICE",
-        "SYS_RESOURCE",
-        "SYS_TIME",
-        "SYS_TTY_CONFIG",
-        "MKNOD",
-        "LEASE",
-        "AUDIT_WRITE",
-        "AUDIT_CONTROL",
-        "SETFCAP",
-        "MAC_OVERRIDE",
-        "MAC_ADMIN",
-        "SYSLOG",
-        "WAKE_ALARM",
-        "BLOCK_SUSPEND",
-        "AUDIT_READ",
-        "PERFMON",
-        "BPF",
-        "CHECKPOINT_RESTORE",
-    ];
-    NAMES.get(usize::try_from(bit).ok()?).map(|name| (*name).to_owned())
+fn cap_name(bit: u32) -> Option<&'static str> {
+    CAPABILITIES.get(usize::try_from(bit).ok()?).copied()
 }
 
 fn default_seccomp() -> Result<oci_spec::runtime::LinuxSeccomp, DriverError> {
@@ -1072,11 +875,55 @@ impl Driver for ContainerDriver {
     }
 
     fn fingerprint(&self) -> BoxFuture<'_, Fingerprint> {
-        Box::pin(self.fingerprint_driver())
+        Box::pin(async move {
+            let mut attributes = BTreeMap::new();
+            let runtime = match &self.runtime {
+                Ok(runtime) => runtime.clone(),
+                Err(reason) => {
+                    return Fingerprint { detected: false, healthy: false, description: reason.clone(), attributes };
+                }
+            };
+            attributes.insert("driver.container.runtime".to_owned(), runtime.kind.as_str().to_owned());
+            let version = match runtime.run(&["--version".to_owned()], None).await {
+                Ok(output) => String::from_utf8_lossy(&output).lines().next().unwrap_or_default().trim().to_owned(),
+                Err(error) => {
+                    return Fingerprint {
+                        detected: true,
+                        healthy: false,
+                        description: format!("{} does not run: {error}", runtime.kind.as_str()),
+                        attributes,
+                    };
+                }
+            };
+            attributes.insert("driver.container.runtime_version".to_owned(), version.clone());
+            let exec = self.exec.fingerprint().await;
+            if !exec.healthy {
+                return Fingerprint { detected: true, healthy: false, description: exec.description, attributes };
+            }
+            if let Err(reason) = &self.images {
+                return Fingerprint { detected: true, healthy: false, description: format!("image cache: {reason}"), attributes };
+            }
+            Fingerprint { detected: true, healthy: true, description: format!("{version} ({})", exec.description), attributes }
+        })
     }
 
     fn start<'a>(&'a self, config: &'a TaskConfig) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
-        Box::pin(self.start_task(config))
+        Box::pin(async move {
+            let task = ContainerConfig::parse(&config.driver_config).map_err(invalid)?;
+            if task.privileged && !self.config.allow_privileged {
+                return Err(invalid(
+                    "privileged containers are not allowed on this node (start its agent with --allow-privileged)".to_owned(),
+                ));
+            }
+            let runtime = self.runtime()?.clone();
+            let image = self.pull(config, &task.image).await?;
+            self.track_image(&image.manifest_digest, true);
+            let result = self.start_container(config, &task, &image, runtime).await;
+            if result.is_err() {
+                self.track_image(&image.manifest_digest, false);
+            }
+            result
+        })
     }
 
     fn wait<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<ExitResult, DriverError>> {
@@ -1084,7 +931,20 @@ impl Driver for ContainerDriver {
     }
 
     fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(self.stop_task(handle, signal, timeout))
+        Box::pin(async move {
+            let state = ContainerState::from_handle(handle)?;
+            self.runtime()?;
+            match self.signal_task(handle, signal).await {
+                Ok(true) => {
+                    let _ = tokio::time::timeout(timeout, self.exec.wait(&state.inner)).await;
+                }
+                Ok(false) => {}
+                Err(DriverError::UnknownSignal(signal)) => return Err(DriverError::UnknownSignal(signal)),
+                Err(error) => tracing::debug!(%error, "runtime kill (the container may have exited)"),
+            }
+            // Whatever still runs in the task's cgroup (the container, the runtime) is killed.
+            self.exec.stop(&state.inner, "SIGKILL", Duration::ZERO).await
+        })
     }
 
     fn signal<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
@@ -1097,7 +957,20 @@ impl Driver for ContainerDriver {
     }
 
     fn destroy<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(self.destroy_task(handle))
+        Box::pin(async move {
+            let state = ContainerState::from_handle(handle)?;
+            let destroyed = self.exec.destroy(&state.inner).await;
+            if let Ok(runtime) = self.runtime() {
+                self.cleanup_bundle(runtime, &state.container_id, &state.bundle).await;
+            }
+            // The runtime created the task cgroup in controllers davit does not manage (devices, freezer, …).
+            let name = CgroupLayout::task_cgroup_name(&handle.alloc_id, &handle.task_name);
+            let root = self.config.cgroup_root.clone();
+            blocking(move || remove_foreign_cgroups(&root, &name)).await;
+            self.track_image(&state.image_digest, false);
+            self.collect_images();
+            destroyed
+        })
     }
 
     fn inspect<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskRunState, DriverError>> {
@@ -1105,7 +978,12 @@ impl Driver for ContainerDriver {
     }
 
     fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(self.recover_task(handle))
+        Box::pin(async move {
+            let state = ContainerState::from_handle(handle)?;
+            self.exec.recover(&state.inner).await?;
+            self.track_image(&state.image_digest, true);
+            Ok(())
+        })
     }
 
     fn exec_command<'a>(
@@ -1114,7 +992,27 @@ impl Driver for ContainerDriver {
         command: &'a [String],
         env: &'a BTreeMap<String, String>,
     ) -> BoxFuture<'a, Result<tokio::process::Command, DriverError>> {
-        Box::pin(self.exec_command_in_task(handle, command, env))
+        Box::pin(async move {
+            crate::exec::split_command(command)?;
+            let state = ContainerState::from_handle(handle)?;
+            let runtime = self.runtime()?;
+            let mut args = runtime.global_args(&state.bundle.join("runtime.log"));
+            args.push("exec".to_owned());
+            // runc and crun start an exec'd process without no_new_privs unless asked: it gets the task's.
+            if no_new_privileges(&state.bundle).await? {
+                args.push("--no-new-privs".to_owned());
+            }
+            for (key, value) in env {
+                args.extend(["--env".to_owned(), format!("{key}={value}")]);
+            }
+            args.push(state.container_id.clone());
+            args.extend(command.iter().cloned());
+            let mut process = runtime.command(&args)?;
+            // The command runs in the task's cgroups (crun does not move it there itself).
+            crate::executor::join_task_context(&mut process, &crate::exec::task_cgroup(&state.inner)?, None)
+                .map_err(|error| DriverError::Other(format!("exec: {error}")))?;
+            Ok(process)
+        })
     }
 
     fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskStats, DriverError>> {

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use davit_api::spec::drivers::{DriverConfig, ExecConfig};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, Interest};
@@ -54,15 +55,6 @@ pub struct ExecDriver {
     config: ExecDriverConfig,
     /// The detected cgroup layout, or why there is none (reported by `fingerprint`, returned by `start`).
     layout: Result<CgroupLayout, String>,
-}
-
-/// The `config:` block of an exec task (mirrors `davit_api::spec::ExecConfig`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExecTaskConfig {
-    command: String,
-    #[serde(default)]
-    args: Vec<String>,
 }
 
 /// A process for the executor to supervise, for drivers built on the exec driver (container, vm).
@@ -141,21 +133,6 @@ impl ExecDriver {
     /// The executor's state directory of a task: `<alloc_dir>/.executor/<task>`.
     pub fn state_dir(config: &TaskConfig) -> PathBuf {
         config.alloc_dir.join(".executor").join(&config.task_name)
-    }
-
-    async fn start_task(&self, config: &TaskConfig) -> Result<TaskHandle, DriverError> {
-        let task_config: ExecTaskConfig = serde_json::from_value(config.driver_config.clone())
-            .map_err(|error| DriverError::InvalidConfig { driver: DRIVER_NAME, message: error.to_string() })?;
-        if task_config.command.is_empty() {
-            return Err(DriverError::InvalidConfig { driver: DRIVER_NAME, message: "command is empty".to_owned() });
-        }
-        let process = ProcessSpec {
-            command: task_config.command,
-            args: task_config.args,
-            private_unmounts: Vec::new(),
-            skip_controllers: Vec::new(),
-        };
-        self.start_process(config, process).await
     }
 
     /// Starts `process` under an executor, in the task's cgroups, with `config`'s environment, user and logs.
@@ -278,24 +255,6 @@ impl ExecDriver {
         Err(start_error(failure, None))
     }
 
-    async fn wait_task(&self, handle: &TaskHandle) -> Result<ExitResult, DriverError> {
-        let state = ExecDriverState::from_handle(handle)?;
-        if let Some(result) = state.exit_result()? {
-            return Ok(result);
-        }
-        let pidfd = sys::pidfd_open_identity(state.executor())
-            .map_err(|source| io_error(format!("opening a pidfd for executor {}", state.executor_pid), source))?;
-        if let Some(pidfd) = pidfd {
-            // A pidfd becomes readable when the process exits.
-            // SAFETY: an `OwnedFd` stays open and returns the same fd until the `AsyncFd` drops it.
-            let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
-                .map_err(|error| io_error("registering the executor pidfd".to_owned(), error.into_parts().1))?;
-            let _ready = pidfd.readable().await.map_err(|source| io_error("waiting for the executor".to_owned(), source))?;
-        }
-        // The executor writes exit.json before it exits.
-        state.exit_result()?.ok_or_else(|| DriverError::ExecutorLost { task: handle.task_name.clone(), executor_pid: state.executor_pid })
-    }
-
     /// Sends `signal` to the task's main process while it runs; `Ok(false)` when it was gone already.
     fn signal_task(&self, handle: &TaskHandle, signal: &str) -> Result<bool, DriverError> {
         let signal_number = sys::signal_number(signal).ok_or_else(|| DriverError::UnknownSignal(signal.to_owned()))?;
@@ -310,115 +269,6 @@ impl ExecDriver {
             .map_err(|source| io_error(format!("sending {signal} to task {}", handle.pid), source))?;
         Ok(true)
     }
-
-    async fn stop_task(&self, handle: &TaskHandle, signal: &str, timeout: Duration) -> Result<(), DriverError> {
-        let state = ExecDriverState::from_handle(handle)?;
-        if self.signal_task(handle, signal)? {
-            let _ = tokio::time::timeout(timeout, self.wait_task(handle)).await;
-        }
-        // The main process is gone or overstayed: nothing of the task may survive it.
-        let cgroup = state.cgroup()?;
-        blocking(move || cgroup.kill_all(KILL_TIMEOUT)).await?;
-        // Killing the cgroup ends the main process; let the executor record how.
-        match tokio::time::timeout(RECORD_EXIT_TIMEOUT, self.wait_task(handle)).await {
-            Ok(Ok(_)) | Ok(Err(DriverError::ExecutorLost { .. })) => Ok(()),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(DriverError::Timeout {
-                operation: format!("waiting for executor {} to record the exit", state.executor_pid),
-                after: RECORD_EXIT_TIMEOUT,
-            }),
-        }
-    }
-
-    async fn destroy_task(&self, handle: &TaskHandle) -> Result<(), DriverError> {
-        let state = ExecDriverState::from_handle(handle)?;
-        let stopped = self.stop_task(handle, "SIGKILL", Duration::ZERO).await;
-        // An executor that did not finish by now never will.
-        if let Ok(Some(pidfd)) = sys::pidfd_open_identity(state.executor()) {
-            let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
-        }
-        let removed = remove_cgroup(state.cgroup()?).await;
-        stopped.and(removed)
-    }
-
-    async fn inspect_task(&self, handle: &TaskHandle) -> Result<TaskRunState, DriverError> {
-        let state = ExecDriverState::from_handle(handle)?;
-        if let Some(result) = state.exit_result()? {
-            return Ok(TaskRunState::Exited(result));
-        }
-        if sys::is_alive(state.executor()) {
-            return Ok(TaskRunState::Running);
-        }
-        // The executor may have written exit.json just before exiting.
-        match state.exit_result()? {
-            Some(result) => Ok(TaskRunState::Exited(result)),
-            None => Err(DriverError::ExecutorLost { task: handle.task_name.clone(), executor_pid: state.executor_pid }),
-        }
-    }
-
-    async fn recover_task(&self, handle: &TaskHandle) -> Result<(), DriverError> {
-        let state = ExecDriverState::from_handle(handle)?;
-        if state.exit_result()?.is_some() || !sys::is_alive(task_identity(handle, &state)) {
-            return Err(DriverError::TaskGone { pid: handle.pid });
-        }
-        if !sys::is_alive(state.executor()) {
-            // The task runs, but nobody will record its exit: the caller should destroy and restart it.
-            return Err(DriverError::ExecutorLost { task: handle.task_name.clone(), executor_pid: state.executor_pid });
-        }
-        Ok(())
-    }
-
-    async fn exec_command_in_task(
-        &self,
-        handle: &TaskHandle,
-        command: &[String],
-        env: &BTreeMap<String, String>,
-    ) -> Result<tokio::process::Command, DriverError> {
-        let (program, args) = split_command(command)?;
-        let state = ExecDriverState::from_handle(handle)?;
-        if state.exit_result()?.is_some() || !sys::is_alive(task_identity(handle, &state)) {
-            return Err(DriverError::TaskGone { pid: handle.pid });
-        }
-        let spec = executor::read_spec(&state.state_dir).map_err(|error| DriverError::Other(format!("exec: {error}")))?;
-        let user = match &spec.user {
-            Some(name) => Some(sys::lookup_user(name).map_err(|source| io_error(format!("looking up user {name:?}"), source))?),
-            None => None,
-        };
-        let mut process = tokio::process::Command::new(program);
-        process.args(args).env_clear().envs(&spec.env).envs(env).current_dir(&spec.cwd);
-        executor::join_task_context(&mut process, &state.cgroup()?, user).map_err(|error| DriverError::Other(format!("exec: {error}")))?;
-        Ok(process)
-    }
-
-    async fn fingerprint_driver(&self) -> Fingerprint {
-        let layout = match &self.layout {
-            Ok(layout) => layout.clone(),
-            Err(reason) => {
-                return Fingerprint {
-                    detected: true,
-                    healthy: false,
-                    description: format!("cgroups unavailable: {reason}"),
-                    attributes: BTreeMap::new(),
-                };
-            }
-        };
-        let attributes = BTreeMap::from([("driver.exec.cgroups".to_owned(), layout.version().as_str().to_owned())]);
-        let probe_layout = layout.clone();
-        match blocking(move || probe_layout.probe()).await {
-            Ok(()) => Fingerprint {
-                detected: true,
-                healthy: true,
-                description: format!("cgroups {} under {}", layout.version().as_str(), layout.root().display()),
-                attributes,
-            },
-            Err(error) => Fingerprint {
-                detected: true,
-                healthy: false,
-                description: format!("cannot create cgroups: {}", crate::executor::error_chain(&error)),
-                attributes,
-            },
-        }
-    }
 }
 
 impl Driver for ExecDriver {
@@ -427,19 +277,92 @@ impl Driver for ExecDriver {
     }
 
     fn fingerprint(&self) -> BoxFuture<'_, Fingerprint> {
-        Box::pin(self.fingerprint_driver())
+        Box::pin(async move {
+            let layout = match &self.layout {
+                Ok(layout) => layout.clone(),
+                Err(reason) => {
+                    return Fingerprint {
+                        detected: true,
+                        healthy: false,
+                        description: format!("cgroups unavailable: {reason}"),
+                        attributes: BTreeMap::new(),
+                    };
+                }
+            };
+            let attributes = BTreeMap::from([("driver.exec.cgroups".to_owned(), layout.version().as_str().to_owned())]);
+            let probe_layout = layout.clone();
+            match blocking(move || probe_layout.probe()).await {
+                Ok(()) => Fingerprint {
+                    detected: true,
+                    healthy: true,
+                    description: format!("cgroups {} under {}", layout.version().as_str(), layout.root().display()),
+                    attributes,
+                },
+                Err(error) => Fingerprint {
+                    detected: true,
+                    healthy: false,
+                    description: format!("cannot create cgroups: {}", crate::executor::error_chain(&error)),
+                    attributes,
+                },
+            }
+        })
     }
 
     fn start<'a>(&'a self, config: &'a TaskConfig) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
-        Box::pin(self.start_task(config))
+        Box::pin(async move {
+            let task_config =
+                ExecConfig::parse(&config.driver_config).map_err(|message| DriverError::InvalidConfig { driver: DRIVER_NAME, message })?;
+            let process = ProcessSpec {
+                command: task_config.command,
+                args: task_config.args,
+                private_unmounts: Vec::new(),
+                skip_controllers: Vec::new(),
+            };
+            self.start_process(config, process).await
+        })
     }
 
     fn wait<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<ExitResult, DriverError>> {
-        Box::pin(self.wait_task(handle))
+        Box::pin(async move {
+            let state = ExecDriverState::from_handle(handle)?;
+            if let Some(result) = state.exit_result()? {
+                return Ok(result);
+            }
+            let pidfd = sys::pidfd_open_identity(state.executor())
+                .map_err(|source| io_error(format!("opening a pidfd for executor {}", state.executor_pid), source))?;
+            if let Some(pidfd) = pidfd {
+                // A pidfd becomes readable when the process exits.
+                // SAFETY: an `OwnedFd` stays open and returns the same fd until the `AsyncFd` drops it.
+                let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+                    .map_err(|error| io_error("registering the executor pidfd".to_owned(), error.into_parts().1))?;
+                let _ready = pidfd.readable().await.map_err(|source| io_error("waiting for the executor".to_owned(), source))?;
+            }
+            // The executor writes exit.json before it exits.
+            state
+                .exit_result()?
+                .ok_or_else(|| DriverError::ExecutorLost { task: handle.task_name.clone(), executor_pid: state.executor_pid })
+        })
     }
 
     fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(self.stop_task(handle, signal, timeout))
+        Box::pin(async move {
+            let state = ExecDriverState::from_handle(handle)?;
+            if self.signal_task(handle, signal)? {
+                let _ = tokio::time::timeout(timeout, self.wait(handle)).await;
+            }
+            // The main process is gone or overstayed: nothing of the task may survive it.
+            let cgroup = state.cgroup()?;
+            blocking(move || cgroup.kill_all(KILL_TIMEOUT)).await?;
+            // Killing the cgroup ends the main process; let the executor record how.
+            match tokio::time::timeout(RECORD_EXIT_TIMEOUT, self.wait(handle)).await {
+                Ok(Ok(_)) | Ok(Err(DriverError::ExecutorLost { .. })) => Ok(()),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(DriverError::Timeout {
+                    operation: format!("waiting for executor {} to record the exit", state.executor_pid),
+                    after: RECORD_EXIT_TIMEOUT,
+                }),
+            }
+        })
     }
 
     fn signal<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
@@ -452,15 +375,47 @@ impl Driver for ExecDriver {
     }
 
     fn destroy<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(self.destroy_task(handle))
+        Box::pin(async move {
+            let state = ExecDriverState::from_handle(handle)?;
+            let stopped = self.stop(handle, "SIGKILL", Duration::ZERO).await;
+            // An executor that did not finish by now never will.
+            if let Ok(Some(pidfd)) = sys::pidfd_open_identity(state.executor()) {
+                let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
+            }
+            let removed = remove_cgroup(state.cgroup()?).await;
+            stopped.and(removed)
+        })
     }
 
     fn inspect<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskRunState, DriverError>> {
-        Box::pin(self.inspect_task(handle))
+        Box::pin(async move {
+            let state = ExecDriverState::from_handle(handle)?;
+            if let Some(result) = state.exit_result()? {
+                return Ok(TaskRunState::Exited(result));
+            }
+            if sys::is_alive(state.executor()) {
+                return Ok(TaskRunState::Running);
+            }
+            // The executor may have written exit.json just before exiting.
+            match state.exit_result()? {
+                Some(result) => Ok(TaskRunState::Exited(result)),
+                None => Err(DriverError::ExecutorLost { task: handle.task_name.clone(), executor_pid: state.executor_pid }),
+            }
+        })
     }
 
     fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(self.recover_task(handle))
+        Box::pin(async move {
+            let state = ExecDriverState::from_handle(handle)?;
+            if state.exit_result()?.is_some() || !sys::is_alive(task_identity(handle, &state)) {
+                return Err(DriverError::TaskGone { pid: handle.pid });
+            }
+            if !sys::is_alive(state.executor()) {
+                // The task runs, but nobody will record its exit: the caller should destroy and restart it.
+                return Err(DriverError::ExecutorLost { task: handle.task_name.clone(), executor_pid: state.executor_pid });
+            }
+            Ok(())
+        })
     }
 
     fn exec_command<'a>(
@@ -469,7 +424,23 @@ impl Driver for ExecDriver {
         command: &'a [String],
         env: &'a BTreeMap<String, String>,
     ) -> BoxFuture<'a, Result<tokio::process::Command, DriverError>> {
-        Box::pin(self.exec_command_in_task(handle, command, env))
+        Box::pin(async move {
+            let (program, args) = split_command(command)?;
+            let state = ExecDriverState::from_handle(handle)?;
+            if state.exit_result()?.is_some() || !sys::is_alive(task_identity(handle, &state)) {
+                return Err(DriverError::TaskGone { pid: handle.pid });
+            }
+            let spec = executor::read_spec(&state.state_dir).map_err(|error| DriverError::Other(format!("exec: {error}")))?;
+            let user = match &spec.user {
+                Some(name) => Some(sys::lookup_user(name).map_err(|source| io_error(format!("looking up user {name:?}"), source))?),
+                None => None,
+            };
+            let mut process = tokio::process::Command::new(program);
+            process.args(args).env_clear().envs(&spec.env).envs(env).current_dir(&spec.cwd);
+            executor::join_task_context(&mut process, &state.cgroup()?, user)
+                .map_err(|error| DriverError::Other(format!("exec: {error}")))?;
+            Ok(process)
+        })
     }
 
     fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskStats, DriverError>> {

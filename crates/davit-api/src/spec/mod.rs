@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::Duration;
 
 mod diff;
+pub mod drivers;
 mod limits;
 pub(crate) mod parse;
 mod validate;
@@ -738,122 +739,6 @@ impl DriverName {
             DriverName::Vm => "vm",
         }
     }
-}
-
-/// `exec` driver settings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecConfig {
-    pub command: String,
-    #[serde(default)]
-    pub args: Vec<String>,
-}
-
-/// `container` driver settings (an OCI image run by crun or runc).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ContainerConfig {
-    /// `registry/repository[:tag][@sha256:digest]`.
-    pub image: String,
-    /// Replaces the image's entrypoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entrypoint: Option<Vec<String>>,
-    /// Replaces the image's cmd (followed by `args`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub args: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<String>,
-    /// `uid[:gid]` or a user name of the image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub mounts: Vec<ContainerMount>,
-    #[serde(default)]
-    pub readonly_rootfs: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cap_add: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cap_drop: Vec<String>,
-    /// Needs an agent started with `--allow-privileged`.
-    #[serde(default)]
-    pub privileged: bool,
-}
-
-/// A bind mount into a container: `source` relative to the allocation directory, or a host path the agent
-/// allows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ContainerMount {
-    pub source: String,
-    pub target: String,
-    #[serde(default)]
-    pub readonly: bool,
-}
-
-/// `vm` driver settings (a QEMU virtual machine).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmConfig {
-    /// `auto` (KVM when a probe guest really runs, else TCG), `kvm` or `tcg`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accel: Option<String>,
-    /// `auto` (microvm for direct kernel boot, q35 otherwise), `microvm`, `q35` or `pc`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub machine: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kernel: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initrd: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cmdline: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk: Option<VmDisk>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub extra_disks: Vec<VmDisk>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cloud_init: Option<VmCloudInit>,
-    /// Port label → guest port; by default each port's `to` is the guest port.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<BTreeMap<String, u16>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub graceful_shutdown_timeout: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub console: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmDisk {
-    /// A node path or an `http(s)://` URL (with `checksum`).
-    pub image: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<String>,
-    /// `sha256:<hex>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checksum: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overlay: Option<bool>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmCloudInit {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_data: Option<String>,
-    /// User data read from this file of the task directory when the guest starts (what a template rendered,
-    /// e.g. `secrets/user-data`); instead of `user_data`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_data_file: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub meta_data: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_config: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
 }
 
 /// CPU in millicores (1000 = one core) and memory in MiB.

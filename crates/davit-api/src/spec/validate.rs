@@ -8,10 +8,11 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::drivers::{ContainerConfig, DriverConfig, ExecConfig, VmConfig, inside_task_dir};
 use super::parse::{Ctx, Node, deserialize_node, suggest};
 use super::{
-    BalanceAlgorithm, CheckType, Constraint, ConstraintOperator, ContainerConfig, DriverName, ExecConfig, GroupSpec, HashKey, JobSpec,
-    JobType, MigrateMode, ReschedulePolicy, ServiceMode, SpecErrors, TaskSpec, VmConfig,
+    BalanceAlgorithm, CheckType, Constraint, ConstraintOperator, DriverName, GroupSpec, HashKey, JobSpec, JobType, MigrateMode,
+    ReschedulePolicy, ServiceMode, SpecErrors, TaskSpec,
 };
 
 /// Checks a spec that did not come from text (scale, revert): the same rules as parsing, positions 0:0;
@@ -428,9 +429,13 @@ fn check_task(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, declare
     let driver_known = !ctx.is_reported(&format!("{path}.driver"));
     match task.driver {
         _ if !driver_known => {}
-        DriverName::Exec => check_exec_config(ctx, &config_path, &task.config),
-        DriverName::Container => check_container_config(ctx, &config_path, &task.config),
-        DriverName::Vm => check_vm_config(ctx, &config_path, &task.config, group_label, declared_ports),
+        DriverName::Exec => _ = check_config::<ExecConfig>(ctx, &config_path, &task.config),
+        DriverName::Container => _ = check_config::<ContainerConfig>(ctx, &config_path, &task.config),
+        DriverName::Vm => {
+            if let Some(vm) = check_config::<VmConfig>(ctx, &config_path, &task.config) {
+                check_vm_ports(ctx, &config_path, &vm, group_label, declared_ports);
+            }
+        }
     }
     check_port_references_in(ctx, &config_path, &task.config, group_label, declared_ports);
 
@@ -478,14 +483,6 @@ fn check_task(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, declare
     }
     check_templates(ctx, path, task);
     check_checks(ctx, path, task, group_label, declared_ports);
-}
-
-/// A relative path that stays inside the task directory: no `/` in front, no empty, `.` or `..` part.
-fn inside_task_dir(path: &str) -> bool {
-    !path.is_empty()
-        && path.len() <= 256
-        && !path.starts_with('/')
-        && path.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
 /// Templates: at most 16, each parsing, with a destination inside the task directory, unique.
@@ -620,15 +617,9 @@ fn check_checks(ctx: &Ctx, path: &str, task: &TaskSpec, group_label: &str, decla
 
 /// Driver configs are deserialized with the spec deserializer (strictly: drivers get JSON), so they get
 /// the same precise errors as the rest of the spec. `required` is the field a config cannot do without.
-fn check_driver_config<T: serde::de::DeserializeOwned>(
-    ctx: &Ctx,
-    path: &str,
-    config: &Value,
-    driver: &str,
-    required: &'static str,
-    example: &str,
-) -> Option<T> {
-    let example = Some(format!("e.g. {example}"));
+fn check_driver_config<T: DriverConfig>(ctx: &Ctx, path: &str, config: &Value) -> Option<T> {
+    let (driver, required) = (T::DRIVER, T::REQUIRED);
+    let example = Some(format!("e.g. {}", T::EXAMPLE));
     if config.is_null() {
         ctx.report(path, format!("the {driver} driver needs `config` with `{required}`"), example);
         return None;
@@ -679,47 +670,14 @@ fn check_config_without_reported<T: serde::de::DeserializeOwned>(ctx: &Ctx, path
     }
 }
 
-fn check_exec_config(ctx: &Ctx, path: &str, config: &Value) {
-    let example = "config: {command: /bin/sh, args: [-c, \"echo hello\"]}";
-    if let Some(exec) = check_driver_config::<ExecConfig>(ctx, path, config, "exec", "command", example)
-        && exec.command.trim().is_empty()
-    {
-        ctx.report(&format!("{path}.command"), "config.command must not be empty", Some(format!("e.g. {example}")));
+/// Checks a driver's config: its type, then its own rules ([`DriverConfig::problems`]), each at its field.
+fn check_config<T: DriverConfig>(ctx: &Ctx, path: &str, config: &Value) -> Option<T> {
+    let parsed = check_driver_config::<T>(ctx, path, config)?;
+    for problem in parsed.problems() {
+        let at = if problem.field.is_empty() { path.to_string() } else { format!("{path}.{}", problem.field) };
+        ctx.report(&at, problem.message, problem.hint);
     }
-}
-
-fn check_container_config(ctx: &Ctx, path: &str, config: &Value) {
-    let example = "config: {image: \"127.0.0.1:5000/web:1.0\"}";
-    let Some(container) = check_driver_config::<ContainerConfig>(ctx, path, config, "container", "image", example) else { return };
-    if container.image.trim().is_empty() {
-        ctx.report(&format!("{path}.image"), "config.image must not be empty", Some(format!("e.g. {example}")));
-    } else if let Some(problem) = image_reference_problem(&container.image) {
-        ctx.report(
-            &format!("{path}.image"),
-            format!("image `{}` is not a valid reference: {problem}", container.image),
-            Some(format!("e.g. {example}")),
-        );
-    }
-    for (field, names) in [("cap_add", &container.cap_add), ("cap_drop", &container.cap_drop)] {
-        for (index, name) in names.iter().enumerate() {
-            if !name.eq_ignore_ascii_case("ALL") && !CAPABILITIES.contains(&name.as_str()) {
-                ctx.report(
-                    &format!("{path}.{field}[{index}]"),
-                    format!("unknown capability `{name}`"),
-                    Some("capabilities are named in upper case without CAP_, e.g. NET_ADMIN or SYS_TIME; or ALL".to_string()),
-                );
-            }
-        }
-    }
-    for (index, mount) in container.mounts.iter().enumerate() {
-        let mount_path = format!("{path}.mounts[{index}]");
-        if !mount.target.starts_with('/') {
-            ctx.report(&format!("{mount_path}.target"), format!("mount target `{}` must be an absolute path", mount.target), None);
-        }
-        if mount.source.split('/').any(|part| part == "..") {
-            ctx.report(&format!("{mount_path}.source"), format!("mount source `{}` must not contain `..`", mount.source), None);
-        }
-    }
+    Some(parsed)
 }
 
 /// The group's port labels for a message: "http, admin", or "none".
@@ -727,112 +685,8 @@ fn port_list(declared: &[&str]) -> String {
     if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
 }
 
-/// The Linux capabilities a container may add or drop (as the runtime names them, without `CAP_`).
-const CAPABILITIES: [&str; 41] = [
-    "AUDIT_CONTROL",
-    "AUDIT_READ",
-    "AUDIT_WRITE",
-    "BLOCK_SUSPEND",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "KILL",
-    "LEASE",
-    "LINUX_IMMUTABLE",
-    "MAC_ADMIN",
-    "MAC_OVERRIDE",
-    "MKNOD",
-    "NET_ADMIN",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_RAW",
-    "PERFMON",
-    "SETGID",
-    "SETFCAP",
-    "SETPCAP",
-    "SETUID",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_CHROOT",
-    "SYS_MODULE",
-    "SYS_NICE",
-    "SYS_PACCT",
-    "SYS_PTRACE",
-    "SYS_RAWIO",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "SYSLOG",
-    "WAKE_ALARM",
-];
-
-/// What is wrong with an image reference (`[host[:port]/]path[:tag][@digest]`), in the distribution
-/// grammar's terms: no spaces, a lower-case repository path, a tag of letters, digits, `_`, `.` and `-`.
-fn image_reference_problem(image: &str) -> Option<&'static str> {
-    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Some("it contains white space");
-    }
-    let name = image.split_once('@').map_or(image, |(name, _)| name);
-    let (host, rest) = match name.split_once('/') {
-        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (Some(first), rest),
-        _ => (None, name),
-    };
-    let (path, tag) = match rest.rsplit_once(':') {
-        Some((path, tag)) => (path, Some(tag)),
-        None => (rest, None),
-    };
-    if host.is_some_and(str::is_empty) || path.is_empty() || path.split('/').any(str::is_empty) {
-        return Some("a part of it is empty");
-    }
-    if !path.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/')) {
-        return Some("the repository path may hold only lower-case letters, digits, '.', '_', '-' and '/'");
-    }
-    if tag.is_some_and(|tag| {
-        tag.is_empty() || tag.len() > 128 || !tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    }) {
-        return Some("the tag may hold only letters, digits, '.', '_' and '-' (at most 128)");
-    }
-    None
-}
-
-fn check_vm_config(ctx: &Ctx, path: &str, config: &Value, group_label: &str, declared_ports: &[&str]) {
-    let example = "config: {kernel: /var/lib/davit/guest/vmlinux, initrd: /var/lib/davit/guest/initramfs.cpio.gz}";
-    let Some(vm) = check_driver_config::<VmConfig>(ctx, path, config, "vm", "kernel", example) else { return };
-    if vm.kernel.is_none() && vm.disk.is_none() {
-        ctx.report(path, "the vm driver needs `kernel` (direct kernel boot) or `disk`", Some(format!("e.g. {example}")));
-    }
-    let choices: [(&str, &Option<String>, &[&str]); 3] = [
-        ("accel", &vm.accel, &["auto", "kvm", "tcg"]),
-        ("machine", &vm.machine, &["auto", "microvm", "q35", "pc"]),
-        ("console", &vm.console, &["serial"]),
-    ];
-    for (field, value, allowed) in choices {
-        if let Some(value) = value
-            && !allowed.contains(&value.as_str())
-        {
-            ctx.report(&format!("{path}.{field}"), format!("{field} `{value}` is not one of: {}", allowed.join(", ")), None);
-        }
-    }
-    if let Some(cloud_init) = &vm.cloud_init
-        && let Some(file) = &cloud_init.user_data_file
-    {
-        let at = format!("{path}.cloud_init.user_data_file");
-        if cloud_init.user_data.is_some() {
-            ctx.report(&at, "give `user_data` or `user_data_file`, not both", None);
-        } else if !inside_task_dir(file) {
-            ctx.report(
-                &at,
-                format!("`{file}` must be a path inside the task directory"),
-                Some("e.g. `secrets/user-data`, written by a template".to_string()),
-            );
-        }
-    }
+/// The vm config's port map names ports of the group.
+fn check_vm_ports(ctx: &Ctx, path: &str, vm: &VmConfig, group_label: &str, declared_ports: &[&str]) {
     for label in vm.ports.iter().flat_map(|ports| ports.keys()) {
         if !declared_ports.contains(&label.as_str()) {
             ctx.report(
@@ -840,17 +694,6 @@ fn check_vm_config(ctx: &Ctx, path: &str, config: &Value, group_label: &str, dec
                 format!("`{label}` is not a port of group `{group_label}`; its ports: {}", port_list(declared_ports)),
                 Some("config.ports maps a port label of the group's `network.ports` to the guest's port".to_string()),
             );
-        }
-    }
-    for (index, disk) in vm.disk.iter().chain(&vm.extra_disks).enumerate() {
-        let disk_path = if index == 0 && vm.disk.is_some() {
-            format!("{path}.disk")
-        } else {
-            format!("{path}.extra_disks[{}]", index - usize::from(vm.disk.is_some()))
-        };
-        let remote = disk.image.starts_with("http://") || disk.image.starts_with("https://");
-        if remote && disk.checksum.is_none() {
-            ctx.report(&format!("{disk_path}.checksum"), "a disk image downloaded from a URL needs `checksum: sha256:<hex>`", None);
         }
     }
 }

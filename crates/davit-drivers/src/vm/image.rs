@@ -13,12 +13,12 @@ use sha2::{Digest, Sha256};
 
 use crate::DriverError;
 
-use super::config::{invalid, parse_checksum};
+use super::config::invalid;
 
 /// Returns a node path for `image`: local paths as they are (verified when a checksum is given), URLs from the
 /// cache (downloaded first when missing).
 pub(crate) async fn resolve(image: &str, checksum: Option<&str>, data_dir: &Path) -> Result<PathBuf, DriverError> {
-    let expected = checksum.map(parse_checksum).transpose()?;
+    let expected = checksum.map(davit_api::spec::drivers::parse_checksum).transpose().map_err(invalid)?;
     if !(image.starts_with("http://") || image.starts_with("https://")) {
         let path = PathBuf::from(image);
         if !path.is_file() {

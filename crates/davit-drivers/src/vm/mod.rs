@@ -43,7 +43,8 @@ pub mod qmp;
 mod seed;
 
 pub use accel::{AccelProbe, AccelProbeConfig};
-use config::{AccelChoice, MachineChoice, PortForward, VmTaskConfig, invalid};
+use config::{PortForward, invalid};
+use davit_api::spec::drivers::{Accel, Machine, VmCloudInit, VmConfig};
 use qmp::{QmpClient, QmpError};
 
 /// The driver's name in job specs (`driver: vm`).
@@ -272,11 +273,11 @@ impl VmDriver {
 
     async fn start_vm(&self, task: &TaskConfig, incoming_port: Option<u16>) -> Result<TaskHandle, DriverError> {
         let start_error = |message: String| DriverError::Start { task: task.task_name.clone(), message, source: None };
-        let config = VmTaskConfig::parse(&task.driver_config)?;
+        let config = config::parse(&task.driver_config)?;
         let accel = match config.accel {
-            AccelChoice::Tcg => "tcg",
-            AccelChoice::Auto => self.accel().await.accel,
-            AccelChoice::Kvm => {
+            Accel::Tcg => "tcg",
+            Accel::Auto => self.accel().await.accel,
+            Accel::Kvm => {
                 let probe = self.accel().await;
                 if probe.accel != "kvm" {
                     return Err(start_error(format!("accel kvm requested, but this node only has TCG: {}", probe.reason)));
@@ -290,7 +291,7 @@ impl VmDriver {
             if let Some(path) = path
                 && let Err(error) = std::fs::metadata(path)
             {
-                return Err(start_error(format!("{what} {}: {error}", path.display())));
+                return Err(start_error(format!("{what} {path}: {error}")));
             }
         }
         let writable_disks = config.disk.iter().chain(&config.extra_disks).any(|disk| disk.overlay);
@@ -310,10 +311,10 @@ impl VmDriver {
             let base = image::resolve(&disk.image, disk.checksum.as_deref(), &self.config.data_dir).await?;
             if disk.overlay {
                 let overlay = task.task_dir.join(format!("disk-{index}.qcow2"));
-                image::create_overlay(&self.config.qemu_img_binary, &base, &disk.format, &overlay).await?;
+                image::create_overlay(&self.config.qemu_img_binary, &base, disk.format.as_str(), &overlay).await?;
                 drives.push(Drive { path: overlay, format: "qcow2".to_owned(), read_only: false });
             } else {
-                drives.push(Drive { path: base, format: disk.format.clone(), read_only: true });
+                drives.push(Drive { path: base, format: disk.format.as_str().to_owned(), read_only: true });
             }
         }
         if let Some(cloud_init) = &config.cloud_init {
@@ -322,7 +323,7 @@ impl VmDriver {
                 None => cloud_init.user_data.clone().unwrap_or_else(|| "#cloud-config\n".to_owned()),
             };
             let files =
-                seed::SeedFiles { meta_data: meta_data(cloud_init, task)?, user_data, network_config: cloud_init.network_config.clone() };
+                seed::SeedFiles { meta_data: meta_data(cloud_init, task), user_data, network_config: cloud_init.network_config.clone() };
             let seed_path = task.task_dir.join("cidata.img");
             let write_path = seed_path.clone();
             tokio::task::spawn_blocking(move || seed::write_seed_image(&write_path, &files))
@@ -377,7 +378,7 @@ impl VmDriver {
             ports,
             graceful_shutdown_timeout_ms: config
                 .graceful_shutdown_timeout
-                .map(|timeout| u64::try_from(timeout.0.as_millis()).unwrap_or(u64::MAX)),
+                .map(|timeout| u64::try_from(timeout.as_std().as_millis()).unwrap_or(u64::MAX)),
             exec: exec_handle.clone(),
         };
         Ok(TaskHandle {
@@ -388,81 +389,6 @@ impl VmDriver {
             started_at_ms: exec_handle.started_at_ms,
             driver_state: serde_json::to_value(&state).expect("VmDriverState serializes"),
         })
-    }
-
-    async fn wait_vm(&self, handle: &TaskHandle) -> Result<ExitResult, DriverError> {
-        let state = VmDriverState::from_handle(handle)?;
-        let result = self.exec.wait(&state.exec).await;
-        if state.migrated() {
-            return Ok(ExitResult { exit_code: Some(0), signal: None, oom_killed: false });
-        }
-        result
-    }
-
-    async fn inspect_vm(&self, handle: &TaskHandle) -> Result<TaskRunState, DriverError> {
-        let state = VmDriverState::from_handle(handle)?;
-        match self.exec.inspect(&state.exec).await? {
-            TaskRunState::Exited(_) if state.migrated() => {
-                Ok(TaskRunState::Exited(ExitResult { exit_code: Some(0), signal: None, oom_killed: false }))
-            }
-            run_state => Ok(run_state),
-        }
-    }
-
-    async fn stop_vm(&self, handle: &TaskHandle, signal: &str, timeout: Duration) -> Result<(), DriverError> {
-        let state = VmDriverState::from_handle(handle)?;
-        let timeout = state.graceful_shutdown_timeout_ms.map_or(timeout, Duration::from_millis);
-        let running = matches!(self.exec.inspect(&state.exec).await, Ok(TaskRunState::Running));
-        if running && signal != "SIGKILL" && signal != "KILL" {
-            match connect_qmp(&state.qmp_socket, QMP_PATIENCE).await {
-                Ok(mut qmp) => {
-                    let exited = match qmp.system_powerdown().await {
-                        Ok(()) => tokio::time::timeout(timeout, self.exec.wait(&state.exec)).await.is_ok(),
-                        Err(error) => {
-                            tracing::warn!(task = %handle.task_name, %error, "system_powerdown failed");
-                            false
-                        }
-                    };
-                    if !exited {
-                        tracing::info!(task = %handle.task_name, ?timeout, "guest did not power off in time; quitting qemu");
-                        if qmp.quit().await.is_ok() {
-                            let _ = tokio::time::timeout(QUIT_TIMEOUT, self.exec.wait(&state.exec)).await;
-                        }
-                    }
-                }
-                Err(error) => tracing::warn!(task = %handle.task_name, %error, "cannot reach QMP; killing qemu"),
-            }
-        }
-        // Whatever is left of QEMU (and anything in its cgroup) goes.
-        self.exec.stop(&state.exec, "SIGKILL", Duration::ZERO).await
-    }
-
-    async fn fingerprint_vm(&self) -> Fingerprint {
-        let version = match accel::qemu_version(&self.config.qemu_binary).await {
-            Ok(version) => version,
-            Err(reason) => return Fingerprint { detected: false, healthy: false, description: reason, attributes: BTreeMap::new() },
-        };
-        let probe = self.accel().await;
-        let attributes = BTreeMap::from([
-            ("driver.vm.accel".to_owned(), probe.accel.to_owned()),
-            ("driver.vm.accel_reason".to_owned(), probe.reason.clone()),
-            ("driver.vm.qemu_version".to_owned(), version.clone()),
-        ]);
-        let exec = self.exec.fingerprint().await;
-        if !exec.healthy {
-            return Fingerprint {
-                detected: true,
-                healthy: false,
-                description: format!("exec supervisor unavailable: {}", exec.description),
-                attributes,
-            };
-        }
-        Fingerprint {
-            detected: true,
-            healthy: true,
-            description: format!("qemu {version}, accel {} ({})", probe.accel, probe.reason),
-            attributes,
-        }
     }
 }
 
@@ -486,7 +412,33 @@ impl Driver for VmDriver {
     }
 
     fn fingerprint(&self) -> BoxFuture<'_, Fingerprint> {
-        Box::pin(self.fingerprint_vm())
+        Box::pin(async move {
+            let version = match accel::qemu_version(&self.config.qemu_binary).await {
+                Ok(version) => version,
+                Err(reason) => return Fingerprint { detected: false, healthy: false, description: reason, attributes: BTreeMap::new() },
+            };
+            let probe = self.accel().await;
+            let attributes = BTreeMap::from([
+                ("driver.vm.accel".to_owned(), probe.accel.to_owned()),
+                ("driver.vm.accel_reason".to_owned(), probe.reason.clone()),
+                ("driver.vm.qemu_version".to_owned(), version.clone()),
+            ]);
+            let exec = self.exec.fingerprint().await;
+            if !exec.healthy {
+                return Fingerprint {
+                    detected: true,
+                    healthy: false,
+                    description: format!("exec supervisor unavailable: {}", exec.description),
+                    attributes,
+                };
+            }
+            Fingerprint {
+                detected: true,
+                healthy: true,
+                description: format!("qemu {version}, accel {} ({})", probe.accel, probe.reason),
+                attributes,
+            }
+        })
     }
 
     fn start<'a>(&'a self, config: &'a TaskConfig) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
@@ -506,11 +458,44 @@ impl Driver for VmDriver {
     }
 
     fn wait<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<ExitResult, DriverError>> {
-        Box::pin(self.wait_vm(handle))
+        Box::pin(async move {
+            let state = VmDriverState::from_handle(handle)?;
+            let result = self.exec.wait(&state.exec).await;
+            if state.migrated() {
+                return Ok(ExitResult { exit_code: Some(0), signal: None, oom_killed: false });
+            }
+            result
+        })
     }
 
     fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(self.stop_vm(handle, signal, timeout))
+        Box::pin(async move {
+            let state = VmDriverState::from_handle(handle)?;
+            let timeout = state.graceful_shutdown_timeout_ms.map_or(timeout, Duration::from_millis);
+            let running = matches!(self.exec.inspect(&state.exec).await, Ok(TaskRunState::Running));
+            if running && signal != "SIGKILL" && signal != "KILL" {
+                match connect_qmp(&state.qmp_socket, QMP_PATIENCE).await {
+                    Ok(mut qmp) => {
+                        let exited = match qmp.system_powerdown().await {
+                            Ok(()) => tokio::time::timeout(timeout, self.exec.wait(&state.exec)).await.is_ok(),
+                            Err(error) => {
+                                tracing::warn!(task = %handle.task_name, %error, "system_powerdown failed");
+                                false
+                            }
+                        };
+                        if !exited {
+                            tracing::info!(task = %handle.task_name, ?timeout, "guest did not power off in time; quitting qemu");
+                            if qmp.quit().await.is_ok() {
+                                let _ = tokio::time::timeout(QUIT_TIMEOUT, self.exec.wait(&state.exec)).await;
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(task = %handle.task_name, %error, "cannot reach QMP; killing qemu"),
+                }
+            }
+            // Whatever is left of QEMU (and anything in its cgroup) goes.
+            self.exec.stop(&state.exec, "SIGKILL", Duration::ZERO).await
+        })
     }
 
     fn destroy<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
@@ -525,7 +510,15 @@ impl Driver for VmDriver {
     }
 
     fn inspect<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskRunState, DriverError>> {
-        Box::pin(self.inspect_vm(handle))
+        Box::pin(async move {
+            let state = VmDriverState::from_handle(handle)?;
+            match self.exec.inspect(&state.exec).await? {
+                TaskRunState::Exited(_) if state.migrated() => {
+                    Ok(TaskRunState::Exited(ExitResult { exit_code: Some(0), signal: None, oom_killed: false }))
+                }
+                run_state => Ok(run_state),
+            }
+        })
     }
 
     fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
@@ -561,10 +554,10 @@ struct Drive {
 
 /// Everything the QEMU command line is made of.
 struct QemuPlan<'a> {
-    config: &'a VmTaskConfig,
+    config: &'a VmConfig,
     name: String,
     accel: &'static str,
-    machine: MachineChoice,
+    machine: Machine,
     vcpus: u32,
     memory_mib: u32,
     drives: &'a [Drive],
@@ -576,7 +569,7 @@ struct QemuPlan<'a> {
 
 impl QemuPlan<'_> {
     fn args(&self) -> Vec<String> {
-        let microvm = self.machine == MachineChoice::Microvm;
+        let microvm = self.machine == Machine::Microvm;
         let mut args: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| args.extend(items.iter().map(|item| (*item).to_owned()));
         // TCG's translation cache defaults to 1 GiB, far beyond the cgroup's allowance for QEMU itself.
@@ -584,9 +577,9 @@ impl QemuPlan<'_> {
         push(&["-name", &self.name, "-accel", &accel]);
         match self.machine {
             // pit/pic/rtc: the legacy timers the Debian kernel calibrates against under TCG.
-            MachineChoice::Microvm | MachineChoice::Auto => push(&["-M", "microvm,pit=on,pic=on,rtc=on"]),
-            MachineChoice::Q35 => push(&["-M", "q35"]),
-            MachineChoice::Pc => push(&["-M", "pc"]),
+            Machine::Microvm | Machine::Auto => push(&["-M", "microvm,pit=on,pic=on,rtc=on"]),
+            Machine::Q35 => push(&["-M", "q35"]),
+            Machine::Pc => push(&["-M", "pc"]),
         }
         if microvm && let Some(firmware) = self.microvm_firmware {
             push(&["-bios", &firmware.display().to_string()]);
@@ -601,9 +594,9 @@ impl QemuPlan<'_> {
         push(&["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]);
         push(&["-qmp", &format!("unix:{},server=on,wait=off", self.qmp_socket.display())]);
         if let Some(kernel) = &self.config.kernel {
-            push(&["-kernel", &kernel.display().to_string()]);
+            push(&["-kernel", kernel]);
             if let Some(initrd) = &self.config.initrd {
-                push(&["-initrd", &initrd.display().to_string()]);
+                push(&["-initrd", initrd]);
             }
             let user_cmdline = self.config.cmdline.clone().unwrap_or_default();
             let cmdline = if user_cmdline.contains("console=") { user_cmdline } else { format!("console=ttyS0 {user_cmdline}") };
@@ -630,11 +623,11 @@ impl QemuPlan<'_> {
     }
 }
 
-fn machine_name(machine: MachineChoice) -> &'static str {
+fn machine_name(machine: Machine) -> &'static str {
     match machine {
-        MachineChoice::Microvm | MachineChoice::Auto => "microvm",
-        MachineChoice::Q35 => "q35",
-        MachineChoice::Pc => "pc",
+        Machine::Microvm | Machine::Auto => "microvm",
+        Machine::Q35 => "q35",
+        Machine::Pc => "pc",
     }
 }
 
@@ -647,7 +640,7 @@ fn read_task_file(task_dir: &Path, file: &str) -> Result<String, DriverError> {
     use std::io::Read;
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    if file.starts_with('/') || file.split('/').any(|part| part == ".." || part.is_empty()) {
+    if !davit_api::spec::drivers::inside_task_dir(file) {
         return Err(invalid(format!("cloud_init.user_data_file `{file}` must be a path inside the task directory")));
     }
     let path = task_dir.join(file);
@@ -667,26 +660,15 @@ fn read_task_file(task_dir: &Path, file: &str) -> Result<String, DriverError> {
     Ok(text)
 }
 
-fn meta_data(cloud_init: &config::CloudInitConfig, task: &TaskConfig) -> Result<String, DriverError> {
+fn meta_data(cloud_init: &VmCloudInit, task: &TaskConfig) -> String {
     let hostname = cloud_init.hostname.clone().unwrap_or_else(|| task.task_name.clone());
     let mut fields = BTreeMap::new();
-    match &cloud_init.meta_data {
-        Some(serde_json::Value::String(text)) => return Ok(text.clone()),
-        Some(serde_json::Value::Object(map)) => {
-            for (key, value) in map {
-                let text = match value {
-                    serde_json::Value::String(text) => text.clone(),
-                    other => other.to_string(),
-                };
-                fields.insert(key.clone(), text);
-            }
-        }
-        None => {}
-        Some(other) => return Err(invalid(format!("cloud_init.meta_data must be text or a map, not {other}"))),
+    if let Some(map) = &cloud_init.meta_data {
+        fields.extend(map.iter().map(|(key, value)| (key.clone(), value.clone())));
     }
     fields.entry("instance-id".to_owned()).or_insert_with(|| task.alloc_id.clone());
     fields.entry("local-hostname".to_owned()).or_insert(hostname);
-    Ok(fields.iter().map(|(key, value)| format!("{key}: {value}\n")).collect())
+    fields.iter().map(|(key, value)| format!("{key}: {value}\n")).collect()
 }
 
 /// `<task_dir>/qmp.sock`, or a path under the temp dir when that is too long for a unix socket address.
@@ -713,7 +695,7 @@ mod tests {
 
     #[test]
     fn microvm_command_line() {
-        let config = VmTaskConfig::parse(&json!({"kernel": "/g/vmlinux", "initrd": "/g/initrd", "cmdline": "quiet"})).unwrap();
+        let config = config::parse(&json!({"kernel": "/g/vmlinux", "initrd": "/g/initrd", "cmdline": "quiet"})).unwrap();
         let drives = [Drive { path: "/t/cidata.img".into(), format: "raw".to_owned(), read_only: true }];
         let ports = [PortForward { label: "http".to_owned(), host_port: 23456, guest_port: 8080 }];
         let plan = QemuPlan {
