@@ -1,16 +1,16 @@
 //! The allocation lifecycle: one [`AllocRunner`] per allocation, one task runner per task.
 //!
 //! ```text
-//!  new ──fetch job version──▶ prerun hooks ──▶ tasks run ──all tasks dead──▶ finished
-//!   │        │ (gone: failed)   (alloc dir)     │    │                        │
-//!   │        ▼                                  │    └─ a task fails for good: │
-//!   │     failed ◀──────────────────────────────┘       kill its siblings     │
-//!   │                                                                          │
-//!  restored (state.json) ──prerun hooks──▶ tasks re-attached (recover) ─┘      │
-//!                                                                              ▼
+//!  new ──fetch job version──▶ alloc dir ──▶ tasks run ──all tasks dead──▶ finished
+//!   │        │ (gone: failed)   (create)     │    │                        │
+//!   │        ▼                               │    └─ a task fails for good: │
+//!   │     failed ◀───────────────────────────┘       kill its siblings     │
+//!   │                                                                       │
+//!  restored (state.json) ──alloc dir──▶ tasks re-attached (recover) ─┘      │
+//!                                                                           ▼
 //!  stop (server: desired stop, or shutdown of `davit dev`) → kill every task   destroy (server forgot
-//!  detach (agent shutdown) → leave tasks running, state stays on disk          the alloc): destroy hooks
-//!                                                                              remove the alloc dir
+//!  detach (agent shutdown) → leave tasks running, state stays on disk          the alloc): remove the
+//!                                                                              alloc dir
 //! ```
 //!
 //! Each task runs its own loop (see `task_runner`):
@@ -23,22 +23,22 @@
 //! ```
 //!
 //! Every change of a task's state is written to `state.json` and handed to the status [`Updater`](crate::status::Updater).
-//! Hooks are idempotent: `destroy` is safe without `prerun`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use davit_api::http::AllocStatusUpdate;
 use davit_api::namespace::{namespace_of, service_key};
-use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, Migration, TaskEvent, TaskState, TaskStatus};
+use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, TaskStatus};
 use davit_api::spec::{GroupSpec, JobType};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::AgentContext;
-use crate::state::{self, PersistedAlloc};
+use crate::alloc_dir;
+use crate::alloc_shared::{AllocShared, event};
+use crate::state::PersistedAlloc;
 use crate::status::derive_client_status;
 use crate::task_runner::{KillReason, TaskControl, TaskOutcome, TaskRunner};
 
@@ -59,20 +59,6 @@ pub struct AllocRunner {
     /// True once the lifecycle task returned.
     finished: watch::Receiver<bool>,
 }
-
-/// State shared by the allocation runner and its task runners.
-pub(crate) struct AllocShared {
-    pub context: Arc<AgentContext>,
-    pub alloc_dir: PathBuf,
-    state: Mutex<PersistedAlloc>,
-    /// The allocation's live migration as the server last said (task runners watch it).
-    pub migration: watch::Sender<Option<Box<Migration>>>,
-    /// Serializes state writes so the file always ends with the newest snapshot.
-    persist: tokio::sync::Mutex<()>,
-}
-
-/// Most events kept per task (the oldest are dropped).
-const MAX_EVENTS: usize = 50;
 
 impl AllocRunner {
     /// Starts a runner for an allocation this agent has not run before.
@@ -192,10 +178,8 @@ impl AllocRunner {
             }
         }
         let _guard = self.shared.persist.lock().await;
-        for hook in alloc_hooks() {
-            if let Err(error) = hook.destroy(&self.shared.alloc_dir) {
-                tracing::warn!(alloc_dir = %self.shared.alloc_dir.display(), hook = hook.name(), %error, "destroy hook failed");
-            }
+        if let Err(error) = alloc_dir::remove(&self.shared.alloc_dir) {
+            tracing::warn!(alloc_dir = %self.shared.alloc_dir.display(), %error, "removing the allocation directory failed");
         }
     }
 
@@ -251,49 +235,6 @@ impl AllocRunner {
 }
 
 impl AllocShared {
-    pub(crate) fn alloc_id(&self) -> String {
-        self.with_state(|state| state.alloc.id.clone())
-    }
-
-    /// Runs `f` on the state under its lock (never held across an await).
-    pub fn with_state<R>(&self, f: impl FnOnce(&mut PersistedAlloc) -> R) -> R {
-        f(&mut self.state.lock().expect("alloc state lock"))
-    }
-
-    /// Changes one task's state (adding `event` if given) without writing it yet; call [`commit`](Self::commit).
-    pub fn update_task(&self, task: &str, event: Option<TaskEvent>, f: impl FnOnce(&mut TaskState)) {
-        self.with_state(|state| {
-            let task_state = state.task_states.entry_or_default(task.to_string());
-            if let Some(event) = event {
-                task_state.events.push(event);
-                if task_state.events.len() > MAX_EVENTS {
-                    let excess = task_state.events.len() - MAX_EVENTS;
-                    task_state.events.drain(..excess);
-                }
-            }
-            f(task_state);
-        });
-    }
-
-    /// Writes the state file and queues a status update for the server.
-    pub async fn commit(self: &Arc<Self>) {
-        let _guard = self.persist.lock().await;
-        let snapshot = self.with_state(|state| state.clone());
-        let update = status_update_of(&snapshot);
-        let alloc_dir = self.alloc_dir.clone();
-        let written = tokio::task::spawn_blocking(move || state::save(&alloc_dir, &snapshot)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(alloc_dir = %self.alloc_dir.display(), %error, "writing allocation state failed"),
-            Err(error) => tracing::error!(%error, "writing allocation state panicked"),
-        }
-        self.context.updater.push(update);
-    }
-
-    pub fn status_update(&self) -> AllocStatusUpdate {
-        self.with_state(|state| status_update_of(state))
-    }
-
     /// The lifecycle (see the module diagram).
     async fn run(self: Arc<Self>, mut control: watch::Receiver<AllocControl>) {
         let (alloc_id, failed_before) = self.with_state(|state| (state.alloc.id.clone(), state.failure.is_some()));
@@ -334,23 +275,21 @@ impl AllocShared {
         };
         let (group, job_type) = group;
 
-        // 2. Prerun hooks.
+        // 2. The allocation directory.
         let task_names: Vec<String> = group.tasks.iter().map(|task| task.name.clone()).collect();
-        for hook in alloc_hooks() {
-            if let Err(error) = hook.prerun(&self.alloc_dir, &task_names) {
-                let message = format!("{} hook failed: {error}", hook.name());
-                tracing::warn!(%alloc_id, %message, "allocation setup failed");
-                for task in &task_names {
-                    self.update_task(task, Some(event("Setup Failure", &message)), |state| {
-                        state.state = TaskStatus::Dead;
-                        state.failed = true;
-                        state.finished_at = Some(crate::now_ms());
-                    });
-                }
-                self.with_state(|state| state.failure = Some(message));
-                self.commit().await;
-                return;
+        if let Err(error) = alloc_dir::create(&self.alloc_dir, &task_names) {
+            let message = format!("creating the allocation directory {}: {error}", self.alloc_dir.display());
+            tracing::warn!(%alloc_id, %message, "allocation setup failed");
+            for task in &task_names {
+                self.update_task(task, Some(event("Setup Failure", &message)), |state| {
+                    state.state = TaskStatus::Dead;
+                    state.failed = true;
+                    state.finished_at = Some(crate::now_ms());
+                });
             }
+            self.with_state(|state| state.failure = Some(message));
+            self.commit().await;
+            return;
         }
 
         // 3. One runner per task that is not dead yet.
@@ -480,93 +419,5 @@ fn forward_control(control: AllocControl, task_controls: &BTreeMap<String, watch
             *current = task_control.clone();
             true
         });
-    }
-}
-
-/// The status of an allocation as reported to the server.
-fn status_update_of(state: &PersistedAlloc) -> AllocStatusUpdate {
-    let (client_status, client_description) = match &state.failure {
-        Some(failure) => (ClientStatus::Failed, failure.clone()),
-        None if state.group.is_none() && state.stop_requested => (ClientStatus::Complete, "stopped before it started".to_string()),
-        None => derive_client_status(&state.task_states),
-    };
-    let (healthy, health_description) = match &state.failure {
-        Some(failure) => (Some(false), failure.clone()),
-        None => crate::check::derive_health(&state.task_states),
-    };
-    AllocStatusUpdate {
-        id: state.alloc.id.clone(),
-        client_status,
-        client_description,
-        task_states: state.task_states.clone(),
-        healthy,
-        health_description,
-        migration: state.migration_progress.clone(),
-    }
-}
-
-/// A task event stamped with the current wall-clock time.
-pub(crate) fn event(kind: &str, message: &str) -> TaskEvent {
-    TaskEvent { time: crate::now_ms(), kind: kind.to_string(), message: message.to_string(), exit_code: None, signal: None, progress: None }
-}
-
-/// A step of the allocation lifecycle that needs to act before tasks run or after the allocation is gone.
-/// Each hook implements only the phases it needs; `destroy` must be idempotent and safe without `prerun`.
-pub(crate) trait AllocHook: Send + Sync {
-    fn name(&self) -> &'static str;
-    fn prerun(&self, _alloc_dir: &Path, _tasks: &[String]) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn destroy(&self, _alloc_dir: &Path) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Creates `<alloc_dir>/alloc/{logs,data}` and `<alloc_dir>/<task>/local`; removes the whole directory on destroy.
-struct AllocDirHook;
-
-impl AllocHook for AllocDirHook {
-    fn name(&self) -> &'static str {
-        "alloc_dir"
-    }
-
-    fn prerun(&self, alloc_dir: &Path, tasks: &[String]) -> std::io::Result<()> {
-        std::fs::create_dir_all(alloc_dir.join("alloc").join("logs"))?;
-        std::fs::create_dir_all(alloc_dir.join("alloc").join("data"))?;
-        for task in tasks {
-            std::fs::create_dir_all(alloc_dir.join(task).join("local"))?;
-        }
-        Ok(())
-    }
-
-    fn destroy(&self, alloc_dir: &Path) -> std::io::Result<()> {
-        match std::fs::remove_dir_all(alloc_dir) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
-            _ => Ok(()),
-        }
-    }
-}
-
-fn alloc_hooks() -> [&'static dyn AllocHook; 1] {
-    [&AllocDirHook]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn alloc_dir_hook_is_idempotent() {
-        let root = tempfile::tempdir().unwrap();
-        let alloc_dir = root.path().join("allocs").join("a1");
-        AllocDirHook.destroy(&alloc_dir).unwrap();
-        let tasks = vec!["web".to_string(), "sidecar".to_string()];
-        AllocDirHook.prerun(&alloc_dir, &tasks).unwrap();
-        AllocDirHook.prerun(&alloc_dir, &tasks).unwrap();
-        for dir in ["alloc/logs", "alloc/data", "web/local", "sidecar/local"] {
-            assert!(alloc_dir.join(dir).is_dir(), "{dir}");
-        }
-        AllocDirHook.destroy(&alloc_dir).unwrap();
-        assert!(!alloc_dir.exists());
     }
 }

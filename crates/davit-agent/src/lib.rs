@@ -33,12 +33,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 mod acl;
+mod alloc_dir;
 pub mod alloc_runner;
+mod alloc_shared;
 mod api;
 pub mod check;
 mod cluster;
 mod exec;
 pub mod fingerprint;
+pub mod grpc_health;
 mod heartbeat;
 #[cfg(test)]
 mod lifecycle_tests;

@@ -255,7 +255,7 @@ async fn sync(service_proxy: &ServiceProxy, catalog: &Catalog, upstreams: &BTree
                     synced.listeners.insert(port, Listener { proxy_name: proxy_name.clone(), config, backends: None });
                 }
                 Err(error) => {
-                    let error = crate::task_runner::error_chain(&error);
+                    let error = davit_api::error_chain(&error);
                     if synced.bind_failures_reported.insert(port) {
                         tracing::warn!(service = %proxy_name, port, %error, "cannot open the proxy listener; retrying every 2 s");
                     } else {

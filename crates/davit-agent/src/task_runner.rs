@@ -11,7 +11,7 @@ use davit_drivers::{Driver, DriverError, EventSink, ExitResult, LiveMigration, T
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 
-use crate::alloc_runner::{AllocShared, event};
+use crate::alloc_shared::{AllocShared, event};
 use crate::check;
 use crate::restart::{MAX_JITTER, RestartDecision, decide_restart};
 use crate::taskenv::TaskEnvContext;
@@ -630,17 +630,4 @@ fn task_dir_prestart(task_dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(task_dir.join("local"))
 }
 
-/// An error with its sources, `a: b: c` (causes already in the message are not repeated).
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+use davit_api::error_chain;

@@ -20,7 +20,7 @@ use davit_api::template::{ChangeMode, Template, TemplateData, env_lines};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::alloc_runner::AllocShared;
+use crate::alloc_shared::AllocShared;
 
 /// How a restart a template asks for starts its reason (the task runner restarts those at once, without
 /// counting them against the restart policy).
@@ -246,7 +246,7 @@ pub(crate) fn watch(
                             Ok(()) => format!("template {} changed: sent {signal}", template.destination),
                             Err(error) => format!("template {} changed: sending {signal} failed: {error}", template.destination),
                         };
-                        shared.update_task(&task.name, Some(crate::alloc_runner::event("Signaling", &message)), |_| {});
+                        shared.update_task(&task.name, Some(crate::alloc_shared::event("Signaling", &message)), |_| {});
                         shared.commit().await;
                     }
                     _ => {}

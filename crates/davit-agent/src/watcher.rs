@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::AgentContext;
 use crate::alloc_runner::AllocRunner;
 use crate::heartbeat::sleep_or_shutdown;
-use crate::task_runner::error_chain;
+use davit_api::error_chain;
 
 /// How long one long-poll waits on the server.
 const POLL_WAIT: Duration = Duration::from_secs(30);

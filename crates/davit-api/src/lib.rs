@@ -18,3 +18,19 @@ pub mod template;
 pub mod variables;
 
 pub use duration::Duration;
+
+/// An error with its sources, `a: b: c`, for messages and logs (a cause whose text is already in the
+/// message is not repeated).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

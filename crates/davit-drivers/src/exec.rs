@@ -301,7 +301,7 @@ impl Driver for ExecDriver {
                 Err(error) => Fingerprint {
                     detected: true,
                     healthy: false,
-                    description: format!("cannot create cgroups: {}", crate::executor::error_chain(&error)),
+                    description: format!("cannot create cgroups: {}", davit_api::error_chain(&error)),
                     attributes,
                 },
             }

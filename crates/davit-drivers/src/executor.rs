@@ -427,17 +427,7 @@ fn report(report: &StartReport) {
     let _ = stdout.write_all(line.as_bytes()).and_then(|()| stdout.flush());
 }
 
-/// "a: b: c" from an error and its sources.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
+use davit_api::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use davit_api::objects::{AllocatedResources, Allocation, ClientStatus, DesiredSt
 use rand::Rng;
 use rand::rngs::SmallRng;
 
-use crate::rank::FxHasher;
+use crate::fxhash::FxHasher;
 use crate::state::ClusterState;
 
 /// The ids one scheduler run hands out: `rrrrrrrr-tttt-7ttt-vttt-ttrrrrrrrrrr`, UUID-shaped (version 7, variant

@@ -42,6 +42,7 @@
 mod alloc;
 mod constraint;
 mod feasible;
+mod fxhash;
 mod generic;
 mod migrate;
 mod plan;

@@ -21,7 +21,7 @@ use davit_api::objects::{Allocation, Node};
 use davit_api::spec::{AllocAffinity, ConstraintOperator, GroupSpec, JobSpec};
 
 use crate::constraint::{CheckedConstraint, is_node_specific};
-use crate::rank::FxHashMap;
+use crate::fxhash::FxHashMap;
 use crate::state::ClusterState;
 
 /// A value read from a node: what a topology or a spread attribute names.

@@ -8,7 +8,8 @@ use davit_api::namespace::{Namespace, NamespaceUsage, namespace_of};
 use davit_api::objects::{AllocatedResources, Allocation, Job, Node};
 use imbl::{OrdMap, OrdSet};
 
-use crate::rank::{Capacity, FxHasher};
+use crate::fxhash::FxHasher;
+use crate::rank::Capacity;
 
 /// Nodes, allocations, jobs and job versions, indexed for the scheduler.
 ///

@@ -1,0 +1,43 @@
+//! An allocation's directory on the node: `<data-dir>/allocs/<id>` with `alloc/{logs,data}` shared by its
+//! tasks and `<task>/local` for each task. Both steps are idempotent; `remove` is safe without `create`.
+
+use std::io;
+use std::path::Path;
+
+/// Creates the allocation's directories (again, after an agent restart).
+pub(crate) fn create(alloc_dir: &Path, tasks: &[String]) -> io::Result<()> {
+    std::fs::create_dir_all(alloc_dir.join("alloc").join("logs"))?;
+    std::fs::create_dir_all(alloc_dir.join("alloc").join("data"))?;
+    for task in tasks {
+        std::fs::create_dir_all(alloc_dir.join(task).join("local"))?;
+    }
+    Ok(())
+}
+
+/// Removes the allocation's directory and everything in it.
+pub(crate) fn remove(alloc_dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(alloc_dir) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_and_remove_are_idempotent() {
+        let root = tempfile::tempdir().unwrap();
+        let alloc_dir = root.path().join("allocs").join("a1");
+        remove(&alloc_dir).unwrap();
+        let tasks = vec!["web".to_string(), "sidecar".to_string()];
+        create(&alloc_dir, &tasks).unwrap();
+        create(&alloc_dir, &tasks).unwrap();
+        for dir in ["alloc/logs", "alloc/data", "web/local", "sidecar/local"] {
+            assert!(alloc_dir.join(dir).is_dir(), "{dir}");
+        }
+        remove(&alloc_dir).unwrap();
+        assert!(!alloc_dir.exists());
+    }
+}
