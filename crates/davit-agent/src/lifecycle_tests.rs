@@ -32,6 +32,8 @@ struct FakeInner {
     /// Pids whose tasks died while "the agent was down", with how.
     gone: HashMap<u32, ExitResult>,
     stopped: Vec<(u32, String)>,
+    /// Pids re-attached to.
+    recovered: Vec<u32>,
 }
 
 impl FakeDriver {
@@ -110,6 +112,7 @@ impl Driver for FakeDriver {
                 return Err(DriverError::TaskGone { pid: handle.pid });
             }
             self.channel(handle.pid);
+            self.inner.lock().unwrap().recovered.push(handle.pid);
             Ok(())
         })
     }
@@ -173,30 +176,10 @@ fn group(tasks: &[&str], restart: serde_json::Value) -> GroupSpec {
 
 fn persisted(job_type: JobType, group: GroupSpec) -> PersistedAlloc {
     let alloc = Allocation {
-        id: "alloc-1".to_string(),
-        name: "job.g[0]".to_string(),
-        job_name: "job".to_string(),
-        job_version: 0,
-        group: "g".to_string(),
-        index: 0,
-        node_id: "node-1".to_string(),
         node_name: "box".to_string(),
-        eval_id: "eval".to_string(),
-        desired_status: DesiredStatus::Run,
-        desired_description: String::new(),
         client_status: ClientStatus::Pending,
-        client_description: String::new(),
-        task_states: Default::default(),
-        healthy: None,
-        health_description: String::new(),
         resources: AllocatedResources::default(),
-        previous_allocation: None,
-        reschedule_tracker: Vec::new(),
-        migration: None,
-        create_time: 0,
-        modify_time: 0,
-        create_index: 0,
-        modify_index: 0,
+        ..davit_api::testing::alloc("alloc-1", "job", "g", 0, "node-1")
     };
     let task_states = group.tasks.iter().map(|task| (task.name.clone(), TaskState::default())).collect();
     PersistedAlloc {
@@ -398,7 +381,13 @@ async fn detach_leaves_tasks_running() {
 
     // A new runner from the same state re-attaches: nothing is started again.
     let again = AllocRunner::restore(fixture.context.clone(), on_disk);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..500 {
+        if fixture.driver.inner.lock().unwrap().recovered.contains(&1001) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fixture.driver.inner.lock().unwrap().recovered, [1001], "re-attached");
     assert_eq!(fixture.driver.started().len(), 1);
     assert_eq!(again.client_status(), ClientStatus::Running);
     again.stop();

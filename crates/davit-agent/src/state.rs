@@ -122,36 +122,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use davit_api::objects::{AllocatedResources, ClientStatus, DesiredStatus, TaskEvent, TaskState, TaskStatus};
+    use davit_api::objects::{AllocatedResources, TaskEvent, TaskState, TaskStatus};
 
     use super::*;
 
     fn sample() -> PersistedAlloc {
         let alloc = Allocation {
-            id: "alloc-1".to_string(),
-            name: "shop.web[0]".to_string(),
-            job_name: "shop".to_string(),
             job_version: 1,
-            group: "web".to_string(),
-            index: 0,
-            node_id: "node".to_string(),
             node_name: "box".to_string(),
-            eval_id: "eval".to_string(),
-            desired_status: DesiredStatus::Run,
-            desired_description: String::new(),
-            client_status: ClientStatus::Running,
-            client_description: String::new(),
-            task_states: Default::default(),
-            healthy: None,
-            health_description: String::new(),
             resources: AllocatedResources::default(),
-            previous_allocation: None,
-            reschedule_tracker: Vec::new(),
-            migration: None,
             create_time: 1,
             modify_time: 2,
             create_index: 3,
             modify_index: 4,
+            ..davit_api::testing::alloc("alloc-1", "shop", "web", 0, "node")
         };
         let group: GroupSpec = serde_json::from_value(serde_json::json!({
             "name": "web",

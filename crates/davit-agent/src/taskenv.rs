@@ -153,28 +153,16 @@ fn env_name_part(label: &str) -> String {
 mod tests {
     use std::path::PathBuf;
 
-    use davit_api::objects::{AllocatedResources, AssignedPort, ClientStatus, DesiredStatus};
+    use davit_api::objects::{AllocatedResources, AssignedPort, ClientStatus};
 
     use super::*;
 
     fn alloc() -> Allocation {
         Allocation {
-            id: "a1b2".to_string(),
-            name: "shop.web[2]".to_string(),
-            job_name: "shop".to_string(),
             job_version: 3,
-            group: "web".to_string(),
-            index: 2,
-            node_id: "n1".to_string(),
             node_name: "box".to_string(),
             eval_id: "e1".to_string(),
-            desired_status: DesiredStatus::Run,
-            desired_description: String::new(),
             client_status: ClientStatus::Pending,
-            client_description: String::new(),
-            task_states: Default::default(),
-            healthy: None,
-            health_description: String::new(),
             resources: AllocatedResources {
                 cpu: 500,
                 memory: 256,
@@ -183,13 +171,7 @@ mod tests {
                     AssignedPort { label: "admin-ui".to_string(), value: 23457, to: 23457 },
                 ],
             },
-            previous_allocation: None,
-            reschedule_tracker: Vec::new(),
-            migration: None,
-            create_time: 0,
-            modify_time: 0,
-            create_index: 0,
-            modify_index: 0,
+            ..davit_api::testing::alloc("a1b2", "shop", "web", 2, "n1")
         }
     }
 

@@ -15,6 +15,8 @@ pub mod objects;
 pub mod small_map;
 pub mod spec;
 pub mod template;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod variables;
 
 pub use duration::Duration;

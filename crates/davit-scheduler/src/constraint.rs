@@ -290,15 +290,12 @@ fn pessimistic_ceiling(version: &Version) -> Version {
 mod tests {
     use std::collections::BTreeMap;
 
-    use davit_api::objects::{NodeEligibility, NodeResources, NodeStatus};
-
     use super::*;
 
     fn node() -> Node {
         Node {
             id: "node-1".to_string(),
             name: "alpha".to_string(),
-            datacenter: "dc1".to_string(),
             class: "fast".to_string(),
             attributes: BTreeMap::from(
                 [
@@ -311,16 +308,7 @@ mod tests {
                 ]
                 .map(|(key, value)| (key.to_string(), value.to_string())),
             ),
-            resources: NodeResources { cpu: 4000, memory: 8192, port_range: (20000, 20100), reserved_ports: Vec::new() },
-            drivers: BTreeMap::new(),
-            status: NodeStatus::Ready,
-            eligibility: NodeEligibility::Eligible,
-            drain: None,
-            http_addr: String::new(),
-            status_description: String::new(),
-            last_heartbeat: 0,
-            create_index: 0,
-            modify_index: 0,
+            ..davit_api::testing::node("node-1")
         }
     }
 

@@ -604,31 +604,15 @@ pub fn advance_migration(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
-    use davit_api::objects::{DriverInfo, EvalTrigger, Job, Node, NodeEligibility, NodeResources, NodeStatus};
+    use davit_api::objects::{EvalTrigger, Job, Node, NodeResources};
     use davit_scheduler::{ClusterState, schedule};
 
     use super::*;
 
     fn node(id: &str) -> Node {
-        Node {
-            id: id.to_string(),
-            name: id.to_string(),
-            datacenter: "dc1".to_string(),
-            class: String::new(),
-            attributes: BTreeMap::new(),
-            resources: NodeResources { cpu: 4000, memory: 4096, port_range: (20000, 20100), reserved_ports: vec![] },
-            drivers: BTreeMap::from([("exec".to_string(), DriverInfo { detected: true, healthy: true, ..Default::default() })]),
-            status: NodeStatus::Ready,
-            eligibility: NodeEligibility::Eligible,
-            drain: None,
-            http_addr: String::new(),
-            status_description: String::new(),
-            last_heartbeat: 0,
-            create_index: 0,
-            modify_index: 0,
-        }
+        let resources = NodeResources { cpu: 4000, memory: 4096, port_range: (20000, 20100), reserved_ports: vec![] };
+        Node { resources, ..davit_api::testing::node(id) }
     }
 
     fn add_job(cluster: &mut ClusterState, yaml: &str) -> Evaluation {

@@ -162,12 +162,10 @@ impl CatalogCache {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+
     use std::sync::Arc;
 
-    use davit_api::objects::{
-        AllocatedResources, Allocation, AssignedPort, ClientStatus, DesiredStatus, Job, Node, NodeEligibility, NodeResources, NodeStatus,
-    };
+    use davit_api::objects::{AllocatedResources, Allocation, AssignedPort, ClientStatus, DesiredStatus, Job, Node, NodeStatus};
     use davit_api::spec::parse_job_spec;
 
     use super::*;
@@ -193,40 +191,19 @@ groups:
 
     fn node(id: &str, status: NodeStatus) -> Arc<Node> {
         Arc::new(Node {
-            id: id.to_string(),
             name: format!("node-{id}"),
-            datacenter: "dc1".to_string(),
-            class: String::new(),
-            attributes: BTreeMap::new(),
-            resources: NodeResources { cpu: 1000, memory: 1024, port_range: (20000, 20100), reserved_ports: vec![] },
-            drivers: BTreeMap::new(),
             status,
-            eligibility: NodeEligibility::Eligible,
-            drain: None,
             http_addr: format!("http://10.0.0.{}:7647", id.len()),
-            status_description: String::new(),
-            last_heartbeat: 0,
             create_index: 1,
             modify_index: 1,
+            ..davit_api::testing::node(id)
         })
     }
 
     fn alloc(id: &str, index: u32, node: &str, client_status: ClientStatus, healthy: Option<bool>) -> Arc<Allocation> {
         Arc::new(Allocation {
-            id: id.to_string(),
-            name: format!("shop.web[{index}]"),
-            job_name: "shop".to_string(),
-            job_version: 0,
-            group: "web".to_string(),
-            index,
-            node_id: node.to_string(),
             node_name: format!("node-{node}"),
-            eval_id: "eval".to_string(),
-            desired_status: DesiredStatus::Run,
-            desired_description: String::new(),
             client_status,
-            client_description: String::new(),
-            task_states: Default::default(),
             healthy,
             health_description: match healthy {
                 Some(true) => "all tasks running, all checks passing".to_string(),
@@ -238,13 +215,9 @@ groups:
                 memory: 64,
                 ports: vec![AssignedPort { label: "http".to_string(), value: 20000 + index as u16, to: 20000 + index as u16 }],
             },
-            previous_allocation: None,
-            reschedule_tracker: Vec::new(),
-            migration: None,
-            create_time: 0,
-            modify_time: 0,
             create_index: 1,
             modify_index: 1,
+            ..davit_api::testing::alloc(id, "shop", "web", index, node)
         })
     }
 

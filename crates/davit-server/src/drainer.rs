@@ -38,6 +38,7 @@ use davit_store::{Compare, Store, StoreError, Txn};
 use crate::applier::Applier;
 use crate::keys;
 use crate::liveness::new_eval;
+use crate::metrics::Metrics;
 use crate::migration;
 use crate::now_millis;
 use crate::view::View;
@@ -67,10 +68,11 @@ pub struct DrainStep {
 }
 
 /// Runs drains until the server stops.
-pub async fn run(store: Arc<dyn Store>, view: Arc<View>, applier: Applier) {
+pub async fn run(store: Arc<dyn Store>, view: Arc<View>, applier: Applier, metrics: Arc<Metrics>) {
     let mut seen = 0;
     loop {
         let snapshot = view.block_until(seen, IDLE_WAIT, |snapshot| snapshot.revision).await;
+        metrics.drainer_pass();
         seen = snapshot.revision;
         let draining = snapshot.cluster.nodes().any(|node| node.is_draining());
         if draining && let Err(error) = step(&store, &view, &applier).await {
@@ -281,32 +283,7 @@ mod tests {
     }
 
     fn alloc(id: &str, group: &str, index: u32, node_id: &str) -> Allocation {
-        Allocation {
-            id: id.to_string(),
-            name: format!("shop.{group}[{index}]"),
-            job_name: "shop".to_string(),
-            job_version: 0,
-            group: group.to_string(),
-            index,
-            node_id: node_id.to_string(),
-            node_name: node_id.to_string(),
-            eval_id: "e".to_string(),
-            desired_status: DesiredStatus::Run,
-            desired_description: String::new(),
-            client_status: ClientStatus::Running,
-            client_description: String::new(),
-            task_states: Default::default(),
-            healthy: None,
-            health_description: String::new(),
-            resources: AllocatedResources::default(),
-            previous_allocation: None,
-            reschedule_tracker: Vec::new(),
-            migration: None,
-            create_time: 0,
-            modify_time: 0,
-            create_index: 0,
-            modify_index: 0,
-        }
+        Allocation { resources: AllocatedResources::default(), ..davit_api::testing::alloc(id, "shop", group, index, node_id) }
     }
 
     /// Applies the step's stops as the applier would.

@@ -239,8 +239,8 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         Box::new(move || Box::pin(Arc::clone(&liveness).run(Arc::clone(&store), Arc::clone(&view))) as Loop)
     }));
     background.push(supervised("drainer", {
-        let (store, view, applier) = (Arc::clone(&config.store), Arc::clone(&view), applier.clone());
-        Box::new(move || Box::pin(drainer::run(Arc::clone(&store), Arc::clone(&view), applier.clone())) as Loop)
+        let (store, view, applier, metrics) = (Arc::clone(&config.store), Arc::clone(&view), applier.clone(), Arc::clone(&metrics));
+        Box::new(move || Box::pin(drainer::run(Arc::clone(&store), Arc::clone(&view), applier.clone(), Arc::clone(&metrics))) as Loop)
     }));
     background.push(supervised("gc", {
         let (store, view, applier, gc) = (Arc::clone(&config.store), Arc::clone(&view), applier.clone(), config.gc.clone());

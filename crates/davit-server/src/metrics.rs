@@ -30,6 +30,7 @@ pub struct Metrics {
     plan_apply_micros: AtomicU64,
     placements: AtomicU64,
     store_txns: AtomicU64,
+    drainer_passes: AtomicU64,
     /// Restarts of each supervised loop, in the order of [`crate::supervise::LOOPS`].
     loop_restarts: [AtomicU64; crate::supervise::LOOPS.len()],
 }
@@ -59,6 +60,11 @@ impl Metrics {
     #[cfg(test)]
     pub fn loop_restarts(&self, name: &str) -> u64 {
         crate::supervise::LOOPS.iter().position(|known| *known == name).map_or(0, |index| self.loop_restarts[index].load(Ordering::Relaxed))
+    }
+
+    /// The node drainer is about to look at the cluster.
+    pub fn drainer_pass(&self) {
+        self.drainer_passes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The applier checked and committed a plan in `elapsed`, placing `placed` new allocations.
@@ -100,6 +106,14 @@ impl Metrics {
 
         header(&mut out, "davit_store_txn_total", "counter", "Transactions the server sent to the store.");
         sample(&mut out, "davit_store_txn_total", &[], self.store_txns.load(Ordering::Relaxed) as f64);
+
+        header(
+            &mut out,
+            "davit_drainer_passes_total",
+            "counter",
+            "Times the node drainer looked at the cluster (on every change, at least every 500 ms).",
+        );
+        sample(&mut out, "davit_drainer_passes_total", &[], self.drainer_passes.load(Ordering::Relaxed) as f64);
 
         render_gauges(&mut out, snapshot);
         out

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{TestServer, start};
+use common::{TestServer, start, wait_until};
 use serde_json::{Value, json};
 
 impl TestServer {
@@ -62,12 +62,12 @@ fn node(id: &str) -> davit_api::objects::Node {
     common::node(id, 4096)
 }
 
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Returns once the node drainer has looked at the cluster twice since the call: whatever it would do with
+/// the state seen at the call, it has done.
+async fn drainer_caught_up(server: &TestServer) {
+    let passes = server.metric("davit_drainer_passes_total").await;
+    wait_until("the drainer looked at the cluster twice", || async { server.metric("davit_drainer_passes_total").await >= passes + 2.0 })
+        .await;
 }
 
 fn live(alloc: &Value) -> bool {
@@ -170,13 +170,13 @@ async fn drain_migrates_one_allocation_per_group_at_a_time() {
 async fn drain_deadline_stops_the_rest_at_once() {
     let server = start().await;
     shop_on_a(&server).await;
-    server.ok("POST", "/v1/node/a/drain", r#"{"deadline_ms": 3000, "ignore_system": false, "enable": true}"#).await;
+    server.ok("POST", "/v1/node/a/drain", r#"{"deadline_ms": 4000, "ignore_system": false, "enable": true}"#).await;
     // Agents that never start replacements: after the first migration per group nothing moves...
     wait_until("one allocation per group is migrating", || async {
         server.allocs(&["a"]).await.iter().filter(|alloc| live(alloc)).count() == 2
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    drainer_caught_up(&server).await;
     let allocs = server.allocs(&["a"]).await;
     assert_eq!(allocs.iter().filter(|alloc| live(alloc)).count(), 2, "{allocs:#?}");
     assert!(!server.node("a").await["drain"].is_null());
@@ -217,7 +217,7 @@ async fn a_canceled_drain_leaves_the_node_ineligible() {
     let a = server.node("a").await;
     assert_eq!((a["eligibility"].as_str(), a["drain"].is_null()), (Some("ineligible"), true));
     // Nothing else migrates: at most the first allocation of each group went before the cancel.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    drainer_caught_up(&server).await;
     let left = server.allocs(&["a"]).await.iter().filter(|alloc| live(alloc)).count();
     assert!(left >= 2, "{left} allocations left on a");
     server.ok("POST", "/v1/node/a/eligibility", r#"{"eligible": true}"#).await;

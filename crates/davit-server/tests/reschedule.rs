@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, start};
+use common::{TestServer, start, wait_until};
 use serde_json::{Value, json};
 
 const JOB: &str = "name: shop\ngroups:\n  - name: web\n    restart: {attempts: 0, mode: fail}\n    reschedule: {attempts: 2, interval: 1h, delay: 300ms, delay_function: exponential, max_delay: 1s}\n    tasks:\n      - name: t\n        driver: exec\n        config: {command: /bin/false}\n        resources: {cpu: 100, memory: 64}\n";
@@ -57,6 +57,7 @@ async fn failed_allocations_are_rescheduled_with_backoff_until_attempts_run_out(
     let nodes = ["a", "b"];
     ok(&server, "POST", "/v1/jobs?filename=shop.yaml", JOB).await;
     let mut previous: Option<Value> = None;
+    let mut evals_before = 0;
     for (generation, delay_ms) in [(1usize, None), (2, Some(300u64)), (3, Some(600))] {
         let allocs = wait_allocs(&server, &nodes, generation).await;
         let alloc = allocs.last().unwrap().clone();
@@ -72,12 +73,19 @@ async fn failed_allocations_are_rescheduled_with_backoff_until_attempts_run_out(
             assert!(alloc["create_time"].as_u64().unwrap() >= failed_at + delay_ms, "waited the delay: {alloc:#}");
         }
         let (node, id) = (alloc["node_id"].as_str().unwrap(), alloc["id"].as_str().unwrap());
+        evals_before = ok(&server, "GET", "/v1/job/shop/evaluations", "").await.as_array().unwrap().len();
         let body = json!([{"id": id, "client_status": "failed", "task_states": {}}]).to_string();
         ok(&server, "POST", &format!("/v1/node/{node}/allocations/status"), &body).await;
         previous = Some(list_allocs(&server, &nodes).await.into_iter().find(|other| other["id"] == id).unwrap());
     }
-    // Two reschedules used up: the third failure stays (and the job settles with no pending evaluation).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Two reschedules used up: the third failure stays. Once the scheduler has settled the evaluation of that
+    // failure (and any follow-up), nothing is pending and nothing was placed.
+    wait_until("the failure's evaluation settles", || async {
+        let evals = ok(&server, "GET", "/v1/job/shop/evaluations", "").await;
+        let evals = evals.as_array().unwrap().clone();
+        evals.len() > evals_before && evals.iter().all(|eval| matches!(eval["status"].as_str(), Some("complete" | "failed" | "canceled")))
+    })
+    .await;
     let allocs = list_allocs(&server, &nodes).await;
     assert_eq!(allocs.len(), 3, "{allocs:#?}");
     assert_eq!(allocs.last().unwrap()["client_status"], "failed");

@@ -7,35 +7,26 @@ use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use davit_api::objects::{DriverInfo, EvalTrigger, Evaluation, Job, Node, NodeEligibility, NodeResources, NodeStatus};
+use davit_api::objects::{EvalTrigger, Evaluation, Job, Node, NodeResources};
 use davit_scheduler::SchedulerConfig;
 
 pub fn node(position: usize) -> Node {
     let name = format!("node-{position:05}");
     let zone = ["a", "b", "c"][position % 3];
+    let base = davit_api::testing::node(&format!("{name}-id"));
     Node {
-        id: format!("{name}-id"),
         name: name.clone(),
-        datacenter: "dc1".to_string(),
-        class: String::new(),
         attributes: BTreeMap::from([
             ("cpu.arch".to_string(), "x86_64".to_string()),
             ("zone".to_string(), zone.to_string()),
             ("unique.hostname".to_string(), name),
         ]),
         resources: NodeResources { cpu: 4000, memory: 8192, port_range: (20000, 32000), reserved_ports: Vec::new() },
-        drivers: BTreeMap::from([(
-            "exec".to_string(),
-            DriverInfo { detected: true, healthy: true, description: String::new(), attributes: BTreeMap::new() },
-        )]),
-        status: NodeStatus::Ready,
-        eligibility: NodeEligibility::Eligible,
-        drain: None,
+        drivers: BTreeMap::from([("exec".to_string(), base.drivers["exec"].clone())]),
         http_addr: String::new(),
-        status_description: String::new(),
-        last_heartbeat: 0,
         create_index: 1,
         modify_index: 1,
+        ..base
     }
 }
 

@@ -16,10 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use davit_api::Duration;
-use davit_api::objects::{
-    AllocatedResources, Allocation, ClientStatus, DesiredStatus, DriverInfo, EvalTrigger, Evaluation, Job, Node, NodeEligibility,
-    NodeResources, NodeStatus, UnixMillis,
-};
+use davit_api::objects::{Allocation, DesiredStatus, EvalTrigger, Evaluation, Job, Node, UnixMillis};
 use davit_api::spec::{
     Constraint, ConstraintOperator, DriverName, GroupSpec, JobSpec, JobType, NetworkSpec, PortSpec, Resources, RestartPolicy, TaskSpec,
 };
@@ -189,32 +186,7 @@ impl Harness {
     }
 }
 
-/// A ready, eligible node in dc1 with healthy `exec` and `container` drivers, 4 cores, 8 GiB and
-/// ports 20000–20999.
-pub(crate) fn node(id: &str) -> Node {
-    let healthy = DriverInfo { detected: true, healthy: true, description: String::new(), attributes: BTreeMap::new() };
-    Node {
-        id: id.to_string(),
-        name: id.to_string(),
-        datacenter: "dc1".to_string(),
-        class: String::new(),
-        attributes: BTreeMap::from([
-            ("cpu.arch".to_string(), "x86_64".to_string()),
-            ("os.name".to_string(), "linux".to_string()),
-            ("unique.hostname".to_string(), format!("{id}.local")),
-        ]),
-        resources: NodeResources { cpu: 4000, memory: 8192, port_range: (20000, 20999), reserved_ports: Vec::new() },
-        drivers: BTreeMap::from([("exec".to_string(), healthy.clone()), ("container".to_string(), healthy)]),
-        status: NodeStatus::Ready,
-        eligibility: NodeEligibility::Eligible,
-        drain: None,
-        http_addr: format!("http://{id}:7647"),
-        status_description: String::new(),
-        last_heartbeat: 0,
-        create_index: 0,
-        modify_index: 0,
-    }
-}
+pub(crate) use davit_api::testing::node;
 
 /// A service job in dc1 with one group `web` of `count` allocations, one `exec` task of 500 millicores
 /// and 256 MiB each.
@@ -282,30 +254,5 @@ pub(crate) fn port(name: &str, static_port: Option<u16>, to: Option<u16>) -> Por
 
 /// A running allocation of `job.group[index]` at `version` on `node_id`, sized like [`task`]'s default.
 pub(crate) fn alloc(id: &str, job: &str, group: &str, index: u32, version: u64, node_id: &str) -> Allocation {
-    Allocation {
-        id: id.to_string(),
-        name: format!("{job}.{group}[{index}]"),
-        job_name: job.to_string(),
-        job_version: version,
-        group: group.to_string(),
-        index,
-        node_id: node_id.to_string(),
-        node_name: node_id.to_string(),
-        eval_id: "eval-0".to_string(),
-        desired_status: DesiredStatus::Run,
-        desired_description: String::new(),
-        client_status: ClientStatus::Running,
-        client_description: String::new(),
-        task_states: Default::default(),
-        healthy: None,
-        health_description: String::new(),
-        resources: AllocatedResources { cpu: 500, memory: 256, ports: Vec::new() },
-        previous_allocation: None,
-        reschedule_tracker: Vec::new(),
-        migration: None,
-        create_time: 0,
-        modify_time: 0,
-        create_index: 0,
-        modify_index: 0,
-    }
+    Allocation { job_version: version, eval_id: "eval-0".to_string(), ..davit_api::testing::alloc(id, job, group, index, node_id) }
 }

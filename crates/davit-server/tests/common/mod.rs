@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use davit_api::objects::{DriverInfo, Node, NodeEligibility, NodeResources, NodeStatus};
+use davit_api::objects::{DriverInfo, Node, NodeResources};
 use davit_server::{LivenessConfig, ServerConfig, ServerHandle};
 use davit_store::RedbStore;
 use serde_json::Value;
@@ -102,6 +102,15 @@ impl TestServer {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// The value of an unlabelled sample of `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (status, text) = self.request("GET", "/metrics", "").await;
+        assert_eq!(status, 200, "{text}");
+        let text = text.as_str().expect("metrics are text").to_string();
+        let line = text.lines().find(|line| line.split_once(' ').is_some_and(|(sample, _)| sample == name));
+        line.and_then(|line| line.split_once(' ')?.1.trim().parse().ok()).unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+    }
+
     pub async fn index(&self) -> u64 {
         self.request("GET", "/v1/status", "").await.1["index"].as_u64().unwrap()
     }
@@ -131,21 +140,12 @@ impl TestServer {
 /// A ready, eligible node with 2000 millicores, `memory` MiB and a healthy exec driver.
 pub fn node(id: &str, memory: u64) -> Node {
     Node {
-        id: id.to_string(),
         name: format!("node-{id}"),
-        datacenter: "dc1".to_string(),
-        class: String::new(),
         attributes: BTreeMap::from([("arch".to_string(), "x86_64".to_string())]),
         resources: NodeResources { cpu: 2000, memory, port_range: (20000, 20100), reserved_ports: vec![] },
         drivers: BTreeMap::from([("exec".to_string(), DriverInfo { detected: true, healthy: true, ..Default::default() })]),
-        status: NodeStatus::Ready,
-        eligibility: NodeEligibility::Eligible,
-        drain: None,
         http_addr: "http://127.0.0.1:1".to_string(),
-        status_description: String::new(),
-        last_heartbeat: 0,
-        create_index: 0,
-        modify_index: 0,
+        ..davit_api::testing::node(id)
     }
 }
 
@@ -172,5 +172,14 @@ pub async fn wait_status_in(
             return status;
         }
         assert!(tokio::time::Instant::now() < deadline, "job {namespace}/{name} never reached the expected state: {status:#}");
+    }
+}
+
+/// Polls `check` until it holds; panics naming `what` after 30 s.
+pub async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
