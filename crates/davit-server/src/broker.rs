@@ -305,4 +305,164 @@ mod tests {
         assert_eq!(broker.block(Arc::new(new)).map(|e| e.id.clone()), Some("old".into()));
         assert_eq!(broker.take_blocked().len(), 1);
     }
+
+    /// A model of the broker's queues (ready by priority then arrival, waiting per job, delayed after a nack)
+    /// driven with the real one through random enqueues, duplicate announcements, dequeues, acks and nacks:
+    /// at most one evaluation per job in flight, the highest priority first, nothing lost or delivered twice.
+    #[tokio::test(start_paused = true)]
+    async fn matches_a_model_under_random_operations() {
+        use futures_util::FutureExt;
+        use rand::{Rng, SeedableRng};
+
+        #[derive(Default)]
+        struct Model {
+            /// (eval, arrival) ready to run.
+            ready: Vec<(Arc<Evaluation>, u64)>,
+            waiting: BTreeMap<String, VecDeque<Arc<Evaluation>>>,
+            delayed: Vec<Arc<Evaluation>>,
+            in_flight: BTreeMap<String, Arc<Evaluation>>,
+            arrivals: u64,
+        }
+        impl Model {
+            fn known(&self, id: &str) -> bool {
+                self.ready.iter().any(|(eval, _)| eval.id == id)
+                    || self.waiting.values().flatten().any(|eval| eval.id == id)
+                    || self.delayed.iter().any(|eval| eval.id == id)
+                    || self.in_flight.values().any(|eval| eval.id == id)
+            }
+            fn push_ready(&mut self, eval: Arc<Evaluation>) {
+                self.arrivals += 1;
+                self.ready.push((eval, self.arrivals));
+            }
+            fn enqueue(&mut self, eval: Arc<Evaluation>) {
+                if self.known(&eval.id) {
+                    return;
+                }
+                if self.in_flight.contains_key(&eval.job_name) {
+                    self.waiting.entry(eval.job_name.clone()).or_default().push_back(eval);
+                } else {
+                    self.push_ready(eval);
+                }
+            }
+            fn release(&mut self, job: &str) {
+                self.in_flight.remove(job);
+                if let Some(next) = self.waiting.get_mut(job).and_then(VecDeque::pop_front) {
+                    self.push_ready(next);
+                }
+            }
+        }
+
+        for seed in 0..20u64 {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+            let broker = Broker::default();
+            let mut model = Model::default();
+            let mut delivered = 0usize;
+            let mut created = 0usize;
+            for step in 0..400 {
+                let context = format!("seed {seed} step {step}");
+                match rng.random_range(0..10) {
+                    0..=3 => {
+                        created += 1;
+                        let job = ["a", "b", "c", "d"][rng.random_range(0..4)];
+                        let new = eval(&format!("e{created}"), job, [10, 50, 90][rng.random_range(0..3)]);
+                        broker.enqueue(Arc::clone(&new));
+                        model.enqueue(new);
+                    }
+                    4 if created > 0 => {
+                        // An evaluation announced again (the view re-announces pending ones).
+                        let again = format!("e{}", rng.random_range(1..=created));
+                        let known = model
+                            .ready
+                            .iter()
+                            .map(|(eval, _)| eval)
+                            .chain(model.waiting.values().flatten())
+                            .chain(model.in_flight.values())
+                            .find(|eval| eval.id == again)
+                            .cloned();
+                        if let Some(eval) = known {
+                            broker.enqueue(Arc::clone(&eval));
+                            model.enqueue(eval);
+                        }
+                    }
+                    5..=7 => {
+                        let got = broker.dequeue().now_or_never();
+                        let Some(got) = got else {
+                            let runnable = model.ready.iter().any(|(eval, _)| !model.in_flight.contains_key(&eval.job_name));
+                            assert!(!runnable, "{context}: nothing dequeued though {:?} is ready", model.ready);
+                            // The broker looked at every ready evaluation and moved each behind its job's in-flight one.
+                            model.ready.sort_by_key(|(eval, arrival)| (std::cmp::Reverse(eval.priority), *arrival));
+                            for (eval, _) in std::mem::take(&mut model.ready) {
+                                model.waiting.entry(eval.job_name.clone()).or_default().push_back(eval);
+                            }
+                            continue;
+                        };
+                        delivered += 1;
+                        assert!(
+                            !model.in_flight.contains_key(&got.job_name),
+                            "{context}: two evaluations of job {} in flight",
+                            got.job_name
+                        );
+                        // Time stands still here, so nothing delayed is due: the broker takes the ready evaluations
+                        // by priority, then arrival, moving those of a job in flight behind that job's waiting ones.
+                        model.ready.sort_by_key(|(eval, arrival)| (std::cmp::Reverse(eval.priority), *arrival));
+                        loop {
+                            assert!(!model.ready.is_empty(), "{context}: {} was not ready", got.id);
+                            let (next, _) = model.ready.remove(0);
+                            if model.in_flight.contains_key(&next.job_name) {
+                                model.waiting.entry(next.job_name.clone()).or_default().push_back(next);
+                                continue;
+                            }
+                            assert_eq!(next.id, got.id, "{context}: the first of the highest priority comes out");
+                            break;
+                        }
+                        model.in_flight.insert(got.job_name.clone(), got);
+                    }
+                    8 if !model.in_flight.is_empty() => {
+                        let job = model.in_flight.keys().next().cloned().unwrap();
+                        let eval = Arc::clone(&model.in_flight[&job]);
+                        broker.ack(&eval);
+                        model.release(&job);
+                    }
+                    9 if !model.in_flight.is_empty() => {
+                        let job = model.in_flight.keys().next().cloned().unwrap();
+                        let eval = Arc::clone(&model.in_flight[&job]);
+                        if broker.nack(&eval).is_some() {
+                            model.release(&job);
+                            model.delayed.push(eval);
+                        } else {
+                            model.release(&job);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // Drain: ack everything; every evaluation still known comes out exactly once, delayed ones when due.
+            loop {
+                for (job, eval) in std::mem::take(&mut model.in_flight) {
+                    broker.ack(&eval);
+                    model.release(&job);
+                }
+                let left = model.ready.len() + model.waiting.values().map(VecDeque::len).sum::<usize>() + model.delayed.len();
+                if left == 0 {
+                    break;
+                }
+                let got = tokio::time::timeout(std::time::Duration::from_secs(60), broker.dequeue())
+                    .await
+                    .unwrap_or_else(|_| panic!("seed {seed}: {left} evaluations never came out"));
+                let was_ready = model.ready.iter().position(|(eval, _)| eval.id == got.id);
+                let was_delayed = model.delayed.iter().position(|eval| eval.id == got.id);
+                match (was_ready, was_delayed) {
+                    (Some(position), _) => drop(model.ready.remove(position)),
+                    (None, Some(position)) => drop(model.delayed.remove(position)),
+                    (None, None) => panic!("seed {seed}: {} delivered twice or never queued", got.id),
+                }
+                model.in_flight.insert(got.job_name.clone(), got);
+            }
+            assert!(
+                tokio::time::timeout(std::time::Duration::from_secs(60), broker.dequeue()).await.is_err(),
+                "seed {seed}: an extra delivery"
+            );
+            assert!(delivered > 50, "seed {seed}: only {delivered} deliveries exercised");
+        }
+    }
 }

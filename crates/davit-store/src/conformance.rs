@@ -38,6 +38,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>, limits: BackendLimits) {
     delete_prefix(make()).await;
     watch_replays_then_follows_live_without_gaps(make()).await;
     watches_opened_during_writes_see_every_revision_once(make()).await;
+    watches_match_a_model_of_the_log(make()).await;
     watch_filters_by_prefix(make()).await;
     watch_from_future_revision_waits(make()).await;
     watch_from_compacted_revision_fails(make(), limits).await;
@@ -447,6 +448,98 @@ pub async fn watches_opened_during_writes_see_every_revision_once(store: Arc<dyn
     }
     for reader in readers {
         reader.await.expect("reader");
+    }
+}
+
+/// One committed revision of the model log: (is put, key, value) per change, in written order.
+type ModelBatch = (Revision, Vec<(bool, String, String)>);
+
+/// Random transactions against a model of the change log, with watches opened at random points (from past,
+/// current and future revisions, on nested prefixes) while the writes go on: each watch sees exactly the
+/// model's batches for its prefix from its revision, each revision once, events in written order.
+pub async fn watches_match_a_model_of_the_log(store: Arc<dyn Store>) {
+    const WRITES: u64 = 120;
+    const PREFIXES: [&str; 3] = ["m/", "m/a/", "m/b/"];
+    // A deterministic xorshift, so a failure repeats.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    };
+    let base = store.current_revision().await.expect("revision");
+    // The model: every committed revision with its (is put, key, value) changes, and the current keys.
+    let mut log: Vec<ModelBatch> = Vec::new();
+    let mut live: BTreeSet<String> = BTreeSet::new();
+    let mut readers = Vec::new();
+    for write_index in 0..WRITES {
+        if random(4) == 0 {
+            let prefix = PREFIXES[random(3) as usize];
+            let current = base + write_index;
+            let from = (current + 2).saturating_sub(random(12));
+            let mut watch = store.watch(prefix, from).await.expect("watch");
+            readers.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    let batch = next_batch(&mut watch).await;
+                    let end = batch.events.iter().any(|event| event.kv.key.ends_with("/end"));
+                    seen.push(batch);
+                    if end {
+                        return (prefix.to_owned(), from, seen);
+                    }
+                }
+            }));
+        }
+        let mut changes = Vec::new();
+        let mut ops = Vec::new();
+        let mut touched = BTreeSet::new();
+        for _ in 0..=random(3) {
+            let key = format!("{}{}", ["m/a/", "m/b/", "m/", "n/"][random(4) as usize], random(6));
+            if !touched.insert(key.clone()) {
+                continue;
+            }
+            if live.contains(&key) && random(3) == 0 {
+                live.remove(&key);
+                ops.push(delete(&key));
+                changes.push((false, key, String::new()));
+            } else {
+                let value = format!("v{write_index}");
+                live.insert(key.clone());
+                ops.push(put(&key, &value));
+                changes.push((true, key, value));
+            }
+        }
+        let revision = write(&*store, ops).await;
+        log.push((revision, changes));
+    }
+    let end = write(&*store, vec![put("m/a/end", "end"), put("m/b/end", "end")]).await;
+    log.push((end, vec![(true, "m/a/end".to_owned(), "end".to_owned()), (true, "m/b/end".to_owned(), "end".to_owned())]));
+    assert!(!readers.is_empty(), "the case opened no watch");
+    for reader in readers {
+        let (prefix, from, seen) = reader.await.expect("reader");
+        let expected: Vec<ModelBatch> = log
+            .iter()
+            .filter(|(revision, _)| *revision >= from.max(1))
+            .map(|(revision, changes)| {
+                (*revision, changes.iter().filter(|(_, key, _)| key.starts_with(&prefix)).cloned().collect::<Vec<_>>())
+            })
+            .filter(|(_, changes)| !changes.is_empty())
+            .collect();
+        let got: Vec<ModelBatch> = seen
+            .iter()
+            .map(|batch| {
+                let changes = batch
+                    .events
+                    .iter()
+                    .map(|event| {
+                        (matches!(event.kind, EventKind::Put), event.kv.key.clone(), String::from_utf8_lossy(&event.kv.value).into_owned())
+                    })
+                    .collect();
+                (batch.revision, changes)
+            })
+            .collect();
+        assert_eq!(got, expected, "watch of {prefix:?} from revision {from}");
     }
 }
 

@@ -36,6 +36,7 @@ cases! {
     delete_prefix,
     watch_replays_then_follows_live_without_gaps,
     watches_opened_during_writes_see_every_revision_once,
+    watches_match_a_model_of_the_log,
     watch_filters_by_prefix,
     watch_from_future_revision_waits,
     watch_from_compacted_revision_fails(LIMITS),
