@@ -1,9 +1,32 @@
 #!/usr/bin/env bash
 # Installs what davit needs, builds it, starts `davit dev`, runs the example jobs and shows the service
 # catalog, proxy and DNS at work.
-# Ctrl-C stops davit and every task it started.
+# Ctrl-C stops davit and every task it started, and the registry if the demo started it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# davit dev's own log goes to a file, not between the demo's lines.
+dev_log=target/demo-dev.log
+mkdir -p target
+echo "==> davit dev will log to $dev_log (follow it with: tail -f $dev_log)"
+
+# Whatever the demo starts is stopped when it ends, however it ends: Ctrl-C, a failed step, or the end.
+registry_pid=""
+dev_pid=""
+stop_what_we_started() {
+  trap '' INT TERM # a second Ctrl-C does not cut this short
+  if [ -n "$dev_pid" ]; then
+    kill -INT "$dev_pid" 2>/dev/null || true
+    wait "$dev_pid" 2>/dev/null || true
+  fi
+  if [ -n "$registry_pid" ]; then
+    kill "$registry_pid" 2>/dev/null || true
+    wait "$registry_pid" 2>/dev/null || true
+  fi
+}
+trap stop_what_we_started EXIT
+trap 'exit 130' INT TERM
+
 source scripts/deps.sh
 
 cargo build --release --locked -p davit
@@ -21,7 +44,6 @@ version: 0.1
 storage: {filesystem: {rootdirectory: $PWD/$registry_dir/data}}
 http: {addr: 127.0.0.1:5000}
 YAML
-registry_pid=""
 if ! curl -fs http://127.0.0.1:5000/v2/ >/dev/null; then
   docker-registry serve "$registry_dir/config.yml" >"$registry_dir/registry.log" 2>&1 &
   registry_pid=$!
@@ -29,11 +51,11 @@ if ! curl -fs http://127.0.0.1:5000/v2/ >/dev/null; then
 fi
 skopeo --insecure-policy copy -q --dest-tls-verify=false oci:target/test-images/busybox:1 docker://127.0.0.1:5000/busybox:1
 
-"$davit" dev --bind 127.0.0.1:7646 &
+"$davit" dev --bind 127.0.0.1:7646 >"$dev_log" 2>&1 &
 dev_pid=$!
-trap 'kill -INT $dev_pid 2>/dev/null; wait $dev_pid 2>/dev/null || true; [ -z "$registry_pid" ] || kill $registry_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  "$davit" node ls >/dev/null 2>&1 && [ "$("$davit" node ls -o json | grep -c '"ready"')" -ge 1 ] && break
+# It says so once its node is ready.
+until grep -q '^davit dev is running' "$dev_log"; do
+  kill -0 "$dev_pid" 2>/dev/null || { echo "davit dev did not start:"; cat "$dev_log"; exit 1; }
   sleep 0.1
 done
 
@@ -62,6 +84,6 @@ echo; echo "\$ davit job run examples/variables/greeter.yaml"; "$davit" job run 
 echo; echo "\$ davit node ls"; "$davit" node ls
 echo; echo "\$ davit job status"; "$davit" job status
 echo
-echo "davit dev is running at $DAVIT_ADDR. Try: $davit job status hello; $davit alloc logs -f <alloc-id>"
+echo "davit dev is running at $DAVIT_ADDR (its log: $dev_log). Try: $davit job status hello; $davit alloc logs -f <alloc-id>"
 echo "Press Ctrl-C to stop."
-wait $dev_pid
+wait "$dev_pid"

@@ -1,12 +1,20 @@
-//! An allocation's directory on the node: `<data-dir>/allocs/<id>` with `alloc/{logs,data}` shared by its
-//! tasks and `<task>/local` for each task. Both steps are idempotent; `remove` is safe without `create`.
+//! An allocation's directory on the node: `<data-dir>/allocs/<id>` with `alloc/data` shared by its tasks,
+//! `<task>/local` for each task, and the tasks' logs in `.logs`, out of every task's reach (isolated exec
+//! tasks write only their task directory and `alloc/data`, containers see `alloc/` as `/alloc`), so a task
+//! cannot plant a link there that the executor would write through or the agent read through. Both steps
+//! are idempotent; `remove` is safe without `create`.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Where the allocation's task logs go (`<task>.stdout.N`, `<task>.stderr.N`).
+pub(crate) fn logs(alloc_dir: &Path) -> PathBuf {
+    alloc_dir.join(".logs")
+}
 
 /// Creates the allocation's directories (again, after an agent restart).
 pub(crate) fn create(alloc_dir: &Path, tasks: &[String]) -> io::Result<()> {
-    std::fs::create_dir_all(alloc_dir.join("alloc").join("logs"))?;
+    std::fs::create_dir_all(logs(alloc_dir))?;
     std::fs::create_dir_all(alloc_dir.join("alloc").join("data"))?;
     for task in tasks {
         std::fs::create_dir_all(alloc_dir.join(task).join("local"))?;
@@ -34,7 +42,7 @@ mod tests {
         let tasks = vec!["web".to_string(), "sidecar".to_string()];
         create(&alloc_dir, &tasks).unwrap();
         create(&alloc_dir, &tasks).unwrap();
-        for dir in ["alloc/logs", "alloc/data", "web/local", "sidecar/local"] {
+        for dir in [".logs", "alloc/data", "web/local", "sidecar/local"] {
             assert!(alloc_dir.join(dir).is_dir(), "{dir}");
         }
         remove(&alloc_dir).unwrap();

@@ -137,6 +137,27 @@ impl AllocRunner {
         }
     }
 
+    /// The group's `disconnect.stop_after`, once the group is known.
+    pub(crate) fn stop_after(&self) -> Option<Duration> {
+        self.shared.with_state(|state| state.group.as_ref()?.disconnect.as_ref()?.stop_after.map(|after| after.as_std()))
+    }
+
+    /// Fencing: no server answered for `silent`, longer than the group allows; stops every task (once) with a
+    /// `Disconnected` event saying why. Returns whether it did now.
+    pub(crate) fn fence(&self, silent: Duration, stop_after: Duration) -> bool {
+        if *self.control.borrow() != AllocControl::Run || *self.finished.borrow() {
+            return false;
+        }
+        let message =
+            format!("no server answered for {} s (disconnect.stop_after {}): stopping", silent.as_secs(), davit_api::Duration(stop_after));
+        let tasks: Vec<String> = self.shared.with_state(|state| state.task_states.keys().cloned().collect());
+        for task in &tasks {
+            self.shared.update_task(task, Some(event("Disconnected", &message)), |_| {});
+        }
+        self.stop();
+        true
+    }
+
     /// Kills every task and finishes. Idempotent.
     pub fn stop(&self) {
         self.control.send_if_modified(|control| {
@@ -213,9 +234,9 @@ impl AllocRunner {
         })
     }
 
-    /// `<alloc_dir>/alloc/logs`.
+    /// Where the allocation's task logs are (see [`alloc_dir::logs`]).
     pub fn log_dir(&self) -> PathBuf {
-        self.shared.alloc_dir.join("alloc").join("logs")
+        alloc_dir::logs(&self.shared.alloc_dir)
     }
 
     /// The driver handle of a task that was started (and not yet destroyed).

@@ -40,6 +40,7 @@ mod api;
 pub mod check;
 mod cluster;
 mod exec;
+mod fence;
 pub mod fingerprint;
 pub mod grpc_health;
 mod heartbeat;
@@ -317,7 +318,8 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let updater_task = tokio::spawn(updater.run(shutdown_rx.clone()));
     let heartbeat_task = tokio::spawn(heartbeat::run(context.clone(), node, registered_tx, shutdown_rx.clone()));
     let watcher_task = tokio::spawn(watcher::run(context.clone(), registered_rx, shutdown_rx.clone()));
-    let mut loops = vec![heartbeat_task, watcher_task];
+    let fence_task = tokio::spawn(fence::run(context.clone(), shutdown_rx.clone()));
+    let mut loops = vec![heartbeat_task, watcher_task, fence_task];
     if let Some(watch) = cert_files_watch {
         let mut stop = shutdown_rx.clone();
         loops.push(tokio::spawn(async move {

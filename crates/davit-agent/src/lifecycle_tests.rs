@@ -447,9 +447,9 @@ async fn agent_api_serves_health_and_logs() {
         }
         let alloc_dir = state::allocs_dir(dir.path()).join(id);
         state::save(&alloc_dir, &state).unwrap();
-        std::fs::create_dir_all(alloc_dir.join("alloc/logs")).unwrap();
-        std::fs::write(alloc_dir.join("alloc/logs/web.stdout.0"), "hello\n").unwrap();
-        std::fs::write(alloc_dir.join("alloc/logs/web.stdout.1"), "world\n").unwrap();
+        std::fs::create_dir_all(alloc_dir.join(".logs")).unwrap();
+        std::fs::write(alloc_dir.join(".logs/web.stdout.0"), "hello\n").unwrap();
+        std::fs::write(alloc_dir.join(".logs/web.stdout.1"), "world\n").unwrap();
     }
     let mut config = crate::AgentConfig::new(dir.path().to_path_buf(), vec!["http://127.0.0.1:9".to_string()]);
     config.drivers = vec![Arc::new(FakeDriver::default())];

@@ -173,7 +173,9 @@ fn list_files(dir: &Path, base: &str) -> io::Result<Vec<LogFile>> {
 }
 
 fn read_from(path: &Path, position: u64, max: usize) -> io::Result<Vec<u8>> {
-    let mut file = match File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // A log file is never a link: refuse to read through one.
+    let mut file = match File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(error) => return Err(error),
@@ -192,6 +194,18 @@ mod tests {
 
     fn write(dir: &Path, name: &str, data: &str) {
         std::fs::write(dir.join(name), data).unwrap();
+    }
+
+    #[test]
+    fn a_planted_link_is_not_read_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "host secret\n").unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        std::os::unix::fs::symlink(&secret, logs.join("web.stdout.0")).unwrap();
+        let read = LogReader::open(&logs, "web", "stdout", 0).and_then(|mut reader| reader.read_available(1 << 20));
+        assert!(read.as_ref().is_err() || read.as_ref().is_ok_and(|data| data.is_empty()), "read through a link: {read:?}");
     }
 
     fn append(dir: &Path, name: &str, data: &str) {

@@ -14,13 +14,16 @@ pub struct ServerPool {
     clients: Arc<RwLock<Arc<[Client]>>>,
     current: Arc<AtomicUsize>,
     tls: Option<ClientTls>,
+    /// When a server last answered (anything but a failure of the server or of reaching it).
+    contact: Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
 impl ServerPool {
     /// `addrs` must not be empty (checked by [`crate::start`]).
     /// Every client sends `token` (the agent's ACL token), when given, and talks TLS with `tls`.
     pub fn new(addrs: &[String], token: Option<&str>, tls: Option<ClientTls>) -> ServerPool {
-        let pool = ServerPool { addrs: addrs.into(), clients: Arc::default(), current: Arc::new(AtomicUsize::new(0)), tls };
+        let contact = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        let pool = ServerPool { addrs: addrs.into(), clients: Arc::default(), current: Arc::new(AtomicUsize::new(0)), tls, contact };
         pool.set_token(token);
         pool
     }
@@ -52,10 +55,18 @@ impl ServerPool {
                     last_error = Some(error);
                     let _ = self.current.compare_exchange(position, (position + 1) % clients.len(), Ordering::Relaxed, Ordering::Relaxed);
                 }
-                other => return other,
+                other => {
+                    *self.contact.lock().expect("contact lock") = std::time::Instant::now();
+                    return other;
+                }
             }
         }
         Err(last_error.expect("at least one server"))
+    }
+
+    /// How long no server has answered.
+    pub fn silent_for(&self) -> std::time::Duration {
+        self.contact.lock().expect("contact lock").elapsed()
     }
 }
 

@@ -442,7 +442,7 @@ impl TaskRunner {
             driver_config: context.interpolate_json(&self.task.config),
             env: context.build_env(),
             user: self.task.user.clone(),
-            log_dir: alloc_dir.join("alloc").join("logs"),
+            log_dir: crate::alloc_dir::logs(&alloc_dir),
             alloc_dir: alloc_dir.clone(),
             task_dir: task_dir.clone(),
             resources: TaskResources { cpu_millicores: self.task.resources.cpu, memory_mib: self.task.resources.memory },

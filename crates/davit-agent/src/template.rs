@@ -149,9 +149,14 @@ fn write_file(task_dir: &Path, destination: &str, text: &str, owner: Option<(u32
 
 /// Who owns a task's rendered files: a numeric `user:` (`uid` or `uid:gid`) for any driver; a user name is
 /// looked up on the host for exec tasks only (a container resolves names inside its image: its files stay
-/// root's, give it a numeric `user:` to hand them over). `None`: root keeps them.
+/// root's, give it a numeric `user:` to hand them over). An exec task without `user:` runs as
+/// [`davit_drivers::EXEC_DEFAULT_USER`]. `None`: root keeps them.
 pub(crate) fn owner_of(task: &TaskSpec) -> std::io::Result<Option<(u32, u32)>> {
-    let Some(user) = task.user.as_deref() else { return Ok(None) };
+    let user = match (task.user.as_deref(), task.driver) {
+        (Some(user), _) => user,
+        (None, davit_api::spec::DriverName::Exec) => davit_drivers::EXEC_DEFAULT_USER,
+        (None, _) => return Ok(None),
+    };
     let numeric = |text: &str| text.parse::<u32>().ok();
     if let Some((uid, gid)) = user.split_once(':').and_then(|(u, g)| Some((numeric(u)?, numeric(g)?))) {
         return Ok(Some((uid, gid)));

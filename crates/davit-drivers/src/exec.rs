@@ -10,17 +10,17 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use davit_api::spec::drivers::{DriverConfig, ExecConfig};
+use davit_api::spec::drivers::{DriverConfig, ExecConfig, Isolation};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, Interest};
 
 use crate::cgroups::{self, CgroupLayout, CgroupLimits, CgroupVersion, TaskCgroup};
-use crate::executor::{self, ExecutorSpec, StartReport};
+use crate::executor::{self, ExecutorSpec, FilesystemIsolation, StartReport};
 use crate::sys::{self, ProcessIdentity};
 use crate::{BoxFuture, Driver, DriverError, ExecOutput, ExitResult, Fingerprint, TaskConfig, TaskHandle, TaskRunState, TaskStats};
 
@@ -40,14 +40,22 @@ pub struct ExecDriverConfig {
     pub executor_command: Vec<String>,
     /// Where cgroup hierarchies are mounted, normally [`cgroups::DEFAULT_ROOT`].
     pub cgroup_root: PathBuf,
+    /// Exec tasks may run as root or with `isolation: none` (agent `--allow-root-exec`).
+    pub allow_root_exec: bool,
 }
 
 impl ExecDriverConfig {
-    /// A config with the default cgroup root.
+    /// A config with the default cgroup root; tasks run unprivileged.
     pub fn new(executor_command: Vec<String>) -> ExecDriverConfig {
-        ExecDriverConfig { executor_command, cgroup_root: PathBuf::from(cgroups::DEFAULT_ROOT) }
+        ExecDriverConfig { executor_command, cgroup_root: PathBuf::from(cgroups::DEFAULT_ROOT), allow_root_exec: false }
     }
 }
+
+/// Who an exec task runs as unless its `user:` says otherwise.
+pub const DEFAULT_USER: &str = "nobody";
+
+/// The size of an isolated exec task's private `/tmp` (charged to its memory limit as it fills).
+const TMP_MIB: u32 = 64;
 
 /// The exec driver. See the module docs.
 #[derive(Debug)]
@@ -66,6 +74,8 @@ pub(crate) struct ProcessSpec {
     pub private_unmounts: Vec<PathBuf>,
     /// See [`ExecutorSpec::skip_controllers`].
     pub skip_controllers: Vec<String>,
+    /// See [`ExecutorSpec::isolation`].
+    pub isolation: Option<FilesystemIsolation>,
 }
 
 /// `TaskHandle::driver_state` of the exec driver.
@@ -181,6 +191,7 @@ impl ExecDriver {
             cgroup_dirs: cgroup.dirs().clone(),
             private_unmounts: process.private_unmounts,
             skip_controllers: process.skip_controllers,
+            isolation: process.isolation,
         };
         let spec_path = state_dir.join(executor::SPEC_FILE);
         let spec_json = serde_json::to_vec_pretty(&spec).expect("ExecutorSpec serializes");
@@ -310,15 +321,39 @@ impl Driver for ExecDriver {
 
     fn start<'a>(&'a self, config: &'a TaskConfig) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
         Box::pin(async move {
-            let task_config =
-                ExecConfig::parse(&config.driver_config).map_err(|message| DriverError::InvalidConfig { driver: DRIVER_NAME, message })?;
+            let invalid = |message: String| DriverError::InvalidConfig { driver: DRIVER_NAME, message };
+            let task_config = ExecConfig::parse(&config.driver_config).map_err(invalid)?;
+            let user = config.user.clone().unwrap_or_else(|| DEFAULT_USER.to_owned());
+            let ids = sys::lookup_user(&user).map_err(|error| invalid(format!("user {user:?}: {error}")))?;
+            if !self.config.allow_root_exec {
+                if ids.uid == 0 {
+                    return Err(invalid(format!(
+                        "exec tasks may not run as root (user {user:?}) on this node: start its agent with --allow-root-exec, or remove `user:` to run as {DEFAULT_USER}"
+                    )));
+                }
+                if task_config.isolation == Isolation::None {
+                    return Err(invalid(
+                        "`isolation: none` is not allowed on this node: start its agent with --allow-root-exec".to_owned(),
+                    ));
+                }
+            }
+            let shared = config.alloc_dir.join("alloc").join("data");
+            let (task_dir, shared_dir) = (config.task_dir.clone(), shared.clone());
+            blocking(move || prepare_task_dirs(&task_dir, &shared_dir, ids)).await.map_err(invalid)?;
+            // A tmpfs over /tmp would hide a task directory below it (a data dir in /tmp): then /tmp stays read-only.
+            let tmp_mib = if config.task_dir.starts_with("/tmp") { 0 } else { TMP_MIB };
+            let isolation = (task_config.isolation == Isolation::Mount)
+                .then(|| FilesystemIsolation { writable: vec![config.task_dir.clone(), shared], tmp_mib });
             let process = ProcessSpec {
                 command: task_config.command,
                 args: task_config.args,
                 private_unmounts: Vec::new(),
                 skip_controllers: Vec::new(),
+                isolation,
             };
-            self.start_process(config, process).await
+            let mut task = config.clone();
+            task.user = Some(user);
+            self.start_process(&task, process).await
         })
     }
 
@@ -435,9 +470,20 @@ impl Driver for ExecDriver {
                 Some(name) => Some(sys::lookup_user(name).map_err(|source| io_error(format!("looking up user {name:?}"), source))?),
                 None => None,
             };
+            // An isolated task's commands see what it sees: its mount namespace.
+            let mount_namespace = match &spec.isolation {
+                Some(_) => {
+                    let path = format!("/proc/{}/ns/mnt", handle.pid);
+                    let namespace = File::open(&path).map_err(|source| io_error(format!("opening {path}"), source))?;
+                    let cwd = sys::c_paths(std::slice::from_ref(&spec.cwd))
+                        .map_err(|source| io_error("exec: the working directory".to_owned(), source))?;
+                    Some((namespace, cwd.into_iter().next().expect("one path")))
+                }
+                None => None,
+            };
             let mut process = tokio::process::Command::new(program);
             process.args(args).env_clear().envs(&spec.env).envs(env).current_dir(&spec.cwd);
-            executor::join_task_context(&mut process, &state.cgroup()?, user)
+            executor::join_task_context(&mut process, &state.cgroup()?, user, mount_namespace)
                 .map_err(|error| DriverError::Other(format!("exec: {error}")))?;
             Ok(process)
         })
@@ -449,6 +495,49 @@ impl Driver for ExecDriver {
             Ok(blocking(move || cgroup.stats()).await?)
         })
     }
+}
+
+/// Gives the task's user its task directory (and what is in it, such as rendered templates) and makes the
+/// allocation's shared `alloc/data` writable for every task (sticky, like `/tmp`). Refuses when the user could
+/// not even reach the task directory (a parent directory closed to others, e.g. a data dir with mode 0700).
+fn prepare_task_dirs(task_dir: &Path, shared: &Path, ids: sys::UserIds) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::create_dir_all(task_dir).map_err(|error| format!("creating {}: {error}", task_dir.display()))?;
+    std::fs::create_dir_all(shared).map_err(|error| format!("creating {}: {error}", shared.display()))?;
+    std::fs::set_permissions(shared, std::fs::Permissions::from_mode(0o1777)).map_err(|error| format!("{}: {error}", shared.display()))?;
+    for ancestor in task_dir.ancestors().skip(1) {
+        let Ok(metadata) = std::fs::metadata(ancestor) else { continue };
+        let mode = metadata.mode();
+        let reachable = mode & 0o001 != 0
+            || (metadata.uid() == ids.uid && mode & 0o100 != 0)
+            || (metadata.gid() == ids.gid && mode & 0o010 != 0)
+            || ids.uid == 0;
+        if !reachable {
+            return Err(format!(
+                "the task's user (uid {}) cannot reach its directory: {} has mode {:o}; let others pass (chmod o+x) or set `user:`",
+                ids.uid,
+                ancestor.display(),
+                mode & 0o7777
+            ));
+        }
+    }
+    chown_tree(task_dir, ids).map_err(|error| format!("giving {} to uid {}: {error}", task_dir.display(), ids.uid))
+}
+
+/// `lchown` of `dir` and everything below it, without following symbolic links.
+fn chown_tree(dir: &Path, ids: sys::UserIds) -> io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(ids.uid), Some(ids.gid))?;
+    if std::fs::symlink_metadata(dir)?.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                chown_tree(&entry.path(), ids)?;
+            } else {
+                std::os::unix::fs::lchown(entry.path(), Some(ids.uid), Some(ids.gid))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn remove_cgroup(cgroup: TaskCgroup) -> Result<(), DriverError> {

@@ -76,6 +76,34 @@ pub struct ExecutorSpec {
     /// (runc through `cgroupsPath`, crun through the [`JOIN_CGROUP_HOOK`] hook).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skip_controllers: Vec<String>,
+    /// The task's own view of the file system (see [`sys::isolate_filesystem`]); `None`: the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<FilesystemIsolation>,
+}
+
+/// A task's file system: the host read-only except `writable`, and a private `/tmp` of `tmp_mib` MiB (none
+/// for 0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesystemIsolation {
+    pub writable: Vec<PathBuf>,
+    pub tmp_mib: u32,
+}
+
+/// What the forked child needs for [`sys::isolate_filesystem`], prepared before fork.
+struct IsolationArgs {
+    writable: Vec<std::ffi::CString>,
+    cwd: std::ffi::CString,
+    tmp_options: Option<std::ffi::CString>,
+}
+
+impl IsolationArgs {
+    fn new(isolation: &FilesystemIsolation, cwd: &Path) -> io::Result<IsolationArgs> {
+        let cwd = sys::c_paths(&[cwd.to_path_buf()])?.remove(0);
+        let tmp_options = (isolation.tmp_mib > 0)
+            .then(|| std::ffi::CString::new(format!("mode=1777,size={}m", isolation.tmp_mib)).map_err(io::Error::other))
+            .transpose()?;
+        Ok(IsolationArgs { writable: sys::c_paths(&isolation.writable)?, cwd, tmp_options })
+    }
 }
 
 /// The argument that makes the executor an OCI `createRuntime` hook: `davit executor join-cgroup <cgroup.procs>…`
@@ -236,14 +264,19 @@ pub fn run(spec_path: &Path, reported: &mut bool) -> Result<(), ExecutorError> {
         .stdout(Stdio::from(stdout_writer))
         .stderr(Stdio::from(stderr_writer));
     let cgroup_fds: Vec<RawFd> = cgroup_files.iter().map(AsRawFd::as_raw_fd).collect();
-    let unmounts = sys::c_paths(&spec.private_unmounts).map_err(|source| ExecutorError::Spawn { command: spec.command.clone(), source })?;
+    let spawn_error = |source| ExecutorError::Spawn { command: spec.command.clone(), source };
+    let unmounts = sys::c_paths(&spec.private_unmounts).map_err(spawn_error)?;
+    let isolation = spec.isolation.as_ref().map(|isolation| IsolationArgs::new(isolation, &spec.cwd)).transpose().map_err(spawn_error)?;
     // SAFETY: the hook only makes async-signal-safe system calls (write, setgroups, setgid, setuid, unshare,
-    // mount, umount2) on values prepared before fork; it allocates nothing and takes no locks. The fds stay open
-    // until after spawn.
+    // mount, mount_setattr, umount2, chdir) on values prepared before fork; it allocates nothing and takes no
+    // locks. The fds stay open until after spawn. The file system is set up while still root.
     unsafe {
         command.pre_exec(move || {
-            enter_task_context(&cgroup_fds, user.as_ref())?;
-            sys::enter_private_mount_namespace(&unmounts)
+            if let Some(isolation) = &isolation {
+                sys::isolate_filesystem(&isolation.writable, &isolation.cwd, isolation.tmp_options.as_deref())?;
+            }
+            sys::enter_private_mount_namespace(&unmounts)?;
+            enter_task_context(&cgroup_fds, user.as_ref())
         });
     }
     let spawned = command.spawn();
@@ -322,20 +355,26 @@ pub(crate) fn open_cgroup_procs(cgroup: &TaskCgroup) -> Result<Vec<File>, Execut
         .collect()
 }
 
-/// Makes `process` join the task's cgroups (and become `user`) in the child before exec. The `cgroup.procs`
-/// files stay open as long as `process`.
+/// Makes `process` join the task's cgroups, its mount namespace (`mount_namespace`: the task's
+/// `/proc/<pid>/ns/mnt`, opened, and the working directory to take there) and become `user` in the child before
+/// exec. The files stay open as long as `process`.
 pub(crate) fn join_task_context(
     process: &mut tokio::process::Command,
     cgroup: &TaskCgroup,
     user: Option<UserIds>,
+    mount_namespace: Option<(File, std::ffi::CString)>,
 ) -> Result<(), ExecutorError> {
     let files = open_cgroup_procs(cgroup)?;
     let fds: Vec<RawFd> = files.iter().map(AsRawFd::as_raw_fd).collect();
-    // SAFETY: the hook only makes async-signal-safe system calls (`enter_task_context`) on values prepared
-    // before fork; `files` keeps the fds open until the command is dropped, after spawn.
+    // SAFETY: the hook only makes async-signal-safe system calls (`enter_task_context`, setns, chdir) on values
+    // prepared before fork; `files` and `mount_namespace` keep the fds open until the command is dropped, after
+    // spawn.
     unsafe {
         process.pre_exec(move || {
             let _open = &files;
+            if let Some((namespace, cwd)) = &mount_namespace {
+                sys::enter_mount_namespace(namespace.as_raw_fd(), cwd)?;
+            }
             enter_task_context(&fds, user.as_ref())
         });
     }

@@ -30,8 +30,8 @@ pub mod sys;
 pub mod vm;
 
 pub use container::{ContainerDriver, ContainerDriverConfig, DRIVER_NAME as CONTAINER_DRIVER_NAME, RuntimeChoice};
-pub use exec::{DRIVER_NAME as EXEC_DRIVER_NAME, ExecDriver, ExecDriverConfig, exit_code};
-pub use vm::{DRIVER_NAME as VM_DRIVER_NAME, MigrationReport, VmDriver, VmDriverConfig};
+pub use exec::{DEFAULT_USER as EXEC_DEFAULT_USER, DRIVER_NAME as EXEC_DRIVER_NAME, ExecDriver, ExecDriverConfig, exit_code};
+pub use vm::{DRIVER_NAME as VM_DRIVER_NAME, ImagePolicy, MigrationReport, VmDriver, VmDriverConfig};
 
 /// A boxed future, so `Driver` stays object safe (`Arc<dyn Driver>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -50,7 +50,7 @@ pub struct TaskConfig {
     pub alloc_dir: PathBuf,
     /// `<alloc_dir>/<task>`: the task's working directory.
     pub task_dir: PathBuf,
-    /// Where `<task>.stdout.N` / `<task>.stderr.N` go (`<alloc_dir>/alloc/logs`).
+    /// Where `<task>.stdout.N` / `<task>.stderr.N` go (the agent uses `<alloc_dir>/.logs`, out of its tasks' reach).
     pub log_dir: PathBuf,
     pub resources: TaskResources,
     pub logs: LogRotation,

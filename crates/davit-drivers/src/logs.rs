@@ -33,7 +33,7 @@ impl RotatingWriter {
         let (index, file, size) = match newest {
             Some(index) => {
                 let path = file_path(dir, base_name, index);
-                let file = File::options().create(true).append(true).open(&path)?;
+                let file = open_append(&path)?;
                 let size = file.metadata()?.len();
                 if size < max_file_bytes { (index, file, size) } else { (index + 1, create(&file_path(dir, base_name, index + 1))?, 0) }
             }
@@ -96,7 +96,7 @@ fn file_path(dir: &Path, base_name: &str, index: u64) -> PathBuf {
 }
 
 fn create(path: &Path) -> io::Result<File> {
-    File::options().create(true).append(true).open(path)
+    open_append(path)
 }
 
 /// Indexes of the existing `<base_name>.N` files.
@@ -111,6 +111,13 @@ fn existing_indexes(dir: &Path, base_name: &str) -> io::Result<Vec<u64>> {
         }
     }
     Ok(indexes)
+}
+
+/// Opens a log file to append to, never through a link (the log directory is out of tasks' reach; this is the
+/// second line of defence).
+fn open_append(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    File::options().create(true).append(true).custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
 #[cfg(test)]
@@ -151,6 +158,17 @@ mod tests {
         writer.write_all(b"0123456789").unwrap();
         assert_eq!(files(dir.path()), vec![("t.stderr.1".into(), 4), ("t.stderr.2".into(), 2)]);
         assert_eq!(std::fs::read(dir.path().join("t.stderr.2")).unwrap(), b"89");
+    }
+
+    #[test]
+    fn a_planted_link_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("t.stdout.0")).unwrap();
+        let opened = RotatingWriter::open(dir.path(), "t.stdout", LogRotation::default()).and_then(|mut writer| writer.write_all(b"x"));
+        assert!(opened.is_err(), "wrote through a link");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
     }
 
     #[test]

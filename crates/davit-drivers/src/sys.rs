@@ -152,7 +152,7 @@ pub fn signal_number(name: &str) -> Option<i32> {
 }
 
 /// A user's uid and primary gid, from the passwd database.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UserIds {
     pub uid: u32,
     pub gid: u32,
@@ -215,6 +215,84 @@ pub fn enter_private_mount_namespace(unmount: &[std::ffi::CString]) -> io::Resul
                     return Err(error);
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// `struct mount_attr` of `mount_setattr(2)` (not in the libc crate).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// Makes the mount at `path` and every mount below it read-only (`read_only`) or writable again.
+///
+/// # Safety
+/// Only a system call on the pointer of a live C string; async-signal-safe.
+unsafe fn set_read_only(path: &std::ffi::CStr, read_only: bool) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: if read_only { 0 } else { MOUNT_ATTR_RDONLY },
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: see the function's contract; `attr` outlives the call and its size is passed.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Gives the calling process (a forked child before exec, still root) its own mount namespace in which the
+/// host is read-only except `writable` (each bind-mounted over itself and writable), `/dev` stays as it was,
+/// and `/tmp` is a private tmpfs with `tmp_options` (if given). Then changes to `cwd` again, so the working
+/// directory is the writable mount and not the read-only one below it. Async-signal-safe: only system calls
+/// on values prepared before fork.
+pub fn isolate_filesystem(writable: &[std::ffi::CString], cwd: &std::ffi::CStr, tmp_options: Option<&std::ffi::CStr>) -> io::Result<()> {
+    let check = |result: libc::c_int| if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
+    // SAFETY: plain system calls on pointers of live C strings (or null / static strings).
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+        set_read_only(c"/", true)?;
+        set_read_only(c"/dev", false)?;
+        for path in writable {
+            check(libc::mount(path.as_ptr(), path.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+            set_read_only(path, false)?;
+        }
+        if let Some(options) = tmp_options {
+            check(libc::mount(
+                c"tmpfs".as_ptr(),
+                c"/tmp".as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                options.as_ptr().cast(),
+            ))?;
+        }
+        check(libc::chdir(cwd.as_ptr()))
+    }
+}
+
+/// Joins the mount namespace `namespace_fd` refers to (a task's `/proc/<pid>/ns/mnt`) and changes to `cwd`
+/// there. Async-signal-safe.
+pub fn enter_mount_namespace(namespace_fd: std::os::fd::RawFd, cwd: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: plain system calls on an open fd and a live C string.
+    unsafe {
+        if libc::setns(namespace_fd, libc::CLONE_NEWNS) != 0 || libc::chdir(cwd.as_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
         }
     }
     Ok(())

@@ -427,6 +427,12 @@ async fn pull_by_digest_and_errors(runtime: RuntimeChoice) {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(&bundle.display().to_string()), "the rootfs of a failed start is still mounted:\n{mounts}");
 
+    // Capabilities beyond Docker's default set need the agent's consent (`--allow-cap`).
+    let mut config = fx.config("caps", "true");
+    config.driver_config["cap_add"] = serde_json::json!(["SYS_ADMIN"]);
+    let error = fx.driver.start(&config).await.expect_err("SYS_ADMIN without --allow-cap").to_string();
+    assert!(error.contains("--allow-cap SYS_ADMIN"), "{error}");
+
     // By digest, with the image's own cmd (`echo hello from busybox` through the `sh -c` entrypoint).
     let config = fx.config_in(&fx.alloc_id, "by-digest", &format!("{host}/busybox@{digest}"), None);
     let handle = fx.start(&config).await;

@@ -57,7 +57,11 @@ async fn fixture(test: &str) -> Option<Fixture> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let alloc_id = format!("test-{}-{}-{test}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     let layout = driver.cgroup_layout().expect("healthy driver has cgroups").clone();
-    Some(Fixture { dir: tempfile::tempdir().unwrap(), alloc_id, driver, layout, task_names: Mutex::new(Vec::new()) })
+    // Tasks run as nobody: they must be able to pass through the test's directory to their own; and it is not
+    // in /tmp, which an isolated task gets a private one of.
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    Some(Fixture { dir, alloc_id, driver, layout, task_names: Mutex::new(Vec::new()) })
 }
 
 impl Fixture {
@@ -485,6 +489,48 @@ async fn exec_runs_in_the_task_cgroup_env_and_cwd() {
     assert!(matches!(error, DriverError::TaskGone { .. }), "{error:?}");
 }
 
+/// By default a task runs as nobody in its own mount namespace: the host is read-only, its task directory,
+/// the allocation's `alloc/data` and a private `/tmp` are writable; `davit alloc exec` sees the same.
+#[tokio::test]
+async fn tasks_run_as_nobody_on_a_read_only_host() {
+    let Some(fx) = fixture("unprivileged").await else { return };
+    let script = "id -u; touch /etc/davit-exec-test 2>/dev/null && echo wrote-etc; touch ok && echo wrote-task-dir; \
+                  touch ../alloc/data/shared && echo wrote-shared; touch /tmp/own && echo wrote-tmp; ls /tmp; : > ready; exec sleep 30";
+    let handle = fx.driver.start(&fx.shell("web", script)).await.unwrap();
+    wait_for_file(&fx.task_dir("web").join("ready")).await;
+    let stdout = fx.log("web", "stdout", 0);
+    assert_eq!(stdout, "65534\nwrote-task-dir\nwrote-shared\nwrote-tmp\nown\n", "{stdout}");
+    assert!(!Path::new("/etc/davit-exec-test").exists());
+    assert!(!Path::new("/tmp/own").exists(), "the task's /tmp is its own");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(fx.task_dir("web").join("ok")).unwrap());
+    assert_eq!(owner, 65534);
+    // Commands run in the task's context see its /tmp and its user.
+    let command: Vec<String> = ["/bin/sh", "-c", "id -u; ls /tmp; touch /etc/x 2>/dev/null || echo read-only"].map(str::to_owned).to_vec();
+    let output = fx.driver.exec(&handle, &command, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "65534\nown\nread-only\n");
+    fx.driver.destroy(&handle).await.unwrap();
+}
+
+/// Root and the host's file system need an agent that allows them.
+#[tokio::test]
+async fn root_and_no_isolation_need_the_agent_flag() {
+    let Some(fx) = fixture("root").await else { return };
+    let mut as_root = fx.shell("root", "id -u");
+    as_root.user = Some("root".to_owned());
+    let error = fx.driver.start(&as_root).await.unwrap_err();
+    assert!(error.to_string().contains("--allow-root-exec"), "{error}");
+    let mut shared_host = fx.shell("host", "true");
+    shared_host.driver_config["isolation"] = serde_json::json!("none");
+    let error = fx.driver.start(&shared_host).await.unwrap_err();
+    assert!(error.to_string().contains("`isolation: none` is not allowed"), "{error}");
+
+    let allowed = ExecDriver::new(ExecDriverConfig { allow_root_exec: true, ..ExecDriverConfig::new(executor_command()) });
+    let handle = allowed.start(&as_root).await.unwrap();
+    assert_eq!(wait_with(&allowed, &handle).await.exit_code, Some(0));
+    assert_eq!(fx.log("root", "stdout", 0), "0\n");
+    allowed.destroy(&handle).await.unwrap();
+}
+
 #[tokio::test]
 async fn stats_come_from_the_cgroup() {
     let Some(fx) = fixture("stats").await else { return };
@@ -513,7 +559,11 @@ async fn fingerprint_on_a_fake_v2_tree_and_without_cgroups() {
     let root = tempfile::tempdir().unwrap();
     std::fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
     std::fs::write(root.path().join("cgroup.subtree_control"), "cpu memory pids\n").unwrap();
-    let driver = ExecDriver::new(ExecDriverConfig { executor_command: executor_command(), cgroup_root: root.path().to_owned() });
+    let driver = ExecDriver::new(ExecDriverConfig {
+        executor_command: executor_command(),
+        cgroup_root: root.path().to_owned(),
+        allow_root_exec: false,
+    });
     let fingerprint = driver.fingerprint().await;
     assert!(fingerprint.healthy, "{fingerprint:?}");
     assert_eq!(fingerprint.attributes.get("driver.exec.cgroups").map(String::as_str), Some("v2"));
@@ -525,7 +575,11 @@ async fn fingerprint_on_a_fake_v2_tree_and_without_cgroups() {
     );
 
     let empty = tempfile::tempdir().unwrap();
-    let driver = ExecDriver::new(ExecDriverConfig { executor_command: executor_command(), cgroup_root: empty.path().to_owned() });
+    let driver = ExecDriver::new(ExecDriverConfig {
+        executor_command: executor_command(),
+        cgroup_root: empty.path().to_owned(),
+        allow_root_exec: false,
+    });
     let fingerprint = driver.fingerprint().await;
     assert!(fingerprint.detected && !fingerprint.healthy, "{fingerprint:?}");
     assert!(fingerprint.description.contains("cgroup"), "{fingerprint:?}");

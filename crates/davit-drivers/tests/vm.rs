@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use davit_drivers::cgroups::{self, CgroupLayout};
 use davit_drivers::vm::AccelProbeConfig;
 use davit_drivers::{
-    Driver, DriverError, ExitResult, LogRotation, TaskConfig, TaskHandle, TaskResources, TaskRunState, VmDriver, VmDriverConfig,
+    Driver, DriverError, ExitResult, ImagePolicy, LogRotation, TaskConfig, TaskHandle, TaskResources, TaskRunState, VmDriver,
+    VmDriverConfig,
 };
 use davit_oci::testing::free_port;
 use serde_json::{Value, json};
@@ -70,7 +71,7 @@ async fn fixture(test: &str) -> Option<Fixture> {
     let problem = if !is_root {
         Some("not running as root".to_owned())
     } else {
-        let probe = VmDriver::new(driver_config(Path::new("/nonexistent"), true));
+        let probe = VmDriver::new(driver_config(Path::new("/nonexistent"), true, Path::new("/nonexistent")));
         let fingerprint = probe.fingerprint().await;
         if !fingerprint.healthy { Some(format!("vm driver unhealthy: {}", fingerprint.description)) } else { guest_dir().err() }
     };
@@ -87,16 +88,18 @@ async fn fixture(test: &str) -> Option<Fixture> {
     Some(Fixture { dir: tempfile::tempdir().unwrap(), guest: guest_dir().unwrap(), alloc_id, layout, tasks: Mutex::new(Vec::new()) })
 }
 
-fn driver_config(data_dir: &Path, force_tcg: bool) -> VmDriverConfig {
+/// A driver config whose guest images come from `guest`.
+fn driver_config(data_dir: &Path, force_tcg: bool, guest: &Path) -> VmDriverConfig {
     let mut config = VmDriverConfig::new(executor_command(), data_dir.to_path_buf());
     config.accel_probe = AccelProbeConfig { force_tcg, ..AccelProbeConfig::default() };
+    config.images = ImagePolicy::new(vec![guest.to_path_buf()]);
     config
 }
 
 impl Fixture {
     /// A driver of its own "node" (data dir `<tmp>/<node>`), with TCG (the probe is tested separately).
     fn driver(&self, node: &str) -> VmDriver {
-        VmDriver::new(driver_config(&self.dir.path().join(node), true))
+        VmDriver::new(driver_config(&self.dir.path().join(node), true, self.guest))
     }
 
     fn alloc_dir(&self, alloc_id: &str) -> PathBuf {
@@ -358,7 +361,7 @@ async fn live_migration_keeps_guest_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fingerprint_reports_the_accelerator_and_bad_configs_are_rejected() {
     let Some(fx) = fixture("fingerprint_reports_the_accelerator_and_bad_configs_are_rejected").await else { return };
-    let driver = VmDriver::new(driver_config(&fx.dir.path().join("node"), false));
+    let driver = VmDriver::new(driver_config(&fx.dir.path().join("node"), false, fx.guest));
     let probing = Instant::now();
     let fingerprint = driver.fingerprint().await;
     println!("fingerprint after {:?}: {fingerprint:?}", probing.elapsed());
@@ -386,4 +389,9 @@ async fn fingerprint_reports_the_accelerator_and_bad_configs_are_rejected() {
     missing["kernel"] = json!("/nonexistent/vmlinux");
     let error = driver.start(&fx.task("missing", "missing", missing, free_port())).await.unwrap_err();
     assert!(error.to_string().contains("kernel /nonexistent/vmlinux: No such file or directory"), "{error}");
+    // Host files outside the node's VM image directories are not a guest's to read.
+    let mut shadow = fx.kernel_config("");
+    shadow["disk"] = json!({"image": "/etc/shadow", "format": "raw", "overlay": false});
+    let error = driver.start(&fx.task("shadow", "shadow", shadow, free_port())).await.unwrap_err();
+    assert!(error.to_string().contains("outside this node's VM image directories"), "{error}");
 }

@@ -123,8 +123,20 @@ fn reconcile_group(
 
     // Live allocations: desired run, not terminal on the client.
     for alloc in allocs.iter().filter(|alloc| !alloc.client_status.is_terminal()) {
-        let node_down = state.node(&alloc.node_id).is_none_or(|node| node.status == NodeStatus::Down);
-        if node_down {
+        let node = state.node(&alloc.node_id);
+        let node_down = node.is_none_or(|node| node.status == NodeStatus::Down);
+        if node_down
+            && let Some(node) = node
+            && let Some(hold_until) = disconnected_hold(group, node.last_heartbeat)
+            && hold_until > now
+            && held.insert(alloc.index)
+        {
+            // Disconnected, not lost (yet): it keeps its index; decided again once `lost_after` has passed.
+            if hold_until != UnixMillis::MAX {
+                let earliest = result.follow_ups.entry(group.name.clone()).or_insert(hold_until);
+                *earliest = (*earliest).min(hold_until);
+            }
+        } else if node_down {
             result.stops.push(Stop {
                 alloc: Arc::clone(alloc),
                 description: "node down".to_string(),
@@ -195,6 +207,17 @@ fn reconcile_group(
             result.placements.push(Placement { group_position, index, previous, reschedule_delay_ms });
         }
     }
+}
+
+/// Until when a down node's allocation of `group` keeps its index instead of being lost (`disconnect:`): its
+/// node's last heartbeat + `lost_after`, forever with `replace: false`, `None` without a disconnect block.
+fn disconnected_hold(group: &davit_api::spec::GroupSpec, last_heartbeat: UnixMillis) -> Option<UnixMillis> {
+    let disconnect = group.disconnect.as_ref()?;
+    if !disconnect.replace {
+        return Some(UnixMillis::MAX);
+    }
+    let lost_after = u64::try_from(disconnect.lost_after?.as_std().as_millis()).unwrap_or(u64::MAX);
+    Some(last_heartbeat.saturating_add(lost_after))
 }
 
 pub(crate) enum Reschedule {

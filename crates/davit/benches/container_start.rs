@@ -28,7 +28,7 @@ fn main() {
         println!("skipping: needs {}", missing.join(", "));
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let registry = TestRegistry::start();
     let images = test_images_dir();
     registry.push_test_image("busybox:1", &images.join("busybox"));

@@ -24,15 +24,13 @@ const RUNS: usize = 10;
 const MOVES: usize = 6;
 
 fn main() {
-    let guest = std::env::var_os("DAVIT_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/guest")));
+    let guest = common::guest_dir();
     if !guest.join("vmlinux").is_file() {
         println!("skipping: no test guest in {} (run scripts/build-guest.sh)", guest.display());
         return;
     }
     let guest = std::fs::canonicalize(guest).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
 
     // 1. Boot to healthy: davit, then bare QEMU with davit's command line.
     let (dev, addr) = common::start_dev(&dir.path().join("dev"), "42000-42999");
@@ -175,6 +173,7 @@ fn migration_downtimes(dir: &Path, guest: &Path) -> Vec<u64> {
     for (name, range) in [("one", "43000-43499"), ("two", "43500-43999")] {
         let agent_bind = format!("127.0.0.1:{}", free_port());
         let dns = format!("127.0.0.1:{}", free_port());
+        let proxy_ip = common::proxy_ip();
         let data = dir.join(name).display().to_string();
         processes.push(spawn(
             dir,
@@ -193,6 +192,10 @@ fn migration_downtimes(dir: &Path, guest: &Path) -> Vec<u64> {
                 range,
                 "--dns-bind",
                 &dns,
+                "--proxy-bind-ip",
+                &proxy_ip,
+                "--vm-image-dir",
+                &common::guest_dir().display().to_string(),
             ],
         ));
     }

@@ -119,7 +119,7 @@ impl BenchJob {
 
     /// The job's `job-register` evaluation, as stored at `revision`.
     fn evaluation(self, name: &str, revision: u64) -> Evaluation {
-        let mut eval = Evaluation::pending(format!("eval-{name}"), name, self.job_type, 50, EvalTrigger::JobRegister, now_millis());
+        let mut eval = Evaluation::pending(format!("eval-{name}"), name, self.job_type, 50, EvalTrigger::JobRegister, crate::now_millis());
         (eval.create_index, eval.modify_index) = (revision, revision);
         eval
     }
@@ -174,7 +174,7 @@ impl SchedulerBench {
             state.upsert_job(Arc::clone(&job));
             state.upsert_job_version(job);
             let eval = self.workload.job.evaluation(&name, revision);
-            let now = now_millis();
+            let now = crate::now_millis();
             let timer = Instant::now();
             let result = schedule(&state, &eval, &self.workload.config, self.seed.wrapping_add(job_number as u64), now);
             let took = timer.elapsed();
@@ -548,10 +548,6 @@ pub fn peak_rss_mib(pid: &str) -> Option<f64> {
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
-}
-
-pub fn now_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The machine and build, printed with every figure.

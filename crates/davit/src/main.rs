@@ -6,11 +6,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 mod bench;
 mod cli;
 mod commands;
+mod listen;
 mod output;
 mod run;
 mod sim;
@@ -65,7 +64,7 @@ impl From<davit_client::ClientError> for Failure {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::parse() {
         Ok(cli) => cli,
         // Bad flags are a user error (exit 1, as the README's exit codes say); `--help` and `--version` exit 0.
         Err(error) => {
@@ -75,6 +74,11 @@ fn main() -> ExitCode {
     };
     if let cli::Command::Executor { .. } = cli.command {
         davit_drivers::executor::main();
+    }
+    if let cli::Command::Completion { shell } = cli.command {
+        die_quietly_on_closed_output();
+        commands::completion(shell);
+        return ExitCode::SUCCESS;
     }
     if cli.command.is_client() {
         die_quietly_on_closed_output();
@@ -140,7 +144,7 @@ async fn try_main(mut cli: cli::Cli) -> Result<(), Failure> {
         cli::Command::Server(args) => run::server(args).await,
         cli::Command::Agent(args) => run::agent(args, cli.token, cli.tls).await,
         cli::Command::Tls(command) => commands::tls(command),
-        cli::Command::Executor { .. } => unreachable!("handled before the runtime starts"),
+        cli::Command::Executor { .. } | cli::Command::Completion { .. } => unreachable!("handled before the runtime starts"),
         cli::Command::Job(command) => commands::job(&client, command).await,
         cli::Command::Alloc(command) => commands::alloc(&client, command).await,
         cli::Command::Node(command) => commands::node(&client, command).await,
@@ -155,4 +159,11 @@ async fn try_main(mut cli: cli::Cli) -> Result<(), Failure> {
         cli::Command::Sim(args) => sim::command(args, &cli.address, cli.token, tls).await,
         cli::Command::Bench(command) => bench::command(command).await,
     }
+}
+
+/// Wall-clock time in Unix milliseconds (for objects the tools make up, such as simulated evaluations).
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }

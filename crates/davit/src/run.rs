@@ -5,13 +5,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use davit_drivers::{
-    ContainerDriver, ContainerDriverConfig, Driver, ExecDriver, ExecDriverConfig, LogRotation, RuntimeChoice, VmDriver, VmDriverConfig,
+    ContainerDriver, ContainerDriverConfig, Driver, ExecDriver, ExecDriverConfig, ImagePolicy, LogRotation, RuntimeChoice, VmDriver,
+    VmDriverConfig,
 };
 use davit_server::{LivenessConfig, ServerConfig};
 use davit_store::RedbStore;
 
 use crate::Failure;
 use crate::cli::{AgentArgs, DevArgs, NodeArgs, ServerArgs, TlsArgs};
+use crate::listen::Addresses;
 
 /// Logs to stderr at `DAVIT_LOG`'s level, or `default` when it is unset.
 pub(crate) fn init_logging(default: &str) {
@@ -90,7 +92,7 @@ fn check_open_api(bind: std::net::SocketAddr, acl: bool, insecure_open_api: bool
 fn drivers(node: &NodeArgs, data_dir: &Path) -> Result<Vec<Arc<dyn Driver>>, Failure> {
     let exe = std::env::current_exe().map_err(|e| Failure::internal(format!("cannot find the davit binary: {e}")))?;
     let executor = vec![exe.display().to_string(), "executor".to_string()];
-    let exec = ExecDriver::new(ExecDriverConfig::new(executor.clone()));
+    let exec = ExecDriver::new(ExecDriverConfig { allow_root_exec: node.allow_root_exec, ..ExecDriverConfig::new(executor.clone()) });
 
     let mut container = ContainerDriverConfig::new(executor.clone(), data_dir);
     container.runtime = match node.container_runtime.as_str() {
@@ -111,10 +113,20 @@ fn drivers(node: &NodeArgs, data_dir: &Path) -> Result<Vec<Arc<dyn Driver>>, Fai
     }
     container.allowed_host_paths = node.allowed_host_paths.clone();
     container.allow_privileged = node.allow_privileged;
+    for name in &node.allowed_caps {
+        let name = name.trim_start_matches("CAP_").to_ascii_uppercase();
+        if !davit_api::spec::drivers::CAPABILITIES.contains(&name.as_str()) {
+            return Err(Failure::user(format!("--allow-cap {name}: not a capability; name one without CAP_, e.g. NET_ADMIN or SYS_TIME")));
+        }
+        container.allowed_capabilities.push(name);
+    }
     container.max_image_cache_bytes = node.image_cache_mib.saturating_mul(1024 * 1024);
     container.runtime_state_root = data_dir.join("runtime");
 
-    let vm = VmDriver::new(VmDriverConfig::new(executor, data_dir.join("vm")));
+    let mut vm = VmDriverConfig::new(executor, data_dir.join("vm"));
+    vm.images = ImagePolicy::new(node.vm_image_dirs.clone());
+    vm.images.http_hosts = node.vm_download_http_hosts.clone();
+    let vm = VmDriver::new(vm);
     Ok(vec![Arc::new(exec), Arc::new(ContainerDriver::new(container)), Arc::new(vm)])
 }
 
@@ -188,6 +200,11 @@ async fn shutdown_signal() {
 
 pub async fn dev(args: DevArgs) -> Result<(), Failure> {
     init_logging("info");
+    let _proxy_claim = Addresses::default()
+        .tcp(args.bind, "another davit dev or server", "--bind")
+        .tcp(args.agent_bind, "an agent", "--agent-bind")
+        .service_proxy(&args.node)
+        .check()?;
     let (data_dir, temporary) = match args.data_dir {
         Some(dir) => (dir, false),
         None => {
@@ -199,12 +216,18 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
     let store = open_store(&server_dir)?;
     let server = davit_server::start(server_config(store, args.bind, &server_dir, args.acl))
         .await
-        .map_err(|e| Failure::user(format!("cannot start the server: {}", error_chain(&e))))?;
+        .map_err(|e| Failure::user(format!("cannot start the server: {}", davit_api::error_chain(&e))))?;
     let server_url = format!("http://{}", server.addr());
-    let join_token = if args.acl { dev_bootstrap(&server_url).await? } else { None };
+    let (management_token, join_token) = match args.acl {
+        true => dev_bootstrap(&server_url).await?.unzip(),
+        false => (None, None),
+    };
     let config = agent_config(args.node, data_dir.join("agent"), vec![server_url.clone()], args.agent_bind, true, None, join_token)?;
-    let agent = davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", error_chain(&e))))?;
+    let agent =
+        davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", davit_api::error_chain(&e))))?;
     server.add_metrics_source(agent.metrics_source());
+    // What follows says "try: davit job run": true once the node takes work.
+    wait_node_ready(&davit_client::Client::with_token(&server_url, management_token.as_deref()), agent.node_id()).await;
     println!("davit dev is running: server {server_url}, node {} (data in {})", agent.node_id(), data_dir.display());
     if let Some(dns) = agent.dns_addr() {
         println!("  service DNS on {dns} (udp+tcp): dig @{} -p {} <service>.service.davit SRV", dns.ip(), dns.port());
@@ -223,9 +246,30 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `davit dev --acl`: bootstraps, prints the management token, and makes a join token for the dev agent
-/// (`None` after a restart on the same data dir: it was bootstrapped then, and the agent kept its identity).
-async fn dev_bootstrap(server_url: &str) -> Result<Option<String>, Failure> {
+/// Waits (at most 30 s) until the node `node_id` is ready; a server that does not tell (no token after an ACL
+/// restart) or a node that takes longer only makes it return.
+async fn wait_node_ready(client: &davit_client::Client, node_id: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut index = 0;
+    while tokio::time::Instant::now() < deadline {
+        match client.nodes_blocking(index, std::time::Duration::from_secs(5)).await {
+            Ok(nodes) if nodes.value.iter().any(|node| node.id == node_id && node.status == davit_api::objects::NodeStatus::Ready) => {
+                return;
+            }
+            Ok(nodes) => index = nodes.index,
+            Err(error) => {
+                tracing::debug!(%error, "cannot follow the dev node's status");
+                return;
+            }
+        }
+    }
+    tracing::warn!(node_id, "the dev node is not ready after 30 s; jobs wait for it");
+}
+
+/// `davit dev --acl`: bootstraps, prints the management token, and makes a join token for the dev agent:
+/// (management token, join token); `None` after a restart on the same data dir: it was bootstrapped then,
+/// and the agent kept its identity.
+async fn dev_bootstrap(server_url: &str) -> Result<Option<(String, String)>, Failure> {
     let management = match davit_client::Client::new(server_url).acl_bootstrap().await {
         Ok(management) => management,
         Err(davit_client::ClientError::Api { status: 400, .. }) => {
@@ -243,7 +287,8 @@ async fn dev_bootstrap(server_url: &str) -> Result<Option<String>, Failure> {
         ttl: None,
         uses: Some(1),
     };
-    Ok(Some(client.create_acl_token(&request).await?.secret_id))
+    let join_token = client.create_acl_token(&request).await?.secret_id;
+    Ok(Some((management.secret_id, join_token)))
 }
 
 pub async fn server(args: ServerArgs) -> Result<(), Failure> {
@@ -259,6 +304,7 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
         job_threshold: duration("--job-gc-threshold", &args.job_gc_threshold)?,
         max_versions: args.job_max_versions.max(1),
     };
+    Addresses::default().tcp(args.bind, "another davit server or dev", "--bind").check()?;
     let tls = server_tls(&args)?;
     let store = open_store(&args.data_dir)?;
     let mut config = server_config(store, args.bind, &args.data_dir, args.acl);
@@ -286,7 +332,8 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
     };
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let ca = config.tls.as_ref().map(|tls| tls.ca_origin.clone());
-    let server = davit_server::start(config).await.map_err(|e| Failure::user(format!("cannot start the server: {}", error_chain(&e))))?;
+    let server =
+        davit_server::start(config).await.map_err(|e| Failure::user(format!("cannot start the server: {}", davit_api::error_chain(&e))))?;
     println!("davit server listening on {scheme}://{}", server.addr());
     if let Some(ca) = ca {
         println!("  mutual TLS: clients and agents trust the CA with --ca-cert {ca} (or DAVIT_CACERT)");
@@ -298,6 +345,7 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
 
 pub async fn agent(args: AgentArgs, token: Option<String>, tls: TlsArgs) -> Result<(), Failure> {
     init_logging("info");
+    let _proxy_claim = Addresses::default().tcp(args.bind, "another agent", "--bind").service_proxy(&args.node).check()?;
     let mut config = agent_config(args.node, args.data_dir, args.servers, args.bind, false, token, args.join_token)?;
     config.advertise_host = match args.advertise {
         Some(host) if host.trim().is_empty() || host.contains('/') || host.contains(' ') => {
@@ -316,7 +364,8 @@ pub async fn agent(args: AgentArgs, token: Option<String>, tls: TlsArgs) -> Resu
     }
     config.tls = tls.ca_cert.map(|ca_cert| davit_agent::AgentTlsConfig { ca_cert, cert_files: tls.client_cert.zip(tls.client_key) });
     let scheme = if config.tls.is_some() { "https" } else { "http" };
-    let agent = davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", error_chain(&e))))?;
+    let agent =
+        davit_agent::start(config).await.map_err(|e| Failure::user(format!("cannot start the agent: {}", davit_api::error_chain(&e))))?;
     println!("davit agent running: node {}, API {scheme}://{}", agent.node_id(), agent.http_addr());
     if let Some(dns) = agent.dns_addr() {
         println!("  service DNS on {dns} (udp+tcp)");
@@ -325,16 +374,4 @@ pub async fn agent(args: AgentArgs, token: Option<String>, tls: TlsArgs) -> Resu
     // Tasks keep running: a restarted agent re-attaches to them.
     agent.shutdown().await;
     Ok(())
-}
-
-/// "a: b: c" from an error and its sources.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -370,7 +370,7 @@ impl Watcher {
             }
             _ => {}
         }
-        let now = crate::bench::now_millis();
+        let now = crate::now_millis();
         if alloc.desired_status == DesiredStatus::Run && alloc.client_status == ClientStatus::Pending && !seen.reported_running {
             seen.reported_running = true;
             let tasks = self.task_names(alloc).await;

@@ -175,7 +175,7 @@ fn a_secured_cluster_checks_tokens_on_the_server_and_on_agents() {
 
 #[test]
 fn a_server_without_acls_stays_on_loopback_unless_told_otherwise() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = util::tempdir();
     let port = util::free_port();
     let data = dir.path().join("server").display().to_string();
     let bind = format!("0.0.0.0:{port}");

@@ -24,7 +24,7 @@ fn an_agent_refuses_a_wiped_server_and_keeps_its_tasks() {
     if !require_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = util::tempdir();
     let bind = format!("127.0.0.1:{}", free_port());
     let addr = format!("http://{bind}");
     let data = |name: &str| dir.path().join(name).display().to_string();
@@ -38,8 +38,22 @@ fn an_agent_refuses_a_wiped_server_and_keeps_its_tasks() {
     let dns = format!("127.0.0.1:{}", free_port());
     let range = slot_port_range(0);
     let agent_data = data("agent");
-    let agent_args =
-        ["agent", "--servers", &addr, "--data-dir", &agent_data, "--bind", &agent_bind, "--port-range", &range, "--dns-bind", &dns];
+    let proxy_ip = util::proxy_ip();
+    let agent_args = [
+        "agent",
+        "--servers",
+        &addr,
+        "--data-dir",
+        &agent_data,
+        "--bind",
+        &agent_bind,
+        "--port-range",
+        &range,
+        "--dns-bind",
+        &dns,
+        "--proxy-bind-ip",
+        &proxy_ip,
+    ];
     let agent = Process::spawn("agent", dir.path(), &agent_args);
     wait_ready_nodes(&addr, 1);
     wait_for_text(&agent.log, "this node belongs to cluster", Duration::from_secs(30));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use davit_api::http::ServiceInfo;
 use davit_api::objects::DesiredStatus;
-use util::{Dev, free_port, require_root, runtime};
+use util::{Dev, eventually, free_port, require_root, runtime};
 
 fn spec(web_port: u16, upstream_port: u16) -> String {
     format!(
@@ -74,22 +74,23 @@ fn healthy(service: &ServiceInfo) -> Vec<&str> {
     service.instances.iter().filter(|instance| instance.healthy).map(|instance| instance.alloc_name.as_str()).collect()
 }
 
-/// One HTTP/1.0 GET through a fresh connection: the body (an allocation name) of a 200, else the error.
-fn try_get(port: u16) -> Result<String, String> {
-    let response = http_get(&format!("127.0.0.1:{port}"), "/");
+/// One HTTP/1.0 GET through a fresh connection to `addr` (IP:port): the body (an allocation name) of a 200,
+/// else the error.
+fn try_get(addr: &str) -> Result<String, String> {
+    let response = http_get(addr, "/");
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().trim().to_string();
     if response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200") { Ok(body) } else { Err(response) }
 }
 
-fn get(port: u16) -> String {
-    try_get(port).unwrap_or_else(|response| panic!("GET through the proxy failed: {response}"))
+fn get(addr: &str) -> String {
+    try_get(addr).unwrap_or_else(|response| panic!("GET through the proxy failed: {response}"))
 }
 
 /// Counts per body over `requests` requests.
-fn spread(port: u16, requests: usize) -> std::collections::BTreeMap<String, usize> {
+fn spread(addr: &str, requests: usize) -> std::collections::BTreeMap<String, usize> {
     let mut counts = std::collections::BTreeMap::new();
     for _ in 0..requests {
-        *counts.entry(get(port)).or_insert(0) += 1;
+        *counts.entry(get(addr)).or_insert(0) += 1;
     }
     counts
 }
@@ -117,20 +118,6 @@ fn dig_a(dns: &str, name: &str) -> Vec<String> {
     String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
 }
 
-/// Polls `condition` until it holds (the agent applies a catalog change right after the server
-/// publishes it); panics after `limit`.
-fn eventually<T: std::fmt::Debug>(what: &str, limit: Duration, mut probe: impl FnMut() -> T, condition: impl Fn(&T) -> bool) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        let value = probe();
-        if condition(&value) {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: still {value:?} after {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn srv_for(service: &ServiceInfo, healthy_only: bool) -> Vec<(u16, String)> {
     let mut records: Vec<(u16, String)> = service
         .instances
@@ -149,6 +136,8 @@ fn a_proxied_service_is_reached_by_port_dns_and_upstream_and_follows_health() {
     }
     let dev = Dev::start();
     let (web_port, upstream_port) = (free_port(), free_port());
+    // Where the agent's proxy serves the service.
+    let proxy_web = format!("{}:{web_port}", dev.proxy_ip);
     let file = dev.write("shop.yaml", &spec(web_port, upstream_port));
     dev.ok(&["job", "run", &file]);
 
@@ -159,9 +148,9 @@ fn a_proxied_service_is_reached_by_port_dns_and_upstream_and_follows_health() {
     assert_eq!(names, vec!["shop.web[0]", "shop.web[1]", "shop.web[2]"]);
 
     // Through the proxy's local port: round robin over the three, exactly.
-    let answering = || (0..3).filter_map(|_| try_get(web_port).ok()).collect::<std::collections::BTreeSet<String>>().len();
+    let answering = || (0..3).filter_map(|_| try_get(&proxy_web).ok()).collect::<std::collections::BTreeSet<String>>().len();
     eventually("the proxy has all three backends", Duration::from_secs(10), answering, |count| *count == 3);
-    let counts = spread(web_port, 30);
+    let counts = spread(&proxy_web, 30);
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![10, 10, 10], "{counts:?}");
     assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), names);
 
@@ -208,7 +197,7 @@ fn a_proxied_service_is_reached_by_port_dns_and_upstream_and_follows_health() {
         || dev.ok(&["alloc", "logs", &client_alloc.id]),
         |logs| logs.contains("shop.web["),
     );
-    assert!(logs.contains(&format!("upstream=127.0.0.1:{upstream_port}")), "{logs}");
+    assert!(logs.contains(&format!("upstream={}:{upstream_port}", dev.proxy_ip)), "{logs}");
 
     // An instance whose check fails leaves the rotation and DNS …
     let victim = &web.instances[1];
@@ -219,7 +208,7 @@ fn a_proxied_service_is_reached_by_port_dns_and_upstream_and_follows_health() {
     assert!(!gone.healthy && gone.health_description.contains("check health of task server failing"), "{gone:#?}");
     let expected = srv_for(&degraded, true);
     eventually("DNS drops the failing instance", Duration::from_secs(10), || dig_srv(&dev.dns, "web.service.davit"), |r| *r == expected);
-    let counts = spread(web_port, 12);
+    let counts = spread(&proxy_web, 12);
     assert!(!counts.contains_key(&victim.alloc_name), "{counts:?}");
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![6, 6], "{counts:?}");
     assert!(dev.ok(&["service", "ls"]).contains("2/3"));
@@ -229,7 +218,7 @@ fn a_proxied_service_is_reached_by_port_dns_and_upstream_and_follows_health() {
     let recovered = wait_service(&dev, "web", Duration::from_secs(10), |service| healthy(service).len() == 3);
     let expected = srv_for(&recovered, true);
     eventually("DNS lists the instance again", Duration::from_secs(10), || dig_srv(&dev.dns, "web.service.davit"), |r| *r == expected);
-    let counts = spread(web_port, 9);
+    let counts = spread(&proxy_web, 9);
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![3, 3, 3], "{counts:?}");
 
     // Stopping the job removes the service: the listener closes and the name is gone.
@@ -237,12 +226,7 @@ fn a_proxied_service_is_reached_by_port_dns_and_upstream_and_follows_health() {
     eventually("DNS forgets the service", Duration::from_secs(10), || dig_srv(&dev.dns, "web.service.davit"), Vec::is_empty);
     let out = dev.davit(&["service", "info", "web"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no service `web`"), "{out:?}");
-    eventually(
-        "the proxy closes its listener",
-        Duration::from_secs(10),
-        || TcpStream::connect(("127.0.0.1", web_port)).is_err(),
-        |closed| *closed,
-    );
+    eventually("the proxy closes its listener", Duration::from_secs(10), || TcpStream::connect(&proxy_web).is_err(), |closed| *closed);
 }
 
 /// `GET path` on `host:port` over HTTP/1.0: the whole response (or why there is none).

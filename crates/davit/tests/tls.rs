@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use davit_api::objects::ClientStatus;
-use util::{Cluster, require_root};
+use util::{Cluster, require_root, wait_until};
 
 const JOB: &str = r#"
 name: sealed
@@ -45,15 +45,6 @@ fn cli_ok(addr: &str, ca: &Path, token: &str, dir: &Path, args: &[&str]) -> Stri
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Waits (bounded) until `done` holds, polling.
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn secret(json: &str) -> String {
@@ -180,7 +171,7 @@ fn agents_join_over_mutual_tls_and_certificates_rotate_without_restarts() {
 
 #[test]
 fn tls_certificates_are_made_offline_for_servers_agents_and_cli_users() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = util::tempdir();
     let run = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_davit")).current_dir(dir.path()).args(args).output().unwrap();
     assert!(run(&["tls", "ca", "create"]).status.success());
     let again = run(&["tls", "ca", "create"]);

@@ -151,6 +151,9 @@ pub struct GroupSpec {
     /// Replace failed allocations (on another node when possible). Absent: failed allocations stay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reschedule: Option<ReschedulePolicy>,
+    /// What happens to the group's allocations when their node loses its servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<DisconnectSpec>,
     /// How `node drain` and `rebalance` move the group's allocations: `stop` (stop, then replace elsewhere;
     /// the default) or `live` (live-migrate the VMs; every task must use the `vm` driver).
     #[serde(default, skip_serializing_if = "MigrateMode::is_stop")]
@@ -214,6 +217,38 @@ pub enum RestartDelayFunction {
     #[default]
     Constant,
     Exponential,
+}
+
+/// What happens to a group's allocations when their node and the servers lose each other (Nomad's
+/// `disconnect` block). Without it: the agent keeps the tasks running, and the servers replace them as soon as
+/// the node is down.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectSpec {
+    /// Fencing: an agent that could not reach any server for this long stops the group's tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after: Option<Duration>,
+    /// The servers hold a down node's allocations (no replacement) for this long after its last heartbeat;
+    /// then they are lost and replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_after: Option<Duration>,
+    /// `false`: a down node's allocations are never replaced; they wait for their node.
+    #[serde(default = "default_replace", skip_serializing_if = "is_true")]
+    pub replace: bool,
+}
+
+impl Default for DisconnectSpec {
+    fn default() -> Self {
+        DisconnectSpec { stop_after: None, lost_after: None, replace: true }
+    }
+}
+
+fn default_replace() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// When and how often the scheduler replaces a failed allocation. Unset fields take the defaults of

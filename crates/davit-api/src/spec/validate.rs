@@ -128,6 +128,17 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec, spec: &JobSpec) {
     if let Some(reschedule) = &group.reschedule {
         check_reschedule(ctx, &format!("{path}.reschedule"), reschedule, job_type);
     }
+    if let Some(disconnect) = &group.disconnect {
+        for (field, value) in [("stop_after", disconnect.stop_after), ("lost_after", disconnect.lost_after)] {
+            if value.is_some_and(|value| value.as_std().is_zero()) {
+                ctx.report(
+                    &format!("{path}.disconnect.{field}"),
+                    format!("{field} must be longer than 0s"),
+                    Some("e.g. 30s, or leave it out".to_string()),
+                );
+            }
+        }
+    }
     if group.migrate == MigrateMode::Live
         && let Some(task) = group.tasks.iter().find(|task| task.driver != DriverName::Vm)
     {

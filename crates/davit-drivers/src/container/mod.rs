@@ -35,6 +35,7 @@ use crate::{
 };
 
 mod runtime;
+mod seccomp;
 mod spec;
 
 use runtime::{Runtime, RuntimeKind, detect_runtime};
@@ -74,8 +75,10 @@ pub struct ContainerDriverConfig {
     pub max_image_cache_bytes: u64,
     /// Host directories tasks may mount (prefixes); relative sources are always allowed (the alloc dir).
     pub allowed_host_paths: Vec<PathBuf>,
-    /// Whether `privileged: true` tasks may run.
+    /// Whether `privileged: true` tasks may run (and add any capability).
     pub allow_privileged: bool,
+    /// Capabilities beyond Docker's default set that tasks may add (`--allow-cap NAME`, without `CAP_`).
+    pub allowed_capabilities: Vec<String>,
     /// Where the runtime keeps its container state (`--root`).
     pub runtime_state_root: PathBuf,
 }
@@ -92,6 +95,7 @@ impl ContainerDriverConfig {
             max_image_cache_bytes: 10 * 1024 * 1024 * 1024,
             allowed_host_paths: Vec::new(),
             allow_privileged: false,
+            allowed_capabilities: Vec::new(),
             runtime_state_root: PathBuf::from("/run/davit"),
         }
     }
@@ -138,6 +142,7 @@ async fn no_new_privileges(bundle: &Path) -> Result<bool, DriverError> {
 impl ContainerDriver {
     pub fn new(config: ContainerDriverConfig) -> ContainerDriver {
         let exec = ExecDriver::new(ExecDriverConfig {
+            allow_root_exec: true,
             executor_command: config.executor_command.clone(),
             cgroup_root: config.cgroup_root.clone(),
         });
@@ -269,6 +274,7 @@ impl ContainerDriver {
             args,
             private_unmounts: runtime.private_unmounts.clone(),
             skip_controllers: RUNTIME_SKIPS_CONTROLLERS.iter().map(|c| c.to_string()).collect(),
+            isolation: None,
         };
         // The runtime itself runs as root with a plain environment; the task's env and user are in config.json.
         let mut runtime_config = config.clone();
@@ -308,6 +314,14 @@ impl ContainerDriver {
         // cgroup crun was started in, and no device cgroup is written.
         let runtime_cgroup = (self.runtime()?.kind == RuntimeKind::Runc).then_some(cgroup_path.as_str());
         let mut spec = build_spec(config, task, image, &rootfs, runtime_cgroup, &self.config.allowed_host_paths, layout.version())?;
+        if !task.privileged {
+            let process = spec.process().as_ref();
+            let bounding = process.and_then(|process| process.capabilities().as_ref()?.bounding().clone()).unwrap_or_default();
+            let profile = seccomp::profile(&bounding)?;
+            if let Some(linux) = spec.linux_mut() {
+                linux.set_seccomp(Some(profile));
+            }
+        }
         // crun itself stays out of the task's CPU cgroup, so the container's init joins every task cgroup before
         // its program starts; runc does that through `cgroupsPath`.
         let procs = match runtime_cgroup {
@@ -328,9 +342,15 @@ impl ContainerDriver {
     async fn wait_until_running(&self, container_id: &str, bundle: &Path, inner: &TaskHandle) {
         let deadline = tokio::time::Instant::now() + CONTAINER_START_TIMEOUT;
         let started = bundle.join(STARTED_MARKER);
+        // crun writes the container's status file after the hook that marks the start: until it is there,
+        // `crun exec` and `crun kill` fail, so the container counts as running only then.
+        let crun_status = match self.runtime() {
+            Ok(runtime) if runtime.kind == RuntimeKind::Crun => Some(runtime.root().join(container_id).join("status")),
+            _ => None,
+        };
         let mut poll = 0u32;
         loop {
-            if started.exists() {
+            if started.exists() && crun_status.as_ref().is_none_or(|status| status.exists()) {
                 return;
             }
             // Checking the runtime process costs more than a stat: not on every round.
@@ -379,6 +399,15 @@ impl ContainerDriver {
         self.runtime()?.run(&kill, Some(&state.bundle.join("runtime.log"))).await?;
         Ok(true)
     }
+}
+
+/// Whether a container may add capability `name` on a node that allows `allowed` beyond Docker's default set
+/// (which has NET_RAW, that davit drops by default).
+fn capability_allowed(name: &str, allowed: &[String]) -> bool {
+    let name = name.to_ascii_uppercase();
+    spec::DEFAULT_CAPABILITIES.contains(&name.as_str())
+        || name == "NET_RAW"
+        || allowed.iter().any(|allowed| allowed.eq_ignore_ascii_case(&name))
 }
 
 /// A runtime container id: `davit-<alloc>-<task>` with characters runc refuses replaced.
@@ -494,6 +523,14 @@ impl Driver for ContainerDriver {
     fn start<'a>(&'a self, config: &'a TaskConfig) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
         Box::pin(async move {
             let task = ContainerConfig::parse(&config.driver_config).map_err(invalid)?;
+            if !self.config.allow_privileged
+                && let Some(name) = task.cap_add.iter().find(|name| !capability_allowed(name, &self.config.allowed_capabilities))
+            {
+                let name = name.to_ascii_uppercase();
+                return Err(invalid(format!(
+                    "capability {name} is not allowed on this node: start its agent with --allow-cap {name} (or --allow-privileged)"
+                )));
+            }
             if task.privileged && !self.config.allow_privileged {
                 return Err(invalid(
                     "privileged containers are not allowed on this node (start its agent with --allow-privileged)".to_owned(),
@@ -593,7 +630,7 @@ impl Driver for ContainerDriver {
             args.extend(command.iter().cloned());
             let mut process = runtime.command(&args)?;
             // The command runs in the task's cgroups (crun does not move it there itself).
-            crate::executor::join_task_context(&mut process, &crate::exec::task_cgroup(&state.inner)?, None)
+            crate::executor::join_task_context(&mut process, &crate::exec::task_cgroup(&state.inner)?, None, None)
                 .map_err(|error| DriverError::Other(format!("exec: {error}")))?;
             Ok(process)
         })

@@ -35,8 +35,13 @@ impl RuntimeKind {
 }
 
 impl Runtime {
+    /// Where the runtime keeps its state (`--root`): a directory per container.
+    pub(super) fn root(&self) -> PathBuf {
+        self.state_root.join(self.kind.as_str())
+    }
+
     pub(super) fn global_args(&self, log: &Path) -> Vec<String> {
-        let root = self.state_root.join(self.kind.as_str());
+        let root = self.root();
         match self.kind {
             RuntimeKind::Runc => vec!["--root".to_owned(), root.display().to_string(), "--log".to_owned(), log.display().to_string()],
             // crun 1.8 kills every process of the container's cgroup when the container exits, itself included

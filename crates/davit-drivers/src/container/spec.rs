@@ -7,10 +7,7 @@ use std::str::FromStr;
 
 use davit_api::spec::drivers::{CAPABILITIES, ContainerConfig};
 use davit_oci::Image;
-use oci_spec::runtime::{
-    Arch, Capability, LinuxCapabilities, LinuxDeviceCgroup, LinuxNamespace, LinuxNamespaceType, LinuxSeccompAction, LinuxSeccompBuilder,
-    LinuxSyscallBuilder, Mount, Spec, User,
-};
+use oci_spec::runtime::{Capability, LinuxCapabilities, LinuxDeviceCgroup, LinuxNamespace, LinuxNamespaceType, Mount, Spec, User};
 
 use super::invalid;
 use crate::cgroups::CgroupVersion;
@@ -18,7 +15,7 @@ use crate::exec::io_error;
 use crate::{DriverError, TaskConfig};
 
 /// Capabilities a container gets unless it adds or drops some: Docker's default set without NET_RAW.
-const DEFAULT_CAPABILITIES: [&str; 13] = [
+pub(super) const DEFAULT_CAPABILITIES: [&str; 13] = [
     "CHOWN",
     "DAC_OVERRIDE",
     "FSETID",
@@ -32,42 +29,6 @@ const DEFAULT_CAPABILITIES: [&str; 13] = [
     "SYS_CHROOT",
     "KILL",
     "AUDIT_WRITE",
-];
-
-/// System calls the default seccomp profile refuses with EPERM (everything else is allowed): kernel modules,
-/// reboot, swap, clock setting, keyrings, namespaces and mounts, tracing and BPF.
-const DENIED_SYSCALLS: [&str; 31] = [
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "get_kernel_syms",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mount",
-    "move_pages",
-    "open_by_handle_at",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "reboot",
-    "request_key",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
 ];
 
 /// The container's hooks, all run by the executor binary. With `procs_files` (crun), `createRuntime` joins the
@@ -196,8 +157,6 @@ pub(super) fn build_spec(
     if task.privileged {
         linux.set_masked_paths(Some(Vec::new()));
         linux.set_readonly_paths(Some(Vec::new()));
-    } else {
-        linux.set_seccomp(Some(default_seccomp()?));
     }
     spec.set_linux(Some(linux));
     Ok(spec)
@@ -275,21 +234,6 @@ fn all_capabilities() -> HashSet<Capability> {
 /// The name of capability number `bit` (as in `linux/capability.h`), for the ones the kernel of today has.
 fn cap_name(bit: u32) -> Option<&'static str> {
     CAPABILITIES.get(usize::try_from(bit).ok()?).copied()
-}
-
-fn default_seccomp() -> Result<oci_spec::runtime::LinuxSeccomp, DriverError> {
-    let denied = LinuxSyscallBuilder::default()
-        .names(DENIED_SYSCALLS.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>())
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(u32::try_from(libc::EPERM).unwrap_or(1))
-        .build()
-        .map_err(|error| DriverError::Other(format!("building the seccomp profile: {error}")))?;
-    LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
-        .architectures(vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32])
-        .syscalls(vec![denied])
-        .build()
-        .map_err(|error| DriverError::Other(format!("building the seccomp profile: {error}")))
 }
 
 /// `uid[:gid]` or a user name from the image's `/etc/passwd` (group from `/etc/group` after a colon).

@@ -96,7 +96,7 @@ mod tests {
             user: None,
             alloc_dir: "/a".into(),
             task_dir: "/a/web".into(),
-            log_dir: "/a/alloc/logs".into(),
+            log_dir: "/a/.logs".into(),
             resources: crate::TaskResources { cpu_millicores: 1000, memory_mib: 256 },
             logs: crate::LogRotation::default(),
             events: crate::EventSink::discard(),

@@ -42,9 +42,11 @@ mod image;
 pub mod qmp;
 mod seed;
 
+use crate::exec::ProcessSpec;
 pub use accel::{AccelProbe, AccelProbeConfig};
 use config::{PortForward, invalid};
 use davit_api::spec::drivers::{Accel, Machine, VmCloudInit, VmConfig};
+pub use image::{DEFAULT_IMAGE_DIR, ImagePolicy};
 use qmp::{QmpClient, QmpError};
 
 /// The driver's name in job specs (`driver: vm`).
@@ -89,6 +91,8 @@ pub struct VmDriverConfig {
     /// Firmware for `microvm` guests. QEMU's default microvm SeaBIOS on Debian (bios-microvm.bin) hands the kernel
     /// an ACPI table the 6.1 kernel spends minutes checksumming; qboot does not.
     pub microvm_firmware: Option<PathBuf>,
+    /// Where kernels, initrds and disk images may come from (`--vm-image-dir`, downloads).
+    pub images: ImagePolicy,
 }
 
 impl VmDriverConfig {
@@ -104,6 +108,7 @@ impl VmDriverConfig {
             accel_probe: AccelProbeConfig::default(),
             data_dir,
             microvm_firmware: qboot.is_file().then_some(qboot),
+            images: ImagePolicy::new(Vec::new()),
         }
     }
 }
@@ -155,6 +160,7 @@ impl VmDriverState {
 impl VmDriver {
     pub fn new(config: VmDriverConfig) -> VmDriver {
         let exec = ExecDriver::new(ExecDriverConfig {
+            allow_root_exec: true,
             executor_command: config.executor_command.clone(),
             cgroup_root: config.cgroup_root.clone(),
         });
@@ -273,7 +279,7 @@ impl VmDriver {
 
     async fn start_vm(&self, task: &TaskConfig, incoming_port: Option<u16>) -> Result<TaskHandle, DriverError> {
         let start_error = |message: String| DriverError::Start { task: task.task_name.clone(), message, source: None };
-        let config = config::parse(&task.driver_config)?;
+        let mut config = config::parse(&task.driver_config)?;
         let accel = match config.accel {
             Accel::Tcg => "tcg",
             Accel::Auto => self.accel().await.accel,
@@ -287,11 +293,13 @@ impl VmDriver {
         };
         let machine = config.machine();
         // Said here, QEMU would report it after a QMP connection error.
-        for (what, path) in [("kernel", &config.kernel), ("initrd", &config.initrd)] {
-            if let Some(path) = path
-                && let Err(error) = std::fs::metadata(path)
-            {
-                return Err(start_error(format!("{what} {path}: {error}")));
+        // QEMU gets the checked paths, links resolved, so what it opens is what was checked.
+        for (what, path) in [("kernel", &mut config.kernel), ("initrd", &mut config.initrd)] {
+            if let Some(given) = path.as_mut() {
+                if let Err(error) = std::fs::metadata(&*given) {
+                    return Err(start_error(format!("{what} {given}: {error}")));
+                }
+                *given = self.config.images.local_file(what, given, &task.alloc_dir)?.display().to_string();
             }
         }
         let writable_disks = config.disk.iter().chain(&config.extra_disks).any(|disk| disk.overlay);
@@ -308,7 +316,8 @@ impl VmDriver {
 
         let mut drives = Vec::new();
         for (index, disk) in config.disk.iter().chain(&config.extra_disks).enumerate() {
-            let base = image::resolve(&disk.image, disk.checksum.as_deref(), &self.config.data_dir).await?;
+            let base =
+                image::resolve(&disk.image, disk.checksum.as_deref(), &self.config.data_dir, &self.config.images, &task.alloc_dir).await?;
             if disk.overlay {
                 let overlay = task.task_dir.join(format!("disk-{index}.qcow2"));
                 image::create_overlay(&self.config.qemu_img_binary, &base, disk.format.as_str(), &overlay).await?;
@@ -354,13 +363,21 @@ impl VmDriver {
         let args = plan.args();
         tracing::debug!(task = %task.task_name, ?args, "starting qemu");
 
+        // QEMU is the driver's own process: it runs as the agent does (the guest is the isolation).
         let mut exec_task = task.clone();
-        exec_task.driver_config = json!({"command": self.config.qemu_binary, "args": args});
+        exec_task.user = None;
         exec_task.resources = TaskResources {
             cpu_millicores: config::cgroup_cpu_millicores(task.resources.cpu_millicores),
             memory_mib: config::cgroup_memory_mib(memory_mib),
         };
-        let exec_handle = self.exec.start(&exec_task).await?;
+        let process = ProcessSpec {
+            command: self.config.qemu_binary.display().to_string(),
+            args,
+            private_unmounts: Vec::new(),
+            skip_controllers: Vec::new(),
+            isolation: None,
+        };
+        let exec_handle = self.exec.start_process(&exec_task, process).await?;
 
         // QEMU creates the QMP socket once its command line checked out: only then does the VM run.
         if let Err(error) = connect_qmp(&qmp_socket, QMP_START_PATIENCE).await {

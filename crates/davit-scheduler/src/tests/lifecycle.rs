@@ -345,3 +345,43 @@ fn a_drained_allocation_is_never_replaced_on_the_ineligible_node() {
     let plan = harness.process("shop").plan;
     assert_eq!(harness.render(&plan), "failed web: 1 missing, 0 evaluated: no ready nodes in the job's datacenters");
 }
+
+/// `disconnect.lost_after`: a down node's allocation keeps its index (no stop, no replacement) until its
+/// node's last heartbeat + lost_after, with a follow-up then; after that it is lost and replaced.
+/// `replace: false`: it waits for its node however long.
+#[test]
+fn disconnected_allocations_are_held_for_lost_after_or_for_good() {
+    for (lost_after_s, replace, down_for_s, held, follow_up) in
+        [(60, true, 10, true, Some(60)), (60, true, 61, false, None), (0, false, 3600, true, None)]
+    {
+        let mut harness = Harness::new();
+        harness.now = 10_000_000;
+        harness.add_nodes("n", 2);
+        let mut spec = job("shop", 1);
+        spec.groups[0].disconnect = Some(davit_api::spec::DisconnectSpec {
+            stop_after: None,
+            lost_after: (lost_after_s > 0).then(|| davit_api::Duration::from_secs(lost_after_s)),
+            replace,
+        });
+        harness.register(spec);
+        harness.add_alloc(alloc("a0", "shop", "web", 0, 0, "n-2"));
+        let last_heartbeat = harness.now - down_for_s * 1000;
+        harness.update_node("n-2", |node| {
+            node.status = NodeStatus::Down;
+            node.last_heartbeat = last_heartbeat;
+        });
+        let result = harness.process("shop");
+        let case = format!("lost_after {lost_after_s}s replace {replace}, down {down_for_s}s");
+        if held {
+            assert_eq!(harness.render(&result.plan), "", "{case}");
+        } else {
+            assert_eq!(
+                harness.render(&result.plan),
+                "place shop.web[0] v0 on n-1 replacing shop.web[0]\nstop shop.web[0] on n-2: node down (Lost)",
+                "{case}"
+            );
+        }
+        let expected = follow_up.map(|after_s: u64| last_heartbeat + after_s * 1000);
+        assert_eq!(result.follow_ups.get("web").copied(), expected, "{case}");
+    }
+}

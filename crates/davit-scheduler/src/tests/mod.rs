@@ -217,6 +217,7 @@ pub(crate) fn group(name: &str, count: u32) -> GroupSpec {
         anti_affinities: Vec::new(),
         restart: RestartPolicy::default(),
         reschedule: None,
+        disconnect: None,
         migrate: Default::default(),
         network: NetworkSpec::default(),
         services: Vec::new(),

@@ -15,7 +15,9 @@ pub fn start_dev(data_dir: &Path, port_range: &str) -> (Child, String) {
     let dns = format!("127.0.0.1:{}", free_port());
     let dev = Command::new(DAVIT)
         .args(["dev", "--bind", &format!("127.0.0.1:{port}"), "--data-dir", &data_dir.display().to_string(), "--port-range", port_range])
-        .args(["--dns-bind", &dns])
+        .args(["--dns-bind", &dns, "--proxy-bind-ip", &proxy_ip()])
+        .arg("--vm-image-dir")
+        .arg(guest_dir())
         .env("DAVIT_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -27,6 +29,28 @@ pub fn start_dev(data_dir: &Path, port_range: &str) -> (Child, String) {
         std::thread::sleep(Duration::from_millis(50));
     }
     (dev, addr)
+}
+
+/// The test guest's directory (`scripts/build-guest.sh`): `DAVIT_GUEST_DIR` or `<workspace>/target/guest`.
+pub fn guest_dir() -> std::path::PathBuf {
+    std::env::var_os("DAVIT_GUEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/guest")))
+}
+
+/// A temporary directory exec tasks (which run as nobody) can pass through.
+pub fn tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    dir
+}
+
+/// A loopback IP for one agent's service proxy (`--proxy-bind-ip`): an agent claims its proxy IP, so two on
+/// one host need two. `127.<200 + pid % 50>.<n / 250>.<1 + n % 250>` for this process's n-th agent.
+pub fn proxy_ip() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("127.{}.{}.{}", 200 + std::process::id() % 50, n / 250 % 256, 1 + n % 250)
 }
 
 /// Ctrl-C for `davit dev`, and wait for it to end.

@@ -50,25 +50,26 @@ pub fn container_registry() -> Option<davit_oci::testing::TestRegistry> {
     Some(registry)
 }
 
+const PORT_BLOCK_FIRST: u16 = 21_000;
+const PORT_BLOCK_SIZE: u16 = 500;
+const PORT_BLOCKS: u16 = 22;
+
 /// This test process's own block of 500 host ports, below the kernel's ephemeral range (32768 and up), so
 /// neither a parallel test nor a socket bound to port 0 (`free_port`, any client connection) can hold a port
 /// an agent hands out. The block is claimed with a file lock that the process holds until it exits.
 fn port_block() -> u16 {
-    const FIRST: u16 = 21_000;
-    const SIZE: u16 = 500;
-    const BLOCKS: u16 = 22;
     static BLOCK: std::sync::OnceLock<(std::fs::File, u16)> = std::sync::OnceLock::new();
     BLOCK
         .get_or_init(|| {
             let dir = std::env::temp_dir().join("davit-test-port-blocks");
             std::fs::create_dir_all(&dir).unwrap();
-            let start = (std::process::id() % u32::from(BLOCKS)) as u16;
+            let start = (std::process::id() % u32::from(PORT_BLOCKS)) as u16;
             let deadline = Instant::now() + Duration::from_secs(600);
             loop {
-                for block in (start..BLOCKS).chain(0..start) {
+                for block in (start..PORT_BLOCKS).chain(0..start) {
                     let file = std::fs::File::create(dir.join(block.to_string())).unwrap();
                     if file.try_lock().is_ok() {
-                        return (file, FIRST + block * SIZE);
+                        return (file, PORT_BLOCK_FIRST + block * PORT_BLOCK_SIZE);
                     }
                 }
                 assert!(Instant::now() < deadline, "no free test port block in {} after 10 minutes", dir.display());
@@ -76,6 +77,16 @@ fn port_block() -> u16 {
             }
         })
         .1
+}
+
+/// A loopback IP for one agent's service proxy (`--proxy-bind-ip`), unique on the host: an agent claims its
+/// proxy IP, and a second agent on the same one is refused. `127.<100 + port block>.<n / 250>.<1 + n % 250>`
+/// for the process's n-th agent.
+pub fn proxy_ip() -> String {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let block = (port_block() - PORT_BLOCK_FIRST) / PORT_BLOCK_SIZE;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("127.{}.{}.{}", 100 + block, n / 250, 1 + n % 250)
 }
 
 /// The host port range for the agent in `slot` (0–4) of this test process; no two parallel tests share one.
@@ -120,6 +131,18 @@ impl Process {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits (at most `limit`) until the process exits; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within {limit:?}:\n{}", self.name, self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -170,35 +193,53 @@ pub fn pid_alive(pid: u32) -> bool {
 
 /// One `davit dev` with its own data dir and ports.
 pub struct Dev {
+    /// First, so that it stops (and a failing test prints its log) before its directory is removed.
+    pub process: Option<Process>,
     pub dir: tempfile::TempDir,
     pub data_dir: PathBuf,
     pub addr: String,
     pub bind: String,
     /// The agent's service DNS server (udp+tcp), on a free port per test.
     pub dns: String,
-    pub process: Option<Process>,
+    /// The IP the agent's service proxy listens on (`local_port`s, upstreams).
+    pub proxy_ip: String,
 }
 
 impl Dev {
     pub fn start() -> Dev {
-        let dir = tempfile::tempdir().unwrap();
+        let dev = Dev::spawn();
+        wait_ready_nodes(&dev.addr, 1);
+        dev
+    }
+
+    /// A `davit dev` just started: its API may not answer yet, its node may not be ready.
+    pub fn spawn() -> Dev {
+        let dir = tempdir();
         let data_dir = dir.path().join("data");
         let bind = format!("127.0.0.1:{}", free_port());
         let dns = format!("127.0.0.1:{}", free_port());
-        let mut dev = Dev { addr: format!("http://{bind}"), bind, dns, data_dir, dir, process: None };
-        dev.launch();
+        let mut dev = Dev { addr: format!("http://{bind}"), bind, dns, proxy_ip: proxy_ip(), data_dir, dir, process: None };
+        dev.spawn_process();
         dev
     }
 
     /// (Re)starts the process on the same data dir and address and waits for a ready node.
     pub fn launch(&mut self) {
+        self.spawn_process();
+        wait_ready_nodes(&self.addr, 1);
+    }
+
+    fn spawn_process(&mut self) {
         let data_dir = self.data_dir.display().to_string();
         let range = port_range();
+        let [image_flag, image_dir] = vm_image_dir_args();
         let process = Process::spawn(
             "davit-dev",
             self.dir.path(),
             &[
                 "dev",
+                &image_flag,
+                &image_dir,
                 "--bind",
                 &self.bind,
                 "--data-dir",
@@ -209,10 +250,11 @@ impl Dev {
                 "dev-node",
                 "--dns-bind",
                 &self.dns,
+                "--proxy-bind-ip",
+                &self.proxy_ip,
             ],
         );
         self.process = Some(process);
-        wait_ready_nodes(&self.addr, 1);
     }
 
     pub fn client(&self) -> Client {
@@ -381,12 +423,48 @@ pub fn http_body(port: u16, path: &str) -> Option<String> {
     (response.starts_with("HTTP/1.") && response.contains(" 200 ")).then(|| body.trim().to_string())
 }
 
+/// Calls `probe` until `condition` holds for what it returns (every 50 ms); panics naming `what` after `limit`.
+pub fn eventually<T: std::fmt::Debug>(what: &str, limit: Duration, mut probe: impl FnMut() -> T, condition: impl Fn(&T) -> bool) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        let value = probe();
+        if condition(&value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: still {value:?} after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `done` holds (every 50 ms); panics naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    eventually(what, limit, &mut done, |done| *done);
+}
+
+/// A temporary directory exec tasks (which run as nobody) can pass through to their own directories.
+pub fn tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    dir
+}
+
+/// Where the test guest is (built or not): `DAVIT_GUEST_DIR` or `<workspace>/target/guest`.
+fn guest_path() -> PathBuf {
+    std::env::var_os("DAVIT_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/guest"))
+}
+
+/// `--vm-image-dir <the test guest's directory>`: agents may boot it.
+pub fn vm_image_dir_args() -> [String; 2] {
+    let dir = guest_path();
+    ["--vm-image-dir".to_owned(), std::fs::canonicalize(&dir).unwrap_or(dir).display().to_string()]
+}
+
 /// The test guest (`scripts/build-guest.sh`), from `DAVIT_GUEST_DIR` or `<workspace>/target/guest`; `None`
 /// (skipped, with the reason) outside CI when it was not built.
 pub fn guest_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("DAVIT_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/guest"));
+    let dir = guest_path();
     if dir.join("vmlinux").is_file() && dir.join("initramfs.cpio.gz").is_file() {
         return Some(std::fs::canonicalize(&dir).unwrap());
     }
@@ -420,7 +498,7 @@ pub fn wait_for_text(path: &Path, needle: &str, limit: Duration) {
 pub struct Cluster {
     dir: tempfile::TempDir,
     pub addr: String,
-    _server: Process,
+    server: Option<Process>,
 }
 
 impl Cluster {
@@ -444,14 +522,28 @@ impl Cluster {
     }
 
     fn start_scheme(scheme: &str, extra: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let bind = format!("127.0.0.1:{}", free_port());
-        let addr = format!("{scheme}://{bind}");
-        let data = dir.path().join("server").display().to_string();
+        let mut cluster = Cluster { dir: tempdir(), addr: format!("{scheme}://127.0.0.1:{}", free_port()), server: None };
+        cluster.start_server(extra);
+        cluster
+    }
+
+    /// A cluster whose server is not started yet: its address is known ([`Cluster::start_server`] starts it).
+    pub fn unstarted() -> Cluster {
+        Cluster { dir: tempdir(), addr: format!("http://127.0.0.1:{}", free_port()), server: None }
+    }
+
+    /// Starts the server at the cluster's address, with `extra` flags.
+    pub fn start_server(&mut self, extra: &[&str]) {
+        let bind = self.addr.split_once("://").expect("a URL").1.to_string();
+        let data = self.dir.path().join("server").display().to_string();
         let mut args = vec!["server", "--bind", &bind, "--data-dir", &data];
         args.extend_from_slice(extra);
-        let server = Process::spawn("server", dir.path(), &args);
-        Cluster { dir, addr, _server: server }
+        self.server = Some(Process::spawn("server", self.dir.path(), &args));
+    }
+
+    /// The server's process id (to pause it with SIGSTOP).
+    pub fn server_pid(&self) -> u32 {
+        self.server.as_ref().expect("a started server").pid()
     }
 
     /// The arguments of agent `name`; `slot` picks its host-port range (distinct per agent and test).
@@ -460,6 +552,7 @@ impl Cluster {
         let bind = format!("127.0.0.1:{}", free_port());
         let dns = format!("127.0.0.1:{}", free_port());
         let range = slot_port_range(slot);
+        let proxy_ip = proxy_ip();
         [
             "agent",
             "--servers",
@@ -474,9 +567,12 @@ impl Cluster {
             &range,
             "--dns-bind",
             &dns,
+            "--proxy-bind-ip",
+            &proxy_ip,
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(vm_image_dir_args())
         .collect()
     }
 

@@ -11,6 +11,24 @@ pub struct ExecConfig {
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub isolation: Isolation,
+}
+
+/// What an exec task sees of the node's file system.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Its own mount namespace: the host read-only except its task directory, the allocation's shared
+    /// `alloc/data` and a private `/tmp`.
+    #[default]
+    Mount,
+    /// The host as the agent sees it (needs an agent started with `--allow-root-exec`).
+    None,
+}
+
+fn is_default(isolation: &Isolation) -> bool {
+    *isolation == Isolation::default()
 }
 
 impl DriverConfig for ExecConfig {

@@ -11,7 +11,7 @@ mod vm;
 use std::fmt;
 
 pub use container::{CAPABILITIES, ContainerConfig, ContainerMount};
-pub use exec::ExecConfig;
+pub use exec::{ExecConfig, Isolation};
 pub use vm::{Accel, Console, DiskFormat, Machine, VmCloudInit, VmConfig, VmDisk, parse_checksum};
 
 /// Something wrong with a driver config that its type alone does not rule out.

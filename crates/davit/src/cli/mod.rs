@@ -1,14 +1,22 @@
-//! The command-line grammar (clap).
+//! The command-line grammar (clap): the global flags and the client commands here, the long-running
+//! processes' flags in `process.rs`, the measuring tools' in `tools.rs`.
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+mod process;
+mod tools;
+
+pub use process::{AgentArgs, DevArgs, NodeArgs, ServerArgs};
+pub use tools::{Algorithm, BenchCommand, SimArgs, SimNodeArgs, WorkloadArgs};
 
 #[derive(Debug, Parser)]
 #[command(name = "davit", version, about = "Schedule and run processes, containers and VMs on a cluster", propagate_version = true)]
 pub struct Cli {
-    /// Address of the davit server.
+    /// Address of the davit server that client commands talk to (`davit agent` names its servers with
+    /// --servers; `davit dev` and `davit server` listen on --bind).
     #[arg(long, global = true, env = "DAVIT_ADDR", default_value = davit_api::http::DEFAULT_SERVER_ADDR)]
     pub address: String,
     /// ACL token secret sent with every request (an agent's token needs `node: write`).
@@ -90,6 +98,14 @@ pub enum Command {
     /// Measure the scheduler alone, or the whole server with simulated agents. Prints figures and the machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// bash: `source <(davit completion bash)`; zsh: `davit completion zsh > "${fpath[1]}/_davit"`; fish:
+    /// `davit completion fish > ~/.config/fish/completions/davit.fish`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Internal: supervises one task process (started by the exec driver).
     #[command(hide = true)]
     Executor {
@@ -97,6 +113,36 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// The commands that listen rather than talk to a server, and the flag that says where: `--address` means
+/// nothing to them, so it is hidden from their help and refused.
+const OWN_ADDRESS_FLAG: [(&str, &str); 3] =
+    [("agent", "--servers ADDR[,ADDR…] (the servers it joins)"), ("dev", "--bind ADDR:PORT"), ("server", "--bind ADDR:PORT")];
+
+/// The grammar as clap builds it (for parsing and for completion scripts). The commands that listen get a
+/// hidden `--address` of their own in place of the global one, so that their help does not offer it.
+pub fn command() -> clap::Command {
+    let mut command = Cli::command();
+    for (name, _) in OWN_ADDRESS_FLAG {
+        command = command.mut_subcommand(name, |subcommand| subcommand.arg(clap::Arg::new("address").long("address").hide(true)));
+    }
+    command
+}
+
+/// Parses the command line; `davit agent --address …` is an error that names --servers.
+pub fn parse() -> Result<Cli, clap::Error> {
+    let mut command = command();
+    let matches = command.try_get_matches_from_mut(std::env::args_os())?;
+    if let Some((name, subcommand)) = matches.subcommand()
+        && let Some((_, flag)) = OWN_ADDRESS_FLAG.iter().find(|(own, _)| *own == name)
+        && subcommand.value_source("address") == Some(ValueSource::CommandLine)
+    {
+        let message = format!("`davit {name}` takes no --address (the server of client commands): pass {flag}");
+        let subcommand = command.find_subcommand_mut(name).expect("the subcommand just parsed");
+        return Err(subcommand.error(clap::error::ErrorKind::ArgumentConflict, message));
+    }
+    Cli::from_arg_matches(&matches).map_err(|error| error.format(&mut command))
 }
 
 impl Command {
@@ -132,120 +178,6 @@ pub struct Output {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
-}
-
-#[derive(Debug, Args)]
-pub struct DevArgs {
-    /// Keep state here (default: a fresh temporary directory, removed on exit).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Address of the HTTP API.
-    #[arg(long, default_value = "127.0.0.1:7646")]
-    pub bind: SocketAddr,
-    /// Address of the agent's own API (logs).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub agent_bind: SocketAddr,
-    /// Check tokens (as `davit server --acl`): bootstraps, prints the management token, and lets the dev
-    /// agent join with a one-time join token.
-    #[arg(long)]
-    pub acl: bool,
-    #[command(flatten)]
-    pub node: NodeArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct ServerArgs {
-    /// Where the store lives.
-    #[arg(long, default_value = "/var/lib/davit/server")]
-    pub data_dir: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:7646")]
-    pub bind: SocketAddr,
-    /// Scheduler workers (default: two per core).
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// Hard bound: mark a node down after this long without a heartbeat, whatever its phi-accrual
-    /// suspicion says (which usually marks a dead node down within about 2 s).
-    #[arg(long = "max-heartbeat-ttl", alias = "heartbeat-ttl", default_value = "10s")]
-    pub max_heartbeat_ttl: String,
-    /// Check every request's token against ACL policies; bootstrap the first token with `davit acl bootstrap`.
-    #[arg(long)]
-    pub acl: bool,
-    /// Serve the API on a non-loopback address without ACLs (anyone who reaches it owns the cluster).
-    #[arg(long)]
-    pub insecure_open_api: bool,
-    /// Write reads (GET requests) to the audit log too, not only writes.
-    #[arg(long)]
-    pub audit_reads: bool,
-    /// Serve HTTPS with mutual TLS: a CA is made in `<data dir>/tls/` on the first start (unless
-    /// --tls-ca-cert/--tls-ca-key name one); joining agents get node certificates signed by it.
-    #[arg(long)]
-    pub tls: bool,
-    /// The CA certificate (from `davit tls ca create`) instead of `<data dir>/tls/ca.pem`; implies --tls.
-    #[arg(long, requires = "tls_ca_key")]
-    pub tls_ca_cert: Option<PathBuf>,
-    /// The CA's key.
-    #[arg(long, requires = "tls_ca_cert")]
-    pub tls_ca_key: Option<PathBuf>,
-    /// This server's certificate (from `davit tls cert create --server`) instead of one the CA issues to it;
-    /// read again when the file changes.
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The key of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Another name (host name or IP address) for the server's own certificate, for tools that check the
-    /// address they dial (davit clients check the name `server.davit`). Repeatable.
-    #[arg(long = "tls-name", value_name = "NAME")]
-    pub tls_names: Vec<String>,
-    /// Lifetime of the certificates the server issues (its own and nodes'); each is renewed after two
-    /// thirds of it.
-    #[arg(long, default_value = "30d")]
-    pub tls_cert_ttl: String,
-    /// Most allocations per group (`count`) a job may ask for.
-    #[arg(long, default_value_t = davit_api::spec::SpecLimits::default().max_count)]
-    pub max_count: u32,
-    /// Most groups per job.
-    #[arg(long, default_value_t = davit_api::spec::SpecLimits::default().max_groups)]
-    pub max_groups: usize,
-    /// Most tasks per group.
-    #[arg(long, default_value_t = davit_api::spec::SpecLimits::default().max_tasks)]
-    pub max_tasks: usize,
-    /// Most ports per group.
-    #[arg(long, default_value_t = davit_api::spec::SpecLimits::default().max_ports)]
-    pub max_ports: usize,
-    /// Most bytes of environment (env and secret_env) per task; also bounds long texts (templates, user data).
-    #[arg(long, default_value_t = davit_api::spec::SpecLimits::default().max_env_bytes)]
-    pub max_env_bytes: usize,
-    /// Most bytes of any other string in a spec.
-    #[arg(long, default_value_t = davit_api::spec::SpecLimits::default().max_string_bytes)]
-    pub max_string_bytes: usize,
-    /// How often ended objects are garbage collected.
-    #[arg(long, default_value = "5m")]
-    pub gc_interval: String,
-    /// Collect evaluations that ended this long ago.
-    #[arg(long, default_value = "1h")]
-    pub eval_gc_threshold: String,
-    /// Collect allocations that ended (and were replaced or stopped) this long ago.
-    #[arg(long, default_value = "1h")]
-    pub alloc_gc_threshold: String,
-    /// Collect jobs stopped this long ago, once all their allocations ended.
-    #[arg(long, default_value = "4h")]
-    pub job_gc_threshold: String,
-    /// Versions kept per job (never the current one, nor one a live allocation runs).
-    #[arg(long, default_value_t = 10)]
-    pub job_max_versions: usize,
-    /// Most blocking queries open at once (429 beyond).
-    #[arg(long, default_value_t = davit_server::AdmissionConfig::default().blocking_queries)]
-    pub max_blocking_queries: usize,
-    /// Most blocking queries open at once from one client address.
-    #[arg(long, default_value_t = davit_server::AdmissionConfig::default().blocking_queries_per_client)]
-    pub max_blocking_queries_per_client: usize,
-    /// Most event streams open at once.
-    #[arg(long, default_value_t = davit_server::AdmissionConfig::default().event_streams)]
-    pub max_event_streams: usize,
-    /// Most event streams open at once from one client address.
-    #[arg(long, default_value_t = davit_server::AdmissionConfig::default().event_streams_per_client)]
-    pub max_event_streams_per_client: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -301,73 +233,6 @@ pub enum TlsCertCommand {
         #[arg(long, default_value = "365d")]
         ttl: String,
     },
-}
-
-#[derive(Debug, Args)]
-pub struct AgentArgs {
-    /// Server addresses, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = davit_api::http::DEFAULT_SERVER_ADDR)]
-    pub servers: Vec<String>,
-    /// Where allocations, logs and the agent's state live.
-    #[arg(long, default_value = "/var/lib/davit/agent")]
-    pub data_dir: PathBuf,
-    /// Join a cluster that checks tokens: register once with this join token, then act with the node's own
-    /// identity (kept in the data dir). See `davit acl join-token create`.
-    #[arg(long, env = "DAVIT_JOIN_TOKEN", hide_env_values = true)]
-    pub join_token: Option<String>,
-    /// Address of the agent's own API (logs).
-    #[arg(long, default_value = "127.0.0.1:7647")]
-    pub bind: SocketAddr,
-    /// The host or IP address servers and other agents reach this node at (its API, live migrations);
-    /// default: the --bind address, or 127.0.0.1 when that is 0.0.0.0.
-    #[arg(long, value_name = "HOST")]
-    pub advertise: Option<String>,
-    #[command(flatten)]
-    pub node: NodeArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct NodeArgs {
-    /// Node name (default: the host name).
-    #[arg(long)]
-    pub node_name: Option<String>,
-    #[arg(long, default_value = "dc1")]
-    pub datacenter: String,
-    #[arg(long, default_value = "")]
-    pub node_class: String,
-    /// Host ports the scheduler may assign, e.g. 20000-32000.
-    #[arg(long, default_value = "20000-32000")]
-    pub port_range: String,
-    /// Extra node attribute for constraints, KEY=VALUE (repeatable).
-    #[arg(long = "meta", value_name = "KEY=VALUE")]
-    pub meta: Vec<String>,
-    /// OCI runtime of the container driver: auto (crun if installed, else runc), crun or runc.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "crun", "runc"])]
-    pub container_runtime: String,
-    /// Registry reached over plain HTTP (HOST[:PORT], repeatable); loopback registries always are.
-    #[arg(long = "insecure-registry", value_name = "HOST")]
-    pub insecure_registries: Vec<String>,
-    /// Registry credentials HOST=USER:PASSWORD (repeatable).
-    #[arg(long = "registry-auth", value_name = "HOST=USER:PASSWORD", env = "DAVIT_REGISTRY_AUTH", value_delimiter = ',')]
-    pub registry_auth: Vec<String>,
-    /// Host directory containers may mount (repeatable); paths in the allocation directory always may.
-    #[arg(long = "allow-host-path", value_name = "DIR")]
-    pub allowed_host_paths: Vec<PathBuf>,
-    /// Let tasks run privileged containers.
-    #[arg(long)]
-    pub allow_privileged: bool,
-    /// Evict unused images (least recently used first) when the image cache grows past this many MiB.
-    #[arg(long, default_value_t = 10240)]
-    pub image_cache_mib: u64,
-    /// Address (UDP and TCP) of the node's service DNS server: <service>.service.davit, <alloc-id>.alloc.davit.
-    #[arg(long, default_value = "127.0.0.1:8600")]
-    pub dns_bind: SocketAddr,
-    /// IP the service proxy listens on (services' `local_port`, tasks' `upstreams`).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub proxy_bind_ip: IpAddr,
-    /// Run no service proxy and no DNS server on this node.
-    #[arg(long)]
-    pub no_service_proxy: bool,
 }
 
 #[derive(Debug, Args)]
@@ -448,6 +313,8 @@ pub enum JobCommand {
     /// Register an earlier version's spec as the newest version.
     Revert {
         name: String,
+        // Its id is not `version`: that is the `--version` flag's.
+        #[arg(id = "revert_to", value_name = "VERSION")]
         version: u64,
         #[arg(long, short = 'd')]
         detach: bool,
@@ -796,128 +663,5 @@ pub enum AclTokenCommand {
     Whoami {
         #[command(flatten)]
         output: Output,
-    },
-}
-
-/// The shape of simulated nodes (`davit sim`, `davit bench`).
-#[derive(Debug, Clone, Args)]
-pub struct SimNodeArgs {
-    /// Values of the node attribute `zone`, given to the nodes round-robin.
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
-    pub zones: Vec<String>,
-    /// Node classes, given to the nodes round-robin (default: no class).
-    #[arg(long, value_delimiter = ',')]
-    pub classes: Vec<String>,
-    /// CPU of each node, in millicores.
-    #[arg(long, default_value_t = 4000)]
-    pub cpu: u64,
-    /// Memory of each node, in MiB.
-    #[arg(long, default_value_t = 8192)]
-    pub memory: u64,
-    #[arg(long, default_value = "dc1")]
-    pub datacenter: String,
-}
-
-#[derive(Debug, Args)]
-pub struct SimArgs {
-    /// How many nodes to simulate.
-    #[arg(long, default_value_t = 100)]
-    pub nodes: usize,
-    /// Server address (default: --address / DAVIT_ADDR).
-    #[arg(long)]
-    pub server: Option<String>,
-    #[command(flatten)]
-    pub shape: SimNodeArgs,
-    /// Node names are PREFIX-00001…; ids are `<8 hex digits>-<name>`, random per run and node, so two sims
-    /// never share a node and short ids (as `node ls` shows them) tell the nodes apart.
-    #[arg(long, default_value = "sim")]
-    pub name_prefix: String,
-    /// Interval between heartbeat rounds (default: the interval the server asks for).
-    #[arg(long)]
-    pub heartbeat: Option<String>,
-    /// Nodes per long-poll request (the allocations of many nodes are watched together).
-    #[arg(long, default_value_t = 2500)]
-    pub poll_batch: usize,
-    /// Print a progress line this often (machine-readable: `sim: key=value …`); 0 never.
-    #[arg(long, default_value = "1s")]
-    pub progress: String,
-    /// Stop after this long (default: run until interrupted).
-    #[arg(long)]
-    pub duration: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
-pub enum Algorithm {
-    /// Fill the fullest node that fits (the default).
-    #[default]
-    Binpack,
-    /// Use the emptiest node.
-    Spread,
-    /// Keep a node's CPU and memory use even.
-    Balanced,
-}
-
-/// What the benchmark jobs look like and how the cluster schedules them (`davit bench scheduler|e2e`).
-#[derive(Debug, Args)]
-pub struct WorkloadArgs {
-    /// Allocations per job (one evaluation each).
-    #[arg(long, default_value_t = 1000)]
-    pub job_size: usize,
-    /// CPU (millicores) and memory (MiB) of each allocation.
-    #[arg(long, default_value_t = 20)]
-    pub alloc_cpu: u32,
-    #[arg(long, default_value_t = 32)]
-    pub alloc_memory: u32,
-    #[command(flatten)]
-    pub shape: SimNodeArgs,
-    /// The cluster's placement algorithm (the benchmark jobs do not set their own).
-    #[arg(long, value_enum, default_value_t = Algorithm::Binpack)]
-    pub algorithm: Algorithm,
-    /// Fitting nodes scored per placement. Default: the server's sampling (services log2 of the nodes, at
-    /// least 2; batch 2); `all` scores every feasible node (the tightest packing, O(nodes) per placement).
-    #[arg(long)]
-    pub candidates: Option<String>,
-    /// Make the benchmark jobs batch jobs (2 candidates per placement by default) instead of services.
-    #[arg(long)]
-    pub batch: bool,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// The pure scheduler on an in-memory cluster: placements/s, latency per placement and per evaluation,
-    /// peak memory.
-    Scheduler {
-        #[arg(long, default_value_t = 10_000)]
-        nodes: usize,
-        /// Stop once this many allocations are placed.
-        #[arg(long, default_value_t = 100_000)]
-        allocs: usize,
-        #[command(flatten)]
-        workload: WorkloadArgs,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
-    /// A server in this process (embedded store in a temporary directory) and `davit sim` in a child process:
-    /// submit jobs until the allocations run; wall time, placements/s, API latency, peak memory.
-    E2e {
-        #[arg(long, default_value_t = 1000)]
-        nodes: usize,
-        /// Stop once this many allocations run (as the simulated agents see them).
-        #[arg(long, default_value_t = 100_000)]
-        allocs: usize,
-        #[command(flatten)]
-        workload: WorkloadArgs,
-        /// Scheduler workers (default: two per core).
-        #[arg(long)]
-        workers: Option<usize>,
-        /// Give up after this long.
-        #[arg(long, default_value = "10m")]
-        timeout: String,
-        /// Run the server with ACLs: every request of the sim and the benchmark carries a token.
-        #[arg(long)]
-        acl: bool,
-        /// Serve HTTPS (a CA made for the run): the sim and the benchmark talk TLS to the server.
-        #[arg(long)]
-        tls: bool,
     },
 }
