@@ -318,7 +318,9 @@ impl TaskRunner {
             self.shared.commit().await;
             return Err(StartFailure::Fatal);
         };
-        let handle = match live.start_incoming(config, port).await {
+        // On the node's own address only: the guest's memory travels over this connection.
+        let listen = format!("{}:{port}", context.advertise_host);
+        let handle = match live.start_incoming(config, &listen).await {
             Ok(handle) => handle,
             Err(error) => {
                 tracing::warn!(alloc_id = %config.alloc_id, task = %name, %error, "starting the migration destination failed");
@@ -327,7 +329,7 @@ impl TaskRunner {
                 return Err(StartFailure::Fatal);
             }
         };
-        let uri = format!("tcp:{}:{port}", context.advertise_host);
+        let uri = format!("tcp:{listen}");
         self.shared.with_state(|state| state.handles.insert(name.clone(), handle.clone()));
         let message = format!("waiting for the guest's state from allocation {} on {uri}", short(&migration.peer_alloc_id));
         self.shared.update_task(name, Some(event("Migrating In", &message)), |state| state.pid = Some(handle.pid));

@@ -283,8 +283,8 @@ pub trait Driver: Send + Sync + 'static {
 /// ([`wait_incoming`](LiveMigration::wait_incoming) resolves then). Who tells whom where to connect is the
 /// caller's business.
 pub trait LiveMigration: Send + Sync {
-    /// Starts the task as the destination of a migration, waiting for its state on `listen_port`.
-    fn start_incoming<'a>(&'a self, config: &'a TaskConfig, listen_port: u16) -> BoxFuture<'a, Result<TaskHandle, DriverError>>;
+    /// Starts the task as the destination of a migration, waiting for its state on `listen` (`host:port`).
+    fn start_incoming<'a>(&'a self, config: &'a TaskConfig, listen: &'a str) -> BoxFuture<'a, Result<TaskHandle, DriverError>>;
     /// Resolves once the destination task of `handle` runs (its migration completed); fails if it cannot.
     fn wait_incoming<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Migrates the running task of `handle` to `destination_uri` (`tcp:host:port`) and ends it there.

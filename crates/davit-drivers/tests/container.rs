@@ -299,12 +299,21 @@ async fn http_get(port: u16) -> Option<String> {
 
 /// Polls `GET /` until the server answers (the container has no readiness event the test could await).
 async fn wait_for_http(port: u16) -> String {
+    wait_for_http_of(port, None).await
+}
+
+/// [`wait_for_http`] that shows the task's logs in `log_dir` if nothing answers.
+async fn wait_for_http_of(port: u16, log_dir: Option<&Path>) -> String {
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Some(body) = http_get(port).await {
             return body;
         }
-        assert!(Instant::now() < deadline, "nothing answered on port {port} within {PATIENCE:?}");
+        let logs = || {
+            let read = |stream: &str| log_dir.and_then(|dir| std::fs::read_to_string(dir.join(format!("web.{stream}.0"))).ok());
+            format!("stdout {:?}, stderr {:?}", read("stdout"), read("stderr"))
+        };
+        assert!(Instant::now() < deadline, "nothing answered on port {port} within {PATIENCE:?}; the task's {}", logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -385,7 +394,8 @@ async fn httpd_serves_on_its_port_with_env_and_limits(runtime: RuntimeChoice) {
     assert_ne!(first.pid, second.pid);
     assert_ne!(second.pid, third.pid);
     for (index, port) in ports.iter().enumerate() {
-        assert_eq!(wait_for_http(*port).await.trim(), format!("hi-from-{index}"));
+        let log_dir = fx.alloc_dir_of(&format!("{}-{index}", fx.alloc_id)).join("alloc").join("logs");
+        assert_eq!(wait_for_http_of(*port, Some(&log_dir)).await.trim(), format!("hi-from-{index}"));
     }
     assert_eq!(wait_for_http(port).await.trim(), "hi-from-env", "the first container still serves");
 }

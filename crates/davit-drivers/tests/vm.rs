@@ -342,7 +342,7 @@ async fn live_migration_keeps_guest_memory() {
     for expected in 1..=3 {
         assert_eq!(http_get(source_port, "/cgi-bin/counter").await.unwrap().trim(), expected.to_string());
     }
-    let destination = destination_driver.start_incoming(&destination_config, migration_port).await.unwrap();
+    let destination = destination_driver.start_incoming(&destination_config, &format!("127.0.0.1:{migration_port}")).await.unwrap();
     assert_eq!(destination_driver.guest_status(&destination).await.unwrap(), "inmigrate");
     let report = source_driver.migrate(&source, &format!("tcp:127.0.0.1:{migration_port}")).await.unwrap();
     println!("migration: {report:?}");

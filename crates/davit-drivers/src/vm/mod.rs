@@ -196,9 +196,10 @@ impl VmDriver {
     }
 
     /// Starts the destination of a live migration: the same VM as `config` would start, waiting for its state
-    /// on `tcp:0.0.0.0:<listen_port>`. The returned handle is a normal vm task handle once the migration is done.
-    pub async fn start_incoming(&self, config: &TaskConfig, listen_port: u16) -> Result<TaskHandle, DriverError> {
-        self.start_vm(config, Some(listen_port)).await
+    /// on `tcp:<listen>` (`host:port`, the node's own address: not every interface). The returned handle is a
+    /// normal vm task handle once the migration is done.
+    pub async fn start_incoming(&self, config: &TaskConfig, listen: &str) -> Result<TaskHandle, DriverError> {
+        self.start_vm(config, Some(listen)).await
     }
 
     /// Migrates the running VM of `handle` to `destination_uri` (`tcp:host:port`, where
@@ -277,7 +278,7 @@ impl VmDriver {
         connect_qmp(&state.qmp_socket, QMP_PATIENCE).await?.query_status().await.map_err(qmp_error)
     }
 
-    async fn start_vm(&self, task: &TaskConfig, incoming_port: Option<u16>) -> Result<TaskHandle, DriverError> {
+    async fn start_vm(&self, task: &TaskConfig, incoming: Option<&str>) -> Result<TaskHandle, DriverError> {
         let start_error = |message: String| DriverError::Start { task: task.task_name.clone(), message, source: None };
         let mut config = config::parse(&task.driver_config)?;
         let accel = match config.accel {
@@ -303,7 +304,7 @@ impl VmDriver {
             }
         }
         let writable_disks = config.disk.iter().chain(&config.extra_disks).any(|disk| disk.overlay);
-        if incoming_port.is_some() && writable_disks {
+        if incoming.is_some() && writable_disks {
             return Err(invalid("live migration of guests with writable disks is not supported (use overlay: false or no disk)"));
         }
         std::fs::create_dir_all(&task.task_dir)
@@ -358,7 +359,7 @@ impl VmDriver {
             ports: &ports,
             qmp_socket: &qmp_socket,
             microvm_firmware: self.config.microvm_firmware.as_deref(),
-            incoming_port,
+            incoming,
         };
         let args = plan.args();
         tracing::debug!(task = %task.task_name, ?args, "starting qemu");
@@ -410,8 +411,8 @@ impl VmDriver {
 }
 
 impl crate::LiveMigration for VmDriver {
-    fn start_incoming<'a>(&'a self, config: &'a TaskConfig, listen_port: u16) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
-        Box::pin(VmDriver::start_incoming(self, config, listen_port))
+    fn start_incoming<'a>(&'a self, config: &'a TaskConfig, listen: &'a str) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
+        Box::pin(VmDriver::start_incoming(self, config, listen))
     }
 
     fn wait_incoming<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
@@ -581,7 +582,8 @@ struct QemuPlan<'a> {
     ports: &'a [PortForward],
     qmp_socket: &'a Path,
     microvm_firmware: Option<&'a Path>,
-    incoming_port: Option<u16>,
+    /// `host:port` to wait for a migration's state on.
+    incoming: Option<&'a str>,
 }
 
 impl QemuPlan<'_> {
@@ -633,8 +635,8 @@ impl QemuPlan<'_> {
             let boot = if !microvm && index == 0 && self.config.kernel.is_none() { ",bootindex=0" } else { "" };
             push(&["-device", &format!("{blk_device},drive=drive{index}{boot}")]);
         }
-        if let Some(port) = self.incoming_port {
-            push(&["-incoming", &format!("tcp:0.0.0.0:{port}")]);
+        if let Some(listen) = self.incoming {
+            push(&["-incoming", &format!("tcp:{listen}")]);
         }
         args
     }
@@ -726,7 +728,7 @@ mod tests {
             ports: &ports,
             qmp_socket: Path::new("/t/qmp.sock"),
             microvm_firmware: Some(Path::new("/usr/share/qemu/qboot.rom")),
-            incoming_port: Some(4444),
+            incoming: Some("127.0.0.1:4444"),
         };
         assert_eq!(
             plan.args().join(" "),
@@ -735,7 +737,7 @@ mod tests {
              -qmp unix:/t/qmp.sock,server=on,wait=off -kernel /g/vmlinux -initrd /g/initrd -append console=ttyS0 quiet \
              -netdev user,id=net0,hostfwd=tcp::23456-:8080 -device virtio-net-device,netdev=net0 \
              -drive file=/t/cidata.img,format=raw,if=none,id=drive0,readonly=on -device virtio-blk-device,drive=drive0 \
-             -incoming tcp:0.0.0.0:4444"
+             -incoming tcp:127.0.0.1:4444"
         );
     }
 }
