@@ -14,7 +14,10 @@ pub(crate) fn logs(alloc_dir: &Path) -> PathBuf {
 
 /// Creates the allocation's directories (again, after an agent restart).
 pub(crate) fn create(alloc_dir: &Path, tasks: &[String]) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(logs(alloc_dir))?;
+    // Tasks see the host read-only, not other allocations' logs: only the agent reads them.
+    std::fs::set_permissions(logs(alloc_dir), std::fs::Permissions::from_mode(0o700))?;
     std::fs::create_dir_all(alloc_dir.join("alloc").join("data"))?;
     for task in tasks {
         std::fs::create_dir_all(alloc_dir.join(task).join("local"))?;

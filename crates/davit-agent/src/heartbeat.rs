@@ -61,6 +61,7 @@ pub async fn run(context: Arc<AgentContext>, node: Node, registered: watch::Send
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
+                context.servers.acknowledged();
                 tracing::info!(node_id = %node.id, interval_ms = response.heartbeat_interval_ms, acl = response.acl_enabled, "registered with the server");
                 context.acl.set_enabled(response.acl_enabled);
                 if let Some(node_token) = &response.node_token {
@@ -111,6 +112,7 @@ pub async fn run(context: Arc<AgentContext>, node: Node, registered: watch::Send
                 .await
             {
                 Ok(response) => {
+                    context.servers.acknowledged();
                     if failures > 0 {
                         tracing::info!("heartbeats reach the server again");
                     }

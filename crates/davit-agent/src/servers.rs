@@ -14,7 +14,7 @@ pub struct ServerPool {
     clients: Arc<RwLock<Arc<[Client]>>>,
     current: Arc<AtomicUsize>,
     tls: Option<ClientTls>,
-    /// When a server last answered (anything but a failure of the server or of reaching it).
+    /// When a server last acknowledged this node (a registration or a heartbeat).
     contact: Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
@@ -55,16 +55,18 @@ impl ServerPool {
                     last_error = Some(error);
                     let _ = self.current.compare_exchange(position, (position + 1) % clients.len(), Ordering::Relaxed, Ordering::Relaxed);
                 }
-                other => {
-                    *self.contact.lock().expect("contact lock") = std::time::Instant::now();
-                    return other;
-                }
+                other => return other,
             }
         }
         Err(last_error.expect("at least one server"))
     }
 
-    /// How long no server has answered.
+    /// A server acknowledged this node now.
+    pub fn acknowledged(&self) {
+        *self.contact.lock().expect("contact lock") = std::time::Instant::now();
+    }
+
+    /// How long no server has acknowledged this node.
     pub fn silent_for(&self) -> std::time::Duration {
         self.contact.lock().expect("contact lock").elapsed()
     }

@@ -324,9 +324,10 @@ impl Driver for ExecDriver {
             let invalid = |message: String| DriverError::InvalidConfig { driver: DRIVER_NAME, message };
             let task_config = ExecConfig::parse(&config.driver_config).map_err(invalid)?;
             let user = config.user.clone().unwrap_or_else(|| DEFAULT_USER.to_owned());
-            let ids = sys::lookup_user(&user).map_err(|error| invalid(format!("user {user:?}: {error}")))?;
+            let name = user.clone();
+            let ids = blocking(move || sys::lookup_user(&name)).await.map_err(|error| invalid(format!("user {user:?}: {error}")))?;
             if !self.config.allow_root_exec {
-                if ids.uid == 0 {
+                if ids.uid == 0 || ids.gid == 0 {
                     return Err(invalid(format!(
                         "exec tasks may not run as root (user {user:?}) on this node: start its agent with --allow-root-exec, or remove `user:` to run as {DEFAULT_USER}"
                     )));
@@ -504,6 +505,13 @@ fn prepare_task_dirs(task_dir: &Path, shared: &Path, ids: sys::UserIds) -> Resul
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     std::fs::create_dir_all(task_dir).map_err(|error| format!("creating {}: {error}", task_dir.display()))?;
     std::fs::create_dir_all(shared).map_err(|error| format!("creating {}: {error}", shared.display()))?;
+    // A container of the allocation sees `alloc/` as `/alloc`: never follow a link it planted.
+    for dir in [task_dir, shared] {
+        let metadata = std::fs::symlink_metadata(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+        if !metadata.is_dir() {
+            return Err(format!("{} is not a directory (a link?): refusing to use it", dir.display()));
+        }
+    }
     std::fs::set_permissions(shared, std::fs::Permissions::from_mode(0o1777)).map_err(|error| format!("{}: {error}", shared.display()))?;
     for ancestor in task_dir.ancestors().skip(1) {
         let Ok(metadata) = std::fs::metadata(ancestor) else { continue };

@@ -332,6 +332,10 @@ pub(crate) fn enter_task_context(cgroup_procs_fds: &[RawFd], user: Option<&UserI
     if let Some(user) = user {
         // SAFETY: plain system calls without memory arguments (setgroups gets a null list of length 0).
         unsafe {
+            // No set-uid file can give an unprivileged task its privileges back.
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             if libc::setgroups(0, std::ptr::null()) != 0 {
                 return Err(io::Error::last_os_error());
             }

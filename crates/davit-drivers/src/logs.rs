@@ -117,7 +117,7 @@ fn existing_indexes(dir: &Path, base_name: &str) -> io::Result<Vec<u64>> {
 /// second line of defence).
 fn open_append(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    File::options().create(true).append(true).custom_flags(libc::O_NOFOLLOW).open(path)
+    File::options().create(true).append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
 #[cfg(test)]

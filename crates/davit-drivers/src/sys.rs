@@ -230,15 +230,19 @@ struct MountAttr {
 }
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 
-/// Makes the mount at `path` and every mount below it read-only (`read_only`) or writable again.
+/// Makes the mount at `path` and every mount below it read-only (`read_only`) or writable again; either way
+/// set-uid bits and device files there stop working (`nosuid`, `nodev`), except under `/dev` (`devices`).
 ///
 /// # Safety
 /// Only a system call on the pointer of a live C string; async-signal-safe.
-unsafe fn set_read_only(path: &std::ffi::CStr, read_only: bool) -> io::Result<()> {
+unsafe fn set_read_only(path: &std::ffi::CStr, read_only: bool, devices: bool) -> io::Result<()> {
+    let hardening = MOUNT_ATTR_NOSUID | if devices { 0 } else { MOUNT_ATTR_NODEV };
     let attr = MountAttr {
-        attr_set: if read_only { MOUNT_ATTR_RDONLY } else { 0 },
-        attr_clr: if read_only { 0 } else { MOUNT_ATTR_RDONLY },
+        attr_set: hardening | if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: (if read_only { 0 } else { MOUNT_ATTR_RDONLY }) | if devices { MOUNT_ATTR_NODEV } else { 0 },
         propagation: 0,
         userns_fd: 0,
     };
@@ -267,11 +271,19 @@ pub fn isolate_filesystem(writable: &[std::ffi::CString], cwd: &std::ffi::CStr, 
     unsafe {
         check(libc::unshare(libc::CLONE_NEWNS))?;
         check(libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
-        set_read_only(c"/", true)?;
-        set_read_only(c"/dev", false)?;
+        set_read_only(c"/", true, false)?;
+        set_read_only(c"/dev", false, true)?;
+        // The host's /dev/shm is shared and world-writable: the task gets its own.
+        check(libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/dev/shm".as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"mode=1777,size=65536k".as_ptr().cast(),
+        ))?;
         for path in writable {
             check(libc::mount(path.as_ptr(), path.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
-            set_read_only(path, false)?;
+            set_read_only(path, false, false)?;
         }
         if let Some(options) = tmp_options {
             check(libc::mount(
@@ -303,7 +315,9 @@ pub fn mount_overlay(target: &std::path::Path, options: &str) -> io::Result<()> 
     let target = c_paths(&[target.to_path_buf()])?.remove(0);
     let options = std::ffi::CString::new(options).map_err(io::Error::other)?;
     // SAFETY: all pointers come from live C strings.
-    let result = unsafe { libc::mount(c"overlay".as_ptr(), target.as_ptr(), c"overlay".as_ptr(), 0, options.as_ptr().cast()) };
+    let result = unsafe {
+        libc::mount(c"overlay".as_ptr(), target.as_ptr(), c"overlay".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, options.as_ptr().cast())
+    };
     if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 

@@ -394,4 +394,17 @@ async fn fingerprint_reports_the_accelerator_and_bad_configs_are_rejected() {
     shadow["disk"] = json!({"image": "/etc/shadow", "format": "raw", "overlay": false});
     let error = driver.start(&fx.task("shadow", "shadow", shadow, free_port())).await.unwrap_err();
     assert!(error.to_string().contains("outside this node's VM image directories"), "{error}");
+    // An image in the image directory that names a host file as its backing file is refused too.
+    let sneaky = fx.guest.join(format!("backed-by-shadow-{}.qcow2", std::process::id()));
+    let created = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/shadow"])
+        .arg(&sneaky)
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let mut backed = fx.kernel_config("");
+    backed["disk"] = json!({"image": sneaky, "format": "qcow2", "overlay": false});
+    let error = driver.start(&fx.task("backed", "backed", backed, free_port())).await.unwrap_err();
+    std::fs::remove_file(&sneaky).unwrap();
+    assert!(error.to_string().contains("refers to another file (/etc/shadow)"), "{error}");
 }

@@ -129,15 +129,7 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec, spec: &JobSpec) {
         check_reschedule(ctx, &format!("{path}.reschedule"), reschedule, job_type);
     }
     if let Some(disconnect) = &group.disconnect {
-        for (field, value) in [("stop_after", disconnect.stop_after), ("lost_after", disconnect.lost_after)] {
-            if value.is_some_and(|value| value.as_std().is_zero()) {
-                ctx.report(
-                    &format!("{path}.disconnect.{field}"),
-                    format!("{field} must be longer than 0s"),
-                    Some("e.g. 30s, or leave it out".to_string()),
-                );
-            }
-        }
+        check_disconnect(ctx, &format!("{path}.disconnect"), disconnect);
     }
     if group.migrate == MigrateMode::Live
         && let Some(task) = group.tasks.iter().find(|task| task.driver != DriverName::Vm)
@@ -244,6 +236,44 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec, spec: &JobSpec) {
 }
 
 /// Reschedule: `delay` ≤ `max_delay`; bounded attempts need an interval; `unlimited` excludes bounds.
+/// `stop_after` within 2 s..24 h (shorter fences a node over one slow heartbeat), `lost_after` within
+/// 1 s..7 d, longer than `stop_after` (else the servers replace an allocation its agent still runs), and only
+/// with `replace: true` (without a replacement there is nothing to wait for).
+fn check_disconnect(ctx: &Ctx, path: &str, disconnect: &super::DisconnectSpec) {
+    let bounds = [
+        ("stop_after", disconnect.stop_after, std::time::Duration::from_secs(2), std::time::Duration::from_secs(24 * 3600)),
+        ("lost_after", disconnect.lost_after, std::time::Duration::from_secs(1), std::time::Duration::from_secs(7 * 24 * 3600)),
+    ];
+    for (field, value, min, max) in bounds {
+        if let Some(value) = value
+            && !(min..=max).contains(&value.as_std())
+        {
+            ctx.report(
+                &format!("{path}.{field}"),
+                format!("{field} {value} is out of range: from {} to {}", crate::Duration(min), crate::Duration(max)),
+                Some("e.g. 30s, or leave it out".to_string()),
+            );
+        }
+    }
+    if let Some(lost_after) = disconnect.lost_after {
+        if !disconnect.replace {
+            ctx.report(
+                &format!("{path}.lost_after"),
+                "lost_after has no effect with `replace: false` (the allocation waits for its node however long)",
+                Some("remove one of them".to_string()),
+            );
+        } else if let Some(stop_after) = disconnect.stop_after
+            && lost_after <= stop_after
+        {
+            ctx.report(
+                &format!("{path}.lost_after"),
+                format!("lost_after {lost_after} must be longer than stop_after {stop_after}, or the servers replace the allocation while its agent still runs it"),
+                Some(format!("e.g. lost_after: {}", crate::Duration(stop_after.as_std() * 2))),
+            );
+        }
+    }
+}
+
 fn check_reschedule(ctx: &Ctx, path: &str, policy: &ReschedulePolicy, job_type: JobType) {
     let resolved = policy.resolve(job_type);
     if resolved.delay > resolved.max_delay {

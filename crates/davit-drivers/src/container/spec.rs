@@ -187,9 +187,20 @@ fn mount_source(source: &str, alloc_dir: &Path, allowed: &[PathBuf]) -> Result<P
             "host path {source:?} is not allowed on this node (start its agent with --allow-host-path DIR); use a path relative to the allocation directory such as `alloc/data`"
         )));
     }
+    // The agent's own parts of the allocation (`.logs`, `.executor`, `.container`) are not for tasks.
+    if path.components().any(|component| component.as_os_str().to_string_lossy().starts_with('.')) {
+        return Err(invalid(format!("mount source {source:?} names a hidden part of the allocation directory")));
+    }
     let resolved = alloc_dir.join(path);
     std::fs::create_dir_all(&resolved).map_err(|source| io_error(format!("creating {}", resolved.display()), source))?;
-    Ok(resolved)
+    // A task may have planted a link on the way (`alloc/` is writable in containers): what is mounted must
+    // still be inside the allocation directory once links are resolved.
+    let real = std::fs::canonicalize(&resolved).map_err(|source| io_error(format!("resolving {}", resolved.display()), source))?;
+    let inside = std::fs::canonicalize(alloc_dir).map_err(|source| io_error(format!("resolving {}", alloc_dir.display()), source))?;
+    if !real.starts_with(&inside) {
+        return Err(invalid(format!("mount source {source:?} leads out of the allocation directory (a link?)")));
+    }
+    Ok(real)
 }
 
 fn capabilities(task: &ContainerConfig, device_cgroup: bool) -> Result<LinuxCapabilities, DriverError> {

@@ -42,11 +42,12 @@ impl ImagePolicy {
     }
 
     /// `path` (a kernel, initrd or disk image: `what`) if it is a file in one of the image directories or in
-    /// `alloc_dir`, after following links.
+    /// the allocation's `alloc/data`, after following links.
     pub(crate) fn local_file(&self, what: &str, path: &str, alloc_dir: &Path) -> Result<PathBuf, DriverError> {
         let real = std::fs::canonicalize(path).map_err(|error| invalid(format!("{what} {path}: {error}")))?;
         let inside = |dir: &Path| std::fs::canonicalize(dir).is_ok_and(|dir| real.starts_with(dir));
-        if !(self.image_dirs.iter().any(|dir| inside(dir)) || inside(alloc_dir)) {
+        // Of the allocation directory, only what tasks share (`alloc/data`): not the agent's hidden parts.
+        if !(self.image_dirs.iter().any(|dir| inside(dir)) || inside(&alloc_dir.join("alloc").join("data"))) {
             let dirs: Vec<String> = self.image_dirs.iter().map(|dir| dir.display().to_string()).collect();
             return Err(invalid(format!(
                 "{what} {path} is outside this node's VM image directories ({}): put it there, or start the agent with --vm-image-dir DIR",
@@ -108,7 +109,10 @@ pub(crate) async fn resolve(
     policy.check_url(image)?;
     std::fs::create_dir_all(&cache_dir)
         .map_err(|source| DriverError::Io { operation: format!("creating {}", cache_dir.display()), source })?;
-    let temporary = cache_dir.join(format!(".{expected}.{}.part", std::process::id()));
+    static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let download_number = DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // One file per download, even for two downloads of one image at once: each verifies what it wrote.
+    let temporary = cache_dir.join(format!(".{expected}.{}.{download_number}.part", std::process::id()));
     let downloaded = match tokio::time::timeout(policy.download_timeout, download(image, &temporary, policy.max_download_bytes)).await {
         Ok(downloaded) => downloaded,
         Err(_) => Err(DriverError::Other(format!("downloading {image}: not done within {:?}", policy.download_timeout))),
@@ -143,8 +147,11 @@ async fn download(url: &str, path: &Path, max_bytes: u64) -> Result<String, Driv
         return Err(too_big());
     }
     let mut written = 0u64;
-    let mut file =
-        std::fs::File::create(path).map_err(|source| DriverError::Io { operation: format!("creating {}", path.display()), source })?;
+    let mut file = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|source| DriverError::Io { operation: format!("creating {}", path.display()), source })?;
     let mut hasher = Sha256::new();
     while let Some(chunk) = response.chunk().await.map_err(|error| failed(error.to_string()))? {
         written = written.saturating_add(chunk.len() as u64);
@@ -180,6 +187,46 @@ impl Write for HashWriter<'_> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Refuses an image that names other files QEMU would open too (a qcow2/qed backing file or external data
+/// file, vmdk extents elsewhere): checking the image's own path would not cover them.
+pub(crate) async fn check_self_contained(qemu_img: &Path, image: &Path, format: &str) -> Result<(), DriverError> {
+    let output = tokio::process::Command::new(qemu_img)
+        .args(["info", "--output=json", "-f", format])
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| DriverError::Io { operation: format!("running {}", qemu_img.display()), source })?;
+    if !output.status.success() {
+        return Err(invalid(format!("disk image {}: {}", image.display(), String::from_utf8_lossy(&output.stderr).trim())));
+    }
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|error| DriverError::Other(format!("qemu-img info of {}: {error}", image.display())))?;
+    let data = &info["format-specific"]["data"];
+    let mut references: Vec<String> = ["backing-filename", "full-backing-filename"]
+        .iter()
+        .filter_map(|key| info[*key].as_str().map(str::to_owned))
+        .chain(data["data-file"].as_str().map(str::to_owned))
+        .collect();
+    let own = image.display().to_string();
+    references.extend(
+        data["extents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|extent| extent["filename"].as_str())
+            .filter(|name| *name != own)
+            .map(str::to_owned),
+    );
+    if let Some(reference) = references.first() {
+        return Err(invalid(format!(
+            "disk image {} refers to another file ({reference}): only self-contained images are used (qemu-img convert it)",
+            image.display()
+        )));
+    }
+    Ok(())
 }
 
 /// `qemu-img create -f qcow2 -F <format> -b <base> <overlay>`: the base is never written.

@@ -319,6 +319,7 @@ impl VmDriver {
         for (index, disk) in config.disk.iter().chain(&config.extra_disks).enumerate() {
             let base =
                 image::resolve(&disk.image, disk.checksum.as_deref(), &self.config.data_dir, &self.config.images, &task.alloc_dir).await?;
+            image::check_self_contained(&self.config.qemu_img_binary, &base, disk.format.as_str()).await?;
             if disk.overlay {
                 let overlay = task.task_dir.join(format!("disk-{index}.qcow2"));
                 image::create_overlay(&self.config.qemu_img_binary, &base, disk.format.as_str(), &overlay).await?;
