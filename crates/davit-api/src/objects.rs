@@ -456,6 +456,9 @@ pub enum EvalTrigger {
     /// An allocation was stopped to migrate it off a draining node.
     NodeDrain,
     AllocFailure,
+    /// An allocation of a service or system job finished on its node while it should run (its tasks
+    /// completed, or its agent stopped it: `disconnect.stop_after`): place it again.
+    AllocComplete,
     /// A blocked evaluation retried because capacity changed.
     QueuedAllocs,
     /// `davit rebalance` moved allocations of the job (recorded complete, for the history).

@@ -121,8 +121,11 @@ fn reconcile_group(
     let mut lost: Vec<&Arc<Allocation>> = Vec::new();
     let mut scaled_down: Vec<&Arc<Allocation>> = Vec::new();
 
-    // Live allocations: desired run, not terminal on the client.
-    for alloc in allocs.iter().filter(|alloc| !alloc.client_status.is_terminal()) {
+    // Live allocations: desired run, not terminal on the client. Those on reachable nodes first, so that one
+    // held on a down node (`disconnect:`) never takes an index from one that runs where it can be reached.
+    let mut live: Vec<&Arc<Allocation>> = allocs.iter().filter(|alloc| !alloc.client_status.is_terminal()).collect();
+    live.sort_by_key(|alloc| state.node(&alloc.node_id).is_none_or(|node| node.status == NodeStatus::Down));
+    for alloc in live {
         let node = state.node(&alloc.node_id);
         let node_down = node.is_none_or(|node| node.status == NodeStatus::Down);
         if node_down

@@ -498,14 +498,23 @@ fn merge_node_updates(
             continue;
         }
         alloc.modify_time = now;
-        let newly_failed = existing.client_status != ClientStatus::Failed && alloc.client_status == ClientStatus::Failed;
-        if newly_failed && alloc.desired_status == DesiredStatus::Run && failure_evals.insert(alloc.job_name.clone()) {
-            // Let the scheduler decide whether to reschedule it (the group's `reschedule` policy).
-            if let Some(job) = snapshot.cluster.job(&alloc.job_name) {
-                let eval =
-                    crate::liveness::new_eval(&alloc.job_name, job.spec.job_type, job.spec.priority, EvalTrigger::AllocFailure, None);
-                writes.eval(&eval);
+        let newly = |status: ClientStatus| existing.client_status != status && alloc.client_status == status;
+        // Failed: the scheduler decides whether to reschedule it (the group's `reschedule` policy). Complete while
+        // it should run (not a batch job, whose completion is the point): the scheduler places it again.
+        let trigger = match snapshot.cluster.job(&alloc.job_name) {
+            _ if alloc.desired_status != DesiredStatus::Run => None,
+            Some(_) if newly(ClientStatus::Failed) => Some(EvalTrigger::AllocFailure),
+            Some(job) if newly(ClientStatus::Complete) && job.spec.job_type != davit_api::spec::JobType::Batch => {
+                Some(EvalTrigger::AllocComplete)
             }
+            _ => None,
+        };
+        if let Some(trigger) = trigger
+            && failure_evals.insert(alloc.job_name.clone())
+            && let Some(job) = snapshot.cluster.job(&alloc.job_name)
+        {
+            let eval = crate::liveness::new_eval(&alloc.job_name, job.spec.job_type, job.spec.priority, trigger, None);
+            writes.eval(&eval);
         }
         writes.alloc(alloc);
         if let Some(peer) = peer {

@@ -385,3 +385,20 @@ fn disconnected_allocations_are_held_for_lost_after_or_for_good() {
         assert_eq!(result.follow_ups.get("web").copied(), expected, "{case}");
     }
 }
+
+/// An allocation held on a down node (`disconnect:`) does not take its index from a live duplicate on a
+/// reachable node: the live one stays, the held one is the duplicate.
+#[test]
+fn a_held_allocation_does_not_push_out_a_live_duplicate() {
+    let mut harness = Harness::new();
+    harness.now = 10_000_000;
+    harness.add_nodes("n", 2);
+    let mut spec = job("shop", 1);
+    spec.groups[0].disconnect = Some(davit_api::spec::DisconnectSpec { stop_after: None, lost_after: None, replace: false });
+    harness.register(spec);
+    harness.add_alloc(alloc("held", "shop", "web", 0, 0, "n-2"));
+    harness.add_alloc(alloc("live", "shop", "web", 0, 0, "n-1"));
+    harness.update_node("n-2", |node| node.status = NodeStatus::Down);
+    let result = harness.process("shop");
+    assert_eq!(harness.render(&result.plan), "stop shop.web[0] on n-2: node down (Lost)");
+}
