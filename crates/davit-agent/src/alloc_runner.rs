@@ -234,7 +234,7 @@ impl AllocRunner {
         })
     }
 
-    /// Where the allocation's task logs are (see [`alloc_dir::logs`]).
+    /// Where the allocation's task logs are (`<alloc_dir>/.logs`).
     pub fn log_dir(&self) -> PathBuf {
         alloc_dir::logs(&self.shared.alloc_dir)
     }

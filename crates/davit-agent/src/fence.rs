@@ -1,6 +1,7 @@
 //! Fencing (`disconnect.stop_after` of a group): an agent that cannot reach any server for that long stops the
 //! group's allocations, so that a partition does not leave them running beside the replacements the servers
-//! place on reachable nodes. Contact is any answer of a server (`ServerPool::silent_for`).
+//! place on reachable nodes. Contact is a server acknowledging the node: a registration or a heartbeat
+//! (`ServerPool::acknowledged`, `ServerPool::silent_for`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,10 +21,10 @@
 //! | GET | `/v1/job/{name}/allocations` | → `Vec<`[`AllocListEntry`]`>` |
 //! | GET | `/v1/job/{name}/evaluations` | → `Vec<`[`Evaluation`]`>` |
 //! | GET | `/v1/nodes` | → `Vec<`[`NodeListEntry`]`>` |
-//! | GET | `/v1/node/{id-prefix-or-name}` | → [`Node`] |
+//! | GET | `/v1/node/{id-prefix-or-name}` | → [`Node`](crate::objects::Node) |
 //! | POST | `/v1/node/{id-prefix-or-name}/eligibility` | [`NodeEligibilityRequest`] → [`IndexResponse`]; 409 to make a draining node eligible |
 //! | POST | `/v1/node/{id-prefix-or-name}/drain` | [`NodeDrainRequest`] → [`IndexResponse`] |
-//! | POST | `/v1/nodes/register` | [`Node`] → [`NodeRegisterResponse`] |
+//! | POST | `/v1/nodes/register` | [`Node`](crate::objects::Node) → [`NodeRegisterResponse`] |
 //! | PUT | `/v1/node/{id}/heartbeat` | → [`HeartbeatResponse`]; 404 if the server does not know the node (re-register) |
 //! | GET | `/v1/node/{id}/allocations` | → `Vec<`[`Allocation`]`>` (blocking query; the agent's long-poll) |
 //! | POST | `/v1/node/{id}/allocations/status` | `Vec<`[`AllocStatusUpdate`]`>` → [`IndexResponse`] |

@@ -261,8 +261,9 @@ unsafe fn set_read_only(path: &std::ffi::CStr, read_only: bool, devices: bool) -
 }
 
 /// Gives the calling process (a forked child before exec, still root) its own mount namespace in which the
-/// host is read-only except `writable` (each bind-mounted over itself and writable), `/dev` stays as it was,
-/// and `/tmp` is a private tmpfs with `tmp_options` (if given). Then changes to `cwd` again, so the working
+/// host is read-only, `nosuid` and `nodev` except `writable` (each bind-mounted over itself, writable but still
+/// `nosuid`/`nodev`), `/dev` keeps its devices but gets a private `/dev/shm`, and `/tmp` is a private tmpfs with
+/// `tmp_options` (if given). Then changes to `cwd` again, so the working
 /// directory is the writable mount and not the read-only one below it. Async-signal-safe: only system calls
 /// on values prepared before fork.
 pub fn isolate_filesystem(writable: &[std::ffi::CString], cwd: &std::ffi::CStr, tmp_options: Option<&std::ffi::CStr>) -> io::Result<()> {

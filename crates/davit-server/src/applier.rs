@@ -7,7 +7,7 @@
 //! and the worker schedules it again on a fresh snapshot (optimistic concurrency, as in Nomad).
 //! It also commits the drainer's stops (with their evaluations) and agents' status updates.
 //!
-//! Requests are taken in batches of what is queued (up to [`MAX_BATCH`]): each is checked in turn against
+//! Requests are taken in batches of what is queued (up to `MAX_BATCH`): each is checked in turn against
 //! the newest snapshot plus the allocations the requests before it in the batch write, and the batch is
 //! committed as one store transaction (one fsync), so a busy cluster pays for durability once per batch,
 //! not once per plan or status report.

@@ -1,7 +1,7 @@
 //! The job spec: what users write in YAML or JSON (see DESIGN §3).
 //!
 //! Every field a user may write is declared here, also those this davit version does not act on yet;
-//! [`validate`](crate::spec::validate) rejects the latter with a clear error instead of ignoring them.
+//! [`validate`] rejects the latter with a clear error instead of ignoring them.
 
 use std::collections::BTreeMap;
 
