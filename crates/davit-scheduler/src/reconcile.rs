@@ -123,10 +123,13 @@ fn reconcile_group(
 
     // Live allocations: desired run, not terminal on the client. Those on reachable nodes first, so that one
     // held on a down node (`disconnect:`) never takes an index from one that runs where it can be reached.
-    let mut live: Vec<&Arc<Allocation>> = allocs.iter().filter(|alloc| !alloc.client_status.is_terminal()).collect();
-    live.sort_by_key(|alloc| state.node(&alloc.node_id).is_none_or(|node| node.status == NodeStatus::Down));
-    for alloc in live {
-        let node = state.node(&alloc.node_id);
+    // One node lookup per allocation (this runs for every allocation of every evaluated group).
+    let (reachable, down): (Vec<_>, Vec<_>) = allocs
+        .iter()
+        .filter(|alloc| !alloc.client_status.is_terminal())
+        .map(|alloc| (alloc, state.node(&alloc.node_id)))
+        .partition(|(_, node)| node.is_some_and(|node| node.status != NodeStatus::Down));
+    for (alloc, node) in reachable.into_iter().chain(down) {
         let node_down = node.is_none_or(|node| node.status == NodeStatus::Down);
         if node_down
             && let Some(node) = node
