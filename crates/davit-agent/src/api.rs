@@ -100,12 +100,10 @@ async fn proxy_stats(State(context): State<Arc<AgentContext>>, Extension(namespa
     }
 }
 
-/// Prometheus text format: the proxy's per-service and per-backend metrics (empty without a proxy).
+/// Prometheus text format: [`AgentContext::render_metrics`].
 async fn metrics(State(context): State<Arc<AgentContext>>) -> Response {
     let mut body = String::new();
-    if let Some(service_proxy) = &context.service_proxy {
-        service_proxy.proxy.render_prometheus(&mut body);
-    }
+    context.render_metrics(&mut body);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

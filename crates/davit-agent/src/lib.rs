@@ -52,6 +52,7 @@ mod servers;
 mod services;
 pub mod state;
 pub mod status;
+mod supervised;
 mod task_runner;
 pub mod taskenv;
 mod template;
@@ -178,14 +179,10 @@ impl AgentHandle {
         self.context.service_proxy.as_ref().map(|service_proxy| service_proxy.dns.local_addr())
     }
 
-    /// Appends the proxy's metrics (Prometheus text format) to a buffer: for `davit dev`'s `/metrics`.
+    /// Appends the agent's metrics (Prometheus text format) to a buffer: for `davit dev`'s `/metrics`.
     pub fn metrics_source(&self) -> Arc<dyn Fn(&mut String) + Send + Sync> {
-        let service_proxy = self.context.service_proxy.clone();
-        Arc::new(move |out: &mut String| {
-            if let Some(service_proxy) = &service_proxy {
-                service_proxy.proxy.render_prometheus(out);
-            }
-        })
+        let context = Arc::clone(&self.context);
+        Arc::new(move |out: &mut String| context.render_metrics(out))
     }
 
     /// Stops watching the server. With `stop_tasks_on_shutdown` every task is stopped (kill signal, kill
@@ -288,7 +285,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     // A node identity from an earlier join wins over the tokens given; a join token is used until it yields one.
     let node_token = heartbeat::load_node_token(&config.data_dir)?;
     let token = node_token.or(config.token.clone()).or(config.join_token.clone());
-    let servers = ServerPool::new(&config.servers, token.as_deref(), client_tls);
+    let servers = ServerPool::new(&config.servers, token.as_deref(), client_tls, Some(config.data_dir.join("last-contact")));
     let updater = Updater::new(node_id.clone(), servers.clone());
     let context = Arc::new(AgentContext {
         node: identity,
@@ -308,6 +305,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         tls: node_cert.clone(),
         cluster: cluster::ClusterId::load(&config.data_dir)
             .map_err(|source| AgentError::Io { operation: format!("reading {}", config.data_dir.join("cluster-id").display()), source })?,
+        loop_restarts: Arc::default(),
     });
 
     // Re-attach before talking to the server, so nothing that runs is started again.
@@ -315,10 +313,23 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (registered_tx, registered_rx) = watch::channel(false);
-    let updater_task = tokio::spawn(updater.run(shutdown_rx.clone()));
-    let heartbeat_task = tokio::spawn(heartbeat::run(context.clone(), node, registered_tx, shutdown_rx.clone()));
-    let watcher_task = tokio::spawn(watcher::run(context.clone(), registered_rx, shutdown_rx.clone()));
-    let fence_task = tokio::spawn(fence::run(context.clone(), shutdown_rx.clone()));
+    let restarts = &context.loop_restarts;
+    let updater_task = supervised::spawn(restarts, "status", {
+        let (updater, shutdown) = (updater.clone(), shutdown_rx.clone());
+        move || updater.clone().run(shutdown.clone())
+    });
+    let heartbeat_task = supervised::spawn(restarts, "heartbeat", {
+        let (context, shutdown) = (context.clone(), shutdown_rx.clone());
+        move || heartbeat::run(context.clone(), node.clone(), registered_tx.clone(), shutdown.clone())
+    });
+    let watcher_task = supervised::spawn(restarts, "watcher", {
+        let (context, shutdown) = (context.clone(), shutdown_rx.clone());
+        move || watcher::run(context.clone(), registered_rx.clone(), shutdown.clone())
+    });
+    let fence_task = supervised::spawn(restarts, "fence", {
+        let (context, shutdown) = (context.clone(), shutdown_rx.clone());
+        move || fence::run(context.clone(), shutdown.clone())
+    });
     let mut loops = vec![heartbeat_task, watcher_task, fence_task];
     if let Some(watch) = cert_files_watch {
         let mut stop = shutdown_rx.clone();
@@ -328,10 +339,12 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         }));
     }
     if let Some(cert) = node_cert.filter(|cert| cert.issued) {
-        loops.push(tokio::spawn(tls::keep_fresh(context.clone(), cert, shutdown_rx.clone())));
+        let (context, shutdown) = (context.clone(), shutdown_rx.clone());
+        loops.push(supervised::spawn(restarts, "certificate", move || tls::keep_fresh(context.clone(), cert.clone(), shutdown.clone())));
     }
     if let Some(service_proxy) = &service_proxy {
-        loops.push(tokio::spawn(services::run(context.clone(), service_proxy.clone(), shutdown_rx.clone())));
+        let (context, proxy, shutdown) = (context.clone(), service_proxy.clone(), shutdown_rx.clone());
+        loops.push(supervised::spawn(restarts, "services", move || services::run(context.clone(), proxy.clone(), shutdown.clone())));
         tracing::info!(dns = %service_proxy.dns.local_addr(), proxy_ip = %service_proxy.bind_ip, "service proxy and DNS started");
     }
     let http_task = tokio::spawn(api::serve(context.clone(), listener, api_tls, shutdown_rx));
@@ -377,9 +390,19 @@ pub(crate) struct AgentContext {
     pub tls: Option<Arc<tls::NodeCert>>,
     /// The cluster this node belongs to: servers of another are refused.
     pub cluster: cluster::ClusterId,
+    /// Restarts of the agent's loops after a panic.
+    pub loop_restarts: Arc<supervised::LoopRestarts>,
 }
 
 impl AgentContext {
+    /// The agent's `/metrics`: its loops' restarts and the proxy's per-service and per-backend counters.
+    pub fn render_metrics(&self, out: &mut String) {
+        self.loop_restarts.render(out);
+        if let Some(service_proxy) = &self.service_proxy {
+            service_proxy.proxy.render_prometheus(out);
+        }
+    }
+
     /// `answer`, if its server belongs to this node's cluster (see `cluster.rs`): what a server of another
     /// cluster says about this node's work (allocations, catalog, template data) is never followed.
     pub fn same_cluster<T>(&self, answer: davit_client::Indexed<T>) -> Result<davit_client::Indexed<T>, ClientError> {

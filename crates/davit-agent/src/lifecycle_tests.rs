@@ -138,7 +138,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let driver = Arc::new(FakeDriver::default());
-    let servers = ServerPool::new(&["http://127.0.0.1:9".to_string()], None, None);
+    let servers = ServerPool::new(&["http://127.0.0.1:9".to_string()], None, None, None);
     let context = Arc::new(AgentContext {
         node: NodeIdentity {
             id: "node-1".to_string(),
@@ -161,6 +161,7 @@ fn fixture() -> Fixture {
         acl: crate::acl::AgentAcl::new(false),
         tls: None,
         cluster: crate::cluster::ClusterId::load(dir.path()).unwrap(),
+        loop_restarts: Arc::default(),
         destroyed: Mutex::new(HashSet::new()),
     });
     Fixture { _dir: dir, context, driver }

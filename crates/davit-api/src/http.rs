@@ -42,7 +42,7 @@
 //! | GET | `/v1/service/{name}?stats=true` | → [`ServiceInfo`]; with `stats`, per-instance proxy counters gathered from the ready nodes' agents |
 //! | GET | `/v1/catalog` | → [`Catalog`]: every service with its instances (blocking query; what agents watch) |
 //! | GET | `/v1/status` | → [`StatusResponse`] |
-//! | GET | `/v1/event/stream?index=N&topic=T…` | → NDJSON, one [`EventWire`] per line (and `{}` heartbeats every 10 s), until the client disconnects; 400 for an unknown topic (see [`EVENT_TOPICS`]) |
+//! | GET | `/v1/event/stream?index=N&topic=T…` | → NDJSON, one [`EventWire`] per line (and `{}` heartbeats every 10 s), until the client disconnects (or falls more than `--event-stream-buffer-bytes` behind: a last [`EventStreamEnd`] line); 400 for an unknown topic (see [`EVENT_TOPICS`]) |
 //! | GET | `/metrics` | → Prometheus text format 0.0.4 (not under `/v1`) |
 //! | POST | `/v1/operator/gc?force=true` | → [`GcResponse`]: a garbage collection pass now (`force`: whatever the age) |
 //! | POST | `/v1/node/{id}/certificate?public_key=HEX` | → [`NodeCertificateResponse`] (mutual TLS: the node renews its certificate, presenting the current one) |
@@ -573,6 +573,13 @@ pub struct StatusResponse {
 /// Topics of the event stream: one per kind of stored object, plus `AllocationHealth` (an
 /// allocation's `healthy` changed; the payload has `job_name`, `healthy`, `previous`, `health_description`).
 pub const EVENT_TOPICS: [&str; 6] = ["Job", "JobVersion", "Node", "Allocation", "Evaluation", "AllocationHealth"];
+
+/// The last line of an event stream the server ended on its own: `{"error": {...}}` (code `stream_lagged`: the
+/// subscriber fell too far behind; the message names the index to resume from).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventStreamEnd {
+    pub error: ApiError,
+}
 
 /// One line of `GET /v1/event/stream`: a change of one object at store revision `index`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

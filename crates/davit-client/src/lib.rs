@@ -41,6 +41,9 @@ pub enum ClientError {
     /// The TLS handshake failed: the message says why in the user's terms.
     #[error("cannot talk to the davit server at {addr}: {message}")]
     Tls { addr: String, message: String },
+    /// The server ended a stream on its own (an event subscriber that fell too far behind).
+    #[error("{message}")]
+    StreamEnded { message: String },
     /// The server belongs to another cluster than the caller (an agent) does.
     #[error("{message}")]
     WrongCluster { message: String },
@@ -653,6 +656,9 @@ impl Client {
                         let line = line.trim_ascii();
                         if line.is_empty() || line == b"{}" {
                             continue;
+                        }
+                        if let Ok(end) = serde_json::from_slice::<davit_api::http::EventStreamEnd>(line) {
+                            return Some((Err(ClientError::StreamEnded { message: end.error.message }), (bytes, buffer, true)));
                         }
                         let event =
                             serde_json::from_slice::<EventWire>(line).map_err(|e| ClientError::Decode { url, message: e.to_string() });

@@ -63,6 +63,8 @@ pub struct ExecDriver {
     config: ExecDriverConfig,
     /// The detected cgroup layout, or why there is none (reported by `fingerprint`, returned by `start`).
     layout: Result<CgroupLayout, String>,
+    /// The kernel has `mount_setattr(2)`: tasks can be isolated (`isolation: mount`).
+    isolation: bool,
 }
 
 /// A process for the executor to supervise, for drivers built on the exec driver (container, vm).
@@ -127,7 +129,7 @@ impl ExecDriver {
     /// Creates the driver and detects the cgroup layout under `config.cgroup_root`.
     pub fn new(config: ExecDriverConfig) -> ExecDriver {
         let layout = CgroupLayout::detect(&config.cgroup_root).map_err(|error| error.to_string());
-        ExecDriver { config, layout }
+        ExecDriver { config, layout, isolation: sys::mount_setattr_available() }
     }
 
     /// The detected cgroup layout.
@@ -300,13 +302,21 @@ impl Driver for ExecDriver {
                     };
                 }
             };
-            let attributes = BTreeMap::from([("driver.exec.cgroups".to_owned(), layout.version().as_str().to_owned())]);
+            let attributes = BTreeMap::from([
+                ("driver.exec.cgroups".to_owned(), layout.version().as_str().to_owned()),
+                ("driver.exec.isolation".to_owned(), self.isolation.to_string()),
+            ]);
             let probe_layout = layout.clone();
             match blocking(move || probe_layout.probe()).await {
                 Ok(()) => Fingerprint {
                     detected: true,
                     healthy: true,
-                    description: format!("cgroups {} under {}", layout.version().as_str(), layout.root().display()),
+                    description: format!(
+                        "cgroups {} under {}{}",
+                        layout.version().as_str(),
+                        layout.root().display(),
+                        if self.isolation { "" } else { "; no filesystem isolation (mount_setattr needs Linux 5.12 or later)" }
+                    ),
                     attributes,
                 },
                 Err(error) => Fingerprint {
@@ -337,6 +347,14 @@ impl Driver for ExecDriver {
                         "`isolation: none` is not allowed on this node: start its agent with --allow-root-exec".to_owned(),
                     ));
                 }
+            }
+            if task_config.isolation == Isolation::Mount && !self.isolation {
+                return Err(invalid(
+                    "this node's kernel lacks mount_setattr(2) (Linux 5.12 or later), which isolating an exec task needs: \
+                     run the job on a newer node (constraint `${attr.driver.exec.isolation}` = true), or set `isolation: none` \
+                     (its agent needs --allow-root-exec)"
+                        .to_owned(),
+                ));
             }
             let shared = config.alloc_dir.join("alloc").join("data");
             let (task_dir, shared_dir) = (config.task_dir.clone(), shared.clone());

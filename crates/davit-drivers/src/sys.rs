@@ -233,6 +233,16 @@ const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 
+/// Whether this kernel has `mount_setattr(2)` (Linux 5.12 and later), which [`isolate_filesystem`] needs: a call
+/// with no valid argument fails with `ENOSYS` only where the system call does not exist.
+pub fn mount_setattr_available() -> bool {
+    // SAFETY: an invalid descriptor, a null path and a null attribute of size 0: the kernel checks them and
+    // fails (EBADF/EINVAL/EFAULT) without touching memory or any mount.
+    let result =
+        unsafe { libc::syscall(libc::SYS_mount_setattr, -1, std::ptr::null::<libc::c_char>(), 0, std::ptr::null::<MountAttr>(), 0) };
+    result == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+}
+
 /// Makes the mount at `path` and every mount below it read-only (`read_only`) or writable again; either way
 /// set-uid bits and device files there stop working (`nosuid`, `nodev`), except under `/dev` (`devices`).
 ///
@@ -332,6 +342,13 @@ pub fn unmount(target: &std::path::Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_kernel_has_mount_setattr() {
+        // Every machine davit is tested on runs Linux 5.12 or later; the probe must not mistake an invalid
+        // argument for a missing system call.
+        assert!(mount_setattr_available());
+    }
 
     #[test]
     fn parses_stat_with_odd_comm() {

@@ -41,7 +41,7 @@ pub fn schedule(state: &ClusterState, eval: &Evaluation, config: &SchedulerConfi
         return system::schedule_system(state, eval, config, plan, seed ^ fnv1a(eval.id.as_bytes()), now);
     }
     let running_job = job.filter(|job| !job.stopped);
-    let mut reconciliation = reconcile::reconcile(state, running_job, &eval.job_name, now);
+    let mut reconciliation = reconcile::reconcile(state, running_job, &eval.job_name, config.algorithm, now);
     let follow_ups = std::mem::take(&mut reconciliation.follow_ups);
     let mut run = Run {
         state,

@@ -161,6 +161,7 @@ impl<'state> UsageTracker<'state> {
 }
 
 /// What one allocation of a group asks of a node.
+#[derive(Default)]
 pub(crate) struct Ask {
     pub(crate) cpu: u64,
     pub(crate) memory: u64,

@@ -5,9 +5,14 @@
 //!
 //! 1. job missing or stopped → stop every non-terminal allocation ("job stopped");
 //! 2. its group is no longer in the spec → stop ("group removed from job");
-//! 3. its node is down or gone → stop as `Lost` ("node down") and place a replacement at its index;
+//! 3. its node is down or gone → stop as `Lost` ("node down") and place a replacement at its index, unless the
+//!    group's `disconnect:` holds it: until its node's last heartbeat + `lost_after` it is disconnected, not lost
+//!    (with `replace: true` a replacement takes its index meanwhile; with `replace: false` it keeps the index for
+//!    good);
 //! 4. index ≥ count → stop ("not needed: count is N"), highest index first;
-//! 5. another kept allocation already holds its index → stop ("duplicate of index N");
+//! 5. another kept allocation already holds its index → stop ("duplicate of index N"); the oldest is kept, but
+//!    when a disconnected allocation comes back beside its replacement, `disconnect.reconcile` picks the one
+//!    that stays;
 //! 6. older (or other) job version → an update: in place when the group spec is unchanged except for
 //!    `count` and `services`, else destructive (decided by the caller, which also checks the node still fits the job).
 //!
@@ -30,9 +35,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, Job, NodeStatus, UnixMillis};
-use davit_api::spec::JobType;
+use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, Job, Node, NodeStatus, UnixMillis};
+use davit_api::spec::{JobType, ReconcileStrategy, SchedulerAlgorithm};
 
+use crate::rank::{self, UsageTracker};
 use crate::state::ClusterState;
 
 /// What reconciliation decided for one job.
@@ -71,7 +77,14 @@ pub(crate) struct Placement {
 }
 
 /// `job` is the latest version, or `None` when the job is gone or stopped.
-pub(crate) fn reconcile(state: &ClusterState, job: Option<&Job>, job_name: &str, now: UnixMillis) -> Reconciliation {
+/// `algorithm`: the scheduler's, for groups whose job names none (it ranks reconnected allocations).
+pub(crate) fn reconcile(
+    state: &ClusterState,
+    job: Option<&Job>,
+    job_name: &str,
+    algorithm: SchedulerAlgorithm,
+    now: UnixMillis,
+) -> Reconciliation {
     let mut allocs: Vec<Arc<Allocation>> = state.allocs_for_job(job_name).cloned().collect();
     // Oldest first, so that the first allocation of an index wins it and the last one of a history of
     // replacements is the one a new replacement points at.
@@ -102,7 +115,7 @@ pub(crate) fn reconcile(state: &ClusterState, job: Option<&Job>, job_name: &str,
 
     for (group_position, group) in job.spec.groups.iter().enumerate() {
         let allocs = by_group.remove(group.name.as_str()).unwrap_or_default();
-        reconcile_group(state, job, group_position, &allocs, now, &mut result);
+        reconcile_group(state, job, group_position, &allocs, algorithm, now, &mut result);
     }
     result
 }
@@ -112,6 +125,7 @@ fn reconcile_group(
     job: &Job,
     group_position: usize,
     allocs: &[Arc<Allocation>],
+    algorithm: SchedulerAlgorithm,
     now: UnixMillis,
     result: &mut Reconciliation,
 ) {
@@ -119,30 +133,44 @@ fn reconcile_group(
     let count = group.count;
     let mut held: BTreeSet<u32> = BTreeSet::new();
     let mut lost: Vec<&Arc<Allocation>> = Vec::new();
+    let mut disconnected: Vec<&Arc<Allocation>> = Vec::new();
     let mut scaled_down: Vec<&Arc<Allocation>> = Vec::new();
+    let replace = group.disconnect.as_ref().is_none_or(|disconnect| disconnect.replace);
 
     // Live allocations: desired run, not terminal on the client. Those on reachable nodes first, so that one
     // held on a down node (`disconnect:`) never takes an index from one that runs where it can be reached.
     // One node lookup per allocation (this runs for every allocation of every evaluated group).
-    let (reachable, down): (Vec<_>, Vec<_>) = allocs
+    let (mut reachable, down): (Vec<_>, Vec<_>) = allocs
         .iter()
         .filter(|alloc| !alloc.client_status.is_terminal())
         .map(|alloc| (alloc, state.node(&alloc.node_id)))
         .partition(|(_, node)| node.is_some_and(|node| node.status != NodeStatus::Down));
+    if let Some(disconnect) = &group.disconnect
+        && disconnect.lost_after.is_some()
+    {
+        let algorithm = job.spec.algorithm.unwrap_or(algorithm);
+        reconnect_order(state, algorithm, disconnect.reconcile.unwrap_or_default(), &mut reachable);
+    }
     for (alloc, node) in reachable.into_iter().chain(down) {
         let node_down = node.is_none_or(|node| node.status == NodeStatus::Down);
-        if node_down
-            && let Some(node) = node
-            && let Some(hold_until) = disconnected_hold(group, node.last_heartbeat)
-            && hold_until > now
-            && held.insert(alloc.index)
+        let hold_until = node
+            .filter(|_| node_down)
+            .and_then(|node| disconnected_hold(group, node.last_heartbeat))
+            .filter(|hold_until| *hold_until > now);
+        if let Some(hold_until) = hold_until
+            && alloc.index < count
+            && (replace || held.insert(alloc.index))
         {
-            // Disconnected, not lost (yet): it keeps its index; decided again once `lost_after` has passed.
+            // Disconnected, not lost (yet): decided again once `lost_after` has passed. With `replace`, a
+            // replacement takes its index meanwhile; otherwise it keeps it.
+            if replace {
+                disconnected.push(alloc);
+            }
             if hold_until != UnixMillis::MAX {
                 let earliest = result.follow_ups.entry(group.name.clone()).or_insert(hold_until);
                 *earliest = (*earliest).min(hold_until);
             }
-        } else if node_down {
+        } else if node_down && (hold_until.is_none() || alloc.index < count) {
             result.stops.push(Stop {
                 alloc: Arc::clone(alloc),
                 description: "node down".to_string(),
@@ -152,9 +180,19 @@ fn reconcile_group(
         } else if alloc.index >= count {
             scaled_down.push(alloc);
         } else if !held.insert(alloc.index) {
+            let reconciled = group.disconnect.as_ref().filter(|disconnect| disconnect.lost_after.is_some());
             result.stops.push(Stop {
                 alloc: Arc::clone(alloc),
-                description: format!("duplicate of index {}", alloc.index),
+                description: match reconciled {
+                    Some(disconnect) => {
+                        format!(
+                            "duplicate of index {} (disconnect.reconcile: {})",
+                            alloc.index,
+                            disconnect.reconcile.unwrap_or_default().as_str()
+                        )
+                    }
+                    None => format!("duplicate of index {}", alloc.index),
+                },
                 client_status: None,
             });
         } else if alloc.job_version != job.version {
@@ -198,7 +236,7 @@ fn reconcile_group(
             replacements.insert(alloc.index, Arc::clone(alloc));
         }
     }
-    for alloc in lost {
+    for alloc in lost.into_iter().chain(disconnected) {
         if alloc.index < count && !held.contains(&alloc.index) {
             replacements.insert(alloc.index, Arc::clone(alloc));
         }
@@ -213,6 +251,55 @@ fn reconcile_group(
             result.placements.push(Placement { group_position, index, previous, reschedule_delay_ms });
         }
     }
+}
+
+/// Puts first, among reachable allocations of one index (a node came back with an allocation that a replacement
+/// took the place of while it was away), the one `strategy` keeps: the others are then stopped as duplicates.
+/// `reachable` is ordered by index, oldest first.
+fn reconnect_order(
+    state: &ClusterState,
+    algorithm: SchedulerAlgorithm,
+    strategy: ReconcileStrategy,
+    reachable: &mut [(&Arc<Allocation>, Option<&Arc<Node>>)],
+) {
+    let mut usage = UsageTracker::new(state);
+    let mut start = 0;
+    while start < reachable.len() {
+        let index = reachable[start].0.index;
+        let end = start + reachable[start..].iter().take_while(|(alloc, _)| alloc.index == index).count();
+        if end - start > 1 {
+            let run = &mut reachable[start..end];
+            // The first of the best: ties keep the oldest.
+            let mut best = 0;
+            for position in 1..run.len() {
+                let better = match strategy {
+                    ReconcileStrategy::KeepOriginal => false,
+                    ReconcileStrategy::KeepReplacement => true,
+                    ReconcileStrategy::LongestRunning => running_since(run[position].0) < running_since(run[best].0),
+                    ReconcileStrategy::BestScore => {
+                        node_score(&mut usage, algorithm, run[position]) > node_score(&mut usage, algorithm, run[best])
+                    }
+                };
+                if better {
+                    best = position;
+                }
+            }
+            run[..=best].rotate_right(1);
+        }
+        start = end;
+    }
+}
+
+/// When the allocation's tasks last (re)started: the latest start of any of them (never started: last).
+fn running_since(alloc: &Allocation) -> UnixMillis {
+    alloc.task_states.values().map(|task| task.started_at.unwrap_or(UnixMillis::MAX)).max().unwrap_or(UnixMillis::MAX)
+}
+
+/// The fit score of the allocation's node as it is now (the allocation included), by the group's algorithm.
+fn node_score(usage: &mut UsageTracker<'_>, algorithm: SchedulerAlgorithm, (alloc, node): (&Arc<Allocation>, Option<&Arc<Node>>)) -> f64 {
+    let Some(node) = node else { return f64::MIN };
+    let used = usage.usage(&alloc.node_id);
+    rank::fit_score(algorithm, rank::Capacity::of(node), used, &rank::Ask::default())
 }
 
 /// Until when a down node's allocation of `group` keeps its index instead of being lost (`disconnect:`): its

@@ -22,11 +22,20 @@ pub struct AdmissionConfig {
     pub blocking_queries_per_client: usize,
     pub event_streams: usize,
     pub event_streams_per_client: usize,
+    /// Most bytes of events one event stream may have waiting for its client; a subscriber that falls further
+    /// behind gets a last line saying so and its stream ends (it resumes from the index it saw last).
+    pub event_stream_buffer_bytes: usize,
 }
 
 impl Default for AdmissionConfig {
     fn default() -> AdmissionConfig {
-        AdmissionConfig { blocking_queries: 16_384, blocking_queries_per_client: 1_024, event_streams: 512, event_streams_per_client: 64 }
+        AdmissionConfig {
+            blocking_queries: 16_384,
+            blocking_queries_per_client: 1_024,
+            event_streams: 512,
+            event_streams_per_client: 64,
+            event_stream_buffer_bytes: 16 << 20,
+        }
     }
 }
 
@@ -86,6 +95,8 @@ impl Class {
 pub(crate) struct Admission {
     blocking: Arc<Class>,
     streams: Arc<Class>,
+    /// [`AdmissionConfig::event_stream_buffer_bytes`].
+    pub stream_buffer_bytes: usize,
 }
 
 impl Admission {
@@ -94,6 +105,7 @@ impl Admission {
         Admission {
             blocking: class("blocking queries", "max-blocking-queries", config.blocking_queries, config.blocking_queries_per_client),
             streams: class("event streams", "max-event-streams", config.event_streams, config.event_streams_per_client),
+            stream_buffer_bytes: config.event_stream_buffer_bytes.max(1),
         }
     }
 }

@@ -56,12 +56,6 @@ impl Metrics {
         }
     }
 
-    /// How often the loop `name` was restarted.
-    #[cfg(test)]
-    pub fn loop_restarts(&self, name: &str) -> u64 {
-        crate::supervise::LOOPS.iter().position(|known| *known == name).map_or(0, |index| self.loop_restarts[index].load(Ordering::Relaxed))
-    }
-
     /// The node drainer is about to look at the cluster.
     pub fn drainer_pass(&self) {
         self.drainer_passes.fetch_add(1, Ordering::Relaxed);

@@ -1,30 +1,15 @@
-//! Supervision of the server's long-running loops (coordinator, applier, liveness, drainer, gc, workers): a loop
-//! that panics is logged, counted in `/metrics` (`davit_loop_restarts_total{loop}`) and started again after
-//! a backoff (100 ms, doubling up to 10 s; back to 100 ms once a run lasted a minute). A loop that returns
-//! has finished its work (the applier ends when nothing can send it plans) and is not restarted.
+//! The server's supervised loops (see `davit_supervise`): restarts are counted in `/metrics`
+//! (`davit_loop_restarts_total{loop}`).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+
+pub use davit_supervise::panic_message;
 
 use crate::metrics::Metrics;
 
 /// The supervised loops, as `/metrics` names them.
 pub const LOOPS: [&str; 6] = ["coordinator", "applier", "liveness", "drainer", "gc", "worker"];
-
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// A run at least this long resets the backoff.
-const HEALTHY_RUN: Duration = Duration::from_secs(60);
-
-/// Aborts the task when dropped: aborting the supervisor aborts what it supervises.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Runs `make()`'s future as a task, again after each panic. `name` is one of [`LOOPS`].
 pub async fn supervise<F, Fut>(name: &'static str, metrics: Arc<Metrics>, make: F)
@@ -32,56 +17,5 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        let started = Instant::now();
-        let mut task = AbortOnDrop(tokio::spawn(make()));
-        match (&mut task.0).await {
-            Ok(()) => return,
-            Err(error) if error.is_panic() => {
-                let message = panic_message(error.into_panic());
-                tracing::error!(r#loop = name, panic = %message, restart_in_ms = backoff.as_millis() as u64, "a server loop panicked; restarting it");
-            }
-            // Cancelled: the server is shutting down.
-            Err(_) => return,
-        }
-        metrics.loop_restarted(name);
-        if started.elapsed() >= HEALTHY_RUN {
-            backoff = FIRST_BACKOFF;
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
-/// The text of a panic's payload.
-pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    match payload.downcast::<String>() {
-        Ok(text) => *text,
-        Err(payload) => payload.downcast_ref::<&str>().map_or_else(|| "a panic without a message".to_string(), |text| text.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_loop_that_panics_is_restarted_and_counted_and_one_that_returns_is_not() {
-        let metrics = Arc::new(Metrics::default());
-        let runs = Arc::new(AtomicU32::new(0));
-        let make = || {
-            let runs = Arc::clone(&runs);
-            async move {
-                if runs.fetch_add(1, Ordering::SeqCst) < 2 {
-                    panic!("boom");
-                }
-            }
-        };
-        supervise("drainer", Arc::clone(&metrics), make).await;
-        assert_eq!(runs.load(Ordering::SeqCst), 3, "two panics, then a run that finished");
-        assert_eq!(metrics.loop_restarts("drainer"), 2);
-    }
+    davit_supervise::supervise(name, move || metrics.loop_restarted(name), make).await;
 }

@@ -320,6 +320,7 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
         blocking_queries_per_client: args.max_blocking_queries_per_client,
         event_streams: args.max_event_streams,
         event_streams_per_client: args.max_event_streams_per_client,
+        event_stream_buffer_bytes: args.event_stream_buffer_bytes,
     };
     config.spec_limits = davit_api::spec::SpecLimits {
         max_count: args.max_count,

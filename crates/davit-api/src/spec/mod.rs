@@ -228,18 +228,49 @@ pub struct DisconnectSpec {
     /// Fencing: an agent that could not reach any server for this long stops the group's tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_after: Option<Duration>,
-    /// The servers hold a down node's allocations (no replacement) for this long after its last heartbeat;
-    /// then they are lost and replaced.
+    /// The servers count a down node's allocations as disconnected, not lost, for this long after its last
+    /// heartbeat: they may come back. Then they are lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_after: Option<Duration>,
-    /// `false`: a down node's allocations are never replaced; they wait for their node.
+    /// `true`: a disconnected allocation gets a replacement on a reachable node at once (and `reconcile` picks
+    /// one of the two if its node comes back in time); `false`: it is never replaced and waits for its node.
     #[serde(default = "default_replace", skip_serializing_if = "is_true")]
     pub replace: bool,
+    /// Which allocation stays when a disconnected one comes back beside its replacement (default
+    /// [`ReconcileStrategy::BestScore`], as Nomad's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<ReconcileStrategy>,
 }
 
 impl Default for DisconnectSpec {
     fn default() -> Self {
-        DisconnectSpec { stop_after: None, lost_after: None, replace: true }
+        DisconnectSpec { stop_after: None, lost_after: None, replace: true, reconcile: None }
+    }
+}
+
+/// `disconnect.reconcile`: of an allocation that reconnects and its replacement, the one that stays.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconcileStrategy {
+    /// The one that was disconnected.
+    KeepOriginal,
+    /// The one placed while it was away.
+    KeepReplacement,
+    /// The one on the node the scheduler ranks higher now (its fit score with the group's algorithm).
+    #[default]
+    BestScore,
+    /// The one whose tasks have run the longest without a restart.
+    LongestRunning,
+}
+
+impl ReconcileStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconcileStrategy::KeepOriginal => "keep_original",
+            ReconcileStrategy::KeepReplacement => "keep_replacement",
+            ReconcileStrategy::BestScore => "best_score",
+            ReconcileStrategy::LongestRunning => "longest_running",
+        }
     }
 }
 

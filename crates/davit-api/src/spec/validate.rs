@@ -237,8 +237,9 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec, spec: &JobSpec) {
 
 /// Reschedule: `delay` ≤ `max_delay`; bounded attempts need an interval; `unlimited` excludes bounds.
 /// `stop_after` within 2 s..24 h (shorter fences a node over one slow heartbeat), `lost_after` within
-/// 1 s..7 d, longer than `stop_after` (else the servers replace an allocation its agent still runs), and only
-/// with `replace: true` (without a replacement there is nothing to wait for).
+/// 1 s..7 d, longer than `stop_after` (else the servers count as lost an allocation its agent still runs), and
+/// only with `replace: true` (without a replacement there is nothing to wait for); `reconcile` only with
+/// `lost_after` (without it nothing comes back to be reconciled).
 fn check_disconnect(ctx: &Ctx, path: &str, disconnect: &super::DisconnectSpec) {
     let bounds = [
         ("stop_after", disconnect.stop_after, std::time::Duration::from_secs(2), std::time::Duration::from_secs(24 * 3600)),
@@ -267,10 +268,16 @@ fn check_disconnect(ctx: &Ctx, path: &str, disconnect: &super::DisconnectSpec) {
         {
             ctx.report(
                 &format!("{path}.lost_after"),
-                format!("lost_after {lost_after} must be longer than stop_after {stop_after}, or the servers replace the allocation while its agent still runs it"),
+                format!("lost_after {lost_after} must be longer than stop_after {stop_after}, or the servers count the allocation as lost while its agent still runs it"),
                 Some(format!("e.g. lost_after: {}", crate::Duration(stop_after.as_std() * 2))),
             );
         }
+    } else if disconnect.reconcile.is_some() {
+        ctx.report(
+            &format!("{path}.reconcile"),
+            "reconcile has no effect without lost_after: a down node's allocations are lost at once, so none comes back beside its replacement",
+            Some("add e.g. lost_after: 10m, or remove reconcile".to_string()),
+        );
     }
 }
 

@@ -351,17 +351,20 @@ fn a_drained_allocation_is_never_replaced_on_the_ineligible_node() {
 /// `replace: false`: it waits for its node however long.
 #[test]
 fn disconnected_allocations_are_held_for_lost_after_or_for_good() {
-    for (lost_after_s, replace, down_for_s, held, follow_up) in
-        [(60, true, 10, true, Some(60)), (60, true, 61, false, None), (0, false, 3600, true, None)]
+    // (lost_after, replace, down for, plan, follow-up after the last heartbeat)
+    let replaced = "place shop.web[0] v0 on n-1 replacing shop.web[0]";
+    let lost = "place shop.web[0] v0 on n-1 replacing shop.web[0]\nstop shop.web[0] on n-2: node down (Lost)";
+    for (lost_after_s, replace, down_for_s, plan, follow_up) in
+        [(60, true, 10, replaced, Some(60)), (60, true, 61, lost, None), (0, false, 3600, "", None)]
     {
         let mut harness = Harness::new();
         harness.now = 10_000_000;
         harness.add_nodes("n", 2);
         let mut spec = job("shop", 1);
         spec.groups[0].disconnect = Some(davit_api::spec::DisconnectSpec {
-            stop_after: None,
             lost_after: (lost_after_s > 0).then(|| davit_api::Duration::from_secs(lost_after_s)),
             replace,
+            ..Default::default()
         });
         harness.register(spec);
         harness.add_alloc(alloc("a0", "shop", "web", 0, 0, "n-2"));
@@ -372,17 +375,65 @@ fn disconnected_allocations_are_held_for_lost_after_or_for_good() {
         });
         let result = harness.process("shop");
         let case = format!("lost_after {lost_after_s}s replace {replace}, down {down_for_s}s");
-        if held {
-            assert_eq!(harness.render(&result.plan), "", "{case}");
-        } else {
-            assert_eq!(
-                harness.render(&result.plan),
-                "place shop.web[0] v0 on n-1 replacing shop.web[0]\nstop shop.web[0] on n-2: node down (Lost)",
-                "{case}"
-            );
-        }
+        assert_eq!(harness.render(&result.plan), plan, "{case}");
         let expected = follow_up.map(|after_s: u64| last_heartbeat + after_s * 1000);
         assert_eq!(result.follow_ups.get("web").copied(), expected, "{case}");
+        if plan == replaced {
+            // The next evaluation during the partition leaves both alone: the replacement holds the index, the
+            // disconnected one waits for its node.
+            harness.apply(&result.plan);
+            let again = harness.process("shop");
+            assert_eq!(harness.render(&again.plan), "", "{case}");
+        }
+    }
+}
+
+/// A disconnected allocation whose node comes back within `lost_after` runs beside its replacement:
+/// `disconnect.reconcile` picks the one that stays.
+#[test]
+fn a_reconnected_allocation_and_its_replacement_are_reconciled_by_the_group_strategy() {
+    use davit_api::spec::ReconcileStrategy::*;
+    // The original runs on n-2 since t=1000; the replacement on n-1 since t=5000, and n-1 is fuller (binpack
+    // ranks it higher).
+    for (strategy, stopped) in [
+        (Some(KeepOriginal), "replacement on n-1"),
+        (Some(KeepReplacement), "original on n-2"),
+        (Some(LongestRunning), "replacement on n-1"),
+        (Some(BestScore), "original on n-2"),
+        (None, "original on n-2"),
+    ] {
+        let mut harness = Harness::new();
+        harness.now = 10_000_000;
+        harness.add_nodes("n", 2);
+        let mut spec = job("shop", 1);
+        spec.groups[0].disconnect = Some(davit_api::spec::DisconnectSpec {
+            lost_after: Some(davit_api::Duration::from_secs(600)),
+            reconcile: strategy,
+            ..Default::default()
+        });
+        harness.register(spec);
+        let started = |alloc: &mut davit_api::objects::Allocation, at: u64| {
+            let state = davit_api::objects::TaskState { started_at: Some(at), ..Default::default() };
+            alloc.task_states.insert("main".to_string(), state);
+        };
+        let mut original = alloc("original", "shop", "web", 0, 0, "n-2");
+        (original.create_time, original.create_index) = (1000, 10);
+        started(&mut original, 1000);
+        let mut replacement = alloc("replacement", "shop", "web", 0, 0, "n-1");
+        (replacement.create_time, replacement.create_index) = (5000, 20);
+        replacement.previous_allocation = Some("original".to_string());
+        started(&mut replacement, 5000);
+        harness.add_alloc(original);
+        harness.add_alloc(replacement);
+        harness.add_alloc(alloc("other", "db", "g", 0, 0, "n-1"));
+        let result = harness.process("shop");
+        let strategy_name = strategy.unwrap_or_default().as_str();
+        let node = stopped.rsplit(' ').next().unwrap();
+        assert_eq!(
+            harness.render(&result.plan),
+            format!("stop shop.web[0] on {node}: duplicate of index 0 (disconnect.reconcile: {strategy_name})"),
+            "{strategy_name} stops the {stopped}"
+        );
     }
 }
 
@@ -394,7 +445,7 @@ fn a_held_allocation_does_not_push_out_a_live_duplicate() {
     harness.now = 10_000_000;
     harness.add_nodes("n", 2);
     let mut spec = job("shop", 1);
-    spec.groups[0].disconnect = Some(davit_api::spec::DisconnectSpec { stop_after: None, lost_after: None, replace: false });
+    spec.groups[0].disconnect = Some(davit_api::spec::DisconnectSpec { replace: false, ..Default::default() });
     harness.register(spec);
     harness.add_alloc(alloc("held", "shop", "web", 0, 0, "n-2"));
     harness.add_alloc(alloc("live", "shop", "web", 0, 0, "n-1"));

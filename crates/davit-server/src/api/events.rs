@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Extension;
@@ -10,7 +11,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use davit_api::acl::Access;
-use davit_api::http::{EVENT_TOPICS, EventWire};
+use davit_api::http::{ApiError, EVENT_TOPICS, EventStreamEnd, EventWire};
 use davit_api::namespace::namespace_of;
 use davit_store::{EventKind, StoreError, WatchBatch};
 
@@ -100,12 +101,8 @@ pub(crate) async fn stream(
             Err(error) => return Err(error.into()),
         }
     };
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = StreamState {
         watch,
-        heartbeat,
-        closing: shared.closing.clone(),
         topics: query.topics,
         from_start,
         namespace: caller.namespace.clone(),
@@ -113,32 +110,86 @@ pub(crate) async fn stream(
         health: HashMap::new(),
         pending: VecDeque::new(),
     };
-    let lines = futures_util::stream::unfold(state, |mut state| async move {
-        loop {
-            if let Some(line) = state.pending.pop_front() {
-                return Some((Ok::<_, std::io::Error>(line), state));
-            }
-            tokio::select! {
-                batch = state.watch.next() => match batch {
-                    Some(Ok(batch)) => state.push_batch(&batch),
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "event stream watch ended");
-                        return None;
-                    }
-                    None => return None,
-                },
-                _ = state.heartbeat.tick() => return Some((Ok("{}\n".to_string()), state)),
-                _ = state.closing.changed() => return None, // the server shuts down
-            }
+    let budget = Arc::new(Budget { limit: shared.admission.stream_buffer_bytes, queued: AtomicUsize::new(0) });
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(produce(state, sender, Arc::clone(&budget), shared.closing.clone(), query.index));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let lines = futures_util::stream::unfold((receiver, heartbeat), move |(mut receiver, mut heartbeat)| {
+        let budget = Arc::clone(&budget);
+        async move {
+            let line = tokio::select! {
+                line = receiver.recv() => {
+                    let line: String = line?; // the producer ended: so does the stream
+                    budget.queued.fetch_sub(line.len(), Ordering::Relaxed);
+                    line
+                }
+                _ = heartbeat.tick() => "{}\n".to_string(),
+            };
+            Some((Ok::<_, std::io::Error>(line), (receiver, heartbeat)))
         }
     });
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"))], Body::from_stream(lines)).into_response())
 }
 
+/// The bytes of lines one stream has made but its client has not taken yet, and how many it may have.
+struct Budget {
+    limit: usize,
+    queued: AtomicUsize,
+}
+
+/// Turns the store's changes into lines as fast as they come, whatever the client's pace, so a slow client
+/// costs the server at most its byte budget: one that falls further behind gets a last line that says so, and
+/// its stream ends. Ends when the client goes away, the watch ends or the server shuts down.
+async fn produce(
+    mut state: StreamState,
+    sender: tokio::sync::mpsc::UnboundedSender<String>,
+    budget: Arc<Budget>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+    mut complete: u64,
+) {
+    loop {
+        let batch = tokio::select! {
+            batch = state.watch.next() => match batch {
+                Some(Ok(batch)) => batch,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "event stream watch ended");
+                    return;
+                }
+                None => return,
+            },
+            _ = sender.closed() => return, // the client went away
+            _ = closing.changed() => return, // the server shuts down
+        };
+        state.push_batch(&batch);
+        while let Some(line) = state.pending.pop_front() {
+            if budget.queued.fetch_add(line.len(), Ordering::Relaxed) + line.len() > budget.limit {
+                let end = EventStreamEnd {
+                    error: ApiError {
+                        code: "stream_lagged".to_string(),
+                        message: format!(
+                            "this event stream fell more than {} bytes behind its events and was ended; resume with index={complete} \
+                             (an operator raises the limit with `davit server --event-stream-buffer-bytes`)",
+                            budget.limit
+                        ),
+                        spec_errors: Vec::new(),
+                    },
+                };
+                let mut line = serde_json::to_string(&end).expect("errors serialize");
+                line.push('\n');
+                let _ = sender.send(line);
+                return;
+            }
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+        complete = batch.revision;
+    }
+}
+
 struct StreamState {
     watch: davit_store::Watch,
-    heartbeat: tokio::time::Interval,
-    closing: tokio::sync::watch::Receiver<bool>,
     /// Empty: every topic.
     topics: HashSet<String>,
     /// The stream replays the whole history, so an allocation seen first is new.

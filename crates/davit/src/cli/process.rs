@@ -117,6 +117,10 @@ pub struct ServerArgs {
     /// Most event streams open at once from one client address.
     #[arg(long, default_value_t = davit_server::AdmissionConfig::default().event_streams_per_client)]
     pub max_event_streams_per_client: usize,
+    /// Most bytes of events one event stream may have waiting for a slow client; beyond, its stream ends with a
+    /// line that names the index to resume from.
+    #[arg(long, default_value_t = davit_server::AdmissionConfig::default().event_stream_buffer_bytes)]
+    pub event_stream_buffer_bytes: usize,
 }
 
 #[derive(Debug, Args)]
