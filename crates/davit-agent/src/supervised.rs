@@ -46,7 +46,7 @@ where
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_panicking_loop_is_counted_under_its_name() {
         let restarts = Arc::new(LoopRestarts::default());
         let runs = Arc::new(AtomicU64::new(0));

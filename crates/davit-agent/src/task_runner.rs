@@ -124,7 +124,7 @@ impl TaskRunner {
                             .await;
                         let Waited::Migrate { peer_alloc_id, peer_node_id, uri } = waited else { break waited };
                         migration_tried = Some(peer_alloc_id);
-                        if let Some(report) = self.migrate_out(driver.as_ref(), running, &uri).await {
+                        if let Some(report) = self.migrate_out(driver.as_ref(), running, &uri, &peer_node_id).await {
                             drop((checks, templates));
                             let running = running.clone();
                             return self.migrated(driver.as_ref(), &running, report, &peer_node_id).await;
@@ -320,7 +320,16 @@ impl TaskRunner {
         };
         // On the node's own address only: the guest's memory travels over this connection.
         let listen = format!("{}:{port}", context.advertise_host);
-        let handle = match live.start_incoming(config, &listen).await {
+        // With TLS in the cluster, the stream is TLS too: the source must present a certificate of the cluster.
+        let tls = match context.tls.as_ref().map(|cert| cert.migration_tls(&migration.peer_node_id)).transpose() {
+            Ok(tls) => tls,
+            Err(reason) => {
+                failed(format!("the migration's TLS credentials: {reason}"));
+                self.shared.commit().await;
+                return Err(StartFailure::Fatal);
+            }
+        };
+        let handle = match live.start_incoming(config, &listen, tls.as_ref()).await {
             Ok(handle) => handle,
             Err(error) => {
                 tracing::warn!(alloc_id = %config.alloc_id, task = %name, %error, "starting the migration destination failed");
@@ -378,12 +387,24 @@ impl TaskRunner {
 
     /// Live-migrates the running task to `uri`. `None` when it failed: the task keeps running, the event
     /// and the reported progress say why.
-    async fn migrate_out(&self, driver: &dyn Driver, handle: &TaskHandle, uri: &str) -> Option<davit_api::objects::MigrationReport> {
+    async fn migrate_out(
+        &self,
+        driver: &dyn Driver,
+        handle: &TaskHandle,
+        uri: &str,
+        peer_node_id: &str,
+    ) -> Option<davit_api::objects::MigrationReport> {
         let live = driver.live_migration()?;
         let name = &self.task.name;
         self.shared.update_task(name, Some(event("Migrating", &format!("sending the guest to {uri}"))), |_| {});
         self.shared.commit().await;
-        match live.migrate(handle, uri).await {
+        // With TLS in the cluster, the stream is TLS too, to the destination node's certificate only.
+        let tls = self.shared.context.tls.as_ref().map(|cert| cert.migration_tls(peer_node_id)).transpose();
+        let migrated = match &tls {
+            Ok(tls) => live.migrate(handle, uri, tls.as_ref()).await,
+            Err(reason) => Err(davit_drivers::DriverError::Other(format!("the migration's TLS credentials: {reason}"))),
+        };
+        match migrated {
             Ok(report) => Some(davit_api::objects::MigrationReport {
                 downtime_ms: report.downtime_ms,
                 total_ms: report.total_ms,

@@ -29,6 +29,10 @@ pub(crate) struct NodeCert {
     dir: PathBuf,
     /// Issued by the servers (at join, then renewed); `false`: the operator's files.
     pub issued: bool,
+    /// The cluster's CA certificate.
+    ca_cert: PathBuf,
+    /// Where the node's certificate and key are read from (one file when issued).
+    files: (PathBuf, PathBuf),
 }
 
 /// The node's key and certificate, in one file (written at once: never a key of one and a certificate of
@@ -55,7 +59,8 @@ impl NodeCert {
                 )));
             }
             let watch = tokio::spawn(davit_tls::watch_files(Arc::clone(&slot), cert.clone(), key.clone(), stamp));
-            return Ok((NodeCert { slot, dir, issued: false }, Some(watch)));
+            let files = (cert.clone(), key.clone());
+            return Ok((NodeCert { slot, dir, issued: false, ca_cert: config.ca_cert.clone(), files }, Some(watch)));
         }
         let path = dir.join(FILE);
         if path.exists() {
@@ -70,12 +75,24 @@ impl NodeCert {
                 slot.clear();
             }
         }
-        Ok((NodeCert { slot, dir, issued: true }, None))
+        Ok((NodeCert { slot, dir, issued: true, ca_cert: config.ca_cert.clone(), files: (path.clone(), path) }, None))
     }
 
     /// The node has no certificate yet and gets one when it joins.
     pub fn needs_one(&self) -> bool {
         self.issued && !self.slot.is_set()
+    }
+
+    /// The credentials of a live migration's stream: the CA, this node's certificate and key, and the name of
+    /// the destination node's certificate (`peer_node_id`).
+    pub fn migration_tls(&self, peer_node_id: &str) -> Result<davit_drivers::MigrationTls, String> {
+        let read = |path: &Path| std::fs::read_to_string(path).map_err(|error| format!("reading {}: {error}", path.display()));
+        Ok(davit_drivers::MigrationTls {
+            ca_pem: read(&self.ca_cert)?,
+            cert_pem: read(&self.files.0)?,
+            key_pem: read(&self.files.1)?,
+            peer_name: davit_tls::node_name(peer_node_id),
+        })
     }
 
     /// Keeps a new certificate and its key (one owner-only file, replaced at once), then uses them.
@@ -133,5 +150,30 @@ pub(crate) async fn keep_fresh(context: Arc<AgentContext>, cert: Arc<NodeCert>, 
                 retry = (retry * 2).min(Duration::from_secs(60));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_migration_gets_the_cluster_ca_and_the_nodes_own_certificate_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = davit_tls::Ca::generate(Duration::from_secs(3600)).unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+        let role = davit_tls::Role::Node { id: "n1".to_string(), extra: Vec::new() };
+        let (issued, key_pem) = ca.issue_with_key(&role, Duration::from_secs(3600)).unwrap();
+        std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+        std::fs::write(dir.path().join("tls").join(FILE), format!("{key_pem}{}", issued.cert_pem)).unwrap();
+        let config = AgentTlsConfig { ca_cert: ca_path, cert_files: None };
+        let (cert, watch) = NodeCert::load(&config, dir.path(), "n1").unwrap();
+        assert!(watch.is_none() && cert.slot.is_set());
+        let tls = cert.migration_tls("n2").unwrap();
+        assert_eq!(tls.ca_pem, ca.cert_pem());
+        assert!(tls.cert_pem.contains(&issued.cert_pem) && tls.key_pem.contains(&key_pem));
+        assert_eq!(tls.peer_name, davit_tls::node_name("n2"));
+        assert!(!format!("{tls:?}").contains("PRIVATE KEY"), "the key is never logged");
     }
 }

@@ -283,10 +283,40 @@ pub trait Driver: Send + Sync + 'static {
 /// ([`wait_incoming`](LiveMigration::wait_incoming) resolves then). Who tells whom where to connect is the
 /// caller's business.
 pub trait LiveMigration: Send + Sync {
-    /// Starts the task as the destination of a migration, waiting for its state on `listen` (`host:port`).
-    fn start_incoming<'a>(&'a self, config: &'a TaskConfig, listen: &'a str) -> BoxFuture<'a, Result<TaskHandle, DriverError>>;
+    /// Starts the task as the destination of a migration, waiting for its state on `listen` (`host:port`), over
+    /// TLS with `tls`.
+    fn start_incoming<'a>(
+        &'a self,
+        config: &'a TaskConfig,
+        listen: &'a str,
+        tls: Option<&'a MigrationTls>,
+    ) -> BoxFuture<'a, Result<TaskHandle, DriverError>>;
     /// Resolves once the destination task of `handle` runs (its migration completed); fails if it cannot.
     fn wait_incoming<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>>;
-    /// Migrates the running task of `handle` to `destination_uri` (`tcp:host:port`) and ends it there.
-    fn migrate<'a>(&'a self, handle: &'a TaskHandle, destination_uri: &'a str) -> BoxFuture<'a, Result<MigrationReport, DriverError>>;
+    /// Migrates the running task of `handle` to `destination_uri` (`tcp:host:port`), over TLS with `tls`, and
+    /// ends it there.
+    fn migrate<'a>(
+        &'a self,
+        handle: &'a TaskHandle,
+        destination_uri: &'a str,
+        tls: Option<&'a MigrationTls>,
+    ) -> BoxFuture<'a, Result<MigrationReport, DriverError>>;
+}
+
+/// TLS for the stream of a live migration, when the cluster uses TLS: the cluster's CA, this node's certificate
+/// and key (PEM), and the name the destination's certificate must carry (checked by the source). Each end
+/// accepts only a peer whose certificate the CA signed.
+#[derive(Clone)]
+pub struct MigrationTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The destination's name (`<node-id>.node.davit`); unused on the destination.
+    pub peer_name: String,
+}
+
+impl std::fmt::Debug for MigrationTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrationTls").field("peer_name", &self.peer_name).finish_non_exhaustive()
+    }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use davit_drivers::cgroups::{self, CgroupLayout};
 use davit_drivers::vm::AccelProbeConfig;
 use davit_drivers::{
-    Driver, DriverError, ExitResult, ImagePolicy, LogRotation, TaskConfig, TaskHandle, TaskResources, TaskRunState, VmDriver,
+    Driver, DriverError, ExitResult, ImagePolicy, LogRotation, MigrationTls, TaskConfig, TaskHandle, TaskResources, TaskRunState, VmDriver,
     VmDriverConfig,
 };
 use davit_oci::testing::free_port;
@@ -342,9 +342,9 @@ async fn live_migration_keeps_guest_memory() {
     for expected in 1..=3 {
         assert_eq!(http_get(source_port, "/cgi-bin/counter").await.unwrap().trim(), expected.to_string());
     }
-    let destination = destination_driver.start_incoming(&destination_config, &format!("127.0.0.1:{migration_port}")).await.unwrap();
+    let destination = destination_driver.start_incoming(&destination_config, &format!("127.0.0.1:{migration_port}"), None).await.unwrap();
     assert_eq!(destination_driver.guest_status(&destination).await.unwrap(), "inmigrate");
-    let report = source_driver.migrate(&source, &format!("tcp:127.0.0.1:{migration_port}")).await.unwrap();
+    let report = source_driver.migrate(&source, &format!("tcp:127.0.0.1:{migration_port}"), None).await.unwrap();
     println!("migration: {report:?}");
     assert!(report.transferred_bytes > 0, "{report:?}");
     // The source's exit is the planned one.
@@ -353,6 +353,70 @@ async fn live_migration_keeps_guest_memory() {
     let (count, resumed_after) = wait_http(destination_port, "/cgi-bin/counter").await;
     println!("destination answered {resumed_after:?} after the migration completed");
     assert_eq!(count.trim(), "4", "the counter lives in guest memory and must survive the migration");
+    destination_driver.stop(&destination, "SIGTERM", Duration::from_secs(30)).await.unwrap();
+    destination_driver.destroy(&destination).await.unwrap();
+    source_driver.destroy(&source).await.unwrap();
+}
+
+/// Credentials of node `id` signed by `ca`, as the agents hand them to the driver.
+fn migration_tls(ca: &davit_tls::Ca, id: &str, peer: &str) -> MigrationTls {
+    let role = davit_tls::Role::Node { id: id.to_owned(), extra: Vec::new() };
+    let (issued, key_pem) = ca.issue_with_key(&role, Duration::from_secs(3600)).unwrap();
+    // A node's file holds its key and its certificate together.
+    MigrationTls {
+        ca_pem: ca.cert_pem().to_owned(),
+        cert_pem: format!("{key_pem}{}", issued.cert_pem),
+        key_pem,
+        peer_name: davit_tls::node_name(peer),
+    }
+}
+
+/// Over TLS, a destination takes the guest only from a source whose certificate the cluster's CA signed, and a
+/// source sends it only to the destination node it means; no key is left on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_migration_over_tls_takes_only_the_clusters_nodes() {
+    let Some(fx) = fixture("live_migration_over_tls_takes_only_the_clusters_nodes").await else { return };
+    let (source_driver, destination_driver) = (fx.driver("source"), fx.driver("destination"));
+    let cluster = davit_tls::Ca::generate(Duration::from_secs(3600)).unwrap();
+    let other = davit_tls::Ca::generate(Duration::from_secs(3600)).unwrap();
+    let source_port = free_port();
+    let source_config = fx.task("src", "mover", fx.kernel_config(""), source_port);
+    let source = source_driver.start(&source_config).await.unwrap();
+    wait_http(source_port, "/cgi-bin/health").await;
+    assert_eq!(http_get(source_port, "/cgi-bin/counter").await.unwrap().trim(), "1");
+    let destination_tls = migration_tls(&cluster, "dst", "src");
+
+    // A source whose certificate another CA signed (it trusts both CAs, so only the destination can refuse
+    // it), and a source that expects another node: both refused, the guest stays.
+    let foreign = MigrationTls { ca_pem: format!("{}{}", cluster.cert_pem(), other.cert_pem()), ..migration_tls(&other, "src", "dst") };
+    for (case, tls) in [("another cluster's source", foreign), ("a wrong destination name", migration_tls(&cluster, "src", "elsewhere"))] {
+        let migration_port = free_port();
+        let config = fx.task(&format!("refused-{}", case.len()), "mover", fx.kernel_config(""), free_port());
+        let destination =
+            destination_driver.start_incoming(&config, &format!("127.0.0.1:{migration_port}"), Some(&destination_tls)).await.unwrap();
+        assert!(!config.task_dir.join(".migration-tls").exists(), "{case}: the destination's key was left on disk");
+        let error = source_driver.migrate(&source, &format!("tcp:127.0.0.1:{migration_port}"), Some(&tls)).await.unwrap_err();
+        println!("{case}: {error}");
+        assert!(!source_config.task_dir.join(".migration-tls").exists(), "{case}: the source's key was left on disk");
+        assert_eq!(source_driver.guest_status(&source).await.unwrap(), "running", "{case}");
+        let _ = destination_driver.stop(&destination, "SIGKILL", Duration::ZERO).await;
+        destination_driver.destroy(&destination).await.unwrap();
+    }
+
+    let (destination_port, migration_port) = (free_port(), free_port());
+    let destination_config = fx.task("dst", "mover", fx.kernel_config(""), destination_port);
+    let destination = destination_driver
+        .start_incoming(&destination_config, &format!("127.0.0.1:{migration_port}"), Some(&destination_tls))
+        .await
+        .unwrap();
+    let report = source_driver
+        .migrate(&source, &format!("tcp:127.0.0.1:{migration_port}"), Some(&migration_tls(&cluster, "src", "dst")))
+        .await
+        .unwrap();
+    println!("migration over TLS: {report:?}");
+    destination_driver.wait_incoming(&destination).await.unwrap();
+    let (count, _) = wait_http(destination_port, "/cgi-bin/counter").await;
+    assert_eq!(count.trim(), "2", "the guest's memory came over TLS");
     destination_driver.stop(&destination, "SIGTERM", Duration::from_secs(30)).await.unwrap();
     destination_driver.destroy(&destination).await.unwrap();
     source_driver.destroy(&source).await.unwrap();

@@ -154,7 +154,12 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(&role.common_name());
         params.subject_alt_names = role.names().iter().map(|name| san(name)).collect::<Result<_, _>>()?;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.key_usages = match role {
+            Role::Cli => vec![KeyUsagePurpose::DigitalSignature],
+            // Key encipherment too, although an ECDSA key never enciphers: QEMU before 10.0 refuses a certificate
+            // whose critical key usage lacks it, and nodes' certificates secure live migrations between QEMUs.
+            Role::Server { .. } | Role::Node { .. } => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],
+        };
         params.extended_key_usages = match role {
             Role::Cli => vec![ExtendedKeyUsagePurpose::ClientAuth],
             // Servers also dial agents, and agents also serve their API: both ends of mutual TLS.

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::{
-    BoxFuture, Driver, DriverError, ExecDriver, ExecDriverConfig, ExitResult, Fingerprint, TaskConfig, TaskHandle, TaskResources,
-    TaskRunState, TaskStats,
+    BoxFuture, Driver, DriverError, ExecDriver, ExecDriverConfig, ExitResult, Fingerprint, MigrationTls, TaskConfig, TaskHandle,
+    TaskResources, TaskRunState, TaskStats,
 };
 
 pub mod accel;
@@ -198,17 +198,55 @@ impl VmDriver {
     /// Starts the destination of a live migration: the same VM as `config` would start, waiting for its state
     /// on `tcp:<listen>` (`host:port`, the node's own address: not every interface). The returned handle is a
     /// normal vm task handle once the migration is done.
-    pub async fn start_incoming(&self, config: &TaskConfig, listen: &str) -> Result<TaskHandle, DriverError> {
-        self.start_vm(config, Some(listen)).await
+    /// With `tls`, QEMU waits (`-incoming defer`) until it has the credentials, and accepts only a source
+    /// whose certificate the cluster's CA signed.
+    pub async fn start_incoming(&self, config: &TaskConfig, listen: &str, tls: Option<&MigrationTls>) -> Result<TaskHandle, DriverError> {
+        let Some(tls) = tls else { return self.start_vm(config, Some(Incoming { listen, tls_dir: None })).await };
+        let dir = write_tls_dir(&config.task_dir, tls, "server")?;
+        let started = self.start_vm(config, Some(Incoming { listen, tls_dir: Some(&dir) })).await;
+        let listening = match &started {
+            Ok(handle) => listen_with_tls(handle, listen).await,
+            Err(_) => Ok(()),
+        };
+        // QEMU read the credentials when it made the object: no copy of the key stays on disk.
+        let _ = std::fs::remove_dir_all(&dir);
+        let handle = started?;
+        if let Err(error) = listening {
+            let state = VmDriverState::from_handle(&handle)?;
+            self.exec.stop(&state.exec, "SIGKILL", Duration::ZERO).await?;
+            return Err(error);
+        }
+        Ok(handle)
     }
 
     /// Migrates the running VM of `handle` to `destination_uri` (`tcp:host:port`, where
     /// [`VmDriver::start_incoming`] listens), waits for completion (bounded) and ends the source QEMU, whose exit
     /// `wait` then reports as a success.
-    pub async fn migrate(&self, handle: &TaskHandle, destination_uri: &str) -> Result<MigrationReport, DriverError> {
+    pub async fn migrate(
+        &self,
+        handle: &TaskHandle,
+        destination_uri: &str,
+        tls: Option<&MigrationTls>,
+    ) -> Result<MigrationReport, DriverError> {
         let state = VmDriverState::from_handle(handle)?;
         let mut qmp = connect_qmp(&state.qmp_socket, QMP_PATIENCE).await?;
-        qmp.migrate_set_parameters(json!({"downtime-limit": MIGRATION_DOWNTIME_LIMIT_MS})).await.map_err(qmp_error)?;
+        let mut parameters = json!({"downtime-limit": MIGRATION_DOWNTIME_LIMIT_MS, "tls-creds": ""});
+        if let Some(tls) = tls {
+            let dir = write_tls_dir(&state.task_dir, tls, "client")?;
+            // An earlier attempt may have left its credentials object.
+            let _ = qmp.execute("object-del", Some(json!({"id": TLS_CREDS_ID}))).await;
+            let added = qmp
+                .execute(
+                    "object-add",
+                    Some(json!({"qom-type": "tls-creds-x509", "id": TLS_CREDS_ID, "dir": dir, "endpoint": "client", "verify-peer": true})),
+                )
+                .await;
+            let _ = std::fs::remove_dir_all(&dir);
+            added.map_err(qmp_error)?;
+            parameters["tls-creds"] = json!(TLS_CREDS_ID);
+            parameters["tls-hostname"] = json!(tls.peer_name);
+        }
+        qmp.migrate_set_parameters(parameters).await.map_err(qmp_error)?;
         qmp.migrate(destination_uri).await.map_err(qmp_error)?;
         let deadline = Instant::now() + MIGRATION_TIMEOUT;
         let status = loop {
@@ -278,7 +316,7 @@ impl VmDriver {
         connect_qmp(&state.qmp_socket, QMP_PATIENCE).await?.query_status().await.map_err(qmp_error)
     }
 
-    async fn start_vm(&self, task: &TaskConfig, incoming: Option<&str>) -> Result<TaskHandle, DriverError> {
+    async fn start_vm(&self, task: &TaskConfig, incoming: Option<Incoming<'_>>) -> Result<TaskHandle, DriverError> {
         let start_error = |message: String| DriverError::Start { task: task.task_name.clone(), message, source: None };
         let mut config = config::parse(&task.driver_config)?;
         let accel = match config.accel {
@@ -412,16 +450,26 @@ impl VmDriver {
 }
 
 impl crate::LiveMigration for VmDriver {
-    fn start_incoming<'a>(&'a self, config: &'a TaskConfig, listen: &'a str) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
-        Box::pin(VmDriver::start_incoming(self, config, listen))
+    fn start_incoming<'a>(
+        &'a self,
+        config: &'a TaskConfig,
+        listen: &'a str,
+        tls: Option<&'a MigrationTls>,
+    ) -> BoxFuture<'a, Result<TaskHandle, DriverError>> {
+        Box::pin(VmDriver::start_incoming(self, config, listen, tls))
     }
 
     fn wait_incoming<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(VmDriver::wait_incoming(self, handle))
     }
 
-    fn migrate<'a>(&'a self, handle: &'a TaskHandle, destination_uri: &'a str) -> BoxFuture<'a, Result<MigrationReport, DriverError>> {
-        Box::pin(VmDriver::migrate(self, handle, destination_uri))
+    fn migrate<'a>(
+        &'a self,
+        handle: &'a TaskHandle,
+        destination_uri: &'a str,
+        tls: Option<&'a MigrationTls>,
+    ) -> BoxFuture<'a, Result<MigrationReport, DriverError>> {
+        Box::pin(VmDriver::migrate(self, handle, destination_uri, tls))
     }
 }
 
@@ -583,8 +631,81 @@ struct QemuPlan<'a> {
     ports: &'a [PortForward],
     qmp_socket: &'a Path,
     microvm_firmware: Option<&'a Path>,
-    /// `host:port` to wait for a migration's state on.
-    incoming: Option<&'a str>,
+    incoming: Option<Incoming<'a>>,
+}
+
+/// Where a destination QEMU waits for a migration's state.
+#[derive(Clone, Copy)]
+struct Incoming<'a> {
+    /// `host:port`.
+    listen: &'a str,
+    /// With TLS: the credentials' directory; QEMU then waits (`-incoming defer`) for `migrate-incoming`.
+    tls_dir: Option<&'a Path>,
+}
+
+/// The id of the TLS credentials object of a migration in QEMU.
+const TLS_CREDS_ID: &str = "davit-migration";
+
+/// Writes the files QEMU's `tls-creds-x509` reads for `endpoint` (`server` or `client`) into a fresh
+/// owner-only directory of the task directory: `ca-cert.pem`, `<endpoint>-cert.pem`, `<endpoint>-key.pem`.
+fn write_tls_dir(task_dir: &Path, tls: &MigrationTls, endpoint: &str) -> Result<PathBuf, DriverError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = task_dir.join(".migration-tls");
+    let io = |operation: String| move |source| DriverError::Io { operation, source };
+    match std::fs::remove_dir_all(&dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(format!("removing {}", dir.display()))(error)),
+        _ => {}
+    }
+    std::fs::create_dir_all(task_dir).map_err(io(format!("creating {}", task_dir.display())))?;
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let files = [
+        ("ca-cert.pem".to_owned(), pem_blocks(&tls.ca_pem, "CERTIFICATE")),
+        (format!("{endpoint}-cert.pem"), pem_blocks(&tls.cert_pem, "CERTIFICATE")),
+        (format!("{endpoint}-key.pem"), pem_blocks(&tls.key_pem, "PRIVATE KEY")),
+    ];
+    for (name, contents) in files {
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|mut file| file.write_all(contents.as_bytes()))
+            .map_err(io(format!("writing {}", path.display())))?;
+    }
+    Ok(dir)
+}
+
+/// The PEM blocks of `pem` whose label ends with `label` (`CERTIFICATE`, `PRIVATE KEY`): a node's file holds its
+/// key and its certificate together, QEMU wants them apart.
+fn pem_blocks(pem: &str, label: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in pem.lines() {
+        let line = line.trim_end();
+        if let Some(begin) = line.strip_prefix("-----BEGIN ").and_then(|rest| rest.strip_suffix("-----")) {
+            inside = begin.ends_with(label);
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if line.starts_with("-----END ") {
+            inside = false;
+        }
+    }
+    out
+}
+
+/// Tells a destination QEMU started with `-incoming defer` to use the TLS credentials and listen on `listen`.
+async fn listen_with_tls(handle: &TaskHandle, listen: &str) -> Result<(), DriverError> {
+    let state = VmDriverState::from_handle(handle)?;
+    let mut qmp = connect_qmp(&state.qmp_socket, QMP_PATIENCE).await?;
+    qmp.migrate_set_parameters(json!({"tls-creds": TLS_CREDS_ID})).await.map_err(qmp_error)?;
+    qmp.execute("migrate-incoming", Some(json!({"uri": format!("tcp:{listen}")}))).await.map_err(qmp_error)?;
+    Ok(())
 }
 
 impl QemuPlan<'_> {
@@ -636,8 +757,14 @@ impl QemuPlan<'_> {
             let boot = if !microvm && index == 0 && self.config.kernel.is_none() { ",bootindex=0" } else { "" };
             push(&["-device", &format!("{blk_device},drive=drive{index}{boot}")]);
         }
-        if let Some(listen) = self.incoming {
-            push(&["-incoming", &format!("tcp:{listen}")]);
+        match self.incoming {
+            Some(Incoming { tls_dir: Some(dir), .. }) => {
+                let dir = dir.display().to_string().replace(',', ",,");
+                push(&["-object", &format!("tls-creds-x509,id={TLS_CREDS_ID},dir={dir},endpoint=server,verify-peer=on")]);
+                push(&["-incoming", "defer"]);
+            }
+            Some(Incoming { listen, tls_dir: None }) => push(&["-incoming", &format!("tcp:{listen}")]),
+            None => {}
         }
         args
     }
@@ -729,7 +856,7 @@ mod tests {
             ports: &ports,
             qmp_socket: Path::new("/t/qmp.sock"),
             microvm_firmware: Some(Path::new("/usr/share/qemu/qboot.rom")),
-            incoming: Some("127.0.0.1:4444"),
+            incoming: Some(Incoming { listen: "127.0.0.1:4444", tls_dir: None }),
         };
         assert_eq!(
             plan.args().join(" "),
