@@ -166,6 +166,12 @@ impl ExecDriver {
         for dir in [&config.task_dir, &config.log_dir] {
             std::fs::create_dir_all(dir).map_err(|source| io_error(format!("creating {}", dir.display()), source))?;
         }
+        // The agent starts a task only when it holds no handle for it: an executor still running for this task is
+        // one an earlier agent process started but never recorded (it was killed in between). End it and its
+        // task first, so the task never runs twice.
+        let spec_path = state_dir.join(executor::SPEC_FILE);
+        let leftover = layout.task_cgroup(&CgroupLayout::task_cgroup_name(&config.alloc_id, &config.task_name));
+        blocking(move || end_leftover_executor(&spec_path, &leftover)).await;
         // A restarted task reuses the directory: results of the previous run must not be taken for this one.
         for stale in [executor::PID_FILE, executor::EXIT_FILE] {
             match std::fs::remove_file(state_dir.join(stale)) {
@@ -564,6 +570,25 @@ fn chown_tree(dir: &Path, ids: sys::UserIds) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Kills every executor started with `spec_path` (found by its command line) and every process left in the
+/// task's cgroup. Nothing to do, normally.
+fn end_leftover_executor(spec_path: &Path, cgroup: &TaskCgroup) {
+    use std::os::unix::ffi::OsStrExt;
+    let needle = spec_path.as_os_str().as_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if cmdline.split(|byte| *byte == 0).any(|arg| arg == needle) {
+            tracing::warn!(pid, spec = %spec_path.display(), "ending an executor an earlier agent started but never recorded");
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
+    }
+    if let Err(error) = cgroup.kill_all(KILL_TIMEOUT) {
+        tracing::warn!(%error, "ending the processes left in the task's cgroup");
+    }
 }
 
 async fn remove_cgroup(cgroup: TaskCgroup) -> Result<(), DriverError> {

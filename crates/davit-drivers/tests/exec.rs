@@ -407,6 +407,33 @@ async fn a_new_driver_recovers_a_running_task_and_gets_its_exit_code() {
     driver_b.destroy(&handle).await.unwrap();
 }
 
+/// An agent killed after the executor started a task but before it saved the handle starts the task again
+/// after its restart: the unrecorded executor and task are ended first, so the task never runs twice.
+#[tokio::test]
+async fn a_start_the_agent_never_recorded_is_ended_when_the_task_starts_again() {
+    let Some(fx) = fixture("unrecorded").await else { return };
+    let config = fx.shell("twice", &waiting_script(0));
+    let lost = new_driver().start(&config).await.unwrap();
+    wait_for_file(&fx.task_dir("twice").join("ready")).await;
+    let lost_task = davit_drivers::sys::ProcessIdentity { pid: lost.pid, start_time: start_time(lost.pid).unwrap() };
+    let lost_executor = davit_drivers::sys::ProcessIdentity {
+        pid: u32::try_from(lost.driver_state["executor_pid"].as_u64().unwrap()).unwrap(),
+        start_time: lost.driver_state["executor_start_time"].as_u64().unwrap(),
+    };
+
+    // The restarted agent has no handle and starts the task again.
+    let driver = new_driver();
+    let handle = driver.start(&config).await.unwrap();
+    assert!(!davit_drivers::sys::is_alive(lost_task), "the unrecorded task still runs beside the new one");
+    assert!(!davit_drivers::sys::is_alive(lost_executor), "the unrecorded executor still runs");
+    assert_eq!(driver.inspect(&handle).await.unwrap(), TaskRunState::Running);
+    let cgroup = fx.layout.task_cgroup(&fx.cgroup_name("twice"));
+    let pids = cgroup.pids().unwrap();
+    assert!(pids.contains(&handle.pid) && !pids.contains(&lost.pid), "{pids:?}");
+    driver.stop(&handle, "SIGKILL", Duration::ZERO).await.unwrap();
+    driver.destroy(&handle).await.unwrap();
+}
+
 #[tokio::test]
 async fn recover_of_a_task_killed_with_its_executor_is_task_gone() {
     let Some(fx) = fixture("recover_dead").await else { return };

@@ -228,7 +228,7 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, rece
         // The batch's one outcome, as each request sees it: index 0 for one that wrote nothing.
         let outcome_for = |wrote: bool| match &outcome {
             Ok(index) => Ok(if wrote { *index } else { 0 }),
-            Err(error) => Err(StoreError::Backend(error.to_string())),
+            Err(error) => Err(error.for_another_caller()),
         };
         for (reply, wrote) in replies {
             match reply {

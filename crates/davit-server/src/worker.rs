@@ -75,6 +75,10 @@ impl Worker {
                         let reason = format!("gave up after {} failed attempts; the last: {error}", crate::broker::MAX_NACKS);
                         tracing::error!(eval = %eval.id, job = %eval.job_name, %reason, "evaluation failed for good");
                         let status = self.fail(&eval, &reason).await;
+                        if status.is_err() {
+                            // The store still fails: the evaluation is still pending there; keep trying it.
+                            self.retry_later(&eval);
+                        }
                         self.metrics.eval_processed(status.map_err(|_| ()));
                     }
                 },
@@ -89,13 +93,22 @@ impl Worker {
                         Err(_) => {
                             self.metrics.eval_processed(Err(()));
                             if self.broker.nack(&eval).is_none() {
-                                tracing::error!(eval = %eval.id, "cannot record the evaluation's failure; it stays pending until a restart");
+                                self.retry_later(&eval);
                             }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Queues an evaluation the broker released but the store still has pending again, after the longest backoff:
+    /// a store outage (a full disk) must not leave a job unevaluated until the next restart.
+    fn retry_later(&self, eval: &Evaluation) {
+        tracing::warn!(eval = %eval.id, job = %eval.job_name, "the store still fails; the evaluation is tried again in 10 s");
+        let mut retry = eval.clone();
+        retry.wait_until = Some(now_millis() + 10_000);
+        self.broker.enqueue(Arc::new(retry));
     }
 
     /// Stores `eval` as failed with `reason` (visible in `job status` and `eval status`).

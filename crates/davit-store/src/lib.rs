@@ -167,6 +167,25 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The same error for another caller of a batch that failed as a whole (an `Open` error keeps its text).
+    pub fn for_another_caller(&self) -> StoreError {
+        match self {
+            StoreError::Backend(message) => StoreError::Backend(message.clone()),
+            StoreError::Compacted { requested, oldest } => StoreError::Compacted { requested: *requested, oldest: *oldest },
+            StoreError::WatchLagged => StoreError::WatchLagged,
+            StoreError::LeaseNotFound(lease) => StoreError::LeaseNotFound(*lease),
+            StoreError::Closed => StoreError::Closed,
+            StoreError::Open { .. } => StoreError::Backend(self.to_string()),
+        }
+    }
+
+    /// The backend failed because its disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Backend(message) if message.contains("No space left on device"))
+    }
+}
+
 /// The operations every backend provides. See the crate docs for the guarantees.
 pub trait Store: Send + Sync + 'static {
     /// Short backend name for logs and `/v1/status`, e.g. `redb`.

@@ -29,9 +29,9 @@ mod hub;
 mod writer;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -91,7 +91,10 @@ pub struct RedbStore {
 
 /// State shared by the store handle, its writer thread and watch replay tasks.
 struct Shared {
-    db: Database,
+    /// The open database; `None` while the writer reopens it (see `writer::reopen`).
+    db: RwLock<Option<Arc<Database>>>,
+    /// Where the database file is, to reopen it.
+    path: PathBuf,
     hub: Hub,
     /// Live leases and their deadlines. Invariant: holds exactly the committed leases, except
     /// for leases the writer has taken out to expire in the batch it is committing.
@@ -106,6 +109,12 @@ struct LiveLease {
 }
 
 impl Shared {
+    /// The open database, for one read or write transaction.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let db = self.db.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        db.clone().ok_or_else(|| StoreError::Backend("the database is being reopened after a failed write; try again".to_string()))
+    }
+
     fn leases(&self) -> MutexGuard<'_, HashMap<LeaseId, LiveLease>> {
         // Every update of the map is a single insert or remove, so a poisoned map is still consistent.
         self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -127,7 +136,13 @@ impl RedbStore {
         let now = Instant::now();
         let leases = leases.into_iter().map(|(id, ttl)| (id, LiveLease { ttl, deadline: now + ttl })).collect();
         let limits = HistoryLimits { revisions: options.history_revisions, bytes: options.history_bytes };
-        let shared = Arc::new(Shared { db, hub: Hub::new(state.revision, limits), leases: Mutex::new(leases), options });
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(Arc::new(db))),
+            path: path.to_path_buf(),
+            hub: Hub::new(state.revision, limits),
+            leases: Mutex::new(leases),
+            options,
+        });
         let (requests, receiver) = std_mpsc::channel();
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
@@ -189,6 +204,14 @@ fn initialise(db: &Database) -> Result<(PersistedState, Vec<(LeaseId, Duration)>
     Ok((state, leases))
 }
 
+/// The committed counters, read from the file.
+fn persisted_state(db: &Database) -> Result<PersistedState, redb::Error> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let read = |name: &str| -> Result<Option<u64>, redb::Error> { Ok(meta.get(name)?.map(|value| value.value())) };
+    Ok(PersistedState { revision: read(META_REVISION)?.unwrap_or(0), next_lease: read(META_NEXT_LEASE)?.unwrap_or(1) })
+}
+
 fn backend_error(context: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("{context}: {error}"))
 }
@@ -202,7 +225,7 @@ impl Store for RedbStore {
         let key = key.to_owned();
         Box::pin(self.read(move |shared| {
             let context = "reading a key";
-            let txn = shared.db.begin_read().map_err(|e| backend_error(context, e))?;
+            let txn = shared.db()?.begin_read().map_err(|e| backend_error(context, e))?;
             let table = txn.open_table(KV).map_err(|e| backend_error(context, e))?;
             let Some(record) = table.get(key.as_str()).map_err(|e| backend_error(context, e))? else {
                 return Ok(None);
@@ -215,7 +238,7 @@ impl Store for RedbStore {
         let prefix = prefix.to_owned();
         Box::pin(self.read(move |shared| {
             let context = "reading a range";
-            let txn = shared.db.begin_read().map_err(|e| backend_error(context, e))?;
+            let txn = shared.db()?.begin_read().map_err(|e| backend_error(context, e))?;
             let meta = txn.open_table(META).map_err(|e| backend_error(context, e))?;
             let revision = meta.get(META_REVISION).map_err(|e| backend_error(context, e))?.map_or(0, |value| value.value());
             let table = txn.open_table(KV).map_err(|e| backend_error(context, e))?;

@@ -246,6 +246,13 @@ impl IntoResponse for Failure {
 impl From<davit_store::StoreError> for Failure {
     fn from(error: davit_store::StoreError) -> Self {
         tracing::error!(%error, "store operation failed");
+        if error.is_disk_full() {
+            return Failure::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_full",
+                "the server's data disk is full, so nothing was written: free space under its --data-dir and try again",
+            );
+        }
         Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the store failed: {error}"))
     }
 }

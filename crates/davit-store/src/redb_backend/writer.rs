@@ -5,6 +5,11 @@
 //! it, and each one that writes gets its own revision — commits once with
 //! `Durability::Immediate`, then publishes the watch batches and only then answers the callers.
 //! If the commit fails, nothing of the batch happened and every caller gets the error.
+//!
+//! After a failed batch (an I/O error such as a full disk, or a panic inside redb) the writer reopens the
+//! database before the next one: redb refuses every write after an I/O error until it is reopened, so without
+//! this one full disk would stop all writes until the process restarted. What was committed is in the file;
+//! the counters are read back from it.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -13,6 +18,8 @@ use redb::{Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
 use super::codec::{StoredValue, decode_header, encode_stored_value};
+use std::sync::Arc;
+
 use super::{KV, LEASE_KEYS, LEASES, LiveLease, META, META_NEXT_LEASE, META_REVISION, Shared, backend_error};
 use crate::{Compare, EventKind, KeyValue, LeaseId, Op, Revision, StoreError, Txn, TxnResponse, WatchBatch, WatchEvent};
 
@@ -35,6 +42,7 @@ pub(super) struct PersistedState {
 
 /// Runs until every request sender is gone.
 pub(super) fn run(shared: &Shared, requests: &Receiver<Request>, mut state: PersistedState) {
+    let mut needs_reopen = false;
     loop {
         let first = match next_deadline(shared) {
             None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -56,7 +64,72 @@ pub(super) fn run(shared: &Shared, requests: &Receiver<Request>, mut state: Pers
         if batch.is_empty() && expired.is_empty() {
             continue;
         }
-        state = run_batch(shared, state, batch, expired);
+        if needs_reopen {
+            match reopen(shared) {
+                Ok(reopened) => {
+                    tracing::info!(revision = reopened.revision, "store database reopened after a failed write");
+                    (state, needs_reopen) = (reopened, false);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the store database cannot be reopened yet");
+                    shared.leases().extend(expired);
+                    fail_all(batch, &error);
+                    continue;
+                }
+            }
+        }
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_batch(shared, state, batch, expired)));
+        match applied {
+            Ok(Ok(next)) => state = next,
+            Ok(Err(())) => needs_reopen = true,
+            Err(_) => {
+                // The callers of that batch see their reply dropped (the store is closed for them); the next
+                // batch gets a reopened database.
+                tracing::error!("the store writer panicked in a batch; reopening the database");
+                needs_reopen = true;
+            }
+        }
+    }
+}
+
+/// Closes the database (once every reader let go of it) and opens it again; returns the committed counters.
+fn reopen(shared: &Shared) -> Result<PersistedState, StoreError> {
+    let mut slot = shared.db.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(mut db) = slot.take() {
+        // Readers hold the database only for one read; new ones wait for this lock.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => break drop(db),
+                Err(shared_db) if Instant::now() < deadline => {
+                    db = shared_db;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(shared_db) => {
+                    *slot = Some(shared_db);
+                    return Err(StoreError::Backend("reopening the database: a reader still holds it".to_string()));
+                }
+            }
+        }
+    }
+    let db = redb::Builder::new()
+        .set_cache_size(shared.options.cache_bytes)
+        .create(&shared.path)
+        .map_err(|e| backend_error(&format!("reopening {}", shared.path.display()), e))?;
+    let state = super::persisted_state(&db).map_err(|e| backend_error("reading the counters after reopening", e))?;
+    *slot = Some(Arc::new(db));
+    Ok(state)
+}
+
+/// Answers every request of a batch that was not applied with `error`.
+fn fail_all(batch: Vec<Request>, error: &StoreError) {
+    let failed = || error.for_another_caller();
+    for request in batch {
+        match request {
+            Request::Txn { reply, .. } => drop(reply.send(Err(failed()))),
+            Request::GrantLease { reply, .. } => drop(reply.send(Err(failed()))),
+            Request::RevokeLease { reply, .. } => drop(reply.send(Err(failed()))),
+        }
     }
 }
 
@@ -82,8 +155,14 @@ enum Outcome {
     Revoke(oneshot::Sender<Result<(), StoreError>>, Result<LeaseId, StoreError>),
 }
 
-/// Applies one batch and returns the state after it (unchanged if the commit failed).
-fn run_batch(shared: &Shared, state: PersistedState, batch: Vec<Request>, expired: Vec<(LeaseId, LiveLease)>) -> PersistedState {
+/// Applies one batch and returns the state after it; `Err` when it failed (nothing of it was applied, every
+/// caller got the error).
+fn run_batch(
+    shared: &Shared,
+    state: PersistedState,
+    batch: Vec<Request>,
+    expired: Vec<(LeaseId, LiveLease)>,
+) -> Result<PersistedState, ()> {
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut watch_batches = Vec::new();
     let result = apply_batch(shared, state, batch, &expired, &mut outcomes, &mut watch_batches);
@@ -118,14 +197,13 @@ fn run_batch(shared: &Shared, state: PersistedState, batch: Vec<Request>, expire
                     }
                 }
             }
-            new_state
+            Ok(new_state)
         }
         Err(error) => {
             tracing::error!(%error, "store batch failed; nothing of it was applied");
             // The expired leases are still in the file: keep expiring them.
             shared.leases().extend(expired);
-            let message = error.to_string();
-            let failed = || StoreError::Backend(message.clone());
+            let failed = || error.for_another_caller();
             for outcome in outcomes {
                 match outcome {
                     Outcome::Txn(reply, _) => {
@@ -139,7 +217,7 @@ fn run_batch(shared: &Shared, state: PersistedState, batch: Vec<Request>, expire
                     }
                 }
             }
-            state
+            Err(())
         }
     }
 }
@@ -164,7 +242,7 @@ fn apply_batch(
     watch_batches: &mut Vec<WatchBatch>,
 ) -> Result<PersistedState, Fatal> {
     let context = "writing a batch";
-    let mut txn: WriteTransaction = shared.db.begin_write().map_err(|e| backend_error(context, e))?;
+    let mut txn: WriteTransaction = shared.db()?.begin_write().map_err(|e| backend_error(context, e))?;
     txn.set_durability(Durability::Immediate).map_err(|e| backend_error(context, e))?;
     {
         let mut tables = open_tables(&txn)?;
