@@ -75,6 +75,7 @@ impl AllocRunner {
             failure: None,
             migration_listen: BTreeMap::new(),
             migration_progress: None,
+            deployment_health: None,
         };
         Self::spawn(context, state)
     }
@@ -335,6 +336,17 @@ impl AllocShared {
         }
         // A restored state may say the tasks already ran; report it once in any case.
         self.commit().await;
+        // A deployment's new allocation: decide its health for the deployment.
+        let (job, version, deployment, decided) = self.with_state(|state| {
+            (state.alloc.job_name.clone(), state.alloc.job_version, state.alloc.deployment_id.is_some(), state.deployment_health.is_some())
+        });
+        if deployment && !decided {
+            match self.context.job_spec(&job, version).await.map(|spec| spec.update_strategy(&group.name)) {
+                Ok(Some(strategy)) => drop(tokio::spawn(crate::deployment_health::track(self.clone(), strategy))),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%alloc_id, %error, "no deployment health: the job version is not available"),
+            }
+        }
 
         // 4. Watch the tasks and the control until every task runner returned.
         let mut alloc_control = *control.borrow_and_update();

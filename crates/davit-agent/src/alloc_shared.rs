@@ -90,6 +90,7 @@ pub(crate) fn status_update_of(state: &PersistedAlloc) -> AllocStatusUpdate {
         healthy,
         health_description,
         migration: state.migration_progress.clone(),
+        deployment_health: state.deployment_health,
     }
 }
 

@@ -39,6 +39,7 @@ mod alloc_shared;
 mod api;
 pub mod check;
 mod cluster;
+mod deployment_health;
 mod exec;
 mod fence;
 pub mod fingerprint;

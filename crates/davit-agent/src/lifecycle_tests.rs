@@ -194,6 +194,7 @@ fn persisted(job_type: JobType, group: GroupSpec) -> PersistedAlloc {
         failure: None,
         migration_listen: BTreeMap::new(),
         migration_progress: None,
+        deployment_health: None,
     }
 }
 

@@ -48,6 +48,9 @@ pub struct PersistedAlloc {
     /// What the server is told about the allocation's live migration (see `Allocation::migration`).
     #[serde(default)]
     pub migration_progress: Option<MigrationProgress>,
+    /// The allocation's deployment health, once decided (see `deployment_health.rs`).
+    #[serde(default)]
+    pub deployment_health: Option<davit_api::deployment::DeploymentHealth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +182,7 @@ mod tests {
             failure: None,
             migration_listen: BTreeMap::new(),
             migration_progress: None,
+            deployment_health: None,
         }
     }
 

@@ -20,6 +20,10 @@
 //! | DELETE | `/v1/job/{name}?purge=true` | → [`StopJobResponse`] |
 //! | GET | `/v1/job/{name}/allocations` | → `Vec<`[`AllocListEntry`]`>` |
 //! | GET | `/v1/job/{name}/evaluations` | → `Vec<`[`Evaluation`]`>` |
+//! | GET | `/v1/job/{name}/deployment` | → [`Deployment`](crate::deployment::Deployment) of the job's newest version that has one (blocking query; 404 when none) |
+//! | GET | `/v1/deployments` | → `Vec<`[`Deployment`](crate::deployment::Deployment)`>`, newest first |
+//! | GET | `/v1/deployment/{id-or-prefix}` | → [`Deployment`](crate::deployment::Deployment) (blocking query on its job) |
+//! | POST | `/v1/deployment/{id}/fail`, `/pause`, `/resume` | → [`Deployment`](crate::deployment::Deployment); 400 for a deployment that ended; pause and resume are idempotent |
 //! | GET | `/v1/nodes` | → `Vec<`[`NodeListEntry`]`>` |
 //! | GET | `/v1/node/{id-prefix-or-name}` | → [`Node`](crate::objects::Node) |
 //! | POST | `/v1/node/{id-prefix-or-name}/eligibility` | [`NodeEligibilityRequest`] → [`IndexResponse`]; 409 to make a draining node eligible |
@@ -500,6 +504,9 @@ pub struct AllocStatusUpdate {
     /// How the allocation's part in a live migration goes (see [`Allocation::migration`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationProgress>,
+    /// The agent's verdict on a deployment's new allocation (see [`Allocation::deployment_health`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_health: Option<crate::deployment::DeploymentHealth>,
 }
 
 /// Body of `POST /v1/allocation/{id}/migrate`: live-migrate a running VM allocation to another node.
@@ -572,7 +579,7 @@ pub struct StatusResponse {
 
 /// Topics of the event stream: one per kind of stored object, plus `AllocationHealth` (an
 /// allocation's `healthy` changed; the payload has `job_name`, `healthy`, `previous`, `health_description`).
-pub const EVENT_TOPICS: [&str; 6] = ["Job", "JobVersion", "Node", "Allocation", "Evaluation", "AllocationHealth"];
+pub const EVENT_TOPICS: [&str; 7] = ["Job", "JobVersion", "Node", "Allocation", "Evaluation", "AllocationHealth", "Deployment"];
 
 /// The last line of an event stream the server ended on its own: `{"error": {...}}` (code `stream_lagged`: the
 /// subscriber fell too far behind; the message names the index to resume from).

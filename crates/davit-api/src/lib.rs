@@ -7,6 +7,7 @@
 //! This crate must never do I/O: no files, no sockets, no clocks. Callers pass text and timestamps in.
 
 pub mod acl;
+pub mod deployment;
 pub mod duration;
 pub mod exec;
 pub mod http;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::deployment::DeploymentHealth;
 use crate::spec::{JobSpec, JobType, Resources};
 
 /// Unix time in milliseconds.
@@ -22,6 +23,10 @@ pub struct Job {
     pub version: u64,
     /// True once `job stop` was called; a new `job run` clears it.
     pub stopped: bool,
+    /// The version's deployment succeeded (or it needed none and its allocations run): a version a failed
+    /// deployment may revert to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stable: bool,
     pub submit_time: UnixMillis,
     #[serde(default)]
     pub create_index: Index,
@@ -326,6 +331,12 @@ pub struct Allocation {
     /// Boxed: only allocations in a live migration have one, and the allocation stays small without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<Box<Migration>>,
+    /// The deployment that placed it (a new version of a group with an update strategy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    /// Set by the agent, once, for an allocation of a deployment: see [`DeploymentHealth`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_health: Option<DeploymentHealth>,
     pub create_time: UnixMillis,
     pub modify_time: UnixMillis,
     #[serde(default)]
@@ -465,6 +476,8 @@ pub enum EvalTrigger {
     Rebalance,
     /// Allocations of the job were preempted by a higher-priority job: place them again when there is room.
     Preemption,
+    /// A deployment made progress (an allocation became healthy) or was resumed: roll on.
+    Deployment,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -58,6 +58,8 @@ pub fn alloc(id: &str, job: &str, group: &str, index: u32, node_id: &str) -> All
         previous_allocation: None,
         reschedule_tracker: Vec::new(),
         migration: None,
+        deployment_id: None,
+        deployment_health: None,
         create_time: 0,
         modify_time: 0,
         create_index: 0,

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub mod exec;
 
 use davit_api::acl::{AclPolicy, AclToken, ApplyPolicyRequest, CreateTokenRequest, CreatedToken, TOKEN_HEADER, TokenSelf};
+use davit_api::deployment::Deployment;
 use davit_api::http::{
     AllocListEntry, AllocStatusUpdate, ApiError, Catalog, EventWire, ExecQuery, HeartbeatResponse, INDEX_HEADER, IndexResponse,
     JobDiffResponse, JobListEntry, JobPlanResponse, JobStatusResponse, LogsQuery, MigrateAllocRequest, MigrateAllocResponse,
@@ -470,6 +471,27 @@ impl Client {
 
     pub async fn evaluation(&self, id_or_prefix: &str) -> Result<Evaluation, ClientError> {
         self.get(&format!("/v1/evaluation/{}", encode(id_or_prefix))).await
+    }
+
+    // ---- deployments ----
+
+    pub async fn deployments(&self) -> Result<Vec<Deployment>, ClientError> {
+        self.get_all("/v1/deployments").await
+    }
+
+    /// One deployment by id or unique id prefix; a blocking query on its job with `index` > 0.
+    pub async fn deployment(&self, id_or_prefix: &str, index: Index, wait: Duration) -> Result<Indexed<Deployment>, ClientError> {
+        self.get_blocking(&format!("/v1/deployment/{}", encode(id_or_prefix)), index, wait).await
+    }
+
+    /// The deployment of the job's newest version that has one (404 when none has); blocking with `index` > 0.
+    pub async fn job_deployment(&self, name: &str, index: Index, wait: Duration) -> Result<Indexed<Deployment>, ClientError> {
+        self.get_blocking(&format!("/v1/job/{}/deployment", encode(name)), index, wait).await
+    }
+
+    /// `action`: `fail`, `pause` or `resume`.
+    pub async fn deployment_action(&self, id_or_prefix: &str, action: &str) -> Result<Deployment, ClientError> {
+        Ok(self.send(self.http.post(self.url(&format!("/v1/deployment/{}/{action}", encode(id_or_prefix))))).await?.value)
     }
 
     // ---- services ----

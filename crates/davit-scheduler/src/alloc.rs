@@ -71,6 +71,8 @@ pub(crate) struct NewAllocation<'a> {
     /// Set when `previous` failed and this allocation reschedules it after this delay (ms): the previous
     /// allocation's reschedule tracker, plus this event, carries over.
     pub(crate) reschedule_delay_ms: Option<u64>,
+    /// The deployment placing it, if any.
+    pub(crate) deployment_id: Option<&'a str>,
     pub(crate) now: UnixMillis,
 }
 
@@ -110,6 +112,8 @@ impl NewAllocation<'_> {
             previous_allocation: self.previous.map(|previous| previous.id.clone()),
             reschedule_tracker,
             migration: None,
+            deployment_id: self.deployment_id.map(str::to_string),
+            deployment_health: None,
             create_time: self.now,
             modify_time: self.now,
             create_index: 0,

@@ -23,6 +23,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::alloc::{AllocIds, NewAllocation};
+use crate::deployment::{self, WorkItem};
 use crate::feasible::FeasibilityChecker;
 use crate::plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
 use crate::preempt::Preemptor;
@@ -41,6 +42,9 @@ pub fn schedule(state: &ClusterState, eval: &Evaluation, config: &SchedulerConfi
         return system::schedule_system(state, eval, config, plan, seed ^ fnv1a(eval.id.as_bytes()), now);
     }
     let running_job = job.filter(|job| !job.stopped);
+    if let Some(stopped) = job.filter(|job| job.stopped) {
+        deployment::cancel_all(state, &stopped.spec.id(), &mut plan);
+    }
     let mut reconciliation = reconcile::reconcile(state, running_job, &eval.job_name, config.algorithm, now);
     let follow_ups = std::mem::take(&mut reconciliation.follow_ups);
     let mut run = Run {
@@ -161,6 +165,11 @@ impl<'a> Run<'a> {
             }
         }
         work.sort_by_key(|work| (work.group_position, work.index));
+        let items: Vec<WorkItem> =
+            work.iter().map(|work| WorkItem { group_position: work.group_position, destructive: work.destructive }).collect();
+        let rollout = deployment::plan_rollout(self.state, job, self.plan, &mut self.ids, &mut self.rng, self.now, &items);
+        let mut go_ahead = rollout.go_ahead.into_iter();
+        work.retain(|_| go_ahead.next().unwrap_or(true));
 
         let order = NodeOrder::new(self.state.placement_nodes(), &mut self.rng);
         let asks: Vec<Ask> = job.spec.groups.iter().map(Ask::new).collect();
@@ -256,6 +265,7 @@ impl<'a> Run<'a> {
                         resources,
                         previous: work.previous.as_deref(),
                         reschedule_delay_ms: work.reschedule_delay_ms,
+                        deployment_id: rollout.deployment_ids[work.group_position].as_deref(),
                         now: self.now,
                     }
                     .build(self.ids.next(self.state, &mut self.rng));

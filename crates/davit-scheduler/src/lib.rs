@@ -41,6 +41,7 @@
 
 mod alloc;
 mod constraint;
+mod deployment;
 mod feasible;
 mod fxhash;
 mod generic;

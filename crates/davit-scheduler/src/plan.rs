@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 
+use davit_api::deployment::{Deployment, DeploymentStatus};
 use davit_api::objects::{Allocation, ClientStatus, EvalStatus, PlacementFailure, PlacementScores, UnixMillis};
 use davit_api::spec::{JobType, SchedulerAlgorithm};
 
@@ -126,6 +127,10 @@ pub struct Plan {
     pub failed_groups: BTreeMap<String, PlacementFailure>,
     /// Per new allocation id: how its node was ranked. Only with [`SchedulerConfig::explain`].
     pub scores: BTreeMap<String, PlacementScores>,
+    /// A deployment this plan starts (its new allocations name it); stored with the plan.
+    pub deployment: Option<Box<Deployment>>,
+    /// Deployments this plan ends: `(id, status, description)` (a newer version cancels an older rollout).
+    pub deployment_updates: Vec<(String, DeploymentStatus, String)>,
 }
 
 /// Set an allocation's desired status to `stop`.
@@ -173,6 +178,8 @@ impl Plan {
             node_preemptions: BTreeMap::new(),
             failed_groups: BTreeMap::new(),
             scores: BTreeMap::new(),
+            deployment: None,
+            deployment_updates: Vec::new(),
         }
     }
 
@@ -182,6 +189,8 @@ impl Plan {
             && self.node_updates.is_empty()
             && self.node_preemptions.is_empty()
             && self.failed_groups.is_empty()
+            && self.deployment.is_none()
+            && self.deployment_updates.is_empty()
     }
 
     /// Allocations placed or updated in place, in node order.

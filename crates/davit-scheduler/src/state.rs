@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, OnceLock};
 
+use davit_api::deployment::Deployment;
 use davit_api::namespace::{Namespace, NamespaceUsage, namespace_of};
 use davit_api::objects::{AllocatedResources, Allocation, Job, Node};
 use imbl::{OrdMap, OrdSet};
@@ -51,6 +52,10 @@ pub struct ClusterState {
     namespaces: OrdMap<String, Arc<Namespace>>,
     /// Per namespace (of any allocation's job): what its live allocations reserve.
     namespace_usage: imbl::HashMap<String, NamespaceUsage>,
+    /// Deployments per job id, by job version (one deployment per version).
+    deployments: OrdMap<String, OrdMap<u64, Arc<Deployment>>>,
+    /// Deployment id → (job id, version).
+    deployment_ids: OrdMap<String, (String, u64)>,
 }
 
 /// A schedulable node, its computed class and usage slot, as the node walk of a placement reads them.
@@ -116,6 +121,41 @@ pub struct NodeUsage {
 impl ClusterState {
     pub fn new() -> ClusterState {
         ClusterState::default()
+    }
+
+    pub fn upsert_deployment(&mut self, deployment: Arc<Deployment>) {
+        self.deployment_ids.insert(deployment.id.clone(), (deployment.job_name.clone(), deployment.job_version));
+        self.deployments.entry(deployment.job_name.clone()).or_default().insert(deployment.job_version, deployment);
+    }
+
+    pub fn remove_deployment(&mut self, id: &str) -> Option<Arc<Deployment>> {
+        let (job, version) = self.deployment_ids.remove(id)?;
+        let versions = self.deployments.get_mut(&job)?;
+        let removed = versions.remove(&version);
+        if versions.is_empty() {
+            self.deployments.remove(&job);
+        }
+        removed
+    }
+
+    pub fn deployment(&self, id: &str) -> Option<&Arc<Deployment>> {
+        let (job, version) = self.deployment_ids.get(id)?;
+        self.deployments.get(job)?.get(version)
+    }
+
+    /// The job's deployments, oldest version first.
+    pub fn job_deployments(&self, job: &str) -> impl DoubleEndedIterator<Item = &Arc<Deployment>> + '_ {
+        self.deployments.get(job).into_iter().flat_map(|versions| versions.values())
+    }
+
+    /// The deployment of the job's newest version that has one.
+    pub fn latest_deployment(&self, job: &str) -> Option<&Arc<Deployment>> {
+        self.job_deployments(job).next_back()
+    }
+
+    /// Every deployment, by job and version.
+    pub fn deployments(&self) -> impl Iterator<Item = &Arc<Deployment>> + '_ {
+        self.deployments.values().flat_map(|versions| versions.values())
     }
 
     pub fn upsert_node(&mut self, node: Arc<Node>) {

@@ -292,6 +292,7 @@ impl<'a> SystemRun<'a> {
             resources,
             previous: placement.previous.map(|previous| &**previous),
             reschedule_delay_ms: placement.reschedule_delay_ms,
+            deployment_id: None,
             now: self.now,
         }
         .build(self.ids.next(self.state, &mut self.rng));

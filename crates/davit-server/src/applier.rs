@@ -391,6 +391,20 @@ pub fn check_plan(cluster: &ClusterState, mut plan: Plan, now: u64) -> (Writes, 
             preempted_jobs.insert(&existing.job_name);
         }
     }
+    // The deployment the plan starts (unless the version has one already: an evaluation planned twice), and
+    // the rollouts it ends (unless they ended meanwhile).
+    if let Some(deployment) = &plan.deployment
+        && cluster.job_deployments(&deployment.job_name).all(|existing| existing.job_version != deployment.job_version)
+    {
+        writes.txn.success.push(keys::put(keys::deployment(&deployment.id), &**deployment));
+    }
+    for (id, status, description) in &plan.deployment_updates {
+        if let Some(existing) = cluster.deployment(id).filter(|existing| existing.is_active()) {
+            let mut ended = (**existing).clone();
+            (ended.status, ended.status_description, ended.modify_time) = (*status, description.clone(), now);
+            writes.txn.success.push(keys::put(keys::deployment(id), &ended));
+        }
+    }
     for job in preempted_jobs.into_iter().filter_map(|name| cluster.job(name)) {
         let mut eval = crate::liveness::new_eval(&job.spec.id(), job.spec.job_type, job.spec.priority, EvalTrigger::Preemption, None);
         eval.status_description = format!("allocations preempted by job {} (priority {})", plan.job_name, plan.priority);
@@ -493,6 +507,13 @@ fn merge_node_updates(
         alloc.task_states = update.task_states;
         alloc.healthy = update.healthy;
         alloc.health_description = update.health_description;
+        // Decided once: the agent's verdict on a deployment's new allocation.
+        let newly_healthy_in_deployment = alloc.deployment_id.is_some()
+            && alloc.deployment_health.is_none()
+            && update.deployment_health.is_some_and(|health| health.healthy);
+        if alloc.deployment_id.is_some() && alloc.deployment_health.is_none() {
+            alloc.deployment_health = update.deployment_health;
+        }
         let peer = advance_migration(snapshot, &mut alloc, update.migration.as_ref(), now);
         if alloc == **existing {
             continue;
@@ -501,8 +522,10 @@ fn merge_node_updates(
         let newly = |status: ClientStatus| existing.client_status != status && alloc.client_status == status;
         // Failed: the scheduler decides whether to reschedule it (the group's `reschedule` policy). Complete while
         // it should run (not a batch job, whose completion is the point): the scheduler places it again.
+        // A deployment's allocation became healthy: the scheduler replaces the next ones.
         let trigger = match snapshot.cluster.job(&alloc.job_name) {
             _ if alloc.desired_status != DesiredStatus::Run => None,
+            Some(_) if newly_healthy_in_deployment => Some(EvalTrigger::Deployment),
             Some(_) if newly(ClientStatus::Failed) => Some(EvalTrigger::AllocFailure),
             Some(job) if newly(ClientStatus::Complete) && job.spec.job_type != davit_api::spec::JobType::Batch => {
                 Some(EvalTrigger::AllocComplete)
@@ -626,7 +649,7 @@ mod tests {
 
     fn add_job(cluster: &mut ClusterState, yaml: &str) -> Evaluation {
         let spec = davit_api::spec::parse_job_spec(yaml, "job.yaml").unwrap();
-        let job = Arc::new(Job { spec, version: 0, stopped: false, submit_time: 0, create_index: 0, modify_index: 0 });
+        let job = Arc::new(Job { spec, version: 0, stopped: false, stable: false, submit_time: 0, create_index: 0, modify_index: 0 });
         cluster.upsert_job_version(Arc::clone(&job));
         cluster.upsert_job(Arc::clone(&job));
         crate::liveness::new_eval(&job.spec.id(), job.spec.job_type, job.spec.priority, EvalTrigger::JobRegister, None)

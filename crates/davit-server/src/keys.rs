@@ -7,6 +7,7 @@
 //! | `nodes/<id>` | [`Node`] |
 //! | `allocs/<created, 12 hex digits of ms>/<id>` (ids the scheduler makes), `allocs/<id>` (others) | [`Allocation`] |
 //! | `evals/<id>` | [`Evaluation`] |
+//! | `deployments/<id>` | [`Deployment`] |
 //! | `namespaces/<name>` | [`Namespace`] (`default` exists without one) |
 //! | `vars/<namespace>/<path>` | [`StoredVariable`]: the items sealed with the keyring (see `keyring.rs`) |
 //! | `acl/policy/<name>` | [`AclPolicy`] |
@@ -15,6 +16,7 @@
 //! | `cluster/id` | the cluster's id (a JSON string), made by the first server on an empty store |
 
 use davit_api::acl::{AclPolicy, StoredToken};
+use davit_api::deployment::Deployment;
 use davit_api::namespace::Namespace;
 use davit_api::objects::{Allocation, Evaluation, Job, Node};
 use serde::Serialize;
@@ -24,6 +26,7 @@ pub const VERSIONS: &str = "versions/";
 pub const NODES: &str = "nodes/";
 pub const ALLOCS: &str = "allocs/";
 pub const EVALS: &str = "evals/";
+pub const DEPLOYMENTS: &str = "deployments/";
 pub const NAMESPACES: &str = "namespaces/";
 pub const VARIABLES: &str = "vars/";
 pub const ACL_POLICIES: &str = "acl/policy/";
@@ -51,6 +54,9 @@ pub fn alloc(id: &str) -> String {
 }
 pub fn eval(id: &str) -> String {
     format!("{EVALS}{id}")
+}
+pub fn deployment(id: &str) -> String {
+    format!("{DEPLOYMENTS}{id}")
 }
 pub fn variable(namespace: &str, path: &str) -> String {
     format!("{VARIABLES}{namespace}/{path}")
@@ -87,6 +93,7 @@ pub enum Object {
     Node(Node),
     Alloc(Box<Allocation>),
     Eval(Evaluation),
+    Deployment(Box<Deployment>),
     Namespace(Namespace),
     Variable(Box<StoredVariable>),
     AclPolicy(AclPolicy),
@@ -103,6 +110,7 @@ pub enum ObjectKey<'a> {
     Node(&'a str),
     Alloc(&'a str),
     Eval(&'a str),
+    Deployment(&'a str),
     Namespace(&'a str),
     /// (namespace, path)
     Variable(&'a str, &'a str),
@@ -135,6 +143,9 @@ pub fn parse_key(key: &str) -> Option<ObjectKey<'_>> {
     }
     if let Some(name) = key.strip_prefix(NAMESPACES) {
         return Some(ObjectKey::Namespace(name));
+    }
+    if let Some(id) = key.strip_prefix(DEPLOYMENTS) {
+        return Some(ObjectKey::Deployment(id));
     }
     if let Some(name) = key.strip_prefix(ACL_POLICIES) {
         return Some(ObjectKey::AclPolicy(name));
@@ -173,6 +184,11 @@ pub fn decode(key: &str, value: &[u8], create_revision: u64, mod_revision: u64) 
             let mut alloc: Allocation = serde_json::from_slice(value)?;
             (alloc.create_index, alloc.modify_index) = (create_revision, mod_revision);
             Object::Alloc(Box::new(alloc))
+        }
+        Some(ObjectKey::Deployment(_)) => {
+            let mut deployment: Deployment = serde_json::from_slice(value)?;
+            (deployment.create_index, deployment.modify_index) = (create_revision, mod_revision);
+            Object::Deployment(Box::new(deployment))
         }
         Some(ObjectKey::Namespace(_)) => {
             let mut namespace: Namespace = serde_json::from_slice(value)?;
@@ -236,5 +252,6 @@ mod tests {
         assert_eq!(parse_key(&job("team-a/web")), Some(ObjectKey::Job("team-a/web")));
         assert_eq!(parse_key(&acl_token("a-1")), Some(ObjectKey::AclToken("a-1")));
         assert_eq!(parse_key(ACL_BOOTSTRAP), Some(ObjectKey::AclBootstrap));
+        assert_eq!(parse_key(&deployment("d-1")), Some(ObjectKey::Deployment("d-1")));
     }
 }

@@ -23,6 +23,7 @@ mod api;
 pub mod applier;
 mod broker;
 mod catalog;
+mod deployments;
 mod drainer;
 #[doc(hidden)]
 pub mod fuzz;
@@ -241,6 +242,10 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
     background.push(supervised("drainer", {
         let (store, view, applier, metrics) = (Arc::clone(&config.store), Arc::clone(&view), applier.clone(), Arc::clone(&metrics));
         Box::new(move || Box::pin(drainer::run(Arc::clone(&store), Arc::clone(&view), applier.clone(), Arc::clone(&metrics))) as Loop)
+    }));
+    background.push(supervised("deployments", {
+        let (store, view) = (Arc::clone(&config.store), Arc::clone(&view));
+        Box::new(move || Box::pin(deployments::run(Arc::clone(&store), Arc::clone(&view))) as Loop)
     }));
     background.push(supervised("gc", {
         let (store, view, applier, gc) = (Arc::clone(&config.store), Arc::clone(&view), applier.clone(), config.gc.clone());

@@ -9,7 +9,7 @@ pub use davit_supervise::panic_message;
 use crate::metrics::Metrics;
 
 /// The supervised loops, as `/metrics` names them.
-pub const LOOPS: [&str; 6] = ["coordinator", "applier", "liveness", "drainer", "gc", "worker"];
+pub const LOOPS: [&str; 7] = ["coordinator", "applier", "liveness", "drainer", "deployments", "gc", "worker"];
 
 /// Runs `make()`'s future as a task, again after each panic. `name` is one of [`LOOPS`].
 pub async fn supervise<F, Fut>(name: &'static str, metrics: Arc<Metrics>, make: F)

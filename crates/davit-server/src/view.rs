@@ -412,6 +412,11 @@ fn apply_put(
             snapshot.cluster.upsert_node(Arc::new(node));
         }
         Object::Alloc(alloc) => return Some(apply_alloc(snapshot, Arc::new(*alloc), create_revision, mod_revision, events)),
+        Object::Deployment(deployment) => {
+            snapshot.job_index.insert(deployment.job_name.clone(), mod_revision);
+            snapshot.table_index.insert("deployments", mod_revision);
+            snapshot.cluster.upsert_deployment(Arc::new(*deployment));
+        }
         Object::Namespace(namespace) => {
             snapshot.table_index.insert("namespaces", mod_revision);
             snapshot.cluster.upsert_namespace(Arc::new(namespace));
@@ -646,6 +651,12 @@ fn apply_delete(snapshot: &mut Snapshot, key: &str, revision: Revision, events: 
         Some(ObjectKey::Node(id)) => {
             snapshot.table_index.insert("nodes", revision);
             snapshot.cluster.remove_node(id);
+        }
+        Some(ObjectKey::Deployment(id)) => {
+            if let Some(deployment) = snapshot.cluster.remove_deployment(id) {
+                snapshot.job_index.insert(deployment.job_name.clone(), revision);
+            }
+            snapshot.table_index.insert("deployments", revision);
         }
         Some(ObjectKey::Alloc(id)) => {
             if let Some(alloc) = snapshot.cluster.alloc(id).cloned() {

@@ -415,6 +415,7 @@ impl Watcher {
             healthy: Some(status == ClientStatus::Running),
             health_description: String::new(),
             migration: None,
+            deployment_health: None,
         };
         let _ = self.reports.send((alloc.node_id.clone(), update));
     }

@@ -15,6 +15,7 @@ mod limits;
 pub(crate) mod parse;
 mod placement;
 mod service;
+mod update;
 mod validate;
 
 pub use diff::diff_specs;
@@ -22,6 +23,7 @@ pub use limits::SpecLimits;
 pub use parse::{SpecError, SpecErrors, parse_job_spec, parse_job_spec_within};
 pub use placement::{AllocAffinity, Constraint, ConstraintOperator, NodeAffinity, SpreadSpec};
 pub use service::{BalanceAlgorithm, CheckOnFailure, CheckSpec, CheckType, HashKey, ServiceMode, ServiceSpec, UpstreamSpec};
+pub use update::{HealthCheckMode, UpdateSpec, UpdateStrategy};
 pub use validate::{KNOWN_SIGNALS, check_dns_label, validate};
 
 /// A file rendered for a task: `data` with `{{ var "path" "key" }}` and `{{ service "name" }}` (see
@@ -63,6 +65,7 @@ pub struct JobSpec {
     /// How the scheduler ranks the nodes an allocation fits on; absent: the cluster's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<SchedulerAlgorithm>,
+    /// How a new version replaces running allocations (each group may override it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateSpec>,
     #[serde(default)]
@@ -78,6 +81,16 @@ pub enum JobType {
     Service,
     Batch,
     System,
+}
+
+impl JobType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobType::Service => "service",
+            JobType::Batch => "batch",
+            JobType::System => "system",
+        }
+    }
 }
 
 /// How the scheduler ranks the nodes that fit an allocation (the formulas are in `davit-scheduler`'s
@@ -102,24 +115,6 @@ impl SchedulerAlgorithm {
             SchedulerAlgorithm::Balanced => "balanced",
         }
     }
-}
-
-/// Rolling/canary update settings. Parsed, but not acted on yet: validation rejects it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateSpec {
-    #[serde(default)]
-    pub max_parallel: u32,
-    #[serde(default)]
-    pub canary: u32,
-    #[serde(default)]
-    pub min_healthy_time: Duration,
-    #[serde(default)]
-    pub healthy_deadline: Duration,
-    #[serde(default)]
-    pub auto_revert: bool,
-    #[serde(default)]
-    pub strategy: String,
 }
 
 /// A group of tasks placed together on one node, `count` times.
@@ -154,6 +149,9 @@ pub struct GroupSpec {
     /// What happens to the group's allocations when their node loses its servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnect: Option<DisconnectSpec>,
+    /// Overrides the job's `update:` for this group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateSpec>,
     /// How `node drain` and `rebalance` move the group's allocations: `stop` (stop, then replace elsewhere;
     /// the default) or `live` (live-migrate the VMs; every task must use the `vm` driver).
     #[serde(default, skip_serializing_if = "MigrateMode::is_stop")]
@@ -544,6 +542,15 @@ fn is_default_namespace(namespace: &String) -> bool {
 pub const REDACTED: &str = "<redacted>";
 
 impl JobSpec {
+    /// The update strategy of group `group` (see [`UpdateStrategy::resolve`]): `None` for batch and system jobs,
+    /// an unknown group, or no `update:`.
+    pub fn update_strategy(&self, group: &str) -> Option<UpdateStrategy> {
+        if self.job_type != JobType::Service {
+            return None;
+        }
+        UpdateStrategy::resolve(self.update.as_ref(), self.group(group)?.update.as_ref())
+    }
+
     /// The spec as the API shows it: every `secret_env` value replaced by [`REDACTED`].
     pub fn redacted(&self) -> JobSpec {
         let mut spec = self.clone();

@@ -71,8 +71,12 @@ pub(crate) fn check(spec: &JobSpec, ctx: &Ctx) {
         }
     }
     check_constraints(ctx, "constraints", &spec.constraints);
-    if spec.update.is_some() {
-        not_supported(ctx, "update");
+    if spec.update.is_some() && spec.job_type != JobType::Service {
+        ctx.report_key(
+            "update",
+            format!("`update` applies to service jobs only; this is a {} job", spec.job_type.as_str()),
+            Some("remove `update`".to_string()),
+        );
     }
     if spec.groups.is_empty() {
         ctx.report(
@@ -130,6 +134,15 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec, spec: &JobSpec) {
     }
     if let Some(disconnect) = &group.disconnect {
         check_disconnect(ctx, &format!("{path}.disconnect"), disconnect);
+    }
+    if group.update.is_some() && job_type != JobType::Service {
+        ctx.report_key(
+            &format!("{path}.update"),
+            format!("`update` applies to service jobs only; this is a {} job", job_type.as_str()),
+            Some("remove `update`".to_string()),
+        );
+    } else if let Some(strategy) = spec.update_strategy(&group.name) {
+        check_update(ctx, path, group, strategy);
     }
     if group.migrate == MigrateMode::Live
         && let Some(task) = group.tasks.iter().find(|task| task.driver != DriverName::Vm)
@@ -277,6 +290,34 @@ fn check_disconnect(ctx: &Ctx, path: &str, disconnect: &super::DisconnectSpec) {
             &format!("{path}.reconcile"),
             "reconcile has no effect without lost_after: a down node's allocations are lost at once, so none comes back beside its replacement",
             Some("add e.g. lost_after: 10m, or remove reconcile".to_string()),
+        );
+    }
+}
+
+/// The merged update strategy of a group: `min_healthy_time` < `healthy_deadline` < `progress_deadline` (unless
+/// that is 0), reported where the later of the two values is written (the group's block, else the job's).
+fn check_update(ctx: &Ctx, path: &str, group: &GroupSpec, strategy: super::UpdateStrategy) {
+    let written = |field: &str, is_set: fn(&super::UpdateSpec) -> bool| {
+        if group.update.as_ref().is_some_and(is_set) { format!("{path}.update.{field}") } else { format!("update.{field}") }
+    };
+    if strategy.min_healthy_time >= strategy.healthy_deadline {
+        ctx.report(
+            &written("min_healthy_time", |u| u.min_healthy_time.is_some()),
+            format!(
+                "min_healthy_time {} must be shorter than healthy_deadline {}: no allocation could become healthy in time",
+                strategy.min_healthy_time, strategy.healthy_deadline
+            ),
+            Some(format!("e.g. healthy_deadline: {}", crate::Duration(strategy.min_healthy_time.as_std() * 3))),
+        );
+    }
+    if strategy.progress_deadline.as_std() > std::time::Duration::ZERO && strategy.healthy_deadline >= strategy.progress_deadline {
+        ctx.report(
+            &written("progress_deadline", |u| u.progress_deadline.is_some()),
+            format!(
+                "progress_deadline {} must be longer than healthy_deadline {} (or 0: fail at the first unhealthy allocation)",
+                strategy.progress_deadline, strategy.healthy_deadline
+            ),
+            Some(format!("e.g. progress_deadline: {}", crate::Duration(strategy.healthy_deadline.as_std() * 2))),
         );
     }
 }

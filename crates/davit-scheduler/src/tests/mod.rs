@@ -2,6 +2,7 @@
 //! scenario tests that arrange state → `harness.process(job)` → assert on the plan.
 
 mod affinity;
+mod deployment;
 mod lifecycle;
 mod placement;
 mod preemption;
@@ -58,7 +59,7 @@ impl Harness {
     /// Stores `spec` as the job's next version (0 for a new job) and returns that version.
     pub(crate) fn register(&mut self, spec: JobSpec) -> u64 {
         let version = self.state.job(&spec.name).map_or(0, |job| job.version + 1);
-        let job = Arc::new(Job { spec, version, stopped: false, submit_time: self.now, create_index: 0, modify_index: 0 });
+        let job = Arc::new(Job { spec, version, stopped: false, stable: false, submit_time: self.now, create_index: 0, modify_index: 0 });
         self.state.upsert_job_version(Arc::clone(&job));
         self.state.upsert_job(job);
         version
@@ -117,6 +118,14 @@ impl Harness {
         }
         for alloc in plan.allocations() {
             self.add_alloc(alloc.clone());
+        }
+        if let Some(deployment) = &plan.deployment {
+            self.state.upsert_deployment(Arc::new((**deployment).clone()));
+        }
+        for (id, status, description) in &plan.deployment_updates {
+            let mut ended = (**self.state.deployment(id).expect("a stored deployment")).clone();
+            (ended.status, ended.status_description) = (*status, description.clone());
+            self.state.upsert_deployment(Arc::new(ended));
         }
         self.now += 1000;
     }
@@ -218,6 +227,7 @@ pub(crate) fn group(name: &str, count: u32) -> GroupSpec {
         restart: RestartPolicy::default(),
         reschedule: None,
         disconnect: None,
+        update: None,
         migrate: Default::default(),
         network: NetworkSpec::default(),
         services: Vec::new(),

@@ -219,6 +219,7 @@ impl StreamState {
                 ObjectKey::Node(id) => ("Node", id.to_string()),
                 ObjectKey::Alloc(id) => ("Allocation", id.to_string()),
                 ObjectKey::Eval(id) => ("Evaluation", id.to_string()),
+                ObjectKey::Deployment(id) => ("Deployment", id.to_string()),
                 // Access control and variables are never part of the stream.
                 ObjectKey::Namespace(_)
                 | ObjectKey::Variable(..)
@@ -245,6 +246,7 @@ impl StreamState {
                 let owner = match &object {
                     Object::Alloc(alloc) => Some(&alloc.job_name),
                     Object::Eval(eval) => Some(&eval.job_name),
+                    Object::Deployment(deployment) => Some(&deployment.job_name),
                     _ => None,
                 };
                 if let Some(owner) = owner {
@@ -263,6 +265,7 @@ impl StreamState {
                     Object::Node(node) => serde_json::to_value(node).ok(),
                     Object::Alloc(alloc) => serde_json::to_value(alloc).ok(),
                     Object::Eval(eval) => serde_json::to_value(eval).ok(),
+                    Object::Deployment(deployment) => serde_json::to_value(deployment).ok(),
                     Object::Namespace(_)
                     | Object::Variable(_)
                     | Object::AclPolicy(_)

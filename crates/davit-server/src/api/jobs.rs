@@ -153,13 +153,17 @@ pub(crate) async fn register_spec(shared: &Shared, spec: JobSpec, trigger: EvalT
                     spec: spec.clone(),
                     version: current.version + 1,
                     stopped: false,
+                    stable: false,
                     submit_time: now,
                     create_index: 0,
                     modify_index: 0,
                 },
                 true,
             ),
-            None => (Job { spec: spec.clone(), version: 0, stopped: false, submit_time: now, create_index: 0, modify_index: 0 }, true),
+            None => (
+                Job { spec: spec.clone(), version: 0, stopped: false, stable: false, submit_time: now, create_index: 0, modify_index: 0 },
+                true,
+            ),
         };
         let eval = new_eval(&id, spec.job_type, spec.priority, trigger, None);
         let mut txn = Txn::default();

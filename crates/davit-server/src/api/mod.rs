@@ -22,6 +22,7 @@ use crate::acl::RouteGuard;
 
 mod acl;
 mod allocs;
+mod deployments;
 mod events;
 mod jobs;
 mod namespaces;
@@ -80,6 +81,12 @@ fn table() -> Vec<Route> {
         route(M::POST, "/v1/job/{name}/scale", Rule::NamespaceAny(&[ScaleJob, SubmitJob]), jobs::scale),
         route(M::GET, "/v1/job/{name}/allocations", ns(ReadJob), jobs::allocations),
         route(M::GET, "/v1/job/{name}/evaluations", ns(ReadJob), jobs::evaluations),
+        route(M::GET, "/v1/job/{name}/deployment", ns(ReadJob), deployments::of_job),
+        route(M::GET, "/v1/deployments", ns(ReadJob), deployments::list),
+        route(M::GET, "/v1/deployment/{id}", ns(ReadJob), deployments::get),
+        route(M::POST, "/v1/deployment/{id}/fail", ns(DeploymentWrite), deployments::fail),
+        route(M::POST, "/v1/deployment/{id}/pause", ns(DeploymentWrite), deployments::pause),
+        route(M::POST, "/v1/deployment/{id}/resume", ns(DeploymentWrite), deployments::resume),
         route(M::GET, "/v1/nodes", node_read, nodes::list),
         route(M::POST, "/v1/nodes/register", Rule::Register, nodes::register),
         route(M::PUT, "/v1/nodes/heartbeat", node_write, nodes::heartbeat_many),

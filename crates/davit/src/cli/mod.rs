@@ -71,6 +71,9 @@ pub enum Command {
     /// Inspect evaluations.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Follow, fail, pause and resume the rollouts of new job versions.
+    #[command(subcommand)]
+    Deployment(DeploymentCommand),
     /// Even out node load: move running service allocations from the fullest nodes to the emptiest (new ones),
     /// a few at a time, each wave waiting until its replacements run.
     Rebalance(RebalanceArgs),
@@ -446,6 +449,29 @@ pub enum EvalCommand {
         #[command(flatten)]
         output: Output,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentCommand {
+    /// List deployments, newest first.
+    Ls {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show a deployment (id or id prefix) and its groups' progress; `-w` follows it until it ends.
+    Status {
+        id: String,
+        #[arg(short, long)]
+        watch: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Fail a running deployment now (a group with `auto_revert` rolls back to the newest stable version).
+    Fail { id: String },
+    /// Stop replacing allocations until `resume` (idempotent).
+    Pause { id: String },
+    /// Go on replacing allocations (idempotent).
+    Resume { id: String },
 }
 
 #[derive(Debug, Subcommand)]

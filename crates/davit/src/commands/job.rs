@@ -38,6 +38,16 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
                 return Ok(());
             }
             let timeout = flag_duration("--timeout", &timeout)?;
+            // A job whose groups roll out under a deployment: follow it, and exit 1 when it fails.
+            if spec.groups.iter().any(|group| spec.update_strategy(&group.name).is_some())
+                && let Some(ended) =
+                    super::deployment::follow(client, &spec.name, response.version, response.eval_id.as_deref(), timeout).await?
+            {
+                if output.format == OutputFormat::Json {
+                    println!("{}", json(&ended));
+                }
+                return super::deployment::outcome(&ended);
+            }
             let status = monitor(client, &spec.name, response.version, timeout).await?;
             if output.format == OutputFormat::Json {
                 println!("{}", json(&status));

@@ -1,4 +1,4 @@
-//! `davit job|alloc|node|service|eval|event|rebalance|acl|namespace|var|operator …`: thin commands over the
+//! `davit job|alloc|node|service|eval|deployment|event|rebalance|acl|namespace|var|operator …`: thin commands over the
 //! HTTP API (through `davit-client` only), one module per noun; `tls` and `completion` work offline.
 //! This module holds what several of them share: table headers, the progress line, and following an
 //! allocation until it runs or has migrated.
@@ -12,6 +12,7 @@ use davit_client::Client;
 mod acl;
 mod alloc;
 mod completion;
+mod deployment;
 mod eval;
 mod event;
 mod job;
@@ -26,6 +27,7 @@ mod var;
 pub use acl::acl;
 pub use alloc::alloc;
 pub use completion::completion;
+pub use deployment::deployment;
 pub use eval::eval;
 pub use event::event;
 pub use job::job;

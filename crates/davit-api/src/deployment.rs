@@ -1,0 +1,83 @@
+//! Deployments: the rollout of one job version to the groups that have an update strategy (`update:`). See
+//! ARCHITECTURE.md, "Deployments".
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::objects::{Index, UnixMillis};
+
+/// The rollout of one job version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    /// The job's id (namespace-qualified name).
+    pub job_name: String,
+    pub job_version: u64,
+    pub status: DeploymentStatus,
+    /// "Deployment is running", "Failed due to progress deadline - rolling back to job version 3".
+    pub status_description: String,
+    /// Per group with an update strategy.
+    pub groups: BTreeMap<String, DeploymentGroup>,
+    pub create_time: UnixMillis,
+    pub modify_time: UnixMillis,
+    #[serde(default)]
+    pub create_index: Index,
+    #[serde(default)]
+    pub modify_index: Index,
+}
+
+impl Deployment {
+    /// Still rolling (running or paused).
+    pub fn is_active(&self) -> bool {
+        matches!(self.status, DeploymentStatus::Running | DeploymentStatus::Paused)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentStatus {
+    Running,
+    /// `davit deployment pause`: no more allocations are replaced until it resumes.
+    Paused,
+    Failed,
+    Successful,
+    /// A newer job version (or a stop of the job) superseded it.
+    Cancelled,
+}
+
+impl DeploymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentStatus::Running => "running",
+            DeploymentStatus::Paused => "paused",
+            DeploymentStatus::Failed => "failed",
+            DeploymentStatus::Successful => "successful",
+            DeploymentStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One group's progress in a deployment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentGroup {
+    /// The group's count.
+    pub desired_total: u32,
+    /// Allocations of the deployment's version placed so far.
+    pub placed: u32,
+    pub healthy: u32,
+    pub unhealthy: u32,
+    pub auto_revert: bool,
+    /// Milliseconds; 0: the first unhealthy allocation fails the deployment.
+    pub progress_deadline_ms: u64,
+    /// When the deployment fails unless an allocation becomes healthy before (0: no deadline yet).
+    pub require_progress_by: UnixMillis,
+}
+
+/// What the agent found of a new allocation of a deployment: healthy (its health check held for
+/// `min_healthy_time`) or unhealthy (a task failed, or `healthy_deadline` passed), and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentHealth {
+    pub healthy: bool,
+    pub timestamp: UnixMillis,
+}

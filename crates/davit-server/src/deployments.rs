@@ -1,0 +1,332 @@
+//! The deployment watcher (see ARCHITECTURE.md, "Deployments"): on every change of the view, and at least every
+//! [`IDLE_WAIT`] (deadlines pass without any change), it assesses each running deployment from a snapshot
+//! ([`assess`], pure) and writes what changed:
+//!
+//! - per group, the allocations the deployment placed, how many are healthy and unhealthy (the agents decide,
+//!   see `Allocation::deployment_health`), and the progress deadline, which moves on with each healthy one;
+//! - **successful** once every group runs its count at the deployment's version and every allocation it placed is
+//!   healthy: the version becomes *stable* (a version a later failure may revert to);
+//! - **failed** when an allocation is unhealthy and the group's `progress_deadline` is 0, or when the deadline
+//!   passes first; with `auto_revert`, the job is registered again with the spec of its newest stable version
+//!   (a new version, rolled out with the same strategy) unless that spec is the one that failed.
+//!
+//! Each write compares the deployment's (and, for a revert, the job's) modify index, so a change made meanwhile
+//! (a new version, a pause) wins and is assessed on the next pass.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use davit_api::deployment::{Deployment, DeploymentGroup, DeploymentStatus};
+use davit_api::objects::{ClientStatus, DesiredStatus, EvalTrigger, Job, UnixMillis};
+use davit_scheduler::ClusterState;
+use davit_store::{Compare, Store, StoreError, Txn};
+
+use crate::keys;
+use crate::liveness::new_eval;
+use crate::now_millis;
+use crate::view::View;
+
+/// The watcher looks again at least this often.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+
+pub async fn run(store: Arc<dyn Store>, view: Arc<View>) {
+    let mut seen = 0;
+    loop {
+        let snapshot = view.block_until(seen, IDLE_WAIT, |snapshot| snapshot.revision).await;
+        seen = snapshot.revision;
+        let now = now_millis();
+        let outcomes: Vec<Outcome> = snapshot
+            .cluster
+            .deployments()
+            .filter(|deployment| deployment.is_active())
+            .filter_map(|d| assess(&snapshot.cluster, d, now))
+            .collect();
+        drop(snapshot);
+        for outcome in outcomes {
+            if let Err(error) = write(&store, &view, outcome).await.map(drop) {
+                tracing::error!(%error, "writing a deployment's progress failed");
+            }
+        }
+    }
+}
+
+/// What a pass decided for one deployment.
+#[derive(Debug, PartialEq)]
+pub struct Outcome {
+    /// The deployment as it should be stored.
+    pub deployment: Deployment,
+    /// Its modify index when assessed.
+    pub seen_index: u64,
+    /// On success: the version to mark stable (and the job, when it is still that version).
+    pub stable: Option<Job>,
+    /// On failure with auto_revert: the job to register (a new version with a stable spec), and the modify
+    /// index of the job it replaces.
+    pub revert: Option<(Job, u64)>,
+}
+
+/// Assesses one running deployment; `None` when nothing changed.
+pub fn assess(cluster: &ClusterState, deployment: &Deployment, now: UnixMillis) -> Option<Outcome> {
+    if deployment.status == DeploymentStatus::Paused {
+        return None;
+    }
+    let job = cluster.job(&deployment.job_name);
+    let version_spec = cluster.job_version(&deployment.job_name, deployment.job_version);
+    let mut next = deployment.clone();
+    let mut done = true;
+    let mut failure = None;
+    for (name, group) in &mut next.groups {
+        let count = version_spec.and_then(|job| job.spec.group(name)).map_or(group.desired_total, |group| group.count);
+        let mut stats = DeploymentGroup { desired_total: count, ..group.clone() };
+        (stats.placed, stats.healthy, stats.unhealthy) = (0, 0, 0);
+        let (mut at_version, mut pending) = (0, false);
+        let mut last_healthy: UnixMillis = 0;
+        for alloc in cluster.allocs_for_job(&deployment.job_name).filter(|alloc| alloc.group == *name) {
+            let live = alloc.desired_status == DesiredStatus::Run && !alloc.client_status.is_terminal();
+            if live && alloc.job_version == deployment.job_version {
+                at_version += 1;
+            }
+            if alloc.deployment_id.as_deref() != Some(deployment.id.as_str()) {
+                continue;
+            }
+            stats.placed += 1;
+            match alloc.deployment_health {
+                Some(health) if health.healthy => {
+                    stats.healthy += 1;
+                    last_healthy = last_healthy.max(health.timestamp);
+                }
+                Some(_) => stats.unhealthy += 1,
+                None if alloc.client_status == ClientStatus::Failed => stats.unhealthy += 1,
+                None if live => pending = true,
+                None => {}
+            }
+        }
+        let group_done = at_version >= count && stats.unhealthy == 0 && !pending;
+        done &= group_done;
+        if stats.progress_deadline_ms > 0 && last_healthy > 0 {
+            stats.require_progress_by = stats.require_progress_by.max(last_healthy.saturating_add(stats.progress_deadline_ms));
+        }
+        if failure.is_none() {
+            if stats.unhealthy > 0 && stats.progress_deadline_ms == 0 {
+                failure = Some("Failed due to unhealthy allocations".to_string());
+            } else if stats.require_progress_by > 0 && now > stats.require_progress_by && !group_done {
+                failure = Some("Failed due to progress deadline".to_string());
+            }
+        }
+        *group = stats;
+    }
+    let mut outcome = Outcome { deployment: next, seen_index: deployment.modify_index, stable: None, revert: None };
+    if job.is_none_or(|job| job.stopped || job.version != deployment.job_version) {
+        // The scheduler cancels it with the next evaluation; nothing to decide here.
+        return (outcome.deployment.groups != deployment.groups).then_some(outcome);
+    }
+    let job = job.expect("checked");
+    if let Some(reason) = failure {
+        failed(cluster, job, &mut outcome, reason, now);
+    } else if done {
+        outcome.deployment.status = DeploymentStatus::Successful;
+        outcome.deployment.status_description = "Deployment completed successfully".to_string();
+        let mut stable = version_spec.map_or_else(|| (**job).clone(), |version| (**version).clone());
+        stable.stable = true;
+        outcome.stable = Some(stable);
+    }
+    if outcome.deployment == *deployment {
+        return None;
+    }
+    outcome.deployment.modify_time = now;
+    Some(outcome)
+}
+
+/// A deployment that fails now for `reason` (`davit deployment fail`): as [`assess`] fails one.
+pub fn fail(cluster: &ClusterState, deployment: &Deployment, reason: &str, now: UnixMillis) -> Outcome {
+    let mut outcome = Outcome { deployment: deployment.clone(), seen_index: deployment.modify_index, stable: None, revert: None };
+    outcome.deployment.modify_time = now;
+    match cluster.job(&deployment.job_name).filter(|job| !job.stopped && job.version == deployment.job_version) {
+        Some(job) => failed(cluster, job, &mut outcome, reason.to_string(), now),
+        None => {
+            outcome.deployment.status = DeploymentStatus::Failed;
+            outcome.deployment.status_description = reason.to_string();
+        }
+    }
+    outcome
+}
+
+/// Marks the outcome's deployment failed for `reason` and, with `auto_revert` in a group, registers the newest
+/// stable version's spec again as a new version.
+fn failed(cluster: &ClusterState, job: &Job, outcome: &mut Outcome, reason: String, now: UnixMillis) {
+    outcome.deployment.status = DeploymentStatus::Failed;
+    outcome.deployment.status_description = reason;
+    if !outcome.deployment.groups.values().any(|group| group.auto_revert) {
+        return;
+    }
+    match revert_target(cluster, job) {
+        Some(target) => {
+            outcome.deployment.status_description.push_str(&format!(" - rolling back to job version {}", target.version));
+            let reverted = Job {
+                spec: target.spec.clone(),
+                version: job.version + 1,
+                stopped: false,
+                stable: false,
+                submit_time: now,
+                create_index: 0,
+                modify_index: 0,
+            };
+            outcome.revert = Some((reverted, job.modify_index));
+        }
+        None => outcome.deployment.status_description.push_str(" - no stable version to roll back to"),
+    }
+}
+
+/// The newest stable version older than the job's, unless its spec is the job's own (a revert would change
+/// nothing, and could loop).
+fn revert_target<'a>(cluster: &'a ClusterState, job: &Job) -> Option<&'a Arc<Job>> {
+    let id = job.spec.id();
+    (0..job.version)
+        .rev()
+        .filter_map(|version| cluster.job_version(&id, version))
+        .find(|version| version.stable)
+        .filter(|target| target.spec != job.spec)
+}
+
+/// Writes an outcome; the revision it was committed at, or `None` when the deployment (or the job) changed
+/// since it was assessed.
+pub async fn write(store: &Arc<dyn Store>, view: &View, outcome: Outcome) -> Result<Option<u64>, StoreError> {
+    let deployment = &outcome.deployment;
+    let mut txn = Txn::default();
+    txn.compares.push(Compare::ModRevision(keys::deployment(&deployment.id), outcome.seen_index));
+    txn.success.push(keys::put(keys::deployment(&deployment.id), deployment));
+    if deployment.status != DeploymentStatus::Running {
+        tracing::info!(deployment = %deployment.id, job = %deployment.job_name, version = deployment.job_version, status = deployment.status.as_str(), description = %deployment.status_description, "deployment ended");
+    }
+    if let Some(stable) = &outcome.stable {
+        let id = stable.spec.id();
+        txn.success.push(keys::put(keys::version(&id, stable.version), stable));
+        if let Some(job) = view.snapshot().cluster.job(&id).filter(|job| job.version == stable.version) {
+            txn.compares.push(Compare::ModRevision(keys::job(&id), job.modify_index));
+            txn.success.push(keys::put(keys::job(&id), &Job { stable: true, ..(**job).clone() }));
+        }
+    }
+    if let Some((reverted, job_index)) = &outcome.revert {
+        let id = reverted.spec.id();
+        txn.compares.push(Compare::ModRevision(keys::job(&id), *job_index));
+        txn.success.push(keys::put(keys::job(&id), reverted));
+        txn.success.push(keys::put(keys::version(&id, reverted.version), reverted));
+        let eval = new_eval(&id, reverted.spec.job_type, reverted.spec.priority, EvalTrigger::JobRevert, None);
+        txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+    }
+    let response = store.txn(txn).await?;
+    if !response.succeeded {
+        return Ok(None);
+    }
+    view.wait_for(response.revision).await;
+    Ok(Some(response.revision))
+}
+
+#[cfg(test)]
+mod tests {
+    use davit_api::deployment::DeploymentHealth;
+    use davit_api::objects::Allocation;
+    use davit_api::spec::{UpdateSpec, parse_job_spec};
+
+    use super::*;
+
+    const SPEC: &str =
+        "name: web\ngroups:\n  - name: g\n    count: 2\n    tasks:\n      - {name: t, driver: exec, config: {command: /bin/sleep}}\n";
+
+    fn job(version: u64, marker: &str, stable: bool, progress_deadline_s: u64) -> Job {
+        let mut spec = parse_job_spec(SPEC, "web.yaml").unwrap();
+        spec.update = Some(UpdateSpec {
+            auto_revert: Some(true),
+            progress_deadline: Some(davit_api::Duration::from_secs(progress_deadline_s)),
+            ..Default::default()
+        });
+        spec.meta.insert("marker".to_string(), marker.to_string());
+        Job { spec, version, stopped: false, stable, submit_time: 0, create_index: 1, modify_index: 1 }
+    }
+
+    /// A cluster at job version `versions.last()`, with a running deployment of it and two allocations of it.
+    fn setup(versions: &[Job], health: [Option<bool>; 2]) -> (ClusterState, Deployment) {
+        let mut cluster = ClusterState::new();
+        for version in versions {
+            cluster.upsert_job_version(Arc::new(version.clone()));
+        }
+        let current = versions.last().unwrap();
+        cluster.upsert_job(Arc::new(current.clone()));
+        let strategy = current.spec.update_strategy("g").unwrap();
+        let progress_deadline_ms = strategy.progress_deadline.as_std().as_millis() as u64;
+        let deployment = Deployment {
+            id: "d1".to_string(),
+            job_name: "web".to_string(),
+            job_version: current.version,
+            status: DeploymentStatus::Running,
+            status_description: "Deployment is running".to_string(),
+            groups: [(
+                "g".to_string(),
+                DeploymentGroup {
+                    desired_total: 2,
+                    auto_revert: true,
+                    progress_deadline_ms,
+                    require_progress_by: if progress_deadline_ms > 0 { 1_000 + progress_deadline_ms } else { 0 },
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            create_time: 1_000,
+            modify_time: 1_000,
+            create_index: 5,
+            modify_index: 5,
+        };
+        cluster.upsert_deployment(Arc::new(deployment.clone()));
+        for (index, healthy) in health.into_iter().enumerate() {
+            let alloc = Allocation {
+                job_version: current.version,
+                deployment_id: Some("d1".to_string()),
+                deployment_health: healthy.map(|healthy| DeploymentHealth { healthy, timestamp: 2_000 }),
+                ..davit_api::testing::alloc(&format!("a{index}"), "web", "g", index as u32, "n1")
+            };
+            cluster.upsert_alloc(Arc::new(alloc));
+        }
+        (cluster, deployment)
+    }
+
+    #[test]
+    fn every_allocation_healthy_at_the_version_is_a_success_and_makes_the_version_stable() {
+        let (cluster, deployment) = setup(&[job(0, "a", true, 600)], [Some(true), Some(true)]);
+        let outcome = assess(&cluster, &deployment, 3_000).unwrap();
+        assert_eq!(outcome.deployment.status, DeploymentStatus::Successful);
+        assert_eq!((outcome.deployment.groups["g"].placed, outcome.deployment.groups["g"].healthy), (2, 2));
+        assert!(outcome.stable.unwrap().stable);
+        // One still pending: progress recorded, not done.
+        let (cluster, deployment) = setup(&[job(0, "a", false, 600)], [Some(true), None]);
+        let outcome = assess(&cluster, &deployment, 3_000).unwrap();
+        assert_eq!(outcome.deployment.status, DeploymentStatus::Running);
+        assert_eq!(outcome.deployment.groups["g"].require_progress_by, 2_000 + 600_000, "the deadline moves on with progress");
+    }
+
+    #[test]
+    fn an_unhealthy_allocation_fails_the_deployment_and_auto_revert_registers_the_stable_spec() {
+        let versions = [job(0, "old", true, 0), job(1, "new", false, 0)];
+        let (cluster, deployment) = setup(&versions, [Some(false), None]);
+        let outcome = assess(&cluster, &deployment, 3_000).unwrap();
+        assert_eq!(outcome.deployment.status, DeploymentStatus::Failed);
+        assert_eq!(outcome.deployment.status_description, "Failed due to unhealthy allocations - rolling back to job version 0");
+        let (reverted, _) = outcome.revert.unwrap();
+        assert_eq!((reverted.version, reverted.spec.meta["marker"].as_str()), (2, "old"));
+    }
+
+    #[test]
+    fn a_passed_progress_deadline_fails_and_a_revert_needs_another_stable_spec() {
+        // Nothing stable before: no revert.
+        let (cluster, deployment) = setup(&[job(0, "a", false, 60)], [Some(true), None]);
+        let outcome = assess(&cluster, &deployment, 1_000 + 3_600_000).unwrap();
+        assert_eq!(outcome.deployment.status_description, "Failed due to progress deadline - no stable version to roll back to");
+        assert!(outcome.revert.is_none());
+        // The stable version has the very spec that failed: no revert either (no loop).
+        let (cluster, deployment) = setup(&[job(0, "same", true, 0), job(1, "same", false, 0)], [Some(false), None]);
+        let outcome = assess(&cluster, &deployment, 3_000).unwrap();
+        assert!(outcome.revert.is_none(), "{outcome:?}");
+        // `davit deployment fail` on a running deployment.
+        let (cluster, deployment) = setup(&[job(0, "old", true, 600), job(1, "new", false, 600)], [None, None]);
+        let outcome = fail(&cluster, &deployment, "Deployment marked as failed by user", 3_000);
+        assert_eq!(outcome.deployment.status_description, "Deployment marked as failed by user - rolling back to job version 0");
+    }
+}

@@ -1,0 +1,114 @@
+//! Deployments end to end on `davit dev`: a rolling update replaces one allocation at a time and ends
+//! successful (the version becomes stable); a broken version with `auto_revert` fails, `job run` exits 1 saying
+//! so, and the job rolls back to the stable version's spec as a new version.
+
+mod util;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use davit_api::deployment::DeploymentStatus;
+use davit_api::objects::{ClientStatus, DesiredStatus};
+use util::{DAVIT, Dev, require_root, runtime, wait_job};
+
+/// Four exec allocations rolled one at a time; each is healthy once its task ran for 1 s.
+fn job(command: &str, marker: &str) -> String {
+    format!(
+        r#"name: roll
+update:
+  max_parallel: 1
+  health_check: task_states
+  min_healthy_time: 1s
+  healthy_deadline: 20s
+  progress_deadline: 0s
+  auto_revert: true
+groups:
+  - name: web
+    count: 4
+    restart: {{attempts: 0, mode: fail}}
+    tasks:
+      - name: main
+        driver: exec
+        env: {{MARKER: "{marker}"}}
+        config: {{command: /bin/sh, args: ["-c", "{command}"]}}
+        resources: {{cpu: 20, memory: 32}}
+"#
+    )
+}
+
+#[test]
+fn a_rolling_update_replaces_one_at_a_time_and_a_broken_version_is_reverted() {
+    if !require_root() {
+        return;
+    }
+    let dev = Dev::start();
+    let client = dev.client();
+    // v0: placed under a deployment too, which makes it stable.
+    let v0 = dev.write("v0.yaml", &job("exec sleep 600", "v0"));
+    let out = dev.ok(&["job", "run", &v0]);
+    assert!(out.contains("successful"), "{out}");
+    let first = runtime().block_on(client.job_deployment("roll", 0, Duration::ZERO)).unwrap().value;
+    assert_eq!((first.job_version, first.status), (0, DeploymentStatus::Successful), "{first:#?}");
+
+    // v1: rolled one at a time; at no moment more than one new allocation is not yet healthy.
+    let v1 = dev.write("v1.yaml", &job("exec sleep 600", "v1"));
+    let mut run = Command::new(DAVIT)
+        .args(["job", "run", &v1])
+        .env("DAVIT_ADDR", &dev.addr)
+        .current_dir(dev.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut most_in_flight, mut saw_both_versions) = (0, false);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the rolling update did not end");
+        let status = runtime().block_on(client.job_status("roll")).unwrap().value;
+        let live: Vec<_> =
+            status.allocations.iter().filter(|a| a.desired_status == DesiredStatus::Run && !a.client_status.is_terminal()).collect();
+        let new_ids: Vec<&str> = live.iter().filter(|a| a.job_version == 1).map(|a| a.id.as_str()).collect();
+        saw_both_versions |= !new_ids.is_empty() && live.iter().any(|a| a.job_version == 0);
+        let in_flight = new_ids
+            .iter()
+            .filter(|id| runtime().block_on(client.allocation(id)).is_ok_and(|alloc| alloc.deployment_health.is_none()))
+            .count();
+        most_in_flight = most_in_flight.max(in_flight);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("successful"), "{stdout}");
+    assert!(most_in_flight <= 1, "max_parallel 1, but {most_in_flight} new allocations were unhealthy at once");
+    assert!(saw_both_versions, "a rolling update runs both versions for a while");
+    let rolled = wait_job(&dev.addr, "roll", Duration::from_secs(30), |status| {
+        status.allocations.iter().filter(|a| a.job_version == 1 && a.client_status == ClientStatus::Running).count() == 4
+    });
+    assert!(rolled.job.stable, "a version whose deployment succeeded is stable: {:#?}", rolled.job);
+
+    // v2 is broken: its first allocation fails, the deployment fails, `job run` exits 1 and the job rolls
+    // back to v1's spec as v3.
+    let v2 = dev.write("v2.yaml", &job("exit 1", "v2"));
+    let output = dev.davit(&["job", "run", &v2]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{}\n{stderr}", String::from_utf8_lossy(&output.stdout));
+    assert!(stderr.contains("failed") && stderr.contains("rolling back to job version 1"), "{stderr}");
+    let reverted = wait_job(&dev.addr, "roll", Duration::from_secs(60), |status| {
+        status.job.version == 3
+            && status.allocations.iter().filter(|a| a.job_version == 3 && a.client_status == ClientStatus::Running).count() == 4
+    });
+    let env = &reverted.job.spec.groups[0].tasks[0].env;
+    assert_eq!(env.get("MARKER").map(String::as_str), Some("v1"), "v3 has v1's spec");
+    let deployment = runtime().block_on(client.job_deployment("roll", 0, Duration::ZERO)).unwrap().value;
+    assert_eq!(deployment.job_version, 3);
+    let ended = util::eventually(
+        "v3's deployment ends",
+        Duration::from_secs(60),
+        || runtime().block_on(client.deployment(&deployment.id, 0, Duration::ZERO)).unwrap().value,
+        |deployment| !deployment.is_active(),
+    );
+    assert_eq!(ended.status, DeploymentStatus::Successful, "{ended:#?}");
+    let history = dev.ok(&["deployment", "ls"]);
+    assert!(history.contains("rolling back to job version 1"), "{history}");
+}
