@@ -109,6 +109,11 @@ fn a_rolling_update_replaces_one_at_a_time_and_a_broken_version_is_reverted() {
         |deployment| !deployment.is_active(),
     );
     assert_eq!(ended.status, DeploymentStatus::Successful, "{ended:#?}");
-    let history = dev.ok(&["deployment", "ls"]);
-    assert!(history.contains("rolling back to job version 1"), "{history}");
+    let deployments = dev.ok(&["deployment", "ls"]);
+    assert!(deployments.contains("rolling back to job version 1"), "{deployments}");
+    // `job history` says which versions are stable and how their rollouts ended.
+    let history = dev.ok(&["job", "history", "roll"]);
+    let row = |version: &str| history.lines().find(|line| line.starts_with(version)).unwrap_or_else(|| panic!("{history}")).to_string();
+    assert!(row("1 ").contains("yes") && row("1 ").contains("successful"), "{history}");
+    assert!(row("2 ").contains("failed") && !row("2 ").contains("yes"), "{history}");
 }

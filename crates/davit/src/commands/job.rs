@@ -130,7 +130,16 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
                 println!("{}", json(&versions));
                 return Ok(());
             }
-            let mut rows = vec![header(&["VERSION", "SUBMITTED", "CHANGES FROM PREVIOUS"])];
+            // Each version's rollout, when it had one (`update:`).
+            let job_id = davit_api::namespace::job_id(client.namespace().unwrap_or(davit_api::acl::DEFAULT_NAMESPACE), &name);
+            let deployments: std::collections::BTreeMap<u64, davit_api::deployment::Deployment> = client
+                .deployments()
+                .await?
+                .into_iter()
+                .filter(|deployment| deployment.job_name == job_id)
+                .map(|deployment| (deployment.job_version, deployment))
+                .collect();
+            let mut rows = vec![header(&["VERSION", "SUBMITTED", "STABLE", "DEPLOYMENT", "CHANGES FROM PREVIOUS"])];
             for (i, version) in versions.iter().enumerate() {
                 let changes = match versions.get(i + 1) {
                     Some(previous) => {
@@ -143,7 +152,15 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
                     }
                     None => "(first version)".to_string(),
                 };
-                rows.push(vec![version.version.to_string(), time(version.submit_time), changes]);
+                let stable = if version.stable { "yes" } else { "-" };
+                let deployment = deployments.get(&version.version).map_or("-", |deployment| deployment.status.as_str());
+                rows.push(vec![
+                    version.version.to_string(),
+                    time(version.submit_time),
+                    stable.to_string(),
+                    deployment.to_string(),
+                    changes,
+                ]);
             }
             print!("{}", table(&rows));
             Ok(())
