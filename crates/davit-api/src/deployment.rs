@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::objects::{Index, UnixMillis};
+use crate::objects::{Allocation, ClientStatus, Index, UnixMillis};
 
 /// The rollout of one job version.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,4 +80,30 @@ pub struct DeploymentGroup {
 pub struct DeploymentHealth {
     pub healthy: bool,
     pub timestamp: UnixMillis,
+}
+
+/// Where an allocation a deployment placed stands for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeploymentVerdict {
+    /// The agent found it healthy, at this time.
+    Healthy(UnixMillis),
+    /// The agent found it unhealthy, or it failed before the agent said.
+    Unhealthy,
+    /// Still running, not decided yet.
+    Undecided,
+    /// Ended (lost, completed) without a verdict: it does not count.
+    Gone,
+}
+
+impl Allocation {
+    /// See [`DeploymentVerdict`].
+    pub fn deployment_verdict(&self) -> DeploymentVerdict {
+        match self.deployment_health {
+            Some(health) if health.healthy => DeploymentVerdict::Healthy(health.timestamp),
+            Some(_) => DeploymentVerdict::Unhealthy,
+            None if self.client_status == ClientStatus::Failed => DeploymentVerdict::Unhealthy,
+            None if !self.client_status.is_terminal() => DeploymentVerdict::Undecided,
+            None => DeploymentVerdict::Gone,
+        }
+    }
 }

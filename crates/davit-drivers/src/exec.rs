@@ -573,12 +573,13 @@ fn chown_tree(dir: &Path, ids: sys::UserIds) -> io::Result<()> {
 }
 
 /// Kills every executor started with `spec_path` (found by its command line) and every process left in the
-/// task's cgroup. Nothing to do, normally.
+/// task's cgroup. Nothing to do, normally; a task never started before has no spec file, and nothing is looked
+/// for in `/proc` then.
 fn end_leftover_executor(spec_path: &Path, cgroup: &TaskCgroup) {
     use std::os::unix::ffi::OsStrExt;
     let needle = spec_path.as_os_str().as_bytes();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
-    for entry in entries.flatten() {
+    let entries = if spec_path.exists() { std::fs::read_dir("/proc").ok() } else { None };
+    for entry in entries.into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         if cmdline.split(|byte| *byte == 0).any(|arg| arg == needle) {

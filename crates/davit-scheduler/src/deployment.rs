@@ -12,8 +12,8 @@
 
 use std::collections::BTreeMap;
 
-use davit_api::deployment::{Deployment, DeploymentGroup, DeploymentStatus};
-use davit_api::objects::{ClientStatus, DesiredStatus, Job, UnixMillis};
+use davit_api::deployment::{Deployment, DeploymentGroup, DeploymentStatus, DeploymentVerdict};
+use davit_api::objects::{DesiredStatus, Job, UnixMillis};
 use rand::rngs::SmallRng;
 
 use crate::alloc::AllocIds;
@@ -44,7 +44,7 @@ pub(crate) fn plan_rollout(
     work: &[WorkItem],
 ) -> Rollout {
     let job_id = job.spec.id();
-    cancel_older(state, &job_id, job.version, plan);
+    cancel_others(state, &job_id, Some(job.version), plan);
     let strategies: Vec<_> = job.spec.groups.iter().map(|group| job.spec.update_strategy(&group.name)).collect();
     let mut rollout = Rollout { go_ahead: vec![true; work.len()], deployment_ids: vec![None; strategies.len()] };
     if strategies.iter().all(Option::is_none) {
@@ -71,12 +71,10 @@ pub(crate) fn plan_rollout(
                 && alloc.deployment_id.as_deref() == Some(deployment.id.as_str())
                 && alloc.desired_status == DesiredStatus::Run
         }) {
-            match alloc.deployment_health {
-                Some(health) if !health.healthy => unhealthy = true,
-                Some(_) => {}
-                None if alloc.client_status == ClientStatus::Failed => unhealthy = true,
-                None if !alloc.client_status.is_terminal() => pending += 1,
-                None => {}
+            match alloc.deployment_verdict() {
+                DeploymentVerdict::Unhealthy => unhealthy = true,
+                DeploymentVerdict::Undecided => pending += 1,
+                DeploymentVerdict::Healthy(_) | DeploymentVerdict::Gone => {}
             }
         }
         if !unhealthy {
@@ -141,20 +139,14 @@ pub(crate) fn plan_rollout(
     rollout
 }
 
-/// Cancels every running or paused deployment of the job but the one of `version`.
-fn cancel_older(state: &ClusterState, job_id: &str, version: u64, plan: &mut Plan) {
-    for deployment in state.job_deployments(job_id).filter(|deployment| deployment.is_active() && deployment.job_version != version) {
-        plan.deployment_updates.push((
-            deployment.id.clone(),
-            DeploymentStatus::Cancelled,
-            format!("Cancelled because job is updated to version {version}"),
-        ));
-    }
-}
-
-/// Cancels every running or paused deployment of a stopped job.
-pub(crate) fn cancel_all(state: &ClusterState, job_id: &str, plan: &mut Plan) {
-    for deployment in state.job_deployments(job_id).filter(|deployment| deployment.is_active()) {
-        plan.deployment_updates.push((deployment.id.clone(), DeploymentStatus::Cancelled, "Cancelled because job is stopped".to_string()));
+/// Cancels every running or paused deployment of the job but the one of `version`: a newer version supersedes
+/// it; `None`, the job was stopped.
+pub(crate) fn cancel_others(state: &ClusterState, job_id: &str, version: Option<u64>, plan: &mut Plan) {
+    let description = match version {
+        Some(version) => format!("Cancelled because job is updated to version {version}"),
+        None => "Cancelled because job is stopped".to_string(),
+    };
+    for deployment in state.job_deployments(job_id).filter(|deployment| deployment.is_active() && Some(deployment.job_version) != version) {
+        plan.deployment_updates.push((deployment.id.clone(), DeploymentStatus::Cancelled, description.clone()));
     }
 }

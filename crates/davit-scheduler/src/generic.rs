@@ -43,7 +43,7 @@ pub fn schedule(state: &ClusterState, eval: &Evaluation, config: &SchedulerConfi
     }
     let running_job = job.filter(|job| !job.stopped);
     if let Some(stopped) = job.filter(|job| job.stopped) {
-        deployment::cancel_all(state, &stopped.spec.id(), &mut plan);
+        deployment::cancel_others(state, &stopped.spec.id(), None, &mut plan);
     }
     let mut reconciliation = reconcile::reconcile(state, running_job, &eval.job_name, config.algorithm, now);
     let follow_ups = std::mem::take(&mut reconciliation.follow_ups);

@@ -16,8 +16,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use davit_api::deployment::{Deployment, DeploymentGroup, DeploymentStatus};
-use davit_api::objects::{ClientStatus, DesiredStatus, EvalTrigger, Job, UnixMillis};
+use davit_api::deployment::{Deployment, DeploymentGroup, DeploymentStatus, DeploymentVerdict};
+use davit_api::objects::{DesiredStatus, EvalTrigger, Job, UnixMillis};
 use davit_scheduler::ClusterState;
 use davit_store::{Compare, Store, StoreError, Txn};
 
@@ -89,15 +89,14 @@ pub fn assess(cluster: &ClusterState, deployment: &Deployment, now: UnixMillis) 
                 continue;
             }
             stats.placed += 1;
-            match alloc.deployment_health {
-                Some(health) if health.healthy => {
+            match alloc.deployment_verdict() {
+                DeploymentVerdict::Healthy(at) => {
                     stats.healthy += 1;
-                    last_healthy = last_healthy.max(health.timestamp);
+                    last_healthy = last_healthy.max(at);
                 }
-                Some(_) => stats.unhealthy += 1,
-                None if alloc.client_status == ClientStatus::Failed => stats.unhealthy += 1,
-                None if live => pending = true,
-                None => {}
+                DeploymentVerdict::Unhealthy => stats.unhealthy += 1,
+                DeploymentVerdict::Undecided if live => pending = true,
+                DeploymentVerdict::Undecided | DeploymentVerdict::Gone => {}
             }
         }
         let group_done = at_version >= count && stats.unhealthy == 0 && !pending;

@@ -45,8 +45,12 @@ pub(crate) async fn get(
     Path(id): Path<String>,
     Query(blocking): Query<Blocking>,
 ) -> Result<Response, Failure> {
-    let id = resolve(&shared.view.snapshot(), &caller, &id)?;
-    let job = shared.view.snapshot().cluster.deployment(&id).map(|deployment| deployment.job_name.clone()).unwrap_or_default();
+    let (id, job) = {
+        let snapshot = shared.view.snapshot();
+        let id = resolve(&snapshot, &caller, &id)?;
+        let job = snapshot.cluster.deployment(&id).expect("resolved").job_name.clone();
+        (id, job)
+    };
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&job)).await;
     let deployment = snapshot.cluster.deployment(&id).ok_or_else(|| Failure::not_found(format!("deployment {id} not found")))?;
     Ok(indexed(snapshot.job_index(&job), &**deployment))
