@@ -1,7 +1,8 @@
 //! Deployment health of a new allocation (Nomad's client-side health watcher): an allocation a deployment
 //! placed is *healthy* once its `update.health_check` held for `min_healthy_time` — `checks`: every task runs
 //! and every check passes; `task_states`: every task runs — and *unhealthy* when a task fails or restarts, or
-//! `healthy_deadline` passes first. Decided once, kept in the allocation's state and reported to the servers
+//! `healthy_deadline` passes first; `manual`: an operator decides (`davit deployment health`), the agent only
+//! reports a failed task. Decided once, kept in the allocation's state and reported to the servers
 //! (`Allocation::deployment_health`), whose deployment watcher rolls on or fails the deployment.
 
 use std::sync::Arc;
@@ -38,6 +39,8 @@ fn verdict(mode: HealthCheckMode, tasks: &TaskStates) -> Verdict {
     let holds = match mode {
         HealthCheckMode::TaskStates => running,
         HealthCheckMode::Checks => running && crate::check::derive_health(tasks).0 == Some(true),
+        // An operator says when it is healthy (`davit deployment health`); a failure is still a failure.
+        HealthCheckMode::Manual => false,
     };
     if holds { Verdict::Holds } else { Verdict::Waiting }
 }
@@ -62,7 +65,7 @@ pub(crate) async fn track(shared: Arc<AllocShared>, strategy: UpdateStrategy) {
             }
             Verdict::Waiting => healthy_since = None,
         }
-        if started.elapsed() >= strategy.healthy_deadline.as_std() {
+        if strategy.health_check != HealthCheckMode::Manual && started.elapsed() >= strategy.healthy_deadline.as_std() {
             break (false, format!("not healthy within healthy_deadline {}", strategy.healthy_deadline));
         }
     };

@@ -382,6 +382,7 @@ mod tests {
             port,
             tags: Vec::new(),
             weight: 2,
+            canary: false,
             healthy,
             health_description: String::new(),
             stats: None,

@@ -63,6 +63,17 @@ impl DeploymentStatus {
 pub struct DeploymentGroup {
     /// The group's count.
     pub desired_total: u32,
+    /// Canaries the group places before the rest rolls (0: none, the group rolls at once).
+    #[serde(default)]
+    pub desired_canaries: u32,
+    /// Canaries placed and running.
+    #[serde(default)]
+    pub canaries: u32,
+    /// The canaries were promoted (by `davit deployment promote` or `auto_promote`): the rest rolls.
+    #[serde(default)]
+    pub promoted: bool,
+    #[serde(default)]
+    pub auto_promote: bool,
     /// Allocations of the deployment's version placed so far.
     pub placed: u32,
     pub healthy: u32,
@@ -72,6 +83,22 @@ pub struct DeploymentGroup {
     pub progress_deadline_ms: u64,
     /// When the deployment fails unless an allocation becomes healthy before (0: no deadline yet).
     pub require_progress_by: UnixMillis,
+}
+
+impl DeploymentGroup {
+    /// Canaries are (to be) placed and the rest of the group waits for their promotion.
+    pub fn awaits_promotion(&self) -> bool {
+        self.desired_canaries > 0 && !self.promoted
+    }
+}
+
+/// A new allocation placed beside the running one of its index, which keeps its index (and runs) until this
+/// one is *released*: a canary when its deployment's group is promoted, a surge allocation when it is healthy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shadow {
+    Canary,
+    Surge,
 }
 
 /// What the agent found of a new allocation of a deployment: healthy (its health check held for

@@ -24,6 +24,8 @@
 //! | GET | `/v1/deployments` | → `Vec<`[`Deployment`](crate::deployment::Deployment)`>`, newest first |
 //! | GET | `/v1/deployment/{id-or-prefix}` | → [`Deployment`](crate::deployment::Deployment) (blocking query on its job) |
 //! | POST | `/v1/deployment/{id}/fail`, `/pause`, `/resume` | → [`Deployment`](crate::deployment::Deployment); 400 for a deployment that ended; pause and resume are idempotent |
+//! | POST | `/v1/deployment/{id}/promote` | [`PromoteDeploymentRequest`] → [`Deployment`](crate::deployment::Deployment); 400 without canaries to promote or with canaries not healthy yet |
+//! | POST | `/v1/deployment/{id}/health` | [`DeploymentHealthRequest`] → [`Deployment`](crate::deployment::Deployment): an operator's verdict on allocations of the deployment (`health_check: manual`) |
 //! | GET | `/v1/nodes` | → `Vec<`[`NodeListEntry`]`>` |
 //! | GET | `/v1/node/{id-prefix-or-name}` | → [`Node`](crate::objects::Node) |
 //! | POST | `/v1/node/{id-prefix-or-name}/eligibility` | [`NodeEligibilityRequest`] → [`IndexResponse`]; 409 to make a draining node eligible |
@@ -129,6 +131,24 @@ pub struct ValidateJobResponse {
     pub job_name: String,
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+/// `POST /v1/deployment/{id}/promote`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteDeploymentRequest {
+    /// The groups whose canaries are promoted; empty: every group that has canaries.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// `POST /v1/deployment/{id}/health`: allocations (ids or unique prefixes) of the deployment found healthy or
+/// unhealthy by an operator; a verdict already given stays.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentHealthRequest {
+    #[serde(default)]
+    pub healthy: Vec<String>,
+    #[serde(default)]
+    pub unhealthy: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -667,6 +687,9 @@ pub struct ServiceInstance {
     #[serde(default)]
     pub tags: Vec<String>,
     pub weight: u32,
+    /// A deployment's canary, not promoted yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub canary: bool,
     /// Served: the allocation is healthy (every task running, every check passing) on a ready node.
     pub healthy: bool,
     /// Why it is (not) healthy, e.g. "check web-http of task server failing: HTTP 500".

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::deployment::DeploymentHealth;
+use crate::deployment::{DeploymentHealth, Shadow};
 use crate::spec::{JobSpec, JobType, Resources};
 
 /// Unix time in milliseconds.
@@ -337,6 +337,9 @@ pub struct Allocation {
     /// Set by the agent, once, for an allocation of a deployment: see [`DeploymentHealth`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_health: Option<DeploymentHealth>,
+    /// Placed by a deployment beside the allocation of its index as a canary or a surge (see [`Shadow`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Shadow>,
     pub create_time: UnixMillis,
     pub modify_time: UnixMillis,
     #[serde(default)]

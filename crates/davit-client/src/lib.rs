@@ -14,12 +14,12 @@ pub mod exec;
 use davit_api::acl::{AclPolicy, AclToken, ApplyPolicyRequest, CreateTokenRequest, CreatedToken, TOKEN_HEADER, TokenSelf};
 use davit_api::deployment::Deployment;
 use davit_api::http::{
-    AllocListEntry, AllocStatusUpdate, ApiError, Catalog, EventWire, ExecQuery, HeartbeatResponse, INDEX_HEADER, IndexResponse,
-    JobDiffResponse, JobListEntry, JobPlanResponse, JobStatusResponse, LogsQuery, MigrateAllocRequest, MigrateAllocResponse,
+    AllocListEntry, AllocStatusUpdate, ApiError, Catalog, DeploymentHealthRequest, EventWire, ExecQuery, HeartbeatResponse, INDEX_HEADER,
+    IndexResponse, JobDiffResponse, JobListEntry, JobPlanResponse, JobStatusResponse, LogsQuery, MigrateAllocRequest, MigrateAllocResponse,
     NEXT_TOKEN_HEADER, NodeAllocStatusUpdates, NodeCertificateResponse, NodeDrainRequest, NodeEligibilityRequest, NodeListEntry,
-    NodeRegisterResponse, NodesAllocationsRequest, NodesHeartbeatRequest, NodesHeartbeatResponse, RebalanceRequest, RebalanceResponse,
-    RegisterJobResponse, RevertJobRequest, ScaleJobRequest, ServiceInfo, ServiceListEntry, StatusResponse, StopJobResponse,
-    ValidateJobResponse,
+    NodeRegisterResponse, NodesAllocationsRequest, NodesHeartbeatRequest, NodesHeartbeatResponse, PromoteDeploymentRequest,
+    RebalanceRequest, RebalanceResponse, RegisterJobResponse, RevertJobRequest, ScaleJobRequest, ServiceInfo, ServiceListEntry,
+    StatusResponse, StopJobResponse, ValidateJobResponse,
 };
 use davit_api::namespace::{ApplyNamespaceRequest, NamespaceStatus};
 use davit_api::objects::{Allocation, Evaluation, Index, Job, Node};
@@ -492,6 +492,21 @@ impl Client {
     /// `action`: `fail`, `pause` or `resume`.
     pub async fn deployment_action(&self, id_or_prefix: &str, action: &str) -> Result<Deployment, ClientError> {
         Ok(self.send(self.http.post(self.url(&format!("/v1/deployment/{}/{action}", encode(id_or_prefix))))).await?.value)
+    }
+
+    /// Promotes the canaries of `groups` (every group's when empty).
+    pub async fn promote_deployment(&self, id_or_prefix: &str, groups: Vec<String>) -> Result<Deployment, ClientError> {
+        let request = self
+            .http
+            .post(self.url(&format!("/v1/deployment/{}/promote", encode(id_or_prefix))))
+            .json(&PromoteDeploymentRequest { groups });
+        Ok(self.send(request).await?.value)
+    }
+
+    /// An operator's verdict on allocations the deployment placed.
+    pub async fn set_deployment_health(&self, id_or_prefix: &str, verdicts: &DeploymentHealthRequest) -> Result<Deployment, ClientError> {
+        let request = self.http.post(self.url(&format!("/v1/deployment/{}/health", encode(id_or_prefix)))).json(verdicts);
+        Ok(self.send(request).await?.value)
     }
 
     // ---- services ----

@@ -73,6 +73,8 @@ pub(crate) struct NewAllocation<'a> {
     pub(crate) reschedule_delay_ms: Option<u64>,
     /// The deployment placing it, if any.
     pub(crate) deployment_id: Option<&'a str>,
+    /// Placed beside `previous`, which keeps running (a canary or a surge).
+    pub(crate) shadow: Option<davit_api::deployment::Shadow>,
     pub(crate) now: UnixMillis,
 }
 
@@ -114,6 +116,7 @@ impl NewAllocation<'_> {
             migration: None,
             deployment_id: self.deployment_id.map(str::to_string),
             deployment_health: None,
+            shadow: self.shadow,
             create_time: self.now,
             modify_time: self.now,
             create_index: 0,

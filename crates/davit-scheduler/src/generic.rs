@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::sync::Arc;
 
+use davit_api::deployment::Shadow;
 use davit_api::namespace::NamespaceUsage;
 use davit_api::objects::{
     AllocatedResources, Allocation, ClientStatus, EvalStatus, Evaluation, Job, Node, NodeScore, PlacementFailure, PlacementScores,
@@ -23,7 +24,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::alloc::{AllocIds, NewAllocation};
-use crate::deployment::{self, WorkItem};
+use crate::deployment::{self, Go, WorkItem};
 use crate::feasible::FeasibilityChecker;
 use crate::plan::{AllocStop, Plan, ScheduleResult, SchedulerConfig};
 use crate::preempt::Preemptor;
@@ -90,6 +91,8 @@ struct Work {
     /// The previous allocation failed and is rescheduled after this delay (ms): it is stopped
     /// ("rescheduled") when its replacement finds a node, which avoids its node if it can.
     reschedule_delay_ms: Option<u64>,
+    /// A deployment's canary or surge, placed beside the previous allocation.
+    shadow: Option<Shadow>,
 }
 
 struct Run<'a> {
@@ -142,6 +145,7 @@ impl<'a> Run<'a> {
                 previous: placement.previous,
                 destructive: false,
                 reschedule_delay_ms: placement.reschedule_delay_ms,
+                shadow: None,
             })
             .collect();
         for update in reconciliation.updates {
@@ -161,15 +165,26 @@ impl<'a> Run<'a> {
                     previous: Some(update.alloc),
                     destructive: true,
                     reschedule_delay_ms: None,
+                    shadow: None,
                 });
             }
         }
         work.sort_by_key(|work| (work.group_position, work.index));
-        let items: Vec<WorkItem> =
-            work.iter().map(|work| WorkItem { group_position: work.group_position, destructive: work.destructive }).collect();
+        let items: Vec<WorkItem> = work
+            .iter()
+            .map(|work| WorkItem { group_position: work.group_position, index: work.index, destructive: work.destructive })
+            .collect();
         let rollout = deployment::plan_rollout(self.state, job, self.plan, &mut self.ids, &mut self.rng, self.now, &items);
-        let mut go_ahead = rollout.go_ahead.into_iter();
-        work.retain(|_| go_ahead.next().unwrap_or(true));
+        let mut go = rollout.go.into_iter();
+        work.retain_mut(|work| match go.next().unwrap_or(Go::Ahead) {
+            Go::Ahead => true,
+            Go::Wait => false,
+            Go::Beside(shadow) => {
+                // Placed beside the running allocation, which keeps running.
+                (work.destructive, work.shadow) = (false, Some(shadow));
+                true
+            }
+        });
 
         let order = NodeOrder::new(self.state.placement_nodes(), &mut self.rng);
         let asks: Vec<Ask> = job.spec.groups.iter().map(Ask::new).collect();
@@ -266,6 +281,7 @@ impl<'a> Run<'a> {
                         previous: work.previous.as_deref(),
                         reschedule_delay_ms: work.reschedule_delay_ms,
                         deployment_id: rollout.deployment_ids[work.group_position].as_deref(),
+                        shadow: work.shadow,
                         now: self.now,
                     }
                     .build(self.ids.next(self.state, &mut self.rng));

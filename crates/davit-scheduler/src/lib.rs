@@ -64,5 +64,5 @@ pub use generic::schedule;
 pub use migrate::{MigrationPlacementError, place_migration};
 pub use plan::{AllocStop, PREEMPTION_PRIORITY_DELTA, Plan, PreemptionConfig, ScheduleResult, SchedulerConfig};
 pub use rebalance::{RebalanceConfig, RebalanceMove, rebalance};
-pub use state::{ClusterState, NodeUsage};
+pub use state::{ClusterState, NodeUsage, ShadowState};
 pub use verify::{PlacementViolation, check_required_placement, may_break_required_rules};

@@ -16,6 +16,11 @@
 //! 6. older (or other) job version → an update: in place when the group spec is unchanged except for
 //!    `count` and `services`, else destructive (decided by the caller, which also checks the node still fits the job).
 //!
+//! Shadows (a deployment's canaries and surges, see `Allocation::shadow`) come first: one still waiting for
+//! promotion (or health) runs beside the allocation of its index and holds nothing, unless that index is free;
+//! one released is an ordinary allocation that takes its index from an older version's ("replaced by version
+//! N"); one whose deployment ended before releasing it is stopped.
+//!
 //! The destination of a live migration that has not completed is left out: the source holds its index (a
 //! completed migration stops the source, a failed one stops the destination).
 //!
@@ -35,11 +40,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use davit_api::deployment::Shadow;
 use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, Job, Node, NodeStatus, UnixMillis};
 use davit_api::spec::{JobType, ReconcileStrategy, SchedulerAlgorithm};
 
 use crate::rank::{self, UsageTracker};
-use crate::state::ClusterState;
+use crate::state::{ClusterState, ShadowState};
 
 /// What reconciliation decided for one job.
 #[derive(Default)]
@@ -137,6 +143,36 @@ fn reconcile_group(
     let mut scaled_down: Vec<&Arc<Allocation>> = Vec::new();
     let replace = group.disconnect.as_ref().is_none_or(|disconnect| disconnect.replace);
 
+    // Shadows (canaries and surges of a deployment): one still waiting runs beside the allocation of its index
+    // and holds nothing (unless that index is free); one released takes its index from an older version's.
+    let mut released_at: BTreeSet<u32> = BTreeSet::new();
+    let mut waiting: Vec<u32> = Vec::new();
+    let mut regular: Vec<Arc<Allocation>> = Vec::with_capacity(allocs.len());
+    for alloc in allocs {
+        let live = !alloc.client_status.is_terminal();
+        match state.shadow_state(alloc) {
+            None => regular.push(Arc::clone(alloc)),
+            Some(ShadowState::Released) => {
+                if live && alloc.job_version == job.version {
+                    released_at.insert(alloc.index);
+                }
+                regular.push(Arc::clone(alloc));
+            }
+            Some(_) if !live => {}
+            Some(ShadowState::Waiting) if alloc.index < count => waiting.push(alloc.index),
+            Some(ShadowState::Waiting) => scaled_down.push(alloc),
+            Some(ShadowState::Abandoned) => result.stops.push(Stop {
+                alloc: Arc::clone(alloc),
+                description: match alloc.shadow {
+                    Some(Shadow::Canary) => "canary of a deployment that ended without promoting it".to_string(),
+                    _ => "surge of a deployment that ended before it was healthy".to_string(),
+                },
+                client_status: None,
+            }),
+        }
+    }
+    let allocs = &regular[..];
+
     // Live allocations: desired run, not terminal on the client. Those on reachable nodes first, so that one
     // held on a down node (`disconnect:`) never takes an index from one that runs where it can be reached.
     // One node lookup per allocation (this runs for every allocation of every evaluated group).
@@ -177,6 +213,12 @@ fn reconcile_group(
                 client_status: Some(ClientStatus::Lost),
             });
             lost.push(alloc);
+        } else if alloc.job_version != job.version && released_at.contains(&alloc.index) {
+            result.stops.push(Stop {
+                alloc: Arc::clone(alloc),
+                description: format!("replaced by version {}", job.version),
+                client_status: None,
+            });
         } else if alloc.index >= count {
             scaled_down.push(alloc);
         } else if !held.insert(alloc.index) {
@@ -203,6 +245,8 @@ fn reconcile_group(
             result.updates.push(Update { alloc: Arc::clone(alloc), group_position, spec_unchanged });
         }
     }
+    // A waiting shadow whose index nobody else holds (its old allocation ended) holds it.
+    held.extend(waiting);
     scaled_down.sort_by_key(|alloc| std::cmp::Reverse(alloc.index));
     for alloc in scaled_down {
         result.stops.push(Stop { alloc: Arc::clone(alloc), description: format!("not needed: count is {count}"), client_status: None });

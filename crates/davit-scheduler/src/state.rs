@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, OnceLock};
 
-use davit_api::deployment::Deployment;
+use davit_api::deployment::{Deployment, DeploymentVerdict, Shadow};
 use davit_api::namespace::{Namespace, NamespaceUsage, namespace_of};
 use davit_api::objects::{AllocatedResources, Allocation, Job, Node};
 use imbl::{OrdMap, OrdSet};
@@ -107,6 +107,17 @@ impl LiveUsage {
     }
 }
 
+/// See [`ClusterState::shadow_state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShadowState {
+    /// Promoted (canary) or healthy (surge): it holds its index like any allocation.
+    Released,
+    /// Its deployment still runs: it runs beside the allocation of its index, which keeps the index.
+    Waiting,
+    /// Its deployment failed, was cancelled or is gone before it was released: it is stopped.
+    Abandoned,
+}
+
 /// What the non-terminal allocations on one node reserve.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeUsage {
@@ -151,6 +162,23 @@ impl ClusterState {
     /// The deployment of the job's newest version that has one.
     pub fn latest_deployment(&self, job: &str) -> Option<&Arc<Deployment>> {
         self.job_deployments(job).next_back()
+    }
+
+    /// Where a shadow allocation (a canary or a surge, see [`Shadow`]) stands: `None` for any other allocation.
+    pub fn shadow_state(&self, alloc: &Allocation) -> Option<ShadowState> {
+        let shadow = alloc.shadow?;
+        let deployment = alloc.deployment_id.as_deref().and_then(|id| self.deployment(id));
+        let released = match shadow {
+            Shadow::Canary => deployment.and_then(|deployment| deployment.groups.get(&alloc.group)).is_some_and(|group| group.promoted),
+            Shadow::Surge => matches!(alloc.deployment_verdict(), DeploymentVerdict::Healthy(_)),
+        };
+        Some(if released {
+            ShadowState::Released
+        } else if deployment.is_some_and(|deployment| deployment.is_active()) {
+            ShadowState::Waiting
+        } else {
+            ShadowState::Abandoned
+        })
     }
 
     /// Every deployment, by job and version.

@@ -293,6 +293,7 @@ impl<'a> SystemRun<'a> {
             previous: placement.previous.map(|previous| &**previous),
             reschedule_delay_ms: placement.reschedule_delay_ms,
             deployment_id: None,
+            shadow: None,
             now: self.now,
         }
         .build(self.ids.next(self.state, &mut self.rng));

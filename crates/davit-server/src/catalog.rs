@@ -8,15 +8,17 @@
 //!
 //! An instance is *healthy* (served by proxies and DNS) when its allocation should run and runs, the
 //! agent reported it healthy (every task running, every check passing; an allocation without checks
-//! once its tasks run) and its node is ready.
+//! once its tasks run) and its node is ready. A deployment's canary not promoted yet is marked `canary` and
+//! carries its update strategy's `canary_tags` instead of the service's tags.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use davit_api::deployment::Shadow;
 use davit_api::http::{Catalog, ServiceInfo, ServiceInstance};
 use davit_api::namespace::{namespace_of, service_key};
 use davit_api::objects::{ClientStatus, DesiredStatus, Index, NodeStatus};
-use davit_scheduler::ClusterState;
+use davit_scheduler::{ClusterState, ShadowState};
 use davit_store::Revision;
 
 /// Every service of the jobs that are not stopped, with the instances of their running allocations,
@@ -63,6 +65,13 @@ pub fn derive(cluster: &ClusterState) -> Catalog {
         };
         let Some(group) = spec.spec.group(&alloc.group) else { continue };
         let Some(node) = cluster.node(&alloc.node_id) else { continue };
+        // A canary not promoted yet carries the update strategy's canary_tags (when it has some).
+        let canary = cluster.shadow_state(alloc) == Some(ShadowState::Waiting) && alloc.shadow == Some(Shadow::Canary);
+        let canary_tags = canary
+            .then(|| spec.spec.update_strategy(&group.name))
+            .flatten()
+            .map(|strategy| strategy.canary_tags)
+            .filter(|tags| !tags.is_empty());
         for service in &group.services {
             let key = service_key(namespace_of(&alloc.job_name), &service.name);
             let Some(info) = services.get_mut(&key).filter(|info| info.job_name == alloc.job_name) else { continue };
@@ -81,8 +90,9 @@ pub fn derive(cluster: &ClusterState) -> Catalog {
                 node_name: node.name.clone(),
                 address: node_address(&node.http_addr),
                 port: port.value,
-                tags: service.tags.clone(),
+                tags: canary_tags.clone().unwrap_or_else(|| service.tags.clone()),
                 weight: service.weight,
+                canary,
                 healthy,
                 health_description,
                 stats: None,

@@ -4,8 +4,12 @@
 //!
 //! - per group, the allocations the deployment placed, how many are healthy and unhealthy (the agents decide,
 //!   see `Allocation::deployment_health`), and the progress deadline, which moves on with each healthy one;
-//! - **successful** once every group runs its count at the deployment's version and every allocation it placed is
-//!   healthy: the version becomes *stable* (a version a later failure may revert to);
+//! - **successful** once every group runs its count at the deployment's version, nothing of an older version, and
+//!   every allocation it placed is healthy: the version becomes *stable* (a version a later failure may revert
+//!   to);
+//! - canaries: a group with canaries waits for their promotion ("requires manual promotion"), or promotes itself
+//!   once all of them are healthy with `auto_promote` (every waiting group must be ready and have it); the
+//!   progress deadline does not run out on healthy canaries waiting for a person, and starts again at promotion;
 //! - **failed** when an allocation is unhealthy and the group's `progress_deadline` is 0, or when the deadline
 //!   passes first; with `auto_revert`, the job is registered again with the spec of its newest stable version
 //!   (a new version, rolled out with the same strategy) unless that spec is the one that failed.
@@ -16,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use davit_api::deployment::{Deployment, DeploymentGroup, DeploymentStatus, DeploymentVerdict};
+use davit_api::deployment::{Deployment, DeploymentGroup, DeploymentStatus, DeploymentVerdict, Shadow};
 use davit_api::objects::{DesiredStatus, EvalTrigger, Job, UnixMillis};
 use davit_scheduler::ClusterState;
 use davit_store::{Compare, Store, StoreError, Txn};
@@ -62,6 +66,8 @@ pub struct Outcome {
     /// On failure with auto_revert: the job to register (a new version with a stable spec), and the modify
     /// index of the job it replaces.
     pub revert: Option<(Job, u64)>,
+    /// Evaluate the job (a promotion rolls on, a failure stops its canaries).
+    pub evaluate: bool,
 }
 
 /// Assesses one running deployment; `None` when nothing changed.
@@ -74,46 +80,41 @@ pub fn assess(cluster: &ClusterState, deployment: &Deployment, now: UnixMillis) 
     let mut next = deployment.clone();
     let mut done = true;
     let mut failure = None;
+    // Groups waiting for their canaries' promotion: (all canaries healthy, auto_promote).
+    let mut awaiting: Vec<(bool, bool)> = Vec::new();
     for (name, group) in &mut next.groups {
         let count = version_spec.and_then(|job| job.spec.group(name)).map_or(group.desired_total, |group| group.count);
-        let mut stats = DeploymentGroup { desired_total: count, ..group.clone() };
-        (stats.placed, stats.healthy, stats.unhealthy) = (0, 0, 0);
-        let (mut at_version, mut pending) = (0, false);
-        let mut last_healthy: UnixMillis = 0;
-        for alloc in cluster.allocs_for_job(&deployment.job_name).filter(|alloc| alloc.group == *name) {
-            let live = alloc.desired_status == DesiredStatus::Run && !alloc.client_status.is_terminal();
-            if live && alloc.job_version == deployment.job_version {
-                at_version += 1;
-            }
-            if alloc.deployment_id.as_deref() != Some(deployment.id.as_str()) {
-                continue;
-            }
-            stats.placed += 1;
-            match alloc.deployment_verdict() {
-                DeploymentVerdict::Healthy(at) => {
-                    stats.healthy += 1;
-                    last_healthy = last_healthy.max(at);
-                }
-                DeploymentVerdict::Unhealthy => stats.unhealthy += 1,
-                DeploymentVerdict::Undecided if live => pending = true,
-                DeploymentVerdict::Undecided | DeploymentVerdict::Gone => {}
-            }
+        let progress = group_progress(cluster, deployment, name);
+        let stats = DeploymentGroup {
+            desired_total: count,
+            placed: progress.placed,
+            healthy: progress.healthy,
+            unhealthy: progress.unhealthy,
+            canaries: progress.canaries,
+            ..group.clone()
+        };
+        let ready_to_promote = stats.awaits_promotion() && progress.healthy_canaries >= stats.desired_canaries;
+        if stats.awaits_promotion() {
+            awaiting.push((ready_to_promote, stats.auto_promote));
         }
-        let group_done = at_version >= count && stats.unhealthy == 0 && !pending;
+        let group_done =
+            !stats.awaits_promotion() && progress.at_version >= count && progress.older == 0 && stats.unhealthy == 0 && !progress.pending;
         done &= group_done;
-        if stats.progress_deadline_ms > 0 && last_healthy > 0 {
-            stats.require_progress_by = stats.require_progress_by.max(last_healthy.saturating_add(stats.progress_deadline_ms));
+        let mut stats = stats;
+        if stats.progress_deadline_ms > 0 && progress.last_healthy > 0 {
+            stats.require_progress_by = stats.require_progress_by.max(progress.last_healthy.saturating_add(stats.progress_deadline_ms));
         }
         if failure.is_none() {
             if stats.unhealthy > 0 && stats.progress_deadline_ms == 0 {
                 failure = Some("Failed due to unhealthy allocations".to_string());
-            } else if stats.require_progress_by > 0 && now > stats.require_progress_by && !group_done {
+            } else if stats.require_progress_by > 0 && now > stats.require_progress_by && !group_done && !ready_to_promote {
+                // Healthy canaries waiting for a person are not late.
                 failure = Some("Failed due to progress deadline".to_string());
             }
         }
         *group = stats;
     }
-    let mut outcome = Outcome { deployment: next, seen_index: deployment.modify_index, stable: None, revert: None };
+    let mut outcome = Outcome { deployment: next, seen_index: deployment.modify_index, stable: None, revert: None, evaluate: false };
     if job.is_none_or(|job| job.stopped || job.version != deployment.job_version) {
         // The scheduler cancels it with the next evaluation; nothing to decide here.
         return (outcome.deployment.groups != deployment.groups).then_some(outcome);
@@ -127,6 +128,11 @@ pub fn assess(cluster: &ClusterState, deployment: &Deployment, now: UnixMillis) 
         let mut stable = version_spec.map_or_else(|| (**job).clone(), |version| (**version).clone());
         stable.stable = true;
         outcome.stable = Some(stable);
+    } else if !awaiting.is_empty() && awaiting.iter().all(|&(ready, auto)| ready && auto) {
+        promote_groups(&mut outcome.deployment, None, now);
+        outcome.evaluate = true;
+    } else if outcome.deployment.status == DeploymentStatus::Running {
+        outcome.deployment.status_description = running_description(&awaiting).to_string();
     }
     if outcome.deployment == *deployment {
         return None;
@@ -135,9 +141,127 @@ pub fn assess(cluster: &ClusterState, deployment: &Deployment, now: UnixMillis) 
     Some(outcome)
 }
 
+fn running_description(awaiting: &[(bool, bool)]) -> &'static str {
+    if awaiting.iter().any(|&(_, auto)| !auto) {
+        "Deployment is running but requires manual promotion"
+    } else if !awaiting.is_empty() {
+        "Deployment is running pending automatic promotion"
+    } else {
+        "Deployment is running"
+    }
+}
+
+/// One group's allocations as a deployment sees them.
+#[derive(Default)]
+struct GroupProgress {
+    /// Placed by the deployment, healthy, unhealthy, canaries among them (running), healthy canaries.
+    placed: u32,
+    healthy: u32,
+    unhealthy: u32,
+    canaries: u32,
+    healthy_canaries: u32,
+    /// Some placed allocation still runs undecided.
+    pending: bool,
+    /// The newest time one became healthy.
+    last_healthy: UnixMillis,
+    /// Live allocations at the deployment's version (any deployment), and of other versions.
+    at_version: u32,
+    older: u32,
+}
+
+fn group_progress(cluster: &ClusterState, deployment: &Deployment, group: &str) -> GroupProgress {
+    let mut progress = GroupProgress::default();
+    for alloc in cluster.allocs_for_job(&deployment.job_name).filter(|alloc| alloc.group == group) {
+        let live = alloc.desired_status == DesiredStatus::Run && !alloc.client_status.is_terminal();
+        if live && alloc.job_version == deployment.job_version {
+            progress.at_version += 1;
+        } else if live {
+            progress.older += 1;
+        }
+        if alloc.deployment_id.as_deref() != Some(deployment.id.as_str()) {
+            continue;
+        }
+        progress.placed += 1;
+        let canary = alloc.shadow == Some(Shadow::Canary) && live;
+        progress.canaries += u32::from(canary);
+        match alloc.deployment_verdict() {
+            DeploymentVerdict::Healthy(at) => {
+                progress.healthy += 1;
+                progress.healthy_canaries += u32::from(canary);
+                progress.last_healthy = progress.last_healthy.max(at);
+            }
+            DeploymentVerdict::Unhealthy => progress.unhealthy += 1,
+            DeploymentVerdict::Undecided if live => progress.pending = true,
+            DeploymentVerdict::Undecided | DeploymentVerdict::Gone => {}
+        }
+    }
+    progress
+}
+
+/// Promotes the canaries of `groups` (every group waiting for it when `None`): the rest of those groups rolls,
+/// and their progress deadline starts again.
+fn promote_groups(deployment: &mut Deployment, groups: Option<&[String]>, now: UnixMillis) {
+    for (name, group) in &mut deployment.groups {
+        if group.awaits_promotion() && groups.is_none_or(|groups| groups.contains(name)) {
+            group.promoted = true;
+            if group.progress_deadline_ms > 0 {
+                group.require_progress_by = now.saturating_add(group.progress_deadline_ms);
+            }
+        }
+    }
+    let awaiting: Vec<(bool, bool)> =
+        deployment.groups.values().filter(|group| group.awaits_promotion()).map(|group| (false, group.auto_promote)).collect();
+    deployment.status_description = running_description(&awaiting).to_string();
+}
+
+/// `davit deployment promote [--group G]`: the deployment with the canaries of `groups` (every group with
+/// canaries when empty) promoted, or why it cannot be: it is over, has no canaries (there, or left to promote),
+/// or some of them are not healthy yet.
+pub fn promote(cluster: &ClusterState, deployment: &Deployment, groups: &[String], now: UnixMillis) -> Result<Outcome, String> {
+    let id = &deployment.id[..deployment.id.len().min(8)];
+    if !deployment.is_active() {
+        return Err(format!("deployment {id} is {}: only a running or paused deployment can be promoted", deployment.status.as_str()));
+    }
+    for group in groups {
+        match deployment.groups.get(group) {
+            None => return Err(format!("deployment {id} has no group {group}")),
+            Some(g) if g.desired_canaries == 0 => return Err(format!("group {group} of deployment {id} has no canaries to promote")),
+            Some(_) => {}
+        }
+    }
+    let chosen: Vec<String> = if groups.is_empty() {
+        deployment.groups.iter().filter(|(_, g)| g.awaits_promotion()).map(|(name, _)| name.clone()).collect()
+    } else {
+        groups.iter().filter(|group| deployment.groups[*group].awaits_promotion()).cloned().collect()
+    };
+    if chosen.is_empty() {
+        return Err(if deployment.groups.values().any(|g| g.desired_canaries > 0) {
+            format!("the canaries of deployment {id} are promoted already")
+        } else {
+            format!("deployment {id} has no canaries to promote")
+        });
+    }
+    for name in &chosen {
+        let group = &deployment.groups[name];
+        let healthy = group_progress(cluster, deployment, name).healthy_canaries;
+        if healthy < group.desired_canaries {
+            return Err(format!(
+                "group {name} has {healthy} of {} canaries healthy: promote once they all are (see davit deployment status -w {id})",
+                group.desired_canaries
+            ));
+        }
+    }
+    let mut outcome =
+        Outcome { deployment: deployment.clone(), seen_index: deployment.modify_index, stable: None, revert: None, evaluate: true };
+    promote_groups(&mut outcome.deployment, Some(&chosen), now);
+    outcome.deployment.modify_time = now;
+    Ok(outcome)
+}
+
 /// A deployment that fails now for `reason` (`davit deployment fail`): as [`assess`] fails one.
 pub fn fail(cluster: &ClusterState, deployment: &Deployment, reason: &str, now: UnixMillis) -> Outcome {
-    let mut outcome = Outcome { deployment: deployment.clone(), seen_index: deployment.modify_index, stable: None, revert: None };
+    let mut outcome =
+        Outcome { deployment: deployment.clone(), seen_index: deployment.modify_index, stable: None, revert: None, evaluate: true };
     outcome.deployment.modify_time = now;
     match cluster.job(&deployment.job_name).filter(|job| !job.stopped && job.version == deployment.job_version) {
         Some(job) => failed(cluster, job, &mut outcome, reason.to_string(), now),
@@ -152,6 +276,7 @@ pub fn fail(cluster: &ClusterState, deployment: &Deployment, reason: &str, now: 
 /// Marks the outcome's deployment failed for `reason` and, with `auto_revert` in a group, registers the newest
 /// stable version's spec again as a new version.
 fn failed(cluster: &ClusterState, job: &Job, outcome: &mut Outcome, reason: String, now: UnixMillis) {
+    outcome.evaluate = true;
     outcome.deployment.status = DeploymentStatus::Failed;
     outcome.deployment.status_description = reason;
     if !outcome.deployment.groups.values().any(|group| group.auto_revert) {
@@ -160,15 +285,10 @@ fn failed(cluster: &ClusterState, job: &Job, outcome: &mut Outcome, reason: Stri
     match revert_target(cluster, job) {
         Some(target) => {
             outcome.deployment.status_description.push_str(&format!(" - rolling back to job version {}", target.version));
-            let reverted = Job {
-                spec: target.spec.clone(),
-                version: job.version + 1,
-                stopped: false,
-                stable: false,
-                submit_time: now,
-                create_index: 0,
-                modify_index: 0,
-            };
+            let mut spec = target.spec.clone();
+            spec.keep_scaled_counts(&job.spec);
+            let reverted =
+                Job { spec, version: job.version + 1, stopped: false, stable: false, submit_time: now, create_index: 0, modify_index: 0 };
             outcome.revert = Some((reverted, job.modify_index));
         }
         None => outcome.deployment.status_description.push_str(" - no stable version to roll back to"),
@@ -210,6 +330,11 @@ pub async fn write(store: &Arc<dyn Store>, view: &View, outcome: Outcome) -> Res
         txn.success.push(keys::put(keys::job(&id), reverted));
         txn.success.push(keys::put(keys::version(&id, reverted.version), reverted));
         let eval = new_eval(&id, reverted.spec.job_type, reverted.spec.priority, EvalTrigger::JobRevert, None);
+        txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+    } else if outcome.evaluate
+        && let Some(job) = view.snapshot().cluster.job(&deployment.job_name).filter(|job| !job.stopped)
+    {
+        let eval = new_eval(&deployment.job_name, job.spec.job_type, job.spec.priority, EvalTrigger::Deployment, None);
         txn.success.push(keys::put(keys::eval(&eval.id), &eval));
     }
     let response = store.txn(txn).await?;
@@ -327,5 +452,53 @@ mod tests {
         let (cluster, deployment) = setup(&[job(0, "old", true, 600), job(1, "new", false, 600)], [None, None]);
         let outcome = fail(&cluster, &deployment, "Deployment marked as failed by user", 3_000);
         assert_eq!(outcome.deployment.status_description, "Deployment marked as failed by user - rolling back to job version 0");
+    }
+
+    /// `setup`, with allocation a0 a canary and the group waiting for one canary's promotion.
+    fn with_canary(health: Option<bool>, auto_promote: bool) -> (ClusterState, Deployment) {
+        let (mut cluster, mut deployment) = setup(&[job(0, "old", true, 600), job(1, "new", false, 600)], [health, None]);
+        let group = deployment.groups.get_mut("g").unwrap();
+        (group.desired_canaries, group.auto_promote) = (1, auto_promote);
+        cluster.upsert_deployment(Arc::new(deployment.clone()));
+        let mut canary = (**cluster.alloc("a0").unwrap()).clone();
+        canary.shadow = Some(Shadow::Canary);
+        cluster.upsert_alloc(Arc::new(canary));
+        cluster.remove_alloc("a1");
+        (cluster, deployment)
+    }
+
+    #[test]
+    fn healthy_canaries_wait_for_a_person_or_promote_themselves_with_auto_promote() {
+        // Manual: says so, and the progress deadline does not run out on a person.
+        let (cluster, deployment) = with_canary(Some(true), false);
+        let outcome = assess(&cluster, &deployment, 3_000).unwrap();
+        assert_eq!(outcome.deployment.status_description, "Deployment is running but requires manual promotion");
+        assert!(!outcome.deployment.groups["g"].promoted);
+        assert_eq!(outcome.deployment.groups["g"].canaries, 1);
+        let late = assess(&cluster, &deployment, 10_000_000).unwrap();
+        assert_eq!(late.deployment.status, DeploymentStatus::Running, "{late:?}");
+        // Promotion by hand: refused for another group, done for the deployment's.
+        assert_eq!(promote(&cluster, &deployment, &["x".to_string()], 3_000).unwrap_err(), "deployment d1 has no group x");
+        let promoted = promote(&cluster, &deployment, &[], 3_000).unwrap();
+        assert!(promoted.deployment.groups["g"].promoted && promoted.evaluate);
+        assert_eq!(promoted.deployment.groups["g"].require_progress_by, 3_000 + 600_000, "the deadline starts again");
+
+        // Not healthy yet: promotion refused, and auto_promote waits.
+        let (cluster, deployment) = with_canary(None, true);
+        assert_eq!(
+            promote(&cluster, &deployment, &[], 3_000).unwrap_err(),
+            "group g has 0 of 1 canaries healthy: promote once they all are (see davit deployment status -w d1)"
+        );
+        let outcome = assess(&cluster, &deployment, 3_000).unwrap();
+        assert_eq!(outcome.deployment.status_description, "Deployment is running pending automatic promotion");
+        assert!(!outcome.evaluate);
+        // Healthy with auto_promote: promoted, and the job is evaluated to roll the rest.
+        let (cluster, deployment) = with_canary(Some(true), true);
+        let outcome = assess(&cluster, &deployment, 3_000).unwrap();
+        assert!(outcome.deployment.groups["g"].promoted && outcome.evaluate, "{outcome:?}");
+        assert_eq!(outcome.deployment.status_description, "Deployment is running");
+        // A deployment without canaries has none to promote.
+        let (cluster, deployment) = setup(&[job(0, "a", false, 600)], [None, None]);
+        assert_eq!(promote(&cluster, &deployment, &[], 3_000).unwrap_err(), "deployment d1 has no canaries to promote");
     }
 }

@@ -63,6 +63,8 @@ async fn rejected_requests_change_nothing_and_say_why() {
         ("GET", "/v1/service/nope", ""),
         ("GET", "/v1/services?index=1&wait=forever", ""),
         ("GET", "/v1/nope", ""),
+        ("POST", "/v1/deployment/nope/promote", ""),
+        ("POST", "/v1/deployment/nope/health", "{\"healthy\": [\"a\"]}"),
     ];
     let mut transcript = String::new();
     for (method, path, body) in cases {
@@ -220,4 +222,35 @@ async fn a_blocked_evaluation_is_canceled_when_a_later_one_places_everything() {
     let old = evals.as_array().unwrap().iter().find(|e| e["id"] == blocked_id.as_str()).expect("the old blocked evaluation");
     assert_eq!(old["status"], serde_json::json!(EvalStatus::Canceled), "{old:#}");
     assert!(old["status_description"].as_str().unwrap().contains("placed everything"), "{old:#}");
+}
+
+#[tokio::test]
+async fn groups_with_scaling_keep_their_running_count_across_versions_and_scale_within_bounds() {
+    let server = start().await;
+    let spec = |marker: &str| {
+        format!(
+            "name: auto\ngroups:\n  - name: g\n    count: 2\n    scaling: {{min: 1, max: 6}}\n    tasks:\n      - name: t\n        config: {{command: /bin/true}}\n        env: {{MARKER: {marker}}}\n"
+        )
+    };
+    assert_eq!(server.request("POST", "/v1/jobs?filename=auto.yaml", &spec("v0")).await.0, 200);
+    let (status, scaled) = server.request("POST", "/v1/job/auto/scale", "{\"group\": \"g\", \"count\": 5}").await;
+    assert_eq!((status, scaled["version"].as_u64()), (200, Some(1)), "{scaled}");
+    let (status, refused) = server.request("POST", "/v1/job/auto/scale", "{\"group\": \"g\", \"count\": 7}").await;
+    assert_eq!(status, 400);
+    assert_eq!(refused["message"], "count 7 is outside the bounds of group `g`'s scaling: 1..=6");
+
+    // A new version (count 2 in the file) keeps the 5 it runs, and says so.
+    let (status, registered) = server.request("POST", "/v1/jobs?filename=auto.yaml", &spec("v1")).await;
+    assert_eq!((status, registered["version"].as_u64()), (200, Some(2)), "{registered}");
+    assert_eq!(registered["warnings"], serde_json::json!(["group g keeps its count 5 (it has scaling:; the file says 2)"]));
+    let job = server.request("GET", "/v1/job/auto", "").await.1;
+    assert_eq!(job["spec"]["groups"][0]["count"], 5);
+    // So does a revert to version 0 (written with 2).
+    let (_, reverted) = server.request("POST", "/v1/job/auto/revert", "{\"version\": 0}").await;
+    let job = server.request("GET", &format!("/v1/job/auto/version/{}", reverted["version"]), "").await.1;
+    assert_eq!(
+        (job["spec"]["groups"][0]["count"].as_u64(), job["spec"]["groups"][0]["tasks"][0]["env"]["MARKER"].as_str()),
+        (Some(5), Some("v0"))
+    );
+    server.shutdown().await;
 }

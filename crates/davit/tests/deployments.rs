@@ -117,3 +117,89 @@ fn a_rolling_update_replaces_one_at_a_time_and_a_broken_version_is_reverted() {
     assert!(row("1 ").contains("yes") && row("1 ").contains("successful"), "{history}");
     assert!(row("2 ").contains("failed") && !row("2 ").contains("yes"), "{history}");
 }
+
+/// Three exec allocations with `canary` canaries, promoted by hand.
+fn canary_job(canaries: u32, marker: &str) -> String {
+    format!(
+        r#"name: canary
+update:
+  max_parallel: 1
+  canary: {canaries}
+  health_check: task_states
+  min_healthy_time: 1s
+  healthy_deadline: 20s
+  progress_deadline: 1m
+groups:
+  - name: web
+    count: 3
+    tasks:
+      - name: main
+        driver: exec
+        env: {{MARKER: "{marker}"}}
+        config: {{command: /bin/sleep, args: ["600"]}}
+        resources: {{cpu: 20, memory: 32}}
+"#
+    )
+}
+
+#[test]
+fn canaries_wait_for_promotion_and_blue_green_replaces_every_old_allocation_at_once() {
+    if !require_root() {
+        return;
+    }
+    let dev = Dev::start();
+    let client = dev.client();
+    let live_of = |version: u64| {
+        let status = runtime().block_on(client.job_status("canary")).unwrap().value;
+        status
+            .allocations
+            .iter()
+            .filter(|a| a.job_version == version && a.desired_status == DesiredStatus::Run && !a.client_status.is_terminal())
+            .count()
+    };
+    let out = dev.ok(&["job", "run", &dev.write("v0.yaml", &canary_job(1, "v0"))]);
+    assert!(out.contains("successful"), "a first version has no canaries: {out}");
+
+    // One canary beside the three running allocations; `job run` returns once it is healthy and says what to do.
+    let out = dev.ok(&["job", "run", &dev.write("v1.yaml", &canary_job(1, "v1"))]);
+    assert!(out.contains("wait for promotion") && out.contains("davit deployment promote"), "{out}");
+    assert_eq!((live_of(0), live_of(1)), (3, 1), "the canary runs beside the old allocations");
+    let deployment = runtime().block_on(client.job_deployment("canary", 0, Duration::ZERO)).unwrap().value;
+    let status = dev.ok(&["deployment", "status", &deployment.id]);
+    assert!(status.contains("requires manual promotion") && status.contains("1/1"), "{status}");
+    let out = dev.ok(&["deployment", "promote", &deployment.id]);
+    assert!(out.contains("running"), "{out}");
+    let ended = util::eventually(
+        "the promoted deployment rolls the rest",
+        Duration::from_secs(60),
+        || runtime().block_on(client.deployment(&deployment.id, 0, Duration::ZERO)).unwrap().value,
+        |deployment| !deployment.is_active(),
+    );
+    assert_eq!(ended.status, DeploymentStatus::Successful, "{ended:#?}");
+    assert_eq!((live_of(0), live_of(1)), (0, 3));
+    let again = dev.davit(&["deployment", "promote", &deployment.id]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && stderr.contains("is successful: only a running or paused deployment"), "{stderr}");
+
+    // Blue/green: three canaries (a whole new set) beside the old set; the promotion stops the old set at once.
+    let out = dev.ok(&["job", "run", &dev.write("v2.yaml", &canary_job(3, "v2"))]);
+    assert!(out.contains("wait for promotion"), "{out}");
+    assert_eq!((live_of(1), live_of(2)), (3, 3));
+    let green = runtime().block_on(client.job_deployment("canary", 0, Duration::ZERO)).unwrap().value;
+    dev.ok(&["deployment", "promote", &green.id]);
+    let first_stop = util::eventually(
+        "the old set stops",
+        Duration::from_secs(30),
+        || runtime().block_on(client.job_status("canary")).unwrap().value,
+        |status| status.allocations.iter().any(|a| a.job_version == 1 && a.desired_status == DesiredStatus::Stop),
+    );
+    let blue: Vec<_> = first_stop.allocations.iter().filter(|a| a.job_version == 1).collect();
+    assert!(blue.iter().all(|a| a.desired_status == DesiredStatus::Stop), "all at once: {blue:#?}");
+    let ended = util::eventually(
+        "the blue/green deployment ends",
+        Duration::from_secs(60),
+        || runtime().block_on(client.deployment(&green.id, 0, Duration::ZERO)).unwrap().value,
+        |deployment| !deployment.is_active(),
+    );
+    assert_eq!(ended.status, DeploymentStatus::Successful, "{ended:#?}");
+}

@@ -23,7 +23,7 @@ pub use limits::SpecLimits;
 pub use parse::{SpecError, SpecErrors, parse_job_spec, parse_job_spec_within};
 pub use placement::{AllocAffinity, Constraint, ConstraintOperator, NodeAffinity, SpreadSpec};
 pub use service::{BalanceAlgorithm, CheckOnFailure, CheckSpec, CheckType, HashKey, ServiceMode, ServiceSpec, UpstreamSpec};
-pub use update::{HealthCheckMode, UpdateSpec, UpdateStrategy};
+pub use update::{CountOrPercent, HealthCheckMode, UpdateSpec, UpdateStrategy};
 pub use validate::{KNOWN_SIGNALS, check_dns_label, validate};
 
 /// A file rendered for a task: `data` with `{{ var "path" "key" }}` and `{{ service "name" }}` (see
@@ -162,9 +162,10 @@ pub struct GroupSpec {
     /// through every agent's proxy and DNS.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceSpec>,
-    /// Not acted on yet: validation rejects it.
+    /// Bounds of the group's count for `job scale` (and the autoscaler); a group with `scaling:` keeps the
+    /// count it runs when a new version is registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scaling: Option<serde_json::Value>,
+    pub scaling: Option<ScalingSpec>,
     #[serde(default)]
     pub tasks: Vec<TaskSpec>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -541,14 +542,64 @@ fn is_default_namespace(namespace: &String) -> bool {
 /// What the API shows instead of a secret value.
 pub const REDACTED: &str = "<redacted>";
 
+/// A group's `scaling:` block. `min` and `max` bound the count that `davit job scale` may set; the count a group
+/// with this block runs is kept when a new job version is registered (`count` in the file applies to a new job
+/// only), so that a redeploy never undoes scaling. The autoscaler's fields (`metrics`, `behavior`, …) are
+/// refused until it exists.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Default: the group's count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    pub max: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_initialization_period: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_readiness_delay: Option<serde_json::Value>,
+}
+
+impl GroupSpec {
+    /// The counts `scaling:` allows (`min` defaults to the count written), `None` without the block.
+    pub fn count_bounds(&self) -> Option<std::ops::RangeInclusive<u32>> {
+        let scaling = self.scaling.as_ref()?;
+        Some(scaling.min.unwrap_or(self.count)..=scaling.max)
+    }
+}
+
 impl JobSpec {
+    /// A new version keeps the count each group with `scaling:` runs in `current` (the job's running version),
+    /// within the new bounds; what it kept, one line per group whose written count it overrode.
+    pub fn keep_scaled_counts(&mut self, current: &JobSpec) -> Vec<String> {
+        let mut kept = Vec::new();
+        for group in &mut self.groups {
+            let Some(bounds) = group.count_bounds() else { continue };
+            let Some(running) = current.group(&group.name).map(|group| group.count) else { continue };
+            let count = running.clamp(*bounds.start(), *bounds.end());
+            if count != group.count {
+                kept.push(format!("group {} keeps its count {count} (it has scaling:; the file says {})", group.name, group.count));
+                group.count = count;
+            }
+        }
+        kept
+    }
+
     /// The update strategy of group `group` (see [`UpdateStrategy::resolve`]): `None` for batch and system jobs,
     /// an unknown group, or no `update:`.
     pub fn update_strategy(&self, group: &str) -> Option<UpdateStrategy> {
         if self.job_type != JobType::Service {
             return None;
         }
-        UpdateStrategy::resolve(self.update.as_ref(), self.group(group)?.update.as_ref())
+        let group = self.group(group)?;
+        UpdateStrategy::resolve(self.update.as_ref(), group.update.as_ref(), group.count)
     }
 
     /// The spec as the API shows it: every `secret_env` value replaced by [`REDACTED`].

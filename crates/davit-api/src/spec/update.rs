@@ -29,6 +29,92 @@ pub struct UpdateSpec {
     /// A failed deployment rolls back to the newest stable version (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_revert: Option<bool>,
+    /// On a destructive change, this many new allocations are first placed beside the old ones (default 0);
+    /// the rest roll once they are promoted. `canary` equal to `count` is a blue/green deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<u32>,
+    /// Promote once every canary is healthy, without `davit deployment promote` (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promote: Option<bool>,
+    /// The services' tags of a canary until it is promoted (default: the services' own tags).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_tags: Option<Vec<String>>,
+    /// Kubernetes' terms, instead of `max_parallel`: how many new allocations may run beside the old ones
+    /// (a count or a percent of `count`, rounded up)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<CountOrPercent>,
+    /// …and how many allocations may be missing while they are replaced (rounded down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<CountOrPercent>,
+}
+
+/// A number of allocations, or a percent of the group's count (`2`, `"25%"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CountOrPercent {
+    Count(u32),
+    Percent(u32),
+}
+
+impl CountOrPercent {
+    /// The number for a group of `count`: a percent rounds up (`round_up`) or down, as Kubernetes does for
+    /// `maxSurge` and `maxUnavailable`.
+    pub fn of(self, count: u32, round_up: bool) -> u32 {
+        match self {
+            CountOrPercent::Count(n) => n,
+            CountOrPercent::Percent(percent) => {
+                let scaled = u64::from(count) * u64::from(percent);
+                let n = if round_up { scaled.div_ceil(100) } else { scaled / 100 };
+                u32::try_from(n).unwrap_or(u32::MAX)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for CountOrPercent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CountOrPercent::Count(n) => write!(f, "{n}"),
+            CountOrPercent::Percent(percent) => write!(f, "{percent}%"),
+        }
+    }
+}
+
+impl Serialize for CountOrPercent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CountOrPercent::Count(n) => serializer.serialize_u32(*n),
+            CountOrPercent::Percent(_) => serializer.collect_str(self),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CountOrPercent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<CountOrPercent, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = CountOrPercent;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a count (e.g. 2) or a percent of count from 0% to 100% (e.g. \"25%\")")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<CountOrPercent, E> {
+                u32::try_from(n).map(CountOrPercent::Count).map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(n), &self))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<CountOrPercent, E> {
+                Err(E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<CountOrPercent, E> {
+                let invalid = || E::invalid_value(serde::de::Unexpected::Str(text), &self);
+                match text.trim().strip_suffix('%') {
+                    Some(percent) => match percent.trim().parse::<u32>() {
+                        Ok(percent) if percent <= 100 => Ok(CountOrPercent::Percent(percent)),
+                        _ => Err(invalid()),
+                    },
+                    None => text.trim().parse::<u32>().map(CountOrPercent::Count).map_err(|_| invalid()),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// What makes a new allocation of a deployment healthy.
@@ -40,6 +126,8 @@ pub enum HealthCheckMode {
     Checks,
     /// Every task runs (checks are not waited for).
     TaskStates,
+    /// An operator (or a tool) says so: `davit deployment health`.
+    Manual,
 }
 
 impl HealthCheckMode {
@@ -47,20 +135,30 @@ impl HealthCheckMode {
         match self {
             HealthCheckMode::Checks => "checks",
             HealthCheckMode::TaskStates => "task_states",
+            HealthCheckMode::Manual => "manual",
         }
     }
 }
 
 /// The update strategy of one group: the job's and the group's `update:` merged, defaults filled in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateStrategy {
+    /// How many allocations are stopped and replaced at once (with `max_surge`/`max_unavailable`: the
+    /// unavailable number).
     pub max_parallel: u32,
+    /// How many new allocations are placed beside old ones at once, the old one stopped when the new one is
+    /// healthy (`max_surge`; 0 with `max_parallel`).
+    pub max_surge: u32,
     pub health_check: HealthCheckMode,
     pub min_healthy_time: Duration,
     pub healthy_deadline: Duration,
     /// Zero: the first unhealthy allocation fails the deployment.
     pub progress_deadline: Duration,
     pub auto_revert: bool,
+    pub canary: u32,
+    pub auto_promote: bool,
+    /// Empty: a canary's services keep their tags.
+    pub canary_tags: Vec<String>,
 }
 
 impl Default for UpdateStrategy {
@@ -72,28 +170,49 @@ impl Default for UpdateStrategy {
             healthy_deadline: Duration::from_secs(300),
             progress_deadline: Duration::from_secs(600),
             auto_revert: false,
+            max_surge: 0,
+            canary: 0,
+            auto_promote: false,
+            canary_tags: Vec::new(),
         }
     }
 }
 
 impl UpdateStrategy {
-    /// The strategy of a group from the job's `update:` and the group's; `None` when neither has one or
-    /// `max_parallel` is 0 (no deployment).
-    pub fn resolve(job: Option<&UpdateSpec>, group: Option<&UpdateSpec>) -> Option<UpdateStrategy> {
+    /// The strategy of a group of `count` from the job's `update:` and the group's; `None` when neither has
+    /// one, or `max_parallel` is 0 (or `max_surge` and `max_unavailable` both come to 0): no deployment.
+    ///
+    /// `max_surge` or `max_unavailable` written in either block replaces `max_parallel` (Kubernetes' defaults
+    /// for the one not written: 25 %, surge rounded up, unavailable down).
+    pub fn resolve(job: Option<&UpdateSpec>, group: Option<&UpdateSpec>, count: u32) -> Option<UpdateStrategy> {
         if job.is_none() && group.is_none() {
             return None;
         }
-        let pick = |field: fn(&UpdateSpec) -> Option<Duration>| group.and_then(field).or_else(|| job.and_then(field));
+        fn pick<T>(job: Option<&UpdateSpec>, group: Option<&UpdateSpec>, field: impl Fn(&UpdateSpec) -> Option<T>) -> Option<T> {
+            group.and_then(&field).or_else(|| job.and_then(&field))
+        }
         let defaults = UpdateStrategy::default();
-        let strategy = UpdateStrategy {
-            max_parallel: group.and_then(|u| u.max_parallel).or_else(|| job.and_then(|u| u.max_parallel)).unwrap_or(defaults.max_parallel),
-            health_check: group.and_then(|u| u.health_check).or_else(|| job.and_then(|u| u.health_check)).unwrap_or_default(),
-            min_healthy_time: pick(|u| u.min_healthy_time).unwrap_or(defaults.min_healthy_time),
-            healthy_deadline: pick(|u| u.healthy_deadline).unwrap_or(defaults.healthy_deadline),
-            progress_deadline: pick(|u| u.progress_deadline).unwrap_or(defaults.progress_deadline),
-            auto_revert: group.and_then(|u| u.auto_revert).or_else(|| job.and_then(|u| u.auto_revert)).unwrap_or(false),
+        let surge = pick(job, group, |u| u.max_surge);
+        let unavailable = pick(job, group, |u| u.max_unavailable);
+        let (max_parallel, max_surge) = if surge.is_some() || unavailable.is_some() {
+            let quarter = CountOrPercent::Percent(25);
+            (unavailable.unwrap_or(quarter).of(count, false), surge.unwrap_or(quarter).of(count, true))
+        } else {
+            (pick(job, group, |u| u.max_parallel).unwrap_or(defaults.max_parallel), 0)
         };
-        (strategy.max_parallel > 0).then_some(strategy)
+        let strategy = UpdateStrategy {
+            max_parallel,
+            max_surge,
+            health_check: pick(job, group, |u| u.health_check).unwrap_or_default(),
+            min_healthy_time: pick(job, group, |u| u.min_healthy_time).unwrap_or(defaults.min_healthy_time),
+            healthy_deadline: pick(job, group, |u| u.healthy_deadline).unwrap_or(defaults.healthy_deadline),
+            progress_deadline: pick(job, group, |u| u.progress_deadline).unwrap_or(defaults.progress_deadline),
+            auto_revert: pick(job, group, |u| u.auto_revert).unwrap_or(false),
+            canary: pick(job, group, |u| u.canary).unwrap_or(0),
+            auto_promote: pick(job, group, |u| u.auto_promote).unwrap_or(false),
+            canary_tags: pick(job, group, |u| u.canary_tags.clone()).unwrap_or_default(),
+        };
+        (strategy.max_parallel > 0 || strategy.max_surge > 0).then_some(strategy)
     }
 }
 
@@ -105,13 +224,31 @@ mod tests {
     fn group_values_win_field_by_field_and_defaults_fill_the_rest() {
         let job = UpdateSpec { max_parallel: Some(2), auto_revert: Some(true), ..Default::default() };
         let group = UpdateSpec { min_healthy_time: Some(Duration::from_secs(1)), auto_revert: Some(false), ..Default::default() };
-        let strategy = UpdateStrategy::resolve(Some(&job), Some(&group)).unwrap();
+        let strategy = UpdateStrategy::resolve(Some(&job), Some(&group), 4).unwrap();
         assert_eq!(strategy.max_parallel, 2);
         assert_eq!(strategy.min_healthy_time, Duration::from_secs(1));
         assert!(!strategy.auto_revert);
         assert_eq!(strategy.healthy_deadline, Duration::from_secs(300));
-        assert_eq!(UpdateStrategy::resolve(None, None), None);
+        assert_eq!(UpdateStrategy::resolve(None, None, 4), None);
         let off = UpdateSpec { max_parallel: Some(0), ..Default::default() };
-        assert_eq!(UpdateStrategy::resolve(Some(&off), None), None, "max_parallel 0: no deployment");
+        assert_eq!(UpdateStrategy::resolve(Some(&off), None, 4), None, "max_parallel 0: no deployment");
+    }
+
+    #[test]
+    fn surge_and_unavailable_round_as_kubernetes_does() {
+        let surge = UpdateSpec { max_surge: Some(CountOrPercent::Percent(25)), ..Default::default() };
+        let strategy = UpdateStrategy::resolve(Some(&surge), None, 10).unwrap();
+        // Surge 25 % of 10 rounds up to 3; unavailable defaults to 25 %, rounded down to 2.
+        assert_eq!((strategy.max_surge, strategy.max_parallel), (3, 2));
+        let exact =
+            UpdateSpec { max_surge: Some(CountOrPercent::Count(1)), max_unavailable: Some(CountOrPercent::Count(0)), ..Default::default() };
+        let strategy = UpdateStrategy::resolve(None, Some(&exact), 3).unwrap();
+        assert_eq!((strategy.max_surge, strategy.max_parallel), (1, 0));
+        let none = UpdateSpec {
+            max_surge: Some(CountOrPercent::Percent(0)),
+            max_unavailable: Some(CountOrPercent::Percent(10)),
+            ..Default::default()
+        };
+        assert_eq!(UpdateStrategy::resolve(None, Some(&none), 3), None, "both 0 for 3: nothing could roll");
     }
 }

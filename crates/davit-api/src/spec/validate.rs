@@ -77,6 +77,8 @@ pub(crate) fn check(spec: &JobSpec, ctx: &Ctx) {
             format!("`update` applies to service jobs only; this is a {} job", spec.job_type.as_str()),
             Some("remove `update`".to_string()),
         );
+    } else if let Some(update) = &spec.update {
+        check_update_block(ctx, "update", update);
     }
     if spec.groups.is_empty() {
         ctx.report(
@@ -125,8 +127,8 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec, spec: &JobSpec) {
     }
     check_constraints(ctx, &format!("{path}.constraints"), &group.constraints);
     check_placement(ctx, path, group, spec);
-    if group.scaling.is_some() {
-        not_supported(ctx, &format!("{path}.scaling"));
+    if let Some(scaling) = &group.scaling {
+        check_scaling(ctx, &format!("{path}.scaling"), group, scaling);
     }
 
     if let Some(reschedule) = &group.reschedule {
@@ -141,8 +143,11 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec, spec: &JobSpec) {
             format!("`update` applies to service jobs only; this is a {} job", job_type.as_str()),
             Some("remove `update`".to_string()),
         );
-    } else if let Some(strategy) = spec.update_strategy(&group.name) {
-        check_update(ctx, path, group, strategy);
+    } else if spec.job_type == JobType::Service && (spec.update.is_some() || group.update.is_some()) {
+        if let Some(update) = &group.update {
+            check_update_block(ctx, &format!("{path}.update"), update);
+        }
+        check_update(ctx, path, spec, group);
     }
     if group.migrate == MigrateMode::Live
         && let Some(task) = group.tasks.iter().find(|task| task.driver != DriverName::Vm)
@@ -294,11 +299,34 @@ fn check_disconnect(ctx: &Ctx, path: &str, disconnect: &super::DisconnectSpec) {
     }
 }
 
+/// One `update:` block as written: `max_parallel` or Kubernetes' `max_surge`/`max_unavailable`, not both.
+fn check_update_block(ctx: &Ctx, at: &str, update: &super::UpdateSpec) {
+    if update.max_parallel.is_some() && (update.max_surge.is_some() || update.max_unavailable.is_some()) {
+        ctx.report(
+            &format!("{at}.max_parallel"),
+            "max_parallel and max_surge/max_unavailable both say how many allocations roll at once: write one or the other",
+            Some("keep max_parallel (Nomad's terms) or max_surge and max_unavailable (Kubernetes' terms)".to_string()),
+        );
+    }
+}
+
 /// The merged update strategy of a group: `min_healthy_time` < `healthy_deadline` < `progress_deadline` (unless
-/// that is 0), reported where the later of the two values is written (the group's block, else the job's).
-fn check_update(ctx: &Ctx, path: &str, group: &GroupSpec, strategy: super::UpdateStrategy) {
+/// that is 0), surge and unavailable not both 0, canaries that fit the count, reported where the value is
+/// written (the group's block, else the job's).
+fn check_update(ctx: &Ctx, path: &str, spec: &JobSpec, group: &GroupSpec) {
     let written = |field: &str, is_set: fn(&super::UpdateSpec) -> bool| {
         if group.update.as_ref().is_some_and(is_set) { format!("{path}.update.{field}") } else { format!("update.{field}") }
+    };
+    let kubernetes_terms = |u: &super::UpdateSpec| u.max_surge.is_some() || u.max_unavailable.is_some();
+    let Some(strategy) = spec.update_strategy(&group.name) else {
+        if group.update.as_ref().or(spec.update.as_ref()).is_some_and(kubernetes_terms) {
+            ctx.report(
+                &written("max_unavailable", |u| u.max_unavailable.is_some() || u.max_surge.is_some()),
+                format!("max_surge and max_unavailable both come to 0 for count {}: no allocation could be replaced", group.count),
+                Some("e.g. max_surge: 1 (a new allocation starts before an old one stops)".to_string()),
+            );
+        }
+        return;
     };
     if strategy.min_healthy_time >= strategy.healthy_deadline {
         ctx.report(
@@ -319,6 +347,66 @@ fn check_update(ctx: &Ctx, path: &str, group: &GroupSpec, strategy: super::Updat
             ),
             Some(format!("e.g. progress_deadline: {}", crate::Duration(strategy.healthy_deadline.as_std() * 2))),
         );
+    }
+    if strategy.canary > group.count {
+        ctx.report(
+            &written("canary", |u| u.canary.is_some()),
+            format!("canary {} is more than the group's count {}", strategy.canary, group.count),
+            Some(format!("canary: {} replaces the whole group at once after promotion (blue/green)", group.count)),
+        );
+    }
+    if strategy.canary == 0 && strategy.auto_promote {
+        ctx.report(
+            &written("auto_promote", |u| u.auto_promote.is_some()),
+            "auto_promote needs canaries: without canary there is nothing to promote",
+            Some("add e.g. canary: 1, or remove auto_promote".to_string()),
+        );
+    }
+    if strategy.canary == 0 && !strategy.canary_tags.is_empty() {
+        ctx.report(
+            &written("canary_tags", |u| u.canary_tags.is_some()),
+            "canary_tags needs canaries: without canary no allocation ever carries them",
+            Some("add e.g. canary: 1, or remove canary_tags".to_string()),
+        );
+    }
+    for (index, tag) in strategy.canary_tags.iter().enumerate() {
+        if tag.trim().is_empty() {
+            ctx.report(&format!("{}[{index}]", written("canary_tags", |u| u.canary_tags.is_some())), "a tag must not be empty", None);
+        }
+    }
+}
+
+/// `min` ≤ `count` ≤ `max`; the autoscaler's fields are not supported yet.
+fn check_scaling(ctx: &Ctx, path: &str, group: &GroupSpec, scaling: &super::ScalingSpec) {
+    let min = scaling.min.unwrap_or(group.count);
+    if scaling.min.is_some() && min > scaling.max {
+        ctx.report(
+            &format!("{path}.min"),
+            format!("scaling.min {min} is above scaling.max {}", scaling.max),
+            Some(format!("e.g. max: {}", min.max(1) * 2)),
+        );
+    } else if group.count > scaling.max {
+        ctx.report(
+            &format!("{path}.max"),
+            format!("count {} is above scaling.max {}", group.count, scaling.max),
+            Some(format!("make max at least {}", group.count)),
+        );
+    } else if group.count < min {
+        ctx.report(
+            &format!("{path}.min"),
+            format!("count {} is below scaling.min {min}", group.count),
+            Some(format!("make min at most {}", group.count)),
+        );
+    }
+    let autoscaler = [
+        ("metrics", scaling.metrics.is_some()),
+        ("tolerance", scaling.tolerance.is_some()),
+        ("behavior", scaling.behavior.is_some()),
+        ("cpu_initialization_period", scaling.cpu_initialization_period.is_some()),
+        ("initial_readiness_delay", scaling.initial_readiness_delay.is_some()),
+    ];
+    for (field, _) in autoscaler.iter().filter(|(_, set)| *set) {
+        not_supported(ctx, &format!("{path}.{field}"));
     }
 }
 

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use davit_api::deployment::{DeploymentHealth, DeploymentStatus};
+use davit_api::deployment::{DeploymentHealth, DeploymentStatus, Shadow};
 use davit_api::objects::{ClientStatus, DesiredStatus};
-use davit_api::spec::UpdateSpec;
+use davit_api::spec::{CountOrPercent, UpdateSpec};
 
 use super::*;
 
@@ -123,4 +123,117 @@ fn groups_without_an_update_strategy_are_replaced_at_once() {
     let result = harness.run("shop");
     assert_eq!(replaced(&result.plan), 4);
     assert!(result.plan.deployment.is_none());
+}
+
+fn with_update(marker: &str, update: UpdateSpec) -> davit_api::spec::JobSpec {
+    let mut spec = rolling(marker, 1);
+    spec.update = Some(update);
+    spec
+}
+
+fn set_deployment(harness: &mut Harness, id: &str, change: impl FnOnce(&mut davit_api::deployment::Deployment)) {
+    let mut deployment = (**harness.state.deployment(id).expect("a stored deployment")).clone();
+    change(&mut deployment);
+    harness.state.upsert_deployment(Arc::new(deployment));
+}
+
+fn shadows(plan: &Plan, shadow: Shadow) -> Vec<u32> {
+    let mut indexes: Vec<u32> = plan.allocations().filter(|alloc| alloc.shadow == Some(shadow)).map(|alloc| alloc.index).collect();
+    indexes.sort_unstable();
+    indexes
+}
+
+#[test]
+fn canaries_run_beside_the_old_allocations_until_promoted_then_the_rest_rolls() {
+    let mut harness = Harness::new();
+    harness.add_nodes("n", 2);
+    let canary = |marker| with_update(marker, UpdateSpec { canary: Some(1), max_parallel: Some(1), ..Default::default() });
+    harness.register(canary("v0"));
+    let first = harness.run("shop");
+    assert!(shadows(&first.plan, Shadow::Canary).is_empty(), "a first version has nothing to be a canary beside");
+    assert_eq!(first.plan.deployment.as_ref().unwrap().groups["web"].desired_canaries, 0);
+    report(&mut harness, 0, Some(true), 4);
+
+    harness.register(canary("v1"));
+    let result = harness.run("shop");
+    let deployment = result.plan.deployment.clone().unwrap();
+    assert_eq!(deployment.groups["web"].desired_canaries, 1);
+    assert_eq!(shadows(&result.plan, Shadow::Canary), vec![0], "{}", harness.render(&result.plan));
+    assert_eq!(replaced(&result.plan), 0, "the old allocations keep running beside the canary");
+    assert_eq!(harness.live_allocs("shop").len(), 5);
+    // Healthy or not, nothing more happens until the promotion.
+    report(&mut harness, 1, Some(true), 1);
+    let waiting = harness.run("shop");
+    assert!(waiting.plan.allocations().next().is_none() && waiting.plan.stops().next().is_none(), "{}", harness.render(&waiting.plan));
+
+    set_deployment(&mut harness, &deployment.id, |d| d.groups.get_mut("web").unwrap().promoted = true);
+    let promoted = harness.run("shop");
+    // The canary takes index 0 from the old allocation; max_parallel 1 replaces one more.
+    assert_eq!(replaced(&promoted.plan), 2, "{}", harness.render(&promoted.plan));
+    assert_eq!(promoted.plan.allocations().count(), 1);
+    let live = harness.live_allocs("shop");
+    assert_eq!(live.len(), 4);
+    assert_eq!(live.iter().filter(|alloc| alloc.job_version == 1).count(), 2);
+}
+
+#[test]
+fn blue_green_promotion_stops_every_old_allocation_at_once_and_a_failed_deployment_stops_its_canaries() {
+    let mut harness = Harness::new();
+    harness.add_nodes("n", 2);
+    let blue_green = |marker| with_update(marker, UpdateSpec { canary: Some(4), ..Default::default() });
+    harness.register(blue_green("blue"));
+    harness.run("shop");
+    report(&mut harness, 0, Some(true), 4);
+    harness.register(blue_green("green"));
+    let result = harness.run("shop");
+    let deployment = result.plan.deployment.clone().unwrap();
+    assert_eq!(shadows(&result.plan, Shadow::Canary), vec![0, 1, 2, 3]);
+    assert_eq!(harness.live_allocs("shop").len(), 8);
+    report(&mut harness, 1, Some(true), 4);
+    set_deployment(&mut harness, &deployment.id, |d| d.groups.get_mut("web").unwrap().promoted = true);
+    let promoted = harness.run("shop");
+    assert_eq!(replaced(&promoted.plan), 4, "{}", harness.render(&promoted.plan));
+    assert_eq!(promoted.plan.allocations().count(), 0);
+    assert!(harness.live_allocs("shop").iter().all(|alloc| alloc.job_version == 1));
+
+    // A third version whose deployment fails before promotion: its canaries stop, the running set stays.
+    harness.register(blue_green("red"));
+    let red = harness.run("shop").plan.deployment.clone().unwrap();
+    assert_eq!(harness.live_allocs("shop").len(), 8);
+    set_deployment(&mut harness, &red.id, |d| d.status = DeploymentStatus::Failed);
+    let failed = harness.run("shop");
+    let stopped: Vec<_> = failed.plan.stops().map(|stop| stop.description.as_str()).collect();
+    assert_eq!(stopped, vec!["canary of a deployment that ended without promoting it"; 4]);
+    assert_eq!(failed.plan.allocations().count(), 0, "nothing is replaced after a failure");
+    assert!(harness.live_allocs("shop").iter().all(|alloc| alloc.job_version == 1));
+}
+
+#[test]
+fn a_surge_starts_the_new_allocation_before_the_old_one_stops() {
+    let mut harness = Harness::new();
+    harness.add_nodes("n", 2);
+    let surge = |marker| {
+        with_update(
+            marker,
+            UpdateSpec {
+                max_parallel: None,
+                max_surge: Some(CountOrPercent::Count(1)),
+                max_unavailable: Some(CountOrPercent::Count(0)),
+                ..Default::default()
+            },
+        )
+    };
+    harness.register(surge("v0"));
+    harness.run("shop");
+    report(&mut harness, 0, Some(true), 4);
+    harness.register(surge("v1"));
+    let result = harness.run("shop");
+    assert_eq!(shadows(&result.plan, Shadow::Surge), vec![0]);
+    assert_eq!(replaced(&result.plan), 0, "nothing stops before the surge is healthy");
+    assert_eq!(harness.run("shop").plan.allocations().count(), 0, "one surge at a time");
+    report(&mut harness, 1, Some(true), 1);
+    let next = harness.run("shop");
+    assert_eq!(replaced(&next.plan), 1, "the healthy surge takes its index: {}", harness.render(&next.plan));
+    assert_eq!(shadows(&next.plan, Shadow::Surge), vec![1]);
+    assert_eq!(harness.live_allocs("shop").len(), 5, "never more than count + max_surge");
 }

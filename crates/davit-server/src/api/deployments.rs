@@ -1,16 +1,19 @@
-//! `/v1/deployments`, `/v1/deployment/{id}` and its actions (`fail`, `pause`, `resume`), `/v1/job/{name}/deployment`.
+//! `/v1/deployments`, `/v1/deployment/{id}` and its actions (`fail`, `pause`, `resume`, `promote`, `health`),
+//! `/v1/job/{name}/deployment`.
 
 use std::sync::Arc;
 
 use axum::Extension;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use davit_api::deployment::{Deployment, DeploymentStatus};
+use davit_api::deployment::{Deployment, DeploymentHealth, DeploymentStatus};
+use davit_api::http::{DeploymentHealthRequest, PromoteDeploymentRequest};
 use davit_api::namespace::namespace_of;
-use davit_api::objects::EvalTrigger;
+use davit_api::objects::{Allocation, EvalTrigger};
 use davit_store::{Compare, Txn};
 
-use super::{Blocking, Failure, JobId, Page, descending, indexed, paged, resolve_prefix};
+use super::{Blocking, Failure, JobId, Page, descending, indexed, json_body, paged, resolve_prefix};
 use crate::acl::Caller;
 use crate::liveness::new_eval;
 use crate::view::Snapshot;
@@ -97,11 +100,101 @@ pub(crate) async fn fail(
     }
     let outcome = crate::deployments::fail(&snapshot.cluster, deployment, "Deployment marked as failed by user", now_millis());
     drop(snapshot);
+    write(&shared, &id, outcome).await
+}
+
+/// `POST /v1/deployment/{id}/promote`: the canaries of the groups asked for (all groups when none) are
+/// promoted and the rest of those groups rolls.
+pub(crate) async fn promote(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let request: PromoteDeploymentRequest = if body.is_empty() { Default::default() } else { json_body(&body, "promote request")? };
+    let snapshot = shared.view.snapshot();
+    let id = resolve(&snapshot, &caller, &id)?;
+    let deployment = snapshot.cluster.deployment(&id).expect("resolved");
+    let outcome =
+        crate::deployments::promote(&snapshot.cluster, deployment, &request.groups, now_millis()).map_err(Failure::bad_request)?;
+    drop(snapshot);
+    write(&shared, &id, outcome).await
+}
+
+/// `POST /v1/deployment/{id}/health`: an operator's verdict on allocations the deployment placed (the way
+/// allocations of a group with `health_check: manual` become healthy); a verdict already given stays.
+pub(crate) async fn set_health(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let request: DeploymentHealthRequest = json_body(&body, "deployment health request")?;
+    if request.healthy.is_empty() && request.unhealthy.is_empty() {
+        return Err(Failure::bad_request("name at least one allocation in healthy or unhealthy".to_string()));
+    }
+    if request.healthy.len() + request.unhealthy.len() > MAX_HEALTH_VERDICTS {
+        return Err(Failure::bad_request(format!("at most {MAX_HEALTH_VERDICTS} allocations per request")));
+    }
+    let snapshot = shared.view.snapshot();
+    let id = resolve(&snapshot, &caller, &id)?;
+    let deployment = snapshot.cluster.deployment(&id).expect("resolved");
+    if !deployment.is_active() {
+        return Err(Failure::bad_request(format!(
+            "deployment {} is {}: allocation health is set only while it runs",
+            short(&id),
+            deployment.status.as_str()
+        )));
+    }
+    let placed: Vec<&Arc<Allocation>> =
+        snapshot.cluster.allocs_for_job(&deployment.job_name).filter(|alloc| alloc.deployment_id.as_deref() == Some(id.as_str())).collect();
+    let now = now_millis();
+    let mut txn = Txn::default();
+    let verdicts = request.healthy.iter().map(|alloc| (alloc, true)).chain(request.unhealthy.iter().map(|alloc| (alloc, false)));
+    for (wanted, healthy) in verdicts {
+        let alloc = resolve_prefix("allocation", wanted, placed.iter().map(|alloc| alloc.id.as_str())).map_err(|_| {
+            Failure::bad_request(format!("allocation {wanted} is not one the deployment {} placed (or not unique)", short(&id)))
+        })?;
+        let alloc = placed.iter().find(|candidate| candidate.id == alloc).expect("resolved among them");
+        if alloc.deployment_health.is_some() {
+            continue;
+        }
+        let mut changed = (***alloc).clone();
+        changed.deployment_health = Some(DeploymentHealth { healthy, timestamp: now });
+        changed.modify_time = now;
+        txn.compares.push(Compare::ModRevision(keys::alloc(&alloc.id), alloc.modify_index));
+        txn.success.push(keys::put(keys::alloc(&alloc.id), &changed));
+    }
+    if !txn.success.is_empty()
+        && let Some(job) = snapshot.cluster.job(&deployment.job_name)
+    {
+        let eval = new_eval(&deployment.job_name, job.spec.job_type, job.spec.priority, EvalTrigger::Deployment, None);
+        txn.success.push(keys::put(keys::eval(&eval.id), &eval));
+    }
+    let unchanged = txn.success.is_empty().then(|| (deployment.modify_index, (**deployment).clone()));
+    drop(snapshot);
+    if let Some((index, deployment)) = unchanged {
+        return Ok(indexed(index, &deployment));
+    }
+    let response = shared.store.txn(txn).await?;
+    if !response.succeeded {
+        return Err(Failure::conflict("an allocation changed meanwhile; try again".to_string()));
+    }
+    shared.view.wait_for(response.revision).await;
+    let snapshot = shared.view.snapshot();
+    Ok(indexed(response.revision, &**snapshot.cluster.deployment(&id).expect("written")))
+}
+
+/// Most allocations one `health` request may name.
+const MAX_HEALTH_VERDICTS: usize = 1_000;
+
+/// Writes a deployment outcome decided by a request and answers with the deployment.
+async fn write(shared: &Shared, id: &str, outcome: crate::deployments::Outcome) -> Result<Response, Failure> {
     let index = crate::deployments::write(&shared.store, &shared.view, outcome)
         .await?
-        .ok_or_else(|| Failure::conflict(format!("deployment {} changed meanwhile; try again", short(&id))))?;
+        .ok_or_else(|| Failure::conflict(format!("deployment {} changed meanwhile; try again", short(id))))?;
     let snapshot = shared.view.snapshot();
-    Ok(indexed(index, &**snapshot.cluster.deployment(&id).expect("written")))
+    Ok(indexed(index, &**snapshot.cluster.deployment(id).expect("written")))
 }
 
 /// `POST /v1/deployment/{id}/pause` and `/resume`: idempotent; a resume evaluates the job to roll on.

@@ -136,9 +136,17 @@ fn check_max_count(namespace: &Namespace, spec: &JobSpec) -> Result<(), Failure>
 
 /// Stores `spec` as the job's next version (unless it equals the current one) and queues an evaluation.
 /// Optimistic: if the job changed meanwhile, the write is retried on the newer state.
-pub(crate) async fn register_spec(shared: &Shared, spec: JobSpec, trigger: EvalTrigger) -> Result<RegisterJobResponse, Failure> {
+pub(crate) async fn register_spec(shared: &Shared, written: JobSpec, trigger: EvalTrigger) -> Result<RegisterJobResponse, Failure> {
     for _ in 0..5 {
         let snapshot = shared.view.snapshot();
+        // A redeploy (or a revert) never undoes scaling: groups with `scaling:` keep the count they run.
+        let mut spec = written.clone();
+        let mut warnings = Vec::new();
+        if let Some(current) = snapshot.cluster.job(&spec.id()).filter(|job| !job.stopped)
+            && trigger != EvalTrigger::JobScale
+        {
+            warnings = spec.keep_scaled_counts(&current.spec);
+        }
         check_service_names(&snapshot, &spec)?;
         if let Some(namespace) = snapshot.cluster.namespace(&spec.namespace) {
             check_max_count(namespace, &spec)?;
@@ -176,7 +184,6 @@ pub(crate) async fn register_spec(shared: &Shared, spec: JobSpec, trigger: EvalT
         let response = shared.store.txn(txn).await?;
         if response.succeeded {
             shared.view.wait_for(response.revision).await;
-            let warnings = Vec::new();
             return Ok(RegisterJobResponse {
                 job_name: spec.name,
                 version: job.version,
@@ -188,7 +195,7 @@ pub(crate) async fn register_spec(shared: &Shared, spec: JobSpec, trigger: EvalT
         }
         shared.view.wait_for(shared.store.current_revision().await?).await;
     }
-    Err(Failure::conflict(format!("job {} is being changed concurrently; try again", spec.name)))
+    Err(Failure::conflict(format!("job {} is being changed concurrently; try again", written.name)))
 }
 
 /// Service names are unique per namespace (one DNS name each): a job may not declare a service that another
@@ -428,6 +435,17 @@ pub(crate) async fn scale(State(shared): State<Arc<Shared>>, JobId(name): JobId,
         let names: Vec<&str> = job.spec.groups.iter().map(|group| group.name.as_str()).collect();
         return Err(Failure::bad_request(format!("job `{name}` has no group `{}`; its groups: {}", request.group, names.join(", "))));
     };
+    if let Some(bounds) = group.count_bounds()
+        && !bounds.contains(&request.count)
+    {
+        return Err(Failure::bad_request(format!(
+            "count {} is outside the bounds of group `{}`'s scaling: {}..={}",
+            request.count,
+            group.name,
+            bounds.start(),
+            bounds.end()
+        )));
+    }
     group.count = request.count;
     let limits = limits_for(&shared, &snapshot);
     davit_api::spec::validate(&spec, Some(&limits)).map_err(|errors| Failure::invalid_spec(&errors))?;

@@ -87,6 +87,8 @@ fn table() -> Vec<Route> {
         route(M::POST, "/v1/deployment/{id}/fail", ns(DeploymentWrite), deployments::fail),
         route(M::POST, "/v1/deployment/{id}/pause", ns(DeploymentWrite), deployments::pause),
         route(M::POST, "/v1/deployment/{id}/resume", ns(DeploymentWrite), deployments::resume),
+        route(M::POST, "/v1/deployment/{id}/promote", ns(DeploymentWrite), deployments::promote),
+        route(M::POST, "/v1/deployment/{id}/health", ns(DeploymentWrite), deployments::set_health),
         route(M::GET, "/v1/nodes", node_read, nodes::list),
         route(M::POST, "/v1/nodes/register", Rule::Register, nodes::register),
         route(M::PUT, "/v1/nodes/heartbeat", node_write, nodes::heartbeat_many),

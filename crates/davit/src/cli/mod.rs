@@ -472,6 +472,23 @@ pub enum DeploymentCommand {
     Pause { id: String },
     /// Go on replacing allocations (idempotent).
     Resume { id: String },
+    /// Promote the canaries (every group's, or those of `--group`, repeatable): the rest of the group rolls; with
+    /// as many canaries as the count (blue/green), every old allocation stops at once.
+    Promote {
+        id: String,
+        #[arg(long = "group", short = 'g')]
+        groups: Vec<String>,
+    },
+    /// Say which allocations of the deployment are healthy or not (groups with `update.health_check: manual`).
+    Health {
+        id: String,
+        /// Allocation ids (or prefixes) found healthy (repeatable).
+        #[arg(long)]
+        healthy: Vec<String>,
+        /// Allocation ids (or prefixes) found unhealthy (repeatable).
+        #[arg(long)]
+        unhealthy: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

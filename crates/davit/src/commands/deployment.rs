@@ -1,8 +1,9 @@
-//! `davit deployment ls|status|fail|pause|resume`, and following a job's rollout after `job run`.
+//! `davit deployment ls|status|fail|pause|resume|promote|health`, and following a job's rollout after `job run`.
 
 use std::time::{Duration, Instant};
 
 use davit_api::deployment::{Deployment, DeploymentStatus};
+use davit_api::http::DeploymentHealthRequest;
 use davit_client::Client;
 
 use crate::Failure;
@@ -51,11 +52,23 @@ pub async fn deployment(client: &Client, command: DeploymentCommand) -> Result<(
         DeploymentCommand::Fail { id } => act(client, &id, "fail").await,
         DeploymentCommand::Pause { id } => act(client, &id, "pause").await,
         DeploymentCommand::Resume { id } => act(client, &id, "resume").await,
+        DeploymentCommand::Promote { id, groups } => {
+            print_action(&client.promote_deployment(&id, groups).await?);
+            Ok(())
+        }
+        DeploymentCommand::Health { id, healthy, unhealthy } => {
+            print_action(&client.set_deployment_health(&id, &DeploymentHealthRequest { healthy, unhealthy }).await?);
+            Ok(())
+        }
     }
 }
 
 async fn act(client: &Client, id: &str, action: &str) -> Result<(), Failure> {
-    let deployment = client.deployment_action(id, action).await?;
+    print_action(&client.deployment_action(id, action).await?);
+    Ok(())
+}
+
+fn print_action(deployment: &Deployment) {
     println!(
         "deployment {} of job {} version {}: {} ({})",
         short(&deployment.id),
@@ -64,7 +77,6 @@ async fn act(client: &Client, id: &str, action: &str) -> Result<(), Failure> {
         deployment.status.as_str(),
         deployment.status_description
     );
-    Ok(())
 }
 
 /// The deployment and its groups' progress, as `deployment status` prints it.
@@ -77,12 +89,20 @@ pub fn describe(deployment: &Deployment) -> String {
         deployment.status.as_str(),
         deployment.status_description
     );
-    let mut rows = vec![["Group", "Desired", "Placed", "Healthy", "Unhealthy", "Progress Deadline"].map(String::from).to_vec()];
+    let mut rows = vec![
+        ["Group", "Promoted", "Desired", "Canaries", "Placed", "Healthy", "Unhealthy", "Progress Deadline"].map(String::from).to_vec(),
+    ];
     for (name, group) in &deployment.groups {
         let deadline = if group.require_progress_by == 0 { "-".to_string() } else { crate::output::time(group.require_progress_by) };
+        let (promoted, canaries) = match group.desired_canaries {
+            0 => ("-".to_string(), "-".to_string()),
+            desired => (if group.promoted { "yes" } else { "no" }.to_string(), format!("{}/{desired}", group.canaries)),
+        };
         rows.push(vec![
             name.clone(),
+            promoted,
             group.desired_total.to_string(),
+            canaries,
             group.placed.to_string(),
             group.healthy.to_string(),
             group.unhealthy.to_string(),
@@ -136,10 +156,17 @@ pub async fn follow(
             println!("    {line}");
             last_line = line;
         }
-        if !deployment.is_active() {
+        if !deployment.is_active() || waits_for_person(&deployment) {
             return Ok(Some(deployment));
         }
     }
+}
+
+/// Every canary is healthy and a group without `auto_promote` waits for `davit deployment promote`.
+fn waits_for_person(deployment: &Deployment) -> bool {
+    deployment.status == DeploymentStatus::Running
+        && deployment.groups.values().any(|group| group.awaits_promotion() && !group.auto_promote)
+        && deployment.groups.values().filter(|group| group.awaits_promotion()).all(|group| group.healthy >= group.desired_canaries)
 }
 
 /// Whether the evaluation is no longer pending (it ran, so a deployment it would start exists by now).
@@ -153,8 +180,13 @@ fn progress_line(deployment: &Deployment) -> String {
         .groups
         .iter()
         .map(|(name, group)| {
+            let canaries = match (group.desired_canaries, group.promoted) {
+                (0, _) => String::new(),
+                (desired, true) => format!(", {desired} canaries promoted"),
+                (desired, false) => format!(", canaries {}/{desired} placed", group.canaries),
+            };
             format!(
-                "{name}: {}/{} healthy{}",
+                "{name}: {}/{} healthy{}{canaries}",
                 group.healthy,
                 group.desired_total,
                 if group.unhealthy > 0 { format!(", {} unhealthy", group.unhealthy) } else { String::new() }
@@ -175,6 +207,13 @@ pub fn outcome(deployment: &Deployment) -> Result<(), Failure> {
     match deployment.status {
         DeploymentStatus::Successful => {
             println!("==> deployment {} successful: {}", short(&deployment.id), deployment.status_description);
+            Ok(())
+        }
+        DeploymentStatus::Running | DeploymentStatus::Paused => {
+            println!(
+                "==> deployment {id}: the canaries are healthy and wait for promotion\n  hint: davit deployment promote {id} (or fail {id} to roll back)",
+                id = short(&deployment.id)
+            );
             Ok(())
         }
         status => Err(Failure::user(format!(
