@@ -91,8 +91,15 @@ impl AllocRunner {
         let (control, control_rx) = watch::channel(initial);
         let (finished_tx, finished) = watch::channel(false);
         let migration = watch::Sender::new(state.alloc.migration.clone());
-        let shared =
-            Arc::new(AllocShared { context, alloc_dir, state: Mutex::new(state), migration, persist: tokio::sync::Mutex::new(()) });
+        let restart = watch::Sender::new(state.alloc.restart_generation);
+        let shared = Arc::new(AllocShared {
+            context,
+            alloc_dir,
+            state: Mutex::new(state),
+            migration,
+            restart,
+            persist: tokio::sync::Mutex::new(()),
+        });
         let lifecycle_shared = shared.clone();
         tokio::spawn(async move {
             lifecycle_shared.clone().run(control_rx).await;
@@ -116,7 +123,8 @@ impl AllocRunner {
         let changed = self.shared.with_state(|state| {
             let changed = state.alloc.job_version != alloc.job_version
                 || state.alloc.desired_status != alloc.desired_status
-                || state.alloc.migration != alloc.migration;
+                || state.alloc.migration != alloc.migration
+                || state.alloc.restart_generation != alloc.restart_generation;
             if changed {
                 let mut alloc = alloc.clone();
                 alloc.task_states.clear();
@@ -128,6 +136,11 @@ impl AllocRunner {
             let modified = *migration != alloc.migration;
             migration.clone_from(&alloc.migration);
             modified
+        });
+        self.shared.restart.send_if_modified(|generation| {
+            let newer = alloc.restart_generation > *generation;
+            *generation = (*generation).max(alloc.restart_generation);
+            newer
         });
         if alloc.desired_status == DesiredStatus::Stop {
             self.stop();
@@ -348,12 +361,11 @@ impl AllocShared {
             }
         }
 
-        // 4. Watch the tasks and the control until every task runner returned.
+        // 4. Watch the tasks and the control until every task runner returned. A stop waits the group's
+        // `shutdown_delay` first: the allocation has left the catalog, so proxies stop sending it requests.
+        let shutdown_delay = group.shutdown_delay.map_or(Duration::ZERO, |delay| delay.as_std());
         let mut alloc_control = *control.borrow_and_update();
-        forward_control(alloc_control, &task_controls);
-        if alloc_control == AllocControl::Stop {
-            self.mark_stop_requested().await;
-        }
+        let mut kill_at = self.follow_control(alloc_control, shutdown_delay, &task_controls).await;
         while !tasks.is_empty() {
             tokio::select! {
                 joined = tasks.join_next() => {
@@ -378,15 +390,39 @@ impl AllocShared {
                 }
                 changed = control.changed(), if alloc_control == AllocControl::Run => {
                     alloc_control = if changed.is_ok() { *control.borrow_and_update() } else { AllocControl::Detach };
-                    forward_control(alloc_control, &task_controls);
-                    if alloc_control == AllocControl::Stop {
-                        self.mark_stop_requested().await;
-                    }
+                    kill_at = self.follow_control(alloc_control, shutdown_delay, &task_controls).await;
+                }
+                () = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)), if kill_at.is_some() => {
+                    kill_at = None;
+                    forward_control(AllocControl::Stop, &task_controls);
                 }
             }
         }
         self.commit().await;
         tracing::debug!(%alloc_id, "allocation runner finished");
+    }
+
+    /// Acts on a control change: a stop is recorded, and forwarded to the tasks at once or, with a shutdown
+    /// delay, at the instant returned.
+    async fn follow_control(
+        self: &Arc<Self>,
+        control: AllocControl,
+        shutdown_delay: Duration,
+        task_controls: &BTreeMap<String, watch::Sender<TaskControl>>,
+    ) -> Option<tokio::time::Instant> {
+        if control == AllocControl::Stop {
+            self.mark_stop_requested().await;
+            if !shutdown_delay.is_zero() {
+                let message = format!("left the service catalog; killing in {}", davit_api::Duration(shutdown_delay));
+                for task in task_controls.keys() {
+                    self.update_task(task, Some(event("Shutdown Delay", &message)), |_| {});
+                }
+                self.commit().await;
+                return Some(tokio::time::Instant::now() + shutdown_delay);
+            }
+        }
+        forward_control(control, task_controls);
+        None
     }
 
     async fn mark_stop_requested(self: &Arc<Self>) {

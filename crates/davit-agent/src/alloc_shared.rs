@@ -19,6 +19,8 @@ pub(crate) struct AllocShared {
     pub(crate) state: Mutex<PersistedAlloc>,
     /// The allocation's live migration as the server last said (task runners watch it).
     pub(crate) migration: watch::Sender<Option<Box<Migration>>>,
+    /// The newest restart an operator asked for (`Allocation::restart_generation`; task runners watch it).
+    pub(crate) restart: watch::Sender<u64>,
     /// Serializes state writes so the file always ends with the newest snapshot.
     pub(crate) persist: tokio::sync::Mutex<()>,
 }

@@ -16,6 +16,9 @@ use crate::check;
 use crate::restart::{MAX_JITTER, RestartDecision, decide_restart};
 use crate::taskenv::TaskEnvContext;
 
+/// The reason of a restart an operator asked for (`davit alloc restart`): the task restarts at once.
+const OPERATOR_RESTART: &str = "restart requested by an operator, generation ";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum TaskControl {
     Run,
@@ -81,6 +84,9 @@ impl TaskRunner {
         }
         let mut rng = rand::rngs::SmallRng::from_os_rng();
         let mut migration = self.shared.migration.subscribe();
+        // Restarts asked for from now on (the generation the allocation started with is seen).
+        let mut restart_requests = self.shared.restart.subscribe();
+        restart_requests.borrow_and_update();
         // The destination allocation of the live migration last tried (each is tried once).
         let mut migration_tried: Option<String> = None;
         loop {
@@ -120,7 +126,15 @@ impl TaskRunner {
                     let checks = check::start(self.shared.clone(), &name, &self.task.checks, driver.clone(), running.clone(), restart_tx);
                     let waited = loop {
                         let waited = self
-                            .wait(driver.as_ref(), running, &mut control, &mut restart_rx, &mut migration, migration_tried.as_deref())
+                            .wait(
+                                driver.as_ref(),
+                                running,
+                                &mut control,
+                                &mut restart_rx,
+                                &mut migration,
+                                &mut restart_requests,
+                                migration_tried.as_deref(),
+                            )
                             .await;
                         let Waited::Migrate { peer_alloc_id, peer_node_id, uri } = waited else { break waited };
                         migration_tried = Some(peer_alloc_id);
@@ -154,8 +168,12 @@ impl TaskRunner {
                 self.release(driver.as_ref(), &ended).await;
             }
 
-            // A changed template restarts the task at once, whatever the restart policy counts.
-            if let Some(reason) = check_reason.as_deref().filter(|reason| reason.starts_with(crate::template::TEMPLATE_RESTART)) {
+            // A changed template, or an operator's restart, restarts the task at once, whatever the restart policy
+            // counts.
+            if let Some(reason) = check_reason
+                .as_deref()
+                .filter(|reason| reason.starts_with(crate::template::TEMPLATE_RESTART) || reason.starts_with(OPERATOR_RESTART))
+            {
                 self.shared.update_task(&name, Some(event("Restarting", reason)), |state| {
                     state.state = TaskStatus::Pending;
                     state.restarts += 1;
@@ -487,7 +505,9 @@ impl TaskRunner {
         })
     }
 
-    /// Waits for the task to exit, or for the control to change to a kill or detach.
+    /// Waits for the task to exit, or for the control to change to a kill or detach, a check or template or an
+    /// operator to ask for a restart, or a live migration to start.
+    #[allow(clippy::too_many_arguments)] // one receiver per thing it waits for
     async fn wait(
         &self,
         driver: &dyn Driver,
@@ -495,6 +515,7 @@ impl TaskRunner {
         control: &mut watch::Receiver<TaskControl>,
         check_failed: &mut mpsc::Receiver<String>,
         migration: &mut watch::Receiver<Option<Box<Migration>>>,
+        restart_requests: &mut watch::Receiver<u64>,
         migration_tried: Option<&str>,
     ) -> Waited {
         loop {
@@ -530,6 +551,7 @@ impl TaskRunner {
                 },
                 changed = control.changed() => if changed.is_err() { return Waited::Control(TaskControl::Detach) },
                 Some(reason) = check_failed.recv() => return Waited::CheckFailed(reason),
+                Ok(()) = restart_requests.changed() => return Waited::CheckFailed(format!("{OPERATOR_RESTART}{}", *restart_requests.borrow_and_update())),
             }
         }
     }

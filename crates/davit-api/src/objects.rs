@@ -204,7 +204,7 @@ pub enum TaskStatus {
 pub struct TaskEvent {
     pub time: UnixMillis,
     /// Short kind: `Received`, `Task Setup`, `Started`, `Terminated`, `Restarting`, `Not Restarting`,
-    /// `Killing`, `Killed`, `OOM Killed`, `Driver Failure`, `Sibling Task Failed`.
+    /// `Shutdown Delay`, `Killing`, `Killed`, `OOM Killed`, `Driver Failure`, `Sibling Task Failed`.
     pub kind: String,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,6 +337,10 @@ pub struct Allocation {
     /// Set by the agent, once, for an allocation of a deployment: see [`DeploymentHealth`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_health: Option<DeploymentHealth>,
+    /// Moves on with each restart an operator asks for (`davit alloc restart`, `davit job restart`): its agent
+    /// restarts the tasks in place.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restart_generation: u64,
     /// Placed by a deployment beside the allocation of its index as a canary or a surge (see [`Shadow`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<Shadow>,

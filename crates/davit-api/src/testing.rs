@@ -61,6 +61,7 @@ pub fn alloc(id: &str, job: &str, group: &str, index: u32, node_id: &str) -> All
         deployment_id: None,
         deployment_health: None,
         shadow: None,
+        restart_generation: 0,
         create_time: 0,
         modify_time: 0,
         create_index: 0,

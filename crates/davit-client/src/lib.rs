@@ -458,6 +458,11 @@ impl Client {
         Ok(self.send(self.http.post(self.url(&format!("/v1/allocation/{}/migrate", encode(id)))).json(request)).await?.value)
     }
 
+    /// Asks the allocation's agent to restart its tasks in place.
+    pub async fn restart_allocation(&self, id: &str) -> Result<Allocation, ClientError> {
+        Ok(self.send(self.http.post(self.url(&format!("/v1/allocation/{}/restart", encode(id))))).await?.value)
+    }
+
     pub async fn allocation_blocking(&self, id: &str, index: Index, wait: Duration) -> Result<Indexed<Allocation>, ClientError> {
         self.get_blocking(&format!("/v1/allocation/{}", encode(id)), index, wait).await
     }

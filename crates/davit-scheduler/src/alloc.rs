@@ -117,6 +117,7 @@ impl NewAllocation<'_> {
             deployment_id: self.deployment_id.map(str::to_string),
             deployment_health: None,
             shadow: self.shadow,
+            restart_generation: 0,
             create_time: self.now,
             modify_time: self.now,
             create_index: 0,

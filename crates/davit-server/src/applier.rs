@@ -51,6 +51,16 @@ enum Request {
     Migrate(Box<Allocation>, u64, oneshot::Sender<Result<Result<Index, String>, StoreError>>),
     /// Garbage collection: delete these allocations if they still ended.
     Collect(Vec<String>, oneshot::Sender<Result<(usize, Index), StoreError>>),
+    Amend(Vec<(String, Amend)>, Vec<Evaluation>, u64, oneshot::Sender<Result<Index, StoreError>>),
+}
+
+/// A change an operator asks for on one allocation that still runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Amend {
+    /// Restart its tasks in place (`restart_generation` moves on; its agent restarts them).
+    Restart,
+    /// Its deployment health, when not decided yet (`health_check: manual`).
+    DeploymentHealth(bool),
 }
 
 /// A handle to send work to the applier task.
@@ -102,6 +112,14 @@ impl Applier {
     pub async fn start_migration(&self, destination: Allocation, now: u64) -> Result<Result<Index, String>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Migrate(Box::new(destination), now, reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Amends allocations (skipping those that ended, or whose deployment health is decided already) and stores
+    /// `evals` with them; index 0 when nothing changed.
+    pub async fn amend_allocs(&self, amends: Vec<(String, Amend)>, evals: Vec<Evaluation>, now: u64) -> Result<Index, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Amend(amends, evals, now, reply)).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -189,6 +207,13 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, rece
                 Request::Migrate(destination, now, sender) => match guarded(|| check_migration(&working, &destination, now)) {
                     Ok(Ok(writes)) => (writes, Reply::Migrate(Ok(()), sender)),
                     Ok(Err(reason)) => (Writes::default(), Reply::Migrate(Err(reason), sender)),
+                    Err(panic) => {
+                        let _ = sender.send(Err(panic));
+                        continue;
+                    }
+                },
+                Request::Amend(amends, evals, now, sender) => match guarded(|| amend_allocs(&working, &amends, evals, now)) {
+                    Ok(writes) => (writes, Reply::Index(sender)),
                     Err(panic) => {
                         let _ = sender.send(Err(panic));
                         continue;
@@ -302,6 +327,29 @@ fn stop_allocs(snapshot: &Snapshot, stops: &[AllocStop], evals: Vec<Evaluation>,
             continue;
         }
         writes.alloc(stopped(existing, stop, now));
+    }
+    if !writes.txn.success.is_empty() {
+        for eval in &evals {
+            writes.eval(eval);
+        }
+    }
+    writes
+}
+
+fn amend_allocs(snapshot: &Snapshot, amends: &[(String, Amend)], evals: Vec<Evaluation>, now: u64) -> Writes {
+    let mut writes = Writes::default();
+    for (id, amend) in amends {
+        let Some(existing) = snapshot.cluster.alloc(id).filter(|alloc| !alloc.is_terminal()) else { continue };
+        let mut alloc = (**existing).clone();
+        match amend {
+            Amend::Restart => alloc.restart_generation += 1,
+            Amend::DeploymentHealth(_) if alloc.deployment_health.is_some() || alloc.deployment_id.is_none() => continue,
+            Amend::DeploymentHealth(healthy) => {
+                alloc.deployment_health = Some(davit_api::deployment::DeploymentHealth { healthy: *healthy, timestamp: now })
+            }
+        }
+        alloc.modify_time = now;
+        writes.alloc(alloc);
     }
     if !writes.txn.success.is_empty() {
         for eval in &evals {

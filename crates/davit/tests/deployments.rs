@@ -203,3 +203,173 @@ fn canaries_wait_for_promotion_and_blue_green_replaces_every_old_allocation_at_o
     );
     assert_eq!(ended.status, DeploymentStatus::Successful, "{ended:#?}");
 }
+
+/// A 3-instance HTTP service (busybox httpd answering its version's marker) rolled one at a time; stopped
+/// instances wait 1 s out of the catalog before their kill.
+fn web_job(marker: &str, local_port: u16) -> String {
+    format!(
+        r#"name: zero
+update: {{max_parallel: 1, health_check: checks, min_healthy_time: 1s, healthy_deadline: 30s, progress_deadline: 1m}}
+groups:
+  - name: web
+    count: 3
+    shutdown_delay: 1s
+    network:
+      ports: [{{name: http}}]
+    services:
+      - {{name: zero-web, port: http, local_port: {local_port}}}
+    tasks:
+      - name: server
+        driver: exec
+        env: {{MARKER: "{marker}"}}
+        config:
+          command: /bin/sh
+          args: ["-c", "echo ok > local/health; echo $MARKER > local/index.html; mkdir -p local/cgi-bin; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho %s\\n' $MARKER > local/cgi-bin/marker; chmod 755 local/cgi-bin/marker; exec /bin/busybox httpd -f -p 127.0.0.1:${{port.http}} -h local"]
+        resources: {{cpu: 50, memory: 32}}
+        checks:
+          - {{name: health, type: http, port: http, path: /health, body: ok, interval: 200ms, timeout: 150ms}}
+"#
+    )
+}
+
+/// One request through a fresh connection: `GET /` (which the proxy may retry on another instance) or a `POST`
+/// to a CGI script (which it must not); the body of a 200, else why not.
+fn request(addr: &str, post: bool) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|error| format!("connect: {error}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|error| error.to_string())?;
+    let head: &[u8] = if post {
+        b"POST /cgi-bin/marker HTTP/1.0\r\nHost: zero\r\nContent-Length: 2\r\n\r\nhi"
+    } else {
+        b"GET / HTTP/1.0\r\nHost: zero\r\n\r\n"
+    };
+    stream.write_all(head).map_err(|error| format!("write: {error}"))?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|error| format!("read: {error}"))?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => Ok(body.trim().to_string()),
+        _ => Err(response.lines().next().unwrap_or("empty response").to_string()),
+    }
+}
+
+#[test]
+fn a_rolling_update_under_load_through_the_proxy_fails_no_request() {
+    if !require_root() {
+        return;
+    }
+    let dev = Dev::start();
+    let local_port = util::free_port();
+    let addr = format!("{}:{local_port}", dev.proxy_ip);
+    let out = dev.ok(&["job", "run", &dev.write("v0.yaml", &web_job("v0", local_port))]);
+    assert!(out.contains("successful"), "{out}");
+    let ready = util::eventually(
+        "v0 answers through the proxy",
+        Duration::from_secs(30),
+        || request(&addr, true),
+        |answer| answer.as_deref() == Ok("v0"),
+    );
+    drop(ready);
+
+    // Steady load from two clients (bounded in time and count) while v1 rolls.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut answers, mut failures) = (std::collections::BTreeMap::<String, u32>::new(), Vec::new());
+                let deadline = Instant::now() + Duration::from_secs(120);
+                for n in 0..200_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > deadline {
+                        break;
+                    }
+                    match request(&addr, n % 2 == 0) {
+                        Ok(body) => *answers.entry(body).or_default() += 1,
+                        Err(error) => failures.push(error),
+                    }
+                }
+                (answers, failures)
+            })
+        })
+        .collect();
+    let out = dev.ok(&["job", "run", &dev.write("v1.yaml", &web_job("v1", local_port))]);
+    assert!(out.contains("successful"), "{out}");
+    // The last old instance waits its shutdown delay: keep the load on until it is gone.
+    let rolled = wait_job(&dev.addr, "zero", Duration::from_secs(30), |status| {
+        status.allocations.iter().all(|a| a.job_version == 1 || a.client_status.is_terminal())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut answers, mut failures) = (std::collections::BTreeMap::<String, u32>::new(), Vec::new());
+    for thread in load {
+        let (a, f) = thread.join().unwrap();
+        for (body, n) in a {
+            *answers.entry(body).or_default() += n;
+        }
+        failures.extend(f);
+    }
+    let total: u32 = answers.values().sum();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the rollout: {failures:?}",
+        failures.len(),
+        total as usize + failures.len()
+    );
+    // Each old instance was killed only after its shutdown delay, out of the catalog.
+    let client = dev.client();
+    for old in rolled.allocations.iter().filter(|a| a.job_version == 0) {
+        let alloc = runtime().block_on(client.allocation(&old.id)).unwrap();
+        let events = &alloc.task_states["server"].events;
+        let at = |kind: &str| events.iter().find(|event| event.kind == kind).map(|event| event.time);
+        let (delay, killing) = (at("Shutdown Delay"), at("Killing"));
+        assert!(delay.zip(killing).is_some_and(|(delay, killing)| killing >= delay + 1_000), "{events:#?}");
+    }
+    assert!(answers.get("v0").is_some_and(|n| *n > 10) && answers.get("v1").is_some_and(|n| *n > 10), "both versions served: {answers:?}");
+}
+
+#[test]
+fn job_restart_restarts_allocations_in_place_one_batch_at_a_time() {
+    if !require_root() {
+        return;
+    }
+    let dev = Dev::start();
+    let client = dev.client();
+    dev.ok(&["job", "run", &dev.write("v0.yaml", &job("exec sleep 600", "v0"))]);
+    let ids = |status: &davit_api::http::JobStatusResponse| -> Vec<String> {
+        let mut ids: Vec<String> = status
+            .allocations
+            .iter()
+            .filter(|a| a.desired_status == DesiredStatus::Run && !a.client_status.is_terminal())
+            .map(|a| a.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = ids(&runtime().block_on(client.job_status("roll")).unwrap().value);
+    assert_eq!(before.len(), 4);
+
+    let out = dev.ok(&["job", "restart", "roll"]);
+    assert!(out.contains("4 allocations restarted"), "{out}");
+    assert_eq!(ids(&runtime().block_on(client.job_status("roll")).unwrap().value), before, "in place: the same allocations");
+    // One at a time (update.max_parallel 1): each one's kill comes after the previous one ran again.
+    let mut windows: Vec<(u64, u64)> = before
+        .iter()
+        .map(|id| {
+            let alloc = runtime().block_on(client.allocation(id)).unwrap();
+            let task = &alloc.task_states["main"];
+            assert_eq!(task.restarts, 1, "{task:#?}");
+            let killed = task.events.iter().find(|event| event.kind == "Killing").map(|event| event.time).unwrap();
+            let started = task.events.iter().filter(|event| event.kind == "Started").map(|event| event.time).max().unwrap();
+            (killed, started)
+        })
+        .collect();
+    windows.sort();
+    for pair in windows.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "a restart began before the previous one ran again: {windows:?}");
+    }
+
+    // A stopped allocation cannot be restarted.
+    dev.ok(&["job", "stop", "roll"]);
+    wait_job(&dev.addr, "roll", Duration::from_secs(30), |status| status.allocations.iter().all(|a| a.client_status.is_terminal()));
+    let refused = dev.davit(&["alloc", "restart", &before[0]]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("only a running allocation can be restarted"), "{stderr}");
+}

@@ -152,6 +152,11 @@ pub struct GroupSpec {
     /// Overrides the job's `update:` for this group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateSpec>,
+    /// How long a stopping allocation's tasks keep running after it left the service catalog (proxies and DNS
+    /// stop sending it new requests, in-flight ones finish) before they are sent their kill signal (default 0s,
+    /// at most 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_delay: Option<Duration>,
     /// How `node drain` and `rebalance` move the group's allocations: `stop` (stop, then replace elsewhere;
     /// the default) or `live` (live-migrate the VMs; every task must use the `vm` driver).
     #[serde(default, skip_serializing_if = "MigrateMode::is_stop")]

@@ -137,6 +137,15 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec, spec: &JobSpec) {
     if let Some(disconnect) = &group.disconnect {
         check_disconnect(ctx, &format!("{path}.disconnect"), disconnect);
     }
+    if let Some(delay) = group.shutdown_delay
+        && delay.as_std() > MAX_SHUTDOWN_DELAY
+    {
+        ctx.report(
+            &format!("{path}.shutdown_delay"),
+            format!("shutdown_delay {delay} is longer than the most allowed, {}", crate::Duration(MAX_SHUTDOWN_DELAY)),
+            Some("a few seconds is enough for every proxy to stop sending new requests".to_string()),
+        );
+    }
     if group.update.is_some() && job_type != JobType::Service {
         ctx.report_key(
             &format!("{path}.update"),
@@ -298,6 +307,9 @@ fn check_disconnect(ctx: &Ctx, path: &str, disconnect: &super::DisconnectSpec) {
         );
     }
 }
+
+/// Longest `shutdown_delay`: a stop must not be held off for long.
+const MAX_SHUTDOWN_DELAY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// One `update:` block as written: `max_parallel` or Kubernetes' `max_surge`/`max_unavailable`, not both.
 fn check_update_block(ctx: &Ctx, at: &str, update: &super::UpdateSpec) {

@@ -228,6 +228,7 @@ pub(crate) fn group(name: &str, count: u32) -> GroupSpec {
         reschedule: None,
         disconnect: None,
         update: None,
+        shutdown_delay: None,
         migrate: Default::default(),
         network: NetworkSpec::default(),
         services: Vec::new(),

@@ -12,12 +12,13 @@ use davit_api::acl::Capability;
 use davit_api::exec::EXEC_PROTOCOL;
 use davit_api::http::{AllocListEntry, ExecQuery, LogsQuery, MigrateAllocRequest, MigrateAllocResponse};
 use davit_api::namespace::{job_id, namespace_of};
-use davit_api::objects::{Evaluation, Node};
+use davit_api::objects::{DesiredStatus, Evaluation, Node};
 use serde::Deserialize;
 
 use super::{Blocking, Failure, Page, indexed, json_body, paged, resolve_prefix};
 use crate::Shared;
 use crate::acl::Caller;
+use crate::applier::Amend;
 use crate::migration::MigrateError;
 use crate::view::Snapshot;
 
@@ -113,6 +114,33 @@ pub(crate) async fn migrate(
         }
         Err(reason) => Err(Failure::conflict(format!("cannot migrate allocation {}: {reason}", source.id))),
     }
+}
+
+/// `POST /v1/allocation/{id}/restart`: its agent restarts every task in place (same allocation, same node; the
+/// restart policy does not count it). Refused for an allocation that is stopping or ended.
+pub(crate) async fn restart(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let alloc = find_alloc(&shared.view.snapshot(), &id, &caller.namespace)?;
+    if alloc.desired_status != DesiredStatus::Run || alloc.is_terminal() {
+        return Err(Failure::bad_request(
+            format!(
+                "allocation {} is {:?} (desired {:?}): only a running allocation can be restarted",
+                alloc.id, alloc.client_status, alloc.desired_status
+            )
+            .to_lowercase(),
+        ));
+    }
+    let index = shared.applier.amend_allocs(vec![(alloc.id.clone(), Amend::Restart)], Vec::new(), crate::now_millis()).await?;
+    if index == 0 {
+        return Err(Failure::conflict(format!("allocation {} ended meanwhile", alloc.id)));
+    }
+    shared.view.wait_for(index).await;
+    let snapshot = shared.view.snapshot();
+    let alloc = snapshot.cluster.alloc(&alloc.id).ok_or_else(|| Failure::not_found(format!("allocation {id} not found")))?;
+    Ok(indexed(index, &**alloc))
 }
 
 /// Relays the log stream from the agent that runs the allocation.

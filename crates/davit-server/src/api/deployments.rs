@@ -7,7 +7,7 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use davit_api::deployment::{Deployment, DeploymentHealth, DeploymentStatus};
+use davit_api::deployment::{Deployment, DeploymentStatus};
 use davit_api::http::{DeploymentHealthRequest, PromoteDeploymentRequest};
 use davit_api::namespace::namespace_of;
 use davit_api::objects::{Allocation, EvalTrigger};
@@ -15,6 +15,7 @@ use davit_store::{Compare, Txn};
 
 use super::{Blocking, Failure, JobId, Page, descending, indexed, json_body, paged, resolve_prefix};
 use crate::acl::Caller;
+use crate::applier::Amend;
 use crate::liveness::new_eval;
 use crate::view::Snapshot;
 use crate::{Shared, keys, now_millis};
@@ -148,41 +149,25 @@ pub(crate) async fn set_health(
     }
     let placed: Vec<&Arc<Allocation>> =
         snapshot.cluster.allocs_for_job(&deployment.job_name).filter(|alloc| alloc.deployment_id.as_deref() == Some(id.as_str())).collect();
-    let now = now_millis();
-    let mut txn = Txn::default();
+    let mut amends = Vec::new();
     let verdicts = request.healthy.iter().map(|alloc| (alloc, true)).chain(request.unhealthy.iter().map(|alloc| (alloc, false)));
     for (wanted, healthy) in verdicts {
         let alloc = resolve_prefix("allocation", wanted, placed.iter().map(|alloc| alloc.id.as_str())).map_err(|_| {
             Failure::bad_request(format!("allocation {wanted} is not one the deployment {} placed (or not unique)", short(&id)))
         })?;
-        let alloc = placed.iter().find(|candidate| candidate.id == alloc).expect("resolved among them");
-        if alloc.deployment_health.is_some() {
-            continue;
-        }
-        let mut changed = (***alloc).clone();
-        changed.deployment_health = Some(DeploymentHealth { healthy, timestamp: now });
-        changed.modify_time = now;
-        txn.compares.push(Compare::ModRevision(keys::alloc(&alloc.id), alloc.modify_index));
-        txn.success.push(keys::put(keys::alloc(&alloc.id), &changed));
+        amends.push((alloc, Amend::DeploymentHealth(healthy)));
     }
-    if !txn.success.is_empty()
-        && let Some(job) = snapshot.cluster.job(&deployment.job_name)
-    {
-        let eval = new_eval(&deployment.job_name, job.spec.job_type, job.spec.priority, EvalTrigger::Deployment, None);
-        txn.success.push(keys::put(keys::eval(&eval.id), &eval));
-    }
-    let unchanged = txn.success.is_empty().then(|| (deployment.modify_index, (**deployment).clone()));
+    let job = snapshot.cluster.job(&deployment.job_name).map(|job| (job.spec.job_type, job.spec.priority));
+    let evals: Vec<_> = job
+        .map(|(job_type, priority)| new_eval(&deployment.job_name, job_type, priority, EvalTrigger::Deployment, None))
+        .into_iter()
+        .collect();
     drop(snapshot);
-    if let Some((index, deployment)) = unchanged {
-        return Ok(indexed(index, &deployment));
-    }
-    let response = shared.store.txn(txn).await?;
-    if !response.succeeded {
-        return Err(Failure::conflict("an allocation changed meanwhile; try again".to_string()));
-    }
-    shared.view.wait_for(response.revision).await;
+    let index = shared.applier.amend_allocs(amends, evals, now_millis()).await?;
+    shared.view.wait_for(index).await;
     let snapshot = shared.view.snapshot();
-    Ok(indexed(response.revision, &**snapshot.cluster.deployment(&id).expect("written")))
+    let deployment = snapshot.cluster.deployment(&id).ok_or_else(|| Failure::not_found(format!("deployment {id} not found")))?;
+    Ok(indexed(snapshot.revision.max(index), &**deployment))
 }
 
 /// Most allocations one `health` request may name.

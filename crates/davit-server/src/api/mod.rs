@@ -108,6 +108,7 @@ fn table() -> Vec<Route> {
         route(M::GET, "/v1/allocation/{id}/logs", ns(ReadLogs), allocs::logs),
         route(M::GET, "/v1/allocation/{id}/exec", ns(AllocExec), allocs::exec),
         route(M::POST, "/v1/allocation/{id}/migrate", ns(AllocLifecycle), allocs::migrate),
+        route(M::POST, "/v1/allocation/{id}/restart", ns(AllocLifecycle), allocs::restart),
         route(M::GET, "/v1/evaluations", ns(ReadJob), allocs::list_evals),
         route(M::GET, "/v1/evaluation/{id}", ns(ReadJob), allocs::get_eval),
         route(M::GET, "/v1/services", ns(ReadJob), services::list),

@@ -330,6 +330,21 @@ pub enum JobCommand {
         #[arg(long, short = 'd')]
         detach: bool,
     },
+    /// Restart the job's running allocations in place, a batch at a time (a rolling restart): each batch must be
+    /// healthy again before the next one restarts.
+    Restart {
+        name: String,
+        /// Only this group's allocations (repeatable); default: every group.
+        #[arg(long = "group", short = 'g')]
+        groups: Vec<String>,
+        /// Allocations restarted at once; default: the group's update.max_parallel, else 1.
+        #[arg(long)]
+        batch_size: Option<u32>,
+        /// Give up (exit 1) when a restarted allocation is not healthy again after this long; default: the
+        /// group's update.healthy_deadline, else 5m.
+        #[arg(long)]
+        healthy_deadline: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,6 +369,8 @@ pub enum AllocCommand {
         #[arg(long, value_name = "N")]
         tail: Option<u64>,
     },
+    /// Restart every task of a running allocation in place (same allocation, same node).
+    Restart { id: String },
     /// Live-migrate a running VM allocation to another node; waits until the guest runs there and prints the
     /// downtime.
     Migrate {

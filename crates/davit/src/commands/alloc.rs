@@ -81,6 +81,11 @@ pub async fn alloc(client: &Client, command: AllocCommand) -> Result<(), Failure
             }
             Ok(())
         }
+        AllocCommand::Restart { id } => {
+            let alloc = client.restart_allocation(&id).await?;
+            println!("==> allocation {} ({}) restarts its tasks on node {}", short(&alloc.id), alloc.name, alloc.node_name);
+            Ok(())
+        }
         AllocCommand::Migrate { id, node, detach, timeout } => {
             let timeout = flag_duration("--timeout", &timeout)?;
             let started = client.migrate_allocation(&id, &davit_api::http::MigrateAllocRequest { node }).await?;

@@ -1,4 +1,4 @@
-//! `davit job run|validate|plan|status|stop|history|diff|revert|scale`.
+//! `davit job run|validate|plan|status|stop|history|diff|revert|scale|restart`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -199,6 +199,10 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
                 print_allocations(&status, Some(response.version));
             }
             Ok(())
+        }
+        JobCommand::Restart { name, groups, batch_size, healthy_deadline } => {
+            let deadline = healthy_deadline.as_deref().map(|flag| flag_duration("--healthy-deadline", flag)).transpose()?;
+            rolling_restart(client, &name, &groups, batch_size, deadline).await
         }
         JobCommand::Scale { name, group, count, detach } => {
             let response = client.scale_job(&name, &group, count).await?;
@@ -559,6 +563,86 @@ fn print_allocations(status: &JobStatusResponse, version: Option<u64>) {
         ]);
     }
     print!("{}", table(&rows));
+}
+
+/// `davit job restart`: restarts the running allocations of the job (of `groups`, every group when empty) in
+/// place, `batch_size` at a time (default: each group's `update.max_parallel`, else 1); each batch must be running
+/// and healthy again (`healthy_deadline`, default the group's, else 5m) before the next one restarts, as
+/// `kubectl rollout restart` and `nomad job restart` do. Stops at the first allocation that does not recover.
+async fn rolling_restart(
+    client: &Client,
+    name: &str,
+    groups: &[String],
+    batch_size: Option<u32>,
+    healthy_deadline: Option<Duration>,
+) -> Result<(), Failure> {
+    let status = client.job_status(name).await?.value;
+    for group in groups {
+        if status.job.spec.group(group).is_none() {
+            return Err(Failure::user(format!("job {name} has no group {group}")));
+        }
+    }
+    let mut restarted = 0;
+    for group in status.job.spec.groups.iter().filter(|group| groups.is_empty() || groups.contains(&group.name)) {
+        let strategy = status.job.spec.update_strategy(&group.name);
+        let size = batch_size.or(strategy.as_ref().map(|s| s.max_parallel)).unwrap_or(1).max(1) as usize;
+        let deadline = healthy_deadline.or(strategy.as_ref().map(|s| s.healthy_deadline.as_std())).unwrap_or(Duration::from_secs(300));
+        let mut allocs: Vec<&str> = status
+            .allocations
+            .iter()
+            .filter(|a| a.group == group.name && a.desired_status == DesiredStatus::Run && a.client_status == ClientStatus::Running)
+            .map(|a| a.id.as_str())
+            .collect();
+        allocs.sort_unstable();
+        for batch in allocs.chunks(size) {
+            let mut restarting = Vec::with_capacity(batch.len());
+            for id in batch {
+                let before = restarts(&client.allocation(id).await?);
+                let alloc = client.restart_allocation(id).await?;
+                println!("    restarting {} ({})", alloc.name, short(&alloc.id));
+                restarting.push((alloc.id, alloc.name, before));
+            }
+            for (id, alloc_name, before) in restarting {
+                wait_restarted(client, &id, before, deadline).await.map_err(|why| {
+                    Failure::user(format!(
+                        "{alloc_name} did not recover after its restart: {why}; the rolling restart stopped ({restarted} restarted)\n  hint: davit alloc status {}",
+                        short(&id)
+                    ))
+                })?;
+                restarted += 1;
+                println!("    {alloc_name} is running and healthy again");
+            }
+        }
+    }
+    println!("==> job {name}: {restarted} allocations restarted");
+    Ok(())
+}
+
+/// Restarts so far of every task of the allocation.
+fn restarts(alloc: &Allocation) -> u32 {
+    alloc.task_states.values().map(|task| task.restarts).sum()
+}
+
+/// Waits (blocking queries) until the allocation's tasks restarted since `before` and it is running and healthy
+/// again; why not, after `limit`.
+async fn wait_restarted(client: &Client, id: &str, before: u32, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    let mut index = 0;
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Err(format!("not healthy again within {}", davit_api::Duration(limit)));
+        }
+        let answer = client.allocation_blocking(id, index, wait.min(Duration::from_secs(10))).await.map_err(|error| error.to_string())?;
+        let alloc = answer.value;
+        if alloc.is_terminal() || alloc.desired_status != DesiredStatus::Run {
+            return Err(format!("it is {:?} (desired {:?})", alloc.client_status, alloc.desired_status).to_lowercase());
+        }
+        if restarts(&alloc) > before && alloc.client_status == ClientStatus::Running && alloc.healthy == Some(true) {
+            return Ok(());
+        }
+        index = answer.index;
+    }
 }
 
 #[cfg(test)]
