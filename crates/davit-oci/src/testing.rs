@@ -71,7 +71,12 @@ impl TestRegistry {
     /// Pushes tag `name_tag`'s tag (after the last ':') from the OCI layout `oci_layout_dir` as `name_tag`.
     pub fn push_test_image(&self, name_tag: &str, oci_layout_dir: &Path) {
         let tag = name_tag.rsplit_once(':').map_or("latest", |(_, tag)| tag);
-        let source = format!("oci:{}:{tag}", oci_layout_dir.display());
+        self.push_test_image_from(tag, name_tag, oci_layout_dir);
+    }
+
+    /// Pushes tag `layout_tag` of the OCI layout `oci_layout_dir` as `name_tag`.
+    pub fn push_test_image_from(&self, layout_tag: &str, name_tag: &str, oci_layout_dir: &Path) {
+        let source = format!("oci:{}:{layout_tag}", oci_layout_dir.display());
         let destination = format!("docker://{}/{name_tag}", self.host());
         let mut command = Command::new("skopeo");
         command.args(["--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false"]);

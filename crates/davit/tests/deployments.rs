@@ -1,6 +1,9 @@
 //! Deployments end to end on `davit dev`: a rolling update replaces one allocation at a time and ends
 //! successful (the version becomes stable); a broken version with `auto_revert` fails, `job run` exits 1 saying
-//! so, and the job rolls back to the stable version's spec as a new version.
+//! so, and the job rolls back to the stable version's spec as a new version. Canaries wait for promotion;
+//! blue/green stops the old set at once; a rolling update under load through the proxy fails no request;
+//! `job restart` restarts in place a batch at a time; a container image change and a VM kernel change roll the
+//! same way.
 
 mod util;
 
@@ -372,4 +375,89 @@ fn job_restart_restarts_allocations_in_place_one_batch_at_a_time() {
     let refused = dev.davit(&["alloc", "restart", &before[0]]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("only a running allocation can be restarted"), "{stderr}");
+}
+
+/// Two allocations of `driver_config` rolled one at a time, healthy once their HTTP check passed for 1 s.
+fn driver_job(name: &str, driver: &str, config: &str, check_path: &str, (cpu, memory): (u32, u32)) -> String {
+    format!(
+        r#"name: {name}
+update: {{max_parallel: 1, health_check: checks, min_healthy_time: 1s, healthy_deadline: 3m, progress_deadline: 5m}}
+groups:
+  - name: web
+    count: 2
+    network:
+      ports: [{{name: http, to: 8080}}]
+    tasks:
+      - name: main
+        driver: {driver}
+        config: {config}
+        resources: {{cpu: {cpu}, memory: {memory}}}
+        checks:
+          - {{name: http, type: http, port: http, path: {check_path}, interval: 500ms, timeout: 400ms}}
+"#
+    )
+}
+
+/// Runs v0 then v1 of a job and checks v1 rolled under a deployment: successful, both allocations replaced, the
+/// old ones stopped as "replaced by version 1".
+fn rolls(dev: &Dev, name: &str, v0: &str, v1: &str) {
+    let out = dev.ok(&["job", "run", &dev.write(&format!("{name}-v0.yaml"), v0)]);
+    assert!(out.contains("successful"), "{out}");
+    let out = dev.ok(&["job", "run", &dev.write(&format!("{name}-v1.yaml"), v1)]);
+    assert!(out.contains("successful"), "{out}");
+    let status = runtime().block_on(dev.client().job_status(name)).unwrap().value;
+    let running: Vec<_> =
+        status.allocations.iter().filter(|a| a.desired_status == DesiredStatus::Run && a.client_status == ClientStatus::Running).collect();
+    assert_eq!(running.len(), 2, "{status:#?}");
+    assert!(running.iter().all(|a| a.job_version == 1), "{status:#?}");
+    let replaced = status.allocations.iter().filter(|a| a.job_version == 0 && a.desired_status == DesiredStatus::Stop).count();
+    assert_eq!(replaced, 2, "{status:#?}");
+}
+
+#[test]
+fn a_container_image_change_rolls_like_exec() {
+    let Some(registry) = util::container_registry() else { return };
+    let images = davit_oci::testing::test_images_dir();
+    registry.push_test_image_from("1", "busybox:2", &images.join("busybox"));
+    let dev = Dev::start();
+    let config = |tag: &str| {
+        format!(
+            r#"{{image: "{}/busybox:{tag}", command: "mkdir -p /www && echo {tag} > /www/index.html && exec httpd -f -p ${{port.http}} -h /www"}}"#,
+            registry.host()
+        )
+    };
+    rolls(
+        &dev,
+        "boxes",
+        &driver_job("boxes", "container", &config("1"), "/", (100, 32)),
+        &driver_job("boxes", "container", &config("2"), "/", (100, 32)),
+    );
+}
+
+#[test]
+fn a_vm_kernel_change_rolls_like_exec() {
+    if !require_root() {
+        return;
+    }
+    let Some(guest) = util::guest_dir() else { return };
+    // The "new kernel": the same image under another name in the agent's image directory.
+    let renamed = guest.join("vmlinux-rolled");
+    if !renamed.exists() {
+        std::fs::hard_link(guest.join("vmlinux"), &renamed).or_else(|_| std::fs::copy(guest.join("vmlinux"), &renamed).map(drop)).unwrap();
+    }
+    let dev = Dev::start();
+    let config = |kernel: &str| {
+        format!(
+            r#"{{accel: tcg, kernel: {}/{kernel}, initrd: {}/initramfs.cpio.gz, cmdline: "console=ttyS0 tsc_early_khz=2600000 panic=-1"}}"#,
+            guest.display(),
+            guest.display()
+        )
+    };
+    rolls(
+        &dev,
+        "guests",
+        // A TCG guest boots at the speed of its CPU share: half a core each.
+        &driver_job("guests", "vm", &config("vmlinux"), "/cgi-bin/health", (500, 256)),
+        &driver_job("guests", "vm", &config("vmlinux-rolled"), "/cgi-bin/health", (500, 256)),
+    );
 }
