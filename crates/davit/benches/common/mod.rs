@@ -10,12 +10,17 @@ pub const DAVIT: &str = env!("CARGO_BIN_EXE_davit");
 
 /// A `davit dev` on a free loopback port with its data in `data_dir`, once its node is ready: (process, address).
 pub fn start_dev(data_dir: &Path, port_range: &str) -> (Child, String) {
+    start_dev_with_proxy(data_dir, port_range, &proxy_ip())
+}
+
+/// [`start_dev`] with its service proxy on `proxy_ip`.
+pub fn start_dev_with_proxy(data_dir: &Path, port_range: &str, proxy_ip: &str) -> (Child, String) {
     let port = free_port();
     let addr = format!("http://127.0.0.1:{port}");
     let dns = format!("127.0.0.1:{}", free_port());
     let dev = Command::new(DAVIT)
         .args(["dev", "--bind", &format!("127.0.0.1:{port}"), "--data-dir", &data_dir.display().to_string(), "--port-range", port_range])
-        .args(["--dns-bind", &dns, "--proxy-bind-ip", &proxy_ip()])
+        .args(["--dns-bind", &dns, "--proxy-bind-ip", proxy_ip])
         .arg("--vm-image-dir")
         .arg(guest_dir())
         .env("DAVIT_LOG", "warn")
