@@ -26,7 +26,7 @@ use davit_api::namespace::{namespace_of, service_key};
 use davit_api::spec::{BalanceAlgorithm, HashKey, ServiceMode};
 use davit_client::{ClientError, Indexed};
 use davit_proxy::dns::{DnsConfig, DnsServer};
-use davit_proxy::{Algorithm, Backend, HashOn, Mode, Proxy, ProxyConfig, ServiceConfig};
+use davit_proxy::{Algorithm, Backend, CanaryRoute, HashOn, Mode, Proxy, ProxyConfig, ServiceConfig};
 use tokio::sync::watch;
 
 use crate::{AgentContext, AgentError};
@@ -97,6 +97,7 @@ impl ServiceProxy {
                         ewma_latency_ms: backend.ewma_latency_ms,
                         ejected: backend.ejected,
                         ejections: backend.ejections,
+                        latency_buckets: backend.latency_buckets,
                     })
                     .collect(),
             })
@@ -339,6 +340,11 @@ fn service_config(proxy_name: &str, service: Option<&ServiceInfo>, listen: Socke
         Some(Ok(HashKey::Cookie(name))) => HashOn::Cookie(name),
         Some(Ok(HashKey::SourceIp) | Err(_)) | None => HashOn::SourceIp,
     };
+    // A deployment's unpromoted canaries get `update.canary_weight` percent of the requests.
+    config.canary = service.canary_weight.map(|weight| CanaryRoute {
+        weight,
+        backends: service.instances.iter().filter(|instance| instance.canary).map(|instance| instance.alloc_id.clone()).collect(),
+    });
     config
 }
 
@@ -372,6 +378,11 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn the_proxy_reports_latency_in_the_buckets_the_api_names() {
+        assert_eq!(davit_proxy::LATENCY_BUCKETS, davit_api::http::PROXY_LATENCY_BUCKETS);
+    }
+
     fn instance(id: &str, port: u16, healthy: bool) -> ServiceInstance {
         ServiceInstance {
             alloc_id: id.to_string(),
@@ -400,6 +411,7 @@ mod tests {
             hash_on: Some("header:X-User".to_string()),
             local_port,
             tags: Vec::new(),
+            canary_weight: None,
             instances,
             stats_errors: Vec::new(),
         }

@@ -59,7 +59,7 @@ impl DeploymentStatus {
 }
 
 /// One group's progress in a deployment.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentGroup {
     /// The group's count.
     pub desired_total: u32,
@@ -74,6 +74,9 @@ pub struct DeploymentGroup {
     pub promoted: bool,
     #[serde(default)]
     pub auto_promote: bool,
+    /// Canary analysis so far (`update.analysis`), while the canaries wait for promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<CanaryAnalysis>,
     /// Allocations of the deployment's version placed so far.
     pub placed: u32,
     pub healthy: u32,
@@ -83,6 +86,30 @@ pub struct DeploymentGroup {
     pub progress_deadline_ms: u64,
     /// When the deployment fails unless an allocation becomes healthy before (0: no deadline yet).
     pub require_progress_by: UnixMillis,
+}
+
+/// Where a group's canary analysis stands: intervals passed and failed, and the last one's numbers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CanaryAnalysis {
+    pub passed: u32,
+    pub failed: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<AnalysisSample>,
+}
+
+/// One interval of canary analysis: requests through every proxy in that interval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisSample {
+    pub time: UnixMillis,
+    pub canary_requests: u64,
+    pub canary_error_rate: f64,
+    pub stable_requests: u64,
+    pub stable_error_rate: f64,
+    /// Upper bound of the latency bucket holding the 99th percentile (0: no requests).
+    pub canary_p99_ms: f64,
+    pub stable_p99_ms: f64,
+    /// `pass`, `fail: <why>`, or `too few requests (n < min_requests)` (not counted).
+    pub verdict: String,
 }
 
 impl DeploymentGroup {

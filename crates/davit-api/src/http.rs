@@ -667,6 +667,9 @@ pub struct ServiceInfo {
     pub local_port: Option<u16>,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Percent of the requests the proxies send to unpromoted canaries (`update.canary_weight`), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_weight: Option<u32>,
     /// Sorted by allocation name.
     pub instances: Vec<ServiceInstance>,
     /// With `?stats=true`: nodes whose agent could not be asked for proxy counters, and why.
@@ -741,4 +744,10 @@ pub struct ProxyBackendStats {
     pub ewma_latency_ms: f64,
     pub ejected: bool,
     pub ejections: u32,
+    /// Requests per latency bucket ([`PROXY_LATENCY_BUCKETS`], then one for slower), since the proxy started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_buckets: Vec<u64>,
 }
+
+/// Upper bounds of the proxies' latency histogram buckets, in seconds.
+pub const PROXY_LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];

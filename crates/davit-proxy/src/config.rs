@@ -18,6 +18,16 @@ pub struct ServiceConfig {
     /// connection failure or a 5xx. Ignored in [`Mode::Tcp`].
     pub retries: u32,
     pub outlier: OutlierConfig,
+    /// Send a fixed share of the requests to some backends (a deployment's canaries), whatever their number.
+    pub canary: Option<CanaryRoute>,
+}
+
+/// `weight` percent of the requests go to the backends in `backends` (by id), the rest to the others; within
+/// each set the service's algorithm picks. Without a backend on either side, every request goes to the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryRoute {
+    pub weight: u32,
+    pub backends: std::collections::BTreeSet<String>,
 }
 
 impl ServiceConfig {
@@ -31,6 +41,7 @@ impl ServiceConfig {
             hash_on: HashOn::SourceIp,
             retries: 1,
             outlier: OutlierConfig::default(),
+            canary: None,
         }
     }
 }

@@ -36,8 +36,8 @@ mod metrics;
 mod pool;
 mod proxy;
 
-pub use config::{Algorithm, Backend, HashOn, Mode, OutlierConfig, ProxyConfig, ServiceConfig};
-pub use metrics::{BackendSnapshot, ServiceSnapshot};
+pub use config::{Algorithm, Backend, CanaryRoute, HashOn, Mode, OutlierConfig, ProxyConfig, ServiceConfig};
+pub use metrics::{BackendSnapshot, LATENCY_BUCKETS, ServiceSnapshot};
 pub use proxy::Proxy;
 
 /// Errors of the proxy's public operations.

@@ -34,10 +34,12 @@ pub struct BackendSnapshot {
     pub ejected: bool,
     /// How many times outlier detection ejected this backend.
     pub ejections: u32,
+    /// Requests per latency bucket ([`LATENCY_BUCKETS`], then one for slower).
+    pub latency_buckets: Vec<u64>,
 }
 
 /// Upper bounds of the latency histogram buckets, in seconds.
-pub(crate) const LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Fixed-bucket latency histogram; bucket counts are not cumulative (Prometheus rendering adds them up,
 /// and the total count is their sum).
@@ -48,6 +50,11 @@ pub(crate) struct Histogram {
 }
 
 impl Histogram {
+    /// The bucket counts now.
+    pub fn counts(&self) -> Vec<u64> {
+        self.buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).collect()
+    }
+
     pub fn observe(&self, latency: Duration) {
         let seconds = latency.as_secs_f64();
         let index = LATENCY_BUCKETS.iter().position(|&bound| seconds <= bound).unwrap_or(LATENCY_BUCKETS.len());
@@ -78,6 +85,7 @@ pub(crate) fn snapshot(snapshot: &Snapshot, now: Instant) -> ServiceSnapshot {
                     ewma_latency_ms: stats.ewma_latency(now).as_secs_f64() * 1e3,
                     ejected: stats.is_ejected(now),
                     ejections: stats.ejections(),
+                    latency_buckets: stats.latency.counts(),
                 }
             })
             .collect(),

@@ -70,6 +70,27 @@ pub(crate) struct Snapshot {
     pub listen: SocketAddr,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub balancer: Balancer,
+    /// With a canary route and endpoints on both sides: its weight, and the endpoints (indexes) of each side.
+    canary_split: Option<CanarySplit>,
+}
+
+#[derive(Debug)]
+struct CanarySplit {
+    weight: u32,
+    canaries: Vec<usize>,
+    others: Vec<usize>,
+}
+
+impl Snapshot {
+    fn new(config: Arc<ServiceConfig>, listen: SocketAddr, endpoints: Vec<Arc<Endpoint>>) -> Snapshot {
+        let balancer = Balancer::new(config.balance, &endpoints);
+        let canary_split = config.canary.as_ref().and_then(|route| {
+            let (canaries, others): (Vec<usize>, Vec<usize>) =
+                (0..endpoints.len()).partition(|&index| route.backends.contains(&endpoints[index].backend.id));
+            (!canaries.is_empty() && !others.is_empty()).then_some(CanarySplit { weight: route.weight.min(100), canaries, others })
+        });
+        Snapshot { config, listen, endpoints, balancer, canary_split }
+    }
 }
 
 /// Prefix of the serving threads' names (`davit-proxy-0`, `davit-proxy-1` …).
@@ -131,9 +152,8 @@ impl Proxy {
         let mode = config.mode;
         let name = config.name.clone();
         let config = Arc::new(config);
-        let balancer = Balancer::new(config.balance, &kept_endpoints);
         let shared = Arc::new(ServiceShared {
-            snapshot: RwLock::new(Arc::new(Snapshot { config, listen, endpoints: kept_endpoints, balancer })),
+            snapshot: RwLock::new(Arc::new(Snapshot::new(config, listen, kept_endpoints))),
             rng: Mutex::new(rng),
             proxy_config: self.inner.config.clone(),
         });
@@ -298,13 +318,22 @@ impl ServiceShared {
     }
 
     fn swap(&self, config: Arc<ServiceConfig>, listen: SocketAddr, endpoints: Vec<Arc<Endpoint>>) {
-        let balancer = Balancer::new(config.balance, &endpoints);
-        let next = Arc::new(Snapshot { config, listen, endpoints, balancer });
+        let next = Arc::new(Snapshot::new(config, listen, endpoints));
         *self.snapshot.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
     }
 
-    /// Picks an endpoint of `snapshot` for one attempt.
+    /// Picks an endpoint of `snapshot` for one attempt. With a canary split, the canaries' side is drawn with
+    /// its weight first and the algorithm picks within that side (the other side when nothing there is left).
     pub fn pick(&self, snapshot: &Snapshot, hash_key: Option<u64>, tried: &[usize], now: Instant) -> Option<usize> {
+        if let Some(split) = &snapshot.canary_split {
+            let to_canaries = rand::Rng::random_range(&mut SharedRng(&self.rng), 0..100) < split.weight;
+            let mut excluded = tried.to_vec();
+            excluded.extend(if to_canaries { &split.others } else { &split.canaries });
+            let request = PickRequest { now, hash_key, tried: &excluded };
+            if let Some(index) = snapshot.balancer.pick(&snapshot.endpoints, &request, &mut SharedRng(&self.rng)) {
+                return Some(index);
+            }
+        }
         let request = PickRequest { now, hash_key, tried };
         snapshot.balancer.pick(&snapshot.endpoints, &request, &mut SharedRng(&self.rng))
     }

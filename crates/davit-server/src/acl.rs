@@ -136,6 +136,19 @@ const RELAY_TTL_MS: u64 = 60_000;
 const RELAY_PREFIX: &str = "relay.";
 
 impl Caller {
+    /// The server itself, acting in `namespace`: its own loops asking agents for what they know (the canary
+    /// analysis reads the proxies' counters), with relay tokens like a request's.
+    pub fn internal(shared: &crate::Shared, namespace: &str) -> Caller {
+        Caller {
+            token: None,
+            secret: None,
+            acl: Arc::new(Acl::management()),
+            namespace: namespace.to_string(),
+            relayed: None,
+            relay_key: shared.acl_enabled.then(|| Arc::clone(&shared.relay_key)),
+        }
+    }
+
     /// A token for a request the server makes on the caller's behalf to an agent (logs, exec, proxy
     /// counters), which checks it with the servers: it grants only `capability` in the caller's namespace
     /// for a minute and works on the servers for nothing but `GET /v1/acl/token/self`, so a node that is not

@@ -49,6 +49,11 @@ pub fn derive(cluster: &ClusterState) -> Catalog {
                         hash_on: service.hash_on.clone(),
                         local_port: service.local_port,
                         tags: service.tags.clone(),
+                        canary_weight: job
+                            .spec
+                            .update_strategy(&group.name)
+                            .map(|strategy| strategy.canary_weight)
+                            .filter(|weight| *weight > 0),
                         instances: Vec::new(),
                         stats_errors: Vec::new(),
                     },

@@ -10,6 +10,8 @@
 //! - canaries: a group with canaries waits for their promotion ("requires manual promotion"), or promotes itself
 //!   once all of them are healthy with `auto_promote` (every waiting group must be ready and have it); the
 //!   progress deadline does not run out on healthy canaries waiting for a person, and starts again at promotion;
+//! - canary analysis (`update.analysis`, counted by `analysis.rs`): `samples` failing intervals fail the
+//!   deployment; the canaries are ready for promotion only after `samples` passing ones;
 //! - **failed** when an allocation is unhealthy and the group's `progress_deadline` is 0, or when the deadline
 //!   passes first; with `auto_revert`, the job is registered again with the spec of its newest stable version
 //!   (a new version, rolled out with the same strategy) unless that spec is the one that failed.
@@ -93,7 +95,20 @@ pub fn assess(cluster: &ClusterState, deployment: &Deployment, now: UnixMillis) 
             canaries: progress.canaries,
             ..group.clone()
         };
-        let ready_to_promote = stats.awaits_promotion() && progress.healthy_canaries >= stats.desired_canaries;
+        // With canary analysis, the canaries must also pass `samples` intervals; `samples` failing ones fail it.
+        let analysis = version_spec.and_then(|job| job.spec.update_strategy(name)).and_then(|strategy| strategy.analysis);
+        let (analysis_passed, analysis_failure) = match (&analysis, &stats.analysis) {
+            (Some(spec), Some(so_far)) if stats.awaits_promotion() => (
+                so_far.passed >= spec.samples,
+                (so_far.failed >= spec.samples).then(|| {
+                    let last = so_far.last.as_ref().map_or("", |sample| sample.verdict.as_str());
+                    format!("Failed due to canary analysis ({} of {} intervals failed, last: {last})", so_far.failed, spec.samples)
+                }),
+            ),
+            (Some(_), _) => (!stats.awaits_promotion(), None),
+            (None, _) => (true, None),
+        };
+        let ready_to_promote = stats.awaits_promotion() && progress.healthy_canaries >= stats.desired_canaries && analysis_passed;
         if stats.awaits_promotion() {
             awaiting.push((ready_to_promote, stats.auto_promote));
         }
@@ -105,7 +120,9 @@ pub fn assess(cluster: &ClusterState, deployment: &Deployment, now: UnixMillis) 
             stats.require_progress_by = stats.require_progress_by.max(progress.last_healthy.saturating_add(stats.progress_deadline_ms));
         }
         if failure.is_none() {
-            if stats.unhealthy > 0 && stats.progress_deadline_ms == 0 {
+            if let Some(reason) = analysis_failure {
+                failure = Some(reason);
+            } else if stats.unhealthy > 0 && stats.progress_deadline_ms == 0 {
                 failure = Some("Failed due to unhealthy allocations".to_string());
             } else if stats.require_progress_by > 0 && now > stats.require_progress_by && !group_done && !ready_to_promote {
                 // Healthy canaries waiting for a person are not late.

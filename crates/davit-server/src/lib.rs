@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 mod acl;
 mod admission;
+mod analysis;
 mod api;
 /// Public for benchmarks (`check_plan`); the server drives it through [`start`].
 pub mod applier;
@@ -275,7 +276,7 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("HTTP client"),
-        metrics,
+        metrics: Arc::clone(&metrics),
         metrics_sources: std::sync::RwLock::new(Vec::new()),
         catalog: catalog::CatalogCache::default(),
         closing,
@@ -290,6 +291,10 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         admission: Arc::new(admission::Admission::new(&config.admission)),
         cluster_id,
     });
+    background.push(tokio::spawn(supervise::supervise("analysis", Arc::clone(&shared.metrics), {
+        let shared = Arc::clone(&shared);
+        Box::new(move || Box::pin(analysis::run(Arc::clone(&shared))) as Loop)
+    })));
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let api_router = api::router(Arc::clone(&shared));
     let router = api_router.clone().into_make_service_with_connect_info::<davit_tls::Peer>();

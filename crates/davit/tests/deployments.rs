@@ -461,3 +461,111 @@ fn a_vm_kernel_change_rolls_like_exec() {
         &driver_job("guests", "vm", &config("vmlinux-rolled"), "/cgi-bin/health", (500, 256)),
     );
 }
+
+/// A 3-instance HTTP service whose canary is judged by its traffic through the proxies (half of it, whatever
+/// the number of instances); `broken`: the version's CGI answers 500 to one request in five.
+fn judged_job(marker: &str, local_port: u16, broken: bool) -> String {
+    let fail = if broken {
+        r#"'[ $((RANDOM % 5)) -eq 0 ] && echo Status: 500 Internal Server Error && echo && echo broken && exit 0' "#
+    } else {
+        ""
+    };
+    format!(
+        r#"name: judged
+update:
+  max_parallel: 1
+  canary: 1
+  auto_promote: true
+  canary_weight: 50
+  health_check: checks
+  min_healthy_time: 1s
+  healthy_deadline: 30s
+  progress_deadline: 2m
+  auto_revert: true
+  analysis: {{interval: 2s, samples: 2, max_error_rate: 5%, min_requests: 10}}
+groups:
+  - name: web
+    count: 3
+    network:
+      ports: [{{name: http}}]
+    services:
+      - {{name: judged-web, port: http, local_port: {local_port}}}
+    tasks:
+      - name: server
+        driver: exec
+        env: {{MARKER: "{marker}"}}
+        config:
+          command: /bin/sh
+          args: ["-c", "echo ok > local/health; mkdir -p local/cgi-bin; printf '%s\\n' '#!/bin/busybox sh' {fail}'echo Content-Type: text/plain' 'echo' 'echo $MARKER' > local/cgi-bin/marker; chmod 755 local/cgi-bin/marker; exec /bin/busybox httpd -f -p 127.0.0.1:${{port.http}} -h local"]
+        resources: {{cpu: 200, memory: 32}}
+        checks:
+          - {{name: health, type: http, port: http, path: /health, body: ok, interval: 200ms, timeout: 150ms}}
+"#
+    )
+}
+
+#[test]
+fn canary_analysis_reverts_a_canary_that_fails_requests_and_promotes_one_that_does_not() {
+    if !require_root() {
+        return;
+    }
+    let dev = Dev::start();
+    let client = dev.client();
+    let local_port = util::free_port();
+    let addr = format!("{}:{local_port}", dev.proxy_ip);
+    let out = dev.ok(&["job", "run", &dev.write("v0.yaml", &judged_job("v0", local_port, false))]);
+    assert!(out.contains("successful"), "{out}");
+    let ready =
+        util::eventually("v0 answers through the proxy", Duration::from_secs(30), || request(&addr, true), |a| a.as_deref() == Ok("v0"));
+    drop(ready);
+
+    // Steady POST load (not retried by the proxy), recording each answer (bounded in time and count).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (deadline, mut answers) = (Instant::now() + Duration::from_secs(240), Vec::new());
+            for _ in 0..500_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                answers.push(request(&addr, true).unwrap_or_else(|error| error));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            answers
+        })
+    };
+
+    // v1 answers 500 to a fifth of its requests: the analysis fails it and the job goes back to v0's spec.
+    let output = dev.davit(&["job", "run", &dev.write("v1.yaml", &judged_job("v1", local_port, true))]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{}\n{stderr}", String::from_utf8_lossy(&output.stdout));
+    assert!(stderr.contains("Failed due to canary analysis") && stderr.contains("rolling back to job version 0"), "{stderr}");
+    let failed = runtime().block_on(client.deployments()).unwrap().into_iter().find(|d| d.job_version == 1).unwrap();
+    let analysis = failed.groups["web"].analysis.clone().unwrap();
+    assert!(analysis.failed >= 2 && analysis.last.as_ref().unwrap().verdict.contains("max_error_rate"), "{analysis:#?}");
+    let reverted = wait_job(&dev.addr, "judged", Duration::from_secs(60), |status| {
+        status.job.version == 2
+            && status.allocations.iter().filter(|a| a.job_version == 2 && a.client_status == ClientStatus::Running).count() == 3
+            && status.allocations.iter().all(|a| a.job_version == 2 || a.client_status.is_terminal())
+    });
+    assert_eq!(reverted.job.spec.groups[0].tasks[0].env["MARKER"], "v0");
+
+    // v3 is healthy: it passes two intervals, promotes itself and rolls.
+    let out = dev.ok(&["job", "run", &dev.write("v3.yaml", &judged_job("v3", local_port, false))]);
+    assert!(out.contains("successful"), "{out}");
+    let passed = runtime().block_on(client.job_deployment("judged", 0, Duration::ZERO)).unwrap().value;
+    assert_eq!(passed.job_version, 3);
+    assert!(passed.groups["web"].promoted && passed.groups["web"].analysis.as_ref().is_some_and(|a| a.passed >= 2), "{passed:#?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = load.join().unwrap();
+
+    // While v1's canary ran beside three v0 instances, it got about half of the requests (canary_weight 50),
+    // not a quarter.
+    let canary = |answer: &String| answer == "v1" || answer.contains(" 500 ");
+    let first = answers.iter().position(canary).expect("the canary answered");
+    let last = answers.iter().rposition(canary).unwrap();
+    let window = &answers[first..=last];
+    let share = window.iter().filter(|answer| canary(answer)).count() as f64 / window.len() as f64;
+    assert!(window.len() >= 40 && (0.35..=0.65).contains(&share), "canary share {share:.2} of {} requests", window.len());
+}

@@ -23,7 +23,7 @@ pub use limits::SpecLimits;
 pub use parse::{SpecError, SpecErrors, parse_job_spec, parse_job_spec_within};
 pub use placement::{AllocAffinity, Constraint, ConstraintOperator, NodeAffinity, SpreadSpec};
 pub use service::{BalanceAlgorithm, CheckOnFailure, CheckSpec, CheckType, HashKey, ServiceMode, ServiceSpec, UpstreamSpec};
-pub use update::{CountOrPercent, HealthCheckMode, UpdateSpec, UpdateStrategy};
+pub use update::{AnalysisSpec, CountOrPercent, HealthCheckMode, Percent, UpdateSpec, UpdateStrategy};
 pub use validate::{KNOWN_SIGNALS, check_dns_label, validate};
 
 /// A file rendered for a task: `data` with `{{ var "path" "key" }}` and `{{ service "name" }}` (see

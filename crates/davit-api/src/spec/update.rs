@@ -46,6 +46,102 @@ pub struct UpdateSpec {
     /// …and how many allocations may be missing while they are replaced (rounded down).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<CountOrPercent>,
+    /// Canary analysis: the canaries' error rate and latency through the proxies, compared with the stable
+    /// instances' while the canaries wait for promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+    /// The share of the service's requests (percent, 1–99) the proxies send to the canaries until they are
+    /// promoted, whatever their number (on top of the service's balancing algorithm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_weight: Option<u32>,
+}
+
+/// `update.analysis`: every `interval`, the canaries' requests through every proxy since the last interval are
+/// compared with the stable instances'; an interval with fewer than `min_requests` canary requests does not
+/// count. After `samples` failing intervals the deployment fails; after `samples` passing ones the canaries
+/// count as healthy for promotion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisSpec {
+    #[serde(default = "AnalysisSpec::default_interval")]
+    pub interval: Duration,
+    #[serde(default = "AnalysisSpec::default_samples")]
+    pub samples: u32,
+    /// The canaries' error rate (connect failures, broken connections and 5xx) may not pass this (e.g. `1%`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<Percent>,
+    /// …nor the stable instances' by more than this (e.g. `0.5%`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate_increase: Option<Percent>,
+    /// The canaries' p99 latency may not pass the stable instances' times this (e.g. 1.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_p99_ratio: Option<f64>,
+    #[serde(default = "AnalysisSpec::default_min_requests")]
+    pub min_requests: u64,
+}
+
+impl AnalysisSpec {
+    fn default_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_samples() -> u32 {
+        3
+    }
+    fn default_min_requests() -> u64 {
+        50
+    }
+}
+
+/// A percentage, written `1%`, `0.5%` or as a number of percent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Percent(pub f64);
+
+impl Percent {
+    /// As a fraction of 1.
+    pub fn fraction(self) -> f64 {
+        self.0 / 100.0
+    }
+}
+
+impl std::fmt::Display for Percent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Percent, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Percent;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a percentage from 0% to 100% (e.g. \"1%\" or \"0.5%\")")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Percent, E> {
+                self.visit_f64(n as f64)
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Percent, E> {
+                self.visit_f64(n as f64)
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Percent, E> {
+                if (0.0..=100.0).contains(&n) { Ok(Percent(n)) } else { Err(E::invalid_value(serde::de::Unexpected::Float(n), &self)) }
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Percent, E> {
+                let number = text.trim().strip_suffix('%').unwrap_or(text).trim();
+                match number.parse::<f64>() {
+                    Ok(n) if (0.0..=100.0).contains(&n) => Ok(Percent(n)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(text), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A number of allocations, or a percent of the group's count (`2`, `"25%"`).
@@ -141,7 +237,7 @@ impl HealthCheckMode {
 }
 
 /// The update strategy of one group: the job's and the group's `update:` merged, defaults filled in.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UpdateStrategy {
     /// How many allocations are stopped and replaced at once (with `max_surge`/`max_unavailable`: the
     /// unavailable number).
@@ -159,6 +255,9 @@ pub struct UpdateStrategy {
     pub auto_promote: bool,
     /// Empty: a canary's services keep their tags.
     pub canary_tags: Vec<String>,
+    pub analysis: Option<AnalysisSpec>,
+    /// Percent of the service's requests sent to unpromoted canaries (0: as many as their number gets).
+    pub canary_weight: u32,
 }
 
 impl Default for UpdateStrategy {
@@ -174,6 +273,8 @@ impl Default for UpdateStrategy {
             canary: 0,
             auto_promote: false,
             canary_tags: Vec::new(),
+            analysis: None,
+            canary_weight: 0,
         }
     }
 }
@@ -211,6 +312,8 @@ impl UpdateStrategy {
             canary: pick(job, group, |u| u.canary).unwrap_or(0),
             auto_promote: pick(job, group, |u| u.auto_promote).unwrap_or(false),
             canary_tags: pick(job, group, |u| u.canary_tags.clone()).unwrap_or_default(),
+            analysis: pick(job, group, |u| u.analysis.clone()),
+            canary_weight: pick(job, group, |u| u.canary_weight).unwrap_or(0),
         };
         (strategy.max_parallel > 0 || strategy.max_surge > 0).then_some(strategy)
     }

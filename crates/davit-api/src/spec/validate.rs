@@ -381,6 +381,64 @@ fn check_update(ctx: &Ctx, path: &str, spec: &JobSpec, group: &GroupSpec) {
             Some("add e.g. canary: 1, or remove canary_tags".to_string()),
         );
     }
+    let needs_canaries = [
+        ("analysis", strategy.analysis.is_some(), "analysis judges canaries"),
+        ("canary_weight", strategy.canary_weight > 0, "canary_weight sends requests to canaries"),
+    ];
+    for (field, _, what) in needs_canaries.into_iter().filter(|(_, set, _)| *set) {
+        let at = if field == "analysis" { written(field, |u| u.analysis.is_some()) } else { written(field, |u| u.canary_weight.is_some()) };
+        if strategy.canary == 0 {
+            ctx.report(&at, format!("{what}: without canary there are none"), Some("add e.g. canary: 1".to_string()));
+        } else if group.services.is_empty() {
+            ctx.report(
+                &at,
+                format!("{what} through the service proxies, but group {} has no service", group.name),
+                Some("add a service to the group (services: [{name: …, port: …}])".to_string()),
+            );
+        }
+    }
+    if strategy.canary_weight > 99 {
+        ctx.report(
+            &written("canary_weight", |u| u.canary_weight.is_some()),
+            format!("canary_weight {} must be a percentage from 1 to 99", strategy.canary_weight),
+            Some("e.g. canary_weight: 10 (a tenth of the requests go to the canaries)".to_string()),
+        );
+    }
+    if let Some(analysis) = &strategy.analysis {
+        let at = |field: &str| format!("{}.{field}", written("analysis", |u| u.analysis.is_some()));
+        if analysis.samples == 0 {
+            ctx.report(&at("samples"), "samples must be at least 1", Some("e.g. samples: 3".to_string()));
+        }
+        let interval = analysis.interval.as_std();
+        if interval < std::time::Duration::from_secs(1) || interval > std::time::Duration::from_secs(600) {
+            ctx.report(
+                &at("interval"),
+                format!("interval {} must be from 1s to 10m", analysis.interval),
+                Some("e.g. interval: 10s".to_string()),
+            );
+        }
+        let takes = interval * analysis.samples.max(1);
+        if strategy.progress_deadline.as_std() > std::time::Duration::ZERO && takes >= strategy.progress_deadline.as_std() {
+            ctx.report(
+                &at("samples"),
+                format!(
+                    "{} intervals of {} take {}, not less than progress_deadline {}: the analysis could never finish",
+                    analysis.samples,
+                    analysis.interval,
+                    crate::Duration(takes),
+                    strategy.progress_deadline
+                ),
+                Some(format!("e.g. progress_deadline: {}", crate::Duration(takes * 2))),
+            );
+        }
+        if analysis.max_latency_p99_ratio.is_some_and(|ratio| !(1.0..=1000.0).contains(&ratio)) {
+            ctx.report(
+                &at("max_latency_p99_ratio"),
+                "max_latency_p99_ratio must be at least 1.0 (the canaries may be as slow as the stable instances)",
+                Some("e.g. max_latency_p99_ratio: 1.5".to_string()),
+            );
+        }
+    }
     for (index, tag) in strategy.canary_tags.iter().enumerate() {
         if tag.trim().is_empty() {
             ctx.report(&format!("{}[{index}]", written("canary_tags", |u| u.canary_tags.is_some())), "a tag must not be empty", None);

@@ -29,7 +29,7 @@ mod namespaces;
 mod nodes;
 mod plan;
 mod rebalance;
-mod services;
+pub(crate) mod services;
 mod variables;
 
 /// One route: its method, pattern and rule, and the handler.

@@ -97,6 +97,49 @@ pub(crate) async fn get_service(
 /// Fills in each instance's counters, summed over the proxies of every ready node; a node whose agent
 /// does not answer within [`STATS_TIMEOUT`] is named in `stats_errors`.
 async fn gather_stats(shared: &Shared, caller: &Caller, snapshot: &Snapshot, service: &mut ServiceInfo) {
+    let (mut sums, errors) = proxy_counters(shared, caller, snapshot, service).await;
+    service.stats_errors.extend(errors);
+    for instance in &mut service.instances {
+        let stats = match sums.remove(&instance.alloc_id) {
+            Some(sum) => InstanceStats {
+                requests: sum.requests,
+                errors: sum.errors,
+                active: sum.active,
+                ejected: sum.ejected,
+                latency_ms: if sum.requests > 0 {
+                    sum.weighted_latency / sum.requests as f64
+                } else {
+                    sum.latency_sum / f64::from(sum.proxies.max(1))
+                },
+            },
+            None => InstanceStats::default(),
+        };
+        instance.stats = Some(stats);
+    }
+}
+
+/// One backend's counters summed over the proxies that send it traffic.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct BackendSums {
+    pub requests: u64,
+    pub errors: u64,
+    pub active: u64,
+    pub ejected: bool,
+    /// Requests per latency bucket (`PROXY_LATENCY_BUCKETS`, then one for slower).
+    pub latency_buckets: Vec<u64>,
+    pub latency_sum: f64,
+    pub weighted_latency: f64,
+    pub proxies: u32,
+}
+
+/// The counters of `service`'s backends (by allocation id) in the proxies of every ready node, and the nodes
+/// whose agent did not answer within [`STATS_TIMEOUT`] (and why).
+pub(crate) async fn proxy_counters(
+    shared: &Shared,
+    caller: &Caller,
+    snapshot: &Snapshot,
+    service: &ServiceInfo,
+) -> (HashMap<String, BackendSums>, Vec<String>) {
     let nodes: Vec<_> = snapshot.cluster.nodes().filter(|node| node.status == NodeStatus::Ready).cloned().collect();
     let requests = nodes.iter().map(|node| {
         // In the caller's namespace: the agent checks the caller's token there.
@@ -115,41 +158,32 @@ async fn gather_stats(shared: &Shared, caller: &Caller, snapshot: &Snapshot, ser
         }
     });
     let answers = futures_util::future::join_all(requests).await;
-
-    // Per backend id: the sums, and latency × requests for the weighted mean.
-    let mut sums: HashMap<String, (InstanceStats, f64, u32)> = HashMap::new();
+    let (mut sums, mut errors): (HashMap<String, BackendSums>, Vec<String>) = (HashMap::new(), Vec::new());
+    let key = service_key(namespace_of(&service.job_name), &service.name);
     for answer in answers {
         let listeners = match answer {
             Ok(listeners) => listeners,
             Err(error) => {
-                service.stats_errors.push(error);
+                errors.push(error);
                 continue;
             }
         };
-        let key = service_key(namespace_of(&service.job_name), &service.name);
         for backend in listeners.iter().filter(|listener| listener.service == key).flat_map(|listener| &listener.backends) {
-            let (stats, weighted_latency, proxies) = sums.entry(backend.id.clone()).or_default();
-            stats.requests += backend.requests;
-            stats.errors += backend.errors;
-            stats.active += backend.active;
-            stats.ejected |= backend.ejected;
-            stats.latency_ms += backend.ewma_latency_ms;
-            *weighted_latency += backend.ewma_latency_ms * backend.requests as f64;
-            *proxies += 1;
+            let sum = sums.entry(backend.id.clone()).or_default();
+            sum.requests += backend.requests;
+            sum.errors += backend.errors;
+            sum.active += backend.active;
+            sum.ejected |= backend.ejected;
+            sum.latency_sum += backend.ewma_latency_ms;
+            sum.weighted_latency += backend.ewma_latency_ms * backend.requests as f64;
+            sum.proxies += 1;
+            if sum.latency_buckets.len() < backend.latency_buckets.len() {
+                sum.latency_buckets.resize(backend.latency_buckets.len(), 0);
+            }
+            for (total, count) in sum.latency_buckets.iter_mut().zip(&backend.latency_buckets) {
+                *total += count;
+            }
         }
     }
-    for instance in &mut service.instances {
-        let stats = match sums.remove(&instance.alloc_id) {
-            Some((mut stats, weighted_latency, proxies)) => {
-                stats.latency_ms = if stats.requests > 0 {
-                    weighted_latency / stats.requests as f64
-                } else {
-                    stats.latency_ms / f64::from(proxies.max(1))
-                };
-                stats
-            }
-            None => InstanceStats::default(),
-        };
-        instance.stats = Some(stats);
-    }
+    (sums, errors)
 }

@@ -110,6 +110,22 @@ pub fn describe(deployment: &Deployment) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    for (name, group) in &deployment.groups {
+        let Some(analysis) = &group.analysis else { continue };
+        out.push_str(&format!("\nCanary analysis of {name}: {} intervals passed, {} failed\n", analysis.passed, analysis.failed));
+        if let Some(last) = &analysis.last {
+            out.push_str(&format!(
+                "  last interval: canaries {} requests, {:.2}% errors, p99 ≤ {} ms; stable {} requests, {:.2}% errors, p99 ≤ {} ms: {}\n",
+                last.canary_requests,
+                last.canary_error_rate * 100.0,
+                last.canary_p99_ms,
+                last.stable_requests,
+                last.stable_error_rate * 100.0,
+                last.stable_p99_ms,
+                last.verdict
+            ));
+        }
+    }
     out
 }
 
