@@ -81,6 +81,23 @@ echo; echo "\$ davit namespace status team-a"; "$davit" namespace status team-a
 # A variable, encrypted at rest, rendered into a task by a template.
 echo; echo "\$ davit var put demo/greeting message='hello from a variable'"; "$davit" var put demo/greeting message='hello from a variable'
 echo; echo "\$ davit job run examples/variables/greeter.yaml"; "$davit" job run examples/variables/greeter.yaml
+echo; echo "\$ davit job run examples/rollout/shop.yaml   # 3 web servers behind the proxy on 127.0.0.1:9090"
+"$davit" job run examples/rollout/shop.yaml
+# Steady traffic through the proxy while new versions roll (for the canary analysis); bounded in count and time.
+( for _ in $(seq 1 6000); do curl -s -o /dev/null -w '%{http_code}\n' --max-time 2 127.0.0.1:9090/cgi-bin/hello; sleep 0.01; done >"$registry_dir/shop-traffic.txt" ) &
+traffic_pid=$!
+sed 's/hello v1/hello v2/' examples/rollout/shop.yaml >"$registry_dir/shop-v2.yaml"
+echo; echo "\$ davit job run shop-v2.yaml   # a new version: a canary gets a quarter of the requests, is judged, promoted, rolled"
+"$davit" job run "$registry_dir/shop-v2.yaml"
+echo; echo "\$ davit deployment status <id>"; "$davit" deployment status "$("$davit" deployment ls -o json | sed -n 's/.*"id": *"\([^"]*\)".*/\1/p' | head -1)"
+sed 's/FAIL_ONE_IN: "0"/FAIL_ONE_IN: "4"/' "$registry_dir/shop-v2.yaml" >"$registry_dir/shop-v3.yaml"
+echo; echo "\$ davit job run shop-v3.yaml   # a broken version: its canary answers 500 to a request in four"
+"$davit" job run "$registry_dir/shop-v3.yaml" || echo "(exit status $?: the deployment failed and the job went back to version 1)"
+kill "$traffic_pid" 2>/dev/null || true; wait "$traffic_pid" 2>/dev/null || true
+echo; echo "\$ davit deployment ls"; "$davit" deployment ls
+echo; echo "\$ davit job history shop"; "$davit" job history shop
+echo "HTTP answers seen by the traffic through the proxy during both rollouts (the proxy retried the canary's 500s):"
+sort "$registry_dir/shop-traffic.txt" | uniq -c
 echo; echo "\$ davit node ls"; "$davit" node ls
 echo; echo "\$ davit job status"; "$davit" job status
 echo

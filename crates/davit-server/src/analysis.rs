@@ -7,7 +7,8 @@
 //! and lets the canaries be promoted after `samples` passing ones.
 //!
 //! The counters of the previous interval are kept in memory: after a server restart the next interval only
-//! sets the baseline.
+//! sets the baseline. An interval with fewer than `min_requests` canary requests is not judged: it goes on
+//! (from the same baseline) until there are enough.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -155,8 +156,10 @@ pub async fn run(shared: Arc<Shared>) {
                 tracing::warn!(deployment = %deployment.id, ?errors, "canary analysis: some proxies did not answer; this interval counts without them");
             }
             let key = (deployment.id.clone(), group.clone());
-            let previous = baselines.insert(key, Baseline { at: Instant::now(), counters: counters.clone() });
-            let Some(previous) = previous else { continue };
+            let Some(previous) = baselines.remove(&key) else {
+                baselines.insert(key, Baseline { at: Instant::now(), counters });
+                continue;
+            };
             let (mut canary, mut stable) = (Traffic::default(), Traffic::default());
             for alloc in snapshot
                 .cluster
@@ -168,6 +171,9 @@ pub async fn run(shared: Arc<Shared>) {
                 side.add(sums, previous.counters.get(&alloc.id));
             }
             let (sample, verdict) = judge(&spec, &canary, &stable, now_millis());
+            // Too few requests to say: the interval goes on (from the same baseline) until there are enough.
+            let baseline = if verdict.is_some() { counters } else { previous.counters };
+            baselines.insert(key, Baseline { at: Instant::now(), counters: baseline });
             tracing::info!(deployment = %deployment.id, %group, verdict = %sample.verdict, canary_requests = canary.requests, "canary analysis interval");
             if let Err(error) = record(&shared, &deployment, &group, sample, verdict).await {
                 tracing::warn!(deployment = %deployment.id, %error, "recording a canary analysis interval failed");

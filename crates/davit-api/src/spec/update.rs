@@ -57,8 +57,8 @@ pub struct UpdateSpec {
 }
 
 /// `update.analysis`: every `interval`, the canaries' requests through every proxy since the last interval are
-/// compared with the stable instances'; an interval with fewer than `min_requests` canary requests does not
-/// count. After `samples` failing intervals the deployment fails; after `samples` passing ones the canaries
+/// compared with the stable instances'; an interval with fewer than `min_requests` canary requests is not judged
+/// but goes on until there are enough. After `samples` failing intervals the deployment fails; after `samples` passing ones the canaries
 /// count as healthy for promotion.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
