@@ -23,6 +23,13 @@ fn main() {
     let dir = common::tempdir();
     let proxy_ip = common::proxy_ip();
     let (dev, addr) = common::start_dev_with_proxy(&dir.path().join("data"), "41000-41999", &proxy_ip);
+    // A failed assertion must not leave `davit dev` and its tasks running.
+    let (dev_pid, default_hook) = (dev.id(), std::panic::take_hook());
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        let _ = std::process::Command::new("kill").args(["-INT", &dev_pid.to_string()]).status();
+        std::thread::sleep(Duration::from_secs(5));
+    }));
     println!("machine: {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
 
     let (mut fresh, mut rolled) = (Vec::new(), Vec::new());
@@ -77,7 +84,11 @@ fn main() {
     let steady = load(&target, || std::thread::sleep(Duration::from_secs(5)));
     let during = load(&target, || {
         let (ok, out) = davit(&addr, &["job", "run", &web("v1")]);
-        assert!(ok && out.contains("successful"), "{out}");
+        assert!(
+            ok && out.contains("successful"),
+            "the rolling update of the service did not succeed:\n{out}\n{}",
+            davit(&addr, &["job", "status", "web"]).1
+        );
         // The last old instance waits its shutdown delay.
         std::thread::sleep(Duration::from_millis(1500));
     });
