@@ -27,6 +27,10 @@ pub struct Job {
     /// deployment may revert to.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stable: bool,
+    /// This version registers version N's spec again (`davit job revert`, an automatic revert): it rolls out
+    /// with its update strategy but without canaries — it is known to work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_of: Option<u64>,
     pub submit_time: UnixMillis,
     #[serde(default)]
     pub create_index: Index,

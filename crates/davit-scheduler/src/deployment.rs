@@ -7,7 +7,7 @@
 //!   while earlier ones have not become healthy yet; none while one is unhealthy or the deployment is paused or
 //!   over;
 //! - with `canary: N`, places N new allocations beside old ones first (canaries); the rest waits until the
-//!   deployment's group is promoted;
+//!   deployment's group is promoted — except for a revert (`Job::revert_of`), which rolls without canaries;
 //! - starts the version's deployment when a group with a strategy gets new allocations of the version, which
 //!   then name it (`deployment_id`); placements (a new job, a scale-up, a lost allocation) are never held back.
 //!
@@ -89,6 +89,8 @@ pub(crate) fn plan_rollout(
             .iter()
             .map(|group| deployment.groups.get(&group.name).filter(|g| g.awaits_promotion()).map_or(0, |g| g.desired_canaries))
             .collect(),
+        // A revert goes back to a version known to work: no canary phase.
+        None if job.revert_of.is_some() => vec![0; strategies.len()],
         None => strategies
             .iter()
             .enumerate()

@@ -697,7 +697,16 @@ mod tests {
 
     fn add_job(cluster: &mut ClusterState, yaml: &str) -> Evaluation {
         let spec = davit_api::spec::parse_job_spec(yaml, "job.yaml").unwrap();
-        let job = Arc::new(Job { spec, version: 0, stopped: false, stable: false, submit_time: 0, create_index: 0, modify_index: 0 });
+        let job = Arc::new(Job {
+            spec,
+            version: 0,
+            stopped: false,
+            stable: false,
+            revert_of: None,
+            submit_time: 0,
+            create_index: 0,
+            modify_index: 0,
+        });
         cluster.upsert_job_version(Arc::clone(&job));
         cluster.upsert_job(Arc::clone(&job));
         crate::liveness::new_eval(&job.spec.id(), job.spec.job_type, job.spec.priority, EvalTrigger::JobRegister, None)

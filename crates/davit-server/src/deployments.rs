@@ -304,8 +304,16 @@ fn failed(cluster: &ClusterState, job: &Job, outcome: &mut Outcome, reason: Stri
             outcome.deployment.status_description.push_str(&format!(" - rolling back to job version {}", target.version));
             let mut spec = target.spec.clone();
             spec.keep_scaled_counts(&job.spec);
-            let reverted =
-                Job { spec, version: job.version + 1, stopped: false, stable: false, submit_time: now, create_index: 0, modify_index: 0 };
+            let reverted = Job {
+                spec,
+                version: job.version + 1,
+                stopped: false,
+                stable: false,
+                revert_of: Some(target.version),
+                submit_time: now,
+                create_index: 0,
+                modify_index: 0,
+            };
             outcome.revert = Some((reverted, job.modify_index));
         }
         None => outcome.deployment.status_description.push_str(" - no stable version to roll back to"),
@@ -381,7 +389,7 @@ mod tests {
             ..Default::default()
         });
         spec.meta.insert("marker".to_string(), marker.to_string());
-        Job { spec, version, stopped: false, stable, submit_time: 0, create_index: 1, modify_index: 1 }
+        Job { spec, version, stopped: false, stable, revert_of: None, submit_time: 0, create_index: 1, modify_index: 1 }
     }
 
     /// A cluster at job version `versions.last()`, with a running deployment of it and two allocations of it.
@@ -451,7 +459,7 @@ mod tests {
         assert_eq!(outcome.deployment.status, DeploymentStatus::Failed);
         assert_eq!(outcome.deployment.status_description, "Failed due to unhealthy allocations - rolling back to job version 0");
         let (reverted, _) = outcome.revert.unwrap();
-        assert_eq!((reverted.version, reverted.spec.meta["marker"].as_str()), (2, "old"));
+        assert_eq!((reverted.version, reverted.spec.meta["marker"].as_str(), reverted.revert_of), (2, "old", Some(0)));
     }
 
     #[test]

@@ -175,6 +175,7 @@ impl SchedulerBench {
                 version: 0,
                 stopped: false,
                 stable: false,
+                revert_of: None,
                 submit_time: 0,
                 create_index: revision,
                 modify_index: revision,

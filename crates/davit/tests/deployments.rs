@@ -119,6 +119,7 @@ fn a_rolling_update_replaces_one_at_a_time_and_a_broken_version_is_reverted() {
     let row = |version: &str| history.lines().find(|line| line.starts_with(version)).unwrap_or_else(|| panic!("{history}")).to_string();
     assert!(row("1 ").contains("yes") && row("1 ").contains("successful"), "{history}");
     assert!(row("2 ").contains("failed") && !row("2 ").contains("yes"), "{history}");
+    assert!(row("3 ").contains("revert to version 1"), "{history}");
 }
 
 /// Three exec allocations with `canary` canaries, promoted by hand.

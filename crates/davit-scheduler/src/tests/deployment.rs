@@ -237,3 +237,24 @@ fn a_surge_starts_the_new_allocation_before_the_old_one_stops() {
     assert_eq!(shadows(&next.plan, Shadow::Surge), vec![1]);
     assert_eq!(harness.live_allocs("shop").len(), 5, "never more than count + max_surge");
 }
+
+#[test]
+fn a_revert_rolls_with_the_update_strategy_but_without_canaries() {
+    let mut harness = Harness::new();
+    harness.add_nodes("n", 2);
+    let canary = |marker| with_update(marker, UpdateSpec { canary: Some(1), max_parallel: Some(2), ..Default::default() });
+    harness.register(canary("v0"));
+    harness.run("shop");
+    report(&mut harness, 0, Some(true), 4);
+    // Version 1 is a revert to an older spec (here simply another one): it rolls at once, max_parallel at a time.
+    let version = harness.register(canary("v1"));
+    let mut job = (**harness.state.job("shop").unwrap()).clone();
+    job.revert_of = Some(0);
+    harness.state.upsert_job_version(Arc::new(job.clone()));
+    harness.state.upsert_job(Arc::new(job));
+    let result = harness.run("shop");
+    assert_eq!(version, 1);
+    assert!(shadows(&result.plan, Shadow::Canary).is_empty(), "{}", harness.render(&result.plan));
+    assert_eq!(replaced(&result.plan), 2, "max_parallel 2: {}", harness.render(&result.plan));
+    assert_eq!(result.plan.deployment.as_ref().unwrap().groups["web"].desired_canaries, 0);
+}

@@ -64,7 +64,7 @@ pub(crate) async fn register(
 ) -> Result<Response, Failure> {
     let spec = spec_in_namespace(&shared, &shared.view.snapshot(), &caller, &query, &body)?;
     check_template_access(&caller, &spec)?;
-    let response = register_spec(&shared, spec, EvalTrigger::JobRegister).await?;
+    let response = register_spec(&shared, spec, EvalTrigger::JobRegister, None).await?;
     Ok(indexed(response.index, &response))
 }
 
@@ -136,7 +136,14 @@ fn check_max_count(namespace: &Namespace, spec: &JobSpec) -> Result<(), Failure>
 
 /// Stores `spec` as the job's next version (unless it equals the current one) and queues an evaluation.
 /// Optimistic: if the job changed meanwhile, the write is retried on the newer state.
-pub(crate) async fn register_spec(shared: &Shared, written: JobSpec, trigger: EvalTrigger) -> Result<RegisterJobResponse, Failure> {
+/// Registers `written` as the job's next version (unless it is the current spec); `revert_of`: it is version N's
+/// spec again (`job revert`), which rolls without canaries.
+pub(crate) async fn register_spec(
+    shared: &Shared,
+    written: JobSpec,
+    trigger: EvalTrigger,
+    revert_of: Option<u64>,
+) -> Result<RegisterJobResponse, Failure> {
     for _ in 0..5 {
         let snapshot = shared.view.snapshot();
         // A redeploy (or a revert) never undoes scaling: groups with `scaling:` keep the count they run.
@@ -162,6 +169,7 @@ pub(crate) async fn register_spec(shared: &Shared, written: JobSpec, trigger: Ev
                     version: current.version + 1,
                     stopped: false,
                     stable: false,
+                    revert_of,
                     submit_time: now,
                     create_index: 0,
                     modify_index: 0,
@@ -169,7 +177,16 @@ pub(crate) async fn register_spec(shared: &Shared, written: JobSpec, trigger: Ev
                 true,
             ),
             None => (
-                Job { spec: spec.clone(), version: 0, stopped: false, stable: false, submit_time: now, create_index: 0, modify_index: 0 },
+                Job {
+                    spec: spec.clone(),
+                    version: 0,
+                    stopped: false,
+                    stable: false,
+                    revert_of: None,
+                    submit_time: now,
+                    create_index: 0,
+                    modify_index: 0,
+                },
                 true,
             ),
         };
@@ -422,7 +439,7 @@ pub(crate) async fn revert(
             job.version, request.version
         )));
     }
-    let response = register_spec(&shared, target.spec.clone(), EvalTrigger::JobRevert).await?;
+    let response = register_spec(&shared, target.spec.clone(), EvalTrigger::JobRevert, Some(target.version)).await?;
     Ok(indexed(response.index, &response))
 }
 
@@ -449,7 +466,7 @@ pub(crate) async fn scale(State(shared): State<Arc<Shared>>, JobId(name): JobId,
     group.count = request.count;
     let limits = limits_for(&shared, &snapshot);
     davit_api::spec::validate(&spec, Some(&limits)).map_err(|errors| Failure::invalid_spec(&errors))?;
-    let response = register_spec(&shared, spec, EvalTrigger::JobScale).await?;
+    let response = register_spec(&shared, spec, EvalTrigger::JobScale, None).await?;
     Ok(indexed(response.index, &response))
 }
 

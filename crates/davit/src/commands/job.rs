@@ -152,6 +152,10 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
                     }
                     None => "(first version)".to_string(),
                 };
+                let changes = match version.revert_of {
+                    Some(target) => format!("revert to version {target}: {changes}"),
+                    None => changes,
+                };
                 let stable = if version.stable { "yes" } else { "-" };
                 let deployment = deployments.get(&version.version).map_or("-", |deployment| deployment.status.as_str());
                 rows.push(vec![
