@@ -81,7 +81,7 @@ echo; echo "\$ davit namespace status team-a"; "$davit" namespace status team-a
 # A variable, encrypted at rest, rendered into a task by a template.
 echo; echo "\$ davit var put demo/greeting message='hello from a variable'"; "$davit" var put demo/greeting message='hello from a variable'
 echo; echo "\$ davit job run examples/variables/greeter.yaml"; "$davit" job run examples/variables/greeter.yaml
-echo; echo "\$ davit job run examples/rollout/shop.yaml   # 3 web servers behind the proxy on 127.0.0.1:9090"
+echo; echo "\$ davit job run examples/rollout/shop.yaml   # 2 web servers behind the proxy on 127.0.0.1:9090"
 "$davit" job run examples/rollout/shop.yaml
 # Steady traffic through the proxy while new versions roll (for the canary analysis); bounded in count and time.
 ( for _ in $(seq 1 6000); do curl -s -o /dev/null -w '%{http_code}\n' --max-time 2 127.0.0.1:9090/cgi-bin/hello; sleep 0.01; done >"$registry_dir/shop-traffic.txt" ) &

@@ -91,13 +91,16 @@ impl AllocRunner {
         let (control, control_rx) = watch::channel(initial);
         let (finished_tx, finished) = watch::channel(false);
         let migration = watch::Sender::new(state.alloc.migration.clone());
-        let restart = watch::Sender::new(state.alloc.restart_generation);
+        let restart_applied = state.alloc.restart_generation;
+        let restart = watch::Sender::new(restart_applied);
         let shared = Arc::new(AllocShared {
             context,
             alloc_dir,
             state: Mutex::new(state),
             migration,
             restart,
+            restart_applied,
+            stop_now: std::sync::atomic::AtomicBool::new(false),
             persist: tokio::sync::Mutex::new(()),
         });
         let lifecycle_shared = shared.clone();
@@ -168,6 +171,7 @@ impl AllocRunner {
         for task in &tasks {
             self.shared.update_task(task, Some(event("Disconnected", &message)), |_| {});
         }
+        self.shared.stop_now.store(true, std::sync::atomic::Ordering::Relaxed);
         self.stop();
         true
     }
@@ -183,9 +187,14 @@ impl AllocRunner {
         });
     }
 
-    /// Finishes without stopping the tasks (unless a stop is already under way).
+    /// Finishes without stopping the tasks (unless a stop is already under way: that one ends now, without the
+    /// rest of its shutdown delay).
     pub fn detach(&self) {
         self.control.send_if_modified(|control| {
+            if *control == AllocControl::Stop {
+                self.shared.stop_now.store(true, std::sync::atomic::Ordering::Relaxed);
+                return true; // wakes the runner waiting out the delay
+            }
             if *control != AllocControl::Run {
                 return false;
             }
@@ -388,7 +397,7 @@ impl AllocShared {
                         Err(error) => tracing::error!(%alloc_id, %error, "task runner panicked"),
                     }
                 }
-                changed = control.changed(), if alloc_control == AllocControl::Run => {
+                changed = control.changed(), if alloc_control == AllocControl::Run || kill_at.is_some() => {
                     alloc_control = if changed.is_ok() { *control.borrow_and_update() } else { AllocControl::Detach };
                     kill_at = self.follow_control(alloc_control, shutdown_delay, &task_controls).await;
                 }
@@ -412,7 +421,7 @@ impl AllocShared {
     ) -> Option<tokio::time::Instant> {
         if control == AllocControl::Stop {
             self.mark_stop_requested().await;
-            if !shutdown_delay.is_zero() {
+            if !shutdown_delay.is_zero() && !self.stop_now.load(std::sync::atomic::Ordering::Relaxed) {
                 let message = format!("left the service catalog; killing in {}", davit_api::Duration(shutdown_delay));
                 for task in task_controls.keys() {
                     self.update_task(task, Some(event("Shutdown Delay", &message)), |_| {});

@@ -21,6 +21,10 @@ pub(crate) struct AllocShared {
     pub(crate) migration: watch::Sender<Option<Box<Migration>>>,
     /// The newest restart an operator asked for (`Allocation::restart_generation`; task runners watch it).
     pub(crate) restart: watch::Sender<u64>,
+    /// The generation the allocation had when this runner was made: a newer one is a restart to do.
+    pub(crate) restart_applied: u64,
+    /// Stop without waiting for the group's `shutdown_delay` (fencing, agent shutdown).
+    pub(crate) stop_now: std::sync::atomic::AtomicBool,
     /// Serializes state writes so the file always ends with the newest snapshot.
     pub(crate) persist: tokio::sync::Mutex<()>,
 }

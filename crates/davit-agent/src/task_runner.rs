@@ -84,9 +84,12 @@ impl TaskRunner {
         }
         let mut rng = rand::rngs::SmallRng::from_os_rng();
         let mut migration = self.shared.migration.subscribe();
-        // Restarts asked for from now on (the generation the allocation started with is seen).
+        // Restarts asked for since the allocation's runner was made (one that came before this task runner
+        // started is still to do).
         let mut restart_requests = self.shared.restart.subscribe();
-        restart_requests.borrow_and_update();
+        if *restart_requests.borrow_and_update() > self.shared.restart_applied {
+            restart_requests.mark_changed();
+        }
         // The destination allocation of the live migration last tried (each is tried once).
         let mut migration_tried: Option<String> = None;
         loop {
@@ -169,14 +172,16 @@ impl TaskRunner {
             }
 
             // A changed template, or an operator's restart, restarts the task at once, whatever the restart policy
-            // counts.
+            // counts. An operator's is not counted in `restarts` (which says the task is unstable: a deployment's
+            // health watcher fails an allocation that has any).
             if let Some(reason) = check_reason
                 .as_deref()
                 .filter(|reason| reason.starts_with(crate::template::TEMPLATE_RESTART) || reason.starts_with(OPERATOR_RESTART))
             {
+                let counted = u32::from(!reason.starts_with(OPERATOR_RESTART));
                 self.shared.update_task(&name, Some(event("Restarting", reason)), |state| {
                     state.state = TaskStatus::Pending;
-                    state.restarts += 1;
+                    state.restarts += counted;
                     state.pid = None;
                 });
                 self.shared.commit().await;

@@ -159,9 +159,14 @@ fn reconcile_group(
                 regular.push(Arc::clone(alloc));
             }
             Some(_) if !live => {}
-            Some(ShadowState::Waiting) if alloc.index < count => waiting.push(alloc.index),
-            Some(ShadowState::Waiting) => scaled_down.push(alloc),
-            Some(ShadowState::Abandoned) => result.stops.push(Stop {
+            // On a down node: lost like any allocation (the main loop below decides).
+            Some(ShadowState::Waiting) if state.node(&alloc.node_id).is_none_or(|node| node.status == NodeStatus::Down) => {
+                regular.push(Arc::clone(alloc))
+            }
+            Some(ShadowState::Waiting) if alloc.index < count && alloc.job_version == job.version => waiting.push(alloc.index),
+            Some(ShadowState::Waiting) if alloc.job_version == job.version => scaled_down.push(alloc),
+            // Of an older version (its deployment is being cancelled), or of a deployment that ended first.
+            Some(_) => result.stops.push(Stop {
                 alloc: Arc::clone(alloc),
                 description: match alloc.shadow {
                     Some(Shadow::Canary) => "canary of a deployment that ended without promoting it".to_string(),

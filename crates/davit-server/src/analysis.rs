@@ -6,9 +6,10 @@
 //! (`DeploymentGroup::analysis`); the deployment watcher fails the deployment after `samples` failing intervals
 //! and lets the canaries be promoted after `samples` passing ones.
 //!
-//! The counters of the previous interval are kept in memory: after a server restart the next interval only
-//! sets the baseline. An interval with fewer than `min_requests` canary requests is not judged: it goes on
-//! (from the same baseline) until there are enough.
+//! Counters are compared per proxy (a proxy that misses a reading does not count until it answers twice in a
+//! row) and kept in memory: after a server restart the next interval only sets the baseline. An interval with
+//! fewer than `min_requests` canary requests is not judged: it goes on (from the same baseline) until there are
+//! enough.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use davit_api::spec::AnalysisSpec;
 use davit_store::{Compare, Txn};
 
 use crate::acl::Caller;
-use crate::api::services::{BackendSums, proxy_counters};
+use crate::api::services::{BackendSums, NodeCounters, proxy_counters_by_node};
 use crate::{Shared, keys, now_millis};
 
 /// How often the loop looks for analyses that are due.
@@ -122,10 +123,10 @@ pub fn judge(spec: &AnalysisSpec, canary: &Traffic, stable: &Traffic, now: u64) 
     }
 }
 
-/// Counters of the previous interval, per deployment and group.
+/// Counters at the start of the current interval, per deployment and group.
 struct Baseline {
     at: Instant,
-    counters: HashMap<String, BackendSums>,
+    readings: NodeCounters,
 }
 
 pub async fn run(shared: Arc<Shared>) {
@@ -151,62 +152,100 @@ pub async fn run(shared: Arc<Shared>) {
             let catalog = shared.catalog.get(&snapshot).1;
             let Some(service) = catalog.services.iter().find(|s| s.job_name == deployment.job_name && s.group == group) else { continue };
             let caller = Caller::internal(&shared, namespace_of(&deployment.job_name));
-            let (counters, errors) = proxy_counters(&shared, &caller, &snapshot, service).await;
-            if !errors.is_empty() {
-                tracing::warn!(deployment = %deployment.id, ?errors, "canary analysis: some proxies did not answer; this interval counts without them");
+            let readings = proxy_counters_by_node(&shared, &caller, &snapshot, service).await;
+            if !readings.errors.is_empty() {
+                let errors = &readings.errors;
+                tracing::warn!(deployment = %deployment.id, ?errors, "canary analysis: some proxies did not answer; their traffic counts once they do");
             }
             let key = (deployment.id.clone(), group.clone());
             let Some(previous) = baselines.remove(&key) else {
-                baselines.insert(key, Baseline { at: Instant::now(), counters });
+                baselines.insert(key, Baseline { at: Instant::now(), readings });
                 continue;
             };
-            let (mut canary, mut stable) = (Traffic::default(), Traffic::default());
-            for alloc in snapshot
-                .cluster
-                .allocs_for_job(&deployment.job_name)
-                .filter(|alloc| alloc.group == group && alloc.desired_status == DesiredStatus::Run && !alloc.client_status.is_terminal())
-            {
-                let Some(sums) = counters.get(&alloc.id) else { continue };
-                let side = if is_canary_of(alloc, &deployment) { &mut canary } else { &mut stable };
-                side.add(sums, previous.counters.get(&alloc.id));
-            }
+            let (canary, stable) = traffic_since(&snapshot.cluster, &deployment, &group, &previous.readings, &readings);
             let (sample, verdict) = judge(&spec, &canary, &stable, now_millis());
-            // Too few requests to say: the interval goes on (from the same baseline) until there are enough.
-            let baseline = if verdict.is_some() { counters } else { previous.counters };
-            baselines.insert(key, Baseline { at: Instant::now(), counters: baseline });
             tracing::info!(deployment = %deployment.id, %group, verdict = %sample.verdict, canary_requests = canary.requests, "canary analysis interval");
-            if let Err(error) = record(&shared, &deployment, &group, sample, verdict).await {
-                tracing::warn!(deployment = %deployment.id, %error, "recording a canary analysis interval failed");
+            // The next interval starts here once this one is counted; with too few requests to say, or when it
+            // could not be recorded, it goes on from the same baseline.
+            let recorded = match verdict {
+                None => false,
+                Some(_) => match record(&shared, &deployment.id, &group, sample.clone(), verdict).await {
+                    Ok(recorded) => recorded,
+                    Err(error) => {
+                        tracing::warn!(deployment = %deployment.id, %error, "recording a canary analysis interval failed");
+                        false
+                    }
+                },
+            };
+            if verdict.is_none() {
+                // Show why nothing is decided yet (best effort).
+                let _ = record(&shared, &deployment.id, &group, sample, None).await;
             }
+            let baseline = if recorded { Baseline { at: Instant::now(), readings } } else { Baseline { at: Instant::now(), ..previous } };
+            baselines.insert(key, baseline);
         }
     }
+}
+
+/// The canaries' and the stable instances' traffic between two readings, per proxy: a proxy missing from either
+/// reading does not count (its traffic counts once it answers twice in a row); a backend new at a proxy that
+/// answered both times counts from 0.
+fn traffic_since(
+    cluster: &davit_scheduler::ClusterState,
+    deployment: &Deployment,
+    group: &str,
+    before: &NodeCounters,
+    now: &NodeCounters,
+) -> (Traffic, Traffic) {
+    let (mut canary, mut stable) = (Traffic::default(), Traffic::default());
+    let live: HashMap<&str, bool> = cluster
+        .allocs_for_job(&deployment.job_name)
+        .filter(|alloc| alloc.group == group && alloc.desired_status == DesiredStatus::Run && !alloc.client_status.is_terminal())
+        .map(|alloc| (alloc.id.as_str(), is_canary_of(alloc, deployment)))
+        .collect();
+    for ((node, alloc_id), sums) in &now.counters {
+        let Some(&is_canary) = live.get(alloc_id.as_str()) else { continue };
+        if !before.answered.contains(node) {
+            continue;
+        }
+        let side = if is_canary { &mut canary } else { &mut stable };
+        side.add(sums, before.counters.get(&(node.clone(), alloc_id.clone())));
+    }
+    (canary, stable)
 }
 
 fn is_canary_of(alloc: &davit_api::objects::Allocation, deployment: &Deployment) -> bool {
     alloc.shadow == Some(Shadow::Canary) && alloc.deployment_id.as_deref() == Some(deployment.id.as_str())
 }
 
-/// Counts one interval's verdict in the deployment's group (compared with its modify index: a change meanwhile
-/// wins, and this interval is dropped).
-async fn record(shared: &Shared, seen: &Deployment, group: &str, sample: AnalysisSample, verdict: Option<bool>) -> Result<(), String> {
-    let mut deployment = seen.clone();
-    let Some(progress) = deployment.groups.get_mut(group) else { return Ok(()) };
-    let analysis = progress.analysis.get_or_insert_with(CanaryAnalysis::default);
-    match verdict {
-        Some(true) => analysis.passed += 1,
-        Some(false) => analysis.failed += 1,
-        None => {}
-    }
-    analysis.last = Some(sample);
-    deployment.modify_time = now_millis();
-    let mut txn = Txn::default();
-    txn.compares.push(Compare::ModRevision(keys::deployment(&deployment.id), seen.modify_index));
-    txn.success.push(keys::put(keys::deployment(&deployment.id), &deployment));
-    let response = shared.store.txn(txn).await.map_err(|error| error.to_string())?;
-    if response.succeeded {
+/// Counts one interval's verdict in the deployment's group, on the deployment as it is now (a few tries when it
+/// changes meanwhile, e.g. another group's interval); whether it was counted.
+async fn record(shared: &Shared, id: &str, group: &str, sample: AnalysisSample, verdict: Option<bool>) -> Result<bool, String> {
+    for _ in 0..3 {
+        let Some(seen) = shared.view.snapshot().cluster.deployment(id).cloned() else { return Ok(false) };
+        if !seen.is_active() {
+            return Ok(false);
+        }
+        let mut deployment = (*seen).clone();
+        let Some(progress) = deployment.groups.get_mut(group) else { return Ok(false) };
+        let analysis = progress.analysis.get_or_insert_with(CanaryAnalysis::default);
+        match verdict {
+            Some(true) => analysis.passed += 1,
+            Some(false) => analysis.failed += 1,
+            None => {}
+        }
+        analysis.last = Some(sample.clone());
+        deployment.modify_time = now_millis();
+        let mut txn = Txn::default();
+        txn.compares.push(Compare::ModRevision(keys::deployment(id), seen.modify_index));
+        txn.success.push(keys::put(keys::deployment(id), &deployment));
+        let response = shared.store.txn(txn).await.map_err(|error| error.to_string())?;
         shared.view.wait_for(response.revision).await;
+        if response.succeeded {
+            return Ok(true);
+        }
     }
-    Ok(())
+    Ok(false)
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //!   to);
 //! - canaries: a group with canaries waits for their promotion ("requires manual promotion"), or promotes itself
 //!   once all of them are healthy with `auto_promote` (every waiting group must be ready and have it); the
-//!   progress deadline does not run out on healthy canaries waiting for a person, and starts again at promotion;
+//!   progress deadline does not run out on healthy canaries waiting for a person or their analysis, and starts
+//!   again at promotion;
 //! - canary analysis (`update.analysis`, counted by `analysis.rs`): `samples` failing intervals fail the
 //!   deployment; the canaries are ready for promotion only after `samples` passing ones;
 //! - **failed** when an allocation is unhealthy and the group's `progress_deadline` is 0, or when the deadline
@@ -108,7 +109,8 @@ pub fn assess(cluster: &ClusterState, deployment: &Deployment, now: UnixMillis) 
             (Some(_), _) => (!stats.awaits_promotion(), None),
             (None, _) => (true, None),
         };
-        let ready_to_promote = stats.awaits_promotion() && progress.healthy_canaries >= stats.desired_canaries && analysis_passed;
+        let canaries_healthy = stats.awaits_promotion() && progress.healthy_canaries >= stats.desired_canaries;
+        let ready_to_promote = canaries_healthy && analysis_passed;
         if stats.awaits_promotion() {
             awaiting.push((ready_to_promote, stats.auto_promote));
         }
@@ -124,8 +126,8 @@ pub fn assess(cluster: &ClusterState, deployment: &Deployment, now: UnixMillis) 
                 failure = Some(reason);
             } else if stats.unhealthy > 0 && stats.progress_deadline_ms == 0 {
                 failure = Some("Failed due to unhealthy allocations".to_string());
-            } else if stats.require_progress_by > 0 && now > stats.require_progress_by && !group_done && !ready_to_promote {
-                // Healthy canaries waiting for a person are not late.
+            } else if stats.require_progress_by > 0 && now > stats.require_progress_by && !group_done && !canaries_healthy {
+                // Healthy canaries waiting for a person, or for their analysis (traffic), are not late.
                 failure = Some("Failed due to progress deadline".to_string());
             }
         }

@@ -281,10 +281,10 @@ impl Default for UpdateStrategy {
 
 impl UpdateStrategy {
     /// The strategy of a group of `count` from the job's `update:` and the group's; `None` when neither has
-    /// one, or `max_parallel` is 0 (or `max_surge` and `max_unavailable` both come to 0): no deployment.
+    /// one, or `max_parallel` is 0: no deployment.
     ///
     /// `max_surge` or `max_unavailable` written in either block replaces `max_parallel` (Kubernetes' defaults
-    /// for the one not written: 25 %, surge rounded up, unavailable down).
+    /// for the one not written: 25 %, surge rounded up, unavailable down; when both come to 0, one at a time).
     pub fn resolve(job: Option<&UpdateSpec>, group: Option<&UpdateSpec>, count: u32) -> Option<UpdateStrategy> {
         if job.is_none() && group.is_none() {
             return None;
@@ -297,7 +297,11 @@ impl UpdateStrategy {
         let unavailable = pick(job, group, |u| u.max_unavailable);
         let (max_parallel, max_surge) = if surge.is_some() || unavailable.is_some() {
             let quarter = CountOrPercent::Percent(25);
-            (unavailable.unwrap_or(quarter).of(count, false), surge.unwrap_or(quarter).of(count, true))
+            match (unavailable.unwrap_or(quarter).of(count, false), surge.unwrap_or(quarter).of(count, true)) {
+                // Both round to 0 (a small count): one at a time, as Kubernetes does.
+                (0, 0) => (1, 0),
+                both => both,
+            }
         } else {
             (pick(job, group, |u| u.max_parallel).unwrap_or(defaults.max_parallel), 0)
         };
@@ -347,11 +351,12 @@ mod tests {
             UpdateSpec { max_surge: Some(CountOrPercent::Count(1)), max_unavailable: Some(CountOrPercent::Count(0)), ..Default::default() };
         let strategy = UpdateStrategy::resolve(None, Some(&exact), 3).unwrap();
         assert_eq!((strategy.max_surge, strategy.max_parallel), (1, 0));
-        let none = UpdateSpec {
+        let small = UpdateSpec {
             max_surge: Some(CountOrPercent::Percent(0)),
             max_unavailable: Some(CountOrPercent::Percent(10)),
             ..Default::default()
         };
-        assert_eq!(UpdateStrategy::resolve(None, Some(&none), 3), None, "both 0 for 3: nothing could roll");
+        let strategy = UpdateStrategy::resolve(None, Some(&small), 3).unwrap();
+        assert_eq!((strategy.max_surge, strategy.max_parallel), (0, 1), "both 0 for 3: one at a time");
     }
 }

@@ -329,17 +329,19 @@ fn check_update(ctx: &Ctx, path: &str, spec: &JobSpec, group: &GroupSpec) {
     let written = |field: &str, is_set: fn(&super::UpdateSpec) -> bool| {
         if group.update.as_ref().is_some_and(is_set) { format!("{path}.update.{field}") } else { format!("update.{field}") }
     };
-    let kubernetes_terms = |u: &super::UpdateSpec| u.max_surge.is_some() || u.max_unavailable.is_some();
-    let Some(strategy) = spec.update_strategy(&group.name) else {
-        if group.update.as_ref().or(spec.update.as_ref()).is_some_and(kubernetes_terms) {
-            ctx.report(
-                &written("max_unavailable", |u| u.max_unavailable.is_some() || u.max_surge.is_some()),
-                format!("max_surge and max_unavailable both come to 0 for count {}: no allocation could be replaced", group.count),
-                Some("e.g. max_surge: 1 (a new allocation starts before an old one stops)".to_string()),
-            );
-        }
-        return;
-    };
+    // Both written as 0 (not a percent that rounds to 0 for a small count: that rolls one at a time).
+    let zero = |value: Option<super::CountOrPercent>| value.is_some_and(|value| value.of(100, true) == 0);
+    if let Some(block) = group.update.as_ref().or(spec.update.as_ref())
+        && zero(block.max_surge)
+        && zero(block.max_unavailable)
+    {
+        ctx.report(
+            &written("max_unavailable", |u| u.max_unavailable.is_some()),
+            "max_surge and max_unavailable are both 0: no allocation could be replaced",
+            Some("e.g. max_surge: 1 (a new allocation starts before an old one stops)".to_string()),
+        );
+    }
+    let Some(strategy) = spec.update_strategy(&group.name) else { return };
     if strategy.min_healthy_time >= strategy.healthy_deadline {
         ctx.report(
             &written("min_healthy_time", |u| u.min_healthy_time.is_some()),
@@ -415,20 +417,6 @@ fn check_update(ctx: &Ctx, path: &str, spec: &JobSpec, group: &GroupSpec) {
                 &at("interval"),
                 format!("interval {} must be from 1s to 10m", analysis.interval),
                 Some("e.g. interval: 10s".to_string()),
-            );
-        }
-        let takes = interval * analysis.samples.max(1);
-        if strategy.progress_deadline.as_std() > std::time::Duration::ZERO && takes >= strategy.progress_deadline.as_std() {
-            ctx.report(
-                &at("samples"),
-                format!(
-                    "{} intervals of {} take {}, not less than progress_deadline {}: the analysis could never finish",
-                    analysis.samples,
-                    analysis.interval,
-                    crate::Duration(takes),
-                    strategy.progress_deadline
-                ),
-                Some(format!("e.g. progress_deadline: {}", crate::Duration(takes * 2))),
             );
         }
         if analysis.max_latency_p99_ratio.is_some_and(|ratio| !(1.0..=1000.0).contains(&ratio)) {

@@ -258,3 +258,23 @@ fn a_revert_rolls_with_the_update_strategy_but_without_canaries() {
     assert_eq!(replaced(&result.plan), 2, "max_parallel 2: {}", harness.render(&result.plan));
     assert_eq!(result.plan.deployment.as_ref().unwrap().groups["web"].desired_canaries, 0);
 }
+
+#[test]
+fn a_newer_version_stops_the_waiting_canaries_of_the_one_it_supersedes() {
+    let mut harness = Harness::new();
+    harness.add_nodes("n", 2);
+    let canary = |marker| with_update(marker, UpdateSpec { canary: Some(1), ..Default::default() });
+    harness.register(canary("v0"));
+    harness.run("shop");
+    report(&mut harness, 0, Some(true), 4);
+    harness.register(canary("v1"));
+    assert_eq!(shadows(&harness.run("shop").plan, Shadow::Canary), vec![0]);
+    // v2 has v0's spec (a revert): v0's allocations are updated in place, v1's canary stops in the same plan.
+    let mut v2 = canary("v0");
+    v2.update = with_update("v0", UpdateSpec { canary: Some(1), ..Default::default() }).update;
+    harness.register(v2);
+    let result = harness.run("shop");
+    let stopped: Vec<_> = result.plan.stops().map(|stop| stop.description.as_str()).collect();
+    assert_eq!(stopped, vec!["canary of a deployment that ended without promoting it"], "{}", harness.render(&result.plan));
+    assert_eq!(harness.live_allocs("shop").len(), 4);
+}

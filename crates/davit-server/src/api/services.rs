@@ -132,14 +132,35 @@ pub(crate) struct BackendSums {
     pub proxies: u32,
 }
 
-/// The counters of `service`'s backends (by allocation id) in the proxies of every ready node, and the nodes
-/// whose agent did not answer within [`STATS_TIMEOUT`] (and why).
+/// The counters of `service`'s backends (by allocation id) summed over the proxies of every ready node, and the
+/// nodes whose agent did not answer within [`STATS_TIMEOUT`] (and why).
 pub(crate) async fn proxy_counters(
     shared: &Shared,
     caller: &Caller,
     snapshot: &Snapshot,
     service: &ServiceInfo,
 ) -> (HashMap<String, BackendSums>, Vec<String>) {
+    let by_node = proxy_counters_by_node(shared, caller, snapshot, service).await;
+    let mut sums: HashMap<String, BackendSums> = HashMap::new();
+    for ((_, alloc_id), counters) in &by_node.counters {
+        sums.entry(alloc_id.clone()).or_default().add(counters);
+    }
+    (sums, by_node.errors)
+}
+
+/// `service`'s backend counters per proxy.
+#[derive(Default)]
+pub(crate) struct NodeCounters {
+    /// By (node id, allocation id).
+    pub counters: HashMap<(String, String), BackendSums>,
+    /// The nodes whose agent answered.
+    pub answered: std::collections::HashSet<String>,
+    /// Why the others did not.
+    pub errors: Vec<String>,
+}
+
+/// The counters of `service`'s backends in the proxy of every ready node, one entry per node and backend.
+pub(crate) async fn proxy_counters_by_node(shared: &Shared, caller: &Caller, snapshot: &Snapshot, service: &ServiceInfo) -> NodeCounters {
     let nodes: Vec<_> = snapshot.cluster.nodes().filter(|node| node.status == NodeStatus::Ready).cloned().collect();
     let requests = nodes.iter().map(|node| {
         // In the caller's namespace: the agent checks the caller's token there.
@@ -158,32 +179,49 @@ pub(crate) async fn proxy_counters(
         }
     });
     let answers = futures_util::future::join_all(requests).await;
-    let (mut sums, mut errors): (HashMap<String, BackendSums>, Vec<String>) = (HashMap::new(), Vec::new());
+    let mut result = NodeCounters::default();
     let key = service_key(namespace_of(&service.job_name), &service.name);
-    for answer in answers {
+    for (node, answer) in nodes.iter().zip(answers) {
         let listeners = match answer {
             Ok(listeners) => listeners,
             Err(error) => {
-                errors.push(error);
+                result.errors.push(error);
                 continue;
             }
         };
+        result.answered.insert(node.id.clone());
         for backend in listeners.iter().filter(|listener| listener.service == key).flat_map(|listener| &listener.backends) {
-            let sum = sums.entry(backend.id.clone()).or_default();
-            sum.requests += backend.requests;
-            sum.errors += backend.errors;
-            sum.active += backend.active;
-            sum.ejected |= backend.ejected;
-            sum.latency_sum += backend.ewma_latency_ms;
-            sum.weighted_latency += backend.ewma_latency_ms * backend.requests as f64;
-            sum.proxies += 1;
-            if sum.latency_buckets.len() < backend.latency_buckets.len() {
-                sum.latency_buckets.resize(backend.latency_buckets.len(), 0);
-            }
-            for (total, count) in sum.latency_buckets.iter_mut().zip(&backend.latency_buckets) {
-                *total += count;
-            }
+            let sums = BackendSums {
+                requests: backend.requests,
+                errors: backend.errors,
+                active: backend.active,
+                ejected: backend.ejected,
+                latency_buckets: backend.latency_buckets.clone(),
+                latency_sum: backend.ewma_latency_ms,
+                weighted_latency: backend.ewma_latency_ms * backend.requests as f64,
+                proxies: 1,
+            };
+            result.counters.entry((node.id.clone(), backend.id.clone())).or_default().add(&sums);
         }
     }
-    (sums, errors)
+    result
+}
+
+impl BackendSums {
+    /// Adds another proxy's counters of the same backend.
+    pub fn add(&mut self, other: &BackendSums) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.active += other.active;
+        self.ejected |= other.ejected;
+        self.latency_sum += other.latency_sum;
+        self.weighted_latency += other.weighted_latency;
+        self.proxies += other.proxies;
+        if self.latency_buckets.len() < other.latency_buckets.len() {
+            self.latency_buckets.resize(other.latency_buckets.len(), 0);
+        }
+        for (total, count) in self.latency_buckets.iter_mut().zip(&other.latency_buckets) {
+            *total += count;
+        }
+    }
 }

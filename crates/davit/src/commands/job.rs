@@ -1,5 +1,6 @@
 //! `davit job run|validate|plan|status|stop|history|diff|revert|scale|restart`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -601,7 +602,7 @@ async fn rolling_restart(
         for batch in allocs.chunks(size) {
             let mut restarting = Vec::with_capacity(batch.len());
             for id in batch {
-                let before = restarts(&client.allocation(id).await?);
+                let before = started(&client.allocation(id).await?);
                 let alloc = client.restart_allocation(id).await?;
                 println!("    restarting {} ({})", alloc.name, short(&alloc.id));
                 restarting.push((alloc.id, alloc.name, before));
@@ -622,14 +623,14 @@ async fn rolling_restart(
     Ok(())
 }
 
-/// Restarts so far of every task of the allocation.
-fn restarts(alloc: &Allocation) -> u32 {
-    alloc.task_states.values().map(|task| task.restarts).sum()
+/// When each task of the allocation last started (its agent's clock).
+fn started(alloc: &Allocation) -> BTreeMap<String, u64> {
+    alloc.task_states.iter().map(|(name, task)| (name.clone(), task.started_at.unwrap_or(0))).collect()
 }
 
-/// Waits (blocking queries) until the allocation's tasks restarted since `before` and it is running and healthy
-/// again; why not, after `limit`.
-async fn wait_restarted(client: &Client, id: &str, before: u32, limit: Duration) -> Result<(), String> {
+/// Waits (blocking queries) until every task of the allocation started again since `before` and it is running
+/// and healthy again; why not, after `limit`.
+async fn wait_restarted(client: &Client, id: &str, before: BTreeMap<String, u64>, limit: Duration) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     let mut index = 0;
     loop {
@@ -642,7 +643,8 @@ async fn wait_restarted(client: &Client, id: &str, before: u32, limit: Duration)
         if alloc.is_terminal() || alloc.desired_status != DesiredStatus::Run {
             return Err(format!("it is {:?} (desired {:?})", alloc.client_status, alloc.desired_status).to_lowercase());
         }
-        if restarts(&alloc) > before && alloc.client_status == ClientStatus::Running && alloc.healthy == Some(true) {
+        let restarted = started(&alloc).iter().all(|(task, at)| before.get(task).is_none_or(|then| at > then));
+        if restarted && alloc.client_status == ClientStatus::Running && alloc.healthy == Some(true) {
             return Ok(());
         }
         index = answer.index;
