@@ -24,7 +24,7 @@
 //! | GET | `/v1/deployments` | → `Vec<`[`Deployment`](crate::deployment::Deployment)`>`, newest first |
 //! | GET | `/v1/deployment/{id-or-prefix}` | → [`Deployment`](crate::deployment::Deployment) (blocking query on its job) |
 //! | POST | `/v1/deployment/{id}/fail`, `/pause`, `/resume` | → [`Deployment`](crate::deployment::Deployment); 400 for a deployment that ended; pause and resume are idempotent |
-//! | POST | `/v1/allocation/{id}/restart` | → [`Allocation`](crate::objects::Allocation) with its `restart_generation` moved on: its agent restarts the tasks in place; 400 for one stopping or ended |
+//! | POST | `/v1/allocation/{id}/restart` | → [`Allocation`] with its `restart_generation` moved on: its agent restarts the tasks in place; 400 for one stopping or ended |
 //! | POST | `/v1/deployment/{id}/promote` | [`PromoteDeploymentRequest`] → [`Deployment`](crate::deployment::Deployment); 400 without canaries to promote or with canaries not healthy yet |
 //! | POST | `/v1/deployment/{id}/health` | [`DeploymentHealthRequest`] → [`Deployment`](crate::deployment::Deployment): an operator's verdict on allocations of the deployment (`health_check: manual`) |
 //! | GET | `/v1/nodes` | → `Vec<`[`NodeListEntry`]`>` |
