@@ -73,7 +73,7 @@ fn main() {
     }
 
     // 2b. davit dev, warm cache (one job first pulls the image).
-    let (dev, addr) = common::start_dev(&dir.path().join("dev"), "41000-41999");
+    let (dev, addr) = common::start_dev(&dir.path().join("dev"), "27000-27999");
     let job = |name: &str| {
         let spec = dir.path().join(format!("{name}.yaml"));
         std::fs::write(

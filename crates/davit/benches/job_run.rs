@@ -15,7 +15,7 @@ const COUNT: u32 = 10;
 fn main() {
     let dir = std::env::temp_dir().join(format!("davit-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (dev, addr) = common::start_dev(&dir.join("data"), "40000-40999");
+    let (dev, addr) = common::start_dev(&dir.join("data"), "26000-26999");
     std::thread::sleep(Duration::from_secs(2)); // let start-up settle before reading idle memory
     let idle_rss = rss_kib(dev.id());
 

@@ -22,7 +22,7 @@ const COUNT: u32 = 100;
 fn main() {
     let dir = common::tempdir();
     let proxy_ip = common::proxy_ip();
-    let (dev, addr) = common::start_dev_with_proxy(&dir.path().join("data"), "41000-41999", &proxy_ip);
+    let (dev, addr) = common::start_dev_with_proxy(&dir.path().join("data"), "28000-28999", &proxy_ip);
     // A failed assertion must not leave `davit dev` and its tasks running.
     let (dev_pid, default_hook) = (dev.id(), std::panic::take_hook());
     std::panic::set_hook(Box::new(move |info| {

@@ -33,7 +33,7 @@ fn main() {
     let dir = common::tempdir();
 
     // 1. Boot to healthy: davit, then bare QEMU with davit's command line.
-    let (dev, addr) = common::start_dev(&dir.path().join("dev"), "42000-42999");
+    let (dev, addr) = common::start_dev(&dir.path().join("dev"), "29000-29999");
     let mut davit_times = Vec::new();
     let mut command_line = None;
     for run in 0..RUNS {
@@ -170,7 +170,7 @@ fn migration_downtimes(dir: &Path, guest: &Path) -> Vec<u64> {
     let bind = format!("127.0.0.1:{}", free_port());
     let addr = format!("http://{bind}");
     let mut processes = vec![spawn(dir, "server", &["server", "--bind", &bind, "--data-dir", &dir.join("server").display().to_string()])];
-    for (name, range) in [("one", "43000-43499"), ("two", "43500-43999")] {
+    for (name, range) in [("one", "30000-30499"), ("two", "30500-30999")] {
         let agent_bind = format!("127.0.0.1:{}", free_port());
         let dns = format!("127.0.0.1:{}", free_port());
         let proxy_ip = common::proxy_ip();

@@ -140,6 +140,12 @@ fn agent_config(
     join_token: Option<String>,
 ) -> Result<davit_agent::AgentConfig, Failure> {
     let port_range = parse_port_range(&node.port_range)?;
+    if let Some((first, last)) = ephemeral_overlap(port_range) {
+        tracing::warn!(
+            port_range = %node.port_range,
+            "ports {first}-{last} of --port-range are in the kernel's ephemeral range (net.ipv4.ip_local_port_range): an outgoing connection can hold one when a task binds it, and the task fails with \"address in use\"; choose a range below it (the default is 20000-32000)"
+        );
+    }
     let drivers = drivers(&node, &data_dir)?;
     let mut attributes = BTreeMap::new();
     for pair in &node.meta {
@@ -173,6 +179,15 @@ fn agent_config(
         join_token,
         tls: None,
     })
+}
+
+/// The part of `range` inside the kernel's range of ports for outgoing connections, if any.
+fn ephemeral_overlap((first, last): (u16, u16)) -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut bounds = text.split_whitespace().filter_map(|part| part.parse::<u16>().ok());
+    let (low, high) = (bounds.next()?, bounds.next()?);
+    let (from, to) = (first.max(low), last.min(high));
+    (from <= to).then_some((from, to))
 }
 
 fn parse_port_range(text: &str) -> Result<(u16, u16), Failure> {

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub const DAVIT: &str = env!("CARGO_BIN_EXE_davit");
 
 /// A `davit dev` on a free loopback port with its data in `data_dir`, once its node is ready: (process, address).
+/// `port_range` must lie below the kernel's ephemeral range (32768 and up): the benches' own connections would
+/// otherwise take ports that tasks then fail to bind.
 pub fn start_dev(data_dir: &Path, port_range: &str) -> (Child, String) {
     start_dev_with_proxy(data_dir, port_range, &proxy_ip())
 }
