@@ -84,7 +84,7 @@ echo; echo "\$ davit job run examples/variables/greeter.yaml"; "$davit" job run 
 echo; echo "\$ davit job run examples/rollout/shop.yaml   # 2 web servers behind the proxy on 127.0.0.1:9090"
 "$davit" job run examples/rollout/shop.yaml
 # Steady traffic through the proxy while new versions roll (for the canary analysis); bounded in count and time.
-( for _ in $(seq 1 6000); do curl -s -o /dev/null -w '%{http_code}\n' --max-time 2 127.0.0.1:9090/cgi-bin/hello; sleep 0.01; done >"$registry_dir/shop-traffic.txt" ) &
+( for _ in $(seq 1 6000); do curl -s -o /dev/null -w '%{http_code}\n' --max-time 2 127.0.0.1:9090/cgi-bin/hello || true; sleep 0.01; done >"$registry_dir/shop-traffic.txt" ) &
 traffic_pid=$!
 sed 's/hello v1/hello v2/' examples/rollout/shop.yaml >"$registry_dir/shop-v2.yaml"
 echo; echo "\$ davit job run shop-v2.yaml   # a new version: a canary gets a quarter of the requests, is judged, promoted, rolled"
