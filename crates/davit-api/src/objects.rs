@@ -39,6 +39,12 @@ pub struct Job {
 }
 
 impl Job {
+    /// Version `version` of a job with `spec`, as registered at `submit_time`: running, not stable (yet), not a
+    /// revert; the store sets its indexes.
+    pub fn new(spec: JobSpec, version: u64, submit_time: UnixMillis) -> Job {
+        Job { spec, version, stopped: false, stable: false, revert_of: None, submit_time, create_index: 0, modify_index: 0 }
+    }
+
     pub fn name(&self) -> &str {
         &self.spec.name
     }

@@ -148,8 +148,11 @@ pub async fn run(shared: Arc<Shared>) {
             }
         }
         baselines.retain(|(id, _), _| snapshot.cluster.deployment(id).is_some_and(|d| d.is_active()));
+        if due.is_empty() {
+            continue;
+        }
+        let catalog = shared.catalog.get(&snapshot).1;
         for (deployment, group, spec) in due {
-            let catalog = shared.catalog.get(&snapshot).1;
             let Some(service) = catalog.services.iter().find(|s| s.job_name == deployment.job_name && s.group == group) else { continue };
             let caller = Caller::internal(&shared, namespace_of(&deployment.job_name));
             let readings = proxy_counters_by_node(&shared, &caller, &snapshot, service).await;
@@ -165,23 +168,17 @@ pub async fn run(shared: Arc<Shared>) {
             let (canary, stable) = traffic_since(&snapshot.cluster, &deployment, &group, &previous.readings, &readings);
             let (sample, verdict) = judge(&spec, &canary, &stable, now_millis());
             tracing::info!(deployment = %deployment.id, %group, verdict = %sample.verdict, canary_requests = canary.requests, "canary analysis interval");
-            // The next interval starts here once this one is counted; with too few requests to say, or when it
-            // could not be recorded, it goes on from the same baseline.
-            let recorded = match verdict {
-                None => false,
-                Some(_) => match record(&shared, &deployment.id, &group, sample.clone(), verdict).await {
-                    Ok(recorded) => recorded,
-                    Err(error) => {
-                        tracing::warn!(deployment = %deployment.id, %error, "recording a canary analysis interval failed");
-                        false
-                    }
-                },
+            // The verdict is counted (with too few requests, only the numbers are shown). The next interval
+            // starts here once a verdict is counted; otherwise it goes on from the same baseline.
+            let decided = verdict.is_some();
+            let counted = match record(&shared, &deployment.id, &group, sample, verdict).await {
+                Ok(recorded) => recorded && decided,
+                Err(error) => {
+                    tracing::warn!(deployment = %deployment.id, %error, "recording a canary analysis interval failed");
+                    false
+                }
             };
-            if verdict.is_none() {
-                // Show why nothing is decided yet (best effort).
-                let _ = record(&shared, &deployment.id, &group, sample, None).await;
-            }
-            let baseline = if recorded { Baseline { at: Instant::now(), readings } } else { Baseline { at: Instant::now(), ..previous } };
+            let baseline = if counted { Baseline { at: Instant::now(), readings } } else { Baseline { at: Instant::now(), ..previous } };
             baselines.insert(key, baseline);
         }
     }

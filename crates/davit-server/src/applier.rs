@@ -157,6 +157,15 @@ impl Writes {
     fn eval(&mut self, eval: &Evaluation) {
         self.txn.success.push(keys::put(keys::eval(&eval.id), eval));
     }
+
+    /// Adds `evals` when the request writes anything else: an evaluation follows a change, never stands alone.
+    fn evals_with_changes(&mut self, evals: &[Evaluation]) {
+        if !self.txn.success.is_empty() {
+            for eval in evals {
+                self.eval(eval);
+            }
+        }
+    }
 }
 
 /// Where the outcome of a request of a batch goes once the batch is committed.
@@ -328,11 +337,7 @@ fn stop_allocs(snapshot: &Snapshot, stops: &[AllocStop], evals: Vec<Evaluation>,
         }
         writes.alloc(stopped(existing, stop, now));
     }
-    if !writes.txn.success.is_empty() {
-        for eval in &evals {
-            writes.eval(eval);
-        }
-    }
+    writes.evals_with_changes(&evals);
     writes
 }
 
@@ -351,11 +356,7 @@ fn amend_allocs(snapshot: &Snapshot, amends: &[(String, Amend)], evals: Vec<Eval
         alloc.modify_time = now;
         writes.alloc(alloc);
     }
-    if !writes.txn.success.is_empty() {
-        for eval in &evals {
-            writes.eval(eval);
-        }
-    }
+    writes.evals_with_changes(&evals);
     writes
 }
 
@@ -697,16 +698,7 @@ mod tests {
 
     fn add_job(cluster: &mut ClusterState, yaml: &str) -> Evaluation {
         let spec = davit_api::spec::parse_job_spec(yaml, "job.yaml").unwrap();
-        let job = Arc::new(Job {
-            spec,
-            version: 0,
-            stopped: false,
-            stable: false,
-            revert_of: None,
-            submit_time: 0,
-            create_index: 0,
-            modify_index: 0,
-        });
+        let job = Arc::new(Job::new(spec, 0, 0));
         cluster.upsert_job_version(Arc::clone(&job));
         cluster.upsert_job(Arc::clone(&job));
         crate::liveness::new_eval(&job.spec.id(), job.spec.job_type, job.spec.priority, EvalTrigger::JobRegister, None)

@@ -201,7 +201,7 @@ groups:
 
     fn job(spec: &str, version: u64, stopped: bool) -> Arc<Job> {
         let spec = parse_job_spec(spec, "shop.yaml").unwrap();
-        Arc::new(Job { spec, version, stopped, stable: false, revert_of: None, submit_time: 0, create_index: 1, modify_index: 1 })
+        Arc::new(Job { stopped, create_index: 1, modify_index: 1, ..Job::new(spec, version, 0) })
     }
 
     fn node(id: &str, status: NodeStatus) -> Arc<Node> {

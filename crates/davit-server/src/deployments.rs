@@ -237,7 +237,7 @@ fn promote_groups(deployment: &mut Deployment, groups: Option<&[String]>, now: U
 /// canaries when empty) promoted, or why it cannot be: it is over, has no canaries (there, or left to promote),
 /// or some of them are not healthy yet.
 pub fn promote(cluster: &ClusterState, deployment: &Deployment, groups: &[String], now: UnixMillis) -> Result<Outcome, String> {
-    let id = &deployment.id[..deployment.id.len().min(8)];
+    let id = short(&deployment.id);
     if !deployment.is_active() {
         return Err(format!("deployment {id} is {}: only a running or paused deployment can be promoted", deployment.status.as_str()));
     }
@@ -306,16 +306,7 @@ fn failed(cluster: &ClusterState, job: &Job, outcome: &mut Outcome, reason: Stri
             outcome.deployment.status_description.push_str(&format!(" - rolling back to job version {}", target.version));
             let mut spec = target.spec.clone();
             spec.keep_scaled_counts(&job.spec);
-            let reverted = Job {
-                spec,
-                version: job.version + 1,
-                stopped: false,
-                stable: false,
-                revert_of: Some(target.version),
-                submit_time: now,
-                create_index: 0,
-                modify_index: 0,
-            };
+            let reverted = Job { revert_of: Some(target.version), ..Job::new(spec, job.version + 1, now) };
             outcome.revert = Some((reverted, job.modify_index));
         }
         None => outcome.deployment.status_description.push_str(" - no stable version to roll back to"),
@@ -331,6 +322,11 @@ fn revert_target<'a>(cluster: &'a ClusterState, job: &Job) -> Option<&'a Arc<Job
         .filter_map(|version| cluster.job_version(&id, version))
         .find(|version| version.stable)
         .filter(|target| target.spec != job.spec)
+}
+
+/// The first 8 characters of a deployment id, as messages name it.
+pub(crate) fn short(id: &str) -> &str {
+    &id[..id.len().min(8)]
 }
 
 /// Writes an outcome; the revision it was committed at, or `None` when the deployment (or the job) changed
@@ -391,7 +387,7 @@ mod tests {
             ..Default::default()
         });
         spec.meta.insert("marker".to_string(), marker.to_string());
-        Job { spec, version, stopped: false, stable, revert_of: None, submit_time: 0, create_index: 1, modify_index: 1 }
+        Job { stable, create_index: 1, modify_index: 1, ..Job::new(spec, version, 0) }
     }
 
     /// A cluster at job version `versions.last()`, with a running deployment of it and two allocations of it.

@@ -273,16 +273,7 @@ mod tests {
             ],
         }))
         .unwrap();
-        let job = Arc::new(Job {
-            spec,
-            version: 0,
-            stopped: false,
-            stable: false,
-            revert_of: None,
-            submit_time: 0,
-            create_index: 0,
-            modify_index: 0,
-        });
+        let job = Arc::new(Job::new(spec, 0, 0));
         cluster.upsert_job_version(Arc::clone(&job));
         cluster.upsert_job(job);
         for (group, index) in [("web", 0), ("web", 1), ("web", 2), ("db", 0)] {

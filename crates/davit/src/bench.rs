@@ -170,16 +170,7 @@ impl SchedulerBench {
             job_number += 1;
             let spec = self.workload.job.spec(&name, count)?;
             revision += 1;
-            let job = Arc::new(Job {
-                spec,
-                version: 0,
-                stopped: false,
-                stable: false,
-                revert_of: None,
-                submit_time: 0,
-                create_index: revision,
-                modify_index: revision,
-            });
+            let job = Arc::new(Job { create_index: revision, modify_index: revision, ..Job::new(spec, 0, 0) });
             state.upsert_job(Arc::clone(&job));
             state.upsert_job_version(job);
             let eval = self.workload.job.evaluation(&name, revision);

@@ -35,7 +35,7 @@ pub fn job(name: &str, count: usize) -> Arc<Job> {
         "name: {name}\ngroups:\n  - name: work\n    count: {count}\n    tasks:\n      - name: main\n        driver: exec\n        config: {{command: /bin/true}}\n        resources: {{cpu: 20, memory: 32}}\n"
     );
     let spec = davit_api::spec::parse_job_spec(&text, "bench.yaml").expect("valid bench job");
-    Arc::new(Job { spec, version: 0, stopped: false, stable: false, revert_of: None, submit_time: 0, create_index: 2, modify_index: 2 })
+    Arc::new(Job { create_index: 2, modify_index: 2, ..Job::new(spec, 0, 0) })
 }
 
 /// The default configuration with this candidate limit (written so that fields added later keep their defaults).

@@ -59,16 +59,7 @@ impl Harness {
     /// Stores `spec` as the job's next version (0 for a new job) and returns that version.
     pub(crate) fn register(&mut self, spec: JobSpec) -> u64 {
         let version = self.state.job(&spec.name).map_or(0, |job| job.version + 1);
-        let job = Arc::new(Job {
-            spec,
-            version,
-            stopped: false,
-            stable: false,
-            revert_of: None,
-            submit_time: self.now,
-            create_index: 0,
-            modify_index: 0,
-        });
+        let job = Arc::new(Job::new(spec, version, self.now));
         self.state.upsert_job_version(Arc::clone(&job));
         self.state.upsert_job(job);
         version

@@ -87,8 +87,7 @@ fn balanced_clusters_and_infeasible_destinations_get_no_moves() {
     let mut spec = harness.state.job("web").unwrap().spec.clone();
     spec.groups[0].constraints.push(constraint("${node.name}", ConstraintOperator::Equal, "node-a-1"));
     let version = harness.state.job("web").unwrap().version;
-    let job =
-        Arc::new(Job { spec, version, stopped: false, stable: false, revert_of: None, submit_time: 0, create_index: 0, modify_index: 0 });
+    let job = Arc::new(Job::new(spec, version, 0));
     harness.state.upsert_job_version(Arc::clone(&job));
     harness.state.upsert_job(job);
     harness.add_nodes("b", 1);
@@ -138,16 +137,7 @@ fn moves_keep_required_anti_affinities() {
             spec.groups[0].anti_affinities =
                 vec![davit_api::spec::AllocAffinity { job: Some("db".into()), required: true, ..Default::default() }];
             let version = harness.state.job("web").unwrap().version;
-            let job = Arc::new(Job {
-                spec,
-                version,
-                stopped: false,
-                stable: false,
-                revert_of: None,
-                submit_time: 0,
-                create_index: 0,
-                modify_index: 0,
-            });
+            let job = Arc::new(Job::new(spec, version, 0));
             harness.state.upsert_job_version(Arc::clone(&job));
             harness.state.upsert_job(job);
         }

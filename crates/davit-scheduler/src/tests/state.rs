@@ -36,29 +36,11 @@ fn secondary_indexes_follow_updates() {
 fn jobs_and_versions() {
     let mut state = ClusterState::new();
     for version in 0..3 {
-        let job = Arc::new(Job {
-            spec: job("shop", version as u32 + 1),
-            version,
-            stopped: false,
-            stable: false,
-            revert_of: None,
-            submit_time: 0,
-            create_index: 0,
-            modify_index: 0,
-        });
+        let job = Arc::new(Job::new(job("shop", version as u32 + 1), version, 0));
         state.upsert_job_version(Arc::clone(&job));
         state.upsert_job(job);
     }
-    state.upsert_job_version(Arc::new(Job {
-        spec: job("blog", 1),
-        version: 0,
-        stopped: false,
-        stable: false,
-        revert_of: None,
-        submit_time: 0,
-        create_index: 0,
-        modify_index: 0,
-    }));
+    state.upsert_job_version(Arc::new(Job::new(job("blog", 1), 0, 0)));
     assert_eq!(state.job("shop").map(|job| job.version), Some(2));
     assert_eq!(state.job_version("shop", 1).map(|job| job.spec.groups[0].count), Some(2));
     assert_eq!(state.job_versions("shop").map(|job| job.version).collect::<Vec<_>>(), [0, 1, 2]);

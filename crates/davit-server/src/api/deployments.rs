@@ -16,6 +16,7 @@ use davit_store::{Compare, Txn};
 use super::{Blocking, Failure, JobId, Page, descending, indexed, json_body, paged, resolve_prefix};
 use crate::acl::Caller;
 use crate::applier::Amend;
+use crate::deployments::short;
 use crate::liveness::new_eval;
 use crate::view::Snapshot;
 use crate::{Shared, keys, now_millis};
@@ -230,8 +231,4 @@ async fn set_paused(
     shared.view.wait_for(response.revision).await;
     let snapshot = shared.view.snapshot();
     Ok(indexed(response.revision, &**snapshot.cluster.deployment(&id).expect("written")))
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(8)]
 }

@@ -163,32 +163,8 @@ pub(crate) async fn register_spec(
         let now = now_millis();
         let (job, changed) = match &existing {
             Some(current) if current.spec == spec && !current.stopped => ((**current).clone(), false),
-            Some(current) => (
-                Job {
-                    spec: spec.clone(),
-                    version: current.version + 1,
-                    stopped: false,
-                    stable: false,
-                    revert_of,
-                    submit_time: now,
-                    create_index: 0,
-                    modify_index: 0,
-                },
-                true,
-            ),
-            None => (
-                Job {
-                    spec: spec.clone(),
-                    version: 0,
-                    stopped: false,
-                    stable: false,
-                    revert_of: None,
-                    submit_time: now,
-                    create_index: 0,
-                    modify_index: 0,
-                },
-                true,
-            ),
+            Some(current) => (Job { revert_of, ..Job::new(spec.clone(), current.version + 1, now) }, true),
+            None => (Job::new(spec.clone(), 0, now), true),
         };
         let eval = new_eval(&id, spec.job_type, spec.priority, trigger, None);
         let mut txn = Txn::default();

@@ -66,16 +66,7 @@ pub(crate) fn dry_run(
         groups.entry(group.name.clone()).or_default();
     }
     let mut planned = state.clone();
-    let job = Arc::new(Job {
-        spec,
-        version: next_version,
-        stopped: false,
-        stable: false,
-        revert_of: None,
-        submit_time: now,
-        create_index: 0,
-        modify_index: 0,
-    });
+    let job = Arc::new(Job::new(spec, next_version, now));
     planned.upsert_job(Arc::clone(&job));
     planned.upsert_job_version(Arc::clone(&job));
     let eval = new_eval(&job.spec.id(), job.spec.job_type, job.spec.priority, EvalTrigger::JobRegister, None);
