@@ -98,6 +98,21 @@ echo; echo "\$ davit deployment ls"; "$davit" deployment ls
 echo; echo "\$ davit job history shop"; "$davit" job history shop
 echo "HTTP answers seen by the traffic through the proxy during both rollouts (the proxy retried the canary's 500s):"
 sort "$registry_dir/shop-traffic.txt" | uniq -c
+# The autoscaler: a CPU-bound service scales up under generated load and back down once it stops.
+echo; echo "\$ davit job run examples/autoscale/burn.yaml   # scaled on CPU (50 % of 50 millicores), 1 to 3 instances"
+"$davit" job run examples/autoscale/burn.yaml
+echo "(generating load: 4 clients through the proxy on 127.0.0.1:9091, at most 60 s)"
+load_pids=()
+for _ in 1 2 3 4; do
+  ( end=$((SECONDS + 60)); while [ $SECONDS -lt $end ]; do curl -s -o /dev/null --max-time 5 127.0.0.1:9091/cgi-bin/burn || true; done ) &
+  load_pids+=($!)
+done
+for _ in $(seq 1 60); do [[ "$("$davit" scaling status burn -o json)" == *'"count": 3'* ]] && break; sleep 1; done
+echo; echo "\$ davit scaling status burn"; "$davit" scaling status burn
+kill "${load_pids[@]}" 2>/dev/null || true; wait "${load_pids[@]}" 2>/dev/null || true
+echo "(load stopped; the 20 s scale-down window passes)"
+for _ in $(seq 1 90); do [[ "$("$davit" job history burn)" == *'→ 1'* ]] && break; sleep 1; done
+echo; echo "\$ davit job history burn"; "$davit" job history burn
 echo; echo "\$ davit node ls"; "$davit" node ls
 echo; echo "\$ davit job status"; "$davit" job status
 echo

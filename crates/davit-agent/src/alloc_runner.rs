@@ -272,6 +272,11 @@ impl AllocRunner {
         self.shared.with_state(f)
     }
 
+    /// Everything reported to the server about the allocation (its client status, task states, health).
+    pub(crate) fn status_update(&self) -> davit_api::http::AllocStatusUpdate {
+        self.shared.status_update()
+    }
+
     /// The status reported to the server.
     pub fn client_status(&self) -> ClientStatus {
         self.shared.status_update().client_status

@@ -17,7 +17,8 @@
 //! Module map: [`fingerprint`] (node facts) → `heartbeat` (register + heartbeat) → `watcher` (allocation
 //! long-poll, reconcile) → [`alloc_runner`] / `task_runner` (the lifecycle, with [`restart`] decisions and
 //! [`taskenv`] interpolation) → [`status`] (client status, batched updates) and [`state`] (local state);
-//! `api` serves [`logs`] and the proxy's counters; `services` keeps the proxy and DNS in line with the catalog.
+//! `api` serves [`logs`] and the proxy's counters; `services` keeps the proxy and DNS in line with the catalog;
+//! `usage` reports the allocations' CPU and memory and the proxy's counters to the servers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -58,6 +59,7 @@ mod task_runner;
 pub mod taskenv;
 mod template;
 mod tls;
+mod usage;
 mod watcher;
 
 use alloc_runner::AllocRunner;
@@ -102,11 +104,14 @@ pub struct AgentConfig {
     pub join_token: Option<String>,
     /// Mutual TLS with `https://` servers; the agent's API is then served over HTTPS too.
     pub tls: Option<AgentTlsConfig>,
+    /// How often allocations' CPU and memory usage and the proxy's counters are sampled and reported.
+    pub usage_interval: Duration,
 }
 
 impl AgentConfig {
     /// Defaults: node name from the host name, datacenter `dc1`, HTTP on `127.0.0.1:0`, advertised as
-    /// `127.0.0.1`, ports 20000–32000, no drivers, tasks left running at shutdown, no service proxy.
+    /// `127.0.0.1`, ports 20000–32000, no drivers, tasks left running at shutdown, no service proxy, usage sampled
+    /// every 5 s.
     pub fn new(data_dir: PathBuf, servers: Vec<String>) -> AgentConfig {
         AgentConfig {
             data_dir,
@@ -125,6 +130,7 @@ impl AgentConfig {
             token: None,
             join_token: None,
             tls: None,
+            usage_interval: Duration::from_secs(5),
         }
     }
 }
@@ -331,7 +337,11 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         let (context, shutdown) = (context.clone(), shutdown_rx.clone());
         move || fence::run(context.clone(), shutdown.clone())
     });
-    let mut loops = vec![heartbeat_task, watcher_task, fence_task];
+    let usage_task = supervised::spawn(restarts, "usage", {
+        let (context, shutdown, interval) = (context.clone(), shutdown_rx.clone(), config.usage_interval);
+        move || usage::run(context.clone(), interval, shutdown.clone())
+    });
+    let mut loops = vec![heartbeat_task, watcher_task, fence_task, usage_task];
     if let Some(watch) = cert_files_watch {
         let mut stop = shutdown_rx.clone();
         loops.push(tokio::spawn(async move {

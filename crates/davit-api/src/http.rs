@@ -35,6 +35,9 @@
 //! | PUT | `/v1/node/{id}/heartbeat` | → [`HeartbeatResponse`]; 404 if the server does not know the node (re-register) |
 //! | GET | `/v1/node/{id}/allocations` | → `Vec<`[`Allocation`]`>` (blocking query; the agent's long-poll) |
 //! | POST | `/v1/node/{id}/allocations/status` | `Vec<`[`AllocStatusUpdate`]`>` → [`IndexResponse`] |
+//! | POST | `/v1/node/{id}/usage` | [`UsageReport`] → [`IndexResponse`]: the node's allocations' CPU and memory usage and its proxy's counters (kept in memory by the server the agent reports to) |
+//! | GET | `/v1/allocation/{id-or-prefix}/usage` | → [`AllocUsageInfo`]: the latest usage sample next to the request |
+//! | GET | `/v1/job/{name}/scaling` | → [`ScalingStatus`]: the autoscaler's view of each group with `scaling:` |
 //! | PUT | `/v1/nodes/heartbeat` | [`NodesHeartbeatRequest`] → [`NodesHeartbeatResponse`] (many nodes at once; `davit sim`) |
 //! | POST | `/v1/nodes/allocations` | [`NodesAllocationsRequest`] → `Vec<`[`Allocation`]`>` changed after `?index=` on those nodes (blocking query; many nodes' long-poll in one) |
 //! | POST | `/v1/nodes/allocations/status` | `Vec<`[`NodeAllocStatusUpdates`]`>` → [`IndexResponse`] (many nodes at once, one commit) |
@@ -75,7 +78,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::objects::{
     Allocation, ClientStatus, Evaluation, GroupSummary, Index, Job, MigrationProgress, NodeEligibility, NodeStatus, PlacementFailure,
-    TaskStates,
+    TaskStates, UnixMillis,
 };
 use crate::spec::{BalanceAlgorithm, JobType, ServiceMode};
 
@@ -749,5 +752,152 @@ pub struct ProxyBackendStats {
     pub latency_buckets: Vec<u64>,
 }
 
+/// Adds one latency histogram (counts per [`PROXY_LATENCY_BUCKETS`] bucket) to another, bucket by bucket.
+pub fn add_latency_buckets(total: &mut Vec<u64>, other: &[u64]) {
+    if total.len() < other.len() {
+        total.resize(other.len(), 0);
+    }
+    for (sum, count) in total.iter_mut().zip(other) {
+        *sum += count;
+    }
+}
+
 /// Upper bounds of the proxies' latency histogram buckets, in seconds.
 pub const PROXY_LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Most allocations (and most proxy backends) in one [`UsageReport`]; an agent with more sends several.
+pub const MAX_USAGE_ENTRIES: usize = 2_000;
+
+/// What an agent measured since its previous report (`POST /v1/node/{id}/usage`, every few seconds).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    #[serde(default)]
+    pub allocs: Vec<AllocUsage>,
+    /// Its proxy's counters per backend (allocation), since the proxy started.
+    #[serde(default)]
+    pub proxy: Vec<BackendCounters>,
+}
+
+/// One allocation's usage over the last sampling window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AllocUsage {
+    pub alloc_id: String,
+    /// Per task.
+    pub tasks: BTreeMap<String, TaskUsage>,
+    /// Running with every check passing.
+    pub ready: bool,
+    /// When its readiness last changed, as far as the agent saw it (`None`: not known, or never ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_changed_at: Option<UnixMillis>,
+    /// When its tasks (the first of them) started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<UnixMillis>,
+    /// When the sample was taken, and the span it covers.
+    pub time: UnixMillis,
+    pub window_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskUsage {
+    pub cpu_millicores: u64,
+    pub memory_bytes: u64,
+}
+
+/// A proxy's counters for one backend (summed over its listeners).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendCounters {
+    pub alloc_id: String,
+    pub requests: u64,
+    pub errors: u64,
+    /// Per [`PROXY_LATENCY_BUCKETS`] bucket, then one for slower.
+    #[serde(default)]
+    pub latency_buckets: Vec<u64>,
+}
+
+/// `GET /v1/allocation/{id}/usage`: the allocation's latest sample and what it asked for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AllocUsageInfo {
+    pub alloc_id: String,
+    /// When it was measured (`None`: no sample yet, or none for a while).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<UnixMillis>,
+    pub tasks: BTreeMap<String, TaskUsageInfo>,
+    /// Its requests through the proxies over the last window, when there were any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p99_ms: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskUsageInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millicores: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// What the task asks for (millicores, MiB).
+    pub cpu_request: u64,
+    pub memory_request_mib: u64,
+}
+
+/// `GET /v1/job/{name}/scaling`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScalingStatus {
+    pub job_name: String,
+    pub groups: Vec<GroupScaling>,
+    /// The newest changes of the groups' counts (from the job's versions), newest first.
+    pub events: Vec<crate::objects::ScalingEvent>,
+}
+
+/// The autoscaler's view of one group.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupScaling {
+    pub group: String,
+    /// The autoscaler acts on it (it has `metrics:` and is not disabled).
+    pub autoscaled: bool,
+    pub count: u32,
+    pub min: u32,
+    pub max: u32,
+    pub metrics: Vec<MetricScaling>,
+    /// The largest proposal of the metrics (`None`: none could be read, or the group was not evaluated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<u32>,
+    /// The count the last evaluation decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<u32>,
+    /// What set it (`desired_within_range`, `scale_up_limit`, …) and in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub limited_by: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// `scale_down_stabilized` / `scale_up_stabilized` when a stabilisation window held the recommendation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stabilization: Option<String>,
+    /// Why the autoscaler leaves the group alone right now (a deployment runs, …).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub waiting: String,
+    /// When the group was last evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluated_at: Option<UnixMillis>,
+    /// Scale-up and scale-down changes within the policies' periods (rate limits), as `+2 12s ago`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_changes: Vec<String>,
+}
+
+/// One metric against its target.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricScaling {
+    /// e.g. `cpu 60%`, `requests_per_second 100`.
+    pub metric: String,
+    /// The measured value, e.g. `85%`, `150/s`, `230ms` (empty when it could not be read).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub current: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<u32>,
+    /// Why it could not be read.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// The calculator's arithmetic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<String>,
+}

@@ -31,6 +31,9 @@ pub struct Job {
     /// with its update strategy but without canaries — it is known to work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert_of: Option<u64>,
+    /// This version changed one group's count (`davit job scale`, the autoscaler), and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingEvent>,
     pub submit_time: UnixMillis,
     #[serde(default)]
     pub create_index: Index,
@@ -42,7 +45,7 @@ impl Job {
     /// Version `version` of a job with `spec`, as registered at `submit_time`: running, not stable (yet), not a
     /// revert; the store sets its indexes.
     pub fn new(spec: JobSpec, version: u64, submit_time: UnixMillis) -> Job {
-        Job { spec, version, stopped: false, stable: false, revert_of: None, submit_time, create_index: 0, modify_index: 0 }
+        Job { spec, version, stopped: false, stable: false, revert_of: None, scaling: None, submit_time, create_index: 0, modify_index: 0 }
     }
 
     pub fn name(&self) -> &str {
@@ -52,6 +55,27 @@ impl Job {
     /// The job as the API shows it (see [`JobSpec::redacted`]).
     pub fn redacted(&self) -> Job {
         Job { spec: self.spec.redacted(), ..self.clone() }
+    }
+}
+
+/// A change of one group's count, kept on the job version it made: "web 3 → 5: cpu 85% of 60%".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScalingEvent {
+    pub group: String,
+    pub from: u32,
+    pub to: u32,
+    /// `autoscaler` or `operator` (`davit job scale`).
+    pub by: String,
+    /// The autoscaler's metric against its target (empty for an operator's scale).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub time: UnixMillis,
+}
+
+impl std::fmt::Display for ScalingEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} → {}", self.group, self.from, self.to)?;
+        if self.reason.is_empty() { write!(f, " ({})", self.by) } else { write!(f, ": {} ({})", self.reason, self.by) }
     }
 }
 

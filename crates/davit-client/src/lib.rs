@@ -384,6 +384,22 @@ impl Client {
         self.get_blocking(&format!("/v1/node/{}/allocations", encode(node_id)), index, wait).await
     }
 
+    /// The node's usage samples and proxy counters (the agent, every few seconds).
+    pub async fn report_usage(&self, node_id: &str, report: &davit_api::http::UsageReport) -> Result<IndexResponse, ClientError> {
+        let request = self.http.post(self.url(&format!("/v1/node/{}/usage", encode(node_id)))).json(report);
+        Ok(self.send(request).await?.value)
+    }
+
+    /// An allocation's latest usage sample next to its requests.
+    pub async fn alloc_usage(&self, id: &str) -> Result<davit_api::http::AllocUsageInfo, ClientError> {
+        Ok(self.send(self.http.get(self.url(&format!("/v1/allocation/{}/usage", encode(id))))).await?.value)
+    }
+
+    /// The autoscaler's view of a job's groups and their latest scaling events.
+    pub async fn job_scaling(&self, job: &str) -> Result<davit_api::http::ScalingStatus, ClientError> {
+        Ok(self.send(self.http.get(self.url(&format!("/v1/job/{}/scaling", encode(job))))).await?.value)
+    }
+
     pub async fn update_alloc_status(&self, node_id: &str, updates: &[AllocStatusUpdate]) -> Result<IndexResponse, ClientError> {
         let request = self.http.post(self.url(&format!("/v1/node/{}/allocations/status", encode(node_id)))).json(updates);
         Ok(self.send(request).await?.value)

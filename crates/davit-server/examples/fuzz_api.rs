@@ -43,6 +43,7 @@ async fn main() -> std::process::ExitCode {
         spec_limits: Default::default(),
         gc: davit_server::GcConfig { interval: Duration::from_secs(24 * 3600), ..Default::default() },
         admission: Default::default(),
+        autoscaler: Default::default(),
     };
     let server = davit_server::start(config).await.expect("a server");
     let started = Instant::now();

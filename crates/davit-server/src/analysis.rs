@@ -38,7 +38,7 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    fn add(&mut self, sums: &BackendSums, before: Option<&BackendSums>) {
+    pub(crate) fn add(&mut self, sums: &BackendSums, before: Option<&BackendSums>) {
         // Fewer requests than before: a proxy started again from 0 (the agent restarted), so all of it is new.
         let before = before.filter(|before| sums.requests >= before.requests);
         let since = |now: u64, then: Option<u64>| now.saturating_sub(then.unwrap_or(0));
@@ -52,12 +52,19 @@ impl Traffic {
         }
     }
 
+    /// Adds another set of instances' traffic over the same interval.
+    pub(crate) fn add_all(&mut self, other: &Traffic) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        davit_api::http::add_latency_buckets(&mut self.latency_buckets, &other.latency_buckets);
+    }
+
     fn error_rate(&self) -> f64 {
         if self.requests == 0 { 0.0 } else { self.errors as f64 / self.requests as f64 }
     }
 
     /// The upper bound (ms) of the latency bucket holding the 99th percentile; 0 without requests.
-    fn p99_ms(&self) -> f64 {
+    pub(crate) fn p99_ms(&self) -> f64 {
         let total: u64 = self.latency_buckets.iter().sum();
         if total == 0 {
             return 0.0;

@@ -22,6 +22,7 @@ mod analysis;
 mod api;
 /// Public for benchmarks (`check_plan`); the server drives it through [`start`].
 pub mod applier;
+mod autoscaler;
 mod broker;
 mod catalog;
 mod deployments;
@@ -37,11 +38,13 @@ mod migration;
 pub mod phi;
 mod supervise;
 mod tls;
+mod usage;
 mod view;
 mod worker;
 
 pub use admission::AdmissionConfig;
 pub use api::routes;
+pub use autoscaler::AutoscalerConfig;
 pub use gc::GcConfig;
 pub use liveness::LivenessConfig;
 pub use tls::TlsConfig;
@@ -79,6 +82,8 @@ pub struct ServerConfig {
     pub gc: GcConfig,
     /// Caps on open blocking queries and event streams.
     pub admission: AdmissionConfig,
+    /// How often the autoscaler evaluates the groups with `scaling.metrics`.
+    pub autoscaler: AutoscalerConfig,
 }
 
 /// Two scheduler workers per core. A worker spends much of an evaluation waiting for the plan applier's
@@ -189,6 +194,10 @@ pub(crate) struct Shared {
     /// The cluster's id (`keys::CLUSTER_ID`), on every answer as [`davit_api::http::CLUSTER_HEADER`]: agents
     /// refuse a server of another cluster (wiped, or foreign) instead of stopping their work for it.
     pub cluster_id: String,
+    /// The agents' usage samples and proxy counters (in memory).
+    pub signals: usage::Signals,
+    /// The autoscaler's history and last evaluation per group (in memory).
+    pub autoscaler: autoscaler::Autoscaler,
 }
 
 impl Shared {
@@ -290,10 +299,16 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         gc: config.gc.clone(),
         admission: Arc::new(admission::Admission::new(&config.admission)),
         cluster_id,
+        signals: usage::Signals::default(),
+        autoscaler: autoscaler::Autoscaler::default(),
     });
     background.push(tokio::spawn(supervise::supervise("analysis", Arc::clone(&shared.metrics), {
         let shared = Arc::clone(&shared);
         Box::new(move || Box::pin(analysis::run(Arc::clone(&shared))) as Loop)
+    })));
+    background.push(tokio::spawn(supervise::supervise("autoscaler", Arc::clone(&shared.metrics), {
+        let (shared, config) = (Arc::clone(&shared), config.autoscaler.clone());
+        Box::new(move || Box::pin(autoscaler::run(Arc::clone(&shared), config.clone())) as Loop)
     })));
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let api_router = api::router(Arc::clone(&shared));

@@ -165,6 +165,27 @@ fn render_gauges(out: &mut String, snapshot: &Snapshot) {
     }
 }
 
+/// Per-allocation, per-task CPU and memory usage from the agents' latest samples (see `usage`).
+pub(crate) fn render_usage(out: &mut String, samples: &[davit_api::http::AllocUsage], cluster: &davit_scheduler::ClusterState) {
+    let rows: Vec<_> = samples
+        .iter()
+        .filter_map(|usage| cluster.alloc(&usage.alloc_id).map(|alloc| (alloc, usage)))
+        .flat_map(|(alloc, usage)| usage.tasks.iter().map(move |(task, used)| (alloc, task, used)))
+        .collect();
+    header(out, "davit_alloc_cpu_millicores", "gauge", "CPU an allocation's task used over the agent's last sampling window (millicores).");
+    for (alloc, task, used) in &rows {
+        let labels =
+            [("job", alloc.job_name.as_str()), ("group", alloc.group.as_str()), ("alloc", alloc.id.as_str()), ("task", task.as_str())];
+        sample(out, "davit_alloc_cpu_millicores", &labels, used.cpu_millicores as f64);
+    }
+    header(out, "davit_alloc_memory_bytes", "gauge", "Memory an allocation's task used at the agent's last sample (bytes).");
+    for (alloc, task, used) in &rows {
+        let labels =
+            [("job", alloc.job_name.as_str()), ("group", alloc.group.as_str()), ("alloc", alloc.id.as_str()), ("task", task.as_str())];
+        sample(out, "davit_alloc_memory_bytes", &labels, used.memory_bytes as f64);
+    }
+}
+
 /// The serde name of a unit enum variant, e.g. `ready`.
 fn label<T: serde::Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {

@@ -300,6 +300,7 @@ impl E2eBench {
             spec_limits: Default::default(),
             gc: Default::default(),
             admission: Default::default(),
+            autoscaler: Default::default(),
             audit_reads: false,
         };
         if self.tls {

@@ -151,6 +151,7 @@ async fn try_main(mut cli: cli::Cli) -> Result<(), Failure> {
         cli::Command::Service(command) => commands::service(&client, command).await,
         cli::Command::Eval(command) => commands::eval(&client, command).await,
         cli::Command::Deployment(command) => commands::deployment(&client, command).await,
+        cli::Command::Scaling(command) => commands::scaling(&client, command).await,
         cli::Command::Rebalance(args) => commands::rebalance(&client, args).await,
         cli::Command::Event(command) => commands::event(&client, command).await,
         cli::Command::Acl(command) => commands::acl(&client, command).await,

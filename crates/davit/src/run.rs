@@ -43,7 +43,16 @@ fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, data_dir: &P
         spec_limits: Default::default(),
         gc: Default::default(),
         admission: Default::default(),
+        autoscaler: Default::default(),
     }
+}
+
+fn autoscaler_config(interval: &str) -> Result<davit_server::AutoscalerConfig, Failure> {
+    let interval = crate::flag_duration("--autoscaler-interval", interval)?;
+    if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(600)).contains(&interval) {
+        return Err(Failure::user("--autoscaler-interval: must be from 1s to 10m"));
+    }
+    Ok(davit_server::AutoscalerConfig { interval })
 }
 
 /// The server's TLS from its flags: the CA in `<data dir>/tls/` (made on the first start) or the one named.
@@ -140,6 +149,10 @@ fn agent_config(
     join_token: Option<String>,
 ) -> Result<davit_agent::AgentConfig, Failure> {
     let port_range = parse_port_range(&node.port_range)?;
+    let usage_interval = crate::flag_duration("--usage-interval", &node.usage_interval)?;
+    if !(std::time::Duration::from_millis(500)..=std::time::Duration::from_secs(300)).contains(&usage_interval) {
+        return Err(Failure::user(format!("--usage-interval {}: must be from 500ms to 5m", node.usage_interval)));
+    }
     if let Some((first, last)) = ephemeral_overlap(port_range) {
         tracing::warn!(
             port_range = %node.port_range,
@@ -178,6 +191,7 @@ fn agent_config(
         token,
         join_token,
         tls: None,
+        usage_interval,
     })
 }
 
@@ -229,9 +243,10 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
     };
     let server_dir = data_dir.join("server");
     let store = open_store(&server_dir)?;
-    let server = davit_server::start(server_config(store, args.bind, &server_dir, args.acl))
-        .await
-        .map_err(|e| Failure::user(format!("cannot start the server: {}", davit_api::error_chain(&e))))?;
+    let mut config = server_config(store, args.bind, &server_dir, args.acl);
+    config.autoscaler = autoscaler_config(&args.autoscaler_interval)?;
+    let server =
+        davit_server::start(config).await.map_err(|e| Failure::user(format!("cannot start the server: {}", davit_api::error_chain(&e))))?;
     let server_url = format!("http://{}", server.addr());
     let (management_token, join_token) = match args.acl {
         true => dev_bootstrap(&server_url).await?.unzip(),
@@ -328,6 +343,7 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
         config.workers = workers;
     }
     config.audit_reads = args.audit_reads;
+    config.autoscaler = autoscaler_config(&args.autoscaler_interval)?;
     config.tls = tls;
     config.gc = gc;
     config.admission = davit_server::AdmissionConfig {

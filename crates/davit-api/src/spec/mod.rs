@@ -14,6 +14,7 @@ pub mod drivers;
 mod limits;
 pub(crate) mod parse;
 mod placement;
+mod scaling;
 mod service;
 mod update;
 mod validate;
@@ -22,6 +23,10 @@ pub use diff::diff_specs;
 pub use limits::SpecLimits;
 pub use parse::{SpecError, SpecErrors, parse_job_spec, parse_job_spec_within};
 pub use placement::{AllocAffinity, Constraint, ConstraintOperator, NodeAffinity, SpreadSpec};
+pub use scaling::{
+    BehaviorSpec, DEFAULT_TOLERANCE, MetricSpec, MetricTarget, MetricType, ScalingPolicySpec, ScalingPolicyType, ScalingRulesSpec,
+    ScalingSpec, SelectPolicy, ToleranceSpec,
+};
 pub use service::{BalanceAlgorithm, CheckOnFailure, CheckSpec, CheckType, HashKey, ServiceMode, ServiceSpec, UpstreamSpec};
 pub use update::{AnalysisSpec, CountOrPercent, HealthCheckMode, Percent, UpdateSpec, UpdateStrategy};
 pub use validate::{KNOWN_SIGNALS, check_dns_label, validate};
@@ -546,31 +551,6 @@ fn is_default_namespace(namespace: &String) -> bool {
 
 /// What the API shows instead of a secret value.
 pub const REDACTED: &str = "<redacted>";
-
-/// A group's `scaling:` block. `min` and `max` bound the count that `davit job scale` may set; the count a group
-/// with this block runs is kept when a new job version is registered (`count` in the file applies to a new job
-/// only), so that a redeploy never undoes scaling. The autoscaler's fields (`metrics`, `behavior`, …) are
-/// refused until it exists.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScalingSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    /// Default: the group's count.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min: Option<u32>,
-    pub max: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tolerance: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub behavior: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_initialization_period: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initial_readiness_delay: Option<serde_json::Value>,
-}
 
 impl GroupSpec {
     /// The counts `scaling:` allows (`min` defaults to the count written), `None` without the block.

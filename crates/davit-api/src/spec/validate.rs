@@ -129,6 +129,13 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec, spec: &JobSpec) {
     check_placement(ctx, path, group, spec);
     if let Some(scaling) = &group.scaling {
         check_scaling(ctx, &format!("{path}.scaling"), group, scaling);
+        if !scaling.metrics.is_empty() && job_type != JobType::Service {
+            ctx.report_key(
+                &format!("{path}.scaling.metrics"),
+                format!("the autoscaler scales groups of service jobs; this is a {} job", job_type.as_str()),
+                Some("remove metrics, or make the job type: service".to_string()),
+            );
+        }
     }
 
     if let Some(reschedule) = &group.reschedule {
@@ -434,10 +441,13 @@ fn check_update(ctx: &Ctx, path: &str, spec: &JobSpec, group: &GroupSpec) {
     }
 }
 
-/// `min` ≤ `count` ≤ `max`; the autoscaler's fields are not supported yet.
+/// `min` ≤ `count` ≤ `max`; each metric has the target its type needs; tolerances, periods and policies within
+/// Kubernetes' bounds.
 fn check_scaling(ctx: &Ctx, path: &str, group: &GroupSpec, scaling: &super::ScalingSpec) {
     let min = scaling.min.unwrap_or(group.count);
-    if scaling.min.is_some() && min > scaling.max {
+    if scaling.max == 0 {
+        ctx.report(&format!("{path}.max"), "scaling.max must be at least 1", Some("e.g. max: 10".to_string()));
+    } else if scaling.min.is_some() && min > scaling.max {
         ctx.report(
             &format!("{path}.min"),
             format!("scaling.min {min} is above scaling.max {}", scaling.max),
@@ -456,15 +466,194 @@ fn check_scaling(ctx: &Ctx, path: &str, group: &GroupSpec, scaling: &super::Scal
             Some(format!("make min at most {}", group.count)),
         );
     }
-    let autoscaler = [
-        ("metrics", scaling.metrics.is_some()),
-        ("tolerance", scaling.tolerance.is_some()),
-        ("behavior", scaling.behavior.is_some()),
-        ("cpu_initialization_period", scaling.cpu_initialization_period.is_some()),
-        ("initial_readiness_delay", scaling.initial_readiness_delay.is_some()),
-    ];
-    for (field, _) in autoscaler.iter().filter(|(_, set)| *set) {
-        not_supported(ctx, &format!("{path}.{field}"));
+    if min == 0 && !scaling.metrics.is_empty() {
+        ctx.report(
+            &format!("{path}.min"),
+            "the autoscaler does not scale a group to 0 (scale to zero is not supported by this davit version yet)",
+            Some("make min at least 1".to_string()),
+        );
+    }
+    for field in ["predictive", "scale_to_zero_after", "activation_timeout"] {
+        let set = match field {
+            "predictive" => scaling.predictive.is_some(),
+            "scale_to_zero_after" => scaling.scale_to_zero_after.is_some(),
+            _ => scaling.activation_timeout.is_some(),
+        };
+        if set {
+            not_supported(ctx, &format!("{path}.{field}"));
+        }
+    }
+    if scaling.metrics.is_empty() {
+        let autoscaler_only = [
+            ("tolerance", scaling.tolerance.is_some()),
+            ("behavior", scaling.behavior.is_some()),
+            ("cpu_initialization_period", scaling.cpu_initialization_period.is_some()),
+            ("initial_readiness_delay", scaling.initial_readiness_delay.is_some()),
+            ("enabled", scaling.enabled.is_some()),
+        ];
+        for (field, _) in autoscaler_only.iter().filter(|(_, set)| *set) {
+            ctx.report_key(
+                &format!("{path}.{field}"),
+                format!("`{field}` is a setting of the autoscaler, which acts only on a group with `metrics:`"),
+                Some("add e.g. metrics: [{type: cpu, target_utilization: 60}]".to_string()),
+            );
+        }
+    }
+    if scaling.metrics.len() > MAX_SCALING_METRICS {
+        ctx.report(&format!("{path}.metrics"), format!("at most {MAX_SCALING_METRICS} metrics"), None);
+    }
+    for (index, metric) in scaling.metrics.iter().enumerate() {
+        check_scaling_metric(ctx, &format!("{path}.metrics[{index}]"), metric);
+    }
+    if let Some(tolerance) = scaling.tolerance {
+        for (side, value) in [("scale_up", tolerance.scale_up), ("scale_down", tolerance.scale_down)] {
+            if !(0.0..1.0).contains(&value) {
+                let at = if tolerance.scale_up == tolerance.scale_down {
+                    format!("{path}.tolerance")
+                } else {
+                    format!("{path}.tolerance.{side}")
+                };
+                ctx.report(
+                    &at,
+                    format!("a tolerance is a fraction from 0 to below 1, not {value}"),
+                    Some("e.g. tolerance: 0.1".to_string()),
+                );
+                break;
+            }
+        }
+    }
+    for (field, period) in
+        [("cpu_initialization_period", scaling.cpu_initialization_period), ("initial_readiness_delay", scaling.initial_readiness_delay)]
+    {
+        if period.is_some_and(|period| period.as_std() > std::time::Duration::from_secs(3600)) {
+            ctx.report(&format!("{path}.{field}"), format!("{field} must be at most 1h"), None);
+        }
+    }
+    if let Some(behavior) = &scaling.behavior {
+        for (side, rules) in [("scale_up", &behavior.scale_up), ("scale_down", &behavior.scale_down)] {
+            let Some(rules) = rules else { continue };
+            let at = format!("{path}.behavior.{side}");
+            if rules.stabilization_window.is_some_and(|window| window.as_std() > std::time::Duration::from_secs(3600)) {
+                ctx.report(
+                    &format!("{at}.stabilization_window"),
+                    "stabilization_window must be at most 1h (as in Kubernetes)",
+                    Some("e.g. stabilization_window: 5m".to_string()),
+                );
+            }
+            let Some(policies) = &rules.policies else { continue };
+            if policies.is_empty() {
+                ctx.report(
+                    &format!("{at}.policies"),
+                    "policies must name at least one policy (leave it out for the default)",
+                    Some("e.g. policies: [{type: percent, value: 100, period: 15s}]".to_string()),
+                );
+            }
+            if policies.len() > MAX_SCALING_METRICS {
+                ctx.report(&format!("{at}.policies"), format!("at most {MAX_SCALING_METRICS} policies"), None);
+            }
+            for (index, policy) in policies.iter().enumerate() {
+                if policy.value == 0 {
+                    ctx.report(
+                        &format!("{at}.policies[{index}].value"),
+                        "a policy's value must be above 0",
+                        Some("to stop scaling in this direction, write select_policy: disabled".to_string()),
+                    );
+                }
+                let period = policy.period.as_std();
+                if period.is_zero() || period > std::time::Duration::from_secs(1800) {
+                    ctx.report(
+                        &format!("{at}.policies[{index}].period"),
+                        format!("a policy's period must be above 0 and at most 30m (as in Kubernetes), not {}", policy.period),
+                        Some("e.g. period: 15s".to_string()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Most `metrics:` entries (and policies per direction) in a `scaling:` block.
+const MAX_SCALING_METRICS: usize = 10;
+
+fn check_scaling_metric(ctx: &Ctx, at: &str, metric: &super::MetricSpec) {
+    use super::{MetricTarget, MetricType};
+    let kind = metric.kind.as_str();
+    let refuse = |field: &str, instead: &str| {
+        ctx.report_key(&format!("{at}.{field}"), format!("a {kind} metric has no `{field}`"), Some(instead.to_string()));
+    };
+    match metric.kind {
+        MetricType::Cpu | MetricType::Memory => {
+            match metric.target_utilization {
+                None => ctx.report_key(
+                    &format!("{at}.type"),
+                    format!("a {kind} metric needs target_utilization (a percent of what the tasks ask for)"),
+                    Some(format!("e.g. {{type: {kind}, target_utilization: 60}}")),
+                ),
+                Some(0) => {
+                    ctx.report(&format!("{at}.target_utilization"), "target_utilization must be above 0", Some("e.g. 60".to_string()))
+                }
+                Some(percent) if percent > 1000 => {
+                    ctx.report(&format!("{at}.target_utilization"), format!("target_utilization {percent} is above 1000 percent"), None)
+                }
+                Some(_) => {}
+            }
+            if metric.target.is_some() {
+                refuse("target", "write target_utilization: a percent of the request");
+            }
+        }
+        MetricType::RequestsPerSecond | MetricType::LatencyP99 | MetricType::Prometheus => {
+            let example = match metric.kind {
+                MetricType::LatencyP99 => "target: 250ms",
+                _ => "target: 100",
+            };
+            match (metric.kind, metric.target) {
+                (_, None) => ctx.report_key(
+                    &format!("{at}.type"),
+                    format!("a {kind} metric needs a target (per instance)"),
+                    Some(format!("e.g. {example}")),
+                ),
+                (MetricType::LatencyP99, Some(MetricTarget::Number(_))) => {
+                    ctx.report(&format!("{at}.target"), "the target of latency_p99 is a duration", Some(format!("e.g. {example}")))
+                }
+                (MetricType::LatencyP99, Some(MetricTarget::Duration(d)))
+                    if d.as_std().is_zero() || d.as_std() > std::time::Duration::from_secs(600) =>
+                {
+                    ctx.report(
+                        &format!("{at}.target"),
+                        format!("the target must be above 0 and at most 10m, not {d}"),
+                        Some(format!("e.g. {example}")),
+                    )
+                }
+                (MetricType::LatencyP99, Some(MetricTarget::Duration(_))) => {}
+                (_, Some(MetricTarget::Duration(d))) => ctx.report(
+                    &format!("{at}.target"),
+                    format!("the target of {kind} is a number, not the duration {d}"),
+                    Some(format!("e.g. {example}")),
+                ),
+                (_, Some(MetricTarget::Number(n))) if !(n > 0.0 && n <= 1e9) => ctx.report(
+                    &format!("{at}.target"),
+                    format!("the target must be above 0 (and at most 1e9), not {n}"),
+                    Some(format!("e.g. {example}")),
+                ),
+                (_, Some(MetricTarget::Number(_))) => {}
+            }
+            if metric.target_utilization.is_some() {
+                refuse("target_utilization", "write target: a value per instance");
+            }
+        }
+    }
+    if metric.kind == MetricType::Prometheus {
+        ctx.report_key(
+            &format!("{at}.type"),
+            "`prometheus` metrics are not supported by this davit version yet",
+            Some(NOT_SUPPORTED_HINT.to_string()),
+        );
+    } else {
+        for (field, set) in [("address", metric.address.is_some()), ("query", metric.query.is_some())] {
+            if set {
+                refuse(field, "address and query belong to a prometheus metric");
+            }
+        }
     }
 }
 

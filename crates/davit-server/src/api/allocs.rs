@@ -263,3 +263,37 @@ pub(crate) async fn get_eval(
     let eval = snapshot.evals.get(&id).expect("resolved id exists");
     Ok(indexed(eval.modify_index, &**eval))
 }
+
+/// `GET /v1/allocation/{id}/usage`: the latest usage sample next to what each task asks for.
+pub(crate) async fn usage(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let alloc = find_alloc(&snapshot, &id, &caller.namespace)?;
+    let now = std::time::Instant::now();
+    let sample = shared.signals.usage(&alloc.id, now).map(|(usage, _)| usage);
+    let traffic = shared.signals.traffic(&alloc.id, now);
+    let group = snapshot.cluster.job_version(&alloc.job_name, alloc.job_version).and_then(|job| job.spec.group(&alloc.group).cloned());
+    let mut info = davit_api::http::AllocUsageInfo {
+        alloc_id: alloc.id.clone(),
+        time: sample.as_ref().map(|usage| usage.time),
+        requests_per_second: traffic.as_ref().map(|traffic| traffic.requests_per_second),
+        latency_p99_ms: traffic.and_then(|traffic| traffic.p99_ms),
+        ..Default::default()
+    };
+    for task in group.iter().flat_map(|group| &group.tasks) {
+        let used = sample.as_ref().and_then(|usage| usage.tasks.get(&task.name));
+        info.tasks.insert(
+            task.name.clone(),
+            davit_api::http::TaskUsageInfo {
+                cpu_millicores: used.map(|used| used.cpu_millicores),
+                memory_bytes: used.map(|used| used.memory_bytes),
+                cpu_request: u64::from(task.resources.cpu),
+                memory_request_mib: u64::from(task.resources.memory),
+            },
+        );
+    }
+    Ok(indexed(alloc.modify_index, &info))
+}

@@ -24,7 +24,9 @@ use crate::keys::{self, Object, ObjectKey};
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let mut body = shared.metrics.render(&shared.view.snapshot());
+    let snapshot = shared.view.snapshot();
+    let mut body = shared.metrics.render(&snapshot);
+    crate::metrics::render_usage(&mut body, &shared.signals.all_fresh(std::time::Instant::now()), &snapshot.cluster);
     for source in shared.metrics_sources.read().expect("metrics sources lock").iter() {
         source(&mut body);
     }

@@ -10,10 +10,10 @@ use axum::response::Response;
 use davit_api::acl::{DEFAULT_NAMESPACE, VariableCapability};
 use davit_api::http::{
     AllocListEntry, JobDiffResponse, JobListEntry, JobStatusKind, JobStatusResponse, RegisterJobResponse, RevertJobRequest,
-    ScaleJobRequest, StopJobResponse, ValidateJobResponse,
+    ScaleJobRequest, ScalingStatus, StopJobResponse, ValidateJobResponse,
 };
 use davit_api::namespace::Namespace;
-use davit_api::objects::{Allocation, ClientStatus, EvalStatus, EvalTrigger, GroupSummary, Job};
+use davit_api::objects::{Allocation, ClientStatus, EvalStatus, EvalTrigger, GroupSummary, Index, Job, ScalingEvent};
 use davit_api::spec::{JobSpec, JobType};
 use davit_store::{Compare, Op, Txn};
 use serde::Deserialize;
@@ -64,7 +64,7 @@ pub(crate) async fn register(
 ) -> Result<Response, Failure> {
     let spec = spec_in_namespace(&shared, &shared.view.snapshot(), &caller, &query, &body)?;
     check_template_access(&caller, &spec)?;
-    let response = register_spec(&shared, spec, EvalTrigger::JobRegister, None).await?;
+    let response = register_spec(&shared, spec, Registration::of(EvalTrigger::JobRegister)).await?;
     Ok(indexed(response.index, &response))
 }
 
@@ -134,16 +134,28 @@ fn check_max_count(namespace: &Namespace, spec: &JobSpec) -> Result<(), Failure>
     }
 }
 
-/// Stores `spec` as the job's next version (unless it equals the current one) and queues an evaluation.
-/// Optimistic: if the job changed meanwhile, the write is retried on the newer state.
-/// Registers `written` as the job's next version (unless it is the current spec); `revert_of`: it is version N's
-/// spec again (`job revert`), which rolls without canaries.
-pub(crate) async fn register_spec(
-    shared: &Shared,
-    written: JobSpec,
-    trigger: EvalTrigger,
-    revert_of: Option<u64>,
-) -> Result<RegisterJobResponse, Failure> {
+/// Why a spec is registered, beyond the spec itself.
+pub(crate) struct Registration {
+    pub trigger: EvalTrigger,
+    /// It is version N's spec again (`job revert`): it rolls without canaries.
+    pub revert_of: Option<u64>,
+    /// It changes one group's count (`job scale`, the autoscaler).
+    pub scaling: Option<ScalingEvent>,
+    /// Only if the job is still at this modify index (what the change was decided on); otherwise 409.
+    pub based_on: Option<Index>,
+}
+
+impl Registration {
+    pub fn of(trigger: EvalTrigger) -> Registration {
+        Registration { trigger, revert_of: None, scaling: None, based_on: None }
+    }
+}
+
+/// Stores `written` as the job's next version (unless it equals the current one) and queues an evaluation.
+/// Optimistic: if the job changed meanwhile, the write is retried on the newer state (unless
+/// `registration.based_on` pins the state it was decided on).
+pub(crate) async fn register_spec(shared: &Shared, written: JobSpec, registration: Registration) -> Result<RegisterJobResponse, Failure> {
+    let Registration { trigger, revert_of, scaling, based_on } = registration;
     for _ in 0..5 {
         let snapshot = shared.view.snapshot();
         // A redeploy (or a revert) never undoes scaling: groups with `scaling:` keep the count they run.
@@ -160,10 +172,15 @@ pub(crate) async fn register_spec(
         }
         let id = spec.id();
         let existing = snapshot.cluster.job(&id).cloned();
+        if let Some(based_on) = based_on
+            && existing.as_ref().map_or(0, |job| job.modify_index) != based_on
+        {
+            return Err(Failure::conflict(format!("job {} changed meanwhile; try again", written.name)));
+        }
         let now = now_millis();
         let (job, changed) = match &existing {
             Some(current) if current.spec == spec && !current.stopped => ((**current).clone(), false),
-            Some(current) => (Job { revert_of, ..Job::new(spec.clone(), current.version + 1, now) }, true),
+            Some(current) => (Job { revert_of, scaling: scaling.clone(), ..Job::new(spec.clone(), current.version + 1, now) }, true),
             None => (Job::new(spec.clone(), 0, now), true),
         };
         let eval = new_eval(&id, spec.job_type, spec.priority, trigger, None);
@@ -415,7 +432,12 @@ pub(crate) async fn revert(
             job.version, request.version
         )));
     }
-    let response = register_spec(&shared, target.spec.clone(), EvalTrigger::JobRevert, Some(target.version)).await?;
+    let response = register_spec(
+        &shared,
+        target.spec.clone(),
+        Registration { revert_of: Some(target.version), ..Registration::of(EvalTrigger::JobRevert) },
+    )
+    .await?;
     Ok(indexed(response.index, &response))
 }
 
@@ -439,10 +461,27 @@ pub(crate) async fn scale(State(shared): State<Arc<Shared>>, JobId(name): JobId,
             bounds.end()
         )));
     }
+    let from = group.count;
+    let autoscaled = group.scaling.as_ref().is_some_and(|scaling| scaling.autoscaled()) && spec.job_type == JobType::Service;
     group.count = request.count;
     let limits = limits_for(&shared, &snapshot);
     davit_api::spec::validate(&spec, Some(&limits)).map_err(|errors| Failure::invalid_spec(&errors))?;
-    let response = register_spec(&shared, spec, EvalTrigger::JobScale, None).await?;
+    let event = ScalingEvent {
+        group: request.group.clone(),
+        from,
+        to: request.count,
+        by: "operator".to_string(),
+        reason: String::new(),
+        time: now_millis(),
+    };
+    let registration = Registration { scaling: Some(event), based_on: Some(job.modify_index), ..Registration::of(EvalTrigger::JobScale) };
+    let mut response = register_spec(&shared, spec, registration).await?;
+    if autoscaled {
+        response.warnings.push(format!(
+            "group {} is autoscaled: this count holds until the autoscaler's next decision (every sync interval)",
+            request.group
+        ));
+    }
     Ok(indexed(response.index, &response))
 }
 
@@ -514,4 +553,17 @@ pub(crate) async fn evaluations(
         job_of(&snapshot, &name)?;
     }
     paged(snapshot.job_index(&name), evals, eval_key, &page)
+}
+
+/// Most scaling events `GET /v1/job/{name}/scaling` returns.
+const SCALING_EVENTS: usize = 20;
+
+pub(crate) async fn scaling(State(shared): State<Arc<Shared>>, JobId(name): JobId) -> Result<Response, Failure> {
+    let snapshot = shared.view.snapshot();
+    let job = job_of(&snapshot, &name)?;
+    let mut versions: Vec<_> = snapshot.cluster.job_versions(&name).collect();
+    versions.sort_by_key(|version| std::cmp::Reverse(version.version));
+    let events = versions.iter().filter_map(|version| version.scaling.clone()).take(SCALING_EVENTS).collect();
+    let status = ScalingStatus { job_name: job.spec.name.clone(), groups: shared.autoscaler.status(&job), events };
+    Ok(indexed(snapshot.job_index(&name), &status))
 }

@@ -24,7 +24,7 @@ mod acl;
 mod allocs;
 mod deployments;
 mod events;
-mod jobs;
+pub(crate) mod jobs;
 mod namespaces;
 mod nodes;
 mod plan;
@@ -79,6 +79,7 @@ fn table() -> Vec<Route> {
         route(M::GET, "/v1/job/{name}/diff", ns(ReadJob), jobs::diff),
         route(M::POST, "/v1/job/{name}/revert", ns(SubmitJob), jobs::revert),
         route(M::POST, "/v1/job/{name}/scale", Rule::NamespaceAny(&[ScaleJob, SubmitJob]), jobs::scale),
+        route(M::GET, "/v1/job/{name}/scaling", ns(ReadJob), jobs::scaling),
         route(M::GET, "/v1/job/{name}/allocations", ns(ReadJob), jobs::allocations),
         route(M::GET, "/v1/job/{name}/evaluations", ns(ReadJob), jobs::evaluations),
         route(M::GET, "/v1/job/{name}/deployment", ns(ReadJob), deployments::of_job),
@@ -101,11 +102,13 @@ fn table() -> Vec<Route> {
         route(M::POST, "/v1/node/{id}/drain", node_write, nodes::drain),
         route(M::GET, "/v1/node/{id}/allocations", Rule::ThisNode(Access::Read), nodes::allocations),
         route(M::POST, "/v1/node/{id}/allocations/status", Rule::ThisNode(Access::Write), nodes::update_allocations),
+        route(M::POST, "/v1/node/{id}/usage", Rule::ThisNode(Access::Write), nodes::usage),
         // Secrets: only the node itself (or an agent token with node: write), not readers of nodes.
         route(M::GET, "/v1/node/{id}/allocation/{alloc_id}/template-data", Rule::ThisNode(Access::Write), variables::template_data),
         route(M::GET, "/v1/allocations", ns(ReadJob), allocs::list),
         route(M::GET, "/v1/allocation/{id}", ns(ReadJob), allocs::get_alloc),
         route(M::GET, "/v1/allocation/{id}/logs", ns(ReadLogs), allocs::logs),
+        route(M::GET, "/v1/allocation/{id}/usage", ns(ReadJob), allocs::usage),
         route(M::GET, "/v1/allocation/{id}/exec", ns(AllocExec), allocs::exec),
         route(M::POST, "/v1/allocation/{id}/migrate", ns(AllocLifecycle), allocs::migrate),
         route(M::POST, "/v1/allocation/{id}/restart", ns(AllocLifecycle), allocs::restart),
@@ -213,6 +216,11 @@ impl Failure {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Failure {
         Failure { status, body: ApiError { code: code.to_string(), message: message.into(), spec_errors: Vec::new() } }
     }
+    /// What the failure says (for logs of internal callers).
+    pub fn message(&self) -> &str {
+        &self.body.message
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Failure {
         Failure::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }

@@ -395,3 +395,20 @@ pub(crate) async fn update_allocations(
     shared.view.wait_for(index).await;
     Ok(indexed(index, &IndexResponse { index }))
 }
+
+/// `POST /v1/node/{id}/usage`: the node's usage samples and proxy counters, kept in memory (see `usage`).
+pub(crate) async fn usage(State(shared): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Result<Response, Failure> {
+    let report: davit_api::http::UsageReport = json_body(&body, "usage report")?;
+    let most = davit_api::http::MAX_USAGE_ENTRIES;
+    if report.allocs.len() > most || report.proxy.len() > most {
+        return Err(Failure::bad_request(format!(
+            "a usage report holds at most {most} allocations and {most} proxy backends; send several"
+        )));
+    }
+    let snapshot = shared.view.snapshot();
+    if snapshot.cluster.node(&id).is_none() {
+        return Err(Failure::not_found(format!("node {id} is not registered")));
+    }
+    shared.signals.ingest(&id, report, &snapshot.cluster, std::time::Instant::now());
+    Ok(indexed(snapshot.revision, &IndexResponse { index: snapshot.revision }))
+}

@@ -217,11 +217,6 @@ impl BackendSums {
         self.latency_sum += other.latency_sum;
         self.weighted_latency += other.weighted_latency;
         self.proxies += other.proxies;
-        if self.latency_buckets.len() < other.latency_buckets.len() {
-            self.latency_buckets.resize(other.latency_buckets.len(), 0);
-        }
-        for (total, count) in self.latency_buckets.iter_mut().zip(&other.latency_buckets) {
-            *total += count;
-        }
+        davit_api::http::add_latency_buckets(&mut self.latency_buckets, &other.latency_buckets);
     }
 }

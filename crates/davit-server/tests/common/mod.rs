@@ -66,6 +66,7 @@ pub async fn start_configured(dir: tempfile::TempDir, acl_enabled: bool, configu
         spec_limits: Default::default(),
         gc: Default::default(),
         admission: Default::default(),
+        autoscaler: Default::default(),
         audit_reads: false,
     };
     configure(&mut config);

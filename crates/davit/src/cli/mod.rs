@@ -74,6 +74,10 @@ pub enum Command {
     /// Follow, fail, pause and resume the rollouts of new job versions.
     #[command(subcommand)]
     Deployment(DeploymentCommand),
+    /// The autoscaler: a group's metrics against their targets and its decisions (`status`), and the decision
+    /// for numbers written by hand, with its arithmetic (`plan`).
+    #[command(subcommand)]
+    Scaling(ScalingCommand),
     /// Even out node load: move running service allocations from the fullest nodes to the emptiest (new ones),
     /// a few at a time, each wave waiting until its replacements run.
     Rebalance(RebalanceArgs),
@@ -158,6 +162,8 @@ impl Command {
                 | Command::Node(_)
                 | Command::Service(_)
                 | Command::Eval(_)
+                | Command::Deployment(_)
+                | Command::Scaling(_)
                 | Command::Rebalance(_)
                 | Command::Event(_)
                 | Command::Acl(_)
@@ -505,6 +511,33 @@ pub enum DeploymentCommand {
         /// Allocation ids (or prefixes) found unhealthy (repeatable).
         #[arg(long)]
         unhealthy: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScalingCommand {
+    /// The autoscaler's decision for the numbers in FILE, with its arithmetic (offline; Kubernetes' HPA rules).
+    ///
+    /// FILE is JSON: `current`, `min`, `max`, one `metric` (as in a job's `scaling.metrics`) with its
+    /// `instances` (`request_millicores`/`usage_millicores`, `request_mib`/`usage_mib`, or `value`; `ready`,
+    /// `status`, `started_seconds_ago`, `ready_seconds_ago`, `sample_seconds_ago`, `stopping`) or a `proposal`
+    /// to normalise; `tolerance`, `cpu_initialization_period`, `initial_readiness_delay`, `behavior` as in a
+    /// job; `history` with `recommendations`, `scale_up_events`, `scale_down_events` (`seconds_ago` each).
+    Plan {
+        file: PathBuf,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Each group with `scaling:` of JOB: its metrics against their targets, the proposal, what limits the
+    /// decision, and the latest scaling events; `-w` refreshes until interrupted.
+    Status {
+        job: String,
+        /// Only this group.
+        group: Option<String>,
+        #[arg(short, long)]
+        watch: bool,
+        #[command(flatten)]
+        output: Output,
     },
 }
 

@@ -20,12 +20,18 @@ pub struct DevArgs {
     /// agent join with a one-time join token.
     #[arg(long)]
     pub acl: bool,
+    /// How often the autoscaler evaluates groups with `scaling.metrics` (`davit server`: 15s).
+    #[arg(long, default_value = "5s")]
+    pub autoscaler_interval: String,
     #[command(flatten)]
     pub node: NodeArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
+    /// How often the autoscaler evaluates groups with `scaling.metrics` (Kubernetes' HPA sync period).
+    #[arg(long, default_value = "15s")]
+    pub autoscaler_interval: String,
     /// Where the store lives.
     #[arg(long, default_value = "/var/lib/davit/server")]
     pub data_dir: PathBuf,
@@ -202,4 +208,8 @@ pub struct NodeArgs {
     /// Run no service proxy and no DNS server on this node.
     #[arg(long)]
     pub no_service_proxy: bool,
+    /// How often allocations' CPU and memory usage and the proxy's counters are sampled and reported to the
+    /// servers (the autoscaler's signals).
+    #[arg(long, default_value = "5s")]
+    pub usage_interval: String,
 }

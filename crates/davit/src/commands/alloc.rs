@@ -35,6 +35,7 @@ pub async fn alloc(client: &Client, command: AllocCommand) -> Result<(), Failure
                 vec!["Status".to_string(), format!("{} {}", label(&alloc.client_status), alloc.client_description).trim().to_string()],
                 vec!["Health".to_string(), health_line(alloc.healthy, &alloc.health_description)],
                 vec!["Resources".to_string(), format!("cpu {} millicores, memory {} MiB", alloc.resources.cpu, alloc.resources.memory)],
+                vec!["Usage".to_string(), usage_line(client.alloc_usage(&alloc.id).await.ok().as_ref())],
                 vec!["Ports".to_string(), if ports.is_empty() { "-".to_string() } else { ports.join(", ") }],
                 vec!["Created".to_string(), time(alloc.create_time)],
                 vec!["Modified".to_string(), time(alloc.modify_time)],
@@ -194,4 +195,31 @@ async fn exec_session(stream: davit_client::exec::ExecStream, track_size: bool) 
             Err(error) => return Err(Failure::internal(format!("exec session: {error}"))),
         }
     }
+}
+
+/// "cpu 120 of 250 millicores (48%), memory 30.5 of 64 MiB (47%); 12.5 requests/s, p99 2.5 ms": the latest
+/// sample next to the request, summed over the tasks.
+fn usage_line(info: Option<&davit_api::http::AllocUsageInfo>) -> String {
+    let Some(info) = info.filter(|info| info.time.is_some()) else { return "no sample (yet)".to_string() };
+    let (mut cpu, mut cpu_request, mut memory, mut memory_request) = (0u64, 0u64, 0u64, 0u64);
+    for task in info.tasks.values() {
+        cpu += task.cpu_millicores.unwrap_or(0);
+        memory += task.memory_bytes.unwrap_or(0);
+        cpu_request += task.cpu_request;
+        memory_request += task.memory_request_mib;
+    }
+    let percent = |used: f64, of: f64| if of > 0.0 { format!(" ({:.0}%)", used * 100.0 / of) } else { String::new() };
+    let memory_mib = memory as f64 / 1_048_576.0;
+    let mut line = format!(
+        "cpu {cpu} of {cpu_request} millicores{}, memory {memory_mib:.1} of {memory_request} MiB{}",
+        percent(cpu as f64, cpu_request as f64),
+        percent(memory_mib, memory_request as f64)
+    );
+    if let Some(rate) = info.requests_per_second {
+        line.push_str(&format!("; {rate:.1} requests/s"));
+        if let Some(p99) = info.latency_p99_ms {
+            line.push_str(&format!(", p99 {p99} ms"));
+        }
+    }
+    line
 }

@@ -153,9 +153,10 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
                     }
                     None => "(first version)".to_string(),
                 };
-                let changes = match version.revert_of {
-                    Some(target) => format!("revert to version {target}: {changes}"),
-                    None => changes,
+                let changes = match (version.revert_of, &version.scaling) {
+                    (Some(target), _) => format!("revert to version {target}: {changes}"),
+                    (None, Some(event)) => format!("scaled {event}"),
+                    (None, None) => changes,
                 };
                 let stable = if version.stable { "yes" } else { "-" };
                 let deployment = deployments.get(&version.version).map_or("-", |deployment| deployment.status.as_str());
@@ -212,6 +213,9 @@ pub async fn job(client: &Client, command: JobCommand) -> Result<(), Failure> {
         JobCommand::Scale { name, group, count, detach } => {
             let response = client.scale_job(&name, &group, count).await?;
             println!("==> job {name} group {group} scaled to {count} (version {})", response.version);
+            for warning in &response.warnings {
+                println!("    note: {warning}");
+            }
             if !detach {
                 let status = monitor(client, &name, response.version, Duration::from_secs(300)).await?;
                 print_allocations(&status, Some(response.version));

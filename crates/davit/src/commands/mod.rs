@@ -1,4 +1,4 @@
-//! `davit job|alloc|node|service|eval|deployment|event|rebalance|acl|namespace|var|operator …`: thin commands over the
+//! `davit job|alloc|node|service|eval|deployment|scaling|event|rebalance|acl|namespace|var|operator …`: thin commands over the
 //! HTTP API (through `davit-client` only), one module per noun; `tls` and `completion` work offline.
 //! This module holds what several of them share: table headers, the progress line, and following an
 //! allocation until it runs or has migrated.
@@ -20,6 +20,7 @@ mod namespace;
 mod node;
 mod operator;
 mod rebalance;
+mod scaling;
 mod service;
 mod tls;
 mod var;
@@ -35,6 +36,7 @@ pub use namespace::namespace;
 pub use node::node;
 pub use operator::operator;
 pub use rebalance::rebalance;
+pub use scaling::scaling;
 pub use service::service;
 pub use tls::tls;
 pub use var::var;

@@ -203,22 +203,34 @@ pub struct Dev {
     pub dns: String,
     /// The IP the agent's service proxy listens on (`local_port`s, upstreams).
     pub proxy_ip: String,
+    /// More flags for `davit dev`.
+    pub extra: Vec<String>,
 }
 
 impl Dev {
     pub fn start() -> Dev {
-        let dev = Dev::spawn();
+        Dev::start_with(&[])
+    }
+
+    /// [`Dev::start`] with more flags.
+    pub fn start_with(extra: &[&str]) -> Dev {
+        let dev = Dev::spawn_with(extra);
         wait_ready_nodes(&dev.addr, 1);
         dev
     }
 
     /// A `davit dev` just started: its API may not answer yet, its node may not be ready.
     pub fn spawn() -> Dev {
+        Dev::spawn_with(&[])
+    }
+
+    fn spawn_with(extra: &[&str]) -> Dev {
         let dir = tempdir();
         let data_dir = dir.path().join("data");
         let bind = format!("127.0.0.1:{}", free_port());
         let dns = format!("127.0.0.1:{}", free_port());
-        let mut dev = Dev { addr: format!("http://{bind}"), bind, dns, proxy_ip: proxy_ip(), data_dir, dir, process: None };
+        let extra = extra.iter().map(|flag| flag.to_string()).collect();
+        let mut dev = Dev { addr: format!("http://{bind}"), bind, dns, proxy_ip: proxy_ip(), data_dir, dir, process: None, extra };
         dev.spawn_process();
         dev
     }
@@ -233,27 +245,25 @@ impl Dev {
         let data_dir = self.data_dir.display().to_string();
         let range = port_range();
         let [image_flag, image_dir] = vm_image_dir_args();
-        let process = Process::spawn(
-            "davit-dev",
-            self.dir.path(),
-            &[
-                "dev",
-                &image_flag,
-                &image_dir,
-                "--bind",
-                &self.bind,
-                "--data-dir",
-                &data_dir,
-                "--port-range",
-                &range,
-                "--node-name",
-                "dev-node",
-                "--dns-bind",
-                &self.dns,
-                "--proxy-bind-ip",
-                &self.proxy_ip,
-            ],
-        );
+        let mut args = vec![
+            "dev",
+            &image_flag,
+            &image_dir,
+            "--bind",
+            &self.bind,
+            "--data-dir",
+            &data_dir,
+            "--port-range",
+            &range,
+            "--node-name",
+            "dev-node",
+            "--dns-bind",
+            &self.dns,
+            "--proxy-bind-ip",
+            &self.proxy_ip,
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        let process = Process::spawn("davit-dev", self.dir.path(), &args);
         self.process = Some(process);
     }
 

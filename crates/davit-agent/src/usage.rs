@@ -1,0 +1,135 @@
+//! Usage reports (see ARCHITECTURE.md, "Autoscaler"): every interval, each allocation's tasks' CPU and memory
+//! from their cgroups (the drivers' `stats`; a VM's is its QEMU's cgroup), its readiness and when that last
+//! changed, and the proxy's cumulative counters per backend, sent to the servers in batches of at most
+//! [`MAX_USAGE_ENTRIES`]. A report that fails is dropped: the next one carries fresh numbers.
+//!
+//! CPU is the difference of the cgroup's cumulative CPU time between two samples over the wall time between
+//! them; the first sample of a task (and one after its counter went back, a restarted task) only sets the
+//! baseline.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use davit_api::http::{AllocUsage, BackendCounters, MAX_USAGE_ENTRIES, TaskUsage, UsageReport};
+use davit_api::objects::{TaskStatus, UnixMillis};
+use tokio::sync::watch;
+
+use crate::AgentContext;
+
+/// Each task's last cumulative CPU time, and when it was read.
+type CpuBaselines = HashMap<(String, String), (u64, Instant)>;
+
+pub(crate) async fn run(context: Arc<AgentContext>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut baselines: CpuBaselines = HashMap::new();
+    let mut readiness: HashMap<String, (bool, Option<UnixMillis>)> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let allocs = sample(&context, &mut baselines, &mut readiness, interval).await;
+        let proxy = proxy_counters(&context);
+        if allocs.is_empty() && proxy.is_empty() {
+            continue;
+        }
+        let batches = allocs.len().div_ceil(MAX_USAGE_ENTRIES).max(proxy.len().div_ceil(MAX_USAGE_ENTRIES));
+        let mut allocs = allocs.into_iter();
+        let mut proxy = proxy.into_iter();
+        for _ in 0..batches {
+            let report = UsageReport {
+                allocs: allocs.by_ref().take(MAX_USAGE_ENTRIES).collect(),
+                proxy: proxy.by_ref().take(MAX_USAGE_ENTRIES).collect(),
+            };
+            let node_id = context.node.id.clone();
+            let sent = context.servers.call(|client| {
+                let (node_id, report) = (node_id.clone(), report.clone());
+                async move { client.report_usage(&node_id, &report).await }
+            });
+            if let Err(error) = sent.await {
+                tracing::debug!(%error, "sending a usage report failed; the next one carries fresh numbers");
+                break;
+            }
+        }
+    }
+}
+
+/// One sample of every allocation that runs.
+async fn sample(
+    context: &AgentContext,
+    baselines: &mut CpuBaselines,
+    readiness: &mut HashMap<String, (bool, Option<UnixMillis>)>,
+    interval: Duration,
+) -> Vec<AllocUsage> {
+    let runners: Vec<_> = context.runners.lock().expect("runners lock").values().cloned().collect();
+    let mut samples = Vec::with_capacity(runners.len());
+    let mut seen = HashSet::with_capacity(runners.len());
+    for runner in runners {
+        let alloc_id = runner.id();
+        let status = runner.status_update();
+        if status.client_status.is_terminal() {
+            continue;
+        }
+        let started_at =
+            status.task_states.values().filter(|task| task.state == TaskStatus::Running).filter_map(|task| task.started_at).min();
+        let ready = status.healthy == Some(true);
+        let now_ms = crate::now_ms();
+        // When readiness last changed: seen by this loop, or (first sight of a ready allocation) its start.
+        let changed = match readiness.get(&alloc_id) {
+            Some((was, at)) if *was == ready => *at,
+            Some(_) => Some(now_ms),
+            None if ready => started_at,
+            None => None,
+        };
+        readiness.insert(alloc_id.clone(), (ready, changed));
+        let mut tasks = BTreeMap::new();
+        for task in runner.task_names() {
+            let Some(handle) = runner.task_handle(&task) else { continue };
+            let Some(driver) = context.drivers.get(&handle.driver) else { continue };
+            let Ok(stats) = driver.stats(&handle).await else { continue };
+            let now = Instant::now();
+            let key = (alloc_id.clone(), task.clone());
+            let cpu = match baselines.insert(key, (stats.cpu_usage_ns, now)) {
+                Some((before, at)) if stats.cpu_usage_ns >= before && now > at => {
+                    let wall = now.duration_since(at).as_nanos().max(1) as f64;
+                    Some(((stats.cpu_usage_ns - before) as f64 / wall * 1000.0).round() as u64)
+                }
+                _ => None,
+            };
+            if let Some(cpu_millicores) = cpu {
+                tasks.insert(task, TaskUsage { cpu_millicores, memory_bytes: stats.memory_bytes });
+            }
+        }
+        seen.insert(alloc_id.clone());
+        if tasks.is_empty() {
+            continue;
+        }
+        samples.push(AllocUsage {
+            alloc_id,
+            tasks,
+            ready,
+            ready_changed_at: changed,
+            started_at,
+            time: now_ms,
+            window_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+    baselines.retain(|(alloc_id, _), _| seen.contains(alloc_id));
+    readiness.retain(|alloc_id, _| seen.contains(alloc_id));
+    samples
+}
+
+/// The proxy's counters per backend, summed over its listeners.
+fn proxy_counters(context: &AgentContext) -> Vec<BackendCounters> {
+    let Some(service_proxy) = &context.service_proxy else { return Vec::new() };
+    let mut by_backend: BTreeMap<String, BackendCounters> = BTreeMap::new();
+    for backend in service_proxy.stats().iter().flat_map(|listener| &listener.backends) {
+        let entry = by_backend
+            .entry(backend.id.clone())
+            .or_insert_with(|| BackendCounters { alloc_id: backend.id.clone(), ..BackendCounters::default() });
+        entry.requests += backend.requests;
+        entry.errors += backend.errors;
+        davit_api::http::add_latency_buckets(&mut entry.latency_buckets, &backend.latency_buckets);
+    }
+    by_backend.into_values().collect()
+}

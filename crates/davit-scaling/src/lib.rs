@@ -1,0 +1,18 @@
+//! The autoscaler's arithmetic: Kubernetes' HorizontalPodAutoscaler replica calculator
+//! (`replica_calculator.go`) and the normalisation of its proposal (`horizontal.go`: stabilisation windows,
+//! rate limits, min/max), reproduced for davit's groups, and the dry run over both (`davit scaling plan`).
+//!
+//! Used by the server's autoscaler loop, which measures and keeps the history, and by the CLI's dry run.
+//!
+//! It must never do I/O, read a clock or spawn anything: every age is an input (seconds ago), so the same
+//! numbers always give the same answer.
+//!
+//! Module map: [`calculator`] (instances and their samples → a proposal per metric) → [`normalize`]
+//! (proposal + history → the count to set) ; [`dry_run`] reads the dry run's JSON and explains both.
+
+pub mod calculator;
+pub mod dry_run;
+pub mod normalize;
+
+pub use calculator::{CalcError, Grouping, Instance, Phase, Proposal, Timing, Tolerances};
+pub use normalize::{Behavior, Decision, History, Limit, Rules};

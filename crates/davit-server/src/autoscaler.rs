@@ -1,0 +1,337 @@
+//! The autoscaler (see ARCHITECTURE.md, "Autoscaler"): every sync interval, for each group of a running
+//! service job whose `scaling:` names metrics, it builds the group's instances from the view and the usage
+//! signals, asks `davit-scaling` for each metric's proposal and the normalised decision, and registers a new job
+//! version with the decided count (a [`ScalingEvent`] on it says why) when it differs from the current one.
+//!
+//! It leaves a group alone while the job's deployment runs (a scale-up that places new instances with an
+//! update strategy starts one, so the next decision waits for them). The recommendation log and scale events
+//! that stabilisation and rate limits look at are kept in memory, as Kubernetes' controller keeps them: after a
+//! server restart the log starts again from the current count. A scale is a compare-and-set on the job: a job
+//! changed meanwhile (a new version, an operator's `job scale`) is simply evaluated again at the next sync.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use davit_api::http::{GroupScaling, MetricScaling};
+use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, EvalTrigger, Job, ScalingEvent};
+use davit_api::spec::{GroupSpec, JobType, MetricSpec, MetricType, ScalingSpec};
+use davit_scaling::calculator::{self, Instance, Kind, Phase, Timing, Tolerances};
+use davit_scaling::normalize::{self, Behavior, History, Recommendation, ScaleEvent};
+
+use crate::api::jobs::{Registration, register_spec};
+use crate::usage::Signals;
+use crate::{Shared, now_millis};
+
+/// How often groups are evaluated (Kubernetes' `--horizontal-pod-autoscaler-sync-period`).
+#[derive(Clone, Debug)]
+pub struct AutoscalerConfig {
+    pub interval: Duration,
+}
+
+impl Default for AutoscalerConfig {
+    fn default() -> Self {
+        AutoscalerConfig { interval: Duration::from_secs(15) }
+    }
+}
+
+/// The autoscaler's memory per group: the history normalisation needs, and the last evaluation (for
+/// `GET /v1/job/{name}/scaling`).
+#[derive(Default)]
+pub(crate) struct Autoscaler {
+    groups: Mutex<HashMap<(String, String), GroupState>>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    recommendations: Vec<(u32, Instant)>,
+    scale_up: Vec<(u32, Instant)>,
+    scale_down: Vec<(u32, Instant)>,
+    last: Option<GroupScaling>,
+}
+
+impl GroupState {
+    fn history(&self, now: Instant) -> History {
+        let ago = |at: &Instant| now.duration_since(*at).as_secs_f64();
+        History {
+            recommendations: self
+                .recommendations
+                .iter()
+                .map(|(replicas, at)| Recommendation { replicas: *replicas, seconds_ago: ago(at) })
+                .collect(),
+            scale_up_events: self.scale_up.iter().map(|(change, at)| ScaleEvent { change: *change, seconds_ago: ago(at) }).collect(),
+            scale_down_events: self.scale_down.iter().map(|(change, at)| ScaleEvent { change: *change, seconds_ago: ago(at) }).collect(),
+        }
+    }
+
+    /// Forgets what no window or period can look at any more.
+    fn prune(&mut self, now: Instant, memory: Duration) {
+        let keep = |at: &Instant| now.duration_since(*at) <= memory;
+        self.recommendations.retain(|(_, at)| keep(at));
+        self.scale_up.retain(|(_, at)| keep(at));
+        self.scale_down.retain(|(_, at)| keep(at));
+    }
+}
+
+impl Autoscaler {
+    /// The last evaluation of each group of `job` with `scaling:` (a group not evaluated yet shows its bounds).
+    pub fn status(&self, job: &Job) -> Vec<GroupScaling> {
+        let groups = self.groups.lock().expect("autoscaler lock");
+        job.spec
+            .groups
+            .iter()
+            .filter_map(|group| {
+                let scaling = group.scaling.as_ref()?;
+                let key = (job.spec.id(), group.name.clone());
+                let mut status = groups.get(&key).and_then(|state| state.last.clone()).unwrap_or_default();
+                status.group = group.name.clone();
+                status.autoscaled = scaling.autoscaled() && job.spec.job_type == JobType::Service;
+                status.count = group.count;
+                status.min = scaling.min.unwrap_or(group.count);
+                status.max = scaling.max;
+                if status.metrics.is_empty() {
+                    status.metrics = scaling
+                        .metrics
+                        .iter()
+                        .map(|metric| MetricScaling { metric: metric.describe_target(), ..MetricScaling::default() })
+                        .collect();
+                }
+                Some(status)
+            })
+            .collect()
+    }
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, config: AutoscalerConfig) {
+    loop {
+        tokio::time::sleep(config.interval).await;
+        evaluate_all(&shared, config.interval).await;
+    }
+}
+
+/// One sync: every autoscaled group of every running service job.
+pub(crate) async fn evaluate_all(shared: &Shared, interval: Duration) {
+    let snapshot = shared.view.snapshot();
+    let now = Instant::now();
+    let mut live = Vec::new();
+    for job in snapshot.cluster.jobs().filter(|job| !job.stopped && job.spec.job_type == JobType::Service) {
+        for group in &job.spec.groups {
+            let Some(scaling) = group.scaling.as_ref().filter(|scaling| scaling.autoscaled()) else { continue };
+            live.push((job.spec.id(), group.name.clone()));
+            let decision = evaluate(shared, &snapshot.cluster, job, group, scaling, now, interval);
+            if let Some((to, reason)) = decision {
+                scale(shared, job, group, to, reason, now).await;
+            }
+        }
+    }
+    shared.autoscaler.groups.lock().expect("autoscaler lock").retain(|key, _| live.contains(key));
+}
+
+/// Evaluates one group and records the result; the count to set and why, when it changes.
+fn evaluate(
+    shared: &Shared,
+    cluster: &davit_scheduler::ClusterState,
+    job: &Job,
+    group: &GroupSpec,
+    scaling: &ScalingSpec,
+    now: Instant,
+    interval: Duration,
+) -> Option<(u32, String)> {
+    let job_id = job.spec.id();
+    let current = group.count;
+    let min = scaling.min.unwrap_or(current);
+    let behavior = scaling.behavior.as_ref().map(Behavior::resolve);
+    let mut groups = shared.autoscaler.groups.lock().expect("autoscaler lock");
+    let state = groups.entry((job_id.clone(), group.name.clone())).or_insert_with(|| GroupState {
+        // Kubernetes' `recordInitialRecommendation`: the count found counts as the first recommendation.
+        recommendations: vec![(current, now)],
+        ..GroupState::default()
+    });
+    let memory = Duration::from_secs_f64(
+        behavior.as_ref().map_or(normalize::DEFAULT_DOWNSCALE_WINDOW, Behavior::memory).max(normalize::DEFAULT_DOWNSCALE_WINDOW),
+    );
+    state.prune(now, memory + interval);
+    let mut status = GroupScaling { evaluated_at: Some(now_millis()), ..GroupScaling::default() };
+
+    if let Some(deployment) = cluster.job_deployments(&job_id).rev().find(|deployment| deployment.is_active()) {
+        status.waiting = format!("deployment {} of version {} runs", short(&deployment.id), deployment.job_version);
+        status.metrics =
+            scaling.metrics.iter().map(|metric| MetricScaling { metric: metric.describe_target(), ..MetricScaling::default() }).collect();
+        state.last = Some(status);
+        return None;
+    }
+
+    let allocs: Vec<&Arc<Allocation>> = cluster
+        .allocs_for_job(&job_id)
+        .filter(|alloc| alloc.group == group.name && !(alloc.desired_status != DesiredStatus::Run && alloc.client_status.is_terminal()))
+        .collect();
+    let timing = Timing {
+        cpu_initialization_period: scaling.cpu_initialization_period.map_or(300.0, |d| d.as_std().as_secs_f64()),
+        initial_readiness_delay: scaling.initial_readiness_delay.map_or(30.0, |d| d.as_std().as_secs_f64()),
+        // The span the agents' samples cover (their `--usage-interval`).
+        metric_window: allocs
+            .iter()
+            .filter_map(|alloc| shared.signals.usage(&alloc.id, now))
+            .map(|(usage, _)| usage.window_ms as f64 / 1000.0)
+            .fold(None, |widest: Option<f64>, window| Some(widest.map_or(window, |widest| widest.max(window))))
+            .unwrap_or(5.0),
+    };
+    let tolerances = scaling.tolerance.map(Tolerances::from).unwrap_or_default();
+    let mut proposals = Vec::new();
+    let mut best: Option<(u32, String)> = None;
+    for metric in &scaling.metrics {
+        let (instances, kind) = instances(&shared.signals, &allocs, metric, now);
+        let target = metric.target_milli().unwrap_or(1).max(1);
+        let mut entry = MetricScaling { metric: metric.describe_target(), ..MetricScaling::default() };
+        match calculator::replicas(current, kind, target, tolerances, timing, &instances) {
+            Ok(proposal) => {
+                entry.current = describe_value(metric.kind, proposal.usage);
+                entry.proposal = Some(proposal.replicas);
+                entry.steps = proposal.steps;
+                if best.as_ref().is_none_or(|(replicas, _)| proposal.replicas > *replicas) {
+                    best = Some((proposal.replicas, format!("{} {} of {}", metric.kind.as_str(), entry.current, describe_target(metric))));
+                }
+                proposals.push(Some(proposal.replicas));
+            }
+            Err(error) => {
+                entry.error = error.to_string();
+                proposals.push(None);
+            }
+        }
+        status.metrics.push(entry);
+    }
+    let proposal = normalize::combine(current, &proposals);
+    let decision = normalize::decide(current, min, scaling.max, proposal, behavior.as_ref(), &state.history(now));
+    if let Some(record) = decision.record {
+        state.recommendations.push((record, now));
+    }
+    status.proposal = proposal;
+    status.desired = Some(decision.desired);
+    status.limited_by = serde_json::to_value(&decision.limited_by).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    status.message = decision.limited_by.message().to_string();
+    status.stabilization = decision.stabilization.clone();
+    let ago = |at: &Instant| now.duration_since(*at).as_secs();
+    status.recent_changes = state
+        .scale_up
+        .iter()
+        .map(|(change, at)| format!("+{change} {}s ago", ago(at)))
+        .chain(state.scale_down.iter().map(|(change, at)| format!("-{change} {}s ago", ago(at))))
+        .collect();
+    state.last = Some(status);
+    if decision.desired == current {
+        return None;
+    }
+    let reason = match decision.limited_by {
+        normalize::Limit::AboveMax => format!("the count is above max {}", scaling.max),
+        normalize::Limit::BelowMin => format!("the count is below min {min}"),
+        _ if decision.desired > current => best.map(|(_, reason)| reason).unwrap_or_default(),
+        _ => "all metrics below target".to_string(),
+    };
+    Some((decision.desired, reason))
+}
+
+/// The group's instances as the calculator sees them for `metric`.
+fn instances(signals: &Signals, allocs: &[&Arc<Allocation>], metric: &MetricSpec, now: Instant) -> (Vec<Instance>, Kind) {
+    let now_ms = now_millis();
+    let ago = |time: u64| now_ms.saturating_sub(time) as f64 / 1000.0;
+    let kind = match metric.kind {
+        MetricType::Cpu => Kind::Utilization { cpu: true },
+        MetricType::Memory => Kind::Utilization { cpu: false },
+        _ => Kind::Average,
+    };
+    let instances = allocs
+        .iter()
+        .map(|alloc| {
+            let sample = signals.usage(&alloc.id, now);
+            let (usage, request) = match metric.kind {
+                MetricType::Cpu => (
+                    sample.as_ref().map(|(usage, _)| usage.tasks.values().map(|task| task.cpu_millicores as i64).sum::<i64>()),
+                    alloc.resources.cpu as i64,
+                ),
+                MetricType::Memory => (
+                    sample.as_ref().map(|(usage, _)| usage.tasks.values().map(|task| task.memory_bytes as i64).sum::<i64>()),
+                    alloc.resources.memory as i64 * 1_048_576,
+                ),
+                MetricType::RequestsPerSecond => {
+                    (signals.traffic(&alloc.id, now).map(|traffic| (traffic.requests_per_second * 1000.0).round() as i64), 0)
+                }
+                MetricType::LatencyP99 => {
+                    (signals.traffic(&alloc.id, now).and_then(|traffic| traffic.p99_ms).map(|ms| (ms * 1000.0).round() as i64), 0)
+                }
+                MetricType::Prometheus => (None, 0),
+            };
+            let started_at = sample
+                .as_ref()
+                .and_then(|(usage, _)| usage.started_at)
+                .or_else(|| alloc.task_states.values().filter_map(|task| task.started_at).min());
+            Instance {
+                name: alloc.name.clone(),
+                phase: match alloc.client_status {
+                    ClientStatus::Pending => Phase::Pending,
+                    ClientStatus::Running => Phase::Running,
+                    ClientStatus::Complete | ClientStatus::Failed | ClientStatus::Lost => Phase::Failed,
+                },
+                stopping: alloc.desired_status != DesiredStatus::Run,
+                ready: sample.as_ref().map_or(alloc.healthy == Some(true), |(usage, _)| usage.ready),
+                started_ago: started_at.map(ago),
+                ready_changed_ago: sample.as_ref().and_then(|(usage, _)| usage.ready_changed_at).map(ago),
+                request,
+                usage,
+                sample_ago: sample.as_ref().map(|(usage, _)| ago(usage.time)),
+            }
+        })
+        .collect();
+    (instances, kind)
+}
+
+/// "85%", "150/s", "230ms" from the calculator's value.
+fn describe_value(kind: MetricType, value: i64) -> String {
+    match kind {
+        MetricType::Cpu | MetricType::Memory => format!("{value}%"),
+        MetricType::RequestsPerSecond => format!("{}/s", trim(value as f64 / 1000.0)),
+        MetricType::LatencyP99 => format!("{}ms", trim(value as f64 / 1000.0)),
+        MetricType::Prometheus => trim(value as f64 / 1000.0),
+    }
+}
+
+fn describe_target(metric: &MetricSpec) -> String {
+    match (metric.kind, metric.target_milli()) {
+        (kind, Some(target)) => describe_value(kind, target),
+        (_, None) => "?".to_string(),
+    }
+}
+
+fn trim(x: f64) -> String {
+    let text = format!("{x:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(8)]
+}
+
+/// Registers the job again with the group at `to` (only if the job did not change meanwhile).
+async fn scale(shared: &Shared, job: &Job, group: &GroupSpec, to: u32, reason: String, now: Instant) {
+    let mut spec = job.spec.clone();
+    let Some(written) = spec.groups.iter_mut().find(|g| g.name == group.name) else { return };
+    written.count = to;
+    let event = ScalingEvent { group: group.name.clone(), from: group.count, to, by: "autoscaler".to_string(), reason, time: now_millis() };
+    tracing::info!(job = %job.spec.id(), %event, "autoscaling");
+    let registration =
+        Registration { trigger: EvalTrigger::JobScale, revert_of: None, scaling: Some(event), based_on: Some(job.modify_index) };
+    match register_spec(shared, spec, registration).await {
+        Ok(_) => {
+            let mut groups = shared.autoscaler.groups.lock().expect("autoscaler lock");
+            if let Some(state) = groups.get_mut(&(job.spec.id(), group.name.clone())) {
+                if to > group.count {
+                    state.scale_up.push((to - group.count, now));
+                } else {
+                    state.scale_down.push((group.count - to, now));
+                }
+            }
+        }
+        Err(failure) => {
+            tracing::info!(job = %job.spec.id(), group = %group.name, error = %failure.message(), "autoscaling did not apply; evaluating again at the next sync")
+        }
+    }
+}

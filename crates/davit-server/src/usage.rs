@@ -1,0 +1,194 @@
+//! Usage signals (see ARCHITECTURE.md, "Autoscaler"): what agents report every few seconds
+//! (`POST /v1/node/{id}/usage`) — each allocation's CPU and memory usage from its cgroups, and their proxies'
+//! cumulative counters per backend — kept in memory for the autoscaler, `/metrics` and `davit alloc status`.
+//!
+//! A node's report counts only for allocations the server placed on that node (and proxy counters only for
+//! allocations that exist). Request rates and latency come from the difference between a proxy's successive
+//! readings; a proxy whose counters went down (its agent restarted) starts again from that reading. Nothing
+//! here is stored: after a server restart the signals come back with the next reports.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use davit_api::http::{AllocUsage, BackendCounters, UsageReport};
+use davit_scheduler::ClusterState;
+
+use crate::analysis::Traffic;
+use crate::api::services::BackendSums;
+
+/// A sample or a rate older than this is not used (the agent reports every 5 s by default).
+pub const FRESH_FOR: Duration = Duration::from_secs(30);
+/// Entries not refreshed for this long are forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(300);
+
+#[derive(Default)]
+pub(crate) struct Signals {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    allocs: HashMap<String, (AllocUsage, Instant)>,
+    /// The last cumulative reading of each (node, backend).
+    readings: HashMap<(String, String), (BackendCounters, Instant)>,
+    /// Per backend and node: the traffic between that proxy's last two readings, and when it was computed.
+    traffic: HashMap<String, HashMap<String, (Traffic, Duration, Instant)>>,
+    pruned: Option<Instant>,
+}
+
+fn sums(counters: &BackendCounters) -> BackendSums {
+    BackendSums {
+        requests: counters.requests,
+        errors: counters.errors,
+        latency_buckets: counters.latency_buckets.clone(),
+        ..BackendSums::default()
+    }
+}
+
+/// An allocation's requests through every proxy over their last reporting windows.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct AllocTraffic {
+    pub requests_per_second: f64,
+    /// `None` without requests.
+    pub p99_ms: Option<f64>,
+}
+
+impl Signals {
+    /// Takes a node's report (already checked to be within [`davit_api::http::MAX_USAGE_ENTRIES`]).
+    pub fn ingest(&self, node_id: &str, report: UsageReport, cluster: &ClusterState, now: Instant) {
+        let mut inner = self.inner.lock().expect("signals lock");
+        for usage in report.allocs {
+            // A node speaks only for its own allocations.
+            if cluster.alloc(&usage.alloc_id).is_some_and(|alloc| alloc.node_id == node_id) {
+                inner.allocs.insert(usage.alloc_id.clone(), (usage, now));
+            }
+        }
+        for counters in report.proxy {
+            if cluster.alloc(&counters.alloc_id).is_none() {
+                continue;
+            }
+            let key = (node_id.to_string(), counters.alloc_id.clone());
+            if let Some((before, at)) = inner.readings.get(&key) {
+                let elapsed = now.duration_since(*at);
+                if !elapsed.is_zero() {
+                    let mut traffic = Traffic::default();
+                    traffic.add(&sums(&counters), Some(&sums(before)));
+                    inner.traffic.entry(counters.alloc_id.clone()).or_default().insert(node_id.to_string(), (traffic, elapsed, now));
+                }
+            }
+            inner.readings.insert(key, (counters, now));
+        }
+        if inner.pruned.is_none_or(|pruned| now.duration_since(pruned) > FRESH_FOR) {
+            inner.pruned = Some(now);
+            let keep = |at: &Instant| now.duration_since(*at) < FORGET_AFTER;
+            inner.allocs.retain(|_, (_, at)| keep(at));
+            inner.readings.retain(|_, (_, at)| keep(at));
+            inner.traffic.retain(|_, nodes| {
+                nodes.retain(|_, (_, _, at)| keep(at));
+                !nodes.is_empty()
+            });
+        }
+    }
+
+    /// The allocation's latest sample if it is fresh, with its age.
+    pub fn usage(&self, alloc_id: &str, now: Instant) -> Option<(AllocUsage, Duration)> {
+        let inner = self.inner.lock().expect("signals lock");
+        let (usage, at) = inner.allocs.get(alloc_id)?;
+        let age = now.duration_since(*at);
+        (age < FRESH_FOR).then(|| (usage.clone(), age))
+    }
+
+    /// The allocation's traffic, summed over the proxies that reported it recently (`None`: no proxy did).
+    pub fn traffic(&self, alloc_id: &str, now: Instant) -> Option<AllocTraffic> {
+        let inner = self.inner.lock().expect("signals lock");
+        let mut total = Traffic::default();
+        let mut rate = 0.0;
+        let mut any = false;
+        for (traffic, window, at) in inner.traffic.get(alloc_id)?.values() {
+            if now.duration_since(*at) >= FRESH_FOR {
+                continue;
+            }
+            any = true;
+            rate += traffic.requests as f64 / window.as_secs_f64();
+            total.add_all(traffic);
+        }
+        any.then(|| AllocTraffic { requests_per_second: rate, p99_ms: (total.requests > 0).then(|| total.p99_ms()) })
+    }
+
+    /// Every fresh sample (for `/metrics`).
+    pub fn all_fresh(&self, now: Instant) -> Vec<AllocUsage> {
+        let inner = self.inner.lock().expect("signals lock");
+        let mut samples: Vec<AllocUsage> =
+            inner.allocs.values().filter(|(_, at)| now.duration_since(*at) < FRESH_FOR).map(|(usage, _)| usage.clone()).collect();
+        samples.sort_by(|a, b| a.alloc_id.cmp(&b.alloc_id));
+        samples
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use davit_api::http::TaskUsage;
+
+    use super::*;
+
+    fn cluster() -> ClusterState {
+        let mut cluster = ClusterState::default();
+        for (id, node) in [("a1", "n1"), ("a2", "n2")] {
+            cluster.upsert_alloc(std::sync::Arc::new(davit_api::testing::alloc(id, "web", "web", 0, node)));
+        }
+        cluster
+    }
+
+    fn usage(alloc_id: &str, cpu: u64) -> AllocUsage {
+        AllocUsage {
+            alloc_id: alloc_id.to_string(),
+            tasks: [("app".to_string(), TaskUsage { cpu_millicores: cpu, memory_bytes: 1 << 20 })].into(),
+            ready: true,
+            window_ms: 5_000,
+            ..AllocUsage::default()
+        }
+    }
+
+    fn counters(alloc_id: &str, requests: u64) -> BackendCounters {
+        let mut latency_buckets = vec![0; davit_api::http::PROXY_LATENCY_BUCKETS.len() + 1];
+        latency_buckets[2] = requests;
+        BackendCounters { alloc_id: alloc_id.to_string(), requests, errors: 0, latency_buckets }
+    }
+
+    #[test]
+    fn a_node_speaks_only_for_its_own_allocations_and_samples_go_stale() {
+        let signals = Signals::default();
+        let start = Instant::now();
+        let report = UsageReport { allocs: vec![usage("a1", 250), usage("a2", 900), usage("gone", 1)], proxy: vec![] };
+        signals.ingest("n1", report, &cluster(), start);
+        assert_eq!(signals.usage("a1", start).unwrap().0.tasks["app"].cpu_millicores, 250);
+        assert!(signals.usage("a2", start).is_none(), "n1 may not report n2's allocation");
+        assert!(signals.usage("gone", start).is_none());
+        assert!(signals.usage("a1", start + FRESH_FOR).is_none());
+    }
+
+    #[test]
+    fn request_rates_come_from_successive_readings_of_each_proxy() {
+        let signals = Signals::default();
+        let start = Instant::now();
+        let report = |requests_a1, requests_a2| UsageReport {
+            allocs: vec![],
+            proxy: vec![counters("a1", requests_a1), counters("a2", requests_a2)],
+        };
+        signals.ingest("n1", report(100, 10), &cluster(), start);
+        assert_eq!(signals.traffic("a1", start), None, "one reading is no rate yet");
+        signals.ingest("n1", report(600, 10), &cluster(), start + Duration::from_secs(5));
+        signals.ingest("n2", report(0, 0), &cluster(), start + Duration::from_secs(5));
+        signals.ingest("n2", report(250, 0), &cluster(), start + Duration::from_secs(10));
+        // a1: 500 requests in 5 s through n1's proxy, 250 in 5 s through n2's.
+        let traffic = signals.traffic("a1", start + Duration::from_secs(10)).unwrap();
+        assert_eq!(traffic, AllocTraffic { requests_per_second: 150.0, p99_ms: Some(2.5) });
+        assert_eq!(signals.traffic("a2", start + Duration::from_secs(10)), Some(AllocTraffic { requests_per_second: 0.0, p99_ms: None }));
+        // A proxy that started again (its counters went down) counts from 0: 50 requests in the 10 s since its
+        // last reading, beside n2's 50/s.
+        signals.ingest("n1", report(50, 0), &cluster(), start + Duration::from_secs(15));
+        let traffic = signals.traffic("a1", start + Duration::from_secs(15)).unwrap();
+        assert_eq!(traffic.requests_per_second, 5.0 + 50.0);
+    }
+}

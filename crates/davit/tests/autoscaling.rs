@@ -1,0 +1,213 @@
+//! The autoscaler end to end on `davit dev` (autoscaler and usage sampling every second): a CPU-bound HTTP
+//! service scales up under load and back down once its stabilisation window passed; a requests-per-second
+//! service scales with the load sent through the proxy; `davit scaling plan` computes Kubernetes' answer
+//! offline and refuses bad input with its position.
+
+mod util;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use util::{Dev, require_root, runtime};
+
+/// A busybox httpd whose `/cgi-bin/burn` spins the CPU for a while per request, behind the proxy on
+/// `local_port`, scaled on `metric` between 1 and `max`; a scale-down waits 5 s of lower recommendations.
+fn service_job(name: &str, local_port: u16, metric: &str, max: u32) -> String {
+    format!(
+        r#"name: {name}
+groups:
+  - name: web
+    count: 1
+    network:
+      ports: [{{name: http}}]
+    services:
+      - {{name: {name}-web, port: http, local_port: {local_port}}}
+    scaling:
+      min: 1
+      max: {max}
+      metrics: [{metric}]
+      behavior:
+        scale_down: {{stabilization_window: 5s}}
+    tasks:
+      - name: server
+        driver: exec
+        config:
+          command: /bin/sh
+          args: ["-c", "echo ok > local/health; echo ok > local/index.html; mkdir -p local/cgi-bin; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\ni=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; echo burnt\\n' > local/cgi-bin/burn; chmod 755 local/cgi-bin/burn; exec /bin/busybox httpd -f -p 127.0.0.1:${{port.http}} -h local"]
+        resources: {{cpu: 100, memory: 32}}
+        checks:
+          - {{name: health, type: http, port: http, path: /health, interval: 500ms, timeout: 400ms}}
+"#
+    )
+}
+
+/// `GET path` through a fresh connection: the response when it answered 200.
+fn get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: scale\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    (response.starts_with("HTTP/1.") && response.lines().next().is_some_and(|line| line.contains(" 200 "))).then_some(response)
+}
+
+/// `threads` clients each sending `GET path` then pausing `pause`, until `stop` (at most 3 minutes and
+/// 100,000 requests each); the number of answered requests.
+fn load(addr: &str, path: &'static str, threads: usize, pause: Duration, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<u32>> {
+    (0..threads)
+        .map(|_| {
+            let (addr, stop) = (addr.to_string(), Arc::clone(stop));
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(180);
+                let mut answered = 0;
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                        break;
+                    }
+                    answered += u32::from(get(&addr, path).is_some());
+                    std::thread::sleep(pause);
+                }
+                answered
+            })
+        })
+        .collect()
+}
+
+fn count(dev: &Dev, job: &str) -> u32 {
+    let job = runtime().block_on(dev.client().job(job)).unwrap();
+    job.spec.groups[0].count
+}
+
+#[test]
+fn a_cpu_bound_service_scales_up_under_load_and_back_down_after_its_window() {
+    if !require_root() {
+        return;
+    }
+    let dev = Dev::start_with(&["--autoscaler-interval", "1s", "--usage-interval", "1s"]);
+    let local_port = util::free_port();
+    let addr = format!("{}:{local_port}", dev.proxy_ip);
+    let spec = dev.write("burn.yaml", &service_job("burn", local_port, "{type: cpu, target_utilization: 50}", 3));
+    dev.ok(&["job", "run", &spec]);
+    util::wait_until("the service answers through the proxy", Duration::from_secs(30), || get(&addr, "/").is_some());
+
+    // Idle, the group stays at 1: the autoscaler has a sample and proposes no change.
+    let status = util::eventually(
+        "the autoscaler evaluates the idle group",
+        Duration::from_secs(30),
+        || runtime().block_on(dev.client().job_scaling("burn")).unwrap(),
+        |status| status.groups[0].metrics[0].proposal.is_some(),
+    );
+    assert_eq!(status.groups[0].desired, Some(1), "{status:#?}");
+
+    // Two clients burning CPU through the proxy: well past 50 % of the 100 millicores asked for.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&addr, "/cgi-bin/burn", 2, Duration::from_millis(20), &stop);
+    let started = Instant::now();
+    util::wait_until("the group scales up", Duration::from_secs(60), || count(&dev, "burn") >= 2);
+    let reaction = started.elapsed();
+    let versions = runtime().block_on(dev.client().job_versions("burn")).unwrap();
+    let event = versions.iter().find_map(|version| version.scaling.clone()).expect("the new version says why");
+    assert_eq!((event.by.as_str(), event.from), ("autoscaler", 1), "{event:#?}");
+    assert!(event.reason.starts_with("cpu ") && event.reason.ends_with("of 50%"), "{event:#?}");
+
+    // What an operator sees meanwhile: the usage next to the request, the metric against its target, /metrics.
+    let allocs = runtime().block_on(dev.client().job_allocations("burn")).unwrap();
+    let running = allocs.iter().find(|alloc| alloc.client_status == davit_api::objects::ClientStatus::Running).unwrap();
+    let out = dev.ok(&["alloc", "status", &running.id]);
+    assert!(out.lines().any(|line| line.starts_with("Usage") && line.contains("of 100 millicores")), "{out}");
+    let out = dev.ok(&["scaling", "status", "burn"]);
+    assert!(out.contains("Group web: count") && out.contains("autoscaled") && out.contains("cpu 50%"), "{out}");
+    assert!(out.contains("web 1 → ") && out.contains("(autoscaler)"), "{out}");
+    let metrics = get(&dev.bind, "/metrics").expect("/metrics answers");
+    assert!(metrics.contains("davit_alloc_cpu_millicores{job=\"burn\",group=\"web\""), "{metrics}");
+    assert!(metrics.contains("davit_alloc_memory_bytes{job=\"burn\""), "{metrics}");
+
+    // Load off: back to 1 once the 5 s window has no higher recommendation.
+    stop.store(true, Ordering::Relaxed);
+    let answered: u32 = clients.into_iter().map(|client| client.join().unwrap()).sum();
+    assert!(answered > 0);
+    util::wait_until("the group scales back down", Duration::from_secs(60), || count(&dev, "burn") == 1);
+    let versions = runtime().block_on(dev.client().job_versions("burn")).unwrap();
+    let last = versions.iter().max_by_key(|version| version.version).unwrap();
+    let event = last.scaling.as_ref().expect("the scale-down says why");
+    assert_eq!((event.to, event.reason.as_str()), (1, "all metrics below target"), "{event:#?}");
+    eprintln!("scale-up reaction: {reaction:?} after the load started");
+}
+
+#[test]
+fn a_requests_per_second_service_follows_the_traffic_through_the_proxy() {
+    if !require_root() {
+        return;
+    }
+    let dev = Dev::start_with(&["--autoscaler-interval", "1s", "--usage-interval", "1s"]);
+    let local_port = util::free_port();
+    let addr = format!("{}:{local_port}", dev.proxy_ip);
+    let spec = dev.write("rps.yaml", &service_job("rps", local_port, "{type: requests_per_second, target: 5}", 4));
+    dev.ok(&["job", "run", &spec]);
+    util::wait_until("the service answers through the proxy", Duration::from_secs(30), || get(&addr, "/").is_some());
+
+    // About 20 requests/s of static pages against 5 per instance.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&addr, "/", 2, Duration::from_millis(100), &stop);
+    util::wait_until("the group scales up to at least 3", Duration::from_secs(60), || count(&dev, "rps") >= 3);
+    let status = runtime().block_on(dev.client().job_scaling("rps")).unwrap();
+    let metric = &status.groups[0].metrics[0];
+    assert!(metric.metric == "requests_per_second 5" && metric.current.ends_with("/s"), "{status:#?}");
+    let event = &status.events[0];
+    assert!(event.reason.starts_with("requests_per_second ") && event.reason.ends_with("of 5/s"), "{status:#?}");
+
+    // An operator's scale of an autoscaled group holds until the next decision, and says so.
+    let out = dev.ok(&["job", "scale", "rps", "web", "2", "--detach"]);
+    assert!(out.contains("is autoscaled"), "{out}");
+
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    util::wait_until("the group scales back to 1 without traffic", Duration::from_secs(60), || count(&dev, "rps") == 1);
+}
+
+#[test]
+fn scaling_plan_gives_kubernetes_answer_with_its_arithmetic_and_refuses_bad_input() {
+    let dir = util::tempdir();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    // 3 instances asking 2000m each, using 1800m, 1500m and (missing) against 30 %: 82 % → a scale-up, so the
+    // missing one counts as 0: 3300m of 6000m = 55 % → 1.833 × 3 → 6. The legacy path allows max(2 × 3, 4) = 6.
+    let file = write(
+        "cpu.json",
+        r#"{"current": 3, "min": 1, "max": 10,
+            "metric": {"type": "cpu", "target_utilization": 30},
+            "instances": [{"request_millicores": 2000, "usage_millicores": 1800},
+                          {"request_millicores": 2000, "usage_millicores": 1500},
+                          {"request_millicores": 2000, "usage_millicores": null}]}"#,
+    );
+    let output = util::davit("http://127.0.0.1:1", dir.path(), &["scaling", "plan", &file, "-o", "json"]);
+    assert!(output.status.success(), "{output:?}");
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (&plan["proposal"], &plan["desired"], &plan["utilization_percent"], &plan["limited_by"]),
+        (&serde_json::json!(6), &serde_json::json!(6), &serde_json::json!(82), &serde_json::json!("desired_within_range")),
+        "{plan:#}"
+    );
+    // A proposal normalised with a behavior: from 2, the default scale-up policies allow 2 + 4 = 6.
+    let file = write("proposal.json", r#"{"current": 2, "max": 20, "proposal": 10, "behavior": {}}"#);
+    let output = util::davit("http://127.0.0.1:1", dir.path(), &["scaling", "plan", &file]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && text.starts_with("desired 6 (proposal 10;"), "{text}");
+    assert!(text.contains("increasing faster than the maximum scale rate"), "{text}");
+    // Bad input: where, and what.
+    let file = write("bad.json", "{\"current\": 3,\n \"max\": \"ten\"}");
+    let output = util::davit("http://127.0.0.1:1", dir.path(), &["scaling", "plan", &file]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("bad.json:2:") && stderr.contains("invalid type"), "{stderr}");
+    let file = write("min.json", r#"{"current": 3, "min": 5, "max": 4, "proposal": 1}"#);
+    let output = util::davit("http://127.0.0.1:1", dir.path(), &["scaling", "plan", &file]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("min 5 is above max 4"), "{stderr}");
+}
