@@ -99,7 +99,7 @@ echo; echo "\$ davit job history shop"; "$davit" job history shop
 echo "HTTP answers seen by the traffic through the proxy during both rollouts (the proxy retried the canary's 500s):"
 sort "$registry_dir/shop-traffic.txt" | uniq -c
 # The autoscaler: a CPU-bound service scales up under generated load and back down once it stops.
-echo; echo "\$ davit job run examples/autoscale/burn.yaml   # scaled on CPU (50 % of 50 millicores), 1 to 3 instances"
+echo; echo "\$ davit job run examples/autoscale/burn.yaml   # scaled on CPU (50 % of 30 millicores), 1 to 3 instances"
 "$davit" job run examples/autoscale/burn.yaml
 echo "(generating load: 4 clients through the proxy on 127.0.0.1:9091, at most 60 s)"
 load_pids=()

@@ -65,7 +65,12 @@ fn the_examples_fit_together_on_a_two_core_dev_node() {
             .groups
             .iter()
             .map(|group| {
-                let count = if spec.job_type == davit_api::spec::JobType::System { 1 } else { u64::from(group.count) };
+                // A group with `scaling:` may grow to its max.
+                let count = match (spec.job_type, &group.scaling) {
+                    (davit_api::spec::JobType::System, _) => 1,
+                    (_, Some(scaling)) => u64::from(scaling.max.max(group.count)),
+                    (_, None) => u64::from(group.count),
+                };
                 count * group.tasks.iter().map(|task| u64::from(task.resources.cpu)).sum::<u64>()
             })
             .sum();

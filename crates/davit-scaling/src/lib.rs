@@ -12,6 +12,7 @@
 
 pub mod calculator;
 pub mod dry_run;
+pub mod forecast;
 pub mod normalize;
 
 pub use calculator::{CalcError, Grouping, Instance, Phase, Proposal, Timing, Tolerances};

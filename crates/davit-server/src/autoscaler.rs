@@ -15,23 +15,26 @@ use std::time::{Duration, Instant};
 
 use davit_api::http::{GroupScaling, MetricScaling};
 use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, EvalTrigger, Job, ScalingEvent};
-use davit_api::spec::{GroupSpec, JobType, MetricSpec, MetricType, ScalingSpec};
+use davit_api::spec::{GroupSpec, JobType, MetricSpec, MetricType};
 use davit_scaling::calculator::{self, Instance, Kind, Phase, Timing, Tolerances};
 use davit_scaling::normalize::{self, Behavior, History, Recommendation, ScaleEvent};
 
 use crate::api::jobs::{Registration, register_spec};
+use crate::prometheus::PrometheusAccess;
 use crate::usage::Signals;
 use crate::{Shared, now_millis};
 
-/// How often groups are evaluated (Kubernetes' `--horizontal-pod-autoscaler-sync-period`).
+/// How often groups are evaluated (Kubernetes' `--horizontal-pod-autoscaler-sync-period`), and which Prometheus
+/// servers `prometheus` metrics may query.
 #[derive(Clone, Debug)]
 pub struct AutoscalerConfig {
     pub interval: Duration,
+    pub prometheus: PrometheusAccess,
 }
 
 impl Default for AutoscalerConfig {
     fn default() -> Self {
-        AutoscalerConfig { interval: Duration::from_secs(15) }
+        AutoscalerConfig { interval: Duration::from_secs(15), prometheus: PrometheusAccess::default() }
     }
 }
 
@@ -105,12 +108,12 @@ impl Autoscaler {
 pub(crate) async fn run(shared: Arc<Shared>, config: AutoscalerConfig) {
     loop {
         tokio::time::sleep(config.interval).await;
-        evaluate_all(&shared, config.interval).await;
+        evaluate_all(&shared, &config).await;
     }
 }
 
 /// One sync: every autoscaled group of every running service job.
-pub(crate) async fn evaluate_all(shared: &Shared, interval: Duration) {
+async fn evaluate_all(shared: &Shared, config: &AutoscalerConfig) {
     let snapshot = shared.view.snapshot();
     let now = Instant::now();
     let mut live = Vec::new();
@@ -118,7 +121,13 @@ pub(crate) async fn evaluate_all(shared: &Shared, interval: Duration) {
         for group in &job.spec.groups {
             let Some(scaling) = group.scaling.as_ref().filter(|scaling| scaling.autoscaled()) else { continue };
             live.push((job.spec.id(), group.name.clone()));
-            let decision = evaluate(shared, &snapshot.cluster, job, group, scaling, now, interval);
+            // Prometheus metrics are queried first (the rest of the evaluation holds the autoscaler's lock).
+            let mut external = HashMap::new();
+            for (index, metric) in scaling.metrics.iter().enumerate().filter(|(_, metric)| metric.kind == MetricType::Prometheus) {
+                let (address, query) = (metric.address.as_deref().unwrap_or_default(), metric.query.as_deref().unwrap_or_default());
+                external.insert(index, crate::prometheus::query(&shared.http, &config.prometheus, address, query).await);
+            }
+            let decision = evaluate(shared, &snapshot.cluster, job, group, &external, now, config.interval);
             if let Some((to, reason)) = decision {
                 scale(shared, job, group, to, reason, now).await;
             }
@@ -133,10 +142,11 @@ fn evaluate(
     cluster: &davit_scheduler::ClusterState,
     job: &Job,
     group: &GroupSpec,
-    scaling: &ScalingSpec,
+    external: &HashMap<usize, Result<f64, String>>,
     now: Instant,
     interval: Duration,
 ) -> Option<(u32, String)> {
+    let scaling = group.scaling.as_ref()?;
     let job_id = job.spec.id();
     let current = group.count;
     let min = scaling.min.unwrap_or(current);
@@ -179,11 +189,18 @@ fn evaluate(
     let tolerances = scaling.tolerance.map(Tolerances::from).unwrap_or_default();
     let mut proposals = Vec::new();
     let mut best: Option<(u32, String)> = None;
-    for metric in &scaling.metrics {
-        let (instances, kind) = instances(&shared.signals, &allocs, metric, now);
+    for (index, metric) in scaling.metrics.iter().enumerate() {
         let target = metric.target_milli().unwrap_or(1).max(1);
         let mut entry = MetricScaling { metric: metric.describe_target(), ..MetricScaling::default() };
-        match calculator::replicas(current, kind, target, tolerances, timing, &instances) {
+        let proposal = match external.get(&index) {
+            Some(Ok(total)) => Ok(calculator::external_per_instance(current, target, (total * 1000.0).round() as i64, tolerances)),
+            Some(Err(error)) => Err(error.clone()),
+            None => {
+                let (instances, kind) = instances(&shared.signals, &allocs, metric, now);
+                calculator::replicas(current, kind, target, tolerances, timing, &instances).map_err(|error| error.to_string())
+            }
+        };
+        match proposal {
             Ok(proposal) => {
                 entry.current = describe_value(metric.kind, proposal.usage);
                 entry.proposal = Some(proposal.replicas);
@@ -194,7 +211,7 @@ fn evaluate(
                 proposals.push(Some(proposal.replicas));
             }
             Err(error) => {
-                entry.error = error.to_string();
+                entry.error = error;
                 proposals.push(None);
             }
         }

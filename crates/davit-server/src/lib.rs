@@ -36,6 +36,7 @@ mod liveness;
 mod metrics;
 mod migration;
 pub mod phi;
+mod prometheus;
 mod supervise;
 mod tls;
 mod usage;
@@ -47,6 +48,7 @@ pub use api::routes;
 pub use autoscaler::AutoscalerConfig;
 pub use gc::GcConfig;
 pub use liveness::LivenessConfig;
+pub use prometheus::PrometheusAccess;
 pub use tls::TlsConfig;
 
 use crate::applier::Applier;

@@ -47,12 +47,20 @@ fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, data_dir: &P
     }
 }
 
-fn autoscaler_config(interval: &str) -> Result<davit_server::AutoscalerConfig, Failure> {
+/// The autoscaler's sync interval and the Prometheus servers it may query (`loopback`: any on loopback too).
+fn autoscaler_config(interval: &str, allowed: &[String], loopback: bool) -> Result<davit_server::AutoscalerConfig, Failure> {
     let interval = crate::flag_duration("--autoscaler-interval", interval)?;
     if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(600)).contains(&interval) {
         return Err(Failure::user("--autoscaler-interval: must be from 1s to 10m"));
     }
-    Ok(davit_server::AutoscalerConfig { interval })
+    for address in allowed {
+        let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(Failure::user(format!("--allow-prometheus {address}: expected HOST:PORT, e.g. prometheus.internal:9090")));
+        }
+    }
+    let prometheus = davit_server::PrometheusAccess { allowed: allowed.to_vec(), loopback };
+    Ok(davit_server::AutoscalerConfig { interval, prometheus })
 }
 
 /// The server's TLS from its flags: the CA in `<data dir>/tls/` (made on the first start) or the one named.
@@ -244,7 +252,7 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
     let server_dir = data_dir.join("server");
     let store = open_store(&server_dir)?;
     let mut config = server_config(store, args.bind, &server_dir, args.acl);
-    config.autoscaler = autoscaler_config(&args.autoscaler_interval)?;
+    config.autoscaler = autoscaler_config(&args.autoscaler_interval, &args.allow_prometheus, true)?;
     let server =
         davit_server::start(config).await.map_err(|e| Failure::user(format!("cannot start the server: {}", davit_api::error_chain(&e))))?;
     let server_url = format!("http://{}", server.addr());
@@ -343,7 +351,7 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
         config.workers = workers;
     }
     config.audit_reads = args.audit_reads;
-    config.autoscaler = autoscaler_config(&args.autoscaler_interval)?;
+    config.autoscaler = autoscaler_config(&args.autoscaler_interval, &args.allow_prometheus, false)?;
     config.tls = tls;
     config.gc = gc;
     config.admission = davit_server::AdmissionConfig {

@@ -170,6 +170,52 @@ fn a_requests_per_second_service_follows_the_traffic_through_the_proxy() {
 }
 
 #[test]
+fn a_prometheus_query_scales_a_group_by_its_value_per_instance() {
+    if !require_root() {
+        return;
+    }
+    let dev = Dev::start_with(&["--autoscaler-interval", "1s", "--usage-interval", "1s"]);
+    let Some(prometheus) = util::Prometheus::start(dev.dir.path(), &[&dev.bind]) else { return };
+    let local_port = util::free_port();
+    let addr = format!("{}:{local_port}", dev.proxy_ip);
+    // The group's requests per second through the proxies, as Prometheus computes them from davit's /metrics,
+    // against 5 per instance.
+    let metric = format!(
+        "{{type: prometheus, address: \"http://{}\", query: 'sum(rate(davit_proxy_requests_total{{service=\"prom-web\"}}[5s]))', target: 5}}",
+        prometheus.addr
+    );
+    let spec = dev.write("prom.yaml", &service_job("prom", local_port, &metric, 4));
+    dev.ok(&["job", "run", &spec]);
+    util::wait_until("the service answers through the proxy", Duration::from_secs(30), || get(&addr, "/").is_some());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&addr, "/", 2, Duration::from_millis(100), &stop);
+    util::wait_until("the group scales up to at least 3", Duration::from_secs(90), || count(&dev, "prom") >= 3);
+    let status = runtime().block_on(dev.client().job_scaling("prom")).unwrap();
+    let event = &status.events[0];
+    assert!(event.reason.starts_with("prometheus ") && event.reason.ends_with("of 5"), "{status:#?}");
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    util::wait_until("the group scales back to 1 without traffic", Duration::from_secs(90), || count(&dev, "prom") == 1);
+
+    // An unreachable Prometheus never scales down: the metric shows its error and the count stays.
+    let gone = format!("{{type: prometheus, address: \"http://127.0.0.1:{}\", query: 'vector(0)', target: 5}}", util::free_port());
+    let spec = dev.write("gone.yaml", &service_job("gone", util::free_port(), &gone, 4).replace("count: 1", "count: 2"));
+    dev.ok(&["job", "run", &spec]);
+    let status = util::eventually(
+        "the autoscaler reports the unreachable Prometheus",
+        Duration::from_secs(30),
+        || runtime().block_on(dev.client().job_scaling("gone")).unwrap(),
+        |status| !status.groups[0].metrics[0].error.is_empty(),
+    );
+    assert_eq!((status.groups[0].desired, status.groups[0].limited_by.as_str()), (Some(2), "invalid_metrics"), "{status:#?}");
+    assert!(status.groups[0].metrics[0].error.contains("querying http://127.0.0.1:"), "{status:#?}");
+    assert_eq!(count(&dev, "gone"), 2);
+}
+
+#[test]
 fn scaling_plan_gives_kubernetes_answer_with_its_arithmetic_and_refuses_bad_input() {
     let dir = util::tempdir();
     let write = |name: &str, text: &str| {

@@ -14,6 +14,7 @@ pub mod drivers;
 mod limits;
 pub(crate) mod parse;
 mod placement;
+pub mod promql;
 mod scaling;
 mod service;
 mod update;

@@ -65,7 +65,8 @@ pub enum MetricType {
     RequestsPerSecond,
     /// The p99 latency of each instance's requests through davit's proxies (`target`, a duration).
     LatencyP99,
-    /// A PromQL query against a Prometheus (`address`, `query`; `target` per instance).
+    /// A PromQL query against a Prometheus (`address`, `query`): its value is the group's total, against
+    /// `target` per instance.
     Prometheus,
 }
 

@@ -643,11 +643,37 @@ fn check_scaling_metric(ctx: &Ctx, at: &str, metric: &super::MetricSpec) {
         }
     }
     if metric.kind == MetricType::Prometheus {
-        ctx.report_key(
-            &format!("{at}.type"),
-            "`prometheus` metrics are not supported by this davit version yet",
-            Some(NOT_SUPPORTED_HINT.to_string()),
-        );
+        match metric.address.as_deref() {
+            None => ctx.report_key(
+                &format!("{at}.type"),
+                "a prometheus metric needs the address of the Prometheus to query",
+                Some("e.g. address: http://127.0.0.1:9090".to_string()),
+            ),
+            Some(address)
+                if !(address.starts_with("http://") || address.starts_with("https://"))
+                    || address.len() > 256
+                    || address.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                ctx.report(
+                    &format!("{at}.address"),
+                    format!("{address:?} is not an http:// or https:// address (at most 256 characters)"),
+                    Some("e.g. address: http://127.0.0.1:9090".to_string()),
+                )
+            }
+            Some(_) => {}
+        }
+        match metric.query.as_deref() {
+            None => ctx.report_key(
+                &format!("{at}.type"),
+                "a prometheus metric needs a query (PromQL; its value for the whole group)",
+                Some("e.g. query: sum(rate(http_requests_total{job=\"web\"}[1m]))".to_string()),
+            ),
+            Some(query) => {
+                if let Err(error) = super::promql::check(query) {
+                    ctx.report(&format!("{at}.query"), format!("the query does not parse: {error}"), None);
+                }
+            }
+        }
     } else {
         for (field, set) in [("address", metric.address.is_some()), ("query", metric.query.is_some())] {
             if set {

@@ -23,6 +23,10 @@ pub struct DevArgs {
     /// How often the autoscaler evaluates groups with `scaling.metrics` (`davit server`: 15s).
     #[arg(long, default_value = "5s")]
     pub autoscaler_interval: String,
+    /// `prometheus` scaling metrics may query the Prometheus at this HOST:PORT (repeatable); any on a loopback
+    /// address always.
+    #[arg(long = "allow-prometheus", value_name = "HOST:PORT")]
+    pub allow_prometheus: Vec<String>,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -32,6 +36,10 @@ pub struct ServerArgs {
     /// How often the autoscaler evaluates groups with `scaling.metrics` (Kubernetes' HPA sync period).
     #[arg(long, default_value = "15s")]
     pub autoscaler_interval: String,
+    /// `prometheus` scaling metrics may query the Prometheus at this HOST:PORT (repeatable; none by default: a
+    /// job spec must not make the server send requests where its author likes).
+    #[arg(long = "allow-prometheus", value_name = "HOST:PORT")]
+    pub allow_prometheus: Vec<String>,
     /// Where the store lives.
     #[arg(long, default_value = "/var/lib/davit/server")]
     pub data_dir: PathBuf,

@@ -115,9 +115,14 @@ impl Process {
 
     /// [`Process::spawn`] with more environment variables (`DAVIT_TOKEN`: secrets stay off the command line).
     pub fn spawn_with_env(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Process {
+        Process::spawn_program(DAVIT, name, dir, args, env)
+    }
+
+    /// Another program than davit (Prometheus, …), logging the same way.
+    pub fn spawn_program(program: &str, name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Process {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = Command::new(DAVIT)
+        let child = Command::new(program)
             .args(args)
             .envs(env.iter().copied())
             .env("DAVIT_LOG", "info")
@@ -125,7 +130,7 @@ impl Process {
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning davit {args:?}: {e}"));
+            .unwrap_or_else(|e| panic!("spawning {program} {args:?}: {e}"));
         Process { child, log, name: name.to_string() }
     }
 
@@ -616,4 +621,58 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Debian's Prometheus on loopback, scraping `targets` (`host:port`, path `/metrics`) every second.
+pub struct Prometheus {
+    pub process: Process,
+    pub addr: String,
+}
+
+impl Prometheus {
+    /// `None` (with the reason printed) when the `prometheus` binary is missing outside CI; under CI a missing
+    /// binary is a failure (scripts/deps.sh installs it).
+    pub fn start(dir: &Path, targets: &[&str]) -> Option<Prometheus> {
+        const BINARY: &str = "/usr/bin/prometheus";
+        if !Path::new(BINARY).exists() {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{BINARY} is missing: scripts/deps.sh installs Debian's prometheus package");
+            }
+            eprintln!("skipping: {BINARY} is missing (apt-get install prometheus)");
+            return None;
+        }
+        let targets: Vec<String> = targets.iter().map(|target| format!("\"{target}\"")).collect();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - {{job_name: davit, static_configs: [{{targets: [{}]}}]}}\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let args = [
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", dir.join("prometheus-data").display()),
+            format!("--web.listen-address={addr}"),
+            "--log.level=warn".to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let process = Process::spawn_program(BINARY, "prometheus", dir, &args, &[]);
+        let prometheus = Prometheus { process, addr };
+        wait_until("prometheus is ready", Duration::from_secs(30), || http_status(&prometheus.addr, "/-/ready") == Some(200));
+        Some(prometheus)
+    }
+}
+
+/// The status code of `GET path` on `addr`, if it answered.
+pub fn http_status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
 }
