@@ -879,6 +879,9 @@ pub struct GroupScaling {
     /// When the group was last evaluated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluated_at: Option<UnixMillis>,
+    /// `forecast_only` or `scale` with `predictive`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub predictive: String,
     /// Scale-up and scale-down changes within the policies' periods (rate limits), as `+2 12s ago`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_changes: Vec<String>,
@@ -900,4 +903,8 @@ pub struct MetricScaling {
     /// The calculator's arithmetic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<String>,
+    /// With `predictive`: the demand forecast `lead_time` ahead and the count it needs ("22.5/s in 12s → 5"),
+    /// or how much history it still needs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub forecast: String,
 }

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use davit_api::http::{GroupScaling, MetricScaling};
 use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, EvalTrigger, Job, ScalingEvent};
-use davit_api::spec::{GroupSpec, JobType, MetricSpec, MetricType};
+use davit_api::spec::{GroupSpec, JobType, MetricSpec, MetricType, PredictiveMode};
 use davit_scaling::calculator::{self, Instance, Kind, Phase, Timing, Tolerances};
+use davit_scaling::history::SeasonalHistory;
 use davit_scaling::normalize::{self, Behavior, History, Recommendation, ScaleEvent};
 
 use crate::api::jobs::{Registration, register_spec};
@@ -51,6 +52,8 @@ struct GroupState {
     scale_up: Vec<(u32, Instant)>,
     scale_down: Vec<(u32, Instant)>,
     last: Option<GroupScaling>,
+    /// With `predictive`: each metric's demand over the last seasons (by metric, for the season it was made for).
+    histories: HashMap<(usize, MetricType), (Duration, SeasonalHistory)>,
 }
 
 impl GroupState {
@@ -189,26 +192,75 @@ fn evaluate(
     let tolerances = scaling.tolerance.map(Tolerances::from).unwrap_or_default();
     let mut proposals = Vec::new();
     let mut best: Option<(u32, String)> = None;
+    let predictive = scaling.predictive.as_ref();
+    status.predictive =
+        predictive.map(|p| if p.mode == PredictiveMode::Scale { "scale" } else { "forecast_only" }.to_string()).unwrap_or_default();
+    if predictive.is_none() {
+        state.histories.clear();
+    }
+    let at = now_millis() as f64 / 1000.0;
     for (index, metric) in scaling.metrics.iter().enumerate() {
         let target = metric.target_milli().unwrap_or(1).max(1);
         let mut entry = MetricScaling { metric: metric.describe_target(), ..MetricScaling::default() };
+        // The group's demand in the metric's units, and what one instance serves at the target.
+        let mut demand = None;
         let proposal = match external.get(&index) {
-            Some(Ok(total)) => Ok(calculator::external_per_instance(current, target, (total * 1000.0).round() as i64, tolerances)),
+            Some(Ok(total)) => {
+                let total = (total * 1000.0).round() as i64;
+                demand = Some((total as f64, target as f64));
+                Ok(calculator::external_per_instance(current, target, total, tolerances))
+            }
             Some(Err(error)) => Err(error.clone()),
             None => {
                 let (instances, kind) = instances(&shared.signals, &allocs, metric, now);
+                demand = group_demand(metric, target, &instances);
                 calculator::replicas(current, kind, target, tolerances, timing, &instances).map_err(|error| error.to_string())
             }
         };
+        // Predictive: the demand forecast `lead_time` ahead, in instances.
+        let mut forecast = None;
+        if let (Some(predictive), Some((total, per_instance))) = (predictive, demand) {
+            let season = predictive.season.as_std();
+            let key = (index, metric.kind);
+            if state.histories.get(&key).is_none_or(|(made_for, _)| *made_for != season) {
+                state.histories.insert(key, (season, SeasonalHistory::new(season.as_secs_f64(), interval.as_secs_f64())));
+            }
+            let history = &mut state.histories.get_mut(&key).expect("made above").1;
+            history.push(at, total);
+            let lead = predictive.lead_time.as_std().as_secs_f64();
+            match history.forecast(at, lead) {
+                Some(expected) => {
+                    let replicas = (expected.max(0.0) / per_instance.max(1e-9)).ceil().min(f64::from(u32::MAX)) as u32;
+                    entry.forecast = format!("{} in {} → {replicas}", describe_total(metric.kind, expected), predictive.lead_time);
+                    if predictive.mode == PredictiveMode::Scale {
+                        forecast = Some((replicas, expected));
+                    }
+                }
+                None => entry.forecast = format!("learning: {:.1} of 2 seasons of history", history.seasons()),
+            }
+        }
         match proposal {
             Ok(proposal) => {
                 entry.current = describe_value(metric.kind, proposal.usage);
-                entry.proposal = Some(proposal.replicas);
                 entry.steps = proposal.steps;
-                if best.as_ref().is_none_or(|(replicas, _)| proposal.replicas > *replicas) {
-                    best = Some((proposal.replicas, format!("{} {} of {}", metric.kind.as_str(), entry.current, describe_target(metric))));
+                let (replicas, reason) = match forecast {
+                    Some((ahead, expected)) if ahead > proposal.replicas => (
+                        ahead,
+                        format!(
+                            "forecast: {} {} in {} ({} per instance)",
+                            metric.kind.as_str(),
+                            describe_total(metric.kind, expected),
+                            predictive.map(|p| p.lead_time.to_string()).unwrap_or_default(),
+                            describe_target(metric)
+                        ),
+                    ),
+                    _ => (proposal.replicas, format!("{} {} of {}", metric.kind.as_str(), entry.current, describe_target(metric))),
+                };
+                entry.proposal = Some(replicas);
+                if best.as_ref().is_none_or(|(most, _)| replicas > *most) {
+                    best = Some((replicas, reason));
                 }
-                proposals.push(Some(proposal.replicas));
+                proposals.push(Some(replicas));
             }
             Err(error) => {
                 entry.error = error;
@@ -299,6 +351,34 @@ fn instances(signals: &Signals, allocs: &[&Arc<Allocation>], metric: &MetricSpec
         })
         .collect();
     (instances, kind)
+}
+
+/// The group's demand for a metric of demand (the sum of the instances' samples; a utilization as millicores
+/// or bytes) and what one instance serves at the target; `None` for latency or without samples.
+fn group_demand(metric: &MetricSpec, target: i64, instances: &[Instance]) -> Option<(f64, f64)> {
+    let measured: Vec<&Instance> = instances.iter().filter(|instance| instance.usage.is_some() && !instance.stopping).collect();
+    if measured.is_empty() {
+        return None;
+    }
+    let total: f64 = measured.iter().map(|instance| instance.usage.unwrap_or(0) as f64).sum();
+    match metric.kind {
+        MetricType::Cpu | MetricType::Memory => {
+            let request = measured.iter().map(|instance| instance.request as f64).sum::<f64>() / measured.len() as f64;
+            Some((total, request * target as f64 / 100.0))
+        }
+        MetricType::RequestsPerSecond | MetricType::Prometheus => Some((total, target as f64)),
+        MetricType::LatencyP99 => None,
+    }
+}
+
+/// A group's demand: "540m" (CPU), "320MiB", "22.5/s", or the query's value.
+fn describe_total(kind: MetricType, total: f64) -> String {
+    match kind {
+        MetricType::Cpu => format!("{}m cpu", total.round()),
+        MetricType::Memory => format!("{}MiB", trim(total / 1_048_576.0)),
+        MetricType::RequestsPerSecond => format!("{}/s", trim(total / 1000.0)),
+        MetricType::LatencyP99 | MetricType::Prometheus => trim(total / 1000.0),
+    }
 }
 
 /// "85%", "150/s", "230ms" from the calculator's value.

@@ -23,13 +23,7 @@ fn main() {
     let dir = common::tempdir();
     let proxy_ip = common::proxy_ip();
     let (dev, addr) = common::start_dev_with_proxy(&dir.path().join("data"), "28000-28999", &proxy_ip);
-    // A failed assertion must not leave `davit dev` and its tasks running.
-    let (dev_pid, default_hook) = (dev.id(), std::panic::take_hook());
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        let _ = std::process::Command::new("kill").args(["-INT", &dev_pid.to_string()]).status();
-        std::thread::sleep(Duration::from_secs(5));
-    }));
+    common::stop_dev_on_panic(&dev);
     println!("machine: {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
 
     let (mut fresh, mut rolled) = (Vec::new(), Vec::new());

@@ -1,7 +1,8 @@
 //! The autoscaler end to end on `davit dev` (autoscaler and usage sampling every second): a CPU-bound HTTP
 //! service scales up under load and back down once its stabilisation window passed; a requests-per-second
-//! service scales with the load sent through the proxy; `davit scaling plan` computes Kubernetes' answer
-//! offline and refuses bad input with its position.
+//! service scales with the load sent through the proxy; a `prometheus` metric against a real Prometheus; a
+//! predictive group scales up before a recurring step in a 40-second season; `davit scaling plan` computes
+//! Kubernetes' answer offline and refuses bad input with its position.
 
 mod util;
 
@@ -213,6 +214,82 @@ fn a_prometheus_query_scales_a_group_by_its_value_per_instance() {
     assert_eq!((status.groups[0].desired, status.groups[0].limited_by.as_str()), (Some(2), "invalid_metrics"), "{status:#?}");
     assert!(status.groups[0].metrics[0].error.contains("querying http://127.0.0.1:"), "{status:#?}");
     assert_eq!(count(&dev, "gone"), 2);
+}
+
+#[test]
+fn a_predictive_group_scales_up_before_a_recurring_step() {
+    if !require_root() {
+        return;
+    }
+    let dev = Dev::start_with(&["--autoscaler-interval", "1s", "--usage-interval", "1s"]);
+    let local_port = util::free_port();
+    let addr = format!("{}:{local_port}", dev.proxy_ip);
+    let spec = service_job("seasons", local_port, "{type: requests_per_second, target: 5}", 4)
+        .replace("      behavior:", "      predictive: {season: 40s, lead_time: 12s, mode: scale}\n      behavior:");
+    dev.ok(&["job", "run", &dev.write("seasons.yaml", &spec)]);
+    util::wait_until("the service answers through the proxy", Duration::from_secs(30), || get(&addr, "/").is_some());
+
+    // A season of 40 s: quiet, then about 20 requests/s in its last 15 s; three seasons.
+    let start = Instant::now();
+    let season = Duration::from_secs(40);
+    let step_of = |k: u32| season * k + Duration::from_secs(25);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut before_third_step = None;
+    for k in 0..3 {
+        while start.elapsed() < step_of(k) {
+            if k == 2 && start.elapsed() > step_of(2) - Duration::from_secs(2) && before_third_step.is_none() {
+                before_third_step = Some(count(&dev, "seasons"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if k == 2 {
+            break;
+        }
+        stop.store(false, Ordering::Relaxed);
+        let clients = load(&addr, "/", 2, Duration::from_millis(100), &stop);
+        while start.elapsed() < season * (k + 1) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for client in clients {
+            client.join().unwrap();
+        }
+    }
+    // Before the third step, with no load for 23 s, the forecast already asked for more instances.
+    let status = runtime().block_on(dev.client().job_scaling("seasons")).unwrap();
+    let count_before = before_third_step.expect("the count was read before the third step");
+    assert!(count_before >= 2, "the group was at {count_before} before the third step: {status:#?}");
+    let ahead = status
+        .events
+        .iter()
+        .find(|event| event.reason.starts_with("forecast: requests_per_second"))
+        .unwrap_or_else(|| panic!("{status:#?}"));
+    assert!(ahead.to > ahead.from, "{ahead:#?}");
+    assert!(status.groups[0].metrics[0].forecast.contains(" in 12s → "), "{status:#?}");
+    let out = dev.ok(&["scaling", "status", "seasons"]);
+    assert!(out.contains("predictive (scale)") && out.contains("Forecast"), "{out}");
+}
+
+#[test]
+fn scaling_backtest_compares_holt_winters_with_the_naive_seasonal_forecast() {
+    let dir = util::tempdir();
+    // Four seasons of 10 with growth: Holt-Winters follows the trend, the naive forecast lags a season behind.
+    let series: Vec<String> =
+        (0..40i64).map(|t| format!("{t},{}", 100 + 3 * t + [0, 30, 10, -20, 5, 0, -5, 15, -10, 25][(t % 10) as usize])).collect();
+    let file = dir.path().join("series.csv");
+    std::fs::write(&file, format!("time,value\n{}\n", series.join("\n"))).unwrap();
+    let output = util::davit(
+        "http://127.0.0.1:1",
+        dir.path(),
+        &["scaling", "backtest", "--series", &file.display().to_string(), "--season", "10", "-o", "json"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (hw, naive) = (result["holt_winters_mape"].as_f64().unwrap(), result["naive_seasonal_mape"].as_f64().unwrap());
+    assert!(hw < naive / 5.0 && naive > 5.0, "{result:#}");
+    let output =
+        util::davit("http://127.0.0.1:1", dir.path(), &["scaling", "backtest", "--series", &file.display().to_string(), "--season", "20"]);
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("needs three seasons"), "{output:?}");
 }
 
 #[test]

@@ -25,8 +25,8 @@ pub use limits::SpecLimits;
 pub use parse::{SpecError, SpecErrors, parse_job_spec, parse_job_spec_within};
 pub use placement::{AllocAffinity, Constraint, ConstraintOperator, NodeAffinity, SpreadSpec};
 pub use scaling::{
-    BehaviorSpec, DEFAULT_TOLERANCE, MetricSpec, MetricTarget, MetricType, ScalingPolicySpec, ScalingPolicyType, ScalingRulesSpec,
-    ScalingSpec, SelectPolicy, ToleranceSpec,
+    BehaviorSpec, DEFAULT_TOLERANCE, MetricSpec, MetricTarget, MetricType, PredictiveMode, PredictiveSpec, ScalingPolicySpec,
+    ScalingPolicyType, ScalingRulesSpec, ScalingSpec, SelectPolicy, ToleranceSpec,
 };
 pub use service::{BalanceAlgorithm, CheckOnFailure, CheckSpec, CheckType, HashKey, ServiceMode, ServiceSpec, UpstreamSpec};
 pub use update::{AnalysisSpec, CountOrPercent, HealthCheckMode, Percent, UpdateSpec, UpdateStrategy};

@@ -36,9 +36,9 @@ pub struct ScalingSpec {
     /// downscale stabilisation, at most `max(2 × current, 4)` at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behavior: Option<BehaviorSpec>,
-    /// Not supported yet: predictive scaling.
+    /// Predictive scaling: a Holt-Winters forecast of each metric's demand, `lead_time` ahead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub predictive: Option<serde_json::Value>,
+    pub predictive: Option<PredictiveSpec>,
     /// Not supported yet: scale to zero when idle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_to_zero_after: Option<serde_json::Value>,
@@ -52,6 +52,36 @@ impl ScalingSpec {
     pub fn autoscaled(&self) -> bool {
         !self.metrics.is_empty() && self.enabled != Some(false)
     }
+}
+
+/// `scaling.predictive`: the autoscaler fits additive Holt-Winters (level, trend, season) to each metric's
+/// demand over the last seasons and forecasts it `lead_time` ahead; in `scale` mode a metric asks for at least
+/// the instances the forecast needs, so capacity is up before a recurring peak.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictiveSpec {
+    /// The length of the recurring pattern (e.g. 24h); forecasts start after two seasons of history.
+    pub season: Duration,
+    #[serde(default = "PredictiveSpec::default_lead_time")]
+    pub lead_time: Duration,
+    #[serde(default)]
+    pub mode: PredictiveMode,
+}
+
+impl PredictiveSpec {
+    fn default_lead_time() -> Duration {
+        Duration::from_secs(120)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictiveMode {
+    /// Forecast and show it (`davit scaling status`), but scale on the measurements only (default).
+    #[default]
+    ForecastOnly,
+    /// Ask for `max(measured, forecast)` instances per metric.
+    Scale,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

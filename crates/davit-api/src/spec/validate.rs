@@ -473,14 +473,34 @@ fn check_scaling(ctx: &Ctx, path: &str, group: &GroupSpec, scaling: &super::Scal
             Some("make min at least 1".to_string()),
         );
     }
-    for field in ["predictive", "scale_to_zero_after", "activation_timeout"] {
-        let set = match field {
-            "predictive" => scaling.predictive.is_some(),
-            "scale_to_zero_after" => scaling.scale_to_zero_after.is_some(),
-            _ => scaling.activation_timeout.is_some(),
-        };
+    for (field, set) in
+        [("scale_to_zero_after", scaling.scale_to_zero_after.is_some()), ("activation_timeout", scaling.activation_timeout.is_some())]
+    {
         if set {
             not_supported(ctx, &format!("{path}.{field}"));
+        }
+    }
+    if let Some(predictive) = &scaling.predictive {
+        let season = predictive.season.as_std();
+        if !(std::time::Duration::from_secs(30)..=std::time::Duration::from_secs(7 * 86_400)).contains(&season) {
+            ctx.report(
+                &format!("{path}.predictive.season"),
+                format!("a season is from 30s to 7d, not {}", predictive.season),
+                Some("e.g. season: 24h".to_string()),
+            );
+        } else if predictive.lead_time.as_std().is_zero() || predictive.lead_time.as_std() >= season {
+            ctx.report(
+                &format!("{path}.predictive.lead_time"),
+                format!("lead_time must be above 0 and shorter than the season ({})", predictive.season),
+                Some("e.g. lead_time: 2m".to_string()),
+            );
+        }
+        if !scaling.metrics.is_empty() && scaling.metrics.iter().all(|metric| metric.kind == super::MetricType::LatencyP99) {
+            ctx.report_key(
+                &format!("{path}.predictive"),
+                "predictive scaling forecasts demand (cpu, memory, requests_per_second, prometheus), not latency",
+                Some("add a metric of demand, or remove predictive".to_string()),
+            );
         }
     }
     if scaling.metrics.is_empty() {
@@ -490,6 +510,7 @@ fn check_scaling(ctx: &Ctx, path: &str, group: &GroupSpec, scaling: &super::Scal
             ("cpu_initialization_period", scaling.cpu_initialization_period.is_some()),
             ("initial_readiness_delay", scaling.initial_readiness_delay.is_some()),
             ("enabled", scaling.enabled.is_some()),
+            ("predictive", scaling.predictive.is_some()),
         ];
         for (field, _) in autoscaler_only.iter().filter(|(_, set)| *set) {
             ctx.report_key(

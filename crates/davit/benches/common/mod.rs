@@ -60,6 +60,16 @@ pub fn proxy_ip() -> String {
     format!("127.{}.{}.{}", 200 + std::process::id() % 50, n / 250 % 256, 1 + n % 250)
 }
 
+/// A failed assertion must not leave `davit dev` and its tasks running: a panic interrupts it (and gives it 5 s).
+pub fn stop_dev_on_panic(dev: &Child) {
+    let (dev_pid, default_hook) = (dev.id(), std::panic::take_hook());
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        let _ = Command::new("kill").args(["-INT", &dev_pid.to_string()]).status();
+        std::thread::sleep(Duration::from_secs(5));
+    }));
+}
+
 /// Ctrl-C for `davit dev`, and wait for it to end.
 pub fn stop_dev(mut dev: Child) {
     let _ = Command::new("kill").args(["-INT", &dev.id().to_string()]).status();

@@ -528,6 +528,20 @@ pub enum ScalingCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// How well the predictive autoscaler's Holt-Winters model forecasts a series (offline): fitted on all but
+    /// the last season, it forecasts that season; its mean absolute percentage error is printed next to the
+    /// naive seasonal forecast's (the season before, repeated).
+    Backtest {
+        /// A CSV file: one value per line, or `time,value` lines (the last column counts; lines that are not
+        /// numbers, such as a header, are skipped).
+        #[arg(long)]
+        series: PathBuf,
+        /// Points per season.
+        #[arg(long)]
+        season: usize,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Each group with `scaling:` of JOB: its metrics against their targets, the proposal, what limits the
     /// decision, and the latest scaling events; `-w` refreshes until interrupted.
     Status {

@@ -27,6 +27,48 @@ pub async fn scaling(client: &Client, command: ScalingCommand) -> Result<(), Fai
             }
             Ok(())
         }
+        ScalingCommand::Backtest { series, season, output } => {
+            let display = series.display().to_string();
+            let text = std::fs::read_to_string(&series).map_err(|error| Failure::user(format!("cannot read {display}: {error}")))?;
+            let values: Vec<f64> = text
+                .lines()
+                .filter_map(|line| line.rsplit(',').next().and_then(|value| value.trim().parse::<f64>().ok()))
+                .filter(|value| value.is_finite())
+                .collect();
+            if season == 0 {
+                return Err(Failure::user("--season: at least 1 point per season"));
+            }
+            let Some(result) = davit_scaling::forecast::backtest(&values, season) else {
+                return Err(Failure::user(format!(
+                    "{display}: {} values; a backtest needs three seasons ({} values with --season {season})",
+                    values.len(),
+                    3 * season
+                )));
+            };
+            if output.format == OutputFormat::Json {
+                let params = result.params;
+                println!(
+                    "{}",
+                    json(&serde_json::json!({
+                        "holt_winters_mape": result.holt_winters_mape,
+                        "naive_seasonal_mape": result.naive_mape,
+                        "points": result.points,
+                        "alpha": params.alpha, "beta": params.beta, "gamma": params.gamma,
+                    }))
+                );
+            } else {
+                println!(
+                    "Holt-Winters (α {}, β {}, γ {}): MAPE {:.2}% over the last season's {} points\nnaive seasonal (the season before): MAPE {:.2}%",
+                    result.params.alpha,
+                    result.params.beta,
+                    result.params.gamma,
+                    result.holt_winters_mape,
+                    result.points,
+                    result.naive_mape
+                );
+            }
+            Ok(())
+        }
         ScalingCommand::Status { job, group, watch, output } => loop {
             let mut status = client.job_scaling(&job).await?;
             if let Some(group) = &group {
@@ -76,17 +118,31 @@ fn describe(status: &ScalingStatus) -> String {
 }
 
 fn describe_group(group: &GroupScaling) -> String {
-    let mode = if group.autoscaled { "autoscaled" } else { "not autoscaled (no metrics, or enabled: false)" };
+    let mode = match (group.autoscaled, group.predictive.as_str()) {
+        (false, _) => "not autoscaled (no metrics, or enabled: false)".to_string(),
+        (true, "") => "autoscaled".to_string(),
+        (true, predictive) => format!("autoscaled, predictive ({predictive})"),
+    };
     let mut text = format!("Group {}: count {} (min {}, max {}), {mode}\n", group.group, group.count, group.min, group.max);
     if !group.metrics.is_empty() {
-        let mut rows = vec![["Metric (target)", "Current", "Proposal", "Error"].map(String::from).to_vec()];
+        let predictive = !group.predictive.is_empty();
+        let mut header = vec!["Metric (target)", "Current", "Proposal"];
+        if predictive {
+            header.push("Forecast");
+        }
+        header.push("Error");
+        let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
         for metric in &group.metrics {
-            rows.push(vec![
+            let mut row = vec![
                 metric.metric.clone(),
                 if metric.current.is_empty() { "-".to_string() } else { metric.current.clone() },
                 metric.proposal.map_or_else(|| "-".to_string(), |p| p.to_string()),
-                metric.error.clone(),
-            ]);
+            ];
+            if predictive {
+                row.push(if metric.forecast.is_empty() { "-".to_string() } else { metric.forecast.clone() });
+            }
+            row.push(metric.error.clone());
+            rows.push(row);
         }
         for line in table(&rows).lines() {
             text.push_str(&format!("  {line}\n"));
