@@ -83,25 +83,36 @@ async fn sample(
         };
         readiness.insert(alloc_id.clone(), (ready, changed));
         let mut tasks = BTreeMap::new();
+        // A sample covers every task that runs (a usage of some tasks against the request of all would be too
+        // low): an allocation with a task not measured this time sends none.
+        let (mut measured, mut complete, mut window) = (0, true, Duration::ZERO);
         for task in runner.task_names() {
-            let Some(handle) = runner.task_handle(&task) else { continue };
-            let Some(driver) = context.drivers.get(&handle.driver) else { continue };
-            let Ok(stats) = driver.stats(&handle).await else { continue };
+            let running = status.task_states.get(&task).is_some_and(|state| state.state == TaskStatus::Running);
+            let Some(handle) = runner.task_handle(&task).filter(|_| running) else { continue };
+            measured += 1;
+            let stats = match context.drivers.get(&handle.driver) {
+                Some(driver) => driver.stats(&handle).await.ok(),
+                None => None,
+            };
+            let Some(stats) = stats else {
+                complete = false;
+                continue;
+            };
             let now = Instant::now();
             let key = (alloc_id.clone(), task.clone());
-            let cpu = match baselines.insert(key, (stats.cpu_usage_ns, now)) {
+            match baselines.insert(key, (stats.cpu_usage_ns, now)) {
                 Some((before, at)) if stats.cpu_usage_ns >= before && now > at => {
-                    let wall = now.duration_since(at).as_nanos().max(1) as f64;
-                    Some(((stats.cpu_usage_ns - before) as f64 / wall * 1000.0).round() as u64)
+                    let elapsed = now.duration_since(at);
+                    window = window.max(elapsed);
+                    let cpu_millicores = ((stats.cpu_usage_ns - before) as f64 / elapsed.as_nanos().max(1) as f64 * 1000.0).round() as u64;
+                    tasks.insert(task, TaskUsage { cpu_millicores, memory_bytes: stats.memory_bytes });
                 }
-                _ => None,
-            };
-            if let Some(cpu_millicores) = cpu {
-                tasks.insert(task, TaskUsage { cpu_millicores, memory_bytes: stats.memory_bytes });
+                // The first reading of a task (or one after its counter went back: it restarted) is a baseline.
+                _ => complete = false,
             }
         }
         seen.insert(alloc_id.clone());
-        if tasks.is_empty() {
+        if tasks.is_empty() || !complete || tasks.len() != measured {
             continue;
         }
         samples.push(AllocUsage {
@@ -111,7 +122,8 @@ async fn sample(
             ready_changed_at: changed,
             started_at,
             time: now_ms,
-            window_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            // The span the CPU figures cover (the interval, or longer after a slow round).
+            window_ms: u64::try_from(window.max(interval).as_millis()).unwrap_or(u64::MAX),
         });
     }
     baselines.retain(|(alloc_id, _), _| seen.contains(alloc_id));

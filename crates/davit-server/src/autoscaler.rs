@@ -82,7 +82,7 @@ impl GroupState {
 impl Autoscaler {
     /// The last evaluation of each group of `job` with `scaling:` (a group not evaluated yet shows its bounds).
     pub fn status(&self, job: &Job) -> Vec<GroupScaling> {
-        let groups = self.groups.lock().expect("autoscaler lock");
+        let groups = self.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         job.spec
             .groups
             .iter()
@@ -93,7 +93,7 @@ impl Autoscaler {
                 status.group = group.name.clone();
                 status.autoscaled = scaling.autoscaled() && job.spec.job_type == JobType::Service;
                 status.count = group.count;
-                status.min = scaling.min.unwrap_or(group.count);
+                status.min = scaling.min_count(group.count);
                 status.max = scaling.max;
                 if status.metrics.is_empty() {
                     status.metrics = scaling
@@ -118,25 +118,27 @@ pub(crate) async fn run(shared: Arc<Shared>, config: AutoscalerConfig) {
 /// One sync: every autoscaled group of every running service job.
 async fn evaluate_all(shared: &Shared, config: &AutoscalerConfig) {
     let snapshot = shared.view.snapshot();
-    let now = Instant::now();
-    let mut live = Vec::new();
+    let mut live = std::collections::HashSet::new();
     for job in snapshot.cluster.jobs().filter(|job| !job.stopped && job.spec.job_type == JobType::Service) {
         for group in &job.spec.groups {
             let Some(scaling) = group.scaling.as_ref().filter(|scaling| scaling.autoscaled()) else { continue };
-            live.push((job.spec.id(), group.name.clone()));
-            // Prometheus metrics are queried first (the rest of the evaluation holds the autoscaler's lock).
-            let mut external = HashMap::new();
-            for (index, metric) in scaling.metrics.iter().enumerate().filter(|(_, metric)| metric.kind == MetricType::Prometheus) {
-                let (address, query) = (metric.address.as_deref().unwrap_or_default(), metric.query.as_deref().unwrap_or_default());
-                external.insert(index, crate::prometheus::query(&shared.http, &config.prometheus, address, query).await);
-            }
+            live.insert((job.spec.id(), group.name.clone()));
+            // Prometheus metrics are queried first, together (the rest of the evaluation holds the autoscaler's
+            // lock); the group's clock starts after them.
+            let queries =
+                scaling.metrics.iter().enumerate().filter(|(_, metric)| metric.kind == MetricType::Prometheus).map(|(index, metric)| {
+                    let (address, query) = (metric.address.as_deref().unwrap_or_default(), metric.query.as_deref().unwrap_or_default());
+                    async move { (index, crate::prometheus::query(&shared.http, &config.prometheus, address, query).await) }
+                });
+            let external: HashMap<usize, Result<f64, String>> = futures_util::future::join_all(queries).await.into_iter().collect();
+            let now = Instant::now();
             let decision = evaluate(shared, &snapshot.cluster, job, group, &external, now, config.interval);
             if let Some((to, reason)) = decision {
                 scale(shared, job, group, to, reason, now).await;
             }
         }
     }
-    shared.autoscaler.groups.lock().expect("autoscaler lock").retain(|key, _| live.contains(key));
+    shared.autoscaler.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|key, _| live.contains(key));
 }
 
 /// Evaluates one group and records the result; the count to set and why, when it changes.
@@ -152,9 +154,9 @@ fn evaluate(
     let scaling = group.scaling.as_ref()?;
     let job_id = job.spec.id();
     let current = group.count;
-    let min = scaling.min.unwrap_or(current);
+    let min = scaling.min_count(current);
     let behavior = scaling.behavior.as_ref().map(Behavior::resolve);
-    let mut groups = shared.autoscaler.groups.lock().expect("autoscaler lock");
+    let mut groups = shared.autoscaler.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let state = groups.entry((job_id.clone(), group.name.clone())).or_insert_with(|| GroupState {
         // Kubernetes' `recordInitialRecommendation`: the count found counts as the first recommendation.
         recommendations: vec![(current, now)],
@@ -208,7 +210,10 @@ fn evaluate(
             Some(Ok(total)) => {
                 let total = (total * 1000.0).round() as i64;
                 demand = Some((total as f64, target as f64));
-                Ok(calculator::external_per_instance(current, target, total, tolerances))
+                // Kubernetes divides by the instances that exist (`status.replicas`), not the count asked for.
+                let existing =
+                    allocs.iter().filter(|alloc| alloc.desired_status == DesiredStatus::Run && !alloc.client_status.is_terminal()).count();
+                Ok(calculator::external_per_instance(u32::try_from(existing).unwrap_or(u32::MAX), target, total, tolerances))
             }
             Some(Err(error)) => Err(error.clone()),
             None => {
@@ -230,7 +235,13 @@ fn evaluate(
             let lead = predictive.lead_time.as_std().as_secs_f64();
             match history.forecast(at, lead) {
                 Some(expected) => {
-                    let replicas = (expected.max(0.0) / per_instance.max(1e-9)).ceil().min(f64::from(u32::MAX)) as u32;
+                    // Within the tolerance of what the current count serves, the forecast asks for no change.
+                    let ratio = expected / (per_instance.max(1e-9) * f64::from(current));
+                    let replicas = if current > 0 && tolerances.within(ratio) {
+                        current
+                    } else {
+                        (expected.max(0.0) / per_instance.max(1e-9)).ceil().min(f64::from(u32::MAX)) as u32
+                    };
                     entry.forecast = format!("{} in {} → {replicas}", describe_total(metric.kind, expected), predictive.lead_time);
                     if predictive.mode == PredictiveMode::Scale {
                         forecast = Some((replicas, expected));
@@ -418,7 +429,7 @@ async fn scale(shared: &Shared, job: &Job, group: &GroupSpec, to: u32, reason: S
         Registration { trigger: EvalTrigger::JobScale, revert_of: None, scaling: Some(event), based_on: Some(job.modify_index) };
     match register_spec(shared, spec, registration).await {
         Ok(_) => {
-            let mut groups = shared.autoscaler.groups.lock().expect("autoscaler lock");
+            let mut groups = shared.autoscaler.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(state) = groups.get_mut(&(job.spec.id(), group.name.clone())) {
                 if to > group.count {
                     state.scale_up.push((to - group.count, now));

@@ -17,8 +17,18 @@ use davit_scheduler::ClusterState;
 use crate::analysis::Traffic;
 use crate::api::services::BackendSums;
 
-/// A sample or a rate older than this is not used (the agent reports every 5 s by default).
+/// A sample or a rate older than this (or three of its windows, if longer) is not used (the agent reports every
+/// 5 s by default).
 pub const FRESH_FOR: Duration = Duration::from_secs(30);
+/// The most CPU one task may report (1,000 cores) and the most memory (1 PiB): larger numbers are a node's lie or
+/// a bug, and are capped so that sums of them cannot overflow.
+const MAX_CPU_MILLICORES: u64 = 1_000_000;
+const MAX_MEMORY_BYTES: u64 = 1 << 50;
+
+/// Whether something measured over `window` and received `age` ago is still current.
+fn fresh(age: Duration, window: Duration) -> bool {
+    age < FRESH_FOR.max(window * 3)
+}
 /// Entries not refreshed for this long are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(300);
 
@@ -55,19 +65,27 @@ pub(crate) struct AllocTraffic {
 }
 
 impl Signals {
-    /// Takes a node's report (already checked to be within [`davit_api::http::MAX_USAGE_ENTRIES`]).
-    pub fn ingest(&self, node_id: &str, report: UsageReport, cluster: &ClusterState, now: Instant) {
-        let mut inner = self.inner.lock().expect("signals lock");
-        for usage in report.allocs {
+    /// Takes a node's report (already checked to be within [`davit_api::http::MAX_USAGE_ENTRIES`]); `served`:
+    /// whether an allocation is an instance of a service in the catalog (whose traffic a proxy may report).
+    pub fn ingest(&self, node_id: &str, report: UsageReport, cluster: &ClusterState, served: impl Fn(&str) -> bool, now: Instant) {
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for mut usage in report.allocs {
             // A node speaks only for its own allocations.
             if cluster.alloc(&usage.alloc_id).is_some_and(|alloc| alloc.node_id == node_id) {
+                for task in usage.tasks.values_mut() {
+                    task.cpu_millicores = task.cpu_millicores.min(MAX_CPU_MILLICORES);
+                    task.memory_bytes = task.memory_bytes.min(MAX_MEMORY_BYTES);
+                }
+                usage.window_ms = usage.window_ms.min(3_600_000);
                 inner.allocs.insert(usage.alloc_id.clone(), (usage, now));
             }
         }
-        for counters in report.proxy {
-            if cluster.alloc(&counters.alloc_id).is_none() {
+        for mut counters in report.proxy {
+            // Every proxy may send requests to every service instance, and to nothing else.
+            if cluster.alloc(&counters.alloc_id).is_none() || !served(&counters.alloc_id) {
                 continue;
             }
+            counters.latency_buckets.truncate(davit_api::http::PROXY_LATENCY_BUCKETS.len() + 1);
             let key = (node_id.to_string(), counters.alloc_id.clone());
             if let Some((before, at)) = inner.readings.get(&key) {
                 let elapsed = now.duration_since(*at);
@@ -93,20 +111,20 @@ impl Signals {
 
     /// The allocation's latest sample if it is fresh, with its age.
     pub fn usage(&self, alloc_id: &str, now: Instant) -> Option<(AllocUsage, Duration)> {
-        let inner = self.inner.lock().expect("signals lock");
+        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (usage, at) = inner.allocs.get(alloc_id)?;
         let age = now.duration_since(*at);
-        (age < FRESH_FOR).then(|| (usage.clone(), age))
+        fresh(age, Duration::from_millis(usage.window_ms)).then(|| (usage.clone(), age))
     }
 
     /// The allocation's traffic, summed over the proxies that reported it recently (`None`: no proxy did).
     pub fn traffic(&self, alloc_id: &str, now: Instant) -> Option<AllocTraffic> {
-        let inner = self.inner.lock().expect("signals lock");
+        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut total = Traffic::default();
         let mut rate = 0.0;
         let mut any = false;
         for (traffic, window, at) in inner.traffic.get(alloc_id)?.values() {
-            if now.duration_since(*at) >= FRESH_FOR {
+            if !fresh(now.duration_since(*at), *window) {
                 continue;
             }
             any = true;
@@ -118,9 +136,13 @@ impl Signals {
 
     /// Every fresh sample (for `/metrics`).
     pub fn all_fresh(&self, now: Instant) -> Vec<AllocUsage> {
-        let inner = self.inner.lock().expect("signals lock");
-        let mut samples: Vec<AllocUsage> =
-            inner.allocs.values().filter(|(_, at)| now.duration_since(*at) < FRESH_FOR).map(|(usage, _)| usage.clone()).collect();
+        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut samples: Vec<AllocUsage> = inner
+            .allocs
+            .values()
+            .filter(|(usage, at)| fresh(now.duration_since(*at), Duration::from_millis(usage.window_ms)))
+            .map(|(usage, _)| usage.clone())
+            .collect();
         samples.sort_by(|a, b| a.alloc_id.cmp(&b.alloc_id));
         samples
     }
@@ -161,7 +183,7 @@ mod tests {
         let signals = Signals::default();
         let start = Instant::now();
         let report = UsageReport { allocs: vec![usage("a1", 250), usage("a2", 900), usage("gone", 1)], proxy: vec![] };
-        signals.ingest("n1", report, &cluster(), start);
+        signals.ingest("n1", report, &cluster(), |_| true, start);
         assert_eq!(signals.usage("a1", start).unwrap().0.tasks["app"].cpu_millicores, 250);
         assert!(signals.usage("a2", start).is_none(), "n1 may not report n2's allocation");
         assert!(signals.usage("gone", start).is_none());
@@ -176,18 +198,22 @@ mod tests {
             allocs: vec![],
             proxy: vec![counters("a1", requests_a1), counters("a2", requests_a2)],
         };
-        signals.ingest("n1", report(100, 10), &cluster(), start);
+        signals.ingest("n1", report(100, 10), &cluster(), |_| true, start);
         assert_eq!(signals.traffic("a1", start), None, "one reading is no rate yet");
-        signals.ingest("n1", report(600, 10), &cluster(), start + Duration::from_secs(5));
-        signals.ingest("n2", report(0, 0), &cluster(), start + Duration::from_secs(5));
-        signals.ingest("n2", report(250, 0), &cluster(), start + Duration::from_secs(10));
+        signals.ingest("n1", report(600, 10), &cluster(), |_| true, start + Duration::from_secs(5));
+        signals.ingest("n2", report(0, 0), &cluster(), |_| true, start + Duration::from_secs(5));
+        signals.ingest("n2", report(250, 0), &cluster(), |_| true, start + Duration::from_secs(10));
         // a1: 500 requests in 5 s through n1's proxy, 250 in 5 s through n2's.
         let traffic = signals.traffic("a1", start + Duration::from_secs(10)).unwrap();
         assert_eq!(traffic, AllocTraffic { requests_per_second: 150.0, p99_ms: Some(2.5) });
         assert_eq!(signals.traffic("a2", start + Duration::from_secs(10)), Some(AllocTraffic { requests_per_second: 0.0, p99_ms: None }));
+        // Counters for an allocation that is no service instance are not taken.
+        signals.ingest("n3", report(1_000, 0), &cluster(), |alloc| alloc != "a1", start + Duration::from_secs(11));
+        signals.ingest("n3", report(9_000, 0), &cluster(), |alloc| alloc != "a1", start + Duration::from_secs(12));
+        assert_eq!(signals.traffic("a1", start + Duration::from_secs(12)).unwrap().requests_per_second, 150.0);
         // A proxy that started again (its counters went down) counts from 0: 50 requests in the 10 s since its
         // last reading, beside n2's 50/s.
-        signals.ingest("n1", report(50, 0), &cluster(), start + Duration::from_secs(15));
+        signals.ingest("n1", report(50, 0), &cluster(), |_| true, start + Duration::from_secs(15));
         let traffic = signals.traffic("a1", start + Duration::from_secs(15)).unwrap();
         assert_eq!(traffic.requests_per_second, 5.0 + 50.0);
     }

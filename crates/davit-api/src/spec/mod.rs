@@ -554,10 +554,10 @@ fn is_default_namespace(namespace: &String) -> bool {
 pub const REDACTED: &str = "<redacted>";
 
 impl GroupSpec {
-    /// The counts `scaling:` allows (`min` defaults to the count written), `None` without the block.
+    /// The counts `scaling:` allows (`min` defaults to 1), `None` without the block.
     pub fn count_bounds(&self) -> Option<std::ops::RangeInclusive<u32>> {
         let scaling = self.scaling.as_ref()?;
-        Some(scaling.min.unwrap_or(self.count)..=scaling.max)
+        Some(scaling.min_count(self.count)..=scaling.max)
     }
 }
 

@@ -417,6 +417,9 @@ impl Parser {
                 self.duration()?;
             } else if self.is_symbol("@") {
                 self.next();
+                if self.is_symbol("-") || self.is_symbol("+") {
+                    self.next();
+                }
                 match &self.peek().kind {
                     Kind::Number => {
                         self.next();
@@ -593,6 +596,7 @@ mod tests {
             "-a ^ 2 ^ 0.5 + 1e3 - 0x1f * Inf",
             "a > bool 2 and on(instance) b unless c or d",
             "rate(x[1h30m] @ 1700000000)",
+            "x @ -100",
             "count_values(\"version\", build_info)",
             "{__name__=~\"davit_.*\", job=\"davit\",}",
             "avg(x) without (instance)",

@@ -14,7 +14,7 @@ pub struct ScalingSpec {
     /// The autoscaler acts on the group (default true when `metrics:` is given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Default: the group's count.
+    /// Default: 1 (as Kubernetes' `minReplicas`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<u32>,
     pub max: u32,
@@ -48,6 +48,11 @@ pub struct ScalingSpec {
 }
 
 impl ScalingSpec {
+    /// `min`, or Kubernetes' default: 1 (0 for a group written with count 0).
+    pub fn min_count(&self, written: u32) -> u32 {
+        self.min.unwrap_or(1.min(written))
+    }
+
     /// Whether the autoscaler acts on the group.
     pub fn autoscaled(&self) -> bool {
         !self.metrics.is_empty() && self.enabled != Some(false)
@@ -329,4 +334,17 @@ pub struct ScalingPolicySpec {
 pub enum ScalingPolicyType {
     Pods,
     Percent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_defaults_to_one_as_in_kubernetes_whatever_the_count() {
+        let scaling = ScalingSpec { max: 10, ..ScalingSpec::default() };
+        // A group the autoscaler grew to 6 may come back to 1: the bound does not follow the count.
+        assert_eq!((scaling.min_count(2), scaling.min_count(6), scaling.min_count(0)), (1, 1, 0));
+        assert_eq!(ScalingSpec { min: Some(3), ..scaling }.min_count(6), 3);
+    }
 }

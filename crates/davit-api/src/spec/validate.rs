@@ -444,7 +444,7 @@ fn check_update(ctx: &Ctx, path: &str, spec: &JobSpec, group: &GroupSpec) {
 /// `min` ≤ `count` ≤ `max`; each metric has the target its type needs; tolerances, periods and policies within
 /// Kubernetes' bounds.
 fn check_scaling(ctx: &Ctx, path: &str, group: &GroupSpec, scaling: &super::ScalingSpec) {
-    let min = scaling.min.unwrap_or(group.count);
+    let min = scaling.min_count(group.count);
     if scaling.max == 0 {
         ctx.report(&format!("{path}.max"), "scaling.max must be at least 1", Some("e.g. max: 10".to_string()));
     } else if scaling.min.is_some() && min > scaling.max {

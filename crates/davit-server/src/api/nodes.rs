@@ -409,6 +409,16 @@ pub(crate) async fn usage(State(shared): State<Arc<Shared>>, Path(id): Path<Stri
     if snapshot.cluster.node(&id).is_none() {
         return Err(Failure::not_found(format!("node {id} is not registered")));
     }
-    shared.signals.ingest(&id, report, &snapshot.cluster, std::time::Instant::now());
+    // Proxies send requests to the allocations of groups with services, and to nothing else.
+    let cluster = &snapshot.cluster;
+    let served = |alloc_id: &str| {
+        cluster.alloc(alloc_id).is_some_and(|alloc| {
+            cluster
+                .job_version(&alloc.job_name, alloc.job_version)
+                .and_then(|job| job.spec.group(&alloc.group).map(|group| !group.services.is_empty()))
+                .unwrap_or(false)
+        })
+    };
+    shared.signals.ingest(&id, report, &snapshot.cluster, served, std::time::Instant::now());
     Ok(indexed(snapshot.revision, &IndexResponse { index: snapshot.revision }))
 }
