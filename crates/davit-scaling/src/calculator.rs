@@ -192,6 +192,18 @@ pub enum Kind {
     Average,
 }
 
+impl Kind {
+    /// How a metric of this type is averaged (a Prometheus total is not: see [`external_per_instance`]).
+    pub fn of(metric: davit_api::spec::MetricType) -> Kind {
+        use davit_api::spec::MetricType;
+        match metric {
+            MetricType::Cpu => Kind::Utilization { cpu: true },
+            MetricType::Memory => Kind::Utilization { cpu: false },
+            MetricType::RequestsPerSecond | MetricType::LatencyP99 | MetricType::Prometheus => Kind::Average,
+        }
+    }
+}
+
 /// `GetResourceReplicas` (for [`Kind::Utilization`], `target` in percent) and `calcPlainMetricReplicas`
 /// (for [`Kind::Average`], `target` in milli-units).
 pub fn replicas(
@@ -329,9 +341,13 @@ fn ceil_count(x: f64) -> u32 {
 }
 
 fn round3(x: f64) -> String {
-    let text = format!("{x:.3}");
-    let trimmed = text.trim_end_matches('0').trim_end_matches('.');
-    trimmed.to_string()
+    decimals(x, 3)
+}
+
+/// `x` with at most `places` decimals and no trailing zeros: `1.5`, `2`, `0.667`.
+pub fn decimals(x: f64, places: usize) -> String {
+    let text = format!("{x:.places$}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn milli(value: i64) -> String {

@@ -231,12 +231,7 @@ fn measure(
             sample_ago: instance.sample_seconds_ago,
         });
     }
-    let kind = match metric.kind {
-        MetricType::Cpu => Kind::Utilization { cpu: true },
-        MetricType::Memory => Kind::Utilization { cpu: false },
-        _ => Kind::Average,
-    };
-    Ok(calculator::replicas(input.current, kind, target, tolerances, timing, &instances))
+    Ok(calculator::replicas(input.current, Kind::of(metric.kind), target, tolerances, timing, &instances))
 }
 
 fn describe(metric: &MetricSpec, proposal: &Proposal) -> (Option<i64>, Option<f64>) {

@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use davit_api::http::{GroupScaling, MetricScaling};
+use davit_api::http::{AllocUsage, GroupScaling, MetricScaling};
 use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, EvalTrigger, Job, ScalingEvent};
-use davit_api::spec::{GroupSpec, JobType, MetricSpec, MetricType, PredictiveMode};
+use davit_api::spec::{GroupSpec, JobType, MetricSpec, MetricType, PredictiveMode, ScalingSpec};
 use davit_scaling::calculator::{self, Instance, Kind, Phase, Timing, Tolerances};
 use davit_scaling::history::SeasonalHistory;
 use davit_scaling::normalize::{self, Behavior, History, Recommendation, ScaleEvent};
@@ -96,16 +96,17 @@ impl Autoscaler {
                 status.min = scaling.min_count(group.count);
                 status.max = scaling.max;
                 if status.metrics.is_empty() {
-                    status.metrics = scaling
-                        .metrics
-                        .iter()
-                        .map(|metric| MetricScaling { metric: metric.describe_target(), ..MetricScaling::default() })
-                        .collect();
+                    status.metrics = unevaluated(scaling);
                 }
                 Some(status)
             })
             .collect()
     }
+}
+
+/// The group's metrics with their targets, before (or without) an evaluation.
+fn unevaluated(scaling: &ScalingSpec) -> Vec<MetricScaling> {
+    scaling.metrics.iter().map(|metric| MetricScaling { metric: metric.describe_target(), ..MetricScaling::default() }).collect()
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, config: AutoscalerConfig) {
@@ -169,9 +170,8 @@ fn evaluate(
     let mut status = GroupScaling { evaluated_at: Some(now_millis()), ..GroupScaling::default() };
 
     if let Some(deployment) = cluster.job_deployments(&job_id).rev().find(|deployment| deployment.is_active()) {
-        status.waiting = format!("deployment {} of version {} runs", short(&deployment.id), deployment.job_version);
-        status.metrics =
-            scaling.metrics.iter().map(|metric| MetricScaling { metric: metric.describe_target(), ..MetricScaling::default() }).collect();
+        status.waiting = format!("deployment {} of version {} runs", crate::deployments::short(&deployment.id), deployment.job_version);
+        status.metrics = unevaluated(scaling);
         state.last = Some(status);
         return None;
     }
@@ -180,14 +180,17 @@ fn evaluate(
         .allocs_for_job(&job_id)
         .filter(|alloc| alloc.group == group.name && !(alloc.desired_status != DesiredStatus::Run && alloc.client_status.is_terminal()))
         .collect();
+    // Each allocation's latest sample, read once for every metric.
+    let samples: Vec<Option<AllocUsage>> =
+        allocs.iter().map(|alloc| shared.signals.usage(&alloc.id, now).map(|(usage, _)| usage)).collect();
     let timing = Timing {
         cpu_initialization_period: scaling.cpu_initialization_period.map_or(300.0, |d| d.as_std().as_secs_f64()),
         initial_readiness_delay: scaling.initial_readiness_delay.map_or(30.0, |d| d.as_std().as_secs_f64()),
         // The span the agents' samples cover (their `--usage-interval`).
-        metric_window: allocs
+        metric_window: samples
             .iter()
-            .filter_map(|alloc| shared.signals.usage(&alloc.id, now))
-            .map(|(usage, _)| usage.window_ms as f64 / 1000.0)
+            .flatten()
+            .map(|usage| usage.window_ms as f64 / 1000.0)
             .fold(None, |widest: Option<f64>, window| Some(widest.map_or(window, |widest| widest.max(window))))
             .unwrap_or(5.0),
     };
@@ -217,9 +220,10 @@ fn evaluate(
             }
             Some(Err(error)) => Err(error.clone()),
             None => {
-                let (instances, kind) = instances(&shared.signals, &allocs, metric, now);
+                let instances = instances(&shared.signals, &allocs, &samples, metric, now);
                 demand = group_demand(metric, target, &instances);
-                calculator::replicas(current, kind, target, tolerances, timing, &instances).map_err(|error| error.to_string())
+                calculator::replicas(current, Kind::of(metric.kind), target, tolerances, timing, &instances)
+                    .map_err(|error| error.to_string())
             }
         };
         // Predictive: the demand forecast `lead_time` ahead, in instances.
@@ -310,26 +314,27 @@ fn evaluate(
     Some((decision.desired, reason))
 }
 
-/// The group's instances as the calculator sees them for `metric`.
-fn instances(signals: &Signals, allocs: &[&Arc<Allocation>], metric: &MetricSpec, now: Instant) -> (Vec<Instance>, Kind) {
+/// The group's instances as the calculator sees them for `metric`; `samples[i]` is `allocs[i]`'s latest sample.
+fn instances(
+    signals: &Signals,
+    allocs: &[&Arc<Allocation>],
+    samples: &[Option<AllocUsage>],
+    metric: &MetricSpec,
+    now: Instant,
+) -> Vec<Instance> {
     let now_ms = now_millis();
     let ago = |time: u64| now_ms.saturating_sub(time) as f64 / 1000.0;
-    let kind = match metric.kind {
-        MetricType::Cpu => Kind::Utilization { cpu: true },
-        MetricType::Memory => Kind::Utilization { cpu: false },
-        _ => Kind::Average,
-    };
-    let instances = allocs
+    allocs
         .iter()
-        .map(|alloc| {
-            let sample = signals.usage(&alloc.id, now);
+        .zip(samples)
+        .map(|(alloc, sample)| {
             let (usage, request) = match metric.kind {
                 MetricType::Cpu => (
-                    sample.as_ref().map(|(usage, _)| usage.tasks.values().map(|task| task.cpu_millicores as i64).sum::<i64>()),
+                    sample.as_ref().map(|usage| usage.tasks.values().map(|task| task.cpu_millicores as i64).sum::<i64>()),
                     alloc.resources.cpu as i64,
                 ),
                 MetricType::Memory => (
-                    sample.as_ref().map(|(usage, _)| usage.tasks.values().map(|task| task.memory_bytes as i64).sum::<i64>()),
+                    sample.as_ref().map(|usage| usage.tasks.values().map(|task| task.memory_bytes as i64).sum::<i64>()),
                     alloc.resources.memory as i64 * 1_048_576,
                 ),
                 MetricType::RequestsPerSecond => {
@@ -342,7 +347,7 @@ fn instances(signals: &Signals, allocs: &[&Arc<Allocation>], metric: &MetricSpec
             };
             let started_at = sample
                 .as_ref()
-                .and_then(|(usage, _)| usage.started_at)
+                .and_then(|usage| usage.started_at)
                 .or_else(|| alloc.task_states.values().filter_map(|task| task.started_at).min());
             Instance {
                 name: alloc.name.clone(),
@@ -352,16 +357,15 @@ fn instances(signals: &Signals, allocs: &[&Arc<Allocation>], metric: &MetricSpec
                     ClientStatus::Complete | ClientStatus::Failed | ClientStatus::Lost => Phase::Failed,
                 },
                 stopping: alloc.desired_status != DesiredStatus::Run,
-                ready: sample.as_ref().map_or(alloc.healthy == Some(true), |(usage, _)| usage.ready),
+                ready: sample.as_ref().map_or(alloc.healthy == Some(true), |usage| usage.ready),
                 started_ago: started_at.map(ago),
-                ready_changed_ago: sample.as_ref().and_then(|(usage, _)| usage.ready_changed_at).map(ago),
+                ready_changed_ago: sample.as_ref().and_then(|usage| usage.ready_changed_at).map(ago),
                 request,
                 usage,
-                sample_ago: sample.as_ref().map(|(usage, _)| ago(usage.time)),
+                sample_ago: sample.as_ref().map(|usage| ago(usage.time)),
             }
         })
-        .collect();
-    (instances, kind)
+        .collect()
 }
 
 /// The group's demand for a metric of demand (the sum of the instances' samples; a utilization as millicores
@@ -410,12 +414,7 @@ fn describe_target(metric: &MetricSpec) -> String {
 }
 
 fn trim(x: f64) -> String {
-    let text = format!("{x:.2}");
-    text.trim_end_matches('0').trim_end_matches('.').to_string()
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(8)]
+    calculator::decimals(x, 2)
 }
 
 /// Registers the job again with the group at `to` (only if the job did not change meanwhile).
