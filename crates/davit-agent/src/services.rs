@@ -18,15 +18,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use davit_api::http::{Catalog, ProxyBackendStats, ProxyServiceStats, ServiceInfo};
+use davit_api::http::{ActivateRequest, Catalog, ProxyBackendStats, ProxyServiceStats, ServiceInfo};
 use davit_api::namespace::{namespace_of, service_key};
 use davit_api::spec::{BalanceAlgorithm, HashKey, ServiceMode};
 use davit_client::{ClientError, Indexed};
 use davit_proxy::dns::{DnsConfig, DnsServer};
-use davit_proxy::{Algorithm, Backend, CanaryRoute, HashOn, Mode, Proxy, ProxyConfig, ServiceConfig};
+use davit_proxy::{Activation, Algorithm, Backend, CanaryRoute, HashOn, Mode, Proxy, ProxyConfig, ServiceConfig};
 use tokio::sync::watch;
 
 use crate::{AgentContext, AgentError};
@@ -146,6 +146,8 @@ pub(crate) async fn run(context: Arc<AgentContext>, service_proxy: Arc<ServicePr
     let mut started = Instant::now();
     let mut poll = catalog_poll(&context, index, Duration::ZERO);
     let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut activation_requests = service_proxy.proxy.activation_requests();
+    let activating: Arc<Mutex<BTreeSet<(String, String)>>> = Arc::default();
     loop {
         let retry = async {
             match retry_at {
@@ -183,12 +185,64 @@ pub(crate) async fn run(context: Arc<AgentContext>, service_proxy: Arc<ServicePr
             }
             _ = local_changes.changed() => {}
             _ = retry => {}
+            _ = activation_requests.changed() => {
+                for proxy_name in service_proxy.proxy.take_activation_requests() {
+                    activate(&context, &catalog, &proxy_name, &activating);
+                }
+                continue;
+            }
             _ = shutdown.changed() => return,
         }
         let upstreams = local_upstreams(&context);
         let all_bound = sync(&service_proxy, &catalog, &upstreams, &mut synced).await;
         retry_at = (!all_bound).then(|| tokio::time::Instant::now() + BIND_RETRY);
     }
+}
+
+/// Asks the servers to wake the group behind proxy listener `proxy_name` (a request waits there for a group
+/// scaled to zero), unless this node asks for that group already. A failed request is not retried here: the
+/// waiting request asks again after [`davit_proxy::ACTIVATION_REPEAT`].
+fn activate(context: &Arc<AgentContext>, catalog: &Catalog, proxy_name: &str, activating: &Arc<Mutex<BTreeSet<(String, String)>>>) {
+    // Upstream listeners are named `<service key>:<port>`.
+    let key = proxy_name.split(':').next().unwrap_or(proxy_name);
+    let Some(service) = catalog
+        .services
+        .iter()
+        .find(|service| service.activation_timeout_ms.is_some() && service_key(namespace_of(&service.job_name), &service.name) == key)
+    else {
+        return;
+    };
+    let group = (service.job_name.clone(), service.group.clone());
+    if !lock(activating).insert(group.clone()) {
+        return;
+    }
+    let context = Arc::clone(context);
+    let activating = Arc::clone(activating);
+    tokio::spawn(async move {
+        let request = ActivateRequest { job: group.0.clone(), group: group.1.clone() };
+        let node_id = context.node.id.clone();
+        let answer = context
+            .servers
+            .call(|client| {
+                let (node_id, request) = (node_id.clone(), request.clone());
+                async move { client.activate(&node_id, &request).await }
+            })
+            .await;
+        match answer {
+            Ok(answer) if answer.activated => {
+                tracing::info!(job = %group.0, group = %group.1, count = answer.count, "a request woke the group from zero");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(job = %group.0, group = %group.1, %error, "cannot wake the group from zero; the waiting request asks again")
+            }
+        }
+        lock(&activating).remove(&group);
+    });
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn catalog_poll(context: &Arc<AgentContext>, index: u64, delay: Duration) -> Poll {
@@ -341,6 +395,8 @@ fn service_config(proxy_name: &str, service: Option<&ServiceInfo>, listen: Socke
         Some(Ok(HashKey::SourceIp) | Err(_)) | None => HashOn::SourceIp,
     };
     // A deployment's unpromoted canaries get `update.canary_weight` percent of the requests.
+    // A group scaled to zero: requests wait for its first instance.
+    config.activation = service.activation_timeout_ms.map(|ms| Activation::new(Duration::from_millis(ms)));
     config.canary = service.canary_weight.map(|weight| CanaryRoute {
         weight,
         backends: service.instances.iter().filter(|instance| instance.canary).map(|instance| instance.alloc_id.clone()).collect(),
@@ -412,6 +468,7 @@ mod tests {
             local_port,
             tags: Vec::new(),
             canary_weight: None,
+            activation_timeout_ms: None,
             instances,
             stats_errors: Vec::new(),
         }

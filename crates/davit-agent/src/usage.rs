@@ -141,6 +141,7 @@ fn proxy_counters(context: &AgentContext) -> Vec<BackendCounters> {
             .or_insert_with(|| BackendCounters { alloc_id: backend.id.clone(), ..BackendCounters::default() });
         entry.requests += backend.requests;
         entry.errors += backend.errors;
+        entry.active += backend.active;
         davit_api::http::add_latency_buckets(&mut entry.latency_buckets, &backend.latency_buckets);
     }
     by_backend.into_values().collect()

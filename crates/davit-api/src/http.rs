@@ -673,6 +673,10 @@ pub struct ServiceInfo {
     /// Percent of the requests the proxies send to unpromoted canaries (`update.canary_weight`), if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_weight: Option<u32>,
+    /// The group scales to zero: proxies hold a request that finds no instance up to this long and ask the
+    /// servers to start one (`POST /v1/node/{id}/activate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_timeout_ms: Option<u64>,
     /// Sorted by allocation name.
     pub instances: Vec<ServiceInstance>,
     /// With `?stats=true`: nodes whose agent could not be asked for proxy counters, and why.
@@ -812,6 +816,27 @@ pub struct BackendCounters {
     /// Per [`PROXY_LATENCY_BUCKETS`] bucket, then one for slower.
     #[serde(default)]
     pub latency_buckets: Vec<u64>,
+    /// Open connections (TCP) or requests in flight (HTTP) now.
+    #[serde(default)]
+    pub active: u64,
+}
+
+/// `POST /v1/node/{id}/activate`: a request reached the node's proxy for a group scaled to zero.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateRequest {
+    /// The job's id (`namespace/name` outside `default`).
+    pub job: String,
+    pub group: String,
+}
+
+/// The answer to an [`ActivateRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivateResponse {
+    /// The group's count now.
+    pub count: u32,
+    /// This request scaled it from zero (false: it had instances already, or another request did).
+    pub activated: bool,
 }
 
 /// `GET /v1/allocation/{id}/usage`: the allocation's latest sample and what it asked for.
@@ -885,6 +910,9 @@ pub struct GroupScaling {
     /// Scale-up and scale-down changes within the policies' periods (rate limits), as `+2 12s ago`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_changes: Vec<String>,
+    /// With `scale_to_zero_after`: how long the group has been idle, or that the next request starts it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scale_to_zero: String,
 }
 
 /// One metric against its target.

@@ -390,6 +390,16 @@ impl Client {
         Ok(self.send(request).await?.value)
     }
 
+    /// Wakes a group scaled to zero: a request reached this node's proxy for one of its services.
+    pub async fn activate(
+        &self,
+        node_id: &str,
+        request: &davit_api::http::ActivateRequest,
+    ) -> Result<davit_api::http::ActivateResponse, ClientError> {
+        let request = self.http.post(self.url(&format!("/v1/node/{}/activate", encode(node_id)))).json(request);
+        Ok(self.send(request).await?.value)
+    }
+
     /// An allocation's latest usage sample next to its requests.
     pub async fn alloc_usage(&self, id: &str) -> Result<davit_api::http::AllocUsageInfo, ClientError> {
         Ok(self.send(self.http.get(self.url(&format!("/v1/allocation/{}/usage", encode(id))))).await?.value)

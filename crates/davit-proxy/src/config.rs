@@ -20,6 +20,24 @@ pub struct ServiceConfig {
     pub outlier: OutlierConfig,
     /// Send a fixed share of the requests to some backends (a deployment's canaries), whatever their number.
     pub canary: Option<CanaryRoute>,
+    /// Hold requests (and TCP connections) while the service has no backends, and ask for it to be started
+    /// ([`crate::Proxy::activation_requests`]); without it they are refused at once.
+    pub activation: Option<Activation>,
+}
+
+/// How a service scaled to zero is woken: a request that finds no backend waits up to `timeout` for one and
+/// is then forwarded; at most `max_waiting` wait at once (more are refused with 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activation {
+    pub timeout: Duration,
+    pub max_waiting: usize,
+}
+
+impl Activation {
+    /// Waits up to `timeout`, at most 1,024 requests at once.
+    pub fn new(timeout: Duration) -> Activation {
+        Activation { timeout, max_waiting: 1024 }
+    }
 }
 
 /// `weight` percent of the requests go to the backends in `backends` (by id), the rest to the others; within
@@ -42,6 +60,7 @@ impl ServiceConfig {
             retries: 1,
             outlier: OutlierConfig::default(),
             canary: None,
+            activation: None,
         }
     }
 }

@@ -27,7 +27,13 @@ pub(crate) async fn serve(shared: Arc<ServiceShared>, listener: TcpListener) {
 }
 
 async fn forward(shared: Arc<ServiceShared>, mut inbound: TcpStream, client: SocketAddr) {
-    let snapshot = shared.snapshot();
+    let snapshot = match shared.with_backends(shared.snapshot()).await {
+        Ok(snapshot) => snapshot,
+        Err(unavailable) => {
+            tracing::debug!(%client, reason = unavailable.describe(&shared.snapshot().config.name).trim_end(), "connection closed");
+            return;
+        }
+    };
     let config = &snapshot.config;
     let hash_key = match (&config.balance, &config.hash_on) {
         (Algorithm::ConsistentHash, HashOn::SourceIp) => Some(hash_bytes(client.ip().to_string().as_bytes())),

@@ -127,11 +127,13 @@ pub(crate) async fn serve(shared: Arc<ServiceShared>, listener: TcpListener, shu
 /// Forwards one request; never fails: errors become 502/503 responses.
 async fn handle(context: &ClientConnection, request: Request<Incoming>) -> Response<ResponseBody> {
     let ClientConnection { shared, client, worker } = context;
-    let snapshot = shared.snapshot();
+    let snapshot = match shared.with_backends(shared.snapshot()).await {
+        Ok(snapshot) => snapshot,
+        Err(unavailable) => {
+            return text_response(StatusCode::SERVICE_UNAVAILABLE, unavailable.describe(&shared.snapshot().config.name));
+        }
+    };
     let config = &snapshot.config;
-    if snapshot.endpoints.is_empty() {
-        return text_response(StatusCode::SERVICE_UNAVAILABLE, format!("davit proxy: service {} has no backends\n", config.name));
-    }
 
     let (mut parts, body) = request.into_parts();
     prepare_request_headers(&mut parts.headers, client);

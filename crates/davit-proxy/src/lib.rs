@@ -10,7 +10,9 @@
 //! - a small authoritative DNS server for `*.service.davit` and `*.alloc.davit` ([`dns::DnsServer`]).
 //!
 //! Backend sets are pushed in with [`Proxy::set_backends`] and swapped atomically: requests already in flight
-//! keep the backend they were sent to and finish (draining), new requests only see the new set.
+//! keep the backend they were sent to and finish (draining), new requests only see the new set. A service with
+//! [`ServiceConfig::activation`] (scaled to zero) holds requests that find no backend until one is pushed, and
+//! tells the caller through [`Proxy::activation_requests`].
 //!
 //! The proxy serves on threads of its own ([`ProxyConfig::threads`], one per CPU by default), each with a
 //! single-threaded tokio runtime and its own `SO_REUSEPORT` listener of every service, as haproxy does with
@@ -36,9 +38,9 @@ mod metrics;
 mod pool;
 mod proxy;
 
-pub use config::{Algorithm, Backend, CanaryRoute, HashOn, Mode, OutlierConfig, ProxyConfig, ServiceConfig};
+pub use config::{Activation, Algorithm, Backend, CanaryRoute, HashOn, Mode, OutlierConfig, ProxyConfig, ServiceConfig};
 pub use metrics::{BackendSnapshot, LATENCY_BUCKETS, ServiceSnapshot};
-pub use proxy::Proxy;
+pub use proxy::{ACTIVATION_REPEAT, Proxy};
 
 /// Errors of the proxy's public operations.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,8 @@ pub struct ServiceSnapshot {
     pub listen: SocketAddr,
     pub algorithm: Algorithm,
     pub backends: Vec<BackendSnapshot>,
+    /// Requests (connections) waiting for a backend of a service scaled to zero.
+    pub waiting: usize,
 }
 
 /// Counters of one backend, read at one moment (each counter is read atomically, not all together).
@@ -63,9 +65,10 @@ impl Histogram {
     }
 }
 
-pub(crate) fn snapshot(snapshot: &Snapshot, now: Instant) -> ServiceSnapshot {
+pub(crate) fn snapshot(snapshot: &Snapshot, waiting: usize, now: Instant) -> ServiceSnapshot {
     let config = &snapshot.config;
     ServiceSnapshot {
+        waiting,
         name: config.name.clone(),
         mode: config.mode,
         listen: snapshot.listen,
@@ -93,7 +96,14 @@ pub(crate) fn snapshot(snapshot: &Snapshot, now: Instant) -> ServiceSnapshot {
 }
 
 /// Appends all metric families for `services` to `out` in the Prometheus text exposition format.
-pub(crate) fn render_prometheus(services: &[std::sync::Arc<Snapshot>], now: Instant, out: &mut String) {
+pub(crate) fn render_prometheus(services: &[(std::sync::Arc<Snapshot>, usize)], now: Instant, out: &mut String) {
+    let name = "davit_proxy_waiting";
+    let _ = writeln!(out, "# HELP {name} Requests (HTTP) or connections (TCP) waiting for a backend of a service scaled to zero.");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (service, waiting) in services.iter().filter(|(service, _)| service.config.activation.is_some()) {
+        let _ = writeln!(out, "{name}{{service=\"{}\"}} {waiting}", escape(&service.config.name));
+    }
+    let services: &[&Snapshot] = &services.iter().map(|(service, _)| service.as_ref()).collect::<Vec<_>>();
     let counter = |out: &mut String, name: &str, help: &str, kind: &str, value: &dyn Fn(&crate::backend::Endpoint) -> String| {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");

@@ -9,8 +9,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -36,6 +37,8 @@ pub struct Proxy {
 struct ProxyInner {
     config: ProxyConfig,
     services: Mutex<HashMap<String, ServiceEntry>>,
+    /// Signalled when a service with [`ServiceConfig::activation`] wants backends (see [`Proxy::activation_requests`]).
+    activation: Arc<watch::Sender<()>>,
     seeds: Mutex<SmallRng>,
     /// Started by the first [`Proxy::set_service`].
     workers: Mutex<Option<Arc<Workers>>>,
@@ -61,6 +64,13 @@ pub(crate) struct ServiceShared {
     snapshot: RwLock<Arc<Snapshot>>,
     rng: Mutex<SmallRng>,
     pub proxy_config: ProxyConfig,
+    /// Signalled on every new generation (waiting requests look for backends again).
+    changed: watch::Sender<()>,
+    /// Set by a request waiting for backends; taken by [`Proxy::take_activation_requests`].
+    wants_activation: AtomicBool,
+    /// Requests (connections) waiting for backends now.
+    waiting: AtomicUsize,
+    activation: Arc<watch::Sender<()>>,
 }
 
 /// One immutable generation of a service: config, backends and the balancer built for them.
@@ -113,6 +123,7 @@ impl Proxy {
                 services: Mutex::new(HashMap::new()),
                 seeds: Mutex::new(seeds),
                 workers: Mutex::new(None),
+                activation: Arc::new(watch::channel(()).0),
             }),
         }
     }
@@ -156,6 +167,10 @@ impl Proxy {
             snapshot: RwLock::new(Arc::new(Snapshot::new(config, listen, kept_endpoints))),
             rng: Mutex::new(rng),
             proxy_config: self.inner.config.clone(),
+            changed: watch::channel(()).0,
+            wants_activation: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            activation: Arc::clone(&self.inner.activation),
         });
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let listeners = workers
@@ -211,6 +226,25 @@ impl Proxy {
         true
     }
 
+    /// Changes whenever a request for a service with [`ServiceConfig::activation`] finds no backend and waits:
+    /// the caller then takes the services' names with [`Proxy::take_activation_requests`] and has them started
+    /// (the proxy itself never calls out). While requests wait, they ask again every
+    /// [`ACTIVATION_REPEAT`].
+    pub fn activation_requests(&self) -> watch::Receiver<()> {
+        self.inner.activation.subscribe()
+    }
+
+    /// The services that asked for backends since the last call, sorted.
+    pub fn take_activation_requests(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.inner.services)
+            .iter()
+            .filter(|(_, entry)| entry.shared.wants_activation.swap(false, Ordering::Relaxed))
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Address the service listens on.
     pub fn local_addr(&self, service: &str) -> Option<SocketAddr> {
         lock(&self.inner.services).get(service).map(|entry| entry.shared.snapshot().listen)
@@ -219,7 +253,7 @@ impl Proxy {
     /// Counters of every service and backend, sorted by service name.
     pub fn snapshot(&self) -> Vec<ServiceSnapshot> {
         let now = Instant::now();
-        self.snapshots().iter().map(|snapshot| metrics::snapshot(snapshot, now)).collect()
+        self.snapshots().iter().map(|(snapshot, waiting)| metrics::snapshot(snapshot, *waiting, now)).collect()
     }
 
     /// Appends the proxy's metrics in the Prometheus text format (`davit_proxy_requests_total{service,backend,addr}` …).
@@ -238,9 +272,11 @@ impl Proxy {
         Ok(started)
     }
 
-    fn snapshots(&self) -> Vec<Arc<Snapshot>> {
-        let mut snapshots: Vec<Arc<Snapshot>> = lock(&self.inner.services).values().map(|entry| entry.shared.snapshot()).collect();
-        snapshots.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    /// Every service's current generation and its waiting requests, by name.
+    fn snapshots(&self) -> Vec<(Arc<Snapshot>, usize)> {
+        let mut snapshots: Vec<(Arc<Snapshot>, usize)> =
+            lock(&self.inner.services).values().map(|entry| (entry.shared.snapshot(), entry.shared.waiting())).collect();
+        snapshots.sort_by(|a, b| a.0.config.name.cmp(&b.0.config.name));
         snapshots
     }
 }
@@ -320,6 +356,50 @@ impl ServiceShared {
     fn swap(&self, config: Arc<ServiceConfig>, listen: SocketAddr, endpoints: Vec<Arc<Endpoint>>) {
         let next = Arc::new(Snapshot::new(config, listen, endpoints));
         *self.snapshot.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+        self.changed.send_replace(());
+    }
+
+    /// Requests waiting for backends now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// `snapshot` if it has backends; otherwise, for a service with [`ServiceConfig::activation`], asks for
+    /// backends and waits up to its timeout for a generation that has some. `Err` says why there is none.
+    pub async fn with_backends(&self, snapshot: Arc<Snapshot>) -> Result<Arc<Snapshot>, Unavailable> {
+        if !snapshot.endpoints.is_empty() {
+            return Ok(snapshot);
+        }
+        let Some(activation) = snapshot.config.activation else { return Err(Unavailable::NoBackends) };
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= activation.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(Unavailable::TooManyWaiting(activation.max_waiting));
+        }
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _waiting = Waiting(&self.waiting);
+        let mut changed = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + activation.timeout;
+        loop {
+            let current = self.snapshot();
+            if !current.endpoints.is_empty() {
+                return Ok(current);
+            }
+            self.wants_activation.store(true, Ordering::Relaxed);
+            self.activation.send_replace(());
+            let ask_again = (tokio::time::Instant::now() + ACTIVATION_REPEAT).min(deadline);
+            match tokio::time::timeout_at(ask_again, changed.changed()).await {
+                Ok(Ok(())) => {}
+                // The service was replaced or removed: its listener is gone.
+                Ok(Err(_)) => return Err(Unavailable::NoBackends),
+                Err(_) if tokio::time::Instant::now() >= deadline => return Err(Unavailable::Timeout(activation.timeout)),
+                Err(_) => {}
+            }
+        }
     }
 
     /// Picks an endpoint of `snapshot` for one attempt. With a canary split, the canaries' side is drawn with
@@ -336,6 +416,32 @@ impl ServiceShared {
         }
         let request = PickRequest { now, hash_key, tried };
         snapshot.balancer.pick(&snapshot.endpoints, &request, &mut SharedRng(&self.rng))
+    }
+}
+
+/// How often a request waiting for backends asks for them again (the caller may have failed to start them).
+pub const ACTIVATION_REPEAT: Duration = Duration::from_secs(2);
+
+/// Why a request found no backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unavailable {
+    NoBackends,
+    Timeout(Duration),
+    TooManyWaiting(usize),
+}
+
+impl Unavailable {
+    /// The text of the proxy's 503 answer.
+    pub fn describe(self, service: &str) -> String {
+        match self {
+            Unavailable::NoBackends => format!("davit proxy: service {service} has no backends\n"),
+            Unavailable::Timeout(timeout) => {
+                format!("davit proxy: service {service} has no backends; none started within {}s\n", timeout.as_secs_f64())
+            }
+            Unavailable::TooManyWaiting(most) => {
+                format!("davit proxy: service {service} has no backends and {most} requests already wait for one\n")
+            }
+        }
     }
 }
 

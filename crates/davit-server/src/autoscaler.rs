@@ -13,13 +13,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use davit_api::http::{AllocUsage, GroupScaling, MetricScaling};
+use davit_api::http::{ActivateResponse, AllocUsage, GroupScaling, MetricScaling};
 use davit_api::objects::{Allocation, ClientStatus, DesiredStatus, EvalTrigger, Job, ScalingEvent};
 use davit_api::spec::{GroupSpec, JobType, MetricSpec, MetricType, PredictiveMode, ScalingSpec};
 use davit_scaling::calculator::{self, Instance, Kind, Phase, Timing, Tolerances};
 use davit_scaling::history::SeasonalHistory;
 use davit_scaling::normalize::{self, Behavior, History, Recommendation, ScaleEvent};
 
+use crate::api::Failure;
 use crate::api::jobs::{Registration, register_spec};
 use crate::prometheus::PrometheusAccess;
 use crate::usage::Signals;
@@ -44,6 +45,8 @@ impl Default for AutoscalerConfig {
 #[derive(Default)]
 pub(crate) struct Autoscaler {
     groups: Mutex<HashMap<(String, String), GroupState>>,
+    /// Activations one at a time: the second request for a group finds it scaled already.
+    activating: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -54,6 +57,9 @@ struct GroupState {
     last: Option<GroupScaling>,
     /// With `predictive`: each metric's demand over the last seasons (by metric, for the season it was made for).
     histories: HashMap<(usize, MetricType), (Duration, SeasonalHistory)>,
+    /// With `scale_to_zero_after`: the last request a proxy reported, or the group's activation (or when the
+    /// autoscaler first saw it), whichever came last.
+    last_active: Option<Instant>,
 }
 
 impl GroupState {
@@ -169,17 +175,45 @@ fn evaluate(
     state.prune(now, memory + interval);
     let mut status = GroupScaling { evaluated_at: Some(now_millis()), ..GroupScaling::default() };
 
-    if let Some(deployment) = cluster.job_deployments(&job_id).rev().find(|deployment| deployment.is_active()) {
+    let allocs: Vec<&Arc<Allocation>> = cluster
+        .allocs_for_job(&job_id)
+        .filter(|alloc| alloc.group == group.name && !(alloc.desired_status != DesiredStatus::Run && alloc.client_status.is_terminal()))
+        .collect();
+    let deployment = cluster.job_deployments(&job_id).rev().find(|deployment| deployment.is_active());
+    // Scale to zero: a group at zero waits for a request; one idle for long enough goes to zero.
+    let mut min = min;
+    if let Some(after) = scaling.scales_to_zero() {
+        min = min.max(1);
+        if current == 0 {
+            status.scale_to_zero = "at zero: the next request through a davit proxy starts an instance".to_string();
+            status.metrics = unevaluated(scaling);
+            state.last = Some(status);
+            return None;
+        }
+        let last_request = allocs.iter().filter_map(|alloc| shared.signals.last_request(&alloc.id)).max();
+        let last_active = state.last_active.max(last_request).unwrap_or(now);
+        state.last_active = Some(last_active);
+        let idle = now.saturating_duration_since(last_active);
+        if idle >= after && deployment.is_none() {
+            status.scale_to_zero = format!("idle for {}s: scaling to zero", idle.as_secs());
+            status.metrics = unevaluated(scaling);
+            state.last = Some(status);
+            let after = davit_api::Duration(after);
+            return Some((0, format!("no request through davit's proxies for {after} (scale_to_zero_after)")));
+        }
+        status.scale_to_zero = format!("idle for {}s of {}", idle.as_secs(), davit_api::Duration(after));
+    }
+
+    if let Some(deployment) = deployment {
         status.waiting = format!("deployment {} of version {} runs", crate::deployments::short(&deployment.id), deployment.job_version);
         status.metrics = unevaluated(scaling);
         state.last = Some(status);
         return None;
     }
-
-    let allocs: Vec<&Arc<Allocation>> = cluster
-        .allocs_for_job(&job_id)
-        .filter(|alloc| alloc.group == group.name && !(alloc.desired_status != DesiredStatus::Run && alloc.client_status.is_terminal()))
-        .collect();
+    if scaling.metrics.is_empty() {
+        state.last = Some(status);
+        return None;
+    }
     // Each allocation's latest sample, read once for every metric.
     let samples: Vec<Option<AllocUsage>> =
         allocs.iter().map(|alloc| shared.signals.usage(&alloc.id, now).map(|(usage, _)| usage)).collect();
@@ -419,26 +453,75 @@ fn trim(x: f64) -> String {
 
 /// Registers the job again with the group at `to` (only if the job did not change meanwhile).
 async fn scale(shared: &Shared, job: &Job, group: &GroupSpec, to: u32, reason: String, now: Instant) {
+    if let Err(failure) = register_count(shared, job, group, to, "autoscaler", reason, now).await {
+        tracing::info!(job = %job.spec.id(), group = %group.name, error = %failure.message(), "autoscaling did not apply; evaluating again at the next sync")
+    }
+}
+
+/// Registers `job` again with `group` at `to`, compare-and-set on the job, and records the scale event.
+async fn register_count(
+    shared: &Shared,
+    job: &Job,
+    group: &GroupSpec,
+    to: u32,
+    by: &str,
+    reason: String,
+    now: Instant,
+) -> Result<(), Failure> {
     let mut spec = job.spec.clone();
-    let Some(written) = spec.groups.iter_mut().find(|g| g.name == group.name) else { return };
+    let Some(written) = spec.groups.iter_mut().find(|g| g.name == group.name) else { return Ok(()) };
     written.count = to;
-    let event = ScalingEvent { group: group.name.clone(), from: group.count, to, by: "autoscaler".to_string(), reason, time: now_millis() };
-    tracing::info!(job = %job.spec.id(), %event, "autoscaling");
+    let event = ScalingEvent { group: group.name.clone(), from: group.count, to, by: by.to_string(), reason, time: now_millis() };
+    tracing::info!(job = %job.spec.id(), %event, "scaling");
     let registration =
         Registration { trigger: EvalTrigger::JobScale, revert_of: None, scaling: Some(event), based_on: Some(job.modify_index) };
-    match register_spec(shared, spec, registration).await {
-        Ok(_) => {
-            let mut groups = shared.autoscaler.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(state) = groups.get_mut(&(job.spec.id(), group.name.clone())) {
-                if to > group.count {
-                    state.scale_up.push((to - group.count, now));
-                } else {
-                    state.scale_down.push((group.count - to, now));
-                }
-            }
+    register_spec(shared, spec, registration).await?;
+    let mut groups = shared.autoscaler.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let state = groups.entry((job.spec.id(), group.name.clone())).or_default();
+    if to > group.count {
+        state.scale_up.push((to - group.count, now));
+    } else {
+        state.scale_down.push((group.count - to, now));
+    }
+    if group.count == 0 {
+        // Woken from zero: the recommendations made before it slept no longer say anything.
+        state.recommendations = vec![(to, now)];
+        state.last_active = Some(now);
+    }
+    Ok(())
+}
+
+/// `POST /v1/node/{id}/activate`: a request reached `node`'s proxy for a group that scales to zero. A group at
+/// zero is scaled to one instance (its `min`, if higher); a group with instances counts as active again.
+pub(crate) async fn activate(shared: &Shared, node: &str, job_id: &str, group_name: &str) -> Result<ActivateResponse, Failure> {
+    let _one_at_a_time = shared.autoscaler.activating.lock().await;
+    for _ in 0..3 {
+        let snapshot = shared.view.snapshot();
+        let job = snapshot
+            .cluster
+            .job(job_id)
+            .filter(|job| !job.stopped)
+            .ok_or_else(|| Failure::not_found(format!("no running job {job_id}")))?;
+        let group = job.spec.group(group_name).ok_or_else(|| Failure::not_found(format!("job {job_id} has no group {group_name}")))?;
+        if group.scaling.as_ref().and_then(ScalingSpec::scales_to_zero).is_none() {
+            return Err(Failure::conflict(format!("group {group_name} of job {job_id} does not scale to zero")));
         }
-        Err(failure) => {
-            tracing::info!(job = %job.spec.id(), group = %group.name, error = %failure.message(), "autoscaling did not apply; evaluating again at the next sync")
+        let now = Instant::now();
+        if group.count > 0 {
+            let mut groups = shared.autoscaler.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            groups.entry((job_id.to_string(), group_name.to_string())).or_default().last_active = Some(now);
+            return Ok(ActivateResponse { count: group.count, activated: false });
+        }
+        let to = group.scaling.as_ref().map_or(1, |scaling| scaling.min_count(0).max(1));
+        let reason = format!("a request reached the proxy on node {node}");
+        match register_count(shared, job, group, to, "activation", reason, now).await {
+            Ok(()) => return Ok(ActivateResponse { count: to, activated: true }),
+            // Changed meanwhile (the autoscaler, an operator): look again.
+            Err(failure) if failure.status() == axum::http::StatusCode::CONFLICT => {
+                shared.view.wait_for(shared.store.current_revision().await?).await;
+            }
+            Err(failure) => return Err(failure),
         }
     }
+    Err(Failure::conflict(format!("job {job_id} is being changed concurrently; try again")))
 }

@@ -54,6 +54,11 @@ pub fn derive(cluster: &ClusterState) -> Catalog {
                             .update_strategy(&group.name)
                             .map(|strategy| strategy.canary_weight)
                             .filter(|weight| *weight > 0),
+                        activation_timeout_ms: group
+                            .scaling
+                            .as_ref()
+                            .filter(|scaling| scaling.scales_to_zero().is_some())
+                            .map(|scaling| u64::try_from(scaling.activation_timeout().as_millis()).unwrap_or(u64::MAX)),
                         instances: Vec::new(),
                         stats_errors: Vec::new(),
                     },

@@ -44,6 +44,8 @@ struct Inner {
     readings: HashMap<(String, String), (BackendCounters, Instant)>,
     /// Per backend and node: the traffic between that proxy's last two readings, and when it was computed.
     traffic: HashMap<String, HashMap<String, (Traffic, Duration, Instant)>>,
+    /// Per backend: the last report that showed a request to it (new requests, or requests in flight).
+    last_request: HashMap<String, Instant>,
     pruned: Option<Instant>,
 }
 
@@ -87,6 +89,13 @@ impl Signals {
             }
             counters.latency_buckets.truncate(davit_api::http::PROXY_LATENCY_BUCKETS.len() + 1);
             let key = (node_id.to_string(), counters.alloc_id.clone());
+            // A first reading counts as activity if it shows any request (after a server restart that keeps a
+            // group awake one idle period longer; it never puts one to sleep early).
+            let requested =
+                inner.readings.get(&key).map_or(counters.requests, |(before, _)| counters.requests.saturating_sub(before.requests));
+            if requested > 0 || counters.active > 0 {
+                inner.last_request.insert(counters.alloc_id.clone(), now);
+            }
             if let Some((before, at)) = inner.readings.get(&key) {
                 let elapsed = now.duration_since(*at);
                 if !elapsed.is_zero() {
@@ -102,6 +111,7 @@ impl Signals {
             let keep = |at: &Instant| now.duration_since(*at) < FORGET_AFTER;
             inner.allocs.retain(|_, (_, at)| keep(at));
             inner.readings.retain(|_, (_, at)| keep(at));
+            inner.last_request.retain(|_, at| keep(at));
             inner.traffic.retain(|_, nodes| {
                 nodes.retain(|_, (_, _, at)| keep(at));
                 !nodes.is_empty()
@@ -132,6 +142,11 @@ impl Signals {
             total.add_all(traffic);
         }
         any.then(|| AllocTraffic { requests_per_second: rate, p99_ms: (total.requests > 0).then(|| total.p99_ms()) })
+    }
+
+    /// When a proxy last reported a request to the allocation (within the last five minutes).
+    pub fn last_request(&self, alloc_id: &str) -> Option<Instant> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last_request.get(alloc_id).copied()
     }
 
     /// Every fresh sample (for `/metrics`).
@@ -175,7 +190,7 @@ mod tests {
     fn counters(alloc_id: &str, requests: u64) -> BackendCounters {
         let mut latency_buckets = vec![0; davit_api::http::PROXY_LATENCY_BUCKETS.len() + 1];
         latency_buckets[2] = requests;
-        BackendCounters { alloc_id: alloc_id.to_string(), requests, errors: 0, latency_buckets }
+        BackendCounters { alloc_id: alloc_id.to_string(), requests, errors: 0, latency_buckets, active: 0 }
     }
 
     #[test]
@@ -216,5 +231,24 @@ mod tests {
         signals.ingest("n1", report(50, 0), &cluster(), |_| true, start + Duration::from_secs(15));
         let traffic = signals.traffic("a1", start + Duration::from_secs(15)).unwrap();
         assert_eq!(traffic.requests_per_second, 5.0 + 50.0);
+    }
+
+    #[test]
+    fn the_last_request_is_the_last_report_with_new_or_open_requests() {
+        let signals = Signals::default();
+        let start = Instant::now();
+        let at = |seconds| start + Duration::from_secs(seconds);
+        let report = |requests, active| UsageReport { allocs: vec![], proxy: vec![BackendCounters { active, ..counters("a1", requests) }] };
+        signals.ingest("n1", report(0, 0), &cluster(), |_| true, at(0));
+        assert_eq!(signals.last_request("a1"), None);
+        signals.ingest("n1", report(3, 0), &cluster(), |_| true, at(5));
+        signals.ingest("n1", report(3, 0), &cluster(), |_| true, at(10));
+        assert_eq!(signals.last_request("a1"), Some(at(5)), "no new request since");
+        // A long request (or TCP connection) in flight keeps it awake.
+        signals.ingest("n1", report(3, 1), &cluster(), |_| true, at(15));
+        assert_eq!(signals.last_request("a1"), Some(at(15)));
+        // Another proxy's first reading with requests counts.
+        signals.ingest("n2", report(1, 0), &cluster(), |_| true, at(20));
+        assert_eq!(signals.last_request("a1"), Some(at(20)));
     }
 }

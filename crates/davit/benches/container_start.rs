@@ -9,8 +9,7 @@
 //!
 //! Targets (issue 6): p50 ≤ 2 × bare + 50 ms, p99 ≤ 500 ms. Needs root, crun, docker-registry, skopeo, umoci.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use davit_oci::testing::{TestRegistry, test_images_dir};
@@ -18,7 +17,7 @@ use davit_oci::{ImageStore, ImageStoreConfig};
 
 mod common;
 
-use common::{davit, ms};
+use common::{crun, davit, ms, on_path};
 
 const STARTS: usize = 50;
 
@@ -61,7 +60,7 @@ fn main() {
     let busybox = runtime.block_on(store.pull(&format!("{}/busybox:1", registry.host()), &davit_oci::no_progress)).unwrap();
     let bundle = dir.path().join("bundle");
     std::fs::create_dir_all(&bundle).unwrap();
-    write_bare_config(&bundle, &busybox.rootfs);
+    common::write_crun_bundle(&bundle, &busybox.rootfs, &["/bin/sleep", "600"], false);
     let mut bare = Vec::new();
     for run in 0..STARTS {
         let id = format!("davit-bench-bare-{}-{run}", std::process::id());
@@ -113,38 +112,9 @@ fn main() {
     );
 }
 
-/// `crun spec` for the image's rootfs, running `sleep 600` without a terminal.
-fn write_bare_config(bundle: &Path, rootfs: &Path) {
-    assert!(Command::new("crun").args(["spec", "--bundle", &bundle.display().to_string()]).status().unwrap().success());
-    let path = bundle.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    config["root"] = serde_json::json!({"path": rootfs, "readonly": true});
-    config["process"]["terminal"] = false.into();
-    config["process"]["args"] = serde_json::json!(["/bin/sleep", "600"]);
-    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-}
-
-/// crun as davit runs it on this host: a private mount namespace without the cgroup2 mount on hybrid hosts.
-fn crun(args: &[&str]) -> bool {
-    let hybrid =
-        Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists() && !Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let crun = format!("crun --cgroup-manager=disabled {}", args.join(" "));
-    let script = if hybrid { format!("umount /sys/fs/cgroup/unified && exec {crun}") } else { format!("exec {crun}") };
-    Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
 fn percentiles(times: &mut [Duration]) -> (Duration, Duration) {
     times.sort();
     (times[times.len() / 2], times[(times.len() * 99).div_ceil(100) - 1])
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
 
 fn verdict(met: bool) -> &'static str {

@@ -1,7 +1,8 @@
 //! The autoscaler end to end on `davit dev` (autoscaler and usage sampling every second): a CPU-bound HTTP
 //! service scales up under load and back down once its stabilisation window passed; a requests-per-second
 //! service scales with the load sent through the proxy; a `prometheus` metric against a real Prometheus; a
-//! predictive group scales up before a recurring step in a 40-second season; `davit scaling plan` computes
+//! predictive group scales up before a recurring step in a 40-second season; idle exec and container groups
+//! scale to zero and their first request wakes them and is answered; `davit scaling plan` computes
 //! Kubernetes' answer offline and refuses bad input with its position.
 
 mod util;
@@ -268,6 +269,110 @@ fn a_predictive_group_scales_up_before_a_recurring_step() {
     assert!(status.groups[0].metrics[0].forecast.contains(" in 12s → "), "{status:#?}");
     let out = dev.ok(&["scaling", "status", "seasons"]);
     assert!(out.contains("predictive (scale)") && out.contains("Forecast"), "{out}");
+}
+
+/// `GET /` through a fresh connection, waiting up to 40 s for the answer: the status line and the body.
+fn get_slow(addr: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap_or_else(|error| panic!("connecting to {addr}: {error}"));
+    stream.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    write!(stream, "GET / HTTP/1.0\r\nHost: zero\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap_or_else(|error| panic!("reading from {addr}: {error} after {response:?}"));
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
+}
+
+/// A group that scales to zero after 10 s without requests: `task` is its one task, serving `hello from
+/// <alloc>` on its `http` port.
+fn zero_job(name: &str, local_port: u16, task: &str) -> String {
+    format!(
+        r#"name: {name}
+groups:
+  - name: web
+    count: 1
+    network:
+      ports: [{{name: http}}]
+    services:
+      - {{name: {name}, port: http, local_port: {local_port}}}
+    scaling: {{min: 0, max: 2, scale_to_zero_after: 10s, activation_timeout: 40s}}
+    tasks:
+{task}"#
+    )
+}
+
+const EXEC_TASK: &str = r#"      - name: server
+        driver: exec
+        config:
+          command: /bin/sh
+          args: ["-c", "mkdir -p local/www && echo hello from $DAVIT_ALLOC_NAME > local/www/index.html && exec /bin/busybox httpd -f -p 127.0.0.1:${port.http} -h local/www"]
+        resources: {cpu: 50, memory: 32}
+        checks:
+          - {name: http, type: http, port: http, path: /, interval: 500ms, timeout: 400ms}
+"#;
+
+const CONTAINER_TASK: &str = r#"      - name: server
+        driver: container
+        config:
+          image: "REGISTRY/busybox:1"
+          command: "mkdir -p /www && echo hello from $DAVIT_ALLOC_NAME > /www/index.html && exec httpd -f -p ${port.http} -h /www"
+        resources: {cpu: 50, memory: 32}
+        checks:
+          - {name: http, type: http, port: http, path: /, interval: 500ms, timeout: 400ms}
+"#;
+
+fn running(dev: &Dev, job: &str) -> usize {
+    let allocs = runtime().block_on(dev.client().job_allocations(job)).unwrap();
+    allocs.iter().filter(|alloc| !alloc.client_status.is_terminal()).count()
+}
+
+#[test]
+fn idle_groups_scale_to_zero_and_the_first_request_wakes_them_and_succeeds() {
+    let Some(registry) = util::container_registry() else { return };
+    let dev = Dev::start_with(&["--autoscaler-interval", "1s", "--usage-interval", "1s"]);
+    let jobs = [("zero-exec", EXEC_TASK.to_string()), ("zero-box", CONTAINER_TASK.replace("REGISTRY", &registry.host()))];
+    let mut addrs = Vec::new();
+    for (name, task) in &jobs {
+        let local_port = util::free_port();
+        dev.ok(&["job", "run", &dev.write(&format!("{name}.yaml"), &zero_job(name, local_port, task))]);
+        addrs.push(format!("{}:{local_port}", dev.proxy_ip));
+    }
+    for ((name, _), addr) in jobs.iter().zip(&addrs) {
+        util::wait_until("the service answers through the proxy", Duration::from_secs(60), || get(addr, "/").is_some());
+        let status = runtime().block_on(dev.client().job_scaling(name)).unwrap();
+        assert!(status.groups[0].autoscaled, "{status:#?}");
+    }
+
+    // No requests: each goes to zero 10 s after its last one, its instance stops, and the proxy still listens.
+    for (name, _) in &jobs {
+        util::wait_until("the idle group scales to zero", Duration::from_secs(60), || count(&dev, name) == 0);
+        util::wait_until("its instance stops", Duration::from_secs(60), || running(&dev, name) == 0);
+        let status = runtime().block_on(dev.client().job_scaling(name)).unwrap();
+        let event = &status.events[0];
+        assert_eq!((event.from, event.to, event.by.as_str()), (1, 0, "autoscaler"), "{status:#?}");
+        assert!(event.reason.contains("for 10s (scale_to_zero_after)"), "{status:#?}");
+        util::eventually(
+            "scaling status shows the group at zero",
+            Duration::from_secs(10),
+            || dev.ok(&["scaling", "status", name]),
+            |out| out.contains("scale to zero: at zero: the next request"),
+        );
+    }
+
+    // The first request waits while the group is scaled to 1 and its instance starts, then gets its answer.
+    for ((name, _), addr) in jobs.iter().zip(&addrs) {
+        let started = Instant::now();
+        let (status_line, body) = get_slow(addr);
+        let cold_start = started.elapsed();
+        assert!(status_line.contains(" 200 "), "{name}: {status_line} {body}");
+        assert!(body.starts_with(&format!("hello from {name}.web[")), "{name}: {body}");
+        assert_eq!(count(&dev, name), 1);
+        let status = runtime().block_on(dev.client().job_scaling(name)).unwrap();
+        let event = &status.events[0];
+        assert_eq!((event.from, event.to, event.by.as_str()), (0, 1, "activation"), "{status:#?}");
+        assert!(event.reason.starts_with("a request reached the proxy on node "), "{status:#?}");
+        eprintln!("{name}: first request answered {cold_start:?} after it was sent to a group at zero");
+    }
 }
 
 #[test]

@@ -39,12 +39,13 @@ pub struct ScalingSpec {
     /// Predictive scaling: a Holt-Winters forecast of each metric's demand, `lead_time` ahead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predictive: Option<PredictiveSpec>,
-    /// Not supported yet: scale to zero when idle.
+    /// Scale to zero: with `min: 0`, the group goes to zero instances after this long without a request through
+    /// davit's proxies; the first request then starts one (see `activation_timeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scale_to_zero_after: Option<serde_json::Value>,
-    /// Not supported yet: how long the proxy holds a request for a group at zero.
+    pub scale_to_zero_after: Option<Duration>,
+    /// How long a proxy holds a request for a group at zero while an instance starts (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub activation_timeout: Option<serde_json::Value>,
+    pub activation_timeout: Option<Duration>,
 }
 
 impl ScalingSpec {
@@ -53,9 +54,19 @@ impl ScalingSpec {
         self.min.unwrap_or(1.min(written))
     }
 
-    /// Whether the autoscaler acts on the group.
+    /// Whether the autoscaler acts on the group (on metrics, or to scale it to zero).
     pub fn autoscaled(&self) -> bool {
-        !self.metrics.is_empty() && self.enabled != Some(false)
+        (!self.metrics.is_empty() || self.scale_to_zero_after.is_some()) && self.enabled != Some(false)
+    }
+
+    /// How long the group may be idle before the autoscaler scales it to zero, when it does.
+    pub fn scales_to_zero(&self) -> Option<std::time::Duration> {
+        self.scale_to_zero_after.filter(|_| self.autoscaled()).map(Duration::as_std)
+    }
+
+    /// `activation_timeout`, or its default of 30s.
+    pub fn activation_timeout(&self) -> std::time::Duration {
+        self.activation_timeout.map_or(std::time::Duration::from_secs(30), Duration::as_std)
     }
 }
 

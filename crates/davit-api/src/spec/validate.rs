@@ -32,8 +32,6 @@ pub fn validate(spec: &JobSpec, limits: Option<&super::SpecLimits>) -> Result<()
 /// Signals a task may be stopped with.
 pub const KNOWN_SIGNALS: &[&str] = &["SIGTERM", "SIGINT", "SIGKILL", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"];
 
-const NOT_SUPPORTED_HINT: &str = "remove it; it would be ignored";
-
 /// How an integer field is described when its value is out of range (used by the deserializer, so
 /// `priority: 300` reads "priority must be an integer from 1 to 100" rather than "… at most 255").
 pub(crate) fn integer_expectation(label: &str) -> Option<&'static str> {
@@ -134,6 +132,13 @@ fn check_group(ctx: &Ctx, path: &str, group: &GroupSpec, spec: &JobSpec) {
                 &format!("{path}.scaling.metrics"),
                 format!("the autoscaler scales groups of service jobs; this is a {} job", job_type.as_str()),
                 Some("remove metrics, or make the job type: service".to_string()),
+            );
+        }
+        if scaling.scale_to_zero_after.is_some() && job_type != JobType::Service {
+            ctx.report_key(
+                &format!("{path}.scaling.scale_to_zero_after"),
+                format!("only groups of service jobs scale to zero; this is a {} job", job_type.as_str()),
+                Some("remove scale_to_zero_after, or make the job type: service".to_string()),
             );
         }
     }
@@ -466,20 +471,7 @@ fn check_scaling(ctx: &Ctx, path: &str, group: &GroupSpec, scaling: &super::Scal
             Some(format!("make min at most {}", group.count)),
         );
     }
-    if min == 0 && !scaling.metrics.is_empty() {
-        ctx.report(
-            &format!("{path}.min"),
-            "the autoscaler does not scale a group to 0 (scale to zero is not supported by this davit version yet)",
-            Some("make min at least 1".to_string()),
-        );
-    }
-    for (field, set) in
-        [("scale_to_zero_after", scaling.scale_to_zero_after.is_some()), ("activation_timeout", scaling.activation_timeout.is_some())]
-    {
-        if set {
-            not_supported(ctx, &format!("{path}.{field}"));
-        }
-    }
+    check_scale_to_zero(ctx, path, group, scaling);
     if let Some(predictive) = &scaling.predictive {
         let season = predictive.season.as_std();
         if !(std::time::Duration::from_secs(30)..=std::time::Duration::from_secs(7 * 86_400)).contains(&season) {
@@ -509,7 +501,7 @@ fn check_scaling(ctx: &Ctx, path: &str, group: &GroupSpec, scaling: &super::Scal
             ("behavior", scaling.behavior.is_some()),
             ("cpu_initialization_period", scaling.cpu_initialization_period.is_some()),
             ("initial_readiness_delay", scaling.initial_readiness_delay.is_some()),
-            ("enabled", scaling.enabled.is_some()),
+            ("enabled", scaling.enabled.is_some() && scaling.scale_to_zero_after.is_none()),
             ("predictive", scaling.predictive.is_some()),
         ];
         for (field, _) in autoscaler_only.iter().filter(|(_, set)| *set) {
@@ -595,6 +587,66 @@ fn check_scaling(ctx: &Ctx, path: &str, group: &GroupSpec, scaling: &super::Scal
 
 /// Most `metrics:` entries (and policies per direction) in a `scaling:` block.
 const MAX_SCALING_METRICS: usize = 10;
+
+/// Scale to zero: `min: 0` and `scale_to_zero_after` go together, on a group with a service (its proxies
+/// hold the first request and wake the group), within bounds.
+fn check_scale_to_zero(ctx: &Ctx, path: &str, group: &GroupSpec, scaling: &super::ScalingSpec) {
+    use std::time::Duration as StdDuration;
+    let min = scaling.min_count(group.count);
+    match &scaling.scale_to_zero_after {
+        None => {
+            if min == 0 && !scaling.metrics.is_empty() {
+                ctx.report(
+                    &format!("{path}.min"),
+                    "the autoscaler takes a group to 0 only when it is idle: min 0 needs scale_to_zero_after",
+                    Some("add e.g. scale_to_zero_after: 5m, or make min at least 1".to_string()),
+                );
+            }
+            if scaling.activation_timeout.is_some() {
+                ctx.report_key(
+                    &format!("{path}.activation_timeout"),
+                    "activation_timeout is how long proxies hold a request for a group scaled to zero: it needs scale_to_zero_after",
+                    Some("add e.g. scale_to_zero_after: 5m".to_string()),
+                );
+            }
+        }
+        Some(after) => {
+            if scaling.min != Some(0) {
+                ctx.report_key(
+                    &format!("{path}.scale_to_zero_after"),
+                    "a group scales to zero only with min: 0",
+                    Some("add min: 0".to_string()),
+                );
+            }
+            if !(StdDuration::from_secs(10)..=StdDuration::from_secs(86_400)).contains(&after.as_std()) {
+                ctx.report(
+                    &format!("{path}.scale_to_zero_after"),
+                    format!("scale_to_zero_after is from 10s to 24h, not {after}"),
+                    Some("e.g. scale_to_zero_after: 5m".to_string()),
+                );
+            }
+            if group.services.is_empty() {
+                ctx.report_key(
+                    &format!("{path}.scale_to_zero_after"),
+                    format!(
+                        "group {} has no service: a group at zero is started by the first request through davit's proxy to one of its services",
+                        group.name
+                    ),
+                    Some("add e.g. services: [{name: web, port: http, local_port: 8080}]".to_string()),
+                );
+            }
+            if let Some(timeout) = &scaling.activation_timeout
+                && !(StdDuration::from_secs(1)..=StdDuration::from_secs(600)).contains(&timeout.as_std())
+            {
+                ctx.report(
+                    &format!("{path}.activation_timeout"),
+                    format!("activation_timeout is from 1s to 10m, not {timeout}"),
+                    Some("e.g. activation_timeout: 30s".to_string()),
+                );
+            }
+        }
+    }
+}
 
 fn check_scaling_metric(ctx: &Ctx, at: &str, metric: &super::MetricSpec) {
     use super::{MetricTarget, MetricType};
@@ -1064,11 +1116,6 @@ fn port_references(text: &str) -> Vec<&str> {
         }
     }
     names
-}
-
-fn not_supported(ctx: &Ctx, path: &str) {
-    let field = path.rsplit('.').next().unwrap_or(path);
-    ctx.report_key(path, format!("`{field}` is not supported by this davit version yet"), Some(NOT_SUPPORTED_HINT.to_string()));
 }
 
 fn describe_json(value: &Value) -> &'static str {

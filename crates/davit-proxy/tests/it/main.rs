@@ -1,5 +1,6 @@
 //! Integration tests over real loopback sockets: test backends are small hyper/tokio servers in this process.
 
+mod activation;
 mod balancing;
 mod dns;
 mod health;

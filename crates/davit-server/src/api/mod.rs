@@ -103,6 +103,8 @@ fn table() -> Vec<Route> {
         route(M::GET, "/v1/node/{id}/allocations", Rule::ThisNode(Access::Read), nodes::allocations),
         route(M::POST, "/v1/node/{id}/allocations/status", Rule::ThisNode(Access::Write), nodes::update_allocations),
         route(M::POST, "/v1/node/{id}/usage", Rule::ThisNode(Access::Write), nodes::usage),
+        // A node's proxy wakes a group scaled to zero (any node may proxy any service).
+        route(M::POST, "/v1/node/{id}/activate", Rule::ThisNode(Access::Write), nodes::activate),
         // Secrets: only the node itself (or an agent token with node: write), not readers of nodes.
         route(M::GET, "/v1/node/{id}/allocation/{alloc_id}/template-data", Rule::ThisNode(Access::Write), variables::template_data),
         route(M::GET, "/v1/allocations", ns(ReadJob), allocs::list),
@@ -219,6 +221,9 @@ impl Failure {
     /// What the failure says (for logs of internal callers).
     pub fn message(&self) -> &str {
         &self.body.message
+    }
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 
     pub fn bad_request(message: impl Into<String>) -> Failure {

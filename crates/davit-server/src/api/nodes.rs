@@ -396,6 +396,17 @@ pub(crate) async fn update_allocations(
     Ok(indexed(index, &IndexResponse { index }))
 }
 
+/// `POST /v1/node/{id}/activate`: a request reached the node's proxy for a group scaled to zero (see
+/// `autoscaler::activate`).
+pub(crate) async fn activate(State(shared): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Result<Response, Failure> {
+    let request: davit_api::http::ActivateRequest = json_body(&body, "activation request")?;
+    let node = shared.view.snapshot().cluster.node(&id).map(|node| node.name.clone());
+    let Some(node) = node else { return Err(Failure::not_found(format!("node {id} is not registered"))) };
+    let answer = crate::autoscaler::activate(&shared, &node, &request.job, &request.group).await?;
+    let index = shared.view.snapshot().revision;
+    Ok(indexed(index, &answer))
+}
+
 /// `POST /v1/node/{id}/usage`: the node's usage samples and proxy counters, kept in memory (see `usage`).
 pub(crate) async fn usage(State(shared): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Result<Response, Failure> {
     let report: davit_api::http::UsageReport = json_body(&body, "usage report")?;

@@ -17,12 +17,18 @@ pub fn start_dev(data_dir: &Path, port_range: &str) -> (Child, String) {
 
 /// [`start_dev`] with its service proxy on `proxy_ip`.
 pub fn start_dev_with_proxy(data_dir: &Path, port_range: &str, proxy_ip: &str) -> (Child, String) {
+    start_dev_with(data_dir, port_range, proxy_ip, &[])
+}
+
+/// [`start_dev_with_proxy`] with more flags.
+pub fn start_dev_with(data_dir: &Path, port_range: &str, proxy_ip: &str, extra: &[&str]) -> (Child, String) {
     let port = free_port();
     let addr = format!("http://127.0.0.1:{port}");
     let dns = format!("127.0.0.1:{}", free_port());
     let dev = Command::new(DAVIT)
         .args(["dev", "--bind", &format!("127.0.0.1:{port}"), "--data-dir", &data_dir.display().to_string(), "--port-range", port_range])
         .args(["--dns-bind", &dns, "--proxy-bind-ip", proxy_ip])
+        .args(extra)
         .arg("--vm-image-dir")
         .arg(guest_dir())
         .env("DAVIT_LOG", "warn")
@@ -86,4 +92,37 @@ pub use davit_oci::testing::free_port;
 
 pub fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+pub fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
+
+/// An OCI bundle in `bundle` (`crun spec`) over `rootfs` (read-only), running `args` without a terminal; in the
+/// host's network namespace with `host_network` (as davit runs containers), else in a new one (`crun spec`'s).
+pub fn write_crun_bundle(bundle: &Path, rootfs: &Path, args: &[&str], host_network: bool) {
+    assert!(Command::new("crun").args(["spec", "--bundle", &bundle.display().to_string()]).status().unwrap().success());
+    let path = bundle.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["root"] = serde_json::json!({"path": rootfs, "readonly": true});
+    config["process"]["terminal"] = false.into();
+    config["process"]["args"] = serde_json::json!(args);
+    if let Some(namespaces) = config["linux"]["namespaces"].as_array_mut().filter(|_| host_network) {
+        namespaces.retain(|namespace| namespace["type"] != "network");
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+}
+
+/// crun as davit runs it on this host: a private mount namespace without the cgroup2 mount on hybrid hosts.
+pub fn crun(args: &[&str]) -> bool {
+    let hybrid =
+        Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists() && !Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let crun = format!("crun --cgroup-manager=disabled {}", args.join(" "));
+    let script = if hybrid { format!("umount /sys/fs/cgroup/unified && exec {crun}") } else { format!("exec {crun}") };
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }

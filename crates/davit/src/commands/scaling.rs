@@ -119,7 +119,7 @@ fn describe(status: &ScalingStatus) -> String {
 
 fn describe_group(group: &GroupScaling) -> String {
     let mode = match (group.autoscaled, group.predictive.as_str()) {
-        (false, _) => "not autoscaled (no metrics, or enabled: false)".to_string(),
+        (false, _) => "not autoscaled (no metrics nor scale_to_zero_after, or enabled: false)".to_string(),
         (true, "") => "autoscaled".to_string(),
         (true, predictive) => format!("autoscaled, predictive ({predictive})"),
     };
@@ -147,6 +147,9 @@ fn describe_group(group: &GroupScaling) -> String {
         for line in table(&rows).lines() {
             text.push_str(&format!("  {line}\n"));
         }
+    }
+    if !group.scale_to_zero.is_empty() {
+        text.push_str(&format!("  scale to zero: {}\n", group.scale_to_zero));
     }
     if !group.waiting.is_empty() {
         text.push_str(&format!("  waiting: {}\n", group.waiting));
