@@ -252,3 +252,27 @@ fn the_readme_job_spec_is_valid() {
         .unwrap_or_else(|errors| panic!("the README's job spec (lines counted from its ```yaml block):\n{}", render(&errors)));
     assert_eq!(spec.name, "hello");
 }
+
+#[test]
+fn a_redeploy_keeps_scaled_counts_and_a_group_at_zero_stays_there_only_while_it_can_be_woken() {
+    let spec = |count: u32, scaling: &str| {
+        let text = format!(
+            "name: shop\ngroups:\n  - name: web\n    count: {count}\n    network: {{ports: [{{name: http}}]}}\n    services: [{{name: web, port: http}}]\n    scaling: {scaling}\n    tasks:\n      - {{name: app, config: {{command: /bin/app}}}}\n"
+        );
+        parse_job_spec(&text, "shop.yaml").unwrap()
+    };
+    let zero = "{min: 0, max: 3, scale_to_zero_after: 5m}";
+    let running = spec(0, zero);
+    // Still scales to zero: the group stays at zero (the next request wakes it).
+    let mut next = spec(2, zero);
+    assert_eq!(next.keep_scaled_counts(&running).len(), 1);
+    assert_eq!(next.groups[0].count, 0);
+    // No longer scales to zero (nothing would wake it): the file's count applies.
+    let mut next = spec(2, "{min: 0, max: 3}");
+    assert!(next.keep_scaled_counts(&running).is_empty());
+    assert_eq!(next.groups[0].count, 2);
+    // An ordinary scaled group keeps the count it runs.
+    let mut next = spec(1, "{min: 1, max: 3}");
+    assert_eq!(next.keep_scaled_counts(&spec(3, "{min: 1, max: 3}")).len(), 1);
+    assert_eq!(next.groups[0].count, 3);
+}

@@ -27,7 +27,12 @@ pub(crate) async fn serve(shared: Arc<ServiceShared>, listener: TcpListener) {
 }
 
 async fn forward(shared: Arc<ServiceShared>, mut inbound: TcpStream, client: SocketAddr) {
-    let snapshot = match shared.with_backends(shared.snapshot()).await {
+    // A client that goes away while it waits for a backend gives up its place.
+    let available = tokio::select! {
+        available = shared.with_backends(shared.snapshot()) => available,
+        () = closed_by(&inbound) => return,
+    };
+    let snapshot = match available {
         Ok(snapshot) => snapshot,
         Err(unavailable) => {
             tracing::debug!(%client, reason = unavailable.describe(&shared.snapshot().config.name).trim_end(), "connection closed");
@@ -71,4 +76,14 @@ async fn forward(shared: Arc<ServiceShared>, mut inbound: TcpStream, client: Soc
         }
     }
     tracing::debug!(service = %config.name, %client, "no backend accepted the connection");
+}
+
+/// Returns once the client closed its side (or the connection failed); never while it is open, even if it sent
+/// data already (the data stays queued for the backend).
+async fn closed_by(inbound: &TcpStream) {
+    let mut byte = [0u8; 1];
+    match inbound.peek(&mut byte).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
 }

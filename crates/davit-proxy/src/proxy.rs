@@ -71,6 +71,8 @@ pub(crate) struct ServiceShared {
     /// Requests (connections) waiting for backends now.
     waiting: AtomicUsize,
     activation: Arc<watch::Sender<()>>,
+    /// The service was removed or replaced by another listener: its waiting requests give up.
+    retired: AtomicBool,
 }
 
 /// One immutable generation of a service: config, backends and the balancer built for them.
@@ -148,6 +150,7 @@ impl Proxy {
         };
         let mut kept_endpoints = Vec::new();
         if let Some(previous) = previous {
+            previous.shared.retire();
             kept_endpoints = previous.shared.snapshot().endpoints.clone();
             stop_listeners(previous.listeners).await;
         }
@@ -171,6 +174,7 @@ impl Proxy {
             wants_activation: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
             activation: Arc::clone(&self.inner.activation),
+            retired: AtomicBool::new(false),
         });
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let listeners = workers
@@ -190,6 +194,7 @@ impl Proxy {
                 listener.abort();
             }
             let _ = replaced.shutdown.send(true);
+            replaced.shared.retire();
         }
         Ok(listen)
     }
@@ -221,6 +226,7 @@ impl Proxy {
         let Some(entry) = lock(&self.inner.services).remove(service) else {
             return false;
         };
+        entry.shared.retire();
         stop_listeners(entry.listeners).await;
         let _ = entry.shutdown.send(true);
         true
@@ -288,6 +294,7 @@ impl Drop for ProxyInner {
                 listener.abort();
             }
             let _ = entry.shutdown.send(true);
+            entry.shared.retire();
         }
     }
 }
@@ -359,6 +366,12 @@ impl ServiceShared {
         self.changed.send_replace(());
     }
 
+    /// Releases the requests waiting for backends (which answer 503): the service is gone or has another listener.
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.changed.send_replace(());
+    }
+
     /// Requests waiting for backends now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
@@ -389,13 +402,16 @@ impl ServiceShared {
             if !current.endpoints.is_empty() {
                 return Ok(current);
             }
+            // Removed, replaced, or no longer activated (e.g. `enabled: false`): nothing will start a backend.
+            if self.retired.load(Ordering::Relaxed) || current.config.activation.is_none() {
+                return Err(Unavailable::NoBackends);
+            }
             self.wants_activation.store(true, Ordering::Relaxed);
             self.activation.send_replace(());
             let ask_again = (tokio::time::Instant::now() + ACTIVATION_REPEAT).min(deadline);
             match tokio::time::timeout_at(ask_again, changed.changed()).await {
-                Ok(Ok(())) => {}
-                // The service was replaced or removed: its listener is gone.
-                Ok(Err(_)) => return Err(Unavailable::NoBackends),
+                // (The sender lives as long as `self`: `changed()` never fails here.)
+                Ok(_) => {}
                 Err(_) if tokio::time::Instant::now() >= deadline => return Err(Unavailable::Timeout(activation.timeout)),
                 Err(_) => {}
             }

@@ -45,8 +45,6 @@ impl Default for AutoscalerConfig {
 #[derive(Default)]
 pub(crate) struct Autoscaler {
     groups: Mutex<HashMap<(String, String), GroupState>>,
-    /// Activations one at a time: the second request for a group finds it scaled already.
-    activating: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -185,6 +183,8 @@ fn evaluate(
     if let Some(after) = scaling.scales_to_zero() {
         min = min.max(1);
         if current == 0 {
+            // The idle clock starts again when the group has instances (woken, or scaled by an operator).
+            state.last_active = None;
             status.scale_to_zero = "at zero: the next request through a davit proxy starts an instance".to_string();
             status.metrics = unevaluated(scaling);
             state.last = Some(status);
@@ -194,6 +194,14 @@ fn evaluate(
         let last_active = state.last_active.max(last_request).unwrap_or(now);
         state.last_active = Some(last_active);
         let idle = now.saturating_duration_since(last_active);
+        // Activity is seen once per usage report: never less than three reports' time.
+        let window = allocs
+            .iter()
+            .filter_map(|alloc| shared.signals.usage(&alloc.id, now))
+            .map(|(usage, _)| Duration::from_millis(usage.window_ms))
+            .max()
+            .unwrap_or(Duration::from_secs(5));
+        let after = after.max(window * 3);
         if idle >= after && deployment.is_none() {
             status.scale_to_zero = format!("idle for {}s: scaling to zero", idle.as_secs());
             status.metrics = unevaluated(scaling);
@@ -493,8 +501,9 @@ async fn register_count(
 
 /// `POST /v1/node/{id}/activate`: a request reached `node`'s proxy for a group that scales to zero. A group at
 /// zero is scaled to one instance (its `min`, if higher); a group with instances counts as active again.
+///
+/// Concurrent activations of one group settle by the compare-and-set: the loser reads again and finds it awake.
 pub(crate) async fn activate(shared: &Shared, node: &str, job_id: &str, group_name: &str) -> Result<ActivateResponse, Failure> {
-    let _one_at_a_time = shared.autoscaler.activating.lock().await;
     for _ in 0..3 {
         let snapshot = shared.view.snapshot();
         let job = snapshot
@@ -507,9 +516,16 @@ pub(crate) async fn activate(shared: &Shared, node: &str, job_id: &str, group_na
             return Err(Failure::conflict(format!("group {group_name} of job {job_id} does not scale to zero")));
         }
         let now = Instant::now();
+        // Active from now on, also for a sync that sees the new count before `register_count` returns.
+        shared
+            .autoscaler
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((job_id.to_string(), group_name.to_string()))
+            .or_default()
+            .last_active = Some(now);
         if group.count > 0 {
-            let mut groups = shared.autoscaler.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            groups.entry((job_id.to_string(), group_name.to_string())).or_default().last_active = Some(now);
             return Ok(ActivateResponse { count: group.count, activated: false });
         }
         let to = group.scaling.as_ref().map_or(1, |scaling| scaling.min_count(0).max(1));

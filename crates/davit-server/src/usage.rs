@@ -91,8 +91,10 @@ impl Signals {
             let key = (node_id.to_string(), counters.alloc_id.clone());
             // A first reading counts as activity if it shows any request (after a server restart that keeps a
             // group awake one idle period longer; it never puts one to sleep early).
-            let requested =
-                inner.readings.get(&key).map_or(counters.requests, |(before, _)| counters.requests.saturating_sub(before.requests));
+            // A reading below the previous one is a proxy (or backend) that started counting again.
+            let requested = inner.readings.get(&key).map_or(counters.requests, |(before, _)| {
+                if counters.requests < before.requests { counters.requests } else { counters.requests - before.requests }
+            });
             if requested > 0 || counters.active > 0 {
                 inner.last_request.insert(counters.alloc_id.clone(), now);
             }
@@ -250,5 +252,8 @@ mod tests {
         // Another proxy's first reading with requests counts.
         signals.ingest("n2", report(1, 0), &cluster(), |_| true, at(20));
         assert_eq!(signals.last_request("a1"), Some(at(20)));
+        // A proxy that counts from 0 again (its agent restarted) and served requests since.
+        signals.ingest("n1", report(2, 0), &cluster(), |_| true, at(25));
+        assert_eq!(signals.last_request("a1"), Some(at(25)));
     }
 }

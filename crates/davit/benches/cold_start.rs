@@ -6,7 +6,7 @@
 //! then times one `GET /` through the proxy's `local_port` until its answer: the request is held while the
 //! group is scaled to 1, placed, started and found healthy. Next to it, in the same run, the same httpd started
 //! bare (fork/exec, and `crun run --detach` of a bundle of the same image on the host network) and polled every
-//! millisecond until it answers. Needs root, crun, docker-registry, skopeo, umoci.
+//! millisecond until it answers 200 (a refused connection is polled again; any other answer fails the bench). Needs root, crun, docker-registry, skopeo, umoci.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -64,7 +64,12 @@ fn main() {
         let port = common::free_port();
         let bundle = dir.path().join(format!("bundle-{round}"));
         std::fs::create_dir_all(&bundle).unwrap();
-        common::write_crun_bundle(&bundle, &busybox.rootfs, &["/bin/httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h", "/etc"], true);
+        common::write_crun_bundle(
+            &bundle,
+            &busybox.rootfs,
+            &["/bin/httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h", "/var/www"],
+            true,
+        );
         let id = format!("davit-bench-cold-{}-{round}", std::process::id());
         let start = Instant::now();
         assert!(crun(&["run", "--detach", "--bundle", &bundle.display().to_string(), &id]), "crun run failed");
@@ -88,7 +93,7 @@ fn main() {
         driver: container
         config:
           image: "{}/busybox:1"
-          command: "exec httpd -f -p 127.0.0.1:${{port.http}} -h /etc""#,
+          command: "exec httpd -f -p 127.0.0.1:${{port.http}} -h /var/www""#,
         registry.host()
     );
     let mut groups = Vec::new();
@@ -138,7 +143,7 @@ fn main() {
     }
 }
 
-/// Polls `GET /` on `target` every millisecond until an HTTP answer (at most 60 s); the time since `start`.
+/// Polls `GET /` on `target` every millisecond until it answers 200 (at most 60 s); the time since `start`.
 fn first_answer(target: &str, start: Instant) -> Duration {
     let deadline = start + Duration::from_secs(60);
     loop {
@@ -149,6 +154,8 @@ fn first_answer(target: &str, start: Instant) -> Duration {
                 && stream.read_to_string(&mut response).is_ok()
                 && response.starts_with("HTTP/1.")
             {
+                let status = response.lines().next().unwrap_or_default();
+                assert!(status.contains(" 200 "), "{target} answered {status}");
                 return start.elapsed();
             }
         }

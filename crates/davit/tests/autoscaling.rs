@@ -328,9 +328,16 @@ fn running(dev: &Dev, job: &str) -> usize {
 
 #[test]
 fn idle_groups_scale_to_zero_and_the_first_request_wakes_them_and_succeeds() {
-    let Some(registry) = util::container_registry() else { return };
+    if !require_root() {
+        return;
+    }
+    // The container group needs a registry and a runtime (outside CI, the exec group runs alone without them).
+    let registry = util::container_registry();
     let dev = Dev::start_with(&["--autoscaler-interval", "1s", "--usage-interval", "1s"]);
-    let jobs = [("zero-exec", EXEC_TASK.to_string()), ("zero-box", CONTAINER_TASK.replace("REGISTRY", &registry.host()))];
+    let mut jobs = vec![("zero-exec", EXEC_TASK.to_string())];
+    if let Some(registry) = &registry {
+        jobs.push(("zero-box", CONTAINER_TASK.replace("REGISTRY", &registry.host())));
+    }
     let mut addrs = Vec::new();
     for (name, task) in &jobs {
         let local_port = util::free_port();

@@ -568,7 +568,13 @@ impl JobSpec {
         let mut kept = Vec::new();
         for group in &mut self.groups {
             let Some(bounds) = group.count_bounds() else { continue };
-            let Some(running) = current.group(&group.name).map(|group| group.count) else { continue };
+            let Some(running_group) = current.group(&group.name) else { continue };
+            let running = running_group.count;
+            let scales_to_zero = |group: &GroupSpec| group.scaling.as_ref().and_then(ScalingSpec::scales_to_zero).is_some();
+            if running == 0 && scales_to_zero(running_group) && !scales_to_zero(group) {
+                // Scaled to zero, and nothing would wake it any more: the file's count applies.
+                continue;
+            }
             let count = running.clamp(*bounds.start(), *bounds.end());
             if count != group.count {
                 kept.push(format!("group {} keeps its count {count} (it has scaling:; the file says {})", group.name, group.count));

@@ -635,6 +635,13 @@ fn check_scale_to_zero(ctx: &Ctx, path: &str, group: &GroupSpec, scaling: &super
                     Some("add e.g. services: [{name: web, port: http, local_port: 8080}]".to_string()),
                 );
             }
+            if scaling.predictive.is_some() {
+                ctx.report_key(
+                    &format!("{path}.predictive"),
+                    "predictive scaling does not wake a group scaled to zero (only a request does): they do not go together",
+                    Some("remove predictive, or scale_to_zero_after and min: 0".to_string()),
+                );
+            }
             if let Some(timeout) = &scaling.activation_timeout
                 && !(StdDuration::from_secs(1)..=StdDuration::from_secs(600)).contains(&timeout.as_std())
             {
