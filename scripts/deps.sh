@@ -2,14 +2,15 @@
 # Idempotent: when every package is already installed it does nothing (and needs no network).
 set -euo pipefail
 
-# Build tools, the exec driver's needs, the container driver's runtimes and image tools, the guest builder's
-# tools, what the proxy and DNS benchmarks compare against, and Prometheus (the autoscaler's `prometheus`
-# metrics are tested against a real one).
-DAVIT_PACKAGES=(gcc libc6-dev ca-certificates procps iproute2 curl busybox-static
+# Build tools (protoc compiles etcd's API for the etcd store), the exec driver's needs, the container driver's
+# runtimes and image tools, the guest builder's tools, what the proxy and DNS benchmarks compare against,
+# Prometheus (the autoscaler's `prometheus` metrics are tested against a real one) and etcd (the etcd store is
+# tested on real clusters).
+DAVIT_PACKAGES=(gcc libc6-dev ca-certificates procps iproute2 curl busybox-static protobuf-compiler
   crun runc docker-registry skopeo umoci
   cpio xz-utils e2fsprogs
   haproxy wrk dnsutils
-  prometheus)
+  prometheus etcd-server)
 # QEMU comes from bookworm-backports (10.x): its microvm machine boots the test guest fastest, and it has to
 # match a backports qemu-utils where one is installed already.
 DAVIT_BACKPORTS_PACKAGES=(qemu-system-x86 qemu-system-data qemu-utils)

@@ -25,7 +25,7 @@ use davit_api::objects::{
     Allocation, ClientStatus, DesiredStatus, EvalTrigger, Evaluation, Index, Migration, MigrationProgress, MigrationRole, MigrationStatus,
 };
 use davit_scheduler::{AllocStop, ClusterState, Plan};
-use davit_store::{Store, StoreError, Txn};
+use davit_store::{Store, StoreError, Txn, TxnLimits};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::keys;
@@ -251,8 +251,15 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, rece
         // The view takes these objects, and the working state that holds them, instead of decoding what it
         // reads back from the store and applying it again.
         let working = (!decoded.is_empty()).then_some(working);
-        view.hand_off(decoded, working);
-        let outcome = commit(&store, txn).await;
+        let outcome = match store.max_txn_size().filter(|limits| exceeds(&txn, *limits)) {
+            // Larger than the store takes in one transaction (etcd): committed in parts, in order; the view
+            // reads the parts back from the store rather than taking the batch's state.
+            Some(limits) => commit_in_parts(&store, txn, limits).await,
+            None => {
+                view.hand_off(decoded, working);
+                commit(&store, txn).await
+            }
+        };
         if outcome.is_err() {
             view.withdraw_handed_off();
         }
@@ -378,6 +385,31 @@ async fn commit(store: &Arc<dyn Store>, txn: Txn) -> Result<Index, StoreError> {
         return Ok(0);
     }
     Ok(store.txn(txn).await?.revision)
+}
+
+fn exceeds(txn: &Txn, limits: TxnLimits) -> bool {
+    txn.success.len() > limits.ops || txn.success.iter().map(davit_store::Op::size).sum::<usize>() > limits.bytes
+}
+
+/// Commits the batch's writes (which have no compares) in transactions within `limits`, in order; the
+/// revision of the last. A failure part-way leaves the parts before it committed: each write stands on its own
+/// (an allocation, an evaluation's status), and evaluations whose plans were cut short are planned again.
+async fn commit_in_parts(store: &Arc<dyn Store>, txn: Txn, limits: TxnLimits) -> Result<Index, StoreError> {
+    debug_assert!(txn.compares.is_empty() && txn.failure.is_empty());
+    let mut index = 0;
+    let mut part = Txn::default();
+    let mut bytes = 0;
+    for op in txn.success {
+        let size = op.size();
+        if !part.success.is_empty() && (part.success.len() == limits.ops || bytes + size > limits.bytes) {
+            index = commit(store, std::mem::take(&mut part)).await?;
+            bytes = 0;
+        }
+        bytes += size;
+        part.success.push(op);
+    }
+    let last = commit(store, part).await?;
+    Ok(index.max(last))
 }
 
 /// Builds the writes for the part of `plan` that still fits (the plan's allocations move into them).
@@ -709,6 +741,24 @@ mod tests {
     /// Two plans computed on the same snapshot both fill the one node. Queued together they are checked in one
     /// batch: the second sees the first's allocation and is refused, and its result carries the batch's index
     /// (the worker waits for it before planning again, so it sees why).
+    #[tokio::test]
+    async fn a_batch_larger_than_the_store_takes_is_committed_in_parts_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(davit_store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
+        let batch = |count: usize| Txn {
+            success: (0..count).map(|i| davit_store::Op::Put { key: format!("k{i:02}"), value: vec![b'x'; 10], lease: None }).collect(),
+            ..Txn::default()
+        };
+        // Three operations a transaction: ten writes take four.
+        assert_eq!(commit_in_parts(&store, batch(10), TxnLimits { ops: 3, bytes: 1 << 20 }).await.unwrap(), 4);
+        let stored = store.range("k").await.unwrap();
+        assert_eq!(stored.kvs.len(), 10);
+        assert!(stored.kvs.windows(2).all(|pair| pair[0].mod_revision <= pair[1].mod_revision), "written in order");
+        // 13 bytes a write, at most 30 a transaction: two writes each.
+        assert_eq!(commit_in_parts(&store, batch(6), TxnLimits { ops: 100, bytes: 30 }).await.unwrap(), 7);
+        assert!(exceeds(&batch(4), TxnLimits { ops: 3, bytes: 1 << 20 }) && !exceeds(&batch(3), TxnLimits { ops: 3, bytes: 39 }));
+    }
+
     #[tokio::test]
     async fn plans_of_one_batch_see_each_other_and_a_refused_one_gets_the_batch_index() {
         let dir = tempfile::tempdir().unwrap();

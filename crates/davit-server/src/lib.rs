@@ -32,6 +32,7 @@ pub mod fuzz;
 mod gc;
 mod keyring;
 mod keys;
+pub mod leader;
 mod liveness;
 mod metrics;
 mod migration;
@@ -419,7 +420,8 @@ async fn cluster_id(store: &dyn Store) -> Result<String, StoreError> {
     }
 }
 
-pub(crate) fn now_millis() -> u64 {
+/// Now, in Unix milliseconds.
+pub fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

@@ -263,6 +263,9 @@ impl Store for CountingStore {
     fn revoke_lease(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
         self.inner.revoke_lease(lease)
     }
+    fn max_txn_size(&self) -> Option<davit_store::TxnLimits> {
+        self.inner.max_txn_size()
+    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@
 //! ones, so readers can build in-memory views and block on "changes after N".
 //! Leases expire keys attached to them unless kept alive.
 //!
-//! Backends: [`RedbStore`] (embedded, one server; see [`RedbOptions`]). An etcd backend will
-//! implement the same trait and pass the same conformance suite: the `conformance` module, built
-//! with the cargo feature `conformance` and run by `tests/conformance.rs`.
+//! Backends: [`RedbStore`] (embedded, one server; see [`RedbOptions`]) and [`EtcdStore`] (an etcd cluster,
+//! for several servers; see [`EtcdOptions`]). Both pass the same conformance suite: the `conformance`
+//! module, built with the cargo feature `conformance` (with `etcd_testing`, real etcd clusters on loopback)
+//! and run by `tests/conformance.rs` and `tests/etcd_conformance.rs`.
 //!
 //! A transaction whose applied branch changes nothing (a failed compare with an empty failure
 //! branch, a delete of a missing key) does not get a revision, as in etcd.
@@ -21,8 +22,14 @@ use std::time::Duration;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod etcd_backend;
+#[cfg(feature = "conformance")]
+pub mod etcd_testing;
+mod fence;
 mod redb_backend;
 
+pub use etcd_backend::{EtcdOptions, EtcdStore, LAG_PATIENCE as ETCD_LAG_PATIENCE};
+pub use fence::FencedStore;
 pub use redb_backend::{RedbOptions, RedbStore};
 
 /// A store revision. The first committed change has revision 1; 0 means "before anything".
@@ -158,6 +165,9 @@ pub enum StoreError {
     /// The store shut down.
     #[error("the store is closed")]
     Closed,
+    /// A fenced write (see [`FencedStore`]) found its fence key changed: this server no longer leads.
+    #[error("this server no longer leads: {0} changed")]
+    Fenced(String),
     /// The store could not be opened.
     #[error("opening store at {path}")]
     Open {
@@ -176,6 +186,7 @@ impl StoreError {
             StoreError::WatchLagged => StoreError::WatchLagged,
             StoreError::LeaseNotFound(lease) => StoreError::LeaseNotFound(*lease),
             StoreError::Closed => StoreError::Closed,
+            StoreError::Fenced(key) => StoreError::Fenced(key.clone()),
             StoreError::Open { .. } => StoreError::Backend(self.to_string()),
         }
     }
@@ -184,6 +195,15 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StoreError::Backend(message) if message.contains("No space left on device"))
     }
+}
+
+/// The largest transaction a backend takes (etcd's `--max-txn-ops` and `--max-request-bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnLimits {
+    /// Operations per branch.
+    pub ops: usize,
+    /// Bytes of keys and values together.
+    pub bytes: usize,
 }
 
 /// The operations every backend provides. See the crate docs for the guarantees.
@@ -208,4 +228,19 @@ pub trait Store: Send + Sync + 'static {
     fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Ends the lease now and deletes its keys.
     fn revoke_lease(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The largest transaction the backend takes (`None`: no limit); a larger one fails.
+    fn max_txn_size(&self) -> Option<TxnLimits> {
+        None
+    }
+}
+
+impl Op {
+    /// Bytes of keys and values the operation carries.
+    pub fn size(&self) -> usize {
+        match self {
+            Op::Put { key, value, .. } => key.len() + value.len(),
+            Op::Delete { key } => key.len(),
+            Op::DeletePrefix { prefix } => prefix.len(),
+        }
+    }
 }

@@ -12,7 +12,7 @@ use davit_server::{LivenessConfig, ServerConfig};
 use davit_store::RedbStore;
 
 use crate::Failure;
-use crate::cli::{AgentArgs, DevArgs, NodeArgs, ServerArgs, TlsArgs};
+use crate::cli::{AgentArgs, DevArgs, NodeArgs, ServerArgs, StoreKind, TlsArgs};
 use crate::listen::Addresses;
 
 /// Logs to stderr at `DAVIT_LOG`'s level, or `default` when it is unset.
@@ -28,7 +28,7 @@ fn open_store(dir: &Path) -> Result<Arc<RedbStore>, Failure> {
     Ok(Arc::new(store))
 }
 
-fn server_config(store: Arc<RedbStore>, bind: std::net::SocketAddr, data_dir: &Path, acl_enabled: bool) -> ServerConfig {
+fn server_config(store: Arc<dyn davit_store::Store>, bind: std::net::SocketAddr, data_dir: &Path, acl_enabled: bool) -> ServerConfig {
     ServerConfig {
         bind,
         store,
@@ -342,9 +342,21 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
         job_threshold: duration("--job-gc-threshold", &args.job_gc_threshold)?,
         max_versions: args.job_max_versions.max(1),
     };
+    let leader_ttl = duration("--leader-ttl", &args.leader_ttl)?;
+    if !(std::time::Duration::from_secs(2)..=std::time::Duration::from_secs(60)).contains(&leader_ttl) {
+        return Err(Failure::user("--leader-ttl: must be from 2s to 60s"));
+    }
     Addresses::default().tcp(args.bind, "another davit server or dev", "--bind").check()?;
     let tls = server_tls(&args)?;
-    let store = open_store(&args.data_dir)?;
+    let (store, mut leadership): (Arc<dyn davit_store::Store>, _) = match args.store {
+        StoreKind::Redb => (open_store(&args.data_dir)?, None),
+        StoreKind::Etcd => {
+            std::fs::create_dir_all(&args.data_dir)
+                .map_err(|e| Failure::user(format!("cannot create data directory {}: {e}", args.data_dir.display())))?;
+            let (store, leadership) = lead_on_etcd(&args, leader_ttl).await?;
+            (store, Some(leadership))
+        }
+    };
     let mut config = server_config(store, args.bind, &args.data_dir, args.acl);
     config.liveness = LivenessConfig { max_ttl, ..Default::default() };
     if let Some(workers) = args.workers {
@@ -378,9 +390,76 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
     if let Some(ca) = ca {
         println!("  mutual TLS: clients and agents trust the CA with --ca-cert {ca} (or DAVIT_CACERT)");
     }
-    shutdown_signal().await;
+    let lost = async {
+        match leadership.as_mut() {
+            Some(leadership) => leadership.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = lost => {
+            // Another server may lead already: stop at once (a supervisor starts this one again, as a standby).
+            tracing::error!("this server lost its leadership lease; stopping");
+            return Err(Failure::internal("lost the leadership (the etcd lease could not be kept alive); start the server again to stand by"));
+        }
+    }
     server.shutdown().await;
+    if let Some(leadership) = leadership {
+        // Step down at once rather than after the TTL.
+        let _ = etcd_revoke(&args, leadership.lease).await;
+    }
     Ok(())
+}
+
+/// Connects to etcd with the server's flags.
+async fn etcd_store(args: &ServerArgs) -> Result<Arc<davit_store::EtcdStore>, Failure> {
+    let password = std::env::var("DAVIT_ETCD_PASSWORD").ok();
+    let user = match (&args.etcd_user, password) {
+        (Some(user), Some(password)) => Some((user.clone(), password)),
+        (Some(_), None) => return Err(Failure::user("--etcd-user needs the password in DAVIT_ETCD_PASSWORD")),
+        (None, _) => None,
+    };
+    let options = davit_store::EtcdOptions {
+        endpoints: args.etcd_endpoints.clone(),
+        prefix: args.etcd_prefix.clone(),
+        user,
+        max_txn_ops: args.etcd_max_txn_ops.max(8),
+        ..davit_store::EtcdOptions::default()
+    };
+    let store = davit_store::EtcdStore::connect(options)
+        .await
+        .map_err(|e| Failure::user(format!("cannot reach etcd at {}: {}", args.etcd_endpoints.join(","), davit_api::error_chain(&e))))?;
+    Ok(Arc::new(store))
+}
+
+/// Waits until this server leads the servers on etcd; its store then fences every write on its leadership.
+async fn lead_on_etcd(
+    args: &ServerArgs,
+    ttl: std::time::Duration,
+) -> Result<(Arc<dyn davit_store::Store>, davit_server::leader::Leadership), Failure> {
+    let etcd = etcd_store(args).await?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_string()).unwrap_or_default();
+    let me = davit_server::leader::LeaderInfo {
+        name: args.name.clone().unwrap_or_else(|| format!("{host}:{}", args.bind.port())),
+        addr: args.bind.to_string(),
+        since: davit_server::now_millis(),
+    };
+    println!("davit server {}: on etcd {}, campaigning to lead", me.name, args.etcd_endpoints.join(","));
+    let shared: Arc<dyn davit_store::Store> = etcd.clone();
+    let leadership = davit_server::leader::acquire(Arc::clone(&shared), me, ttl, |leader| {
+        println!("  standing by: {} leads (since {}), at {}", leader.name, leader.since, leader.addr);
+    })
+    .await
+    .map_err(|e| Failure::user(format!("campaigning on etcd failed: {}", davit_api::error_chain(&e))))?;
+    println!("  this server leads (fenced at revision {})", leadership.revision);
+    let fenced = davit_store::FencedStore::new(shared, davit_server::leader::LEADER_KEY, leadership.revision);
+    Ok((Arc::new(fenced), leadership))
+}
+
+async fn etcd_revoke(args: &ServerArgs, lease: davit_store::LeaseId) -> Result<(), Failure> {
+    let store = etcd_store(args).await?;
+    davit_store::Store::revoke_lease(&*store, lease).await.map_err(|e| Failure::internal(e.to_string()))
 }
 
 pub async fn agent(args: AgentArgs, token: Option<String>, tls: TlsArgs) -> Result<(), Failure> {

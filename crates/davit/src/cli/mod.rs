@@ -9,7 +9,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 mod process;
 mod tools;
 
-pub use process::{AgentArgs, DevArgs, NodeArgs, ServerArgs};
+pub use process::{AgentArgs, DevArgs, NodeArgs, ServerArgs, StoreKind};
 pub use tools::{Algorithm, BenchCommand, SimArgs, SimNodeArgs, WorkloadArgs};
 
 #[derive(Debug, Parser)]

@@ -31,6 +31,13 @@ pub struct DevArgs {
     pub node: NodeArgs,
 }
 
+/// Where a server keeps the cluster's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Redb,
+    Etcd,
+}
+
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// How often the autoscaler evaluates groups with `scaling.metrics` (Kubernetes' HPA sync period).
@@ -40,9 +47,31 @@ pub struct ServerArgs {
     /// job spec must not make the server send requests where its author likes).
     #[arg(long = "allow-prometheus", value_name = "HOST:PORT")]
     pub allow_prometheus: Vec<String>,
-    /// Where the store lives.
+    /// Where the store lives (with --store etcd: this server's own files, its audit log and TLS).
     #[arg(long, default_value = "/var/lib/davit/server")]
     pub data_dir: PathBuf,
+    /// `redb`: an embedded store in --data-dir, one server; `etcd`: an etcd cluster (--etcd-endpoints) shared by
+    /// several servers, of which one leads at a time.
+    #[arg(long, value_enum, default_value = "redb")]
+    pub store: StoreKind,
+    /// The etcd members' client URLs, comma-separated (with --store etcd).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+    /// Every key davit keeps in etcd lives under this prefix.
+    #[arg(long, default_value = "/davit/")]
+    pub etcd_prefix: String,
+    /// etcd user, when etcd has authentication on (the password comes from DAVIT_ETCD_PASSWORD).
+    #[arg(long)]
+    pub etcd_user: Option<String>,
+    /// etcd's --max-txn-ops (davit commits larger batches in several transactions).
+    #[arg(long, default_value_t = 128)]
+    pub etcd_max_txn_ops: usize,
+    /// The leadership lease's TTL: a server that died or stopped answering is replaced after about this long.
+    #[arg(long, default_value = "5s")]
+    pub leader_ttl: String,
+    /// This server's name among the servers on one etcd (default: host name and --bind).
+    #[arg(long)]
+    pub name: Option<String>,
     #[arg(long, default_value = "127.0.0.1:7646")]
     pub bind: SocketAddr,
     /// Scheduler workers (default: two per core).
