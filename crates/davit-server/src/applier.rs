@@ -254,7 +254,14 @@ async fn run(store: Arc<dyn Store>, view: Arc<View>, metrics: Arc<Metrics>, rece
         let outcome = match store.max_txn_size().filter(|limits| exceeds(&txn, *limits)) {
             // Larger than the store takes in one transaction (etcd): committed in parts, in order; the view
             // reads the parts back from the store rather than taking the batch's state.
-            Some(limits) => commit_in_parts(&store, txn, limits).await,
+            Some(limits) => match commit_in_parts(&store, txn, limits).await {
+                Ok(index) => Ok(index),
+                Err((committed, error)) => {
+                    // The next batch is checked against a view with the parts that did commit.
+                    last_commit = last_commit.max(committed);
+                    Err(error)
+                }
+            },
             None => {
                 view.hand_off(decoded, working);
                 commit(&store, txn).await
@@ -392,9 +399,10 @@ fn exceeds(txn: &Txn, limits: TxnLimits) -> bool {
 }
 
 /// Commits the batch's writes (which have no compares) in transactions within `limits`, in order; the
-/// revision of the last. A failure part-way leaves the parts before it committed: each write stands on its own
-/// (an allocation, an evaluation's status), and evaluations whose plans were cut short are planned again.
-async fn commit_in_parts(store: &Arc<dyn Store>, txn: Txn, limits: TxnLimits) -> Result<Index, StoreError> {
+/// revision of the last. A failure part-way leaves the parts before it committed (their revision comes with the
+/// error): each write stands on its own (an allocation, an evaluation's status), and evaluations whose plans
+/// were cut short are planned again.
+async fn commit_in_parts(store: &Arc<dyn Store>, txn: Txn, limits: TxnLimits) -> Result<Index, (Index, StoreError)> {
     debug_assert!(txn.compares.is_empty() && txn.failure.is_empty());
     let mut index = 0;
     let mut part = Txn::default();
@@ -402,13 +410,13 @@ async fn commit_in_parts(store: &Arc<dyn Store>, txn: Txn, limits: TxnLimits) ->
     for op in txn.success {
         let size = op.size();
         if !part.success.is_empty() && (part.success.len() == limits.ops || bytes + size > limits.bytes) {
-            index = commit(store, std::mem::take(&mut part)).await?;
+            index = commit(store, std::mem::take(&mut part)).await.map_err(|error| (index, error))?;
             bytes = 0;
         }
         bytes += size;
         part.success.push(op);
     }
-    let last = commit(store, part).await?;
+    let last = commit(store, part).await.map_err(|error| (index, error))?;
     Ok(index.max(last))
 }
 

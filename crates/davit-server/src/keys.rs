@@ -33,6 +33,8 @@ pub const ACL_POLICIES: &str = "acl/policy/";
 pub const ACL_TOKENS: &str = "acl/token/";
 pub const ACL_BOOTSTRAP: &str = "acl/bootstrap";
 pub const CLUSTER_ID: &str = "cluster/id";
+/// The servers' own keys (`server/leader`, see `leader.rs`).
+pub const SERVERS: &str = "server/";
 
 pub fn job(name: &str) -> String {
     format!("{JOBS}{name}")
@@ -99,7 +101,8 @@ pub enum Object {
     AclPolicy(AclPolicy),
     AclToken(Box<StoredToken>),
     AclBootstrap,
-    ClusterId,
+    /// The cluster id and the servers' keys (`server/leader`): bookkeeping, not part of the cluster's state.
+    Meta,
 }
 
 /// What a deleted key referred to.
@@ -117,7 +120,7 @@ pub enum ObjectKey<'a> {
     AclPolicy(&'a str),
     AclToken(&'a str),
     AclBootstrap,
-    ClusterId,
+    Meta,
 }
 
 pub fn parse_key(key: &str) -> Option<ObjectKey<'_>> {
@@ -156,8 +159,8 @@ pub fn parse_key(key: &str) -> Option<ObjectKey<'_>> {
     if key == ACL_BOOTSTRAP {
         return Some(ObjectKey::AclBootstrap);
     }
-    if key == CLUSTER_ID {
-        return Some(ObjectKey::ClusterId);
+    if key == CLUSTER_ID || key.starts_with(SERVERS) {
+        return Some(ObjectKey::Meta);
     }
     key.strip_prefix(EVALS).map(ObjectKey::Eval)
 }
@@ -211,7 +214,7 @@ pub fn decode(key: &str, value: &[u8], create_revision: u64, mod_revision: u64) 
             Object::AclToken(Box::new(stored))
         }
         Some(ObjectKey::AclBootstrap) => Object::AclBootstrap,
-        Some(ObjectKey::ClusterId) => Object::ClusterId,
+        Some(ObjectKey::Meta) => Object::Meta,
         Some(ObjectKey::Eval(_)) | None => {
             let mut eval: Evaluation = serde_json::from_slice(value)?;
             (eval.create_index, eval.modify_index) = (create_revision, mod_revision);

@@ -14,7 +14,7 @@ use davit_store::{Compare, EventKind, LeaseId, Op, Revision, Store, StoreError, 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-/// The key the leader holds (under the store's prefix).
+/// The key the leader holds (under the store's prefix; the view ignores `server/` keys).
 pub const LEADER_KEY: &str = "server/leader";
 
 /// What the leader key says.
@@ -49,61 +49,89 @@ impl Drop for Leadership {
     }
 }
 
-/// Campaigns until this server leads (or the store fails); `waiting` is told who leads meanwhile.
-pub async fn acquire(
-    store: Arc<dyn Store>,
-    me: LeaderInfo,
-    ttl: Duration,
-    waiting: impl Fn(&LeaderInfo),
-) -> Result<Leadership, StoreError> {
+/// Campaigns until this server leads; `waiting` is told who leads meanwhile. Store errors (etcd unreachable, a
+/// watch that broke) are logged and the campaign goes on after a pause: a standby waits, it does not exit.
+pub async fn acquire(store: Arc<dyn Store>, me: LeaderInfo, ttl: Duration, waiting: impl Fn(&LeaderInfo)) -> Leadership {
     let value = serde_json::to_vec(&me).expect("leader info serializes");
     loop {
-        let lease = store.grant_lease(ttl).await?;
-        let taken = store
-            .txn(Txn {
-                compares: vec![Compare::Missing(LEADER_KEY.to_string())],
-                success: vec![Op::Put { key: LEADER_KEY.to_string(), value: value.clone(), lease: Some(lease) }],
-                failure: Vec::new(),
-            })
-            .await?;
-        if taken.succeeded {
-            let (sender, lost) = watch::channel(false);
-            let keeper = tokio::spawn(keep(Arc::clone(&store), lease, ttl, sender));
-            return Ok(Leadership { revision: taken.revision, lease, lost, keeper });
-        }
-        let _ = store.revoke_lease(lease).await;
-        // Someone leads: wait for the key to go, then campaign again.
-        let Some(current) = store.get(LEADER_KEY).await? else { continue };
-        if let Ok(info) = serde_json::from_slice::<LeaderInfo>(&current.value) {
-            waiting(&info);
-        }
-        let mut watch = store.watch(LEADER_KEY, current.mod_revision + 1).await?;
-        loop {
-            match watch.next().await {
-                Some(Ok(batch)) if batch.events.iter().any(|event| event.kind == EventKind::Delete && event.kv.key == LEADER_KEY) => break,
-                Some(Ok(_)) => {}
-                // A broken watch: look again.
-                Some(Err(_)) | None => break,
+        match campaign(&store, &value, ttl, &waiting).await {
+            Ok(Some(leadership)) => return leadership,
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "campaigning for the leadership failed; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 }
 
-/// Keeps the lease alive every third of its TTL; signals `lost` once it is gone or could not be renewed for a
-/// whole TTL.
-async fn keep(store: Arc<dyn Store>, lease: LeaseId, ttl: Duration, lost: watch::Sender<bool>) {
-    let mut renewed = Instant::now();
+/// One round: take the key if it is free, else wait until it goes (`None`: campaign again).
+async fn campaign(
+    store: &Arc<dyn Store>,
+    value: &[u8],
+    ttl: Duration,
+    waiting: &impl Fn(&LeaderInfo),
+) -> Result<Option<Leadership>, StoreError> {
+    let granted = Instant::now();
+    let lease = store.grant_lease(ttl).await?;
+    let taken = store
+        .txn(Txn {
+            compares: vec![Compare::Missing(LEADER_KEY.to_string())],
+            success: vec![Op::Put { key: LEADER_KEY.to_string(), value: value.to_vec(), lease: Some(lease) }],
+            failure: Vec::new(),
+        })
+        .await;
+    let taken = match taken {
+        Ok(taken) => taken,
+        Err(error) => {
+            // The outcome is unknown: should the key be ours, it goes when this lease (not kept alive) ends.
+            return Err(error);
+        }
+    };
+    if taken.succeeded {
+        let (sender, lost) = watch::channel(false);
+        let keeper = tokio::spawn(keep(Arc::clone(store), lease, ttl, granted, sender));
+        return Ok(Some(Leadership { revision: taken.revision, lease, lost, keeper }));
+    }
+    let _ = store.revoke_lease(lease).await;
+    // Someone leads: read the key and the revision of that read, and wait for the key to go after it.
+    let read = store.range(LEADER_KEY).await?;
+    let Some(current) = read.kvs.into_iter().find(|kv| kv.key == LEADER_KEY) else { return Ok(None) };
+    if let Ok(info) = serde_json::from_slice::<LeaderInfo>(&current.value) {
+        waiting(&info);
+    }
+    let mut watch = store.watch(LEADER_KEY, read.revision + 1).await?;
+    loop {
+        match watch.next().await {
+            Some(Ok(batch)) if batch.events.iter().any(|event| event.kind == EventKind::Delete && event.kv.key == LEADER_KEY) => {
+                return Ok(None);
+            }
+            Some(Ok(_)) => {}
+            // A broken watch (history compacted meanwhile, etcd gone): look again.
+            Some(Err(error)) => return Err(error),
+            None => return Ok(None),
+        }
+    }
+}
+
+/// Keeps the lease alive every third of its TTL. The lease holds until a TTL after the last renewal *was sent*
+/// (etcd counts from when it got it); once that is less than a tenth of the TTL away without a renewal — or
+/// the lease is gone — `lost` is signalled, before a standby can have taken over.
+async fn keep(store: Arc<dyn Store>, lease: LeaseId, ttl: Duration, granted: Instant, lost: watch::Sender<bool>) {
+    let margin = ttl / 10;
+    let mut valid_until = granted + ttl;
     loop {
         tokio::time::sleep(ttl / 3).await;
-        match store.keep_alive(lease).await {
-            Ok(()) => renewed = Instant::now(),
-            Err(StoreError::LeaseNotFound(_)) => break,
-            Err(error) => {
-                tracing::warn!(%error, "renewing the leadership lease failed");
-                if renewed.elapsed() >= ttl {
-                    break;
-                }
-            }
+        let sent = Instant::now();
+        let left = valid_until.saturating_duration_since(sent);
+        if left <= margin {
+            break;
+        }
+        match tokio::time::timeout(left - margin, store.keep_alive(lease)).await {
+            Ok(Ok(())) => valid_until = sent + ttl,
+            Ok(Err(StoreError::LeaseNotFound(_))) => break,
+            Ok(Err(error)) => tracing::warn!(%error, "renewing the leadership lease failed"),
+            Err(_) => tracing::warn!("renewing the leadership lease timed out"),
         }
     }
     let _ = lost.send(true);

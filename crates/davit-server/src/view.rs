@@ -437,7 +437,7 @@ fn apply_put(
         }
         Object::AclBootstrap => snapshot.acl.bootstrapped = true,
         // Read once at start (`Shared::cluster_id`); never changes.
-        Object::ClusterId => {}
+        Object::Meta => {}
         Object::Eval(eval) => {
             snapshot.job_index.insert(eval.job_name.clone(), mod_revision);
             snapshot.table_index.insert("evals", mod_revision);
@@ -693,7 +693,7 @@ fn apply_delete(snapshot: &mut Snapshot, key: &str, revision: Revision, events: 
             snapshot.acl.remove_token(accessor_id);
         }
         Some(ObjectKey::AclBootstrap) => snapshot.acl.bootstrapped = false,
-        Some(ObjectKey::ClusterId) => {}
+        Some(ObjectKey::Meta) => {}
         None => {}
     }
 }

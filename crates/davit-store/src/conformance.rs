@@ -51,6 +51,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>, limits: BackendLimits) {
     revoke_lease_deletes_keys(make()).await;
     put_with_unknown_lease_fails(make()).await;
     rewriting_a_key_without_lease_detaches_it(make()).await;
+    one_key_twice_in_a_txn_ends_as_the_last_op_left_it(make()).await;
 }
 
 /// One `#[tokio::test]` per case, for a backend's `tests/` file: `$fresh` is a call returning a future of
@@ -65,7 +66,7 @@ macro_rules! conformance_tests {
             range_by_prefix_is_sorted_and_consistent, delete_prefix, watch_replays_then_follows_live_without_gaps,
             watches_opened_during_writes_see_every_revision_once, watches_match_a_model_of_the_log, watch_filters_by_prefix,
             watch_from_future_revision_waits, lease_expiry_deletes_keys, keep_alive_prevents_expiry, revoke_lease_deletes_keys,
-            put_with_unknown_lease_fails, rewriting_a_key_without_lease_detaches_it);
+            put_with_unknown_lease_fails, rewriting_a_key_without_lease_detaches_it, one_key_twice_in_a_txn_ends_as_the_last_op_left_it);
         $crate::conformance_tests!(@limited $fresh, $limits;
             watch_from_compacted_revision_fails, lagged_watcher_is_dropped_others_continue);
     };
@@ -181,6 +182,20 @@ pub async fn key_revision_and_version_bookkeeping(store: Arc<dyn Store>) {
 
 // ---------------------------------------------------------------------------------------------
 // Transactions.
+
+/// Operations apply in order: a key written twice keeps the second value, a put then a delete leaves it gone,
+/// a delete then a put leaves it written, in one revision.
+pub async fn one_key_twice_in_a_txn_ends_as_the_last_op_left_it(store: Arc<dyn Store>) {
+    write(&*store, vec![put("gone", "0"), put("back", "0")]).await;
+    let revision =
+        write(&*store, vec![put("twice", "1"), put("twice", "2"), put("gone", "1"), delete("gone"), delete("back"), put("back", "1")])
+            .await;
+    let twice = get(&*store, "twice").await.expect("twice");
+    assert_eq!((twice.value.as_slice(), twice.mod_revision), (&b"2"[..], revision));
+    assert_eq!(get(&*store, "gone").await, None);
+    assert_eq!(get(&*store, "back").await.expect("back").value, b"1");
+    assert_eq!(store.current_revision().await.expect("revision"), revision);
+}
 
 /// `Exists` and `Missing` choose the branch, and the failure branch is applied when they fail.
 pub async fn compare_exists_and_missing(store: Arc<dyn Store>) {

@@ -13,10 +13,11 @@
 //! state as revision 1, so a fresh etcd cluster is at revision 0 here like a fresh redb store, and its first
 //! write is revision 1. A key's `mod_revision` compare of 0 (the key does not exist) stays 0.
 //!
-//! etcd keeps every revision until it is compacted; the store compacts what is older than its newest
-//! `history_revisions` itself (compaction is cluster-wide: give davit its own etcd, or set it to 0 and let
-//! etcd's `--auto-compaction-*` do it). A watch from a compacted revision fails with
-//! [`StoreError::Compacted`], as on redb.
+//! davit needs an etcd of its own: revisions are the whole cluster's, so another writer's would move the
+//! store's revision without a change davit's watchers see (a wait for "my revision" could then wait for the next
+//! change of davit's), and the store compacts what is older than its newest `history_revisions` itself
+//! (compaction is cluster-wide; 0 leaves it to etcd's `--auto-compaction-*`). A watch from a compacted revision
+//! fails with [`StoreError::Compacted`], as on redb.
 //!
 //! etcd refuses a transaction with more than `--max-txn-ops` operations (128 by default) or a request larger
 //! than `--max-request-bytes` (1.5 MiB): such a transaction fails with a [`StoreError::Backend`] that says
@@ -44,7 +45,8 @@ pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     /// etcd user and password, when etcd has authentication on.
     pub user: Option<(String, String)>,
-    /// Every key is stored under this prefix (default `/davit/`).
+    /// Every key is stored under this prefix (default `/davit/`; the etcd cluster must be davit's own, see the
+    /// module docs).
     pub prefix: String,
     /// How many of the newest revisions the store keeps for watches; it compacts etcd past them (0: never).
     /// Default 100 000.
@@ -82,6 +84,8 @@ const RANGE_PAGE: i64 = 5_000;
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
 /// How long a watcher whose buffer is full may take to make room before it is dropped as lagging.
 pub const LAG_PATIENCE: Duration = Duration::from_millis(250);
+/// How many times in a row a watch stream may break without delivering an event before the watch ends.
+const MAX_BROKEN_STREAMS: u32 = 20;
 /// How long a watch whose stream broke keeps trying to open it again before it ends with an error.
 const WATCH_RETRY_FOR: Duration = Duration::from_secs(60);
 
@@ -106,6 +110,8 @@ impl EtcdStore {
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(options.request_timeout)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+            // etcd closes connections that ping while idle (grpc's too_many_pings).
+            .with_keep_alive_while_idle(false)
             // A member cut off from the others answers nothing rather than stale data or a watch that never moves.
             .with_require_leader(true);
         if let Some((user, password)) = &options.user {
@@ -249,7 +255,7 @@ impl EtcdStore {
                 })
                 .collect()
         };
-        let request = EtcdTxn::new().when(compares).and_then(ops(&txn.success)).or_else(ops(&txn.failure));
+        let request = EtcdTxn::new().when(compares).and_then(ops(&last_per_key(&txn.success))).or_else(ops(&last_per_key(&txn.failure)));
         let response = match self
             .retrying(Retry::NeverApplied, || {
                 let (mut kv, request) = (self.kv(), request.clone());
@@ -331,7 +337,8 @@ impl EtcdStore {
     async fn watch_stream(&self, key: &[u8], start: i64) -> Result<etcd_client::WatchStream, StoreError> {
         let options = WatchOptions::new().with_range(prefix_end(key)).with_start_revision(start);
         self.retrying(Retry::Transient, || {
-            let (mut client, key, options) = (self.client.watch_client(), key.to_vec(), options.clone());
+            let (mut client, key, options) =
+                (self.client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES), key.to_vec(), options.clone());
             async move { client.watch(key, Some(options)).await }
         })
         .await
@@ -388,6 +395,7 @@ impl EtcdStore {
             .await
         {
             Ok(_) => Ok(()),
+            // (A retry after a revoke whose answer was lost also lands here: the lease is gone either way.)
             Err(error) if message(&error).contains("lease not found") => Err(StoreError::LeaseNotFound(lease)),
             Err(error) => Err(backend("revoking a lease", error)),
         }
@@ -406,6 +414,9 @@ impl Feeder {
     async fn run(self, mut stream: etcd_client::WatchStream, start: i64) {
         // The next etcd revision this watcher has not seen.
         let mut next = start;
+        // Streams that broke in a row without delivering an event: one that can never be read (say) ends the
+        // watch with an error rather than being opened again forever.
+        let mut broken = 0;
         loop {
             // A watcher that went away ends the etcd watch, also while nothing changes.
             let message = tokio::select! {
@@ -415,19 +426,28 @@ impl Feeder {
             let response = match message {
                 Ok(Some(response)) => response,
                 // The stream broke (a member went away, a timeout): open it again from where it was.
-                Ok(None) | Err(_) => match self.reopen(next).await {
-                    Some(reopened) => {
-                        stream = reopened;
-                        continue;
+                Ok(None) | Err(_) if broken < MAX_BROKEN_STREAMS => {
+                    broken += 1;
+                    match self.reopen(next).await {
+                        Some(reopened) => {
+                            stream = reopened;
+                            continue;
+                        }
+                        None => {
+                            let error = StoreError::Backend("the etcd watch broke and could not be opened again".to_string());
+                            let _ = self.sender.send(Err(error)).await;
+                            return;
+                        }
                     }
-                    None => {
-                        let _ = self
-                            .sender
-                            .send(Err(StoreError::Backend("the etcd watch broke and could not be opened again".to_string())))
-                            .await;
-                        return;
-                    }
-                },
+                }
+                Ok(None) => {
+                    let _ = self.sender.send(Err(StoreError::Backend("the etcd watch keeps ending".to_string()))).await;
+                    return;
+                }
+                Err(error) => {
+                    let _ = self.sender.send(Err(backend("watching", error))).await;
+                    return;
+                }
             };
             if response.compact_revision() > 0 {
                 let _ =
@@ -438,6 +458,9 @@ impl Feeder {
                 let reason = response.cancel_reason().to_string();
                 let _ = self.sender.send(Err(StoreError::Backend(format!("etcd cancelled the watch: {reason}")))).await;
                 return;
+            }
+            if !response.events().is_empty() {
+                broken = 0;
             }
             let mut batches: Vec<WatchBatch> = Vec::new();
             for event in response.events() {
@@ -486,15 +509,33 @@ impl Feeder {
         let mut delay = Duration::from_millis(100);
         while tokio::time::Instant::now() < deadline && !self.sender.is_closed() {
             let options = WatchOptions::new().with_range(prefix_end(&self.key)).with_start_revision(next);
-            match self.client.watch_client().watch(self.key.clone(), Some(options)).await {
+            // Never reconnect in a tight loop, whatever broke the stream.
+            tokio::time::sleep(delay).await;
+            let mut client = self.client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
+            match client.watch(self.key.clone(), Some(options)).await {
                 Ok(stream) => return Some(stream),
                 Err(error) => tracing::debug!(error = %message(&error), "opening the etcd watch again failed; retrying"),
             }
-            tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
         None
     }
+}
+
+/// The operations with only the last one of each key kept, in order: etcd refuses a transaction that names a key
+/// twice, and applying them one after the other (as the trait says) leaves what the last one did.
+fn last_per_key(ops: &[Op]) -> Vec<Op> {
+    let key = |op: &Op| match op {
+        Op::Put { key, .. } | Op::Delete { key } => Some(key.clone()),
+        Op::DeletePrefix { .. } => None,
+    };
+    let mut last = std::collections::HashMap::new();
+    for (index, op) in ops.iter().enumerate() {
+        if let Some(key) = key(op) {
+            last.insert(key, index);
+        }
+    }
+    ops.iter().enumerate().filter(|(index, op)| key(op).is_none_or(|key| last[&key] == *index)).map(|(_, op)| op.clone()).collect()
 }
 
 /// Whether a request certainly never reached etcd's state machine (a member that does not accept connections,

@@ -1,9 +1,9 @@
 //! Test support: an etcd cluster of real `etcd` processes on loopback, for the etcd backend's conformance run
 //! and for tests of several davit servers. Built with the cargo feature `conformance`.
 //!
-//! Members listen on free loopback ports with their data in a temporary directory, with a short heartbeat and
-//! election timeout (50 ms, 500 ms) so that a cluster elects a leader within a second and a lost member is
-//! noticed quickly. Dropping the cluster kills the members.
+//! Members listen on free loopback ports with their data in a temporary directory (on tmpfs where there is
+//! one), with etcd's default heartbeat and election timeout (100 ms, 1 s), which stay stable on a busy machine.
+//! Dropping the cluster kills the members.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,10 @@ pub struct EtcdCluster {
 pub fn etcd_available() -> bool {
     let found = Command::new("etcd").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     if !found {
-        assert!(std::env::var("CI").is_err(), "etcd is not installed (scripts/deps.sh installs etcd-server); CI must run the etcd tests");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "etcd is not installed (scripts/deps.sh installs etcd-server); CI must run the etcd tests"
+        );
         eprintln!("skipping: etcd is not installed (apt-get install etcd-server)");
     }
     found
@@ -43,9 +46,24 @@ fn free_port() -> u16 {
 }
 
 impl EtcdCluster {
-    /// Starts `size` members and waits until the cluster answers (at most 30 s).
+    /// Starts `size` members and waits until every one answers (at most 30 s). A member that could not start (its
+    /// port, picked free, was taken meanwhile) makes it start the cluster again on new ports, up to three times.
     pub fn start(size: usize) -> EtcdCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
+        for attempt in 1..=3 {
+            let cluster = EtcdCluster::start_once(size);
+            if cluster.wait_all(Duration::from_secs(30)) {
+                return cluster;
+            }
+            let logs: Vec<String> = cluster.members.iter().map(EtcdMember::log_tail).collect();
+            assert!(attempt < 3, "the etcd cluster did not start:\n{}", logs.join("\n"));
+            eprintln!("the etcd cluster did not start (attempt {attempt}); trying again on other ports:\n{}", logs.join("\n"));
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn start_once(size: usize) -> EtcdCluster {
+        // On tmpfs where there is one: etcd fsyncs its log on every write.
+        let dir = if Path::new("/dev/shm").is_dir() { tempfile::tempdir_in("/dev/shm") } else { tempfile::tempdir() }.expect("temp dir");
         let token = format!("davit-test-{}-{}", std::process::id(), free_port());
         let mut members: Vec<EtcdMember> = (0..size)
             .map(|index| {
@@ -66,9 +84,19 @@ impl EtcdCluster {
             member.initial_cluster = format!("{initial_cluster}|{token}");
             member.start();
         }
-        let cluster = EtcdCluster { members, _dir: dir };
-        cluster.wait_healthy(Duration::from_secs(30));
-        cluster
+        EtcdCluster { members, _dir: dir }
+    }
+
+    /// Whether every member answers within `limit`.
+    fn wait_all(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.members.iter().all(EtcdMember::answers) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// The client URLs of every member.
@@ -104,7 +132,7 @@ impl EtcdMember {
             .args(["--listen-client-urls", &self.client_url, "--advertise-client-urls", &self.client_url])
             .args(["--listen-peer-urls", &self.peer_url, "--initial-advertise-peer-urls", &self.peer_url])
             .args(["--initial-cluster", initial_cluster, "--initial-cluster-state", state, "--initial-cluster-token", token])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500", "--logger", "zap", "--log-outputs", "stderr"])
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000", "--logger", "zap", "--log-outputs", "stderr"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

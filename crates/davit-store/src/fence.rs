@@ -16,11 +16,18 @@ pub struct FencedStore {
     inner: Arc<dyn Store>,
     key: String,
     revision: Revision,
+    /// Set once a write found the fence changed.
+    deposed: tokio::sync::watch::Sender<bool>,
 }
 
 impl FencedStore {
     pub fn new(inner: Arc<dyn Store>, key: impl Into<String>, revision: Revision) -> FencedStore {
-        FencedStore { inner, key: key.into(), revision }
+        FencedStore { inner, key: key.into(), revision, deposed: tokio::sync::watch::channel(false).0 }
+    }
+
+    /// Turns true once a write failed with [`StoreError::Fenced`]: the holder must stop.
+    pub fn deposed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.deposed.subscribe()
     }
 
     async fn fenced_txn(&self, mut txn: Txn) -> Result<TxnResponse, StoreError> {
@@ -35,6 +42,7 @@ impl FencedStore {
             // caller's could explain it would this read be wasted).
             let holds = self.inner.get(&self.key).await?.is_some_and(|kv| kv.mod_revision == self.revision);
             if !holds || compares == 0 {
+                self.deposed.send_replace(true);
                 return Err(StoreError::Fenced(self.key.clone()));
             }
         }

@@ -342,19 +342,22 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
         job_threshold: duration("--job-gc-threshold", &args.job_gc_threshold)?,
         max_versions: args.job_max_versions.max(1),
     };
+    if args.etcd_max_txn_ops < 128 {
+        return Err(Failure::user("--etcd-max-txn-ops: davit needs at least etcd's default, 128"));
+    }
     let leader_ttl = duration("--leader-ttl", &args.leader_ttl)?;
     if !(std::time::Duration::from_secs(2)..=std::time::Duration::from_secs(60)).contains(&leader_ttl) {
         return Err(Failure::user("--leader-ttl: must be from 2s to 60s"));
     }
     Addresses::default().tcp(args.bind, "another davit server or dev", "--bind").check()?;
     let tls = server_tls(&args)?;
-    let (store, mut leadership): (Arc<dyn davit_store::Store>, _) = match args.store {
+    let (store, mut leading): (Arc<dyn davit_store::Store>, Option<Leading>) = match args.store {
         StoreKind::Redb => (open_store(&args.data_dir)?, None),
         StoreKind::Etcd => {
             std::fs::create_dir_all(&args.data_dir)
                 .map_err(|e| Failure::user(format!("cannot create data directory {}: {e}", args.data_dir.display())))?;
-            let (store, leadership) = lead_on_etcd(&args, leader_ttl).await?;
-            (store, Some(leadership))
+            let leading = lead_on_etcd(&args, leader_ttl).await?;
+            (Arc::clone(&leading.fenced) as Arc<dyn davit_store::Store>, Some(leading))
         }
     };
     let mut config = server_config(store, args.bind, &args.data_dir, args.acl);
@@ -384,15 +387,28 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
     };
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let ca = config.tls.as_ref().map(|tls| tls.ca_origin.clone());
-    let server =
-        davit_server::start(config).await.map_err(|e| Failure::user(format!("cannot start the server: {}", davit_api::error_chain(&e))))?;
+    let server = match davit_server::start(config).await {
+        Ok(server) => server,
+        Err(error) => {
+            if let Some(leading) = &leading {
+                leading.step_down().await;
+            }
+            return Err(Failure::user(format!("cannot start the server: {}", davit_api::error_chain(&error))));
+        }
+    };
     println!("davit server listening on {scheme}://{}", server.addr());
     if let Some(ca) = ca {
         println!("  mutual TLS: clients and agents trust the CA with --ca-cert {ca} (or DAVIT_CACERT)");
     }
     let lost = async {
-        match leadership.as_mut() {
-            Some(leadership) => leadership.lost().await,
+        match leading.as_mut() {
+            Some(leading) => {
+                let mut deposed = leading.fenced.deposed();
+                tokio::select! {
+                    () = leading.leadership.lost() => {}
+                    _ = deposed.wait_for(|deposed| *deposed) => {}
+                }
+            }
             None => std::future::pending().await,
         }
     };
@@ -400,16 +416,31 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
         () = shutdown_signal() => {}
         () = lost => {
             // Another server may lead already: stop at once (a supervisor starts this one again, as a standby).
-            tracing::error!("this server lost its leadership lease; stopping");
+            tracing::error!("this server lost its leadership lease (or a write found another leader); stopping");
             return Err(Failure::internal("lost the leadership (the etcd lease could not be kept alive); start the server again to stand by"));
         }
     }
     server.shutdown().await;
-    if let Some(leadership) = leadership {
-        // Step down at once rather than after the TTL.
-        let _ = etcd_revoke(&args, leadership.lease).await;
+    if let Some(leading) = leading {
+        leading.step_down().await;
     }
     Ok(())
+}
+
+/// A server that leads the servers on etcd: its lease, and the store that fences its writes on it.
+struct Leading {
+    etcd: Arc<davit_store::EtcdStore>,
+    fenced: Arc<davit_store::FencedStore>,
+    leadership: davit_server::leader::Leadership,
+}
+
+impl Leading {
+    /// Ends the lease now, so that a standby takes over at once rather than after the TTL.
+    async fn step_down(&self) {
+        if let Err(error) = davit_store::Store::revoke_lease(&*self.etcd, self.leadership.lease).await {
+            tracing::warn!(%error, "stepping down: revoking the leadership lease failed (a standby takes over after its TTL)");
+        }
+    }
 }
 
 /// Connects to etcd with the server's flags.
@@ -424,7 +455,7 @@ async fn etcd_store(args: &ServerArgs) -> Result<Arc<davit_store::EtcdStore>, Fa
         endpoints: args.etcd_endpoints.clone(),
         prefix: args.etcd_prefix.clone(),
         user,
-        max_txn_ops: args.etcd_max_txn_ops.max(8),
+        max_txn_ops: args.etcd_max_txn_ops,
         ..davit_store::EtcdOptions::default()
     };
     let store = davit_store::EtcdStore::connect(options)
@@ -434,10 +465,7 @@ async fn etcd_store(args: &ServerArgs) -> Result<Arc<davit_store::EtcdStore>, Fa
 }
 
 /// Waits until this server leads the servers on etcd; its store then fences every write on its leadership.
-async fn lead_on_etcd(
-    args: &ServerArgs,
-    ttl: std::time::Duration,
-) -> Result<(Arc<dyn davit_store::Store>, davit_server::leader::Leadership), Failure> {
+async fn lead_on_etcd(args: &ServerArgs, ttl: std::time::Duration) -> Result<Leading, Failure> {
     let etcd = etcd_store(args).await?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_string()).unwrap_or_default();
     let me = davit_server::leader::LeaderInfo {
@@ -450,16 +478,10 @@ async fn lead_on_etcd(
     let leadership = davit_server::leader::acquire(Arc::clone(&shared), me, ttl, |leader| {
         println!("  standing by: {} leads (since {}), at {}", leader.name, leader.since, leader.addr);
     })
-    .await
-    .map_err(|e| Failure::user(format!("campaigning on etcd failed: {}", davit_api::error_chain(&e))))?;
+    .await;
     println!("  this server leads (fenced at revision {})", leadership.revision);
-    let fenced = davit_store::FencedStore::new(shared, davit_server::leader::LEADER_KEY, leadership.revision);
-    Ok((Arc::new(fenced), leadership))
-}
-
-async fn etcd_revoke(args: &ServerArgs, lease: davit_store::LeaseId) -> Result<(), Failure> {
-    let store = etcd_store(args).await?;
-    davit_store::Store::revoke_lease(&*store, lease).await.map_err(|e| Failure::internal(e.to_string()))
+    let fenced = Arc::new(davit_store::FencedStore::new(shared, davit_server::leader::LEADER_KEY, leadership.revision));
+    Ok(Leading { etcd, fenced, leadership })
 }
 
 pub async fn agent(args: AgentArgs, token: Option<String>, tls: TlsArgs) -> Result<(), Failure> {

@@ -228,7 +228,7 @@ impl StreamState {
                 | ObjectKey::AclPolicy(_)
                 | ObjectKey::AclToken(_)
                 | ObjectKey::AclBootstrap
-                | ObjectKey::ClusterId => continue,
+                | ObjectKey::Meta => continue,
             };
             let in_namespace = match parsed {
                 ObjectKey::Job(id) | ObjectKey::Version(id, _) => namespace_of(id) == self.namespace,
@@ -273,7 +273,7 @@ impl StreamState {
                     | Object::AclPolicy(_)
                     | Object::AclToken(_)
                     | Object::AclBootstrap
-                    | Object::ClusterId => None,
+                    | Object::Meta => None,
                 };
             } else if !in_namespace {
                 continue;

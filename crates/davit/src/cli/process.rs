@@ -63,7 +63,7 @@ pub struct ServerArgs {
     /// etcd user, when etcd has authentication on (the password comes from DAVIT_ETCD_PASSWORD).
     #[arg(long)]
     pub etcd_user: Option<String>,
-    /// etcd's --max-txn-ops (davit commits larger batches in several transactions).
+    /// etcd's --max-txn-ops, at least its default of 128 (davit commits larger batches in several transactions).
     #[arg(long, default_value_t = 128)]
     pub etcd_max_txn_ops: usize,
     /// The leadership lease's TTL: a server that died or stopped answering is replaced after about this long.

@@ -176,6 +176,8 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            // A test that failed while the process was paused (SIGSTOP) must not leave it stopped.
+            signal(self.pid(), "CONT");
             self.interrupt();
         }
         if std::thread::panicking() {
