@@ -128,10 +128,31 @@ fn die_quietly_on_closed_output() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
+/// Of the comma-separated server addresses (`DAVIT_ADDR=a,b,c`), the first that accepts connections: on etcd
+/// only the leader serves (standbys do not listen), and a dead server refuses or times out. With none, the first.
+async fn pick_server(addresses: &str) -> Result<String, Failure> {
+    let addresses: Vec<&str> = addresses.split(',').map(str::trim).filter(|address| !address.is_empty()).collect();
+    let Some(first) = addresses.first() else { return Err(Failure::user("--address (DAVIT_ADDR) names no server")) };
+    if addresses.len() == 1 {
+        return Ok(first.to_string());
+    }
+    for address in &addresses {
+        let authority = address.split_once("://").map_or(*address, |(_, rest)| rest).split('/').next().unwrap_or_default();
+        let connect = tokio::net::TcpStream::connect(authority);
+        if matches!(tokio::time::timeout(std::time::Duration::from_secs(2), connect).await, Ok(Ok(_))) {
+            return Ok(address.to_string());
+        }
+    }
+    Ok(first.to_string())
+}
+
 async fn try_main(mut cli: cli::Cli) -> Result<(), Failure> {
     // `DAVIT_TOKEN=` (set but empty) means no token.
     cli.token = cli.token.filter(|token| !token.is_empty());
     let tls = client_tls(&cli.tls)?;
+    if cli.command.is_client() {
+        cli.address = pick_server(&cli.address).await?;
+    }
     if tls.is_some() && cli.command.is_client() && !cli.address.starts_with("https://") {
         return Err(Failure::user(format!(
             "--ca-cert (DAVIT_CACERT) is set but {} is not an https:// address: use https://, so that no token travels in clear",

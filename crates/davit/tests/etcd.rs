@@ -1,7 +1,7 @@
 //! Servers on etcd: two `davit server --store etcd` processes on a 3-member etcd cluster and an agent that
 //! knows both. One leads and serves; the other stands by. When the leader is killed with `kill -9`, the other
 //! takes over within a few seconds (its lease TTL is 2 s here), the running allocations are neither stopped nor
-//! duplicated, and a new job is scheduled; a leader paused past its lease stops once it runs again and has
+//! duplicated, and a new job is scheduled (the CLI, given both addresses, follows); a leader paused past its lease stops once it runs again and has
 //! changed nothing (that its writes would fail is `davit-store`'s fencing test).
 
 mod util;
@@ -75,6 +75,9 @@ fn the_standby_takes_over_from_a_killed_leader_and_a_paused_leader_is_fenced() {
     util::ok(&format!("http://{a_addr}"), cluster.path(), &["job", "run", &spec.display().to_string()]);
     let before = running_allocs(&a_addr, "before");
     assert_eq!(before.len(), 2);
+    // The CLI with every server's address uses the one that serves (the standby does not listen).
+    let both = format!("http://{b_addr},http://{a_addr}");
+    assert!(util::ok(&both, cluster.path(), &["job", "status", "before"]).contains("before"));
 
     // kill -9 the leader: b leads and serves within a few seconds, with the same two allocations running.
     a.kill9();
@@ -87,6 +90,7 @@ fn the_standby_takes_over_from_a_killed_leader_and_a_paused_leader_is_fenced() {
     std::fs::write(&spec, JOB.replace("NAME", "after")).unwrap();
     util::ok(&format!("http://{b_addr}"), cluster.path(), &["job", "run", &spec.display().to_string()]);
     assert_eq!(running_allocs(&b_addr, "after").len(), 2, "the new leader schedules");
+    assert!(util::ok(&both, cluster.path(), &["job", "status", "after"]).contains("after"), "the CLI finds the new leader");
     eprintln!("failover: server b served {took_over:?} after server a was killed (lease TTL 2 s)");
 
     // Fencing: pause the leader past its lease; a leads again meanwhile; b, resumed, may not write and stops.

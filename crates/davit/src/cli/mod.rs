@@ -15,8 +15,9 @@ pub use tools::{Algorithm, BenchCommand, SimArgs, SimNodeArgs, WorkloadArgs};
 #[derive(Debug, Parser)]
 #[command(name = "davit", version, about = "Schedule and run processes, containers and VMs on a cluster", propagate_version = true)]
 pub struct Cli {
-    /// Address of the davit server that client commands talk to (`davit agent` names its servers with
-    /// --servers; `davit dev` and `davit server` listen on --bind).
+    /// Address of the davit server that client commands talk to; several, comma-separated, for servers on etcd
+    /// (the first that accepts connections: the leader) (`davit agent` names its servers with --servers; `davit
+    /// dev` and `davit server` listen on --bind).
     #[arg(long, global = true, env = "DAVIT_ADDR", default_value = davit_api::http::DEFAULT_SERVER_ADDR)]
     pub address: String,
     /// ACL token secret sent with every request (an agent's token needs `node: write`).
