@@ -177,6 +177,11 @@ fn evaluate(
         .allocs_for_job(&job_id)
         .filter(|alloc| alloc.group == group.name && !(alloc.desired_status != DesiredStatus::Run && alloc.client_status.is_terminal()))
         .collect();
+    // Each allocation's latest sample, read once for the idle window and every metric.
+    let samples: Vec<Option<AllocUsage>> =
+        allocs.iter().map(|alloc| shared.signals.usage(&alloc.id, now).map(|(usage, _)| usage)).collect();
+    // The span the agents' samples cover (their `--usage-interval`).
+    let sample_window = samples.iter().flatten().map(|usage| Duration::from_millis(usage.window_ms)).max();
     let deployment = cluster.job_deployments(&job_id).rev().find(|deployment| deployment.is_active());
     // Scale to zero: a group at zero waits for a request; one idle for long enough goes to zero.
     let mut min = min;
@@ -195,13 +200,7 @@ fn evaluate(
         state.last_active = Some(last_active);
         let idle = now.saturating_duration_since(last_active);
         // Activity is seen once per usage report: never less than three reports' time.
-        let window = allocs
-            .iter()
-            .filter_map(|alloc| shared.signals.usage(&alloc.id, now))
-            .map(|(usage, _)| Duration::from_millis(usage.window_ms))
-            .max()
-            .unwrap_or(Duration::from_secs(5));
-        let after = after.max(window * 3);
+        let after = after.max(sample_window.unwrap_or(Duration::from_secs(5)) * 3);
         if idle >= after && deployment.is_none() {
             status.scale_to_zero = format!("idle for {}s: scaling to zero", idle.as_secs());
             status.metrics = unevaluated(scaling);
@@ -222,19 +221,10 @@ fn evaluate(
         state.last = Some(status);
         return None;
     }
-    // Each allocation's latest sample, read once for every metric.
-    let samples: Vec<Option<AllocUsage>> =
-        allocs.iter().map(|alloc| shared.signals.usage(&alloc.id, now).map(|(usage, _)| usage)).collect();
     let timing = Timing {
         cpu_initialization_period: scaling.cpu_initialization_period.map_or(300.0, |d| d.as_std().as_secs_f64()),
         initial_readiness_delay: scaling.initial_readiness_delay.map_or(30.0, |d| d.as_std().as_secs_f64()),
-        // The span the agents' samples cover (their `--usage-interval`).
-        metric_window: samples
-            .iter()
-            .flatten()
-            .map(|usage| usage.window_ms as f64 / 1000.0)
-            .fold(None, |widest: Option<f64>, window| Some(widest.map_or(window, |widest| widest.max(window))))
-            .unwrap_or(5.0),
+        metric_window: sample_window.map_or(5.0, |window| window.as_secs_f64()),
     };
     let tolerances = scaling.tolerance.map(Tolerances::from).unwrap_or_default();
     let mut proposals = Vec::new();

@@ -74,20 +74,14 @@ async fn campaign(
 ) -> Result<Option<Leadership>, StoreError> {
     let granted = Instant::now();
     let lease = store.grant_lease(ttl).await?;
+    // On an error the outcome is unknown: should the key be ours, it goes when this lease (not kept alive) ends.
     let taken = store
         .txn(Txn {
             compares: vec![Compare::Missing(LEADER_KEY.to_string())],
             success: vec![Op::Put { key: LEADER_KEY.to_string(), value: value.to_vec(), lease: Some(lease) }],
             failure: Vec::new(),
         })
-        .await;
-    let taken = match taken {
-        Ok(taken) => taken,
-        Err(error) => {
-            // The outcome is unknown: should the key be ours, it goes when this lease (not kept alive) ends.
-            return Err(error);
-        }
-    };
+        .await?;
     if taken.succeeded {
         let (sender, lost) = watch::channel(false);
         let keeper = tokio::spawn(keep(Arc::clone(store), lease, ttl, granted, sender));

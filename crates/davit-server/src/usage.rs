@@ -70,7 +70,9 @@ impl Signals {
     /// Takes a node's report (already checked to be within [`davit_api::http::MAX_USAGE_ENTRIES`]); `served`:
     /// whether an allocation is an instance of a service in the catalog (whose traffic a proxy may report).
     pub fn ingest(&self, node_id: &str, report: UsageReport, cluster: &ClusterState, served: impl Fn(&str) -> bool, now: Instant) {
-        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // (Through a plain reference, so that its fields can be borrowed apart.)
+        let inner = &mut *guard;
         for mut usage in report.allocs {
             // A node speaks only for its own allocations.
             if cluster.alloc(&usage.alloc_id).is_some_and(|alloc| alloc.node_id == node_id) {
@@ -89,22 +91,18 @@ impl Signals {
             }
             counters.latency_buckets.truncate(davit_api::http::PROXY_LATENCY_BUCKETS.len() + 1);
             let key = (node_id.to_string(), counters.alloc_id.clone());
-            // A first reading counts as activity if it shows any request (after a server restart that keeps a
-            // group awake one idle period longer; it never puts one to sleep early).
-            // A reading below the previous one is a proxy (or backend) that started counting again.
-            let requested = inner.readings.get(&key).map_or(counters.requests, |(before, _)| {
-                if counters.requests < before.requests { counters.requests } else { counters.requests - before.requests }
-            });
-            if requested > 0 || counters.active > 0 {
+            // Since the previous reading (a proxy that counts from 0 again: all of it). A first reading counts as
+            // activity if it shows any request (after a server restart that keeps a group awake one idle period
+            // longer; it never puts one to sleep early).
+            let before = inner.readings.get(&key);
+            let mut traffic = Traffic::default();
+            traffic.add(&sums(&counters), before.map(|(before, _)| sums(before)).as_ref());
+            if traffic.requests > 0 || counters.active > 0 {
                 inner.last_request.insert(counters.alloc_id.clone(), now);
             }
-            if let Some((before, at)) = inner.readings.get(&key) {
-                let elapsed = now.duration_since(*at);
-                if !elapsed.is_zero() {
-                    let mut traffic = Traffic::default();
-                    traffic.add(&sums(&counters), Some(&sums(before)));
-                    inner.traffic.entry(counters.alloc_id.clone()).or_default().insert(node_id.to_string(), (traffic, elapsed, now));
-                }
+            let elapsed = before.map(|(_, at)| now.duration_since(*at)).filter(|elapsed| !elapsed.is_zero());
+            if let Some(elapsed) = elapsed {
+                inner.traffic.entry(counters.alloc_id.clone()).or_default().insert(node_id.to_string(), (traffic, elapsed, now));
             }
             inner.readings.insert(key, (counters, now));
         }

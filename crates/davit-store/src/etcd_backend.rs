@@ -158,17 +158,6 @@ impl EtcdStore {
         self.client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
-    fn key_value(&self, kv: &etcd_client::KeyValue) -> KeyValue {
-        KeyValue {
-            key: strip(&self.options.prefix, kv.key()),
-            value: kv.value().to_vec(),
-            create_revision: ours(kv.create_revision()),
-            mod_revision: ours(kv.mod_revision()),
-            version: u64::try_from(kv.version()).unwrap_or(0),
-            lease: (kv.lease() != 0).then_some(kv.lease() as u64),
-        }
-    }
-
     async fn get_key(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let key = self.key(key);
         let response = self
@@ -178,7 +167,7 @@ impl EtcdStore {
             })
             .await
             .map_err(|error| backend("reading a key", error))?;
-        Ok(response.kvs().first().map(|kv| self.key_value(kv)))
+        Ok(response.kvs().first().map(|kv| key_value(&self.options.prefix, kv)))
     }
 
     async fn range_prefix(&self, prefix: &str) -> Result<RangeResponse, StoreError> {
@@ -202,7 +191,7 @@ impl EtcdStore {
             if at == 0 {
                 at = response.header().map_or(0, |header| header.revision());
             }
-            kvs.extend(response.kvs().iter().map(|kv| self.key_value(kv)));
+            kvs.extend(response.kvs().iter().map(|kv| key_value(&self.options.prefix, kv)));
             match response.kvs().last() {
                 Some(last) if response.more() => {
                     from = last.key().to_vec();
@@ -473,14 +462,8 @@ impl Feeder {
                     EventType::Put => EventKind::Put,
                     EventType::Delete => EventKind::Delete,
                 };
-                let kv = KeyValue {
-                    key: strip(&self.prefix, kv.key()),
-                    value: kv.value().to_vec(),
-                    create_revision: if kind == EventKind::Put { ours(kv.create_revision()) } else { 0 },
-                    mod_revision: ours(revision),
-                    version: if kind == EventKind::Put { u64::try_from(kv.version()).unwrap_or(0) } else { 0 },
-                    lease: (kind == EventKind::Put && kv.lease() != 0).then_some(kv.lease() as u64),
-                };
+                // (A delete's key-value has only the key and the delete's revision, as the trait says.)
+                let kv = key_value(&self.prefix, kv);
                 match batches.last_mut() {
                     Some(batch) if batch.revision == ours(revision) => batch.events.push(WatchEvent { kind, kv }),
                     _ => batches.push(WatchBatch { revision: ours(revision), events: vec![WatchEvent { kind, kv }] }),
@@ -583,6 +566,18 @@ fn prefix_end(start: &[u8]) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+/// Ours of etcd's key-value, its key without the store's prefix.
+fn key_value(prefix: &str, kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: strip(prefix, kv.key()),
+        value: kv.value().to_vec(),
+        create_revision: ours(kv.create_revision()),
+        mod_revision: ours(kv.mod_revision()),
+        version: u64::try_from(kv.version()).unwrap_or(0),
+        lease: (kv.lease() != 0).then_some(kv.lease() as u64),
+    }
 }
 
 fn strip(prefix: &str, key: &[u8]) -> String {
