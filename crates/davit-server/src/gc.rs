@@ -75,10 +75,13 @@ pub(crate) fn find(snapshot: &Snapshot, now: u64, config: &GcConfig, force: bool
         let time = last_change.entry(eval.job_name.as_str()).or_default();
         *time = (*time).max(eval.modify_time);
     }
+    // A job with an evaluation still to run is not done with: the worker's result would outlive the job.
+    let pending: BTreeSet<&str> =
+        snapshot.evals.values().filter(|eval| eval.status == EvalStatus::Pending).map(|eval| eval.job_name.as_str()).collect();
     let mut dead_jobs = BTreeSet::new();
     for job in cluster.jobs() {
         let id = job.spec.id();
-        let all_ended = cluster.allocs_for_job(&id).all(|alloc| alloc.client_status.is_terminal());
+        let all_ended = cluster.allocs_for_job(&id).all(|alloc| alloc.client_status.is_terminal()) && !pending.contains(id.as_str());
         let changed = cluster
             .allocs_for_job(&id)
             .map(|alloc| alloc.modify_time)

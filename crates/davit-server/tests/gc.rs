@@ -49,6 +49,8 @@ async fn ended_work_and_old_versions_are_collected_and_what_the_scheduler_needs_
     report(&server, &gone_alloc, "running").await;
     assert_eq!(server.request("DELETE", "/v1/job/gone", "").await.0, 200);
     report(&server, &gone_alloc, "complete").await;
+    // The evaluation the completion triggers runs first (a job with one pending is not collected).
+    wait_status(&server, "gone", |status| status["latest_evaluation"]["status"] != "pending").await;
 
     // Not old enough yet: the default thresholds (1h, 4h) keep everything but the extra versions.
     let report = gc(&server, false).await;
