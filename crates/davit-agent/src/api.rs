@@ -133,7 +133,8 @@ async fn logs(
     })
     .await;
     let reader = match opened {
-        Ok(Ok(reader)) => reader,
+        Ok(Ok(reader)) if query.follow => reader,
+        Ok(Ok(reader)) => reader.until_opened_end(),
         Ok(Err(error)) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("opening the log: {error}")),
         Err(error) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("opening the log: {error}")),
     };

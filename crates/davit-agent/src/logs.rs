@@ -18,6 +18,10 @@ pub struct LogReader {
     file: u64,
     /// Byte position within that file.
     position: u64,
+    /// How many bytes there were after the starting point when the log was opened.
+    left_at_open: u64,
+    /// `Some(n)`: stop after `n` more bytes (see [`LogReader::until_opened_end`]).
+    limit: Option<u64>,
 }
 
 impl LogReader {
@@ -53,7 +57,9 @@ impl LogReader {
         let files = list_files(dir, &base)?;
         let total: u64 = files.iter().map(|file| file.len).sum();
         let mut remaining = start(&base, &files, total)?;
-        let mut reader = LogReader { dir: dir.to_path_buf(), base, file: files.first().map_or(0, |file| file.index), position: 0 };
+        let first = files.first().map_or(0, |file| file.index);
+        let left_at_open = total.saturating_sub(remaining);
+        let mut reader = LogReader { dir: dir.to_path_buf(), base, file: first, position: 0, left_at_open, limit: None };
         for (position, file) in files.iter().enumerate() {
             let last = position + 1 == files.len();
             if remaining < file.len || last {
@@ -66,9 +72,31 @@ impl LogReader {
         Ok(reader)
     }
 
+    /// Reads no further than the log's end when it was opened, so that a one-off read (`--tail N`) shows
+    /// what was there then and not lines written while it was being sent.
+    pub fn until_opened_end(mut self) -> LogReader {
+        self.limit = Some(self.left_at_open);
+        self
+    }
+
     /// Reads up to `max` bytes that are available now, moving on to newer files as older ones are done.
-    /// Empty: nothing new (yet).
+    /// Empty: nothing new (yet), or the limit of [`LogReader::until_opened_end`] is reached.
     pub fn read_available(&mut self, max: usize) -> io::Result<Vec<u8>> {
+        let max = match self.limit {
+            Some(limit) => max.min(usize::try_from(limit).unwrap_or(usize::MAX)),
+            None => max,
+        };
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let data = self.read_files(max)?;
+        if let Some(limit) = &mut self.limit {
+            *limit -= data.len() as u64;
+        }
+        Ok(data)
+    }
+
+    fn read_files(&mut self, max: usize) -> io::Result<Vec<u8>> {
         loop {
             let files = list_files(&self.dir, &self.base)?;
             let Some(current) = files.iter().find(|file| file.index == self.file) else {
@@ -239,6 +267,18 @@ mod tests {
         }
         let mut reader = LogReader::open_last_lines(&dir.path().join("nope"), "web", "stdout", 3).unwrap();
         assert_eq!(drain(&mut reader), "");
+    }
+
+    #[test]
+    fn a_one_off_read_ends_where_the_log_ended_when_it_was_opened() {
+        let dir = rotated_dir();
+        let mut reader = LogReader::open_last_lines(dir.path(), "web", "stdout", 2).unwrap().until_opened_end();
+        let mut from_offset = LogReader::open(dir.path(), "web", "stdout", 5).unwrap().until_opened_end();
+        // Written after opening, also into a new file: not part of these reads.
+        append(dir.path(), "web.stdout.3", "dd\n");
+        write(dir.path(), "web.stdout.4", "ee\n");
+        assert_eq!(drain(&mut reader), "bbbb\ncc\n");
+        assert_eq!(drain(&mut from_offset), "bbbb\ncc\n");
     }
 
     fn rotated_dir() -> tempfile::TempDir {

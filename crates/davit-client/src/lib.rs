@@ -520,6 +520,17 @@ impl Client {
         self.get_blocking(&format!("/v1/job/{}/deployment", encode(name)), index, wait).await
     }
 
+    /// The deployment of one version of the job (404 when it has none); blocking with `index` > 0.
+    pub async fn job_version_deployment(
+        &self,
+        name: &str,
+        version: u64,
+        index: Index,
+        wait: Duration,
+    ) -> Result<Indexed<Deployment>, ClientError> {
+        self.get_blocking(&format!("/v1/job/{}/deployment?version={version}", encode(name)), index, wait).await
+    }
+
     /// `action`: `fail`, `pause` or `resume`.
     pub async fn deployment_action(&self, id_or_prefix: &str, action: &str) -> Result<Deployment, ClientError> {
         Ok(self.send(self.http.post(self.url(&format!("/v1/deployment/{}/{action}", encode(id_or_prefix))))).await?.value)

@@ -112,6 +112,11 @@ fn a_rolling_update_replaces_one_at_a_time_and_a_broken_version_is_reverted() {
         |deployment| !deployment.is_active(),
     );
     assert_eq!(ended.status, DeploymentStatus::Successful, "{ended:#?}");
+    // Each version's own deployment stays reachable by version.
+    let failed = runtime().block_on(client.job_version_deployment("roll", 2, 0, Duration::ZERO)).unwrap().value;
+    assert_eq!((failed.job_version, failed.status), (2, DeploymentStatus::Failed), "{failed:#?}");
+    let missing = runtime().block_on(client.job_version_deployment("roll", 9, 0, Duration::ZERO)).unwrap_err();
+    assert!(missing.is_not_found(), "{missing}");
     let deployments = dev.ok(&["deployment", "ls"]);
     assert!(deployments.contains("rolling back to job version 1"), "{deployments}");
     // `job history` says which versions are stable and how their rollouts ended.

@@ -61,18 +61,32 @@ pub(crate) async fn get(
     Ok(indexed(snapshot.job_index(&job), &**deployment))
 }
 
-/// The deployment of the job's newest version that has one; 404 when none has.
+/// `?version=N` of `/v1/job/{name}/deployment`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct VersionQuery {
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+/// The deployment of the job's newest version that has one, or of `?version=N`; 404 when there is none.
 pub(crate) async fn of_job(
     State(shared): State<Arc<Shared>>,
     JobId(name): JobId,
     Query(blocking): Query<Blocking>,
+    Query(query): Query<VersionQuery>,
 ) -> Result<Response, Failure> {
     let snapshot = shared.view.block_until(blocking.index.unwrap_or(0), blocking.wait()?, |s| s.job_index(&name)).await;
     if snapshot.cluster.job(&name).is_none() {
         return Err(Failure::not_found(format!("job {name} not found")));
     }
-    let deployment =
-        snapshot.cluster.latest_deployment(&name).ok_or_else(|| Failure::not_found(format!("job {name} has no deployment")))?;
+    let deployment = match query.version {
+        None => snapshot.cluster.latest_deployment(&name),
+        Some(version) => snapshot.cluster.job_deployments(&name).find(|deployment| deployment.job_version == version),
+    };
+    let deployment = deployment.ok_or_else(|| match query.version {
+        None => Failure::not_found(format!("job {name} has no deployment")),
+        Some(version) => Failure::not_found(format!("version {version} of job {name} has no deployment")),
+    })?;
     Ok(indexed(snapshot.job_index(&name), &**deployment))
 }
 

@@ -129,9 +129,9 @@ pub fn describe(deployment: &Deployment) -> String {
     out
 }
 
-/// Follows the rollout of `version` (or of the version a failed rollout reverted to) until it ends: `Ok(None)`
-/// when the version has no deployment (the evaluation `eval_id` finished without starting one), else the
-/// deployment as it ended. A line per change.
+/// Follows the rollout of `version` until it ends: `Ok(None)` when the version has no deployment (the
+/// evaluation `eval_id` finished without starting one), else the deployment as it ended (a failed one even when
+/// the revert it started is already rolling out). A line per change.
 pub async fn follow(
     client: &Client,
     job: &str,
@@ -150,7 +150,8 @@ pub async fn follow(
         }
         // The evaluation is looked at first: once it ran, its deployment (if it started one) is there to see.
         let evaluated = eval_done(client, eval_id).await?;
-        let answer = match client.job_deployment(job, index, wait).await {
+        // This version's own deployment: a newer one (a revert after it failed, say) is not its outcome.
+        let answer = match client.job_version_deployment(job, version, index, wait).await {
             Ok(answer) => answer,
             Err(error) if error.is_not_found() && evaluated => return Ok(None),
             Err(error) if error.is_not_found() => {
@@ -161,12 +162,6 @@ pub async fn follow(
         };
         index = answer.index;
         let deployment = answer.value;
-        if deployment.job_version < version {
-            if evaluated {
-                return Ok(None);
-            }
-            continue;
-        }
         let line = progress_line(&deployment);
         if line != last_line {
             println!("    {line}");
