@@ -99,7 +99,7 @@ impl NodeCert {
     pub fn keep(&self, key_pem: &str, cert_pem: &str) -> Result<(), davit_tls::TlsError> {
         let path = self.dir.join(FILE);
         self.slot.set(&path, cert_pem, key_pem)?;
-        davit_tls::write_atomic(&path, &format!("{key_pem}{cert_pem}"), 0o600)
+        davit_tls::write_atomic(&path, format!("{key_pem}{cert_pem}"), 0o600)
     }
 }
 

@@ -468,6 +468,21 @@ pub struct GcResponse {
     pub index: Index,
 }
 
+/// One server of the cluster (`GET /v1/operator/servers`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerMember {
+    pub name: String,
+    /// Where it serves the API.
+    pub addr: String,
+    /// Whether it leads (runs the scheduler and the other loops).
+    pub leader: bool,
+    /// Since when it leads (Unix milliseconds), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_since: Option<u64>,
+    /// When it started (Unix milliseconds).
+    pub started: u64,
+}
+
 /// A renewed node certificate (PEM).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeCertificateResponse {

@@ -647,6 +647,23 @@ impl Client {
         Ok(self.send(self.http.post(self.url(if force { "/v1/operator/gc?force=true" } else { "/v1/operator/gc" }))).await?.value)
     }
 
+    /// The servers of the cluster and which one leads.
+    pub async fn operator_servers(&self) -> Result<Vec<davit_api::http::ServerMember>, ClientError> {
+        self.get("/v1/operator/servers").await
+    }
+
+    /// A snapshot of the whole store (`davit_store::snapshot`'s format), as the server sends it.
+    pub async fn snapshot(&self) -> Result<Vec<u8>, ClientError> {
+        let request = self.http.get(self.url("/v1/operator/snapshot")).timeout(STREAM_TIMEOUT);
+        let response = request.send().await.map_err(|source| self.transport_error(source))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|source| self.transport_error(source))?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        Ok(bytes.to_vec())
+    }
+
     pub async fn rotate_keyring(&self) -> Result<serde_json::Value, ClientError> {
         Ok(self.send(self.http.post(self.url("/v1/operator/keyring/rotate"))).await?.value)
     }

@@ -44,6 +44,7 @@ async fn main() -> std::process::ExitCode {
         gc: davit_server::GcConfig { interval: Duration::from_secs(24 * 3600), ..Default::default() },
         admission: Default::default(),
         autoscaler: Default::default(),
+        role: Default::default(),
     };
     let server = davit_server::start(config).await.expect("a server");
     let started = Instant::now();

@@ -405,19 +405,10 @@ fn exceeds(txn: &Txn, limits: TxnLimits) -> bool {
 async fn commit_in_parts(store: &Arc<dyn Store>, txn: Txn, limits: TxnLimits) -> Result<Index, (Index, StoreError)> {
     debug_assert!(txn.compares.is_empty() && txn.failure.is_empty());
     let mut index = 0;
-    let mut part = Txn::default();
-    let mut bytes = 0;
-    for op in txn.success {
-        let size = op.size();
-        if !part.success.is_empty() && (part.success.len() == limits.ops || bytes + size > limits.bytes) {
-            index = commit(store, std::mem::take(&mut part)).await.map_err(|error| (index, error))?;
-            bytes = 0;
-        }
-        bytes += size;
-        part.success.push(op);
+    for part in davit_store::split_writes(txn.success, limits) {
+        index = commit(store, part).await.map_err(|error| (index, error))?;
     }
-    let last = commit(store, part).await.map_err(|error| (index, error))?;
-    Ok(index.max(last))
+    Ok(index)
 }
 
 /// Builds the writes for the part of `plan` that still fits (the plan's allocations move into them).

@@ -39,7 +39,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 pub async fn run(store: Arc<dyn Store>, view: Arc<View>) {
     let mut seen = 0;
     loop {
-        let snapshot = view.block_until(seen, IDLE_WAIT, |snapshot| snapshot.revision).await;
+        let snapshot = view.idle_until(seen, IDLE_WAIT, |snapshot| snapshot.revision).await;
         seen = snapshot.revision;
         let now = now_millis();
         let outcomes: Vec<Outcome> = snapshot

@@ -71,7 +71,7 @@ pub struct DrainStep {
 pub async fn run(store: Arc<dyn Store>, view: Arc<View>, applier: Applier, metrics: Arc<Metrics>) {
     let mut seen = 0;
     loop {
-        let snapshot = view.block_until(seen, IDLE_WAIT, |snapshot| snapshot.revision).await;
+        let snapshot = view.idle_until(seen, IDLE_WAIT, |snapshot| snapshot.revision).await;
         metrics.drainer_pass();
         seen = snapshot.revision;
         let draining = snapshot.cluster.nodes().any(|node| node.is_draining());

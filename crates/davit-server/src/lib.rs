@@ -87,6 +87,20 @@ pub struct ServerConfig {
     pub admission: AdmissionConfig,
     /// How often the autoscaler evaluates the groups with `scaling.metrics`.
     pub autoscaler: AutoscalerConfig,
+    /// Whether this server runs the control plane or follows the one that does.
+    pub role: Role,
+}
+
+/// What a server does among the servers on one shared store.
+#[derive(Clone, Debug, Default)]
+pub enum Role {
+    /// Runs every loop (broker, workers, applier, liveness, drainer, deployments, autoscaler, GC) and serves the
+    /// whole API: a server alone on its store, or the leader of several.
+    #[default]
+    Leader,
+    /// Keeps its view fed from the store and serves reads from it, and forwards writes (and the reads that
+    /// need the leader's memory) to the leader the receiver names; runs no loop.
+    Follower(tokio::sync::watch::Receiver<Option<leader::LeaderInfo>>),
 }
 
 /// Two scheduler workers per core. A worker spends much of an evaluation waiting for the plan applier's
@@ -151,7 +165,14 @@ impl ServerHandle {
     /// write is a transaction).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(());
-        let _ = self.http.await;
+        self.shared.view.release_waiters();
+        // Streams that follow a log through an agent do not end by themselves: they are cut after a while.
+        let mut http = self.http;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut http).await.is_err() {
+            tracing::warn!("requests still open {SHUTDOWN_GRACE:?} after the shutdown began; closing them");
+            http.abort();
+            let _ = http.await;
+        }
         for task in &self.background {
             task.abort();
         }
@@ -161,6 +182,9 @@ impl ServerHandle {
         self.shared.view.stop();
     }
 }
+
+/// How long a shutdown waits for open requests to end.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Appends metric families (Prometheus text format) to a `/metrics` answer.
 pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
@@ -201,6 +225,12 @@ pub(crate) struct Shared {
     pub signals: usage::Signals,
     /// The autoscaler's history and last evaluation per group (in memory).
     pub autoscaler: autoscaler::Autoscaler,
+    /// `Some` on a follower: who leads (`None` while nobody does), where writes go.
+    pub leader: Option<tokio::sync::watch::Receiver<Option<leader::LeaderInfo>>>,
+    /// When this server started (Unix milliseconds).
+    pub started: u64,
+    /// Where it serves the API.
+    pub addr: SocketAddr,
 }
 
 impl Shared {
@@ -224,7 +254,8 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
     };
     // What can fail comes first: nothing runs yet when it does.
     let cluster_id = cluster_id(config.store.as_ref()).await?;
-    let (tls, tls_renewal) = match config.tls {
+    let relay_key = relay_key(config.store.as_ref()).await?;
+    let (tls, tls_renewal) = match config.tls.take() {
         Some(tls) => {
             let (tls, renew) = tls::ServerTls::start(tls)?;
             (Some(tls), Some(renew))
@@ -237,12 +268,99 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
     config.store = Arc::new(CountingStore { inner: config.store, metrics: Arc::clone(&metrics) });
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let view = View::start(Arc::clone(&config.store), events_tx).await?;
-    let broker = Arc::new(Broker::default());
     let applier = Applier::start(Arc::clone(&config.store), Arc::clone(&view), Arc::clone(&metrics));
     let liveness = Liveness::new(config.liveness, &view.snapshot());
-    // Every loop runs supervised: a panic restarts it (see `supervise`).
-    let supervised = |name: &'static str, make: LoopFactory| tokio::spawn(supervise::supervise(name, Arc::clone(&metrics), make));
     let mut background: Vec<tokio::task::JoinHandle<()>> = tls_renewal.into_iter().collect();
+    let leader = match &config.role {
+        Role::Leader => {
+            start_loops(&config, &mut background, events_rx, &view, &applier, &liveness, &metrics);
+            None
+        }
+        // A follower's view events go nowhere: it schedules nothing.
+        Role::Follower(leader) => Some(leader.clone()),
+    };
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        store: Arc::clone(&config.store),
+        view,
+        applier,
+        liveness,
+        scheduler: config.scheduler.clone(),
+        http: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("HTTP client"),
+        metrics: Arc::clone(&metrics),
+        metrics_sources: std::sync::RwLock::new(Vec::new()),
+        catalog: catalog::CatalogCache::default(),
+        closing,
+        acl_enabled: config.acl_enabled,
+        audit: config.audit_log.map(|path| acl::AuditLog::new(path, config.audit_reads)),
+        keyring,
+        keyring_lock: tokio::sync::RwLock::new(()),
+        relay_key: Arc::new(relay_key),
+        tls: tls.clone(),
+        spec_limits: config.spec_limits.clone(),
+        gc: config.gc.clone(),
+        admission: Arc::new(admission::Admission::new(&config.admission)),
+        cluster_id,
+        signals: usage::Signals::default(),
+        autoscaler: autoscaler::Autoscaler::default(),
+        leader,
+        started: now_millis(),
+        addr,
+    });
+    if shared.leader.is_none() {
+        background.push(tokio::spawn(supervise::supervise("analysis", Arc::clone(&shared.metrics), {
+            let shared = Arc::clone(&shared);
+            Box::new(move || Box::pin(analysis::run(Arc::clone(&shared))) as Loop)
+        })));
+        background.push(tokio::spawn(supervise::supervise("autoscaler", Arc::clone(&shared.metrics), {
+            let (shared, config) = (Arc::clone(&shared), config.autoscaler.clone());
+            Box::new(move || Box::pin(autoscaler::run(Arc::clone(&shared), config.clone())) as Loop)
+        })));
+    }
+    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let api_router = api::router(Arc::clone(&shared));
+    let router = api_router.clone().into_make_service_with_connect_info::<davit_tls::Peer>();
+    let closed = async move {
+        let _ = shutdown_rx.await;
+        let _ = closing_tx.send(true);
+    };
+    let http = match &tls {
+        Some(tls) => {
+            let listener =
+                davit_tls::TlsListener::new(listener, tls.server_config()?).map_err(|source| ServerError::Bind { addr, source })?;
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(closed).await {
+                    tracing::error!(%error, "HTTPS server failed");
+                }
+            })
+        }
+        None => tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(closed).await {
+                tracing::error!(%error, "HTTP server failed");
+            }
+        }),
+    };
+    tracing::info!(%addr, tls = tls.is_some(), "davit server listening");
+    Ok(ServerHandle { addr, shared, router: api_router, shutdown, http, background })
+}
+
+/// Starts the leader's loops (each supervised: a panic restarts it, see `supervise`).
+fn start_loops(
+    config: &ServerConfig,
+    background: &mut Vec<tokio::task::JoinHandle<()>>,
+    events_rx: mpsc::UnboundedReceiver<ViewEvent>,
+    view: &Arc<View>,
+    applier: &Applier,
+    liveness: &Arc<Liveness>,
+    metrics: &Arc<Metrics>,
+) {
+    let (view, liveness, metrics) = (Arc::clone(view), Arc::clone(liveness), Arc::clone(metrics));
+    let supervised = |name: &'static str, make: LoopFactory| tokio::spawn(supervise::supervise(name, Arc::clone(&metrics), make));
+    let broker = Arc::new(Broker::default());
     let events = Arc::new(tokio::sync::Mutex::new(events_rx));
     background.push(supervised("coordinator", {
         let (broker, store, view) = (Arc::clone(&broker), Arc::clone(&config.store), Arc::clone(&view));
@@ -276,68 +394,6 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
         });
         background.push(supervised("worker", Box::new(move || Box::pin(Arc::clone(&worker).run()) as Loop)));
     }
-    let (closing_tx, closing) = tokio::sync::watch::channel(false);
-    let shared = Arc::new(Shared {
-        store: Arc::clone(&config.store),
-        view,
-        applier,
-        liveness,
-        scheduler: config.scheduler.clone(),
-        http: reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("HTTP client"),
-        metrics: Arc::clone(&metrics),
-        metrics_sources: std::sync::RwLock::new(Vec::new()),
-        catalog: catalog::CatalogCache::default(),
-        closing,
-        acl_enabled: config.acl_enabled,
-        audit: config.audit_log.map(|path| acl::AuditLog::new(path, config.audit_reads)),
-        keyring,
-        keyring_lock: tokio::sync::RwLock::new(()),
-        relay_key: Arc::new(keyring::random_bytes()),
-        tls: tls.clone(),
-        spec_limits: config.spec_limits.clone(),
-        gc: config.gc.clone(),
-        admission: Arc::new(admission::Admission::new(&config.admission)),
-        cluster_id,
-        signals: usage::Signals::default(),
-        autoscaler: autoscaler::Autoscaler::default(),
-    });
-    background.push(tokio::spawn(supervise::supervise("analysis", Arc::clone(&shared.metrics), {
-        let shared = Arc::clone(&shared);
-        Box::new(move || Box::pin(analysis::run(Arc::clone(&shared))) as Loop)
-    })));
-    background.push(tokio::spawn(supervise::supervise("autoscaler", Arc::clone(&shared.metrics), {
-        let (shared, config) = (Arc::clone(&shared), config.autoscaler.clone());
-        Box::new(move || Box::pin(autoscaler::run(Arc::clone(&shared), config.clone())) as Loop)
-    })));
-    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-    let api_router = api::router(Arc::clone(&shared));
-    let router = api_router.clone().into_make_service_with_connect_info::<davit_tls::Peer>();
-    let closed = async move {
-        let _ = shutdown_rx.await;
-        let _ = closing_tx.send(true);
-    };
-    let http = match &tls {
-        Some(tls) => {
-            let listener =
-                davit_tls::TlsListener::new(listener, tls.server_config()?).map_err(|source| ServerError::Bind { addr, source })?;
-            tokio::spawn(async move {
-                if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(closed).await {
-                    tracing::error!(%error, "HTTPS server failed");
-                }
-            })
-        }
-        None => tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(closed).await {
-                tracing::error!(%error, "HTTP server failed");
-            }
-        }),
-    };
-    tracing::info!(%addr, tls = tls.is_some(), "davit server listening");
-    Ok(ServerHandle { addr, shared, router: api_router, shutdown, http, background })
 }
 
 /// A supervised loop, as its factory makes it.
@@ -416,6 +472,34 @@ async fn cluster_id(store: &dyn Store) -> Result<String, StoreError> {
         if store.txn(txn).await?.succeeded {
             tracing::info!(cluster_id = %id, "a new cluster");
             return Ok(id);
+        }
+    }
+}
+
+/// The key that signs relay tokens, made by the first server of the cluster and shared by all of them, so that
+/// an agent can check a relay token with whichever server it talks to.
+async fn relay_key(store: &dyn Store) -> Result<[u8; 32], StoreError> {
+    loop {
+        if let Some(stored) = store.get(keys::RELAY_KEY).await? {
+            let hex: String =
+                serde_json::from_slice(&stored.value).map_err(|error| StoreError::Backend(format!("{}: {error}", keys::RELAY_KEY)))?;
+            let mut key = [0u8; 32];
+            if hex.len() != 64 || !hex.is_ascii() {
+                return Err(StoreError::Backend(format!("{}: not 32 bytes in hex", keys::RELAY_KEY)));
+            }
+            for (byte, pair) in key.iter_mut().zip(hex.as_bytes().chunks(2)) {
+                *byte = u8::from_str_radix(std::str::from_utf8(pair).unwrap_or("zz"), 16)
+                    .map_err(|_| StoreError::Backend(format!("{}: not hex", keys::RELAY_KEY)))?;
+            }
+            return Ok(key);
+        }
+        let key: [u8; 32] = keyring::random_bytes();
+        let hex: String = key.iter().map(|byte| format!("{byte:02x}")).collect();
+        let mut txn = Txn::default();
+        txn.compares.push(davit_store::Compare::Missing(keys::RELAY_KEY.to_string()));
+        txn.success.push(keys::put(keys::RELAY_KEY.to_string(), &hex));
+        if store.txn(txn).await?.succeeded {
+            return Ok(key);
         }
     }
 }

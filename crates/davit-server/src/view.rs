@@ -182,6 +182,8 @@ pub struct View {
     handed_off: Mutex<HandOff>,
     /// The task following the store's change feed ([`View::stop`] ends it).
     follower: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Set at shutdown: blocking queries answer at once (see [`View::release_waiters`]).
+    released: std::sync::atomic::AtomicBool,
 }
 
 /// What the applier handed over for its transactions.
@@ -212,10 +214,23 @@ impl View {
     pub async fn start(store: Arc<dyn Store>, events: mpsc::UnboundedSender<ViewEvent>) -> Result<Arc<View>, StoreError> {
         let (snapshot, watch) = load_and_watch(store.as_ref(), &events).await?;
         let (revision, _) = watch::channel(snapshot.revision);
-        let view = Arc::new(View { current: RwLock::new(snapshot), revision, handed_off: Mutex::default(), follower: Mutex::default() });
+        let view = Arc::new(View {
+            current: RwLock::new(snapshot),
+            revision,
+            handed_off: Mutex::default(),
+            follower: Mutex::default(),
+            released: Default::default(),
+        });
         let follower = tokio::spawn(Arc::clone(&view).follow(store, watch, events));
         *view.follower.lock().expect("view follower lock") = Some(follower.abort_handle());
         Ok(view)
+    }
+
+    /// From now on blocking queries answer at once with what the view has, also those waiting now: a server
+    /// that shuts down does not wait for them to time out.
+    pub fn release_waiters(&self) {
+        self.released.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.revision.send_modify(|_| {});
     }
 
     /// Stops following the store (at shutdown): the view keeps its last state, and lets go of the store.
@@ -328,13 +343,23 @@ impl View {
         let _ = receiver.wait_for(|applied| *applied >= revision).await;
     }
 
-    /// A blocking query: waits until `index_of(snapshot) > index` or `wait` passes; returns the snapshot then.
+    /// A blocking query: waits until `index_of(snapshot) > index` or `wait` passes (or the server shuts down,
+    /// see [`View::release_waiters`]); returns the snapshot then.
     pub async fn block_until(&self, index: Index, wait: Duration, index_of: impl Fn(&Snapshot) -> Index) -> Snapshot {
+        self.wait_change(index, wait, index_of, true).await
+    }
+
+    /// [`View::block_until`] for the server's own loops, which shutdown ends otherwise (they must not spin).
+    pub async fn idle_until(&self, index: Index, wait: Duration, index_of: impl Fn(&Snapshot) -> Index) -> Snapshot {
+        self.wait_change(index, wait, index_of, false).await
+    }
+
+    async fn wait_change(&self, index: Index, wait: Duration, index_of: impl Fn(&Snapshot) -> Index, releasable: bool) -> Snapshot {
         let mut receiver = self.revision.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let snapshot = self.snapshot();
-            if index == 0 || index_of(&snapshot) > index {
+            if index == 0 || index_of(&snapshot) > index || (releasable && self.released.load(std::sync::atomic::Ordering::SeqCst)) {
                 return snapshot;
             }
             // Not held while waiting: an old snapshot keeps every version the view has replaced since alive.

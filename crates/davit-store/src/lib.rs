@@ -27,10 +27,12 @@ mod etcd_backend;
 pub mod etcd_testing;
 mod fence;
 mod redb_backend;
+pub mod snapshot;
 
 pub use etcd_backend::{EtcdOptions, EtcdStore, LAG_PATIENCE as ETCD_LAG_PATIENCE};
 pub use fence::FencedStore;
 pub use redb_backend::{RedbOptions, RedbStore};
+pub use snapshot::split_writes;
 
 /// A store revision. The first committed change has revision 1; 0 means "before anything".
 pub type Revision = u64;

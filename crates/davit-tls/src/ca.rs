@@ -119,7 +119,7 @@ impl Ca {
                 return Err(TlsError::Config(format!("{} exists: a CA is there already (remove it first to replace it)", path.display())));
             }
         }
-        write_atomic(&key, &self.issuer.key().serialize_pem(), 0o600)?;
+        write_atomic(&key, self.issuer.key().serialize_pem(), 0o600)?;
         write_atomic(&cert, &self.cert_pem, 0o644)?;
         Ok((cert, key))
     }

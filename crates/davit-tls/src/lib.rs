@@ -68,8 +68,8 @@ pub fn read(path: &Path) -> Result<String, TlsError> {
     std::fs::read_to_string(path).map_err(|source| TlsError::Io { operation: "reading", path: path.to_path_buf(), source })
 }
 
-/// Writes `text` to `path` through a temporary file and a rename, with `mode` (0600 for keys).
-pub fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
+/// Writes `data` to `path` through a temporary file and a rename, with `mode` (0600 for keys).
+pub fn write_atomic(path: &Path, data: impl AsRef<[u8]>, mode: u32) -> Result<(), TlsError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let io = |source| TlsError::Io { operation: "writing", path: path.to_path_buf(), source };
     let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -81,7 +81,7 @@ pub fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> 
     let suffix = hex(&suffix);
     let tmp = dir.join(format!(".{}.{suffix}.tmp", path.file_name().and_then(|name| name.to_str()).unwrap_or("pem")));
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
-    let written = file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).and_then(|()| std::fs::rename(&tmp, path));
+    let written = file.write_all(data.as_ref()).and_then(|()| file.sync_all()).and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -301,6 +301,7 @@ impl E2eBench {
             gc: Default::default(),
             admission: Default::default(),
             autoscaler: Default::default(),
+            role: Default::default(),
             audit_reads: false,
         };
         if self.tls {

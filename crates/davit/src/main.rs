@@ -128,8 +128,8 @@ fn die_quietly_on_closed_output() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
-/// Of the comma-separated server addresses (`DAVIT_ADDR=a,b,c`), the first that accepts connections: on etcd
-/// only the leader serves (standbys do not listen), and a dead server refuses or times out. With none, the first.
+/// Of the comma-separated server addresses (`DAVIT_ADDR=a,b,c`), the first that accepts connections: a dead
+/// server refuses or times out (on etcd, any live server answers: followers forward writes). With none, the first.
 async fn pick_server(addresses: &str) -> Result<String, Failure> {
     let addresses: Vec<&str> = addresses.split(',').map(str::trim).filter(|address| !address.is_empty()).collect();
     let Some(first) = addresses.first() else { return Err(Failure::user("--address (DAVIT_ADDR) names no server")) };

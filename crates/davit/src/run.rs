@@ -28,7 +28,7 @@ fn open_store(dir: &Path) -> Result<Arc<RedbStore>, Failure> {
     Ok(Arc::new(store))
 }
 
-fn server_config(store: Arc<dyn davit_store::Store>, bind: std::net::SocketAddr, data_dir: &Path, acl_enabled: bool) -> ServerConfig {
+fn base_config(store: Arc<dyn davit_store::Store>, bind: std::net::SocketAddr, data_dir: &Path, acl_enabled: bool) -> ServerConfig {
     ServerConfig {
         bind,
         store,
@@ -44,6 +44,7 @@ fn server_config(store: Arc<dyn davit_store::Store>, bind: std::net::SocketAddr,
         gc: Default::default(),
         admission: Default::default(),
         autoscaler: Default::default(),
+        role: davit_server::Role::Leader,
     }
 }
 
@@ -251,7 +252,7 @@ pub async fn dev(args: DevArgs) -> Result<(), Failure> {
     };
     let server_dir = data_dir.join("server");
     let store = open_store(&server_dir)?;
-    let mut config = server_config(store, args.bind, &server_dir, args.acl);
+    let mut config = base_config(store, args.bind, &server_dir, args.acl);
     config.autoscaler = autoscaler_config(&args.autoscaler_interval, &args.allow_prometheus, true)?;
     let server =
         davit_server::start(config).await.map_err(|e| Failure::user(format!("cannot start the server: {}", davit_api::error_chain(&e))))?;
@@ -333,42 +334,153 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
     init_logging("info");
     check_open_api(args.bind, args.acl, args.insecure_open_api)?;
     // Every flag is checked before anything is written (store, CA).
-    let max_ttl = crate::flag_duration("--max-heartbeat-ttl", &args.max_heartbeat_ttl)?;
     let duration = crate::flag_duration;
-    let gc = davit_server::GcConfig {
-        interval: duration("--gc-interval", &args.gc_interval)?.max(std::time::Duration::from_secs(1)),
-        eval_threshold: duration("--eval-gc-threshold", &args.eval_gc_threshold)?,
-        alloc_threshold: duration("--alloc-gc-threshold", &args.alloc_gc_threshold)?,
-        job_threshold: duration("--job-gc-threshold", &args.job_gc_threshold)?,
-        max_versions: args.job_max_versions.max(1),
-    };
-    if args.etcd_max_txn_ops < 128 {
+    duration("--max-heartbeat-ttl", &args.max_heartbeat_ttl)?;
+    gc_config(&args)?;
+    autoscaler_config(&args.autoscaler_interval, &args.allow_prometheus, false)?;
+    if args.etcd.etcd_max_txn_ops < 128 {
         return Err(Failure::user("--etcd-max-txn-ops: davit needs at least etcd's default, 128"));
     }
     let leader_ttl = duration("--leader-ttl", &args.leader_ttl)?;
     if !(std::time::Duration::from_secs(2)..=std::time::Duration::from_secs(60)).contains(&leader_ttl) {
         return Err(Failure::user("--leader-ttl: must be from 2s to 60s"));
     }
+    let advertise = match (&args.advertise, args.store) {
+        (Some(addr), _) => addr.clone(),
+        (None, StoreKind::Etcd) if args.bind.ip().is_unspecified() => {
+            return Err(Failure::user(format!(
+                "--bind {} listens on every address: with --store etcd, say where the other servers reach this one with --advertise HOST:PORT",
+                args.bind
+            )));
+        }
+        (None, _) => args.bind.to_string(),
+    };
     Addresses::default().tcp(args.bind, "another davit server or dev", "--bind").check()?;
-    let tls = server_tls(&args)?;
-    let (store, mut leading): (Arc<dyn davit_store::Store>, Option<Leading>) = match args.store {
-        StoreKind::Redb => (open_store(&args.data_dir)?, None),
-        StoreKind::Etcd => {
-            std::fs::create_dir_all(&args.data_dir)
-                .map_err(|e| Failure::user(format!("cannot create data directory {}: {e}", args.data_dir.display())))?;
-            let leading = lead_on_etcd(&args, leader_ttl).await?;
-            (Arc::clone(&leading.fenced) as Arc<dyn davit_store::Store>, Some(leading))
+    match args.store {
+        StoreKind::Redb => {
+            let tls = server_tls(&args)?;
+            let server = start_server(&args, open_store(&args.data_dir)?, davit_server::Role::Leader, tls).await?;
+            shutdown_signal().await;
+            server.shutdown().await;
+            Ok(())
+        }
+        StoreKind::Etcd => serve_on_etcd(&args, advertise, leader_ttl).await,
+    }
+}
+
+/// A server on etcd: it follows (serving reads, forwarding writes) until it wins the leadership, then leads
+/// until it stops or loses the lease (then it exits 1: a supervisor starts it again, as a follower).
+async fn serve_on_etcd(args: &ServerArgs, advertise: String, ttl: std::time::Duration) -> Result<(), Failure> {
+    // Two: one for the follower, one for the leader it may become (the first call made the CA, if it was new).
+    let (tls, leader_tls) = (server_tls(args)?, server_tls(args)?);
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| Failure::user(format!("cannot create data directory {}: {e}", args.data_dir.display())))?;
+    let etcd = etcd_store(&args.etcd).await?;
+    let shared: Arc<dyn davit_store::Store> = etcd.clone();
+    let name = args.name.clone().unwrap_or_else(|| format!("{}:{}", hostname(), args.bind.port()));
+    let started = davit_server::now_millis();
+    let member = davit_server::leader::Member { name: name.clone(), addr: advertise.clone(), started };
+    let announced = davit_server::leader::announce(Arc::clone(&shared), member, ttl);
+    let _announced = AbortOnDrop(announced);
+    println!("davit server {name}: on etcd {}, campaigning to lead", args.etcd.etcd_endpoints.join(","));
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(None);
+    let follower = start_server(args, Arc::clone(&shared), davit_server::Role::Follower(leader_rx), tls).await?;
+    let me = davit_server::leader::LeaderInfo { name, addr: advertise, since: 0 };
+    let campaign = davit_server::leader::acquire(Arc::clone(&shared), me, ttl, |leader| {
+        if let Some(leader) = leader {
+            println!("  following {} (leads since {}), at {}", leader.name, leader.since, leader.addr);
+        }
+        leader_tx.send_replace(leader.cloned());
+    });
+    let leadership = tokio::select! {
+        leadership = campaign => leadership,
+        () = shutdown_signal() => {
+            follower.shutdown().await;
+            return Ok(());
         }
     };
-    let mut config = server_config(store, args.bind, &args.data_dir, args.acl);
-    config.liveness = LivenessConfig { max_ttl, ..Default::default() };
+    follower.shutdown().await;
+    println!("  this server leads (fenced at revision {})", leadership.revision);
+    let fenced = Arc::new(davit_store::FencedStore::new(Arc::clone(&shared), davit_server::leader::LEADER_KEY, leadership.revision));
+    let leading = Leading { etcd, fenced: Arc::clone(&fenced), leadership };
+    let server = match start_server(args, fenced, davit_server::Role::Leader, leader_tls).await {
+        Ok(server) => server,
+        Err(error) => {
+            leading.step_down().await;
+            return Err(error);
+        }
+    };
+    let Leading { etcd, fenced, mut leadership } = leading;
+    let mut deposed = fenced.deposed();
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = leadership.lost() => return Err(lost_leadership()),
+        _ = deposed.wait_for(|deposed| *deposed) => return Err(lost_leadership()),
+    }
+    server.shutdown().await;
+    Leading { etcd, fenced, leadership }.step_down().await;
+    Ok(())
+}
+
+/// Another server may lead already: this one stops at once.
+fn lost_leadership() -> Failure {
+    tracing::error!("this server lost its leadership lease (or a write found another leader); stopping");
+    Failure::internal("lost the leadership (the etcd lease could not be kept alive); start the server again to follow")
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the server's API (and, leading, its loops) on `store`, and says where it listens.
+async fn start_server(
+    args: &ServerArgs,
+    store: Arc<dyn davit_store::Store>,
+    role: davit_server::Role,
+    tls: Option<davit_server::TlsConfig>,
+) -> Result<davit_server::ServerHandle, Failure> {
+    let following = matches!(role, davit_server::Role::Follower(_));
+    let mut config = server_config(args, store, role)?;
+    config.tls = tls;
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let ca = config.tls.as_ref().map(|tls| tls.ca_origin.clone());
+    let server = davit_server::start(config)
+        .await
+        .map_err(|error| Failure::user(format!("cannot start the server: {}", davit_api::error_chain(&error))))?;
+    println!("davit server listening on {scheme}://{}{}", server.addr(), if following { " (following)" } else { "" });
+    if let Some(ca) = ca {
+        println!("  mutual TLS: clients and agents trust the CA with --ca-cert {ca} (or DAVIT_CACERT)");
+    }
+    Ok(server)
+}
+
+fn gc_config(args: &ServerArgs) -> Result<davit_server::GcConfig, Failure> {
+    let duration = crate::flag_duration;
+    Ok(davit_server::GcConfig {
+        interval: duration("--gc-interval", &args.gc_interval)?.max(std::time::Duration::from_secs(1)),
+        eval_threshold: duration("--eval-gc-threshold", &args.eval_gc_threshold)?,
+        alloc_threshold: duration("--alloc-gc-threshold", &args.alloc_gc_threshold)?,
+        job_threshold: duration("--job-gc-threshold", &args.job_gc_threshold)?,
+        max_versions: args.job_max_versions.max(1),
+    })
+}
+
+/// The server's configuration from its flags.
+fn server_config(args: &ServerArgs, store: Arc<dyn davit_store::Store>, role: davit_server::Role) -> Result<ServerConfig, Failure> {
+    let mut config = base_config(store, args.bind, &args.data_dir, args.acl);
+    config.liveness =
+        LivenessConfig { max_ttl: crate::flag_duration("--max-heartbeat-ttl", &args.max_heartbeat_ttl)?, ..Default::default() };
     if let Some(workers) = args.workers {
         config.workers = workers;
     }
     config.audit_reads = args.audit_reads;
     config.autoscaler = autoscaler_config(&args.autoscaler_interval, &args.allow_prometheus, false)?;
-    config.tls = tls;
-    config.gc = gc;
+    config.gc = gc_config(args)?;
     config.admission = davit_server::AdmissionConfig {
         blocking_queries: args.max_blocking_queries,
         blocking_queries_per_client: args.max_blocking_queries_per_client,
@@ -385,46 +497,8 @@ pub async fn server(args: ServerArgs) -> Result<(), Failure> {
         max_string_bytes: args.max_string_bytes,
         largest_node: None,
     };
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
-    let ca = config.tls.as_ref().map(|tls| tls.ca_origin.clone());
-    let server = match davit_server::start(config).await {
-        Ok(server) => server,
-        Err(error) => {
-            if let Some(leading) = &leading {
-                leading.step_down().await;
-            }
-            return Err(Failure::user(format!("cannot start the server: {}", davit_api::error_chain(&error))));
-        }
-    };
-    println!("davit server listening on {scheme}://{}", server.addr());
-    if let Some(ca) = ca {
-        println!("  mutual TLS: clients and agents trust the CA with --ca-cert {ca} (or DAVIT_CACERT)");
-    }
-    let lost = async {
-        match leading.as_mut() {
-            Some(leading) => {
-                let mut deposed = leading.fenced.deposed();
-                tokio::select! {
-                    () = leading.leadership.lost() => {}
-                    _ = deposed.wait_for(|deposed| *deposed) => {}
-                }
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = shutdown_signal() => {}
-        () = lost => {
-            // Another server may lead already: stop at once (a supervisor starts this one again, as a standby).
-            tracing::error!("this server lost its leadership lease (or a write found another leader); stopping");
-            return Err(Failure::internal("lost the leadership (the etcd lease could not be kept alive); start the server again to stand by"));
-        }
-    }
-    server.shutdown().await;
-    if let Some(leading) = leading {
-        leading.step_down().await;
-    }
-    Ok(())
+    config.role = role;
+    Ok(config)
 }
 
 /// A server that leads the servers on etcd: its lease, and the store that fences its writes on it.
@@ -435,16 +509,16 @@ struct Leading {
 }
 
 impl Leading {
-    /// Ends the lease now, so that a standby takes over at once rather than after the TTL.
+    /// Ends the lease now, so that a follower takes over at once rather than after the TTL.
     async fn step_down(&self) {
         if let Err(error) = davit_store::Store::revoke_lease(&*self.etcd, self.leadership.lease).await {
-            tracing::warn!(%error, "stepping down: revoking the leadership lease failed (a standby takes over after its TTL)");
+            tracing::warn!(%error, "stepping down: revoking the leadership lease failed (a follower takes over after its TTL)");
         }
     }
 }
 
-/// Connects to etcd with the server's flags.
-async fn etcd_store(args: &ServerArgs) -> Result<Arc<davit_store::EtcdStore>, Failure> {
+/// Connects to etcd with these flags.
+pub(crate) async fn etcd_store(args: &crate::cli::EtcdArgs) -> Result<Arc<davit_store::EtcdStore>, Failure> {
     let password = std::env::var("DAVIT_ETCD_PASSWORD").ok();
     let user = match (&args.etcd_user, password) {
         (Some(user), Some(password)) => Some((user.clone(), password)),
@@ -462,26 +536,6 @@ async fn etcd_store(args: &ServerArgs) -> Result<Arc<davit_store::EtcdStore>, Fa
         .await
         .map_err(|e| Failure::user(format!("cannot reach etcd at {}: {}", args.etcd_endpoints.join(","), davit_api::error_chain(&e))))?;
     Ok(Arc::new(store))
-}
-
-/// Waits until this server leads the servers on etcd; its store then fences every write on its leadership.
-async fn lead_on_etcd(args: &ServerArgs, ttl: std::time::Duration) -> Result<Leading, Failure> {
-    let etcd = etcd_store(args).await?;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_string()).unwrap_or_default();
-    let me = davit_server::leader::LeaderInfo {
-        name: args.name.clone().unwrap_or_else(|| format!("{host}:{}", args.bind.port())),
-        addr: args.bind.to_string(),
-        since: davit_server::now_millis(),
-    };
-    println!("davit server {}: on etcd {}, campaigning to lead", me.name, args.etcd_endpoints.join(","));
-    let shared: Arc<dyn davit_store::Store> = etcd.clone();
-    let leadership = davit_server::leader::acquire(Arc::clone(&shared), me, ttl, |leader| {
-        println!("  standing by: {} leads (since {}), at {}", leader.name, leader.since, leader.addr);
-    })
-    .await;
-    println!("  this server leads (fenced at revision {})", leadership.revision);
-    let fenced = Arc::new(davit_store::FencedStore::new(shared, davit_server::leader::LEADER_KEY, leadership.revision));
-    Ok(Leading { etcd, fenced, leadership })
 }
 
 pub async fn agent(args: AgentArgs, token: Option<String>, tls: TlsArgs) -> Result<(), Failure> {

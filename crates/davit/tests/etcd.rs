@@ -1,18 +1,26 @@
-//! Servers on etcd: two `davit server --store etcd` processes on a 3-member etcd cluster and an agent that
-//! knows both. One leads and serves; the other stands by. When the leader is killed with `kill -9`, the other
-//! takes over within a few seconds (its lease TTL is 2 s here), the running allocations are neither stopped nor
-//! duplicated, and a new job is scheduled (the CLI, given both addresses, follows); a leader paused past its lease stops once it runs again and has
-//! changed nothing (that its writes would fail is `davit-store`'s fencing test).
+//! Servers on etcd: `davit server --store etcd` processes on a 3-member etcd cluster, and agents that know them
+//! all. One leads; the others follow: they serve reads from their own view and forward writes to the leader.
+//! When the leader is killed with `kill -9`, another takes over within a few seconds (the lease TTL is 2 s
+//! here), running allocations are neither stopped nor duplicated, and acknowledged writes are all there; a
+//! leader paused past its lease stops once it runs again and has changed nothing (that its writes would fail is
+//! `davit-store`'s fencing test). A snapshot of a redb server restores into etcd.
 
 mod util;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use davit_api::http::ServerMember;
 use davit_api::objects::{ClientStatus, DesiredStatus};
+use davit_client::Client;
 use davit_store::etcd_testing::{EtcdCluster, etcd_available};
-use util::{Cluster, Process, free_port, require_root, wait_job, wait_ready_nodes};
+use util::{Cluster, Process, free_port, require_root, runtime, wait_job, wait_ready_nodes};
 
-const JOB: &str = "name: NAME\ngroups:\n  - name: g\n    count: 2\n    tasks:\n      - {name: t, driver: exec, config: {command: /bin/sleep, args: [\"600\"]}, resources: {cpu: 50, memory: 16}}\n";
+const JOB: &str = "name: NAME\ngroups:\n  - name: g\n    count: COUNT\n    tasks:\n      - {name: t, driver: exec, config: {command: /bin/sleep, args: [\"600\"]}, resources: {cpu: 20, memory: 16}}\n";
+
+fn job(name: &str, count: u32) -> String {
+    JOB.replace("NAME", name).replace("COUNT", &count.to_string())
+}
 
 fn server(cluster: &Cluster, etcd: &EtcdCluster, name: &str, bind: &str) -> Process {
     let data = cluster.path().join(name).display().to_string();
@@ -31,12 +39,21 @@ fn server(cluster: &Cluster, etcd: &EtcdCluster, name: &str, bind: &str) -> Proc
         name,
         "--leader-ttl",
         "2s",
+        "--job-max-versions",
+        "1000",
     ];
     Process::spawn(name, cluster.path(), &args)
 }
 
-fn answers(addr: &str) -> bool {
-    util::http_status(addr, "/v1/status").is_some()
+/// The servers as `addr` lists them (`None` while it does not answer).
+fn members(addr: &str) -> Option<Vec<ServerMember>> {
+    let port = addr.rsplit_once(':')?.1.parse().ok()?;
+    serde_json::from_str(&util::http_body(port, "/v1/operator/servers")?).ok()
+}
+
+/// Who leads, as the server at `addr` sees it.
+fn leader(addr: &str) -> Option<String> {
+    members(addr)?.into_iter().find(|member| member.leader).map(|member| member.name)
 }
 
 fn running_allocs(addr: &str, job: &str) -> Vec<String> {
@@ -51,58 +68,256 @@ fn running_allocs(addr: &str, job: &str) -> Vec<String> {
     ids
 }
 
+/// Agent `name`'s arguments with every server's address.
+fn agent_args(cluster: &Cluster, name: &str, slot: u16, addrs: &[&str]) -> Vec<String> {
+    let mut args = cluster.agent_args(name, slot);
+    let servers = args.iter().position(|arg| arg == "--servers").unwrap() + 1;
+    args[servers] = addrs.iter().map(|addr| format!("http://{addr}")).collect::<Vec<_>>().join(",");
+    args
+}
+
 #[test]
-fn the_standby_takes_over_from_a_killed_leader_and_a_paused_leader_is_fenced() {
+fn followers_serve_and_forward_and_one_takes_over_from_a_killed_or_paused_leader() {
     if !require_root() || !etcd_available() {
         return;
     }
     let etcd = EtcdCluster::start(3);
     let cluster = Cluster::unstarted();
-    let (a_addr, b_addr) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let mut a = server(&cluster, &etcd, "a", &a_addr);
-    util::wait_until("server a leads and serves", Duration::from_secs(30), || answers(&a_addr));
-    let mut b = server(&cluster, &etcd, "b", &b_addr);
-    util::wait_until("server b stands by", Duration::from_secs(30), || b.logs().contains("standing by: a leads"));
-    assert!(!answers(&b_addr), "a standby does not serve");
+    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let (a_addr, b_addr, c_addr) = (addrs[0].as_str(), addrs[1].as_str(), addrs[2].as_str());
+    let mut a = server(&cluster, &etcd, "a", a_addr);
+    util::wait_until("server a leads", Duration::from_secs(30), || leader(a_addr).as_deref() == Some("a"));
+    let mut servers = BTreeMap::from([("b", server(&cluster, &etcd, "b", b_addr)), ("c", server(&cluster, &etcd, "c", c_addr))]);
+    util::wait_until("b and c follow a", Duration::from_secs(30), || {
+        [b_addr, c_addr].iter().all(|addr| members(addr).is_some_and(|members| members.len() == 3))
+            && leader(b_addr).as_deref() == Some("a")
+    });
+    let listed = util::ok(&format!("http://{c_addr}"), cluster.path(), &["operator", "servers"]);
+    let row = |name: &str| listed.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("{listed}")).to_string();
+    assert!(row("a").contains("yes") && !row("b").contains("yes") && !row("c").contains("yes"), "{listed}");
 
-    let mut agent_args = cluster.agent_args("node-1", 0);
-    let servers = agent_args.iter().position(|arg| arg == "--servers").unwrap() + 1;
-    agent_args[servers] = format!("http://{a_addr},http://{b_addr}");
-    let _agent = cluster.spawn_agent("agent", &agent_args);
-    wait_ready_nodes(&format!("http://{a_addr}"), 1);
+    let _agent = cluster.spawn_agent("agent", &agent_args(&cluster, "node-1", 0, &[a_addr, b_addr, c_addr]));
+    wait_ready_nodes(&format!("http://{b_addr}"), 1);
+    // A job run through a follower: it forwards the write and answers reads (the rollout) from its own view.
     let spec = cluster.path().join("before.yaml");
-    std::fs::write(&spec, JOB.replace("NAME", "before")).unwrap();
-    util::ok(&format!("http://{a_addr}"), cluster.path(), &["job", "run", &spec.display().to_string()]);
-    let before = running_allocs(&a_addr, "before");
+    std::fs::write(&spec, job("before", 2)).unwrap();
+    util::ok(&format!("http://{b_addr}"), cluster.path(), &["job", "run", &spec.display().to_string()]);
+    let before = running_allocs(c_addr, "before");
     assert_eq!(before.len(), 2);
-    // The CLI with every server's address uses the one that serves (the standby does not listen).
-    let both = format!("http://{b_addr},http://{a_addr}");
-    assert!(util::ok(&both, cluster.path(), &["job", "status", "before"]).contains("before"));
+    assert_eq!(running_allocs(a_addr, "before"), before, "every server's view shows the same allocations");
+    let all = format!("http://{b_addr},http://{a_addr},http://{c_addr}");
+    assert!(util::ok(&all, cluster.path(), &["job", "status", "before"]).contains("before"));
 
-    // kill -9 the leader: b leads and serves within a few seconds, with the same two allocations running.
+    // kill -9 the leader: b or c leads and schedules within a few seconds, with the same two allocations.
     a.kill9();
     let killed = Instant::now();
-    util::wait_until("server b takes over", Duration::from_secs(30), || answers(&b_addr));
+    let next = util::eventually(
+        "b or c takes over",
+        Duration::from_secs(30),
+        || leader(b_addr),
+        |leader| leader.as_deref().is_some_and(|leader| leader != "a"),
+    );
     let took_over = killed.elapsed();
-    wait_ready_nodes(&format!("http://{b_addr}"), 1);
-    assert_eq!(running_allocs(&b_addr, "before"), before, "no allocation stopped or duplicated by the failover");
+    let next = next.unwrap();
+    let other = if next == "b" { "c" } else { "b" };
+    let (next_addr, other_addr) = if next == "b" { (b_addr, c_addr) } else { (c_addr, b_addr) };
     let spec = cluster.path().join("after.yaml");
-    std::fs::write(&spec, JOB.replace("NAME", "after")).unwrap();
-    util::ok(&format!("http://{b_addr}"), cluster.path(), &["job", "run", &spec.display().to_string()]);
-    assert_eq!(running_allocs(&b_addr, "after").len(), 2, "the new leader schedules");
-    assert!(util::ok(&both, cluster.path(), &["job", "status", "after"]).contains("after"), "the CLI finds the new leader");
-    eprintln!("failover: server b served {took_over:?} after server a was killed (lease TTL 2 s)");
+    std::fs::write(&spec, job("after", 2)).unwrap();
+    util::ok(&format!("http://{other_addr}"), cluster.path(), &["job", "run", &spec.display().to_string()]);
+    let scheduled = killed.elapsed();
+    assert_eq!(running_allocs(other_addr, "after").len(), 2, "the new leader schedules");
+    assert_eq!(running_allocs(next_addr, "before"), before, "no allocation stopped or duplicated by the failover");
+    eprintln!("failover: {next} led {took_over:?} and a job through {other} ran {scheduled:?} after a was killed (lease TTL 2 s)");
 
-    // Fencing: pause the leader past its lease; a leads again meanwhile; b, resumed, may not write and stops.
-    a = server(&cluster, &etcd, "a", &a_addr);
-    util::wait_until("server a stands by", Duration::from_secs(30), || a.logs().contains("standing by: b leads"));
-    util::signal(b.pid(), "STOP");
-    util::wait_until("server a leads again", Duration::from_secs(30), || answers(&a_addr));
-    let versions_before = running_allocs(&a_addr, "after");
-    util::signal(b.pid(), "CONT");
-    let status = b.wait_exit(Duration::from_secs(30));
+    // Fencing: pause the leader past its lease; another leads meanwhile; the paused one, resumed, stops.
+    a = server(&cluster, &etcd, "a", a_addr);
+    util::wait_until("a follows", Duration::from_secs(30), || members(a_addr).is_some_and(|members| members.iter().any(|m| m.name == "a")));
+    let paused = servers.get_mut(next.as_str()).unwrap();
+    util::signal(paused.pid(), "STOP");
+    util::wait_until("another server leads", Duration::from_secs(30), || leader(a_addr).is_some_and(|leader| leader != next));
+    let allocs_before = running_allocs(a_addr, "after");
+    util::signal(paused.pid(), "CONT");
+    let status = paused.wait_exit(Duration::from_secs(30));
     assert!(!status.success(), "the deposed leader stops with an error");
-    assert!(b.logs().contains("lost its leadership"), "{}", b.logs());
-    assert_eq!(running_allocs(&a_addr, "after"), versions_before, "the deposed leader changed nothing");
-    assert_eq!(running_allocs(&a_addr, "before"), before);
+    assert!(paused.logs().contains("lost its leadership"), "{}", paused.logs());
+    assert_eq!(running_allocs(a_addr, "after"), allocs_before, "the deposed leader changed nothing");
+    assert_eq!(running_allocs(a_addr, "before"), before);
+    drop(a);
+}
+
+/// The acceptance loop: 3 etcd members, 3 servers, 2 agents; job registrations and scales go to every server
+/// in turn while the leader is killed twice. Every acknowledged version is there at the end, every job runs its
+/// count, and no group ever ran two allocations of one name (a duplicate) or more than its largest count.
+#[test]
+fn acknowledged_writes_survive_two_leader_kills_and_no_group_runs_twice() {
+    if !require_root() || !etcd_available() {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    let cluster = Cluster::unstarted();
+    let names = ["a", "b", "c"];
+    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let mut servers: BTreeMap<&str, Process> = BTreeMap::new();
+    servers.insert("a", server(&cluster, &etcd, "a", &addrs[0]));
+    util::wait_until("server a leads", Duration::from_secs(30), || leader(&addrs[0]).is_some());
+    for (name, addr) in names.iter().zip(&addrs).skip(1) {
+        servers.insert(name, server(&cluster, &etcd, name, addr));
+    }
+    let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let _agents: Vec<Process> =
+        (0..2).map(|i| cluster.spawn_agent(&format!("agent-{i}"), &agent_args(&cluster, &format!("node-{i}"), i, &addr_refs))).collect();
+    wait_ready_nodes(&format!("http://{}", addrs[0]), 2);
+    let runtime = runtime();
+    let clients: Vec<Client> = addrs.iter().map(|addr| Client::connect(&format!("http://{addr}"), None, None)).collect();
+    const JOBS: usize = 4;
+    const MAX_COUNT: u32 = 3;
+    let mut acknowledged: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut last_count: BTreeMap<String, u32> = BTreeMap::new();
+    let mut kills = Vec::new();
+    let started = Instant::now();
+    for step in 0..36u32 {
+        assert!(started.elapsed() < Duration::from_secs(240), "the loop is bounded in time too");
+        let name = format!("j{}", step as usize % JOBS);
+        let count = 1 + (step * 7 + step / 4) % MAX_COUNT;
+        // Every write is retried (through the next server) until one acknowledges it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut turn = step as usize;
+        let answer = loop {
+            assert!(Instant::now() < deadline, "{name}: no server acknowledged the write within 60 s");
+            let client = &clients[turn % clients.len()];
+            let result = if step < JOBS as u32 || step % 2 == 0 {
+                runtime.block_on(client.register_job(&job(&name, count), "loop.yaml"))
+            } else {
+                runtime.block_on(client.scale_job(&name, "g", count))
+            };
+            match result {
+                Ok(answer) => break answer,
+                Err(_) => {
+                    turn += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
+        acknowledged.entry(name.clone()).or_default().push(answer.version);
+        last_count.insert(name.clone(), count);
+        // Kill the leader twice; it comes back as a follower.
+        if step == 10 || step == 24 {
+            let leading =
+                util::eventually("a leader", Duration::from_secs(30), || addrs.iter().find_map(|addr| leader(addr)), Option::is_some)
+                    .unwrap();
+            let index = names.iter().position(|name| *name == leading).unwrap();
+            servers.get_mut(leading.as_str()).unwrap().kill9();
+            kills.push(Instant::now());
+            servers.insert(names[index], server(&cluster, &etcd, names[index], &addrs[index]));
+        }
+        // Until the job runs its new count: among running allocations of any job, each name once, none beyond
+        // the largest count (checked at every look).
+        util::wait_until(&format!("{name} runs {count}"), Duration::from_secs(60), || {
+            let mut settled = false;
+            for job_index in 0..JOBS {
+                let job_name = format!("j{job_index}");
+                let Some(status) = clients.iter().find_map(|client| runtime.block_on(client.job_status(&job_name)).ok()) else {
+                    continue;
+                };
+                let running: Vec<&str> = status
+                    .value
+                    .allocations
+                    .iter()
+                    .filter(|alloc| alloc.desired_status == DesiredStatus::Run && alloc.client_status == ClientStatus::Running)
+                    .map(|alloc| alloc.name.as_str())
+                    .collect();
+                let distinct: BTreeSet<&str> = running.iter().copied().collect();
+                assert_eq!(distinct.len(), running.len(), "{job_name} runs an allocation twice: {running:?}");
+                assert!(running.len() <= MAX_COUNT as usize, "{job_name} runs {} allocations", running.len());
+                settled |= job_name == name && running.len() == count as usize;
+            }
+            settled
+        });
+    }
+    // The end: every acknowledged version is stored, and each job runs its last count.
+    let leading = util::eventually("a leader", Duration::from_secs(30), || addrs.iter().find_map(|addr| leader(addr)), Option::is_some);
+    eprintln!("after {} steps and {} kills in {:?}, {} leads", 36, kills.len(), started.elapsed(), leading.unwrap());
+    for (name, versions) in &acknowledged {
+        let stored: BTreeSet<u64> = runtime.block_on(clients[0].job_versions(name)).unwrap().iter().map(|job| job.version).collect();
+        for version in versions {
+            assert!(stored.contains(version), "{name}: acknowledged version {version} is missing (stored: {stored:?})");
+        }
+        let count = last_count[name] as usize;
+        let status = wait_job(&format!("http://{}", addrs[0]), name, Duration::from_secs(60), |status| {
+            status
+                .allocations
+                .iter()
+                .filter(|alloc| alloc.desired_status == DesiredStatus::Run && alloc.client_status == ClientStatus::Running)
+                .count()
+                == count
+        });
+        let running: BTreeSet<&str> = status
+            .allocations
+            .iter()
+            .filter(|alloc| alloc.desired_status == DesiredStatus::Run && alloc.client_status == ClientStatus::Running)
+            .map(|alloc| alloc.name.as_str())
+            .collect();
+        assert_eq!(running.len(), count, "{name}: {running:?}");
+    }
+}
+
+/// A snapshot of a redb server, restored into etcd: servers on etcd start with its jobs; restoring is refused
+/// while a server leads, into a store that holds a cluster unless forced, and from a damaged file.
+#[test]
+fn a_redb_snapshot_moves_the_cluster_to_etcd() {
+    if !require_root() || !etcd_available() {
+        return;
+    }
+    let mut cluster = Cluster::unstarted();
+    cluster.start_server(&[]);
+    let addr = cluster.addr.clone();
+    util::wait_until("the redb server serves", Duration::from_secs(30), || {
+        util::http_status(addr.trim_start_matches("http://"), "/v1/status").is_some()
+    });
+    let spec = cluster.path().join("kept.yaml");
+    for count in [1, 2] {
+        std::fs::write(&spec, job("kept", count)).unwrap();
+        util::ok(&addr, cluster.path(), &["job", "run", "--detach", &spec.display().to_string()]);
+    }
+    let file = cluster.path().join("backup.snap");
+    let file_arg = file.display().to_string();
+    let saved = util::ok(&addr, cluster.path(), &["operator", "snapshot", "save", &file_arg]);
+    assert!(saved.contains("saved"), "{saved}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "a snapshot holds secrets");
+    let inspected = util::ok(&addr, cluster.path(), &["operator", "snapshot", "inspect", &file_arg]);
+    assert!(inspected.contains("Backend  = redb") && inspected.contains("jobs"), "{inspected}");
+
+    // A damaged file is refused and changes nothing.
+    let mut damaged = std::fs::read(&file).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    let damaged_file = cluster.path().join("damaged.snap");
+    std::fs::write(&damaged_file, damaged).unwrap();
+    let etcd = EtcdCluster::start(1);
+    let endpoints = etcd.endpoints().join(",");
+    let restore = |file: &str, extra: &[&str]| {
+        let mut args = vec!["operator", "snapshot", "restore", file, "--store", "etcd", "--etcd-endpoints", &endpoints];
+        args.extend_from_slice(extra);
+        util::davit(&addr, cluster.path(), &args)
+    };
+    let refused = restore(&damaged_file.display().to_string(), &[]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("damaged"), "{refused:?}");
+
+    let restored = restore(&file_arg, &[]);
+    assert!(restored.status.success(), "{restored:?}");
+    let again = restore(&file_arg, &[]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force"), "{again:?}");
+
+    let etcd_addr = format!("127.0.0.1:{}", free_port());
+    let etcd_server = server(&cluster, &etcd, "on-etcd", &etcd_addr);
+    util::wait_until("the server on etcd leads", Duration::from_secs(30), || leader(&etcd_addr).is_some());
+    let client = Client::connect(&format!("http://{etcd_addr}"), None, None);
+    let versions: Vec<u64> = runtime().block_on(client.job_versions("kept")).unwrap().iter().map(|job| job.version).collect();
+    assert_eq!(versions.len(), 2, "both versions came along: {versions:?}");
+    let kept = runtime().block_on(client.job_status("kept")).unwrap().value.job;
+    assert_eq!(kept.spec.groups[0].count, 2);
+    let forced = restore(&file_arg, &["--force"]);
+    assert!(!forced.status.success() && String::from_utf8_lossy(&forced.stderr).contains("leads"), "a server leads: {forced:?}");
+    drop(etcd_server);
 }

@@ -24,6 +24,7 @@ mod acl;
 mod allocs;
 mod deployments;
 mod events;
+mod forward;
 pub(crate) mod jobs;
 mod namespaces;
 mod nodes;
@@ -136,6 +137,9 @@ fn table() -> Vec<Route> {
         route(M::POST, "/v1/operator/keyring/rotate", Rule::Operator(Access::Write), variables::rotate),
         route(M::DELETE, "/v1/operator/keyring/{id}", Rule::Operator(Access::Write), variables::remove_key),
         route(M::POST, "/v1/operator/gc", Rule::Operator(Access::Write), gc),
+        route(M::GET, "/v1/operator/servers", Rule::Operator(Access::Read), servers),
+        // Every key, secrets included (sealed variables, token hashes): management only.
+        route(M::GET, "/v1/operator/snapshot", Rule::Management, snapshot),
         route(M::POST, "/v1/acl/bootstrap", Rule::Bootstrap, acl::bootstrap),
         route(M::GET, "/v1/acl/policies", Rule::Authenticated, acl::list_policies),
         route(M::GET, "/v1/acl/policy/{name}", Rule::Authenticated, acl::get_policy),
@@ -162,6 +166,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     }
     router
         .fallback(|| async { Failure::not_found("no such API route; see the route list in the davit_api::http docs".to_string()) })
+        .layer(from_fn_with_state(Arc::clone(&shared), forward::forward))
         .layer(axum::middleware::map_response(json_errors))
         .layer(from_fn_with_state(Arc::clone(&shared.admission), crate::admission::admit))
         .layer(axum::middleware::map_response_with_state(Arc::clone(&shared), with_cluster_id))
@@ -426,6 +431,32 @@ async fn status(axum::extract::State(shared): axum::extract::State<Arc<Shared>>)
             store: shared.store.backend_name().to_string(),
         },
     )
+}
+
+/// The servers of the cluster and which one leads; a server alone on its store is the only one.
+async fn servers(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> Result<Response, Failure> {
+    let mut members = crate::leader::members(shared.store.as_ref()).await?;
+    if members.is_empty() {
+        let addr = shared.addr.to_string();
+        members.push(davit_api::http::ServerMember {
+            name: addr.clone(),
+            addr,
+            leader: shared.leader.is_none(),
+            leader_since: shared.leader.is_none().then_some(shared.started),
+            started: shared.started,
+        });
+    }
+    Ok(indexed(shared.view.snapshot().revision, &members))
+}
+
+/// Every key of the store at one revision but the servers' own (`davit operator snapshot save`).
+async fn snapshot(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> Result<Response, Failure> {
+    let snapshot = davit_store::snapshot::take(shared.store.as_ref(), &[crate::keys::SERVERS], crate::now_millis()).await?;
+    let data = davit_store::snapshot::encode(&snapshot.header, &snapshot.items);
+    let mut headers = HeaderMap::new();
+    headers.insert(INDEX_HEADER, HeaderValue::from(snapshot.header.revision));
+    headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    Ok((headers, data).into_response())
 }
 
 /// Finds the one id in `ids` equal to or starting with `prefix`.

@@ -67,6 +67,7 @@ pub async fn start_configured(dir: tempfile::TempDir, acl_enabled: bool, configu
         gc: Default::default(),
         admission: Default::default(),
         autoscaler: Default::default(),
+        role: Default::default(),
         audit_reads: false,
     };
     configure(&mut config);

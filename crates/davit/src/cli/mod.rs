@@ -9,7 +9,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 mod process;
 mod tools;
 
-pub use process::{AgentArgs, DevArgs, NodeArgs, ServerArgs, StoreKind};
+pub use process::{AgentArgs, DevArgs, EtcdArgs, NodeArgs, ServerArgs, StoreKind};
 pub use tools::{Algorithm, BenchCommand, SimArgs, SimNodeArgs, WorkloadArgs};
 
 #[derive(Debug, Parser)]
@@ -616,6 +616,43 @@ pub enum OperatorCommand {
         /// Whatever their age (the server's thresholds otherwise: 1h, 1h, 4h).
         #[arg(long)]
         force: bool,
+    },
+    /// The servers of the cluster, which one leads and since when.
+    Servers {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Back the cluster's state up, and restore it into a store (also of the other kind).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save every key of the store, read at one revision, to FILE (owner-only; needs a management token).
+    Save { file: PathBuf },
+    /// Write FILE's keys into a store while no server uses it (stop the servers first), replacing what is
+    /// there; then start the servers on it. Moves a cluster from redb to etcd, too.
+    Restore {
+        file: PathBuf,
+        /// The store to restore into: redb (the file in --data-dir) or etcd.
+        #[arg(long, value_enum, default_value = "redb")]
+        store: StoreKind,
+        /// The server's data directory (with --store redb).
+        #[arg(long, default_value = "/var/lib/davit/server")]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Replace a store that already holds a cluster's state (jobs, nodes); without it, only an empty store
+        /// (or one that only a server's first start wrote to) is restored into.
+        #[arg(long)]
+        force: bool,
+    },
+    /// What FILE holds: its revision, age, source backend and keys per kind; checks it is whole.
+    Inspect {
+        file: PathBuf,
+        #[command(flatten)]
+        output: Output,
     },
 }
 

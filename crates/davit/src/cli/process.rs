@@ -38,6 +38,23 @@ pub enum StoreKind {
     Etcd,
 }
 
+/// How to reach the etcd store (with --store etcd).
+#[derive(Debug, Args)]
+pub struct EtcdArgs {
+    /// The etcd members' client URLs, comma-separated (with --store etcd).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+    /// Every key davit keeps in etcd lives under this prefix.
+    #[arg(long, default_value = "/davit/")]
+    pub etcd_prefix: String,
+    /// etcd user, when etcd has authentication on (the password comes from DAVIT_ETCD_PASSWORD).
+    #[arg(long)]
+    pub etcd_user: Option<String>,
+    /// etcd's --max-txn-ops, at least its default of 128 (davit commits larger batches in several transactions).
+    #[arg(long, default_value_t = 128)]
+    pub etcd_max_txn_ops: usize,
+}
+
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// How often the autoscaler evaluates groups with `scaling.metrics` (Kubernetes' HPA sync period).
@@ -54,24 +71,18 @@ pub struct ServerArgs {
     /// several servers, of which one leads at a time.
     #[arg(long, value_enum, default_value = "redb")]
     pub store: StoreKind,
-    /// The etcd members' client URLs, comma-separated (with --store etcd).
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
-    pub etcd_endpoints: Vec<String>,
-    /// Every key davit keeps in etcd lives under this prefix.
-    #[arg(long, default_value = "/davit/")]
-    pub etcd_prefix: String,
-    /// etcd user, when etcd has authentication on (the password comes from DAVIT_ETCD_PASSWORD).
-    #[arg(long)]
-    pub etcd_user: Option<String>,
-    /// etcd's --max-txn-ops, at least its default of 128 (davit commits larger batches in several transactions).
-    #[arg(long, default_value_t = 128)]
-    pub etcd_max_txn_ops: usize,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// The leadership lease's TTL: a server that died or stopped answering is replaced after about this long.
     #[arg(long, default_value = "5s")]
     pub leader_ttl: String,
     /// This server's name among the servers on one etcd (default: host name and --bind).
     #[arg(long)]
     pub name: Option<String>,
+    /// HOST:PORT where the other servers reach this one's API (followers forward writes to the leader there);
+    /// default: --bind, which then must not be 0.0.0.0 with --store etcd.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
     #[arg(long, default_value = "127.0.0.1:7646")]
     pub bind: SocketAddr,
     /// Scheduler workers (default: two per core).

@@ -1,10 +1,16 @@
-//! `davit operator keyring ls|rotate|remove` and `davit operator gc`.
+//! `davit operator keyring ls|rotate|remove`, `gc`, `servers` and `snapshot save|restore|inspect`.
+
+use std::path::Path;
+use std::sync::Arc;
 
 use davit_client::Client;
+use davit_server::leader::{LEADER_KEY, LeaderInfo, SERVERS_PREFIX};
+use davit_store::Store;
+use davit_store::snapshot::{self, Snapshot};
 
 use super::header;
 use crate::Failure;
-use crate::cli::{KeyringCommand, OperatorCommand, OutputFormat};
+use crate::cli::{EtcdArgs, KeyringCommand, OperatorCommand, OutputFormat, SnapshotCommand, StoreKind};
 use crate::output::{json, table, time};
 
 pub async fn operator(client: &Client, command: OperatorCommand) -> Result<(), Failure> {
@@ -43,10 +49,119 @@ pub async fn operator(client: &Client, command: OperatorCommand) -> Result<(), F
             );
             Ok(())
         }
+        OperatorCommand::Servers { output } => {
+            let servers = client.operator_servers().await?;
+            if output.format == OutputFormat::Json {
+                println!("{}", json(&servers));
+                return Ok(());
+            }
+            let mut rows = vec![header(&["NAME", "ADDRESS", "LEADER", "LEADS SINCE", "STARTED"])];
+            rows.extend(servers.iter().map(|server| {
+                vec![
+                    server.name.clone(),
+                    server.addr.clone(),
+                    if server.leader { "yes".to_string() } else { String::new() },
+                    server.leader_since.map(time).unwrap_or_default(),
+                    time(server.started),
+                ]
+            }));
+            print!("{}", table(&rows));
+            Ok(())
+        }
+        OperatorCommand::Snapshot(SnapshotCommand::Save { file }) => {
+            let data = client.snapshot().await?;
+            let taken = snapshot::decode(&data).map_err(|error| Failure::internal(format!("the server sent a bad snapshot: {error}")))?;
+            davit_tls::write_atomic(&file, &data, 0o600).map_err(|error| Failure::user(format!("{}: {error}", file.display())))?;
+            println!(
+                "==> saved {} keys at revision {} to {} ({} bytes)",
+                taken.header.keys,
+                taken.header.revision,
+                file.display(),
+                data.len()
+            );
+            Ok(())
+        }
+        OperatorCommand::Snapshot(SnapshotCommand::Inspect { file, output }) => {
+            let taken = read_snapshot(&file)?;
+            let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+            for (key, _) in &taken.items {
+                *kinds.entry(key.split('/').next().unwrap_or_default()).or_default() += 1;
+            }
+            if output.format == OutputFormat::Json {
+                let value = serde_json::json!({
+                    "revision": taken.header.revision,
+                    "created": taken.header.created,
+                    "backend": taken.header.backend,
+                    "keys": taken.header.keys,
+                    "kinds": kinds,
+                });
+                println!("{}", json(&value));
+                return Ok(());
+            }
+            println!("Revision = {}", taken.header.revision);
+            println!("Taken    = {}", time(taken.header.created));
+            println!("Backend  = {}", taken.header.backend);
+            println!("Keys     = {}", taken.header.keys);
+            let mut rows = vec![header(&["KIND", "KEYS"])];
+            rows.extend(kinds.iter().map(|(kind, count)| vec![kind.to_string(), count.to_string()]));
+            print!("{}", table(&rows));
+            Ok(())
+        }
+        OperatorCommand::Snapshot(SnapshotCommand::Restore { file, store, data_dir, etcd, force }) => {
+            let taken = read_snapshot(&file)?;
+            let target = restore_target(store, &data_dir, &etcd).await?;
+            let existing = target.range("").await.map_err(store_failure)?;
+            let state = existing.kvs.iter().filter(|kv| !kv.key.starts_with(SERVERS_PREFIX) && kv.key != "cluster/id").count();
+            if state > 0 && !force {
+                return Err(Failure::user(format!(
+                    "the store already holds a cluster's state ({state} keys); nothing was changed\n  hint: --force replaces it with the snapshot"
+                )));
+            }
+            let (keys, revision, backend) = (taken.header.keys, taken.header.revision, taken.header.backend.clone());
+            snapshot::restore(target.as_ref(), taken, &[SERVERS_PREFIX]).await.map_err(store_failure)?;
+            println!(
+                "==> restored {keys} keys (taken at revision {revision} on {backend}) into {}; start the servers on it",
+                target.backend_name()
+            );
+            Ok(())
+        }
         OperatorCommand::Keyring(KeyringCommand::Remove { id }) => {
             client.remove_key(&id).await?;
             println!("==> key {id} removed");
             Ok(())
+        }
+    }
+}
+
+fn read_snapshot(file: &Path) -> Result<Snapshot, Failure> {
+    let data = std::fs::read(file).map_err(|error| Failure::user(format!("{}: {error}", file.display())))?;
+    snapshot::decode(&data).map_err(|error| Failure::user(format!("{}: {error}", file.display())))
+}
+
+fn store_failure(error: davit_store::StoreError) -> Failure {
+    Failure::user(format!("the store failed: {error}"))
+}
+
+/// The store to restore into; refused while a server uses it (redb: the file is locked; etcd: a server leads).
+async fn restore_target(kind: StoreKind, data_dir: &Path, etcd: &EtcdArgs) -> Result<Arc<dyn Store>, Failure> {
+    match kind {
+        StoreKind::Redb => {
+            std::fs::create_dir_all(data_dir).map_err(|error| Failure::user(format!("{}: {error}", data_dir.display())))?;
+            let file = data_dir.join("state.redb");
+            let store = davit_store::RedbStore::open(&file).map_err(|error| {
+                Failure::user(format!("cannot open {}: {error}\n  hint: stop the server that uses it first", file.display()))
+            })?;
+            Ok(Arc::new(store))
+        }
+        StoreKind::Etcd => {
+            let store = crate::run::etcd_store(etcd).await?;
+            if let Some(leader) = store.get(LEADER_KEY).await.map_err(store_failure)? {
+                let name = serde_json::from_slice::<LeaderInfo>(&leader.value).map(|leader| leader.name).unwrap_or_default();
+                return Err(Failure::user(format!(
+                    "a davit server ({name}) leads on this etcd prefix: stop every server first, then restore"
+                )));
+            }
+            Ok(store)
         }
     }
 }
