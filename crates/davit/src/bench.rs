@@ -2,7 +2,8 @@
 //!
 //! - `scheduler`: the pure `davit_scheduler::schedule` against an in-memory `ClusterState`, applying each
 //!   plan's allocations to the state as the plan applier would. Nothing else runs: no store, no HTTP.
-//! - `e2e`: a server in this process (embedded redb store in a temporary directory, as `davit dev`) and
+//! - `e2e`: a server in this process (embedded redb store in a temporary directory, as `davit dev`, or an etcd
+//!   the operator runs, with `--store etcd`: then the redb run comes first, in a child process) and
 //!   `davit sim` in a child process; jobs are submitted over HTTP until the simulated agents see the
 //!   allocations running. A probe measures API latency meanwhile. Peak RSS is read from `/proc/<pid>/status`
 //!   (`VmHWM`) of this process (server + this driver) and of the sim's process, separately.
@@ -35,10 +36,17 @@ pub async fn command(command: BenchCommand) -> Result<(), Failure> {
                 .await
                 .map_err(|error| Failure::internal(format!("the benchmark failed: {error}")))?
         }
-        BenchCommand::E2e { nodes, allocs, workload, workers, timeout, acl, tls } => {
+        BenchCommand::E2e { nodes, allocs, workload, workers, timeout, acl, tls, store, etcd } => {
             let timeout = crate::flag_duration("--timeout", &timeout)?;
             let workload = Workload::new(workload)?;
-            let bench = E2eBench { nodes, allocs, workload, workers, timeout, acl, tls, token: None, ca_cert: None };
+            let etcd = match store {
+                crate::cli::StoreKind::Redb => None,
+                crate::cli::StoreKind::Etcd => {
+                    redb_baseline()?;
+                    Some(etcd)
+                }
+            };
+            let bench = E2eBench { nodes, allocs, workload, workers, timeout, acl, tls, token: None, ca_cert: None, etcd };
             bench.run().await
         }
     }
@@ -246,6 +254,42 @@ struct E2eBench {
     token: Option<String>,
     /// The run's CA certificate (`tls`).
     ca_cert: Option<std::path::PathBuf>,
+    /// The etcd to keep the state in (under a prefix of the run's own, deleted after it); `None`: redb.
+    etcd: Option<crate::cli::EtcdArgs>,
+}
+
+/// Runs this benchmark with `--store redb` in a child process (its peak memory apart from this one's), first.
+fn redb_baseline() -> Result<(), Failure> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    for index in 0..args.len() {
+        if args[index] == "--store=etcd" {
+            args[index] = "--store=redb".to_string();
+        } else if args[index] == "--store" && args.get(index + 1).is_some_and(|kind| kind == "etcd") {
+            args[index + 1] = "redb".to_string();
+        }
+    }
+    println!("==> the same benchmark on redb first: davit {}", args.join(" "));
+    let exe = std::env::current_exe().map_err(|e| Failure::internal(format!("cannot find the davit binary: {e}")))?;
+    let status = std::process::Command::new(exe)
+        .args(&args)
+        .status()
+        .map_err(|e| Failure::internal(format!("cannot run the redb baseline: {e}")))?;
+    if !status.success() {
+        return Err(Failure::internal(format!("the redb baseline failed: {status}")));
+    }
+    println!("==> on etcd");
+    Ok(())
+}
+
+/// A number from etcd's `/metrics` (`name` at the start of a line, no labels).
+async fn etcd_metric(endpoint: &str, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = endpoint.strip_prefix("http://")?.trim_end_matches('/');
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(authority)).await.ok()?.ok()?;
+    stream.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {authority}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut text)).await.ok()?.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 impl E2eBench {
@@ -285,11 +329,27 @@ impl E2eBench {
     }
 
     async fn measure(&mut self, dir: &std::path::Path, deadline: Instant) -> Result<(), Failure> {
-        let store =
-            davit_store::RedbStore::open(&dir.join("state.redb")).map_err(|e| Failure::internal(format!("cannot open the store: {e}")))?;
+        let (store, etcd): (Arc<dyn davit_store::Store>, _) = match &self.etcd {
+            None => {
+                let store = davit_store::RedbStore::open(&dir.join("state.redb"))
+                    .map_err(|e| Failure::internal(format!("cannot open the store: {e}")))?;
+                (Arc::new(store), None)
+            }
+            Some(args) => {
+                // A prefix of the run's own, and the leadership with fencing, as a server on etcd has.
+                let prefix = format!("/davit-bench-{}-{}/", std::process::id(), crate::now_millis());
+                let args = crate::cli::EtcdArgs { etcd_prefix: prefix.clone(), ..args.clone() };
+                let etcd: Arc<dyn davit_store::Store> = crate::run::etcd_store(&args).await?;
+                let me = davit_server::leader::LeaderInfo { name: "bench".to_string(), addr: String::new(), since: 0 };
+                let leadership = davit_server::leader::acquire(Arc::clone(&etcd), me, Duration::from_secs(10), |_| {}).await;
+                let fenced = davit_store::FencedStore::new(Arc::clone(&etcd), davit_server::leader::LEADER_KEY, leadership.revision);
+                println!("  store: etcd at {} under {prefix} (fenced writes)", args.etcd_endpoints.join(","));
+                (Arc::new(fenced) as Arc<dyn davit_store::Store>, Some((etcd, leadership, args.etcd_endpoints[0].clone())))
+            }
+        };
         let mut config = davit_server::ServerConfig {
             bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            store: Arc::new(store),
+            store,
             workers: self.workers.unwrap_or_else(davit_server::default_workers),
             liveness: davit_server::LivenessConfig::default(),
             scheduler: self.workload.config.clone(),
@@ -329,6 +389,16 @@ impl E2eBench {
         println!("  server on {addr} (store in {})", dir.display());
         let outcome = self.drive(&addr, dir, deadline).await;
         server.shutdown().await;
+        if let Some((etcd, leadership, endpoint)) = etcd {
+            let rss = etcd_metric(&endpoint, "process_resident_memory_bytes").await.unwrap_or(0.0);
+            let db = etcd_metric(&endpoint, "etcd_mvcc_db_total_size_in_bytes").await.unwrap_or(0.0);
+            println!("  etcd ({endpoint}): resident memory {:.0} MiB, database {:.1} MiB", rss / 1048576.0, db / 1048576.0);
+            let wipe = davit_store::Txn { success: vec![davit_store::Op::DeletePrefix { prefix: String::new() }], ..Default::default() };
+            if let Err(error) = etcd.txn(wipe).await {
+                println!("  could not delete the run's keys: {error}");
+            }
+            let _ = etcd.revoke_lease(leadership.lease).await;
+        }
         outcome
     }
 
@@ -381,8 +451,10 @@ impl E2eBench {
         let _ = tokio::time::timeout(Duration::from_secs(10), sim.wait()).await;
         let _ = sim.kill().await;
         reader.abort();
-        let store_size = std::fs::metadata(dir.join("state.redb")).map(|m| m.len()).unwrap_or(0);
-        println!("  store file: {:.1} MiB", store_size as f64 / (1024.0 * 1024.0));
+        if self.etcd.is_none() {
+            let store_size = std::fs::metadata(dir.join("state.redb")).map(|m| m.len()).unwrap_or(0);
+            println!("  store file: {:.1} MiB", store_size as f64 / (1024.0 * 1024.0));
+        }
         outcome
     }
 

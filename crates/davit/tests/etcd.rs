@@ -321,3 +321,46 @@ fn a_redb_snapshot_moves_the_cluster_to_etcd() {
     assert!(!forced.status.success() && String::from_utf8_lossy(&forced.stderr).contains("leads"), "a server leads: {forced:?}");
     drop(etcd_server);
 }
+
+/// With two etcd members of three down, a write through any server fails with a clear error within seconds (a
+/// 503 from the follower, or the leader's store error; not a hang) while reads from a follower's view go on;
+/// once a member returns, a server leads again and writes succeed.
+#[test]
+fn without_an_etcd_majority_writes_fail_fast_and_work_again_when_a_member_returns() {
+    if !require_root() || !etcd_available() {
+        return;
+    }
+    let mut etcd = EtcdCluster::start(3);
+    let cluster = Cluster::unstarted();
+    let (a_addr, b_addr) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let _a = server(&cluster, &etcd, "a", &a_addr);
+    util::wait_until("server a leads", Duration::from_secs(30), || leader(&a_addr).as_deref() == Some("a"));
+    let _b = server(&cluster, &etcd, "b", &b_addr);
+    util::wait_until("b follows a", Duration::from_secs(30), || leader(&b_addr).as_deref() == Some("a"));
+    let both = format!("http://{b_addr},http://{a_addr}");
+    let run = |name: &str| {
+        let spec = cluster.path().join(format!("{name}.yaml"));
+        std::fs::write(&spec, job(name, 1)).unwrap();
+        util::davit(&both, cluster.path(), &["job", "run", "--detach", &spec.display().to_string()])
+    };
+    assert!(run("first").status.success());
+
+    etcd.members[1].kill();
+    etcd.members[2].kill();
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let failed = run("second");
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        assert!(!failed.status.success(), "attempt {attempt}: a write without an etcd majority succeeded");
+        assert!(started.elapsed() < Duration::from_secs(20), "attempt {attempt}: the write hung for {:?}", started.elapsed());
+        assert!(stderr.contains("leader") || stderr.contains("store failed") || stderr.contains("leads"), "attempt {attempt}: {stderr}");
+    }
+    let status = util::ok(&format!("http://{b_addr}"), cluster.path(), &["job", "status", "first"]);
+    assert!(status.contains("first"), "a follower still answers reads from its view: {status}");
+
+    etcd.members[1].restart();
+    etcd.wait_healthy(Duration::from_secs(30));
+    util::wait_until("writes work again", Duration::from_secs(60), || run("second").status.success());
+    let leading = util::eventually("a leader", Duration::from_secs(30), || leader(&b_addr), Option::is_some);
+    eprintln!("after the majority came back, {} leads", leading.unwrap());
+}

@@ -82,7 +82,10 @@ pub(crate) async fn forward(State(shared): State<Arc<Shared>>, request: Request,
     let answer = match forwarded.header(FORWARDED_HEADER, "1").body(body).send().await {
         Ok(answer) => answer,
         Err(error) => {
-            return unavailable(format!("forwarding to the leader {} at {} failed: {error}; try again", to.name, to.addr));
+            return unavailable(format!(
+                "the leader {} at {} does not answer ({error}); if it stopped, another server leads within the lease TTL: try again",
+                to.name, to.addr
+            ));
         }
     };
     let status = answer.status();

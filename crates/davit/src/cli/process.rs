@@ -39,7 +39,7 @@ pub enum StoreKind {
 }
 
 /// How to reach the etcd store (with --store etcd).
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct EtcdArgs {
     /// The etcd members' client URLs, comma-separated (with --store etcd).
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]

@@ -122,5 +122,11 @@ pub enum BenchCommand {
         /// Serve HTTPS (a CA made for the run): the sim and the benchmark talk TLS to the server.
         #[arg(long)]
         tls: bool,
+        /// Where the server keeps its state: redb (a file in a temporary directory) or etcd (an etcd you run,
+        /// --etcd-endpoints; the same benchmark on redb runs first, in a process of its own, for comparison).
+        #[arg(long, value_enum, default_value = "redb")]
+        store: super::StoreKind,
+        #[command(flatten)]
+        etcd: super::EtcdArgs,
     },
 }
