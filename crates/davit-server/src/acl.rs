@@ -192,7 +192,7 @@ fn relay_grant(key: &[u8; 32], secret: &str, now: u64) -> Option<RelayGrant> {
 }
 
 /// HMAC-SHA256 (RFC 2104).
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     let mut block = [0u8; 64];
     if key.len() > 64 {

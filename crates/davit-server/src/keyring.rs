@@ -95,6 +95,14 @@ impl Keyring {
         self.file.read().expect("keyring lock").active.clone()
     }
 
+    /// A 32-byte key for `purpose`, derived from the oldest key of the keyring (HMAC-SHA256 of the purpose): the
+    /// same on every server that shares the keyring, secret as the keyring is, and never stored.
+    pub fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        let file = self.file.read().expect("keyring lock");
+        let oldest = file.keys.iter().min_by_key(|key| (key.create_time, key.id.clone())).expect("a keyring has a key");
+        crate::acl::hmac_sha256(oldest.key.as_bytes(), purpose)
+    }
+
     /// (id, create time, active) of every key.
     pub fn keys(&self) -> Vec<(String, u64, bool)> {
         let file = self.file.read().expect("keyring lock");

@@ -35,8 +35,6 @@ pub const ACL_BOOTSTRAP: &str = "acl/bootstrap";
 pub const CLUSTER_ID: &str = "cluster/id";
 /// The servers' own keys (`server/leader`, see `leader.rs`).
 pub const SERVERS: &str = "server/";
-/// The key that signs relay tokens (hex), shared by the servers of a cluster.
-pub const RELAY_KEY: &str = "server/relay-key";
 
 pub fn job(name: &str) -> String {
     format!("{JOBS}{name}")

@@ -126,6 +126,11 @@ pub enum ServerError {
     Keyring(#[from] keyring::KeyringError),
     #[error("setting up TLS")]
     Tls(#[from] davit_tls::TlsError),
+    #[error(
+        "variables in the store are sealed with key(s) {0} that this server's keyring does not have: servers on one etcd \
+         share one keyring, so copy keyring.json from the data directory of a server of this cluster into this one's"
+    )]
+    KeyringMismatch(String),
 }
 
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
@@ -211,7 +216,8 @@ pub(crate) struct Shared {
     /// Held for reading while a value is sealed and committed, for writing while keys change: a key is never
     /// removed between sealing a variable with it and storing it.
     pub keyring_lock: tokio::sync::RwLock<()>,
-    /// Signs relay tokens (`acl::Caller::relay_token`); new at every start.
+    /// Signs relay tokens (`acl::Caller::relay_token`): derived from the keyring, so the servers that share one
+    /// (all servers on one etcd) accept each other's.
     pub relay_key: Arc<[u8; 32]>,
     /// Mutual TLS, when on.
     pub tls: Option<Arc<tls::ServerTls>>,
@@ -254,7 +260,7 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
     };
     // What can fail comes first: nothing runs yet when it does.
     let cluster_id = cluster_id(config.store.as_ref()).await?;
-    let relay_key = relay_key(config.store.as_ref()).await?;
+    let relay_key = keyring.derive(b"davit relay tokens v1");
     let (tls, tls_renewal) = match config.tls.take() {
         Some(tls) => {
             let (tls, renew) = tls::ServerTls::start(tls)?;
@@ -268,6 +274,10 @@ pub async fn start(mut config: ServerConfig) -> Result<ServerHandle, ServerError
     config.store = Arc::new(CountingStore { inner: config.store, metrics: Arc::clone(&metrics) });
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let view = View::start(Arc::clone(&config.store), events_tx).await?;
+    if let Err(error) = keyring_covers(&keyring, &view.snapshot(), config.store.backend_name()) {
+        view.stop();
+        return Err(error);
+    }
     let applier = Applier::start(Arc::clone(&config.store), Arc::clone(&view), Arc::clone(&metrics));
     let liveness = Liveness::new(config.liveness, &view.snapshot());
     let mut background: Vec<tokio::task::JoinHandle<()>> = tls_renewal.into_iter().collect();
@@ -476,32 +486,21 @@ async fn cluster_id(store: &dyn Store) -> Result<String, StoreError> {
     }
 }
 
-/// The key that signs relay tokens, made by the first server of the cluster and shared by all of them, so that
-/// an agent can check a relay token with whichever server it talks to.
-async fn relay_key(store: &dyn Store) -> Result<[u8; 32], StoreError> {
-    loop {
-        if let Some(stored) = store.get(keys::RELAY_KEY).await? {
-            let hex: String =
-                serde_json::from_slice(&stored.value).map_err(|error| StoreError::Backend(format!("{}: {error}", keys::RELAY_KEY)))?;
-            let mut key = [0u8; 32];
-            if hex.len() != 64 || !hex.is_ascii() {
-                return Err(StoreError::Backend(format!("{}: not 32 bytes in hex", keys::RELAY_KEY)));
-            }
-            for (byte, pair) in key.iter_mut().zip(hex.as_bytes().chunks(2)) {
-                *byte = u8::from_str_radix(std::str::from_utf8(pair).unwrap_or("zz"), 16)
-                    .map_err(|_| StoreError::Backend(format!("{}: not hex", keys::RELAY_KEY)))?;
-            }
-            return Ok(key);
-        }
-        let key: [u8; 32] = keyring::random_bytes();
-        let hex: String = key.iter().map(|byte| format!("{byte:02x}")).collect();
-        let mut txn = Txn::default();
-        txn.compares.push(davit_store::Compare::Missing(keys::RELAY_KEY.to_string()));
-        txn.success.push(keys::put(keys::RELAY_KEY.to_string(), &hex));
-        if store.txn(txn).await?.succeeded {
-            return Ok(key);
-        }
+/// On a shared store (etcd) every server must read what any other sealed: a server whose keyring lacks a key
+/// some variable is sealed with does not start (it would fail every read of those variables once it leads).
+fn keyring_covers(keyring: &keyring::Keyring, snapshot: &view::Snapshot, backend: &str) -> Result<(), ServerError> {
+    let known: std::collections::HashSet<String> = keyring.keys().into_iter().map(|(id, _, _)| id).collect();
+    let missing: std::collections::BTreeSet<&str> =
+        snapshot.variables.values().map(|stored| stored.sealed.key_id.as_str()).filter(|id| !known.contains(*id)).collect();
+    if missing.is_empty() {
+        return Ok(());
     }
+    let missing = missing.into_iter().collect::<Vec<_>>().join(", ");
+    if backend == "etcd" {
+        return Err(ServerError::KeyringMismatch(missing));
+    }
+    tracing::error!(keys = %missing, "variables are sealed with keys this server's keyring does not have: they cannot be read");
+    Ok(())
 }
 
 /// Now, in Unix milliseconds.

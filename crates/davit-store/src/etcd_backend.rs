@@ -45,6 +45,8 @@ pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     /// etcd user and password, when etcd has authentication on.
     pub user: Option<(String, String)>,
+    /// TLS to etcd (`https://` endpoints), when etcd serves it.
+    pub tls: Option<EtcdTls>,
     /// Every key is stored under this prefix (default `/davit/`; the etcd cluster must be davit's own, see the
     /// module docs).
     pub prefix: String,
@@ -68,6 +70,7 @@ impl Default for EtcdOptions {
         EtcdOptions {
             endpoints: vec!["http://127.0.0.1:2379".to_string()],
             user: None,
+            tls: None,
             prefix: "/davit/".to_string(),
             history_revisions: 100_000,
             watch_buffer: 1024,
@@ -78,6 +81,24 @@ impl Default for EtcdOptions {
     }
 }
 
+/// TLS to etcd: the CA that signed the members' certificates, and a client certificate when etcd asks for one
+/// (`--client-cert-auth`). PEM text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca_cert: String,
+    /// Certificate and key.
+    pub identity: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls").field("identity", &self.identity.is_some()).finish_non_exhaustive()
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// gRPC keep-alive pings' interval and timeout (while requests are open only: etcd refuses idle pings).
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Keys per page of a `range` (all pages read at the same revision).
 const RANGE_PAGE: i64 = 5_000;
 /// The largest response the client accepts (a page of large values).
@@ -107,9 +128,9 @@ impl EtcdStore {
             )));
         }
         let mut connect = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
+            .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(options.request_timeout)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+            .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE)
             // etcd closes connections that ping while idle (grpc's too_many_pings).
             .with_keep_alive_while_idle(false)
             // A member cut off from the others answers nothing rather than stale data or a watch that never moves.
@@ -117,9 +138,13 @@ impl EtcdStore {
         if let Some((user, password)) = &options.user {
             connect = connect.with_user(user.clone(), password.clone());
         }
-        let client = Client::connect(&options.endpoints, Some(connect))
-            .await
-            .map_err(|error| StoreError::Open { path: options.endpoints.join(","), source: Box::new(error) })?;
+        let open = |error: etcd_client::Error| StoreError::Open { path: options.endpoints.join(","), source: Box::new(error) };
+        let client = match &options.tls {
+            None => Client::connect(&options.endpoints, Some(connect)).await.map_err(open)?,
+            Some(tls) => {
+                Client::from_channel(etcd_client::Channel::Tonic(tls_channel(&options, tls)?), Some(connect)).await.map_err(open)?
+            }
+        };
         Ok(EtcdStore { client, options, compacted: Arc::new(AtomicI64::new(0)) })
     }
 
@@ -132,11 +157,23 @@ impl EtcdStore {
     {
         let deadline = tokio::time::Instant::now() + self.options.request_timeout;
         let mut delay = Duration::from_millis(20);
+        let mut authenticated_again = false;
         loop {
             let error = match call().await {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
+            // etcd refused the request (nothing applied): its auth token expired (a JWT, or a simple token unused
+            // for --auth-token-ttl). Authenticate again and retry.
+            if self.options.user.is_some() && !authenticated_again && message(&error).contains("invalid auth token") {
+                authenticated_again = true;
+                tracing::info!("the etcd auth token expired; authenticating again");
+                if let Err(refresh) = self.client.refresh_token().await {
+                    tracing::warn!(error = %message(&refresh), "authenticating to etcd again failed");
+                    tokio::time::sleep(delay).await;
+                }
+                continue;
+            }
             let again = match retry {
                 Retry::Transient => transient(&error),
                 Retry::NeverApplied => never_applied(&error),
@@ -497,6 +534,12 @@ impl Feeder {
             let mut client = self.client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
             match client.watch(self.key.clone(), Some(options)).await {
                 Ok(stream) => return Some(stream),
+                Err(error) if message(&error).contains("invalid auth token") => {
+                    tracing::info!("the etcd auth token expired; authenticating again before watching");
+                    if let Err(error) = self.client.refresh_token().await {
+                        tracing::warn!(error = %message(&error), "authenticating to etcd again failed");
+                    }
+                }
                 Err(error) => tracing::debug!(error = %message(&error), "opening the etcd watch again failed; retrying"),
             }
             delay = (delay * 2).min(Duration::from_secs(2));
@@ -535,6 +578,33 @@ fn transient(error: &etcd_client::Error) -> bool {
         || ["timeout", "timed out", "leader changed", "unavailable", "connection reset", "broken pipe", "transport error", "h2 protocol"]
             .iter()
             .any(|sign| text.contains(sign))
+}
+
+/// A gRPC channel over TLS balanced over the endpoints (which must all be `https://`), with the options
+/// `Client::connect` would give its own channels.
+fn tls_channel(options: &EtcdOptions, tls: &EtcdTls) -> Result<tonic::transport::Channel, StoreError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let bad = |message: String| StoreError::Backend(message);
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_cert));
+    if let Some((cert, key)) = &tls.identity {
+        config = config.identity(Identity::from_pem(cert, key));
+    }
+    let mut endpoints = Vec::new();
+    for url in &options.endpoints {
+        if !url.starts_with("https://") {
+            return Err(bad(format!("etcd endpoint {url}: with TLS to etcd every endpoint is an https:// URL")));
+        }
+        let endpoint = Endpoint::from_shared(url.clone())
+            .and_then(|endpoint| endpoint.tls_config(config.clone()))
+            .map_err(|error| bad(format!("etcd endpoint {url}: {error}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(options.request_timeout)
+            .http2_keep_alive_interval(KEEP_ALIVE)
+            .keep_alive_timeout(KEEP_ALIVE)
+            .keep_alive_while_idle(false);
+        endpoints.push(endpoint);
+    }
+    Ok(tonic::transport::Channel::balance_list(endpoints.into_iter()))
 }
 
 /// Which failures of an operation may be retried.

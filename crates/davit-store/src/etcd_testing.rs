@@ -15,6 +15,10 @@ pub struct EtcdMember {
     pub name: String,
     pub client_url: String,
     pub peer_url: String,
+    /// Plain HTTP `/health` and `/metrics` (also when clients talk TLS).
+    metrics_url: String,
+    /// More flags (TLS, auth token settings).
+    extra: Vec<String>,
     data_dir: PathBuf,
     log: PathBuf,
     process: Option<Child>,
@@ -45,12 +49,27 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map(|addr| addr.port()).expect("a free port")
 }
 
+/// How the members serve their clients.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdSetup {
+    /// TLS for clients: (CA certificate, member certificate, its key) files; clients must show a certificate the
+    /// CA signed (`--client-cert-auth`).
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// More `etcd` flags.
+    pub extra: Vec<String>,
+}
+
 impl EtcdCluster {
     /// Starts `size` members and waits until every one answers (at most 30 s). A member that could not start (its
     /// port, picked free, was taken meanwhile) makes it start the cluster again on new ports, up to three times.
     pub fn start(size: usize) -> EtcdCluster {
+        EtcdCluster::start_with(size, &EtcdSetup::default())
+    }
+
+    /// [`EtcdCluster::start`] with TLS or more flags.
+    pub fn start_with(size: usize, setup: &EtcdSetup) -> EtcdCluster {
         for attempt in 1..=3 {
-            let cluster = EtcdCluster::start_once(size);
+            let cluster = EtcdCluster::start_once(size, setup);
             if cluster.wait_all(Duration::from_secs(30)) {
                 return cluster;
             }
@@ -61,16 +80,25 @@ impl EtcdCluster {
         unreachable!("the last attempt returns or panics")
     }
 
-    fn start_once(size: usize) -> EtcdCluster {
+    fn start_once(size: usize, setup: &EtcdSetup) -> EtcdCluster {
         // On tmpfs where there is one: etcd fsyncs its log on every write.
         let dir = if Path::new("/dev/shm").is_dir() { tempfile::tempdir_in("/dev/shm") } else { tempfile::tempdir() }.expect("temp dir");
         let token = format!("davit-test-{}-{}", std::process::id(), free_port());
         let mut members: Vec<EtcdMember> = (0..size)
             .map(|index| {
                 let name = format!("m{index}");
+                let mut extra = setup.extra.clone();
+                if let Some((ca, cert, key)) = &setup.tls {
+                    for (flag, file) in [("--trusted-ca-file", ca), ("--cert-file", cert), ("--key-file", key)] {
+                        extra.extend([flag.to_string(), file.display().to_string()]);
+                    }
+                    extra.push("--client-cert-auth".to_string());
+                }
                 EtcdMember {
-                    client_url: format!("http://127.0.0.1:{}", free_port()),
+                    client_url: format!("{}://127.0.0.1:{}", if setup.tls.is_some() { "https" } else { "http" }, free_port()),
                     peer_url: format!("http://127.0.0.1:{}", free_port()),
+                    metrics_url: format!("http://127.0.0.1:{}", free_port()),
+                    extra,
                     data_dir: dir.path().join(&name),
                     log: dir.path().join(format!("{name}.log")),
                     name,
@@ -133,6 +161,8 @@ impl EtcdMember {
             .args(["--listen-peer-urls", &self.peer_url, "--initial-advertise-peer-urls", &self.peer_url])
             .args(["--initial-cluster", initial_cluster, "--initial-cluster-state", state, "--initial-cluster-token", token])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000", "--logger", "zap", "--log-outputs", "stderr"])
+            .args(["--listen-metrics-urls", &self.metrics_url])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -156,7 +186,7 @@ impl EtcdMember {
 
     /// Whether the member answers a linearizable read now (its health endpoint, with a leader).
     pub fn answers(&self) -> bool {
-        let Some(addr) = self.client_url.strip_prefix("http://") else { return false };
+        let Some(addr) = self.metrics_url.strip_prefix("http://") else { return false };
         http_get(addr, "/health").is_some_and(|body| body.contains("\"health\":\"true\""))
     }
 

@@ -29,7 +29,7 @@ mod fence;
 mod redb_backend;
 pub mod snapshot;
 
-pub use etcd_backend::{EtcdOptions, EtcdStore, LAG_PATIENCE as ETCD_LAG_PATIENCE};
+pub use etcd_backend::{EtcdOptions, EtcdStore, EtcdTls, LAG_PATIENCE as ETCD_LAG_PATIENCE};
 pub use fence::FencedStore;
 pub use redb_backend::{RedbOptions, RedbStore};
 pub use snapshot::split_writes;

@@ -136,7 +136,7 @@ pub async fn take(store: &dyn Store, skip: &[&str], created: u64) -> Result<Snap
 }
 
 /// Writes the snapshot's keys into `store`, after deleting every key there except those starting with one of
-/// `keep`. In several transactions when the backend limits their size (so a failure half-way leaves a part:
+/// `keep` (which are neither deleted nor written). In several transactions when the backend limits their size (so a failure half-way leaves a part:
 /// restore again).
 pub async fn restore(store: &dyn Store, snapshot: Snapshot, keep: &[&str]) -> Result<u64, StoreError> {
     let existing = store.range("").await?;
@@ -147,7 +147,14 @@ pub async fn restore(store: &dyn Store, snapshot: Snapshot, keep: &[&str]) -> Re
         .filter(|kv| snapshot.items.binary_search_by(|(key, _)| key.as_str().cmp(&kv.key)).is_err())
         .map(|kv| Op::Delete { key: kv.key })
         .collect();
-    ops.extend(snapshot.items.into_iter().map(|(key, value)| Op::Put { key, value, lease: None }));
+    // Keys under `keep` are the target's own: a snapshot's (a crafted one's) are not written.
+    ops.extend(
+        snapshot.items.into_iter().filter(|(key, _)| !keep.iter().any(|prefix| key.starts_with(prefix))).map(|(key, value)| Op::Put {
+            key,
+            value,
+            lease: None,
+        }),
+    );
     let mut revision = 0;
     for txn in split_writes(ops, store.max_txn_size().unwrap_or(RESTORE_BATCH)) {
         revision = store.txn(txn).await?.revision;

@@ -392,9 +392,12 @@ async fn serve_on_etcd(args: &ServerArgs, advertise: String, ttl: std::time::Dur
         }
         leader_tx.send_replace(leader.cloned());
     });
+    // One signal future for the whole life of the server: a signal between two waits is not lost.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     let leadership = tokio::select! {
         leadership = campaign => leadership,
-        () = shutdown_signal() => {
+        () = &mut stop => {
             follower.shutdown().await;
             return Ok(());
         }
@@ -413,19 +416,20 @@ async fn serve_on_etcd(args: &ServerArgs, advertise: String, ttl: std::time::Dur
     let Leading { etcd, fenced, mut leadership } = leading;
     let mut deposed = fenced.deposed();
     tokio::select! {
-        () = shutdown_signal() => {}
-        () = leadership.lost() => return Err(lost_leadership()),
-        _ = deposed.wait_for(|deposed| *deposed) => return Err(lost_leadership()),
+        () = &mut stop => {}
+        () = leadership.lost() => return Err(lost_leadership("the etcd lease could not be kept alive")),
+        _ = deposed.wait_for(|deposed| *deposed) => return Err(lost_leadership("a write found that another server leads")),
     }
-    server.shutdown().await;
+    // The lease first (fencing keeps the old leader's late writes out), so a follower takes over at once.
     Leading { etcd, fenced, leadership }.step_down().await;
+    server.shutdown().await;
     Ok(())
 }
 
 /// Another server may lead already: this one stops at once.
-fn lost_leadership() -> Failure {
-    tracing::error!("this server lost its leadership lease (or a write found another leader); stopping");
-    Failure::internal("lost the leadership (the etcd lease could not be kept alive); start the server again to follow")
+fn lost_leadership(why: &str) -> Failure {
+    tracing::error!("this server lost its leadership ({why}); stopping");
+    Failure::internal(format!("lost the leadership ({why}); start the server again to follow"))
 }
 
 /// Aborts the task when dropped.
@@ -525,10 +529,23 @@ pub(crate) async fn etcd_store(args: &crate::cli::EtcdArgs) -> Result<Arc<davit_
         (Some(_), None) => return Err(Failure::user("--etcd-user needs the password in DAVIT_ETCD_PASSWORD")),
         (None, _) => None,
     };
+    let read =
+        |path: &std::path::PathBuf| std::fs::read_to_string(path).map_err(|error| Failure::user(format!("{}: {error}", path.display())));
+    let tls = match &args.etcd_ca_cert {
+        Some(ca) => {
+            let identity = match (&args.etcd_cert, &args.etcd_key) {
+                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                _ => None,
+            };
+            Some(davit_store::EtcdTls { ca_cert: read(ca)?, identity })
+        }
+        None => None,
+    };
     let options = davit_store::EtcdOptions {
         endpoints: args.etcd_endpoints.clone(),
         prefix: args.etcd_prefix.clone(),
         user,
+        tls,
         max_txn_ops: args.etcd_max_txn_ops,
         ..davit_store::EtcdOptions::default()
     };

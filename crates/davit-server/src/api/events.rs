@@ -27,6 +27,10 @@ pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let snapshot = shared.view.snapshot();
     let mut body = shared.metrics.render(&snapshot);
     crate::metrics::render_usage(&mut body, &shared.signals.all_fresh(std::time::Instant::now()), &snapshot.cluster);
+    // The usage series above come from the leader's memory (agents report to it): a follower has none.
+    body.push_str("# HELP davit_server_leader Whether this server leads (1) or follows another (0).\n");
+    body.push_str("# TYPE davit_server_leader gauge\n");
+    body.push_str(if shared.leader.is_none() { "davit_server_leader 1\n" } else { "davit_server_leader 0\n" });
     for source in shared.metrics_sources.read().expect("metrics sources lock").iter() {
         source(&mut body);
     }

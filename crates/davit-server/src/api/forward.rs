@@ -32,21 +32,15 @@ const CATCH_UP: Duration = Duration::from_secs(2);
 /// Headers that belong to one connection, not to the request.
 const HOP_BY_HOP: [&str; 8] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host"];
 
-/// Whether a request must be answered by the leader: every write, the reads of its in-memory state, and
-/// the reads that unseal variables with its keyring.
+/// Whether a request must be answered by the leader: every write, and the reads of its in-memory state (the
+/// agents' usage samples, the autoscaler's history). Variables are read anywhere: the servers on one store share
+/// one keyring (a server whose keyring lacks a key in use does not start).
 fn needs_leader(method: &Method, path: &str) -> bool {
     if method != Method::GET && method != Method::HEAD {
         return true;
     }
     let parts: Vec<&str> = path.split('/').collect();
-    matches!(
-        parts.as_slice(),
-        ["", "v1", "allocation", _, "usage"]
-            | ["", "v1", "job", _, "scaling"]
-            | ["", "v1", "var", ..]
-            | ["", "v1", "operator", "keyring", ..]
-            | ["", "v1", "node", _, "allocation", _, "template-data"]
-    )
+    matches!(parts.as_slice(), ["", "v1", "allocation", _, "usage"] | ["", "v1", "job", _, "scaling"])
 }
 
 /// The middleware: passes a request on to the routes, or forwards it to the leader.
@@ -63,7 +57,7 @@ pub(crate) async fn forward(State(shared): State<Arc<Shared>>, request: Request,
         return unavailable(format!("this server no longer leads ({} does); try again", to.name));
     }
     if shared.tls.is_some() {
-        return unavailable(format!("this server does not lead; send writes to the leader, {} at https://{}", to.name, to.addr));
+        return unavailable(format!("this request needs the leader, {} at https://{}: send it there", to.name, to.addr));
     }
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
@@ -81,9 +75,16 @@ pub(crate) async fn forward(State(shared): State<Arc<Shared>>, request: Request,
     }
     let answer = match forwarded.header(FORWARDED_HEADER, "1").body(body).send().await {
         Ok(answer) => answer,
-        Err(error) => {
+        Err(error) if error.is_connect() => {
             return unavailable(format!(
                 "the leader {} at {} does not answer ({error}); if it stopped, another server leads within the lease TTL: try again",
+                to.name, to.addr
+            ));
+        }
+        Err(error) => {
+            return unavailable(format!(
+                "the leader {} at {} did not answer in full ({error}): the request may or may not have been applied; look before \
+                 trying again",
                 to.name, to.addr
             ));
         }
@@ -95,7 +96,8 @@ pub(crate) async fn forward(State(shared): State<Arc<Shared>>, request: Request,
         Err(error) => return unavailable(format!("reading the leader's answer failed: {error}")),
     };
     if status.is_success() && parts.method != Method::GET && parts.method != Method::HEAD {
-        catch_up(&shared).await;
+        let index = headers.get(davit_api::http::INDEX_HEADER).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        catch_up(&shared, index).await;
     }
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
@@ -107,9 +109,16 @@ pub(crate) async fn forward(State(shared): State<Arc<Shared>>, request: Request,
     response
 }
 
-/// Waits (a little) until this server's view shows everything the store has now.
-async fn catch_up(shared: &Shared) {
-    let Ok(revision) = shared.store.current_revision().await else { return };
+/// Waits (a little) until this server's view shows the leader's answer: the index it named, or everything the
+/// store has now when it named none.
+async fn catch_up(shared: &Shared, index: Option<u64>) {
+    let revision = match index {
+        Some(index) if index > 0 => index,
+        _ => match shared.store.current_revision().await {
+            Ok(revision) => revision,
+            Err(_) => return,
+        },
+    };
     if tokio::time::timeout(CATCH_UP, shared.view.wait_for(revision)).await.is_err() {
         tracing::warn!(revision, "the view did not catch up with a forwarded write within {CATCH_UP:?}");
     }
@@ -126,10 +135,8 @@ mod tests {
         assert!(needs_leader(&Method::PUT, "/v1/node/n1/heartbeat"));
         assert!(needs_leader(&Method::GET, "/v1/allocation/abc/usage"));
         assert!(needs_leader(&Method::GET, "/v1/job/web/scaling"));
-        assert!(needs_leader(&Method::GET, "/v1/var/app/db"));
-        assert!(needs_leader(&Method::GET, "/v1/operator/keyring"));
-        assert!(needs_leader(&Method::GET, "/v1/node/n1/allocation/a1/template-data"));
-        assert!(!needs_leader(&Method::GET, "/v1/vars"));
+        assert!(!needs_leader(&Method::GET, "/v1/var/app/db"));
+        assert!(!needs_leader(&Method::GET, "/v1/node/n1/allocation/a1/template-data"));
         assert!(!needs_leader(&Method::GET, "/v1/job/web/status"));
         assert!(!needs_leader(&Method::GET, "/v1/allocation/abc/logs"));
         assert!(!needs_leader(&Method::GET, "/v1/event/stream"));

@@ -245,6 +245,7 @@ pub(crate) async fn keyring(State(shared): State<Arc<Shared>>) -> Result<Respons
 
 /// `POST /v1/operator/keyring/rotate`: a new active key; variables are re-sealed with it in the background.
 pub(crate) async fn rotate(State(shared): State<Arc<Shared>>) -> Result<Response, Failure> {
+    refuse_on_shared_store(&shared).await?;
     let id = shared
         .keyring
         .rotate(now_millis())
@@ -252,6 +253,28 @@ pub(crate) async fn rotate(State(shared): State<Arc<Shared>>) -> Result<Response
     tracing::info!(key = %id, "keyring rotated; re-sealing variables");
     tokio::spawn(reseal(Arc::clone(&shared)));
     Ok(indexed(0, &serde_json::json!({ "active": id })))
+}
+
+/// Servers on etcd each keep a copy of the keyring file: a key one adds or removes, the others would not have.
+/// So the keyring changes only while this server is the only one running.
+async fn refuse_on_shared_store(shared: &Shared) -> Result<(), Failure> {
+    if shared.store.backend_name() != "etcd" {
+        return Ok(());
+    }
+    let others: Vec<String> = crate::leader::members(shared.store.as_ref())
+        .await?
+        .into_iter()
+        .filter(|member| !member.leader)
+        .map(|member| member.name)
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::conflict(format!(
+        "the servers on etcd each keep a copy of the keyring (keyring.json), and {} run besides this one: stop them, change \
+         the keyring here, copy its keyring.json into their data directories and start them again",
+        others.join(", ")
+    )))
 }
 
 /// Re-seals every variable that an older key seals, each with a check-and-set on its index (a variable
@@ -308,6 +331,7 @@ async fn reseal_pass(shared: &Shared, stale: Vec<Arc<StoredVariable>>) -> usize 
 
 /// `DELETE /v1/operator/keyring/{id}`: only a key that is not active and seals no variable.
 pub(crate) async fn remove_key(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response, Failure> {
+    refuse_on_shared_store(&shared).await?;
     // No value is being sealed meanwhile, and the view shows every one committed.
     let _keys = shared.keyring_lock.write().await;
     shared.view.wait_for(shared.store.current_revision().await?).await;

@@ -53,6 +53,14 @@ pub struct EtcdArgs {
     /// etcd's --max-txn-ops, at least its default of 128 (davit commits larger batches in several transactions).
     #[arg(long, default_value_t = 128)]
     pub etcd_max_txn_ops: usize,
+    /// TLS to etcd (https:// endpoints): the CA that signed etcd's certificates.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca_cert: Option<PathBuf>,
+    /// A client certificate for etcd's --client-cert-auth (with --etcd-key).
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_key", "etcd_ca_cert"])]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use davit_client::Client;
-use davit_server::leader::{LEADER_KEY, LeaderInfo, SERVERS_PREFIX};
+use davit_server::leader::{LEADER_KEY, LeaderInfo, MEMBERS, SERVERS_PREFIX};
 use davit_store::Store;
 use davit_store::snapshot::{self, Snapshot};
 
@@ -109,21 +109,12 @@ pub async fn operator(client: &Client, command: OperatorCommand) -> Result<(), F
         }
         OperatorCommand::Snapshot(SnapshotCommand::Restore { file, store, data_dir, etcd, force }) => {
             let taken = read_snapshot(&file)?;
-            let target = restore_target(store, &data_dir, &etcd).await?;
-            let existing = target.range("").await.map_err(store_failure)?;
-            let state = existing.kvs.iter().filter(|kv| !kv.key.starts_with(SERVERS_PREFIX) && kv.key != "cluster/id").count();
-            if state > 0 && !force {
-                return Err(Failure::user(format!(
-                    "the store already holds a cluster's state ({state} keys); nothing was changed\n  hint: --force replaces it with the snapshot"
-                )));
+            let (target, hold) = restore_target(store, &data_dir, &etcd).await?;
+            let restored = restore_into(target.as_ref(), taken, force).await;
+            if let Some(hold) = hold {
+                hold.release().await;
             }
-            let (keys, revision, backend) = (taken.header.keys, taken.header.revision, taken.header.backend.clone());
-            snapshot::restore(target.as_ref(), taken, &[SERVERS_PREFIX]).await.map_err(store_failure)?;
-            println!(
-                "==> restored {keys} keys (taken at revision {revision} on {backend}) into {}; start the servers on it",
-                target.backend_name()
-            );
-            Ok(())
+            restored
         }
         OperatorCommand::Keyring(KeyringCommand::Remove { id }) => {
             client.remove_key(&id).await?;
@@ -131,6 +122,24 @@ pub async fn operator(client: &Client, command: OperatorCommand) -> Result<(), F
             Ok(())
         }
     }
+}
+
+/// Restores `taken` into `target` unless it holds a cluster's state already (and `force` is off).
+async fn restore_into(target: &dyn Store, taken: Snapshot, force: bool) -> Result<(), Failure> {
+    let existing = target.range("").await.map_err(store_failure)?;
+    let state = existing.kvs.iter().filter(|kv| !kv.key.starts_with(SERVERS_PREFIX) && kv.key != "cluster/id").count();
+    if state > 0 && !force {
+        return Err(Failure::user(format!(
+            "the store already holds a cluster's state ({state} keys); nothing was changed\n  hint: --force replaces it with the snapshot"
+        )));
+    }
+    let (keys, revision, backend) = (taken.header.keys, taken.header.revision, taken.header.backend.clone());
+    snapshot::restore(target, taken, &[SERVERS_PREFIX]).await.map_err(store_failure)?;
+    println!(
+        "==> restored {keys} keys (taken at revision {revision} on {backend}) into {}; start the servers on it",
+        target.backend_name()
+    );
+    Ok(())
 }
 
 fn read_snapshot(file: &Path) -> Result<Snapshot, Failure> {
@@ -142,8 +151,10 @@ fn store_failure(error: davit_store::StoreError) -> Failure {
     Failure::user(format!("the store failed: {error}"))
 }
 
-/// The store to restore into; refused while a server uses it (redb: the file is locked; etcd: a server leads).
-async fn restore_target(kind: StoreKind, data_dir: &Path, etcd: &EtcdArgs) -> Result<Arc<dyn Store>, Failure> {
+/// The store to restore into; refused while a server uses it (redb: the file is locked; etcd: a server runs).
+/// On etcd the restore holds the leader key meanwhile (under a lease of its own, kept alive while the returned
+/// guard lives), so no server starts to lead on a half-restored store.
+async fn restore_target(kind: StoreKind, data_dir: &Path, etcd: &EtcdArgs) -> Result<(Arc<dyn Store>, Option<Hold>), Failure> {
     match kind {
         StoreKind::Redb => {
             std::fs::create_dir_all(data_dir).map_err(|error| Failure::user(format!("{}: {error}", data_dir.display())))?;
@@ -151,17 +162,80 @@ async fn restore_target(kind: StoreKind, data_dir: &Path, etcd: &EtcdArgs) -> Re
             let store = davit_store::RedbStore::open(&file).map_err(|error| {
                 Failure::user(format!("cannot open {}: {error}\n  hint: stop the server that uses it first", file.display()))
             })?;
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), None))
         }
         StoreKind::Etcd => {
-            let store = crate::run::etcd_store(etcd).await?;
-            if let Some(leader) = store.get(LEADER_KEY).await.map_err(store_failure)? {
-                let name = serde_json::from_slice::<LeaderInfo>(&leader.value).map(|leader| leader.name).unwrap_or_default();
+            let store: Arc<dyn Store> = crate::run::etcd_store(etcd).await?;
+            let running = store.range(SERVERS_PREFIX).await.map_err(store_failure)?;
+            let names: Vec<String> = running
+                .kvs
+                .iter()
+                .filter_map(|kv| match kv.key.as_str() {
+                    LEADER_KEY => serde_json::from_slice::<LeaderInfo>(&kv.value).ok().map(|leader| leader.name),
+                    key => key.strip_prefix(MEMBERS).map(str::to_string),
+                })
+                .collect();
+            if !names.is_empty() {
                 return Err(Failure::user(format!(
-                    "a davit server ({name}) leads on this etcd prefix: stop every server first, then restore"
+                    "davit servers run on this etcd prefix ({}): stop every server first, then restore",
+                    names.join(", ")
                 )));
             }
-            Ok(store)
+            let hold = Hold::take(Arc::clone(&store)).await?;
+            Ok((store, Some(hold)))
         }
+    }
+}
+
+/// The leader key, held by a restore under a lease it keeps alive; dropped: the lease is revoked.
+struct Hold {
+    store: Arc<dyn Store>,
+    lease: davit_store::LeaseId,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Hold {
+    async fn take(store: Arc<dyn Store>) -> Result<Hold, Failure> {
+        const TTL: std::time::Duration = std::time::Duration::from_secs(10);
+        let lease = store.grant_lease(TTL).await.map_err(store_failure)?;
+        let me = LeaderInfo { name: "snapshot restore".to_string(), addr: String::new(), since: crate::now_millis() };
+        let take = davit_store::Txn {
+            compares: vec![davit_store::Compare::Missing(LEADER_KEY.to_string())],
+            success: vec![davit_store::Op::Put {
+                key: LEADER_KEY.to_string(),
+                value: serde_json::to_vec(&me).unwrap_or_default(),
+                lease: Some(lease),
+            }],
+            failure: Vec::new(),
+        };
+        if !store.txn(take).await.map_err(store_failure)?.succeeded {
+            let _ = store.revoke_lease(lease).await;
+            return Err(Failure::user("a davit server started to lead on this etcd prefix: stop every server first, then restore"));
+        }
+        let keeper = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move {
+                loop {
+                    tokio::time::sleep(TTL / 3).await;
+                    if let Err(error) = store.keep_alive(lease).await {
+                        tracing::warn!(%error, "keeping the restore's hold on the leader key failed");
+                    }
+                }
+            }
+        });
+        Ok(Hold { store, lease, keeper })
+    }
+}
+
+impl Hold {
+    /// Lets go of the leader key now (else it goes a TTL after the keeper stops).
+    async fn release(self) {
+        let _ = self.store.revoke_lease(self.lease).await;
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.keeper.abort();
     }
 }
