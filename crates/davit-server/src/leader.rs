@@ -199,5 +199,5 @@ pub async fn members(store: &dyn Store) -> Result<Vec<davit_api::http::ServerMem
     Ok(members)
 }
 
-/// Every key of [`LEADER_KEY`] and [`MEMBERS`] starts with this.
-pub const SERVERS_PREFIX: &str = "server/";
+/// Every key of [`LEADER_KEY`] and [`MEMBERS`] starts with this (the store's `server/` keys, which the view ignores).
+pub use crate::keys::SERVERS as SERVERS_PREFIX;
